@@ -1,0 +1,112 @@
+//! The API keys and version ranges Tern implements: the single source of truth that
+//! ApiVersions advertises and that request decoding enforces.
+//!
+//! Architecture invariant: a version is listed here only when its request decodes and its
+//! response encodes, and a handler exists for it. ApiVersions never advertises more.
+
+use crate::schema::Struct;
+use crate::schema_gen::*;
+
+#[derive(Debug, Clone, Copy)]
+pub struct ApiSpec {
+    pub key: i16,
+    pub name: &'static str,
+    pub version_min: i16,
+    pub version_max: i16,
+    /// First version using flexible encoding (compact types, tagged fields, header v2).
+    pub flexible_from: i16,
+    /// Layout table for the validating pass; `None` for bodies Tern parses itself.
+    pub schema: Option<&'static Struct>,
+}
+
+impl ApiSpec {
+    pub fn is_flexible(&self, version: i16) -> bool {
+        version >= self.flexible_from
+    }
+
+    pub fn supports(&self, version: i16) -> bool {
+        (self.version_min..=self.version_max).contains(&version)
+    }
+}
+
+pub const PRODUCE: i16 = 0;
+pub const FETCH: i16 = 1;
+pub const LIST_OFFSETS: i16 = 2;
+pub const METADATA: i16 = 3;
+pub const OFFSET_COMMIT: i16 = 8;
+pub const OFFSET_FETCH: i16 = 9;
+pub const FIND_COORDINATOR: i16 = 10;
+pub const JOIN_GROUP: i16 = 11;
+pub const HEARTBEAT: i16 = 12;
+pub const LEAVE_GROUP: i16 = 13;
+pub const SYNC_GROUP: i16 = 14;
+pub const DESCRIBE_GROUPS: i16 = 15;
+pub const LIST_GROUPS: i16 = 16;
+pub const API_VERSIONS: i16 = 18;
+pub const CREATE_TOPICS: i16 = 19;
+pub const DELETE_TOPICS: i16 = 20;
+pub const DELETE_RECORDS: i16 = 21;
+pub const DESCRIBE_CONFIGS: i16 = 32;
+pub const ALTER_CONFIGS: i16 = 33;
+pub const CREATE_PARTITIONS: i16 = 37;
+pub const DELETE_GROUPS: i16 = 42;
+pub const INCREMENTAL_ALTER_CONFIGS: i16 = 44;
+pub const OFFSET_DELETE: i16 = 47;
+pub const DESCRIBE_CLUSTER: i16 = 60;
+
+const fn spec(
+    key: i16,
+    name: &'static str,
+    version_min: i16,
+    version_max: i16,
+    flexible_from: i16,
+    schema: Option<&'static Struct>,
+) -> ApiSpec {
+    ApiSpec { key, name, version_min, version_max, flexible_from, schema }
+}
+
+/// What Tern serves. Produce advertises version 0 although it accepts only 3 and up
+/// (RecordBatch v2): librdkafka turns compression off against brokers whose Produce
+/// minimum is above 0 (KAFKA-18659), as Apache Kafka 4.x also keeps advertising 0.
+pub static APIS: &[ApiSpec] = &[
+    spec(PRODUCE, "Produce", 0, 11, 9, None),
+    spec(FETCH, "Fetch", 4, 12, 12, Some(&FETCH_REQUEST)),
+    spec(LIST_OFFSETS, "ListOffsets", 1, 8, 6, Some(&LIST_OFFSETS_REQUEST)),
+    spec(METADATA, "Metadata", 1, 12, 9, Some(&METADATA_REQUEST)),
+    spec(API_VERSIONS, "ApiVersions", 0, 4, 3, Some(&API_VERSIONS_REQUEST)),
+    spec(CREATE_TOPICS, "CreateTopics", 2, 7, 5, Some(&CREATE_TOPICS_REQUEST)),
+    spec(DELETE_TOPICS, "DeleteTopics", 1, 6, 4, Some(&DELETE_TOPICS_REQUEST)),
+    spec(DELETE_RECORDS, "DeleteRecords", 0, 2, 2, Some(&DELETE_RECORDS_REQUEST)),
+    spec(DESCRIBE_CONFIGS, "DescribeConfigs", 1, 4, 4, Some(&DESCRIBE_CONFIGS_REQUEST)),
+    spec(ALTER_CONFIGS, "AlterConfigs", 0, 2, 2, Some(&ALTER_CONFIGS_REQUEST)),
+    spec(CREATE_PARTITIONS, "CreatePartitions", 0, 3, 2, Some(&CREATE_PARTITIONS_REQUEST)),
+    spec(INCREMENTAL_ALTER_CONFIGS, "IncrementalAlterConfigs", 0, 1, 1, Some(&INCREMENTAL_ALTER_CONFIGS_REQUEST)),
+    spec(DESCRIBE_CLUSTER, "DescribeCluster", 0, 1, 0, Some(&DESCRIBE_CLUSTER_REQUEST)),
+];
+
+/// The classic consumer-group APIs, served once the group coordinator handles them.
+pub static GROUP_APIS: &[ApiSpec] = &[
+    spec(FIND_COORDINATOR, "FindCoordinator", 0, 4, 3, Some(&FIND_COORDINATOR_REQUEST)),
+    spec(JOIN_GROUP, "JoinGroup", 0, 9, 6, Some(&JOIN_GROUP_REQUEST)),
+    spec(HEARTBEAT, "Heartbeat", 0, 4, 4, Some(&HEARTBEAT_REQUEST)),
+    spec(LEAVE_GROUP, "LeaveGroup", 0, 5, 4, Some(&LEAVE_GROUP_REQUEST)),
+    spec(SYNC_GROUP, "SyncGroup", 0, 5, 4, Some(&SYNC_GROUP_REQUEST)),
+    spec(OFFSET_COMMIT, "OffsetCommit", 2, 8, 8, Some(&OFFSET_COMMIT_REQUEST)),
+    spec(OFFSET_FETCH, "OffsetFetch", 1, 8, 6, Some(&OFFSET_FETCH_REQUEST)),
+    spec(DESCRIBE_GROUPS, "DescribeGroups", 0, 5, 5, Some(&DESCRIBE_GROUPS_REQUEST)),
+    spec(LIST_GROUPS, "ListGroups", 0, 4, 3, Some(&LIST_GROUPS_REQUEST)),
+    spec(DELETE_GROUPS, "DeleteGroups", 0, 2, 2, Some(&DELETE_GROUPS_REQUEST)),
+    spec(OFFSET_DELETE, "OffsetDelete", 0, 0, i16::MAX, Some(&OFFSET_DELETE_REQUEST)),
+];
+
+/// Whether the group APIs are served; the broker turns this on with its coordinator.
+pub const GROUPS_ENABLED: bool = false;
+
+pub fn all() -> impl Iterator<Item = &'static ApiSpec> {
+    let groups: &'static [ApiSpec] = if GROUPS_ENABLED { GROUP_APIS } else { &[] };
+    APIS.iter().chain(groups.iter())
+}
+
+pub fn lookup(key: i16) -> Option<&'static ApiSpec> {
+    all().find(|spec| spec.key == key)
+}
