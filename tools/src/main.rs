@@ -1,1 +1,114 @@
-fn main() {}
+//! `tern`: the command line. `tern serve` starts a broker; configuration comes from flags,
+//! then `TERN_*` environment variables, then a TOML file (`--config`), then defaults.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use tern_broker::config::FileConfig;
+use tern_broker::topic_config::TopicDefaults;
+use tern_broker::BrokerConfig;
+
+#[derive(Parser)]
+#[command(name = "tern", version, about = "Tern: a Kafka-compatible event streaming broker")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start a broker (single node; data in ./tern-data, Kafka listener on 127.0.0.1:9092).
+    Serve(ServeArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// TOML config file; flags and TERN_* variables override its values.
+    #[arg(long, env = "TERN_CONFIG")]
+    config: Option<PathBuf>,
+    /// Kafka listener address.
+    #[arg(long, env = "TERN_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// host:port advertised to clients (defaults to the listener).
+    #[arg(long, env = "TERN_ADVERTISED")]
+    advertised: Option<String>,
+    /// Data directory.
+    #[arg(long, env = "TERN_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Number of shards (cores); 0 = all online cores.
+    #[arg(long, env = "TERN_CORES")]
+    cores: Option<usize>,
+    /// This broker's node id.
+    #[arg(long, env = "TERN_NODE_ID")]
+    node_id: Option<i32>,
+    /// Partitions for auto-created topics and CreateTopics with -1.
+    #[arg(long, env = "TERN_DEFAULT_PARTITIONS")]
+    default_partitions: Option<i32>,
+    /// Create unknown topics when a client's Metadata request asks to.
+    #[arg(long, env = "TERN_AUTO_CREATE_TOPICS")]
+    auto_create_topics: Option<bool>,
+    /// Spin this many microseconds before an idle shard parks (lower cross-core latency, more CPU).
+    #[arg(long, env = "TERN_SPIN_BEFORE_PARK_US")]
+    spin_before_park_us: Option<u64>,
+    /// Default topic config, repeatable: --topic-default retention.ms=3600000
+    #[arg(long = "topic-default", env = "TERN_TOPIC_DEFAULTS", value_delimiter = ',')]
+    topic_defaults: Vec<String>,
+}
+
+fn build_config(args: ServeArgs) -> Result<BrokerConfig, String> {
+    let file = match &args.config {
+        Some(path) => FileConfig::load(path)?,
+        None => FileConfig::default(),
+    };
+    let defaults = BrokerConfig::default();
+    let mut topic_defaults = TopicDefaults { overrides: file.topic_defaults };
+    for pair in &args.topic_defaults {
+        let (key, value) = pair.split_once('=').ok_or_else(|| format!("--topic-default expects key=value, got '{pair}'"))?;
+        topic_defaults.overrides.insert(key.trim().to_owned(), value.trim().to_owned());
+    }
+    let config = BrokerConfig {
+        listen: args.listen.or(file.listen).unwrap_or(defaults.listen),
+        advertised: args.advertised.or(file.advertised),
+        data_dir: args.data_dir.or(file.data_dir).unwrap_or(defaults.data_dir),
+        cores: args.cores.or(file.cores).unwrap_or(defaults.cores),
+        node_id: args.node_id.or(file.node_id).unwrap_or(defaults.node_id),
+        default_partitions: args.default_partitions.or(file.default_partitions).unwrap_or(defaults.default_partitions),
+        auto_create_topics: args.auto_create_topics.or(file.auto_create_topics).unwrap_or(defaults.auto_create_topics),
+        topic_defaults,
+        spin_before_park_us: args.spin_before_park_us.or(file.spin_before_park_us).unwrap_or(defaults.spin_before_park_us),
+    };
+    if config.default_partitions < 1 {
+        return Err("default partitions must be at least 1".into());
+    }
+    Ok(config)
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TERN_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => {
+            let config = match build_config(args) {
+                Ok(config) => config,
+                Err(message) => {
+                    eprintln!("tern: {message}");
+                    return ExitCode::from(2);
+                }
+            };
+            match tern_broker::run(config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("tern: {error}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

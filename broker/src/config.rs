@@ -1,0 +1,79 @@
+//! Broker configuration: what `tern serve` is told through flags, `TERN_*` environment
+//! variables and a TOML file (in that precedence; the command line merges them), with the
+//! defaults a single-node newcomer wants.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::topic_config::TopicDefaults;
+
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    /// Where the Kafka listener binds; every shard accepts on it (SO_REUSEPORT).
+    pub listen: SocketAddr,
+    /// `host:port` given to clients in Metadata; defaults to `listen`.
+    pub advertised: Option<String>,
+    pub data_dir: PathBuf,
+    /// Number of shards (one per core); 0 means every online core.
+    pub cores: usize,
+    pub node_id: i32,
+    pub default_partitions: i32,
+    pub auto_create_topics: bool,
+    pub topic_defaults: TopicDefaults,
+    /// How long a shard spins before parking when idle; trades CPU for cross-shard latency.
+    pub spin_before_park_us: u64,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            listen: "127.0.0.1:9092".parse().expect("literal address"),
+            advertised: None,
+            data_dir: PathBuf::from("tern-data"),
+            cores: 0,
+            node_id: 0,
+            default_partitions: 1,
+            auto_create_topics: true,
+            topic_defaults: TopicDefaults::default(),
+            spin_before_park_us: 0,
+        }
+    }
+}
+
+impl BrokerConfig {
+    pub fn advertised_host_port(&self) -> (String, i32) {
+        match &self.advertised {
+            Some(advertised) => match advertised.rsplit_once(':') {
+                Some((host, port)) => (host.to_owned(), port.parse().unwrap_or(i32::from(self.listen.port()))),
+                None => (advertised.clone(), i32::from(self.listen.port())),
+            },
+            None => (self.listen.ip().to_string(), i32::from(self.listen.port())),
+        }
+    }
+}
+
+/// The TOML file's shape: every key optional, named as the flags are.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct FileConfig {
+    pub listen: Option<SocketAddr>,
+    pub advertised: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub cores: Option<usize>,
+    pub node_id: Option<i32>,
+    pub default_partitions: Option<i32>,
+    pub auto_create_topics: Option<bool>,
+    pub spin_before_park_us: Option<u64>,
+    /// Default topic configs by their Kafka names, e.g. `"retention.ms" = "3600000"`.
+    #[serde(default)]
+    pub topic_defaults: std::collections::BTreeMap<String, String>,
+}
+
+impl FileConfig {
+    pub fn load(path: &std::path::Path) -> Result<FileConfig, String> {
+        let text = std::fs::read_to_string(path).map_err(|error| format!("cannot read {}: {error}", path.display()))?;
+        toml::from_str(&text).map_err(|error| format!("invalid config file {}: {error}", path.display()))
+    }
+}

@@ -1,0 +1,552 @@
+//! Topic administration and configs: CreateTopics, DeleteTopics, CreatePartitions,
+//! DescribeConfigs, AlterConfigs, IncrementalAlterConfigs, DescribeCluster.
+//!
+//! Changes go to the controller on shard 0 as metadata commands; the answer is sent only
+//! once the change is persisted and every shard has applied it.
+
+use std::collections::{BTreeMap, HashSet};
+use std::rc::Rc;
+
+use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
+use kafka_protocol::messages::create_topics_response::{CreatableTopicConfigs, CreatableTopicResult};
+use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
+use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
+use kafka_protocol::messages::describe_configs_response::{DescribeConfigsResourceResult, DescribeConfigsResult};
+use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse as IncrementalResult;
+use kafka_protocol::messages::alter_configs_response::AlterConfigsResourceResponse;
+use kafka_protocol::messages::*;
+use tern_protocol::error_code;
+use tern_replication::metadata::{Command, MetadataError};
+
+use super::metadata::topic_id;
+use super::{str_bytes, Ctx};
+use crate::connection::Outcome;
+use crate::limits;
+use crate::shard::Shard;
+use crate::topic_config;
+
+const RESOURCE_TOPIC: i8 = 2;
+const RESOURCE_BROKER: i8 = 4;
+const SOURCE_DYNAMIC_TOPIC: i8 = 1;
+const SOURCE_STATIC_BROKER: i8 = 4;
+const SOURCE_DEFAULT: i8 = 5;
+
+pub struct NewTopic {
+    pub name: String,
+    pub partitions: i32,
+    pub configs: BTreeMap<String, String>,
+}
+
+/// Kafka's rules: 1..=249 chars of [a-zA-Z0-9._-], not "." or "..".
+pub fn validate_topic_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name == "." || name == ".." {
+        return Err(format!("'{name}' is not a valid topic name"));
+    }
+    if name.len() > limits::TOPIC_NAME_BYTES_MAX {
+        return Err(format!("topic name is longer than {} characters", limits::TOPIC_NAME_BYTES_MAX));
+    }
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-') {
+        return Err(format!("topic name '{name}' may contain only ASCII letters, digits, '.', '_' and '-'"));
+    }
+    Ok(())
+}
+
+fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut out = [0u8; N];
+    // SAFETY: getrandom writes at most N bytes into our buffer.
+    let filled = unsafe { libc::getrandom(out.as_mut_ptr().cast(), N, 0) };
+    if filled != N as isize {
+        // The kernel's generator cannot fail for small requests once booted; fall back to
+        // time-derived bytes rather than failing a topic creation.
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        for (index, byte) in out.iter_mut().enumerate() {
+            *byte = (nanos >> ((index % 16) * 8)) as u8 ^ index as u8;
+        }
+    }
+    out
+}
+
+pub fn new_cluster_id() -> String {
+    random_bytes::<16>().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Runs metadata commands on the controller (shard 0).
+pub async fn run_commands(shard: &Rc<Shard>, commands: Vec<Command>) -> Result<Vec<Result<(), MetadataError>>, String> {
+    shard
+        .invoke_on(0, move |shard| async move {
+            match &shard.controller {
+                Some(controller) => controller.execute(&shard, commands).await.map_err(|error| error.to_string()),
+                None => Err("shard 0 hosts no controller".to_owned()),
+            }
+        })
+        .await
+        .map_err(|error| error.to_string())?
+}
+
+pub async fn create_topics_via_controller(shard: &Rc<Shard>, topics: Vec<NewTopic>) -> Result<Vec<Result<(), MetadataError>>, String> {
+    let commands = topics
+        .into_iter()
+        .map(|topic| Command::CreateTopic {
+            name: topic.name,
+            id: random_bytes::<16>(),
+            partitions: topic.partitions,
+            configs: topic.configs,
+            internal: false,
+        })
+        .collect();
+    run_commands(shard, commands).await
+}
+
+fn metadata_error_code(error: &MetadataError) -> i16 {
+    match error {
+        MetadataError::TopicAlreadyExists(_) => error_code::TOPIC_ALREADY_EXISTS,
+        MetadataError::UnknownTopic(_) => error_code::UNKNOWN_TOPIC_OR_PARTITION,
+        MetadataError::InvalidPartitions { .. } => error_code::INVALID_PARTITIONS,
+    }
+}
+
+pub async fn create_topics(ctx: &Ctx<'_>, request: CreateTopicsRequest) -> Outcome {
+    let shard = ctx.shard;
+    let node_id = shard.config.node_id;
+    let mut seen = HashSet::new();
+    let duplicates: HashSet<String> =
+        request.topics.iter().map(|t| t.name.0.to_string()).filter(|name| !seen.insert(name.clone())).collect();
+    // Validate each topic; collect the ones to create.
+    let mut outcomes: Vec<(i16, Option<String>, i32)> = Vec::with_capacity(request.topics.len());
+    let mut to_create = Vec::new();
+    let mut create_slots = Vec::new();
+    for (slot, topic) in request.topics.iter().enumerate() {
+        let name = topic.name.0.to_string();
+        let partitions = if topic.num_partitions == -1 { shard.config.default_partitions } else { topic.num_partitions };
+        let check = || -> Result<BTreeMap<String, String>, (i16, String)> {
+            if duplicates.contains(&name) {
+                return Err((error_code::INVALID_REQUEST, format!("topic '{name}' appears more than once")));
+            }
+            validate_topic_name(&name).map_err(|m| (error_code::INVALID_TOPIC_EXCEPTION, m))?;
+            if !topic.assignments.is_empty() {
+                if topic.num_partitions != -1 || topic.replication_factor != -1 {
+                    return Err((error_code::INVALID_REQUEST, "give either assignments or partitions/replication factor".into()));
+                }
+                if topic.assignments.iter().any(|a| a.broker_ids.iter().any(|b| b.0 != node_id) || a.broker_ids.len() != 1) {
+                    return Err((error_code::INVALID_REPLICATION_FACTOR, format!("this cluster has one broker (id {node_id})")));
+                }
+            } else {
+                if partitions < 1 || partitions > limits::TOPIC_PARTITIONS_MAX {
+                    return Err((error_code::INVALID_PARTITIONS, format!("partitions must be 1..={}", limits::TOPIC_PARTITIONS_MAX)));
+                }
+                if topic.replication_factor != -1 && topic.replication_factor != 1 {
+                    return Err((
+                        error_code::INVALID_REPLICATION_FACTOR,
+                        format!("replication factor {} is larger than the 1 available broker", topic.replication_factor),
+                    ));
+                }
+            }
+            let mut configs = BTreeMap::new();
+            for config in &topic.configs {
+                let key = config.name.to_string();
+                let Some(value) = config.value.as_ref().map(|v| v.to_string()) else { continue };
+                topic_config::validate(&key, &value).map_err(|e| (error_code::INVALID_CONFIG, e.to_string()))?;
+                configs.insert(key, value);
+            }
+            if shard.image().topic(&name).is_some() {
+                return Err((error_code::TOPIC_ALREADY_EXISTS, format!("topic '{name}' already exists")));
+            }
+            Ok(configs)
+        };
+        let partitions = if topic.assignments.is_empty() { partitions } else { topic.assignments.len() as i32 };
+        match check() {
+            Ok(configs) => {
+                outcomes.push((error_code::NONE, None, partitions));
+                if !request.validate_only {
+                    create_slots.push(slot);
+                    to_create.push(NewTopic { name, partitions, configs });
+                }
+            }
+            Err((code, message)) => outcomes.push((code, Some(message), partitions)),
+        }
+    }
+    if !to_create.is_empty() {
+        match create_topics_via_controller(shard, to_create).await {
+            Ok(results) => {
+                for (slot, result) in create_slots.into_iter().zip(results) {
+                    if let Err(error) = result {
+                        outcomes[slot] = (metadata_error_code(&error), Some(error.to_string()), outcomes[slot].2);
+                    }
+                }
+            }
+            Err(message) => {
+                for slot in create_slots {
+                    outcomes[slot] = (error_code::UNKNOWN_SERVER_ERROR, Some(message.clone()), outcomes[slot].2);
+                }
+            }
+        }
+    }
+    let image = shard.image();
+    let mut response = CreateTopicsResponse::default();
+    response.topics = request
+        .topics
+        .iter()
+        .zip(outcomes)
+        .map(|(topic, (code, message, partitions))| {
+            let mut out = CreatableTopicResult::default();
+            out.name = topic.name.clone();
+            out.error_code = code;
+            out.error_message = message.as_deref().map(str_bytes);
+            if code == error_code::NONE {
+                out.num_partitions = partitions;
+                out.replication_factor = 1;
+                let explicit = image.topic(&topic.name.0).map(|meta| meta.configs.clone()).unwrap_or_default();
+                if let Some(meta) = image.topic(&topic.name.0) {
+                    out.topic_id = topic_id(meta);
+                }
+                out.configs = Some(
+                    topic_config::resolve(&shard.config.topic_defaults, &explicit)
+                        .into_iter()
+                        .map(|entry| {
+                            let mut config = CreatableTopicConfigs::default();
+                            config.name = str_bytes(entry.name);
+                            config.value = Some(str_bytes(&entry.value));
+                            config.config_source = if entry.is_default { SOURCE_DEFAULT } else { SOURCE_DYNAMIC_TOPIC };
+                            config
+                        })
+                        .collect(),
+                );
+            } else {
+                out.num_partitions = -1;
+                out.replication_factor = -1;
+            }
+            out
+        })
+        .collect();
+    ctx.respond(&response)
+}
+
+pub async fn delete_topics(ctx: &Ctx<'_>, request: DeleteTopicsRequest) -> Outcome {
+    let shard = ctx.shard;
+    // v0-5 name topics in `topic_names`; v6 in `topics` (by name or id).
+    let image = shard.image();
+    let mut names: Vec<(Option<String>, Option<kafka_protocol::protocol::types::Uuid>)> =
+        request.topic_names.iter().map(|n| (Some(n.0.to_string()), None)).collect();
+    for topic in &request.topics {
+        let name = topic.name.as_ref().map(|n| n.0.to_string()).or_else(|| {
+            image.topics.values().find(|meta| topic_id(meta) == topic.topic_id).map(|meta| meta.name.clone())
+        });
+        names.push((name, Some(topic.topic_id)));
+    }
+    let commands: Vec<Command> =
+        names.iter().filter_map(|(name, _)| name.clone()).map(|name| Command::DeleteTopic { name }).collect();
+    let results = run_commands(shard, commands).await;
+    let mut results = match results {
+        Ok(results) => results.into_iter().map(|r| r.map_err(|e| (metadata_error_code(&e), e.to_string()))).collect::<Vec<_>>(),
+        Err(message) => names.iter().map(|_| Err((error_code::UNKNOWN_SERVER_ERROR, message.clone()))).collect(),
+    }
+    .into_iter();
+    let mut response = DeleteTopicsResponse::default();
+    response.responses = names
+        .into_iter()
+        .map(|(name, id)| {
+            let mut out = DeletableTopicResult::default();
+            out.topic_id = id.unwrap_or_default();
+            match name {
+                Some(name) => {
+                    out.name = Some(TopicName(str_bytes(&name)));
+                    if let Some(Err((code, message))) = results.next() {
+                        out.error_code = code;
+                        out.error_message = Some(str_bytes(&message));
+                    }
+                }
+                None => out.error_code = error_code::UNKNOWN_TOPIC_ID,
+            }
+            out
+        })
+        .collect();
+    ctx.respond(&response)
+}
+
+pub async fn create_partitions(ctx: &Ctx<'_>, request: CreatePartitionsRequest) -> Outcome {
+    let shard = ctx.shard;
+    let mut outcomes: Vec<Option<(i16, String)>> = Vec::new();
+    let mut commands = Vec::new();
+    let mut slots = Vec::new();
+    for (slot, topic) in request.topics.iter().enumerate() {
+        let name = topic.name.0.to_string();
+        if topic.assignments.as_ref().is_some_and(|a| a.iter().any(|a| a.broker_ids.iter().any(|b| b.0 != shard.config.node_id))) {
+            outcomes.push(Some((error_code::INVALID_REPLICATION_FACTOR, "this cluster has one broker".into())));
+        } else if topic.count > limits::TOPIC_PARTITIONS_MAX {
+            outcomes.push(Some((error_code::INVALID_PARTITIONS, format!("at most {} partitions", limits::TOPIC_PARTITIONS_MAX))));
+        } else if request.validate_only {
+            let current = shard.image().topic(&name).map(|t| t.partitions.len() as i32);
+            outcomes.push(match current {
+                None => Some((error_code::UNKNOWN_TOPIC_OR_PARTITION, format!("topic '{name}' does not exist"))),
+                Some(current) if topic.count <= current => {
+                    Some((error_code::INVALID_PARTITIONS, format!("topic has {current} partitions already")))
+                }
+                Some(_) => None,
+            });
+        } else {
+            outcomes.push(None);
+            slots.push(slot);
+            commands.push(Command::CreatePartitions { name, total: topic.count });
+        }
+    }
+    if !commands.is_empty() {
+        match run_commands(shard, commands).await {
+            Ok(results) => {
+                for (slot, result) in slots.into_iter().zip(results) {
+                    if let Err(error) = result {
+                        outcomes[slot] = Some((metadata_error_code(&error), error.to_string()));
+                    }
+                }
+            }
+            Err(message) => slots.into_iter().for_each(|slot| outcomes[slot] = Some((error_code::UNKNOWN_SERVER_ERROR, message.clone()))),
+        }
+    }
+    let mut response = CreatePartitionsResponse::default();
+    response.results = request
+        .topics
+        .iter()
+        .zip(outcomes)
+        .map(|(topic, outcome)| {
+            let mut out = CreatePartitionsTopicResult::default();
+            out.name = topic.name.clone();
+            if let Some((code, message)) = outcome {
+                out.error_code = code;
+                out.error_message = Some(str_bytes(&message));
+            }
+            out
+        })
+        .collect();
+    ctx.respond(&response)
+}
+
+fn broker_entries(ctx: &Ctx<'_>) -> Vec<(&'static str, String)> {
+    let config = &ctx.shard.config;
+    let (host, port) = config.advertised_host_port();
+    vec![
+        ("node.id", config.node_id.to_string()),
+        ("broker.id", config.node_id.to_string()),
+        ("log.dirs", config.data_dir.display().to_string()),
+        ("num.partitions", config.default_partitions.to_string()),
+        ("auto.create.topics.enable", config.auto_create_topics.to_string()),
+        ("listeners", format!("PLAINTEXT://{}", config.listen)),
+        ("advertised.listeners", format!("PLAINTEXT://{host}:{port}")),
+        ("default.replication.factor", "1".into()),
+        ("socket.request.max.bytes", tern_protocol::limits::FRAME_BYTES_MAX.to_string()),
+        ("tern.shards", ctx.shard.count.to_string()),
+    ]
+}
+
+pub fn describe_configs(ctx: &Ctx<'_>, request: DescribeConfigsRequest) -> Outcome {
+    let shard = ctx.shard;
+    let image = shard.image();
+    let mut response = DescribeConfigsResponse::default();
+    response.results = request
+        .resources
+        .iter()
+        .map(|resource| {
+            let mut out = DescribeConfigsResult::default();
+            out.resource_type = resource.resource_type;
+            out.resource_name = resource.resource_name.clone();
+            let wanted = |name: &str| {
+                resource.configuration_keys.as_ref().is_none_or(|keys| keys.iter().any(|k| k.as_str() == name))
+            };
+            let make = |name: &str, value: &str, source: i8, read_only: bool, doc: Option<&str>| {
+                let mut entry = DescribeConfigsResourceResult::default();
+                entry.name = str_bytes(name);
+                entry.value = Some(str_bytes(value));
+                entry.config_source = source;
+                entry.read_only = read_only;
+                if request.include_documentation {
+                    entry.documentation = doc.map(str_bytes);
+                }
+                entry
+            };
+            match resource.resource_type {
+                RESOURCE_TOPIC => match image.topic(&resource.resource_name) {
+                    Some(meta) => {
+                        out.configs = topic_config::resolve(&shard.config.topic_defaults, &meta.configs)
+                            .into_iter()
+                            .filter(|entry| wanted(entry.name))
+                            .map(|entry| {
+                                let source = if entry.is_default { SOURCE_DEFAULT } else { SOURCE_DYNAMIC_TOPIC };
+                                make(entry.name, &entry.value, source, false, Some(entry.doc))
+                            })
+                            .collect();
+                    }
+                    None => {
+                        out.error_code = error_code::UNKNOWN_TOPIC_OR_PARTITION;
+                        out.error_message = Some(str_bytes("unknown topic"));
+                    }
+                },
+                RESOURCE_BROKER => {
+                    if resource.resource_name.is_empty() || resource.resource_name.as_str() == shard.config.node_id.to_string() {
+                        out.configs = broker_entries(ctx)
+                            .into_iter()
+                            .filter(|(name, _)| wanted(name))
+                            .map(|(name, value)| make(name, &value, SOURCE_STATIC_BROKER, true, None))
+                            .collect();
+                    } else {
+                        out.error_code = error_code::INVALID_REQUEST;
+                        out.error_message = Some(str_bytes("unknown broker id"));
+                    }
+                }
+                _ => {
+                    out.error_code = error_code::INVALID_REQUEST;
+                    out.error_message = Some(str_bytes("unsupported resource type"));
+                }
+            }
+            out
+        })
+        .collect();
+    ctx.respond(&response)
+}
+
+/// Checks and applies new explicit configs for topics; returns an outcome per resource.
+async fn set_topic_configs(
+    shard: &Rc<Shard>,
+    changes: Vec<(i8, String, Result<BTreeMap<String, String>, (i16, String)>)>,
+    validate_only: bool,
+) -> Vec<Option<(i16, String)>> {
+    let mut outcomes = Vec::with_capacity(changes.len());
+    let mut commands = Vec::new();
+    let mut slots = Vec::new();
+    let image = shard.image();
+    for (slot, (resource_type, name, configs)) in changes.into_iter().enumerate() {
+        match (resource_type, configs) {
+            (_, Err(error)) => outcomes.push(Some(error)),
+            (RESOURCE_BROKER, Ok(_)) => outcomes.push(Some((
+                error_code::INVALID_REQUEST,
+                "broker configs are static in this version; set them in the config file or flags".into(),
+            ))),
+            (RESOURCE_TOPIC, Ok(configs)) => {
+                if image.topic(&name).is_none() {
+                    outcomes.push(Some((error_code::UNKNOWN_TOPIC_OR_PARTITION, format!("unknown topic '{name}'"))));
+                } else {
+                    outcomes.push(None);
+                    if !validate_only {
+                        slots.push(slot);
+                        commands.push(Command::SetTopicConfigs { name, configs });
+                    }
+                }
+            }
+            (_, Ok(_)) => outcomes.push(Some((error_code::INVALID_REQUEST, "unsupported resource type".into()))),
+        }
+    }
+    if !commands.is_empty() {
+        match run_commands(shard, commands).await {
+            Ok(results) => {
+                for (slot, result) in slots.into_iter().zip(results) {
+                    if let Err(error) = result {
+                        outcomes[slot] = Some((metadata_error_code(&error), error.to_string()));
+                    }
+                }
+            }
+            Err(message) => slots.into_iter().for_each(|slot| outcomes[slot] = Some((error_code::UNKNOWN_SERVER_ERROR, message.clone()))),
+        }
+    }
+    outcomes
+}
+
+fn validated(pairs: impl IntoIterator<Item = (String, String)>) -> Result<BTreeMap<String, String>, (i16, String)> {
+    let mut out = BTreeMap::new();
+    for (key, value) in pairs {
+        topic_config::validate(&key, &value).map_err(|e| (error_code::INVALID_CONFIG, e.to_string()))?;
+        out.insert(key, value);
+    }
+    Ok(out)
+}
+
+pub async fn alter_configs(ctx: &Ctx<'_>, request: AlterConfigsRequest) -> Outcome {
+    let changes = request
+        .resources
+        .iter()
+        .map(|resource| {
+            let pairs = resource.configs.iter().filter_map(|c| c.value.as_ref().map(|v| (c.name.to_string(), v.to_string())));
+            (resource.resource_type, resource.resource_name.to_string(), validated(pairs))
+        })
+        .collect();
+    let outcomes = set_topic_configs(ctx.shard, changes, request.validate_only).await;
+    let mut response = AlterConfigsResponse::default();
+    response.responses = request
+        .resources
+        .iter()
+        .zip(outcomes)
+        .map(|(resource, outcome)| {
+            let mut out = AlterConfigsResourceResponse::default();
+            out.resource_type = resource.resource_type;
+            out.resource_name = resource.resource_name.clone();
+            if let Some((code, message)) = outcome {
+                out.error_code = code;
+                out.error_message = Some(str_bytes(&message));
+            }
+            out
+        })
+        .collect();
+    ctx.respond(&response)
+}
+
+pub async fn incremental_alter_configs(ctx: &Ctx<'_>, request: IncrementalAlterConfigsRequest) -> Outcome {
+    const SET: i8 = 0;
+    const DELETE: i8 = 1;
+    let image = ctx.shard.image();
+    let changes = request
+        .resources
+        .iter()
+        .map(|resource| {
+            let name = resource.resource_name.to_string();
+            let mut configs = image.topic(&name).map(|meta| meta.configs.clone()).unwrap_or_default();
+            let mut result = Ok(());
+            for config in &resource.configs {
+                let key = config.name.to_string();
+                match config.config_operation {
+                    SET => match config.value.as_ref() {
+                        Some(value) => {
+                            configs.insert(key, value.to_string());
+                        }
+                        None => result = Err((error_code::INVALID_REQUEST, format!("SET of '{key}' without a value"))),
+                    },
+                    DELETE => {
+                        configs.remove(&key);
+                    }
+                    // APPEND and SUBTRACT apply to list-valued configs; the only list among
+                    // the honoured keys is cleanup.policy, which accepts just "delete".
+                    op => result = Err((error_code::INVALID_CONFIG, format!("operation {op} is not supported for '{key}'"))),
+                }
+            }
+            let configs = result.and_then(|()| validated(configs));
+            (resource.resource_type, name, configs)
+        })
+        .collect();
+    let outcomes = set_topic_configs(ctx.shard, changes, request.validate_only).await;
+    let mut response = IncrementalAlterConfigsResponse::default();
+    response.responses = request
+        .resources
+        .iter()
+        .zip(outcomes)
+        .map(|(resource, outcome)| {
+            let mut out = IncrementalResult::default();
+            out.resource_type = resource.resource_type;
+            out.resource_name = resource.resource_name.clone();
+            if let Some((code, message)) = outcome {
+                out.error_code = code;
+                out.error_message = Some(str_bytes(&message));
+            }
+            out
+        })
+        .collect();
+    ctx.respond(&response)
+}
+
+pub fn describe_cluster(ctx: &Ctx<'_>, _request: DescribeClusterRequest) -> Outcome {
+    let config = &ctx.shard.config;
+    let (host, port) = config.advertised_host_port();
+    let mut response = DescribeClusterResponse::default();
+    response.cluster_id = str_bytes(&ctx.shard.image().cluster_id);
+    response.controller_id = BrokerId(config.node_id);
+    let mut broker = DescribeClusterBroker::default();
+    broker.broker_id = BrokerId(config.node_id);
+    broker.host = str_bytes(&host);
+    broker.port = port;
+    response.brokers = vec![broker];
+    ctx.respond(&response)
+}

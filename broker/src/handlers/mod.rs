@@ -1,0 +1,111 @@
+//! Request dispatch: one function per Kafka API, each taking the shard and the request and
+//! returning the response frame.
+//!
+//! Architecture invariant: handlers never parse wire bytes themselves; they receive values
+//! decoded by `tern-protocol` (bounded) and build responses with its encoders. A handler
+//! never panics on client data: every client mistake becomes a Kafka error code or a
+//! closed connection.
+
+mod admin;
+pub use admin::new_cluster_id;
+mod api_versions;
+mod fetch;
+mod metadata;
+mod offsets;
+mod produce;
+pub use produce::now_ms;
+
+use std::rc::Rc;
+
+use bytes::{Bytes, BytesMut};
+use glommio::sync::StaticPermit;
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::{Encodable, StrBytes};
+use tern_protocol::api;
+use tern_protocol::frame::{self, HeaderError, ParsedHeader};
+use tern_protocol::request::{decode_body, encode_response};
+
+use crate::connection::Outcome;
+use crate::shard::Shard;
+
+/// Everything a handler needs to know about the request it serves.
+pub struct Ctx<'a> {
+    pub shard: &'a Rc<Shard>,
+    pub api_key: i16,
+    pub version: i16,
+    pub correlation_id: i32,
+}
+
+impl Ctx<'_> {
+    /// Frames a response body built with the `kafka-protocol` types.
+    pub fn respond<T: Encodable>(&self, body: &T) -> Outcome {
+        match encode_response(self.api_key, self.version, self.correlation_id, body) {
+            Ok(frame) => Outcome::frame(frame),
+            // Encoding fails only for values we built ourselves (e.g. a string over 32 KiB):
+            // a bug, but not one worth taking the broker down for.
+            Err(error) => Outcome::Close(format!("cannot encode response: {error}")),
+        }
+    }
+}
+
+pub fn str_bytes(value: &str) -> StrBytes {
+    StrBytes::from_string(value.to_owned())
+}
+
+/// Serves one request frame (size prefix already removed). `_permit` holds this request's
+/// share of the connection's byte budget until the response is built.
+pub async fn handle(shard: Rc<Shard>, request: BytesMut, _permit: StaticPermit) -> Outcome {
+    let parsed = match frame::parse_header(&request) {
+        Ok(parsed) => parsed,
+        Err(HeaderError::UnsupportedVersion { api_key, api_version, correlation_id, name })
+            if api_key == api::API_VERSIONS =>
+        {
+            tracing::debug!(api_version, name, "ApiVersions with a newer version; answering v0 with UNSUPPORTED_VERSION");
+            return api_versions::unsupported(correlation_id);
+        }
+        Err(error) => {
+            shard.stats.malformed_requests.set(shard.stats.malformed_requests.get() + 1);
+            return Outcome::Close(error.to_string());
+        }
+    };
+    let ParsedHeader { header, spec, body_start } = parsed;
+    let ctx = Ctx { shard: &shard, api_key: header.api_key, version: header.api_version, correlation_id: header.correlation_id };
+    if header.api_key == api::PRODUCE {
+        let mut request = request;
+        let body = request.split_off(body_start);
+        return produce::handle(&ctx, body).await;
+    }
+    let body: Bytes = request.freeze().slice(body_start..);
+    macro_rules! decode {
+        ($ty:ty) => {
+            match decode_body::<$ty>(spec, header.api_version, body) {
+                Ok(request) => request,
+                Err(error) => {
+                    shard.stats.malformed_requests.set(shard.stats.malformed_requests.get() + 1);
+                    return Outcome::Close(format!("malformed {} v{}: {error}", spec.name, header.api_version));
+                }
+            }
+        };
+    }
+    match header.api_key {
+        api::API_VERSIONS => {
+            let _request = decode!(ApiVersionsRequest);
+            api_versions::handle(&ctx)
+        }
+        api::METADATA => metadata::handle(&ctx, decode!(MetadataRequest)).await,
+        api::FETCH => fetch::handle(&ctx, decode!(FetchRequest)).await,
+        api::LIST_OFFSETS => offsets::list_offsets(&ctx, decode!(ListOffsetsRequest)).await,
+        api::DELETE_RECORDS => offsets::delete_records(&ctx, decode!(DeleteRecordsRequest)).await,
+        api::CREATE_TOPICS => admin::create_topics(&ctx, decode!(CreateTopicsRequest)).await,
+        api::DELETE_TOPICS => admin::delete_topics(&ctx, decode!(DeleteTopicsRequest)).await,
+        api::CREATE_PARTITIONS => admin::create_partitions(&ctx, decode!(CreatePartitionsRequest)).await,
+        api::DESCRIBE_CONFIGS => admin::describe_configs(&ctx, decode!(DescribeConfigsRequest)),
+        api::ALTER_CONFIGS => admin::alter_configs(&ctx, decode!(AlterConfigsRequest)).await,
+        api::INCREMENTAL_ALTER_CONFIGS => {
+            admin::incremental_alter_configs(&ctx, decode!(IncrementalAlterConfigsRequest)).await
+        }
+        api::DESCRIBE_CLUSTER => admin::describe_cluster(&ctx, decode!(DescribeClusterRequest)),
+        other => Outcome::Close(format!("api key {other} is advertised but has no handler")),
+    }
+}
+
