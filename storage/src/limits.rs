@@ -1,0 +1,59 @@
+//! Every size and count the storage engine bounds, in one place, with their relations
+//! asserted at compile time.
+//!
+//! Nothing here does I/O; other modules read these constants and must not invent their own
+//! magic numbers. When a limit changes, the assertions below say which others must follow.
+
+use tern_protocol::batch::BATCH_HEADER_BYTES;
+
+/// Alignment of every direct-IO write and read position and size. Devices report 512 or 4096;
+/// 4096 satisfies both.
+pub const DMA_ALIGNMENT_BYTES: u64 = 4096;
+
+/// Largest batch any log accepts, whatever `max_message_bytes` says.
+pub const BATCH_BYTES_MAX: u32 = 64 * 1024 * 1024;
+
+/// Smallest and largest `segment_bytes`. Index positions are u32, so a segment stays below 4 GiB;
+/// Kafka's own ceiling is i32::MAX.
+pub const SEGMENT_BYTES_MIN: u64 = 1024;
+pub const SEGMENT_BYTES_MAX: u64 = i32::MAX as u64;
+
+/// Smallest `index_interval_bytes`: one index entry per this many bytes at most.
+pub const INDEX_INTERVAL_BYTES_MIN: u32 = 64;
+
+/// Largest single direct-IO write built from coalesced pending batches (group commit). A single
+/// larger batch is still written whole.
+pub const WRITE_COALESCE_BYTES_MAX: usize = 8 * 1024 * 1024;
+
+/// Preallocation step for segment files (fallocate with KEEP_SIZE), so that appends rarely
+/// allocate blocks synchronously.
+pub const PREALLOCATE_EXTENT_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Size of each read while scanning a segment during recovery or an index rebuild.
+pub const SCAN_CHUNK_BYTES: usize = 1024 * 1024;
+
+/// Size of each read while walking batch headers from an index entry to a target offset.
+pub const HEADER_WALK_WINDOW_BYTES: usize = 64 * 1024;
+
+/// Largest read served by one `Log::read` call, whatever `max_bytes` the caller passes.
+pub const READ_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// Offset index entry: relative offset u32 + position u32.
+pub const OFFSET_INDEX_ENTRY_BYTES: usize = 8;
+/// Time index entry: timestamp i64 + relative offset u32.
+pub const TIME_INDEX_ENTRY_BYTES: usize = 12;
+
+/// Size of the `log-start-offset` checkpoint file: offset i64 + CRC32C u32.
+pub const CHECKPOINT_BYTES: usize = 12;
+
+const _: () = assert!(DMA_ALIGNMENT_BYTES.is_power_of_two());
+const _: () = assert!(DMA_ALIGNMENT_BYTES >= 512);
+const _: () = assert!(PREALLOCATE_EXTENT_BYTES % DMA_ALIGNMENT_BYTES == 0);
+const _: () = assert!(WRITE_COALESCE_BYTES_MAX as u64 >= DMA_ALIGNMENT_BYTES);
+const _: () = assert!(SEGMENT_BYTES_MAX <= u32::MAX as u64);
+const _: () = assert!(SEGMENT_BYTES_MIN < SEGMENT_BYTES_MAX);
+const _: () = assert!(BATCH_BYTES_MAX as usize <= READ_BYTES_MAX);
+const _: () = assert!((BATCH_BYTES_MAX as u64) < SEGMENT_BYTES_MAX);
+const _: () = assert!(SCAN_CHUNK_BYTES >= BATCH_HEADER_BYTES);
+const _: () = assert!(HEADER_WALK_WINDOW_BYTES >= BATCH_HEADER_BYTES);
+const _: () = assert!(INDEX_INTERVAL_BYTES_MIN as usize >= BATCH_HEADER_BYTES);

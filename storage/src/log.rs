@@ -1,0 +1,983 @@
+//! The partition log: append with group commit, the tail cache, reads, timestamp lookups,
+//! roll, retention, delete_records, recovery on open, and clean shutdown.
+//!
+//! Concurrency contract: a `Log` is `!Send` and owned by one shard. All methods take `&self`
+//! and may be called from many tasks of that shard's executor at once. State lives in one
+//! `RefCell` that is never borrowed across an `.await`. All writes to segment files, rolls,
+//! checkpoint writes and segment deletions are done by whichever task holds the *writer role*
+//! (a flag plus a [`Notify`]); appenders that find it taken wait for the round in flight and then
+//! the first of them takes it for the next round, so appends arriving during one fdatasync share
+//! the next one (group commit). Batches stay in the `pending` queue until written, so a
+//! cancelled round is simply redone at the same file position.
+//!
+//! What it must never do: copy record bytes on the tail-cache read path, acknowledge an append
+//! before the fdatasync covering it (EveryAppend), trust bytes read back from disk, or call
+//! blocking std::fs on the append/read path (open and remove are the exceptions, at start-up and
+//! DeleteTopics).
+//!
+//! Directory layout: `<base:020>.log`, `.index`, `.timeindex` per segment (see `segment` and
+//! `index`), `log-start-offset` (checkpoint, below), `.clean-shutdown` (empty marker written
+//! last by `close`, removed by `open`).
+//!
+//! # `log-start-offset`
+//!
+//! | offset | size | field                                 |
+//! |-------:|-----:|---------------------------------------|
+//! |      0 |    8 | log start offset i64 BE               |
+//! |      8 |    4 | CRC32C u32 BE of bytes 0..8           |
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::rc::{Rc, Weak};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use tern_protocol::batch::{
+    set_base_offset, set_log_append_time, set_partition_leader_epoch, BatchError, BatchHeader, BatchIter,
+};
+use tern_protocol::types::{LeaderEpoch, Offset, TimestampMs};
+
+use crate::config::{FlushPolicy, LogConfig, TimestampType};
+use crate::error::{AppendError, DeleteError, OpenError, ReadError, StorageIoError};
+use crate::index::SegmentIndexer;
+use crate::limits;
+use crate::notify::Notify;
+use crate::segment::{
+    self, align_down, align_up, log_file_name, offset_index_file_name, open_rw, parse_file_name, read_vec,
+    time_index_file_name, walk_headers, walk_to_offset, Segment, WalkError,
+};
+
+pub const CLEAN_SHUTDOWN_FILE_NAME: &str = ".clean-shutdown";
+pub const LOG_START_OFFSET_FILE_NAME: &str = "log-start-offset";
+
+/// Whole batches returned by [`Log::read`]. `chunks` are shared, not copied, when they come from
+/// the tail cache.
+#[derive(Debug, Clone)]
+pub struct ReadSlice {
+    pub chunks: Vec<Bytes>,
+    /// Total bytes in `chunks`.
+    pub len: usize,
+    /// Base offset of the first batch returned (may be below the requested offset).
+    pub first_offset: Offset,
+    /// The offset after the last batch returned; the requested offset when empty.
+    pub next_offset: Offset,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendInfo {
+    pub base_offset: Offset,
+    pub last_offset: Offset,
+    /// The broker's timestamp for LogAppendTime topics, -1 otherwise.
+    pub log_append_time: TimestampMs,
+    pub log_start_offset: Offset,
+}
+
+/// Counters of one log, for metrics and the benchmark.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LogStats {
+    /// Bytes served from the tail cache by sharing the appended buffers.
+    pub bytes_zero_copy: u64,
+    /// Bytes served from disk, copied once out of the DMA read buffer.
+    pub bytes_copied: u64,
+    pub appends: u64,
+    pub batches_written: u64,
+    pub bytes_written: u64,
+    pub dma_writes: u64,
+    pub fdatasyncs: u64,
+    pub rolls: u64,
+    pub tail_cache_bytes: usize,
+    pub segments: usize,
+}
+
+struct PendingBatch {
+    bytes: Bytes,
+    header: BatchHeader,
+    now_ms: i64,
+}
+
+struct CachedBatch {
+    base: Offset,
+    next: Offset,
+    bytes: Bytes,
+}
+
+struct State {
+    config: LogConfig,
+    /// Sorted by base offset; the last one is the active segment. Never empty.
+    segments: Vec<Segment>,
+    log_start: Offset,
+    /// Log end offset: offsets are assigned up to here.
+    leo: Offset,
+    /// Every batch below this is written to a segment file.
+    written_end: Offset,
+    /// Every batch below this is covered by an fdatasync.
+    durable_end: Offset,
+    /// Acknowledged-able prefix; monotonic.
+    hw: Offset,
+    pending: VecDeque<PendingBatch>,
+    cache: VecDeque<CachedBatch>,
+    cache_bytes: usize,
+    writer_busy: bool,
+    failed: Option<String>,
+    closed: bool,
+    unsynced_messages: u64,
+    last_sync: Instant,
+    stats: LogStats,
+}
+
+struct Inner {
+    dir: PathBuf,
+    state: RefCell<State>,
+    notify: Notify,
+}
+
+/// A partition's log. See the module documentation for the concurrency contract.
+pub struct Log {
+    inner: Rc<Inner>,
+}
+
+impl std::fmt::Debug for Log {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Log").field("dir", &self.inner.dir).finish()
+    }
+}
+
+/// Releases the writer role when dropped, also when the holding future is cancelled.
+struct WriterGuard<'a> {
+    inner: &'a Inner,
+}
+
+impl Drop for WriterGuard<'_> {
+    fn drop(&mut self) {
+        self.inner.state.borrow_mut().writer_busy = false;
+        self.inner.notify.notify_all();
+    }
+}
+
+fn io_ctx(context: impl Into<String>) -> impl FnOnce(glommio::GlommioError<()>) -> StorageIoError {
+    let context = context.into();
+    move |e| StorageIoError::new(context, e)
+}
+
+fn failed_error(message: &str) -> StorageIoError {
+    StorageIoError::new("using a log that failed earlier", std::io::Error::other(message.to_string()))
+}
+
+fn encode_checkpoint(offset: Offset) -> Vec<u8> {
+    let mut out = offset.0.to_be_bytes().to_vec();
+    out.extend_from_slice(&crc32c::crc32c(&out).to_be_bytes());
+    out
+}
+
+fn decode_checkpoint(bytes: &[u8]) -> Option<Offset> {
+    if bytes.len() != limits::CHECKPOINT_BYTES {
+        return None;
+    }
+    let crc = u32::from_be_bytes(bytes[8..12].try_into().ok()?);
+    if crc != crc32c::crc32c(&bytes[..8]) {
+        return None;
+    }
+    Some(Offset(i64::from_be_bytes(bytes[..8].try_into().ok()?)))
+}
+
+async fn sync_dir(dir: &Path) -> Result<(), StorageIoError> {
+    let d = glommio::io::Directory::open(dir).await.map_err(io_ctx(format!("opening directory {}", dir.display())))?;
+    d.sync().await.map_err(io_ctx(format!("syncing directory {}", dir.display())))?;
+    let _ = d.close().await;
+    Ok(())
+}
+
+async fn remove_if_exists(path: &Path) -> Result<(), StorageIoError> {
+    match glommio::io::remove(path).await {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let e: std::io::Error = e.into();
+            if e.kind() == std::io::ErrorKind::NotFound {
+                Ok(())
+            } else {
+                Err(StorageIoError::new(format!("removing {}", path.display()), e))
+            }
+        }
+    }
+}
+
+impl Log {
+    /// Opens (creating if missing) the log in `dir` and recovers it: without a clean-shutdown
+    /// marker the active segment is scanned batch by batch and a torn tail truncated; missing or
+    /// damaged indexes are rebuilt.
+    pub async fn open(dir: PathBuf, config: LogConfig) -> Result<Log, OpenError> {
+        config.validate().map_err(OpenError::InvalidConfig)?;
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| StorageIoError::new(format!("creating {}", dir.display()), e))?;
+        let marker = dir.join(CLEAN_SHUTDOWN_FILE_NAME);
+        let clean = marker.exists();
+        let mut bases = Vec::new();
+        let entries = std::fs::read_dir(&dir).map_err(|e| StorageIoError::new(format!("listing {}", dir.display()), e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| StorageIoError::new(format!("listing {}", dir.display()), e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".tmp") {
+                // A checkpoint or index write interrupted before its rename: the old file wins.
+                remove_if_exists(&entry.path()).await?;
+                continue;
+            }
+            if let Some((base, "log")) = parse_file_name(&name) {
+                bases.push(base);
+            }
+        }
+        bases.sort();
+        let checkpoint = match segment::read_small_file(&dir.join(LOG_START_OFFSET_FILE_NAME)).await? {
+            Some(bytes) => decode_checkpoint(&bytes),
+            None => None,
+        };
+        if bases.is_empty() {
+            bases.push(checkpoint.unwrap_or(Offset(0)).max(Offset(0)));
+        }
+        let interval = config.index_interval_bytes;
+        let mut segments = Vec::with_capacity(bases.len());
+        for (i, &base) in bases.iter().enumerate() {
+            let is_active = i + 1 == bases.len();
+            let path = dir.join(log_file_name(base));
+            let file = open_rw(&path).await?;
+            let file_bytes = file.file_size().await.map_err(io_ctx(format!("stat {}", path.display())))?;
+            let mut loaded = None;
+            if clean || !is_active {
+                if let Some((offset_index, time_index)) = segment::load_indexes(&dir, base, file_bytes.max(1)).await? {
+                    let mut indexer = SegmentIndexer::new(base);
+                    indexer.max_timestamp = time_index.last().map(|e| (base.plus(i64::from(e.relative_offset)), e.timestamp));
+                    indexer.offset_index = offset_index;
+                    indexer.time_index = time_index;
+                    loaded = Some(indexer);
+                }
+            }
+            let (indexer, size_bytes) = match loaded {
+                Some(mut indexer) if is_active => {
+                    // Clean shutdown: only the stretch after the last index entry is scanned, to
+                    // find the log end offset.
+                    let floor = indexer.offset_index.entries().last().copied();
+                    let (position, next) = floor
+                        .map(|e| (u64::from(e.position), base.plus(i64::from(e.relative_offset))))
+                        .unwrap_or((0, base));
+                    indexer.next_offset = next;
+                    let outcome = segment::scan(&file, &path, indexer, position, file_bytes, interval, false).await?;
+                    if outcome.valid_bytes < file_bytes {
+                        tracing::warn!(segment = %path.display(), position = outcome.valid_bytes, reason = ?outcome.stopped_by,
+                            "truncating invalid tail of a cleanly closed segment");
+                    }
+                    (outcome.indexer, outcome.valid_bytes)
+                }
+                Some(mut indexer) => {
+                    indexer.next_offset = bases[i + 1];
+                    (indexer, file_bytes)
+                }
+                None => {
+                    let outcome =
+                        segment::scan(&file, &path, SegmentIndexer::new(base), 0, file_bytes, interval, true).await?;
+                    if outcome.valid_bytes < file_bytes {
+                        tracing::warn!(segment = %path.display(), position = outcome.valid_bytes, file_bytes, reason = ?outcome.stopped_by,
+                            "truncating segment at the last valid batch");
+                    }
+                    if !is_active {
+                        let mut sealed = outcome.indexer.clone();
+                        sealed.seal();
+                        segment::persist_indexes(&dir, &sealed).await?;
+                    }
+                    (outcome.indexer, outcome.valid_bytes)
+                }
+            };
+            if size_bytes < file_bytes {
+                file.truncate(size_bytes).await.map_err(io_ctx(format!("truncating {}", path.display())))?;
+                file.fdatasync().await.map_err(io_ctx(format!("syncing {}", path.display())))?;
+            }
+            let tail = if is_active && size_bytes % limits::DMA_ALIGNMENT_BYTES != 0 {
+                let start = align_down(size_bytes);
+                read_vec(&file, start, (size_bytes - start) as usize, &path).await?
+            } else {
+                Vec::new()
+            };
+            if is_active {
+                // Stale indexes of the active segment would disagree with a rebuilt one.
+                remove_if_exists(&dir.join(offset_index_file_name(base))).await?;
+                remove_if_exists(&dir.join(time_index_file_name(base))).await?;
+            }
+            segments.push(Segment {
+                file: Rc::new(file),
+                size_bytes,
+                indexer,
+                preallocated_bytes: 0,
+                tail,
+                first_append_ms: None,
+            });
+        }
+        if clean {
+            remove_if_exists(&marker).await?;
+        }
+        sync_dir(&dir).await?;
+        let leo = segments.last().map(|s| s.indexer.next_offset).unwrap_or(Offset(0));
+        let first_base = segments[0].base();
+        let log_start = checkpoint.unwrap_or(first_base).max(first_base).min(leo);
+        let state = State {
+            config,
+            segments,
+            log_start,
+            leo,
+            written_end: leo,
+            durable_end: leo,
+            hw: leo,
+            pending: VecDeque::new(),
+            cache: VecDeque::new(),
+            cache_bytes: 0,
+            writer_busy: false,
+            failed: None,
+            closed: false,
+            unsynced_messages: 0,
+            last_sync: Instant::now(),
+            stats: LogStats::default(),
+        };
+        let inner = Rc::new(Inner { dir, state: RefCell::new(state), notify: Notify::default() });
+        spawn_interval_flusher(Rc::downgrade(&inner));
+        Ok(Log { inner })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// Validates every batch, assigns offsets, patches them in place, and returns once the
+    /// batches are durable according to the flush policy.
+    pub async fn append(
+        &self,
+        mut batches: BytesMut,
+        leader_epoch: LeaderEpoch,
+        now: TimestampMs,
+    ) -> Result<AppendInfo, AppendError> {
+        let (max_message_bytes, timestamp_type) = {
+            let st = self.inner.state.borrow();
+            if let Some(message) = &st.failed {
+                return Err(failed_error(message).into());
+            }
+            (st.config.max_message_bytes, st.config.timestamp_type)
+        };
+        // Validation of everything comes first: a bad batch anywhere means nothing is written.
+        let mut spans = Vec::new();
+        let mut iter = BatchIter::new(&batches);
+        while let Some(item) = iter.next() {
+            let span = item.map_err(|error| AppendError::InvalidBatch { position: iter.position(), error })?;
+            if span.total_bytes > max_message_bytes as usize {
+                return Err(AppendError::MessageTooLarge { batch_bytes: span.total_bytes, max_bytes: max_message_bytes });
+            }
+            spans.push(span);
+        }
+        if spans.is_empty() {
+            return Err(AppendError::Empty);
+        }
+        let log_append = timestamp_type == TimestampType::LogAppendTime;
+        let (base, next, log_start) = {
+            let mut st = self.inner.state.borrow_mut();
+            if let Some(message) = &st.failed {
+                return Err(failed_error(message).into());
+            }
+            let base = st.leo;
+            let mut next = base;
+            for span in &spans {
+                let batch = &mut batches[span.position..span.position + span.total_bytes];
+                set_base_offset(batch, next);
+                set_partition_leader_epoch(batch, leader_epoch);
+                if log_append {
+                    set_log_append_time(batch, now);
+                }
+                next = next.plus(i64::from(span.header.last_offset_delta()) + 1);
+            }
+            let frozen = batches.freeze();
+            for span in &spans {
+                let bytes = frozen.slice(span.position..span.position + span.total_bytes);
+                let header = BatchHeader::parse_unchecked(&bytes).expect("validated batch has a header");
+                st.cache_bytes += bytes.len();
+                st.cache.push_back(CachedBatch { base: header.base_offset(), next: header.next_offset(), bytes: bytes.clone() });
+                st.pending.push_back(PendingBatch { bytes, header, now_ms: now.0 });
+            }
+            st.leo = next;
+            st.stats.appends += 1;
+            (base, next, st.log_start)
+        };
+        self.inner.wait_acked(next).await?;
+        Ok(AppendInfo {
+            base_offset: base,
+            last_offset: Offset(next.0 - 1),
+            log_append_time: if log_append { now } else { TimestampMs::NONE },
+            log_start_offset: log_start,
+        })
+    }
+
+    pub fn log_start_offset(&self) -> Offset {
+        self.inner.state.borrow().log_start
+    }
+
+    pub fn log_end_offset(&self) -> Offset {
+        self.inner.state.borrow().leo
+    }
+
+    /// The end of the acknowledged-able prefix: durable (EveryAppend) or written (Interval).
+    pub fn high_watermark(&self) -> Offset {
+        self.inner.state.borrow().hw
+    }
+
+    pub fn stats(&self) -> LogStats {
+        let st = self.inner.state.borrow();
+        let mut stats = st.stats;
+        stats.tail_cache_bytes = st.cache_bytes;
+        stats.segments = st.segments.len();
+        stats
+    }
+
+    /// Base offsets of the segments, oldest first (for tests and admin tools).
+    pub fn segment_bases(&self) -> Vec<Offset> {
+        self.inner.state.borrow().segments.iter().map(|s| s.base()).collect()
+    }
+
+    pub fn set_config(&self, config: LogConfig) {
+        self.inner.state.borrow_mut().config = config;
+        self.inner.notify.notify_all();
+    }
+
+    /// Whole batches from the one containing `start`, up to `max_bytes` but at least one whole
+    /// batch (KIP-74), never a batch at or above `upper`.
+    pub async fn read(&self, start: Offset, max_bytes: usize, upper: Offset) -> Result<ReadSlice, ReadError> {
+        let max_bytes = max_bytes.min(limits::READ_BYTES_MAX);
+        let empty = ReadSlice { chunks: Vec::new(), len: 0, first_offset: start, next_offset: start };
+        let (file, path, segment_base, size_bytes, floor_position, upper) = {
+            let mut st = self.inner.state.borrow_mut();
+            if start < st.log_start || start > st.leo {
+                return Err(ReadError::OffsetOutOfRange { requested: start, log_start: st.log_start, log_end: st.leo });
+            }
+            let upper = upper.min(st.leo);
+            if start >= upper {
+                return Ok(empty);
+            }
+            if st.cache.front().is_some_and(|front| start >= front.base) {
+                let first = st.cache.partition_point(|c| c.next <= start);
+                let mut chunks = Vec::new();
+                let mut len = 0;
+                let mut next_offset = start;
+                let first_offset = st.cache.get(first).map(|c| c.base).unwrap_or(start);
+                for cached in st.cache.range(first..) {
+                    if cached.base >= upper || (!chunks.is_empty() && len + cached.bytes.len() > max_bytes) {
+                        break;
+                    }
+                    chunks.push(cached.bytes.clone());
+                    len += cached.bytes.len();
+                    next_offset = cached.next;
+                }
+                st.stats.bytes_zero_copy += len as u64;
+                return Ok(ReadSlice { chunks, len, first_offset, next_offset });
+            }
+            let i = st.segments.partition_point(|s| s.base() <= start);
+            let Some(seg) = i.checked_sub(1).map(|i| &st.segments[i]) else {
+                return Err(ReadError::OffsetOutOfRange { requested: start, log_start: st.log_start, log_end: st.leo });
+            };
+            let floor = seg.indexer.offset_index.floor(seg.indexer.relative(start));
+            (
+                seg.file.clone(),
+                self.inner.dir.join(log_file_name(seg.base())),
+                seg.base(),
+                seg.size_bytes,
+                u64::from(floor.position),
+                upper,
+            )
+        };
+        let (position, first) = match walk_to_offset(&file, &path, floor_position, size_bytes, start).await {
+            Ok(Some(found)) => found,
+            Ok(None) => return Ok(empty),
+            Err((_, WalkError::Io(e))) => return Err(e.into()),
+            Err((position, WalkError::Corrupt(error))) => {
+                return Err(ReadError::Corrupt { segment: segment_base, position, error })
+            }
+        };
+        if first.base_offset() >= upper {
+            return Ok(empty);
+        }
+        let available = size_bytes - position;
+        let want = (max_bytes.max(first.total_bytes()) as u64).min(available) as usize;
+        let result = file
+            .read_at(position, want)
+            .await
+            .map_err(|e| StorageIoError::new(format!("reading {} at {position}", path.display()), e))?;
+        // The one copy on the cold path: out of the DMA buffer into shareable bytes.
+        let mut data = BytesMut::from(&result[..]);
+        drop(result);
+        let mut taken = 0;
+        let mut next_offset = start;
+        let mut iter = BatchIter::new(&data);
+        while let Some(item) = iter.next() {
+            match item {
+                Ok(span) => {
+                    if span.header.base_offset() >= upper {
+                        break;
+                    }
+                    taken = span.position + span.total_bytes;
+                    next_offset = span.header.next_offset();
+                }
+                Err(BatchError::Truncated { .. }) if taken > 0 => break,
+                Err(error) if taken == 0 => {
+                    return Err(ReadError::Corrupt { segment: segment_base, position: position + iter.position() as u64, error })
+                }
+                Err(_) => break,
+            }
+        }
+        data.truncate(taken);
+        self.inner.state.borrow_mut().stats.bytes_copied += taken as u64;
+        Ok(ReadSlice { chunks: vec![data.freeze()], len: taken, first_offset: first.base_offset(), next_offset })
+    }
+
+    /// The first batch whose max timestamp is at least `ts`, with that timestamp. The offset is
+    /// the batch's base offset (never below the log start).
+    pub async fn offset_for_timestamp(&self, ts: TimestampMs) -> Result<Option<(Offset, TimestampMs)>, ReadError> {
+        let (file, path, segment_base, size_bytes, position, log_start) = {
+            let st = self.inner.state.borrow();
+            let Some(seg) = st.segments.iter().find(|s| s.indexer.max_timestamp.is_some_and(|(_, max)| max >= ts)) else {
+                return Ok(None);
+            };
+            let rel = seg.indexer.time_index.scan_start(ts);
+            let floor = seg.indexer.offset_index.floor(rel);
+            (
+                seg.file.clone(),
+                self.inner.dir.join(log_file_name(seg.base())),
+                seg.base(),
+                seg.size_bytes,
+                u64::from(floor.position),
+                st.log_start,
+            )
+        };
+        let mut position = position;
+        match walk_headers(&file, &path, &mut position, size_bytes, |h| h.max_timestamp() >= ts).await {
+            Ok(Some((_, header))) => Ok(Some((header.base_offset().max(log_start), header.max_timestamp()))),
+            Ok(None) => Ok(None),
+            Err((_, WalkError::Io(e))) => Err(e.into()),
+            Err((position, WalkError::Corrupt(error))) => Err(ReadError::Corrupt { segment: segment_base, position, error }),
+        }
+    }
+
+    /// The largest timestamp written and its batch's base offset (ListOffsets MAX_TIMESTAMP).
+    pub fn max_timestamp(&self) -> Option<(Offset, TimestampMs)> {
+        let st = self.inner.state.borrow();
+        let mut best: Option<(Offset, TimestampMs)> = None;
+        for seg in &st.segments {
+            if let Some((offset, ts)) = seg.indexer.max_timestamp {
+                if best.is_none_or(|(_, b)| ts > b) {
+                    best = Some((offset, ts));
+                }
+            }
+        }
+        best
+    }
+
+    /// Advances the log start offset to `before` (persisted first), then deletes whole segments
+    /// entirely below it. Returns the new log start offset.
+    pub async fn delete_records(&self, before: Offset) -> Result<Offset, DeleteError> {
+        let _writer = self.inner.acquire_writer().await;
+        {
+            let st = self.inner.state.borrow();
+            if let Some(message) = &st.failed {
+                return Err(failed_error(message).into());
+            }
+            if before.0 < 0 || before > st.hw {
+                return Err(DeleteError::OffsetOutOfRange { requested: before, high_watermark: st.hw });
+            }
+            if before <= st.log_start {
+                return Ok(st.log_start);
+            }
+        }
+        segment::write_file_atomically(&self.inner.dir, LOG_START_OFFSET_FILE_NAME, &encode_checkpoint(before)).await?;
+        sync_dir(&self.inner.dir).await?;
+        self.inner.state.borrow_mut().log_start = before;
+        self.inner.delete_old_segments(None).await?;
+        Ok(self.log_start_offset())
+    }
+
+    /// Rolls the active segment if it is older than `segment_ms`, then deletes whole old segments
+    /// beyond `retention_ms` / `retention_bytes` (never the active one).
+    pub async fn enforce_retention(&self, now: TimestampMs) -> Result<(), StorageIoError> {
+        let _writer = self.inner.acquire_writer().await;
+        let roll = {
+            let st = self.inner.state.borrow();
+            if let Some(message) = &st.failed {
+                return Err(failed_error(message));
+            }
+            let active = st.segments.last().expect("a log has an active segment");
+            let first_ms = active.first_append_ms.or(active.indexer.first_timestamp.map(|t| t.0));
+            active.size_bytes > 0 && first_ms.is_some_and(|t| now.0 - t >= st.config.segment_ms)
+        };
+        if roll {
+            self.inner.roll().await.inspect_err(|e| self.inner.fail(e))?;
+        }
+        self.inner.delete_old_segments(Some(now)).await
+    }
+
+    /// Writes everything pending, syncs, persists the active segment's indexes and writes the
+    /// clean-shutdown marker, so the next open skips the recovery scan.
+    pub async fn close(self) -> Result<(), StorageIoError> {
+        let inner = self.inner.clone();
+        let _writer = inner.acquire_writer().await;
+        if let Some(message) = &inner.state.borrow().failed {
+            return Err(failed_error(message));
+        }
+        while !inner.state.borrow().pending.is_empty() {
+            inner.run_round(true).await?;
+        }
+        inner.run_round(true).await?;
+        let (file, size_bytes, indexer) = {
+            let mut st = inner.state.borrow_mut();
+            st.closed = true;
+            let active = st.segments.last_mut().expect("a log has an active segment");
+            active.indexer.seal();
+            (active.file.clone(), active.size_bytes, active.indexer.clone())
+        };
+        let path = inner.dir.join(log_file_name(indexer.base));
+        file.truncate(size_bytes).await.map_err(io_ctx(format!("truncating {}", path.display())))?;
+        file.fdatasync().await.map_err(io_ctx(format!("syncing {}", path.display())))?;
+        segment::persist_indexes(&inner.dir, &indexer).await?;
+        sync_dir(&inner.dir).await?;
+        segment::write_file_atomically(&inner.dir, CLEAN_SHUTDOWN_FILE_NAME, &[]).await?;
+        sync_dir(&inner.dir).await?;
+        let files: Vec<Rc<glommio::io::DmaFile>> =
+            inner.state.borrow_mut().segments.drain(..).map(|s| s.file).collect();
+        for file in files {
+            if let Ok(file) = Rc::try_unwrap(file) {
+                let _ = file.close().await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes the partition's directory and everything in it (DeleteTopics).
+    pub async fn remove(self) -> Result<(), StorageIoError> {
+        let inner = self.inner.clone();
+        let _writer = inner.acquire_writer().await;
+        let files: Vec<Rc<glommio::io::DmaFile>> = {
+            let mut st = inner.state.borrow_mut();
+            st.closed = true;
+            st.pending.clear();
+            st.segments.drain(..).map(|s| s.file).collect()
+        };
+        for file in files {
+            if let Ok(file) = Rc::try_unwrap(file) {
+                let _ = file.close().await;
+            }
+        }
+        let entries = std::fs::read_dir(&inner.dir)
+            .map_err(|e| StorageIoError::new(format!("listing {}", inner.dir.display()), e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| StorageIoError::new(format!("listing {}", inner.dir.display()), e))?;
+            remove_if_exists(&entry.path()).await?;
+        }
+        std::fs::remove_dir(&inner.dir)
+            .map_err(|e| StorageIoError::new(format!("removing {}", inner.dir.display()), e))?;
+        Ok(())
+    }
+}
+
+impl Inner {
+    async fn acquire_writer(&self) -> WriterGuard<'_> {
+        loop {
+            let listen = {
+                let mut st = self.state.borrow_mut();
+                if !st.writer_busy {
+                    st.writer_busy = true;
+                    return WriterGuard { inner: self };
+                }
+                self.notify.listen()
+            };
+            listen.await;
+        }
+    }
+
+    fn fail(&self, error: &StorageIoError) {
+        tracing::error!(dir = %self.dir.display(), %error, "log failed; further appends are refused");
+        let mut st = self.state.borrow_mut();
+        st.failed = Some(error.to_string());
+        st.pending.clear();
+        drop(st);
+        self.notify.notify_all();
+    }
+
+    /// Waits until `target` is acknowledged-able, taking the writer role for a round when free.
+    async fn wait_acked(&self, target: Offset) -> Result<(), StorageIoError> {
+        loop {
+            let listen = {
+                let mut st = self.state.borrow_mut();
+                if st.hw >= target {
+                    return Ok(());
+                }
+                if let Some(message) = &st.failed {
+                    return Err(failed_error(message));
+                }
+                if !st.writer_busy {
+                    st.writer_busy = true;
+                    drop(st);
+                    let _writer = WriterGuard { inner: self };
+                    self.run_round(false).await?;
+                    continue;
+                }
+                self.notify.listen()
+            };
+            listen.await;
+        }
+    }
+
+    async fn run_round(&self, force_sync: bool) -> Result<(), StorageIoError> {
+        self.write_round(force_sync).await.inspect_err(|e| self.fail(e))
+    }
+
+    /// One group-commit round: writes pending batches (rolling as needed), then fdatasyncs per
+    /// the flush policy. The caller holds the writer role.
+    async fn write_round(&self, force_sync: bool) -> Result<(), StorageIoError> {
+        loop {
+            // Plan the next write: which pending batches go to the active segment in one DMA write.
+            let (count, roll) = {
+                let st = self.state.borrow();
+                let Some(first) = st.pending.front() else { break };
+                let active = st.segments.last().expect("a log has an active segment");
+                let fits = |size: u64, header: &BatchHeader| {
+                    size + header.total_bytes() as u64 <= st.config.segment_bytes
+                        && header.last_offset().0 - active.base().0 <= i64::from(u32::MAX)
+                };
+                let too_old = active.first_append_ms.is_some_and(|t| first.now_ms - t >= st.config.segment_ms);
+                if active.size_bytes > 0 && (too_old || !fits(active.size_bytes, &first.header)) {
+                    (0, true)
+                } else {
+                    let mut size = active.size_bytes + first.bytes.len() as u64;
+                    let mut bytes = first.bytes.len();
+                    let mut count = 1;
+                    for p in st.pending.iter().skip(1) {
+                        if bytes + p.bytes.len() > limits::WRITE_COALESCE_BYTES_MAX || !fits(size, &p.header) {
+                            break;
+                        }
+                        size += p.bytes.len() as u64;
+                        bytes += p.bytes.len();
+                        count += 1;
+                    }
+                    (count, false)
+                }
+            };
+            if roll {
+                self.roll().await?;
+                continue;
+            }
+            self.write_to_active(count).await?;
+        }
+        let (sync, file, written_end) = {
+            let st = self.state.borrow();
+            let unsynced = st.written_end > st.durable_end;
+            let due = match st.config.flush {
+                FlushPolicy::EveryAppend => true,
+                FlushPolicy::Interval { messages, ms } => {
+                    st.unsynced_messages >= messages || st.last_sync.elapsed() >= Duration::from_millis(ms)
+                }
+            };
+            let active = st.segments.last().expect("a log has an active segment");
+            (unsynced && (due || force_sync), active.file.clone(), st.written_end)
+        };
+        if sync {
+            file.fdatasync().await.map_err(io_ctx(format!("fdatasync in {}", self.dir.display())))?;
+            let mut st = self.state.borrow_mut();
+            st.durable_end = st.durable_end.max(written_end);
+            st.unsynced_messages = 0;
+            st.last_sync = Instant::now();
+            st.stats.fdatasyncs += 1;
+        }
+        let mut st = self.state.borrow_mut();
+        let acked = match st.config.flush {
+            FlushPolicy::EveryAppend => st.durable_end,
+            FlushPolicy::Interval { .. } => st.written_end,
+        };
+        st.hw = st.hw.max(acked);
+        Ok(())
+    }
+
+    /// Writes the first `count` pending batches after the active segment's logical end in one
+    /// aligned direct-IO write that starts with the in-memory partial tail block.
+    async fn write_to_active(&self, count: usize) -> Result<(), StorageIoError> {
+        let (file, start, buffer, new_size, new_tail, preallocate_to) = {
+            let st = self.state.borrow();
+            let active = st.segments.last().expect("a log has an active segment");
+            let start = align_down(active.size_bytes);
+            assert_eq!(active.tail.len() as u64, active.size_bytes - start, "tail block out of step");
+            let total: usize = st.pending.iter().take(count).map(|p| p.bytes.len()).sum();
+            let new_size = active.size_bytes + total as u64;
+            let end = align_up(new_size);
+            let mut buffer = active.file.alloc_dma_buffer((end - start) as usize);
+            let out = buffer.as_bytes_mut();
+            let mut at = active.tail.len();
+            out[..at].copy_from_slice(&active.tail);
+            for p in st.pending.iter().take(count) {
+                out[at..at + p.bytes.len()].copy_from_slice(&p.bytes);
+                at += p.bytes.len();
+            }
+            out[at..].fill(0);
+            let tail_start = (align_down(new_size) - start) as usize;
+            let new_tail = out[tail_start..(new_size - start) as usize].to_vec();
+            let preallocate_to = (end > active.preallocated_bytes).then(|| end + limits::PREALLOCATE_EXTENT_BYTES);
+            (active.file.clone(), start, buffer, new_size, new_tail, preallocate_to)
+        };
+        let path = || self.dir.display().to_string();
+        if let Some(to) = preallocate_to {
+            file.pre_allocate(to, true).await.map_err(io_ctx(format!("preallocating in {}", path())))?;
+            self.state.borrow_mut().segments.last_mut().expect("active").preallocated_bytes = to;
+        }
+        let len = buffer.len();
+        let written = file.write_at(buffer, start).await.map_err(io_ctx(format!("writing in {}", path())))?;
+        if written != len {
+            return Err(StorageIoError::new(format!("short write in {}", path()), std::io::Error::from(std::io::ErrorKind::WriteZero)));
+        }
+        let mut st = self.state.borrow_mut();
+        let st = &mut *st;
+        let interval = st.config.index_interval_bytes;
+        let active = st.segments.last_mut().expect("a log has an active segment");
+        let mut position = active.size_bytes;
+        for p in st.pending.drain(..count) {
+            active.indexer.observe(&p.header, position, interval);
+            active.first_append_ms.get_or_insert(p.now_ms);
+            position += p.bytes.len() as u64;
+            st.unsynced_messages += p.header.record_count().max(0) as u64;
+            st.written_end = p.header.next_offset();
+            st.stats.batches_written += 1;
+            st.stats.bytes_written += p.bytes.len() as u64;
+        }
+        assert_eq!(position, new_size);
+        active.size_bytes = new_size;
+        active.tail = new_tail;
+        st.stats.dma_writes += 1;
+        // Only written batches may leave the cache: the rest exist nowhere else yet.
+        while st.cache_bytes > st.config.tail_cache_bytes {
+            match st.cache.front() {
+                Some(front) if front.next <= st.written_end => {
+                    st.cache_bytes -= front.bytes.len();
+                    st.cache.pop_front();
+                }
+                _ => break,
+            }
+        }
+        Ok(())
+    }
+
+    /// Seals the active segment (truncate to its logical size, fdatasync, persist indexes) and
+    /// starts a new one at the log's written end. The caller holds the writer role.
+    async fn roll(&self) -> Result<(), StorageIoError> {
+        let (file, size_bytes, indexer) = {
+            let mut st = self.state.borrow_mut();
+            let active = st.segments.last_mut().expect("a log has an active segment");
+            active.indexer.seal();
+            (active.file.clone(), active.size_bytes, active.indexer.clone())
+        };
+        let next_base = indexer.next_offset;
+        let old_path = self.dir.join(log_file_name(indexer.base));
+        file.truncate(size_bytes).await.map_err(io_ctx(format!("truncating {}", old_path.display())))?;
+        file.fdatasync().await.map_err(io_ctx(format!("syncing {}", old_path.display())))?;
+        segment::persist_indexes(&self.dir, &indexer).await?;
+        let new_path = self.dir.join(log_file_name(next_base));
+        let new_file = open_rw(&new_path).await?;
+        new_file
+            .pre_allocate(limits::PREALLOCATE_EXTENT_BYTES, true)
+            .await
+            .map_err(io_ctx(format!("preallocating {}", new_path.display())))?;
+        sync_dir(&self.dir).await?;
+        let mut st = self.state.borrow_mut();
+        st.durable_end = st.durable_end.max(next_base);
+        let old = st.segments.last_mut().expect("a log has an active segment");
+        old.tail = Vec::new();
+        old.preallocated_bytes = 0;
+        st.segments.push(Segment {
+            file: Rc::new(new_file),
+            size_bytes: 0,
+            indexer: SegmentIndexer::new(next_base),
+            preallocated_bytes: limits::PREALLOCATE_EXTENT_BYTES,
+            tail: Vec::new(),
+            first_append_ms: None,
+        });
+        st.stats.rolls += 1;
+        Ok(())
+    }
+
+    /// Removes old segments: those entirely below the log start offset, and, when `now` is
+    /// given, those beyond the retention limits. Never the active segment.
+    async fn delete_old_segments(&self, now: Option<TimestampMs>) -> Result<(), StorageIoError> {
+        let victims: Vec<Segment> = {
+            let mut st = self.state.borrow_mut();
+            let candidates = st.segments.len() - 1;
+            let mut n = 0;
+            while n < candidates && st.segments[n + 1].base() <= st.log_start {
+                n += 1;
+            }
+            if let Some(now) = now {
+                if st.config.retention_ms >= 0 {
+                    while n < candidates
+                        && st.segments[n].indexer.max_timestamp.is_some_and(|(_, ts)| now.0 - ts.0 > st.config.retention_ms)
+                    {
+                        n += 1;
+                    }
+                }
+                if st.config.retention_bytes >= 0 {
+                    let mut remaining: u64 = st.segments[n..].iter().map(|s| s.size_bytes).sum();
+                    while n < candidates && remaining - st.segments[n].size_bytes >= st.config.retention_bytes as u64 {
+                        remaining -= st.segments[n].size_bytes;
+                        n += 1;
+                    }
+                }
+            }
+            let victims: Vec<Segment> = st.segments.drain(..n).collect();
+            let first_base = st.segments[0].base();
+            st.log_start = st.log_start.max(first_base);
+            victims
+        };
+        if victims.is_empty() {
+            return Ok(());
+        }
+        for victim in victims {
+            let base = victim.base();
+            if let Ok(file) = Rc::try_unwrap(victim.file) {
+                let _ = file.close().await;
+            }
+            for name in [log_file_name(base), offset_index_file_name(base), time_index_file_name(base)] {
+                remove_if_exists(&self.dir.join(name)).await?;
+            }
+            tracing::info!(dir = %self.dir.display(), segment = base.0, "deleted segment");
+        }
+        sync_dir(&self.dir).await
+    }
+}
+
+/// Syncs logs with an interval flush policy every `ms`, so unsynced data does not wait for the
+/// next append. Holds only a weak reference: it ends when the log is dropped or closed.
+fn spawn_interval_flusher(weak: Weak<Inner>) {
+    glommio::spawn_local(async move {
+        loop {
+            let period_ms = {
+                let Some(inner) = weak.upgrade() else { return };
+                let st = inner.state.borrow();
+                if st.closed || st.failed.is_some() {
+                    return;
+                }
+                match st.config.flush {
+                    FlushPolicy::Interval { ms, .. } => ms,
+                    FlushPolicy::EveryAppend => 1000,
+                }
+            };
+            glommio::timer::sleep(Duration::from_millis(period_ms)).await;
+            let Some(inner) = weak.upgrade() else { return };
+            let due = {
+                let st = inner.state.borrow();
+                matches!(st.config.flush, FlushPolicy::Interval { .. })
+                    && st.written_end > st.durable_end
+                    && !st.writer_busy
+                    && !st.closed
+            };
+            if due {
+                let _writer = inner.acquire_writer().await;
+                let _ = inner.run_round(true).await;
+            }
+        }
+    })
+    .detach();
+}
+

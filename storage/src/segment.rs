@@ -1,0 +1,300 @@
+//! One segment's files and the direct-IO operations on them: naming, opening, the recovery
+//! scan, walking batch headers from an index entry, and atomic whole-file writes for indexes
+//! and checkpoints.
+//!
+//! Owns the `.log` byte format (batches back to back, exactly as received except for the
+//! patched `baseOffset` / `partitionLeaderEpoch`, and `maxTimestamp`/CRC for LogAppendTime):
+//!
+//! | offset   | size            | field                                  |
+//! |---------:|----------------:|----------------------------------------|
+//! | 0        | 12 + batchLength | RecordBatch v2 (see tern_protocol::batch) |
+//! | previous end | …           | next batch, offsets contiguous          |
+//!
+//! After a crash the file may end with a torn batch or zeros (direct-IO writes are padded to
+//! the alignment, and preallocated blocks read as zeros); the scan stops at the first byte that
+//! is not a valid, contiguous batch. This module never trusts a length read from disk: every
+//! length is checked against the limits and the bytes actually there, and nothing panics on
+//! what it reads back.
+
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use glommio::io::{DmaFile, OpenOptions};
+use tern_protocol::batch::{
+    peek_batch_total_bytes, validate_batch, BatchError, BatchHeader, BATCH_HEADER_BYTES, BATCH_LOG_OVERHEAD_BYTES,
+};
+use tern_protocol::types::Offset;
+
+use crate::error::StorageIoError;
+use crate::index::{OffsetIndex, SegmentIndexer, TimeIndex};
+use crate::limits;
+
+pub(crate) fn log_file_name(base: Offset) -> String {
+    format!("{:020}.log", base.0)
+}
+pub(crate) fn offset_index_file_name(base: Offset) -> String {
+    format!("{:020}.index", base.0)
+}
+pub(crate) fn time_index_file_name(base: Offset) -> String {
+    format!("{:020}.timeindex", base.0)
+}
+
+/// Parses `<20 digits>.<ext>` into the base offset and extension.
+pub(crate) fn parse_file_name(name: &str) -> Option<(Offset, &str)> {
+    let (stem, ext) = name.split_once('.')?;
+    if stem.len() != 20 || !stem.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((Offset(stem.parse().ok()?), ext))
+}
+
+pub(crate) fn align_down(v: u64) -> u64 {
+    v & !(limits::DMA_ALIGNMENT_BYTES - 1)
+}
+pub(crate) fn align_up(v: u64) -> u64 {
+    align_down(v + limits::DMA_ALIGNMENT_BYTES - 1)
+}
+
+/// A segment as the log holds it in memory. The file stays open for reads; only the active
+/// (last) segment is written, and only by the task holding the writer role.
+pub(crate) struct Segment {
+    pub file: Rc<DmaFile>,
+    /// Logical size: bytes of whole batches written. Bytes beyond it are padding or garbage.
+    pub size_bytes: u64,
+    pub indexer: SegmentIndexer,
+    /// End of the preallocated extent (fallocate KEEP_SIZE), active segment only.
+    pub preallocated_bytes: u64,
+    /// The bytes of the last partial alignment block, rewritten with the next write.
+    pub tail: Vec<u8>,
+    /// When the first batch arrived (wall clock at append), for roll by `segment_ms`.
+    pub first_append_ms: Option<i64>,
+}
+
+impl Segment {
+    pub fn base(&self) -> Offset {
+        self.indexer.base
+    }
+}
+
+pub(crate) async fn open_rw(path: &Path) -> Result<DmaFile, StorageIoError> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .dma_open(path)
+        .await
+        .map_err(|e| StorageIoError::new(format!("opening {}", path.display()), e))
+}
+
+/// Reads `len` bytes at `position` (unaligned allowed) into an owned vector; short at EOF.
+pub(crate) async fn read_vec(file: &DmaFile, position: u64, len: usize, what: &Path) -> Result<Vec<u8>, StorageIoError> {
+    let result = file
+        .read_at(position, len)
+        .await
+        .map_err(|e| StorageIoError::new(format!("reading {} at {position}", what.display()), e))?;
+    Ok(result.to_vec())
+}
+
+/// What a scan of a segment found.
+pub(crate) struct ScanOutcome {
+    pub indexer: SegmentIndexer,
+    /// Position after the last valid batch.
+    pub valid_bytes: u64,
+    /// Why the scan stopped before the end of the file, if it did.
+    pub stopped_by: Option<BatchError>,
+}
+
+/// Scans batches from `position` (which must start a batch of offset `indexer.next_offset`) up
+/// to `file_bytes`, validating header, CRC and offset contiguity, feeding `indexer` when
+/// `rebuild` is set. Stops at the first invalid or non-contiguous batch.
+pub(crate) async fn scan(
+    file: &DmaFile,
+    path: &Path,
+    mut indexer: SegmentIndexer,
+    mut position: u64,
+    file_bytes: u64,
+    interval_bytes: u32,
+    rebuild: bool,
+) -> Result<ScanOutcome, StorageIoError> {
+    let mut window: Vec<u8> = Vec::new();
+    let mut window_start = position;
+    let mut stopped_by = None;
+    while position < file_bytes {
+        let remaining = file_bytes - position;
+        if remaining < BATCH_LOG_OVERHEAD_BYTES as u64 {
+            stopped_by = Some(BatchError::Truncated { needed_bytes: BATCH_LOG_OVERHEAD_BYTES, available_bytes: remaining as usize });
+            break;
+        }
+        let mut in_window = (position - window_start) as usize;
+        if in_window + BATCH_HEADER_BYTES > window.len() {
+            let len = limits::SCAN_CHUNK_BYTES.min(remaining as usize);
+            window = read_vec(file, position, len, path).await?;
+            window_start = position;
+            in_window = 0;
+        }
+        let total = match peek_batch_total_bytes(&window[in_window..]) {
+            Ok(total) => total,
+            Err(e) => {
+                stopped_by = Some(e);
+                break;
+            }
+        };
+        if total > limits::BATCH_BYTES_MAX as usize + BATCH_LOG_OVERHEAD_BYTES || total as u64 > remaining {
+            stopped_by = Some(BatchError::Truncated { needed_bytes: total, available_bytes: remaining as usize });
+            break;
+        }
+        if in_window + total > window.len() {
+            let len = limits::SCAN_CHUNK_BYTES.max(total).min(remaining as usize);
+            window = read_vec(file, position, len, path).await?;
+            window_start = position;
+            in_window = 0;
+            if window.len() < total {
+                stopped_by = Some(BatchError::Truncated { needed_bytes: total, available_bytes: window.len() });
+                break;
+            }
+        }
+        let header = match validate_batch(&window[in_window..in_window + total]) {
+            Ok(header) => header,
+            Err(e) => {
+                stopped_by = Some(e);
+                break;
+            }
+        };
+        if header.base_offset() != indexer.next_offset
+            || header.last_offset().0 - indexer.base.0 > i64::from(u32::MAX)
+        {
+            stopped_by = Some(BatchError::InvalidCounts {
+                record_count: header.record_count(),
+                last_offset_delta: header.last_offset_delta(),
+            });
+            break;
+        }
+        if rebuild {
+            indexer.observe(&header, position, interval_bytes);
+        } else {
+            indexer.next_offset = header.next_offset();
+            indexer.bytes_since_entry += total as u64;
+        }
+        position += total as u64;
+    }
+    Ok(ScanOutcome { indexer, valid_bytes: position, stopped_by })
+}
+
+/// Walks batch headers from `position` until the batch containing `target` (its next offset is
+/// above `target`), reading windows of `HEADER_WALK_WINDOW_BYTES`. Returns the batch's position
+/// and header, or None when `target` is beyond the segment's `size_bytes`.
+pub(crate) async fn walk_to_offset(
+    file: &DmaFile,
+    path: &Path,
+    mut position: u64,
+    size_bytes: u64,
+    target: Offset,
+) -> Result<Option<(u64, BatchHeader)>, (u64, WalkError)> {
+    walk_headers(file, path, &mut position, size_bytes, |h| h.next_offset() > target).await
+}
+
+#[derive(Debug)]
+pub(crate) enum WalkError {
+    Io(StorageIoError),
+    Corrupt(BatchError),
+}
+
+/// Walks batch headers from `*position` and returns the first one `stop` accepts.
+pub(crate) async fn walk_headers(
+    file: &DmaFile,
+    path: &Path,
+    position: &mut u64,
+    size_bytes: u64,
+    mut stop: impl FnMut(&BatchHeader) -> bool,
+) -> Result<Option<(u64, BatchHeader)>, (u64, WalkError)> {
+    let mut window: Vec<u8> = Vec::new();
+    let mut window_start = *position;
+    while *position < size_bytes {
+        let mut in_window = (*position - window_start) as usize;
+        if in_window + BATCH_HEADER_BYTES > window.len() {
+            let len = limits::HEADER_WALK_WINDOW_BYTES.min((size_bytes - *position) as usize);
+            window = read_vec(file, *position, len, path).await.map_err(|e| (*position, WalkError::Io(e)))?;
+            window_start = *position;
+            in_window = 0;
+        }
+        let rest = &window[in_window..];
+        let header = BatchHeader::parse_unchecked(rest).map_err(|e| (*position, WalkError::Corrupt(e)))?;
+        let total = peek_batch_total_bytes(rest).map_err(|e| (*position, WalkError::Corrupt(e)))?;
+        if stop(&header) {
+            return Ok(Some((*position, header)));
+        }
+        *position += total as u64;
+    }
+    Ok(None)
+}
+
+/// Writes `bytes` to `dir/name` atomically: a temporary file written with direct IO, truncated
+/// to its length, fdatasync'ed, then renamed over the target. The caller syncs the directory.
+pub(crate) async fn write_file_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), StorageIoError> {
+    let final_path = dir.join(name);
+    let tmp_path: PathBuf = dir.join(format!("{name}.tmp"));
+    let ctx = |what: &str| format!("{what} {}", tmp_path.display());
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .dma_open(&tmp_path)
+        .await
+        .map_err(|e| StorageIoError::new(ctx("creating"), e))?;
+    if !bytes.is_empty() {
+        let aligned = align_up(bytes.len() as u64) as usize;
+        let mut buf = file.alloc_dma_buffer(aligned);
+        buf.as_bytes_mut()[..bytes.len()].copy_from_slice(bytes);
+        buf.as_bytes_mut()[bytes.len()..].fill(0);
+        let written = file.write_at(buf, 0).await.map_err(|e| StorageIoError::new(ctx("writing"), e))?;
+        if written != aligned {
+            return Err(StorageIoError::new(ctx("short write to"), std::io::Error::from(std::io::ErrorKind::WriteZero)));
+        }
+        file.truncate(bytes.len() as u64).await.map_err(|e| StorageIoError::new(ctx("truncating"), e))?;
+    }
+    file.fdatasync().await.map_err(|e| StorageIoError::new(ctx("syncing"), e))?;
+    file.close().await.map_err(|e| StorageIoError::new(ctx("closing"), e))?;
+    glommio::io::rename(&tmp_path, &final_path)
+        .await
+        .map_err(|e| StorageIoError::new(format!("renaming to {}", final_path.display()), e))?;
+    Ok(())
+}
+
+/// Reads a whole small file, or None if it does not exist.
+pub(crate) async fn read_small_file(path: &Path) -> Result<Option<Vec<u8>>, StorageIoError> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let file = DmaFile::open(path).await.map_err(|e| StorageIoError::new(format!("opening {}", path.display()), e))?;
+    let size = file.file_size().await.map_err(|e| StorageIoError::new(format!("stat {}", path.display()), e))?;
+    let bytes = if size == 0 { Vec::new() } else { read_vec(&file, 0, size as usize, path).await? };
+    let _ = file.close().await;
+    Ok(Some(bytes))
+}
+
+/// Persists a segment's indexes next to its `.log`.
+pub(crate) async fn persist_indexes(dir: &Path, indexer: &SegmentIndexer) -> Result<(), StorageIoError> {
+    write_file_atomically(dir, &offset_index_file_name(indexer.base), &indexer.offset_index.encode()).await?;
+    write_file_atomically(dir, &time_index_file_name(indexer.base), &indexer.time_index.encode()).await
+}
+
+/// Loads both persisted indexes of a segment, None when missing or damaged.
+pub(crate) async fn load_indexes(
+    dir: &Path,
+    base: Offset,
+    size_bytes: u64,
+) -> Result<Option<(OffsetIndex, TimeIndex)>, StorageIoError> {
+    let Some(offset_bytes) = read_small_file(&dir.join(offset_index_file_name(base))).await? else {
+        return Ok(None);
+    };
+    let Some(time_bytes) = read_small_file(&dir.join(time_index_file_name(base))).await? else {
+        return Ok(None);
+    };
+    let Ok(offset_index) = OffsetIndex::decode(&offset_bytes, size_bytes) else {
+        return Ok(None);
+    };
+    let Ok(time_index) = TimeIndex::decode(&time_bytes, None) else {
+        return Ok(None);
+    };
+    Ok(Some((offset_index, time_index)))
+}
