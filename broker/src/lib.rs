@@ -131,7 +131,7 @@ async fn shard_main(
     let (senders, mut receivers) = if shards > 1 {
         match mesh.join().await {
             Ok((senders, receivers)) => (Some(senders), Some(receivers)),
-            Err(()) => {
+            Err(_) => {
                 let _ = ready.send(Err(StartError::Config("shard mesh failed to form".into())));
                 return;
             }
@@ -176,19 +176,14 @@ async fn shard_main(
             }
         })
     };
-    let connections = Rc::new(std::cell::RefCell::new(Vec::new()));
     let acceptor = {
         let shard = shard.clone();
-        let connections = connections.clone();
         glommio::spawn_local(async move {
             loop {
                 match listener.accept().await {
                     Ok(stream) => {
                         shard.stats.connections_accepted.set(shard.stats.connections_accepted.get() + 1);
-                        let task = glommio::spawn_local(connection::serve(shard.clone(), stream));
-                        let mut list = connections.borrow_mut();
-                        list.retain(|t: &glommio::task::JoinHandle<()>| !t.is_finished());
-                        list.push(task.detach());
+                        glommio::spawn_local(connection::serve(shard.clone(), stream)).detach();
                     }
                     Err(error) => {
                         tracing::warn!(%error, "accept failed");
@@ -206,14 +201,12 @@ async fn shard_main(
     // Stop reading from every client: each connection answers what it already read, then
     // closes. Wait (bounded) for them before the logs close under them.
     shard.stop_reading_connections();
-    let pending: Vec<_> = connections.borrow_mut().drain(..).collect();
-    let _ = glommio::timer::timeout(Duration::from_secs(5), async move {
-        for handle in pending {
-            handle.await;
+    for _ in 0..500 {
+        if shard.open_connections() == 0 {
+            break;
         }
-        Ok(())
-    })
-    .await;
+        glommio::timer::sleep(Duration::from_millis(10)).await;
+    }
     drop(retention);
     shard.close_all().await;
 }

@@ -214,6 +214,10 @@ impl Shard {
         id
     }
 
+    pub fn open_connections(&self) -> usize {
+        self.connections.borrow().len()
+    }
+
     pub fn unregister_connection(&self, id: u64) {
         self.connections.borrow_mut().remove(&id);
     }

@@ -225,7 +225,7 @@ pub async fn delete_topics(ctx: &Ctx<'_>, request: DeleteTopicsRequest) -> Outco
     let shard = ctx.shard;
     // v0-5 name topics in `topic_names`; v6 in `topics` (by name or id).
     let image = shard.image();
-    let mut names: Vec<(Option<String>, Option<kafka_protocol::protocol::types::Uuid>)> =
+    let mut names: Vec<(Option<String>, Option<uuid::Uuid>)> =
         request.topic_names.iter().map(|n| (Some(n.0.to_string()), None)).collect();
     for topic in &request.topics {
         let name = topic.name.as_ref().map(|n| n.0.to_string()).or_else(|| {

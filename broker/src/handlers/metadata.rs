@@ -12,8 +12,8 @@ use super::admin::{create_topics_via_controller, validate_topic_name, NewTopic};
 use super::{str_bytes, Ctx};
 use crate::connection::Outcome;
 
-pub fn topic_id(meta: &TopicMeta) -> kafka_protocol::protocol::types::Uuid {
-    kafka_protocol::protocol::types::Uuid::from_bytes(meta.id)
+pub fn topic_id(meta: &TopicMeta) -> uuid::Uuid {
+    uuid::Uuid::from_bytes(meta.id)
 }
 
 pub async fn handle(ctx: &Ctx<'_>, request: MetadataRequest) -> Outcome {

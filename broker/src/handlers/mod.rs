@@ -69,8 +69,9 @@ pub async fn handle(shard: Rc<Shard>, request: BytesMut, _permit: StaticPermit) 
         }
     };
     let ParsedHeader { header, spec, body_start } = parsed;
-    let ctx = Ctx { shard: &shard, api_key: header.api_key, version: header.api_version, correlation_id: header.correlation_id };
-    if header.api_key == api::PRODUCE {
+    let (api_key, api_version, correlation_id) = (header.api_key, header.api_version, header.correlation_id);
+    let ctx = Ctx { shard: &shard, api_key, version: api_version, correlation_id };
+    if api_key == api::PRODUCE {
         let mut request = request;
         let body = request.split_off(body_start);
         return produce::handle(&ctx, body).await;
@@ -78,16 +79,16 @@ pub async fn handle(shard: Rc<Shard>, request: BytesMut, _permit: StaticPermit) 
     let body: Bytes = request.freeze().slice(body_start..);
     macro_rules! decode {
         ($ty:ty) => {
-            match decode_body::<$ty>(spec, header.api_version, body) {
+            match decode_body::<$ty>(spec, api_version, body) {
                 Ok(request) => request,
                 Err(error) => {
                     shard.stats.malformed_requests.set(shard.stats.malformed_requests.get() + 1);
-                    return Outcome::Close(format!("malformed {} v{}: {error}", spec.name, header.api_version));
+                    return Outcome::Close(format!("malformed {} v{}: {error}", spec.name, api_version));
                 }
             }
         };
     }
-    match header.api_key {
+    match api_key {
         api::API_VERSIONS => {
             let _request = decode!(ApiVersionsRequest);
             api_versions::handle(&ctx)
