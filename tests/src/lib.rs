@@ -1,1 +1,148 @@
-//! placeholder
+//! Support for end-to-end tests: start a real `tern serve` process on a free loopback port
+//! with its own data directory, restart it, kill it, and talk to it with real clients.
+//!
+//! The broker binary is found through `TERN_BIN`, or beside the test executable's target
+//! directory (`target/<profile>/tern`), which `cargo test --workspace` / `cargo nextest run
+//! --workspace` build before running tests. Every wait here is bounded.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a broker may take to start accepting connections.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+pub fn tern_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("TERN_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/tern
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile> directory");
+    let candidate = profile_dir.join("tern");
+    assert!(
+        candidate.exists(),
+        "broker binary not found at {}; build it with `cargo build -p tern` or set TERN_BIN",
+        candidate.display()
+    );
+    candidate
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port").local_addr().expect("local addr").port()
+}
+
+/// A broker process owned by a test. Dropping it stops the process (SIGTERM, then SIGKILL).
+pub struct Broker {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub cores: usize,
+    data_dir: tempfile::TempDir,
+    extra_args: Vec<String>,
+}
+
+impl Broker {
+    pub fn start(cores: usize) -> Broker {
+        Broker::start_with(cores, &[])
+    }
+
+    pub fn start_with(cores: usize, extra_args: &[&str]) -> Broker {
+        let data_dir = tempfile::Builder::new().prefix("tern-test-").tempdir().expect("temp data dir");
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("address");
+        let mut broker = Broker {
+            child: None,
+            addr,
+            cores,
+            data_dir,
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+        };
+        broker.spawn();
+        broker
+    }
+
+    pub fn bootstrap(&self) -> String {
+        self.addr.to_string()
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self.data_dir.path()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("broker running").id()
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::File::create(self.data_dir.path().join("broker.log")).expect("broker log file");
+        let child = Command::new(tern_binary())
+            .arg("serve")
+            .arg("--listen")
+            .arg(self.addr.to_string())
+            .arg("--data-dir")
+            .arg(self.data_dir.path().join("data"))
+            .arg("--cores")
+            .arg(self.cores.to_string())
+            .args(&self.extra_args)
+            .env("TERN_LOG", std::env::var("TERN_LOG").unwrap_or_else(|_| "info".into()))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start tern serve");
+        self.child = Some(child);
+        let deadline = Instant::now() + START_TIMEOUT;
+        while Instant::now() < deadline {
+            if TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok() {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("broker exited during start ({status}); log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("broker did not accept connections within {START_TIMEOUT:?}; log:\n{}", self.log());
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data_dir.path().join("broker.log")).unwrap_or_default()
+    }
+
+    /// Graceful stop: SIGTERM and wait (bounded); returns whether it exited cleanly.
+    pub fn stop(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else { return true };
+        // SAFETY: signalling our own child process by pid.
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
+    }
+
+    /// Crash: SIGKILL, no chance to flush or close anything.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the broker again on the same address and data directory.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop or kill the broker before restarting it");
+        self.spawn();
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
