@@ -1,1 +1,2 @@
+//! Placeholder until the tern-bench harness lands.
 fn main() {}
