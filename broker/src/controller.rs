@@ -22,7 +22,12 @@ const IMAGE_FILE: &str = "image.json";
 pub struct Controller {
     dir: PathBuf,
     serial: Semaphore,
+    /// Producer ids reserved in the persisted image but not yet handed out.
+    producer_ids: std::cell::RefCell<std::ops::Range<i64>>,
 }
+
+/// Producer ids reserved per metadata write.
+const PRODUCER_ID_BLOCK: i64 = 1000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControllerError {
@@ -34,7 +39,21 @@ pub enum ControllerError {
 
 impl Controller {
     pub fn new(data_dir: &Path) -> Controller {
-        Controller { dir: data_dir.join(METADATA_DIR), serial: Semaphore::new(1) }
+        Controller { dir: data_dir.join(METADATA_DIR), serial: Semaphore::new(1), producer_ids: std::cell::RefCell::new(0..0) }
+    }
+
+    /// Hands out a producer id that no earlier run of this cluster has used.
+    pub async fn allocate_producer_id(&self, shard: &Rc<Shard>) -> Result<i64, ControllerError> {
+        if let Some(id) = self.producer_ids.borrow_mut().next() {
+            return Ok(id);
+        }
+        self.execute(shard, vec![Command::AllocateProducerIds { count: PRODUCER_ID_BLOCK }]).await?;
+        let end = shard.image().producer_id_next;
+        let mut block = self.producer_ids.borrow_mut();
+        if block.is_empty() {
+            *block = (end - PRODUCER_ID_BLOCK)..end;
+        }
+        block.next().ok_or(ControllerError::ShardUnavailable)
     }
 
     /// Applies `commands` in order, persists once, and waits until every shard has the new

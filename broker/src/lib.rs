@@ -13,6 +13,7 @@ pub mod controller;
 pub mod handlers;
 pub mod limits;
 pub mod net;
+pub mod producer_state;
 pub mod runtime;
 pub mod shard;
 pub mod topic_config;

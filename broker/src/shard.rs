@@ -48,6 +48,8 @@ pub struct Partition {
     pub tp: TopicPartition,
     pub log: Log,
     pub policy: RefCell<TopicPolicy>,
+    /// Idempotent producers' sequence state (in memory; rebuilt as producers reset).
+    pub producers: RefCell<crate::producer_state::ProducerStates>,
     /// Fetches parked until data beyond their offset arrives.
     waiters: RefCell<Vec<oneshot::Sender<()>>>,
 }
@@ -188,6 +190,7 @@ impl Shard {
                             tp: tp.clone(),
                             log,
                             policy: RefCell::new(policy),
+                            producers: RefCell::new(Default::default()),
                             waiters: RefCell::new(Vec::new()),
                         });
                         self.partitions.borrow_mut().insert(tp.clone(), partition);

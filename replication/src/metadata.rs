@@ -16,6 +16,10 @@ pub struct MetadataImage {
     /// Bumped by every applied command.
     pub epoch: u64,
     pub topics: BTreeMap<String, TopicMeta>,
+    /// First producer id not yet handed out; ids are allocated in blocks so a restart never
+    /// reuses one.
+    #[serde(default)]
+    pub producer_id_next: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,6 +50,8 @@ pub enum Command {
     SetTopicConfigs { name: String, configs: BTreeMap<String, String> },
     /// Moves partitions whose shard no longer exists (the broker restarted with fewer cores).
     Rebalance { shard_count: u32 },
+    /// Reserves the next `count` producer ids (the block starts at the old `producer_id_next`).
+    AllocateProducerIds { count: i64 },
 }
 
 /// Why a command cannot apply; each maps to one Kafka error code in the broker.
@@ -61,7 +67,7 @@ pub enum MetadataError {
 
 impl MetadataImage {
     pub fn new(cluster_id: String) -> Self {
-        MetadataImage { cluster_id, epoch: 0, topics: BTreeMap::new() }
+        MetadataImage { cluster_id, epoch: 0, topics: BTreeMap::new(), producer_id_next: 0 }
     }
 
     pub fn topic(&self, name: &str) -> Option<&TopicMeta> {
@@ -111,6 +117,10 @@ impl MetadataImage {
             Command::SetTopicConfigs { name, configs } => {
                 let topic = next.topics.get_mut(name).ok_or_else(|| MetadataError::UnknownTopic(name.clone()))?;
                 topic.configs = configs.clone();
+            }
+            Command::AllocateProducerIds { count } => {
+                assert!(*count > 0);
+                next.producer_id_next += count;
             }
             Command::Rebalance { shard_count } => {
                 for topic in next.topics.values_mut() {

@@ -53,6 +53,7 @@ pub const DELETE_GROUPS: i16 = 42;
 pub const INCREMENTAL_ALTER_CONFIGS: i16 = 44;
 pub const OFFSET_DELETE: i16 = 47;
 pub const DESCRIBE_CLUSTER: i16 = 60;
+pub const INIT_PRODUCER_ID: i16 = 22;
 
 const fn spec(
     key: i16,
@@ -82,6 +83,7 @@ pub static APIS: &[ApiSpec] = &[
     spec(CREATE_PARTITIONS, "CreatePartitions", 0, 3, 2, Some(&CREATE_PARTITIONS_REQUEST)),
     spec(INCREMENTAL_ALTER_CONFIGS, "IncrementalAlterConfigs", 0, 1, 1, Some(&INCREMENTAL_ALTER_CONFIGS_REQUEST)),
     spec(DESCRIBE_CLUSTER, "DescribeCluster", 0, 1, 0, Some(&DESCRIBE_CLUSTER_REQUEST)),
+    spec(INIT_PRODUCER_ID, "InitProducerId", 0, 4, 2, Some(&INIT_PRODUCER_ID_REQUEST)),
 ];
 
 /// The classic consumer-group APIs, served once the group coordinator handles them.

@@ -12,6 +12,7 @@ mod api_versions;
 mod fetch;
 mod metadata;
 mod offsets;
+mod producer_id;
 mod produce;
 pub use produce::now_ms;
 
@@ -106,6 +107,7 @@ pub async fn handle(shard: Rc<Shard>, request: BytesMut, _permit: StaticPermit) 
             admin::incremental_alter_configs(&ctx, decode!(IncrementalAlterConfigsRequest)).await
         }
         api::DESCRIBE_CLUSTER => admin::describe_cluster(&ctx, decode!(DescribeClusterRequest)),
+        api::INIT_PRODUCER_ID => producer_id::init_producer_id(&ctx, decode!(InitProducerIdRequest)).await,
         other => Outcome::Close(format!("api key {other} is advertised but has no handler")),
     }
 }

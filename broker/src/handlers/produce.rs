@@ -18,7 +18,9 @@ use tern_protocol::types::{LeaderEpoch, TimestampMs};
 
 use super::{str_bytes, Ctx};
 use crate::connection::Outcome;
-use crate::shard::{Shard, TopicPartition};
+use crate::producer_state::{BatchSeq, Check};
+use crate::shard::{Partition, Shard, TopicPartition};
+use tern_protocol::batch::{peek_batch_total_bytes, BatchHeader};
 
 /// One partition's outcome, sent back from its owner shard.
 #[derive(Debug, Clone)]
@@ -153,8 +155,15 @@ async fn append_on_owner(shard: Rc<Shard>, items: Vec<(usize, TopicPartition, By
             if acks == -1 && min_insync > 1 {
                 return (slot, Appended::error(error_code::NOT_ENOUGH_REPLICAS, Some(format!("min.insync.replicas={min_insync} but 1 replica is in sync"))));
             }
+            let sequence = match idempotence(&partition, &records) {
+                Ok(sequence) => sequence,
+                Err(answer) => return (slot, answer),
+            };
             match partition.log.append(records, LeaderEpoch(0), now).await {
                 Ok(info) => {
+                    if let Some(sequence) = sequence {
+                        partition.producers.borrow_mut().committed(sequence, info.base_offset.0);
+                    }
                     partition.notify_appended();
                     (
                         slot,
@@ -168,6 +177,9 @@ async fn append_on_owner(shard: Rc<Shard>, items: Vec<(usize, TopicPartition, By
                     )
                 }
                 Err(error) => {
+                    if let Some(sequence) = sequence {
+                        partition.producers.borrow_mut().failed(sequence);
+                    }
                     tracing::debug!(partition = %tp.dir_name(), %error, "append rejected");
                     (slot, Appended::error(error.kafka_error_code(), Some(error.to_string())))
                 }
@@ -175,4 +187,38 @@ async fn append_on_owner(shard: Rc<Shard>, items: Vec<(usize, TopicPartition, By
         }
     });
     join_all(appends).await
+}
+
+/// Checks an idempotent producer's batch against the partition's producer state. `Ok(None)`
+/// for non-idempotent batches; `Err` carries the answer for a duplicate or a rejected batch.
+fn idempotence(partition: &Partition, records: &[u8]) -> Result<Option<BatchSeq>, Appended> {
+    let Ok(header) = BatchHeader::parse_unchecked(records) else {
+        // The log validates fully and rejects it with the right code.
+        return Ok(None);
+    };
+    if header.producer_id().0 < 0 {
+        return Ok(None);
+    }
+    // Kafka accepts exactly one batch per partition from an idempotent producer.
+    if peek_batch_total_bytes(records).ok() != Some(records.len()) {
+        return Err(Appended::error(error_code::INVALID_RECORD, Some("idempotent produce must carry exactly one batch".into())));
+    }
+    let sequence = BatchSeq {
+        producer_id: header.producer_id().0,
+        epoch: header.producer_epoch(),
+        first: header.base_sequence(),
+        count: header.record_count().max(1),
+    };
+    match partition.producers.borrow_mut().check(sequence) {
+        Check::Append => Ok(Some(sequence)),
+        Check::Duplicate { base_offset: Some(base_offset) } => Err(Appended {
+            error_code: error_code::NONE,
+            base_offset,
+            log_append_time_ms: -1,
+            log_start_offset: partition.log.log_start_offset().0,
+            message: None,
+        }),
+        Check::Duplicate { base_offset: None } => Err(Appended::error(error_code::DUPLICATE_SEQUENCE_NUMBER, None)),
+        Check::Reject(code) => Err(Appended::error(code, None)),
+    }
 }

@@ -1,0 +1,52 @@
+//! InitProducerId for idempotent producers: a fresh producer id from the controller, or,
+//! when the client names its current id and epoch (KIP-360, v3+), the same id with the
+//! epoch bumped. Transactions are not implemented, so a transactional id is refused.
+
+use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse, ProducerId};
+use tern_protocol::error_code;
+
+use super::Ctx;
+use crate::connection::Outcome;
+
+pub async fn init_producer_id(ctx: &Ctx<'_>, request: InitProducerIdRequest) -> Outcome {
+    let mut response = InitProducerIdResponse::default();
+    response.producer_id = ProducerId(-1);
+    response.producer_epoch = -1;
+    if request.transactional_id.is_some() {
+        response.error_code = error_code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED;
+        tracing::info!(transactional_id = ?request.transactional_id.as_ref().map(|t| t.0.to_string()), "refusing transactional producer: transactions are not supported");
+        return ctx.respond(&response);
+    }
+    if request.producer_id.0 >= 0 && request.producer_epoch >= 0 {
+        // Epoch bump: same id, next epoch; on overflow, a fresh id.
+        if request.producer_epoch < i16::MAX - 1 {
+            response.producer_id = request.producer_id;
+            response.producer_epoch = request.producer_epoch + 1;
+            return ctx.respond(&response);
+        }
+    }
+    let allocated = ctx
+        .shard
+        .invoke_on(0, |shard| async move {
+            match &shard.controller {
+                Some(controller) => controller.allocate_producer_id(&shard).await.map_err(|e| e.to_string()),
+                None => Err("no controller on shard 0".to_owned()),
+            }
+        })
+        .await;
+    match allocated {
+        Ok(Ok(id)) => {
+            response.producer_id = ProducerId(id);
+            response.producer_epoch = 0;
+        }
+        Ok(Err(message)) => {
+            tracing::warn!(%message, "producer id allocation failed");
+            response.error_code = error_code::COORDINATOR_NOT_AVAILABLE;
+        }
+        Err(error) => {
+            tracing::warn!(%error, "producer id allocation failed");
+            response.error_code = error_code::COORDINATOR_NOT_AVAILABLE;
+        }
+    }
+    ctx.respond(&response)
+}

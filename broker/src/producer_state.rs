@@ -1,0 +1,183 @@
+//! Idempotent-producer bookkeeping for one partition: which sequence numbers each producer
+//! has written, so retries are recognised as duplicates and gaps as errors.
+//!
+//! Plain Rust, no I/O. The owner shard calls `check` before appending a batch (and records
+//! the batch as pending, so pipelined batches from one producer are checked in arrival
+//! order), then `committed` or `failed` once the log answers. Kafka's rules:
+//! - a newer epoch must start at sequence 0;
+//! - an older epoch is fenced (INVALID_PRODUCER_EPOCH);
+//! - the next batch must start right after the last one (OUT_OF_ORDER_SEQUENCE_NUMBER);
+//! - a batch equal to one of the last five is a duplicate: answered with its original offset;
+//! - state for an unknown producer starts only at sequence 0 (else UNKNOWN_PRODUCER_ID, so
+//!   the client resets its sequence after the broker lost track, e.g. across a restart).
+
+use std::collections::{HashMap, VecDeque};
+
+use tern_protocol::error_code::{self, ErrorCode};
+
+/// Batches remembered per producer for duplicate detection (Kafka keeps five, matching
+/// `max.in.flight.requests.per.connection` ≤ 5 for idempotent producers).
+pub const BATCHES_REMEMBERED: usize = 5;
+
+/// Producers tracked per partition; the least recently active is dropped beyond this.
+pub const PRODUCERS_PER_PARTITION_MAX: usize = 10_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchSeq {
+    pub producer_id: i64,
+    pub epoch: i16,
+    pub first: i32,
+    pub count: i32,
+}
+
+impl BatchSeq {
+    fn last(&self) -> i32 {
+        wrapping_add(self.first, self.count - 1)
+    }
+}
+
+fn wrapping_add(sequence: i32, delta: i32) -> i32 {
+    // Kafka sequences wrap from i32::MAX to 0.
+    ((i64::from(sequence) + i64::from(delta)) % (i64::from(i32::MAX) + 1)) as i32
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Check {
+    /// Append it; call `committed` or `failed` afterwards.
+    Append,
+    /// Already written: answer with this base offset (None while the original is in flight).
+    Duplicate { base_offset: Option<i64> },
+    Reject(ErrorCode),
+}
+
+#[derive(Debug)]
+struct Remembered {
+    first: i32,
+    last: i32,
+    base_offset: Option<i64>,
+}
+
+#[derive(Debug)]
+struct Producer {
+    epoch: i16,
+    batches: VecDeque<Remembered>,
+    touched: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct ProducerStates {
+    producers: HashMap<i64, Producer>,
+    clock: u64,
+}
+
+impl ProducerStates {
+    pub fn check(&mut self, batch: BatchSeq) -> Check {
+        self.clock += 1;
+        let clock = self.clock;
+        let remember = |first, last| Remembered { first, last, base_offset: None };
+        let Some(producer) = self.producers.get_mut(&batch.producer_id) else {
+            if batch.first != 0 {
+                return Check::Reject(error_code::UNKNOWN_PRODUCER_ID);
+            }
+            if self.producers.len() >= PRODUCERS_PER_PARTITION_MAX {
+                self.evict_oldest();
+            }
+            let mut batches = VecDeque::with_capacity(BATCHES_REMEMBERED);
+            batches.push_back(remember(batch.first, batch.last()));
+            self.producers.insert(batch.producer_id, Producer { epoch: batch.epoch, batches, touched: clock });
+            return Check::Append;
+        };
+        producer.touched = clock;
+        if batch.epoch < producer.epoch {
+            return Check::Reject(error_code::INVALID_PRODUCER_EPOCH);
+        }
+        if batch.epoch > producer.epoch {
+            if batch.first != 0 {
+                return Check::Reject(error_code::OUT_OF_ORDER_SEQUENCE_NUMBER);
+            }
+            producer.epoch = batch.epoch;
+            producer.batches.clear();
+            producer.batches.push_back(remember(batch.first, batch.last()));
+            return Check::Append;
+        }
+        if let Some(seen) = producer.batches.iter().find(|seen| seen.first == batch.first && seen.last == batch.last()) {
+            return Check::Duplicate { base_offset: seen.base_offset };
+        }
+        let expected = producer.batches.back().map(|last| wrapping_add(last.last, 1)).unwrap_or(0);
+        if batch.first != expected {
+            return Check::Reject(error_code::OUT_OF_ORDER_SEQUENCE_NUMBER);
+        }
+        if producer.batches.len() == BATCHES_REMEMBERED {
+            producer.batches.pop_front();
+        }
+        producer.batches.push_back(remember(batch.first, batch.last()));
+        Check::Append
+    }
+
+    /// The log accepted the batch at `base_offset`.
+    pub fn committed(&mut self, batch: BatchSeq, base_offset: i64) {
+        if let Some(producer) = self.producers.get_mut(&batch.producer_id) {
+            if let Some(seen) = producer.batches.iter_mut().find(|seen| seen.first == batch.first) {
+                seen.base_offset = Some(base_offset);
+            }
+        }
+    }
+
+    /// The log refused or failed the batch: forget the producer, so its retry is not taken
+    /// for a duplicate of data that was never written.
+    pub fn failed(&mut self, batch: BatchSeq) {
+        self.producers.remove(&batch.producer_id);
+    }
+
+    fn evict_oldest(&mut self) {
+        if let Some((&id, _)) = self.producers.iter().min_by_key(|(_, producer)| producer.touched) {
+            self.producers.remove(&id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(epoch: i16, first: i32, count: i32) -> BatchSeq {
+        BatchSeq { producer_id: 7, epoch, first, count }
+    }
+
+    #[test]
+    fn in_order_batches_append_and_retries_are_duplicates() {
+        let mut states = ProducerStates::default();
+        assert_eq!(states.check(batch(0, 0, 3)), Check::Append);
+        states.committed(batch(0, 0, 3), 100);
+        assert_eq!(states.check(batch(0, 3, 2)), Check::Append);
+        assert_eq!(states.check(batch(0, 0, 3)), Check::Duplicate { base_offset: Some(100) });
+        assert_eq!(states.check(batch(0, 3, 2)), Check::Duplicate { base_offset: None });
+    }
+
+    #[test]
+    fn gaps_old_epochs_and_unknown_producers_are_rejected() {
+        let mut states = ProducerStates::default();
+        assert_eq!(states.check(batch(1, 5, 1)), Check::Reject(error_code::UNKNOWN_PRODUCER_ID));
+        assert_eq!(states.check(batch(1, 0, 1)), Check::Append);
+        assert_eq!(states.check(batch(1, 2, 1)), Check::Reject(error_code::OUT_OF_ORDER_SEQUENCE_NUMBER));
+        assert_eq!(states.check(batch(0, 1, 1)), Check::Reject(error_code::INVALID_PRODUCER_EPOCH));
+        assert_eq!(states.check(batch(2, 1, 1)), Check::Reject(error_code::OUT_OF_ORDER_SEQUENCE_NUMBER));
+        assert_eq!(states.check(batch(2, 0, 1)), Check::Append);
+    }
+
+    #[test]
+    fn sequences_wrap_at_i32_max() {
+        let mut states = ProducerStates::default();
+        assert_eq!(states.check(batch(0, 0, 1)), Check::Append);
+        states.producers.get_mut(&7).unwrap().batches.back_mut().unwrap().last = i32::MAX;
+        assert_eq!(states.check(batch(0, 0, 1)), Check::Append, "after i32::MAX comes 0");
+    }
+
+    #[test]
+    fn failed_append_forgets_the_producer() {
+        let mut states = ProducerStates::default();
+        assert_eq!(states.check(batch(0, 0, 1)), Check::Append);
+        states.failed(batch(0, 0, 1));
+        assert_eq!(states.check(batch(0, 0, 1)), Check::Append, "the retry is appended, not taken as a duplicate");
+    }
+}
