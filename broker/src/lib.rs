@@ -10,6 +10,7 @@
 pub mod config;
 pub mod connection;
 pub mod controller;
+pub mod fetch_session;
 pub mod handlers;
 pub mod limits;
 pub mod net;

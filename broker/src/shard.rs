@@ -83,6 +83,8 @@ pub struct Shard {
     pub controller: Option<Controller>,
     pub shutting_down: Cell<bool>,
     pub stats: Stats,
+    /// Fetch sessions of clients connected to this shard.
+    pub fetch_sessions: RefCell<crate::fetch_session::FetchSessions>,
     /// Open client sockets, so shutdown can stop reading from them.
     connections: RefCell<HashMap<u64, std::os::fd::RawFd>>,
     next_connection_id: Cell<u64>,
@@ -120,6 +122,7 @@ impl Shard {
             controller,
             shutting_down: Cell::new(false),
             stats: Stats::default(),
+            fetch_sessions: RefCell::new(crate::fetch_session::FetchSessions::new(id as u32)),
             connections: RefCell::new(HashMap::new()),
             next_connection_id: Cell::new(0),
         }

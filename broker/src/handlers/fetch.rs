@@ -1,9 +1,9 @@
 //! Fetch: read from each partition's owner shard, wait for `min_bytes` up to `max_wait_ms`
 //! (long poll), and answer with record bytes referenced from the log, never copied.
 //!
-//! Fetch sessions (KIP-227): Tern currently declines to create sessions (it answers with
-//! session id 0, which the protocol allows), so clients send full fetch requests. A client
-//! that names a session Tern never issued gets FETCH_SESSION_ID_NOT_FOUND and starts over.
+//! Fetch sessions (KIP-227) are kept per connection shard (`fetch_session.rs`): a full fetch
+//! with epoch 0 opens one, incremental fetches name only changed partitions, and responses
+//! carry only partitions with news.
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -19,6 +19,7 @@ use tern_protocol::types::Offset;
 use super::Ctx;
 use crate::connection::Outcome;
 use crate::limits;
+use crate::fetch_session::{Plan, SessionPartition};
 use crate::shard::{Shard, TopicPartition};
 
 #[derive(Debug, Clone)]
@@ -46,26 +47,49 @@ impl Got {
 
 pub async fn handle(ctx: &Ctx<'_>, request: FetchRequest) -> Outcome {
     let shard = ctx.shard;
-    if request.session_id != 0 {
-        let writer = FetchResponseWriter::new(ctx.version, ctx.correlation_id, error_code::FETCH_SESSION_ID_NOT_FOUND, 0, 0);
-        return Outcome::Respond(writer.finish());
-    }
-    let mut wants = Vec::new();
-    let mut layout: Vec<(String, Vec<i32>)> = Vec::with_capacity(request.topics.len());
-    for topic in &request.topics {
-        let name = topic.topic.0.to_string();
-        let mut partitions = Vec::with_capacity(topic.partitions.len());
-        for partition in &topic.partitions {
-            wants.push(Want {
-                slot: wants.len(),
-                tp: TopicPartition::new(name.clone(), partition.partition),
-                offset: partition.fetch_offset,
-                max_bytes: partition.partition_max_bytes.max(0) as usize,
-            });
-            partitions.push(partition.partition);
+    let requested: Vec<SessionPartition> = request
+        .topics
+        .iter()
+        .flat_map(|topic| {
+            topic.partitions.iter().map(move |p| SessionPartition {
+                topic: topic.topic.0.to_string(),
+                partition: p.partition,
+                fetch_offset: p.fetch_offset,
+                max_bytes: p.partition_max_bytes.max(0) as usize,
+                high_watermark: -1,
+                log_start_offset: -1,
+            })
+        })
+        .collect();
+    let forgotten: Vec<(String, i32)> = request
+        .forgotten_topics_data
+        .iter()
+        .flat_map(|topic| topic.partitions.iter().map(move |p| (topic.topic.0.to_string(), *p)))
+        .collect();
+    // Sessions exist from Fetch v7; older clients always fetch in full.
+    let plan = if ctx.version >= 7 {
+        shard.fetch_sessions.borrow_mut().plan(request.session_id, request.session_epoch, &requested, &forgotten)
+    } else {
+        Plan::Full { session_id: 0 }
+    };
+    let (session_id, partitions, incremental) = match plan {
+        Plan::Full { session_id } => (session_id, requested, false),
+        Plan::Incremental { session_id, partitions } => (session_id, partitions, true),
+        Plan::Error(code) => {
+            let writer = FetchResponseWriter::new(ctx.version, ctx.correlation_id, code, 0, 0);
+            return Outcome::Respond(writer.finish());
         }
-        layout.push((name, partitions));
-    }
+    };
+    let wants: Vec<Want> = partitions
+        .iter()
+        .enumerate()
+        .map(|(slot, p)| Want {
+            slot,
+            tp: TopicPartition::new(p.topic.clone(), p.partition),
+            offset: p.fetch_offset,
+            max_bytes: p.max_bytes,
+        })
+        .collect();
     let wait = Duration::from_millis((request.max_wait_ms.max(0) as u64).min(limits::FETCH_WAIT_MS_MAX));
     let deadline = Instant::now() + wait;
     let min_bytes = request.min_bytes.max(0) as usize;
@@ -82,34 +106,57 @@ pub async fn handle(ctx: &Ctx<'_>, request: FetchRequest) -> Outcome {
         got = read_all(shard, &wants).await;
     }
 
-    // Assemble in request order, honouring the response-wide max_bytes (the first
-    // non-empty partition is always included whole, as KIP-74 requires).
-    let mut writer = FetchResponseWriter::new(ctx.version, ctx.correlation_id, error_code::NONE, 0, layout.len());
-    let mut got = got.into_iter();
+    // Choose what goes in the response: everything for a full fetch; for an incremental one,
+    // partitions with records, errors, or a changed high watermark / log start offset.
     let mut budget_bytes = max_bytes;
     let mut any_records = false;
-    for (name, partitions) in &layout {
-        writer.begin_topic(name, partitions.len());
-        for &index in partitions {
-            let result = got.next().unwrap_or_default();
+    let mut chosen: Vec<(usize, bool)> = Vec::with_capacity(partitions.len());
+    for (slot, (part, result)) in partitions.iter().zip(&got).enumerate() {
+        let fits = result.len <= budget_bytes || !any_records;
+        let with_records = result.len > 0 && fits;
+        if with_records {
+            budget_bytes = budget_bytes.saturating_sub(result.len);
+            any_records = true;
+        }
+        let news = with_records
+            || result.error_code != error_code::NONE
+            || result.high_watermark != part.high_watermark
+            || result.log_start_offset != part.log_start_offset;
+        if !incremental || news {
+            chosen.push((slot, with_records));
+        }
+    }
+    // Group the chosen partitions by topic, keeping order (consecutive runs).
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    for (index, (slot, _)) in chosen.iter().enumerate() {
+        match runs.last_mut() {
+            Some((start, len)) if partitions[chosen[*start].0].topic == partitions[*slot].topic => *len += 1,
+            _ => runs.push((index, 1)),
+        }
+    }
+    let mut writer = FetchResponseWriter::new(ctx.version, ctx.correlation_id, error_code::NONE, session_id, runs.len());
+    let mut sessions = shard.fetch_sessions.borrow_mut();
+    for (start, len) in runs {
+        let topic = &partitions[chosen[start].0].topic;
+        writer.begin_topic(topic, len);
+        for &(slot, with_records) in &chosen[start..start + len] {
+            let part = &partitions[slot];
+            let result = &got[slot];
             let header = PartitionHeader {
-                partition_index: index,
+                partition_index: part.partition,
                 error_code: result.error_code,
                 high_watermark: result.high_watermark,
                 last_stable_offset: result.high_watermark,
                 log_start_offset: result.log_start_offset,
             };
-            let fits = result.len <= budget_bytes || !any_records;
-            if result.len > 0 && fits {
-                budget_bytes = budget_bytes.saturating_sub(result.len);
-                any_records = true;
-                writer.partition(&header, &result.chunks);
-            } else {
-                writer.partition(&header, &[]);
+            writer.partition(&header, if with_records { &result.chunks } else { &[] });
+            if session_id != 0 {
+                sessions.told(session_id, &part.topic, part.partition, result.high_watermark, result.log_start_offset);
             }
         }
         writer.end_topic();
     }
+    drop(sessions);
     let referenced = writer.records_bytes() as u64;
     shard.stats.fetch_bytes_referenced.set(shard.stats.fetch_bytes_referenced.get() + referenced);
     Outcome::Respond(writer.finish())
