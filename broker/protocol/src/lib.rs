@@ -11,6 +11,7 @@ pub mod batch;
 pub mod error_code;
 pub mod fetch;
 pub mod frame;
+pub mod fuzzing;
 pub mod limits;
 pub mod produce;
 pub mod request;
