@@ -210,6 +210,7 @@ impl Log {
         config.validate().map_err(OpenError::InvalidConfig)?;
         std::fs::create_dir_all(&dir)
             .map_err(|e| StorageIoError::new(format!("creating {}", dir.display()), e))?;
+        segment::prime_direct_io(&dir).await?;
         let marker = dir.join(CLEAN_SHUTDOWN_FILE_NAME);
         let clean = marker.exists();
         let mut bases = Vec::new();
@@ -217,7 +218,7 @@ impl Log {
         for entry in entries {
             let entry = entry.map_err(|e| StorageIoError::new(format!("listing {}", dir.display()), e))?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            if name.ends_with(".tmp") {
+            if name.ends_with(".tmp") || name == ".direct-io-probe" {
                 // A checkpoint or index write interrupted before its rename: the old file wins.
                 remove_if_exists(&entry.path()).await?;
                 continue;

@@ -298,3 +298,30 @@ pub(crate) async fn load_indexes(
     };
     Ok(Some((offset_index, time_index)))
 }
+
+/// Makes glommio classify the device holding `dir` correctly before any segment file is opened.
+///
+/// Why: glommio decides once per device and process whether direct IO may use the polled
+/// io_uring ring, by reading the first block of the first `DmaFile` opened there. When that file
+/// is empty (a new segment), the read succeeds without reaching the device and the device is
+/// wrongly marked pollable; every later read then fails with EOPNOTSUPP on devices without poll
+/// queues (virtio disks, for example). Opening a file that has a real block first makes the
+/// probe reach the device and get the true answer. Runs at open time only.
+pub async fn prime_direct_io(dir: &Path) -> Result<(), StorageIoError> {
+    use std::os::unix::fs::MetadataExt;
+    // glommio's per-device cache is thread-local (one per executor thread), so this one is too.
+    thread_local!(static PRIMED_DEVICES: std::cell::RefCell<Vec<u64>> = const { std::cell::RefCell::new(Vec::new()) });
+    let ctx = |what: &str| format!("{what} {}", dir.display());
+    let dev = std::fs::metadata(dir).map_err(|e| StorageIoError::new(ctx("stat"), e))?.dev();
+    if PRIMED_DEVICES.with(|d| d.borrow().contains(&dev)) {
+        return Ok(());
+    }
+    let path = dir.join(".direct-io-probe");
+    std::fs::write(&path, vec![0u8; limits::DMA_ALIGNMENT_BYTES as usize])
+        .map_err(|e| StorageIoError::new(ctx("writing the direct-IO probe in"), e))?;
+    let file = DmaFile::open(&path).await.map_err(|e| StorageIoError::new(ctx("opening the direct-IO probe in"), e))?;
+    let _ = file.close().await;
+    let _ = std::fs::remove_file(&path);
+    PRIMED_DEVICES.with(|d| d.borrow_mut().push(dev));
+    Ok(())
+}

@@ -1,0 +1,222 @@
+//! storage-bench: measures the partition log against the raw device, on the same file system,
+//! with the same block sizes, in one run.
+//!
+//! Phases: raw O_DIRECT sequential write bandwidth (DmaFile), raw write+fdatasync latency, log
+//! append throughput (1 KiB records in 16 KiB and 1 MiB batches; EveryAppend group commit with
+//! several concurrent appenders, and interval flush), and durable-append latency at a fixed
+//! offered rate of half of saturation (open loop: latency counts from the scheduled time, so
+//! queueing is not hidden). It ends with `key value` lines for scripts. It is a benchmark, not a
+//! test: it never fails on a slow machine. It must never leave its temporary directory behind.
+//!
+//! Usage: `cargo run --release -p tern-storage --bin storage-bench -- [--dir D] [--seconds S]`
+
+use std::cell::{Cell, RefCell};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use glommio::io::OpenOptions;
+use glommio::{LocalExecutorBuilder, Placement};
+use hdrhistogram::Histogram;
+use tern_protocol::batch::build_simple_batch;
+use tern_protocol::types::{LeaderEpoch, TimestampMs};
+use tern_storage::{FlushPolicy, Log, LogConfig};
+
+const RECORD_VALUE_BYTES: usize = 1000;
+/// Concurrent appenders in the throughput phases: enough for group commit to form large groups.
+const APPENDERS: usize = 8;
+
+struct Args {
+    dir: PathBuf,
+    seconds: f64,
+}
+
+fn parse_args() -> Args {
+    let mut dir = std::env::current_dir().expect("current dir").join(format!("storage-bench-{}", std::process::id()));
+    let mut seconds = 3.0;
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--dir" => dir = PathBuf::from(it.next().expect("--dir needs a path")).join(format!("storage-bench-{}", std::process::id())),
+            "--seconds" => seconds = it.next().and_then(|s| s.parse().ok()).expect("--seconds needs a number"),
+            other => panic!("unknown argument {other}; usage: storage-bench [--dir D] [--seconds S]"),
+        }
+    }
+    Args { dir, seconds }
+}
+
+fn mb_s(bytes: u64, elapsed: Duration) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0) / elapsed.as_secs_f64()
+}
+
+/// Sequential O_DIRECT writes of `block_bytes` through DmaFile, one at a time (as the log's
+/// appender issues them), preallocated like a segment, with an fdatasync at the end.
+async fn raw_write_bandwidth(dir: &Path, block_bytes: usize, seconds: f64) -> f64 {
+    let path = dir.join(format!("raw-{block_bytes}"));
+    let file = OpenOptions::new().read(true).write(true).create(true).dma_open(&path).await.unwrap();
+    file.pre_allocate(64 << 20, true).await.unwrap();
+    let mut position = 0u64;
+    let mut preallocated = 64u64 << 20;
+    let start = Instant::now();
+    while start.elapsed().as_secs_f64() < seconds {
+        if position + block_bytes as u64 > preallocated {
+            preallocated += 64 << 20;
+            file.pre_allocate(preallocated, true).await.unwrap();
+        }
+        let mut buf = file.alloc_dma_buffer(block_bytes);
+        buf.as_bytes_mut().fill(0x5a);
+        file.write_at(buf, position).await.unwrap();
+        position += block_bytes as u64;
+    }
+    file.fdatasync().await.unwrap();
+    let elapsed = start.elapsed();
+    file.close().await.unwrap();
+    std::fs::remove_file(&path).unwrap();
+    mb_s(position, elapsed)
+}
+
+/// Closed loop of write(`block_bytes`) + fdatasync at sequential positions; latency per pair.
+async fn raw_write_fdatasync_latency(dir: &Path, block_bytes: usize, seconds: f64) -> Histogram<u64> {
+    let path = dir.join("raw-sync");
+    let file = OpenOptions::new().read(true).write(true).create(true).dma_open(&path).await.unwrap();
+    file.pre_allocate(256 << 20, true).await.unwrap();
+    let mut hist = Histogram::<u64>::new(3).unwrap();
+    let mut position = 0u64;
+    let start = Instant::now();
+    while start.elapsed().as_secs_f64() < seconds && position < (256 << 20) {
+        let mut buf = file.alloc_dma_buffer(block_bytes);
+        buf.as_bytes_mut().fill(0x33);
+        let t = Instant::now();
+        file.write_at(buf, position).await.unwrap();
+        file.fdatasync().await.unwrap();
+        hist.record(t.elapsed().as_micros() as u64).unwrap();
+        position += block_bytes as u64;
+    }
+    file.close().await.unwrap();
+    std::fs::remove_file(&path).unwrap();
+    hist
+}
+
+fn bench_config(flush: FlushPolicy) -> LogConfig {
+    LogConfig { flush, tail_cache_bytes: 64 << 20, max_message_bytes: 2 << 20, ..LogConfig::default() }
+}
+
+/// `APPENDERS` tasks append copies of `batch` back to back for `seconds`; returns MB/s and
+/// appends per second.
+async fn append_throughput(dir: &Path, name: &str, batch: &BytesMut, flush: FlushPolicy, seconds: f64) -> (f64, f64) {
+    let log = Rc::new(Log::open(dir.join(name), bench_config(flush)).await.unwrap());
+    let bytes = Rc::new(Cell::new(0u64));
+    let appends = Rc::new(Cell::new(0u64));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..APPENDERS {
+        let (log, bytes, appends, batch) = (log.clone(), bytes.clone(), appends.clone(), batch.clone());
+        tasks.push(glommio::spawn_local(async move {
+            while start.elapsed().as_secs_f64() < seconds {
+                log.append(batch.clone(), LeaderEpoch(1), TimestampMs(1)).await.unwrap();
+                bytes.set(bytes.get() + batch.len() as u64);
+                appends.set(appends.get() + 1);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await;
+    }
+    let elapsed = start.elapsed();
+    let stats = log.stats();
+    eprintln!("  {name}: {stats:?}");
+    Rc::try_unwrap(log).unwrap().remove().await.unwrap();
+    (mb_s(bytes.get(), elapsed), appends.get() as f64 / elapsed.as_secs_f64())
+}
+
+/// Open loop: appends scheduled at `rate_per_s`; latency from the scheduled time to the ack.
+async fn durable_latency(dir: &Path, batch: &BytesMut, rate_per_s: f64, seconds: f64) -> Histogram<u64> {
+    let log = Rc::new(Log::open(dir.join("latency"), bench_config(FlushPolicy::EveryAppend)).await.unwrap());
+    let hist = Rc::new(RefCell::new(Histogram::<u64>::new(3).unwrap()));
+    let in_flight = Rc::new(Cell::new(0usize));
+    let interval = Duration::from_secs_f64(1.0 / rate_per_s);
+    let start = Instant::now();
+    let total = (rate_per_s * seconds) as u64;
+    let mut tasks = Vec::new();
+    for i in 0..total {
+        let scheduled = start + interval * i as u32;
+        // A timer, not a busy yield: a task that keeps yielding starves glommio's I/O polling.
+        // A late wake-up still counts as latency, since it is measured from `scheduled`.
+        let now = Instant::now();
+        if scheduled > now {
+            glommio::timer::sleep(scheduled - now).await;
+        }
+        if in_flight.get() > 4096 {
+            break;
+        }
+        let (log, hist, in_flight, batch) = (log.clone(), hist.clone(), in_flight.clone(), batch.clone());
+        in_flight.set(in_flight.get() + 1);
+        tasks.push(glommio::spawn_local(async move {
+            log.append(batch, LeaderEpoch(1), TimestampMs(1)).await.unwrap();
+            hist.borrow_mut().record(scheduled.elapsed().as_micros() as u64).unwrap();
+            in_flight.set(in_flight.get() - 1);
+        }));
+    }
+    for t in tasks {
+        t.await;
+    }
+    Rc::try_unwrap(log).unwrap().remove().await.unwrap();
+    Rc::try_unwrap(hist).unwrap().into_inner()
+}
+
+fn main() {
+    let args = parse_args();
+    std::fs::create_dir_all(&args.dir).expect("creating the bench directory");
+    let dir = args.dir.clone();
+    let seconds = args.seconds;
+    let lines = LocalExecutorBuilder::new(Placement::Unbound)
+        .spawn(move || async move {
+            tern_storage::prime_direct_io(&dir).await.unwrap();
+            let batch_16k = build_simple_batch(TimestampMs(1), 16, RECORD_VALUE_BYTES);
+            let batch_1m = build_simple_batch(TimestampMs(1), 1024, RECORD_VALUE_BYTES);
+            let mut out: Vec<(String, String)> = Vec::new();
+            let mut put = |k: &str, v: String| {
+                println!("{k} {v}");
+                out.push((k.to_string(), v));
+            };
+            eprintln!("batches: 16k = {} bytes, 1m = {} bytes; {APPENDERS} appenders; {seconds} s per phase", batch_16k.len(), batch_1m.len());
+            let raw_1m = raw_write_bandwidth(&dir, 1 << 20, seconds).await;
+            put("raw_write_mb_s_1m", format!("{raw_1m:.1}"));
+            let raw_16k = raw_write_bandwidth(&dir, 16 << 10, seconds).await;
+            put("raw_write_mb_s_16k", format!("{raw_16k:.1}"));
+            let raw_sync = raw_write_fdatasync_latency(&dir, 16 << 10, seconds).await;
+            put("raw_fdatasync_p50_us", raw_sync.value_at_quantile(0.5).to_string());
+            put("raw_fdatasync_p99_us", raw_sync.value_at_quantile(0.99).to_string());
+            put("raw_fdatasync_p999_us", raw_sync.value_at_quantile(0.999).to_string());
+            let (a1m, _) = append_throughput(&dir, "every-1m", &batch_1m, FlushPolicy::EveryAppend, seconds).await;
+            put("append_mb_s_1m", format!("{a1m:.1}"));
+            let (a16k, rate_16k) = append_throughput(&dir, "every-16k", &batch_16k, FlushPolicy::EveryAppend, seconds).await;
+            put("append_mb_s_16k", format!("{a16k:.1}"));
+            put("append_per_s_16k", format!("{rate_16k:.0}"));
+            let interval = FlushPolicy::Interval { messages: 1_000_000, ms: 1000 };
+            let (i1m, _) = append_throughput(&dir, "interval-1m", &batch_1m, interval, seconds).await;
+            put("append_interval_mb_s_1m", format!("{i1m:.1}"));
+            let (i16k, _) = append_throughput(&dir, "interval-16k", &batch_16k, interval, seconds).await;
+            put("append_interval_mb_s_16k", format!("{i16k:.1}"));
+            let offered = (rate_16k / 2.0).max(1.0);
+            put("durable_offered_per_s", format!("{offered:.0}"));
+            let lat = durable_latency(&dir, &batch_16k, offered, seconds.max(3.0)).await;
+            put("durable_p50_us", lat.value_at_quantile(0.5).to_string());
+            put("durable_p99_us", lat.value_at_quantile(0.99).to_string());
+            put("durable_p999_us", lat.value_at_quantile(0.999).to_string());
+            put("durable_samples", lat.len().to_string());
+            put("ratio_throughput_1m", format!("{:.3}", a1m / raw_1m));
+            put("ratio_throughput_16k", format!("{:.3}", a16k / raw_16k));
+            put(
+                "ratio_p99",
+                format!("{:.3}", lat.value_at_quantile(0.99) as f64 / raw_sync.value_at_quantile(0.99).max(1) as f64),
+            );
+            out
+        })
+        .expect("spawning the executor")
+        .join()
+        .expect("bench executor");
+    let _ = std::fs::remove_dir_all(&args.dir);
+    let _ = lines;
+}

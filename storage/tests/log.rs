@@ -1,0 +1,468 @@
+//! Specification tests of the partition log: append/read round trips (property based), group
+//! commit, crash recovery, index rebuild, clean shutdown, roll, retention, delete_records,
+//! validation, and the data directory lock. Each runs on a real glommio executor in a temp dir.
+
+use std::future::Future;
+use std::path::Path;
+
+use bytes::{Bytes, BytesMut};
+use glommio::{LocalExecutorBuilder, Placement};
+use proptest::prelude::*;
+use tern_protocol::batch::{build_simple_batch, validate_batch};
+use tern_protocol::types::{LeaderEpoch, Offset, TimestampMs};
+use tern_storage::{
+    log_file_name, offset_index_file_name, time_index_file_name, AppendError, DataDirLock, FlushPolicy, LockError, Log,
+    LogConfig, ReadError, TimestampType, CLEAN_SHUTDOWN_FILE_NAME,
+};
+
+fn run_async<F, Fut, T>(f: F) -> T
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = T> + 'static,
+    T: Send + 'static,
+{
+    LocalExecutorBuilder::new(Placement::Unbound).spawn(f).unwrap().join().unwrap()
+}
+
+fn small_config() -> LogConfig {
+    LogConfig {
+        segment_bytes: 16 * 1024,
+        index_interval_bytes: 256,
+        tail_cache_bytes: 4 * 1024,
+        ..LogConfig::default()
+    }
+}
+
+fn batch(records: usize, value_bytes: usize, ts: i64) -> BytesMut {
+    build_simple_batch(TimestampMs(ts), records, value_bytes)
+}
+
+/// What the test appended: base offset, next offset, and the bytes as they must read back.
+#[derive(Clone, Debug)]
+struct Expected {
+    base: Offset,
+    next: Offset,
+    bytes: Bytes,
+}
+
+async fn append_all(log: &Log, specs: &[(usize, usize)], ts: i64) -> Vec<Expected> {
+    let mut out = Vec::new();
+    for &(records, value_bytes) in specs {
+        let info = log.append(batch(records, value_bytes, ts), LeaderEpoch(3), TimestampMs(ts)).await.unwrap();
+        // The stored form is the input with baseOffset and the epoch patched: rebuild it.
+        let mut b = batch(records, value_bytes, ts);
+        tern_protocol::batch::set_base_offset(&mut b, info.base_offset);
+        tern_protocol::batch::set_partition_leader_epoch(&mut b, LeaderEpoch(3));
+        out.push(Expected { base: info.base_offset, next: info.last_offset.next(), bytes: b.freeze() });
+    }
+    out
+}
+
+fn concat(slice: &tern_storage::ReadSlice) -> Vec<u8> {
+    let mut v = Vec::with_capacity(slice.len);
+    for c in &slice.chunks {
+        v.extend_from_slice(c);
+    }
+    assert_eq!(v.len(), slice.len);
+    v
+}
+
+/// Every offset reads back the batch containing it, byte exact, and a large read returns a
+/// contiguous run of whole batches.
+async fn check_reads(log: &Log, expected: &[Expected]) {
+    let end = expected.last().map(|e| e.next).unwrap_or(Offset(0));
+    assert_eq!(log.log_end_offset(), end);
+    for (i, e) in expected.iter().enumerate() {
+        for o in e.base.0..e.next.0 {
+            let slice = log.read(Offset(o), 1, end).await.unwrap();
+            assert_eq!(slice.first_offset, e.base, "offset {o}");
+            assert_eq!(slice.next_offset, e.next, "offset {o}");
+            assert_eq!(concat(&slice), &e.bytes[..], "offset {o}");
+        }
+        let slice = log.read(e.base, 1 << 20, end).await.unwrap();
+        let got = concat(&slice);
+        let mut want = Vec::new();
+        for f in &expected[i..] {
+            if want.len() >= got.len() {
+                break;
+            }
+            want.extend_from_slice(&f.bytes);
+        }
+        assert_eq!(got, want, "run from {}", e.base);
+    }
+    let at_end = log.read(end, 1024, end).await.unwrap();
+    assert_eq!(at_end.len, 0);
+    assert!(matches!(log.read(end.next(), 1024, end).await, Err(ReadError::OffsetOutOfRange { .. })));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 12, .. ProptestConfig::default() })]
+    #[test]
+    fn appended_batches_read_back_byte_exact_before_and_after_reopen(
+        specs in proptest::collection::vec((1usize..6, 0usize..3000), 1..40),
+        clean in any::<bool>(),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p0");
+        run_async(move || async move {
+            let log = Log::open(path.clone(), small_config()).await.unwrap();
+            let expected = append_all(&log, &specs, 1_000).await;
+            // Offsets are contiguous.
+            for w in expected.windows(2) {
+                assert_eq!(w[0].next, w[1].base);
+            }
+            assert_eq!(log.high_watermark(), log.log_end_offset());
+            check_reads(&log, &expected).await;
+            if clean {
+                log.close().await.unwrap();
+            } else {
+                drop(log);
+            }
+            let log = Log::open(path.clone(), small_config()).await.unwrap();
+            check_reads(&log, &expected).await;
+            // Appending after reopen continues the offsets.
+            let more = append_all(&log, &[(2, 100)], 2_000).await;
+            assert_eq!(more[0].base, expected.last().unwrap().next);
+            log.close().await.unwrap();
+        });
+    }
+}
+
+#[test]
+fn concurrent_appenders_share_fdatasyncs_and_get_contiguous_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p0");
+    run_async(move || async move {
+        let log = std::rc::Rc::new(Log::open(path, LogConfig::default()).await.unwrap());
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let log = log.clone();
+            tasks.push(glommio::spawn_local(async move {
+                let mut infos = Vec::new();
+                for _ in 0..20 {
+                    infos.push(log.append(batch(3, 200, 5), LeaderEpoch(1), TimestampMs(5)).await.unwrap());
+                }
+                infos
+            }));
+        }
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await);
+        }
+        all.sort_by_key(|i| i.base_offset);
+        for (i, info) in all.iter().enumerate() {
+            assert_eq!(info.base_offset, Offset(i as i64 * 3));
+            assert_eq!(info.last_offset, Offset(i as i64 * 3 + 2));
+        }
+        let stats = log.stats();
+        assert!(stats.fdatasyncs < 160, "group commit shares syncs: {stats:?}");
+        assert_eq!(log.high_watermark(), Offset(480));
+    });
+}
+
+/// Appends, "crashes" (drops without close), damages the active segment, reopens.
+fn crash_case(damage: impl FnOnce(&Path, &[(u64, Expected)]) -> usize + Send + 'static) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p0");
+    run_async(move || async move {
+        let config = LogConfig { index_interval_bytes: 256, ..LogConfig::default() };
+        let log = Log::open(path.clone(), config.clone()).await.unwrap();
+        let specs: Vec<(usize, usize)> = (0..30).map(|i| (1 + i % 4, 50 + (i * 37) % 700)).collect();
+        let expected = append_all(&log, &specs, 7).await;
+        drop(log);
+        let mut positions = Vec::new();
+        let mut pos = 0u64;
+        for e in &expected {
+            positions.push((pos, e.clone()));
+            pos += e.bytes.len() as u64;
+        }
+        let survivors = damage(&path.join(log_file_name(Offset(0))), &positions);
+        let log = Log::open(path.clone(), config).await.unwrap();
+        let kept = &expected[..survivors];
+        check_reads(&log, kept).await;
+        // The log keeps working after recovery.
+        let more = append_all(&log, &[(1, 10)], 9).await;
+        assert_eq!(more[0].base, kept.last().map(|e| e.next).unwrap_or(Offset(0)));
+    });
+}
+
+#[test]
+fn crash_with_cut_segment_recovers_the_prefix_of_whole_batches() {
+    for cut_seed in [0u64, 1, 61, 500, 4095, 4096, 7000, 9999, 12_345, u64::MAX] {
+        crash_case(move |file, positions| {
+            let total: u64 = positions.last().map(|(p, e)| p + e.bytes.len() as u64).unwrap();
+            let cut = cut_seed.min(total);
+            let f = std::fs::OpenOptions::new().write(true).open(file).unwrap();
+            f.set_len(cut).unwrap();
+            positions.iter().filter(|(p, e)| p + e.bytes.len() as u64 <= cut).count()
+        });
+    }
+}
+
+#[test]
+fn crash_with_flipped_byte_truncates_at_the_damaged_batch() {
+    for flip_seed in [0u64, 9, 20, 70, 3000, 8000, 11_111] {
+        crash_case(move |file, positions| {
+            let total: u64 = positions.last().map(|(p, e)| p + e.bytes.len() as u64).unwrap();
+            let at = flip_seed.min(total - 1);
+            let mut bytes = std::fs::read(file).unwrap();
+            bytes[at as usize] ^= 0x5a;
+            std::fs::write(file, &bytes).unwrap();
+            positions.iter().filter(|(p, e)| p + e.bytes.len() as u64 <= at).count()
+        });
+    }
+}
+
+#[test]
+fn damaged_or_missing_indexes_are_rebuilt() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p0");
+    run_async(move || async move {
+        let log = Log::open(path.clone(), small_config()).await.unwrap();
+        let specs: Vec<(usize, usize)> = (0..60).map(|i| (2, 300 + i * 10)).collect();
+        let expected = append_all(&log, &specs, 1).await;
+        let bases = log.segment_bases();
+        assert!(bases.len() >= 3, "rolled by size: {bases:?}");
+        log.close().await.unwrap();
+        let good_index = std::fs::read(path.join(offset_index_file_name(bases[0]))).unwrap();
+        assert!(!good_index.is_empty());
+        // Damage: garbage in one offset index, a missing time index, a truncated one.
+        std::fs::write(path.join(offset_index_file_name(bases[0])), [0xffu8; 13]).unwrap();
+        std::fs::remove_file(path.join(time_index_file_name(bases[1]))).unwrap();
+        let last = bases[bases.len() - 1];
+        let f = std::fs::OpenOptions::new().write(true).open(path.join(offset_index_file_name(last))).unwrap();
+        f.set_len(3).unwrap();
+        let log = Log::open(path.clone(), small_config()).await.unwrap();
+        check_reads(&log, &expected).await;
+        assert_eq!(std::fs::read(path.join(offset_index_file_name(bases[0]))).unwrap(), good_index);
+        assert!(path.join(time_index_file_name(bases[1])).exists());
+        assert!(log.offset_for_timestamp(TimestampMs(1)).await.unwrap().is_some());
+    });
+}
+
+#[test]
+fn clean_shutdown_marker_skips_the_recovery_scan() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p0");
+    run_async(move || async move {
+        let config = LogConfig { index_interval_bytes: 1024, ..LogConfig::default() };
+        let log = Log::open(path.clone(), config.clone()).await.unwrap();
+        append_all(&log, &(0..20).map(|_| (2, 500)).collect::<Vec<_>>(), 1).await;
+        let end = log.log_end_offset();
+        log.close().await.unwrap();
+        assert!(path.join(CLEAN_SHUTDOWN_FILE_NAME).exists());
+        // Damage an early batch: only a full scan would notice it.
+        let file = path.join(log_file_name(Offset(0)));
+        let mut bytes = std::fs::read(&file).unwrap();
+        bytes[100] ^= 1;
+        std::fs::write(&file, &bytes).unwrap();
+        let log = Log::open(path.clone(), config.clone()).await.unwrap();
+        assert!(!path.join(CLEAN_SHUTDOWN_FILE_NAME).exists(), "marker removed on open");
+        assert_eq!(log.log_end_offset(), end, "no scan, nothing truncated");
+        // Reading the damaged batch reports corruption rather than returning bad bytes.
+        assert!(matches!(log.read(Offset(0), 1, end).await, Err(ReadError::Corrupt { .. })));
+        drop(log);
+        // Without the marker the scan finds the damage and truncates there.
+        let log = Log::open(path.clone(), config).await.unwrap();
+        assert_eq!(log.log_end_offset(), Offset(0));
+    });
+}
+
+#[test]
+fn invalid_batches_are_rejected_with_nothing_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p0");
+    run_async(move || async move {
+        let config = LogConfig { max_message_bytes: 4000, ..LogConfig::default() };
+        let log = Log::open(path.clone(), config).await.unwrap();
+        append_all(&log, &[(1, 10)], 1).await;
+        let good = batch(2, 20, 1);
+        let damaged = |offset: usize, value: u8| {
+            let mut b = good.clone();
+            b[offset] = value;
+            b
+        };
+        let mut bad_length = good.clone();
+        bad_length[8..12].copy_from_slice(&20i32.to_be_bytes());
+        let cases: Vec<(&str, BytesMut, i16)> = vec![
+            ("bad crc", damaged(70, good[70] ^ 1), 2),
+            ("bad magic", damaged(16, 1), 87),
+            ("bad length", bad_length, 87),
+            ("too large", batch(1, 5000, 1), 10),
+            ("empty", BytesMut::new(), 87),
+        ];
+        for (name, bad, code) in cases {
+            // A good batch before the bad one must not be written either.
+            let mut input = good.clone();
+            input.extend_from_slice(&bad);
+            if name == "empty" {
+                input = bad;
+            }
+            let err = log.append(input, LeaderEpoch(1), TimestampMs(1)).await.expect_err(name);
+            assert_eq!(err.kafka_error_code(), code, "{name}: {err}");
+            assert_eq!(log.log_end_offset(), Offset(1), "{name}");
+            assert_eq!(log.stats().batches_written, 1, "{name}");
+        }
+        assert!(matches!(
+            log.append(batch(1, 5000, 1), LeaderEpoch(1), TimestampMs(1)).await,
+            Err(AppendError::MessageTooLarge { .. })
+        ));
+    });
+}
+
+#[test]
+fn roll_by_size_and_time_and_retention_by_size_and_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p0");
+    run_async(move || async move {
+        let config = LogConfig { segment_bytes: 4096, segment_ms: 1000, ..small_config() };
+        let log = Log::open(path.clone(), config.clone()).await.unwrap();
+        // Each batch is ~1.1 KB: three fit in a segment.
+        for i in 0..9 {
+            log.append(batch(1, 1000, 10_000 + i), LeaderEpoch(1), TimestampMs(10_000)).await.unwrap();
+        }
+        assert_eq!(log.segment_bases(), vec![Offset(0), Offset(3), Offset(6)]);
+        // Roll by time: the active segment's first batch is older than segment_ms.
+        log.enforce_retention(TimestampMs(10_500)).await.unwrap();
+        assert_eq!(log.segment_bases().len(), 3);
+        log.enforce_retention(TimestampMs(11_000)).await.unwrap();
+        assert_eq!(log.segment_bases(), vec![Offset(0), Offset(3), Offset(6), Offset(9)]);
+        // Retention by size keeps at least retention_bytes, deleting whole oldest segments.
+        log.set_config(LogConfig { retention_bytes: 6000, retention_ms: -1, ..config.clone() });
+        log.enforce_retention(TimestampMs(11_000)).await.unwrap();
+        assert_eq!(log.segment_bases(), vec![Offset(3), Offset(6), Offset(9)]);
+        assert_eq!(log.log_start_offset(), Offset(3));
+        assert!(!path.join(log_file_name(Offset(0))).exists());
+        // Retention by time: segments whose newest timestamp is older than retention_ms go,
+        // never the active one.
+        log.set_config(LogConfig { retention_ms: 100, ..config.clone() });
+        log.enforce_retention(TimestampMs(1_000_000)).await.unwrap();
+        assert_eq!(log.segment_bases(), vec![Offset(9)]);
+        assert_eq!(log.log_start_offset(), Offset(9));
+        assert!(matches!(log.read(Offset(5), 100, Offset(9)).await, Err(ReadError::OffsetOutOfRange { .. })));
+        log.close().await.unwrap();
+        let log = Log::open(path, config).await.unwrap();
+        assert_eq!(log.log_start_offset(), Offset(9));
+        assert_eq!(log.log_end_offset(), Offset(9));
+    });
+}
+
+#[test]
+fn delete_records_advances_and_persists_the_log_start_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p0");
+    run_async(move || async move {
+        let config = LogConfig { segment_bytes: 4096, ..small_config() };
+        let log = Log::open(path.clone(), config.clone()).await.unwrap();
+        let expected = append_all(&log, &(0..9).map(|_| (1, 1000)).collect::<Vec<_>>(), 5).await;
+        assert!(log.delete_records(Offset(100)).await.is_err(), "above the high watermark");
+        assert_eq!(log.delete_records(Offset(4)).await.unwrap(), Offset(4));
+        assert_eq!(log.segment_bases(), vec![Offset(3), Offset(6)]);
+        assert!(matches!(log.read(Offset(3), 100, Offset(9)).await, Err(ReadError::OffsetOutOfRange { .. })));
+        let slice = log.read(Offset(4), 1, Offset(9)).await.unwrap();
+        assert_eq!(concat(&slice), &expected[4].bytes[..]);
+        // Moving backwards is a no-op.
+        assert_eq!(log.delete_records(Offset(2)).await.unwrap(), Offset(4));
+        drop(log);
+        let log = Log::open(path, config).await.unwrap();
+        assert_eq!(log.log_start_offset(), Offset(4));
+    });
+}
+
+#[test]
+fn log_append_time_stamps_batches_and_timestamp_lookups_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p0");
+    run_async(move || async move {
+        let config = LogConfig { timestamp_type: TimestampType::LogAppendTime, ..small_config() };
+        let log = Log::open(path.clone(), config).await.unwrap();
+        for i in 0..20i64 {
+            let info = log.append(batch(2, 400, 1), LeaderEpoch(1), TimestampMs(1000 + i * 10)).await.unwrap();
+            assert_eq!(info.log_append_time, TimestampMs(1000 + i * 10));
+        }
+        let slice = log.read(Offset(0), 1, Offset(40)).await.unwrap();
+        let header = validate_batch(&slice.chunks[0]).unwrap();
+        assert!(header.is_log_append_time());
+        assert_eq!(header.max_timestamp(), TimestampMs(1000));
+        assert_eq!(log.max_timestamp(), Some((Offset(38), TimestampMs(1190))));
+        assert_eq!(log.offset_for_timestamp(TimestampMs(0)).await.unwrap(), Some((Offset(0), TimestampMs(1000))));
+        assert_eq!(log.offset_for_timestamp(TimestampMs(1055)).await.unwrap(), Some((Offset(12), TimestampMs(1060))));
+        assert_eq!(log.offset_for_timestamp(TimestampMs(1190)).await.unwrap(), Some((Offset(38), TimestampMs(1190))));
+        assert_eq!(log.offset_for_timestamp(TimestampMs(5000)).await.unwrap(), None);
+    });
+}
+
+#[test]
+fn reads_respect_upper_bound_max_bytes_and_return_at_least_one_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p0");
+    run_async(move || async move {
+        for cache in [0usize, 1 << 20] {
+            let config = LogConfig { tail_cache_bytes: cache, ..LogConfig::default() };
+            let log = Log::open(path.join(format!("c{cache}")), config).await.unwrap();
+            let expected = append_all(&log, &(0..10).map(|_| (2, 500)).collect::<Vec<_>>(), 1).await;
+            let one = expected[0].bytes.len();
+            let slice = log.read(Offset(0), 10, Offset(20)).await.unwrap();
+            assert_eq!((slice.len, slice.next_offset), (one, Offset(2)), "KIP-74, cache {cache}");
+            let slice = log.read(Offset(0), 3 * one + 5, Offset(20)).await.unwrap();
+            assert_eq!(slice.len, 3 * one);
+            let slice = log.read(Offset(3), 1 << 20, Offset(6)).await.unwrap();
+            assert_eq!((slice.first_offset, slice.next_offset), (Offset(2), Offset(6)), "upper excludes batch 6");
+            assert_eq!(log.read(Offset(6), 100, Offset(6)).await.unwrap().len, 0);
+            let stats = log.stats();
+            if cache == 0 {
+                assert!(stats.bytes_copied > 0 && stats.bytes_zero_copy == 0, "{stats:?}");
+            } else {
+                assert!(stats.bytes_zero_copy > 0 && stats.bytes_copied == 0, "{stats:?}");
+            }
+        }
+    });
+}
+
+#[test]
+fn interval_flush_acknowledges_without_fdatasync_and_syncs_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p0");
+    run_async(move || async move {
+        let config = LogConfig { flush: FlushPolicy::Interval { messages: 1_000_000, ms: 50 }, ..LogConfig::default() };
+        let log = Log::open(path, config).await.unwrap();
+        for _ in 0..10 {
+            log.append(batch(1, 100, 1), LeaderEpoch(1), TimestampMs(1)).await.unwrap();
+        }
+        assert_eq!(log.high_watermark(), Offset(10));
+        assert_eq!(log.stats().fdatasyncs, 0);
+        glommio::timer::sleep(std::time::Duration::from_millis(200)).await;
+        assert!(log.stats().fdatasyncs >= 1, "the interval flusher synced");
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn remove_deletes_the_partition_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p0");
+    let p = path.clone();
+    run_async(move || async move {
+        let log = Log::open(p, small_config()).await.unwrap();
+        append_all(&log, &[(1, 10), (2, 20)], 1).await;
+        log.remove().await.unwrap();
+    });
+    assert!(!path.exists());
+}
+
+#[test]
+fn second_lock_on_a_data_dir_fails_naming_the_holder() {
+    let dir = tempfile::tempdir().unwrap();
+    let lock = DataDirLock::acquire(dir.path()).unwrap();
+    // flock is per open file description: a second acquire in this process conflicts too.
+    match DataDirLock::acquire(dir.path()) {
+        Err(err @ LockError::Held { .. }) => {
+            let text = err.to_string();
+            assert!(text.contains(&dir.path().display().to_string()), "{text}");
+            assert!(text.contains(&std::process::id().to_string()), "{text}");
+        }
+        other => panic!("expected Held, got {other:?}"),
+    }
+    drop(lock);
+    DataDirLock::acquire(dir.path()).unwrap();
+}
