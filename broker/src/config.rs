@@ -13,6 +13,8 @@ use crate::topic_config::TopicDefaults;
 pub struct BrokerConfig {
     /// Where the Kafka listener binds; every shard accepts on it (SO_REUSEPORT).
     pub listen: SocketAddr,
+    /// Admin HTTP endpoint (`/metrics`, `/healthz`) on shard 0; `None` disables it.
+    pub admin_listen: Option<SocketAddr>,
     /// `host:port` given to clients in Metadata; defaults to `listen`.
     pub advertised: Option<String>,
     pub data_dir: PathBuf,
@@ -30,6 +32,7 @@ impl Default for BrokerConfig {
     fn default() -> Self {
         BrokerConfig {
             listen: "127.0.0.1:9092".parse().expect("literal address"),
+            admin_listen: Some("127.0.0.1:9644".parse().expect("literal address")),
             advertised: None,
             data_dir: PathBuf::from("tern-data"),
             cores: 0,
@@ -59,6 +62,7 @@ impl BrokerConfig {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct FileConfig {
     pub listen: Option<SocketAddr>,
+    pub admin_listen: Option<SocketAddr>,
     pub advertised: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub cores: Option<usize>,

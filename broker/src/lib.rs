@@ -7,6 +7,7 @@
 //! zero-copy writes), `handlers` (one module per API group), `topic_config`, `config`,
 //! `limits`.
 
+pub mod admin_http;
 pub mod config;
 pub mod connection;
 pub mod controller;
@@ -164,6 +165,17 @@ async fn shard_main(
             return;
         }
     };
+    let admin = match (id, config.admin_listen) {
+        (0, Some(addr)) => match TcpListener::bind(addr) {
+            Ok(listener) => Some(glommio::spawn_local(admin_http::serve(shard.clone(), listener))),
+            Err(error) => {
+                let _ = ready.send(Err(StartError::Listen { addr, reason: error.to_string() }));
+                shard.close_all().await;
+                return;
+            }
+        },
+        _ => None,
+    };
     let _ = ready.send(Ok(id));
 
     let retention = {
@@ -200,6 +212,7 @@ async fn shard_main(
     }
     shard.shutting_down.set(true);
     drop(acceptor);
+    drop(admin);
     // Stop reading from every client: each connection answers what it already read, then
     // closes. Wait (bounded) for them before the logs close under them.
     shard.stop_reading_connections();

@@ -239,6 +239,30 @@ impl Shard {
         }
     }
 
+    /// This shard's counters for a metrics scrape.
+    pub fn sample(&self) -> crate::admin_http::ShardSample {
+        let mut sample = crate::admin_http::ShardSample {
+            shard: self.id,
+            connections_accepted: self.stats.connections_accepted.get(),
+            open_connections: self.connections.borrow().len() as u64,
+            requests: self.stats.requests.get(),
+            malformed_requests: self.stats.malformed_requests.get(),
+            fetch_bytes_referenced: self.stats.fetch_bytes_referenced.get(),
+            ..Default::default()
+        };
+        for partition in self.partitions.borrow().values() {
+            let stats = partition.log.stats();
+            sample.partitions += 1;
+            sample.log_bytes_zero_copy += stats.bytes_zero_copy;
+            sample.log_bytes_copied += stats.bytes_copied;
+            sample.log_appends += stats.appends;
+            sample.log_bytes_written += stats.bytes_written;
+            sample.log_fdatasyncs += stats.fdatasyncs;
+            sample.log_tail_cache_bytes += stats.tail_cache_bytes as u64;
+        }
+        sample
+    }
+
     /// Applies retention and time-based rolls to every partition this shard owns.
     pub async fn enforce_retention(&self) {
         let partitions: Vec<Rc<Partition>> = self.partitions.borrow().values().cloned().collect();

@@ -37,6 +37,8 @@ pub fn free_port() -> u16 {
 pub struct Broker {
     child: Option<Child>,
     pub addr: SocketAddr,
+    /// The admin HTTP endpoint (`/metrics`, `/healthz`).
+    pub admin_addr: SocketAddr,
     pub cores: usize,
     data_dir: tempfile::TempDir,
     extra_args: Vec<String>,
@@ -50,9 +52,11 @@ impl Broker {
     pub fn start_with(cores: usize, extra_args: &[&str]) -> Broker {
         let data_dir = tempfile::Builder::new().prefix("tern-test-").tempdir().expect("temp data dir");
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("address");
+        let admin_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("address");
         let mut broker = Broker {
             child: None,
             addr,
+            admin_addr,
             cores,
             data_dir,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
@@ -83,6 +87,8 @@ impl Broker {
             .arg(self.data_dir.path().join("data"))
             .arg("--cores")
             .arg(self.cores.to_string())
+            .arg("--admin-listen")
+            .arg(self.admin_addr.to_string())
             .args(&self.extra_args)
             .env("TERN_LOG", std::env::var("TERN_LOG").unwrap_or_else(|_| "info".into()))
             .stdout(Stdio::null())
@@ -101,6 +107,20 @@ impl Broker {
             std::thread::sleep(Duration::from_millis(50));
         }
         panic!("broker did not accept connections within {START_TIMEOUT:?}; log:\n{}", self.log());
+    }
+
+    /// Fetches `/metrics` and returns the sum over shards of the named metric.
+    pub fn metric(&self, name: &str) -> u64 {
+        use std::io::{Read, Write};
+        let mut stream = TcpStream::connect_timeout(&self.admin_addr, Duration::from_secs(5)).expect("admin endpoint");
+        stream.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        stream.write_all(b"GET /metrics HTTP/1.1\r\nhost: tern\r\n\r\n").expect("request");
+        let mut text = String::new();
+        stream.read_to_string(&mut text).expect("response");
+        text.lines()
+            .filter(|line| line.starts_with(&format!("{name}{{")))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
     }
 
     pub fn log(&self) -> String {

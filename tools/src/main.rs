@@ -31,6 +31,9 @@ struct ServeArgs {
     /// Kafka listener address.
     #[arg(long, env = "TERN_LISTEN")]
     listen: Option<SocketAddr>,
+    /// Admin HTTP address for /metrics and /healthz ("off" disables it).
+    #[arg(long, env = "TERN_ADMIN_LISTEN")]
+    admin_listen: Option<String>,
     /// host:port advertised to clients (defaults to the listener).
     #[arg(long, env = "TERN_ADVERTISED")]
     advertised: Option<String>,
@@ -68,7 +71,13 @@ fn build_config(args: ServeArgs) -> Result<BrokerConfig, String> {
         let (key, value) = pair.split_once('=').ok_or_else(|| format!("--topic-default expects key=value, got '{pair}'"))?;
         topic_defaults.overrides.insert(key.trim().to_owned(), value.trim().to_owned());
     }
+    let admin_listen = match args.admin_listen.as_deref() {
+        Some("off") | Some("") => None,
+        Some(addr) => Some(addr.parse().map_err(|e| format!("--admin-listen '{addr}': {e}"))?),
+        None => file.admin_listen.or(defaults.admin_listen),
+    };
     let config = BrokerConfig {
+        admin_listen,
         listen: args.listen.or(file.listen).unwrap_or(defaults.listen),
         advertised: args.advertised.or(file.advertised),
         data_dir: args.data_dir.or(file.data_dir).unwrap_or(defaults.data_dir),
