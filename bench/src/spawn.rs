@@ -52,7 +52,7 @@ pub fn tern_bin_candidates(explicit: Option<&Path>) -> Vec<PathBuf> {
     if let Some(p) = explicit {
         return vec![p.to_path_buf()];
     }
-    if let Some(p) = std::env::var_os("TERN_BIN") {
+    if let Some(p) = std::env::var_os("TERN_BIN").filter(|p| !p.is_empty()) {
         return vec![PathBuf::from(p)];
     }
     let mut out = Vec::new();
