@@ -102,6 +102,9 @@ struct Overrides {
     consumer_groups: Option<u32>,
     #[arg(long)]
     consumers_per_group: Option<u32>,
+    /// group (subscribe through the group coordinator) or assign (direct partition assignment).
+    #[arg(long)]
+    consumer_mode: Option<workload::ConsumerMode>,
     #[arg(long)]
     acks: Option<String>,
     #[arg(long)]
@@ -140,6 +143,9 @@ impl Overrides {
         }
         if let Some(v) = self.consumers_per_group {
             w.consumers_per_group = v;
+        }
+        if let Some(v) = self.consumer_mode {
+            w.consumer_mode = v;
         }
         if let Some(v) = &self.acks {
             w.acks = v.clone();

@@ -19,7 +19,7 @@ use crate::open_loop::{self, LoopEnv, SendOutcome};
 use crate::payload::{self, Header, SplitMix64};
 use crate::recorder::{LatencySummary, Recorder};
 use crate::schedule::{Clock, FixedRate, MaxRate, Pacer};
-use crate::workload::{Workload, WorkloadError};
+use crate::workload::{ConsumerMode, Workload, WorkloadError};
 
 /// Producers start this long after the clock, so every thread is up before its first slot.
 const START_LEAD_NS: u64 = 50_000_000;
@@ -197,13 +197,19 @@ pub fn run(driver: &dyn Driver, opts: &RunOptions) -> Result<RunOutput, RunError
         for g in 0..w.consumer_groups_per_topic {
             for c in 0..w.consumers_per_group {
                 let index = consumer_slots.len() as u32;
+                let partitions = match w.consumer_mode {
+                    ConsumerMode::Group => None,
+                    ConsumerMode::Assign => {
+                        Some((0..w.partitions_per_topic).filter(|p| p % w.consumers_per_group == c).collect())
+                    }
+                };
                 let spec = ConsumerSpec {
                     index,
                     group_id: format!("tern-bench-{:08x}-t{t}-g{g}", run_id as u32),
                     topic: topic.clone(),
+                    partitions,
                     workload: w.clone(),
                 };
-                let _ = c;
                 consumer_slots.push(ConsumerSlot {
                     consumer: driver.consumer(&spec)?,
                     recorder: Arc::new(Mutex::new(Recorder::new(warmup_ns, series_seconds_max))),

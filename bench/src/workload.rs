@@ -39,6 +39,12 @@ pub struct Workload {
     pub consumer_groups_per_topic: u32,
     #[serde(default = "one")]
     pub consumers_per_group: u32,
+    /// How consumers get partitions: `group` (subscribe; the broker's group coordinator
+    /// balances them) or `assign` (each member of a "group" is given every
+    /// `consumers_per_group`-th partition directly, no coordinator involved). `assign` isolates
+    /// the fetch path from group management, and works on brokers without consumer groups.
+    #[serde(default)]
+    pub consumer_mode: ConsumerMode,
     pub message_size: MessageSize,
     #[serde(default)]
     pub keys: KeyDistribution,
@@ -105,6 +111,25 @@ pub enum KeyDistribution {
     RoundRobin { count: u32 },
     /// Keys drawn uniformly from `0..count`.
     Uniform { count: u32 },
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConsumerMode {
+    #[default]
+    Group,
+    Assign,
+}
+
+impl std::str::FromStr for ConsumerMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "group" => Ok(ConsumerMode::Group),
+            "assign" => Ok(ConsumerMode::Assign),
+            other => Err(format!("consumer mode {other:?}: expected group or assign")),
+        }
+    }
 }
 
 /// A parsed target rate.

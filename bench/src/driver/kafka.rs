@@ -17,7 +17,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{DeliveryResult, Message};
 use rdkafka::producer::{BaseRecord, Producer as _, ProducerContext, ThreadedProducer};
-use rdkafka::ClientContext;
+use rdkafka::topic_partition_list::TopicPartitionList;
+use rdkafka::{ClientContext, Offset};
 
 use super::{AckSink, ConsumerSpec, Driver, DriverError, Outgoing, ProducerSpec, TopicSpec};
 use crate::limits;
@@ -191,17 +192,31 @@ impl Driver for KafkaDriver {
     fn consumer(&self, spec: &ConsumerSpec) -> Result<Box<dyn super::Consumer>, DriverError> {
         let mut c = self.base_config();
         c.set("client.id", format!("tern-bench-c{}", spec.index))
-            .set("group.id", &spec.group_id)
             // Topics are fresh per run, so "earliest" loses nothing that was produced before
             // the group finished joining, and reads nothing from earlier runs.
             .set("auto.offset.reset", "earliest")
-            .set("enable.auto.commit", "true")
-            .set("enable.partition.eof", "false");
+            .set("enable.partition.eof", "false")
+            // librdkafka needs a group id even for `assign`; with direct assignment it never
+            // joins the group, and without commits it never needs the coordinator.
+            .set("group.id", &spec.group_id)
+            .set("enable.auto.commit", if spec.partitions.is_none() { "true" } else { "false" });
         for (k, v) in &spec.workload.consumer_config {
             c.set(k, v);
         }
         let consumer: BaseConsumer = c.create().map_err(config_error)?;
-        consumer.subscribe(&[spec.topic.as_str()]).map_err(|e| DriverError::Client(format!("subscribe: {e}")))?;
+        match &spec.partitions {
+            None => consumer
+                .subscribe(&[spec.topic.as_str()])
+                .map_err(|e| DriverError::Client(format!("subscribe: {e}")))?,
+            Some(partitions) => {
+                let mut list = TopicPartitionList::new();
+                for p in partitions {
+                    list.add_partition_offset(&spec.topic, *p as i32, Offset::Beginning)
+                        .map_err(|e| DriverError::Client(format!("assign: {e}")))?;
+                }
+                consumer.assign(&list).map_err(|e| DriverError::Client(format!("assign: {e}")))?;
+            }
+        }
         Ok(Box::new(KafkaConsumer { consumer }))
     }
 }

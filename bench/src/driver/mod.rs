@@ -89,6 +89,9 @@ pub struct ConsumerSpec {
     pub index: u32,
     pub group_id: String,
     pub topic: String,
+    /// `Some(partitions)`: read exactly these partitions from the beginning, without joining a
+    /// group. `None`: subscribe to `topic` as a member of `group_id`.
+    pub partitions: Option<Vec<u32>>,
     pub workload: Workload,
 }
 
