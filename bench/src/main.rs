@@ -273,8 +273,7 @@ fn write_files(result: &mut RunResult, out: &runner::RunOutput, dir: &Path) -> R
 
     let hlog = path(".hlog");
     let mut buf = Vec::new();
-    let warmup_end_s = runner::start_lead_ns() / 1_000_000_000 + result.warmup_s;
-    histlog::write(&mut buf, &out.recorder, result.started_unix_ms, warmup_end_s, result.measured_s)
+    histlog::write(&mut buf, &out.recorder, result.started_unix_ms, result.warmup_s, result.measured_s)
         .map_err(|e| e.to_string())?;
     write(&hlog, &buf)?;
     let latency = path("-latency.svg");

@@ -110,6 +110,8 @@ fn record_us(h: &mut Histogram<u64>, latency_ns: u64) {
 #[derive(Clone, Debug)]
 pub struct Recorder {
     warmup_ns: u64,
+    /// Second 0 of the series starts here (the first slot of the schedule).
+    series_origin_ns: u64,
     series_seconds_max: usize,
     /// Produce→ack latency of messages scheduled after warm-up.
     pub ack_latency_us: Histogram<u64>,
@@ -127,10 +129,18 @@ pub struct Recorder {
 
 impl Recorder {
     /// `series_seconds_max` bounds the time series; events later than that are still counted
-    /// and recorded, only not in the series.
+    /// and recorded, only not in the series. The series starts at 0 ns; see `with_origin`.
     pub fn new(warmup_ns: u64, series_seconds_max: usize) -> Recorder {
+        Recorder::with_origin(0, warmup_ns, series_seconds_max)
+    }
+
+    /// As `new`, with second 0 of the series starting at `series_origin_ns`, so that the series
+    /// counts whole seconds from the first scheduled slot.
+    pub fn with_origin(series_origin_ns: u64, warmup_ns: u64, series_seconds_max: usize) -> Recorder {
+        assert!(series_origin_ns <= warmup_ns, "warm-up ends before the run starts");
         Recorder {
             warmup_ns,
+            series_origin_ns,
             series_seconds_max,
             ack_latency_us: new_histogram(),
             e2e_latency_us: new_histogram(),
@@ -146,7 +156,7 @@ impl Recorder {
     }
 
     fn second_mut(&mut self, event_ns: u64) -> Option<&mut Second> {
-        let index = (event_ns / 1_000_000_000) as usize;
+        let index = (event_ns.saturating_sub(self.series_origin_ns) / 1_000_000_000) as usize;
         if index >= self.series_seconds_max {
             return None;
         }

@@ -44,7 +44,7 @@ pub struct Rates {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SecondPoint {
-    /// Seconds since the run clock's origin (slots start 50 ms after it).
+    /// Seconds since the first scheduled slot.
     pub second: u64,
     pub warmup: bool,
     pub sent_msgs: u64,
@@ -78,6 +78,7 @@ pub struct RunResult {
     pub broker: BrokerInfo,
     pub workload: Workload,
     pub run_id: String,
+    /// Wall-clock instant of the first scheduled slot (second 0 of the series).
     pub started_unix_ms: u64,
     pub topics: Vec<String>,
     pub warmup_s: u64,
@@ -117,7 +118,7 @@ impl RunResult {
         let measured_s = workload.duration_s;
         let per_s = |n: u64| n as f64 / measured_s as f64;
         let c = &out.recorder.counts;
-        let warmup_end_s = (crate::runner::start_lead_ns() / 1_000_000_000) + workload.warmup_s;
+        let warmup_end_s = workload.warmup_s;
         let time_series = out
             .recorder
             .series()

@@ -163,7 +163,7 @@ fn progress_line(second: usize, s: &crate::recorder::Second, cpu: Option<f64>) -
 pub fn run(driver: &dyn Driver, opts: &RunOptions) -> Result<RunOutput, RunError> {
     let w = &opts.workload;
     let run_id = payload::fresh_run_id();
-    let started_unix_ms = now_unix_ms();
+    let mut started_unix_ms = now_unix_ms();
     let mut notes = Vec::new();
     let offered_msgs_per_s = w.offered_msgs_per_s()?;
     let total_s = w.warmup_s + w.duration_s;
@@ -212,7 +212,7 @@ pub fn run(driver: &dyn Driver, opts: &RunOptions) -> Result<RunOutput, RunError
                 };
                 consumer_slots.push(ConsumerSlot {
                     consumer: driver.consumer(&spec)?,
-                    recorder: Arc::new(Mutex::new(Recorder::new(warmup_ns, series_seconds_max))),
+                    recorder: Arc::new(Mutex::new(Recorder::with_origin(START_LEAD_NS, warmup_ns, series_seconds_max))),
                     assigned: Arc::new(AtomicU64::new(0)),
                     topic_index: t as u32,
                     group_index: g,
@@ -225,7 +225,7 @@ pub fn run(driver: &dyn Driver, opts: &RunOptions) -> Result<RunOutput, RunError
         consumer_slots.iter().map(|s| (s.topic_index, s.group_index, s.assigned.clone())).collect();
 
     let producer_recorders: Vec<Arc<Mutex<Recorder>>> = (0..w.producers_total())
-        .map(|_| Arc::new(Mutex::new(Recorder::new(warmup_ns, series_seconds_max))))
+        .map(|_| Arc::new(Mutex::new(Recorder::with_origin(START_LEAD_NS, warmup_ns, series_seconds_max))))
         .collect();
 
     let mut broker_cpu_cores_series: Vec<Option<f64>> = Vec::new();
@@ -291,6 +291,8 @@ pub fn run(driver: &dyn Driver, opts: &RunOptions) -> Result<RunOutput, RunError
 
         let clock = Clock::start();
         let _ = clock_cell.set(clock);
+        // The wall-clock instant of the first slot: second 0 of the series and of the log.
+        started_unix_ms = now_unix_ms() + START_LEAD_NS / 1_000_000;
         let producers_total = w.producers_total();
         let mut producer_handles = Vec::new();
         for p in 0..producers_total {
@@ -343,7 +345,7 @@ pub fn run(driver: &dyn Driver, opts: &RunOptions) -> Result<RunOutput, RunError
         loop {
             let done = producer_handles.iter().all(|h| h.is_finished());
             let now_ns = clock.now_ns();
-            let tick_ns = second_next * 1_000_000_000;
+            let tick_ns = START_LEAD_NS + second_next * 1_000_000_000;
             if now_ns >= tick_ns {
                 let index = (second_next - 1) as usize;
                 let cpu_now = opts.broker_pid.and_then(|pid| cpu::sample(pid).ok());
@@ -431,7 +433,7 @@ pub fn run(driver: &dyn Driver, opts: &RunOptions) -> Result<RunOutput, RunError
         return Err(RunError::ThreadPanicked(role));
     }
 
-    let mut merged = Recorder::new(warmup_ns, series_seconds_max);
+    let mut merged = Recorder::with_origin(START_LEAD_NS, warmup_ns, series_seconds_max);
     for r in producer_recorders.iter().chain(consumer_recorders.iter()) {
         merged.merge(&lock(r));
     }
@@ -449,9 +451,4 @@ pub fn run(driver: &dyn Driver, opts: &RunOptions) -> Result<RunOutput, RunError
         broker_cpu_cores_series,
         notes,
     })
-}
-
-/// Offset of the first scheduled slot from the run clock's origin, for the report's axis.
-pub const fn start_lead_ns() -> u64 {
-    START_LEAD_NS
 }

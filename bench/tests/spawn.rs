@@ -36,6 +36,9 @@ fn a_two_second_spawned_run_writes_a_complete_result() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_tern-bench"))
         .args(["run", "--spawn", "--workload", "latency-10k-1kib", "--duration-s", "2", "--warmup-s", "0"])
         .args(["--rate", "1000 msg/s", "--partitions", "4", "--label", "e2e-test"])
+        // Direct assignment: this test is about the harness, so it should need no more of the
+        // broker than produce and fetch; group coordination has its own tests in `tests/`.
+        .args(["--consumer-mode", "assign"])
         .arg("--tern-bin")
         .arg(&bin)
         .arg("--out")
