@@ -5,7 +5,7 @@
 //! target directory and FAILS, with a message saying how to build it, when it is missing: a
 //! silently skipped end-to-end test would pass forever without testing anything.
 //! Must never: run unbounded; the harness child is killed (by its pid) after a deadline.
-//! Fits: un-ignored once `tern serve` lands in `tools/`.
+//! Fits: runs against the `tern` binary the workspace builds (found as `TERN_BIN` or in the target dir).
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -29,7 +29,6 @@ fn tern_bin() -> PathBuf {
 }
 
 #[test]
-#[ignore] // un-ignored once tern serve lands
 fn a_two_second_spawned_run_writes_a_complete_result() {
     let bin = tern_bin();
     let out = tempfile::tempdir().unwrap();
