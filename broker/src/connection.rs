@@ -40,6 +40,9 @@ impl Outcome {
 
 const READ_CHUNK_BYTES: usize = 64 * 1024;
 
+/// Largest ratio between a read buffer's size and a frame that shares it (see `serve`).
+const SHARED_BUFFER_AMPLIFICATION_MAX: usize = 4;
+
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     let peer: Option<SocketAddr> = stream.peer_addr().ok();
     let _ = stream.set_nodelay(true);
@@ -92,7 +95,17 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
             break;
         }
         buffer.advance(4);
-        let request = buffer.split_to(size);
+        // A produce request's record bytes outlive the request in the log's tail cache, and a
+        // slice keeps its whole read buffer alive. Small frames therefore get their own exact
+        // allocation (a cheap copy), so a small cached batch never pins a 64 KiB read buffer:
+        // memory held is at most `SHARED_BUFFER_AMPLIFICATION_MAX` times what is accounted.
+        let request = if size * SHARED_BUFFER_AMPLIFICATION_MAX < READ_CHUNK_BYTES {
+            let owned = BytesMut::from(&buffer[..size]);
+            buffer.advance(size);
+            owned
+        } else {
+            buffer.split_to(size)
+        };
         shard.stats.requests.set(shard.stats.requests.get() + 1);
         let task = glommio::spawn_local(handlers::handle(shard.clone(), request, permit));
         if queue_tx.send(task).await.is_err() {
