@@ -1,5 +1,9 @@
 //! `tern`: the command line. `tern serve` starts a broker; configuration comes from flags,
-//! then `TERN_*` environment variables, then a TOML file (`--config`), then defaults.
+//! then `TERN_*` environment variables, then a TOML file (`--config`), then defaults. The
+//! other subcommands (`topic`, `produce`, `consume`, `group`) talk Kafka to a running broker.
+
+mod client;
+mod commands;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -21,6 +25,130 @@ struct Cli {
 enum Command {
     /// Start a broker (single node; data in ./tern-data, Kafka listener on 127.0.0.1:9092).
     Serve(ServeArgs),
+    /// Create, list, describe or delete topics.
+    Topic {
+        #[arg(long, short, default_value = "127.0.0.1:9092", env = "TERN_BOOTSTRAP", global = true)]
+        bootstrap: String,
+        #[command(subcommand)]
+        action: TopicAction,
+    },
+    /// Produce each line of standard input as one record.
+    Produce {
+        topic: String,
+        #[arg(long, short, default_value_t = 0)]
+        partition: i32,
+        #[arg(long, short)]
+        key: Option<String>,
+        #[arg(long, short, default_value = "127.0.0.1:9092", env = "TERN_BOOTSTRAP")]
+        bootstrap: String,
+    },
+    /// Print records of one partition, one value per line.
+    Consume {
+        topic: String,
+        #[arg(long, short, default_value_t = 0)]
+        partition: i32,
+        /// Start at the earliest offset instead of the end.
+        #[arg(long)]
+        from_beginning: bool,
+        /// Stop after this many records.
+        #[arg(long, short = 'n')]
+        count: Option<u64>,
+        /// Stop when nothing arrives for this long.
+        #[arg(long, default_value_t = 2000)]
+        idle_ms: i32,
+        #[arg(long, short, default_value = "127.0.0.1:9092", env = "TERN_BOOTSTRAP")]
+        bootstrap: String,
+    },
+    /// List, describe (members, committed offsets, lag), delete consumer groups, or reset offsets.
+    Group {
+        #[arg(long, short, default_value = "127.0.0.1:9092", env = "TERN_BOOTSTRAP", global = true)]
+        bootstrap: String,
+        #[command(subcommand)]
+        action: GroupAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum TopicAction {
+    Create {
+        name: String,
+        #[arg(long, short, default_value_t = 1)]
+        partitions: i32,
+        /// Topic config, repeatable: --config retention.ms=3600000
+        #[arg(long, short)]
+        config: Vec<String>,
+    },
+    List,
+    Describe { name: String },
+    Delete { name: String },
+}
+
+#[derive(Subcommand)]
+enum GroupAction {
+    List,
+    Describe { group: String },
+    Delete { group: String },
+    /// Reset an inactive group's committed offsets on one topic.
+    ResetOffsets {
+        group: String,
+        #[arg(long)]
+        topic: String,
+        #[arg(long, conflicts_with_all = ["to_latest", "to_offset"])]
+        to_earliest: bool,
+        #[arg(long, conflicts_with = "to_offset")]
+        to_latest: bool,
+        #[arg(long)]
+        to_offset: Option<i64>,
+    },
+}
+
+fn key_value(pair: &str) -> Result<(String, String), String> {
+    pair.split_once('=')
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .ok_or_else(|| format!("expected key=value, got '{pair}'"))
+}
+
+fn run_client_command(command: Command) -> Result<(), String> {
+    match command {
+        Command::Serve(_) => unreachable!("handled in main"),
+        Command::Topic { bootstrap, action } => {
+            let mut client = client::Client::connect(&bootstrap)?;
+            match action {
+                TopicAction::Create { name, partitions, config } => {
+                    let configs = config.iter().map(|c| key_value(c)).collect::<Result<Vec<_>, _>>()?;
+                    commands::topic_create(&mut client, &name, partitions, &configs)
+                }
+                TopicAction::List => commands::topic_list(&mut client),
+                TopicAction::Describe { name } => commands::topic_describe(&mut client, &name),
+                TopicAction::Delete { name } => commands::topic_delete(&mut client, &name),
+            }
+        }
+        Command::Produce { topic, partition, key, bootstrap } => {
+            let mut client = client::Client::connect(&bootstrap)?;
+            commands::produce(&mut client, &topic, partition, key.as_deref())
+        }
+        Command::Consume { topic, partition, from_beginning, count, idle_ms, bootstrap } => {
+            let mut client = client::Client::connect(&bootstrap)?;
+            commands::consume(&mut client, &topic, partition, from_beginning, count, idle_ms)
+        }
+        Command::Group { bootstrap, action } => {
+            let mut client = client::Client::connect(&bootstrap)?;
+            match action {
+                GroupAction::List => commands::group_list(&mut client),
+                GroupAction::Describe { group } => commands::group_describe(&mut client, &group),
+                GroupAction::Delete { group } => commands::group_delete(&mut client, &group),
+                GroupAction::ResetOffsets { group, topic, to_earliest, to_latest, to_offset } => {
+                    let to = match (to_earliest, to_latest, to_offset) {
+                        (true, _, _) => commands::ResetTo::Earliest,
+                        (_, true, _) => commands::ResetTo::Latest,
+                        (_, _, Some(offset)) => commands::ResetTo::Offset(offset),
+                        _ => return Err("say --to-earliest, --to-latest or --to-offset N".into()),
+                    };
+                    commands::group_reset_offsets(&mut client, &group, &topic, to)
+                }
+            }
+        }
+    }
 }
 
 #[derive(Args)]
@@ -102,6 +230,15 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve(_)) {
+        return match run_client_command(cli.command) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(message) => {
+                eprintln!("tern: {message}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match cli.command {
         Command::Serve(args) => {
             let config = match build_config(args) {
@@ -119,5 +256,6 @@ fn main() -> ExitCode {
                 }
             }
         }
+        _ => unreachable!("client commands returned above"),
     }
 }

@@ -1,0 +1,348 @@
+//! The operator subcommands: topics, produce, consume, groups. Each builds Kafka requests
+//! with `client::Client` against `--bootstrap` and prints plain text.
+
+use std::collections::BTreeMap;
+use std::io::BufRead;
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::records::{Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+
+use crate::client::{check, Client, Result};
+
+fn s(value: &str) -> StrBytes {
+    StrBytes::from_string(value.to_owned())
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+pub fn topic_create(client: &mut Client, name: &str, partitions: i32, configs: &[(String, String)]) -> Result<()> {
+    let mut topic = create_topics_request::CreatableTopic::default();
+    topic.name = TopicName(s(name));
+    topic.num_partitions = partitions;
+    topic.replication_factor = -1;
+    topic.configs = configs
+        .iter()
+        .map(|(k, v)| {
+            let mut c = create_topics_request::CreatableTopicConfig::default();
+            c.name = s(k);
+            c.value = Some(s(v));
+            c
+        })
+        .collect();
+    let mut request = CreateTopicsRequest::default();
+    request.topics = vec![topic];
+    request.timeout_ms = 30_000;
+    let response = client.send(&request, 7)?;
+    for result in &response.topics {
+        check(result.error_code, &format!("create topic {name}: {}", result.error_message.as_deref().unwrap_or("")))?;
+    }
+    println!("created topic {name} with {partitions} partition(s)");
+    Ok(())
+}
+
+pub fn topic_delete(client: &mut Client, name: &str) -> Result<()> {
+    let mut request = DeleteTopicsRequest::default();
+    let mut state = delete_topics_request::DeleteTopicState::default();
+    state.name = Some(TopicName(s(name)));
+    request.topics = vec![state];
+    request.timeout_ms = 30_000;
+    let response = client.send(&request, 6)?;
+    for result in &response.responses {
+        check(result.error_code, &format!("delete topic {name}"))?;
+    }
+    println!("deleted topic {name}");
+    Ok(())
+}
+
+fn metadata(client: &mut Client, topics: Option<Vec<&str>>) -> Result<MetadataResponse> {
+    let mut request = MetadataRequest::default();
+    request.topics = topics.map(|names| {
+        names
+            .into_iter()
+            .map(|n| {
+                let mut t = metadata_request::MetadataRequestTopic::default();
+                t.name = Some(TopicName(s(n)));
+                t
+            })
+            .collect()
+    });
+    request.allow_auto_topic_creation = false;
+    client.send(&request, 12)
+}
+
+pub fn topic_list(client: &mut Client) -> Result<()> {
+    let response = metadata(client, None)?;
+    for topic in &response.topics {
+        let name = topic.name.as_ref().map(|n| n.0.to_string()).unwrap_or_default();
+        println!("{name}\t{} partition(s){}", topic.partitions.len(), if topic.is_internal { "\tinternal" } else { "" });
+    }
+    Ok(())
+}
+
+fn partition_count(client: &mut Client, topic: &str) -> Result<i32> {
+    let response = metadata(client, Some(vec![topic]))?;
+    let meta = response.topics.first().ok_or("empty metadata response")?;
+    check(meta.error_code, &format!("topic {topic}"))?;
+    Ok(meta.partitions.len() as i32)
+}
+
+/// (earliest, latest) offsets of every partition.
+fn offsets(client: &mut Client, topic: &str, partitions: i32) -> Result<Vec<(i64, i64)>> {
+    let mut out = Vec::new();
+    for timestamp in [-2i64, -1] {
+        let mut request = ListOffsetsRequest::default();
+        request.replica_id = BrokerId(-1);
+        let mut t = list_offsets_request::ListOffsetsTopic::default();
+        t.name = TopicName(s(topic));
+        t.partitions = (0..partitions)
+            .map(|p| {
+                let mut part = list_offsets_request::ListOffsetsPartition::default();
+                part.partition_index = p;
+                part.timestamp = timestamp;
+                part
+            })
+            .collect();
+        request.topics = vec![t];
+        let response = client.send(&request, 7)?;
+        let answers: Vec<i64> = response.topics.iter().flat_map(|t| t.partitions.iter().map(|p| p.offset)).collect();
+        out.push(answers);
+    }
+    Ok(out[0].iter().copied().zip(out[1].iter().copied()).collect())
+}
+
+pub fn topic_describe(client: &mut Client, topic: &str) -> Result<()> {
+    let partitions = partition_count(client, topic)?;
+    println!("topic {topic}: {partitions} partition(s)");
+    for (index, (earliest, latest)) in offsets(client, topic, partitions)?.into_iter().enumerate() {
+        println!("  partition {index}\tearliest {earliest}\tlatest {latest}\trecords {}", latest - earliest);
+    }
+    let mut request = DescribeConfigsRequest::default();
+    let mut resource = describe_configs_request::DescribeConfigsResource::default();
+    resource.resource_type = 2;
+    resource.resource_name = s(topic);
+    request.resources = vec![resource];
+    let response = client.send(&request, 4)?;
+    for result in &response.results {
+        check(result.error_code, "describe configs")?;
+        for config in &result.configs {
+            let source = if config.config_source == 1 { "set" } else { "default" };
+            println!("  {} = {} ({source})", config.name, config.value.as_deref().unwrap_or(""));
+        }
+    }
+    Ok(())
+}
+
+/// Produces each stdin line as one record (value = the line; key from `key`).
+pub fn produce(client: &mut Client, topic: &str, partition: i32, key: Option<&str>) -> Result<()> {
+    let stdin = std::io::stdin();
+    let mut count = 0u64;
+    let mut last_offset = -1;
+    for line in stdin.lock().lines() {
+        let line = line.map_err(|e| e.to_string())?;
+        let record = Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: -1,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: 0,
+            sequence: -1,
+            timestamp: now_ms(),
+            key: key.map(|k| Bytes::copy_from_slice(k.as_bytes())),
+            value: Some(Bytes::from(line.into_bytes())),
+            headers: Default::default(),
+        };
+        let mut records = BytesMut::new();
+        RecordBatchEncoder::encode(&mut records, [&record], &RecordEncodeOptions { version: 2, compression: Compression::None })
+            .map_err(|e| e.to_string())?;
+        let mut request = ProduceRequest::default();
+        request.acks = -1;
+        request.timeout_ms = 30_000;
+        let mut data = produce_request::TopicProduceData::default();
+        data.name = TopicName(s(topic));
+        let mut part = produce_request::PartitionProduceData::default();
+        part.index = partition;
+        part.records = Some(records.freeze());
+        data.partition_data = vec![part];
+        request.topic_data = vec![data];
+        let response = client.send(&request, 9)?;
+        for t in &response.responses {
+            for p in &t.partition_responses {
+                check(p.error_code, &format!("produce to {topic}-{partition}"))?;
+                last_offset = p.base_offset;
+            }
+        }
+        count += 1;
+    }
+    eprintln!("produced {count} record(s) to {topic}-{partition}; last offset {last_offset}");
+    Ok(())
+}
+
+/// Prints records from `partition`, from `start` (or the beginning), up to `count` records
+/// or until no more arrive for `idle_ms`.
+pub fn consume(client: &mut Client, topic: &str, partition: i32, from_beginning: bool, count: Option<u64>, idle_ms: i32) -> Result<()> {
+    let partitions = partition_count(client, topic)?;
+    let (earliest, latest) = offsets(client, topic, partitions)?
+        .get(partition as usize)
+        .copied()
+        .ok_or_else(|| format!("topic {topic} has no partition {partition}"))?;
+    let mut offset = if from_beginning { earliest } else { latest };
+    let mut printed = 0u64;
+    loop {
+        let mut request = FetchRequest::default();
+        request.replica_id = BrokerId(-1);
+        request.max_wait_ms = idle_ms;
+        request.min_bytes = 1;
+        request.max_bytes = 16 * 1024 * 1024;
+        request.session_epoch = -1;
+        let mut t = fetch_request::FetchTopic::default();
+        t.topic = TopicName(s(topic));
+        let mut p = fetch_request::FetchPartition::default();
+        p.partition = partition;
+        p.fetch_offset = offset;
+        p.partition_max_bytes = 4 * 1024 * 1024;
+        t.partitions = vec![p];
+        request.topics = vec![t];
+        let response = client.send(&request, 12)?;
+        check(response.error_code, "fetch")?;
+        let mut got_any = false;
+        for t in &response.responses {
+            for p in &t.partitions {
+                check(p.error_code, &format!("fetch {topic}-{partition}"))?;
+                let Some(mut records) = p.records.clone() else { continue };
+                while !records.is_empty() {
+                    let set = RecordBatchDecoder::decode(&mut records).map_err(|e| e.to_string())?;
+                    for record in set.records {
+                        if record.offset < offset {
+                            continue;
+                        }
+                        got_any = true;
+                        offset = record.offset + 1;
+                        let value = record.value.as_deref().map(String::from_utf8_lossy).unwrap_or_default();
+                        println!("{value}");
+                        printed += 1;
+                        if count.is_some_and(|c| printed >= c) {
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+        }
+        if !got_any {
+            eprintln!("no more records after offset {offset} (stopped after {idle_ms} ms idle)");
+            return Ok(());
+        }
+    }
+}
+
+pub fn group_list(client: &mut Client) -> Result<()> {
+    let response = client.send(&ListGroupsRequest::default(), 4)?;
+    check(response.error_code, "list groups")?;
+    for group in &response.groups {
+        println!("{}\t{}\t{}", group.group_id.0, group.group_state, group.protocol_type);
+    }
+    Ok(())
+}
+
+/// Committed offsets of `group` with lag per partition.
+pub fn group_describe(client: &mut Client, group: &str) -> Result<()> {
+    let mut request = DescribeGroupsRequest::default();
+    request.groups = vec![GroupId(s(group))];
+    let response = client.send(&request, 5)?;
+    for described in &response.groups {
+        check(described.error_code, &format!("describe group {group}"))?;
+        println!("group {group}: state {}, protocol {} / {}", described.group_state, described.protocol_type, described.protocol_data);
+        for member in &described.members {
+            println!("  member {}\tclient {}\thost {}", member.member_id, member.client_id, member.client_host);
+        }
+    }
+    let committed = committed_offsets(client, group)?;
+    let mut latest_by_topic: BTreeMap<String, Vec<(i64, i64)>> = BTreeMap::new();
+    for (topic, partition, committed) in committed {
+        if !latest_by_topic.contains_key(&topic) {
+            let count = partition_count(client, &topic)?;
+            latest_by_topic.insert(topic.clone(), offsets(client, &topic, count)?);
+        }
+        let latest = latest_by_topic[&topic].get(partition as usize).map(|o| o.1).unwrap_or(-1);
+        let lag = if committed >= 0 && latest >= 0 { latest - committed } else { -1 };
+        println!("  {topic}-{partition}\tcommitted {committed}\tlatest {latest}\tlag {lag}");
+    }
+    Ok(())
+}
+
+fn committed_offsets(client: &mut Client, group: &str) -> Result<Vec<(String, i32, i64)>> {
+    let mut request = OffsetFetchRequest::default();
+    let mut g = offset_fetch_request::OffsetFetchRequestGroup::default();
+    g.group_id = GroupId(s(group));
+    g.topics = None;
+    request.groups = vec![g];
+    let response = client.send(&request, 8)?;
+    let mut out = Vec::new();
+    for g in &response.groups {
+        check(g.error_code, &format!("offsets of group {group}"))?;
+        for t in &g.topics {
+            for p in &t.partitions {
+                out.push((t.name.0.to_string(), p.partition_index, p.committed_offset));
+            }
+        }
+    }
+    Ok(out)
+}
+
+pub fn group_delete(client: &mut Client, group: &str) -> Result<()> {
+    let mut request = DeleteGroupsRequest::default();
+    request.groups_names = vec![GroupId(s(group))];
+    let response = client.send(&request, 2)?;
+    for result in &response.results {
+        check(result.error_code, &format!("delete group {group}"))?;
+    }
+    println!("deleted group {group}");
+    Ok(())
+}
+
+pub enum ResetTo {
+    Earliest,
+    Latest,
+    Offset(i64),
+}
+
+/// Commits new offsets for every partition of `topic` for an inactive group.
+pub fn group_reset_offsets(client: &mut Client, group: &str, topic: &str, to: ResetTo) -> Result<()> {
+    let count = partition_count(client, topic)?;
+    let bounds = offsets(client, topic, count)?;
+    let mut request = OffsetCommitRequest::default();
+    request.group_id = GroupId(s(group));
+    request.generation_id_or_member_epoch = -1;
+    request.member_id = s("");
+    let mut t = offset_commit_request::OffsetCommitRequestTopic::default();
+    t.name = TopicName(s(topic));
+    t.partitions = bounds
+        .iter()
+        .enumerate()
+        .map(|(index, (earliest, latest))| {
+            let mut p = offset_commit_request::OffsetCommitRequestPartition::default();
+            p.partition_index = index as i32;
+            p.committed_offset = match to {
+                ResetTo::Earliest => *earliest,
+                ResetTo::Latest => *latest,
+                ResetTo::Offset(o) => o.clamp(*earliest, *latest),
+            };
+            p
+        })
+        .collect();
+    request.topics = vec![t];
+    let response = client.send(&request, 8)?;
+    for t in &response.topics {
+        for p in &t.partitions {
+            check(p.error_code, &format!("reset {group} on {topic}-{}", p.partition_index))?;
+        }
+    }
+    println!("reset group {group} on {topic} ({count} partition(s))");
+    Ok(())
+}
