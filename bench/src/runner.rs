@@ -297,7 +297,15 @@ pub fn run(driver: &dyn Driver, opts: &RunOptions) -> Result<RunOutput, RunError
         let mut producer_handles = Vec::new();
         for p in 0..producers_total {
             let recorder = producer_recorders[p as usize].clone();
-            let producer = driver.producer(&ProducerSpec { index: p, workload: w.clone() }, AckSink::new(recorder.clone(), clock))?;
+            let producer = match driver.producer(&ProducerSpec { index: p, workload: w.clone() }, AckSink::new(recorder.clone(), clock)) {
+                Ok(producer) => producer,
+                Err(e) => {
+                    // The scope joins every thread before returning: stop them first.
+                    stop_producers.store(true, Ordering::Relaxed);
+                    stop_consumers.store(true, Ordering::Relaxed);
+                    return Err(e.into());
+                }
+            };
             let topic = &topics[(p / w.producers_per_topic) as usize];
             let stop = &stop_producers;
             let duration_ns = total_s * 1_000_000_000;
@@ -339,6 +347,7 @@ pub fn run(driver: &dyn Driver, opts: &RunOptions) -> Result<RunOutput, RunError
         let mut cpu_last: Option<CpuSample> = opts.broker_pid.and_then(|pid| cpu::sample(pid).ok());
         let mut cpu_window_start: Option<CpuSample> = None;
         let mut cpu_window_end: Option<CpuSample> = None;
+        let measure_end_ns = START_LEAD_NS + total_s * 1_000_000_000;
         let mut second_next: u64 = 1;
         let all_recorders: Vec<Arc<Mutex<Recorder>>> =
             producer_recorders.iter().chain(consumer_recorders.iter()).cloned().collect();
@@ -357,12 +366,6 @@ pub fn run(driver: &dyn Driver, opts: &RunOptions) -> Result<RunOutput, RunError
                     broker_cpu_cores_series.resize(index + 1, None);
                 }
                 broker_cpu_cores_series[index] = cores;
-                if cpu_window_start.is_none() && now_ns >= warmup_ns {
-                    cpu_window_start = cpu_now;
-                }
-                if now_ns < START_LEAD_NS + total_s * 1_000_000_000 {
-                    cpu_window_end = cpu_now;
-                }
                 cpu_last = cpu_now;
                 if opts.progress {
                     let line = progress_line(index, &second_totals(&all_recorders, index), cores);
@@ -372,10 +375,25 @@ pub fn run(driver: &dyn Driver, opts: &RunOptions) -> Result<RunOutput, RunError
                 }
                 second_next += 1;
             }
+            // The broker's CPU over the measurement window: one reading as warm-up ends and one
+            // as the last slot is due, each within a loop period (20 ms) of the instant.
+            if let Some(pid) = opts.broker_pid {
+                if cpu_window_start.is_none() && now_ns >= warmup_ns {
+                    cpu_window_start = cpu::sample(pid).ok();
+                }
+                if cpu_window_end.is_none() && now_ns >= measure_end_ns {
+                    cpu_window_end = cpu::sample(pid).ok();
+                }
+            }
             if done || Instant::now() >= hard_deadline {
                 break;
             }
             std::thread::sleep(Duration::from_millis(20));
+        }
+        if cpu_window_end.is_none() {
+            // Producers finished before the window's nominal end (stopped, or the last slot
+            // fell just short of it): the window ends now.
+            cpu_window_end = opts.broker_pid.and_then(|pid| cpu::sample(pid).ok());
         }
         if let (Some(a), Some(b)) = (&cpu_window_start, &cpu_window_end) {
             broker_cpu_cores = Some(cpu::cores_used(a, b, ticks_per_s));
