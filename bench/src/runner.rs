@@ -268,6 +268,7 @@ pub fn run(driver: &dyn Driver, opts: &RunOptions) -> Result<RunOutput, RunError
         }
 
         // Wait (bounded) until every group has all partitions of its topic assigned.
+        let mut no_partition_assigned = false;
         if !assigned.is_empty() {
             let deadline = Instant::now() + Duration::from_millis(limits::CONSUMER_ASSIGN_TIMEOUT_MS);
             loop {
@@ -283,6 +284,7 @@ pub fn run(driver: &dyn Driver, opts: &RunOptions) -> Result<RunOutput, RunError
                         "consumer groups were not fully assigned after {} ms; producing anyway",
                         limits::CONSUMER_ASSIGN_TIMEOUT_MS
                     ));
+                    no_partition_assigned = per_group.values().all(|n| *n == 0);
                     break;
                 }
                 std::thread::sleep(Duration::from_millis(50));
@@ -427,6 +429,12 @@ pub fn run(driver: &dyn Driver, opts: &RunOptions) -> Result<RunOutput, RunError
                     })
                     .sum();
                 if consumed >= expected {
+                    break;
+                }
+                if consumed == 0 && no_partition_assigned {
+                    // Consumers never got a partition (a broker without consumer groups, for
+                    // instance) and received nothing during the run: waiting cannot help.
+                    notes.push("consumers were never assigned a partition and received nothing; try --consumer-mode assign".into());
                     break;
                 }
                 if Instant::now() >= deadline {
