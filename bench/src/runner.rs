@@ -128,7 +128,7 @@ fn lock(r: &Mutex<Recorder>) -> std::sync::MutexGuard<'_, Recorder> {
     r.lock().expect("recorder lock poisoned by a panicked thread")
 }
 
-/// Sums one second over all recorders: (sent, acked, consumed, errors, ack p99 µs, e2e p99 µs).
+/// Sums one second over all recorders, for the progress line.
 fn second_totals(recorders: &[Arc<Mutex<Recorder>>], index: usize) -> crate::recorder::Second {
     let mut s = Recorder::empty_second();
     for r in recorders {
@@ -137,7 +137,7 @@ fn second_totals(recorders: &[Arc<Mutex<Recorder>>], index: usize) -> crate::rec
     s
 }
 
-fn progress_line(second: usize, s: &crate::recorder::Second, cpu: Option<f64>) -> String {
+fn progress_line(second: usize, warmup: bool, s: &crate::recorder::Second, cpu: Option<f64>) -> String {
     let ms = |h: &hdrhistogram::Histogram<u64>| {
         if h.is_empty() {
             "-".to_string()
@@ -146,7 +146,8 @@ fn progress_line(second: usize, s: &crate::recorder::Second, cpu: Option<f64>) -
         }
     };
     let mut line = format!(
-        "[{second:>4}s] sent {:>8}/s  acked {:>8}/s  consumed {:>8}/s  ack p99 {:>10}  e2e p99 {:>10}  errors {}",
+        "[{second:>4}s{}] sent {:>8}/s  acked {:>8}/s  consumed {:>8}/s  ack p99 {:>10}  e2e p99 {:>10}  errors {}",
+        if warmup { " warm-up" } else { "" },
         s.counts.sent_msgs,
         s.counts.acked_msgs,
         s.counts.consumed_msgs,
@@ -370,7 +371,7 @@ pub fn run(driver: &dyn Driver, opts: &RunOptions) -> Result<RunOutput, RunError
                 broker_cpu_cores_series[index] = cores;
                 cpu_last = cpu_now;
                 if opts.progress {
-                    let line = progress_line(index, &second_totals(&all_recorders, index), cores);
+                    let line = progress_line(index, (index as u64) < w.warmup_s, &second_totals(&all_recorders, index), cores);
                     let mut out = std::io::stdout().lock();
                     let _ = writeln!(out, "{line}");
                     let _ = out.flush();
