@@ -7,6 +7,10 @@
 //! native driver is refused on the command line precisely so that no such stand-in ships.)
 //! Fits: complements the broker-free unit tests of the core and `spawn.rs`'s real-broker test.
 
+// A poisoned lock in this test double means a test thread already panicked; unwrapping it is
+// the right reaction even inside the trait's Result-returning methods.
+#![allow(clippy::unwrap_in_result)]
+
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
