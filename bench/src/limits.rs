@@ -47,5 +47,10 @@ pub const COMPARE_FILES_MAX: usize = 8;
 const _: () = assert!(MESSAGE_SIZE_BYTES_MIN <= MESSAGE_SIZE_BYTES_MAX);
 const _: () = assert!(BROKER_READY_POLL_MS < BROKER_READY_TIMEOUT_MS);
 const _: () = assert!(SERIES_EXTRA_SECONDS * 1000 > DRAIN_TIMEOUT_MS);
-const _: () = assert!(PRODUCERS_MAX as u64 <= PRODUCER_QUEUE_MESSAGES_MAX as u64);
+/// librdkafka's `message.timeout.ms` for the producers: a message is acknowledged or failed
+/// within this long after it is handed over.
+pub const MESSAGE_TIMEOUT_MS: u64 = DRAIN_TIMEOUT_MS;
+// The producer flush waits DRAIN_TIMEOUT_MS, so every message handed over is resolved (acked
+// or failed, never silently pending) by the time the flush returns.
+const _: () = assert!(MESSAGE_TIMEOUT_MS <= DRAIN_TIMEOUT_MS);
 const _: () = assert!(COMPARE_FILES_MAX <= crate::svg::PALETTE.len());

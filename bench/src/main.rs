@@ -29,7 +29,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a workload against a broker and report latency and throughput.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Compare result files: a side-by-side table with ratios to the first, and one chart.
     Compare {
         /// Result JSON files written by `run`.
@@ -179,7 +179,7 @@ fn failed(message: impl ToString) -> Failure {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
         Command::Compare { results, out } => compare(&results, &out),
         Command::Workloads => {
             for (name, text) in workload::BUILTIN {

@@ -128,7 +128,7 @@ fn lock(r: &Mutex<Recorder>) -> std::sync::MutexGuard<'_, Recorder> {
     r.lock().expect("recorder lock poisoned by a panicked thread")
 }
 
-/// Sums one second over all recorders: (sent, acked, consumed, errors, ack p99 µs, e2e p99 µs).
+/// Sums one second over all recorders, for the progress line.
 fn second_totals(recorders: &[Arc<Mutex<Recorder>>], index: usize) -> crate::recorder::Second {
     let mut s = Recorder::empty_second();
     for r in recorders {
@@ -137,7 +137,7 @@ fn second_totals(recorders: &[Arc<Mutex<Recorder>>], index: usize) -> crate::rec
     s
 }
 
-fn progress_line(second: usize, s: &crate::recorder::Second, cpu: Option<f64>) -> String {
+fn progress_line(second: usize, warmup: bool, s: &crate::recorder::Second, cpu: Option<f64>) -> String {
     let ms = |h: &hdrhistogram::Histogram<u64>| {
         if h.is_empty() {
             "-".to_string()
@@ -146,7 +146,8 @@ fn progress_line(second: usize, s: &crate::recorder::Second, cpu: Option<f64>) -
         }
     };
     let mut line = format!(
-        "[{second:>4}s] sent {:>8}/s  acked {:>8}/s  consumed {:>8}/s  ack p99 {:>10}  e2e p99 {:>10}  errors {}",
+        "[{second:>4}s{}] sent {:>8}/s  acked {:>8}/s  consumed {:>8}/s  ack p99 {:>10}  e2e p99 {:>10}  errors {}",
+        if warmup { " warm-up" } else { "" },
         s.counts.sent_msgs,
         s.counts.acked_msgs,
         s.counts.consumed_msgs,
@@ -268,6 +269,7 @@ pub fn run(driver: &dyn Driver, opts: &RunOptions) -> Result<RunOutput, RunError
         }
 
         // Wait (bounded) until every group has all partitions of its topic assigned.
+        let mut no_partition_assigned = false;
         if !assigned.is_empty() {
             let deadline = Instant::now() + Duration::from_millis(limits::CONSUMER_ASSIGN_TIMEOUT_MS);
             loop {
@@ -283,6 +285,7 @@ pub fn run(driver: &dyn Driver, opts: &RunOptions) -> Result<RunOutput, RunError
                         "consumer groups were not fully assigned after {} ms; producing anyway",
                         limits::CONSUMER_ASSIGN_TIMEOUT_MS
                     ));
+                    no_partition_assigned = per_group.values().all(|n| *n == 0);
                     break;
                 }
                 std::thread::sleep(Duration::from_millis(50));
@@ -297,7 +300,15 @@ pub fn run(driver: &dyn Driver, opts: &RunOptions) -> Result<RunOutput, RunError
         let mut producer_handles = Vec::new();
         for p in 0..producers_total {
             let recorder = producer_recorders[p as usize].clone();
-            let producer = driver.producer(&ProducerSpec { index: p, workload: w.clone() }, AckSink::new(recorder.clone(), clock))?;
+            let producer = match driver.producer(&ProducerSpec { index: p, workload: w.clone() }, AckSink::new(recorder.clone(), clock)) {
+                Ok(producer) => producer,
+                Err(e) => {
+                    // The scope joins every thread before returning: stop them first.
+                    stop_producers.store(true, Ordering::Relaxed);
+                    stop_consumers.store(true, Ordering::Relaxed);
+                    return Err(e.into());
+                }
+            };
             let topic = &topics[(p / w.producers_per_topic) as usize];
             let stop = &stop_producers;
             let duration_ns = total_s * 1_000_000_000;
@@ -339,6 +350,7 @@ pub fn run(driver: &dyn Driver, opts: &RunOptions) -> Result<RunOutput, RunError
         let mut cpu_last: Option<CpuSample> = opts.broker_pid.and_then(|pid| cpu::sample(pid).ok());
         let mut cpu_window_start: Option<CpuSample> = None;
         let mut cpu_window_end: Option<CpuSample> = None;
+        let measure_end_ns = START_LEAD_NS + total_s * 1_000_000_000;
         let mut second_next: u64 = 1;
         let all_recorders: Vec<Arc<Mutex<Recorder>>> =
             producer_recorders.iter().chain(consumer_recorders.iter()).cloned().collect();
@@ -357,25 +369,34 @@ pub fn run(driver: &dyn Driver, opts: &RunOptions) -> Result<RunOutput, RunError
                     broker_cpu_cores_series.resize(index + 1, None);
                 }
                 broker_cpu_cores_series[index] = cores;
-                if cpu_window_start.is_none() && now_ns >= warmup_ns {
-                    cpu_window_start = cpu_now;
-                }
-                if now_ns < START_LEAD_NS + total_s * 1_000_000_000 {
-                    cpu_window_end = cpu_now;
-                }
                 cpu_last = cpu_now;
                 if opts.progress {
-                    let line = progress_line(index, &second_totals(&all_recorders, index), cores);
+                    let line = progress_line(index, (index as u64) < w.warmup_s, &second_totals(&all_recorders, index), cores);
                     let mut out = std::io::stdout().lock();
                     let _ = writeln!(out, "{line}");
                     let _ = out.flush();
                 }
                 second_next += 1;
             }
+            // The broker's CPU over the measurement window: one reading as warm-up ends and one
+            // as the last slot is due, each within a loop period (20 ms) of the instant.
+            if let Some(pid) = opts.broker_pid {
+                if cpu_window_start.is_none() && now_ns >= warmup_ns {
+                    cpu_window_start = cpu::sample(pid).ok();
+                }
+                if cpu_window_end.is_none() && now_ns >= measure_end_ns {
+                    cpu_window_end = cpu::sample(pid).ok();
+                }
+            }
             if done || Instant::now() >= hard_deadline {
                 break;
             }
             std::thread::sleep(Duration::from_millis(20));
+        }
+        if cpu_window_end.is_none() {
+            // Producers finished before the window's nominal end (stopped, or the last slot
+            // fell just short of it): the window ends now.
+            cpu_window_end = opts.broker_pid.and_then(|pid| cpu::sample(pid).ok());
         }
         if let (Some(a), Some(b)) = (&cpu_window_start, &cpu_window_end) {
             broker_cpu_cores = Some(cpu::cores_used(a, b, ticks_per_s));
@@ -409,6 +430,12 @@ pub fn run(driver: &dyn Driver, opts: &RunOptions) -> Result<RunOutput, RunError
                     })
                     .sum();
                 if consumed >= expected {
+                    break;
+                }
+                if consumed == 0 && no_partition_assigned {
+                    // Consumers never got a partition (a broker without consumer groups, for
+                    // instance) and received nothing during the run: waiting cannot help.
+                    notes.push("consumers were never assigned a partition and received nothing; try --consumer-mode assign".into());
                     break;
                 }
                 if Instant::now() >= deadline {

@@ -129,7 +129,9 @@ impl Chart {
         for (v, label) in &self.x.ticks {
             let x = px(*v);
             let _ = writeln!(s, r##"<line x1="{x:.1}" y1="{MARGIN_TOP_PX}" x2="{x:.1}" y2="{:.1}" stroke="#ddd"/>"##, MARGIN_TOP_PX + plot_h);
-            let _ = writeln!(s, r#"<text x="{x:.1}" y="{:.1}" text-anchor="middle">{}</text>"#, MARGIN_TOP_PX + plot_h + 18.0, escape(label));
+            // The last tick's label would overflow the right edge if centred.
+            let anchor = if self.x.fraction(*v) >= 1.0 { "end" } else { "middle" };
+            let _ = writeln!(s, r#"<text x="{x:.1}" y="{:.1}" text-anchor="{anchor}">{}</text>"#, MARGIN_TOP_PX + plot_h + 18.0, escape(label));
         }
         for (v, label) in &self.y.ticks {
             let y = py(*v);

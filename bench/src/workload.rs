@@ -424,7 +424,8 @@ mod tests {
     #[test]
     fn invalid_workloads_are_refused_with_a_reason() {
         let base = Workload::load("latency-10k-1kib").unwrap();
-        let cases: Vec<(&str, Box<dyn Fn(&mut Workload)>)> = vec![
+        type Mutation = Box<dyn Fn(&mut Workload)>;
+        let cases: Vec<(&str, Mutation)> = vec![
             ("size below header", Box::new(|w| w.message_size = MessageSize::Fixed(8))),
             ("zero topics", Box::new(|w| w.topics = 0)),
             ("bad acks", Box::new(|w| w.acks = "2".into())),

@@ -181,7 +181,7 @@ impl Driver for KafkaDriver {
             .set("batch.size", w.batch_size_bytes.to_string())
             .set("queue.buffering.max.messages", limits::PRODUCER_QUEUE_MESSAGES_MAX.to_string())
             // Bounded, so a dead broker turns into delivery errors within the drain timeout.
-            .set("message.timeout.ms", limits::DRAIN_TIMEOUT_MS.to_string());
+            .set("message.timeout.ms", limits::MESSAGE_TIMEOUT_MS.to_string());
         for (k, v) in &w.producer_config {
             c.set(k, v);
         }
