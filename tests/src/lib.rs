@@ -4,6 +4,14 @@
 //! The broker binary is found through `TERN_BIN`, or beside the test executable's target
 //! directory (`target/<profile>/tern`), which `cargo test --workspace` / `cargo nextest run
 //! --workspace` build before running tests. Every wait here is bounded.
+//!
+//! Client helpers live beside it, one module per way of talking to the broker: `kafka`
+//! (rdkafka, i.e. librdkafka), `rs` (rskafka, an independent pure-Rust client) and `wire`
+//! (hand-built frames over a plain `TcpStream`, for malformed input).
+
+pub mod kafka;
+pub mod rs;
+pub mod wire;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -105,6 +113,14 @@ impl Broker {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.data_dir.path().join("broker.log")).unwrap_or_default()
+    }
+
+    /// Whether the broker process is still running (it has not exited or been reaped).
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
     }
 
     /// Graceful stop: SIGTERM and wait (bounded); returns whether it exited cleanly.
