@@ -181,6 +181,9 @@ pub fn produce(producer: &FutureProducer, topic: &str, partition: Option<i32>, r
 pub fn consumer_with(broker: &Broker, settings: &[(&str, &str)]) -> BaseConsumer {
     let mut config = client_config(broker);
     config
+        // librdkafka's `assign` needs a group id, although nothing here joins the group or
+        // commits: offsets are always given explicitly.
+        .set("group.id", "tern-e2e-assign-only")
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")

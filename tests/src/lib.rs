@@ -160,5 +160,16 @@ impl Broker {
 impl Drop for Broker {
     fn drop(&mut self) {
         self.stop();
+        // A failing test's broker log is the first thing to read, and the data directory
+        // holding it is about to be deleted.
+        if std::thread::panicking() {
+            let log = self.log();
+            let tail_start = log.len().saturating_sub(LOG_TAIL_BYTES);
+            let tail_start = (tail_start..log.len()).find(|&i| log.is_char_boundary(i)).unwrap_or(log.len());
+            eprintln!("---- broker log (last {LOG_TAIL_BYTES} bytes) ----\n{}\n---- end of broker log ----", &log[tail_start..]);
+        }
     }
 }
+
+/// How much of a failed test's broker log to print.
+const LOG_TAIL_BYTES: usize = 16 * 1024;
