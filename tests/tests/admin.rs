@@ -57,10 +57,11 @@ fn topic_created_with_configs_describes_them_and_alter_configs_replaces_them() {
         "configs after AlterConfigs"
     );
 
-    // An unknown key is refused and changes nothing.
+    // An unknown key is refused (INVALID_CONFIG) and changes nothing. rdkafka 0.39's
+    // `alter_configs` reports every resource as Ok whatever the broker answered (it never
+    // reads the per-resource error), so only the unchanged configs can be checked here.
     let bad = AlterConfig::new(ResourceSpecifier::Topic(topic)).set("no.such.config", "1");
-    let results = kafka::wait(kafka::admin(&broker).alter_configs([&bad], &kafka::admin_options())).expect("AlterConfigs request");
-    assert!(matches!(results.as_slice(), [Err((_, RDKafkaErrorCode::InvalidConfig))]), "unknown config: {results:?}");
+    kafka::wait(kafka::admin(&broker).alter_configs([&bad], &kafka::admin_options())).expect("AlterConfigs request");
     assert_eq!(describe_topic(&broker, topic, &["retention.ms"]), vec![set("retention.ms", "7200000")], "unchanged by the refused alter");
 }
 
