@@ -7,8 +7,10 @@
 //!
 //! Client helpers live beside it, one module per way of talking to the broker: `kafka`
 //! (rdkafka, i.e. librdkafka), `rs` (rskafka, an independent pure-Rust client) and `wire`
-//! (hand-built frames over a plain `TcpStream`, for malformed input).
+//! (hand-built frames over a plain `TcpStream`, for malformed input); `disk` reads what the
+//! broker stored.
 
+pub mod disk;
 pub mod kafka;
 pub mod rs;
 pub mod wire;

@@ -154,6 +154,7 @@ fn acks_all_records_survive_kill_9() {
     let failed_count = ledger.failed_count.load(Ordering::SeqCst);
     assert_eq!(acked_count + failed_count, sent_count, "every sent record got a delivery report");
     assert!(acked_count >= ACKS_BEFORE_KILL, "acks before the crash: {acked_count}");
+    assert!(failed_count > 0, "the crash must land while records are in flight (none failed)");
     let acked: Vec<(i32, i64, Vec<u8>)> = std::mem::take(&mut *ledger.acked.lock().expect("ledger lock"));
     drop(producer);
 
