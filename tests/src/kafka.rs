@@ -271,9 +271,11 @@ pub fn try_create_topic(broker: &Broker, name: &str, partitions: i32, replicatio
     for (key, value) in configs {
         topic = topic.set(key, value);
     }
-    let results = wait(admin(broker).create_topics([&topic], &admin_options())).expect("CreateTopics request");
-    assert_eq!(results.len(), 1, "one result per topic");
-    results.into_iter().next().map(|result| result.map(drop).map_err(|(_, code)| code)).expect("one result")
+    let results = wait(admin(broker).create_topics([&topic], &admin_options())).unwrap_or_else(|error| panic!("CreateTopics request: {error}"));
+    match <[_; 1]>::try_from(results) {
+        Ok([result]) => result.map(drop).map_err(|(_, code)| code),
+        Err(results) => panic!("CreateTopics for one topic answered {} results", results.len()),
+    }
 }
 
 /// Creates a topic with replication factor 1 and the given configs; it must succeed.

@@ -65,19 +65,28 @@ fn topic_created_with_configs_describes_them_and_alter_configs_replaces_them() {
     assert_eq!(describe_topic(&broker, topic, &["retention.ms"]), vec![set("retention.ms", "7200000")], "unchanged by the refused alter");
 }
 
+/// A CreateTopics request a single-broker cluster must refuse, and the code it answers.
+struct Refused {
+    topic: &'static str,
+    partitions: i32,
+    replication: i32,
+    configs: &'static [(&'static str, &'static str)],
+    expected: RDKafkaErrorCode,
+}
+
 #[test]
 fn create_topics_refuses_what_a_single_broker_cannot_serve_with_kafka_error_codes() {
     let broker = Broker::start(1);
     kafka::create_topic(&broker, "exists-already", 1, &[]);
-    // (topic, partitions, replication factor, configs, expected error)
-    let cases: [(&str, i32, i32, &[(&str, &str)], RDKafkaErrorCode); 4] = [
-        ("replication-three", 1, 3, &[], RDKafkaErrorCode::InvalidReplicationFactor),
-        ("exists-already", 1, 1, &[], RDKafkaErrorCode::TopicAlreadyExists),
-        ("bad-config", 1, 1, &[("retention.ms", "soon")], RDKafkaErrorCode::InvalidConfig),
-        ("zero-partitions", 0, 1, &[], RDKafkaErrorCode::InvalidPartitions),
+    let cases = [
+        Refused { topic: "replication-three", partitions: 1, replication: 3, configs: &[], expected: RDKafkaErrorCode::InvalidReplicationFactor },
+        Refused { topic: "exists-already", partitions: 1, replication: 1, configs: &[], expected: RDKafkaErrorCode::TopicAlreadyExists },
+        Refused { topic: "bad-config", partitions: 1, replication: 1, configs: &[("retention.ms", "soon")], expected: RDKafkaErrorCode::InvalidConfig },
+        Refused { topic: "zero-partitions", partitions: 0, replication: 1, configs: &[], expected: RDKafkaErrorCode::InvalidPartitions },
     ];
-    for (topic, partitions, replication, configs, expected) in cases {
-        assert_eq!(kafka::try_create_topic(&broker, topic, partitions, replication, configs), Err(expected), "create {topic}");
+    for case in &cases {
+        let outcome = kafka::try_create_topic(&broker, case.topic, case.partitions, case.replication, case.configs);
+        assert_eq!(outcome, Err(case.expected), "create {}", case.topic);
     }
     for topic in ["replication-three", "bad-config", "zero-partitions"] {
         assert_eq!(kafka::partition_count(&broker, topic), None, "refused topic {topic} must not exist");

@@ -33,7 +33,7 @@ fn offsets_for_time(broker: &Broker, topic: &str, timestamp_ms: i64) -> Option<i
     let mut query = TopicPartitionList::new();
     query.add_partition_offset(topic, 0, Offset::Offset(timestamp_ms)).expect("query");
     let answer = kafka::consumer(broker).offsets_for_times(query, kafka::WAIT_MAX).expect("offsets_for_times");
-    let element = answer.find_partition(topic, 0).expect("answer for partition 0");
+    let element = answer.find_partition(topic, 0).unwrap_or_else(|| panic!("offsets_for_times({timestamp_ms}): no answer for partition 0"));
     element.error().unwrap_or_else(|error| panic!("offsets_for_times({timestamp_ms}): {error}"));
     match element.offset() {
         Offset::Offset(offset) => Some(offset),

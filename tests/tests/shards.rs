@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use rskafka::client::partition::Compression;
 use tern_tests::kafka::{self, Rec};
-use tern_tests::{rs, Broker};
+use tern_tests::{disk, rs, Broker};
 
 const SHARDS: usize = 2;
 /// More partitions than shards, so round-robin puts several on each shard.
@@ -18,6 +18,10 @@ async fn partitions_on_every_shard_all_take_produce_and_serve_fetch() {
     let topic = "spread-over-shards";
     kafka::create_topic(&broker, topic, PARTITIONS, &[]);
     assert_eq!(kafka::partition_count(&broker, topic), Some(PARTITIONS as usize), "metadata partition count");
+    let mut owners = disk::partition_shards(&broker, topic);
+    owners.sort_unstable();
+    owners.dedup();
+    assert_eq!(owners, (0..SHARDS as u64).collect::<Vec<_>>(), "partitions are owned by every shard");
 
     // rdkafka: records to partitions in turn, all in flight at once, so each Produce request
     // carries batches for partitions owned by both shards.
