@@ -89,7 +89,7 @@ fn check(broker: &Broker, case: &Case) {
 }
 
 /// Produces one record and reads it back, over and over, until told to stop; every round
-/// must succeed. Returns the number of rounds.
+/// must succeed, and each completed round is counted in `rounds`.
 fn healthy_client(broker: &Broker, topic: &str, stop: &AtomicBool, rounds: &AtomicUsize) {
     let producer = kafka::producer_with(broker, &[("linger.ms", "0")]);
     let consumer = kafka::consumer(broker);
