@@ -16,6 +16,7 @@
 //! length is checked against the limits and the bytes actually there, and nothing panics on
 //! what it reads back.
 
+use std::cell::Cell;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
@@ -76,7 +77,39 @@ impl Segment {
     }
 }
 
+thread_local! {
+    static IOPOLL_PROBED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Makes glommio's per-thread iopoll probe see a real read before this thread opens any
+/// segment or index file.
+///
+/// glommio decides, per device and per thread, whether a DMA file's reads go to its io_uring
+/// poll ring by reading the first `alignment` bytes of the first DMA file opened on that
+/// device. When that file is empty (a new segment, or a freshly truncated index `.tmp`), the
+/// read ends at EOF before reaching the device and succeeds, so the device is marked
+/// iopoll-capable; on devices without poll queues every later read then fails with
+/// EOPNOTSUPP (seen as KAFKA_STORAGE_ERROR on ListOffsets by timestamp). Opening a non-empty
+/// file first makes the probe fail the way it should. Data directories live on one device,
+/// so once per thread is enough.
+async fn probe_iopoll_once(dir: &Path) -> Result<(), StorageIoError> {
+    if IOPOLL_PROBED.with(Cell::get) {
+        return Ok(());
+    }
+    let path = dir.join(".iopoll-probe");
+    let ctx = |what: &str| format!("{what} {}", path.display());
+    let buffered = glommio::io::BufferedFile::create(&path).await.map_err(|e| StorageIoError::new(ctx("creating"), e))?;
+    buffered.write_at(vec![0u8; limits::DMA_ALIGNMENT_BYTES as usize], 0).await.map_err(|e| StorageIoError::new(ctx("writing"), e))?;
+    buffered.close().await.map_err(|e| StorageIoError::new(ctx("closing"), e))?;
+    let probed = DmaFile::open(&path).await.map_err(|e| StorageIoError::new(ctx("opening"), e))?;
+    let _ = probed.close().await;
+    let _ = glommio::io::remove(&path).await;
+    IOPOLL_PROBED.with(|probed| probed.set(true));
+    Ok(())
+}
+
 pub(crate) async fn open_rw(path: &Path) -> Result<DmaFile, StorageIoError> {
+    probe_iopoll_once(path.parent().unwrap_or(Path::new("."))).await?;
     OpenOptions::new()
         .read(true)
         .write(true)
@@ -234,6 +267,7 @@ pub(crate) async fn write_file_atomically(dir: &Path, name: &str, bytes: &[u8]) 
     let final_path = dir.join(name);
     let tmp_path: PathBuf = dir.join(format!("{name}.tmp"));
     let ctx = |what: &str| format!("{what} {}", tmp_path.display());
+    probe_iopoll_once(dir).await?;
     let file = OpenOptions::new()
         .write(true)
         .create(true)
@@ -265,6 +299,7 @@ pub(crate) async fn read_small_file(path: &Path) -> Result<Option<Vec<u8>>, Stor
     if !path.exists() {
         return Ok(None);
     }
+    probe_iopoll_once(path.parent().unwrap_or(Path::new("."))).await?;
     let file = DmaFile::open(path).await.map_err(|e| StorageIoError::new(format!("opening {}", path.display()), e))?;
     let size = file.file_size().await.map_err(|e| StorageIoError::new(format!("stat {}", path.display()), e))?;
     let bytes = if size == 0 { Vec::new() } else { read_vec(&file, 0, size as usize, path).await? };

@@ -4,6 +4,16 @@
 //! The broker binary is found through `TERN_BIN`, or beside the test executable's target
 //! directory (`target/<profile>/tern`), which `cargo test --workspace` / `cargo nextest run
 //! --workspace` build before running tests. Every wait here is bounded.
+//!
+//! Client helpers live beside it, one module per way of talking to the broker: `kafka`
+//! (rdkafka, i.e. librdkafka), `rs` (rskafka, an independent pure-Rust client) and `wire`
+//! (hand-built frames over a plain `TcpStream`, for malformed input); `disk` reads what the
+//! broker stored.
+
+pub mod disk;
+pub mod kafka;
+pub mod rs;
+pub mod wire;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -127,6 +137,14 @@ impl Broker {
         std::fs::read_to_string(self.data_dir.path().join("broker.log")).unwrap_or_default()
     }
 
+    /// Whether the broker process is still running (it has not exited or been reaped).
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
     /// Graceful stop: SIGTERM and wait (bounded); returns whether it exited cleanly.
     pub fn stop(&mut self) -> bool {
         let Some(mut child) = self.child.take() else { return true };
@@ -164,5 +182,16 @@ impl Broker {
 impl Drop for Broker {
     fn drop(&mut self) {
         self.stop();
+        // A failing test's broker log is the first thing to read, and the data directory
+        // holding it is about to be deleted.
+        if std::thread::panicking() {
+            let log = self.log();
+            let tail_start = log.len().saturating_sub(LOG_TAIL_BYTES);
+            let tail_start = (tail_start..log.len()).find(|&i| log.is_char_boundary(i)).unwrap_or(log.len());
+            eprintln!("---- broker log (last {LOG_TAIL_BYTES} bytes) ----\n{}\n---- end of broker log ----", &log[tail_start..]);
+        }
     }
 }
+
+/// How much of a failed test's broker log to print.
+const LOG_TAIL_BYTES: usize = 16 * 1024;

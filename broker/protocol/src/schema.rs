@@ -150,12 +150,16 @@ impl Walker<'_> {
     }
 }
 
-/// Checks that `body` is a well-formed instance of `schema` at `version`, consuming every
-/// byte, with bounded element counts. Returns the number of array elements seen.
+/// Checks that `body` starts with a well-formed instance of `schema` at `version`, with
+/// bounded element counts. Returns the number of array elements seen.
+///
+/// Bytes after the message are ignored, as Apache Kafka ignores them: librdkafka (2.12)
+/// sends a Metadata v9+ request for all topics with its 4-byte array-count placeholder
+/// left in place (a varint 0, i.e. null, then three zero bytes), so the real fields arrive
+/// as 3 trailing bytes. Rejecting them would break every librdkafka `list_topics`.
 pub fn validate(schema: &'static Struct, version: i16, body: &[u8]) -> Result<u64, WireError> {
     let mut walker = Walker { reader: Reader::new(body), version, elements: 0 };
     walker.walk(schema)?;
-    walker.reader.expect_end()?;
     Ok(walker.elements)
 }
 
@@ -278,9 +282,12 @@ mod tests {
     }
 
     #[test]
-    fn trailing_bytes_are_rejected() {
+    fn trailing_bytes_are_ignored_as_kafka_does() {
         let mut body = encode(&MetadataRequest::default(), 4);
         body.extend_from_slice(&[0]);
-        assert!(matches!(validate(&METADATA_REQUEST, 4, &body), Err(WireError::TrailingBytes { count: 1 })));
+        assert!(validate(&METADATA_REQUEST, 4, &body).is_ok());
+        // librdkafka's all-topics Metadata v12: null topics as a padded 4-byte count, then the
+        // two booleans and the tagged fields.
+        assert!(validate(&METADATA_REQUEST, 12, &[0, 0, 0, 0, 1, 0, 0]).is_ok());
     }
 }

@@ -100,7 +100,10 @@ pub async fn list_offsets(ctx: &Ctx<'_>, request: ListOffsetsRequest) -> Outcome
                     answer.error_code = error;
                     answer.timestamp = timestamp;
                     answer.offset = offset;
-                    answer.leader_epoch = 0;
+                    // The field exists from v4; the encoder refuses a non-default value below.
+                    if ctx.version >= 4 {
+                        answer.leader_epoch = 0;
+                    }
                     answer
                 })
                 .collect();
