@@ -46,6 +46,9 @@ pub enum StartError {
     Listen { addr: std::net::SocketAddr, reason: String },
 }
 
+/// Longest an idle shard sleeps before it wakes to look around.
+const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
+
 /// How often each shard applies retention and time-based segment rolls.
 const RETENTION_CHECK_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -131,6 +134,16 @@ async fn shard_main(
     stop: Arc<AtomicBool>,
     ready: mpsc::Sender<Result<usize, StartError>>,
 ) {
+    // A heartbeat so an executor never parks indefinitely: if a cross-thread wake-up were ever
+    // lost (one start-up of a two-shard broker was seen to hang until an unrelated signal
+    // arrived), the shard still gets to run within a tick.
+    let heartbeat_stop = stop.clone();
+    glommio::spawn_local(async move {
+        while !heartbeat_stop.load(Ordering::Relaxed) {
+            glommio::timer::sleep(HEARTBEAT_INTERVAL).await;
+        }
+    })
+    .detach();
     let (senders, mut receivers) = if shards > 1 {
         match mesh.join().await {
             Ok((senders, receivers)) => (Some(senders), Some(receivers)),
