@@ -33,6 +33,7 @@ use std::rc::{Rc, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use tern_protocol::records::first_at_or_after;
 use tern_protocol::batch::{
     set_base_offset, set_log_append_time, set_partition_leader_epoch, BatchError, BatchHeader, BatchIter,
 };
@@ -552,6 +553,21 @@ impl Log {
         };
         let mut position = position;
         match walk_headers(&file, &path, &mut position, size_bytes, |h| h.max_timestamp() >= ts).await {
+            Ok(Some((at, header))) if header.record_count() > 1 && !header.is_log_append_time() => {
+                // Kafka answers with the first *record* at or after the time, which may sit
+                // inside the batch: read it and look (decompressing if needed).
+                let bytes = read_vec(&file, at, header.total_bytes(), &path).await?;
+                match first_at_or_after(&bytes, &header, ts) {
+                    Ok(Some((offset, found))) => Ok(Some((offset.max(log_start), found))),
+                    // The header's max timestamp says a record qualifies; fall back to the
+                    // batch if the records disagree (a damaged or odd batch).
+                    Ok(None) => Ok(Some((header.base_offset().max(log_start), header.max_timestamp()))),
+                    Err(error) => {
+                        tracing::warn!(segment = %segment_base, position = at, %error, "cannot look inside batch for ListOffsets");
+                        Ok(Some((header.base_offset().max(log_start), header.max_timestamp())))
+                    }
+                }
+            }
             Ok(Some((_, header))) => Ok(Some((header.base_offset().max(log_start), header.max_timestamp()))),
             Ok(None) => Ok(None),
             Err((_, WalkError::Io(e))) => Err(e.into()),

@@ -73,9 +73,6 @@ async fn list_offsets_finds_earliest_latest_and_first_offset_at_a_timestamp() {
 }
 
 #[test]
-#[ignore = "broker gap: ListOffsets by timestamp answers the base offset of the first batch whose max timestamp \
-            is late enough (Log::offset_for_timestamp reads batch headers only); Kafka answers the first record \
-            inside that batch, which needs reading (and decompressing) the batch's records"]
 fn list_offsets_by_timestamp_looks_inside_multi_record_batches() {
     let broker = Broker::start(1);
     let topic = "timestamps-one-batch";

@@ -14,6 +14,7 @@ pub mod frame;
 pub mod fuzzing;
 pub mod limits;
 pub mod produce;
+pub mod records;
 pub mod request;
 pub mod schema;
 #[allow(dead_code)] // Tables for apis not yet served are kept so regeneration stays whole.
