@@ -65,6 +65,46 @@ pub struct ReadSlice {
     pub next_offset: Offset,
 }
 
+/// Where the bytes of a read may travel; decides whether cold data is copied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadMode {
+    /// The result may cross to another shard's thread: cold data is copied once out of the
+    /// DMA read buffer into shareable memory.
+    CrossThread,
+    /// The caller consumes and drops the result on this shard's thread: cold data stays in the
+    /// DMA read buffer, handed over without a copy. Dropping such bytes on another thread
+    /// aborts the process (it would otherwise corrupt glommio's thread-local buffer pool).
+    SameThread,
+}
+
+/// A DMA read buffer lent out as `Bytes` to code on the same thread.
+struct ThreadBoundRead {
+    result: glommio::io::ReadResult,
+    len: usize,
+    thread: std::thread::ThreadId,
+}
+
+// SAFETY: `ReadMode::SameThread` results are only produced for callers on the reading thread
+// (the broker passes it only when the connection lives on the owner shard), and `Drop` below
+// aborts before the inner buffer is touched if that promise is ever broken, so the non-Send
+// glommio buffer is never used from two threads.
+unsafe impl Send for ThreadBoundRead {}
+
+impl AsRef<[u8]> for ThreadBoundRead {
+    fn as_ref(&self) -> &[u8] {
+        &self.result[..self.len]
+    }
+}
+
+impl Drop for ThreadBoundRead {
+    fn drop(&mut self) {
+        if std::thread::current().id() != self.thread {
+            eprintln!("tern-storage: a same-thread read buffer was dropped on another thread; aborting");
+            std::process::abort();
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AppendInfo {
     pub base_offset: Offset,
@@ -446,6 +486,11 @@ impl Log {
     /// Whole batches from the one containing `start`, up to `max_bytes` but at least one whole
     /// batch (KIP-74), never a batch at or above `upper`.
     pub async fn read(&self, start: Offset, max_bytes: usize, upper: Offset) -> Result<ReadSlice, ReadError> {
+        self.read_with(start, max_bytes, upper, ReadMode::CrossThread).await
+    }
+
+    /// `read`, choosing whether cold data may stay in its DMA buffer (see [`ReadMode`]).
+    pub async fn read_with(&self, start: Offset, max_bytes: usize, upper: Offset, mode: ReadMode) -> Result<ReadSlice, ReadError> {
         let max_bytes = max_bytes.min(limits::READ_BYTES_MAX);
         let empty = ReadSlice { chunks: Vec::new(), len: 0, first_offset: start, next_offset: start };
         let (file, path, segment_base, size_bytes, floor_position, upper) = {
@@ -505,12 +550,9 @@ impl Log {
             .read_at(position, want)
             .await
             .map_err(|e| StorageIoError::new(format!("reading {} at {position}", path.display()), e))?;
-        // The one copy on the cold path: out of the DMA buffer into shareable bytes.
-        let mut data = BytesMut::from(&result[..]);
-        drop(result);
         let mut taken = 0;
         let mut next_offset = start;
-        let mut iter = BatchIter::new(&data);
+        let mut iter = BatchIter::new(&result);
         while let Some(item) = iter.next() {
             match item {
                 Ok(span) => {
@@ -527,9 +569,19 @@ impl Log {
                 Err(_) => break,
             }
         }
-        data.truncate(taken);
-        self.inner.state.borrow_mut().stats.bytes_copied += taken as u64;
-        Ok(ReadSlice { chunks: vec![data.freeze()], len: taken, first_offset: first.base_offset(), next_offset })
+        let data = match mode {
+            ReadMode::SameThread => {
+                self.inner.state.borrow_mut().stats.bytes_zero_copy += taken as u64;
+                Bytes::from_owner(ThreadBoundRead { result, len: taken, thread: std::thread::current().id() })
+            }
+            ReadMode::CrossThread => {
+                // The one copy on the cross-shard cold path: out of the DMA buffer into
+                // memory any thread may free.
+                self.inner.state.borrow_mut().stats.bytes_copied += taken as u64;
+                Bytes::copy_from_slice(&result[..taken])
+            }
+        };
+        Ok(ReadSlice { chunks: vec![data], len: taken, first_offset: first.base_offset(), next_offset })
     }
 
     /// The first batch whose max timestamp is at least `ts`, with that timestamp. The offset is

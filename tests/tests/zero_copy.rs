@@ -50,3 +50,52 @@ fn hot_tail_fetches_are_served_by_reference() {
     assert!(zero_copy >= 500 * 1000, "at least the payload bytes were served by reference, got {zero_copy}");
     assert_eq!(copied, 0, "nothing on the hot path was copied");
 }
+
+/// With one shard every connection lives on the owner shard, so even data older than the tail
+/// cache goes out in the direct-IO read buffer itself: nothing is counted as copied.
+#[test]
+fn cold_reads_on_the_owner_shard_are_not_copied() {
+    let broker = Broker::start(1);
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .set("acks", "all")
+        .set("enable.idempotence", "false")
+        .set("linger.ms", "20")
+        .create()
+        .expect("producer");
+    // 12 MiB in one partition: more than the 8 MiB tail cache, so the start is read from disk.
+    let value = vec![0x5au8; 4096];
+    let records = 3 * 1024;
+    for i in 0..records {
+        let key = format!("k{i}");
+        loop {
+            match producer.send(BaseRecord::to("cold").key(&key).payload(&value)) {
+                Ok(()) => break,
+                Err((_, _)) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(60)).expect("flush");
+
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .set("group.id", "unused-assign-only")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut assignment = TopicPartitionList::new();
+    assignment.add_partition_offset("cold", 0, Offset::Beginning).expect("assign");
+    consumer.assign(&assignment).expect("assign");
+    let mut received = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while received < records && std::time::Instant::now() < deadline {
+        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) {
+            assert_eq!(message.offset(), received as i64, "records arrive in order");
+            assert_eq!(message.payload(), Some(&value[..]));
+            received += 1;
+        }
+    }
+    assert_eq!(received, records, "every record comes back");
+    assert_eq!(broker.metric("tern_log_read_bytes_copied_total"), 0, "cold reads on the owner shard are not copied");
+    assert!(broker.metric("tern_log_read_bytes_zero_copy_total") >= (records * 4096) as u64);
+}

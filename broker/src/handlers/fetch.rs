@@ -15,6 +15,7 @@ use kafka_protocol::messages::FetchRequest;
 use tern_protocol::error_code;
 use tern_protocol::fetch::{FetchResponseWriter, PartitionHeader};
 use tern_protocol::types::Offset;
+use tern_storage::ReadMode;
 
 use super::Ctx;
 use crate::connection::Outcome;
@@ -174,7 +175,8 @@ async fn read_all(shard: &Rc<Shard>, wants: &[Want]) -> Vec<Got> {
     }
     let calls = by_shard.into_iter().map(|(owner, items)| {
         let slots: Vec<usize> = items.iter().map(|want| want.slot).collect();
-        let call = shard.invoke_on(owner, move |shard| read_on_owner(shard, items));
+        let caller = shard.id;
+        let call = shard.invoke_on(owner, move |shard| read_on_owner(shard, items, caller));
         async move { (slots, call.await) }
     });
     for (slots, outcome) in join_all(calls).await {
@@ -186,7 +188,9 @@ async fn read_all(shard: &Rc<Shard>, wants: &[Want]) -> Vec<Got> {
     results.into_iter().map(|got| got.unwrap_or_else(|| Got::error(error_code::UNKNOWN_SERVER_ERROR))).collect()
 }
 
-async fn read_on_owner(shard: Rc<Shard>, wants: Vec<Want>) -> Vec<(usize, Got)> {
+async fn read_on_owner(shard: Rc<Shard>, wants: Vec<Want>, caller: usize) -> Vec<(usize, Got)> {
+    // Cold data can stay in its DMA buffer only when the response is written on this thread.
+    let mode = if caller == shard.id { ReadMode::SameThread } else { ReadMode::CrossThread };
     let mut out = Vec::with_capacity(wants.len());
     for want in wants {
         let Some(partition) = shard.partition(&want.tp) else {
@@ -195,7 +199,7 @@ async fn read_on_owner(shard: Rc<Shard>, wants: Vec<Want>) -> Vec<(usize, Got)> 
         };
         let log = &partition.log;
         let high_watermark = log.high_watermark();
-        let got = match log.read(Offset(want.offset), want.max_bytes, high_watermark).await {
+        let got = match log.read_with(Offset(want.offset), want.max_bytes, high_watermark, mode).await {
             Ok(slice) => Got {
                 error_code: error_code::NONE,
                 high_watermark: high_watermark.0,
