@@ -456,6 +456,27 @@ fn validated(pairs: impl IntoIterator<Item = (String, String)>) -> Result<BTreeM
     Ok(out)
 }
 
+/// One result per config resource, in request order. AlterConfigs and
+/// IncrementalAlterConfigs answer with distinct generated types of the same shape.
+macro_rules! resource_results {
+    ($resources:expr, $outcomes:expr, $ty:ty) => {
+        $resources
+            .iter()
+            .zip($outcomes)
+            .map(|(resource, outcome)| {
+                let mut out = <$ty>::default();
+                out.resource_type = resource.resource_type;
+                out.resource_name = resource.resource_name.clone();
+                if let Some((code, message)) = outcome {
+                    out.error_code = code;
+                    out.error_message = Some(str_bytes(&message));
+                }
+                out
+            })
+            .collect()
+    };
+}
+
 pub async fn alter_configs(ctx: &Ctx<'_>, request: AlterConfigsRequest) -> Outcome {
     let changes = request
         .resources
@@ -467,21 +488,7 @@ pub async fn alter_configs(ctx: &Ctx<'_>, request: AlterConfigsRequest) -> Outco
         .collect();
     let outcomes = set_topic_configs(ctx.shard, changes, request.validate_only).await;
     let mut response = AlterConfigsResponse::default();
-    response.responses = request
-        .resources
-        .iter()
-        .zip(outcomes)
-        .map(|(resource, outcome)| {
-            let mut out = AlterConfigsResourceResponse::default();
-            out.resource_type = resource.resource_type;
-            out.resource_name = resource.resource_name.clone();
-            if let Some((code, message)) = outcome {
-                out.error_code = code;
-                out.error_message = Some(str_bytes(&message));
-            }
-            out
-        })
-        .collect();
+    response.responses = resource_results!(request.resources, outcomes, AlterConfigsResourceResponse);
     ctx.respond(&response)
 }
 
@@ -519,21 +526,7 @@ pub async fn incremental_alter_configs(ctx: &Ctx<'_>, request: IncrementalAlterC
         .collect();
     let outcomes = set_topic_configs(ctx.shard, changes, request.validate_only).await;
     let mut response = IncrementalAlterConfigsResponse::default();
-    response.responses = request
-        .resources
-        .iter()
-        .zip(outcomes)
-        .map(|(resource, outcome)| {
-            let mut out = IncrementalResult::default();
-            out.resource_type = resource.resource_type;
-            out.resource_name = resource.resource_name.clone();
-            if let Some((code, message)) = outcome {
-                out.error_code = code;
-                out.error_message = Some(str_bytes(&message));
-            }
-            out
-        })
-        .collect();
+    response.responses = resource_results!(request.resources, outcomes, IncrementalResult);
     ctx.respond(&response)
 }
 
