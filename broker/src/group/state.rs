@@ -375,7 +375,7 @@ impl Group {
         self.transition(GroupState::PreparingRebalance, now_ms);
         self.rebalance_started_ms = Some(now_ms);
         let timeout = self.rebalance_timeout_ms();
-        if was_empty {
+        if was_empty && self.initial_delay(timeout) > 0 {
             self.initial_join_limit_ms = Some(now_ms + timeout);
             self.join_deadline_ms = Some(now_ms + self.initial_delay(timeout));
         } else {
@@ -1206,7 +1206,7 @@ mod tests {
         assert_eq!(sync_reply(&out, 5).unwrap().assignment, Bytes::from_static(b"p1"));
         assert_eq!(sync_reply(&out, 6).unwrap().assignment, Bytes::from_static(b"p0"));
         assert_eq!(g.get("g").unwrap().state, GroupState::Stable);
-        assert_eq!(out.rebalances_completed, vec![("g".to_owned(), 40)]);
+        assert_eq!(out.rebalances_completed, vec![("g".to_owned(), 0), ("g".to_owned(), 40)]);
         2
     }
 
@@ -1289,8 +1289,11 @@ mod tests {
         g.join("g", join_input("", "m3", b"c"), 9, 1_000, &mut out);
         // m1 rejoins, m2 never does (but it is awaiting nothing and still has a session).
         g.join("g", join_input("m1", "x", b"a"), 10, 1_100, &mut out);
-        g.heartbeat("g", "m2", None, 2, 5_000);
-        g.tick(30_999, &mut out);
+        // m2 stays alive (heartbeats) but never rejoins: only the rebalance timeout ends the phase.
+        for now in (2_000..=30_999).step_by(1_000) {
+            assert_eq!(g.heartbeat("g", "m2", None, 2, now), error_code::REBALANCE_IN_PROGRESS);
+            g.tick(now, &mut out);
+        }
         assert!(join_reply(&out, 10).is_none());
         for now in (31_000..=31_100).step_by(50) {
             g.tick(now, &mut out);
