@@ -55,7 +55,11 @@ pub struct Broker {
 impl Broker {
     /// Starts a broker with `--cores cores`, no initial rebalance delay, and `extra` flags.
     pub fn start(cores: usize, extra: &[&str]) -> Broker {
-        let data = tempfile::tempdir().expect("tempdir");
+        // Not /tmp: it is often tmpfs, where the log's direct-IO reads of index files fail
+        // with EOPNOTSUPP on reopen. The target directory is on a real filesystem.
+        let scratch = tern_bin().parent().expect("bin dir").join("groups-test-data");
+        std::fs::create_dir_all(&scratch).expect("scratch dir");
+        let data = tempfile::tempdir_in(&scratch).expect("tempdir");
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let mut args = vec![
             "serve".to_owned(),
@@ -84,6 +88,7 @@ impl Broker {
             .arg("--data-dir")
             .arg(self.data.path().join("data"))
             .env("TERN_LOG", "info")
+            .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
