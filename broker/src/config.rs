@@ -26,6 +26,14 @@ pub struct BrokerConfig {
     pub topic_defaults: TopicDefaults,
     /// How long a shard spins before parking when idle; trades CPU for cross-shard latency.
     pub spin_before_park_us: u64,
+    /// Partitions of `__consumer_offsets` (Kafka's `offsets.topic.num.partitions`), used
+    /// when the topic is created; an existing topic keeps its count.
+    pub offsets_topic_partitions: i32,
+    /// Kafka's `offsets.retention.minutes`: committed offsets of a group without members
+    /// are deleted this long after it became empty.
+    pub offsets_retention_minutes: i64,
+    /// Kafka's `group.initial.rebalance.delay.ms`.
+    pub group_initial_rebalance_delay_ms: i64,
 }
 
 impl Default for BrokerConfig {
@@ -41,11 +49,21 @@ impl Default for BrokerConfig {
             auto_create_topics: true,
             topic_defaults: TopicDefaults::default(),
             spin_before_park_us: 0,
+            offsets_topic_partitions: 8,
+            offsets_retention_minutes: 7 * 24 * 60,
+            group_initial_rebalance_delay_ms: 3_000,
         }
     }
 }
 
 impl BrokerConfig {
+    pub fn group_config(&self) -> crate::group::state::GroupConfig {
+        crate::group::state::GroupConfig {
+            initial_rebalance_delay_ms: self.group_initial_rebalance_delay_ms.max(0),
+            offsets_retention_ms: self.offsets_retention_minutes.saturating_mul(60_000),
+        }
+    }
+
     pub fn advertised_host_port(&self) -> (String, i32) {
         match &self.advertised {
             Some(advertised) => match advertised.rsplit_once(':') {
@@ -70,6 +88,9 @@ pub struct FileConfig {
     pub default_partitions: Option<i32>,
     pub auto_create_topics: Option<bool>,
     pub spin_before_park_us: Option<u64>,
+    pub offsets_topic_partitions: Option<i32>,
+    pub offsets_retention_minutes: Option<i64>,
+    pub group_initial_rebalance_delay_ms: Option<i64>,
     /// Default topic configs by their Kafka names, e.g. `"retention.ms" = "3600000"`.
     #[serde(default)]
     pub topic_defaults: std::collections::BTreeMap<String, String>,

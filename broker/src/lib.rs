@@ -12,6 +12,7 @@ pub mod config;
 pub mod connection;
 pub mod controller;
 pub mod fetch_session;
+pub mod group;
 pub mod handlers;
 pub mod limits;
 pub mod net;
@@ -74,6 +75,15 @@ pub fn run(mut config: BrokerConfig) -> Result<(), StartError> {
     let rebalanced = image.apply(&Command::Rebalance { shard_count: shards as u32 }, shards as u32).expect("rebalance cannot fail");
     if rebalanced.topics != image.topics || image.epoch == 0 {
         image = rebalanced;
+        controller::store_image_blocking(&config.data_dir, &image).map_err(StartError::DataDir)?;
+    }
+    // The group coordinator's internal topic exists before any shard starts, so every shard
+    // opens (and replays) its partitions of it at start-up.
+    if image.topic(group::OFFSETS_TOPIC).is_none() {
+        if !(1..=limits::TOPIC_PARTITIONS_MAX).contains(&config.offsets_topic_partitions) {
+            return Err(StartError::Config(format!("offsets topic partitions must be 1..={}", limits::TOPIC_PARTITIONS_MAX)));
+        }
+        image = image.apply(&handlers::offsets_topic_command(config.offsets_topic_partitions), shards as u32).expect("topic is absent");
         controller::store_image_blocking(&config.data_dir, &image).map_err(StartError::DataDir)?;
     }
     let image = Arc::new(image);
@@ -169,6 +179,7 @@ async fn shard_main(
         }
     }
     shard.apply_image(image).await;
+    let coordinator = group::coordinator::start(shard.clone());
 
     let listener = match TcpListener::bind(config.listen) {
         Ok(listener) => listener,
@@ -236,6 +247,7 @@ async fn shard_main(
         glommio::timer::sleep(Duration::from_millis(10)).await;
     }
     drop(retention);
+    drop(coordinator);
     shard.close_all().await;
 }
 

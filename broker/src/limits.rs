@@ -34,3 +34,59 @@ pub const TAIL_CACHE_BYTES_PER_PARTITION: usize = 8 * 1024 * 1024;
 const _: () = assert!(CONNECTION_BUFFERED_BYTES_MAX >= protocol::FRAME_BYTES_MAX);
 const _: () = assert!(CONNECTION_IN_FLIGHT_MAX >= 5);
 const _: () = assert!(TOPIC_PARTITIONS_MAX as usize <= protocol::PARTITIONS_PER_REQUEST_MAX);
+
+/// Most members (joined plus pending) one consumer group may hold; a JoinGroup beyond it is
+/// answered GROUP_MAX_SIZE_REACHED (Kafka's `group.max.size`).
+pub const GROUP_MEMBERS_MAX: usize = 128;
+
+/// Largest protocol metadata (one subscription) a member may send in JoinGroup, summed over
+/// its protocols.
+pub const GROUP_MEMBER_METADATA_BYTES_MAX: usize = 8 * 1024;
+
+/// Largest assignment the leader may give one member in SyncGroup.
+pub const GROUP_MEMBER_ASSIGNMENT_BYTES_MAX: usize = 8 * 1024;
+
+/// Most protocols (assignors) one JoinGroup may offer.
+pub const GROUP_PROTOCOLS_PER_JOIN_MAX: usize = 16;
+
+/// Longest group id, member id, instance id or client id accepted.
+pub const GROUP_ID_BYTES_MAX: usize = 255;
+
+/// Bytes a member's entry adds to the group record besides metadata and assignment: its ids
+/// (four strings of at most `GROUP_ID_BYTES_MAX`) and fixed fields.
+pub const GROUP_MEMBER_RECORD_OVERHEAD_BYTES: usize = 4 * (2 + GROUP_ID_BYTES_MAX) + 16;
+
+/// The largest group metadata record: every member with full metadata and assignment.
+pub const GROUP_RECORD_BYTES_MAX: usize = 1024
+    + GROUP_MEMBERS_MAX
+        * (GROUP_MEMBER_METADATA_BYTES_MAX + GROUP_MEMBER_ASSIGNMENT_BYTES_MAX + GROUP_MEMBER_RECORD_OVERHEAD_BYTES);
+
+/// `max.message.bytes` of `__consumer_offsets`: one group record must always fit in a batch.
+pub const OFFSETS_TOPIC_BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+/// Largest `metadata` string of one committed offset (Kafka's `offset.metadata.max.bytes`).
+pub const OFFSET_METADATA_BYTES_MAX: usize = 4096;
+
+/// Most groups one shard coordinates; a JoinGroup or commit creating one more is answered
+/// COORDINATOR_NOT_AVAILABLE (the client retries, and an operator sees the log line).
+pub const GROUPS_PER_SHARD_MAX: usize = 100_000;
+
+/// Most committed offsets one group may hold.
+pub const GROUP_OFFSETS_MAX: usize = 100_000;
+
+/// Session timeouts a member may ask for (Kafka's `group.min.session.timeout.ms` and
+/// `group.max.session.timeout.ms` defaults).
+pub const GROUP_SESSION_TIMEOUT_MS_MIN: i32 = 6_000;
+pub const GROUP_SESSION_TIMEOUT_MS_MAX: i32 = 1_800_000;
+
+/// How often each shard's coordinator checks session, join and offset-retention deadlines.
+pub const GROUP_TICK_INTERVAL_MS: u64 = 50;
+
+/// Bytes read from `__consumer_offsets` per read while a shard rebuilds its groups.
+pub const GROUP_LOAD_READ_BYTES: usize = 1024 * 1024;
+
+const _: () = assert!(GROUP_RECORD_BYTES_MAX < OFFSETS_TOPIC_BATCH_BYTES_MAX);
+const _: () = assert!(OFFSETS_TOPIC_BATCH_BYTES_MAX <= protocol::CONTROL_FRAME_BYTES_MAX);
+const _: () = assert!(GROUP_LOAD_READ_BYTES >= 64 * 1024);
+const _: () = assert!(GROUP_SESSION_TIMEOUT_MS_MIN > 0 && GROUP_SESSION_TIMEOUT_MS_MIN < GROUP_SESSION_TIMEOUT_MS_MAX);
+const _: () = assert!((GROUP_TICK_INTERVAL_MS as i32) < GROUP_SESSION_TIMEOUT_MS_MIN / 10);

@@ -88,6 +88,8 @@ pub struct Shard {
     /// Open client sockets, so shutdown can stop reading from them.
     connections: RefCell<HashMap<u64, std::os::fd::RawFd>>,
     next_connection_id: Cell<u64>,
+    /// The consumer groups this shard coordinates (see `group`).
+    pub groups: crate::group::Coordinator,
 }
 
 /// Counters this shard exposes (per shard, merged on scrape).
@@ -115,7 +117,7 @@ impl Shard {
         Shard {
             id,
             count,
-            config,
+            config: config.clone(),
             image: RefCell::new(image),
             partitions: RefCell::new(HashMap::new()),
             senders,
@@ -125,6 +127,7 @@ impl Shard {
             fetch_sessions: RefCell::new(crate::fetch_session::FetchSessions::new(id as u32)),
             connections: RefCell::new(HashMap::new()),
             next_connection_id: Cell::new(0),
+            groups: crate::group::Coordinator::new(config.group_config()),
         }
     }
 

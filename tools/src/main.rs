@@ -183,6 +183,15 @@ struct ServeArgs {
     /// Spin this many microseconds before an idle shard parks (lower cross-core latency, more CPU).
     #[arg(long, env = "TERN_SPIN_BEFORE_PARK_US")]
     spin_before_park_us: Option<u64>,
+    /// Partitions of the internal __consumer_offsets topic when it is first created.
+    #[arg(long, env = "TERN_OFFSETS_TOPIC_PARTITIONS")]
+    offsets_topic_partitions: Option<i32>,
+    /// Committed offsets of a group without members expire this long after it emptied.
+    #[arg(long, env = "TERN_OFFSETS_RETENTION_MINUTES")]
+    offsets_retention_minutes: Option<i64>,
+    /// How long the first rebalance of an empty group waits for more members.
+    #[arg(long, env = "TERN_GROUP_INITIAL_REBALANCE_DELAY_MS")]
+    group_initial_rebalance_delay_ms: Option<i64>,
     /// Default topic config, repeatable: --topic-default retention.ms=3600000
     #[arg(long = "topic-default", env = "TERN_TOPIC_DEFAULTS", value_delimiter = ',')]
     topic_defaults: Vec<String>,
@@ -215,6 +224,18 @@ fn build_config(args: ServeArgs) -> Result<BrokerConfig, String> {
         auto_create_topics: args.auto_create_topics.or(file.auto_create_topics).unwrap_or(defaults.auto_create_topics),
         topic_defaults,
         spin_before_park_us: args.spin_before_park_us.or(file.spin_before_park_us).unwrap_or(defaults.spin_before_park_us),
+        offsets_topic_partitions: args
+            .offsets_topic_partitions
+            .or(file.offsets_topic_partitions)
+            .unwrap_or(defaults.offsets_topic_partitions),
+        offsets_retention_minutes: args
+            .offsets_retention_minutes
+            .or(file.offsets_retention_minutes)
+            .unwrap_or(defaults.offsets_retention_minutes),
+        group_initial_rebalance_delay_ms: args
+            .group_initial_rebalance_delay_ms
+            .or(file.group_initial_rebalance_delay_ms)
+            .unwrap_or(defaults.group_initial_rebalance_delay_ms),
     };
     if config.default_partitions < 1 {
         return Err("default partitions must be at least 1".into());

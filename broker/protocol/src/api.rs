@@ -102,7 +102,7 @@ pub static GROUP_APIS: &[ApiSpec] = &[
 ];
 
 /// Whether the group APIs are served; the broker turns this on with its coordinator.
-pub const GROUPS_ENABLED: bool = false;
+pub const GROUPS_ENABLED: bool = true;
 
 pub fn all() -> impl Iterator<Item = &'static ApiSpec> {
     let groups: &'static [ApiSpec] = if GROUPS_ENABLED { GROUP_APIS } else { &[] };

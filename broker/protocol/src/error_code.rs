@@ -8,6 +8,7 @@ pub type ErrorCode = i16;
 pub const NONE: ErrorCode = 0;
 pub const UNKNOWN_SERVER_ERROR: ErrorCode = -1;
 pub const OFFSET_OUT_OF_RANGE: ErrorCode = 1;
+pub const OFFSET_METADATA_TOO_LARGE: ErrorCode = 12;
 pub const CORRUPT_MESSAGE: ErrorCode = 2;
 pub const UNKNOWN_TOPIC_OR_PARTITION: ErrorCode = 3;
 pub const INVALID_FETCH_SIZE: ErrorCode = 4;

@@ -51,7 +51,7 @@ pub fn validate_topic_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn random_bytes<const N: usize>() -> [u8; N] {
+pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
     let mut out = [0u8; N];
     // SAFETY: getrandom writes at most N bytes into our buffer.
     let filled = unsafe { libc::getrandom(out.as_mut_ptr().cast(), N, 0) };

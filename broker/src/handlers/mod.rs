@@ -10,6 +10,8 @@ mod admin;
 pub use admin::new_cluster_id;
 mod api_versions;
 mod fetch;
+mod groups;
+pub use groups::offsets_topic_command;
 mod metadata;
 mod offsets;
 mod producer_id;
@@ -35,9 +37,17 @@ pub struct Ctx<'a> {
     pub api_key: i16,
     pub version: i16,
     pub correlation_id: i32,
+    /// The request header's client id (empty when null), bounded by `GROUP_ID_BYTES_MAX`.
+    pub client_id: String,
 }
 
 impl Ctx<'_> {
+    /// Where the client connects from, for DescribeGroups. The connection's peer address
+    /// does not reach handlers yet, so this is a placeholder Kafka tools display as-is.
+    pub fn client_host(&self) -> String {
+        "/unknown".to_owned()
+    }
+
     /// Frames a response body built with the `kafka-protocol` types.
     pub fn respond<T: Encodable>(&self, body: &T) -> Outcome {
         match encode_response(self.api_key, self.version, self.correlation_id, body) {
@@ -71,7 +81,8 @@ pub async fn handle(shard: Rc<Shard>, request: BytesMut, _permit: StaticPermit) 
     };
     let ParsedHeader { header, spec, body_start } = parsed;
     let (api_key, api_version, correlation_id) = (header.api_key, header.api_version, header.correlation_id);
-    let ctx = Ctx { shard: &shard, api_key, version: api_version, correlation_id };
+    let client_id: String = header.client_id.unwrap_or_default().chars().take(crate::limits::GROUP_ID_BYTES_MAX).collect();
+    let ctx = Ctx { shard: &shard, api_key, version: api_version, correlation_id, client_id };
     if api_key == api::PRODUCE {
         let mut request = request;
         let body = request.split_off(body_start);
@@ -108,6 +119,17 @@ pub async fn handle(shard: Rc<Shard>, request: BytesMut, _permit: StaticPermit) 
         }
         api::DESCRIBE_CLUSTER => admin::describe_cluster(&ctx, decode!(DescribeClusterRequest)),
         api::INIT_PRODUCER_ID => producer_id::init_producer_id(&ctx, decode!(InitProducerIdRequest)).await,
+        api::FIND_COORDINATOR => groups::find_coordinator(&ctx, decode!(FindCoordinatorRequest)),
+        api::JOIN_GROUP => groups::join_group(&ctx, decode!(JoinGroupRequest)).await,
+        api::SYNC_GROUP => groups::sync_group(&ctx, decode!(SyncGroupRequest)).await,
+        api::HEARTBEAT => groups::heartbeat(&ctx, decode!(HeartbeatRequest)).await,
+        api::LEAVE_GROUP => groups::leave_group(&ctx, decode!(LeaveGroupRequest)).await,
+        api::OFFSET_COMMIT => groups::offset_commit(&ctx, decode!(OffsetCommitRequest)).await,
+        api::OFFSET_FETCH => groups::offset_fetch(&ctx, decode!(OffsetFetchRequest)).await,
+        api::DESCRIBE_GROUPS => groups::describe_groups(&ctx, decode!(DescribeGroupsRequest)).await,
+        api::LIST_GROUPS => groups::list_groups(&ctx, decode!(ListGroupsRequest)).await,
+        api::DELETE_GROUPS => groups::delete_groups(&ctx, decode!(DeleteGroupsRequest)).await,
+        api::OFFSET_DELETE => groups::offset_delete(&ctx, decode!(OffsetDeleteRequest)).await,
         other => Outcome::Close(format!("api key {other} is advertised but has no handler")),
     }
 }

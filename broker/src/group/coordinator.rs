@@ -1,0 +1,340 @@
+//! The shard glue of the group coordinator: owns this shard's `Groups`, turns their effects
+//! into I/O (appends to `__consumer_offsets`, then the delayed JoinGroup/SyncGroup answers),
+//! drives their deadlines with a periodic tick, and rebuilds them from the log.
+//!
+//! Architecture invariant: a group lives on exactly one shard, the owner of the
+//! `__consumer_offsets` partition its id hashes to; every group call runs there (the
+//! handlers reach it with `Shard::invoke_on`). State is in `RefCell`s that are never borrowed
+//! across an `.await`. An answer that depends on a write is delivered only after the write is
+//! durable, so a committed offset acknowledged to a client survives a restart.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::channel::oneshot;
+use tern_protocol::error_code::{self, ErrorCode};
+use tern_protocol::types::{LeaderEpoch, Offset, TimestampMs};
+
+use super::codec::{self, Loaded, OFFSETS_TOPIC};
+use super::state::{
+    Effects, Group, GroupConfig, Groups, JoinInput, JoinResult, OffsetToCommit, Persist, Reply, SyncInput, SyncResult,
+};
+use crate::handlers::now_ms;
+use crate::limits;
+use crate::shard::{Shard, TopicPartition};
+
+/// How often committed offsets are checked against `offsets.retention.minutes` (Kafka's
+/// `offsets.retention.check.interval.ms` default is 10 minutes).
+const OFFSET_EXPIRY_CHECK_INTERVAL_MS: i64 = 60_000;
+
+pub struct Coordinator {
+    groups: RefCell<Groups>,
+    waiters: RefCell<HashMap<u64, oneshot::Sender<Reply>>>,
+    next_token: Cell<u64>,
+    /// `__consumer_offsets` partitions whose records have been replayed into `groups`.
+    loaded: RefCell<HashSet<i32>>,
+    loading: RefCell<HashSet<i32>>,
+}
+
+/// Why a group request cannot reach its group; each maps to one Kafka error code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    #[error("__consumer_offsets does not exist")]
+    NoOffsetsTopic,
+    #[error("the group's partition is still loading")]
+    Loading,
+    #[error("this shard does not own the group's partition")]
+    NotOwner,
+}
+
+impl RouteError {
+    pub fn code(self) -> ErrorCode {
+        match self {
+            RouteError::NoOffsetsTopic => error_code::COORDINATOR_NOT_AVAILABLE,
+            RouteError::Loading => error_code::COORDINATOR_LOAD_IN_PROGRESS,
+            RouteError::NotOwner => error_code::NOT_COORDINATOR,
+        }
+    }
+}
+
+impl Coordinator {
+    pub fn new(config: GroupConfig) -> Coordinator {
+        Coordinator {
+            groups: RefCell::new(Groups::new(config)),
+            waiters: RefCell::new(HashMap::new()),
+            next_token: Cell::new(1),
+            loaded: RefCell::new(HashSet::new()),
+            loading: RefCell::new(HashSet::new()),
+        }
+    }
+
+    fn waiter(&self) -> (u64, oneshot::Receiver<Reply>) {
+        let token = self.next_token.get();
+        self.next_token.set(token + 1);
+        let (tx, rx) = oneshot::channel();
+        self.waiters.borrow_mut().insert(token, tx);
+        (token, rx)
+    }
+
+    /// Read-only access for DescribeGroups, ListGroups and OffsetFetch.
+    pub fn with_groups<R>(&self, read: impl FnOnce(&Groups) -> R) -> R {
+        read(&self.groups.borrow())
+    }
+}
+
+/// The `__consumer_offsets` partition of `group_id` and the shard that owns it.
+pub fn route(shard: &Shard, group_id: &str) -> Result<(i32, usize), RouteError> {
+    let image = shard.image();
+    let topic = image.topic(OFFSETS_TOPIC).ok_or(RouteError::NoOffsetsTopic)?;
+    let partition = codec::partition_for_group(group_id, topic.partitions.len() as i32);
+    let owner = topic.partitions.get(partition as usize).ok_or(RouteError::NoOffsetsTopic)?.shard as usize;
+    Ok((partition, owner))
+}
+
+/// On the owner shard: makes sure the group's partition is loaded. The first caller loads it;
+/// callers arriving meanwhile get COORDINATOR_LOAD_IN_PROGRESS and retry, as with Kafka.
+pub async fn ready(shard: &Rc<Shard>, group_id: &str) -> Result<(), RouteError> {
+    let (partition, owner) = route(shard, group_id)?;
+    if owner != shard.id {
+        return Err(RouteError::NotOwner);
+    }
+    if shard.groups.loaded.borrow().contains(&partition) {
+        return Ok(());
+    }
+    if shard.groups.loading.borrow().contains(&partition) {
+        return Err(RouteError::Loading);
+    }
+    load_partition(shard, partition).await;
+    Ok(())
+}
+
+/// Replays one `__consumer_offsets` partition from its start into this shard's groups.
+async fn load_partition(shard: &Rc<Shard>, partition: i32) {
+    if !shard.groups.loading.borrow_mut().insert(partition) {
+        return;
+    }
+    let started = std::time::Instant::now();
+    let tp = TopicPartition::new(OFFSETS_TOPIC, partition);
+    let mut records = 0u64;
+    if let Some(log) = shard.partition(&tp) {
+        let mut next = log.log.log_start_offset();
+        let end = log.log.high_watermark();
+        while next < end {
+            let slice = match log.log.read(next, limits::GROUP_LOAD_READ_BYTES, end).await {
+                Ok(slice) => slice,
+                Err(error) => {
+                    tracing::error!(partition, %error, "cannot read __consumer_offsets; groups on it start empty");
+                    break;
+                }
+            };
+            if slice.next_offset <= next {
+                break;
+            }
+            let now = now_ms();
+            let delay = shard.groups.groups.borrow().config.initial_rebalance_delay_ms;
+            for chunk in &slice.chunks {
+                let mut groups = shard.groups.groups.borrow_mut();
+                let walked = codec::for_each_record(chunk, |key, value| {
+                    records += 1;
+                    match codec::decode_record(key, value) {
+                        Ok(Loaded::Offset { group, topic, partition, value }) => {
+                            groups.load_offset(&group, topic, partition, value, now)
+                        }
+                        Ok(Loaded::Group { group, value }) => {
+                            let restored = value.map(|record| {
+                                Group::restore(
+                                    group.clone(),
+                                    record.generation,
+                                    record.protocol_type,
+                                    record.protocol,
+                                    record.leader,
+                                    record.state_since_ms,
+                                    record.members,
+                                    now,
+                                    delay,
+                                )
+                            });
+                            groups.load_group(&group, restored);
+                        }
+                        Err(error) => tracing::warn!(partition, %error, "skipping undecodable __consumer_offsets record"),
+                    }
+                });
+                if let Err(error) = walked {
+                    tracing::warn!(partition, %error, "stopping replay of a damaged __consumer_offsets chunk");
+                }
+            }
+            next = slice.next_offset;
+        }
+    }
+    shard.groups.groups.borrow_mut().finish_load();
+    shard.groups.loading.borrow_mut().remove(&partition);
+    shard.groups.loaded.borrow_mut().insert(partition);
+    tracing::info!(shard = shard.id, partition, records, elapsed_ms = started.elapsed().as_millis() as u64, "group partition loaded");
+}
+
+/// Starts this shard's coordinator: loads every `__consumer_offsets` partition it owns, then
+/// ticks deadlines until the shard shuts down.
+pub fn start(shard: Rc<Shard>) -> glommio::Task<()> {
+    glommio::spawn_local(async move {
+        let owned: Vec<i32> = shard
+            .image()
+            .topic(OFFSETS_TOPIC)
+            .map(|t| t.partitions.iter().filter(|p| p.shard as usize == shard.id).map(|p| p.index).collect())
+            .unwrap_or_default();
+        for partition in owned {
+            load_partition(&shard, partition).await;
+        }
+        let mut last_expiry_ms = now_ms();
+        loop {
+            glommio::timer::sleep(Duration::from_millis(limits::GROUP_TICK_INTERVAL_MS)).await;
+            if shard.shutting_down.get() {
+                break;
+            }
+            let now = now_ms();
+            let mut out = Effects::default();
+            shard.groups.groups.borrow_mut().tick(now, &mut out);
+            if now - last_expiry_ms >= OFFSET_EXPIRY_CHECK_INTERVAL_MS {
+                last_expiry_ms = now;
+                shard.groups.groups.borrow_mut().expire_offsets(now, &mut out);
+            }
+            if !out.persist.is_empty() || !out.replies.is_empty() {
+                let shard = shard.clone();
+                glommio::spawn_local(async move { apply(&shard, out).await }).detach();
+            }
+        }
+    })
+}
+
+/// Performs `effects`: appends what must be persisted, then answers the waiting requests.
+async fn apply(shard: &Rc<Shard>, effects: Effects) {
+    let now = now_ms();
+    // Build every record now (a snapshot of the state these effects describe), grouped by
+    // partition, before the first await lets other requests change the groups.
+    let mut by_partition: BTreeMap<i32, Vec<(Bytes, Option<Bytes>)>> = BTreeMap::new();
+    {
+        let groups = shard.groups.groups.borrow();
+        for persist in &effects.persist {
+            let (group_id, records): (&str, Vec<(Bytes, Option<Bytes>)>) = match persist {
+                Persist::Group(id) => match groups.get(id) {
+                    Some(group) => (id, vec![(codec::group_key(id), Some(codec::group_value(group)))]),
+                    None => (id, vec![(codec::group_key(id), None)]),
+                },
+                Persist::GroupTombstone(id) => (id, vec![(codec::group_key(id), None)]),
+                Persist::OffsetTombstones(id, offsets) => {
+                    (id, offsets.iter().map(|(topic, partition)| (codec::offset_key(id, topic, *partition), None)).collect())
+                }
+            };
+            if let Ok((partition, _)) = route(shard, group_id) {
+                by_partition.entry(partition).or_default().extend(records);
+            }
+        }
+    }
+    for (partition, records) in by_partition {
+        if let Err(code) = append(shard, partition, records, now).await {
+            tracing::error!(partition, code, "cannot persist group metadata");
+        }
+    }
+    for (group, elapsed_ms) in &effects.rebalances_completed {
+        tracing::info!(%group, rebalance_ms = elapsed_ms, "group rebalance completed");
+    }
+    let mut waiters = shard.groups.waiters.borrow_mut();
+    for (token, reply) in effects.replies {
+        if let Some(waiter) = waiters.remove(&token) {
+            let _ = waiter.send(reply);
+        }
+    }
+}
+
+async fn append(shard: &Rc<Shard>, partition: i32, records: Vec<(Bytes, Option<Bytes>)>, now: i64) -> Result<Offset, ErrorCode> {
+    if records.is_empty() {
+        return Ok(Offset::NONE);
+    }
+    let tp = TopicPartition::new(OFFSETS_TOPIC, partition);
+    let log = shard.partition(&tp).ok_or(error_code::NOT_COORDINATOR)?;
+    let batch = codec::build_batch(records, now);
+    let appended = log.log.append(batch, LeaderEpoch(0), TimestampMs(now)).await.map_err(|error| {
+        tracing::error!(partition, %error, "append to __consumer_offsets failed");
+        error.kafka_error_code()
+    })?;
+    log.notify_appended();
+    Ok(appended.base_offset)
+}
+
+pub async fn join(shard: &Rc<Shard>, group_id: &str, input: JoinInput) -> JoinResult {
+    let member_id = input.member_id.clone();
+    let (token, rx) = shard.groups.waiter();
+    let mut out = Effects::default();
+    shard.groups.groups.borrow_mut().join(group_id, input, token, now_ms(), &mut out);
+    apply(shard, out).await;
+    match rx.await {
+        Ok(Reply::Join(result)) => result,
+        _ => JoinResult { error: error_code::UNKNOWN_SERVER_ERROR, generation: -1, member_id, ..JoinResult::default() },
+    }
+}
+
+pub async fn sync(shard: &Rc<Shard>, group_id: &str, input: SyncInput) -> SyncResult {
+    let (token, rx) = shard.groups.waiter();
+    let mut out = Effects::default();
+    shard.groups.groups.borrow_mut().sync(group_id, input, token, now_ms(), &mut out);
+    apply(shard, out).await;
+    match rx.await {
+        Ok(Reply::Sync(result)) => result,
+        _ => SyncResult { error: error_code::UNKNOWN_SERVER_ERROR, ..SyncResult::default() },
+    }
+}
+
+pub fn heartbeat(shard: &Rc<Shard>, group_id: &str, member_id: &str, instance_id: Option<&str>, generation: i32) -> ErrorCode {
+    shard.groups.groups.borrow_mut().heartbeat(group_id, member_id, instance_id, generation, now_ms())
+}
+
+pub async fn leave(shard: &Rc<Shard>, group_id: &str, members: Vec<(String, Option<String>)>) -> Vec<ErrorCode> {
+    let mut out = Effects::default();
+    let errors = shard.groups.groups.borrow_mut().leave(group_id, &members, now_ms(), &mut out);
+    apply(shard, out).await;
+    errors
+}
+
+/// Validates, persists and applies an OffsetCommit. Per-partition errors decided by the
+/// caller (unknown topic, metadata too large) are left out of `offsets`.
+pub async fn commit(
+    shard: &Rc<Shard>,
+    group_id: &str,
+    member_id: &str,
+    instance_id: Option<&str>,
+    generation: i32,
+    offsets: Vec<OffsetToCommit>,
+) -> Result<Vec<ErrorCode>, ErrorCode> {
+    let now = now_ms();
+    shard.groups.groups.borrow_mut().validate_commit(group_id, member_id, instance_id, generation, now)?;
+    if offsets.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (partition, _) = route(shard, group_id).map_err(RouteError::code)?;
+    let records = offsets
+        .iter()
+        .map(|o| (codec::offset_key(group_id, &o.topic, o.partition), Some(codec::offset_value(&o.offset))))
+        .collect();
+    append(shard, partition, records, now).await?;
+    Ok(shard.groups.groups.borrow_mut().apply_commit(group_id, offsets, now))
+}
+
+pub async fn delete_groups(shard: &Rc<Shard>, group_ids: Vec<String>) -> Vec<ErrorCode> {
+    let mut out = Effects::default();
+    let errors = group_ids.iter().map(|id| shard.groups.groups.borrow_mut().delete(id, &mut out)).collect();
+    apply(shard, out).await;
+    errors
+}
+
+pub async fn delete_offsets(shard: &Rc<Shard>, group_id: &str, partitions: Vec<(String, i32)>) -> Result<Vec<ErrorCode>, ErrorCode> {
+    let mut out = Effects::default();
+    let result = shard.groups.groups.borrow_mut().delete_offsets(group_id, &partitions, &mut out);
+    apply(shard, out).await;
+    result
+}
+
+pub fn groups_of(shard: &Rc<Shard>) -> std::cell::Ref<'_, Groups> {
+    shard.groups.groups.borrow()
+}

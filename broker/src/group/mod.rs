@@ -1,0 +1,19 @@
+//! The classic consumer-group coordinator.
+//!
+//! - `state`: the I/O-free state machine (groups, members, generations, offsets cache);
+//!   deterministic, unit-tested, no clock and no timers of its own.
+//! - `codec`: the `__consumer_offsets` record formats (byte tables there) and Java's
+//!   group-to-partition hash.
+//! - `coordinator`: the shard glue that persists effects, delivers delayed answers, ticks
+//!   deadlines and rebuilds groups from the log at start-up.
+//!
+//! Architecture invariant: a group's state is owned by the shard that owns its
+//! `__consumer_offsets` partition; nothing else reads or writes it except through
+//! `Shard::invoke_on` onto that shard. See `README.md` in this directory.
+
+pub mod codec;
+pub mod coordinator;
+pub mod state;
+
+pub use codec::OFFSETS_TOPIC;
+pub use coordinator::Coordinator;

@@ -1,0 +1,777 @@
+//! The classic consumer-group APIs: FindCoordinator, JoinGroup, SyncGroup, Heartbeat,
+//! LeaveGroup, OffsetCommit, OffsetFetch, DescribeGroups, ListGroups, DeleteGroups and
+//! OffsetDelete.
+//!
+//! Each handler checks what it can on the connection's shard (ids, sizes, topics), then
+//! runs the group part on the group's coordinator shard (`group::coordinator::route`) with
+//! one `invoke_on` per shard involved, and builds the response in request order. It never
+//! touches group state itself and never trusts a length or id from the client unchecked.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::rc::Rc;
+
+use bytes::Bytes;
+use futures::future::join_all;
+use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
+use kafka_protocol::messages::find_coordinator_response::Coordinator as CoordinatorAnswer;
+use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
+use kafka_protocol::messages::leave_group_response::MemberResponse;
+use kafka_protocol::messages::list_groups_response::ListedGroup;
+use kafka_protocol::messages::offset_commit_response::{OffsetCommitResponsePartition, OffsetCommitResponseTopic};
+use kafka_protocol::messages::offset_delete_response::{OffsetDeleteResponsePartition, OffsetDeleteResponseTopic};
+use kafka_protocol::messages::offset_fetch_response::{
+    OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions, OffsetFetchResponseTopic,
+    OffsetFetchResponseTopics,
+};
+use kafka_protocol::messages::delete_groups_response::DeletableGroupResult;
+use kafka_protocol::messages::*;
+use tern_protocol::error_code::{self, ErrorCode};
+use tern_replication::metadata::Command;
+
+use super::{now_ms, str_bytes, Ctx};
+use crate::connection::Outcome;
+use crate::group::coordinator::{self, route};
+use crate::group::state::{CommittedOffset, GroupState, JoinInput, OffsetToCommit, SyncInput};
+use crate::group::OFFSETS_TOPIC;
+use crate::limits;
+use crate::shard::Shard;
+
+const KEY_TYPE_GROUP: i8 = 0;
+const KEY_TYPE_TRANSACTION: i8 = 1;
+
+/// The command that creates `__consumer_offsets`: internal, never deleted by retention
+/// (offsets expire per group, by `offsets.retention.minutes`), batches large enough for the
+/// largest group record.
+pub fn offsets_topic_command(partitions: i32) -> Command {
+    let mut configs = BTreeMap::new();
+    configs.insert("retention.ms".to_owned(), "-1".to_owned());
+    configs.insert("retention.bytes".to_owned(), "-1".to_owned());
+    configs.insert("max.message.bytes".to_owned(), limits::OFFSETS_TOPIC_BATCH_BYTES_MAX.to_string());
+    configs.insert("segment.bytes".to_owned(), (100 * 1024 * 1024).to_string());
+    Command::CreateTopic {
+        name: OFFSETS_TOPIC.to_owned(),
+        id: super::admin::random_bytes::<16>(),
+        partitions,
+        configs,
+        internal: true,
+    }
+}
+
+fn valid_group_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= limits::GROUP_ID_BYTES_MAX
+}
+
+/// Runs `work` on the coordinator shard of `group_id`, once its partition is loaded.
+async fn on_coordinator<R, F, Fut>(shard: &Rc<Shard>, group_id: &str, work: F) -> Result<R, ErrorCode>
+where
+    R: Send + 'static,
+    F: FnOnce(Rc<Shard>) -> Fut + Send + 'static,
+    Fut: Future<Output = R> + 'static,
+{
+    let (_, owner) = route(shard, group_id).map_err(|e| e.code())?;
+    let group_id = group_id.to_owned();
+    shard
+        .invoke_on(owner, move |shard| async move {
+            coordinator::ready(&shard, &group_id).await.map_err(|e| e.code())?;
+            Ok(work(shard).await)
+        })
+        .await
+        .map_err(|_| error_code::COORDINATOR_NOT_AVAILABLE)?
+}
+
+/// A member id for a newcomer: its instance id or client id, a dash, 16 random bytes in hex
+/// (Java uses a UUID the same way).
+fn fresh_member_id(prefix: &str) -> String {
+    let suffix: String = super::admin::random_bytes::<16>().iter().map(|b| format!("{b:02x}")).collect();
+    let prefix: String = prefix.chars().take(64).collect();
+    format!("{prefix}-{suffix}")
+}
+
+pub fn find_coordinator(ctx: &Ctx<'_>, request: FindCoordinatorRequest) -> Outcome {
+    let config = &ctx.shard.config;
+    let (host, port) = config.advertised_host_port();
+    let answer = |key: &str, key_type: i8| -> (ErrorCode, Option<String>) {
+        match key_type {
+            KEY_TYPE_GROUP => match route(ctx.shard, key) {
+                Ok(_) => (error_code::NONE, None),
+                Err(error) => (error.code(), Some(error.to_string())),
+            },
+            KEY_TYPE_TRANSACTION => (error_code::COORDINATOR_NOT_AVAILABLE, Some("transactions are not supported".into())),
+            other => (error_code::INVALID_REQUEST, Some(format!("unknown coordinator key type {other}"))),
+        }
+    };
+    let mut response = FindCoordinatorResponse::default();
+    if ctx.version >= 4 {
+        response.coordinators = request
+            .coordinator_keys
+            .iter()
+            .map(|key| {
+                let (error, message) = answer(key, request.key_type);
+                let mut out = CoordinatorAnswer::default();
+                out.key = key.clone();
+                out.error_code = error;
+                out.error_message = message.as_deref().map(str_bytes);
+                if error == error_code::NONE {
+                    out.node_id = BrokerId(config.node_id);
+                    out.host = str_bytes(&host);
+                    out.port = port;
+                } else {
+                    out.node_id = BrokerId(-1);
+                    out.port = -1;
+                }
+                out
+            })
+            .collect();
+    } else {
+        let (error, message) = answer(&request.key, request.key_type);
+        response.error_code = error;
+        response.error_message = message.as_deref().map(str_bytes);
+        if error == error_code::NONE {
+            response.node_id = BrokerId(config.node_id);
+            response.host = str_bytes(&host);
+            response.port = port;
+        } else {
+            response.node_id = BrokerId(-1);
+            response.port = -1;
+        }
+    }
+    ctx.respond(&response)
+}
+
+fn join_error(ctx: &Ctx<'_>, error: ErrorCode, member_id: &str) -> Outcome {
+    let mut response = JoinGroupResponse::default();
+    response.error_code = error;
+    response.generation_id = -1;
+    response.member_id = str_bytes(member_id);
+    if ctx.version < 7 {
+        response.protocol_name = Some(str_bytes(""));
+    }
+    ctx.respond(&response)
+}
+
+pub async fn join_group(ctx: &Ctx<'_>, request: JoinGroupRequest) -> Outcome {
+    let group_id = request.group_id.0.to_string();
+    let member_id = request.member_id.to_string();
+    if !valid_group_id(&group_id) {
+        return join_error(ctx, error_code::INVALID_GROUP_ID, &member_id);
+    }
+    if !(limits::GROUP_SESSION_TIMEOUT_MS_MIN..=limits::GROUP_SESSION_TIMEOUT_MS_MAX).contains(&request.session_timeout_ms) {
+        return join_error(ctx, error_code::INVALID_SESSION_TIMEOUT, &member_id);
+    }
+    if member_id.len() > limits::GROUP_ID_BYTES_MAX + 64 {
+        return join_error(ctx, error_code::UNKNOWN_MEMBER_ID, "");
+    }
+    let instance_id = request.group_instance_id.as_ref().map(|i| i.to_string());
+    let metadata_bytes: usize = request.protocols.iter().map(|p| p.metadata.len() + p.name.len()).sum();
+    if request.protocols.len() > limits::GROUP_PROTOCOLS_PER_JOIN_MAX
+        || metadata_bytes > limits::GROUP_MEMBER_METADATA_BYTES_MAX
+        || instance_id.as_ref().is_some_and(|i| i.is_empty() || i.len() > limits::GROUP_ID_BYTES_MAX)
+        || request.protocol_type.len() > limits::GROUP_ID_BYTES_MAX
+        || request.protocols.iter().any(|p| p.name.len() > limits::GROUP_ID_BYTES_MAX)
+    {
+        // Java has no such bound; a subscription this large is not a real consumer's.
+        return join_error(ctx, error_code::INVALID_REQUEST, &member_id);
+    }
+    let rebalance_timeout_ms = if ctx.version == 0 { request.session_timeout_ms } else { request.rebalance_timeout_ms };
+    let input = JoinInput {
+        member_id: member_id.clone(),
+        fresh_member_id: fresh_member_id(instance_id.as_deref().unwrap_or(&ctx.client_id)),
+        instance_id,
+        client_id: ctx.client_id.clone(),
+        client_host: ctx.client_host(),
+        session_timeout_ms: request.session_timeout_ms,
+        // A client that sends no rebalance timeout gets its session timeout, as in Java.
+        rebalance_timeout_ms: if rebalance_timeout_ms > 0 { rebalance_timeout_ms } else { request.session_timeout_ms },
+        protocol_type: request.protocol_type.to_string(),
+        protocols: request.protocols.iter().map(|p| (p.name.to_string(), p.metadata.clone())).collect(),
+        require_known_member_id: ctx.version >= 4,
+    };
+    let gid = group_id.clone();
+    let result = match on_coordinator(ctx.shard, &group_id, move |shard| async move { coordinator::join(&shard, &gid, input).await }).await {
+        Ok(result) => result,
+        Err(error) => return join_error(ctx, error, &member_id),
+    };
+    let mut response = JoinGroupResponse::default();
+    response.error_code = result.error;
+    response.generation_id = result.generation;
+    response.protocol_type = result.protocol_type.as_deref().map(str_bytes);
+    response.protocol_name = match (result.protocol_name.as_deref(), ctx.version < 7) {
+        (Some(name), _) => Some(str_bytes(name)),
+        (None, true) => Some(str_bytes("")),
+        (None, false) => None,
+    };
+    response.leader = str_bytes(&result.leader);
+    response.member_id = str_bytes(&result.member_id);
+    response.members = result
+        .members
+        .into_iter()
+        .map(|(id, instance, metadata)| {
+            let mut member = JoinGroupResponseMember::default();
+            member.member_id = str_bytes(&id);
+            member.group_instance_id = instance.as_deref().map(str_bytes);
+            member.metadata = metadata;
+            member
+        })
+        .collect();
+    ctx.respond(&response)
+}
+
+fn sync_error(ctx: &Ctx<'_>, error: ErrorCode) -> Outcome {
+    let mut response = SyncGroupResponse::default();
+    response.error_code = error;
+    ctx.respond(&response)
+}
+
+pub async fn sync_group(ctx: &Ctx<'_>, request: SyncGroupRequest) -> Outcome {
+    let group_id = request.group_id.0.to_string();
+    if !valid_group_id(&group_id) {
+        return sync_error(ctx, error_code::INVALID_GROUP_ID);
+    }
+    if request.assignments.len() > limits::GROUP_MEMBERS_MAX
+        || request.assignments.iter().any(|a| a.assignment.len() > limits::GROUP_MEMBER_ASSIGNMENT_BYTES_MAX)
+    {
+        return sync_error(ctx, error_code::INVALID_REQUEST);
+    }
+    let input = SyncInput {
+        member_id: request.member_id.to_string(),
+        instance_id: request.group_instance_id.as_ref().map(|i| i.to_string()),
+        generation: request.generation_id,
+        protocol_type: request.protocol_type.as_ref().map(|t| t.to_string()),
+        protocol_name: request.protocol_name.as_ref().map(|t| t.to_string()),
+        assignments: request.assignments.iter().map(|a| (a.member_id.to_string(), a.assignment.clone())).collect(),
+    };
+    let gid = group_id.clone();
+    let result = match on_coordinator(ctx.shard, &group_id, move |shard| async move { coordinator::sync(&shard, &gid, input).await }).await {
+        Ok(result) => result,
+        Err(error) => return sync_error(ctx, error),
+    };
+    let mut response = SyncGroupResponse::default();
+    response.error_code = result.error;
+    response.protocol_type = result.protocol_type.as_deref().map(str_bytes);
+    response.protocol_name = result.protocol_name.as_deref().map(str_bytes);
+    response.assignment = result.assignment;
+    ctx.respond(&response)
+}
+
+pub async fn heartbeat(ctx: &Ctx<'_>, request: HeartbeatRequest) -> Outcome {
+    let group_id = request.group_id.0.to_string();
+    let error = if !valid_group_id(&group_id) {
+        error_code::INVALID_GROUP_ID
+    } else {
+        let member_id = request.member_id.to_string();
+        let instance_id = request.group_instance_id.as_ref().map(|i| i.to_string());
+        let generation = request.generation_id;
+        let gid = group_id.clone();
+        on_coordinator(ctx.shard, &group_id, move |shard| async move {
+            coordinator::heartbeat(&shard, &gid, &member_id, instance_id.as_deref(), generation)
+        })
+        .await
+        .unwrap_or_else(|error| error)
+    };
+    let mut response = HeartbeatResponse::default();
+    response.error_code = error;
+    ctx.respond(&response)
+}
+
+pub async fn leave_group(ctx: &Ctx<'_>, request: LeaveGroupRequest) -> Outcome {
+    let group_id = request.group_id.0.to_string();
+    let members: Vec<(String, Option<String>)> = if ctx.version >= 3 {
+        request.members.iter().map(|m| (m.member_id.to_string(), m.group_instance_id.as_ref().map(|i| i.to_string()))).collect()
+    } else {
+        vec![(request.member_id.to_string(), None)]
+    };
+    let outcome: Result<Vec<ErrorCode>, ErrorCode> = if !valid_group_id(&group_id) {
+        Err(error_code::INVALID_GROUP_ID)
+    } else if members.len() > limits::GROUP_MEMBERS_MAX {
+        Err(error_code::INVALID_REQUEST)
+    } else {
+        let gid = group_id.clone();
+        let list = members.clone();
+        on_coordinator(ctx.shard, &group_id, move |shard| async move { coordinator::leave(&shard, &gid, list).await }).await
+    };
+    let mut response = LeaveGroupResponse::default();
+    match outcome {
+        Err(error) => response.error_code = error,
+        Ok(errors) => {
+            if ctx.version >= 3 {
+                response.members = members
+                    .iter()
+                    .zip(&errors)
+                    .map(|((id, instance), error)| {
+                        let mut member = MemberResponse::default();
+                        member.member_id = str_bytes(id);
+                        member.group_instance_id = instance.as_deref().map(str_bytes);
+                        member.error_code = *error;
+                        member
+                    })
+                    .collect();
+            } else {
+                response.error_code = errors.first().copied().unwrap_or(error_code::NONE);
+            }
+        }
+    }
+    ctx.respond(&response)
+}
+
+pub async fn offset_commit(ctx: &Ctx<'_>, request: OffsetCommitRequest) -> Outcome {
+    let group_id = request.group_id.0.to_string();
+    let image = ctx.shard.image();
+    let now = now_ms();
+    // One slot per partition in request order: a local error, or a place in `offsets`.
+    let mut slots: Vec<Result<usize, ErrorCode>> = Vec::new();
+    let mut offsets: Vec<OffsetToCommit> = Vec::new();
+    for topic in &request.topics {
+        let name = topic.name.0.to_string();
+        let known = image.topic(&name);
+        for partition in &topic.partitions {
+            let metadata = partition.committed_metadata.as_ref().map(|m| m.to_string()).unwrap_or_default();
+            if !known.is_some_and(|t| partition.partition_index >= 0 && (partition.partition_index as usize) < t.partitions.len()) {
+                slots.push(Err(error_code::UNKNOWN_TOPIC_OR_PARTITION));
+            } else if metadata.len() > limits::OFFSET_METADATA_BYTES_MAX {
+                slots.push(Err(error_code::OFFSET_METADATA_TOO_LARGE));
+            } else {
+                slots.push(Ok(offsets.len()));
+                offsets.push(OffsetToCommit {
+                    topic: name.clone(),
+                    partition: partition.partition_index,
+                    offset: CommittedOffset {
+                        offset: partition.committed_offset,
+                        leader_epoch: if ctx.version >= 6 { partition.committed_leader_epoch } else { -1 },
+                        metadata,
+                        commit_timestamp_ms: now,
+                    },
+                });
+            }
+        }
+    }
+    let outcome: Result<Vec<ErrorCode>, ErrorCode> = if !valid_group_id(&group_id) {
+        Err(error_code::INVALID_GROUP_ID)
+    } else if request.member_id.len() > limits::GROUP_ID_BYTES_MAX + 64 {
+        Err(error_code::UNKNOWN_MEMBER_ID)
+    } else {
+        let gid = group_id.clone();
+        let member_id = request.member_id.to_string();
+        let instance_id = request.group_instance_id.as_ref().map(|i| i.to_string());
+        let generation = request.generation_id_or_member_epoch;
+        on_coordinator(ctx.shard, &group_id, move |shard| async move {
+            coordinator::commit(&shard, &gid, &member_id, instance_id.as_deref(), generation, offsets).await
+        })
+        .await
+        .and_then(|inner| inner)
+    };
+    let mut slots = slots.into_iter();
+    let mut response = OffsetCommitResponse::default();
+    response.topics = request
+        .topics
+        .iter()
+        .map(|topic| {
+            let mut out = OffsetCommitResponseTopic::default();
+            out.name = topic.name.clone();
+            out.partitions = topic
+                .partitions
+                .iter()
+                .map(|partition| {
+                    let mut answer = OffsetCommitResponsePartition::default();
+                    answer.partition_index = partition.partition_index;
+                    answer.error_code = match (slots.next(), &outcome) {
+                        (Some(Err(local)), _) => local,
+                        (Some(Ok(_)), Err(group_error)) => *group_error,
+                        (Some(Ok(index)), Ok(errors)) => errors.get(index).copied().unwrap_or(error_code::UNKNOWN_SERVER_ERROR),
+                        (None, _) => error_code::UNKNOWN_SERVER_ERROR,
+                    };
+                    answer
+                })
+                .collect();
+            out
+        })
+        .collect();
+    ctx.respond(&response)
+}
+
+/// One group's part of an OffsetFetch: `None` topics means every committed offset.
+type FetchQuery = (String, Option<Vec<(String, Vec<i32>)>>);
+/// (topic, partition, offset, leader epoch, metadata) per answered partition.
+type FetchAnswer = Result<Vec<(String, i32, i64, i32, String)>, ErrorCode>;
+
+async fn fetch_offsets(shard: &Rc<Shard>, queries: Vec<FetchQuery>) -> Vec<FetchAnswer> {
+    // One hop per coordinator shard, carrying every group that shard owns.
+    let mut answers: Vec<FetchAnswer> = vec![Err(error_code::UNKNOWN_SERVER_ERROR); queries.len()];
+    let mut by_owner: BTreeMap<usize, Vec<(usize, FetchQuery)>> = BTreeMap::new();
+    for (slot, query) in queries.into_iter().enumerate() {
+        if !valid_group_id(&query.0) {
+            answers[slot] = Err(error_code::INVALID_GROUP_ID);
+            continue;
+        }
+        match route(shard, &query.0) {
+            Ok((_, owner)) => by_owner.entry(owner).or_default().push((slot, query)),
+            Err(error) => answers[slot] = Err(error.code()),
+        }
+    }
+    let calls = by_owner.into_iter().map(|(owner, items)| {
+        let slots: Vec<usize> = items.iter().map(|(slot, _)| *slot).collect();
+        let call = shard.invoke_on(owner, move |shard| async move {
+            let mut out = Vec::with_capacity(items.len());
+            for (slot, (group_id, topics)) in items {
+                if let Err(error) = coordinator::ready(&shard, &group_id).await {
+                    out.push((slot, Err(error.code())));
+                    continue;
+                }
+                let groups = coordinator::groups_of(&shard);
+                let answer: Vec<(String, i32, i64, i32, String)> = match topics {
+                    None => groups
+                        .all_committed(&group_id)
+                        .into_iter()
+                        .map(|((topic, partition), c)| (topic, partition, c.offset, c.leader_epoch, c.metadata))
+                        .collect(),
+                    Some(topics) => topics
+                        .into_iter()
+                        .flat_map(|(topic, partitions)| {
+                            partitions
+                                .into_iter()
+                                .map(|partition| match groups.committed(&group_id, &topic, partition) {
+                                    Some(c) => (topic.clone(), partition, c.offset, c.leader_epoch, c.metadata.clone()),
+                                    None => (topic.clone(), partition, -1, -1, String::new()),
+                                })
+                                .collect::<Vec<_>>()
+                        })
+                        .collect(),
+                };
+                out.push((slot, Ok(answer)));
+            }
+            out
+        });
+        async move { (slots, call.await) }
+    });
+    for (slots, result) in join_all(calls).await {
+        match result {
+            Ok(items) => items.into_iter().for_each(|(slot, answer)| answers[slot] = answer),
+            Err(_) => slots.into_iter().for_each(|slot| answers[slot] = Err(error_code::COORDINATOR_NOT_AVAILABLE)),
+        }
+    }
+    answers
+}
+
+/// Groups (topic, partition, ...) rows by topic, keeping first-seen topic order.
+fn by_topic(rows: Vec<(String, i32, i64, i32, String)>) -> Vec<(String, Vec<(i32, i64, i32, String)>)> {
+    let mut out: Vec<(String, Vec<(i32, i64, i32, String)>)> = Vec::new();
+    for (topic, partition, offset, epoch, metadata) in rows {
+        match out.iter_mut().find(|(t, _)| *t == topic) {
+            Some((_, partitions)) => partitions.push((partition, offset, epoch, metadata)),
+            None => out.push((topic, vec![(partition, offset, epoch, metadata)])),
+        }
+    }
+    out
+}
+
+pub async fn offset_fetch(ctx: &Ctx<'_>, request: OffsetFetchRequest) -> Outcome {
+    let mut response = OffsetFetchResponse::default();
+    if ctx.version >= 8 {
+        let queries: Vec<FetchQuery> = request
+            .groups
+            .iter()
+            .map(|g| {
+                let topics = g.topics.as_ref().map(|ts| ts.iter().map(|t| (t.name.0.to_string(), t.partition_indexes.clone())).collect());
+                (g.group_id.0.to_string(), topics)
+            })
+            .collect();
+        let answers = fetch_offsets(ctx.shard, queries).await;
+        response.groups = request
+            .groups
+            .iter()
+            .zip(answers)
+            .map(|(group, answer)| {
+                let mut out = OffsetFetchResponseGroup::default();
+                out.group_id = group.group_id.clone();
+                match answer {
+                    Err(error) => out.error_code = error,
+                    Ok(rows) => {
+                        out.topics = by_topic(rows)
+                            .into_iter()
+                            .map(|(topic, partitions)| {
+                                let mut t = OffsetFetchResponseTopics::default();
+                                t.name = TopicName(str_bytes(&topic));
+                                t.partitions = partitions
+                                    .into_iter()
+                                    .map(|(partition, offset, epoch, metadata)| {
+                                        let mut p = OffsetFetchResponsePartitions::default();
+                                        p.partition_index = partition;
+                                        p.committed_offset = offset;
+                                        p.committed_leader_epoch = epoch;
+                                        p.metadata = Some(str_bytes(&metadata));
+                                        p
+                                    })
+                                    .collect();
+                                t
+                            })
+                            .collect();
+                    }
+                }
+                out
+            })
+            .collect();
+    } else {
+        let topics = request.topics.as_ref().map(|ts| ts.iter().map(|t| (t.name.0.to_string(), t.partition_indexes.clone())).collect());
+        let mut answers = fetch_offsets(ctx.shard, vec![(request.group_id.0.to_string(), topics)]).await;
+        match answers.pop().unwrap_or(Err(error_code::UNKNOWN_SERVER_ERROR)) {
+            Err(error) => {
+                response.error_code = error;
+                // Before v2 there is no top-level error: each requested partition carries it.
+                if ctx.version < 2 {
+                    response.topics = request
+                        .topics
+                        .iter()
+                        .flatten()
+                        .map(|t| {
+                            let mut out = OffsetFetchResponseTopic::default();
+                            out.name = t.name.clone();
+                            out.partitions = t
+                                .partition_indexes
+                                .iter()
+                                .map(|p| {
+                                    let mut answer = OffsetFetchResponsePartition::default();
+                                    answer.partition_index = *p;
+                                    answer.committed_offset = -1;
+                                    answer.metadata = Some(str_bytes(""));
+                                    answer.error_code = error;
+                                    answer
+                                })
+                                .collect();
+                            out
+                        })
+                        .collect();
+                }
+            }
+            Ok(rows) => {
+                response.topics = by_topic(rows)
+                    .into_iter()
+                    .map(|(topic, partitions)| {
+                        let mut out = OffsetFetchResponseTopic::default();
+                        out.name = TopicName(str_bytes(&topic));
+                        out.partitions = partitions
+                            .into_iter()
+                            .map(|(partition, offset, epoch, metadata)| {
+                                let mut p = OffsetFetchResponsePartition::default();
+                                p.partition_index = partition;
+                                p.committed_offset = offset;
+                                p.committed_leader_epoch = epoch;
+                                p.metadata = Some(str_bytes(&metadata));
+                                p
+                            })
+                            .collect();
+                        out
+                    })
+                    .collect();
+            }
+        }
+    }
+    ctx.respond(&response)
+}
+
+/// Runs `work` once per coordinator shard with the group ids it owns; returns one answer per
+/// id, in order. Ids that cannot be routed get `unroutable(error)`.
+async fn per_group<T, F, Fut>(shard: &Rc<Shard>, ids: Vec<String>, unroutable: fn(ErrorCode) -> T, work: F) -> Vec<T>
+where
+    T: Send + Clone + 'static,
+    F: Fn(Rc<Shard>, Vec<String>) -> Fut + Send + Clone + 'static,
+    Fut: Future<Output = Vec<T>> + 'static,
+{
+    let mut answers: Vec<Option<T>> = vec![None; ids.len()];
+    let mut by_owner: BTreeMap<usize, Vec<(usize, String)>> = BTreeMap::new();
+    for (slot, id) in ids.into_iter().enumerate() {
+        if !valid_group_id(&id) {
+            answers[slot] = Some(unroutable(error_code::INVALID_GROUP_ID));
+            continue;
+        }
+        match route(shard, &id) {
+            Ok((_, owner)) => by_owner.entry(owner).or_default().push((slot, id)),
+            Err(error) => answers[slot] = Some(unroutable(error.code())),
+        }
+    }
+    let calls = by_owner.into_iter().map(|(owner, items)| {
+        let work = work.clone();
+        let slots: Vec<usize> = items.iter().map(|(slot, _)| *slot).collect();
+        let call = shard.invoke_on(owner, move |shard| async move {
+            let mut ready = Vec::new();
+            let mut results: Vec<(usize, Result<usize, ErrorCode>)> = Vec::new();
+            let mut ids = Vec::new();
+            for (slot, id) in items {
+                match coordinator::ready(&shard, &id).await {
+                    Ok(()) => {
+                        results.push((slot, Ok(ids.len())));
+                        ids.push(id);
+                    }
+                    Err(error) => results.push((slot, Err(error.code()))),
+                }
+            }
+            let answers = work(shard, ids).await;
+            for (slot, result) in results {
+                ready.push((slot, result.map(|index| answers[index].clone())));
+            }
+            ready
+        });
+        async move { (slots, call.await) }
+    });
+    for (slots, result) in join_all(calls).await {
+        match result {
+            Ok(items) => {
+                for (slot, answer) in items {
+                    answers[slot] = Some(answer.unwrap_or_else(unroutable));
+                }
+            }
+            Err(_) => slots.into_iter().for_each(|slot| answers[slot] = Some(unroutable(error_code::COORDINATOR_NOT_AVAILABLE))),
+        }
+    }
+    answers.into_iter().map(|a| a.unwrap_or_else(|| unroutable(error_code::UNKNOWN_SERVER_ERROR))).collect()
+}
+
+fn describe_one(shard: &Rc<Shard>, id: &str, version: i16) -> DescribedGroup {
+    let groups = coordinator::groups_of(shard);
+    let mut out = DescribedGroup::default();
+    out.group_id = GroupId(str_bytes(id));
+    out.authorized_operations = i32::MIN;
+    let Some(group) = groups.get(id) else {
+        out.group_state = str_bytes(GroupState::Dead.name());
+        return out;
+    };
+    out.group_state = str_bytes(group.state.name());
+    out.protocol_type = str_bytes(group.protocol_type.as_deref().unwrap_or_default());
+    let stable = group.state == GroupState::Stable;
+    let protocol = group.protocol.clone().unwrap_or_default();
+    out.protocol_data = str_bytes(if stable { &protocol } else { "" });
+    out.members = group
+        .members
+        .values()
+        .map(|m| {
+            let mut member = DescribedGroupMember::default();
+            member.member_id = str_bytes(&m.id);
+            if version >= 4 {
+                member.group_instance_id = m.instance_id.as_deref().map(str_bytes);
+            }
+            member.client_id = str_bytes(&m.client_id);
+            member.client_host = str_bytes(&m.client_host);
+            if stable {
+                member.member_metadata =
+                    m.protocols.iter().find(|(n, _)| *n == protocol).map(|(_, b)| b.clone()).unwrap_or_else(Bytes::new);
+                member.member_assignment = m.assignment.clone();
+            }
+            member
+        })
+        .collect();
+    out
+}
+
+pub async fn describe_groups(ctx: &Ctx<'_>, request: DescribeGroupsRequest) -> Outcome {
+    let version = ctx.version;
+    let ids: Vec<String> = request.groups.iter().map(|g| g.0.to_string()).collect();
+    let unroutable = |error: ErrorCode| {
+        let mut out = DescribedGroup::default();
+        out.error_code = error;
+        out
+    };
+    let mut described = per_group(ctx.shard, ids.clone(), unroutable, move |shard, ids: Vec<String>| async move {
+        ids.iter().map(|id| describe_one(&shard, id, version)).collect()
+    })
+    .await;
+    for (group, id) in described.iter_mut().zip(&ids) {
+        group.group_id = GroupId(str_bytes(id));
+    }
+    let mut response = DescribeGroupsResponse::default();
+    response.groups = described;
+    ctx.respond(&response)
+}
+
+pub async fn list_groups(ctx: &Ctx<'_>, request: ListGroupsRequest) -> Outcome {
+    let wanted: Vec<String> = request.states_filter.iter().map(|s| s.to_lowercase()).collect();
+    let calls = (0..ctx.shard.count).map(|target| {
+        let wanted = wanted.clone();
+        ctx.shard.invoke_on(target, move |shard| async move {
+            coordinator::groups_of(&shard)
+                .iter()
+                .filter(|g| wanted.is_empty() || wanted.contains(&g.state.name().to_lowercase()))
+                .map(|g| (g.id.clone(), g.protocol_type.clone().unwrap_or_default(), g.state.name()))
+                .collect::<Vec<_>>()
+        })
+    });
+    let mut response = ListGroupsResponse::default();
+    for listed in join_all(calls).await {
+        match listed {
+            Ok(groups) => response.groups.extend(groups.into_iter().map(|(id, protocol_type, state)| {
+                let mut out = ListedGroup::default();
+                out.group_id = GroupId(str_bytes(&id));
+                out.protocol_type = str_bytes(&protocol_type);
+                out.group_state = str_bytes(state);
+                out.group_type = str_bytes("classic");
+                out
+            })),
+            Err(_) => response.error_code = error_code::COORDINATOR_NOT_AVAILABLE,
+        }
+    }
+    ctx.respond(&response)
+}
+
+pub async fn delete_groups(ctx: &Ctx<'_>, request: DeleteGroupsRequest) -> Outcome {
+    let ids: Vec<String> = request.groups_names.iter().map(|g| g.0.to_string()).collect();
+    let errors = per_group(ctx.shard, ids, |error| error, |shard, ids: Vec<String>| async move {
+        coordinator::delete_groups(&shard, ids).await
+    })
+    .await;
+    let mut response = DeleteGroupsResponse::default();
+    response.results = request
+        .groups_names
+        .iter()
+        .zip(errors)
+        .map(|(id, error)| {
+            let mut out = DeletableGroupResult::default();
+            out.group_id = id.clone();
+            out.error_code = error;
+            out
+        })
+        .collect();
+    ctx.respond(&response)
+}
+
+pub async fn offset_delete(ctx: &Ctx<'_>, request: OffsetDeleteRequest) -> Outcome {
+    let group_id = request.group_id.0.to_string();
+    let partitions: Vec<(String, i32)> = request
+        .topics
+        .iter()
+        .flat_map(|t| t.partitions.iter().map(move |p| (t.name.0.to_string(), p.partition_index)))
+        .collect();
+    let outcome = if !valid_group_id(&group_id) {
+        Err(error_code::INVALID_GROUP_ID)
+    } else {
+        let gid = group_id.clone();
+        let list = partitions.clone();
+        on_coordinator(ctx.shard, &group_id, move |shard| async move { coordinator::delete_offsets(&shard, &gid, list).await })
+            .await
+            .and_then(|inner| inner)
+    };
+    let mut response = OffsetDeleteResponse::default();
+    match outcome {
+        Err(error) => response.error_code = error,
+        Ok(errors) => {
+            let mut errors = errors.into_iter();
+            response.topics = request
+                .topics
+                .iter()
+                .map(|t| {
+                    let mut out = OffsetDeleteResponseTopic::default();
+                    out.name = t.name.clone();
+                    out.partitions = t
+                        .partitions
+                        .iter()
+                        .map(|p| {
+                            let mut answer = OffsetDeleteResponsePartition::default();
+                            answer.partition_index = p.partition_index;
+                            answer.error_code = errors.next().unwrap_or(error_code::UNKNOWN_SERVER_ERROR);
+                            answer
+                        })
+                        .collect();
+                    out
+                })
+                .collect();
+        }
+    }
+    ctx.respond(&response)
+}
