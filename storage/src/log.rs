@@ -42,7 +42,7 @@ use crate::config::{FlushPolicy, LogConfig, TimestampType};
 use crate::error::{AppendError, DeleteError, OpenError, ReadError, StorageIoError};
 use crate::index::SegmentIndexer;
 use crate::limits;
-use crate::notify::Notify;
+use crate::notify::{AckWaiters, Notify};
 use crate::segment::{
     self, align_down, align_up, log_file_name, offset_index_file_name, open_rw, parse_file_name, read_vec,
     time_index_file_name, walk_headers, walk_to_offset, Segment, WalkError,
@@ -130,6 +130,7 @@ struct Inner {
     dir: PathBuf,
     state: RefCell<State>,
     notify: Notify,
+    ack_waiters: AckWaiters,
 }
 
 /// A partition's log. See the module documentation for the concurrency contract.
@@ -150,8 +151,37 @@ struct WriterGuard<'a> {
 
 impl Drop for WriterGuard<'_> {
     fn drop(&mut self) {
-        self.inner.state.borrow_mut().writer_busy = false;
+        let hw = {
+            let mut st = self.inner.state.borrow_mut();
+            st.writer_busy = false;
+            st.hw
+        };
         self.inner.notify.notify_all();
+        // Hand the role to the appender next in line, if any waits.
+        self.inner.ack_waiters.wake_satisfied(hw.0, true);
+    }
+}
+
+/// Unregisters a waiting appender. If it was cancelled after being woken as next in line, it
+/// passes that turn on so pending batches are not stranded.
+struct AckWaitGuard<'a> {
+    inner: &'a Inner,
+    key: (i64, u64),
+    done: bool,
+}
+
+impl Drop for AckWaitGuard<'_> {
+    fn drop(&mut self) {
+        let was_registered = self.inner.ack_waiters.remove(self.key);
+        if !self.done && !was_registered {
+            let (busy, hw) = {
+                let st = self.inner.state.borrow();
+                (st.writer_busy, st.hw)
+            };
+            if !busy {
+                self.inner.ack_waiters.wake_satisfied(hw.0, true);
+            }
+        }
     }
 }
 
@@ -336,7 +366,7 @@ impl Log {
             last_sync: Instant::now(),
             stats: LogStats::default(),
         };
-        let inner = Rc::new(Inner { dir, state: RefCell::new(state), notify: Notify::default() });
+        let inner = Rc::new(Inner { dir, state: RefCell::new(state), notify: Notify::default(), ack_waiters: AckWaiters::default() });
         spawn_interval_flusher(Rc::downgrade(&inner));
         Ok(Log { inner })
     }
@@ -700,12 +730,13 @@ impl Inner {
         st.pending.clear();
         drop(st);
         self.notify.notify_all();
+        self.ack_waiters.wake_all();
     }
 
     /// Waits until `target` is acknowledged-able, taking the writer role for a round when free.
     async fn wait_acked(&self, target: Offset) -> Result<(), StorageIoError> {
         loop {
-            let listen = {
+            {
                 let mut st = self.state.borrow_mut();
                 if st.hw >= target {
                     return Ok(());
@@ -720,9 +751,18 @@ impl Inner {
                     self.run_round(false).await?;
                     continue;
                 }
-                self.notify.listen()
-            };
-            listen.await;
+            }
+            let mut guard = AckWaitGuard { inner: self, key: (target.0, self.ack_waiters.ticket()), done: false };
+            std::future::poll_fn(|cx| {
+                let st = self.state.borrow();
+                if st.hw >= target || st.failed.is_some() || !st.writer_busy {
+                    return std::task::Poll::Ready(());
+                }
+                self.ack_waiters.register(guard.key, cx.waker());
+                std::task::Poll::Pending
+            })
+            .await;
+            guard.done = true;
         }
     }
 
@@ -733,11 +773,15 @@ impl Inner {
     /// One group-commit round: writes pending batches (rolling as needed), then fdatasyncs per
     /// the flush policy. The caller holds the writer role.
     async fn write_round(&self, force_sync: bool) -> Result<(), StorageIoError> {
+        // A round covers the batches assigned before it started. Batches arriving during it wait
+        // for the next round: otherwise a steady stream keeps the writer writing and the fdatasync
+        // (and every ack) is postponed without bound.
+        let round_end = self.state.borrow().leo;
         loop {
             // Plan the next write: which pending batches go to the active segment in one DMA write.
             let (count, roll) = {
                 let st = self.state.borrow();
-                let Some(first) = st.pending.front() else { break };
+                let Some(first) = st.pending.front().filter(|p| p.header.base_offset() < round_end) else { break };
                 let active = st.segments.last().expect("a log has an active segment");
                 let fits = |size: u64, header: &BatchHeader| {
                     size + header.total_bytes() as u64 <= st.config.segment_bytes
@@ -751,7 +795,10 @@ impl Inner {
                     let mut bytes = first.bytes.len();
                     let mut count = 1;
                     for p in st.pending.iter().skip(1) {
-                        if bytes + p.bytes.len() > limits::WRITE_COALESCE_BYTES_MAX || !fits(size, &p.header) {
+                        if p.header.base_offset() >= round_end
+                            || bytes + p.bytes.len() > limits::WRITE_COALESCE_BYTES_MAX
+                            || !fits(size, &p.header)
+                        {
                             break;
                         }
                         size += p.bytes.len() as u64;
@@ -793,6 +840,9 @@ impl Inner {
             FlushPolicy::Interval { .. } => st.written_end,
         };
         st.hw = st.hw.max(acked);
+        let hw = st.hw;
+        drop(st);
+        self.ack_waiters.wake_satisfied(hw.0, false);
         Ok(())
     }
 
