@@ -736,7 +736,7 @@ impl Inner {
     /// Waits until `target` is acknowledged-able, taking the writer role for a round when free.
     async fn wait_acked(&self, target: Offset) -> Result<(), StorageIoError> {
         loop {
-            {
+            let take_writer_role = {
                 let mut st = self.state.borrow_mut();
                 if st.hw >= target {
                     return Ok(());
@@ -744,13 +744,14 @@ impl Inner {
                 if let Some(message) = &st.failed {
                     return Err(failed_error(message));
                 }
-                if !st.writer_busy {
-                    st.writer_busy = true;
-                    drop(st);
-                    let _writer = WriterGuard { inner: self };
-                    self.run_round(false).await?;
-                    continue;
-                }
+                let free = !st.writer_busy;
+                st.writer_busy = true;
+                free
+            };
+            if take_writer_role {
+                let _writer = WriterGuard { inner: self };
+                self.run_round(false).await?;
+                continue;
             }
             let mut guard = AckWaitGuard { inner: self, key: (target.0, self.ack_waiters.ticket()), done: false };
             std::future::poll_fn(|cx| {

@@ -95,6 +95,28 @@ async fn check_reads(log: &Log, expected: &[Expected]) {
     assert!(matches!(log.read(end.next(), 1024, end).await, Err(ReadError::OffsetOutOfRange { .. })));
 }
 
+/// Every persisted index entry points at the start of the batch it names; time index entries
+/// grow and end at the segment's largest timestamp.
+fn check_index_invariants(dir: &Path) {
+    use tern_storage::index::{OffsetIndex, TimeIndex};
+    let mut bases: Vec<i64> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.unwrap().file_name().to_str()?.strip_suffix(".log")?.parse().ok())
+        .collect();
+    bases.sort();
+    for base in bases {
+        let log = std::fs::read(dir.join(log_file_name(Offset(base)))).unwrap();
+        let index = OffsetIndex::decode(&std::fs::read(dir.join(offset_index_file_name(Offset(base)))).unwrap(), log.len() as u64 + 1).unwrap();
+        for entry in index.entries() {
+            let header = tern_protocol::batch::BatchHeader::parse_unchecked(&log[entry.position as usize..]).unwrap();
+            assert_eq!(header.base_offset(), Offset(base + i64::from(entry.relative_offset)));
+        }
+        let time = TimeIndex::decode(&std::fs::read(dir.join(time_index_file_name(Offset(base)))).unwrap(), None).unwrap();
+        let max = tern_protocol::batch::BatchIter::new(&log).map(|b| b.unwrap().header.max_timestamp()).max();
+        assert_eq!(time.last().map(|e| e.timestamp), max, "segment {base}");
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 12, .. ProptestConfig::default() })]
     #[test]
@@ -115,6 +137,7 @@ proptest! {
             check_reads(&log, &expected).await;
             if clean {
                 log.close().await.unwrap();
+                check_index_invariants(&path);
             } else {
                 drop(log);
             }

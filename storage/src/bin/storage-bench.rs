@@ -174,7 +174,7 @@ async fn durable_latency(dir: &Path, batch: &BytesMut, rate_per_s: f64, seconds:
         t.await;
     }
     eprintln!("  latency: generated in {generated:?}, {:?}", log.stats());
-    let (service, lateness) = (service.borrow(), lateness.borrow());
+    let (service, lateness) = (service.borrow().clone(), lateness.borrow().clone());
     eprintln!(
         "  latency: service p50/p99/p99.9 {}/{}/{} us; generator lateness p50/p99/p99.9 {}/{}/{} us",
         service.value_at_quantile(0.5),
