@@ -124,6 +124,8 @@ struct State {
     unsynced_messages: u64,
     last_sync: Instant,
     stats: LogStats,
+    /// Failure injection: the next this-many segment writes fail with ENOSPC (tests only).
+    inject_write_failures: u32,
 }
 
 struct Inner {
@@ -365,6 +367,7 @@ impl Log {
             unsynced_messages: 0,
             last_sync: Instant::now(),
             stats: LogStats::default(),
+            inject_write_failures: 0,
         };
         let inner = Rc::new(Inner { dir, state: RefCell::new(state), notify: Notify::default(), ack_waiters: AckWaiters::default() });
         spawn_interval_flusher(Rc::downgrade(&inner));
@@ -452,6 +455,13 @@ impl Log {
     /// The end of the acknowledged-able prefix: durable (EveryAppend) or written (Interval).
     pub fn high_watermark(&self) -> Offset {
         self.inner.state.borrow().hw
+    }
+
+    /// Failure injection for tests: the next `writes` segment writes fail as if the disk were
+    /// full (ENOSPC), before any byte reaches the file.
+    #[doc(hidden)]
+    pub fn inject_write_failures(&self, writes: u32) {
+        self.inner.state.borrow_mut().inject_write_failures = writes;
     }
 
     pub fn stats(&self) -> LogStats {
@@ -878,6 +888,15 @@ impl Inner {
             self.state.borrow_mut().segments.last_mut().expect("active").preallocated_bytes = to;
         }
         let len = buffer.len();
+        let injected = {
+            let mut st = self.state.borrow_mut();
+            let inject = st.inject_write_failures > 0;
+            st.inject_write_failures = st.inject_write_failures.saturating_sub(1);
+            inject
+        };
+        if injected {
+            return Err(StorageIoError::new(format!("writing in {}", path()), std::io::Error::from_raw_os_error(libc::ENOSPC)));
+        }
         let written = file.write_at(buffer, start).await.map_err(io_ctx(format!("writing in {}", path())))?;
         if written != len {
             return Err(StorageIoError::new(format!("short write in {}", path()), std::io::Error::from(std::io::ErrorKind::WriteZero)));

@@ -489,3 +489,27 @@ fn second_lock_on_a_data_dir_fails_naming_the_holder() {
     drop(lock);
     DataDirLock::acquire(dir.path()).unwrap();
 }
+
+#[test]
+fn a_failing_disk_surfaces_a_storage_error_and_the_log_reopens_consistent() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p0");
+    run_async(move || async move {
+        let log = Log::open(path.clone(), small_config()).await.unwrap();
+        let acked = append_all(&log, &[(2, 100), (3, 200)], 1).await;
+        log.inject_write_failures(1);
+        let err = log.append(batch(1, 10, 1), LeaderEpoch(1), TimestampMs(1)).await.unwrap_err();
+        assert!(matches!(err, AppendError::Storage(_)), "{err}");
+        assert_eq!(err.kafka_error_code(), 56);
+        // The log refuses further appends rather than guess, and still serves what was acked.
+        assert!(log.append(batch(1, 10, 1), LeaderEpoch(1), TimestampMs(1)).await.is_err());
+        assert_eq!(log.high_watermark(), acked.last().unwrap().next);
+        let slice = log.read(Offset(0), 1, log.high_watermark()).await.unwrap();
+        assert_eq!(concat(&slice), &acked[0].bytes[..]);
+        assert!(log.close().await.is_err(), "no clean-shutdown marker after a failure");
+        let log = Log::open(path.clone(), small_config()).await.unwrap();
+        check_reads(&log, &acked).await;
+        let more = append_all(&log, &[(1, 10)], 2).await;
+        assert_eq!(more[0].base, acked.last().unwrap().next);
+    });
+}
