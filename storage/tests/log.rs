@@ -447,14 +447,16 @@ fn interval_flush_acknowledges_without_fdatasync_and_syncs_later() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("p0");
     run_async(move || async move {
-        let config = LogConfig { flush: FlushPolicy::Interval { messages: 1_000_000, ms: 50 }, ..LogConfig::default() };
+        // 500 ms leaves ten appends ample time to finish before any sync is due, even on a busy
+        // machine, so "acknowledged without fdatasync" is not a race.
+        let config = LogConfig { flush: FlushPolicy::Interval { messages: 1_000_000, ms: 500 }, ..LogConfig::default() };
         let log = Log::open(path, config).await.unwrap();
         for _ in 0..10 {
             log.append(batch(1, 100, 1), LeaderEpoch(1), TimestampMs(1)).await.unwrap();
         }
         assert_eq!(log.high_watermark(), Offset(10));
         assert_eq!(log.stats().fdatasyncs, 0);
-        glommio::timer::sleep(std::time::Duration::from_millis(200)).await;
+        glommio::timer::sleep(std::time::Duration::from_millis(1200)).await;
         assert!(log.stats().fdatasyncs >= 1, "the interval flusher synced");
         log.close().await.unwrap();
     });
