@@ -48,6 +48,8 @@ pub const CHECKPOINT_BYTES: usize = 12;
 
 const _: () = assert!(DMA_ALIGNMENT_BYTES.is_power_of_two());
 const _: () = assert!(DMA_ALIGNMENT_BYTES >= 512);
+// `%` rather than is_multiple_of: the workspace's rust-version (1.85) predates it.
+#[allow(clippy::manual_is_multiple_of)]
 const _: () = assert!(PREALLOCATE_EXTENT_BYTES % DMA_ALIGNMENT_BYTES == 0);
 const _: () = assert!(WRITE_COALESCE_BYTES_MAX as u64 >= DMA_ALIGNMENT_BYTES);
 const _: () = assert!(SEGMENT_BYTES_MAX <= u32::MAX as u64);

@@ -5,9 +5,10 @@
 //! and may be called from many tasks of that shard's executor at once. State lives in one
 //! `RefCell` that is never borrowed across an `.await`. All writes to segment files, rolls,
 //! checkpoint writes and segment deletions are done by whichever task holds the *writer role*
-//! (a flag plus a [`Notify`]); appenders that find it taken wait for the round in flight and then
-//! the first of them takes it for the next round, so appends arriving during one fdatasync share
-//! the next one (group commit). Batches stay in the `pending` queue until written, so a
+//! (a flag plus a [`Notify`]); the fdatasync that acknowledges appends runs under a separate
+//! *sync role*, so the next group's write overlaps the previous group's fdatasync. Appenders that
+//! find both roles taken wait; appends arriving during one fdatasync share the next one (group
+//! commit). Batches stay in the `pending` queue until written, so a
 //! cancelled round is simply redone at the same file position.
 //!
 //! What it must never do: copy record bytes on the tail-cache read path, acknowledge an append
@@ -43,7 +44,7 @@ use crate::config::{FlushPolicy, LogConfig, TimestampType};
 use crate::error::{AppendError, DeleteError, OpenError, ReadError, StorageIoError};
 use crate::index::SegmentIndexer;
 use crate::limits;
-use crate::notify::Notify;
+use crate::notify::{AckWaiters, Notify};
 use crate::segment::{
     self, align_down, align_up, log_file_name, offset_index_file_name, open_rw, parse_file_name, read_vec,
     time_index_file_name, walk_headers, walk_to_offset, Segment, WalkError,
@@ -160,17 +161,53 @@ struct State {
     cache: VecDeque<CachedBatch>,
     cache_bytes: usize,
     writer_busy: bool,
+    /// An appender is running the fdatasync for the acknowledged prefix (the sync role).
+    sync_busy: bool,
     failed: Option<String>,
     closed: bool,
     unsynced_messages: u64,
     last_sync: Instant,
     stats: LogStats,
+    /// Failure injection: the next this-many segment writes fail with ENOSPC (tests only).
+    inject_write_failures: u32,
+}
+
+/// What a waiting appender can do next.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Step {
+    Write,
+    Sync,
+}
+
+impl State {
+    /// Whether an Interval policy's fdatasync is due (EveryAppend: whenever data is unsynced).
+    fn sync_due(&self) -> bool {
+        self.written_end > self.durable_end
+            && match self.config.flush {
+                FlushPolicy::EveryAppend => true,
+                FlushPolicy::Interval { messages, ms } => {
+                    self.unsynced_messages >= messages || self.last_sync.elapsed() >= Duration::from_millis(ms)
+                }
+            }
+    }
+
+    /// The role a waiting appender may take now: write pending batches, or sync written ones.
+    fn next_step(&self) -> Option<Step> {
+        if !self.writer_busy && !self.pending.is_empty() {
+            Some(Step::Write)
+        } else if !self.sync_busy && self.config.flush == FlushPolicy::EveryAppend && self.sync_due() {
+            Some(Step::Sync)
+        } else {
+            None
+        }
+    }
 }
 
 struct Inner {
     dir: PathBuf,
     state: RefCell<State>,
     notify: Notify,
+    ack_waiters: AckWaiters,
 }
 
 /// A partition's log. See the module documentation for the concurrency contract.
@@ -191,8 +228,53 @@ struct WriterGuard<'a> {
 
 impl Drop for WriterGuard<'_> {
     fn drop(&mut self) {
-        self.inner.state.borrow_mut().writer_busy = false;
+        let hw = {
+            let mut st = self.inner.state.borrow_mut();
+            st.writer_busy = false;
+            st.hw
+        };
         self.inner.notify.notify_all();
+        // Hand the role to the appender next in line, if any waits.
+        self.inner.ack_waiters.wake_satisfied(hw.0, true);
+    }
+}
+
+/// Releases the sync role when dropped and hands a turn to the next waiting appender.
+struct SyncGuard<'a> {
+    inner: &'a Inner,
+}
+
+impl Drop for SyncGuard<'_> {
+    fn drop(&mut self) {
+        let hw = {
+            let mut st = self.inner.state.borrow_mut();
+            st.sync_busy = false;
+            st.hw
+        };
+        self.inner.ack_waiters.wake_satisfied(hw.0, true);
+    }
+}
+
+/// Unregisters a waiting appender. If it was cancelled after being woken as next in line, it
+/// passes that turn on so pending batches are not stranded.
+struct AckWaitGuard<'a> {
+    inner: &'a Inner,
+    key: (i64, u64),
+    done: bool,
+}
+
+impl Drop for AckWaitGuard<'_> {
+    fn drop(&mut self) {
+        let was_registered = self.inner.ack_waiters.remove(self.key);
+        if !self.done && !was_registered {
+            let (can_progress, hw) = {
+                let st = self.inner.state.borrow();
+                (st.next_step().is_some(), st.hw)
+            };
+            if can_progress {
+                self.inner.ack_waiters.wake_satisfied(hw.0, true);
+            }
+        }
     }
 }
 
@@ -371,13 +453,15 @@ impl Log {
             cache: VecDeque::new(),
             cache_bytes: 0,
             writer_busy: false,
+            sync_busy: false,
             failed: None,
             closed: false,
             unsynced_messages: 0,
             last_sync: Instant::now(),
             stats: LogStats::default(),
+            inject_write_failures: 0,
         };
-        let inner = Rc::new(Inner { dir, state: RefCell::new(state), notify: Notify::default() });
+        let inner = Rc::new(Inner { dir, state: RefCell::new(state), notify: Notify::default(), ack_waiters: AckWaiters::default() });
         spawn_interval_flusher(Rc::downgrade(&inner));
         Ok(Log { inner })
     }
@@ -463,6 +547,13 @@ impl Log {
     /// The end of the acknowledged-able prefix: durable (EveryAppend) or written (Interval).
     pub fn high_watermark(&self) -> Offset {
         self.inner.state.borrow().hw
+    }
+
+    /// Failure injection for tests: the next `writes` segment writes fail as if the disk were
+    /// full (ENOSPC), before any byte reaches the file.
+    #[doc(hidden)]
+    pub fn inject_write_failures(&self, writes: u32) {
+        self.inner.state.borrow_mut().inject_write_failures = writes;
     }
 
     pub fn stats(&self) -> LogStats {
@@ -768,12 +859,15 @@ impl Inner {
         st.pending.clear();
         drop(st);
         self.notify.notify_all();
+        self.ack_waiters.wake_all();
     }
 
-    /// Waits until `target` is acknowledged-able, taking the writer role for a round when free.
+    /// Waits until `target` is acknowledged-able. A waiting appender takes whichever role is free
+    /// and useful: the writer role to write the pending batches, or the sync role to fdatasync
+    /// what is written; so one group's write overlaps the previous group's fdatasync.
     async fn wait_acked(&self, target: Offset) -> Result<(), StorageIoError> {
         loop {
-            let listen = {
+            let step = {
                 let mut st = self.state.borrow_mut();
                 if st.hw >= target {
                     return Ok(());
@@ -781,16 +875,38 @@ impl Inner {
                 if let Some(message) = &st.failed {
                     return Err(failed_error(message));
                 }
-                if !st.writer_busy {
-                    st.writer_busy = true;
-                    drop(st);
+                let step = st.next_step();
+                match step {
+                    Some(Step::Write) => st.writer_busy = true,
+                    Some(Step::Sync) => st.sync_busy = true,
+                    None => {}
+                }
+                step
+            };
+            match step {
+                Some(Step::Write) => {
                     let _writer = WriterGuard { inner: self };
-                    self.run_round(false).await?;
+                    self.write_round(false).await.inspect_err(|e| self.fail(e))?;
                     continue;
                 }
-                self.notify.listen()
-            };
-            listen.await;
+                Some(Step::Sync) => {
+                    let _sync = SyncGuard { inner: self };
+                    self.sync_written().await.inspect_err(|e| self.fail(e))?;
+                    continue;
+                }
+                None => {}
+            }
+            let mut guard = AckWaitGuard { inner: self, key: (target.0, self.ack_waiters.ticket()), done: false };
+            std::future::poll_fn(|cx| {
+                let st = self.state.borrow();
+                if st.hw >= target || st.failed.is_some() || st.next_step().is_some() {
+                    return std::task::Poll::Ready(());
+                }
+                self.ack_waiters.register(guard.key, cx.waker());
+                std::task::Poll::Pending
+            })
+            .await;
+            guard.done = true;
         }
     }
 
@@ -798,14 +914,19 @@ impl Inner {
         self.write_round(force_sync).await.inspect_err(|e| self.fail(e))
     }
 
-    /// One group-commit round: writes pending batches (rolling as needed), then fdatasyncs per
-    /// the flush policy. The caller holds the writer role.
+    /// One group-commit round: writes pending batches (rolling as needed). With `force_sync`, or
+    /// when an Interval policy's sync is due, it also fdatasyncs; EveryAppend syncs are run by
+    /// appenders holding the sync role (see `wait_acked`). The caller holds the writer role.
     async fn write_round(&self, force_sync: bool) -> Result<(), StorageIoError> {
+        // A round covers the batches assigned before it started. Batches arriving during it wait
+        // for the next round: otherwise a steady stream keeps the writer writing and the fdatasync
+        // (and every ack) is postponed without bound.
+        let round_end = self.state.borrow().leo;
         loop {
             // Plan the next write: which pending batches go to the active segment in one DMA write.
             let (count, roll) = {
                 let st = self.state.borrow();
-                let Some(first) = st.pending.front() else { break };
+                let Some(first) = st.pending.front().filter(|p| p.header.base_offset() < round_end) else { break };
                 let active = st.segments.last().expect("a log has an active segment");
                 let fits = |size: u64, header: &BatchHeader| {
                     size + header.total_bytes() as u64 <= st.config.segment_bytes
@@ -819,7 +940,10 @@ impl Inner {
                     let mut bytes = first.bytes.len();
                     let mut count = 1;
                     for p in st.pending.iter().skip(1) {
-                        if bytes + p.bytes.len() > limits::WRITE_COALESCE_BYTES_MAX || !fits(size, &p.header) {
+                        if p.header.base_offset() >= round_end
+                            || bytes + p.bytes.len() > limits::WRITE_COALESCE_BYTES_MAX
+                            || !fits(size, &p.header)
+                        {
                             break;
                         }
                         size += p.bytes.len() as u64;
@@ -835,32 +959,48 @@ impl Inner {
             }
             self.write_to_active(count).await?;
         }
-        let (sync, file, written_end) = {
-            let st = self.state.borrow();
-            let unsynced = st.written_end > st.durable_end;
-            let due = match st.config.flush {
-                FlushPolicy::EveryAppend => true,
-                FlushPolicy::Interval { messages, ms } => {
-                    st.unsynced_messages >= messages || st.last_sync.elapsed() >= Duration::from_millis(ms)
-                }
-            };
-            let active = st.segments.last().expect("a log has an active segment");
-            (unsynced && (due || force_sync), active.file.clone(), st.written_end)
-        };
-        if sync {
-            file.fdatasync().await.map_err(io_ctx(format!("fdatasync in {}", self.dir.display())))?;
-            let mut st = self.state.borrow_mut();
-            st.durable_end = st.durable_end.max(written_end);
-            st.unsynced_messages = 0;
-            st.last_sync = Instant::now();
-            st.stats.fdatasyncs += 1;
-        }
         let mut st = self.state.borrow_mut();
-        let acked = match st.config.flush {
-            FlushPolicy::EveryAppend => st.durable_end,
-            FlushPolicy::Interval { .. } => st.written_end,
+        if matches!(st.config.flush, FlushPolicy::Interval { .. }) {
+            st.hw = st.hw.max(st.written_end);
+        }
+        let hw = st.hw;
+        drop(st);
+        self.ack_waiters.wake_satisfied(hw.0, false);
+        let interval_due = {
+            let st = self.state.borrow();
+            matches!(st.config.flush, FlushPolicy::Interval { .. }) && st.sync_due()
         };
-        st.hw = st.hw.max(acked);
+        if force_sync || interval_due {
+            self.sync_written().await?;
+        }
+        Ok(())
+    }
+
+    /// fdatasyncs the active segment, making everything written before the call durable. Runs
+    /// concurrently with the next write round (only with the sync role, or the writer role at
+    /// close), so a write overlaps the previous group's fdatasync.
+    async fn sync_written(&self) -> Result<(), StorageIoError> {
+        let (file, written_end) = {
+            let st = self.state.borrow();
+            if st.written_end <= st.durable_end {
+                return Ok(());
+            }
+            // Data below `written_end` lies in this file or in older segments, which a roll
+            // synced before the active segment changed.
+            (st.segments.last().expect("a log has an active segment").file.clone(), st.written_end)
+        };
+        file.fdatasync().await.map_err(io_ctx(format!("fdatasync in {}", self.dir.display())))?;
+        let mut st = self.state.borrow_mut();
+        st.durable_end = st.durable_end.max(written_end);
+        st.unsynced_messages = 0;
+        st.last_sync = Instant::now();
+        st.stats.fdatasyncs += 1;
+        if st.config.flush == FlushPolicy::EveryAppend {
+            st.hw = st.hw.max(st.durable_end);
+        }
+        let hw = st.hw;
+        drop(st);
+        self.ack_waiters.wake_satisfied(hw.0, false);
         Ok(())
     }
 
@@ -895,6 +1035,15 @@ impl Inner {
             self.state.borrow_mut().segments.last_mut().expect("active").preallocated_bytes = to;
         }
         let len = buffer.len();
+        let injected = {
+            let mut st = self.state.borrow_mut();
+            let inject = st.inject_write_failures > 0;
+            st.inject_write_failures = st.inject_write_failures.saturating_sub(1);
+            inject
+        };
+        if injected {
+            return Err(StorageIoError::new(format!("writing in {}", path()), std::io::Error::from_raw_os_error(libc::ENOSPC)));
+        }
         let written = file.write_at(buffer, start).await.map_err(io_ctx(format!("writing in {}", path())))?;
         if written != len {
             return Err(StorageIoError::new(format!("short write in {}", path()), std::io::Error::from(std::io::ErrorKind::WriteZero)));

@@ -47,3 +47,57 @@ impl Future for Listen<'_> {
         Poll::Pending
     }
 }
+
+/// Appenders waiting for their offsets to be acknowledged, keyed by (target offset, ticket).
+///
+/// Why not `Notify`: waking every waiter at the end of every round costs O(waiters) per round,
+/// and under a backlog that quadratic work starves the executor and the backlog grows. Here a
+/// round's end wakes only the waiters it satisfied, plus the one next in line, which takes the
+/// writer role for the following round.
+#[derive(Default)]
+pub(crate) struct AckWaiters {
+    next_ticket: Cell<u64>,
+    waiters: RefCell<std::collections::BTreeMap<(i64, u64), Waker>>,
+}
+
+impl AckWaiters {
+    pub(crate) fn ticket(&self) -> u64 {
+        let t = self.next_ticket.get();
+        self.next_ticket.set(t.wrapping_add(1));
+        t
+    }
+
+    pub(crate) fn register(&self, key: (i64, u64), waker: &Waker) {
+        self.waiters.borrow_mut().insert(key, waker.clone());
+    }
+
+    /// Removes a waiter; returns whether it was still registered (not woken yet).
+    pub(crate) fn remove(&self, key: (i64, u64)) -> bool {
+        self.waiters.borrow_mut().remove(&key).is_some()
+    }
+
+    /// Wakes every waiter whose target is at or below `acked`, and, if `wake_next`, the waiter
+    /// with the smallest remaining target.
+    pub(crate) fn wake_satisfied(&self, acked: i64, wake_next: bool) {
+        let ready = {
+            let mut waiters = self.waiters.borrow_mut();
+            let rest = waiters.split_off(&(acked.saturating_add(1), 0));
+            let ready = std::mem::replace(&mut *waiters, rest);
+            let next = if wake_next { waiters.pop_first().map(|(_, w)| w) } else { None };
+            (ready, next)
+        };
+        for waker in ready.0.into_values() {
+            waker.wake();
+        }
+        if let Some(waker) = ready.1 {
+            waker.wake();
+        }
+    }
+
+    pub(crate) fn wake_all(&self) {
+        let all = std::mem::take(&mut *self.waiters.borrow_mut());
+        for waker in all.into_values() {
+            waker.wake();
+        }
+    }
+}

@@ -95,6 +95,28 @@ async fn check_reads(log: &Log, expected: &[Expected]) {
     assert!(matches!(log.read(end.next(), 1024, end).await, Err(ReadError::OffsetOutOfRange { .. })));
 }
 
+/// Every persisted index entry points at the start of the batch it names; time index entries
+/// grow and end at the segment's largest timestamp.
+fn check_index_invariants(dir: &Path) {
+    use tern_storage::index::{OffsetIndex, TimeIndex};
+    let mut bases: Vec<i64> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.unwrap().file_name().to_str()?.strip_suffix(".log")?.parse().ok())
+        .collect();
+    bases.sort();
+    for base in bases {
+        let log = std::fs::read(dir.join(log_file_name(Offset(base)))).unwrap();
+        let index = OffsetIndex::decode(&std::fs::read(dir.join(offset_index_file_name(Offset(base)))).unwrap(), log.len() as u64 + 1).unwrap();
+        for entry in index.entries() {
+            let header = tern_protocol::batch::BatchHeader::parse_unchecked(&log[entry.position as usize..]).unwrap();
+            assert_eq!(header.base_offset(), Offset(base + i64::from(entry.relative_offset)));
+        }
+        let time = TimeIndex::decode(&std::fs::read(dir.join(time_index_file_name(Offset(base)))).unwrap(), None).unwrap();
+        let max = tern_protocol::batch::BatchIter::new(&log).map(|b| b.unwrap().header.max_timestamp()).max();
+        assert_eq!(time.last().map(|e| e.timestamp), max, "segment {base}");
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 12, .. ProptestConfig::default() })]
     #[test]
@@ -115,6 +137,7 @@ proptest! {
             check_reads(&log, &expected).await;
             if clean {
                 log.close().await.unwrap();
+                check_index_invariants(&path);
             } else {
                 drop(log);
             }
@@ -424,14 +447,16 @@ fn interval_flush_acknowledges_without_fdatasync_and_syncs_later() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("p0");
     run_async(move || async move {
-        let config = LogConfig { flush: FlushPolicy::Interval { messages: 1_000_000, ms: 50 }, ..LogConfig::default() };
+        // 500 ms leaves ten appends ample time to finish before any sync is due, even on a busy
+        // machine, so "acknowledged without fdatasync" is not a race.
+        let config = LogConfig { flush: FlushPolicy::Interval { messages: 1_000_000, ms: 500 }, ..LogConfig::default() };
         let log = Log::open(path, config).await.unwrap();
         for _ in 0..10 {
             log.append(batch(1, 100, 1), LeaderEpoch(1), TimestampMs(1)).await.unwrap();
         }
         assert_eq!(log.high_watermark(), Offset(10));
         assert_eq!(log.stats().fdatasyncs, 0);
-        glommio::timer::sleep(std::time::Duration::from_millis(200)).await;
+        glommio::timer::sleep(std::time::Duration::from_millis(1200)).await;
         assert!(log.stats().fdatasyncs >= 1, "the interval flusher synced");
         log.close().await.unwrap();
     });
@@ -465,4 +490,28 @@ fn second_lock_on_a_data_dir_fails_naming_the_holder() {
     }
     drop(lock);
     DataDirLock::acquire(dir.path()).unwrap();
+}
+
+#[test]
+fn a_failing_disk_surfaces_a_storage_error_and_the_log_reopens_consistent() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p0");
+    run_async(move || async move {
+        let log = Log::open(path.clone(), small_config()).await.unwrap();
+        let acked = append_all(&log, &[(2, 100), (3, 200)], 1).await;
+        log.inject_write_failures(1);
+        let err = log.append(batch(1, 10, 1), LeaderEpoch(1), TimestampMs(1)).await.unwrap_err();
+        assert!(matches!(err, AppendError::Storage(_)), "{err}");
+        assert_eq!(err.kafka_error_code(), 56);
+        // The log refuses further appends rather than guess, and still serves what was acked.
+        assert!(log.append(batch(1, 10, 1), LeaderEpoch(1), TimestampMs(1)).await.is_err());
+        assert_eq!(log.high_watermark(), acked.last().unwrap().next);
+        let slice = log.read(Offset(0), 1, log.high_watermark()).await.unwrap();
+        assert_eq!(concat(&slice), &acked[0].bytes[..]);
+        assert!(log.close().await.is_err(), "no clean-shutdown marker after a failure");
+        let log = Log::open(path.clone(), small_config()).await.unwrap();
+        check_reads(&log, &acked).await;
+        let more = append_all(&log, &[(1, 10)], 2).await;
+        assert_eq!(more[0].base, acked.last().unwrap().next);
+    });
 }

@@ -527,7 +527,8 @@ mod tests {
     #[test]
     fn rejections_name_the_right_error() {
         let good = sample();
-        let cases: Vec<(&str, Box<dyn Fn(&mut BytesMut)>, i16)> = vec![
+        type Damage = Box<dyn Fn(&mut BytesMut)>;
+        let cases: Vec<(&str, Damage, i16)> = vec![
             ("flipped record byte", Box::new(|b: &mut BytesMut| b[70] ^= 1), 2),
             ("bad magic", Box::new(|b: &mut BytesMut| b[16] = 1), 87),
             ("length too small", Box::new(|b: &mut BytesMut| b[8..12].copy_from_slice(&10i32.to_be_bytes())), 87),

@@ -30,20 +30,24 @@ const APPENDERS: usize = 8;
 struct Args {
     dir: PathBuf,
     seconds: f64,
+    /// Offered rate of the latency phase as a fraction of the measured saturation rate.
+    rate_fraction: f64,
 }
 
 fn parse_args() -> Args {
     let mut dir = std::env::current_dir().expect("current dir").join(format!("storage-bench-{}", std::process::id()));
     let mut seconds = 3.0;
+    let mut rate_fraction = 0.5;
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--dir" => dir = PathBuf::from(it.next().expect("--dir needs a path")).join(format!("storage-bench-{}", std::process::id())),
+            "--rate-fraction" => rate_fraction = it.next().and_then(|s| s.parse().ok()).expect("--rate-fraction needs a number"),
             "--seconds" => seconds = it.next().and_then(|s| s.parse().ok()).expect("--seconds needs a number"),
             other => panic!("unknown argument {other}; usage: storage-bench [--dir D] [--seconds S]"),
         }
     }
-    Args { dir, seconds }
+    Args { dir, seconds, rate_fraction }
 }
 
 fn mb_s(bytes: u64, elapsed: Duration) -> f64 {
@@ -135,6 +139,9 @@ async fn durable_latency(dir: &Path, batch: &BytesMut, rate_per_s: f64, seconds:
     let log = Rc::new(Log::open(dir.join("latency"), bench_config(FlushPolicy::EveryAppend)).await.unwrap());
     let hist = Rc::new(RefCell::new(Histogram::<u64>::new(3).unwrap()));
     let in_flight = Rc::new(Cell::new(0usize));
+    // Diagnostics: time from issue to ack, and how late the generator issued.
+    let service = Rc::new(RefCell::new(Histogram::<u64>::new(3).unwrap()));
+    let lateness = Rc::new(RefCell::new(Histogram::<u64>::new(3).unwrap()));
     let interval = Duration::from_secs_f64(1.0 / rate_per_s);
     let start = Instant::now();
     let total = (rate_per_s * seconds) as u64;
@@ -152,15 +159,31 @@ async fn durable_latency(dir: &Path, batch: &BytesMut, rate_per_s: f64, seconds:
         }
         let (log, hist, in_flight, batch) = (log.clone(), hist.clone(), in_flight.clone(), batch.clone());
         in_flight.set(in_flight.get() + 1);
+        let (service, lateness) = (service.clone(), lateness.clone());
+        lateness.borrow_mut().record(scheduled.elapsed().as_micros() as u64).unwrap();
         tasks.push(glommio::spawn_local(async move {
+            let issued = Instant::now();
             log.append(batch, LeaderEpoch(1), TimestampMs(1)).await.unwrap();
+            service.borrow_mut().record(issued.elapsed().as_micros() as u64).unwrap();
             hist.borrow_mut().record(scheduled.elapsed().as_micros() as u64).unwrap();
             in_flight.set(in_flight.get() - 1);
         }));
     }
+    let generated = start.elapsed();
     for t in tasks {
         t.await;
     }
+    eprintln!("  latency: generated in {generated:?}, {:?}", log.stats());
+    let (service, lateness) = (service.borrow().clone(), lateness.borrow().clone());
+    eprintln!(
+        "  latency: service p50/p99/p99.9 {}/{}/{} us; generator lateness p50/p99/p99.9 {}/{}/{} us",
+        service.value_at_quantile(0.5),
+        service.value_at_quantile(0.99),
+        service.value_at_quantile(0.999),
+        lateness.value_at_quantile(0.5),
+        lateness.value_at_quantile(0.99),
+        lateness.value_at_quantile(0.999)
+    );
     Rc::try_unwrap(log).unwrap().remove().await.unwrap();
     Rc::try_unwrap(hist).unwrap().into_inner()
 }
@@ -170,6 +193,7 @@ fn main() {
     std::fs::create_dir_all(&args.dir).expect("creating the bench directory");
     let dir = args.dir.clone();
     let seconds = args.seconds;
+    let rate_fraction = args.rate_fraction;
     let lines = LocalExecutorBuilder::new(Placement::Unbound)
         .spawn(move || async move {
             tern_storage::prime_direct_io(&dir).await.unwrap();
@@ -199,7 +223,7 @@ fn main() {
             put("append_interval_mb_s_1m", format!("{i1m:.1}"));
             let (i16k, _) = append_throughput(&dir, "interval-16k", &batch_16k, interval, seconds).await;
             put("append_interval_mb_s_16k", format!("{i16k:.1}"));
-            let offered = (rate_16k / 2.0).max(1.0);
+            let offered = (rate_16k * rate_fraction).max(1.0);
             put("durable_offered_per_s", format!("{offered:.0}"));
             let lat = durable_latency(&dir, &batch_16k, offered, seconds.max(3.0)).await;
             put("durable_p50_us", lat.value_at_quantile(0.5).to_string());
