@@ -104,9 +104,6 @@ async fn rdkafka_snappy_batches_are_stored_compressed_and_read_back_exactly() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "broker gap: librdkafka enables LZ4 only for brokers advertising FindCoordinator (its LZ4 feature \
-            probe, rdkafka_feature.c); Tern does not advertise the group APIs yet, so librdkafka silently sends \
-            these batches uncompressed. rskafka's LZ4 batches are covered below."]
 async fn rdkafka_lz4_batches_are_stored_compressed_and_read_back_exactly() {
     check_rdkafka_codec("lz4").await;
 }
