@@ -161,8 +161,10 @@ struct State {
     cache: VecDeque<CachedBatch>,
     cache_bytes: usize,
     writer_busy: bool,
-    /// An appender is running the fdatasync for the acknowledged prefix (the sync role).
-    sync_busy: bool,
+    /// Appenders running an fdatasync (the sync role), at most `limits::SYNCS_IN_FLIGHT_MAX`.
+    syncs_in_flight: u32,
+    /// The end of written data that some issued fdatasync covers (complete or in flight).
+    sync_issued_end: Offset,
     failed: Option<String>,
     closed: bool,
     unsynced_messages: u64,
@@ -182,7 +184,7 @@ enum Step {
 impl State {
     /// Whether an Interval policy's fdatasync is due (EveryAppend: whenever data is unsynced).
     fn sync_due(&self) -> bool {
-        self.written_end > self.durable_end
+        self.written_end > self.durable_end.max(self.sync_issued_end)
             && match self.config.flush {
                 FlushPolicy::EveryAppend => true,
                 FlushPolicy::Interval { messages, ms } => {
@@ -195,7 +197,10 @@ impl State {
     fn next_step(&self) -> Option<Step> {
         if !self.writer_busy && !self.pending.is_empty() {
             Some(Step::Write)
-        } else if !self.sync_busy && self.config.flush == FlushPolicy::EveryAppend && self.sync_due() {
+        } else if self.syncs_in_flight < limits::SYNCS_IN_FLIGHT_MAX
+            && self.config.flush == FlushPolicy::EveryAppend
+            && self.sync_due()
+        {
             Some(Step::Sync)
         } else {
             None
@@ -248,7 +253,7 @@ impl Drop for SyncGuard<'_> {
     fn drop(&mut self) {
         let hw = {
             let mut st = self.inner.state.borrow_mut();
-            st.sync_busy = false;
+            st.syncs_in_flight -= 1;
             st.hw
         };
         self.inner.ack_waiters.wake_satisfied(hw.0, true);
@@ -453,7 +458,8 @@ impl Log {
             cache: VecDeque::new(),
             cache_bytes: 0,
             writer_busy: false,
-            sync_busy: false,
+            syncs_in_flight: 0,
+            sync_issued_end: leo,
             failed: None,
             closed: false,
             unsynced_messages: 0,
@@ -878,7 +884,7 @@ impl Inner {
                 let step = st.next_step();
                 match step {
                     Some(Step::Write) => st.writer_busy = true,
-                    Some(Step::Sync) => st.sync_busy = true,
+                    Some(Step::Sync) => st.syncs_in_flight += 1,
                     None => {}
                 }
                 step
@@ -981,10 +987,14 @@ impl Inner {
     /// close), so a write overlaps the previous group's fdatasync.
     async fn sync_written(&self) -> Result<(), StorageIoError> {
         let (file, written_end) = {
-            let st = self.state.borrow();
+            let mut st = self.state.borrow_mut();
             if st.written_end <= st.durable_end {
                 return Ok(());
             }
+            // A second fdatasync may start while one is in flight: whichever completes, all
+            // data written before it was issued is durable, so the next group need not wait
+            // for the previous group's sync before issuing its own.
+            st.sync_issued_end = st.sync_issued_end.max(st.written_end);
             // Data below `written_end` lies in this file or in older segments, which a roll
             // synced before the active segment changed.
             (st.segments.last().expect("a log has an active segment").file.clone(), st.written_end)
