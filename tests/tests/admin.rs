@@ -139,3 +139,18 @@ fn deleted_topic_disappears_from_metadata() {
     kafka::create_topic(&broker, topic, 1, &[]);
     assert_eq!(kafka::watermarks(&broker, topic, 0), (0, 0), "recreated topic is empty");
 }
+
+#[test]
+fn clients_cannot_produce_to_the_internal_offsets_topic() {
+    let broker = Broker::start(1);
+    let producer = kafka::producer_with(&broker, &[("message.timeout.ms", "5000")]);
+    let outcome = kafka::try_produce(&producer, "__consumer_offsets", Some(0), &[Rec::value("forged commit")]);
+    match outcome.as_slice() {
+        [Err(error)] => assert_eq!(
+            error.rdkafka_error_code(),
+            Some(RDKafkaErrorCode::InvalidTopic),
+            "refused as Kafka refuses writes to internal topics: {error}"
+        ),
+        other => panic!("a client write to __consumer_offsets must be refused, got {other:?}"),
+    }
+}

@@ -67,6 +67,7 @@ pub async fn handle(ctx: &Ctx<'_>, body: BytesMut) -> Outcome {
     let mut consumed = 0usize;
     let mut by_shard: BTreeMap<usize, Vec<(usize, TopicPartition, BytesMut)>> = BTreeMap::new();
     let mut slot = 0usize;
+    let image = shard.image();
     for topic in &request.topics {
         for partition in &topic.partitions {
             let this = slot;
@@ -83,6 +84,12 @@ pub async fn handle(ctx: &Ctx<'_>, body: BytesMut) -> Outcome {
                 results[this] = Some(Appended::error(error_code::INVALID_RECORD, Some("null record set".into())));
                 continue;
             };
+            if image.topic(&topic.name).is_some_and(|meta| meta.internal) {
+                // Kafka refuses client writes to internal topics: their records belong to the
+                // coordinators that own them.
+                results[this] = Some(Appended::error(error_code::INVALID_TOPIC_EXCEPTION, Some(format!("cannot produce to internal topic {}", topic.name))));
+                continue;
+            }
             match shard.owner_of(&topic.name, partition.index) {
                 Some(owner) => by_shard.entry(owner).or_default().push((this, TopicPartition::new(topic.name.clone(), partition.index), records)),
                 None => results[this] = Some(Appended::error(error_code::UNKNOWN_TOPIC_OR_PARTITION, None)),
