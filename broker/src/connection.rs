@@ -107,7 +107,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
             buffer.split_to(size)
         };
         shard.stats.requests.set(shard.stats.requests.get() + 1);
-        let task = glommio::spawn_local(handlers::handle(shard.clone(), request, permit));
+        let task = glommio::spawn_local(handlers::handle(shard.clone(), request, peer, permit));
         if queue_tx.send(task).await.is_err() {
             break;
         }

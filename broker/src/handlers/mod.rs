@@ -39,13 +39,18 @@ pub struct Ctx<'a> {
     pub correlation_id: i32,
     /// The request header's client id (empty when null), bounded by `GROUP_ID_BYTES_MAX`.
     pub client_id: String,
+    /// The client's address, as the connection saw it.
+    pub peer: Option<std::net::SocketAddr>,
 }
 
 impl Ctx<'_> {
-    /// Where the client connects from, for DescribeGroups. The connection's peer address
-    /// does not reach handlers yet, so this is a placeholder Kafka tools display as-is.
+    /// Where the client connects from, for DescribeGroups, written as the Java broker does
+    /// (`/` then the address).
     pub fn client_host(&self) -> String {
-        "/unknown".to_owned()
+        match self.peer {
+            Some(peer) => format!("/{}", peer.ip()),
+            None => "/unknown".to_owned(),
+        }
     }
 
     /// Frames a response body built with the `kafka-protocol` types.
@@ -65,7 +70,7 @@ pub fn str_bytes(value: &str) -> StrBytes {
 
 /// Serves one request frame (size prefix already removed). `_permit` holds this request's
 /// share of the connection's byte budget until the response is built.
-pub async fn handle(shard: Rc<Shard>, request: BytesMut, _permit: StaticPermit) -> Outcome {
+pub async fn handle(shard: Rc<Shard>, request: BytesMut, peer: Option<std::net::SocketAddr>, _permit: StaticPermit) -> Outcome {
     let parsed = match frame::parse_header(&request) {
         Ok(parsed) => parsed,
         Err(HeaderError::UnsupportedVersion { api_key, api_version, correlation_id, name })
@@ -82,7 +87,7 @@ pub async fn handle(shard: Rc<Shard>, request: BytesMut, _permit: StaticPermit) 
     let ParsedHeader { header, spec, body_start } = parsed;
     let (api_key, api_version, correlation_id) = (header.api_key, header.api_version, header.correlation_id);
     let client_id: String = header.client_id.unwrap_or_default().chars().take(crate::limits::GROUP_ID_BYTES_MAX).collect();
-    let ctx = Ctx { shard: &shard, api_key, version: api_version, correlation_id, client_id };
+    let ctx = Ctx { shard: &shard, api_key, version: api_version, correlation_id, client_id, peer };
     if api_key == api::PRODUCE {
         let mut request = request;
         let body = request.split_off(body_start);
