@@ -124,6 +124,8 @@ pub fn topic_describe(client: &mut Client, topic: &str) -> Result<()> {
     let mut resource = describe_configs_request::DescribeConfigsResource::default();
     resource.resource_type = 2;
     resource.resource_name = s(topic);
+    // Null asks for every config; an empty list would ask for none.
+    resource.configuration_keys = None;
     request.resources = vec![resource];
     let response = client.send(&request, 4)?;
     for result in &response.results {
