@@ -83,6 +83,23 @@ pub async fn run_commands(shard: &Rc<Shard>, commands: Vec<Command>) -> Result<V
         .map_err(|error| error.to_string())?
 }
 
+/// Runs `commands` on the controller and records each failure at its request slot.
+async fn run_commands_into(shard: &Rc<Shard>, commands: Vec<Command>, slots: Vec<usize>, outcomes: &mut [Option<(i16, String)>]) {
+    if commands.is_empty() {
+        return;
+    }
+    match run_commands(shard, commands).await {
+        Ok(results) => {
+            for (slot, result) in slots.into_iter().zip(results) {
+                if let Err(error) = result {
+                    outcomes[slot] = Some((metadata_error_code(&error), error.to_string()));
+                }
+            }
+        }
+        Err(message) => slots.into_iter().for_each(|slot| outcomes[slot] = Some((error_code::UNKNOWN_SERVER_ERROR, message.clone()))),
+    }
+}
+
 pub async fn create_topics_via_controller(shard: &Rc<Shard>, topics: Vec<NewTopic>) -> Result<Vec<Result<(), MetadataError>>, String> {
     let commands = topics
         .into_iter()
@@ -289,18 +306,7 @@ pub async fn create_partitions(ctx: &Ctx<'_>, request: CreatePartitionsRequest) 
             commands.push(Command::CreatePartitions { name, total: topic.count });
         }
     }
-    if !commands.is_empty() {
-        match run_commands(shard, commands).await {
-            Ok(results) => {
-                for (slot, result) in slots.into_iter().zip(results) {
-                    if let Err(error) = result {
-                        outcomes[slot] = Some((metadata_error_code(&error), error.to_string()));
-                    }
-                }
-            }
-            Err(message) => slots.into_iter().for_each(|slot| outcomes[slot] = Some((error_code::UNKNOWN_SERVER_ERROR, message.clone()))),
-        }
-    }
+    run_commands_into(shard, commands, slots, &mut outcomes).await;
     let mut response = CreatePartitionsResponse::default();
     response.results = request
         .topics
@@ -432,18 +438,7 @@ async fn set_topic_configs(
             (_, Ok(_)) => outcomes.push(Some((error_code::INVALID_REQUEST, "unsupported resource type".into()))),
         }
     }
-    if !commands.is_empty() {
-        match run_commands(shard, commands).await {
-            Ok(results) => {
-                for (slot, result) in slots.into_iter().zip(results) {
-                    if let Err(error) = result {
-                        outcomes[slot] = Some((metadata_error_code(&error), error.to_string()));
-                    }
-                }
-            }
-            Err(message) => slots.into_iter().for_each(|slot| outcomes[slot] = Some((error_code::UNKNOWN_SERVER_ERROR, message.clone()))),
-        }
-    }
+    run_commands_into(shard, commands, slots, &mut outcomes).await;
     outcomes
 }
 
