@@ -34,6 +34,49 @@ pub struct BrokerConfig {
     pub offsets_retention_minutes: i64,
     /// Kafka's `group.initial.rebalance.delay.ms`.
     pub group_initial_rebalance_delay_ms: i64,
+    pub limits: ConnectionLimits,
+}
+
+/// Per-connection limits an operator may lower (or raise, up to the hard caps in
+/// `tern_protocol::limits` and `crate::limits`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Largest request frame (Kafka's `socket.request.max.bytes`).
+    pub request_bytes_max: usize,
+    /// Requests read from one connection and not yet answered.
+    pub in_flight_max: usize,
+    /// Request bytes one connection may hold while they are served.
+    pub buffered_bytes_max: usize,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            request_bytes_max: tern_protocol::limits::FRAME_BYTES_MAX,
+            in_flight_max: crate::limits::CONNECTION_IN_FLIGHT_MAX,
+            buffered_bytes_max: crate::limits::CONNECTION_BUFFERED_BYTES_MAX,
+        }
+    }
+}
+
+impl ConnectionLimits {
+    /// The relations the connection loop relies on.
+    pub fn validate(&self) -> Result<(), String> {
+        let hard = tern_protocol::limits::FRAME_BYTES_MAX;
+        if self.request_bytes_max < 1024 || self.request_bytes_max > hard {
+            return Err(format!("max request bytes must be between 1024 and {hard}"));
+        }
+        if self.buffered_bytes_max < self.request_bytes_max {
+            return Err("max buffered request bytes must be at least the max request bytes".into());
+        }
+        if !(1..=crate::limits::CONNECTION_IN_FLIGHT_HARD_MAX).contains(&self.in_flight_max) {
+            return Err(format!(
+                "max in-flight requests must be between 1 and {}",
+                crate::limits::CONNECTION_IN_FLIGHT_HARD_MAX
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for BrokerConfig {
@@ -52,6 +95,7 @@ impl Default for BrokerConfig {
             offsets_topic_partitions: 8,
             offsets_retention_minutes: 7 * 24 * 60,
             group_initial_rebalance_delay_ms: 3_000,
+            limits: ConnectionLimits::default(),
         }
     }
 }
@@ -88,6 +132,9 @@ pub struct FileConfig {
     pub default_partitions: Option<i32>,
     pub auto_create_topics: Option<bool>,
     pub spin_before_park_us: Option<u64>,
+    pub max_request_bytes: Option<usize>,
+    pub max_in_flight_requests: Option<usize>,
+    pub max_buffered_request_bytes: Option<usize>,
     pub offsets_topic_partitions: Option<i32>,
     pub offsets_retention_minutes: Option<i64>,
     pub group_initial_rebalance_delay_ms: Option<i64>,

@@ -18,7 +18,6 @@ use glommio::sync::Semaphore;
 use tern_protocol::frame;
 
 use crate::handlers;
-use crate::limits;
 use crate::net::write_segments;
 use crate::shard::Shard;
 
@@ -49,8 +48,8 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     let fd = stream.as_raw_fd();
     let registration = shard.register_connection(fd);
     let (mut reader, mut writer) = stream.split();
-    let (queue_tx, queue_rx) = local_channel::new_bounded::<glommio::Task<Outcome>>(limits::CONNECTION_IN_FLIGHT_MAX);
-    let budget = Rc::new(Semaphore::new(limits::CONNECTION_BUFFERED_BYTES_MAX as u64));
+    let (queue_tx, queue_rx) = local_channel::new_bounded::<glommio::Task<Outcome>>(shard.config.limits.in_flight_max);
+    let budget = Rc::new(Semaphore::new(shard.config.limits.buffered_bytes_max as u64));
 
     let writer_task = glommio::spawn_local(async move {
         while let Some(task) = queue_rx.recv().await {
@@ -80,7 +79,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
             break;
         }
         let declared = i32::from_be_bytes([buffer[0], buffer[1], buffer[2], buffer[3]]);
-        let size = match frame::check_frame_size(declared) {
+        let size = match frame::check_frame_size(declared, shard.config.limits.request_bytes_max) {
             Ok(size) => size,
             Err(error) => {
                 shard.stats.malformed_requests.set(shard.stats.malformed_requests.get() + 1);

@@ -56,6 +56,7 @@ const RETENTION_CHECK_INTERVAL: Duration = Duration::from_secs(10);
 /// Starts the broker and blocks until it has shut down.
 pub fn run(mut config: BrokerConfig) -> Result<(), StartError> {
     config.topic_defaults.validate().map_err(|e| StartError::Config(e.to_string()))?;
+    config.limits.validate().map_err(StartError::Config)?;
     if config.cores == 0 {
         config.cores = runtime::online_cpus();
     }

@@ -9,6 +9,9 @@ use tern_protocol::limits as protocol;
 /// `max.in.flight.requests.per.connection` (5 by default); the rest wait in the socket.
 pub const CONNECTION_IN_FLIGHT_MAX: usize = 32;
 
+/// Hard cap on the configurable in-flight limit.
+pub const CONNECTION_IN_FLIGHT_HARD_MAX: usize = 1024;
+
 /// Request bytes one connection may hold in memory while they are being served. A frame
 /// larger than what is left waits until earlier requests finish.
 pub const CONNECTION_BUFFERED_BYTES_MAX: usize = 2 * protocol::FRAME_BYTES_MAX;
@@ -33,6 +36,7 @@ pub const TAIL_CACHE_BYTES_PER_PARTITION: usize = 8 * 1024 * 1024;
 
 const _: () = assert!(CONNECTION_BUFFERED_BYTES_MAX >= protocol::FRAME_BYTES_MAX);
 const _: () = assert!(CONNECTION_IN_FLIGHT_MAX >= 5);
+const _: () = assert!(CONNECTION_IN_FLIGHT_MAX <= CONNECTION_IN_FLIGHT_HARD_MAX);
 const _: () = assert!(TOPIC_PARTITIONS_MAX as usize <= protocol::PARTITIONS_PER_REQUEST_MAX);
 
 /// Most members (joined plus pending) one consumer group may hold; a JoinGroup beyond it is

@@ -192,6 +192,15 @@ struct ServeArgs {
     /// How long the first rebalance of an empty group waits for more members.
     #[arg(long, env = "TERN_GROUP_INITIAL_REBALANCE_DELAY_MS")]
     group_initial_rebalance_delay_ms: Option<i64>,
+    /// Largest request frame in bytes (Kafka's socket.request.max.bytes; at most 100 MiB).
+    #[arg(long, env = "TERN_MAX_REQUEST_BYTES")]
+    max_request_bytes: Option<usize>,
+    /// Requests one connection may have in flight (read, not yet answered).
+    #[arg(long, env = "TERN_MAX_IN_FLIGHT_REQUESTS")]
+    max_in_flight_requests: Option<usize>,
+    /// Request bytes one connection may hold in memory while they are served.
+    #[arg(long, env = "TERN_MAX_BUFFERED_REQUEST_BYTES")]
+    max_buffered_request_bytes: Option<usize>,
     /// Default topic config, repeatable: --topic-default retention.ms=3600000
     #[arg(long = "topic-default", env = "TERN_TOPIC_DEFAULTS", value_delimiter = ',')]
     topic_defaults: Vec<String>,
@@ -224,6 +233,14 @@ fn build_config(args: ServeArgs) -> Result<BrokerConfig, String> {
         auto_create_topics: args.auto_create_topics.or(file.auto_create_topics).unwrap_or(defaults.auto_create_topics),
         topic_defaults,
         spin_before_park_us: args.spin_before_park_us.or(file.spin_before_park_us).unwrap_or(defaults.spin_before_park_us),
+        limits: tern_broker::config::ConnectionLimits {
+            request_bytes_max: args.max_request_bytes.or(file.max_request_bytes).unwrap_or(defaults.limits.request_bytes_max),
+            in_flight_max: args.max_in_flight_requests.or(file.max_in_flight_requests).unwrap_or(defaults.limits.in_flight_max),
+            buffered_bytes_max: args
+                .max_buffered_request_bytes
+                .or(file.max_buffered_request_bytes)
+                .unwrap_or(defaults.limits.buffered_bytes_max),
+        },
         offsets_topic_partitions: args
             .offsets_topic_partitions
             .or(file.offsets_topic_partitions)

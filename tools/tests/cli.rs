@@ -23,10 +23,15 @@ struct Serve {
 
 impl Serve {
     fn start(data_dir: &std::path::Path) -> Serve {
+        Serve::start_with(data_dir, &[])
+    }
+
+    fn start_with(data_dir: &std::path::Path, extra: &[&str]) -> Serve {
         let addr = free_addr();
         let child = Command::new(TERN)
             .args(["serve", "--cores", "1", "--admin-listen", "off", "--listen", &addr.to_string(), "--data-dir"])
             .arg(data_dir)
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -105,4 +110,21 @@ fn topic_produce_and_consume_round_trip_through_the_cli() {
     let duplicate = tern(&["topic", "create", "cli-demo", "-b", &bootstrap], None);
     assert!(!duplicate.status.success());
     assert!(String::from_utf8_lossy(&duplicate.stderr).contains("TopicAlreadyExists"));
+}
+
+#[test]
+fn configured_request_size_limit_closes_connections_that_exceed_it() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let serve = Serve::start_with(dir.path(), &["--max-request-bytes", "4096"]);
+    let mut stream = TcpStream::connect(serve.addr).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    stream.write_all(&8192i32.to_be_bytes()).expect("declare an 8 KiB frame");
+    let mut buf = [0u8; 16];
+    let read = stream.read(&mut buf).unwrap_or(0);
+    assert_eq!(read, 0, "the broker closes the connection without reading the frame");
+
+    let refused = tern(&["serve", "--max-request-bytes", "10", "--data-dir", dir.path().join("other").to_str().unwrap()], None);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("max request bytes"), "{}", String::from_utf8_lossy(&refused.stderr));
 }

@@ -40,14 +40,16 @@ pub enum HeaderError {
     UnsupportedVersion { api_key: i16, name: &'static str, api_version: i16, correlation_id: i32 },
 }
 
-/// Checks a frame's declared size before its body is read.
-pub fn check_frame_size(size: i32) -> Result<usize, FrameSizeError> {
+/// Checks a frame's declared size before its body is read, against the configured maximum
+/// (itself never above `limits::FRAME_BYTES_MAX`).
+pub fn check_frame_size(size: i32, max_bytes: usize) -> Result<usize, FrameSizeError> {
+    let max = max_bytes.min(limits::FRAME_BYTES_MAX);
     if size < limits::REQUEST_HEADER_BYTES_MIN as i32 {
         return Err(FrameSizeError::TooSmall { size });
     }
     let size = size as usize;
-    if size > limits::FRAME_BYTES_MAX {
-        return Err(FrameSizeError::TooLarge { size, max: limits::FRAME_BYTES_MAX });
+    if size > max {
+        return Err(FrameSizeError::TooLarge { size, max });
     }
     Ok(size)
 }
@@ -136,8 +138,10 @@ mod tests {
 
     #[test]
     fn frame_size_bounds() {
-        assert!(check_frame_size(-1).is_err());
-        assert!(check_frame_size(i32::MAX).is_err());
-        assert_eq!(check_frame_size(100), Ok(100));
+        let max = limits::FRAME_BYTES_MAX;
+        assert!(check_frame_size(-1, max).is_err());
+        assert!(check_frame_size(i32::MAX, max).is_err());
+        assert_eq!(check_frame_size(100, max), Ok(100));
+        assert_eq!(check_frame_size(2048, 1024), Err(FrameSizeError::TooLarge { size: 2048, max: 1024 }));
     }
 }
