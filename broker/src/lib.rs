@@ -66,6 +66,10 @@ pub fn run(mut config: BrokerConfig) -> Result<(), StartError> {
 
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| StartError::DataDir(format!("cannot create data directory {}: {e}", config.data_dir.display())))?;
+    // glommio opens files and directories through io_uring without a working-directory
+    // descriptor, so relative paths (the default `tern-data` is one) must become absolute.
+    config.data_dir = std::fs::canonicalize(&config.data_dir)
+        .map_err(|e| StartError::DataDir(format!("cannot resolve data directory {}: {e}", config.data_dir.display())))?;
     let _lock = DataDirLock::acquire(&config.data_dir).map_err(|e| StartError::DataDir(e.to_string()))?;
 
     let mut image = match controller::load_image(&config.data_dir).map_err(StartError::DataDir)? {

@@ -27,8 +27,17 @@ impl Serve {
     }
 
     fn start_with(data_dir: &std::path::Path, extra: &[&str]) -> Serve {
+        Serve::start_in(None, data_dir, extra)
+    }
+
+    /// Starts in `cwd` (when given), so `data_dir` may be relative as a newcomer's default is.
+    fn start_in(cwd: Option<&std::path::Path>, data_dir: &std::path::Path, extra: &[&str]) -> Serve {
         let addr = free_addr();
-        let child = Command::new(TERN)
+        let mut command = Command::new(TERN);
+        if let Some(cwd) = cwd {
+            command.current_dir(cwd);
+        }
+        let child = command
             .args(["serve", "--cores", "1", "--admin-listen", "off", "--listen", &addr.to_string(), "--data-dir"])
             .arg(data_dir)
             .args(extra)
@@ -127,4 +136,16 @@ fn configured_request_size_limit_closes_connections_that_exceed_it() {
     let refused = tern(&["serve", "--max-request-bytes", "10", "--data-dir", dir.path().join("other").to_str().unwrap()], None);
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("max request bytes"), "{}", String::from_utf8_lossy(&refused.stderr));
+}
+
+/// The default data directory (`tern-data`) is relative; topic creation persists metadata
+/// under it through io_uring, which must work from any working directory.
+#[test]
+fn a_relative_data_directory_works_like_the_default_one() {
+    let cwd = tempfile::tempdir().expect("temp dir");
+    let serve = Serve::start_in(Some(cwd.path()), std::path::Path::new("tern-data"), &[]);
+    let bootstrap = serve.addr.to_string();
+    let created = tern(&["topic", "create", "relative", "-b", &bootstrap], None);
+    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
+    assert!(cwd.path().join("tern-data").join("relative-0").is_dir(), "the partition lives under ./tern-data");
 }
