@@ -39,8 +39,8 @@ pub fn topic_create(client: &mut Client, name: &str, partitions: i32, configs: &
     let response = client.send(&request, 7)?;
     for result in &response.topics {
         check(result.error_code, &format!("create topic {name}: {}", result.error_message.as_deref().unwrap_or("")))?;
+        println!("created topic {name} with {} partition(s)", result.num_partitions);
     }
-    println!("created topic {name} with {partitions} partition(s)");
     Ok(())
 }
 

@@ -72,8 +72,9 @@ enum Command {
 enum TopicAction {
     Create {
         name: String,
-        #[arg(long, short, default_value_t = 1)]
-        partitions: i32,
+        /// Partitions (default: the broker's default partitions).
+        #[arg(long, short)]
+        partitions: Option<i32>,
         /// Topic config, repeatable: --config retention.ms=3600000
         #[arg(long, short)]
         config: Vec<String>,
@@ -116,7 +117,7 @@ fn run_client_command(command: Command) -> Result<(), String> {
             match action {
                 TopicAction::Create { name, partitions, config } => {
                     let configs = config.iter().map(|c| key_value(c)).collect::<Result<Vec<_>, _>>()?;
-                    commands::topic_create(&mut client, &name, partitions, &configs)
+                    commands::topic_create(&mut client, &name, partitions.unwrap_or(-1), &configs)
                 }
                 TopicAction::List => commands::topic_list(&mut client),
                 TopicAction::Describe { name } => commands::topic_describe(&mut client, &name),
