@@ -32,7 +32,10 @@ pub fn parse_stat(line: &str) -> Option<CpuTicks> {
     // `fields[0]` is field 3 (state), so field n is `fields[n - 3]`.
     let utime_ticks = fields.get(14 - 3)?.parse().ok()?;
     let stime_ticks = fields.get(15 - 3)?.parse().ok()?;
-    Some(CpuTicks { utime_ticks, stime_ticks })
+    Some(CpuTicks {
+        utime_ticks,
+        stime_ticks,
+    })
 }
 
 pub fn ticks_per_s() -> u64 {
@@ -53,9 +56,13 @@ pub struct CpuSample {
 }
 
 pub fn sample(pid: u32) -> Result<CpuSample, CpuError> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|source| CpuError::Read { pid, source })?;
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_err(|source| CpuError::Read { pid, source })?;
     let ticks = parse_stat(&text).ok_or(CpuError::Format { pid })?;
-    Ok(CpuSample { ticks, at: Instant::now() })
+    Ok(CpuSample {
+        ticks,
+        at: Instant::now(),
+    })
 }
 
 /// Average cores used between two samples.
@@ -76,7 +83,13 @@ mod tests {
     #[test]
     fn stat_fields_are_counted_from_the_last_parenthesis() {
         let line = "4242 (tern (shard) 0) S 1 4242 4242 0 -1 4194560 1234 0 0 0 731 209 0 0 20 0 3 0 99 0 0";
-        assert_eq!(parse_stat(line), Some(CpuTicks { utime_ticks: 731, stime_ticks: 209 }));
+        assert_eq!(
+            parse_stat(line),
+            Some(CpuTicks {
+                utime_ticks: 731,
+                stime_ticks: 209
+            })
+        );
         assert_eq!(parse_stat("garbage"), None);
         assert_eq!(parse_stat("1 (x) S 1 2"), None);
     }
@@ -90,9 +103,18 @@ mod tests {
     #[test]
     fn cores_used_is_ticks_over_wall_time() {
         let at = Instant::now();
-        let before = CpuSample { ticks: CpuTicks { utime_ticks: 100, stime_ticks: 0 }, at };
+        let before = CpuSample {
+            ticks: CpuTicks {
+                utime_ticks: 100,
+                stime_ticks: 0,
+            },
+            at,
+        };
         let after = CpuSample {
-            ticks: CpuTicks { utime_ticks: 250, stime_ticks: 50 },
+            ticks: CpuTicks {
+                utime_ticks: 250,
+                stime_ticks: 50,
+            },
             at: at + std::time::Duration::from_secs(2),
         };
         assert!((cores_used(&before, &after, 100) - 1.0).abs() < 1e-9);

@@ -47,29 +47,50 @@ pub fn write(
         .with_max_value_divisor(1000.0);
     let mut log = builder.begin_log_with(out, &mut serializer)?;
     let map = |e: hdrhistogram::serialization::interval_log::IntervalLogWriterError<_>| match e {
-        hdrhistogram::serialization::interval_log::IntervalLogWriterError::IoError(io) => HistLogError::Io(io),
+        hdrhistogram::serialization::interval_log::IntervalLogWriterError::IoError(io) => {
+            HistLogError::Io(io)
+        }
         hdrhistogram::serialization::interval_log::IntervalLogWriterError::SerializeError(s) => {
             HistLogError::Serialize(format!("{s:?}"))
         }
     };
     let one_s = Duration::from_secs(1);
     let tags = (Tag::new("ack"), Tag::new("e2e"));
-    for (i, second) in recorder.series().iter().enumerate().skip(warmup_end_s as usize) {
+    for (i, second) in recorder
+        .series()
+        .iter()
+        .enumerate()
+        .skip(warmup_end_s as usize)
+    {
         let at = Duration::from_secs(i as u64);
         if !second.ack_latency_us.is_empty() {
-            log.write_histogram(&second.ack_latency_us, at, one_s, tags.0).map_err(map)?;
+            log.write_histogram(&second.ack_latency_us, at, one_s, tags.0)
+                .map_err(map)?;
         }
         if !second.e2e_latency_us.is_empty() {
-            log.write_histogram(&second.e2e_latency_us, at, one_s, tags.1).map_err(map)?;
+            log.write_histogram(&second.e2e_latency_us, at, one_s, tags.1)
+                .map_err(map)?;
         }
     }
     let window = Duration::from_secs(measured_s);
     let window_start = Duration::from_secs(warmup_end_s);
     if !recorder.ack_latency_us.is_empty() {
-        log.write_histogram(&recorder.ack_latency_us, window_start, window, Tag::new("ack-total")).map_err(map)?;
+        log.write_histogram(
+            &recorder.ack_latency_us,
+            window_start,
+            window,
+            Tag::new("ack-total"),
+        )
+        .map_err(map)?;
     }
     if !recorder.e2e_latency_us.is_empty() {
-        log.write_histogram(&recorder.e2e_latency_us, window_start, window, Tag::new("e2e-total")).map_err(map)?;
+        log.write_histogram(
+            &recorder.e2e_latency_us,
+            window_start,
+            window,
+            Tag::new("e2e-total"),
+        )
+        .map_err(map)?;
     }
     Ok(())
 }
@@ -102,8 +123,9 @@ mod tests {
                 let tag = h.tag().map(|t| t.as_str().to_string()).unwrap_or_default();
                 if tag == "ack-total" {
                     let decoded = base64_decode(h.encoded_histogram());
-                    let hist: hdrhistogram::Histogram<u64> =
-                        Deserializer::new().deserialize(&mut decoded.as_slice()).unwrap();
+                    let hist: hdrhistogram::Histogram<u64> = Deserializer::new()
+                        .deserialize(&mut decoded.as_slice())
+                        .unwrap();
                     total_max_us = hist.max();
                     assert_eq!(hist.len(), 2);
                 }

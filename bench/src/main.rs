@@ -20,7 +20,11 @@ use tern_bench::workload::{self, MessageSize, Workload};
 use tern_bench::{histlog, limits};
 
 #[derive(Parser)]
-#[command(name = "tern-bench", version, about = "Open-loop latency benchmarks for Kafka-compatible brokers")]
+#[command(
+    name = "tern-bench",
+    version,
+    about = "Open-loop latency benchmarks for Kafka-compatible brokers"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -169,11 +173,17 @@ struct Failure {
 }
 
 fn usage(message: impl ToString) -> Failure {
-    Failure { code: 2, message: message.to_string() }
+    Failure {
+        code: 2,
+        message: message.to_string(),
+    }
 }
 
 fn failed(message: impl ToString) -> Failure {
-    Failure { code: 1, message: message.to_string() }
+    Failure {
+        code: 1,
+        message: message.to_string(),
+    }
 }
 
 fn main() -> ExitCode {
@@ -183,7 +193,9 @@ fn main() -> ExitCode {
         Command::Compare { results, out } => compare(&results, &out),
         Command::Workloads => {
             for (name, text) in workload::BUILTIN {
-                let description = Workload::parse(text, name).map(|w| w.description).unwrap_or_default();
+                let description = Workload::parse(text, name)
+                    .map(|w| w.description)
+                    .unwrap_or_default();
                 println!("{name:<22} {description}");
             }
             Ok(())
@@ -210,7 +222,9 @@ fn run(args: RunArgs) -> Result<(), Failure> {
     // Pin before any thread exists (librdkafka's included), so they all inherit the set.
     let pin = args.spawn && !args.no_pin && spawn::cpu_count() >= 2;
     if pin {
-        let others: Vec<usize> = (0..spawn::cpu_count()).filter(|c| *c != spawn::BROKER_CPU).collect();
+        let others: Vec<usize> = (0..spawn::cpu_count())
+            .filter(|c| *c != spawn::BROKER_CPU)
+            .collect();
         if !spawn::pin_current_thread(&others) {
             eprintln!("tern-bench: warning: could not pin the harness to CPUs {others:?}; continuing unpinned");
         }
@@ -221,24 +235,37 @@ fn run(args: RunArgs) -> Result<(), Failure> {
         let bin = spawn::find_tern_bin(args.tern_bin.as_deref()).map_err(failed)?;
         let b = SpawnedBroker::start(&bin, pin).map_err(failed)?;
         let addr = b.addr.to_string();
-        eprintln!("tern-bench: started {} (pid {}) on {addr}", bin.display(), b.pid());
+        eprintln!(
+            "tern-bench: started {} (pid {}) on {addr}",
+            bin.display(),
+            b.pid()
+        );
         broker = Some(b);
         addr
     } else {
-        args.bootstrap.clone().ok_or_else(|| usage("give --spawn or --bootstrap HOST:PORT"))?
+        args.bootstrap
+            .clone()
+            .ok_or_else(|| usage("give --spawn or --bootstrap HOST:PORT"))?
     };
     let broker_pid = args.broker_pid.or(broker.as_ref().map(|b| b.pid()));
 
     let drv = driver::open(args.driver, &bootstrap).map_err(usage)?;
     let progress = std::io::stdout().is_terminal();
-    let opts = RunOptions { workload: w.clone(), broker_pid, progress };
+    let opts = RunOptions {
+        workload: w.clone(),
+        broker_pid,
+        progress,
+    };
     let outcome = runner::run(drv.as_ref(), &opts);
     drop(drv);
 
     if let Some(mut b) = broker.take() {
         match b.stop() {
             Ok(true) => {}
-            Ok(false) => eprintln!("tern-bench: warning: the broker ignored SIGTERM for {} ms and was killed", limits::BROKER_STOP_TIMEOUT_MS),
+            Ok(false) => eprintln!(
+                "tern-bench: warning: the broker ignored SIGTERM for {} ms and was killed",
+                limits::BROKER_STOP_TIMEOUT_MS
+            ),
             Err(e) => eprintln!("tern-bench: warning: {e}"),
         }
         if outcome.is_err() {
@@ -257,9 +284,12 @@ fn run(args: RunArgs) -> Result<(), Failure> {
     let mut result = RunResult::from_output(&w, &out, &ctx);
     write_files(&mut result, &out, &args.out).map_err(failed)?;
     print!("{}", report::table(&result));
-    if let (Some(j), Some(l), Some(t), Some(h)) =
-        (&result.files.result_json, &result.files.latency_svg, &result.files.throughput_svg, &result.files.histogram_log)
-    {
+    if let (Some(j), Some(l), Some(t), Some(h)) = (
+        &result.files.result_json,
+        &result.files.latency_svg,
+        &result.files.throughput_svg,
+        &result.files.histogram_log,
+    ) {
         println!("\nresult {j}\nlatency chart {l}\nthroughput chart {t}\nhistogram log {h}");
     }
     Ok(())
@@ -269,18 +299,32 @@ fn write_files(result: &mut RunResult, out: &runner::RunOutput, dir: &Path) -> R
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let base = format!("{}-{}", result.workload.name, &result.run_id[..8]);
     let path = |suffix: &str| dir.join(format!("{base}{suffix}"));
-    let write = |p: &Path, bytes: &[u8]| std::fs::write(p, bytes).map_err(|e| format!("cannot write {}: {e}", p.display()));
+    let write = |p: &Path, bytes: &[u8]| {
+        std::fs::write(p, bytes).map_err(|e| format!("cannot write {}: {e}", p.display()))
+    };
 
     let hlog = path(".hlog");
     let mut buf = Vec::new();
-    histlog::write(&mut buf, &out.recorder, result.started_unix_ms, result.warmup_s, result.measured_s)
-        .map_err(|e| e.to_string())?;
+    histlog::write(
+        &mut buf,
+        &out.recorder,
+        result.started_unix_ms,
+        result.warmup_s,
+        result.measured_s,
+    )
+    .map_err(|e| e.to_string())?;
     write(&hlog, &buf)?;
     let latency = path("-latency.svg");
     let title = format!("{}: latency by percentile", result.label);
-    write(&latency, report::latency_chart(&title, &[result]).render().as_bytes())?;
+    write(
+        &latency,
+        report::latency_chart(&title, &[result]).render().as_bytes(),
+    )?;
     let throughput = path("-throughput.svg");
-    write(&throughput, report::throughput_chart(result).render().as_bytes())?;
+    write(
+        &throughput,
+        report::throughput_chart(result).render().as_bytes(),
+    )?;
     let json = path(".json");
     result.files = report::Files {
         result_json: Some(json.display().to_string()),
@@ -294,15 +338,24 @@ fn write_files(result: &mut RunResult, out: &runner::RunOutput, dir: &Path) -> R
 
 fn compare(paths: &[PathBuf], out: &Path) -> Result<(), Failure> {
     if paths.len() > limits::COMPARE_FILES_MAX {
-        return Err(usage(format!("at most {} results can be compared at once", limits::COMPARE_FILES_MAX)));
+        return Err(usage(format!(
+            "at most {} results can be compared at once",
+            limits::COMPARE_FILES_MAX
+        )));
     }
     let mut results = Vec::new();
     for p in paths {
-        let text = std::fs::read_to_string(p).map_err(|e| usage(format!("cannot read {}: {e}", p.display())))?;
-        let r: RunResult =
-            serde_json::from_str(&text).map_err(|e| usage(format!("{} is not a tern-bench result: {e}", p.display())))?;
+        let text = std::fs::read_to_string(p)
+            .map_err(|e| usage(format!("cannot read {}: {e}", p.display())))?;
+        let r: RunResult = serde_json::from_str(&text)
+            .map_err(|e| usage(format!("{} is not a tern-bench result: {e}", p.display())))?;
         if r.schema != report::SCHEMA {
-            return Err(usage(format!("{} has schema {:?}, expected {:?}", p.display(), r.schema, report::SCHEMA)));
+            return Err(usage(format!(
+                "{} has schema {:?}, expected {:?}",
+                p.display(),
+                r.schema,
+                report::SCHEMA
+            )));
         }
         results.push(r);
     }
@@ -314,10 +367,14 @@ fn compare(paths: &[PathBuf], out: &Path) -> Result<(), Failure> {
     }
     let refs: Vec<&RunResult> = results.iter().collect();
     print!("{}", report::compare_table(&refs));
-    std::fs::create_dir_all(out).map_err(|e| failed(format!("cannot create {}: {e}", out.display())))?;
+    std::fs::create_dir_all(out)
+        .map_err(|e| failed(format!("cannot create {}: {e}", out.display())))?;
     let svg_path = out.join("compare-latency.svg");
-    std::fs::write(&svg_path, report::latency_chart("latency by percentile", &refs).render())
-        .map_err(|e| failed(format!("cannot write {}: {e}", svg_path.display())))?;
+    std::fs::write(
+        &svg_path,
+        report::latency_chart("latency by percentile", &refs).render(),
+    )
+    .map_err(|e| failed(format!("cannot write {}: {e}", svg_path.display())))?;
     println!("\nchart {}", svg_path.display());
     Ok(())
 }

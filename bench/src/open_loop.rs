@@ -57,7 +57,9 @@ pub fn run(pacer: &mut Pacer, env: &mut impl LoopEnv, recorder: &Mutex<Recorder>
             Poll::Due { slot, scheduled_ns } => {
                 totals.scheduled_msgs += 1;
                 let outcome = env.send(slot, scheduled_ns);
-                let mut r = recorder.lock().expect("recorder lock poisoned by a panicked thread");
+                let mut r = recorder
+                    .lock()
+                    .expect("recorder lock poisoned by a panicked thread");
                 match outcome {
                     SendOutcome::Sent { len_bytes } => {
                         totals.sent_msgs += 1;
@@ -109,8 +111,13 @@ mod tests {
                 self.stalled = true;
                 self.now_ns += self.stall_ns;
             }
-            self.recorder.lock().unwrap().record_ack(scheduled_ns, self.now_ns, 1_024);
-            self.closed_loop_us.record((self.now_ns - sent_ns) / US).unwrap();
+            self.recorder
+                .lock()
+                .unwrap()
+                .record_ack(scheduled_ns, self.now_ns, 1_024);
+            self.closed_loop_us
+                .record((self.now_ns - sent_ns) / US)
+                .unwrap();
             SendOutcome::Sent { len_bytes: 1_024 }
         }
         fn should_stop(&mut self) -> bool {
@@ -139,15 +146,34 @@ mod tests {
 
         let r = recorder.lock().unwrap();
         let s = LatencySummary::from_histogram(&r.ack_latency_us).unwrap();
-        assert!(s.latency_us_max >= 100_000, "max {} µs hides the stall", s.latency_us_max);
-        assert!(s.latency_us_p999 >= 90_000, "p99.9 {} µs hides the stall", s.latency_us_p999);
-        assert!(s.latency_us_p99 >= 1_000, "p99 {} µs: 1 % of messages waited", s.latency_us_p99);
-        assert!(s.latency_us_p50 <= 100, "p50 {} µs: most messages were not delayed", s.latency_us_p50);
+        assert!(
+            s.latency_us_max >= 100_000,
+            "max {} µs hides the stall",
+            s.latency_us_max
+        );
+        assert!(
+            s.latency_us_p999 >= 90_000,
+            "p99.9 {} µs hides the stall",
+            s.latency_us_p999
+        );
+        assert!(
+            s.latency_us_p99 >= 1_000,
+            "p99 {} µs: 1 % of messages waited",
+            s.latency_us_p99
+        );
+        assert!(
+            s.latency_us_p50 <= 100,
+            "p50 {} µs: most messages were not delayed",
+            s.latency_us_p50
+        );
 
         // The same run measured closed-loop sees one slow message and calls p99.9 fast: this is
         // the error the open-loop measurement exists to avoid.
         let closed_p999_us = env.closed_loop_us.value_at_quantile(0.999);
-        assert!(closed_p999_us < 1_000, "closed-loop p99.9 {closed_p999_us} µs");
+        assert!(
+            closed_p999_us < 1_000,
+            "closed-loop p99.9 {closed_p999_us} µs"
+        );
     }
 
     /// A client that refuses every send during a window, as a full librdkafka queue would.
@@ -179,7 +205,11 @@ mod tests {
     #[test]
     fn backpressure_is_counted_and_does_not_block_the_schedule() {
         let recorder = Mutex::new(Recorder::new(0, 60));
-        let mut env = RefusingSender { now_ns: 0, refuse_from_ns: 100 * MS, refuse_until_ns: 200 * MS };
+        let mut env = RefusingSender {
+            now_ns: 0,
+            refuse_from_ns: 100 * MS,
+            refuse_until_ns: 200 * MS,
+        };
         let mut pacer = Pacer::Fixed(FixedRate::new(0, 1_000.0, 1_000 * MS, 0.0));
         let totals = run(&mut pacer, &mut env, &recorder);
         let r = recorder.lock().unwrap();

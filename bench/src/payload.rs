@@ -46,9 +46,13 @@ pub enum DecodeError {
 
 impl Header {
     pub fn encode(&self, out: &mut [u8]) {
-        assert!(out.len() >= HEADER_BYTES, "payload buffer shorter than the header");
+        assert!(
+            out.len() >= HEADER_BYTES,
+            "payload buffer shorter than the header"
+        );
         out[..PRODUCER_INDEX_OFFSET].copy_from_slice(&MAGIC);
-        out[PRODUCER_INDEX_OFFSET..RUN_ID_OFFSET].copy_from_slice(&self.producer_index.to_le_bytes());
+        out[PRODUCER_INDEX_OFFSET..RUN_ID_OFFSET]
+            .copy_from_slice(&self.producer_index.to_le_bytes());
         out[RUN_ID_OFFSET..SCHEDULED_NS_OFFSET].copy_from_slice(&self.run_id.to_le_bytes());
         out[SCHEDULED_NS_OFFSET..SEQUENCE_OFFSET].copy_from_slice(&self.scheduled_ns.to_le_bytes());
         out[SEQUENCE_OFFSET..HEADER_BYTES].copy_from_slice(&self.sequence.to_le_bytes());
@@ -57,7 +61,9 @@ impl Header {
     /// Decodes the header of a consumed payload, rejecting anything not produced by `run_id`.
     pub fn decode(bytes: &[u8], run_id: u64) -> Result<Header, DecodeError> {
         if bytes.len() < HEADER_BYTES {
-            return Err(DecodeError::TooShort { len_bytes: bytes.len() });
+            return Err(DecodeError::TooShort {
+                len_bytes: bytes.len(),
+            });
         }
         if bytes[..PRODUCER_INDEX_OFFSET] != MAGIC {
             return Err(DecodeError::BadMagic);
@@ -71,7 +77,9 @@ impl Header {
             sequence: u64_at(SEQUENCE_OFFSET),
         };
         if header.run_id != run_id {
-            return Err(DecodeError::OtherRun { run_id: header.run_id });
+            return Err(DecodeError::OtherRun {
+                run_id: header.run_id,
+            });
         }
         Ok(header)
     }
@@ -124,7 +132,12 @@ mod tests {
 
     #[test]
     fn header_round_trips() {
-        let h = Header { producer_index: 7, run_id: 0xABCD, scheduled_ns: 123_456_789, sequence: 42 };
+        let h = Header {
+            producer_index: 7,
+            run_id: 0xABCD,
+            scheduled_ns: 123_456_789,
+            sequence: 42,
+        };
         let mut buf = [0u8; 64];
         h.encode(&mut buf);
         assert_eq!(Header::decode(&buf, 0xABCD), Ok(h));
@@ -132,11 +145,22 @@ mod tests {
 
     #[test]
     fn foreign_payloads_are_rejected() {
-        let h = Header { producer_index: 0, run_id: 1, scheduled_ns: 0, sequence: 0 };
+        let h = Header {
+            producer_index: 0,
+            run_id: 1,
+            scheduled_ns: 0,
+            sequence: 0,
+        };
         let mut buf = [0u8; 32];
         h.encode(&mut buf);
-        assert_eq!(Header::decode(&buf, 2), Err(DecodeError::OtherRun { run_id: 1 }));
-        assert_eq!(Header::decode(&buf[..31], 1), Err(DecodeError::TooShort { len_bytes: 31 }));
+        assert_eq!(
+            Header::decode(&buf, 2),
+            Err(DecodeError::OtherRun { run_id: 1 })
+        );
+        assert_eq!(
+            Header::decode(&buf[..31], 1),
+            Err(DecodeError::TooShort { len_bytes: 31 })
+        );
         buf[0] = b'X';
         assert_eq!(Header::decode(&buf, 1), Err(DecodeError::BadMagic));
     }

@@ -62,7 +62,10 @@ impl Counts {
 
     /// All the ways a scheduled message failed to make it, for the one-number error column.
     pub fn error_msgs(&self) -> u64 {
-        self.queue_full_msgs + self.send_error_msgs + self.delivery_error_msgs + self.consume_error_msgs
+        self.queue_full_msgs
+            + self.send_error_msgs
+            + self.delivery_error_msgs
+            + self.consume_error_msgs
     }
 }
 
@@ -76,7 +79,11 @@ pub struct Second {
 
 impl Second {
     fn new() -> Second {
-        Second { counts: Counts::default(), ack_latency_us: new_histogram(), e2e_latency_us: new_histogram() }
+        Second {
+            counts: Counts::default(),
+            ack_latency_us: new_histogram(),
+            e2e_latency_us: new_histogram(),
+        }
     }
 
     fn add(&mut self, other: &Second) {
@@ -94,7 +101,8 @@ pub fn new_histogram() -> Histogram<u64> {
 
 fn add_histogram(into: &mut Histogram<u64>, from: &Histogram<u64>) {
     // Both are auto-resizing with the same precision, the one case in which `add` cannot fail.
-    into.add(from).expect("auto-resizing histograms of equal precision always add");
+    into.add(from)
+        .expect("auto-resizing histograms of equal precision always add");
 }
 
 fn record_us(h: &mut Histogram<u64>, latency_ns: u64) {
@@ -136,8 +144,15 @@ impl Recorder {
 
     /// As `new`, with second 0 of the series starting at `series_origin_ns`, so that the series
     /// counts whole seconds from the first scheduled slot.
-    pub fn with_origin(series_origin_ns: u64, warmup_ns: u64, series_seconds_max: usize) -> Recorder {
-        assert!(series_origin_ns <= warmup_ns, "warm-up ends before the run starts");
+    pub fn with_origin(
+        series_origin_ns: u64,
+        warmup_ns: u64,
+        series_seconds_max: usize,
+    ) -> Recorder {
+        assert!(
+            series_origin_ns <= warmup_ns,
+            "warm-up ends before the run starts"
+        );
         Recorder {
             warmup_ns,
             series_origin_ns,
@@ -327,7 +342,10 @@ impl LatencySummary {
                 percentile: (v.quantile_iterated_to() * 100.0 * 1e6).round() / 1e6,
                 latency_us: h.highest_equivalent(v.value_iterated_to()),
             };
-            if curve.last().is_some_and(|last| last.percentile == point.percentile) {
+            if curve
+                .last()
+                .is_some_and(|last| last.percentile == point.percentile)
+            {
                 continue;
             }
             curve.push(point);
@@ -366,12 +384,19 @@ mod tests {
         assert!(close(s.latency_us_p50, 5_000), "p50 {}", s.latency_us_p50);
         assert!(close(s.latency_us_p90, 9_000), "p90 {}", s.latency_us_p90);
         assert!(close(s.latency_us_p99, 9_900), "p99 {}", s.latency_us_p99);
-        assert!(close(s.latency_us_p999, 9_990), "p99.9 {}", s.latency_us_p999);
+        assert!(
+            close(s.latency_us_p999, 9_990),
+            "p99.9 {}",
+            s.latency_us_p999
+        );
         assert!(close(s.latency_us_max, 10_000), "max {}", s.latency_us_max);
         assert!((s.latency_us_mean - 5_000.5).abs() < 10.0);
         let last = s.curve.last().unwrap();
         assert_eq!(last.percentile, 100.0);
-        assert!(s.curve.windows(2).all(|w| w[0].percentile < w[1].percentile));
+        assert!(s
+            .curve
+            .windows(2)
+            .all(|w| w[0].percentile < w[1].percentile));
     }
 
     #[test]

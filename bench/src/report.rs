@@ -125,7 +125,9 @@ impl RunResult {
             .iter()
             .enumerate()
             .map(|(i, s)| {
-                let q = |h: &hdrhistogram::Histogram<u64>, quantile: f64| (!h.is_empty()).then(|| h.value_at_quantile(quantile));
+                let q = |h: &hdrhistogram::Histogram<u64>, quantile: f64| {
+                    (!h.is_empty()).then(|| h.value_at_quantile(quantile))
+                };
                 let max = |h: &hdrhistogram::Histogram<u64>| (!h.is_empty()).then(|| h.max());
                 SecondPoint {
                     second: i as u64,
@@ -199,7 +201,10 @@ fn ms(us: u64) -> String {
 
 fn latency_row(name: &str, s: &Option<LatencySummary>) -> String {
     match s {
-        None => format!("{name:<22}{:>9}{:>9}{:>9}{:>9}{:>9}{:>9}{:>11}\n", "-", "-", "-", "-", "-", "-", 0),
+        None => format!(
+            "{name:<22}{:>9}{:>9}{:>9}{:>9}{:>9}{:>9}{:>11}\n",
+            "-", "-", "-", "-", "-", "-", 0
+        ),
         Some(s) => format!(
             "{name:<22}{:>9}{:>9}{:>9}{:>9}{:>9}{:>9}{:>11}\n",
             ms(s.latency_us_p50),
@@ -247,7 +252,10 @@ pub fn table(r: &RunResult) -> String {
             "max rate: latency from hand-off to the client (no schedule)"
         }
     );
-    let offered = r.rates.offered_msgs_per_s.map_or("max".to_string(), |o| format!("{o:.0} msg/s"));
+    let offered = r
+        .rates
+        .offered_msgs_per_s
+        .map_or("max".to_string(), |o| format!("{o:.0} msg/s"));
     let _ = writeln!(
         t,
         "rate: offered {offered}, sent {:.0} msg/s, acked {:.0} msg/s ({:.2} MiB/s), consumed {:.0} msg/s ({:.2} MiB/s)",
@@ -264,7 +272,11 @@ pub fn table(r: &RunResult) -> String {
         c.queue_full_msgs, c.send_error_msgs, c.delivery_error_msgs, c.consume_error_msgs, c.foreign_msgs
     );
     if let Some(cores) = r.broker.cpu_cores_used {
-        let _ = writeln!(t, "broker cpu: {cores:.2} cores (pid {})", r.broker.pid.unwrap_or(0));
+        let _ = writeln!(
+            t,
+            "broker cpu: {cores:.2} cores (pid {})",
+            r.broker.pid.unwrap_or(0)
+        );
     }
     let _ = writeln!(
         t,
@@ -281,8 +293,22 @@ pub fn table(r: &RunResult) -> String {
 }
 
 fn nines_series(name: &str, s: &LatencySummary, colour: &'static str, dashed: bool) -> Series {
-    let points = s.curve.iter().map(|p| (svg::nines_x(p.percentile, s.count), p.latency_us as f64 / 1000.0)).collect();
-    Series { name: name.into(), points, dashed, colour }
+    let points = s
+        .curve
+        .iter()
+        .map(|p| {
+            (
+                svg::nines_x(p.percentile, s.count),
+                p.latency_us as f64 / 1000.0,
+            )
+        })
+        .collect();
+    Series {
+        name: name.into(),
+        points,
+        dashed,
+        colour,
+    }
 }
 
 /// The nines chart of several results: produce→ack solid, end-to-end dashed, one colour each.
@@ -292,10 +318,15 @@ pub fn latency_chart(title: &str, results: &[&RunResult]) -> Chart {
     let mut count_max = 1u64;
     for (i, r) in results.iter().enumerate() {
         let colour = PALETTE[i % PALETTE.len()];
-        let prefix = if results.len() > 1 { format!("{}: ", r.label) } else { String::new() };
-        for (what, summary, dashed) in
-            [("produce→ack", &r.produce_ack_latency, false), ("end-to-end", &r.end_to_end_latency, true)]
-        {
+        let prefix = if results.len() > 1 {
+            format!("{}: ", r.label)
+        } else {
+            String::new()
+        };
+        for (what, summary, dashed) in [
+            ("produce→ack", &r.produce_ack_latency, false),
+            ("end-to-end", &r.end_to_end_latency, true),
+        ] {
             if let Some(s) = summary {
                 y_max_ms = y_max_ms.max(s.latency_us_max as f64 / 1000.0);
                 count_max = count_max.max(s.count);
@@ -304,26 +335,62 @@ pub fn latency_chart(title: &str, results: &[&RunResult]) -> Chart {
         }
     }
     let nines = ((count_max as f64).log10().ceil() as u32 + 1).max(3);
-    Chart { title: title.into(), x: svg::nines_axis(nines), y: Axis::linear_from_zero("latency (ms)", y_max_ms), series }
+    Chart {
+        title: title.into(),
+        x: svg::nines_axis(nines),
+        y: Axis::linear_from_zero("latency (ms)", y_max_ms),
+        series,
+    }
 }
 
 /// Sent, acknowledged and consumed messages per second over the whole run, warm-up included.
 pub fn throughput_chart(r: &RunResult) -> Chart {
     let pick = |f: fn(&SecondPoint) -> u64| -> Vec<(f64, f64)> {
-        r.time_series.iter().map(|p| (p.second as f64 + 0.5, f(p) as f64)).collect()
+        r.time_series
+            .iter()
+            .map(|p| (p.second as f64 + 0.5, f(p) as f64))
+            .collect()
     };
-    let y_max = r.time_series.iter().map(|p| p.sent_msgs.max(p.acked_msgs).max(p.consumed_msgs)).max().unwrap_or(0);
+    let y_max = r
+        .time_series
+        .iter()
+        .map(|p| p.sent_msgs.max(p.acked_msgs).max(p.consumed_msgs))
+        .max()
+        .unwrap_or(0);
     let x_max = r.time_series.len().max(1) as f64;
     let step = (x_max / 10.0).ceil().max(1.0);
-    let ticks = (0..=((x_max / step) as u64)).map(|i| (i as f64 * step, format!("{}", i as f64 * step))).collect();
+    let ticks = (0..=((x_max / step) as u64))
+        .map(|i| (i as f64 * step, format!("{}", i as f64 * step)))
+        .collect();
     Chart {
         title: format!("{}: throughput (warm-up ends at {} s)", r.label, r.warmup_s),
-        x: Axis { label: "time (s)".into(), scale: svg::Scale::Linear, min: 0.0, max: x_max, ticks },
+        x: Axis {
+            label: "time (s)".into(),
+            scale: svg::Scale::Linear,
+            min: 0.0,
+            max: x_max,
+            ticks,
+        },
         y: Axis::linear_from_zero("messages per second", y_max as f64),
         series: vec![
-            Series { name: "sent".into(), points: pick(|p| p.sent_msgs), dashed: false, colour: PALETTE[0] },
-            Series { name: "acked".into(), points: pick(|p| p.acked_msgs), dashed: false, colour: PALETTE[2] },
-            Series { name: "consumed".into(), points: pick(|p| p.consumed_msgs), dashed: true, colour: PALETTE[1] },
+            Series {
+                name: "sent".into(),
+                points: pick(|p| p.sent_msgs),
+                dashed: false,
+                colour: PALETTE[0],
+            },
+            Series {
+                name: "acked".into(),
+                points: pick(|p| p.acked_msgs),
+                dashed: false,
+                colour: PALETTE[2],
+            },
+            Series {
+                name: "consumed".into(),
+                points: pick(|p| p.consumed_msgs),
+                dashed: true,
+                colour: PALETTE[1],
+            },
         ],
     }
 }
@@ -336,17 +403,61 @@ const COMPARE_METRICS: &[Metric] = &[
     ("acked msg/s", |r| Some(r.rates.acked_msgs_per_s)),
     ("acked MiB/s", |r| Some(r.rates.acked_mib_per_s)),
     ("consumed msg/s", |r| Some(r.rates.consumed_msgs_per_s)),
-    ("ack p50 ms", |r| r.produce_ack_latency.as_ref().map(|s| s.latency_us_p50 as f64 / 1e3)),
-    ("ack p90 ms", |r| r.produce_ack_latency.as_ref().map(|s| s.latency_us_p90 as f64 / 1e3)),
-    ("ack p99 ms", |r| r.produce_ack_latency.as_ref().map(|s| s.latency_us_p99 as f64 / 1e3)),
-    ("ack p99.9 ms", |r| r.produce_ack_latency.as_ref().map(|s| s.latency_us_p999 as f64 / 1e3)),
-    ("ack p99.99 ms", |r| r.produce_ack_latency.as_ref().map(|s| s.latency_us_p9999 as f64 / 1e3)),
-    ("ack max ms", |r| r.produce_ack_latency.as_ref().map(|s| s.latency_us_max as f64 / 1e3)),
-    ("e2e p50 ms", |r| r.end_to_end_latency.as_ref().map(|s| s.latency_us_p50 as f64 / 1e3)),
-    ("e2e p99 ms", |r| r.end_to_end_latency.as_ref().map(|s| s.latency_us_p99 as f64 / 1e3)),
-    ("e2e p99.9 ms", |r| r.end_to_end_latency.as_ref().map(|s| s.latency_us_p999 as f64 / 1e3)),
-    ("e2e p99.99 ms", |r| r.end_to_end_latency.as_ref().map(|s| s.latency_us_p9999 as f64 / 1e3)),
-    ("e2e max ms", |r| r.end_to_end_latency.as_ref().map(|s| s.latency_us_max as f64 / 1e3)),
+    ("ack p50 ms", |r| {
+        r.produce_ack_latency
+            .as_ref()
+            .map(|s| s.latency_us_p50 as f64 / 1e3)
+    }),
+    ("ack p90 ms", |r| {
+        r.produce_ack_latency
+            .as_ref()
+            .map(|s| s.latency_us_p90 as f64 / 1e3)
+    }),
+    ("ack p99 ms", |r| {
+        r.produce_ack_latency
+            .as_ref()
+            .map(|s| s.latency_us_p99 as f64 / 1e3)
+    }),
+    ("ack p99.9 ms", |r| {
+        r.produce_ack_latency
+            .as_ref()
+            .map(|s| s.latency_us_p999 as f64 / 1e3)
+    }),
+    ("ack p99.99 ms", |r| {
+        r.produce_ack_latency
+            .as_ref()
+            .map(|s| s.latency_us_p9999 as f64 / 1e3)
+    }),
+    ("ack max ms", |r| {
+        r.produce_ack_latency
+            .as_ref()
+            .map(|s| s.latency_us_max as f64 / 1e3)
+    }),
+    ("e2e p50 ms", |r| {
+        r.end_to_end_latency
+            .as_ref()
+            .map(|s| s.latency_us_p50 as f64 / 1e3)
+    }),
+    ("e2e p99 ms", |r| {
+        r.end_to_end_latency
+            .as_ref()
+            .map(|s| s.latency_us_p99 as f64 / 1e3)
+    }),
+    ("e2e p99.9 ms", |r| {
+        r.end_to_end_latency
+            .as_ref()
+            .map(|s| s.latency_us_p999 as f64 / 1e3)
+    }),
+    ("e2e p99.99 ms", |r| {
+        r.end_to_end_latency
+            .as_ref()
+            .map(|s| s.latency_us_p9999 as f64 / 1e3)
+    }),
+    ("e2e max ms", |r| {
+        r.end_to_end_latency
+            .as_ref()
+            .map(|s| s.latency_us_max as f64 / 1e3)
+    }),
     ("errors", |r| Some(r.counts.error_msgs() as f64)),
     ("broker cpu cores", |r| r.broker.cpu_cores_used),
 ];
@@ -431,10 +542,24 @@ mod tests {
         let back: RunResult = serde_json::from_str(&json).unwrap();
         assert_eq!(back, r);
         let v: serde_json::Value = serde_json::from_str(&json).unwrap();
-        for key in ["schema", "rates", "counts", "produce_ack_latency", "end_to_end_latency", "time_series", "broker"] {
+        for key in [
+            "schema",
+            "rates",
+            "counts",
+            "produce_ack_latency",
+            "end_to_end_latency",
+            "time_series",
+            "broker",
+        ] {
             assert!(!v[key].is_null(), "{key} missing");
         }
-        assert!(v["produce_ack_latency"]["latency_us_max"].as_u64().unwrap().abs_diff(50_000) <= 50);
+        assert!(
+            v["produce_ack_latency"]["latency_us_max"]
+                .as_u64()
+                .unwrap()
+                .abs_diff(50_000)
+                <= 50
+        );
     }
 
     #[test]

@@ -13,7 +13,10 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::cpu::{self, CpuSample};
-use crate::driver::{AckSink, Consumer, ConsumerSpec, Driver, DriverError, Outgoing, Producer, ProducerSpec, TopicSpec};
+use crate::driver::{
+    AckSink, Consumer, ConsumerSpec, Driver, DriverError, Outgoing, Producer, ProducerSpec,
+    TopicSpec,
+};
 use crate::limits;
 use crate::open_loop::{self, LoopEnv, SendOutcome};
 use crate::payload::{self, Header, SplitMix64};
@@ -64,7 +67,10 @@ pub struct RunOutput {
 }
 
 fn now_unix_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 struct RealEnv<'a> {
@@ -90,7 +96,9 @@ impl LoopEnv for RealEnv<'_> {
         let now_ns = self.clock.now_ns();
         let wait_ns = until_ns.saturating_sub(now_ns);
         if wait_ns > SLEEP_THRESHOLD_NS {
-            std::thread::sleep(Duration::from_nanos((wait_ns - SLEEP_THRESHOLD_NS / 2).min(SLEEP_SLICE_NS)));
+            std::thread::sleep(Duration::from_nanos(
+                (wait_ns - SLEEP_THRESHOLD_NS / 2).min(SLEEP_SLICE_NS),
+            ));
         } else if wait_ns > 0 {
             std::thread::yield_now();
         }
@@ -98,8 +106,13 @@ impl LoopEnv for RealEnv<'_> {
 
     fn send(&mut self, slot: u64, scheduled_ns: u64) -> SendOutcome {
         let size = self.workload.message_size.sample(&mut self.rng) as usize;
-        Header { producer_index: self.producer_index, run_id: self.run_id, scheduled_ns, sequence: slot }
-            .encode(&mut self.buf[..size]);
+        Header {
+            producer_index: self.producer_index,
+            run_id: self.run_id,
+            scheduled_ns,
+            sequence: slot,
+        }
+        .encode(&mut self.buf[..size]);
         let key = match self.workload.keys.key_index(slot, &mut self.rng) {
             Some(k) => {
                 self.key.clear();
@@ -109,8 +122,12 @@ impl LoopEnv for RealEnv<'_> {
             }
             None => None,
         };
-        let outcome =
-            self.producer.try_send(&Outgoing { topic: self.topic, key, payload: &self.buf[..size], scheduled_ns });
+        let outcome = self.producer.try_send(&Outgoing {
+            topic: self.topic,
+            key,
+            payload: &self.buf[..size],
+            scheduled_ns,
+        });
         if outcome == SendOutcome::QueueFull && !self.open_loop {
             // In max-rate mode a full queue is the client saying "enough": back off briefly
             // instead of spinning. Open loop never waits here; it keeps its schedule.
@@ -125,7 +142,8 @@ impl LoopEnv for RealEnv<'_> {
 }
 
 fn lock(r: &Mutex<Recorder>) -> std::sync::MutexGuard<'_, Recorder> {
-    r.lock().expect("recorder lock poisoned by a panicked thread")
+    r.lock()
+        .expect("recorder lock poisoned by a panicked thread")
 }
 
 /// Sums one second over all recorders, for the progress line.
@@ -137,7 +155,12 @@ fn second_totals(recorders: &[Arc<Mutex<Recorder>>], index: usize) -> crate::rec
     s
 }
 
-fn progress_line(second: usize, warmup: bool, s: &crate::recorder::Second, cpu: Option<f64>) -> String {
+fn progress_line(
+    second: usize,
+    warmup: bool,
+    s: &crate::recorder::Second,
+    cpu: Option<f64>,
+) -> String {
     let ms = |h: &hdrhistogram::Histogram<u64>| {
         if h.is_empty() {
             "-".to_string()
@@ -173,10 +196,20 @@ pub fn run(driver: &dyn Driver, opts: &RunOptions) -> Result<RunOutput, RunError
 
     // Fresh topic names per run: consumers can start from the earliest offset without reading
     // an earlier run's messages, and runs never disturb each other's partitions.
-    let topics: Vec<String> = (0..w.topics).map(|t| format!("tern-bench-{}-{:08x}-{t}", w.name, run_id as u32)).collect();
-    let specs: Vec<TopicSpec> =
-        topics.iter().map(|name| TopicSpec { name: name.clone(), partitions: w.partitions_per_topic }).collect();
-    driver.ensure_topics(&specs, Duration::from_millis(limits::TOPIC_CREATE_TIMEOUT_MS))?;
+    let topics: Vec<String> = (0..w.topics)
+        .map(|t| format!("tern-bench-{}-{:08x}-{t}", w.name, run_id as u32))
+        .collect();
+    let specs: Vec<TopicSpec> = topics
+        .iter()
+        .map(|name| TopicSpec {
+            name: name.clone(),
+            partitions: w.partitions_per_topic,
+        })
+        .collect();
+    driver.ensure_topics(
+        &specs,
+        Duration::from_millis(limits::TOPIC_CREATE_TIMEOUT_MS),
+    )?;
 
     let clock_cell: Arc<OnceLock<Clock>> = Arc::new(OnceLock::new());
     let stop_consumers = AtomicBool::new(false);
@@ -200,9 +233,11 @@ pub fn run(driver: &dyn Driver, opts: &RunOptions) -> Result<RunOutput, RunError
                 let index = consumer_slots.len() as u32;
                 let partitions = match w.consumer_mode {
                     ConsumerMode::Group => None,
-                    ConsumerMode::Assign => {
-                        Some((0..w.partitions_per_topic).filter(|p| p % w.consumers_per_group == c).collect())
-                    }
+                    ConsumerMode::Assign => Some(
+                        (0..w.partitions_per_topic)
+                            .filter(|p| p % w.consumers_per_group == c)
+                            .collect(),
+                    ),
                 };
                 let spec = ConsumerSpec {
                     index,
@@ -213,7 +248,11 @@ pub fn run(driver: &dyn Driver, opts: &RunOptions) -> Result<RunOutput, RunError
                 };
                 consumer_slots.push(ConsumerSlot {
                     consumer: driver.consumer(&spec)?,
-                    recorder: Arc::new(Mutex::new(Recorder::with_origin(START_LEAD_NS, warmup_ns, series_seconds_max))),
+                    recorder: Arc::new(Mutex::new(Recorder::with_origin(
+                        START_LEAD_NS,
+                        warmup_ns,
+                        series_seconds_max,
+                    ))),
                     assigned: Arc::new(AtomicU64::new(0)),
                     topic_index: t as u32,
                     group_index: g,
@@ -221,12 +260,21 @@ pub fn run(driver: &dyn Driver, opts: &RunOptions) -> Result<RunOutput, RunError
             }
         }
     }
-    let consumer_recorders: Vec<Arc<Mutex<Recorder>>> = consumer_slots.iter().map(|s| s.recorder.clone()).collect();
-    let assigned: Vec<(u32, u32, Arc<AtomicU64>)> =
-        consumer_slots.iter().map(|s| (s.topic_index, s.group_index, s.assigned.clone())).collect();
+    let consumer_recorders: Vec<Arc<Mutex<Recorder>>> =
+        consumer_slots.iter().map(|s| s.recorder.clone()).collect();
+    let assigned: Vec<(u32, u32, Arc<AtomicU64>)> = consumer_slots
+        .iter()
+        .map(|s| (s.topic_index, s.group_index, s.assigned.clone()))
+        .collect();
 
     let producer_recorders: Vec<Arc<Mutex<Recorder>>> = (0..w.producers_total())
-        .map(|_| Arc::new(Mutex::new(Recorder::with_origin(START_LEAD_NS, warmup_ns, series_seconds_max))))
+        .map(|_| {
+            Arc::new(Mutex::new(Recorder::with_origin(
+                START_LEAD_NS,
+                warmup_ns,
+                series_seconds_max,
+            )))
+        })
         .collect();
 
     let mut broker_cpu_cores_series: Vec<Option<f64>> = Vec::new();
@@ -239,27 +287,39 @@ pub fn run(driver: &dyn Driver, opts: &RunOptions) -> Result<RunOutput, RunError
             let clock_cell = clock_cell.clone();
             let stop = &stop_consumers;
             consumer_handles.push(scope.spawn(move || {
-                let ConsumerSlot { mut consumer, recorder, assigned, .. } = slot;
+                let ConsumerSlot {
+                    mut consumer,
+                    recorder,
+                    assigned,
+                    ..
+                } = slot;
                 let mut last_assign_check = Instant::now() - Duration::from_secs(1);
                 while !stop.load(Ordering::Relaxed) && Instant::now() < hard_deadline {
-                    if last_assign_check.elapsed() >= Duration::from_millis(100) && clock_cell.get().is_none() {
+                    if last_assign_check.elapsed() >= Duration::from_millis(100)
+                        && clock_cell.get().is_none()
+                    {
                         // Asking for the assignment takes a lock inside the client, so only
                         // while we wait for the groups to form, not during the measurement.
                         assigned.store(consumer.assigned_partitions(), Ordering::Relaxed);
                         last_assign_check = Instant::now();
                     }
-                    let result = consumer.poll(Duration::from_millis(100), &mut |bytes: &[u8]| {
-                        let Some(clock) = clock_cell.get() else {
-                            // Nothing of this run can arrive before its clock exists.
-                            lock(&recorder).record_consume_error(0, true);
-                            return;
-                        };
-                        let now_ns = clock.now_ns();
-                        match Header::decode(bytes, run_id) {
-                            Ok(h) => lock(&recorder).record_consumed(h.scheduled_ns, now_ns, bytes.len() as u64),
-                            Err(_) => lock(&recorder).record_consume_error(now_ns, true),
-                        }
-                    });
+                    let result =
+                        consumer.poll(Duration::from_millis(100), &mut |bytes: &[u8]| {
+                            let Some(clock) = clock_cell.get() else {
+                                // Nothing of this run can arrive before its clock exists.
+                                lock(&recorder).record_consume_error(0, true);
+                                return;
+                            };
+                            let now_ns = clock.now_ns();
+                            match Header::decode(bytes, run_id) {
+                                Ok(h) => lock(&recorder).record_consumed(
+                                    h.scheduled_ns,
+                                    now_ns,
+                                    bytes.len() as u64,
+                                ),
+                                Err(_) => lock(&recorder).record_consume_error(now_ns, true),
+                            }
+                        });
                     if result.is_err() {
                         let now_ns = clock_cell.get().map(|c| c.now_ns()).unwrap_or(0);
                         lock(&recorder).record_consume_error(now_ns, false);
@@ -271,13 +331,17 @@ pub fn run(driver: &dyn Driver, opts: &RunOptions) -> Result<RunOutput, RunError
         // Wait (bounded) until every group has all partitions of its topic assigned.
         let mut no_partition_assigned = false;
         if !assigned.is_empty() {
-            let deadline = Instant::now() + Duration::from_millis(limits::CONSUMER_ASSIGN_TIMEOUT_MS);
+            let deadline =
+                Instant::now() + Duration::from_millis(limits::CONSUMER_ASSIGN_TIMEOUT_MS);
             loop {
                 let mut per_group: std::collections::BTreeMap<(u32, u32), u64> = Default::default();
                 for (t, g, a) in &assigned {
                     *per_group.entry((*t, *g)).or_default() += a.load(Ordering::Relaxed);
                 }
-                if per_group.values().all(|n| *n >= w.partitions_per_topic as u64) {
+                if per_group
+                    .values()
+                    .all(|n| *n >= w.partitions_per_topic as u64)
+                {
                     break;
                 }
                 if Instant::now() >= deadline {
@@ -300,7 +364,13 @@ pub fn run(driver: &dyn Driver, opts: &RunOptions) -> Result<RunOutput, RunError
         let mut producer_handles = Vec::new();
         for p in 0..producers_total {
             let recorder = producer_recorders[p as usize].clone();
-            let producer = match driver.producer(&ProducerSpec { index: p, workload: w.clone() }, AckSink::new(recorder.clone(), clock)) {
+            let producer = match driver.producer(
+                &ProducerSpec {
+                    index: p,
+                    workload: w.clone(),
+                },
+                AckSink::new(recorder.clone(), clock),
+            ) {
                 Ok(producer) => producer,
                 Err(e) => {
                     // The scope joins every thread before returning: stop them first.
@@ -341,7 +411,10 @@ pub fn run(driver: &dyn Driver, opts: &RunOptions) -> Result<RunOutput, RunError
                     stop,
                 };
                 open_loop::run(&mut pacer, &mut env, &recorder);
-                env.producer.flush(Duration::from_millis(limits::DRAIN_TIMEOUT_MS)).err().map(|e| e.to_string())
+                env.producer
+                    .flush(Duration::from_millis(limits::DRAIN_TIMEOUT_MS))
+                    .err()
+                    .map(|e| e.to_string())
             }));
         }
 
@@ -352,8 +425,11 @@ pub fn run(driver: &dyn Driver, opts: &RunOptions) -> Result<RunOutput, RunError
         let mut cpu_window_end: Option<CpuSample> = None;
         let measure_end_ns = START_LEAD_NS + total_s * 1_000_000_000;
         let mut second_next: u64 = 1;
-        let all_recorders: Vec<Arc<Mutex<Recorder>>> =
-            producer_recorders.iter().chain(consumer_recorders.iter()).cloned().collect();
+        let all_recorders: Vec<Arc<Mutex<Recorder>>> = producer_recorders
+            .iter()
+            .chain(consumer_recorders.iter())
+            .cloned()
+            .collect();
         loop {
             let done = producer_handles.iter().all(|h| h.is_finished());
             let now_ns = clock.now_ns();
@@ -371,7 +447,12 @@ pub fn run(driver: &dyn Driver, opts: &RunOptions) -> Result<RunOutput, RunError
                 broker_cpu_cores_series[index] = cores;
                 cpu_last = cpu_now;
                 if opts.progress {
-                    let line = progress_line(index, (index as u64) < w.warmup_s, &second_totals(&all_recorders, index), cores);
+                    let line = progress_line(
+                        index,
+                        (index as u64) < w.warmup_s,
+                        &second_totals(&all_recorders, index),
+                        cores,
+                    );
                     let mut out = std::io::stdout().lock();
                     let _ = writeln!(out, "{line}");
                     let _ = out.flush();

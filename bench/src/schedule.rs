@@ -40,14 +40,30 @@ impl FixedRate {
     /// producers with phases `k / n` interleave into one evenly spaced stream instead of
     /// sending in bursts of `n`.
     pub fn new(start_ns: u64, msgs_per_s: f64, duration_ns: u64, phase: f64) -> FixedRate {
-        assert!(msgs_per_s > 0.0 && msgs_per_s.is_finite(), "rate must be positive: {msgs_per_s}");
-        assert!((0.0..1.0).contains(&phase), "phase must be in [0, 1): {phase}");
+        assert!(
+            msgs_per_s > 0.0 && msgs_per_s.is_finite(),
+            "rate must be positive: {msgs_per_s}"
+        );
+        assert!(
+            (0.0..1.0).contains(&phase),
+            "phase must be in [0, 1): {phase}"
+        );
         let interval_ns = 1e9 / msgs_per_s;
         let phase_ns = phase * interval_ns;
         // Slots whose scheduled time falls inside [start, start + duration).
         let span_ns = duration_ns as f64 - phase_ns;
-        let slot_count = if span_ns <= 0.0 { 0 } else { (span_ns / interval_ns).ceil() as u64 };
-        FixedRate { start_ns, msgs_per_s, phase_ns, slot_count, slot_next: 0 }
+        let slot_count = if span_ns <= 0.0 {
+            0
+        } else {
+            (span_ns / interval_ns).ceil() as u64
+        };
+        FixedRate {
+            start_ns,
+            msgs_per_s,
+            phase_ns,
+            slot_count,
+            slot_next: 0,
+        }
     }
 
     /// The scheduled instant of `slot`, in nanoseconds since the run started.
@@ -72,7 +88,9 @@ impl FixedRate {
             self.slot_next += 1;
             Poll::Due { slot, scheduled_ns }
         } else {
-            Poll::Wait { until_ns: scheduled_ns }
+            Poll::Wait {
+                until_ns: scheduled_ns,
+            }
         }
     }
 }
@@ -89,7 +107,10 @@ pub struct MaxRate {
 
 impl MaxRate {
     pub fn new(start_ns: u64, duration_ns: u64) -> MaxRate {
-        MaxRate { end_ns: start_ns + duration_ns, slot_next: 0 }
+        MaxRate {
+            end_ns: start_ns + duration_ns,
+            slot_next: 0,
+        }
     }
 
     pub fn poll(&mut self, now_ns: u64) -> Poll {
@@ -98,7 +119,10 @@ impl MaxRate {
         }
         let slot = self.slot_next;
         self.slot_next += 1;
-        Poll::Due { slot, scheduled_ns: now_ns }
+        Poll::Due {
+            slot,
+            scheduled_ns: now_ns,
+        }
     }
 }
 
@@ -132,7 +156,9 @@ pub struct Clock {
 
 impl Clock {
     pub fn start() -> Clock {
-        Clock { base: std::time::Instant::now() }
+        Clock {
+            base: std::time::Instant::now(),
+        }
     }
 
     pub fn now_ns(&self) -> u64 {
@@ -170,7 +196,10 @@ mod tests {
         assert_eq!(times[0], 0);
         for (i, pair) in times.windows(2).enumerate() {
             let gap_ns = pair[1] - pair[0];
-            assert!((99_999..=100_001).contains(&gap_ns), "gap {gap_ns} ns after slot {i}");
+            assert!(
+                (99_999..=100_001).contains(&gap_ns),
+                "gap {gap_ns} ns after slot {i}"
+            );
         }
         // No drift: the last slot is exactly where 9999 intervals put it.
         assert_eq!(*times.last().unwrap(), 999_900_000);
@@ -195,18 +224,59 @@ mod tests {
         assert_eq!(s.poll(0), Poll::Wait { until_ns: 1_000 });
         // We wake 3.5 ms late: three slots are overdue and come out in order, then we wait.
         let now_ns = 1_000 + 3_500_000;
-        assert_eq!(s.poll(now_ns), Poll::Due { slot: 0, scheduled_ns: 1_000 });
-        assert_eq!(s.poll(now_ns), Poll::Due { slot: 1, scheduled_ns: 1_001_000 });
-        assert_eq!(s.poll(now_ns), Poll::Due { slot: 2, scheduled_ns: 2_001_000 });
-        assert_eq!(s.poll(now_ns), Poll::Due { slot: 3, scheduled_ns: 3_001_000 });
-        assert_eq!(s.poll(now_ns), Poll::Wait { until_ns: 4_001_000 });
+        assert_eq!(
+            s.poll(now_ns),
+            Poll::Due {
+                slot: 0,
+                scheduled_ns: 1_000
+            }
+        );
+        assert_eq!(
+            s.poll(now_ns),
+            Poll::Due {
+                slot: 1,
+                scheduled_ns: 1_001_000
+            }
+        );
+        assert_eq!(
+            s.poll(now_ns),
+            Poll::Due {
+                slot: 2,
+                scheduled_ns: 2_001_000
+            }
+        );
+        assert_eq!(
+            s.poll(now_ns),
+            Poll::Due {
+                slot: 3,
+                scheduled_ns: 3_001_000
+            }
+        );
+        assert_eq!(
+            s.poll(now_ns),
+            Poll::Wait {
+                until_ns: 4_001_000
+            }
+        );
     }
 
     #[test]
     fn max_rate_is_always_due_until_the_end() {
         let mut s = MaxRate::new(0, 100);
-        assert_eq!(s.poll(5), Poll::Due { slot: 0, scheduled_ns: 5 });
-        assert_eq!(s.poll(7), Poll::Due { slot: 1, scheduled_ns: 7 });
+        assert_eq!(
+            s.poll(5),
+            Poll::Due {
+                slot: 0,
+                scheduled_ns: 5
+            }
+        );
+        assert_eq!(
+            s.poll(7),
+            Poll::Due {
+                slot: 1,
+                scheduled_ns: 7
+            }
+        );
         assert_eq!(s.poll(100), Poll::Done);
     }
 }

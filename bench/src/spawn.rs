@@ -39,9 +39,17 @@ pub enum SpawnError {
     #[error("cannot start {bin}: {source}")]
     Start { bin: String, source: std::io::Error },
     #[error("the broker exited ({status}) before accepting connections on {addr}; last log lines:\n{log_tail}")]
-    ExitedEarly { status: String, addr: SocketAddr, log_tail: String },
+    ExitedEarly {
+        status: String,
+        addr: SocketAddr,
+        log_tail: String,
+    },
     #[error("the broker did not accept connections on {addr} within {timeout_ms} ms; last log lines:\n{log_tail}")]
-    NotReady { addr: SocketAddr, timeout_ms: u64, log_tail: String },
+    NotReady {
+        addr: SocketAddr,
+        timeout_ms: u64,
+        log_tail: String,
+    },
     #[error("stopping the broker (pid {pid}) failed: {reason}")]
     Stop { pid: u32, reason: String },
 }
@@ -60,7 +68,11 @@ pub fn tern_bin_candidates(explicit: Option<&Path>) -> Vec<PathBuf> {
         if let Some(dir) = exe.parent() {
             out.push(dir.join("tern"));
             // Test binaries live in target/<profile>/deps; the target dir is one level further.
-            let profile_dir = if dir.ends_with("deps") { dir.parent().unwrap_or(dir) } else { dir };
+            let profile_dir = if dir.ends_with("deps") {
+                dir.parent().unwrap_or(dir)
+            } else {
+                dir
+            };
             if let Some(target) = profile_dir.parent() {
                 out.push(target.join("release").join("tern"));
                 out.push(target.join("debug").join("tern"));
@@ -72,9 +84,19 @@ pub fn tern_bin_candidates(explicit: Option<&Path>) -> Vec<PathBuf> {
 
 pub fn find_tern_bin(explicit: Option<&Path>) -> Result<PathBuf, SpawnError> {
     let candidates = tern_bin_candidates(explicit);
-    candidates.iter().find(|p| p.is_file()).cloned().ok_or_else(|| {
-        SpawnError::BinaryNotFound(candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "))
-    })
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .ok_or_else(|| {
+            SpawnError::BinaryNotFound(
+                candidates
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            )
+        })
 }
 
 /// A port the kernel just gave us on 127.0.0.1. It is released before the broker binds it, so
@@ -101,7 +123,9 @@ pub fn pin_current_thread(cpus: &[usize]) -> bool {
 }
 
 pub fn cpu_count() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 pub struct SpawnedBroker {
@@ -116,7 +140,10 @@ impl SpawnedBroker {
     /// Starts `bin serve` on a free port in a fresh temporary directory and waits until it
     /// accepts connections.
     pub fn start(bin: &Path, pin: bool) -> Result<SpawnedBroker, SpawnError> {
-        let data_dir = tempfile::Builder::new().prefix("tern-bench-").tempdir().map_err(SpawnError::TempDir)?;
+        let data_dir = tempfile::Builder::new()
+            .prefix("tern-bench-")
+            .tempdir()
+            .map_err(SpawnError::TempDir)?;
         let port = free_loopback_port()?;
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let log_path = data_dir.path().join("broker.log");
@@ -148,8 +175,16 @@ impl SpawnedBroker {
                 });
             }
         }
-        let child = command.spawn().map_err(|source| SpawnError::Start { bin: bin.display().to_string(), source })?;
-        let mut broker = SpawnedBroker { child: Some(child), addr, log_path, _data_dir: data_dir };
+        let child = command.spawn().map_err(|source| SpawnError::Start {
+            bin: bin.display().to_string(),
+            source,
+        })?;
+        let mut broker = SpawnedBroker {
+            child: Some(child),
+            addr,
+            log_path,
+            _data_dir: data_dir,
+        };
         broker.wait_ready(Duration::from_millis(limits::BROKER_READY_TIMEOUT_MS))?;
         Ok(broker)
     }
@@ -159,7 +194,9 @@ impl SpawnedBroker {
     }
 
     pub fn log_tail(&self) -> String {
-        let Ok(file) = std::fs::File::open(&self.log_path) else { return String::from("(no log)") };
+        let Ok(file) = std::fs::File::open(&self.log_path) else {
+            return String::from("(no log)");
+        };
         let lines: Vec<String> = BufReader::new(file).lines().map_while(Result::ok).collect();
         lines[lines.len().saturating_sub(20)..].join("\n")
     }
@@ -170,7 +207,11 @@ impl SpawnedBroker {
             if let Some(child) = self.child.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
                     self.child = None;
-                    return Err(SpawnError::ExitedEarly { status: status.to_string(), addr: self.addr, log_tail: self.log_tail() });
+                    return Err(SpawnError::ExitedEarly {
+                        status: status.to_string(),
+                        addr: self.addr,
+                        log_tail: self.log_tail(),
+                    });
                 }
             }
             if TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok() {
@@ -190,7 +231,9 @@ impl SpawnedBroker {
     /// SIGTERM, then wait up to the stop timeout for a clean exit, then SIGKILL. Returns whether
     /// the broker exited on its own after SIGTERM.
     pub fn stop(&mut self) -> Result<bool, SpawnError> {
-        let Some(mut child) = self.child.take() else { return Ok(true) };
+        let Some(mut child) = self.child.take() else {
+            return Ok(true);
+        };
         let pid = child.id();
         if let Ok(Some(_)) = child.try_wait() {
             return Ok(true);
@@ -198,18 +241,32 @@ impl SpawnedBroker {
         // SAFETY: kill(2) with the pid of our own unreaped child cannot hit another process:
         // the pid stays ours until we wait on it.
         if unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) } != 0 {
-            return Err(SpawnError::Stop { pid, reason: std::io::Error::last_os_error().to_string() });
+            return Err(SpawnError::Stop {
+                pid,
+                reason: std::io::Error::last_os_error().to_string(),
+            });
         }
         let deadline = Instant::now() + Duration::from_millis(limits::BROKER_STOP_TIMEOUT_MS);
         while Instant::now() < deadline {
             match child.try_wait() {
                 Ok(Some(_)) => return Ok(true),
                 Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-                Err(e) => return Err(SpawnError::Stop { pid, reason: e.to_string() }),
+                Err(e) => {
+                    return Err(SpawnError::Stop {
+                        pid,
+                        reason: e.to_string(),
+                    })
+                }
             }
         }
-        child.kill().map_err(|e| SpawnError::Stop { pid, reason: e.to_string() })?;
-        child.wait().map_err(|e| SpawnError::Stop { pid, reason: e.to_string() })?;
+        child.kill().map_err(|e| SpawnError::Stop {
+            pid,
+            reason: e.to_string(),
+        })?;
+        child.wait().map_err(|e| SpawnError::Stop {
+            pid,
+            reason: e.to_string(),
+        })?;
         Ok(false)
     }
 }
@@ -227,7 +284,10 @@ mod tests {
 
     #[test]
     fn an_explicit_binary_is_the_only_candidate() {
-        assert_eq!(tern_bin_candidates(Some(Path::new("/x/tern"))), vec![PathBuf::from("/x/tern")]);
+        assert_eq!(
+            tern_bin_candidates(Some(Path::new("/x/tern"))),
+            vec![PathBuf::from("/x/tern")]
+        );
     }
 
     #[test]
@@ -239,7 +299,9 @@ mod tests {
     #[test]
     fn a_broker_that_exits_at_once_is_reported_with_its_log() {
         // `false` ignores its arguments and exits 1: a stand-in for a broker that fails to start.
-        let e = SpawnedBroker::start(Path::new("/bin/false"), false).err().expect("must fail");
+        let e = SpawnedBroker::start(Path::new("/bin/false"), false)
+            .err()
+            .expect("must fail");
         assert!(matches!(e, SpawnError::ExitedEarly { .. }), "{e}");
     }
 

@@ -10,7 +10,9 @@
 use std::fmt::Write as _;
 
 /// Line colours, distinguishable and in a stable order (the order of the compared files).
-pub const PALETTE: [&str; 8] = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"];
+pub const PALETTE: [&str; 8] = [
+    "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
+];
 
 const WIDTH_PX: f64 = 900.0;
 const HEIGHT_PX: f64 = 540.0;
@@ -53,14 +55,19 @@ pub struct Chart {
 }
 
 fn escape(text: &str) -> String {
-    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 impl Axis {
     fn fraction(&self, v: f64) -> f64 {
         let f = match self.scale {
             Scale::Linear => (v - self.min) / (self.max - self.min),
-            Scale::Log10 => (v.max(self.min).log10() - self.min.log10()) / (self.max.log10() - self.min.log10()),
+            Scale::Log10 => {
+                (v.max(self.min).log10() - self.min.log10()) / (self.max.log10() - self.min.log10())
+            }
         };
         if f.is_finite() {
             f.clamp(0.0, 1.0)
@@ -77,7 +84,13 @@ impl Axis {
             let v = i as f64 * step;
             (v, format_number(v))
         });
-        Axis { label: label.into(), scale: Scale::Linear, min: 0.0, max, ticks: ticks.collect() }
+        Axis {
+            label: label.into(),
+            scale: Scale::Linear,
+            min: 0.0,
+            max,
+            ticks: ticks.collect(),
+        }
     }
 }
 
@@ -87,7 +100,11 @@ fn nice_step(raw: f64) -> f64 {
         return 1.0;
     }
     let magnitude = 10f64.powf(raw.log10().floor());
-    [1.0, 2.0, 5.0, 10.0].iter().map(|m| m * magnitude).find(|s| *s >= raw).unwrap_or(10.0 * magnitude)
+    [1.0, 2.0, 5.0, 10.0]
+        .iter()
+        .map(|m| m * magnitude)
+        .find(|s| *s >= raw)
+        .unwrap_or(10.0 * magnitude)
 }
 
 fn format_number(v: f64) -> String {
@@ -128,15 +145,38 @@ impl Chart {
         );
         for (v, label) in &self.x.ticks {
             let x = px(*v);
-            let _ = writeln!(s, r##"<line x1="{x:.1}" y1="{MARGIN_TOP_PX}" x2="{x:.1}" y2="{:.1}" stroke="#ddd"/>"##, MARGIN_TOP_PX + plot_h);
+            let _ = writeln!(
+                s,
+                r##"<line x1="{x:.1}" y1="{MARGIN_TOP_PX}" x2="{x:.1}" y2="{:.1}" stroke="#ddd"/>"##,
+                MARGIN_TOP_PX + plot_h
+            );
             // The last tick's label would overflow the right edge if centred.
-            let anchor = if self.x.fraction(*v) >= 1.0 { "end" } else { "middle" };
-            let _ = writeln!(s, r#"<text x="{x:.1}" y="{:.1}" text-anchor="{anchor}">{}</text>"#, MARGIN_TOP_PX + plot_h + 18.0, escape(label));
+            let anchor = if self.x.fraction(*v) >= 1.0 {
+                "end"
+            } else {
+                "middle"
+            };
+            let _ = writeln!(
+                s,
+                r#"<text x="{x:.1}" y="{:.1}" text-anchor="{anchor}">{}</text>"#,
+                MARGIN_TOP_PX + plot_h + 18.0,
+                escape(label)
+            );
         }
         for (v, label) in &self.y.ticks {
             let y = py(*v);
-            let _ = writeln!(s, r##"<line x1="{MARGIN_LEFT_PX}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#ddd"/>"##, MARGIN_LEFT_PX + plot_w);
-            let _ = writeln!(s, r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#, MARGIN_LEFT_PX - 6.0, y + 4.0, escape(label));
+            let _ = writeln!(
+                s,
+                r##"<line x1="{MARGIN_LEFT_PX}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#ddd"/>"##,
+                MARGIN_LEFT_PX + plot_w
+            );
+            let _ = writeln!(
+                s,
+                r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
+                MARGIN_LEFT_PX - 6.0,
+                y + 4.0,
+                escape(label)
+            );
         }
         let _ = writeln!(
             s,
@@ -163,7 +203,11 @@ impl Chart {
                 .filter(|(x, y)| x.is_finite() && y.is_finite())
                 .map(|(x, y)| format!("{:.1},{:.1}", px(*x), py(*y)))
                 .collect();
-            let dash = if series.dashed { r#" stroke-dasharray="6 4""# } else { "" };
+            let dash = if series.dashed {
+                r#" stroke-dasharray="6 4""#
+            } else {
+                ""
+            };
             let _ = writeln!(
                 s,
                 r#"<polyline fill="none" stroke="{}" stroke-width="2"{dash} points="{}"/>"#,
@@ -174,14 +218,24 @@ impl Chart {
         for (i, series) in self.series.iter().enumerate() {
             let y = MARGIN_TOP_PX + 16.0 + i as f64 * 18.0;
             let x = MARGIN_LEFT_PX + 12.0;
-            let dash = if series.dashed { r#" stroke-dasharray="6 4""# } else { "" };
+            let dash = if series.dashed {
+                r#" stroke-dasharray="6 4""#
+            } else {
+                ""
+            };
             let _ = writeln!(
                 s,
                 r#"<line x1="{x:.1}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="{}" stroke-width="2"{dash}/>"#,
                 x + 24.0,
                 series.colour
             );
-            let _ = writeln!(s, r#"<text x="{:.1}" y="{:.1}">{}</text>"#, x + 30.0, y + 4.0, escape(&series.name));
+            let _ = writeln!(
+                s,
+                r#"<text x="{:.1}" y="{:.1}">{}</text>"#,
+                x + 30.0,
+                y + 4.0,
+                escape(&series.name)
+            );
         }
         s.push_str("</svg>\n");
         s
@@ -203,7 +257,13 @@ pub fn nines_axis(nines: u32) -> Axis {
             (x, label)
         })
         .collect();
-    Axis { label: "percentile".into(), scale: Scale::Log10, min: 1.0, max: 10f64.powi(nines as i32), ticks }
+    Axis {
+        label: "percentile".into(),
+        scale: Scale::Log10,
+        min: 1.0,
+        max: 10f64.powi(nines as i32),
+        ticks,
+    }
 }
 
 /// The x coordinate of percentile `p` (0..=100) on a nines axis; p = 100 (the maximum) is put
@@ -228,8 +288,18 @@ mod tests {
             x: nines_axis(4),
             y: Axis::linear_from_zero("latency (ms)", 12.0),
             series: vec![
-                Series { name: "ack".into(), points: vec![(1.0, 1.0), (100.0, 5.0)], dashed: false, colour: PALETTE[0] },
-                Series { name: "e2e".into(), points: vec![(1.0, 2.0), (100.0, 9.0)], dashed: true, colour: PALETTE[1] },
+                Series {
+                    name: "ack".into(),
+                    points: vec![(1.0, 1.0), (100.0, 5.0)],
+                    dashed: false,
+                    colour: PALETTE[0],
+                },
+                Series {
+                    name: "e2e".into(),
+                    points: vec![(1.0, 2.0), (100.0, 9.0)],
+                    dashed: true,
+                    colour: PALETTE[1],
+                },
             ],
         };
         let svg = chart.render();

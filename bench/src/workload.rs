@@ -17,9 +17,18 @@ use crate::payload::SplitMix64;
 
 /// The workloads that ship with the harness: (name, TOML text).
 pub const BUILTIN: &[(&str, &str)] = &[
-    ("latency-10k-1kib", include_str!("../workloads/latency-10k-1kib.toml")),
-    ("throughput-max-1kib", include_str!("../workloads/throughput-max-1kib.toml")),
-    ("many-partitions", include_str!("../workloads/many-partitions.toml")),
+    (
+        "latency-10k-1kib",
+        include_str!("../workloads/latency-10k-1kib.toml"),
+    ),
+    (
+        "throughput-max-1kib",
+        include_str!("../workloads/throughput-max-1kib.toml"),
+    ),
+    (
+        "many-partitions",
+        include_str!("../workloads/many-partitions.toml"),
+    ),
 ];
 
 /// The workload `run` uses when none is given.
@@ -96,9 +105,15 @@ pub enum MessageSize {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "distribution", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum SizeDistribution {
-    Uniform { min_bytes: u32, max_bytes: u32 },
+    Uniform {
+        min_bytes: u32,
+        max_bytes: u32,
+    },
     /// Pick `sizes_bytes[i]` with probability `weights[i] / sum(weights)`.
-    Weighted { sizes_bytes: Vec<u32>, weights: Vec<u32> },
+    Weighted {
+        sizes_bytes: Vec<u32>,
+        weights: Vec<u32>,
+    },
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -143,9 +158,15 @@ pub enum Rate {
 #[derive(Debug, thiserror::Error)]
 pub enum WorkloadError {
     #[error("cannot read workload file {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("workload {path} is not valid TOML for tern-bench: {source}")]
-    Parse { path: String, source: Box<toml::de::Error> },
+    Parse {
+        path: String,
+        source: Box<toml::de::Error>,
+    },
     #[error("no workload file {0:?} and no built-in workload of that name (built-in: {1})")]
     NotFound(String, String),
     #[error("target_rate {0:?}: expected \"N msg/s\", \"N MB/s\", \"N MiB/s\" or \"max\"")]
@@ -163,7 +184,9 @@ impl Rate {
         }
         let (number, unit) = t.split_once(char::is_whitespace).map_or_else(
             || {
-                let at = t.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '_' || c == 'k')).unwrap_or(t.len());
+                let at = t
+                    .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '_' || c == 'k'))
+                    .unwrap_or(t.len());
                 (&t[..at], &t[at..])
             },
             |(n, u)| (n, u.trim()),
@@ -190,12 +213,21 @@ impl MessageSize {
     pub fn mean_bytes(&self) -> f64 {
         match self {
             MessageSize::Fixed(n) => *n as f64,
-            MessageSize::Distribution(SizeDistribution::Uniform { min_bytes, max_bytes }) => {
-                (*min_bytes as f64 + *max_bytes as f64) / 2.0
-            }
-            MessageSize::Distribution(SizeDistribution::Weighted { sizes_bytes, weights }) => {
+            MessageSize::Distribution(SizeDistribution::Uniform {
+                min_bytes,
+                max_bytes,
+            }) => (*min_bytes as f64 + *max_bytes as f64) / 2.0,
+            MessageSize::Distribution(SizeDistribution::Weighted {
+                sizes_bytes,
+                weights,
+            }) => {
                 let total: f64 = weights.iter().map(|w| *w as f64).sum();
-                sizes_bytes.iter().zip(weights).map(|(s, w)| *s as f64 * *w as f64).sum::<f64>() / total
+                sizes_bytes
+                    .iter()
+                    .zip(weights)
+                    .map(|(s, w)| *s as f64 * *w as f64)
+                    .sum::<f64>()
+                    / total
             }
         }
     }
@@ -224,10 +256,14 @@ impl MessageSize {
     pub fn sample(&self, rng: &mut SplitMix64) -> u32 {
         match self {
             MessageSize::Fixed(n) => *n,
-            MessageSize::Distribution(SizeDistribution::Uniform { min_bytes, max_bytes }) => {
-                min_bytes + rng.below((max_bytes - min_bytes) as u64 + 1) as u32
-            }
-            MessageSize::Distribution(SizeDistribution::Weighted { sizes_bytes, weights }) => {
+            MessageSize::Distribution(SizeDistribution::Uniform {
+                min_bytes,
+                max_bytes,
+            }) => min_bytes + rng.below((max_bytes - min_bytes) as u64 + 1) as u32,
+            MessageSize::Distribution(SizeDistribution::Weighted {
+                sizes_bytes,
+                weights,
+            }) => {
                 let total: u64 = weights.iter().map(|w| *w as u64).sum();
                 let mut pick = rng.below(total);
                 for (size, weight) in sizes_bytes.iter().zip(weights) {
@@ -265,8 +301,10 @@ impl Workload {
     pub fn load(path_or_name: &str) -> Result<Workload, WorkloadError> {
         let path = Path::new(path_or_name);
         if path.exists() {
-            let text = std::fs::read_to_string(path)
-                .map_err(|source| WorkloadError::Read { path: path_or_name.into(), source })?;
+            let text = std::fs::read_to_string(path).map_err(|source| WorkloadError::Read {
+                path: path_or_name.into(),
+                source,
+            })?;
             return Workload::parse(&text, path_or_name);
         }
         let name = path_or_name.trim_end_matches(".toml");
@@ -274,14 +312,19 @@ impl Workload {
             Some((n, text)) => Workload::parse(text, n),
             None => {
                 let names: Vec<&str> = BUILTIN.iter().map(|(n, _)| *n).collect();
-                Err(WorkloadError::NotFound(path_or_name.into(), names.join(", ")))
+                Err(WorkloadError::NotFound(
+                    path_or_name.into(),
+                    names.join(", "),
+                ))
             }
         }
     }
 
     pub fn parse(text: &str, origin: &str) -> Result<Workload, WorkloadError> {
-        let w: Workload = toml::from_str(text)
-            .map_err(|source| WorkloadError::Parse { path: origin.into(), source: Box::new(source) })?;
+        let w: Workload = toml::from_str(text).map_err(|source| WorkloadError::Parse {
+            path: origin.into(),
+            source: Box::new(source),
+        })?;
         w.validate()?;
         Ok(w)
     }
@@ -312,20 +355,34 @@ impl Workload {
         if self.topics == 0 || self.topics > limits::TOPICS_MAX {
             return invalid(format!("topics must be 1..={}", limits::TOPICS_MAX));
         }
-        if self.partitions_per_topic == 0 || self.partitions_per_topic > limits::PARTITIONS_PER_TOPIC_MAX {
-            return invalid(format!("partitions_per_topic must be 1..={}", limits::PARTITIONS_PER_TOPIC_MAX));
+        if self.partitions_per_topic == 0
+            || self.partitions_per_topic > limits::PARTITIONS_PER_TOPIC_MAX
+        {
+            return invalid(format!(
+                "partitions_per_topic must be 1..={}",
+                limits::PARTITIONS_PER_TOPIC_MAX
+            ));
         }
         if self.producers_per_topic == 0 || self.producers_total() > limits::PRODUCERS_MAX {
-            return invalid(format!("producers (topics × producers_per_topic) must be 1..={}", limits::PRODUCERS_MAX));
+            return invalid(format!(
+                "producers (topics × producers_per_topic) must be 1..={}",
+                limits::PRODUCERS_MAX
+            ));
         }
         if self.consumer_groups_per_topic > 0 && self.consumers_per_group == 0 {
-            return invalid("consumers_per_group must be at least 1 when there are consumer groups".into());
+            return invalid(
+                "consumers_per_group must be at least 1 when there are consumer groups".into(),
+            );
         }
         if self.consumers_total() > limits::CONSUMERS_MAX {
-            return invalid(format!("consumers in total must be at most {}", limits::CONSUMERS_MAX));
+            return invalid(format!(
+                "consumers in total must be at most {}",
+                limits::CONSUMERS_MAX
+            ));
         }
         let (min, max) = (self.message_size.min_bytes(), self.message_size.max_bytes());
-        if min < limits::MESSAGE_SIZE_BYTES_MIN || max > limits::MESSAGE_SIZE_BYTES_MAX || min > max {
+        if min < limits::MESSAGE_SIZE_BYTES_MIN || max > limits::MESSAGE_SIZE_BYTES_MAX || min > max
+        {
             return invalid(format!(
                 "message sizes must be {}..={} bytes (the first {} hold the latency header)",
                 limits::MESSAGE_SIZE_BYTES_MIN,
@@ -333,28 +390,51 @@ impl Workload {
                 limits::MESSAGE_SIZE_BYTES_MIN
             ));
         }
-        if let MessageSize::Distribution(SizeDistribution::Weighted { sizes_bytes, weights }) = &self.message_size {
-            if sizes_bytes.len() != weights.len() || sizes_bytes.is_empty() || weights.iter().all(|w| *w == 0) {
-                return invalid("weighted sizes need as many weights as sizes, not all zero".into());
+        if let MessageSize::Distribution(SizeDistribution::Weighted {
+            sizes_bytes,
+            weights,
+        }) = &self.message_size
+        {
+            if sizes_bytes.len() != weights.len()
+                || sizes_bytes.is_empty()
+                || weights.iter().all(|w| *w == 0)
+            {
+                return invalid(
+                    "weighted sizes need as many weights as sizes, not all zero".into(),
+                );
             }
         }
         let keys = self.keys.count();
-        if !matches!(self.keys, KeyDistribution::None) && (keys == 0 || keys > limits::KEY_COUNT_MAX) {
+        if !matches!(self.keys, KeyDistribution::None)
+            && (keys == 0 || keys > limits::KEY_COUNT_MAX)
+        {
             return invalid(format!("key count must be 1..={}", limits::KEY_COUNT_MAX));
         }
         if self.duration_s == 0 || self.duration_s + self.warmup_s > limits::DURATION_S_MAX {
-            return invalid(format!("duration_s must be positive and duration_s + warmup_s at most {}", limits::DURATION_S_MAX));
+            return invalid(format!(
+                "duration_s must be positive and duration_s + warmup_s at most {}",
+                limits::DURATION_S_MAX
+            ));
         }
         if let Some(r) = self.offered_msgs_per_s()? {
             if r > limits::RATE_MSGS_PER_S_MAX || r / self.producers_total() as f64 <= 0.0 {
-                return invalid(format!("target rate must be at most {} msg/s", limits::RATE_MSGS_PER_S_MAX));
+                return invalid(format!(
+                    "target rate must be at most {} msg/s",
+                    limits::RATE_MSGS_PER_S_MAX
+                ));
             }
         }
         if !["0", "1", "all", "-1"].contains(&self.acks.as_str()) {
-            return invalid(format!("acks {:?}: expected \"0\", \"1\" or \"all\"", self.acks));
+            return invalid(format!(
+                "acks {:?}: expected \"0\", \"1\" or \"all\"",
+                self.acks
+            ));
         }
         if !["none", "gzip", "snappy", "lz4", "zstd"].contains(&self.compression.as_str()) {
-            return invalid(format!("compression {:?}: expected none, gzip, snappy, lz4 or zstd", self.compression));
+            return invalid(format!(
+                "compression {:?}: expected none, gzip, snappy, lz4 or zstd",
+                self.compression
+            ));
         }
         Ok(())
     }
@@ -416,7 +496,10 @@ mod tests {
         let mut rng = SplitMix64::new(1);
         let samples: Vec<u32> = (0..1000).map(|_| w.message_size.sample(&mut rng)).collect();
         let small = samples.iter().filter(|s| **s == 100).count();
-        assert!((650..850).contains(&small), "{small} of 1000 small, expected about 750");
+        assert!(
+            (650..850).contains(&small),
+            "{small} of 1000 small, expected about 750"
+        );
         assert!(samples.iter().all(|s| *s == 100 || *s == 1000));
         assert!((0..100).all(|i| w.keys.key_index(i, &mut rng).unwrap() < 10));
     }
@@ -426,10 +509,16 @@ mod tests {
         let base = Workload::load("latency-10k-1kib").unwrap();
         type Mutation = Box<dyn Fn(&mut Workload)>;
         let cases: Vec<(&str, Mutation)> = vec![
-            ("size below header", Box::new(|w| w.message_size = MessageSize::Fixed(8))),
+            (
+                "size below header",
+                Box::new(|w| w.message_size = MessageSize::Fixed(8)),
+            ),
             ("zero topics", Box::new(|w| w.topics = 0)),
             ("bad acks", Box::new(|w| w.acks = "2".into())),
-            ("bad compression", Box::new(|w| w.compression = "brotli".into())),
+            (
+                "bad compression",
+                Box::new(|w| w.compression = "brotli".into()),
+            ),
             ("zero duration", Box::new(|w| w.duration_s = 0)),
             ("bad rate", Box::new(|w| w.target_rate = "lots".into())),
         ];

@@ -15,7 +15,10 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tern_bench::driver::{AckSink, Consumer, ConsumerSpec, Driver, DriverError, Outgoing, Producer, ProducerSpec, TopicSpec};
+use tern_bench::driver::{
+    AckSink, Consumer, ConsumerSpec, Driver, DriverError, Outgoing, Producer, ProducerSpec,
+    TopicSpec,
+};
 use tern_bench::open_loop::SendOutcome;
 use tern_bench::report::{RunContext, RunResult};
 use tern_bench::runner::{self, RunOptions};
@@ -42,7 +45,9 @@ impl Producer for MemProducer {
             q.lock().unwrap().push_back(msg.payload.to_vec());
         }
         self.acks.acked(msg.scheduled_ns, msg.payload.len() as u64);
-        SendOutcome::Sent { len_bytes: msg.payload.len() as u64 }
+        SendOutcome::Sent {
+            len_bytes: msg.payload.len() as u64,
+        }
     }
     fn flush(&mut self, _timeout: Duration) -> Result<(), DriverError> {
         Ok(())
@@ -55,7 +60,11 @@ struct MemConsumer {
 }
 
 impl Consumer for MemConsumer {
-    fn poll(&mut self, timeout: Duration, on_payload: &mut dyn FnMut(&[u8])) -> Result<bool, DriverError> {
+    fn poll(
+        &mut self,
+        timeout: Duration,
+        on_payload: &mut dyn FnMut(&[u8]),
+    ) -> Result<bool, DriverError> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(payload) = self.queue.lock().unwrap().pop_front() {
@@ -87,13 +96,32 @@ impl Driver for MemHandle {
         }
         Ok(())
     }
-    fn producer(&self, _spec: &ProducerSpec, acks: AckSink) -> Result<Box<dyn Producer>, DriverError> {
-        Ok(Box::new(MemProducer { driver: self.0.clone(), acks }))
+    fn producer(
+        &self,
+        _spec: &ProducerSpec,
+        acks: AckSink,
+    ) -> Result<Box<dyn Producer>, DriverError> {
+        Ok(Box::new(MemProducer {
+            driver: self.0.clone(),
+            acks,
+        }))
     }
     fn consumer(&self, spec: &ConsumerSpec) -> Result<Box<dyn Consumer>, DriverError> {
         let queue: Queue = Default::default();
-        self.0.queues.lock().unwrap().entry(spec.topic.clone()).or_default().push(queue.clone());
-        let partitions = *self.0.partitions.lock().unwrap().get(&spec.topic).expect("topic created first") as u64;
+        self.0
+            .queues
+            .lock()
+            .unwrap()
+            .entry(spec.topic.clone())
+            .or_default()
+            .push(queue.clone());
+        let partitions = *self
+            .0
+            .partitions
+            .lock()
+            .unwrap()
+            .get(&spec.topic)
+            .expect("topic created first") as u64;
         Ok(Box::new(MemConsumer { queue, partitions }))
     }
 }
@@ -117,11 +145,24 @@ fn a_run_through_an_in_memory_driver_measures_every_scheduled_message() {
     )
     .unwrap();
     let driver = MemHandle(Arc::new(MemDriver::default()));
-    let out = runner::run(&driver, &RunOptions { workload: w.clone(), broker_pid: Some(std::process::id()), progress: false })
-        .unwrap();
+    let out = runner::run(
+        &driver,
+        &RunOptions {
+            workload: w.clone(),
+            broker_pid: Some(std::process::id()),
+            progress: false,
+        },
+    )
+    .unwrap();
     assert!(out.notes.is_empty(), "notes: {:?}", out.notes);
 
-    let ctx = RunContext { label: None, driver: "in-memory".into(), bootstrap: "-".into(), spawned: false, broker_pid: Some(std::process::id()) };
+    let ctx = RunContext {
+        label: None,
+        driver: "in-memory".into(),
+        bootstrap: "-".into(),
+        spawned: false,
+        broker_pid: Some(std::process::id()),
+    };
     let r = RunResult::from_output(&w, &out, &ctx);
     // 2000 msg/s for 1 s after 1 s of warm-up: exactly 2000 slots in the window, 2000 in warm-up.
     assert_eq!(r.counts.sent_msgs, 2_000);
@@ -139,5 +180,8 @@ fn a_run_through_an_in_memory_driver_measures_every_scheduled_message() {
     assert_eq!(e2e.count, 4_000);
     assert!(r.time_series.len() >= 2);
     assert!(r.time_series[0].warmup && !r.time_series[1].warmup);
-    assert!(r.broker.cpu_cores_used.is_some(), "CPU of the given pid was not sampled");
+    assert!(
+        r.broker.cpu_cores_used.is_some(),
+        "CPU of the given pid was not sampled"
+    );
 }

@@ -23,7 +23,11 @@ fn tern_bin() -> PathBuf {
         None => panic!(
             "the tern broker binary was not found (looked in: {}). Build it with \
              `cargo build -p tern` or set TERN_BIN=/path/to/tern",
-            candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+            candidates
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
     }
 }
@@ -33,8 +37,24 @@ fn a_two_second_spawned_run_writes_a_complete_result() {
     let bin = tern_bin();
     let out = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_tern-bench"))
-        .args(["run", "--spawn", "--workload", "latency-10k-1kib", "--duration-s", "2", "--warmup-s", "0"])
-        .args(["--rate", "1000 msg/s", "--partitions", "4", "--label", "e2e-test"])
+        .args([
+            "run",
+            "--spawn",
+            "--workload",
+            "latency-10k-1kib",
+            "--duration-s",
+            "2",
+            "--warmup-s",
+            "0",
+        ])
+        .args([
+            "--rate",
+            "1000 msg/s",
+            "--partitions",
+            "4",
+            "--label",
+            "e2e-test",
+        ])
         // Direct assignment: this test is about the harness, so it should need no more of the
         // broker than produce and fetch; group coordination has its own tests in `tests/`.
         .args(["--consumer-mode", "assign"])
@@ -61,21 +81,31 @@ fn a_two_second_spawned_run_writes_a_complete_result() {
     let output = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(status.success(), "tern-bench failed ({status}).\nstdout:\n{stdout}\nstderr:\n{stderr}");
-    assert!(stdout.contains("produce→ack"), "no table on stdout:\n{stdout}");
+    assert!(
+        status.success(),
+        "tern-bench failed ({status}).\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(
+        stdout.contains("produce→ack"),
+        "no table on stdout:\n{stdout}"
+    );
 
     let json_path = std::fs::read_dir(out.path())
         .unwrap()
         .map(|e| e.unwrap().path())
         .find(|p| p.extension().is_some_and(|e| e == "json"))
         .expect("a result JSON file in the output directory");
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
 
     assert_eq!(v["schema"], "tern-bench.result.v1");
     assert_eq!(v["label"], "e2e-test");
     assert_eq!(v["broker"]["spawned"], true);
     assert!(v["broker"]["pid"].as_u64().is_some());
-    assert!(v["broker"]["cpu_cores_used"].as_f64().is_some(), "broker CPU missing");
+    assert!(
+        v["broker"]["cpu_cores_used"].as_f64().is_some(),
+        "broker CPU missing"
+    );
     assert_eq!(v["rates"]["offered_msgs_per_s"].as_f64(), Some(1000.0));
     let acked = v["counts"]["acked_msgs"].as_u64().unwrap();
     assert!(acked >= 1_900, "only {acked} of 2000 messages acknowledged");
@@ -83,14 +113,37 @@ fn a_two_second_spawned_run_writes_a_complete_result() {
     for section in ["produce_ack_latency", "end_to_end_latency"] {
         let s = &v[section];
         assert!(s["count"].as_u64().unwrap() > 0, "{section} has no samples");
-        for field in ["latency_us_p50", "latency_us_p90", "latency_us_p99", "latency_us_p999", "latency_us_p9999", "latency_us_max"] {
+        for field in [
+            "latency_us_p50",
+            "latency_us_p90",
+            "latency_us_p99",
+            "latency_us_p999",
+            "latency_us_p9999",
+            "latency_us_max",
+        ] {
             assert!(s[field].as_u64().is_some(), "{section}.{field} missing");
         }
-        assert!(!s["curve"].as_array().unwrap().is_empty(), "{section}.curve empty");
+        assert!(
+            !s["curve"].as_array().unwrap().is_empty(),
+            "{section}.curve empty"
+        );
     }
-    assert!(v["time_series"].as_array().unwrap().len() >= 2, "time series shorter than the run");
-    for file in ["result_json", "histogram_log", "latency_svg", "throughput_svg"] {
-        let p = v["files"][file].as_str().unwrap_or_else(|| panic!("files.{file} missing"));
-        assert!(std::path::Path::new(p).is_file(), "{file} {p} was not written");
+    assert!(
+        v["time_series"].as_array().unwrap().len() >= 2,
+        "time series shorter than the run"
+    );
+    for file in [
+        "result_json",
+        "histogram_log",
+        "latency_svg",
+        "throughput_svg",
+    ] {
+        let p = v["files"][file]
+            .as_str()
+            .unwrap_or_else(|| panic!("files.{file} missing"));
+        assert!(
+            std::path::Path::new(p).is_file(),
+            "{file} {p} was not written"
+        );
     }
 }

@@ -24,11 +24,18 @@ fn every_source_file_starts_with_a_module_comment() {
     for dir in ["src", "tests"] {
         rust_files(&root.join(dir), &mut files);
     }
-    assert!(files.len() > 10, "found only {} files; is the walk broken?", files.len());
+    assert!(
+        files.len() > 10,
+        "found only {} files; is the walk broken?",
+        files.len()
+    );
     let missing: Vec<String> = files
         .iter()
         .filter(|f| !std::fs::read_to_string(f).unwrap().starts_with("//!"))
         .map(|f| f.display().to_string())
         .collect();
-    assert!(missing.is_empty(), "files without a //! header: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "files without a //! header: {missing:?}"
+    );
 }

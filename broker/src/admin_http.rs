@@ -80,7 +80,10 @@ pub async fn serve(shard: Rc<Shard>, listener: TcpListener) {
 pub async fn gather(shard: &Rc<Shard>) -> Vec<ShardSample> {
     let mut samples = Vec::with_capacity(shard.count);
     for target in 0..shard.count {
-        if let Ok(sample) = shard.invoke_on(target, |shard| async move { shard.sample() }).await {
+        if let Ok(sample) = shard
+            .invoke_on(target, |shard| async move { shard.sample() })
+            .await
+        {
             samples.push(sample);
         }
     }
@@ -89,24 +92,105 @@ pub async fn gather(shard: &Rc<Shard>) -> Vec<ShardSample> {
 
 fn render(samples: &[ShardSample]) -> String {
     let mut out = String::new();
-    let metric = |out: &mut String, name: &str, kind: &str, help: &str, value: &dyn Fn(&ShardSample) -> u64| {
+    let metric = |out: &mut String,
+                  name: &str,
+                  kind: &str,
+                  help: &str,
+                  value: &dyn Fn(&ShardSample) -> u64| {
         let _ = writeln!(out, "# HELP tern_{name} {help}");
         let _ = writeln!(out, "# TYPE tern_{name} {kind}");
         for sample in samples {
-            let _ = writeln!(out, "tern_{name}{{shard=\"{}\"}} {}", sample.shard, value(sample));
+            let _ = writeln!(
+                out,
+                "tern_{name}{{shard=\"{}\"}} {}",
+                sample.shard,
+                value(sample)
+            );
         }
     };
-    metric(&mut out, "connections_accepted_total", "counter", "Kafka connections accepted.", &|s| s.connections_accepted);
-    metric(&mut out, "connections_open", "gauge", "Kafka connections open.", &|s| s.open_connections);
-    metric(&mut out, "requests_total", "counter", "Kafka requests read.", &|s| s.requests);
-    metric(&mut out, "malformed_requests_total", "counter", "Requests that closed their connection.", &|s| s.malformed_requests);
-    metric(&mut out, "fetch_response_record_bytes_total", "counter", "Record bytes placed in Fetch responses by reference.", &|s| s.fetch_bytes_referenced);
-    metric(&mut out, "partitions", "gauge", "Partition replicas owned.", &|s| s.partitions);
-    metric(&mut out, "log_read_bytes_zero_copy_total", "counter", "Bytes read from tail caches without copying.", &|s| s.log_bytes_zero_copy);
-    metric(&mut out, "log_read_bytes_copied_total", "counter", "Bytes read from disk (copied once out of the DMA buffer).", &|s| s.log_bytes_copied);
-    metric(&mut out, "log_appends_total", "counter", "Log appends.", &|s| s.log_appends);
-    metric(&mut out, "log_written_bytes_total", "counter", "Bytes written to segment files.", &|s| s.log_bytes_written);
-    metric(&mut out, "log_fdatasyncs_total", "counter", "fdatasync calls (group commit shares one among many appends).", &|s| s.log_fdatasyncs);
-    metric(&mut out, "log_tail_cache_bytes", "gauge", "Bytes held in tail caches.", &|s| s.log_tail_cache_bytes);
+    metric(
+        &mut out,
+        "connections_accepted_total",
+        "counter",
+        "Kafka connections accepted.",
+        &|s| s.connections_accepted,
+    );
+    metric(
+        &mut out,
+        "connections_open",
+        "gauge",
+        "Kafka connections open.",
+        &|s| s.open_connections,
+    );
+    metric(
+        &mut out,
+        "requests_total",
+        "counter",
+        "Kafka requests read.",
+        &|s| s.requests,
+    );
+    metric(
+        &mut out,
+        "malformed_requests_total",
+        "counter",
+        "Requests that closed their connection.",
+        &|s| s.malformed_requests,
+    );
+    metric(
+        &mut out,
+        "fetch_response_record_bytes_total",
+        "counter",
+        "Record bytes placed in Fetch responses by reference.",
+        &|s| s.fetch_bytes_referenced,
+    );
+    metric(
+        &mut out,
+        "partitions",
+        "gauge",
+        "Partition replicas owned.",
+        &|s| s.partitions,
+    );
+    metric(
+        &mut out,
+        "log_read_bytes_zero_copy_total",
+        "counter",
+        "Bytes read from tail caches without copying.",
+        &|s| s.log_bytes_zero_copy,
+    );
+    metric(
+        &mut out,
+        "log_read_bytes_copied_total",
+        "counter",
+        "Bytes read from disk (copied once out of the DMA buffer).",
+        &|s| s.log_bytes_copied,
+    );
+    metric(
+        &mut out,
+        "log_appends_total",
+        "counter",
+        "Log appends.",
+        &|s| s.log_appends,
+    );
+    metric(
+        &mut out,
+        "log_written_bytes_total",
+        "counter",
+        "Bytes written to segment files.",
+        &|s| s.log_bytes_written,
+    );
+    metric(
+        &mut out,
+        "log_fdatasyncs_total",
+        "counter",
+        "fdatasync calls (group commit shares one among many appends).",
+        &|s| s.log_fdatasyncs,
+    );
+    metric(
+        &mut out,
+        "log_tail_cache_bytes",
+        "gauge",
+        "Bytes held in tail caches.",
+        &|s| s.log_tail_cache_bytes,
+    );
     out
 }

@@ -111,7 +111,10 @@ impl BrokerConfig {
     pub fn advertised_host_port(&self) -> (String, i32) {
         match &self.advertised {
             Some(advertised) => match advertised.rsplit_once(':') {
-                Some((host, port)) => (host.to_owned(), port.parse().unwrap_or(i32::from(self.listen.port()))),
+                Some((host, port)) => (
+                    host.to_owned(),
+                    port.parse().unwrap_or(i32::from(self.listen.port())),
+                ),
                 None => (advertised.clone(), i32::from(self.listen.port())),
             },
             None => (self.listen.ip().to_string(), i32::from(self.listen.port())),
@@ -145,7 +148,9 @@ pub struct FileConfig {
 
 impl FileConfig {
     pub fn load(path: &std::path::Path) -> Result<FileConfig, String> {
-        let text = std::fs::read_to_string(path).map_err(|error| format!("cannot read {}: {error}", path.display()))?;
-        toml::from_str(&text).map_err(|error| format!("invalid config file {}: {error}", path.display()))
+        let text = std::fs::read_to_string(path)
+            .map_err(|error| format!("cannot read {}: {error}", path.display()))?;
+        toml::from_str(&text)
+            .map_err(|error| format!("invalid config file {}: {error}", path.display()))
     }
 }

@@ -48,8 +48,11 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     let fd = stream.as_raw_fd();
     let registration = shard.register_connection(fd);
     let (mut reader, mut writer) = stream.split();
-    let (queue_tx, queue_rx) = local_channel::new_bounded::<glommio::Task<Outcome>>(shard.config.limits.in_flight_max);
-    let budget = Rc::new(Semaphore::new(shard.config.limits.buffered_bytes_max as u64));
+    let (queue_tx, queue_rx) =
+        local_channel::new_bounded::<glommio::Task<Outcome>>(shard.config.limits.in_flight_max);
+    let budget = Rc::new(Semaphore::new(
+        shard.config.limits.buffered_bytes_max as u64,
+    ));
 
     let writer_task = glommio::spawn_local(async move {
         while let Some(task) = queue_rx.recv().await {
@@ -82,14 +85,19 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         let size = match frame::check_frame_size(declared, shard.config.limits.request_bytes_max) {
             Ok(size) => size,
             Err(error) => {
-                shard.stats.malformed_requests.set(shard.stats.malformed_requests.get() + 1);
+                shard
+                    .stats
+                    .malformed_requests
+                    .set(shard.stats.malformed_requests.get() + 1);
                 tracing::warn!(?peer, %error, "rejecting frame; closing connection");
                 break;
             }
         };
         // Wait for budget before buffering the body, so a burst of large frames cannot
         // exceed the per-connection memory bound.
-        let Ok(permit) = budget.clone().acquire_static_permit(size as u64).await else { break };
+        let Ok(permit) = budget.clone().acquire_static_permit(size as u64).await else {
+            break;
+        };
         if !fill(&mut reader, &mut buffer, 4 + size).await {
             break;
         }
@@ -123,7 +131,11 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
 }
 
 /// Reads until `buffer` holds at least `wanted` bytes; false on EOF or error.
-async fn fill<R: futures::AsyncRead + Unpin>(reader: &mut R, buffer: &mut BytesMut, wanted: usize) -> bool {
+async fn fill<R: futures::AsyncRead + Unpin>(
+    reader: &mut R,
+    buffer: &mut BytesMut,
+    wanted: usize,
+) -> bool {
     while buffer.len() < wanted {
         let start = buffer.len();
         let chunk = READ_CHUNK_BYTES.max(wanted - start);

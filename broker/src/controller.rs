@@ -39,7 +39,11 @@ pub enum ControllerError {
 
 impl Controller {
     pub fn new(data_dir: &Path) -> Controller {
-        Controller { dir: data_dir.join(METADATA_DIR), serial: Semaphore::new(1), producer_ids: std::cell::RefCell::new(0..0) }
+        Controller {
+            dir: data_dir.join(METADATA_DIR),
+            serial: Semaphore::new(1),
+            producer_ids: std::cell::RefCell::new(0..0),
+        }
     }
 
     /// Hands out a producer id that no earlier run of this cluster has used.
@@ -47,7 +51,13 @@ impl Controller {
         if let Some(id) = self.producer_ids.borrow_mut().next() {
             return Ok(id);
         }
-        self.execute(shard, vec![Command::AllocateProducerIds { count: PRODUCER_ID_BLOCK }]).await?;
+        self.execute(
+            shard,
+            vec![Command::AllocateProducerIds {
+                count: PRODUCER_ID_BLOCK,
+            }],
+        )
+        .await?;
         let end = shard.image().producer_id_next;
         let mut block = self.producer_ids.borrow_mut();
         if block.is_empty() {
@@ -63,7 +73,11 @@ impl Controller {
         shard: &Rc<Shard>,
         commands: Vec<Command>,
     ) -> Result<Vec<Result<(), MetadataError>>, ControllerError> {
-        let _permit = self.serial.acquire_permit(1).await.map_err(|_| ControllerError::ShardUnavailable)?;
+        let _permit = self
+            .serial
+            .acquire_permit(1)
+            .await
+            .map_err(|_| ControllerError::ShardUnavailable)?;
         let mut image = (*shard.image()).clone();
         let mut results = Vec::with_capacity(commands.len());
         let mut changed = false;
@@ -86,13 +100,16 @@ impl Controller {
 
     async fn persist(&self, image: &MetadataImage) -> Result<(), ControllerError> {
         let error = |e: glommio::GlommioError<()>| ControllerError::Persist(e.to_string());
-        let json = serde_json::to_vec_pretty(image).map_err(|e| ControllerError::Persist(e.to_string()))?;
+        let json = serde_json::to_vec_pretty(image)
+            .map_err(|e| ControllerError::Persist(e.to_string()))?;
         let tmp = self.dir.join(format!("{IMAGE_FILE}.tmp"));
         let file = BufferedFile::create(&tmp).await.map_err(error)?;
         file.write_at(json, 0).await.map_err(error)?;
         file.fdatasync().await.map_err(error)?;
         file.close().await.map_err(error)?;
-        glommio::io::rename(&tmp, self.dir.join(IMAGE_FILE)).await.map_err(error)?;
+        glommio::io::rename(&tmp, self.dir.join(IMAGE_FILE))
+            .await
+            .map_err(error)?;
         let dir = Directory::open(&self.dir).await.map_err(error)?;
         dir.sync().await.map_err(error)?;
         dir.close().await.map_err(error)?;
@@ -101,11 +118,16 @@ impl Controller {
 }
 
 /// Gives every shard `image` and waits for all of them to open or drop their partitions.
-pub async fn broadcast(shard: &Rc<Shard>, image: Arc<MetadataImage>) -> Result<(), ControllerError> {
+pub async fn broadcast(
+    shard: &Rc<Shard>,
+    image: Arc<MetadataImage>,
+) -> Result<(), ControllerError> {
     for target in 0..shard.count {
         let image = image.clone();
         shard
-            .invoke_on(target, move |shard| async move { shard.apply_image(image).await })
+            .invoke_on(target, move |shard| async move {
+                shard.apply_image(image).await
+            })
             .await
             .map_err(|_| ControllerError::ShardUnavailable)?;
     }
@@ -131,8 +153,12 @@ pub fn store_image_blocking(data_dir: &Path, image: &MetadataImage) -> Result<()
     let tmp = dir.join(format!("{IMAGE_FILE}.tmp"));
     let json = serde_json::to_vec_pretty(image).map_err(|e| e.to_string())?;
     std::fs::write(&tmp, json).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
-    std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| e.to_string())?;
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| e.to_string())?;
     std::fs::rename(&tmp, dir.join(IMAGE_FILE)).map_err(|e| e.to_string())?;
-    std::fs::File::open(&dir).and_then(|f| f.sync_all()).map_err(|e| e.to_string())?;
+    std::fs::File::open(&dir)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| e.to_string())?;
     Ok(())
 }

@@ -38,9 +38,14 @@ struct Session {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Plan {
     /// Answer every partition named in the request; `session_id` is 0 for sessionless fetches.
-    Full { session_id: i32 },
+    Full {
+        session_id: i32,
+    },
     /// Answer the session's partitions that have news.
-    Incremental { session_id: i32, partitions: Vec<SessionPartition> },
+    Incremental {
+        session_id: i32,
+        partitions: Vec<SessionPartition>,
+    },
     Error(ErrorCode),
 }
 
@@ -57,7 +62,10 @@ const INITIAL_EPOCH: i32 = 0;
 
 impl FetchSessions {
     pub fn new(shard: u32) -> Self {
-        FetchSessions { shard, ..Default::default() }
+        FetchSessions {
+            shard,
+            ..Default::default()
+        }
     }
 
     fn new_id(&mut self) -> i32 {
@@ -95,14 +103,25 @@ impl FetchSessions {
                     return Plan::Full { session_id: 0 };
                 }
                 if self.sessions.len() >= SESSIONS_PER_SHARD_MAX {
-                    let oldest = self.sessions.iter().min_by_key(|(_, s)| s.used).map(|(id, _)| *id);
+                    let oldest = self
+                        .sessions
+                        .iter()
+                        .min_by_key(|(_, s)| s.used)
+                        .map(|(id, _)| *id);
                     if let Some(oldest) = oldest {
                         self.sessions.remove(&oldest);
                     }
                 }
                 let id = self.new_id();
                 let partitions = requested.to_vec();
-                self.sessions.insert(id, Session { partitions, next_epoch: 1, used: self.clock });
+                self.sessions.insert(
+                    id,
+                    Session {
+                        partitions,
+                        next_epoch: 1,
+                        used: self.clock,
+                    },
+                );
                 Plan::Full { session_id: id }
             }
             epoch => {
@@ -111,30 +130,57 @@ impl FetchSessions {
                 if epoch != session.next_epoch {
                     return Plan::Error(error_code::INVALID_FETCH_SESSION_EPOCH);
                 }
-                session.next_epoch = if session.next_epoch == i32::MAX { 1 } else { session.next_epoch + 1 };
+                session.next_epoch = if session.next_epoch == i32::MAX {
+                    1
+                } else {
+                    session.next_epoch + 1
+                };
                 session.used = clock;
-                session.partitions.retain(|p| !forgotten.iter().any(|(t, i)| *t == p.topic && *i == p.partition));
+                session.partitions.retain(|p| {
+                    !forgotten
+                        .iter()
+                        .any(|(t, i)| *t == p.topic && *i == p.partition)
+                });
                 for update in requested {
-                    let position = session.partitions.iter().position(|p| p.topic == update.topic && p.partition == update.partition);
+                    let position = session
+                        .partitions
+                        .iter()
+                        .position(|p| p.topic == update.topic && p.partition == update.partition);
                     match position {
                         Some(index) => {
                             let existing = &mut session.partitions[index];
                             existing.fetch_offset = update.fetch_offset;
                             existing.max_bytes = update.max_bytes;
                         }
-                        None if session.partitions.len() < SESSION_PARTITIONS_MAX => session.partitions.push(update.clone()),
+                        None if session.partitions.len() < SESSION_PARTITIONS_MAX => {
+                            session.partitions.push(update.clone())
+                        }
                         None => {}
                     }
                 }
-                Plan::Incremental { session_id, partitions: session.partitions.clone() }
+                Plan::Incremental {
+                    session_id,
+                    partitions: session.partitions.clone(),
+                }
             }
         }
     }
 
     /// Records what a response told the client about a partition.
-    pub fn told(&mut self, session_id: i32, topic: &str, partition: i32, high_watermark: i64, log_start_offset: i64) {
+    pub fn told(
+        &mut self,
+        session_id: i32,
+        topic: &str,
+        partition: i32,
+        high_watermark: i64,
+        log_start_offset: i64,
+    ) {
         if let Some(session) = self.sessions.get_mut(&session_id) {
-            if let Some(p) = session.partitions.iter_mut().find(|p| p.topic == topic && p.partition == partition) {
+            if let Some(p) = session
+                .partitions
+                .iter_mut()
+                .find(|p| p.topic == topic && p.partition == partition)
+            {
                 p.high_watermark = high_watermark;
                 p.log_start_offset = log_start_offset;
             }
@@ -147,27 +193,55 @@ mod tests {
     use super::*;
 
     fn part(partition: i32, fetch_offset: i64) -> SessionPartition {
-        SessionPartition { topic: "t".into(), partition, fetch_offset, max_bytes: 1024, high_watermark: -1, log_start_offset: -1 }
+        SessionPartition {
+            topic: "t".into(),
+            partition,
+            fetch_offset,
+            max_bytes: 1024,
+            high_watermark: -1,
+            log_start_offset: -1,
+        }
     }
 
     #[test]
     fn session_lifecycle_follows_kip_227() {
         let mut sessions = FetchSessions::new(1);
-        let Plan::Full { session_id } = sessions.plan(0, 0, &[part(0, 0), part(1, 0)], &[]) else { panic!() };
+        let Plan::Full { session_id } = sessions.plan(0, 0, &[part(0, 0), part(1, 0)], &[]) else {
+            panic!()
+        };
         assert!(session_id > 0);
-        let Plan::Incremental { partitions, .. } = sessions.plan(session_id, 1, &[part(0, 5)], &[]) else { panic!() };
+        let Plan::Incremental { partitions, .. } = sessions.plan(session_id, 1, &[part(0, 5)], &[])
+        else {
+            panic!()
+        };
         assert_eq!(partitions, vec![part(0, 5), part(1, 0)]);
-        let Plan::Incremental { partitions, .. } = sessions.plan(session_id, 2, &[], &[("t".into(), 1)]) else { panic!() };
+        let Plan::Incremental { partitions, .. } =
+            sessions.plan(session_id, 2, &[], &[("t".into(), 1)])
+        else {
+            panic!()
+        };
         assert_eq!(partitions, vec![part(0, 5)]);
-        assert_eq!(sessions.plan(session_id, 2, &[], &[]), Plan::Error(error_code::INVALID_FETCH_SESSION_EPOCH));
-        assert_eq!(sessions.plan(session_id, -1, &[], &[]), Plan::Full { session_id: 0 });
-        assert_eq!(sessions.plan(session_id, 1, &[], &[]), Plan::Error(error_code::FETCH_SESSION_ID_NOT_FOUND));
+        assert_eq!(
+            sessions.plan(session_id, 2, &[], &[]),
+            Plan::Error(error_code::INVALID_FETCH_SESSION_EPOCH)
+        );
+        assert_eq!(
+            sessions.plan(session_id, -1, &[], &[]),
+            Plan::Full { session_id: 0 }
+        );
+        assert_eq!(
+            sessions.plan(session_id, 1, &[], &[]),
+            Plan::Error(error_code::FETCH_SESSION_ID_NOT_FOUND)
+        );
     }
 
     #[test]
     fn sessionless_fetch_creates_nothing() {
         let mut sessions = FetchSessions::new(0);
-        assert_eq!(sessions.plan(0, -1, &[part(0, 0)], &[]), Plan::Full { session_id: 0 });
+        assert_eq!(
+            sessions.plan(0, -1, &[part(0, 0)], &[]),
+            Plan::Full { session_id: 0 }
+        );
         assert!(sessions.sessions.is_empty());
     }
 }

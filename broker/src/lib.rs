@@ -44,7 +44,10 @@ pub enum StartError {
     #[error("invalid configuration: {0}")]
     Config(String),
     #[error("cannot listen on {addr}: {reason}")]
-    Listen { addr: std::net::SocketAddr, reason: String },
+    Listen {
+        addr: std::net::SocketAddr,
+        reason: String,
+    },
 }
 
 /// Longest an idle shard sleeps before it wakes to look around.
@@ -55,7 +58,10 @@ const RETENTION_CHECK_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Starts the broker and blocks until it has shut down.
 pub fn run(mut config: BrokerConfig) -> Result<(), StartError> {
-    config.topic_defaults.validate().map_err(|e| StartError::Config(e.to_string()))?;
+    config
+        .topic_defaults
+        .validate()
+        .map_err(|e| StartError::Config(e.to_string()))?;
     config.limits.validate().map_err(StartError::Config)?;
     if config.cores == 0 {
         config.cores = runtime::online_cpus();
@@ -64,20 +70,36 @@ pub fn run(mut config: BrokerConfig) -> Result<(), StartError> {
     runtime::ensure_memlock(shards)?;
     runtime::probe_io_uring()?;
 
-    std::fs::create_dir_all(&config.data_dir)
-        .map_err(|e| StartError::DataDir(format!("cannot create data directory {}: {e}", config.data_dir.display())))?;
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+        StartError::DataDir(format!(
+            "cannot create data directory {}: {e}",
+            config.data_dir.display()
+        ))
+    })?;
     // glommio opens files and directories through io_uring without a working-directory
     // descriptor, so relative paths (the default `tern-data` is one) must become absolute.
-    config.data_dir = std::fs::canonicalize(&config.data_dir)
-        .map_err(|e| StartError::DataDir(format!("cannot resolve data directory {}: {e}", config.data_dir.display())))?;
-    let _lock = DataDirLock::acquire(&config.data_dir).map_err(|e| StartError::DataDir(e.to_string()))?;
+    config.data_dir = std::fs::canonicalize(&config.data_dir).map_err(|e| {
+        StartError::DataDir(format!(
+            "cannot resolve data directory {}: {e}",
+            config.data_dir.display()
+        ))
+    })?;
+    let _lock =
+        DataDirLock::acquire(&config.data_dir).map_err(|e| StartError::DataDir(e.to_string()))?;
 
     let mut image = match controller::load_image(&config.data_dir).map_err(StartError::DataDir)? {
         Some(image) => image,
         None => MetadataImage::new(handlers::new_cluster_id()),
     };
     // Partitions owned by shards that no longer exist (fewer --cores than last time) move.
-    let rebalanced = image.apply(&Command::Rebalance { shard_count: shards as u32 }, shards as u32).expect("rebalance cannot fail");
+    let rebalanced = image
+        .apply(
+            &Command::Rebalance {
+                shard_count: shards as u32,
+            },
+            shards as u32,
+        )
+        .expect("rebalance cannot fail");
     if rebalanced.topics != image.topics || image.epoch == 0 {
         image = rebalanced;
         controller::store_image_blocking(&config.data_dir, &image).map_err(StartError::DataDir)?;
@@ -86,9 +108,17 @@ pub fn run(mut config: BrokerConfig) -> Result<(), StartError> {
     // opens (and replays) its partitions of it at start-up.
     if image.topic(group::OFFSETS_TOPIC).is_none() {
         if !(1..=limits::TOPIC_PARTITIONS_MAX).contains(&config.offsets_topic_partitions) {
-            return Err(StartError::Config(format!("offsets topic partitions must be 1..={}", limits::TOPIC_PARTITIONS_MAX)));
+            return Err(StartError::Config(format!(
+                "offsets topic partitions must be 1..={}",
+                limits::TOPIC_PARTITIONS_MAX
+            )));
         }
-        image = image.apply(&handlers::offsets_topic_command(config.offsets_topic_partitions), shards as u32).expect("topic is absent");
+        image = image
+            .apply(
+                &handlers::offsets_topic_command(config.offsets_topic_partitions),
+                shards as u32,
+            )
+            .expect("topic is absent");
         controller::store_image_blocking(&config.data_dir, &image).map_err(StartError::DataDir)?;
     }
     let image = Arc::new(image);
@@ -107,9 +137,15 @@ pub fn run(mut config: BrokerConfig) -> Result<(), StartError> {
         let ready = ready_tx.clone();
         let mesh = mesh.clone();
         let builder = runtime::executor_builder(id, shards, config.spin_before_park_us);
-        let handle = builder
-            .spawn(move || async move { shard_main(id, shards, config, image, mesh, stop, ready).await })
-            .map_err(|e| runtime::RuntimeError::Spawn { shard: id, reason: e.to_string() })?;
+        let handle =
+            builder
+                .spawn(move || async move {
+                    shard_main(id, shards, config, image, mesh, stop, ready).await
+                })
+                .map_err(|e| runtime::RuntimeError::Spawn {
+                    shard: id,
+                    reason: e.to_string(),
+                })?;
         handles.push(handle);
     }
     drop(ready_tx);
@@ -128,7 +164,12 @@ pub fn run(mut config: BrokerConfig) -> Result<(), StartError> {
         }
     }
     tracing::info!(listen = %config.listen, shards, data_dir = %config.data_dir.display(), "tern is serving Kafka clients");
-    println!("tern: serving Kafka on {} with {} shard(s), data in {}", config.listen, shards, config.data_dir.display());
+    println!(
+        "tern: serving Kafka on {} with {} shard(s), data in {}",
+        config.listen,
+        shards,
+        config.data_dir.display()
+    );
 
     wait_for_signal(&signals);
     tracing::info!("shutting down");
@@ -171,7 +212,14 @@ async fn shard_main(
         (None, None)
     };
     let controller = (id == 0).then(|| controller::Controller::new(&config.data_dir));
-    let shard = Rc::new(Shard::new(id, shards, config.clone(), image.clone(), senders, controller));
+    let shard = Rc::new(Shard::new(
+        id,
+        shards,
+        config.clone(),
+        image.clone(),
+        senders,
+        controller,
+    ));
     if let Some(receivers) = receivers.as_mut() {
         for (_, stream) in receivers.streams() {
             let shard = shard.clone();
@@ -189,16 +237,25 @@ async fn shard_main(
     let listener = match TcpListener::bind(config.listen) {
         Ok(listener) => listener,
         Err(error) => {
-            let _ = ready.send(Err(StartError::Listen { addr: config.listen, reason: error.to_string() }));
+            let _ = ready.send(Err(StartError::Listen {
+                addr: config.listen,
+                reason: error.to_string(),
+            }));
             shard.close_all().await;
             return;
         }
     };
     let admin = match (id, config.admin_listen) {
         (0, Some(addr)) => match TcpListener::bind(addr) {
-            Ok(listener) => Some(glommio::spawn_local(admin_http::serve(shard.clone(), listener))),
+            Ok(listener) => Some(glommio::spawn_local(admin_http::serve(
+                shard.clone(),
+                listener,
+            ))),
             Err(error) => {
-                let _ = ready.send(Err(StartError::Listen { addr, reason: error.to_string() }));
+                let _ = ready.send(Err(StartError::Listen {
+                    addr,
+                    reason: error.to_string(),
+                }));
                 shard.close_all().await;
                 return;
             }
@@ -225,7 +282,10 @@ async fn shard_main(
             loop {
                 match listener.accept().await {
                     Ok(stream) => {
-                        shard.stats.connections_accepted.set(shard.stats.connections_accepted.get() + 1);
+                        shard
+                            .stats
+                            .connections_accepted
+                            .set(shard.stats.connections_accepted.get() + 1);
                         glommio::spawn_local(connection::serve(shard.clone(), stream)).detach();
                     }
                     Err(error) => {

@@ -63,7 +63,9 @@ pub const GROUP_MEMBER_RECORD_OVERHEAD_BYTES: usize = 4 * (2 + GROUP_ID_BYTES_MA
 /// The largest group metadata record: every member with full metadata and assignment.
 pub const GROUP_RECORD_BYTES_MAX: usize = 1024
     + GROUP_MEMBERS_MAX
-        * (GROUP_MEMBER_METADATA_BYTES_MAX + GROUP_MEMBER_ASSIGNMENT_BYTES_MAX + GROUP_MEMBER_RECORD_OVERHEAD_BYTES);
+        * (GROUP_MEMBER_METADATA_BYTES_MAX
+            + GROUP_MEMBER_ASSIGNMENT_BYTES_MAX
+            + GROUP_MEMBER_RECORD_OVERHEAD_BYTES);
 
 /// `max.message.bytes` of `__consumer_offsets`: one group record must always fit in a batch.
 pub const OFFSETS_TOPIC_BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
@@ -92,5 +94,7 @@ pub const GROUP_LOAD_READ_BYTES: usize = 1024 * 1024;
 const _: () = assert!(GROUP_RECORD_BYTES_MAX < OFFSETS_TOPIC_BATCH_BYTES_MAX);
 const _: () = assert!(OFFSETS_TOPIC_BATCH_BYTES_MAX <= protocol::CONTROL_FRAME_BYTES_MAX);
 const _: () = assert!(GROUP_LOAD_READ_BYTES >= 64 * 1024);
-const _: () = assert!(GROUP_SESSION_TIMEOUT_MS_MIN > 0 && GROUP_SESSION_TIMEOUT_MS_MIN < GROUP_SESSION_TIMEOUT_MS_MAX);
+const _: () = assert!(
+    GROUP_SESSION_TIMEOUT_MS_MIN > 0 && GROUP_SESSION_TIMEOUT_MS_MIN < GROUP_SESSION_TIMEOUT_MS_MAX
+);
 const _: () = assert!((GROUP_TICK_INTERVAL_MS as i32) < GROUP_SESSION_TIMEOUT_MS_MIN / 10);

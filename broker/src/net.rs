@@ -23,7 +23,10 @@ fn send_vectored(fd: RawFd, segments: &[Bytes], first_offset: usize) -> io::Resu
         if slice.is_empty() {
             continue;
         }
-        iovecs.push(libc::iovec { iov_base: slice.as_ptr() as *mut libc::c_void, iov_len: slice.len() });
+        iovecs.push(libc::iovec {
+            iov_base: slice.as_ptr() as *mut libc::c_void,
+            iov_len: slice.len(),
+        });
     }
     if iovecs.is_empty() {
         return Ok(0);
@@ -43,7 +46,11 @@ fn send_vectored(fd: RawFd, segments: &[Bytes], first_offset: usize) -> io::Resu
 }
 
 /// Writes every segment, in order, to the socket behind `fd` / `writer`.
-pub async fn write_segments<W: AsyncWrite + Unpin>(fd: RawFd, writer: &mut W, segments: &[Bytes]) -> io::Result<()> {
+pub async fn write_segments<W: AsyncWrite + Unpin>(
+    fd: RawFd,
+    writer: &mut W,
+    segments: &[Bytes],
+) -> io::Result<()> {
     let mut index = 0;
     let mut offset = 0;
     while index < segments.len() {

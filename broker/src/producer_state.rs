@@ -46,7 +46,9 @@ pub enum Check {
     /// Append it; call `committed` or `failed` afterwards.
     Append,
     /// Already written: answer with this base offset (None while the original is in flight).
-    Duplicate { base_offset: Option<i64> },
+    Duplicate {
+        base_offset: Option<i64>,
+    },
     Reject(ErrorCode),
 }
 
@@ -74,7 +76,11 @@ impl ProducerStates {
     pub fn check(&mut self, batch: BatchSeq) -> Check {
         self.clock += 1;
         let clock = self.clock;
-        let remember = |first, last| Remembered { first, last, base_offset: None };
+        let remember = |first, last| Remembered {
+            first,
+            last,
+            base_offset: None,
+        };
         let Some(producer) = self.producers.get_mut(&batch.producer_id) else {
             if batch.first != 0 {
                 return Check::Reject(error_code::UNKNOWN_PRODUCER_ID);
@@ -84,7 +90,14 @@ impl ProducerStates {
             }
             let mut batches = VecDeque::with_capacity(BATCHES_REMEMBERED);
             batches.push_back(remember(batch.first, batch.last()));
-            self.producers.insert(batch.producer_id, Producer { epoch: batch.epoch, batches, touched: clock });
+            self.producers.insert(
+                batch.producer_id,
+                Producer {
+                    epoch: batch.epoch,
+                    batches,
+                    touched: clock,
+                },
+            );
             return Check::Append;
         };
         producer.touched = clock;
@@ -97,27 +110,45 @@ impl ProducerStates {
             }
             producer.epoch = batch.epoch;
             producer.batches.clear();
-            producer.batches.push_back(remember(batch.first, batch.last()));
+            producer
+                .batches
+                .push_back(remember(batch.first, batch.last()));
             return Check::Append;
         }
-        if let Some(seen) = producer.batches.iter().find(|seen| seen.first == batch.first && seen.last == batch.last()) {
-            return Check::Duplicate { base_offset: seen.base_offset };
+        if let Some(seen) = producer
+            .batches
+            .iter()
+            .find(|seen| seen.first == batch.first && seen.last == batch.last())
+        {
+            return Check::Duplicate {
+                base_offset: seen.base_offset,
+            };
         }
-        let expected = producer.batches.back().map(|last| wrapping_add(last.last, 1)).unwrap_or(0);
+        let expected = producer
+            .batches
+            .back()
+            .map(|last| wrapping_add(last.last, 1))
+            .unwrap_or(0);
         if batch.first != expected {
             return Check::Reject(error_code::OUT_OF_ORDER_SEQUENCE_NUMBER);
         }
         if producer.batches.len() == BATCHES_REMEMBERED {
             producer.batches.pop_front();
         }
-        producer.batches.push_back(remember(batch.first, batch.last()));
+        producer
+            .batches
+            .push_back(remember(batch.first, batch.last()));
         Check::Append
     }
 
     /// The log accepted the batch at `base_offset`.
     pub fn committed(&mut self, batch: BatchSeq, base_offset: i64) {
         if let Some(producer) = self.producers.get_mut(&batch.producer_id) {
-            if let Some(seen) = producer.batches.iter_mut().find(|seen| seen.first == batch.first) {
+            if let Some(seen) = producer
+                .batches
+                .iter_mut()
+                .find(|seen| seen.first == batch.first)
+            {
                 seen.base_offset = Some(base_offset);
             }
         }
@@ -130,7 +161,11 @@ impl ProducerStates {
     }
 
     fn evict_oldest(&mut self) {
-        if let Some((&id, _)) = self.producers.iter().min_by_key(|(_, producer)| producer.touched) {
+        if let Some((&id, _)) = self
+            .producers
+            .iter()
+            .min_by_key(|(_, producer)| producer.touched)
+        {
             self.producers.remove(&id);
         }
     }
@@ -141,7 +176,12 @@ mod tests {
     use super::*;
 
     fn batch(epoch: i16, first: i32, count: i32) -> BatchSeq {
-        BatchSeq { producer_id: 7, epoch, first, count }
+        BatchSeq {
+            producer_id: 7,
+            epoch,
+            first,
+            count,
+        }
     }
 
     #[test]
@@ -150,18 +190,38 @@ mod tests {
         assert_eq!(states.check(batch(0, 0, 3)), Check::Append);
         states.committed(batch(0, 0, 3), 100);
         assert_eq!(states.check(batch(0, 3, 2)), Check::Append);
-        assert_eq!(states.check(batch(0, 0, 3)), Check::Duplicate { base_offset: Some(100) });
-        assert_eq!(states.check(batch(0, 3, 2)), Check::Duplicate { base_offset: None });
+        assert_eq!(
+            states.check(batch(0, 0, 3)),
+            Check::Duplicate {
+                base_offset: Some(100)
+            }
+        );
+        assert_eq!(
+            states.check(batch(0, 3, 2)),
+            Check::Duplicate { base_offset: None }
+        );
     }
 
     #[test]
     fn gaps_old_epochs_and_unknown_producers_are_rejected() {
         let mut states = ProducerStates::default();
-        assert_eq!(states.check(batch(1, 5, 1)), Check::Reject(error_code::UNKNOWN_PRODUCER_ID));
+        assert_eq!(
+            states.check(batch(1, 5, 1)),
+            Check::Reject(error_code::UNKNOWN_PRODUCER_ID)
+        );
         assert_eq!(states.check(batch(1, 0, 1)), Check::Append);
-        assert_eq!(states.check(batch(1, 2, 1)), Check::Reject(error_code::OUT_OF_ORDER_SEQUENCE_NUMBER));
-        assert_eq!(states.check(batch(0, 1, 1)), Check::Reject(error_code::INVALID_PRODUCER_EPOCH));
-        assert_eq!(states.check(batch(2, 1, 1)), Check::Reject(error_code::OUT_OF_ORDER_SEQUENCE_NUMBER));
+        assert_eq!(
+            states.check(batch(1, 2, 1)),
+            Check::Reject(error_code::OUT_OF_ORDER_SEQUENCE_NUMBER)
+        );
+        assert_eq!(
+            states.check(batch(0, 1, 1)),
+            Check::Reject(error_code::INVALID_PRODUCER_EPOCH)
+        );
+        assert_eq!(
+            states.check(batch(2, 1, 1)),
+            Check::Reject(error_code::OUT_OF_ORDER_SEQUENCE_NUMBER)
+        );
         assert_eq!(states.check(batch(2, 0, 1)), Check::Append);
     }
 
@@ -169,8 +229,19 @@ mod tests {
     fn sequences_wrap_at_i32_max() {
         let mut states = ProducerStates::default();
         assert_eq!(states.check(batch(0, 0, 1)), Check::Append);
-        states.producers.get_mut(&7).unwrap().batches.back_mut().unwrap().last = i32::MAX;
-        assert_eq!(states.check(batch(0, 0, 1)), Check::Append, "after i32::MAX comes 0");
+        states
+            .producers
+            .get_mut(&7)
+            .unwrap()
+            .batches
+            .back_mut()
+            .unwrap()
+            .last = i32::MAX;
+        assert_eq!(
+            states.check(batch(0, 0, 1)),
+            Check::Append,
+            "after i32::MAX comes 0"
+        );
     }
 
     #[test]
@@ -178,6 +249,10 @@ mod tests {
         let mut states = ProducerStates::default();
         assert_eq!(states.check(batch(0, 0, 1)), Check::Append);
         states.failed(batch(0, 0, 1));
-        assert_eq!(states.check(batch(0, 0, 1)), Check::Append, "the retry is appended, not taken as a duplicate");
+        assert_eq!(
+            states.check(batch(0, 0, 1)),
+            Check::Append,
+            "the retry is appended, not taken as a duplicate"
+        );
     }
 }

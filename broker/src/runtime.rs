@@ -19,7 +19,11 @@ pub enum RuntimeError {
         "the locked-memory limit (RLIMIT_MEMLOCK) is {have_bytes} bytes but {shards} shard(s) need about {need_bytes}; \
          raise it with `ulimit -l unlimited` (or LimitMEMLOCK=infinity in a systemd unit), or run as root"
     )]
-    MemlockTooLow { have_bytes: u64, need_bytes: u64, shards: usize },
+    MemlockTooLow {
+        have_bytes: u64,
+        need_bytes: u64,
+        shards: usize,
+    },
     #[error(
         "io_uring is unavailable ({0}); Tern needs Linux 5.8+ with io_uring enabled \
          (check /proc/sys/kernel/io_uring_disabled, and container seccomp profiles, which often block it)"
@@ -35,18 +39,27 @@ pub fn ensure_memlock(shards: usize) -> Result<(), RuntimeError> {
     let need_bytes = (shards * IO_MEMORY_BYTES * 4) as u64;
     // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
     unsafe {
-        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
         if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) != 0 {
             return Ok(());
         }
         if limit.rlim_cur == libc::RLIM_INFINITY || limit.rlim_cur >= need_bytes {
             return Ok(());
         }
-        let raised = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+        let raised = libc::rlimit {
+            rlim_cur: libc::RLIM_INFINITY,
+            rlim_max: libc::RLIM_INFINITY,
+        };
         if libc::setrlimit(libc::RLIMIT_MEMLOCK, &raised) == 0 {
             return Ok(());
         }
-        let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
         if limit.rlim_max >= need_bytes && libc::setrlimit(libc::RLIMIT_MEMLOCK, &raised) == 0 {
             return Ok(());
         }
@@ -54,7 +67,11 @@ pub fn ensure_memlock(shards: usize) -> Result<(), RuntimeError> {
         if libc::geteuid() == 0 {
             return Ok(());
         }
-        Err(RuntimeError::MemlockTooLow { have_bytes: limit.rlim_cur, need_bytes, shards })
+        Err(RuntimeError::MemlockTooLow {
+            have_bytes: limit.rlim_cur,
+            need_bytes,
+            shards,
+        })
     }
 }
 
@@ -65,18 +82,30 @@ pub fn probe_io_uring() -> Result<(), RuntimeError> {
         .name("tern-probe")
         .spawn(|| async {})
         .map_err(|error| RuntimeError::IoUringUnavailable(error.to_string()))?;
-    handle.join().map_err(|error| RuntimeError::IoUringUnavailable(error.to_string()))
+    handle
+        .join()
+        .map_err(|error| RuntimeError::IoUringUnavailable(error.to_string()))
 }
 
 /// Number of online CPUs.
 pub fn online_cpus() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 /// Builds the executor for `shard`, pinned to a CPU when there are at least as many CPUs.
-pub fn executor_builder(shard: usize, shards: usize, spin_before_park_us: u64) -> LocalExecutorBuilder {
+pub fn executor_builder(
+    shard: usize,
+    shards: usize,
+    spin_before_park_us: u64,
+) -> LocalExecutorBuilder {
     let cpus = online_cpus();
-    let placement = if shards <= cpus { Placement::Fixed(shard) } else { Placement::Unbound };
+    let placement = if shards <= cpus {
+        Placement::Fixed(shard)
+    } else {
+        Placement::Unbound
+    };
     let mut builder = LocalExecutorBuilder::new(placement)
         .name(&format!("tern-shard-{shard}"))
         .io_memory(IO_MEMORY_BYTES)

@@ -35,7 +35,10 @@ pub struct TopicPartition {
 
 impl TopicPartition {
     pub fn new(topic: impl Into<String>, partition: i32) -> Self {
-        TopicPartition { topic: topic.into(), partition }
+        TopicPartition {
+            topic: topic.into(),
+            partition,
+        }
     }
 
     pub fn dir_name(&self) -> String {
@@ -141,11 +144,18 @@ impl Shard {
 
     /// The shard that owns `tp` according to the current image.
     pub fn owner_of(&self, topic: &str, partition: i32) -> Option<usize> {
-        self.image.borrow().partition(topic, partition).map(|meta| meta.shard as usize)
+        self.image
+            .borrow()
+            .partition(topic, partition)
+            .map(|meta| meta.shard as usize)
     }
 
     /// Runs `work` on shard `target` and returns its result. Local work runs inline.
-    pub async fn invoke_on<R, F, Fut>(self: &Rc<Self>, target: usize, work: F) -> Result<R, ShardUnavailable>
+    pub async fn invoke_on<R, F, Fut>(
+        self: &Rc<Self>,
+        target: usize,
+        work: F,
+    ) -> Result<R, ShardUnavailable>
     where
         R: Send + 'static,
         F: FnOnce(Rc<Shard>) -> Fut + Send + 'static,
@@ -161,7 +171,10 @@ impl Shard {
                 let _ = tx.send(work(shard).await);
             })
         });
-        senders.send_to(target, task).await.map_err(|_| ShardUnavailable(target))?;
+        senders
+            .send_to(target, task)
+            .await
+            .map_err(|_| ShardUnavailable(target))?;
         rx.await.map_err(|_| ShardUnavailable(target))
     }
 
@@ -178,7 +191,10 @@ impl Shard {
         for topic in image.topics.values() {
             for partition in &topic.partitions {
                 if partition.shard as usize == self.id {
-                    wanted.push((TopicPartition::new(topic.name.clone(), partition.index), &topic.configs));
+                    wanted.push((
+                        TopicPartition::new(topic.name.clone(), partition.index),
+                        &topic.configs,
+                    ));
                 }
             }
         }
@@ -201,15 +217,25 @@ impl Shard {
                         });
                         self.partitions.borrow_mut().insert(tp.clone(), partition);
                     }
-                    Err(error) => tracing::error!(shard = self.id, partition = %tp.dir_name(), %error, "cannot open partition log"),
+                    Err(error) => {
+                        tracing::error!(shard = self.id, partition = %tp.dir_name(), %error, "cannot open partition log")
+                    }
                 },
             }
         }
-        let wanted: std::collections::HashSet<&TopicPartition> = wanted.iter().map(|(tp, _)| tp).collect();
-        let stale: Vec<TopicPartition> =
-            self.partitions.borrow().keys().filter(|tp| !wanted.contains(tp)).cloned().collect();
+        let wanted: std::collections::HashSet<&TopicPartition> =
+            wanted.iter().map(|(tp, _)| tp).collect();
+        let stale: Vec<TopicPartition> = self
+            .partitions
+            .borrow()
+            .keys()
+            .filter(|tp| !wanted.contains(tp))
+            .cloned()
+            .collect();
         for tp in stale {
-            let Some(partition) = self.partitions.borrow_mut().remove(&tp) else { continue };
+            let Some(partition) = self.partitions.borrow_mut().remove(&tp) else {
+                continue;
+            };
             partition.notify_appended();
             let topic_still_exists = image.topic(&tp.topic).is_some();
             glommio::spawn_local(release_partition(partition, !topic_still_exists)).detach();
@@ -279,7 +305,12 @@ impl Shard {
 
     /// Closes every log cleanly (shutdown).
     pub async fn close_all(&self) {
-        let partitions: Vec<Rc<Partition>> = self.partitions.borrow_mut().drain().map(|(_, p)| p).collect();
+        let partitions: Vec<Rc<Partition>> = self
+            .partitions
+            .borrow_mut()
+            .drain()
+            .map(|(_, p)| p)
+            .collect();
         for partition in partitions {
             partition.notify_appended();
             release_partition(partition, false).await;
@@ -294,7 +325,11 @@ async fn release_partition(partition: Rc<Partition>, remove: bool) {
         match Rc::try_unwrap(partition) {
             Ok(owned) => {
                 let name = owned.tp.dir_name();
-                let result = if remove { owned.log.remove().await } else { owned.log.close().await };
+                let result = if remove {
+                    owned.log.remove().await
+                } else {
+                    owned.log.close().await
+                };
                 if let Err(error) = result {
                     tracing::warn!(partition = %name, %error, remove, "closing partition log failed");
                 }

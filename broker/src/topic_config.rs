@@ -63,16 +63,66 @@ fn min_insync(value: &str) -> Result<(), String> {
 }
 
 const KEYS: &[Key] = &[
-    Key { name: "cleanup.policy", default: "delete", validate: cleanup_policy, doc: "only delete" },
-    Key { name: "retention.ms", default: "604800000", validate: retention, doc: "whole segments older than this are deleted" },
-    Key { name: "retention.bytes", default: "-1", validate: retention, doc: "partition size above which old segments are deleted" },
-    Key { name: "segment.bytes", default: "1073741824", validate: segment_bytes, doc: "segment roll size" },
-    Key { name: "segment.ms", default: "604800000", validate: positive, doc: "segment roll age" },
-    Key { name: "max.message.bytes", default: "1048588", validate: non_negative, doc: "largest record batch" },
-    Key { name: "message.timestamp.type", default: "CreateTime", validate: timestamp_type, doc: "CreateTime or LogAppendTime" },
-    Key { name: "flush.messages", default: "1", validate: positive, doc: "fsync every N messages; 1 means before every acknowledgement" },
-    Key { name: "flush.ms", default: "0", validate: non_negative, doc: "with flush.messages > 1, fsync at least this often" },
-    Key { name: "min.insync.replicas", default: "1", validate: min_insync, doc: "acks=all needs this many in-sync replicas" },
+    Key {
+        name: "cleanup.policy",
+        default: "delete",
+        validate: cleanup_policy,
+        doc: "only delete",
+    },
+    Key {
+        name: "retention.ms",
+        default: "604800000",
+        validate: retention,
+        doc: "whole segments older than this are deleted",
+    },
+    Key {
+        name: "retention.bytes",
+        default: "-1",
+        validate: retention,
+        doc: "partition size above which old segments are deleted",
+    },
+    Key {
+        name: "segment.bytes",
+        default: "1073741824",
+        validate: segment_bytes,
+        doc: "segment roll size",
+    },
+    Key {
+        name: "segment.ms",
+        default: "604800000",
+        validate: positive,
+        doc: "segment roll age",
+    },
+    Key {
+        name: "max.message.bytes",
+        default: "1048588",
+        validate: non_negative,
+        doc: "largest record batch",
+    },
+    Key {
+        name: "message.timestamp.type",
+        default: "CreateTime",
+        validate: timestamp_type,
+        doc: "CreateTime or LogAppendTime",
+    },
+    Key {
+        name: "flush.messages",
+        default: "1",
+        validate: positive,
+        doc: "fsync every N messages; 1 means before every acknowledgement",
+    },
+    Key {
+        name: "flush.ms",
+        default: "0",
+        validate: non_negative,
+        doc: "with flush.messages > 1, fsync at least this often",
+    },
+    Key {
+        name: "min.insync.replicas",
+        default: "1",
+        validate: min_insync,
+        doc: "acks=all needs this many in-sync replicas",
+    },
 ];
 
 /// Broker-wide defaults for topic configs (from the TOML file's `topic-defaults` table).
@@ -94,7 +144,11 @@ pub fn is_known(key: &str) -> bool {
 }
 
 pub fn validate(key: &str, value: &str) -> Result<(), ConfigError> {
-    let error = |reason: String| ConfigError { key: key.to_owned(), value: value.to_owned(), reason };
+    let error = |reason: String| ConfigError {
+        key: key.to_owned(),
+        value: value.to_owned(),
+        reason,
+    };
     let Some(spec) = KEYS.iter().find(|k| k.name == key) else {
         return Err(error("unknown or unsupported topic config".into()));
     };
@@ -103,14 +157,17 @@ pub fn validate(key: &str, value: &str) -> Result<(), ConfigError> {
 
 impl TopicDefaults {
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.overrides.iter().try_for_each(|(key, value)| validate(key, value))
+        self.overrides
+            .iter()
+            .try_for_each(|(key, value)| validate(key, value))
     }
 
     pub fn default_of(&self, key: &str) -> Option<String> {
-        self.overrides
-            .get(key)
-            .cloned()
-            .or_else(|| KEYS.iter().find(|k| k.name == key).map(|k| k.default.to_owned()))
+        self.overrides.get(key).cloned().or_else(|| {
+            KEYS.iter()
+                .find(|k| k.name == key)
+                .map(|k| k.default.to_owned())
+        })
     }
 }
 
@@ -127,10 +184,17 @@ pub struct Entry {
 pub fn resolve(defaults: &TopicDefaults, explicit: &BTreeMap<String, String>) -> Vec<Entry> {
     KEYS.iter()
         .map(|key| match explicit.get(key.name) {
-            Some(value) => Entry { name: key.name, value: value.clone(), is_default: false, doc: key.doc },
+            Some(value) => Entry {
+                name: key.name,
+                value: value.clone(),
+                is_default: false,
+                doc: key.doc,
+            },
             None => Entry {
                 name: key.name,
-                value: defaults.default_of(key.name).unwrap_or_else(|| key.default.to_owned()),
+                value: defaults
+                    .default_of(key.name)
+                    .unwrap_or_else(|| key.default.to_owned()),
                 is_default: true,
                 doc: key.doc,
             },
@@ -148,7 +212,11 @@ pub struct TopicPolicy {
 pub fn policy(defaults: &TopicDefaults, explicit: &BTreeMap<String, String>) -> TopicPolicy {
     let entries = resolve(defaults, explicit);
     let get = |name: &str| -> &str {
-        entries.iter().find(|entry| entry.name == name).map(|entry| entry.value.as_str()).unwrap_or("")
+        entries
+            .iter()
+            .find(|entry| entry.name == name)
+            .map(|entry| entry.value.as_str())
+            .unwrap_or("")
     };
     // Values were validated when they were set, so parse failures cannot happen; fall back to
     // Kafka's defaults rather than panicking if a hand-edited metadata file says otherwise.
@@ -157,14 +225,18 @@ pub fn policy(defaults: &TopicDefaults, explicit: &BTreeMap<String, String>) -> 
     let flush = if flush_messages <= 1 {
         FlushPolicy::EveryAppend
     } else {
-        FlushPolicy::Interval { messages: flush_messages, ms: long("flush.ms", 1000).max(0) as u64 }
+        FlushPolicy::Interval {
+            messages: flush_messages,
+            ms: long("flush.ms", 1000).max(0) as u64,
+        }
     };
     let log = LogConfig {
         segment_bytes: long("segment.bytes", 1 << 30).max(14) as u64,
         segment_ms: long("segment.ms", 604_800_000),
         retention_bytes: long("retention.bytes", -1),
         retention_ms: long("retention.ms", 604_800_000),
-        max_message_bytes: long("max.message.bytes", 1_048_588).clamp(0, i64::from(u32::MAX)) as u32,
+        max_message_bytes: long("max.message.bytes", 1_048_588).clamp(0, i64::from(u32::MAX))
+            as u32,
         flush,
         timestamp_type: if get("message.timestamp.type") == "LogAppendTime" {
             TimestampType::LogAppendTime
@@ -174,7 +246,10 @@ pub fn policy(defaults: &TopicDefaults, explicit: &BTreeMap<String, String>) -> 
         tail_cache_bytes: limits::TAIL_CACHE_BYTES_PER_PARTITION,
         ..LogConfig::default()
     };
-    TopicPolicy { log, min_insync_replicas: long("min.insync.replicas", 1) }
+    TopicPolicy {
+        log,
+        min_insync_replicas: long("min.insync.replicas", 1),
+    }
 }
 
 #[cfg(test)]
@@ -192,7 +267,9 @@ mod tests {
     #[test]
     fn explicit_values_override_broker_defaults() {
         let mut defaults = TopicDefaults::default();
-        defaults.overrides.insert("retention.ms".into(), "5000".into());
+        defaults
+            .overrides
+            .insert("retention.ms".into(), "5000".into());
         let mut explicit = BTreeMap::new();
         explicit.insert("segment.bytes".into(), "4096".into());
         let policy = policy(&defaults, &explicit);

@@ -31,7 +31,10 @@ pub struct StorageIoError {
 
 impl StorageIoError {
     pub fn new(context: impl Into<String>, source: impl Into<std::io::Error>) -> StorageIoError {
-        StorageIoError { context: context.into(), source: source.into() }
+        StorageIoError {
+            context: context.into(),
+            source: source.into(),
+        }
     }
 
     pub fn kafka_error_code(&self) -> i16 {
@@ -73,11 +76,19 @@ impl AppendError {
 pub enum ReadError {
     /// The offset is below the log start or above the log end. Maps to OFFSET_OUT_OF_RANGE (1).
     #[error("offset {requested} out of range [{log_start}, {log_end}]")]
-    OffsetOutOfRange { requested: Offset, log_start: Offset, log_end: Offset },
+    OffsetOutOfRange {
+        requested: Offset,
+        log_start: Offset,
+        log_end: Offset,
+    },
     /// Bytes read back from disk are not valid batches (pair assertion failed). Maps to
     /// KAFKA_STORAGE_ERROR (56).
     #[error("corrupt data in segment {segment} at byte {position}: {error}")]
-    Corrupt { segment: Offset, position: u64, error: BatchError },
+    Corrupt {
+        segment: Offset,
+        position: u64,
+        error: BatchError,
+    },
     /// The read itself failed. Maps to KAFKA_STORAGE_ERROR (56).
     #[error(transparent)]
     Storage(#[from] StorageIoError),
@@ -117,7 +128,10 @@ impl OpenError {
 pub enum DeleteError {
     /// `before` is negative or above the high watermark. Maps to OFFSET_OUT_OF_RANGE (1).
     #[error("delete_records offset {requested} out of range [0, {high_watermark}]")]
-    OffsetOutOfRange { requested: Offset, high_watermark: Offset },
+    OffsetOutOfRange {
+        requested: Offset,
+        high_watermark: Offset,
+    },
     /// Writing the checkpoint or removing files failed. Maps to KAFKA_STORAGE_ERROR (56).
     #[error(transparent)]
     Storage(#[from] StorageIoError),
@@ -137,10 +151,16 @@ impl DeleteError {
 pub enum LockError {
     /// Another process (or open file description) holds the lock. Maps to KAFKA_STORAGE_ERROR (56).
     #[error("data directory {} is locked by another process{}", dir.display(), holder_pid.map(|p| format!(" (pid {p})")).unwrap_or_default())]
-    Held { dir: PathBuf, holder_pid: Option<u32> },
+    Held {
+        dir: PathBuf,
+        holder_pid: Option<u32>,
+    },
     /// The lock file could not be created or locked. Maps to KAFKA_STORAGE_ERROR (56).
     #[error("cannot lock data directory {}: {source}", dir.display())]
-    Io { dir: PathBuf, source: std::io::Error },
+    Io {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 impl LockError {

@@ -88,9 +88,14 @@ impl OffsetIndex {
     /// The last entry at or below `relative_offset`: where a scan for it starts. `(0, 0)` when
     /// the offset precedes every entry.
     pub fn floor(&self, relative_offset: u32) -> OffsetEntry {
-        let i = self.entries.partition_point(|e| e.relative_offset <= relative_offset);
+        let i = self
+            .entries
+            .partition_point(|e| e.relative_offset <= relative_offset);
         if i == 0 {
-            OffsetEntry { relative_offset: 0, position: 0 }
+            OffsetEntry {
+                relative_offset: 0,
+                position: 0,
+            }
         } else {
             self.entries[i - 1]
         }
@@ -99,7 +104,10 @@ impl OffsetIndex {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.entries.len() * OFFSET_INDEX_ENTRY_BYTES);
         for e in &self.entries {
-            let raw = RawOffsetEntry { relative_offset: e.relative_offset.into(), position: e.position.into() };
+            let raw = RawOffsetEntry {
+                relative_offset: e.relative_offset.into(),
+                position: e.position.into(),
+            };
             out.extend_from_slice(raw.as_bytes());
         }
         out
@@ -107,15 +115,20 @@ impl OffsetIndex {
 
     /// Decodes and checks an index against its segment's size in bytes.
     pub fn decode(bytes: &[u8], segment_bytes: u64) -> Result<OffsetIndex, IndexDamage> {
-        let raw = <[RawOffsetEntry]>::ref_from_bytes(bytes).map_err(|_| IndexDamage::BadLength(bytes.len()))?;
+        let raw = <[RawOffsetEntry]>::ref_from_bytes(bytes)
+            .map_err(|_| IndexDamage::BadLength(bytes.len()))?;
         let mut index = OffsetIndex::default();
         for (i, r) in raw.iter().enumerate() {
-            let entry = OffsetEntry { relative_offset: r.relative_offset.get(), position: r.position.get() };
+            let entry = OffsetEntry {
+                relative_offset: r.relative_offset.get(),
+                position: r.position.get(),
+            };
             if u64::from(entry.position) >= segment_bytes {
                 return Err(IndexDamage::BeyondSegment { entry: i });
             }
             if let Some(last) = index.entries.last() {
-                if entry.relative_offset <= last.relative_offset || entry.position <= last.position {
+                if entry.relative_offset <= last.relative_offset || entry.position <= last.position
+                {
                     return Err(IndexDamage::NotIncreasing { entry: i });
                 }
             }
@@ -162,7 +175,10 @@ impl TimeIndex {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.entries.len() * TIME_INDEX_ENTRY_BYTES);
         for e in &self.entries {
-            let raw = RawTimeEntry { timestamp: e.timestamp.0.into(), relative_offset: e.relative_offset.into() };
+            let raw = RawTimeEntry {
+                timestamp: e.timestamp.0.into(),
+                relative_offset: e.relative_offset.into(),
+            };
             out.extend_from_slice(raw.as_bytes());
         }
         out
@@ -170,17 +186,22 @@ impl TimeIndex {
 
     /// Decodes and checks an index; `next_relative` bounds the relative offsets it may hold.
     pub fn decode(bytes: &[u8], next_relative: Option<u32>) -> Result<TimeIndex, IndexDamage> {
-        let raw = <[RawTimeEntry]>::ref_from_bytes(bytes).map_err(|_| IndexDamage::BadLength(bytes.len()))?;
+        let raw = <[RawTimeEntry]>::ref_from_bytes(bytes)
+            .map_err(|_| IndexDamage::BadLength(bytes.len()))?;
         let mut index = TimeIndex::default();
         for (i, r) in raw.iter().enumerate() {
-            let entry = TimeEntry { timestamp: TimestampMs(r.timestamp.get()), relative_offset: r.relative_offset.get() };
+            let entry = TimeEntry {
+                timestamp: TimestampMs(r.timestamp.get()),
+                relative_offset: r.relative_offset.get(),
+            };
             if let Some(next) = next_relative {
                 if entry.relative_offset >= next {
                     return Err(IndexDamage::BeyondSegment { entry: i });
                 }
             }
             if let Some(last) = index.entries.last() {
-                if entry.timestamp <= last.timestamp || entry.relative_offset < last.relative_offset {
+                if entry.timestamp <= last.timestamp || entry.relative_offset < last.relative_offset
+                {
                     return Err(IndexDamage::NotIncreasing { entry: i });
                 }
             }
@@ -222,7 +243,11 @@ impl SegmentIndexer {
 
     pub fn relative(&self, offset: Offset) -> u32 {
         let delta = offset.0 - self.base.0;
-        assert!((0..=i64::from(u32::MAX)).contains(&delta), "offset {offset} outside segment {}", self.base);
+        assert!(
+            (0..=i64::from(u32::MAX)).contains(&delta),
+            "offset {offset} outside segment {}",
+            self.base
+        );
         delta as u32
     }
 
@@ -231,9 +256,15 @@ impl SegmentIndexer {
     pub fn observe(&mut self, header: &BatchHeader, position: u64, interval_bytes: u32) {
         if self.bytes_since_entry >= u64::from(interval_bytes) {
             let rel = self.relative(header.base_offset());
-            self.offset_index.push(OffsetEntry { relative_offset: rel, position: position as u32 });
+            self.offset_index.push(OffsetEntry {
+                relative_offset: rel,
+                position: position as u32,
+            });
             if let Some((offset, ts)) = self.max_timestamp {
-                let entry = TimeEntry { timestamp: ts, relative_offset: self.relative(offset) };
+                let entry = TimeEntry {
+                    timestamp: ts,
+                    relative_offset: self.relative(offset),
+                };
                 self.time_index.maybe_push(entry);
             }
             self.bytes_since_entry = 0;
@@ -252,7 +283,10 @@ impl SegmentIndexer {
     /// Adds the final time index entry (the segment's maximum), done at roll and close.
     pub fn seal(&mut self) {
         if let Some((offset, ts)) = self.max_timestamp {
-            let entry = TimeEntry { timestamp: ts, relative_offset: self.relative(offset) };
+            let entry = TimeEntry {
+                timestamp: ts,
+                relative_offset: self.relative(offset),
+            };
             self.time_index.maybe_push(entry);
         }
     }
@@ -265,8 +299,14 @@ mod tests {
     #[test]
     fn offset_index_round_trips_and_floors() {
         let mut index = OffsetIndex::default();
-        index.push(OffsetEntry { relative_offset: 10, position: 4096 });
-        index.push(OffsetEntry { relative_offset: 20, position: 8192 });
+        index.push(OffsetEntry {
+            relative_offset: 10,
+            position: 4096,
+        });
+        index.push(OffsetEntry {
+            relative_offset: 20,
+            position: 8192,
+        });
         let decoded = OffsetIndex::decode(&index.encode(), 10_000).unwrap();
         assert_eq!(decoded, index);
         assert_eq!(decoded.floor(5).position, 0);
@@ -278,22 +318,46 @@ mod tests {
     #[test]
     fn damaged_indexes_are_detected() {
         let mut index = OffsetIndex::default();
-        index.push(OffsetEntry { relative_offset: 10, position: 4096 });
-        index.push(OffsetEntry { relative_offset: 20, position: 8192 });
+        index.push(OffsetEntry {
+            relative_offset: 10,
+            position: 4096,
+        });
+        index.push(OffsetEntry {
+            relative_offset: 20,
+            position: 8192,
+        });
         let bytes = index.encode();
-        assert_eq!(OffsetIndex::decode(&bytes[..7], 10_000), Err(IndexDamage::BadLength(7)));
-        assert_eq!(OffsetIndex::decode(&bytes, 5000), Err(IndexDamage::BeyondSegment { entry: 1 }));
+        assert_eq!(
+            OffsetIndex::decode(&bytes[..7], 10_000),
+            Err(IndexDamage::BadLength(7))
+        );
+        assert_eq!(
+            OffsetIndex::decode(&bytes, 5000),
+            Err(IndexDamage::BeyondSegment { entry: 1 })
+        );
         let mut swapped = bytes[8..].to_vec();
         swapped.extend_from_slice(&bytes[..8]);
-        assert_eq!(OffsetIndex::decode(&swapped, 10_000), Err(IndexDamage::NotIncreasing { entry: 1 }));
+        assert_eq!(
+            OffsetIndex::decode(&swapped, 10_000),
+            Err(IndexDamage::NotIncreasing { entry: 1 })
+        );
     }
 
     #[test]
     fn time_index_scan_start_points_below_target() {
         let mut index = TimeIndex::default();
-        index.maybe_push(TimeEntry { timestamp: TimestampMs(100), relative_offset: 0 });
-        index.maybe_push(TimeEntry { timestamp: TimestampMs(90), relative_offset: 5 });
-        index.maybe_push(TimeEntry { timestamp: TimestampMs(200), relative_offset: 10 });
+        index.maybe_push(TimeEntry {
+            timestamp: TimestampMs(100),
+            relative_offset: 0,
+        });
+        index.maybe_push(TimeEntry {
+            timestamp: TimestampMs(90),
+            relative_offset: 5,
+        });
+        index.maybe_push(TimeEntry {
+            timestamp: TimestampMs(200),
+            relative_offset: 10,
+        });
         assert_eq!(index.entries().len(), 2);
         assert_eq!(index.scan_start(TimestampMs(50)), 0);
         assert_eq!(index.scan_start(TimestampMs(150)), 0);

@@ -22,7 +22,10 @@ pub struct DataDirLock {
 
 impl DataDirLock {
     pub fn acquire(dir: &Path) -> Result<DataDirLock, LockError> {
-        let io_err = |source| LockError::Io { dir: dir.to_path_buf(), source };
+        let io_err = |source| LockError::Io {
+            dir: dir.to_path_buf(),
+            source,
+        };
         std::fs::create_dir_all(dir).map_err(io_err)?;
         let mut file = OpenOptions::new()
             .read(true)
@@ -37,15 +40,24 @@ impl DataDirLock {
             let err = std::io::Error::last_os_error();
             if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
                 let mut text = String::new();
-                let holder_pid = file.read_to_string(&mut text).ok().and_then(|_| text.trim().parse().ok());
-                return Err(LockError::Held { dir: dir.to_path_buf(), holder_pid });
+                let holder_pid = file
+                    .read_to_string(&mut text)
+                    .ok()
+                    .and_then(|_| text.trim().parse().ok());
+                return Err(LockError::Held {
+                    dir: dir.to_path_buf(),
+                    holder_pid,
+                });
             }
             return Err(io_err(err));
         }
         file.set_len(0).map_err(io_err)?;
         file.seek(SeekFrom::Start(0)).map_err(io_err)?;
         writeln!(file, "{}", std::process::id()).map_err(io_err)?;
-        Ok(DataDirLock { dir: dir.to_path_buf(), _file: file })
+        Ok(DataDirLock {
+            dir: dir.to_path_buf(),
+            _file: file,
+        })
     }
 
     pub fn dir(&self) -> &Path {

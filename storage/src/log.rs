@@ -34,10 +34,11 @@ use std::rc::{Rc, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use tern_protocol::records::first_at_or_after;
 use tern_protocol::batch::{
-    set_base_offset, set_log_append_time, set_partition_leader_epoch, BatchError, BatchHeader, BatchIter,
+    set_base_offset, set_log_append_time, set_partition_leader_epoch, BatchError, BatchHeader,
+    BatchIter,
 };
+use tern_protocol::records::first_at_or_after;
 use tern_protocol::types::{LeaderEpoch, Offset, TimestampMs};
 
 use crate::config::{FlushPolicy, LogConfig, TimestampType};
@@ -46,8 +47,8 @@ use crate::index::SegmentIndexer;
 use crate::limits;
 use crate::notify::{AckWaiters, Notify};
 use crate::segment::{
-    self, align_down, align_up, log_file_name, offset_index_file_name, open_rw, parse_file_name, read_vec,
-    time_index_file_name, walk_headers, walk_to_offset, Segment, WalkError,
+    self, align_down, align_up, log_file_name, offset_index_file_name, open_rw, parse_file_name,
+    read_vec, time_index_file_name, walk_headers, walk_to_offset, Segment, WalkError,
 };
 
 pub const CLEAN_SHUTDOWN_FILE_NAME: &str = ".clean-shutdown";
@@ -100,7 +101,9 @@ impl AsRef<[u8]> for ThreadBoundRead {
 impl Drop for ThreadBoundRead {
     fn drop(&mut self) {
         if std::thread::current().id() != self.thread {
-            eprintln!("tern-storage: a same-thread read buffer was dropped on another thread; aborting");
+            eprintln!(
+                "tern-storage: a same-thread read buffer was dropped on another thread; aborting"
+            );
             std::process::abort();
         }
     }
@@ -188,7 +191,8 @@ impl State {
             && match self.config.flush {
                 FlushPolicy::EveryAppend => true,
                 FlushPolicy::Interval { messages, ms } => {
-                    self.unsynced_messages >= messages || self.last_sync.elapsed() >= Duration::from_millis(ms)
+                    self.unsynced_messages >= messages
+                        || self.last_sync.elapsed() >= Duration::from_millis(ms)
                 }
             }
     }
@@ -289,7 +293,10 @@ fn io_ctx(context: impl Into<String>) -> impl FnOnce(glommio::GlommioError<()>) 
 }
 
 fn failed_error(message: &str) -> StorageIoError {
-    StorageIoError::new("using a log that failed earlier", std::io::Error::other(message.to_string()))
+    StorageIoError::new(
+        "using a log that failed earlier",
+        std::io::Error::other(message.to_string()),
+    )
 }
 
 fn encode_checkpoint(offset: Offset) -> Vec<u8> {
@@ -310,8 +317,12 @@ fn decode_checkpoint(bytes: &[u8]) -> Option<Offset> {
 }
 
 async fn sync_dir(dir: &Path) -> Result<(), StorageIoError> {
-    let d = glommio::io::Directory::open(dir).await.map_err(io_ctx(format!("opening directory {}", dir.display())))?;
-    d.sync().await.map_err(io_ctx(format!("syncing directory {}", dir.display())))?;
+    let d = glommio::io::Directory::open(dir)
+        .await
+        .map_err(io_ctx(format!("opening directory {}", dir.display())))?;
+    d.sync()
+        .await
+        .map_err(io_ctx(format!("syncing directory {}", dir.display())))?;
     let _ = d.close().await;
     Ok(())
 }
@@ -324,7 +335,10 @@ async fn remove_if_exists(path: &Path) -> Result<(), StorageIoError> {
             if e.kind() == std::io::ErrorKind::NotFound {
                 Ok(())
             } else {
-                Err(StorageIoError::new(format!("removing {}", path.display()), e))
+                Err(StorageIoError::new(
+                    format!("removing {}", path.display()),
+                    e,
+                ))
             }
         }
     }
@@ -342,9 +356,11 @@ impl Log {
         let marker = dir.join(CLEAN_SHUTDOWN_FILE_NAME);
         let clean = marker.exists();
         let mut bases = Vec::new();
-        let entries = std::fs::read_dir(&dir).map_err(|e| StorageIoError::new(format!("listing {}", dir.display()), e))?;
+        let entries = std::fs::read_dir(&dir)
+            .map_err(|e| StorageIoError::new(format!("listing {}", dir.display()), e))?;
         for entry in entries {
-            let entry = entry.map_err(|e| StorageIoError::new(format!("listing {}", dir.display()), e))?;
+            let entry =
+                entry.map_err(|e| StorageIoError::new(format!("listing {}", dir.display()), e))?;
             let name = entry.file_name().to_string_lossy().into_owned();
             if name.ends_with(".tmp") || name == ".direct-io-probe" {
                 // A checkpoint or index write interrupted before its rename: the old file wins.
@@ -356,10 +372,11 @@ impl Log {
             }
         }
         bases.sort();
-        let checkpoint = match segment::read_small_file(&dir.join(LOG_START_OFFSET_FILE_NAME)).await? {
-            Some(bytes) => decode_checkpoint(&bytes),
-            None => None,
-        };
+        let checkpoint =
+            match segment::read_small_file(&dir.join(LOG_START_OFFSET_FILE_NAME)).await? {
+                Some(bytes) => decode_checkpoint(&bytes),
+                None => None,
+            };
         if bases.is_empty() {
             bases.push(checkpoint.unwrap_or(Offset(0)).max(Offset(0)));
         }
@@ -369,12 +386,19 @@ impl Log {
             let is_active = i + 1 == bases.len();
             let path = dir.join(log_file_name(base));
             let file = open_rw(&path).await?;
-            let file_bytes = file.file_size().await.map_err(io_ctx(format!("stat {}", path.display())))?;
+            let file_bytes = file
+                .file_size()
+                .await
+                .map_err(io_ctx(format!("stat {}", path.display())))?;
             let mut loaded = None;
             if clean || !is_active {
-                if let Some((offset_index, time_index)) = segment::load_indexes(&dir, base, file_bytes.max(1)).await? {
+                if let Some((offset_index, time_index)) =
+                    segment::load_indexes(&dir, base, file_bytes.max(1)).await?
+                {
                     let mut indexer = SegmentIndexer::new(base);
-                    indexer.max_timestamp = time_index.last().map(|e| (base.plus(i64::from(e.relative_offset)), e.timestamp));
+                    indexer.max_timestamp = time_index
+                        .last()
+                        .map(|e| (base.plus(i64::from(e.relative_offset)), e.timestamp));
                     indexer.offset_index = offset_index;
                     indexer.time_index = time_index;
                     loaded = Some(indexer);
@@ -386,10 +410,17 @@ impl Log {
                     // find the log end offset.
                     let floor = indexer.offset_index.entries().last().copied();
                     let (position, next) = floor
-                        .map(|e| (u64::from(e.position), base.plus(i64::from(e.relative_offset))))
+                        .map(|e| {
+                            (
+                                u64::from(e.position),
+                                base.plus(i64::from(e.relative_offset)),
+                            )
+                        })
                         .unwrap_or((0, base));
                     indexer.next_offset = next;
-                    let outcome = segment::scan(&file, &path, indexer, position, file_bytes, interval, false).await?;
+                    let outcome =
+                        segment::scan(&file, &path, indexer, position, file_bytes, interval, false)
+                            .await?;
                     if outcome.valid_bytes < file_bytes {
                         tracing::warn!(segment = %path.display(), position = outcome.valid_bytes, reason = ?outcome.stopped_by,
                             "truncating invalid tail of a cleanly closed segment");
@@ -401,8 +432,16 @@ impl Log {
                     (indexer, file_bytes)
                 }
                 None => {
-                    let outcome =
-                        segment::scan(&file, &path, SegmentIndexer::new(base), 0, file_bytes, interval, true).await?;
+                    let outcome = segment::scan(
+                        &file,
+                        &path,
+                        SegmentIndexer::new(base),
+                        0,
+                        file_bytes,
+                        interval,
+                        true,
+                    )
+                    .await?;
                     if outcome.valid_bytes < file_bytes {
                         tracing::warn!(segment = %path.display(), position = outcome.valid_bytes, file_bytes, reason = ?outcome.stopped_by,
                             "truncating segment at the last valid batch");
@@ -416,8 +455,12 @@ impl Log {
                 }
             };
             if size_bytes < file_bytes {
-                file.truncate(size_bytes).await.map_err(io_ctx(format!("truncating {}", path.display())))?;
-                file.fdatasync().await.map_err(io_ctx(format!("syncing {}", path.display())))?;
+                file.truncate(size_bytes)
+                    .await
+                    .map_err(io_ctx(format!("truncating {}", path.display())))?;
+                file.fdatasync()
+                    .await
+                    .map_err(io_ctx(format!("syncing {}", path.display())))?;
             }
             let tail = if is_active && size_bytes % limits::DMA_ALIGNMENT_BYTES != 0 {
                 let start = align_down(size_bytes);
@@ -443,7 +486,10 @@ impl Log {
             remove_if_exists(&marker).await?;
         }
         sync_dir(&dir).await?;
-        let leo = segments.last().map(|s| s.indexer.next_offset).unwrap_or(Offset(0));
+        let leo = segments
+            .last()
+            .map(|s| s.indexer.next_offset)
+            .unwrap_or(Offset(0));
         let first_base = segments[0].base();
         let log_start = checkpoint.unwrap_or(first_base).max(first_base).min(leo);
         let state = State {
@@ -467,7 +513,12 @@ impl Log {
             stats: LogStats::default(),
             inject_write_failures: 0,
         };
-        let inner = Rc::new(Inner { dir, state: RefCell::new(state), notify: Notify::default(), ack_waiters: AckWaiters::default() });
+        let inner = Rc::new(Inner {
+            dir,
+            state: RefCell::new(state),
+            notify: Notify::default(),
+            ack_waiters: AckWaiters::default(),
+        });
         spawn_interval_flusher(Rc::downgrade(&inner));
         Ok(Log { inner })
     }
@@ -495,9 +546,15 @@ impl Log {
         let mut spans = Vec::new();
         let mut iter = BatchIter::new(&batches);
         while let Some(item) = iter.next() {
-            let span = item.map_err(|error| AppendError::InvalidBatch { position: iter.position(), error })?;
+            let span = item.map_err(|error| AppendError::InvalidBatch {
+                position: iter.position(),
+                error,
+            })?;
             if span.total_bytes > max_message_bytes as usize {
-                return Err(AppendError::MessageTooLarge { batch_bytes: span.total_bytes, max_bytes: max_message_bytes });
+                return Err(AppendError::MessageTooLarge {
+                    batch_bytes: span.total_bytes,
+                    max_bytes: max_message_bytes,
+                });
             }
             spans.push(span);
         }
@@ -524,10 +581,19 @@ impl Log {
             let frozen = batches.freeze();
             for span in &spans {
                 let bytes = frozen.slice(span.position..span.position + span.total_bytes);
-                let header = BatchHeader::parse_unchecked(&bytes).expect("validated batch has a header");
+                let header =
+                    BatchHeader::parse_unchecked(&bytes).expect("validated batch has a header");
                 st.cache_bytes += bytes.len();
-                st.cache.push_back(CachedBatch { base: header.base_offset(), next: header.next_offset(), bytes: bytes.clone() });
-                st.pending.push_back(PendingBatch { bytes, header, now_ms: now.0 });
+                st.cache.push_back(CachedBatch {
+                    base: header.base_offset(),
+                    next: header.next_offset(),
+                    bytes: bytes.clone(),
+                });
+                st.pending.push_back(PendingBatch {
+                    bytes,
+                    header,
+                    now_ms: now.0,
+                });
             }
             st.leo = next;
             st.stats.appends += 1;
@@ -572,7 +638,13 @@ impl Log {
 
     /// Base offsets of the segments, oldest first (for tests and admin tools).
     pub fn segment_bases(&self) -> Vec<Offset> {
-        self.inner.state.borrow().segments.iter().map(|s| s.base()).collect()
+        self.inner
+            .state
+            .borrow()
+            .segments
+            .iter()
+            .map(|s| s.base())
+            .collect()
     }
 
     pub fn set_config(&self, config: LogConfig) {
@@ -582,18 +654,39 @@ impl Log {
 
     /// Whole batches from the one containing `start`, up to `max_bytes` but at least one whole
     /// batch (KIP-74), never a batch at or above `upper`.
-    pub async fn read(&self, start: Offset, max_bytes: usize, upper: Offset) -> Result<ReadSlice, ReadError> {
-        self.read_with(start, max_bytes, upper, ReadMode::CrossThread).await
+    pub async fn read(
+        &self,
+        start: Offset,
+        max_bytes: usize,
+        upper: Offset,
+    ) -> Result<ReadSlice, ReadError> {
+        self.read_with(start, max_bytes, upper, ReadMode::CrossThread)
+            .await
     }
 
     /// `read`, choosing whether cold data may stay in its DMA buffer (see [`ReadMode`]).
-    pub async fn read_with(&self, start: Offset, max_bytes: usize, upper: Offset, mode: ReadMode) -> Result<ReadSlice, ReadError> {
+    pub async fn read_with(
+        &self,
+        start: Offset,
+        max_bytes: usize,
+        upper: Offset,
+        mode: ReadMode,
+    ) -> Result<ReadSlice, ReadError> {
         let max_bytes = max_bytes.min(limits::READ_BYTES_MAX);
-        let empty = ReadSlice { chunks: Vec::new(), len: 0, first_offset: start, next_offset: start };
+        let empty = ReadSlice {
+            chunks: Vec::new(),
+            len: 0,
+            first_offset: start,
+            next_offset: start,
+        };
         let (file, path, segment_base, size_bytes, floor_position, upper) = {
             let mut st = self.inner.state.borrow_mut();
             if start < st.log_start || start > st.leo {
-                return Err(ReadError::OffsetOutOfRange { requested: start, log_start: st.log_start, log_end: st.leo });
+                return Err(ReadError::OffsetOutOfRange {
+                    requested: start,
+                    log_start: st.log_start,
+                    log_end: st.leo,
+                });
             }
             let upper = upper.min(st.leo);
             if start >= upper {
@@ -606,7 +699,9 @@ impl Log {
                 let mut next_offset = start;
                 let first_offset = st.cache.get(first).map(|c| c.base).unwrap_or(start);
                 for cached in st.cache.range(first..) {
-                    if cached.base >= upper || (!chunks.is_empty() && len + cached.bytes.len() > max_bytes) {
+                    if cached.base >= upper
+                        || (!chunks.is_empty() && len + cached.bytes.len() > max_bytes)
+                    {
                         break;
                     }
                     chunks.push(cached.bytes.clone());
@@ -614,11 +709,20 @@ impl Log {
                     next_offset = cached.next;
                 }
                 st.stats.bytes_zero_copy += len as u64;
-                return Ok(ReadSlice { chunks, len, first_offset, next_offset });
+                return Ok(ReadSlice {
+                    chunks,
+                    len,
+                    first_offset,
+                    next_offset,
+                });
             }
             let i = st.segments.partition_point(|s| s.base() <= start);
             let Some(seg) = i.checked_sub(1).map(|i| &st.segments[i]) else {
-                return Err(ReadError::OffsetOutOfRange { requested: start, log_start: st.log_start, log_end: st.leo });
+                return Err(ReadError::OffsetOutOfRange {
+                    requested: start,
+                    log_start: st.log_start,
+                    log_end: st.leo,
+                });
             };
             let floor = seg.indexer.offset_index.floor(seg.indexer.relative(start));
             (
@@ -630,23 +734,27 @@ impl Log {
                 upper,
             )
         };
-        let (position, first) = match walk_to_offset(&file, &path, floor_position, size_bytes, start).await {
-            Ok(Some(found)) => found,
-            Ok(None) => return Ok(empty),
-            Err((_, WalkError::Io(e))) => return Err(e.into()),
-            Err((position, WalkError::Corrupt(error))) => {
-                return Err(ReadError::Corrupt { segment: segment_base, position, error })
-            }
-        };
+        let (position, first) =
+            match walk_to_offset(&file, &path, floor_position, size_bytes, start).await {
+                Ok(Some(found)) => found,
+                Ok(None) => return Ok(empty),
+                Err((_, WalkError::Io(e))) => return Err(e.into()),
+                Err((position, WalkError::Corrupt(error))) => {
+                    return Err(ReadError::Corrupt {
+                        segment: segment_base,
+                        position,
+                        error,
+                    })
+                }
+            };
         if first.base_offset() >= upper {
             return Ok(empty);
         }
         let available = size_bytes - position;
         let want = (max_bytes.max(first.total_bytes()) as u64).min(available) as usize;
-        let result = file
-            .read_at(position, want)
-            .await
-            .map_err(|e| StorageIoError::new(format!("reading {} at {position}", path.display()), e))?;
+        let result = file.read_at(position, want).await.map_err(|e| {
+            StorageIoError::new(format!("reading {} at {position}", path.display()), e)
+        })?;
         let mut taken = 0;
         let mut next_offset = start;
         let mut iter = BatchIter::new(&result);
@@ -661,7 +769,11 @@ impl Log {
                 }
                 Err(BatchError::Truncated { .. }) if taken > 0 => break,
                 Err(error) if taken == 0 => {
-                    return Err(ReadError::Corrupt { segment: segment_base, position: position + iter.position() as u64, error })
+                    return Err(ReadError::Corrupt {
+                        segment: segment_base,
+                        position: position + iter.position() as u64,
+                        error,
+                    })
                 }
                 Err(_) => break,
             }
@@ -669,7 +781,11 @@ impl Log {
         let data = match mode {
             ReadMode::SameThread => {
                 self.inner.state.borrow_mut().stats.bytes_zero_copy += taken as u64;
-                Bytes::from_owner(ThreadBoundRead { result, len: taken, thread: std::thread::current().id() })
+                Bytes::from_owner(ThreadBoundRead {
+                    result,
+                    len: taken,
+                    thread: std::thread::current().id(),
+                })
             }
             ReadMode::CrossThread => {
                 // The one copy on the cross-shard cold path: out of the DMA buffer into
@@ -678,15 +794,27 @@ impl Log {
                 Bytes::copy_from_slice(&result[..taken])
             }
         };
-        Ok(ReadSlice { chunks: vec![data], len: taken, first_offset: first.base_offset(), next_offset })
+        Ok(ReadSlice {
+            chunks: vec![data],
+            len: taken,
+            first_offset: first.base_offset(),
+            next_offset,
+        })
     }
 
     /// The first batch whose max timestamp is at least `ts`, with that timestamp. The offset is
     /// the batch's base offset (never below the log start).
-    pub async fn offset_for_timestamp(&self, ts: TimestampMs) -> Result<Option<(Offset, TimestampMs)>, ReadError> {
+    pub async fn offset_for_timestamp(
+        &self,
+        ts: TimestampMs,
+    ) -> Result<Option<(Offset, TimestampMs)>, ReadError> {
         let (file, path, segment_base, size_bytes, position, log_start) = {
             let st = self.inner.state.borrow();
-            let Some(seg) = st.segments.iter().find(|s| s.indexer.max_timestamp.is_some_and(|(_, max)| max >= ts)) else {
+            let Some(seg) = st
+                .segments
+                .iter()
+                .find(|s| s.indexer.max_timestamp.is_some_and(|(_, max)| max >= ts))
+            else {
                 return Ok(None);
             };
             let rel = seg.indexer.time_index.scan_start(ts);
@@ -701,7 +829,11 @@ impl Log {
             )
         };
         let mut position = position;
-        match walk_headers(&file, &path, &mut position, size_bytes, |h| h.max_timestamp() >= ts).await {
+        match walk_headers(&file, &path, &mut position, size_bytes, |h| {
+            h.max_timestamp() >= ts
+        })
+        .await
+        {
             Ok(Some((at, header))) if header.record_count() > 1 && !header.is_log_append_time() => {
                 // Kafka answers with the first *record* at or after the time, which may sit
                 // inside the batch: read it and look (decompressing if needed).
@@ -710,17 +842,30 @@ impl Log {
                     Ok(Some((offset, found))) => Ok(Some((offset.max(log_start), found))),
                     // The header's max timestamp says a record qualifies; fall back to the
                     // batch if the records disagree (a damaged or odd batch).
-                    Ok(None) => Ok(Some((header.base_offset().max(log_start), header.max_timestamp()))),
+                    Ok(None) => Ok(Some((
+                        header.base_offset().max(log_start),
+                        header.max_timestamp(),
+                    ))),
                     Err(error) => {
                         tracing::warn!(segment = %segment_base, position = at, %error, "cannot look inside batch for ListOffsets");
-                        Ok(Some((header.base_offset().max(log_start), header.max_timestamp())))
+                        Ok(Some((
+                            header.base_offset().max(log_start),
+                            header.max_timestamp(),
+                        )))
                     }
                 }
             }
-            Ok(Some((_, header))) => Ok(Some((header.base_offset().max(log_start), header.max_timestamp()))),
+            Ok(Some((_, header))) => Ok(Some((
+                header.base_offset().max(log_start),
+                header.max_timestamp(),
+            ))),
             Ok(None) => Ok(None),
             Err((_, WalkError::Io(e))) => Err(e.into()),
-            Err((position, WalkError::Corrupt(error))) => Err(ReadError::Corrupt { segment: segment_base, position, error }),
+            Err((position, WalkError::Corrupt(error))) => Err(ReadError::Corrupt {
+                segment: segment_base,
+                position,
+                error,
+            }),
         }
     }
 
@@ -748,13 +893,21 @@ impl Log {
                 return Err(failed_error(message).into());
             }
             if before.0 < 0 || before > st.hw {
-                return Err(DeleteError::OffsetOutOfRange { requested: before, high_watermark: st.hw });
+                return Err(DeleteError::OffsetOutOfRange {
+                    requested: before,
+                    high_watermark: st.hw,
+                });
             }
             if before <= st.log_start {
                 return Ok(st.log_start);
             }
         }
-        segment::write_file_atomically(&self.inner.dir, LOG_START_OFFSET_FILE_NAME, &encode_checkpoint(before)).await?;
+        segment::write_file_atomically(
+            &self.inner.dir,
+            LOG_START_OFFSET_FILE_NAME,
+            &encode_checkpoint(before),
+        )
+        .await?;
         sync_dir(&self.inner.dir).await?;
         self.inner.state.borrow_mut().log_start = before;
         self.inner.delete_old_segments(None).await?;
@@ -771,11 +924,16 @@ impl Log {
                 return Err(failed_error(message));
             }
             let active = st.segments.last().expect("a log has an active segment");
-            let first_ms = active.first_append_ms.or(active.indexer.first_timestamp.map(|t| t.0));
+            let first_ms = active
+                .first_append_ms
+                .or(active.indexer.first_timestamp.map(|t| t.0));
             active.size_bytes > 0 && first_ms.is_some_and(|t| now.0 - t >= st.config.segment_ms)
         };
         if roll {
-            self.inner.roll().await.inspect_err(|e| self.inner.fail(e))?;
+            self.inner
+                .roll()
+                .await
+                .inspect_err(|e| self.inner.fail(e))?;
         }
         self.inner.delete_old_segments(Some(now)).await
     }
@@ -797,17 +955,30 @@ impl Log {
             st.closed = true;
             let active = st.segments.last_mut().expect("a log has an active segment");
             active.indexer.seal();
-            (active.file.clone(), active.size_bytes, active.indexer.clone())
+            (
+                active.file.clone(),
+                active.size_bytes,
+                active.indexer.clone(),
+            )
         };
         let path = inner.dir.join(log_file_name(indexer.base));
-        file.truncate(size_bytes).await.map_err(io_ctx(format!("truncating {}", path.display())))?;
-        file.fdatasync().await.map_err(io_ctx(format!("syncing {}", path.display())))?;
+        file.truncate(size_bytes)
+            .await
+            .map_err(io_ctx(format!("truncating {}", path.display())))?;
+        file.fdatasync()
+            .await
+            .map_err(io_ctx(format!("syncing {}", path.display())))?;
         segment::persist_indexes(&inner.dir, &indexer).await?;
         sync_dir(&inner.dir).await?;
         segment::write_file_atomically(&inner.dir, CLEAN_SHUTDOWN_FILE_NAME, &[]).await?;
         sync_dir(&inner.dir).await?;
-        let files: Vec<Rc<glommio::io::DmaFile>> =
-            inner.state.borrow_mut().segments.drain(..).map(|s| s.file).collect();
+        let files: Vec<Rc<glommio::io::DmaFile>> = inner
+            .state
+            .borrow_mut()
+            .segments
+            .drain(..)
+            .map(|s| s.file)
+            .collect();
         for file in files {
             if let Ok(file) = Rc::try_unwrap(file) {
                 let _ = file.close().await;
@@ -834,7 +1005,8 @@ impl Log {
         let entries = std::fs::read_dir(&inner.dir)
             .map_err(|e| StorageIoError::new(format!("listing {}", inner.dir.display()), e))?;
         for entry in entries {
-            let entry = entry.map_err(|e| StorageIoError::new(format!("listing {}", inner.dir.display()), e))?;
+            let entry = entry
+                .map_err(|e| StorageIoError::new(format!("listing {}", inner.dir.display()), e))?;
             remove_if_exists(&entry.path()).await?;
         }
         std::fs::remove_dir(&inner.dir)
@@ -892,7 +1064,9 @@ impl Inner {
             match step {
                 Some(Step::Write) => {
                     let _writer = WriterGuard { inner: self };
-                    self.write_round(false).await.inspect_err(|e| self.fail(e))?;
+                    self.write_round(false)
+                        .await
+                        .inspect_err(|e| self.fail(e))?;
                     continue;
                 }
                 Some(Step::Sync) => {
@@ -902,7 +1076,11 @@ impl Inner {
                 }
                 None => {}
             }
-            let mut guard = AckWaitGuard { inner: self, key: (target.0, self.ack_waiters.ticket()), done: false };
+            let mut guard = AckWaitGuard {
+                inner: self,
+                key: (target.0, self.ack_waiters.ticket()),
+                done: false,
+            };
             std::future::poll_fn(|cx| {
                 let st = self.state.borrow();
                 if st.hw >= target || st.failed.is_some() || st.next_step().is_some() {
@@ -917,7 +1095,9 @@ impl Inner {
     }
 
     async fn run_round(&self, force_sync: bool) -> Result<(), StorageIoError> {
-        self.write_round(force_sync).await.inspect_err(|e| self.fail(e))
+        self.write_round(force_sync)
+            .await
+            .inspect_err(|e| self.fail(e))
     }
 
     /// One group-commit round: writes pending batches (rolling as needed). With `force_sync`, or
@@ -932,13 +1112,21 @@ impl Inner {
             // Plan the next write: which pending batches go to the active segment in one DMA write.
             let (count, roll) = {
                 let st = self.state.borrow();
-                let Some(first) = st.pending.front().filter(|p| p.header.base_offset() < round_end) else { break };
+                let Some(first) = st
+                    .pending
+                    .front()
+                    .filter(|p| p.header.base_offset() < round_end)
+                else {
+                    break;
+                };
                 let active = st.segments.last().expect("a log has an active segment");
                 let fits = |size: u64, header: &BatchHeader| {
                     size + header.total_bytes() as u64 <= st.config.segment_bytes
                         && header.last_offset().0 - active.base().0 <= i64::from(u32::MAX)
                 };
-                let too_old = active.first_append_ms.is_some_and(|t| first.now_ms - t >= st.config.segment_ms);
+                let too_old = active
+                    .first_append_ms
+                    .is_some_and(|t| first.now_ms - t >= st.config.segment_ms);
                 if active.size_bytes > 0 && (too_old || !fits(active.size_bytes, &first.header)) {
                     (0, true)
                 } else {
@@ -997,9 +1185,18 @@ impl Inner {
             st.sync_issued_end = st.sync_issued_end.max(st.written_end);
             // Data below `written_end` lies in this file or in older segments, which a roll
             // synced before the active segment changed.
-            (st.segments.last().expect("a log has an active segment").file.clone(), st.written_end)
+            (
+                st.segments
+                    .last()
+                    .expect("a log has an active segment")
+                    .file
+                    .clone(),
+                st.written_end,
+            )
         };
-        file.fdatasync().await.map_err(io_ctx(format!("fdatasync in {}", self.dir.display())))?;
+        file.fdatasync()
+            .await
+            .map_err(io_ctx(format!("fdatasync in {}", self.dir.display())))?;
         let mut st = self.state.borrow_mut();
         st.durable_end = st.durable_end.max(written_end);
         st.unsynced_messages = 0;
@@ -1021,7 +1218,11 @@ impl Inner {
             let st = self.state.borrow();
             let active = st.segments.last().expect("a log has an active segment");
             let start = align_down(active.size_bytes);
-            assert_eq!(active.tail.len() as u64, active.size_bytes - start, "tail block out of step");
+            assert_eq!(
+                active.tail.len() as u64,
+                active.size_bytes - start,
+                "tail block out of step"
+            );
             let total: usize = st.pending.iter().take(count).map(|p| p.bytes.len()).sum();
             let new_size = active.size_bytes + total as u64;
             let end = align_up(new_size);
@@ -1036,13 +1237,28 @@ impl Inner {
             out[at..].fill(0);
             let tail_start = (align_down(new_size) - start) as usize;
             let new_tail = out[tail_start..(new_size - start) as usize].to_vec();
-            let preallocate_to = (end > active.preallocated_bytes).then(|| end + limits::PREALLOCATE_EXTENT_BYTES);
-            (active.file.clone(), start, buffer, new_size, new_tail, preallocate_to)
+            let preallocate_to =
+                (end > active.preallocated_bytes).then(|| end + limits::PREALLOCATE_EXTENT_BYTES);
+            (
+                active.file.clone(),
+                start,
+                buffer,
+                new_size,
+                new_tail,
+                preallocate_to,
+            )
         };
         let path = || self.dir.display().to_string();
         if let Some(to) = preallocate_to {
-            file.pre_allocate(to, true).await.map_err(io_ctx(format!("preallocating in {}", path())))?;
-            self.state.borrow_mut().segments.last_mut().expect("active").preallocated_bytes = to;
+            file.pre_allocate(to, true)
+                .await
+                .map_err(io_ctx(format!("preallocating in {}", path())))?;
+            self.state
+                .borrow_mut()
+                .segments
+                .last_mut()
+                .expect("active")
+                .preallocated_bytes = to;
         }
         let len = buffer.len();
         let injected = {
@@ -1052,11 +1268,20 @@ impl Inner {
             inject
         };
         if injected {
-            return Err(StorageIoError::new(format!("writing in {}", path()), std::io::Error::from_raw_os_error(libc::ENOSPC)));
+            return Err(StorageIoError::new(
+                format!("writing in {}", path()),
+                std::io::Error::from_raw_os_error(libc::ENOSPC),
+            ));
         }
-        let written = file.write_at(buffer, start).await.map_err(io_ctx(format!("writing in {}", path())))?;
+        let written = file
+            .write_at(buffer, start)
+            .await
+            .map_err(io_ctx(format!("writing in {}", path())))?;
         if written != len {
-            return Err(StorageIoError::new(format!("short write in {}", path()), std::io::Error::from(std::io::ErrorKind::WriteZero)));
+            return Err(StorageIoError::new(
+                format!("short write in {}", path()),
+                std::io::Error::from(std::io::ErrorKind::WriteZero),
+            ));
         }
         let mut st = self.state.borrow_mut();
         let st = &mut *st;
@@ -1096,12 +1321,20 @@ impl Inner {
             let mut st = self.state.borrow_mut();
             let active = st.segments.last_mut().expect("a log has an active segment");
             active.indexer.seal();
-            (active.file.clone(), active.size_bytes, active.indexer.clone())
+            (
+                active.file.clone(),
+                active.size_bytes,
+                active.indexer.clone(),
+            )
         };
         let next_base = indexer.next_offset;
         let old_path = self.dir.join(log_file_name(indexer.base));
-        file.truncate(size_bytes).await.map_err(io_ctx(format!("truncating {}", old_path.display())))?;
-        file.fdatasync().await.map_err(io_ctx(format!("syncing {}", old_path.display())))?;
+        file.truncate(size_bytes)
+            .await
+            .map_err(io_ctx(format!("truncating {}", old_path.display())))?;
+        file.fdatasync()
+            .await
+            .map_err(io_ctx(format!("syncing {}", old_path.display())))?;
         segment::persist_indexes(&self.dir, &indexer).await?;
         let new_path = self.dir.join(log_file_name(next_base));
         let new_file = open_rw(&new_path).await?;
@@ -1140,14 +1373,19 @@ impl Inner {
             if let Some(now) = now {
                 if st.config.retention_ms >= 0 {
                     while n < candidates
-                        && st.segments[n].indexer.max_timestamp.is_some_and(|(_, ts)| now.0 - ts.0 > st.config.retention_ms)
+                        && st.segments[n]
+                            .indexer
+                            .max_timestamp
+                            .is_some_and(|(_, ts)| now.0 - ts.0 > st.config.retention_ms)
                     {
                         n += 1;
                     }
                 }
                 if st.config.retention_bytes >= 0 {
                     let mut remaining: u64 = st.segments[n..].iter().map(|s| s.size_bytes).sum();
-                    while n < candidates && remaining - st.segments[n].size_bytes >= st.config.retention_bytes as u64 {
+                    while n < candidates
+                        && remaining - st.segments[n].size_bytes >= st.config.retention_bytes as u64
+                    {
                         remaining -= st.segments[n].size_bytes;
                         n += 1;
                     }
@@ -1166,7 +1404,11 @@ impl Inner {
             if let Ok(file) = Rc::try_unwrap(victim.file) {
                 let _ = file.close().await;
             }
-            for name in [log_file_name(base), offset_index_file_name(base), time_index_file_name(base)] {
+            for name in [
+                log_file_name(base),
+                offset_index_file_name(base),
+                time_index_file_name(base),
+            ] {
                 remove_if_exists(&self.dir.join(name)).await?;
             }
             tracing::info!(dir = %self.dir.display(), segment = base.0, "deleted segment");
@@ -1208,4 +1450,3 @@ fn spawn_interval_flusher(weak: Weak<Inner>) {
     })
     .detach();
 }
-

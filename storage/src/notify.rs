@@ -27,7 +27,10 @@ impl Notify {
     /// A future that completes at the next `notify_all`. Create it before releasing the state
     /// borrow that decided to wait, so no notification falls in between.
     pub(crate) fn listen(&self) -> Listen<'_> {
-        Listen { notify: self, generation: self.generation.get() }
+        Listen {
+            notify: self,
+            generation: self.generation.get(),
+        }
     }
 }
 
@@ -83,7 +86,11 @@ impl AckWaiters {
             let mut waiters = self.waiters.borrow_mut();
             let rest = waiters.split_off(&(acked.saturating_add(1), 0));
             let ready = std::mem::replace(&mut *waiters, rest);
-            let next = if wake_next { waiters.pop_first().map(|(_, w)| w) } else { None };
+            let next = if wake_next {
+                waiters.pop_first().map(|(_, w)| w)
+            } else {
+                None
+            };
             (ready, next)
         };
         for waker in ready.0.into_values() {

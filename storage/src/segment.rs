@@ -22,7 +22,8 @@ use std::rc::Rc;
 
 use glommio::io::{DmaFile, OpenOptions};
 use tern_protocol::batch::{
-    peek_batch_total_bytes, validate_batch, BatchError, BatchHeader, BATCH_HEADER_BYTES, BATCH_LOG_OVERHEAD_BYTES,
+    peek_batch_total_bytes, validate_batch, BatchError, BatchHeader, BATCH_HEADER_BYTES,
+    BATCH_LOG_OVERHEAD_BYTES,
 };
 use tern_protocol::types::Offset;
 
@@ -98,10 +99,20 @@ async fn probe_iopoll_once(dir: &Path) -> Result<(), StorageIoError> {
     }
     let path = dir.join(".iopoll-probe");
     let ctx = |what: &str| format!("{what} {}", path.display());
-    let buffered = glommio::io::BufferedFile::create(&path).await.map_err(|e| StorageIoError::new(ctx("creating"), e))?;
-    buffered.write_at(vec![0u8; limits::DMA_ALIGNMENT_BYTES as usize], 0).await.map_err(|e| StorageIoError::new(ctx("writing"), e))?;
-    buffered.close().await.map_err(|e| StorageIoError::new(ctx("closing"), e))?;
-    let probed = DmaFile::open(&path).await.map_err(|e| StorageIoError::new(ctx("opening"), e))?;
+    let buffered = glommio::io::BufferedFile::create(&path)
+        .await
+        .map_err(|e| StorageIoError::new(ctx("creating"), e))?;
+    buffered
+        .write_at(vec![0u8; limits::DMA_ALIGNMENT_BYTES as usize], 0)
+        .await
+        .map_err(|e| StorageIoError::new(ctx("writing"), e))?;
+    buffered
+        .close()
+        .await
+        .map_err(|e| StorageIoError::new(ctx("closing"), e))?;
+    let probed = DmaFile::open(&path)
+        .await
+        .map_err(|e| StorageIoError::new(ctx("opening"), e))?;
     let _ = probed.close().await;
     let _ = glommio::io::remove(&path).await;
     IOPOLL_PROBED.with(|probed| probed.set(true));
@@ -120,7 +131,12 @@ pub(crate) async fn open_rw(path: &Path) -> Result<DmaFile, StorageIoError> {
 }
 
 /// Reads `len` bytes at `position` (unaligned allowed) into an owned vector; short at EOF.
-pub(crate) async fn read_vec(file: &DmaFile, position: u64, len: usize, what: &Path) -> Result<Vec<u8>, StorageIoError> {
+pub(crate) async fn read_vec(
+    file: &DmaFile,
+    position: u64,
+    len: usize,
+    what: &Path,
+) -> Result<Vec<u8>, StorageIoError> {
     let result = file
         .read_at(position, len)
         .await
@@ -155,7 +171,10 @@ pub(crate) async fn scan(
     while position < file_bytes {
         let remaining = file_bytes - position;
         if remaining < BATCH_LOG_OVERHEAD_BYTES as u64 {
-            stopped_by = Some(BatchError::Truncated { needed_bytes: BATCH_LOG_OVERHEAD_BYTES, available_bytes: remaining as usize });
+            stopped_by = Some(BatchError::Truncated {
+                needed_bytes: BATCH_LOG_OVERHEAD_BYTES,
+                available_bytes: remaining as usize,
+            });
             break;
         }
         let mut in_window = (position - window_start) as usize;
@@ -172,8 +191,13 @@ pub(crate) async fn scan(
                 break;
             }
         };
-        if total > limits::BATCH_BYTES_MAX as usize + BATCH_LOG_OVERHEAD_BYTES || total as u64 > remaining {
-            stopped_by = Some(BatchError::Truncated { needed_bytes: total, available_bytes: remaining as usize });
+        if total > limits::BATCH_BYTES_MAX as usize + BATCH_LOG_OVERHEAD_BYTES
+            || total as u64 > remaining
+        {
+            stopped_by = Some(BatchError::Truncated {
+                needed_bytes: total,
+                available_bytes: remaining as usize,
+            });
             break;
         }
         if in_window + total > window.len() {
@@ -182,7 +206,10 @@ pub(crate) async fn scan(
             window_start = position;
             in_window = 0;
             if window.len() < total {
-                stopped_by = Some(BatchError::Truncated { needed_bytes: total, available_bytes: window.len() });
+                stopped_by = Some(BatchError::Truncated {
+                    needed_bytes: total,
+                    available_bytes: window.len(),
+                });
                 break;
             }
         }
@@ -210,7 +237,11 @@ pub(crate) async fn scan(
         }
         position += total as u64;
     }
-    Ok(ScanOutcome { indexer, valid_bytes: position, stopped_by })
+    Ok(ScanOutcome {
+        indexer,
+        valid_bytes: position,
+        stopped_by,
+    })
 }
 
 /// Walks batch headers from `position` until the batch containing `target` (its next offset is
@@ -223,7 +254,10 @@ pub(crate) async fn walk_to_offset(
     size_bytes: u64,
     target: Offset,
 ) -> Result<Option<(u64, BatchHeader)>, (u64, WalkError)> {
-    walk_headers(file, path, &mut position, size_bytes, |h| h.next_offset() > target).await
+    walk_headers(file, path, &mut position, size_bytes, |h| {
+        h.next_offset() > target
+    })
+    .await
 }
 
 #[derive(Debug)]
@@ -246,12 +280,15 @@ pub(crate) async fn walk_headers(
         let mut in_window = (*position - window_start) as usize;
         if in_window + BATCH_HEADER_BYTES > window.len() {
             let len = limits::HEADER_WALK_WINDOW_BYTES.min((size_bytes - *position) as usize);
-            window = read_vec(file, *position, len, path).await.map_err(|e| (*position, WalkError::Io(e)))?;
+            window = read_vec(file, *position, len, path)
+                .await
+                .map_err(|e| (*position, WalkError::Io(e)))?;
             window_start = *position;
             in_window = 0;
         }
         let rest = &window[in_window..];
-        let header = BatchHeader::parse_unchecked(rest).map_err(|e| (*position, WalkError::Corrupt(e)))?;
+        let header =
+            BatchHeader::parse_unchecked(rest).map_err(|e| (*position, WalkError::Corrupt(e)))?;
         let total = peek_batch_total_bytes(rest).map_err(|e| (*position, WalkError::Corrupt(e)))?;
         if stop(&header) {
             return Ok(Some((*position, header)));
@@ -263,7 +300,11 @@ pub(crate) async fn walk_headers(
 
 /// Writes `bytes` to `dir/name` atomically: a temporary file written with direct IO, truncated
 /// to its length, fdatasync'ed, then renamed over the target. The caller syncs the directory.
-pub(crate) async fn write_file_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), StorageIoError> {
+pub(crate) async fn write_file_atomically(
+    dir: &Path,
+    name: &str,
+    bytes: &[u8],
+) -> Result<(), StorageIoError> {
     let final_path = dir.join(name);
     let tmp_path: PathBuf = dir.join(format!("{name}.tmp"));
     let ctx = |what: &str| format!("{what} {}", tmp_path.display());
@@ -280,14 +321,26 @@ pub(crate) async fn write_file_atomically(dir: &Path, name: &str, bytes: &[u8]) 
         let mut buf = file.alloc_dma_buffer(aligned);
         buf.as_bytes_mut()[..bytes.len()].copy_from_slice(bytes);
         buf.as_bytes_mut()[bytes.len()..].fill(0);
-        let written = file.write_at(buf, 0).await.map_err(|e| StorageIoError::new(ctx("writing"), e))?;
+        let written = file
+            .write_at(buf, 0)
+            .await
+            .map_err(|e| StorageIoError::new(ctx("writing"), e))?;
         if written != aligned {
-            return Err(StorageIoError::new(ctx("short write to"), std::io::Error::from(std::io::ErrorKind::WriteZero)));
+            return Err(StorageIoError::new(
+                ctx("short write to"),
+                std::io::Error::from(std::io::ErrorKind::WriteZero),
+            ));
         }
-        file.truncate(bytes.len() as u64).await.map_err(|e| StorageIoError::new(ctx("truncating"), e))?;
+        file.truncate(bytes.len() as u64)
+            .await
+            .map_err(|e| StorageIoError::new(ctx("truncating"), e))?;
     }
-    file.fdatasync().await.map_err(|e| StorageIoError::new(ctx("syncing"), e))?;
-    file.close().await.map_err(|e| StorageIoError::new(ctx("closing"), e))?;
+    file.fdatasync()
+        .await
+        .map_err(|e| StorageIoError::new(ctx("syncing"), e))?;
+    file.close()
+        .await
+        .map_err(|e| StorageIoError::new(ctx("closing"), e))?;
     glommio::io::rename(&tmp_path, &final_path)
         .await
         .map_err(|e| StorageIoError::new(format!("renaming to {}", final_path.display()), e))?;
@@ -300,17 +353,39 @@ pub(crate) async fn read_small_file(path: &Path) -> Result<Option<Vec<u8>>, Stor
         return Ok(None);
     }
     probe_iopoll_once(path.parent().unwrap_or(Path::new("."))).await?;
-    let file = DmaFile::open(path).await.map_err(|e| StorageIoError::new(format!("opening {}", path.display()), e))?;
-    let size = file.file_size().await.map_err(|e| StorageIoError::new(format!("stat {}", path.display()), e))?;
-    let bytes = if size == 0 { Vec::new() } else { read_vec(&file, 0, size as usize, path).await? };
+    let file = DmaFile::open(path)
+        .await
+        .map_err(|e| StorageIoError::new(format!("opening {}", path.display()), e))?;
+    let size = file
+        .file_size()
+        .await
+        .map_err(|e| StorageIoError::new(format!("stat {}", path.display()), e))?;
+    let bytes = if size == 0 {
+        Vec::new()
+    } else {
+        read_vec(&file, 0, size as usize, path).await?
+    };
     let _ = file.close().await;
     Ok(Some(bytes))
 }
 
 /// Persists a segment's indexes next to its `.log`.
-pub(crate) async fn persist_indexes(dir: &Path, indexer: &SegmentIndexer) -> Result<(), StorageIoError> {
-    write_file_atomically(dir, &offset_index_file_name(indexer.base), &indexer.offset_index.encode()).await?;
-    write_file_atomically(dir, &time_index_file_name(indexer.base), &indexer.time_index.encode()).await
+pub(crate) async fn persist_indexes(
+    dir: &Path,
+    indexer: &SegmentIndexer,
+) -> Result<(), StorageIoError> {
+    write_file_atomically(
+        dir,
+        &offset_index_file_name(indexer.base),
+        &indexer.offset_index.encode(),
+    )
+    .await?;
+    write_file_atomically(
+        dir,
+        &time_index_file_name(indexer.base),
+        &indexer.time_index.encode(),
+    )
+    .await
 }
 
 /// Loads both persisted indexes of a segment, None when missing or damaged.
@@ -347,14 +422,18 @@ pub async fn prime_direct_io(dir: &Path) -> Result<(), StorageIoError> {
     // glommio's per-device cache is thread-local (one per executor thread), so this one is too.
     thread_local!(static PRIMED_DEVICES: std::cell::RefCell<Vec<u64>> = const { std::cell::RefCell::new(Vec::new()) });
     let ctx = |what: &str| format!("{what} {}", dir.display());
-    let dev = std::fs::metadata(dir).map_err(|e| StorageIoError::new(ctx("stat"), e))?.dev();
+    let dev = std::fs::metadata(dir)
+        .map_err(|e| StorageIoError::new(ctx("stat"), e))?
+        .dev();
     if PRIMED_DEVICES.with(|d| d.borrow().contains(&dev)) {
         return Ok(());
     }
     let path = dir.join(".direct-io-probe");
     std::fs::write(&path, vec![0u8; limits::DMA_ALIGNMENT_BYTES as usize])
         .map_err(|e| StorageIoError::new(ctx("writing the direct-IO probe in"), e))?;
-    let file = DmaFile::open(&path).await.map_err(|e| StorageIoError::new(ctx("opening the direct-IO probe in"), e))?;
+    let file = DmaFile::open(&path)
+        .await
+        .map_err(|e| StorageIoError::new(ctx("opening the direct-IO probe in"), e))?;
     let _ = file.close().await;
     let _ = std::fs::remove_file(&path);
     PRIMED_DEVICES.with(|d| d.borrow_mut().push(dev));

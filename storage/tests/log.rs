@@ -11,8 +11,8 @@ use proptest::prelude::*;
 use tern_protocol::batch::{build_simple_batch, validate_batch};
 use tern_protocol::types::{LeaderEpoch, Offset, TimestampMs};
 use tern_storage::{
-    log_file_name, offset_index_file_name, time_index_file_name, AppendError, DataDirLock, FlushPolicy, LockError, Log,
-    LogConfig, ReadError, TimestampType, CLEAN_SHUTDOWN_FILE_NAME,
+    log_file_name, offset_index_file_name, time_index_file_name, AppendError, DataDirLock,
+    FlushPolicy, LockError, Log, LogConfig, ReadError, TimestampType, CLEAN_SHUTDOWN_FILE_NAME,
 };
 
 fn run_async<F, Fut, T>(f: F) -> T
@@ -21,7 +21,11 @@ where
     Fut: Future<Output = T> + 'static,
     T: Send + 'static,
 {
-    LocalExecutorBuilder::new(Placement::Unbound).spawn(f).unwrap().join().unwrap()
+    LocalExecutorBuilder::new(Placement::Unbound)
+        .spawn(f)
+        .unwrap()
+        .join()
+        .unwrap()
 }
 
 fn small_config() -> LogConfig {
@@ -48,12 +52,23 @@ struct Expected {
 async fn append_all(log: &Log, specs: &[(usize, usize)], ts: i64) -> Vec<Expected> {
     let mut out = Vec::new();
     for &(records, value_bytes) in specs {
-        let info = log.append(batch(records, value_bytes, ts), LeaderEpoch(3), TimestampMs(ts)).await.unwrap();
+        let info = log
+            .append(
+                batch(records, value_bytes, ts),
+                LeaderEpoch(3),
+                TimestampMs(ts),
+            )
+            .await
+            .unwrap();
         // The stored form is the input with baseOffset and the epoch patched: rebuild it.
         let mut b = batch(records, value_bytes, ts);
         tern_protocol::batch::set_base_offset(&mut b, info.base_offset);
         tern_protocol::batch::set_partition_leader_epoch(&mut b, LeaderEpoch(3));
-        out.push(Expected { base: info.base_offset, next: info.last_offset.next(), bytes: b.freeze() });
+        out.push(Expected {
+            base: info.base_offset,
+            next: info.last_offset.next(),
+            bytes: b.freeze(),
+        });
     }
     out
 }
@@ -92,7 +107,10 @@ async fn check_reads(log: &Log, expected: &[Expected]) {
     }
     let at_end = log.read(end, 1024, end).await.unwrap();
     assert_eq!(at_end.len, 0);
-    assert!(matches!(log.read(end.next(), 1024, end).await, Err(ReadError::OffsetOutOfRange { .. })));
+    assert!(matches!(
+        log.read(end.next(), 1024, end).await,
+        Err(ReadError::OffsetOutOfRange { .. })
+    ));
 }
 
 /// Every persisted index entry points at the start of the batch it names; time index entries
@@ -101,18 +119,40 @@ fn check_index_invariants(dir: &Path) {
     use tern_storage::index::{OffsetIndex, TimeIndex};
     let mut bases: Vec<i64> = std::fs::read_dir(dir)
         .unwrap()
-        .filter_map(|e| e.unwrap().file_name().to_str()?.strip_suffix(".log")?.parse().ok())
+        .filter_map(|e| {
+            e.unwrap()
+                .file_name()
+                .to_str()?
+                .strip_suffix(".log")?
+                .parse()
+                .ok()
+        })
         .collect();
     bases.sort();
     for base in bases {
         let log = std::fs::read(dir.join(log_file_name(Offset(base)))).unwrap();
-        let index = OffsetIndex::decode(&std::fs::read(dir.join(offset_index_file_name(Offset(base)))).unwrap(), log.len() as u64 + 1).unwrap();
+        let index = OffsetIndex::decode(
+            &std::fs::read(dir.join(offset_index_file_name(Offset(base)))).unwrap(),
+            log.len() as u64 + 1,
+        )
+        .unwrap();
         for entry in index.entries() {
-            let header = tern_protocol::batch::BatchHeader::parse_unchecked(&log[entry.position as usize..]).unwrap();
-            assert_eq!(header.base_offset(), Offset(base + i64::from(entry.relative_offset)));
+            let header =
+                tern_protocol::batch::BatchHeader::parse_unchecked(&log[entry.position as usize..])
+                    .unwrap();
+            assert_eq!(
+                header.base_offset(),
+                Offset(base + i64::from(entry.relative_offset))
+            );
         }
-        let time = TimeIndex::decode(&std::fs::read(dir.join(time_index_file_name(Offset(base)))).unwrap(), None).unwrap();
-        let max = tern_protocol::batch::BatchIter::new(&log).map(|b| b.unwrap().header.max_timestamp()).max();
+        let time = TimeIndex::decode(
+            &std::fs::read(dir.join(time_index_file_name(Offset(base)))).unwrap(),
+            None,
+        )
+        .unwrap();
+        let max = tern_protocol::batch::BatchIter::new(&log)
+            .map(|b| b.unwrap().header.max_timestamp())
+            .max();
         assert_eq!(time.last().map(|e| e.timestamp), max, "segment {base}");
     }
 }
@@ -163,7 +203,11 @@ fn concurrent_appenders_share_fdatasyncs_and_get_contiguous_offsets() {
             tasks.push(glommio::spawn_local(async move {
                 let mut infos = Vec::new();
                 for _ in 0..20 {
-                    infos.push(log.append(batch(3, 200, 5), LeaderEpoch(1), TimestampMs(5)).await.unwrap());
+                    infos.push(
+                        log.append(batch(3, 200, 5), LeaderEpoch(1), TimestampMs(5))
+                            .await
+                            .unwrap(),
+                    );
                 }
                 infos
             }));
@@ -178,7 +222,10 @@ fn concurrent_appenders_share_fdatasyncs_and_get_contiguous_offsets() {
             assert_eq!(info.last_offset, Offset(i as i64 * 3 + 2));
         }
         let stats = log.stats();
-        assert!(stats.fdatasyncs < 160, "group commit shares syncs: {stats:?}");
+        assert!(
+            stats.fdatasyncs < 160,
+            "group commit shares syncs: {stats:?}"
+        );
         assert_eq!(log.high_watermark(), Offset(480));
     });
 }
@@ -188,9 +235,13 @@ fn crash_case(damage: impl FnOnce(&Path, &[(u64, Expected)]) -> usize + Send + '
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("p0");
     run_async(move || async move {
-        let config = LogConfig { index_interval_bytes: 256, ..LogConfig::default() };
+        let config = LogConfig {
+            index_interval_bytes: 256,
+            ..LogConfig::default()
+        };
         let log = Log::open(path.clone(), config.clone()).await.unwrap();
-        let specs: Vec<(usize, usize)> = (0..30).map(|i| (1 + i % 4, 50 + (i * 37) % 700)).collect();
+        let specs: Vec<(usize, usize)> =
+            (0..30).map(|i| (1 + i % 4, 50 + (i * 37) % 700)).collect();
         let expected = append_all(&log, &specs, 7).await;
         drop(log);
         let mut positions = Vec::new();
@@ -205,7 +256,10 @@ fn crash_case(damage: impl FnOnce(&Path, &[(u64, Expected)]) -> usize + Send + '
         check_reads(&log, kept).await;
         // The log keeps working after recovery.
         let more = append_all(&log, &[(1, 10)], 9).await;
-        assert_eq!(more[0].base, kept.last().map(|e| e.next).unwrap_or(Offset(0)));
+        assert_eq!(
+            more[0].base,
+            kept.last().map(|e| e.next).unwrap_or(Offset(0))
+        );
     });
 }
 
@@ -213,11 +267,17 @@ fn crash_case(damage: impl FnOnce(&Path, &[(u64, Expected)]) -> usize + Send + '
 fn crash_with_cut_segment_recovers_the_prefix_of_whole_batches() {
     for cut_seed in [0u64, 1, 61, 500, 4095, 4096, 7000, 9999, 12_345, u64::MAX] {
         crash_case(move |file, positions| {
-            let total: u64 = positions.last().map(|(p, e)| p + e.bytes.len() as u64).unwrap();
+            let total: u64 = positions
+                .last()
+                .map(|(p, e)| p + e.bytes.len() as u64)
+                .unwrap();
             let cut = cut_seed.min(total);
             let f = std::fs::OpenOptions::new().write(true).open(file).unwrap();
             f.set_len(cut).unwrap();
-            positions.iter().filter(|(p, e)| p + e.bytes.len() as u64 <= cut).count()
+            positions
+                .iter()
+                .filter(|(p, e)| p + e.bytes.len() as u64 <= cut)
+                .count()
         });
     }
 }
@@ -226,12 +286,18 @@ fn crash_with_cut_segment_recovers_the_prefix_of_whole_batches() {
 fn crash_with_flipped_byte_truncates_at_the_damaged_batch() {
     for flip_seed in [0u64, 9, 20, 70, 3000, 8000, 11_111] {
         crash_case(move |file, positions| {
-            let total: u64 = positions.last().map(|(p, e)| p + e.bytes.len() as u64).unwrap();
+            let total: u64 = positions
+                .last()
+                .map(|(p, e)| p + e.bytes.len() as u64)
+                .unwrap();
             let at = flip_seed.min(total - 1);
             let mut bytes = std::fs::read(file).unwrap();
             bytes[at as usize] ^= 0x5a;
             std::fs::write(file, &bytes).unwrap();
-            positions.iter().filter(|(p, e)| p + e.bytes.len() as u64 <= at).count()
+            positions
+                .iter()
+                .filter(|(p, e)| p + e.bytes.len() as u64 <= at)
+                .count()
         });
     }
 }
@@ -253,13 +319,23 @@ fn damaged_or_missing_indexes_are_rebuilt() {
         std::fs::write(path.join(offset_index_file_name(bases[0])), [0xffu8; 13]).unwrap();
         std::fs::remove_file(path.join(time_index_file_name(bases[1]))).unwrap();
         let last = bases[bases.len() - 1];
-        let f = std::fs::OpenOptions::new().write(true).open(path.join(offset_index_file_name(last))).unwrap();
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(path.join(offset_index_file_name(last)))
+            .unwrap();
         f.set_len(3).unwrap();
         let log = Log::open(path.clone(), small_config()).await.unwrap();
         check_reads(&log, &expected).await;
-        assert_eq!(std::fs::read(path.join(offset_index_file_name(bases[0]))).unwrap(), good_index);
+        assert_eq!(
+            std::fs::read(path.join(offset_index_file_name(bases[0]))).unwrap(),
+            good_index
+        );
         assert!(path.join(time_index_file_name(bases[1])).exists());
-        assert!(log.offset_for_timestamp(TimestampMs(1)).await.unwrap().is_some());
+        assert!(log
+            .offset_for_timestamp(TimestampMs(1))
+            .await
+            .unwrap()
+            .is_some());
     });
 }
 
@@ -268,7 +344,10 @@ fn clean_shutdown_marker_skips_the_recovery_scan() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("p0");
     run_async(move || async move {
-        let config = LogConfig { index_interval_bytes: 1024, ..LogConfig::default() };
+        let config = LogConfig {
+            index_interval_bytes: 1024,
+            ..LogConfig::default()
+        };
         let log = Log::open(path.clone(), config.clone()).await.unwrap();
         append_all(&log, &(0..20).map(|_| (2, 500)).collect::<Vec<_>>(), 1).await;
         let end = log.log_end_offset();
@@ -280,10 +359,16 @@ fn clean_shutdown_marker_skips_the_recovery_scan() {
         bytes[100] ^= 1;
         std::fs::write(&file, &bytes).unwrap();
         let log = Log::open(path.clone(), config.clone()).await.unwrap();
-        assert!(!path.join(CLEAN_SHUTDOWN_FILE_NAME).exists(), "marker removed on open");
+        assert!(
+            !path.join(CLEAN_SHUTDOWN_FILE_NAME).exists(),
+            "marker removed on open"
+        );
         assert_eq!(log.log_end_offset(), end, "no scan, nothing truncated");
         // Reading the damaged batch reports corruption rather than returning bad bytes.
-        assert!(matches!(log.read(Offset(0), 1, end).await, Err(ReadError::Corrupt { .. })));
+        assert!(matches!(
+            log.read(Offset(0), 1, end).await,
+            Err(ReadError::Corrupt { .. })
+        ));
         drop(log);
         // Without the marker the scan finds the damage and truncates there.
         let log = Log::open(path.clone(), config).await.unwrap();
@@ -296,7 +381,10 @@ fn invalid_batches_are_rejected_with_nothing_written() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("p0");
     run_async(move || async move {
-        let config = LogConfig { max_message_bytes: 4000, ..LogConfig::default() };
+        let config = LogConfig {
+            max_message_bytes: 4000,
+            ..LogConfig::default()
+        };
         let log = Log::open(path.clone(), config).await.unwrap();
         append_all(&log, &[(1, 10)], 1).await;
         let good = batch(2, 20, 1);
@@ -321,13 +409,17 @@ fn invalid_batches_are_rejected_with_nothing_written() {
             if name == "empty" {
                 input = bad;
             }
-            let err = log.append(input, LeaderEpoch(1), TimestampMs(1)).await.expect_err(name);
+            let err = log
+                .append(input, LeaderEpoch(1), TimestampMs(1))
+                .await
+                .expect_err(name);
             assert_eq!(err.kafka_error_code(), code, "{name}: {err}");
             assert_eq!(log.log_end_offset(), Offset(1), "{name}");
             assert_eq!(log.stats().batches_written, 1, "{name}");
         }
         assert!(matches!(
-            log.append(batch(1, 5000, 1), LeaderEpoch(1), TimestampMs(1)).await,
+            log.append(batch(1, 5000, 1), LeaderEpoch(1), TimestampMs(1))
+                .await,
             Err(AppendError::MessageTooLarge { .. })
         ));
     });
@@ -338,31 +430,54 @@ fn roll_by_size_and_time_and_retention_by_size_and_time() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("p0");
     run_async(move || async move {
-        let config = LogConfig { segment_bytes: 4096, segment_ms: 1000, ..small_config() };
+        let config = LogConfig {
+            segment_bytes: 4096,
+            segment_ms: 1000,
+            ..small_config()
+        };
         let log = Log::open(path.clone(), config.clone()).await.unwrap();
         // Each batch is ~1.1 KB: three fit in a segment.
         for i in 0..9 {
-            log.append(batch(1, 1000, 10_000 + i), LeaderEpoch(1), TimestampMs(10_000)).await.unwrap();
+            log.append(
+                batch(1, 1000, 10_000 + i),
+                LeaderEpoch(1),
+                TimestampMs(10_000),
+            )
+            .await
+            .unwrap();
         }
         assert_eq!(log.segment_bases(), vec![Offset(0), Offset(3), Offset(6)]);
         // Roll by time: the active segment's first batch is older than segment_ms.
         log.enforce_retention(TimestampMs(10_500)).await.unwrap();
         assert_eq!(log.segment_bases().len(), 3);
         log.enforce_retention(TimestampMs(11_000)).await.unwrap();
-        assert_eq!(log.segment_bases(), vec![Offset(0), Offset(3), Offset(6), Offset(9)]);
+        assert_eq!(
+            log.segment_bases(),
+            vec![Offset(0), Offset(3), Offset(6), Offset(9)]
+        );
         // Retention by size keeps at least retention_bytes, deleting whole oldest segments.
-        log.set_config(LogConfig { retention_bytes: 6000, retention_ms: -1, ..config.clone() });
+        log.set_config(LogConfig {
+            retention_bytes: 6000,
+            retention_ms: -1,
+            ..config.clone()
+        });
         log.enforce_retention(TimestampMs(11_000)).await.unwrap();
         assert_eq!(log.segment_bases(), vec![Offset(3), Offset(6), Offset(9)]);
         assert_eq!(log.log_start_offset(), Offset(3));
         assert!(!path.join(log_file_name(Offset(0))).exists());
         // Retention by time: segments whose newest timestamp is older than retention_ms go,
         // never the active one.
-        log.set_config(LogConfig { retention_ms: 100, ..config.clone() });
+        log.set_config(LogConfig {
+            retention_ms: 100,
+            ..config.clone()
+        });
         log.enforce_retention(TimestampMs(1_000_000)).await.unwrap();
         assert_eq!(log.segment_bases(), vec![Offset(9)]);
         assert_eq!(log.log_start_offset(), Offset(9));
-        assert!(matches!(log.read(Offset(5), 100, Offset(9)).await, Err(ReadError::OffsetOutOfRange { .. })));
+        assert!(matches!(
+            log.read(Offset(5), 100, Offset(9)).await,
+            Err(ReadError::OffsetOutOfRange { .. })
+        ));
         log.close().await.unwrap();
         let log = Log::open(path, config).await.unwrap();
         assert_eq!(log.log_start_offset(), Offset(9));
@@ -375,13 +490,22 @@ fn delete_records_advances_and_persists_the_log_start_offset() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("p0");
     run_async(move || async move {
-        let config = LogConfig { segment_bytes: 4096, ..small_config() };
+        let config = LogConfig {
+            segment_bytes: 4096,
+            ..small_config()
+        };
         let log = Log::open(path.clone(), config.clone()).await.unwrap();
         let expected = append_all(&log, &(0..9).map(|_| (1, 1000)).collect::<Vec<_>>(), 5).await;
-        assert!(log.delete_records(Offset(100)).await.is_err(), "above the high watermark");
+        assert!(
+            log.delete_records(Offset(100)).await.is_err(),
+            "above the high watermark"
+        );
         assert_eq!(log.delete_records(Offset(4)).await.unwrap(), Offset(4));
         assert_eq!(log.segment_bases(), vec![Offset(3), Offset(6)]);
-        assert!(matches!(log.read(Offset(3), 100, Offset(9)).await, Err(ReadError::OffsetOutOfRange { .. })));
+        assert!(matches!(
+            log.read(Offset(3), 100, Offset(9)).await,
+            Err(ReadError::OffsetOutOfRange { .. })
+        ));
         let slice = log.read(Offset(4), 1, Offset(9)).await.unwrap();
         assert_eq!(concat(&slice), &expected[4].bytes[..]);
         // Moving backwards is a no-op.
@@ -397,10 +521,16 @@ fn log_append_time_stamps_batches_and_timestamp_lookups_work() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("p0");
     run_async(move || async move {
-        let config = LogConfig { timestamp_type: TimestampType::LogAppendTime, ..small_config() };
+        let config = LogConfig {
+            timestamp_type: TimestampType::LogAppendTime,
+            ..small_config()
+        };
         let log = Log::open(path.clone(), config).await.unwrap();
         for i in 0..20i64 {
-            let info = log.append(batch(2, 400, 1), LeaderEpoch(1), TimestampMs(1000 + i * 10)).await.unwrap();
+            let info = log
+                .append(batch(2, 400, 1), LeaderEpoch(1), TimestampMs(1000 + i * 10))
+                .await
+                .unwrap();
             assert_eq!(info.log_append_time, TimestampMs(1000 + i * 10));
         }
         let slice = log.read(Offset(0), 1, Offset(40)).await.unwrap();
@@ -408,10 +538,22 @@ fn log_append_time_stamps_batches_and_timestamp_lookups_work() {
         assert!(header.is_log_append_time());
         assert_eq!(header.max_timestamp(), TimestampMs(1000));
         assert_eq!(log.max_timestamp(), Some((Offset(38), TimestampMs(1190))));
-        assert_eq!(log.offset_for_timestamp(TimestampMs(0)).await.unwrap(), Some((Offset(0), TimestampMs(1000))));
-        assert_eq!(log.offset_for_timestamp(TimestampMs(1055)).await.unwrap(), Some((Offset(12), TimestampMs(1060))));
-        assert_eq!(log.offset_for_timestamp(TimestampMs(1190)).await.unwrap(), Some((Offset(38), TimestampMs(1190))));
-        assert_eq!(log.offset_for_timestamp(TimestampMs(5000)).await.unwrap(), None);
+        assert_eq!(
+            log.offset_for_timestamp(TimestampMs(0)).await.unwrap(),
+            Some((Offset(0), TimestampMs(1000)))
+        );
+        assert_eq!(
+            log.offset_for_timestamp(TimestampMs(1055)).await.unwrap(),
+            Some((Offset(12), TimestampMs(1060)))
+        );
+        assert_eq!(
+            log.offset_for_timestamp(TimestampMs(1190)).await.unwrap(),
+            Some((Offset(38), TimestampMs(1190)))
+        );
+        assert_eq!(
+            log.offset_for_timestamp(TimestampMs(5000)).await.unwrap(),
+            None
+        );
     });
 }
 
@@ -421,22 +563,42 @@ fn reads_respect_upper_bound_max_bytes_and_return_at_least_one_batch() {
     let path = dir.path().join("p0");
     run_async(move || async move {
         for cache in [0usize, 1 << 20] {
-            let config = LogConfig { tail_cache_bytes: cache, ..LogConfig::default() };
-            let log = Log::open(path.join(format!("c{cache}")), config).await.unwrap();
-            let expected = append_all(&log, &(0..10).map(|_| (2, 500)).collect::<Vec<_>>(), 1).await;
+            let config = LogConfig {
+                tail_cache_bytes: cache,
+                ..LogConfig::default()
+            };
+            let log = Log::open(path.join(format!("c{cache}")), config)
+                .await
+                .unwrap();
+            let expected =
+                append_all(&log, &(0..10).map(|_| (2, 500)).collect::<Vec<_>>(), 1).await;
             let one = expected[0].bytes.len();
             let slice = log.read(Offset(0), 10, Offset(20)).await.unwrap();
-            assert_eq!((slice.len, slice.next_offset), (one, Offset(2)), "KIP-74, cache {cache}");
+            assert_eq!(
+                (slice.len, slice.next_offset),
+                (one, Offset(2)),
+                "KIP-74, cache {cache}"
+            );
             let slice = log.read(Offset(0), 3 * one + 5, Offset(20)).await.unwrap();
             assert_eq!(slice.len, 3 * one);
             let slice = log.read(Offset(3), 1 << 20, Offset(6)).await.unwrap();
-            assert_eq!((slice.first_offset, slice.next_offset), (Offset(2), Offset(6)), "upper excludes batch 6");
+            assert_eq!(
+                (slice.first_offset, slice.next_offset),
+                (Offset(2), Offset(6)),
+                "upper excludes batch 6"
+            );
             assert_eq!(log.read(Offset(6), 100, Offset(6)).await.unwrap().len, 0);
             let stats = log.stats();
             if cache == 0 {
-                assert!(stats.bytes_copied > 0 && stats.bytes_zero_copy == 0, "{stats:?}");
+                assert!(
+                    stats.bytes_copied > 0 && stats.bytes_zero_copy == 0,
+                    "{stats:?}"
+                );
             } else {
-                assert!(stats.bytes_zero_copy > 0 && stats.bytes_copied == 0, "{stats:?}");
+                assert!(
+                    stats.bytes_zero_copy > 0 && stats.bytes_copied == 0,
+                    "{stats:?}"
+                );
             }
         }
     });
@@ -449,10 +611,18 @@ fn interval_flush_acknowledges_without_fdatasync_and_syncs_later() {
     run_async(move || async move {
         // 500 ms leaves ten appends ample time to finish before any sync is due, even on a busy
         // machine, so "acknowledged without fdatasync" is not a race.
-        let config = LogConfig { flush: FlushPolicy::Interval { messages: 1_000_000, ms: 500 }, ..LogConfig::default() };
+        let config = LogConfig {
+            flush: FlushPolicy::Interval {
+                messages: 1_000_000,
+                ms: 500,
+            },
+            ..LogConfig::default()
+        };
         let log = Log::open(path, config).await.unwrap();
         for _ in 0..10 {
-            log.append(batch(1, 100, 1), LeaderEpoch(1), TimestampMs(1)).await.unwrap();
+            log.append(batch(1, 100, 1), LeaderEpoch(1), TimestampMs(1))
+                .await
+                .unwrap();
         }
         assert_eq!(log.high_watermark(), Offset(10));
         assert_eq!(log.stats().fdatasyncs, 0);
@@ -500,15 +670,24 @@ fn a_failing_disk_surfaces_a_storage_error_and_the_log_reopens_consistent() {
         let log = Log::open(path.clone(), small_config()).await.unwrap();
         let acked = append_all(&log, &[(2, 100), (3, 200)], 1).await;
         log.inject_write_failures(1);
-        let err = log.append(batch(1, 10, 1), LeaderEpoch(1), TimestampMs(1)).await.unwrap_err();
+        let err = log
+            .append(batch(1, 10, 1), LeaderEpoch(1), TimestampMs(1))
+            .await
+            .unwrap_err();
         assert!(matches!(err, AppendError::Storage(_)), "{err}");
         assert_eq!(err.kafka_error_code(), 56);
         // The log refuses further appends rather than guess, and still serves what was acked.
-        assert!(log.append(batch(1, 10, 1), LeaderEpoch(1), TimestampMs(1)).await.is_err());
+        assert!(log
+            .append(batch(1, 10, 1), LeaderEpoch(1), TimestampMs(1))
+            .await
+            .is_err());
         assert_eq!(log.high_watermark(), acked.last().unwrap().next);
         let slice = log.read(Offset(0), 1, log.high_watermark()).await.unwrap();
         assert_eq!(concat(&slice), &acked[0].bytes[..]);
-        assert!(log.close().await.is_err(), "no clean-shutdown marker after a failure");
+        assert!(
+            log.close().await.is_err(),
+            "no clean-shutdown marker after a failure"
+        );
         let log = Log::open(path.clone(), small_config()).await.unwrap();
         check_reads(&log, &acked).await;
         let more = append_all(&log, &[(1, 10)], 2).await;

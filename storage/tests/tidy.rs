@@ -19,5 +19,8 @@ fn every_source_file_starts_with_a_module_comment() {
             }
         }
     }
-    assert!(missing.is_empty(), "files without a leading //! comment: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "files without a leading //! comment: {missing:?}"
+    );
 }

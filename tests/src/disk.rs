@@ -34,7 +34,10 @@ pub struct StoredBatch {
 }
 
 fn partition_dir(broker: &Broker, topic: &str, partition: i32) -> PathBuf {
-    broker.data_dir().join("data").join(format!("{topic}-{partition}"))
+    broker
+        .data_dir()
+        .join("data")
+        .join(format!("{topic}-{partition}"))
 }
 
 /// Every batch in the partition's `.log` segments, in file-name (offset) order.
@@ -48,7 +51,8 @@ pub fn stored_batches(broker: &Broker, topic: &str, partition: i32) -> Vec<Store
     segments.sort();
     let mut out = Vec::new();
     for segment in segments {
-        let bytes = std::fs::read(&segment).unwrap_or_else(|error| panic!("reading {}: {error}", segment.display()));
+        let bytes = std::fs::read(&segment)
+            .unwrap_or_else(|error| panic!("reading {}: {error}", segment.display()));
         let mut at = 0usize;
         while at + HEADER_BYTES <= bytes.len() {
             let field = |offset: usize, len: usize| &bytes[at + offset..at + offset + len];
@@ -56,7 +60,12 @@ pub fn stored_batches(broker: &Broker, topic: &str, partition: i32) -> Vec<Store
             if batch_length == 0 {
                 break;
             }
-            assert_eq!(field(16, 1), [2], "{}: magic of the batch at byte {at}", segment.display());
+            assert_eq!(
+                field(16, 1),
+                [2],
+                "{}: magic of the batch at byte {at}",
+                segment.display()
+            );
             out.push(StoredBatch {
                 base_offset: i64::from_be_bytes(field(0, 8).try_into().expect("8 bytes")),
                 codec: (i16::from_be_bytes(field(21, 2).try_into().expect("2 bytes")) & 0x7) as u8,
@@ -72,14 +81,24 @@ pub fn stored_batches(broker: &Broker, topic: &str, partition: i32) -> Vec<Store
 /// (`__cluster_metadata/image.json`). The shard table is not visible over the Kafka protocol;
 /// this reads the broker's own file, so a change of its layout fails here loudly.
 pub fn partition_shards(broker: &Broker, topic: &str) -> Vec<u64> {
-    let path = broker.data_dir().join("data").join("__cluster_metadata").join("image.json");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|error| panic!("reading {}: {error}", path.display()));
-    let image: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|error| panic!("parsing {}: {error}", path.display()));
+    let path = broker
+        .data_dir()
+        .join("data")
+        .join("__cluster_metadata")
+        .join("image.json");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|error| panic!("reading {}: {error}", path.display()));
+    let image: serde_json::Value = serde_json::from_str(&text)
+        .unwrap_or_else(|error| panic!("parsing {}: {error}", path.display()));
     let partitions = image["topics"][topic]["partitions"]
         .as_array()
         .unwrap_or_else(|| panic!("{}: no partitions array for topic {topic}", path.display()));
     partitions
         .iter()
-        .map(|partition| partition["shard"].as_u64().unwrap_or_else(|| panic!("{}: partition without a shard: {partition}", path.display())))
+        .map(|partition| {
+            partition["shard"].as_u64().unwrap_or_else(|| {
+                panic!("{}: partition without a shard: {partition}", path.display())
+            })
+        })
         .collect()
 }

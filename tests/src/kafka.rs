@@ -48,7 +48,10 @@ pub fn wait<F: Future>(future: F) -> F::Output {
         if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
             return output;
         }
-        assert!(Instant::now() < deadline, "an rdkafka future did not complete within {WAIT_MAX:?}");
+        assert!(
+            Instant::now() < deadline,
+            "an rdkafka future did not complete within {WAIT_MAX:?}"
+        );
         std::thread::park_timeout(Duration::from_millis(50));
     }
 }
@@ -95,7 +98,10 @@ pub struct Rec {
 
 impl Rec {
     pub fn value(value: impl Into<Vec<u8>>) -> Rec {
-        Rec { value: Some(value.into()), ..Rec::default() }
+        Rec {
+            value: Some(value.into()),
+            ..Rec::default()
+        }
     }
 }
 
@@ -107,7 +113,11 @@ pub struct Consumed {
     pub record: Rec,
 }
 
-fn future_record<'a>(topic: &'a str, partition: Option<i32>, rec: &'a Rec) -> FutureRecord<'a, [u8], [u8]> {
+fn future_record<'a>(
+    topic: &'a str,
+    partition: Option<i32>,
+    rec: &'a Rec,
+) -> FutureRecord<'a, [u8], [u8]> {
     let mut record = FutureRecord::<[u8], [u8]>::to(topic);
     if let Some(partition) = partition {
         record = record.partition(partition);
@@ -124,7 +134,10 @@ fn future_record<'a>(topic: &'a str, partition: Option<i32>, rec: &'a Rec) -> Fu
     if !rec.headers.is_empty() {
         let mut headers = OwnedHeaders::new_with_capacity(rec.headers.len());
         for (key, value) in &rec.headers {
-            headers = headers.insert(Header { key: key.as_str(), value: value.as_deref() });
+            headers = headers.insert(Header {
+                key: key.as_str(),
+                value: value.as_deref(),
+            });
         }
         record = record.headers(headers);
     }
@@ -133,14 +146,23 @@ fn future_record<'a>(topic: &'a str, partition: Option<i32>, rec: &'a Rec) -> Fu
 
 /// Sends every record to `partition` (or where the partitioner puts it) and returns each
 /// one's outcome, in send order: its (partition, offset) or the error.
-pub fn try_produce(producer: &FutureProducer, topic: &str, partition: Option<i32>, records: &[Rec]) -> Vec<Result<(i32, i64), KafkaError>> {
+pub fn try_produce(
+    producer: &FutureProducer,
+    topic: &str,
+    partition: Option<i32>,
+    records: &[Rec],
+) -> Vec<Result<(i32, i64), KafkaError>> {
     let items: Vec<(Option<i32>, &Rec)> = records.iter().map(|rec| (partition, rec)).collect();
     try_produce_each(producer, topic, &items)
 }
 
 /// Sends each record to its own partition. All are queued before the first delivery report
 /// is awaited, so they pipeline and share requests.
-pub fn try_produce_each(producer: &FutureProducer, topic: &str, items: &[(Option<i32>, &Rec)]) -> Vec<Result<(i32, i64), KafkaError>> {
+pub fn try_produce_each(
+    producer: &FutureProducer,
+    topic: &str,
+    items: &[(Option<i32>, &Rec)],
+) -> Vec<Result<(i32, i64), KafkaError>> {
     let mut pending = Vec::with_capacity(items.len());
     for &(partition, rec) in items {
         let deadline = Instant::now() + WAIT_MAX;
@@ -150,7 +172,10 @@ pub fn try_produce_each(producer: &FutureProducer, topic: &str, items: &[(Option
             match producer.send_result(record) {
                 Ok(future) => break future,
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
-                    assert!(Instant::now() < deadline, "producer queue stayed full for {WAIT_MAX:?}");
+                    assert!(
+                        Instant::now() < deadline,
+                        "producer queue stayed full for {WAIT_MAX:?}"
+                    );
                     record = returned;
                     std::thread::sleep(Duration::from_millis(5));
                 }
@@ -161,19 +186,30 @@ pub fn try_produce_each(producer: &FutureProducer, topic: &str, items: &[(Option
     }
     pending
         .into_iter()
-        .map(|future| match wait(future).expect("delivery report channel closed") {
-            Ok(delivery) => Ok((delivery.partition, delivery.offset)),
-            Err((error, _message)) => Err(error),
-        })
+        .map(
+            |future| match wait(future).expect("delivery report channel closed") {
+                Ok(delivery) => Ok((delivery.partition, delivery.offset)),
+                Err((error, _message)) => Err(error),
+            },
+        )
         .collect()
 }
 
 /// Like `try_produce`, but every record must be acknowledged.
-pub fn produce(producer: &FutureProducer, topic: &str, partition: Option<i32>, records: &[Rec]) -> Vec<(i32, i64)> {
+pub fn produce(
+    producer: &FutureProducer,
+    topic: &str,
+    partition: Option<i32>,
+    records: &[Rec],
+) -> Vec<(i32, i64)> {
     try_produce(producer, topic, partition, records)
         .into_iter()
         .enumerate()
-        .map(|(index, outcome)| outcome.unwrap_or_else(|error| panic!("record {index} to {topic} was not acknowledged: {error}")))
+        .map(|(index, outcome)| {
+            outcome.unwrap_or_else(|error| {
+                panic!("record {index} to {topic} was not acknowledged: {error}")
+            })
+        })
         .collect()
 }
 
@@ -201,7 +237,8 @@ pub fn consumer(broker: &Broker) -> BaseConsumer {
 pub fn assign(consumer: &BaseConsumer, topic: &str, partitions: &[i32], from: Offset) {
     let mut list = TopicPartitionList::new();
     for &partition in partitions {
-        list.add_partition_offset(topic, partition, from).expect("partition offset");
+        list.add_partition_offset(topic, partition, from)
+            .expect("partition offset");
     }
     consumer.assign(&list).expect("assign partitions");
 }
@@ -209,7 +246,12 @@ pub fn assign(consumer: &BaseConsumer, topic: &str, partitions: &[i32], from: Of
 fn to_consumed(message: &impl Message) -> Consumed {
     let headers = message
         .headers()
-        .map(|headers| headers.iter().map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec))).collect())
+        .map(|headers| {
+            headers
+                .iter()
+                .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
+                .collect()
+        })
         .unwrap_or_default();
     Consumed {
         partition: message.partition(),
@@ -229,7 +271,11 @@ pub fn read_exactly(consumer: &BaseConsumer, count: usize, within: Duration) -> 
     let deadline = Instant::now() + within;
     let mut out = Vec::with_capacity(count);
     while out.len() < count {
-        assert!(Instant::now() < deadline, "read {} of {count} records within {within:?}", out.len());
+        assert!(
+            Instant::now() < deadline,
+            "read {} of {count} records within {within:?}",
+            out.len()
+        );
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(message)) => out.push(to_consumed(&message)),
             Some(Err(error)) => panic!("consumer error after {} records: {error}", out.len()),
@@ -239,7 +285,10 @@ pub fn read_exactly(consumer: &BaseConsumer, count: usize, within: Duration) -> 
     let grace_end = Instant::now() + EXTRA_RECORDS_GRACE;
     while Instant::now() < grace_end {
         if let Some(Ok(message)) = consumer.poll(Duration::from_millis(50)) {
-            panic!("read more than the {count} records expected: {:?}", to_consumed(&message));
+            panic!(
+                "read more than the {count} records expected: {:?}",
+                to_consumed(&message)
+            );
         }
     }
     out
@@ -254,38 +303,59 @@ pub fn consume(broker: &Broker, topic: &str, partitions: &[i32], count: usize) -
 
 /// The (low, high) watermarks of one partition, from ListOffsets earliest and latest.
 pub fn watermarks(broker: &Broker, topic: &str, partition: i32) -> (i64, i64) {
-    consumer(broker).fetch_watermarks(topic, partition, WAIT_MAX).expect("fetch watermarks")
+    consumer(broker)
+        .fetch_watermarks(topic, partition, WAIT_MAX)
+        .expect("fetch watermarks")
 }
 
 pub fn admin(broker: &Broker) -> AdminClient<DefaultClientContext> {
-    client_config(broker).create().expect("create rdkafka admin client")
+    client_config(broker)
+        .create()
+        .expect("create rdkafka admin client")
 }
 
 pub fn admin_options() -> AdminOptions {
-    AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))).request_timeout(Some(Duration::from_secs(30)))
+    AdminOptions::new()
+        .operation_timeout(Some(Duration::from_secs(30)))
+        .request_timeout(Some(Duration::from_secs(30)))
 }
 
 /// Creates a topic (replication factor 1) and returns the broker's verdict.
-pub fn try_create_topic(broker: &Broker, name: &str, partitions: i32, replication: i32, configs: &[(&str, &str)]) -> Result<(), RDKafkaErrorCode> {
+pub fn try_create_topic(
+    broker: &Broker,
+    name: &str,
+    partitions: i32,
+    replication: i32,
+    configs: &[(&str, &str)],
+) -> Result<(), RDKafkaErrorCode> {
     let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(replication));
     for (key, value) in configs {
         topic = topic.set(key, value);
     }
-    let results = wait(admin(broker).create_topics([&topic], &admin_options())).unwrap_or_else(|error| panic!("CreateTopics request: {error}"));
+    let results = wait(admin(broker).create_topics([&topic], &admin_options()))
+        .unwrap_or_else(|error| panic!("CreateTopics request: {error}"));
     match <[_; 1]>::try_from(results) {
         Ok([result]) => result.map(drop).map_err(|(_, code)| code),
-        Err(results) => panic!("CreateTopics for one topic answered {} results", results.len()),
+        Err(results) => panic!(
+            "CreateTopics for one topic answered {} results",
+            results.len()
+        ),
     }
 }
 
 /// Creates a topic with replication factor 1 and the given configs; it must succeed.
 pub fn create_topic(broker: &Broker, name: &str, partitions: i32, configs: &[(&str, &str)]) {
-    try_create_topic(broker, name, partitions, 1, configs).unwrap_or_else(|code| panic!("create topic {name}: {code:?}"));
+    try_create_topic(broker, name, partitions, 1, configs)
+        .unwrap_or_else(|code| panic!("create topic {name}: {code:?}"));
 }
 
 /// How many partitions Metadata reports for `topic`, or `None` if it does not exist.
 pub fn partition_count(broker: &Broker, topic: &str) -> Option<usize> {
     let consumer = consumer(broker);
     let metadata = consumer.fetch_metadata(None, WAIT_MAX).expect("metadata");
-    metadata.topics().iter().find(|t| t.name() == topic && t.error().is_none()).map(|t| t.partitions().len())
+    metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none())
+        .map(|t| t.partitions().len())
 }

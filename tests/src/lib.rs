@@ -29,7 +29,10 @@ pub fn tern_binary() -> PathBuf {
     }
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/<test> -> target/<profile>/tern
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile> directory");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile> directory");
     let candidate = profile_dir.join("tern");
     assert!(
         candidate.exists(),
@@ -40,7 +43,11 @@ pub fn tern_binary() -> PathBuf {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port").local_addr().expect("local addr").port()
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind an ephemeral port")
+        .local_addr()
+        .expect("local addr")
+        .port()
 }
 
 /// A broker process owned by a test. Dropping it stops the process (SIGTERM, then SIGKILL).
@@ -60,9 +67,16 @@ impl Broker {
     }
 
     pub fn start_with(cores: usize, extra_args: &[&str]) -> Broker {
-        let data_dir = tempfile::Builder::new().prefix("tern-test-").tempdir().expect("temp data dir");
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("address");
-        let admin_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("address");
+        let data_dir = tempfile::Builder::new()
+            .prefix("tern-test-")
+            .tempdir()
+            .expect("temp data dir");
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port())
+            .parse()
+            .expect("address");
+        let admin_addr: SocketAddr = format!("127.0.0.1:{}", free_port())
+            .parse()
+            .expect("address");
         let mut broker = Broker {
             child: None,
             addr,
@@ -88,7 +102,8 @@ impl Broker {
     }
 
     fn spawn(&mut self) {
-        let log = std::fs::File::create(self.data_dir.path().join("broker.log")).expect("broker log file");
+        let log = std::fs::File::create(self.data_dir.path().join("broker.log"))
+            .expect("broker log file");
         let child = Command::new(tern_binary())
             .arg("serve")
             .arg("--listen")
@@ -100,7 +115,10 @@ impl Broker {
             .arg("--admin-listen")
             .arg(self.admin_addr.to_string())
             .args(&self.extra_args)
-            .env("TERN_LOG", std::env::var("TERN_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "TERN_LOG",
+                std::env::var("TERN_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -111,20 +129,35 @@ impl Broker {
             if TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok() {
                 return;
             }
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                panic!("broker exited during start ({status}); log:\n{}", self.log());
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "broker exited during start ({status}); log:\n{}",
+                    self.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("broker did not accept connections within {START_TIMEOUT:?}; log:\n{}", self.log());
+        panic!(
+            "broker did not accept connections within {START_TIMEOUT:?}; log:\n{}",
+            self.log()
+        );
     }
 
     /// Fetches `/metrics` and returns the sum over shards of the named metric.
     pub fn metric(&self, name: &str) -> u64 {
         use std::io::{Read, Write};
-        let mut stream = TcpStream::connect_timeout(&self.admin_addr, Duration::from_secs(5)).expect("admin endpoint");
-        stream.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
-        stream.write_all(b"GET /metrics HTTP/1.1\r\nhost: tern\r\n\r\n").expect("request");
+        let mut stream = TcpStream::connect_timeout(&self.admin_addr, Duration::from_secs(5))
+            .expect("admin endpoint");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nhost: tern\r\n\r\n")
+            .expect("request");
         let mut text = String::new();
         stream.read_to_string(&mut text).expect("response");
         text.lines()
@@ -147,7 +180,9 @@ impl Broker {
 
     /// Graceful stop: SIGTERM and wait (bounded); returns whether it exited cleanly.
     pub fn stop(&mut self) -> bool {
-        let Some(mut child) = self.child.take() else { return true };
+        let Some(mut child) = self.child.take() else {
+            return true;
+        };
         // SAFETY: signalling our own child process by pid.
         unsafe {
             libc::kill(child.id() as i32, libc::SIGTERM);
@@ -174,7 +209,10 @@ impl Broker {
 
     /// Starts the broker again on the same address and data directory.
     pub fn restart(&mut self) {
-        assert!(self.child.is_none(), "stop or kill the broker before restarting it");
+        assert!(
+            self.child.is_none(),
+            "stop or kill the broker before restarting it"
+        );
         self.spawn();
     }
 }
@@ -187,7 +225,9 @@ impl Drop for Broker {
         if std::thread::panicking() {
             let log = self.log();
             let tail_start = log.len().saturating_sub(LOG_TAIL_BYTES);
-            let tail_start = (tail_start..log.len()).find(|&i| log.is_char_boundary(i)).unwrap_or(log.len());
+            let tail_start = (tail_start..log.len())
+                .find(|&i| log.is_char_boundary(i))
+                .unwrap_or(log.len());
             eprintln!("---- broker log (last {LOG_TAIL_BYTES} bytes) ----\n{}\n---- end of broker log ----", &log[tail_start..]);
         }
     }

@@ -54,44 +54,77 @@ pub async fn partition(client: &Client, topic: &str, partition: i32) -> Partitio
 }
 
 pub fn timestamp(ms: i64) -> DateTime<Utc> {
-    Utc.timestamp_millis_opt(ms).single().expect("valid timestamp")
+    Utc.timestamp_millis_opt(ms)
+        .single()
+        .expect("valid timestamp")
 }
 
-pub fn record(key: Option<&[u8]>, value: Option<&[u8]>, headers: &[(&str, &[u8])], timestamp_ms: i64) -> Record {
+pub fn record(
+    key: Option<&[u8]>,
+    value: Option<&[u8]>,
+    headers: &[(&str, &[u8])],
+    timestamp_ms: i64,
+) -> Record {
     Record {
         key: key.map(<[u8]>::to_vec),
         value: value.map(<[u8]>::to_vec),
-        headers: headers.iter().map(|(k, v)| ((*k).to_owned(), v.to_vec())).collect::<BTreeMap<_, _>>(),
+        headers: headers
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.to_vec()))
+            .collect::<BTreeMap<_, _>>(),
         timestamp: timestamp(timestamp_ms),
     }
 }
 
 /// Produces `records` as one batch and returns their offsets.
-pub async fn produce(client: &PartitionClient, records: Vec<Record>, compression: Compression) -> Vec<i64> {
+pub async fn produce(
+    client: &PartitionClient,
+    records: Vec<Record>,
+    compression: Compression,
+) -> Vec<i64> {
     let count = records.len();
-    let offsets = client.produce(records, compression).await.unwrap_or_else(|error| panic!("rskafka produce to {client:?}: {error}"));
+    let offsets = client
+        .produce(records, compression)
+        .await
+        .unwrap_or_else(|error| panic!("rskafka produce to {client:?}: {error}"));
     assert_eq!(offsets.len(), count, "one offset per produced record");
     offsets
 }
 
 /// Fetches from `from` until exactly `count` records are read (a fetch may start inside a
 /// batch; records before the requested offset are dropped by rskafka). Panics past `READ_MAX`.
-pub async fn read_exactly(client: &PartitionClient, from: i64, count: usize) -> Vec<RecordAndOffset> {
+pub async fn read_exactly(
+    client: &PartitionClient,
+    from: i64,
+    count: usize,
+) -> Vec<RecordAndOffset> {
     let deadline = Instant::now() + READ_MAX;
     let mut out: Vec<RecordAndOffset> = Vec::with_capacity(count);
     let mut next = from;
     while out.len() < count {
-        assert!(Instant::now() < deadline, "{client:?}: read {} of {count} records within {READ_MAX:?}", out.len());
+        assert!(
+            Instant::now() < deadline,
+            "{client:?}: read {} of {count} records within {READ_MAX:?}",
+            out.len()
+        );
         let (records, _high_watermark) = client
             .fetch_records(next, 1..FETCH_BYTES_MAX, 200)
             .await
             .unwrap_or_else(|error| panic!("rskafka fetch {client:?} at {next}: {error}"));
         for record in records {
-            assert!(record.offset >= next, "{client:?}: fetch at {next} returned offset {}", record.offset);
+            assert!(
+                record.offset >= next,
+                "{client:?}: fetch at {next} returned offset {}",
+                record.offset
+            );
             next = record.offset + 1;
             out.push(record);
         }
     }
-    assert_eq!(out.len(), count, "{client:?}: read more records than expected");
+    assert_eq!(
+        out.len(),
+        count,
+        "{client:?}: read more records than expected"
+    );
     out
 }

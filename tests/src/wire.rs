@@ -30,7 +30,8 @@ pub struct RawConnection {
 
 impl RawConnection {
     pub fn connect(addr: SocketAddr) -> RawConnection {
-        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("raw connect");
+        let stream =
+            TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("raw connect");
         stream.set_nodelay(true).expect("nodelay");
         RawConnection { stream }
     }
@@ -55,11 +56,23 @@ impl RawConnection {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return if received.is_empty() { Fate::Open } else { Fate::Answered(received) };
+                return if received.is_empty() {
+                    Fate::Open
+                } else {
+                    Fate::Answered(received)
+                };
             }
-            self.stream.set_read_timeout(Some(left.min(Duration::from_millis(200)))).expect("read timeout");
+            self.stream
+                .set_read_timeout(Some(left.min(Duration::from_millis(200))))
+                .expect("read timeout");
             match self.stream.read(&mut chunk) {
-                Ok(0) => return if received.is_empty() { Fate::Closed } else { Fate::Answered(received) },
+                Ok(0) => {
+                    return if received.is_empty() {
+                        Fate::Closed
+                    } else {
+                        Fate::Answered(received)
+                    }
+                }
                 Ok(read) => {
                     received.extend_from_slice(&chunk[..read]);
                     // One complete frame is an answer; stop there.
@@ -67,9 +80,19 @@ impl RawConnection {
                         return Fate::Answered(frame);
                     }
                 }
-                Err(error) if matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-                Err(error) if matches!(error.kind(), ErrorKind::ConnectionReset | ErrorKind::BrokenPipe) => {
-                    return if received.is_empty() { Fate::Closed } else { Fate::Answered(received) };
+                Err(error)
+                    if matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(error)
+                    if matches!(
+                        error.kind(),
+                        ErrorKind::ConnectionReset | ErrorKind::BrokenPipe
+                    ) =>
+                {
+                    return if received.is_empty() {
+                        Fate::Closed
+                    } else {
+                        Fate::Answered(received)
+                    };
                 }
                 Err(error) => panic!("raw read: {error}"),
             }
@@ -121,8 +144,16 @@ pub struct ApiVersionsV0 {
 
 /// Decodes a whole ApiVersions v0 response frame; `None` if the bytes do not fit that shape.
 pub fn parse_api_versions_v0(frame: &[u8]) -> Option<ApiVersionsV0> {
-    let i16_at = |at: usize| frame.get(at..at + 2).map(|b| i16::from_be_bytes([b[0], b[1]]));
-    let i32_at = |at: usize| frame.get(at..at + 4).map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+    let i16_at = |at: usize| {
+        frame
+            .get(at..at + 2)
+            .map(|b| i16::from_be_bytes([b[0], b[1]]))
+    };
+    let i32_at = |at: usize| {
+        frame
+            .get(at..at + 4)
+            .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    };
     let size = usize::try_from(i32_at(0)?).ok()?;
     if frame.len() != 4 + size {
         return None;
@@ -136,5 +167,9 @@ pub fn parse_api_versions_v0(frame: &[u8]) -> Option<ApiVersionsV0> {
         apis.push((i16_at(at)?, i16_at(at + 2)?, i16_at(at + 4)?));
         at += 6;
     }
-    (at == frame.len()).then_some(ApiVersionsV0 { correlation_id, error_code, apis })
+    (at == frame.len()).then_some(ApiVersionsV0 {
+        correlation_id,
+        error_code,
+        apis,
+    })
 }

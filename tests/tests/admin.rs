@@ -8,17 +8,34 @@ use tern_tests::kafka::{self, Rec};
 use tern_tests::Broker;
 
 /// Each named topic config as DescribeConfigs reports it: (value, whether it is a default).
-fn describe_topic(broker: &Broker, topic: &str, names: &[&str]) -> Vec<(String, Option<String>, bool)> {
-    let results = kafka::wait(kafka::admin(broker).describe_configs([&ResourceSpecifier::Topic(topic)], &kafka::admin_options()))
-        .expect("DescribeConfigs request");
+fn describe_topic(
+    broker: &Broker,
+    topic: &str,
+    names: &[&str],
+) -> Vec<(String, Option<String>, bool)> {
+    let results = kafka::wait(
+        kafka::admin(broker)
+            .describe_configs([&ResourceSpecifier::Topic(topic)], &kafka::admin_options()),
+    )
+    .expect("DescribeConfigs request");
     assert_eq!(results.len(), 1, "one result per resource");
-    let resource = results.into_iter().next().expect("one result").unwrap_or_else(|code| panic!("describe {topic}: {code:?}"));
+    let resource = results
+        .into_iter()
+        .next()
+        .expect("one result")
+        .unwrap_or_else(|code| panic!("describe {topic}: {code:?}"));
     names
         .iter()
         .map(|&name| {
-            let entry = resource.get(name).unwrap_or_else(|| panic!("{topic}: DescribeConfigs lists no '{name}'"));
+            let entry = resource
+                .get(name)
+                .unwrap_or_else(|| panic!("{topic}: DescribeConfigs lists no '{name}'"));
             if !entry.is_default {
-                assert_eq!(entry.source, ConfigSource::DynamicTopic, "{topic}: source of explicitly set '{name}'");
+                assert_eq!(
+                    entry.source,
+                    ConfigSource::DynamicTopic,
+                    "{topic}: source of explicitly set '{name}'"
+                );
             }
             (name.to_owned(), entry.value.clone(), entry.is_default)
         })
@@ -37,23 +54,50 @@ fn default(name: &str, value: &str) -> (String, Option<String>, bool) {
 fn topic_created_with_configs_describes_them_and_alter_configs_replaces_them() {
     let broker = Broker::start(1);
     let topic = "configured";
-    kafka::create_topic(&broker, topic, 3, &[("retention.ms", "3600000"), ("max.message.bytes", "2000000")]);
-    assert_eq!(kafka::partition_count(&broker, topic), Some(3), "partitions after create");
+    kafka::create_topic(
+        &broker,
+        topic,
+        3,
+        &[
+            ("retention.ms", "3600000"),
+            ("max.message.bytes", "2000000"),
+        ],
+    );
+    assert_eq!(
+        kafka::partition_count(&broker, topic),
+        Some(3),
+        "partitions after create"
+    );
     let names = ["retention.ms", "max.message.bytes", "segment.bytes"];
     assert_eq!(
         describe_topic(&broker, topic, &names),
-        vec![set("retention.ms", "3600000"), set("max.message.bytes", "2000000"), default("segment.bytes", "1073741824")],
+        vec![
+            set("retention.ms", "3600000"),
+            set("max.message.bytes", "2000000"),
+            default("segment.bytes", "1073741824")
+        ],
         "configs after create"
     );
 
     // AlterConfigs (the legacy, non-incremental API) replaces the topic's whole set of
     // explicit configs: what it leaves out returns to its default.
-    let alter = AlterConfig::new(ResourceSpecifier::Topic(topic)).set("retention.ms", "7200000").set("segment.bytes", "10485760");
-    let results = kafka::wait(kafka::admin(&broker).alter_configs([&alter], &kafka::admin_options())).expect("AlterConfigs request");
-    assert!(matches!(results.as_slice(), [Ok(_)]), "AlterConfigs result: {results:?}");
+    let alter = AlterConfig::new(ResourceSpecifier::Topic(topic))
+        .set("retention.ms", "7200000")
+        .set("segment.bytes", "10485760");
+    let results =
+        kafka::wait(kafka::admin(&broker).alter_configs([&alter], &kafka::admin_options()))
+            .expect("AlterConfigs request");
+    assert!(
+        matches!(results.as_slice(), [Ok(_)]),
+        "AlterConfigs result: {results:?}"
+    );
     assert_eq!(
         describe_topic(&broker, topic, &names),
-        vec![set("retention.ms", "7200000"), default("max.message.bytes", "1048588"), set("segment.bytes", "10485760")],
+        vec![
+            set("retention.ms", "7200000"),
+            default("max.message.bytes", "1048588"),
+            set("segment.bytes", "10485760")
+        ],
         "configs after AlterConfigs"
     );
 
@@ -61,8 +105,13 @@ fn topic_created_with_configs_describes_them_and_alter_configs_replaces_them() {
     // `alter_configs` reports every resource as Ok whatever the broker answered (it never
     // reads the per-resource error), so only the unchanged configs can be checked here.
     let bad = AlterConfig::new(ResourceSpecifier::Topic(topic)).set("no.such.config", "1");
-    kafka::wait(kafka::admin(&broker).alter_configs([&bad], &kafka::admin_options())).expect("AlterConfigs request");
-    assert_eq!(describe_topic(&broker, topic, &["retention.ms"]), vec![set("retention.ms", "7200000")], "unchanged by the refused alter");
+    kafka::wait(kafka::admin(&broker).alter_configs([&bad], &kafka::admin_options()))
+        .expect("AlterConfigs request");
+    assert_eq!(
+        describe_topic(&broker, topic, &["retention.ms"]),
+        vec![set("retention.ms", "7200000")],
+        "unchanged by the refused alter"
+    );
 }
 
 /// A CreateTopics request a single-broker cluster must refuse, and the code it answers.
@@ -79,17 +128,51 @@ fn create_topics_refuses_what_a_single_broker_cannot_serve_with_kafka_error_code
     let broker = Broker::start(1);
     kafka::create_topic(&broker, "exists-already", 1, &[]);
     let cases = [
-        Refused { topic: "replication-three", partitions: 1, replication: 3, configs: &[], expected: RDKafkaErrorCode::InvalidReplicationFactor },
-        Refused { topic: "exists-already", partitions: 1, replication: 1, configs: &[], expected: RDKafkaErrorCode::TopicAlreadyExists },
-        Refused { topic: "bad-config", partitions: 1, replication: 1, configs: &[("retention.ms", "soon")], expected: RDKafkaErrorCode::InvalidConfig },
-        Refused { topic: "zero-partitions", partitions: 0, replication: 1, configs: &[], expected: RDKafkaErrorCode::InvalidPartitions },
+        Refused {
+            topic: "replication-three",
+            partitions: 1,
+            replication: 3,
+            configs: &[],
+            expected: RDKafkaErrorCode::InvalidReplicationFactor,
+        },
+        Refused {
+            topic: "exists-already",
+            partitions: 1,
+            replication: 1,
+            configs: &[],
+            expected: RDKafkaErrorCode::TopicAlreadyExists,
+        },
+        Refused {
+            topic: "bad-config",
+            partitions: 1,
+            replication: 1,
+            configs: &[("retention.ms", "soon")],
+            expected: RDKafkaErrorCode::InvalidConfig,
+        },
+        Refused {
+            topic: "zero-partitions",
+            partitions: 0,
+            replication: 1,
+            configs: &[],
+            expected: RDKafkaErrorCode::InvalidPartitions,
+        },
     ];
     for case in &cases {
-        let outcome = kafka::try_create_topic(&broker, case.topic, case.partitions, case.replication, case.configs);
+        let outcome = kafka::try_create_topic(
+            &broker,
+            case.topic,
+            case.partitions,
+            case.replication,
+            case.configs,
+        );
         assert_eq!(outcome, Err(case.expected), "create {}", case.topic);
     }
     for topic in ["replication-three", "bad-config", "zero-partitions"] {
-        assert_eq!(kafka::partition_count(&broker, topic), None, "refused topic {topic} must not exist");
+        assert_eq!(
+            kafka::partition_count(&broker, topic),
+            None,
+            "refused topic {topic} must not exist"
+        );
     }
 }
 
@@ -99,25 +182,64 @@ fn create_partitions_adds_partitions_that_take_records() {
     let topic = "growing";
     kafka::create_topic(&broker, topic, 2, &[]);
     let grow = NewPartitions::new(topic, 5);
-    let results = kafka::wait(kafka::admin(&broker).create_partitions([&grow], &kafka::admin_options())).expect("CreatePartitions request");
-    assert!(matches!(results.as_slice(), [Ok(_)]), "CreatePartitions result: {results:?}");
-    assert_eq!(kafka::partition_count(&broker, topic), Some(5), "partitions after growing");
+    let results =
+        kafka::wait(kafka::admin(&broker).create_partitions([&grow], &kafka::admin_options()))
+            .expect("CreatePartitions request");
+    assert!(
+        matches!(results.as_slice(), [Ok(_)]),
+        "CreatePartitions result: {results:?}"
+    );
+    assert_eq!(
+        kafka::partition_count(&broker, topic),
+        Some(5),
+        "partitions after growing"
+    );
 
     // Shrinking is refused.
     let shrink = NewPartitions::new(topic, 3);
-    let results = kafka::wait(kafka::admin(&broker).create_partitions([&shrink], &kafka::admin_options())).expect("CreatePartitions request");
-    assert!(matches!(results.as_slice(), [Err((_, RDKafkaErrorCode::InvalidPartitions))]), "shrinking: {results:?}");
-    assert_eq!(kafka::partition_count(&broker, topic), Some(5), "partitions after refused shrink");
+    let results =
+        kafka::wait(kafka::admin(&broker).create_partitions([&shrink], &kafka::admin_options()))
+            .expect("CreatePartitions request");
+    assert!(
+        matches!(
+            results.as_slice(),
+            [Err((_, RDKafkaErrorCode::InvalidPartitions))]
+        ),
+        "shrinking: {results:?}"
+    );
+    assert_eq!(
+        kafka::partition_count(&broker, topic),
+        Some(5),
+        "partitions after refused shrink"
+    );
 
     let producer = kafka::producer(&broker);
     for partition in 0..5 {
-        let acks = kafka::produce(&producer, topic, Some(partition), &[Rec::value(format!("to {partition}"))]);
-        assert_eq!(acks, vec![(partition, 0)], "first record in partition {partition}");
+        let acks = kafka::produce(
+            &producer,
+            topic,
+            Some(partition),
+            &[Rec::value(format!("to {partition}"))],
+        );
+        assert_eq!(
+            acks,
+            vec![(partition, 0)],
+            "first record in partition {partition}"
+        );
     }
     let consumed = kafka::consume(&broker, topic, &[0, 1, 2, 3, 4], 5);
-    let mut got: Vec<(i32, Vec<u8>)> = consumed.into_iter().map(|c| (c.partition, c.record.value.expect("value"))).collect();
+    let mut got: Vec<(i32, Vec<u8>)> = consumed
+        .into_iter()
+        .map(|c| (c.partition, c.record.value.expect("value")))
+        .collect();
     got.sort();
-    assert_eq!(got, (0..5).map(|p| (p, format!("to {p}").into_bytes())).collect::<Vec<_>>(), "one record per partition");
+    assert_eq!(
+        got,
+        (0..5)
+            .map(|p| (p, format!("to {p}").into_bytes()))
+            .collect::<Vec<_>>(),
+        "one record per partition"
+    );
 }
 
 #[test]
@@ -125,26 +247,59 @@ fn deleted_topic_disappears_from_metadata() {
     let broker = Broker::start(1);
     let topic = "short-lived";
     kafka::create_topic(&broker, topic, 2, &[]);
-    kafka::produce(&kafka::producer(&broker), topic, Some(1), &[Rec::value(b"soon gone".to_vec())]);
-    assert_eq!(kafka::partition_count(&broker, topic), Some(2), "topic before delete");
+    kafka::produce(
+        &kafka::producer(&broker),
+        topic,
+        Some(1),
+        &[Rec::value(b"soon gone".to_vec())],
+    );
+    assert_eq!(
+        kafka::partition_count(&broker, topic),
+        Some(2),
+        "topic before delete"
+    );
 
-    let results = kafka::wait(kafka::admin(&broker).delete_topics(&[topic], &kafka::admin_options())).expect("DeleteTopics request");
+    let results =
+        kafka::wait(kafka::admin(&broker).delete_topics(&[topic], &kafka::admin_options()))
+            .expect("DeleteTopics request");
     assert_eq!(results, vec![Ok(topic.to_owned())], "DeleteTopics result");
-    assert_eq!(kafka::partition_count(&broker, topic), None, "topic after delete");
+    assert_eq!(
+        kafka::partition_count(&broker, topic),
+        None,
+        "topic after delete"
+    );
 
-    let results = kafka::wait(kafka::admin(&broker).delete_topics(&[topic], &kafka::admin_options())).expect("DeleteTopics request");
-    assert_eq!(results, vec![Err((topic.to_owned(), RDKafkaErrorCode::UnknownTopicOrPartition))], "deleting it again");
+    let results =
+        kafka::wait(kafka::admin(&broker).delete_topics(&[topic], &kafka::admin_options()))
+            .expect("DeleteTopics request");
+    assert_eq!(
+        results,
+        vec![Err((
+            topic.to_owned(),
+            RDKafkaErrorCode::UnknownTopicOrPartition
+        ))],
+        "deleting it again"
+    );
 
     // The name can be reused, and the new topic starts empty.
     kafka::create_topic(&broker, topic, 1, &[]);
-    assert_eq!(kafka::watermarks(&broker, topic, 0), (0, 0), "recreated topic is empty");
+    assert_eq!(
+        kafka::watermarks(&broker, topic, 0),
+        (0, 0),
+        "recreated topic is empty"
+    );
 }
 
 #[test]
 fn clients_cannot_produce_to_the_internal_offsets_topic() {
     let broker = Broker::start(1);
     let producer = kafka::producer_with(&broker, &[("message.timeout.ms", "5000")]);
-    let outcome = kafka::try_produce(&producer, "__consumer_offsets", Some(0), &[Rec::value("forged commit")]);
+    let outcome = kafka::try_produce(
+        &producer,
+        "__consumer_offsets",
+        Some(0),
+        &[Rec::value("forged commit")],
+    );
     match outcome.as_slice() {
         [Err(error)] => assert_eq!(
             error.rdkafka_error_code(),

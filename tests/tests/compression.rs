@@ -23,7 +23,11 @@ fn assert_stored_compressed(broker: &Broker, topic: &str, codec: &str, codec_id:
     assert!(!batches.is_empty(), "{codec}: no batch on disk");
     let mut next = 0i64;
     for batch in &batches {
-        assert_eq!((batch.base_offset, batch.codec), (next, codec_id), "{codec}: stored batch {batch:?}");
+        assert_eq!(
+            (batch.base_offset, batch.codec),
+            (next, codec_id),
+            "{codec}: stored batch {batch:?}"
+        );
         next += i64::from(batch.record_count);
     }
     assert_eq!(next, RECORDS as i64, "{codec}: records in stored batches");
@@ -49,7 +53,11 @@ fn rec_from_rskafka(record: &rskafka::record::Record) -> Rec {
     Rec {
         key: record.key.clone(),
         value: record.value.clone(),
-        headers: record.headers.iter().map(|(k, v)| (k.clone(), Some(v.clone()))).collect(),
+        headers: record
+            .headers
+            .iter()
+            .map(|(k, v)| (k.clone(), Some(v.clone())))
+            .collect(),
         timestamp_ms: Some(record.timestamp.timestamp_millis()),
     }
 }
@@ -58,33 +66,62 @@ fn rskafka_record(rec: &Rec) -> rskafka::record::Record {
     rskafka::record::Record {
         key: rec.key.clone(),
         value: rec.value.clone(),
-        headers: rec.headers.iter().map(|(k, v)| (k.clone(), v.clone().expect("non-null header"))).collect(),
+        headers: rec
+            .headers
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone().expect("non-null header")))
+            .collect(),
         timestamp: rs::timestamp(rec.timestamp_ms.expect("timestamp")),
     }
 }
 
 fn assert_consumed(codec: &str, reader: &str, sent: &[Rec], consumed: &[kafka::Consumed]) {
-    assert_eq!(consumed.len(), sent.len(), "{codec}, read by {reader}: record count");
+    assert_eq!(
+        consumed.len(),
+        sent.len(),
+        "{codec}, read by {reader}: record count"
+    );
     for (index, (sent, got)) in sent.iter().zip(consumed).enumerate() {
-        assert_eq!(got.offset, index as i64, "{codec}, read by {reader}: offset of record {index}");
-        assert_eq!(&got.record, sent, "{codec}, read by {reader}: record {index}");
+        assert_eq!(
+            got.offset, index as i64,
+            "{codec}, read by {reader}: offset of record {index}"
+        );
+        assert_eq!(
+            &got.record, sent,
+            "{codec}, read by {reader}: record {index}"
+        );
     }
 }
 
 /// rdkafka compresses a batch with `codec`; the broker stores it compressed, and both
 /// clients read every record back exactly.
 async fn check_rdkafka_codec(codec: &str) {
-    let (_, _, codec_id) = CODECS.into_iter().find(|(name, _, _)| *name == codec).expect("known codec");
+    let (_, _, codec_id) = CODECS
+        .into_iter()
+        .find(|(name, _, _)| *name == codec)
+        .expect("known codec");
     let broker = Broker::start(1);
     let topic = format!("compressed-by-rdkafka-{codec}");
     kafka::create_topic(&broker, &topic, 1, &[]);
-    let producer = kafka::producer_with(&broker, &[("compression.codec", codec), ("linger.ms", "50")]);
+    let producer = kafka::producer_with(
+        &broker,
+        &[("compression.codec", codec), ("linger.ms", "50")],
+    );
     let sent = records(codec);
     let acks = kafka::produce(&producer, &topic, Some(0), &sent);
-    assert_eq!(acks, (0..RECORDS as i64).map(|o| (0, o)).collect::<Vec<_>>(), "{codec}: acked offsets");
+    assert_eq!(
+        acks,
+        (0..RECORDS as i64).map(|o| (0, o)).collect::<Vec<_>>(),
+        "{codec}: acked offsets"
+    );
     assert_stored_compressed(&broker, &topic, codec, codec_id);
 
-    assert_consumed(codec, "rdkafka", &sent, &kafka::consume(&broker, &topic, &[0], RECORDS));
+    assert_consumed(
+        codec,
+        "rdkafka",
+        &sent,
+        &kafka::consume(&broker, &topic, &[0], RECORDS),
+    );
 
     let client = rs::client(&broker).await;
     let partition = rs::partition(&client, &topic, 0).await;
@@ -125,21 +162,45 @@ async fn rskafka_batches_of_every_codec_are_stored_compressed_and_read_back_exac
         // Three batches, so offsets must continue across compressed batches.
         let mut offsets = Vec::new();
         for chunk in sent.chunks(100) {
-            offsets.extend(rs::produce(&partition, chunk.iter().map(rskafka_record).collect(), compression).await);
+            offsets.extend(
+                rs::produce(
+                    &partition,
+                    chunk.iter().map(rskafka_record).collect(),
+                    compression,
+                )
+                .await,
+            );
         }
-        assert_eq!(offsets, (0..RECORDS as i64).collect::<Vec<_>>(), "{codec}: offsets");
+        assert_eq!(
+            offsets,
+            (0..RECORDS as i64).collect::<Vec<_>>(),
+            "{codec}: offsets"
+        );
         assert_stored_compressed(&broker, &topic, codec, codec_id);
-        assert_eq!(disk::stored_batches(&broker, &topic, 0).len(), 3, "{codec}: one stored batch per produce call");
+        assert_eq!(
+            disk::stored_batches(&broker, &topic, 0).len(),
+            3,
+            "{codec}: one stored batch per produce call"
+        );
 
         let read = rs::read_exactly(&partition, 0, RECORDS).await;
         let read: Vec<Rec> = read.iter().map(|r| rec_from_rskafka(&r.record)).collect();
         assert_eq!(read, sent, "{codec}, read by rskafka");
 
-        assert_consumed(codec, "rdkafka", &sent, &kafka::consume(&broker, &topic, &[0], RECORDS));
+        assert_consumed(
+            codec,
+            "rdkafka",
+            &sent,
+            &kafka::consume(&broker, &topic, &[0], RECORDS),
+        );
 
         // A fetch starting inside a compressed batch returns the whole batch; clients skip
         // the records before the offset they asked for.
         let middle = rs::read_exactly(&partition, 150, RECORDS - 150).await;
-        assert_eq!(middle.first().map(|r| r.offset), Some(150), "{codec}: read from the middle of a batch");
+        assert_eq!(
+            middle.first().map(|r| r.offset),
+            Some(150),
+            "{codec}: read from the middle of a batch"
+        );
     }
 }

@@ -21,19 +21,40 @@ async fn records_and_topic_configs_survive_a_graceful_restart() {
     let topic = "survives-restart";
     let partitions = 3;
     kafka::create_topic(&broker, topic, partitions, &[("retention.ms", "86400000")]);
-    let sent: Vec<(i32, Rec)> = (0..900).map(|i| (i % partitions, Rec::value(format!("before-{i:04}")))).collect();
+    let sent: Vec<(i32, Rec)> = (0..900)
+        .map(|i| (i % partitions, Rec::value(format!("before-{i:04}"))))
+        .collect();
     let items: Vec<(Option<i32>, &Rec)> = sent.iter().map(|(p, rec)| (Some(*p), rec)).collect();
     let acks = kafka::try_produce_each(&kafka::producer(&broker), topic, &items);
-    assert!(acks.iter().all(Result::is_ok), "every record acknowledged before the restart");
+    assert!(
+        acks.iter().all(Result::is_ok),
+        "every record acknowledged before the restart"
+    );
 
-    assert!(broker.stop(), "graceful stop exits with success; log:\n{}", broker.log());
+    assert!(
+        broker.stop(),
+        "graceful stop exits with success; log:\n{}",
+        broker.log()
+    );
     broker.restart();
 
-    assert_eq!(kafka::partition_count(&broker, topic), Some(partitions as usize), "topic after restart");
-    let consumed = kafka::consume(&broker, topic, &(0..partitions).collect::<Vec<_>>(), sent.len());
+    assert_eq!(
+        kafka::partition_count(&broker, topic),
+        Some(partitions as usize),
+        "topic after restart"
+    );
+    let consumed = kafka::consume(
+        &broker,
+        topic,
+        &(0..partitions).collect::<Vec<_>>(),
+        sent.len(),
+    );
     let mut by_partition: BTreeMap<i32, Vec<(i64, Vec<u8>)>> = BTreeMap::new();
     for c in consumed {
-        by_partition.entry(c.partition).or_default().push((c.offset, c.record.value.expect("value")));
+        by_partition
+            .entry(c.partition)
+            .or_default()
+            .push((c.offset, c.record.value.expect("value")));
     }
     for partition in 0..partitions {
         let expected: Vec<(i64, Vec<u8>)> = sent
@@ -42,21 +63,42 @@ async fn records_and_topic_configs_survive_a_graceful_restart() {
             .enumerate()
             .map(|(offset, (_, rec))| (offset as i64, rec.value.clone().expect("value")))
             .collect();
-        assert_eq!(by_partition.get(&partition), Some(&expected), "partition {partition} after restart");
+        assert_eq!(
+            by_partition.get(&partition),
+            Some(&expected),
+            "partition {partition} after restart"
+        );
     }
 
     // Offsets continue where they were, and configs were kept.
     let client = rs::client(&broker).await;
     let pc = rs::partition(&client, topic, 0).await;
-    let offsets = rs::produce(&pc, vec![rs::record(None, Some(b"after"), &[], 1_700_000_000_000)], Compression::NoCompression).await;
-    assert_eq!(offsets, vec![300], "next offset in partition 0 after restart");
+    let offsets = rs::produce(
+        &pc,
+        vec![rs::record(None, Some(b"after"), &[], 1_700_000_000_000)],
+        Compression::NoCompression,
+    )
+    .await;
+    assert_eq!(
+        offsets,
+        vec![300],
+        "next offset in partition 0 after restart"
+    );
     let configs = kafka::wait(kafka::admin(&broker).describe_configs(
         [&rdkafka::admin::ResourceSpecifier::Topic(topic)],
         &kafka::admin_options(),
     ))
     .expect("DescribeConfigs");
-    let retention = configs[0].as_ref().ok().and_then(|c| c.get("retention.ms")).and_then(|e| e.value.clone());
-    assert_eq!(retention.as_deref(), Some("86400000"), "topic config after restart");
+    let retention = configs[0]
+        .as_ref()
+        .ok()
+        .and_then(|c| c.get("retention.ms"))
+        .and_then(|e| e.value.clone());
+    assert_eq!(
+        retention.as_deref(),
+        Some("86400000"),
+        "topic config after restart"
+    );
 }
 
 /// Records every acknowledged delivery (partition, offset, value) and counts failures.
@@ -76,7 +118,11 @@ impl ProducerContext for AckLedger {
         match result {
             Ok(message) => {
                 let value = message.payload().map(<[u8]>::to_vec).unwrap_or_default();
-                self.acked.lock().expect("ledger lock").push((message.partition(), message.offset(), value));
+                self.acked.lock().expect("ledger lock").push((
+                    message.partition(),
+                    message.offset(),
+                    value,
+                ));
                 self.acked_count.fetch_add(1, Ordering::SeqCst);
             }
             Err(_) => {
@@ -107,7 +153,9 @@ fn acks_all_records_survive_kill_9() {
         // that is not coming back during this loop.
         .set("message.timeout.ms", "4000")
         .set("reconnect.backoff.max.ms", "200");
-    let producer: ThreadedProducer<AckLedger> = config.create_with_context(AckLedger::default()).expect("producer");
+    let producer: ThreadedProducer<AckLedger> = config
+        .create_with_context(AckLedger::default())
+        .expect("producer");
 
     let killed = AtomicBool::new(false);
     let sent_count = std::thread::scope(|scope| {
@@ -117,7 +165,11 @@ fn acks_all_records_survive_kill_9() {
         scope.spawn(move || {
             let deadline = Instant::now() + Duration::from_secs(90);
             while ledger.acked_count.load(Ordering::SeqCst) < ACKS_BEFORE_KILL {
-                assert!(Instant::now() < deadline, "only {} acks within 90 s", ledger.acked_count.load(Ordering::SeqCst));
+                assert!(
+                    Instant::now() < deadline,
+                    "only {} acks within 90 s",
+                    ledger.acked_count.load(Ordering::SeqCst)
+                );
                 std::thread::sleep(Duration::from_millis(1));
             }
             broker.kill9();
@@ -138,10 +190,15 @@ fn acks_all_records_survive_kill_9() {
                 continue;
             }
             let value = format!("kill9-{sent:07}");
-            let record = BaseRecord::to(topic).partition((sent % PARTITIONS as usize) as i32).payload(value.as_str()).key("");
+            let record = BaseRecord::to(topic)
+                .partition((sent % PARTITIONS as usize) as i32)
+                .payload(value.as_str())
+                .key("");
             match producer.send::<str, str>(record) {
                 Ok(()) => sent += 1,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => std::thread::sleep(Duration::from_millis(1)),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    std::thread::sleep(Duration::from_millis(1))
+                }
                 Err((error, _)) => panic!("enqueue: {error}"),
             }
         }
@@ -152,10 +209,21 @@ fn acks_all_records_survive_kill_9() {
     let ledger = producer.context();
     let acked_count = ledger.acked_count.load(Ordering::SeqCst);
     let failed_count = ledger.failed_count.load(Ordering::SeqCst);
-    assert_eq!(acked_count + failed_count, sent_count, "every sent record got a delivery report");
-    assert!(acked_count >= ACKS_BEFORE_KILL, "acks before the crash: {acked_count}");
-    assert!(failed_count > 0, "the crash must land while records are in flight (none failed)");
-    let acked: Vec<(i32, i64, Vec<u8>)> = std::mem::take(&mut *ledger.acked.lock().expect("ledger lock"));
+    assert_eq!(
+        acked_count + failed_count,
+        sent_count,
+        "every sent record got a delivery report"
+    );
+    assert!(
+        acked_count >= ACKS_BEFORE_KILL,
+        "acks before the crash: {acked_count}"
+    );
+    assert!(
+        failed_count > 0,
+        "the crash must land while records are in flight (none failed)"
+    );
+    let acked: Vec<(i32, i64, Vec<u8>)> =
+        std::mem::take(&mut *ledger.acked.lock().expect("ledger lock"));
     drop(producer);
 
     broker.restart();
@@ -168,7 +236,10 @@ fn acks_all_records_survive_kill_9() {
         assert_eq!(low, 0, "partition {partition} log start after the crash");
         let consumed = kafka::consume(&broker, topic, &[partition], high as usize);
         for (index, c) in consumed.into_iter().enumerate() {
-            assert_eq!(c.offset, index as i64, "partition {partition}: offsets contiguous after recovery");
+            assert_eq!(
+                c.offset, index as i64,
+                "partition {partition}: offsets contiguous after recovery"
+            );
             in_log.insert((partition, c.offset), c.record.value.expect("value"));
         }
     }
@@ -183,6 +254,14 @@ fn acks_all_records_survive_kill_9() {
             )),
         }
     }
-    assert!(missing.is_empty(), "{} of {acked_count} acked records lost or changed, first: {:?}", missing.len(), &missing[..missing.len().min(5)]);
-    assert!(in_log.len() >= acked.len(), "the log holds at least the acked records");
+    assert!(
+        missing.is_empty(),
+        "{} of {acked_count} acked records lost or changed, first: {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+    assert!(
+        in_log.len() >= acked.len(),
+        "the log holds at least the acked records"
+    );
 }

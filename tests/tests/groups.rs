@@ -15,21 +15,35 @@ use rdkafka::message::Message;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 fn partitions_of(consumer: &BaseConsumer) -> BTreeSet<i32> {
-    consumer.assignment().map(|list| list.elements().iter().map(|e| e.partition()).collect()).unwrap_or_default()
+    consumer
+        .assignment()
+        .map(|list| list.elements().iter().map(|e| e.partition()).collect())
+        .unwrap_or_default()
 }
 
 /// Polls every consumer until `done` holds (or panics after `timeout`), collecting payloads
 /// per consumer and committing synchronously after each message.
-fn poll_until(consumers: &[&BaseConsumer], seen: &mut Vec<Vec<String>>, timeout: Duration, done: impl Fn(&[&BaseConsumer], &[Vec<String>]) -> bool) {
+fn poll_until(
+    consumers: &[&BaseConsumer],
+    seen: &mut Vec<Vec<String>>,
+    timeout: Duration,
+    done: impl Fn(&[&BaseConsumer], &[Vec<String>]) -> bool,
+) {
     let deadline = Instant::now() + timeout;
     seen.resize(consumers.len(), Vec::new());
     while !done(consumers, seen) {
-        assert!(Instant::now() < deadline, "condition not reached in {timeout:?}");
+        assert!(
+            Instant::now() < deadline,
+            "condition not reached in {timeout:?}"
+        );
         for (index, consumer) in consumers.iter().enumerate() {
             if let Some(Ok(message)) = consumer.poll(Duration::from_millis(20)) {
-                let payload = String::from_utf8_lossy(message.payload().unwrap_or_default()).into_owned();
+                let payload =
+                    String::from_utf8_lossy(message.payload().unwrap_or_default()).into_owned();
                 seen[index].push(payload);
-                consumer.commit_message(&message, CommitMode::Sync).expect("commit");
+                consumer
+                    .commit_message(&message, CommitMode::Sync)
+                    .expect("commit");
             }
         }
     }
@@ -46,7 +60,11 @@ fn two_consumers_split_six_partitions_then_survivor_takes_over_without_duplicate
     let mut seen = Vec::new();
     poll_until(&[&a, &b], &mut seen, Duration::from_secs(60), |c, seen| {
         let (pa, pb) = (partitions_of(c[0]), partitions_of(c[1]));
-        pa.len() + pb.len() == 6 && pa.is_disjoint(&pb) && !pa.is_empty() && !pb.is_empty() && seen.iter().map(Vec::len).sum::<usize>() >= 100
+        pa.len() + pb.len() == 6
+            && pa.is_disjoint(&pb)
+            && !pa.is_empty()
+            && !pb.is_empty()
+            && seen.iter().map(Vec::len).sum::<usize>() >= 100
     });
     let (pa, pb) = (partitions_of(&a), partitions_of(&b));
     assert!(pa.is_disjoint(&pb), "overlap: {pa:?} {pb:?}");
@@ -56,7 +74,9 @@ fn two_consumers_split_six_partitions_then_survivor_takes_over_without_duplicate
     drop(b);
     let mut rest = vec![seen[0].clone()];
     let before_b = seen[1].clone();
-    poll_until(&[&a], &mut rest, Duration::from_secs(60), |c, seen| partitions_of(c[0]).len() == 6 && seen[0].len() + before_b.len() >= 600);
+    poll_until(&[&a], &mut rest, Duration::from_secs(60), |c, seen| {
+        partitions_of(c[0]).len() == 6 && seen[0].len() + before_b.len() >= 600
+    });
     let mut all: Vec<String> = rest[0].iter().chain(&before_b).cloned().collect();
     all.sort();
     let unique: BTreeSet<&String> = all.iter().collect();
@@ -69,7 +89,9 @@ fn two_consumers_split_six_partitions_then_survivor_takes_over_without_duplicate
 #[test]
 #[ignore]
 fn helper_consumer_process() {
-    let Ok(bootstrap) = std::env::var("GROUPS_HELPER_BOOTSTRAP") else { return };
+    let Ok(bootstrap) = std::env::var("GROUPS_HELPER_BOOTSTRAP") else {
+        return;
+    };
     let consumer: BaseConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", &bootstrap)
         .set("group.id", std::env::var("GROUPS_HELPER_GROUP").unwrap())
@@ -78,7 +100,9 @@ fn helper_consumer_process() {
         .set("heartbeat.interval.ms", "200")
         .create()
         .unwrap();
-    consumer.subscribe(&[&std::env::var("GROUPS_HELPER_TOPIC").unwrap()]).unwrap();
+    consumer
+        .subscribe(&[&std::env::var("GROUPS_HELPER_TOPIC").unwrap()])
+        .unwrap();
     // Bounded even if the parent test dies before killing us.
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     while std::time::Instant::now() < deadline {
@@ -93,7 +117,12 @@ fn expired_member_is_removed_after_its_session_timeout() {
     let a = consumer(&broker, "g-expire");
     a.subscribe(&["expire"]).unwrap();
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "helper_consumer_process", "--ignored", "--nocapture"])
+        .args([
+            "--exact",
+            "helper_consumer_process",
+            "--ignored",
+            "--nocapture",
+        ])
         .env("GROUPS_HELPER_BOOTSTRAP", broker.bootstrap())
         .env("GROUPS_HELPER_GROUP", "g-expire")
         .env("GROUPS_HELPER_TOPIC", "expire")
@@ -102,15 +131,22 @@ fn expired_member_is_removed_after_its_session_timeout() {
         .spawn()
         .unwrap();
     let mut seen = Vec::new();
-    poll_until(&[&a], &mut seen, Duration::from_secs(60), |c, _| partitions_of(c[0]).len() == 3);
+    poll_until(&[&a], &mut seen, Duration::from_secs(60), |c, _| {
+        partitions_of(c[0]).len() == 3
+    });
     // SIGKILL: no LeaveGroup, no more heartbeats.
     child.kill().unwrap();
     child.wait().unwrap();
     let killed = Instant::now();
-    poll_until(&[&a], &mut seen, Duration::from_secs(30), |c, _| partitions_of(c[0]).len() == 6);
+    poll_until(&[&a], &mut seen, Duration::from_secs(30), |c, _| {
+        partitions_of(c[0]).len() == 6
+    });
     let elapsed = killed.elapsed();
     println!("dead member expired and partitions moved after {elapsed:?} (session timeout 6 s)");
-    assert!(elapsed >= Duration::from_secs(4), "expired before its session timeout: {elapsed:?}");
+    assert!(
+        elapsed >= Duration::from_secs(4),
+        "expired before its session timeout: {elapsed:?}"
+    );
     assert!(broker.log().contains("member session expired"));
 }
 
@@ -123,7 +159,9 @@ fn committed_offsets_survive_a_broker_restart() {
         let c = consumer(&broker, "g-durable");
         c.subscribe(&["durable"]).unwrap();
         let mut seen = Vec::new();
-        poll_until(&[&c], &mut seen, Duration::from_secs(60), |_, seen| seen[0].len() >= 40);
+        poll_until(&[&c], &mut seen, Duration::from_secs(60), |_, seen| {
+            seen[0].len() >= 40
+        });
         let positions = c.committed(Duration::from_secs(10)).unwrap();
         for element in positions.elements() {
             if let Offset::Offset(offset) = element.offset() {
@@ -143,19 +181,32 @@ fn committed_offsets_survive_a_broker_restart() {
     for partition in 0..3 {
         wanted.add_partition("durable", partition);
     }
-    let after = c.committed_offsets(wanted, Duration::from_secs(30)).unwrap();
+    let after = c
+        .committed_offsets(wanted, Duration::from_secs(30))
+        .unwrap();
     if std::env::var("GROUPS_DEBUG").is_ok() {
         eprintln!("{}", broker.log());
     }
     for element in after.elements() {
-        let expected = committed.get(&element.partition()).copied().map(Offset::Offset).unwrap_or(Offset::Invalid);
-        assert_eq!(element.offset(), expected, "partition {}", element.partition());
+        let expected = committed
+            .get(&element.partition())
+            .copied()
+            .map(Offset::Offset)
+            .unwrap_or(Offset::Invalid);
+        assert_eq!(
+            element.offset(),
+            expected,
+            "partition {}",
+            element.partition()
+        );
     }
     // Resume: the first record per partition is exactly at the committed offset. Partitions
     // consumed to their end before the restart have nothing more to give.
     let unfinished = (0..3)
         .filter(|&partition| {
-            let (_, high) = c.fetch_watermarks("durable", partition, Duration::from_secs(10)).unwrap();
+            let (_, high) = c
+                .fetch_watermarks("durable", partition, Duration::from_secs(10))
+                .unwrap();
             committed.get(&partition).copied().unwrap_or(0) < high
         })
         .count();
@@ -167,9 +218,17 @@ fn committed_offsets_survive_a_broker_restart() {
             first.entry(message.partition()).or_insert(message.offset());
         }
     }
-    assert_eq!(first.len(), unfinished, "every unfinished partition resumes");
+    assert_eq!(
+        first.len(),
+        unfinished,
+        "every unfinished partition resumes"
+    );
     for (partition, offset) in first {
-        assert_eq!(offset, committed.get(&partition).copied().unwrap_or(0), "partition {partition}");
+        assert_eq!(
+            offset,
+            committed.get(&partition).copied().unwrap_or(0),
+            "partition {partition}"
+        );
     }
 }
 
@@ -189,14 +248,19 @@ fn static_member_rejoining_within_its_session_timeout_causes_no_rebalance() {
     produce(&broker, "static", 4, 40);
     let revocations = Arc::new(AtomicUsize::new(0));
     let mut static_config = consumer_config(&broker, "g-static");
-    static_config.set("group.instance.id", "instance-a").set("session.timeout.ms", "20000");
-    let b: BaseConsumer<CountingContext> =
-        consumer_config(&broker, "g-static").set("session.timeout.ms", "20000").create_with_context(CountingContext(revocations.clone())).unwrap();
+    static_config
+        .set("group.instance.id", "instance-a")
+        .set("session.timeout.ms", "20000");
+    let b: BaseConsumer<CountingContext> = consumer_config(&broker, "g-static")
+        .set("session.timeout.ms", "20000")
+        .create_with_context(CountingContext(revocations.clone()))
+        .unwrap();
     let a: BaseConsumer = static_config.create().unwrap();
     a.subscribe(&["static"]).unwrap();
     b.subscribe(&["static"]).unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
-    let b_parts = |b: &BaseConsumer<CountingContext>| b.assignment().map(|l| l.count()).unwrap_or(0);
+    let b_parts =
+        |b: &BaseConsumer<CountingContext>| b.assignment().map(|l| l.count()).unwrap_or(0);
     while !(partitions_of(&a).len() == 2 && b_parts(&b) == 2) {
         assert!(Instant::now() < deadline, "group never split");
         a.poll(Duration::from_millis(20));
@@ -211,7 +275,10 @@ fn static_member_rejoining_within_its_session_timeout_causes_no_rebalance() {
     a2.subscribe(&["static"]).unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     while partitions_of(&a2).is_empty() {
-        assert!(Instant::now() < deadline, "static member never got its assignment back");
+        assert!(
+            Instant::now() < deadline,
+            "static member never got its assignment back"
+        );
         a2.poll(Duration::from_millis(20));
         b.poll(Duration::from_millis(20));
     }
@@ -219,9 +286,21 @@ fn static_member_rejoining_within_its_session_timeout_causes_no_rebalance() {
         a2.poll(Duration::from_millis(20));
         b.poll(Duration::from_millis(20));
     }
-    assert_eq!(partitions_of(&a2), a_before, "the static member's assignment changed");
-    assert_eq!(revocations.load(Ordering::SeqCst), revoked_before, "the other member saw a rebalance");
-    assert_eq!(broker.rebalance_times_ms("g-static").len(), rebalances_before, "the broker ran a rebalance");
+    assert_eq!(
+        partitions_of(&a2),
+        a_before,
+        "the static member's assignment changed"
+    );
+    assert_eq!(
+        revocations.load(Ordering::SeqCst),
+        revoked_before,
+        "the other member saw a rebalance"
+    );
+    assert_eq!(
+        broker.rebalance_times_ms("g-static").len(),
+        rebalances_before,
+        "the broker ran a rebalance"
+    );
 }
 
 #[test]
@@ -241,19 +320,35 @@ fn auto_offset_reset_earliest_and_latest_without_commits() {
         if let Some(Ok(m)) = earliest.poll(Duration::from_millis(20)) {
             first_earliest.get_or_insert(m.offset());
         }
-        assert!(latest.poll(Duration::from_millis(20)).and_then(Result::ok).is_none(), "latest saw old records");
+        assert!(
+            latest
+                .poll(Duration::from_millis(20))
+                .and_then(Result::ok)
+                .is_none(),
+            "latest saw old records"
+        );
     }
     assert_eq!(first_earliest, Some(0));
     // Let the latest consumer settle its position at the end, then produce more.
     for _ in 0..25 {
-        assert!(latest.poll(Duration::from_millis(20)).and_then(Result::ok).is_none(), "latest saw old records");
+        assert!(
+            latest
+                .poll(Duration::from_millis(20))
+                .and_then(Result::ok)
+                .is_none(),
+            "latest saw old records"
+        );
     }
     produce(&broker, "reset", 1, 5);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         assert!(Instant::now() < deadline, "latest consumer saw nothing new");
         if let Some(Ok(m)) = latest.poll(Duration::from_millis(50)) {
-            assert!(m.offset() >= 10, "latest consumer read offset {}", m.offset());
+            assert!(
+                m.offset() >= 10,
+                "latest consumer read offset {}",
+                m.offset()
+            );
             break;
         }
     }
@@ -288,7 +383,10 @@ fn many_groups_on_two_shards_at_once() {
         assert_eq!(handle.join().unwrap(), 20);
     }
     let log = broker.log();
-    assert!(log.contains("loaded shard=0") && log.contains("loaded shard=1"), "both shards own group partitions");
+    assert!(
+        log.contains("loaded shard=0") && log.contains("loaded shard=1"),
+        "both shards own group partitions"
+    );
 }
 
 /// Raw-wire helpers for the error-code test (classic versions: JoinGroup v0, SyncGroup v0,
@@ -322,7 +420,14 @@ fn raw_sync(raw: &mut Raw, group: &str, generation: i32, member: &str) -> i16 {
     Cursor(&raw.call(14, 0, &body)).i16()
 }
 
-fn raw_commit(raw: &mut Raw, group: &str, generation: i32, member: &str, topic: &str, metadata: &str) -> i16 {
+fn raw_commit(
+    raw: &mut Raw,
+    group: &str,
+    generation: i32,
+    member: &str,
+    topic: &str,
+    metadata: &str,
+) -> i16 {
     let mut body = Vec::new();
     put_str(&mut body, group);
     body.extend_from_slice(&generation.to_be_bytes());
@@ -355,24 +460,81 @@ fn bad_commits_and_joins_get_java_error_codes_and_disturb_nothing() {
     let broker = Broker::start(2, &["--default-partitions", "1"]);
     produce(&broker, "bad", 1, 1);
     let mut raw = Raw::connect(&broker);
-    let (error, generation, member) = raw_join(&mut raw, "g-bad", b"\x00\x01\x00\x00\x00\x01\x00\x03bad\x00\x00\x00\x00");
+    let (error, generation, member) = raw_join(
+        &mut raw,
+        "g-bad",
+        b"\x00\x01\x00\x00\x00\x01\x00\x03bad\x00\x00\x00\x00",
+    );
     assert_eq!((error, generation), (NONE, 1));
     // Joined but not synced: the generation is not complete yet.
-    assert_eq!(raw_commit(&mut raw, "g-bad", generation, &member, "bad", ""), REBALANCE_IN_PROGRESS);
+    assert_eq!(
+        raw_commit(&mut raw, "g-bad", generation, &member, "bad", ""),
+        REBALANCE_IN_PROGRESS
+    );
     assert_eq!(raw_sync(&mut raw, "g-bad", generation, &member), NONE);
     let big = "m".repeat(5000);
     let cases: Vec<(&str, &str, i32, &str, &str, i16)> = vec![
-        ("stale generation", "g-bad", generation - 1, member.as_str(), "", ILLEGAL_GENERATION),
-        ("unknown member", "g-bad", generation, "nobody", "", UNKNOWN_MEMBER_ID),
-        ("non-existent group", "g-nowhere", 3, "nobody", "", ILLEGAL_GENERATION),
-        ("oversized metadata", "g-bad", generation, member.as_str(), &big, OFFSET_METADATA_TOO_LARGE),
-        ("unknown topic", "g-bad", generation, member.as_str(), "", UNKNOWN_TOPIC_OR_PARTITION),
-        ("valid commit", "g-bad", generation, member.as_str(), "", NONE),
+        (
+            "stale generation",
+            "g-bad",
+            generation - 1,
+            member.as_str(),
+            "",
+            ILLEGAL_GENERATION,
+        ),
+        (
+            "unknown member",
+            "g-bad",
+            generation,
+            "nobody",
+            "",
+            UNKNOWN_MEMBER_ID,
+        ),
+        (
+            "non-existent group",
+            "g-nowhere",
+            3,
+            "nobody",
+            "",
+            ILLEGAL_GENERATION,
+        ),
+        (
+            "oversized metadata",
+            "g-bad",
+            generation,
+            member.as_str(),
+            &big,
+            OFFSET_METADATA_TOO_LARGE,
+        ),
+        (
+            "unknown topic",
+            "g-bad",
+            generation,
+            member.as_str(),
+            "",
+            UNKNOWN_TOPIC_OR_PARTITION,
+        ),
+        (
+            "valid commit",
+            "g-bad",
+            generation,
+            member.as_str(),
+            "",
+            NONE,
+        ),
         ("standalone commit", "g-simple", -1, "", "", NONE),
     ];
     for (name, group, generation, member, metadata, expected) in cases {
-        let topic = if name == "unknown topic" { "no-such-topic" } else { "bad" };
-        assert_eq!(raw_commit(&mut raw, group, generation, member, topic, metadata), expected, "{name}");
+        let topic = if name == "unknown topic" {
+            "no-such-topic"
+        } else {
+            "bad"
+        };
+        assert_eq!(
+            raw_commit(&mut raw, group, generation, member, topic, metadata),
+            expected,
+            "{name}"
+        );
     }
     // Oversized subscription metadata in JoinGroup.
     let (error, _, _) = raw_join(&mut raw, "g-bad-join", &vec![0u8; 20_000]);
@@ -381,7 +543,9 @@ fn bad_commits_and_joins_get_java_error_codes_and_disturb_nothing() {
     let c = consumer(&broker, "g-bad");
     let mut wanted = TopicPartitionList::new();
     wanted.add_partition("bad", 0);
-    let committed = c.committed_offsets(wanted, Duration::from_secs(10)).unwrap();
+    let committed = c
+        .committed_offsets(wanted, Duration::from_secs(10))
+        .unwrap();
     assert_eq!(committed.elements()[0].offset(), Offset::Offset(7));
 }
 
@@ -392,7 +556,9 @@ fn rebalance_of_two_members_over_twelve_partitions_is_measured() {
     let a = consumer(&broker, "g-measure");
     a.subscribe(&["measure"]).unwrap();
     let mut seen = Vec::new();
-    poll_until(&[&a], &mut seen, Duration::from_secs(60), |c, _| partitions_of(c[0]).len() == 12);
+    poll_until(&[&a], &mut seen, Duration::from_secs(60), |c, _| {
+        partitions_of(c[0]).len() == 12
+    });
     let b = consumer(&broker, "g-measure");
     let joined = Instant::now();
     b.subscribe(&["measure"]).unwrap();

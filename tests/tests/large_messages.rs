@@ -12,7 +12,9 @@ const MIB: usize = 1024 * 1024;
 
 /// A value whose bytes depend on their position, so a shifted or truncated copy differs.
 fn patterned(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|i| (i as u32).wrapping_mul(2_654_435_761).to_be_bytes()[0] ^ seed).collect()
+    (0..len)
+        .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_be_bytes()[0] ^ seed)
+        .collect()
 }
 
 /// Producer limits far above the broker's, so only the broker can refuse a record.
@@ -22,50 +24,96 @@ const PRODUCER_LIMITS: &[(&str, &str)] = &[("message.max.bytes", "8000000"), ("l
 async fn one_mebibyte_message_round_trips_when_limits_are_raised() {
     let broker = Broker::start(1);
     let topic = "one-mebibyte";
-    kafka::create_topic(&broker, topic, 1, &[("max.message.bytes", &(2 * MIB).to_string())]);
+    kafka::create_topic(
+        &broker,
+        topic,
+        1,
+        &[("max.message.bytes", &(2 * MIB).to_string())],
+    );
     let value = patterned(MIB, 7);
     let sent = vec![
-        Rec { key: Some(b"big".to_vec()), value: Some(value.clone()), headers: vec![], timestamp_ms: Some(1_600_000_000_000) },
-        Rec { key: Some(b"small".to_vec()), value: Some(b"after".to_vec()), headers: vec![], timestamp_ms: Some(1_600_000_000_001) },
+        Rec {
+            key: Some(b"big".to_vec()),
+            value: Some(value.clone()),
+            headers: vec![],
+            timestamp_ms: Some(1_600_000_000_000),
+        },
+        Rec {
+            key: Some(b"small".to_vec()),
+            value: Some(b"after".to_vec()),
+            headers: vec![],
+            timestamp_ms: Some(1_600_000_000_001),
+        },
     ];
-    let acks = kafka::produce(&kafka::producer_with(&broker, PRODUCER_LIMITS), topic, Some(0), &sent);
+    let acks = kafka::produce(
+        &kafka::producer_with(&broker, PRODUCER_LIMITS),
+        topic,
+        Some(0),
+        &sent,
+    );
     assert_eq!(acks, vec![(0, 0), (0, 1)], "both records acknowledged");
 
     // The consumer's default fetch size (1 MiB) is smaller than the batch: the broker must
     // still return the whole first batch so the consumer can make progress.
     let consumed = kafka::consume(&broker, topic, &[0], 2);
-    assert_eq!(consumed[0].record.value.as_ref().map(Vec::len), Some(MIB), "length of the 1 MiB value");
-    assert!(consumed[0].record == sent[0], "1 MiB value read back byte for byte");
+    assert_eq!(
+        consumed[0].record.value.as_ref().map(Vec::len),
+        Some(MIB),
+        "length of the 1 MiB value"
+    );
+    assert!(
+        consumed[0].record == sent[0],
+        "1 MiB value read back byte for byte"
+    );
     assert_eq!(consumed[1].record, sent[1], "the record after it");
 
     let client = rs::client(&broker).await;
     let partition = rs::partition(&client, topic, 0).await;
     let read = rs::read_exactly(&partition, 0, 2).await;
-    assert!(read[0].record.value.as_deref() == Some(value.as_slice()), "rskafka reads the 1 MiB value byte for byte");
+    assert!(
+        read[0].record.value.as_deref() == Some(value.as_slice()),
+        "rskafka reads the 1 MiB value byte for byte"
+    );
 }
 
 #[test]
 fn rdkafka_record_over_max_message_bytes_gets_message_too_large() {
     let broker = Broker::start(1);
     // (topic, its max.message.bytes or None for the default 1048588, size of the value sent)
-    let cases: [(&str, Option<usize>, usize); 2] =
-        [("too-large-default-limit", None, MIB + MIB / 2), ("too-large-raised-limit", Some(2 * MIB), 2 * MIB + 1024)];
+    let cases: [(&str, Option<usize>, usize); 2] = [
+        ("too-large-default-limit", None, MIB + MIB / 2),
+        ("too-large-raised-limit", Some(2 * MIB), 2 * MIB + 1024),
+    ];
     for (topic, limit, size) in cases {
         let limit_config = limit.map(|l| l.to_string());
-        let configs: Vec<(&str, &str)> = limit_config.iter().map(|l| ("max.message.bytes", l.as_str())).collect();
+        let configs: Vec<(&str, &str)> = limit_config
+            .iter()
+            .map(|l| ("max.message.bytes", l.as_str()))
+            .collect();
         kafka::create_topic(&broker, topic, 1, &configs);
         let producer = kafka::producer_with(&broker, PRODUCER_LIMITS);
 
-        let outcome = kafka::try_produce(&producer, topic, Some(0), &[Rec::value(patterned(size, 1))]);
+        let outcome =
+            kafka::try_produce(&producer, topic, Some(0), &[Rec::value(patterned(size, 1))]);
         match &outcome[..] {
             [Err(KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge))] => {}
-            other => panic!("{topic}: a {size}-byte record should get MESSAGE_TOO_LARGE, got {other:?}"),
+            other => {
+                panic!("{topic}: a {size}-byte record should get MESSAGE_TOO_LARGE, got {other:?}")
+            }
         }
-        assert_eq!(kafka::watermarks(&broker, topic, 0), (0, 0), "{topic}: nothing was written");
+        assert_eq!(
+            kafka::watermarks(&broker, topic, 0),
+            (0, 0),
+            "{topic}: nothing was written"
+        );
 
         // The partition still takes records that fit.
         let acks = kafka::produce(&producer, topic, Some(0), &[Rec::value(b"fits".to_vec())]);
-        assert_eq!(acks, vec![(0, 0)], "{topic}: a small record after the refused one");
+        assert_eq!(
+            acks,
+            vec![(0, 0)],
+            "{topic}: a small record after the refused one"
+        );
     }
 }
 
@@ -75,11 +123,27 @@ async fn rskafka_batch_over_max_message_bytes_gets_message_too_large() {
     let client = rs::client(&broker).await;
     rs::create_topic(&client, "too-large-rskafka", 1).await;
     let partition = rs::partition(&client, "too-large-rskafka", 0).await;
-    let record = rs::record(None, Some(&patterned(MIB + MIB / 2, 3)), &[], 1_600_000_000_000);
-    match partition.produce(vec![record], Compression::NoCompression).await {
-        Err(RsError::ServerError { protocol_error: ProtocolError::MessageTooLarge, .. }) => {}
+    let record = rs::record(
+        None,
+        Some(&patterned(MIB + MIB / 2, 3)),
+        &[],
+        1_600_000_000_000,
+    );
+    match partition
+        .produce(vec![record], Compression::NoCompression)
+        .await
+    {
+        Err(RsError::ServerError {
+            protocol_error: ProtocolError::MessageTooLarge,
+            ..
+        }) => {}
         other => panic!("a 1.5 MiB batch should get MESSAGE_TOO_LARGE, got {other:?}"),
     }
-    let offsets = rs::produce(&partition, vec![rs::record(None, Some(b"fits"), &[], 1_600_000_000_000)], Compression::NoCompression).await;
+    let offsets = rs::produce(
+        &partition,
+        vec![rs::record(None, Some(b"fits"), &[], 1_600_000_000_000)],
+        Compression::NoCompression,
+    )
+    .await;
     assert_eq!(offsets, vec![0], "the refused batch took no offsets");
 }

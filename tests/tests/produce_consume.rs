@@ -27,7 +27,13 @@ fn varied_records(count: usize) -> Vec<Rec> {
             let value = match i % 7 {
                 3 => None,
                 4 => Some(Vec::new()),
-                _ => Some([format!("value-{i}-").as_bytes(), &[0x00, 0xff, i as u8, 0x80]].concat()),
+                _ => Some(
+                    [
+                        format!("value-{i}-").as_bytes(),
+                        &[0x00, 0xff, i as u8, 0x80],
+                    ]
+                    .concat(),
+                ),
             };
             let headers = match i % 3 {
                 0 => Vec::new(),
@@ -36,11 +42,19 @@ fn varied_records(count: usize) -> Vec<Rec> {
                     ("dup".to_owned(), Some(b"first".to_vec())),
                     ("dup".to_owned(), Some(b"second".to_vec())),
                 ],
-                _ => vec![("null-value".to_owned(), None), ("clé-ünïcode".to_owned(), Some("välue".as_bytes().to_vec()))],
+                _ => vec![
+                    ("null-value".to_owned(), None),
+                    ("clé-ünïcode".to_owned(), Some("välue".as_bytes().to_vec())),
+                ],
             };
             // Backwards every fourth record: CreateTime is the producer's to choose.
             let timestamp_ms = BASE_TS_MS + (i as i64) * 1000 - if i % 4 == 3 { 2500 } else { 0 };
-            Rec { key, value, headers, timestamp_ms: Some(timestamp_ms) }
+            Rec {
+                key,
+                value,
+                headers,
+                timestamp_ms: Some(timestamp_ms),
+            }
         })
         .collect()
 }
@@ -50,9 +64,13 @@ fn map_header_records(count: usize) -> Vec<Rec> {
     (0..count)
         .map(|i| Rec {
             key: (i % 4 != 0).then(|| format!("k{i}").into_bytes()),
-            value: (i % 9 != 8).then(|| [b"v".as_slice(), &(i as u32).to_be_bytes(), &[0x00, 0xfe]].concat()),
+            value: (i % 9 != 8)
+                .then(|| [b"v".as_slice(), &(i as u32).to_be_bytes(), &[0x00, 0xfe]].concat()),
             headers: if i % 2 == 0 {
-                vec![("a".to_owned(), Some(vec![i as u8])), ("b".to_owned(), Some(b"bee".to_vec()))]
+                vec![
+                    ("a".to_owned(), Some(vec![i as u8])),
+                    ("b".to_owned(), Some(b"bee".to_vec())),
+                ]
             } else {
                 Vec::new()
             },
@@ -65,7 +83,11 @@ fn to_rskafka(rec: &Rec) -> rskafka::record::Record {
     rskafka::record::Record {
         key: rec.key.clone(),
         value: rec.value.clone(),
-        headers: rec.headers.iter().map(|(k, v)| (k.clone(), v.clone().expect("rskafka headers are non-null"))).collect(),
+        headers: rec
+            .headers
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone().expect("rskafka headers are non-null")))
+            .collect(),
         timestamp: rs::timestamp(rec.timestamp_ms.expect("explicit timestamp")),
     }
 }
@@ -74,7 +96,11 @@ fn from_rskafka(record: &rskafka::record::Record) -> Rec {
     Rec {
         key: record.key.clone(),
         value: record.value.clone(),
-        headers: record.headers.iter().map(|(k, v)| (k.clone(), Some(v.clone()))).collect(),
+        headers: record
+            .headers
+            .iter()
+            .map(|(k, v)| (k.clone(), Some(v.clone())))
+            .collect(),
         timestamp_ms: Some(record.timestamp.timestamp_millis()),
     }
 }
@@ -83,8 +109,15 @@ fn from_rskafka(record: &rskafka::record::Record) -> Rec {
 fn assert_read_back_exactly(sent: &[Rec], consumed: &[kafka::Consumed], partition: i32) {
     assert_eq!(consumed.len(), sent.len(), "record count");
     for (index, (sent, got)) in sent.iter().zip(consumed).enumerate() {
-        assert_eq!((got.partition, got.offset), (partition, index as i64), "position of record {index}");
-        assert_eq!(&got.record, sent, "record {index} differs from what was produced");
+        assert_eq!(
+            (got.partition, got.offset),
+            (partition, index as i64),
+            "position of record {index}"
+        );
+        assert_eq!(
+            &got.record, sent,
+            "record {index} differs from what was produced"
+        );
     }
 }
 
@@ -97,7 +130,10 @@ fn rdkafka_round_trip_preserves_keys_values_headers_and_timestamps() {
 
     let acks = kafka::produce(&kafka::producer(&broker), topic, Some(0), &sent);
     let expected_acks: Vec<(i32, i64)> = (0..sent.len() as i64).map(|offset| (0, offset)).collect();
-    assert_eq!(acks, expected_acks, "each record acknowledged at the next offset");
+    assert_eq!(
+        acks, expected_acks,
+        "each record acknowledged at the next offset"
+    );
 
     let consumed = kafka::consume(&broker, topic, &[0], sent.len());
     assert_read_back_exactly(&sent, &consumed, 0);
@@ -113,14 +149,32 @@ async fn rskafka_round_trip_preserves_keys_values_headers_and_timestamps() {
     let sent = map_header_records(40);
 
     // Two batches, so offsets must continue across them.
-    let first = rs::produce(&partition, sent[..25].iter().map(to_rskafka).collect(), Compression::NoCompression).await;
-    let second = rs::produce(&partition, sent[25..].iter().map(to_rskafka).collect(), Compression::NoCompression).await;
-    assert_eq!([first, second].concat(), (0..40).collect::<Vec<i64>>(), "offsets of both batches");
+    let first = rs::produce(
+        &partition,
+        sent[..25].iter().map(to_rskafka).collect(),
+        Compression::NoCompression,
+    )
+    .await;
+    let second = rs::produce(
+        &partition,
+        sent[25..].iter().map(to_rskafka).collect(),
+        Compression::NoCompression,
+    )
+    .await;
+    assert_eq!(
+        [first, second].concat(),
+        (0..40).collect::<Vec<i64>>(),
+        "offsets of both batches"
+    );
 
     let read = rs::read_exactly(&partition, 0, sent.len()).await;
     for (index, (sent, got)) in sent.iter().zip(&read).enumerate() {
         assert_eq!(got.offset, index as i64, "offset of record {index}");
-        assert_eq!(&from_rskafka(&got.record), sent, "record {index} differs from what was produced");
+        assert_eq!(
+            &from_rskafka(&got.record),
+            sent,
+            "record {index} differs from what was produced"
+        );
     }
 }
 
@@ -132,15 +186,29 @@ async fn records_written_by_either_client_read_back_identically_by_the_other() {
 
     // rdkafka writes, rskafka reads.
     kafka::create_topic(&broker, "cross-rdkafka-to-rskafka", 1, &[]);
-    kafka::produce(&kafka::producer(&broker), "cross-rdkafka-to-rskafka", Some(0), &sent);
+    kafka::produce(
+        &kafka::producer(&broker),
+        "cross-rdkafka-to-rskafka",
+        Some(0),
+        &sent,
+    );
     let partition = rs::partition(&client, "cross-rdkafka-to-rskafka", 0).await;
-    let read: Vec<Rec> = rs::read_exactly(&partition, 0, sent.len()).await.iter().map(|r| from_rskafka(&r.record)).collect();
+    let read: Vec<Rec> = rs::read_exactly(&partition, 0, sent.len())
+        .await
+        .iter()
+        .map(|r| from_rskafka(&r.record))
+        .collect();
     assert_eq!(read, sent, "rskafka reads what rdkafka wrote");
 
     // rskafka writes, rdkafka reads.
     rs::create_topic(&client, "cross-rskafka-to-rdkafka", 1).await;
     let partition = rs::partition(&client, "cross-rskafka-to-rdkafka", 0).await;
-    rs::produce(&partition, sent.iter().map(to_rskafka).collect(), Compression::NoCompression).await;
+    rs::produce(
+        &partition,
+        sent.iter().map(to_rskafka).collect(),
+        Compression::NoCompression,
+    )
+    .await;
     let consumed = kafka::consume(&broker, "cross-rskafka-to-rdkafka", &[0], sent.len());
     assert_read_back_exactly(&sent, &consumed, 0);
 }
@@ -158,22 +226,43 @@ fn each_partition_keeps_the_order_records_were_produced_in() {
     // requests and any reordering across or within them would show.
     for run in 0..(per_partition / 50) {
         for partition in 0..partitions {
-            let records: Vec<Rec> = (0..50).map(|i| Rec::value(format!("p{partition}-{:05}", run * 50 + i))).collect();
+            let records: Vec<Rec> = (0..50)
+                .map(|i| Rec::value(format!("p{partition}-{:05}", run * 50 + i)))
+                .collect();
             let acks = kafka::produce(&producer, topic, Some(partition), &records);
             let first = (run * 50) as i64;
-            assert_eq!(acks, (first..first + 50).map(|o| (partition, o)).collect::<Vec<_>>(), "acks of run {run} to partition {partition}");
+            assert_eq!(
+                acks,
+                (first..first + 50)
+                    .map(|o| (partition, o))
+                    .collect::<Vec<_>>(),
+                "acks of run {run} to partition {partition}"
+            );
         }
     }
 
-    let consumed = kafka::consume(&broker, topic, &(0..partitions).collect::<Vec<_>>(), partitions as usize * per_partition);
+    let consumed = kafka::consume(
+        &broker,
+        topic,
+        &(0..partitions).collect::<Vec<_>>(),
+        partitions as usize * per_partition,
+    );
     let mut by_partition: BTreeMap<i32, Vec<(i64, Vec<u8>)>> = BTreeMap::new();
     for c in consumed {
-        by_partition.entry(c.partition).or_default().push((c.offset, c.record.value.expect("value")));
+        by_partition
+            .entry(c.partition)
+            .or_default()
+            .push((c.offset, c.record.value.expect("value")));
     }
     for partition in 0..partitions {
-        let expected: Vec<(i64, Vec<u8>)> =
-            (0..per_partition).map(|i| (i as i64, format!("p{partition}-{i:05}").into_bytes())).collect();
-        assert_eq!(by_partition.get(&partition), Some(&expected), "partition {partition} in produce order at offsets 0..");
+        let expected: Vec<(i64, Vec<u8>)> = (0..per_partition)
+            .map(|i| (i as i64, format!("p{partition}-{i:05}").into_bytes()))
+            .collect();
+        assert_eq!(
+            by_partition.get(&partition),
+            Some(&expected),
+            "partition {partition} in produce order at offsets 0.."
+        );
     }
 }
 
@@ -185,12 +274,29 @@ async fn rskafka_batches_keep_their_order_in_a_partition() {
     let partition = rs::partition(&client, "order-rskafka", 0).await;
     let mut expected = Vec::new();
     for batch in 0..20 {
-        let records: Vec<_> = (0..25).map(|i| rs::record(None, Some(format!("{batch:02}-{i:02}").as_bytes()), &[], BASE_TS_MS)).collect();
+        let records: Vec<_> = (0..25)
+            .map(|i| {
+                rs::record(
+                    None,
+                    Some(format!("{batch:02}-{i:02}").as_bytes()),
+                    &[],
+                    BASE_TS_MS,
+                )
+            })
+            .collect();
         let offsets = rs::produce(&partition, records, Compression::NoCompression).await;
-        assert_eq!(offsets, (batch * 25..batch * 25 + 25).collect::<Vec<i64>>(), "offsets of batch {batch}");
+        assert_eq!(
+            offsets,
+            (batch * 25..batch * 25 + 25).collect::<Vec<i64>>(),
+            "offsets of batch {batch}"
+        );
         expected.extend((0..25).map(|i| format!("{batch:02}-{i:02}").into_bytes()));
     }
-    let read: Vec<Vec<u8>> = rs::read_exactly(&partition, 0, expected.len()).await.into_iter().map(|r| r.record.value.expect("value")).collect();
+    let read: Vec<Vec<u8>> = rs::read_exactly(&partition, 0, expected.len())
+        .await
+        .into_iter()
+        .map(|r| r.record.value.expect("value"))
+        .collect();
     assert_eq!(read, expected, "values in produce order");
 }
 
@@ -203,17 +309,28 @@ fn every_acks_level_delivers_every_record() {
         let topic = format!("acks-{acks}");
         kafka::create_topic(&broker, &topic, 1, &[]);
         let producer = kafka::producer_with(&broker, &[("acks", acks)]);
-        let sent: Vec<Rec> =
-            (0..500).map(|i| Rec { timestamp_ms: Some(BASE_TS_MS + i), ..Rec::value(format!("acks={acks} #{i}")) }).collect();
+        let sent: Vec<Rec> = (0..500)
+            .map(|i| Rec {
+                timestamp_ms: Some(BASE_TS_MS + i),
+                ..Rec::value(format!("acks={acks} #{i}"))
+            })
+            .collect();
 
         let acked = kafka::produce(&producer, &topic, Some(0), &sent);
         let offsets: Vec<i64> = acked.iter().map(|&(_, offset)| offset).collect();
         if answered {
-            assert_eq!(offsets, (0..500).collect::<Vec<i64>>(), "acks={acks}: offsets in the produce responses");
+            assert_eq!(
+                offsets,
+                (0..500).collect::<Vec<i64>>(),
+                "acks={acks}: offsets in the produce responses"
+            );
         } else {
             // No response means no offset: librdkafka reports negative placeholders
             // (RD_KAFKA_OFFSET_INVALID, -1001, counting up within a batch).
-            assert!(offsets.iter().all(|&o| o < 0), "acks={acks}: no offsets are reported without responses: {offsets:?}");
+            assert!(
+                offsets.iter().all(|&o| o < 0),
+                "acks={acks}: no offsets are reported without responses: {offsets:?}"
+            );
         }
 
         // acks=0 gets no answer; the records must still all be there, in order.
@@ -229,22 +346,38 @@ fn hundred_thousand_small_messages_are_counted_exactly_with_contiguous_offsets()
     let partitions = 4;
     let total = 100_000usize;
     kafka::create_topic(&broker, topic, partitions, &[]);
-    let producer = kafka::producer_with(&broker, &[("linger.ms", "20"), ("batch.num.messages", "5000")]);
+    let producer = kafka::producer_with(
+        &broker,
+        &[("linger.ms", "20"), ("batch.num.messages", "5000")],
+    );
 
     // Sent in chunks, one partition per chunk in turn, so the count per partition is known.
     let mut acked_per_partition = BTreeMap::<i32, Vec<i64>>::new();
     for chunk in 0..(total / 5_000) {
         let partition = (chunk % partitions as usize) as i32;
-        let records: Vec<Rec> = (chunk * 5_000..(chunk + 1) * 5_000).map(|i| Rec::value(format!("{i:06}"))).collect();
+        let records: Vec<Rec> = (chunk * 5_000..(chunk + 1) * 5_000)
+            .map(|i| Rec::value(format!("{i:06}")))
+            .collect();
         for (p, offset) in kafka::produce(&producer, topic, Some(partition), &records) {
             acked_per_partition.entry(p).or_default().push(offset);
         }
     }
     let per_partition = total / partitions as usize;
     for partition in 0..partitions {
-        let acked = acked_per_partition.get(&partition).map(Vec::as_slice).unwrap_or_default();
-        assert_eq!(acked, (0..per_partition as i64).collect::<Vec<_>>().as_slice(), "acked offsets of partition {partition} are contiguous from 0");
-        assert_eq!(kafka::watermarks(&broker, topic, partition), (0, per_partition as i64), "watermarks of partition {partition}");
+        let acked = acked_per_partition
+            .get(&partition)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        assert_eq!(
+            acked,
+            (0..per_partition as i64).collect::<Vec<_>>().as_slice(),
+            "acked offsets of partition {partition} are contiguous from 0"
+        );
+        assert_eq!(
+            kafka::watermarks(&broker, topic, partition),
+            (0, per_partition as i64),
+            "watermarks of partition {partition}"
+        );
     }
 
     let consumed = kafka::consume(&broker, topic, &(0..partitions).collect::<Vec<_>>(), total);
@@ -252,9 +385,16 @@ fn hundred_thousand_small_messages_are_counted_exactly_with_contiguous_offsets()
     let mut seen = vec![false; total];
     for c in &consumed {
         let next = next_offset.entry(c.partition).or_insert(0);
-        assert_eq!(c.offset, *next, "partition {} offsets contiguous", c.partition);
+        assert_eq!(
+            c.offset, *next,
+            "partition {} offsets contiguous",
+            c.partition
+        );
         *next += 1;
-        let value: usize = std::str::from_utf8(c.record.value.as_deref().expect("value")).expect("utf8").parse().expect("number");
+        let value: usize = std::str::from_utf8(c.record.value.as_deref().expect("value"))
+            .expect("utf8")
+            .parse()
+            .expect("number");
         assert!(!seen[value], "record {value} read twice");
         seen[value] = true;
     }

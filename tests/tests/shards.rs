@@ -17,34 +17,68 @@ async fn partitions_on_every_shard_all_take_produce_and_serve_fetch() {
     let broker = Broker::start(SHARDS);
     let topic = "spread-over-shards";
     kafka::create_topic(&broker, topic, PARTITIONS, &[]);
-    assert_eq!(kafka::partition_count(&broker, topic), Some(PARTITIONS as usize), "metadata partition count");
+    assert_eq!(
+        kafka::partition_count(&broker, topic),
+        Some(PARTITIONS as usize),
+        "metadata partition count"
+    );
     let mut owners = disk::partition_shards(&broker, topic);
     owners.sort_unstable();
     owners.dedup();
-    assert_eq!(owners, (0..SHARDS as u64).collect::<Vec<_>>(), "partitions are owned by every shard");
+    assert_eq!(
+        owners,
+        (0..SHARDS as u64).collect::<Vec<_>>(),
+        "partitions are owned by every shard"
+    );
 
     // rdkafka: records to partitions in turn, all in flight at once, so each Produce request
     // carries batches for partitions owned by both shards.
     let per_partition = 300usize;
     let producer = kafka::producer_with(&broker, &[("linger.ms", "20")]);
     let records: Vec<(i32, Rec)> = (0..per_partition)
-        .flat_map(|round| (0..PARTITIONS).map(move |partition| (partition, Rec::value(format!("rd-{partition}-{round:04}")))))
+        .flat_map(|round| {
+            (0..PARTITIONS)
+                .map(move |partition| (partition, Rec::value(format!("rd-{partition}-{round:04}"))))
+        })
         .collect();
-    let items: Vec<(Option<i32>, &Rec)> = records.iter().map(|(partition, rec)| (Some(*partition), rec)).collect();
+    let items: Vec<(Option<i32>, &Rec)> = records
+        .iter()
+        .map(|(partition, rec)| (Some(*partition), rec))
+        .collect();
     let acks = kafka::try_produce_each(&producer, topic, &items);
     for (index, outcome) in acks.into_iter().enumerate() {
-        let (partition, round) = ((index % PARTITIONS as usize) as i32, (index / PARTITIONS as usize) as i64);
-        assert_eq!(outcome.expect("acknowledged"), (partition, round), "ack of record {index}");
+        let (partition, round) = (
+            (index % PARTITIONS as usize) as i32,
+            (index / PARTITIONS as usize) as i64,
+        );
+        assert_eq!(
+            outcome.expect("acknowledged"),
+            (partition, round),
+            "ack of record {index}"
+        );
     }
 
     // rskafka: one more batch per partition, each on its own connection path.
     let client = rs::client(&broker).await;
     for partition in 0..PARTITIONS {
         let pc = rs::partition(&client, topic, partition).await;
-        let records = (0..50).map(|i| rs::record(None, Some(format!("rs-{partition}-{i:04}").as_bytes()), &[], 1_700_000_000_000)).collect();
+        let records = (0..50)
+            .map(|i| {
+                rs::record(
+                    None,
+                    Some(format!("rs-{partition}-{i:04}").as_bytes()),
+                    &[],
+                    1_700_000_000_000,
+                )
+            })
+            .collect();
         let offsets = rs::produce(&pc, records, Compression::NoCompression).await;
         let first = per_partition as i64;
-        assert_eq!(offsets, (first..first + 50).collect::<Vec<_>>(), "rskafka offsets in partition {partition}");
+        assert_eq!(
+            offsets,
+            (first..first + 50).collect::<Vec<_>>(),
+            "rskafka offsets in partition {partition}"
+        );
     }
 
     // One consumer fetching every partition: its Fetch requests span both shards.
@@ -53,7 +87,10 @@ async fn partitions_on_every_shard_all_take_produce_and_serve_fetch() {
     let mut by_partition: BTreeMap<i32, Vec<(i64, String)>> = BTreeMap::new();
     for c in consumed {
         let value = String::from_utf8(c.record.value.expect("value")).expect("utf8");
-        by_partition.entry(c.partition).or_default().push((c.offset, value));
+        by_partition
+            .entry(c.partition)
+            .or_default()
+            .push((c.offset, value));
     }
     for partition in 0..PARTITIONS {
         let expected: Vec<(i64, String)> = (0..per_partition)
@@ -62,7 +99,15 @@ async fn partitions_on_every_shard_all_take_produce_and_serve_fetch() {
             .enumerate()
             .map(|(offset, value)| (offset as i64, value))
             .collect();
-        assert_eq!(by_partition.get(&partition), Some(&expected), "partition {partition}: every record, in order");
-        assert_eq!(kafka::watermarks(&broker, topic, partition), (0, expected.len() as i64), "watermarks of partition {partition}");
+        assert_eq!(
+            by_partition.get(&partition),
+            Some(&expected),
+            "partition {partition}: every record, in order"
+        );
+        assert_eq!(
+            kafka::watermarks(&broker, topic, partition),
+            (0, expected.len() as i64),
+            "watermarks of partition {partition}"
+        );
     }
 }

@@ -16,7 +16,11 @@ fn produce_and_read_back(broker: &Broker, topic: &str, count: usize, value_bytes
     let consumed = kafka::consume(broker, topic, &[0], count);
     for (index, record) in consumed.iter().enumerate() {
         assert_eq!(record.offset, index as i64, "records arrive in order");
-        assert_eq!(record.record.value.as_deref(), Some(&value[..]), "payload of offset {index}");
+        assert_eq!(
+            record.record.value.as_deref(),
+            Some(&value[..]),
+            "payload of offset {index}"
+        );
     }
 }
 
@@ -25,8 +29,15 @@ fn hot_tail_fetches_are_served_by_reference() {
     let broker = Broker::start(1);
     produce_and_read_back(&broker, "zc", 500, 1000);
     let zero_copy = broker.metric("tern_log_read_bytes_zero_copy_total");
-    assert!(zero_copy >= 500 * 1000, "at least the payload bytes were served by reference, got {zero_copy}");
-    assert_eq!(broker.metric("tern_log_read_bytes_copied_total"), 0, "nothing on the hot path was copied");
+    assert!(
+        zero_copy >= 500 * 1000,
+        "at least the payload bytes were served by reference, got {zero_copy}"
+    );
+    assert_eq!(
+        broker.metric("tern_log_read_bytes_copied_total"),
+        0,
+        "nothing on the hot path was copied"
+    );
 }
 
 /// With one shard every connection lives on the owner shard, so even data older than the tail
@@ -37,6 +48,10 @@ fn cold_reads_on_the_owner_shard_are_not_copied() {
     // 12 MiB in one partition: more than the 8 MiB tail cache, so the start is read from disk.
     let records = 3 * 1024;
     produce_and_read_back(&broker, "cold", records, 4096);
-    assert_eq!(broker.metric("tern_log_read_bytes_copied_total"), 0, "cold reads on the owner shard are not copied");
+    assert_eq!(
+        broker.metric("tern_log_read_bytes_copied_total"),
+        0,
+        "cold reads on the owner shard are not copied"
+    );
     assert!(broker.metric("tern_log_read_bytes_zero_copy_total") >= (records * 4096) as u64);
 }

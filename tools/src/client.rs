@@ -22,10 +22,16 @@ pub type Result<T> = std::result::Result<T, String>;
 
 impl Client {
     pub fn connect(bootstrap: &str) -> Result<Client> {
-        let stream = TcpStream::connect(bootstrap).map_err(|e| format!("cannot connect to {bootstrap}: {e}"))?;
-        stream.set_read_timeout(Some(Duration::from_secs(60))).map_err(|e| e.to_string())?;
+        let stream = TcpStream::connect(bootstrap)
+            .map_err(|e| format!("cannot connect to {bootstrap}: {e}"))?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .map_err(|e| e.to_string())?;
         stream.set_nodelay(true).map_err(|e| e.to_string())?;
-        Ok(Client { stream, correlation_id: 0 })
+        Ok(Client {
+            stream,
+            correlation_id: 0,
+        })
     }
 
     /// Sends `request` at `version` and returns the decoded response.
@@ -37,29 +43,46 @@ impl Client {
         header.correlation_id = self.correlation_id;
         header.client_id = Some(StrBytes::from_static_str("tern-cli"));
         let mut body = BytesMut::new();
-        header.encode(&mut body, R::header_version(version)).map_err(|e| e.to_string())?;
-        request.encode(&mut body, version).map_err(|e| e.to_string())?;
+        header
+            .encode(&mut body, R::header_version(version))
+            .map_err(|e| e.to_string())?;
+        request
+            .encode(&mut body, version)
+            .map_err(|e| e.to_string())?;
         let mut frame = BytesMut::with_capacity(body.len() + 4);
         frame.put_i32(body.len() as i32);
         frame.extend_from_slice(&body);
-        self.stream.write_all(&frame).map_err(|e| format!("send failed: {e}"))?;
+        self.stream
+            .write_all(&frame)
+            .map_err(|e| format!("send failed: {e}"))?;
 
         let mut size = [0u8; 4];
-        self.stream.read_exact(&mut size).map_err(|e| format!("broker closed the connection: {e}"))?;
+        self.stream
+            .read_exact(&mut size)
+            .map_err(|e| format!("broker closed the connection: {e}"))?;
         let size = i32::from_be_bytes(size);
         if size < 4 || size as usize > RESPONSE_BYTES_MAX {
             return Err(format!("bad response size {size}"));
         }
         let mut response = vec![0u8; size as usize];
-        self.stream.read_exact(&mut response).map_err(|e| format!("short response: {e}"))?;
+        self.stream
+            .read_exact(&mut response)
+            .map_err(|e| format!("short response: {e}"))?;
         let mut response = Bytes::from(response);
-        let header = ResponseHeader::decode(&mut response, R::Response::header_version(version)).map_err(|e| e.to_string())?;
+        let header = ResponseHeader::decode(&mut response, R::Response::header_version(version))
+            .map_err(|e| e.to_string())?;
         if header.correlation_id != self.correlation_id {
-            return Err(format!("response for {} arrived for request {}", header.correlation_id, self.correlation_id));
+            return Err(format!(
+                "response for {} arrived for request {}",
+                header.correlation_id, self.correlation_id
+            ));
         }
         let decoded = R::Response::decode(&mut response, version).map_err(|e| e.to_string())?;
         if response.has_remaining() {
-            return Err(format!("{} unread bytes after the response", response.remaining()));
+            return Err(format!(
+                "{} unread bytes after the response",
+                response.remaining()
+            ));
         }
         Ok(decoded)
     }

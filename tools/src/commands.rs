@@ -7,7 +7,9 @@ use std::io::BufRead;
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
-use kafka_protocol::records::{Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
 
 use crate::client::{check, Client, Result};
 
@@ -16,10 +18,18 @@ fn s(value: &str) -> StrBytes {
 }
 
 fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
-pub fn topic_create(client: &mut Client, name: &str, partitions: i32, configs: &[(String, String)]) -> Result<()> {
+pub fn topic_create(
+    client: &mut Client,
+    name: &str,
+    partitions: i32,
+    configs: &[(String, String)],
+) -> Result<()> {
     let mut topic = create_topics_request::CreatableTopic::default();
     topic.name = TopicName(s(name));
     topic.num_partitions = partitions;
@@ -38,8 +48,17 @@ pub fn topic_create(client: &mut Client, name: &str, partitions: i32, configs: &
     request.timeout_ms = 30_000;
     let response = client.send(&request, 7)?;
     for result in &response.topics {
-        check(result.error_code, &format!("create topic {name}: {}", result.error_message.as_deref().unwrap_or("")))?;
-        println!("created topic {name} with {} partition(s)", result.num_partitions);
+        check(
+            result.error_code,
+            &format!(
+                "create topic {name}: {}",
+                result.error_message.as_deref().unwrap_or("")
+            ),
+        )?;
+        println!(
+            "created topic {name} with {} partition(s)",
+            result.num_partitions
+        );
     }
     Ok(())
 }
@@ -77,8 +96,16 @@ fn metadata(client: &mut Client, topics: Option<Vec<&str>>) -> Result<MetadataRe
 pub fn topic_list(client: &mut Client) -> Result<()> {
     let response = metadata(client, None)?;
     for topic in &response.topics {
-        let name = topic.name.as_ref().map(|n| n.0.to_string()).unwrap_or_default();
-        println!("{name}\t{} partition(s){}", topic.partitions.len(), if topic.is_internal { "\tinternal" } else { "" });
+        let name = topic
+            .name
+            .as_ref()
+            .map(|n| n.0.to_string())
+            .unwrap_or_default();
+        println!(
+            "{name}\t{} partition(s){}",
+            topic.partitions.len(),
+            if topic.is_internal { "\tinternal" } else { "" }
+        );
     }
     Ok(())
 }
@@ -108,7 +135,11 @@ fn offsets(client: &mut Client, topic: &str, partitions: i32) -> Result<Vec<(i64
             .collect();
         request.topics = vec![t];
         let response = client.send(&request, 7)?;
-        let answers: Vec<i64> = response.topics.iter().flat_map(|t| t.partitions.iter().map(|p| p.offset)).collect();
+        let answers: Vec<i64> = response
+            .topics
+            .iter()
+            .flat_map(|t| t.partitions.iter().map(|p| p.offset))
+            .collect();
         out.push(answers);
     }
     Ok(out[0].iter().copied().zip(out[1].iter().copied()).collect())
@@ -118,7 +149,10 @@ pub fn topic_describe(client: &mut Client, topic: &str) -> Result<()> {
     let partitions = partition_count(client, topic)?;
     println!("topic {topic}: {partitions} partition(s)");
     for (index, (earliest, latest)) in offsets(client, topic, partitions)?.into_iter().enumerate() {
-        println!("  partition {index}\tearliest {earliest}\tlatest {latest}\trecords {}", latest - earliest);
+        println!(
+            "  partition {index}\tearliest {earliest}\tlatest {latest}\trecords {}",
+            latest - earliest
+        );
     }
     let mut request = DescribeConfigsRequest::default();
     let mut resource = describe_configs_request::DescribeConfigsResource::default();
@@ -131,8 +165,16 @@ pub fn topic_describe(client: &mut Client, topic: &str) -> Result<()> {
     for result in &response.results {
         check(result.error_code, "describe configs")?;
         for config in &result.configs {
-            let source = if config.config_source == 1 { "set" } else { "default" };
-            println!("  {} = {} ({source})", config.name, config.value.as_deref().unwrap_or(""));
+            let source = if config.config_source == 1 {
+                "set"
+            } else {
+                "default"
+            };
+            println!(
+                "  {} = {} ({source})",
+                config.name,
+                config.value.as_deref().unwrap_or("")
+            );
         }
     }
     Ok(())
@@ -161,8 +203,15 @@ pub fn produce(client: &mut Client, topic: &str, partition: i32, key: Option<&st
             headers: Default::default(),
         };
         let mut records = BytesMut::new();
-        RecordBatchEncoder::encode(&mut records, [&record], &RecordEncodeOptions { version: 2, compression: Compression::None })
-            .map_err(|e| e.to_string())?;
+        RecordBatchEncoder::encode(
+            &mut records,
+            [&record],
+            &RecordEncodeOptions {
+                version: 2,
+                compression: Compression::None,
+            },
+        )
+        .map_err(|e| e.to_string())?;
         let mut request = ProduceRequest::default();
         request.acks = -1;
         request.timeout_ms = 30_000;
@@ -188,7 +237,14 @@ pub fn produce(client: &mut Client, topic: &str, partition: i32, key: Option<&st
 
 /// Prints records from `partition`, from `start` (or the beginning), up to `count` records
 /// or until no more arrive for `idle_ms`.
-pub fn consume(client: &mut Client, topic: &str, partition: i32, from_beginning: bool, count: Option<u64>, idle_ms: i32) -> Result<()> {
+pub fn consume(
+    client: &mut Client,
+    topic: &str,
+    partition: i32,
+    from_beginning: bool,
+    count: Option<u64>,
+    idle_ms: i32,
+) -> Result<()> {
     let partitions = partition_count(client, topic)?;
     let (earliest, latest) = offsets(client, topic, partitions)?
         .get(partition as usize)
@@ -217,16 +273,23 @@ pub fn consume(client: &mut Client, topic: &str, partition: i32, from_beginning:
         for t in &response.responses {
             for p in &t.partitions {
                 check(p.error_code, &format!("fetch {topic}-{partition}"))?;
-                let Some(mut records) = p.records.clone() else { continue };
+                let Some(mut records) = p.records.clone() else {
+                    continue;
+                };
                 while !records.is_empty() {
-                    let set = RecordBatchDecoder::decode(&mut records).map_err(|e| e.to_string())?;
+                    let set =
+                        RecordBatchDecoder::decode(&mut records).map_err(|e| e.to_string())?;
                     for record in set.records {
                         if record.offset < offset {
                             continue;
                         }
                         got_any = true;
                         offset = record.offset + 1;
-                        let value = record.value.as_deref().map(String::from_utf8_lossy).unwrap_or_default();
+                        let value = record
+                            .value
+                            .as_deref()
+                            .map(String::from_utf8_lossy)
+                            .unwrap_or_default();
                         println!("{value}");
                         printed += 1;
                         if count.is_some_and(|c| printed >= c) {
@@ -247,7 +310,10 @@ pub fn group_list(client: &mut Client) -> Result<()> {
     let response = client.send(&ListGroupsRequest::default(), 4)?;
     check(response.error_code, "list groups")?;
     for group in &response.groups {
-        println!("{}\t{}\t{}", group.group_id.0, group.group_state, group.protocol_type);
+        println!(
+            "{}\t{}\t{}",
+            group.group_id.0, group.group_state, group.protocol_type
+        );
     }
     Ok(())
 }
@@ -259,9 +325,15 @@ pub fn group_describe(client: &mut Client, group: &str) -> Result<()> {
     let response = client.send(&request, 5)?;
     for described in &response.groups {
         check(described.error_code, &format!("describe group {group}"))?;
-        println!("group {group}: state {}, protocol {} / {}", described.group_state, described.protocol_type, described.protocol_data);
+        println!(
+            "group {group}: state {}, protocol {} / {}",
+            described.group_state, described.protocol_type, described.protocol_data
+        );
         for member in &described.members {
-            println!("  member {}\tclient {}\thost {}", member.member_id, member.client_id, member.client_host);
+            println!(
+                "  member {}\tclient {}\thost {}",
+                member.member_id, member.client_id, member.client_host
+            );
         }
     }
     let committed = committed_offsets(client, group)?;
@@ -271,8 +343,15 @@ pub fn group_describe(client: &mut Client, group: &str) -> Result<()> {
             let count = partition_count(client, &topic)?;
             latest_by_topic.insert(topic.clone(), offsets(client, &topic, count)?);
         }
-        let latest = latest_by_topic[&topic].get(partition as usize).map(|o| o.1).unwrap_or(-1);
-        let lag = if committed >= 0 && latest >= 0 { latest - committed } else { -1 };
+        let latest = latest_by_topic[&topic]
+            .get(partition as usize)
+            .map(|o| o.1)
+            .unwrap_or(-1);
+        let lag = if committed >= 0 && latest >= 0 {
+            latest - committed
+        } else {
+            -1
+        };
         println!("  {topic}-{partition}\tcommitted {committed}\tlatest {latest}\tlag {lag}");
     }
     Ok(())
@@ -315,7 +394,12 @@ pub enum ResetTo {
 }
 
 /// Commits new offsets for every partition of `topic` for an inactive group.
-pub fn group_reset_offsets(client: &mut Client, group: &str, topic: &str, to: ResetTo) -> Result<()> {
+pub fn group_reset_offsets(
+    client: &mut Client,
+    group: &str,
+    topic: &str,
+    to: ResetTo,
+) -> Result<()> {
     let count = partition_count(client, topic)?;
     let bounds = offsets(client, topic, count)?;
     let mut request = OffsetCommitRequest::default();
@@ -342,7 +426,10 @@ pub fn group_reset_offsets(client: &mut Client, group: &str, topic: &str, to: Re
     let response = client.send(&request, 8)?;
     for t in &response.topics {
         for p in &t.partitions {
-            check(p.error_code, &format!("reset {group} on {topic}-{}", p.partition_index))?;
+            check(
+                p.error_code,
+                &format!("reset {group} on {topic}-{}", p.partition_index),
+            )?;
         }
     }
     println!("reset group {group} on {topic} ({count} partition(s))");

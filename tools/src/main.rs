@@ -15,7 +15,11 @@ use tern_broker::topic_config::TopicDefaults;
 use tern_broker::BrokerConfig;
 
 #[derive(Parser)]
-#[command(name = "tern", version, about = "Tern: a Kafka-compatible event streaming broker")]
+#[command(
+    name = "tern",
+    version,
+    about = "Tern: a Kafka-compatible event streaming broker"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -27,7 +31,13 @@ enum Command {
     Serve(ServeArgs),
     /// Create, list, describe or delete topics.
     Topic {
-        #[arg(long, short, default_value = "127.0.0.1:9092", env = "TERN_BOOTSTRAP", global = true)]
+        #[arg(
+            long,
+            short,
+            default_value = "127.0.0.1:9092",
+            env = "TERN_BOOTSTRAP",
+            global = true
+        )]
         bootstrap: String,
         #[command(subcommand)]
         action: TopicAction,
@@ -61,7 +71,13 @@ enum Command {
     },
     /// List, describe (members, committed offsets, lag), delete consumer groups, or reset offsets.
     Group {
-        #[arg(long, short, default_value = "127.0.0.1:9092", env = "TERN_BOOTSTRAP", global = true)]
+        #[arg(
+            long,
+            short,
+            default_value = "127.0.0.1:9092",
+            env = "TERN_BOOTSTRAP",
+            global = true
+        )]
         bootstrap: String,
         #[command(subcommand)]
         action: GroupAction,
@@ -80,15 +96,23 @@ enum TopicAction {
         config: Vec<String>,
     },
     List,
-    Describe { name: String },
-    Delete { name: String },
+    Describe {
+        name: String,
+    },
+    Delete {
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
 enum GroupAction {
     List,
-    Describe { group: String },
-    Delete { group: String },
+    Describe {
+        group: String,
+    },
+    Delete {
+        group: String,
+    },
     /// Reset an inactive group's committed offsets on one topic.
     ResetOffsets {
         group: String,
@@ -115,8 +139,15 @@ fn run_client_command(command: Command) -> Result<(), String> {
         Command::Topic { bootstrap, action } => {
             let mut client = client::Client::connect(&bootstrap)?;
             match action {
-                TopicAction::Create { name, partitions, config } => {
-                    let configs = config.iter().map(|c| key_value(c)).collect::<Result<Vec<_>, _>>()?;
+                TopicAction::Create {
+                    name,
+                    partitions,
+                    config,
+                } => {
+                    let configs = config
+                        .iter()
+                        .map(|c| key_value(c))
+                        .collect::<Result<Vec<_>, _>>()?;
                     commands::topic_create(&mut client, &name, partitions.unwrap_or(-1), &configs)
                 }
                 TopicAction::List => commands::topic_list(&mut client),
@@ -124,13 +155,32 @@ fn run_client_command(command: Command) -> Result<(), String> {
                 TopicAction::Delete { name } => commands::topic_delete(&mut client, &name),
             }
         }
-        Command::Produce { topic, partition, key, bootstrap } => {
+        Command::Produce {
+            topic,
+            partition,
+            key,
+            bootstrap,
+        } => {
             let mut client = client::Client::connect(&bootstrap)?;
             commands::produce(&mut client, &topic, partition, key.as_deref())
         }
-        Command::Consume { topic, partition, from_beginning, count, idle_ms, bootstrap } => {
+        Command::Consume {
+            topic,
+            partition,
+            from_beginning,
+            count,
+            idle_ms,
+            bootstrap,
+        } => {
             let mut client = client::Client::connect(&bootstrap)?;
-            commands::consume(&mut client, &topic, partition, from_beginning, count, idle_ms)
+            commands::consume(
+                &mut client,
+                &topic,
+                partition,
+                from_beginning,
+                count,
+                idle_ms,
+            )
         }
         Command::Group { bootstrap, action } => {
             let mut client = client::Client::connect(&bootstrap)?;
@@ -138,7 +188,13 @@ fn run_client_command(command: Command) -> Result<(), String> {
                 GroupAction::List => commands::group_list(&mut client),
                 GroupAction::Describe { group } => commands::group_describe(&mut client, &group),
                 GroupAction::Delete { group } => commands::group_delete(&mut client, &group),
-                GroupAction::ResetOffsets { group, topic, to_earliest, to_latest, to_offset } => {
+                GroupAction::ResetOffsets {
+                    group,
+                    topic,
+                    to_earliest,
+                    to_latest,
+                    to_offset,
+                } => {
                     let to = match (to_earliest, to_latest, to_offset) {
                         (true, _, _) => commands::ResetTo::Earliest,
                         (_, true, _) => commands::ResetTo::Latest,
@@ -203,7 +259,11 @@ struct ServeArgs {
     #[arg(long, env = "TERN_MAX_BUFFERED_REQUEST_BYTES")]
     max_buffered_request_bytes: Option<usize>,
     /// Default topic config, repeatable: --topic-default retention.ms=3600000
-    #[arg(long = "topic-default", env = "TERN_TOPIC_DEFAULTS", value_delimiter = ',')]
+    #[arg(
+        long = "topic-default",
+        env = "TERN_TOPIC_DEFAULTS",
+        value_delimiter = ','
+    )]
     topic_defaults: Vec<String>,
 }
 
@@ -213,14 +273,23 @@ fn build_config(args: ServeArgs) -> Result<BrokerConfig, String> {
         None => FileConfig::default(),
     };
     let defaults = BrokerConfig::default();
-    let mut topic_defaults = TopicDefaults { overrides: file.topic_defaults };
+    let mut topic_defaults = TopicDefaults {
+        overrides: file.topic_defaults,
+    };
     for pair in &args.topic_defaults {
-        let (key, value) = pair.split_once('=').ok_or_else(|| format!("--topic-default expects key=value, got '{pair}'"))?;
-        topic_defaults.overrides.insert(key.trim().to_owned(), value.trim().to_owned());
+        let (key, value) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("--topic-default expects key=value, got '{pair}'"))?;
+        topic_defaults
+            .overrides
+            .insert(key.trim().to_owned(), value.trim().to_owned());
     }
     let admin_listen = match args.admin_listen.as_deref() {
         Some("off") | Some("") => None,
-        Some(addr) => Some(addr.parse().map_err(|e| format!("--admin-listen '{addr}': {e}"))?),
+        Some(addr) => Some(
+            addr.parse()
+                .map_err(|e| format!("--admin-listen '{addr}': {e}"))?,
+        ),
         None => file.admin_listen.or(defaults.admin_listen),
     };
     let config = BrokerConfig {
@@ -230,13 +299,28 @@ fn build_config(args: ServeArgs) -> Result<BrokerConfig, String> {
         data_dir: args.data_dir.or(file.data_dir).unwrap_or(defaults.data_dir),
         cores: args.cores.or(file.cores).unwrap_or(defaults.cores),
         node_id: args.node_id.or(file.node_id).unwrap_or(defaults.node_id),
-        default_partitions: args.default_partitions.or(file.default_partitions).unwrap_or(defaults.default_partitions),
-        auto_create_topics: args.auto_create_topics.or(file.auto_create_topics).unwrap_or(defaults.auto_create_topics),
+        default_partitions: args
+            .default_partitions
+            .or(file.default_partitions)
+            .unwrap_or(defaults.default_partitions),
+        auto_create_topics: args
+            .auto_create_topics
+            .or(file.auto_create_topics)
+            .unwrap_or(defaults.auto_create_topics),
         topic_defaults,
-        spin_before_park_us: args.spin_before_park_us.or(file.spin_before_park_us).unwrap_or(defaults.spin_before_park_us),
+        spin_before_park_us: args
+            .spin_before_park_us
+            .or(file.spin_before_park_us)
+            .unwrap_or(defaults.spin_before_park_us),
         limits: tern_broker::config::ConnectionLimits {
-            request_bytes_max: args.max_request_bytes.or(file.max_request_bytes).unwrap_or(defaults.limits.request_bytes_max),
-            in_flight_max: args.max_in_flight_requests.or(file.max_in_flight_requests).unwrap_or(defaults.limits.in_flight_max),
+            request_bytes_max: args
+                .max_request_bytes
+                .or(file.max_request_bytes)
+                .unwrap_or(defaults.limits.request_bytes_max),
+            in_flight_max: args
+                .max_in_flight_requests
+                .or(file.max_in_flight_requests)
+                .unwrap_or(defaults.limits.in_flight_max),
             buffered_bytes_max: args
                 .max_buffered_request_bytes
                 .or(file.max_buffered_request_bytes)
@@ -264,7 +348,8 @@ fn build_config(args: ServeArgs) -> Result<BrokerConfig, String> {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TERN_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_env("TERN_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -33,7 +33,9 @@ pub struct KafkaDriver {
 
 impl KafkaDriver {
     pub fn new(bootstrap: &str) -> KafkaDriver {
-        KafkaDriver { bootstrap: bootstrap.to_string() }
+        KafkaDriver {
+            bootstrap: bootstrap.to_string(),
+        }
     }
 
     fn base_config(&self) -> ClientConfig {
@@ -60,7 +62,9 @@ impl ProducerContext for AckContext {
 
     fn delivery(&self, result: &DeliveryResult<'_>, scheduled_ns: usize) {
         match result {
-            Ok(message) => self.sink.acked(scheduled_ns as u64, message.payload_len() as u64),
+            Ok(message) => self
+                .sink
+                .acked(scheduled_ns as u64, message.payload_len() as u64),
             Err(_) => self.sink.failed(scheduled_ns as u64),
         }
     }
@@ -72,22 +76,32 @@ struct KafkaProducer {
 
 impl super::Producer for KafkaProducer {
     fn try_send(&mut self, msg: &Outgoing<'_>) -> SendOutcome {
-        let mut record = BaseRecord::with_opaque_to(msg.topic, msg.scheduled_ns as usize).payload(msg.payload);
+        let mut record =
+            BaseRecord::with_opaque_to(msg.topic, msg.scheduled_ns as usize).payload(msg.payload);
         if let Some(key) = msg.key {
             record = record.key(key);
         }
         match self.producer.send(record) {
-            Ok(()) => SendOutcome::Sent { len_bytes: msg.payload.len() as u64 },
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => SendOutcome::QueueFull,
+            Ok(()) => SendOutcome::Sent {
+                len_bytes: msg.payload.len() as u64,
+            },
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                SendOutcome::QueueFull
+            }
             Err(_) => SendOutcome::Failed,
         }
     }
 
     fn flush(&mut self, timeout: Duration) -> Result<(), DriverError> {
-        self.producer.flush(timeout).map_err(|_| DriverError::Timeout {
-            what: format!("{} in-flight messages to be acknowledged", self.producer.in_flight_count()),
-            timeout_ms: timeout.as_millis() as u64,
-        })
+        self.producer
+            .flush(timeout)
+            .map_err(|_| DriverError::Timeout {
+                what: format!(
+                    "{} in-flight messages to be acknowledged",
+                    self.producer.in_flight_count()
+                ),
+                timeout_ms: timeout.as_millis() as u64,
+            })
     }
 }
 
@@ -96,7 +110,11 @@ struct KafkaConsumer {
 }
 
 impl super::Consumer for KafkaConsumer {
-    fn poll(&mut self, timeout: Duration, on_payload: &mut dyn FnMut(&[u8])) -> Result<bool, DriverError> {
+    fn poll(
+        &mut self,
+        timeout: Duration,
+        on_payload: &mut dyn FnMut(&[u8]),
+    ) -> Result<bool, DriverError> {
         match self.consumer.poll(timeout) {
             None => Ok(false),
             Some(Ok(message)) => {
@@ -108,7 +126,10 @@ impl super::Consumer for KafkaConsumer {
     }
 
     fn assigned_partitions(&self) -> u64 {
-        self.consumer.assignment().map(|a| a.count() as u64).unwrap_or(0)
+        self.consumer
+            .assignment()
+            .map(|a| a.count() as u64)
+            .unwrap_or(0)
     }
 }
 
@@ -118,25 +139,40 @@ impl Driver for KafkaDriver {
     }
 
     fn ensure_topics(&self, topics: &[TopicSpec], timeout: Duration) -> Result<(), DriverError> {
-        let admin: AdminClient<DefaultClientContext> = self.base_config().create().map_err(config_error)?;
+        let admin: AdminClient<DefaultClientContext> =
+            self.base_config().create().map_err(config_error)?;
         let new_topics: Vec<NewTopic<'_>> = topics
             .iter()
             .map(|t| NewTopic::new(&t.name, t.partitions as i32, TopicReplication::Fixed(1)))
             .collect();
-        let options = AdminOptions::new().operation_timeout(Some(timeout)).request_timeout(Some(timeout));
+        let options = AdminOptions::new()
+            .operation_timeout(Some(timeout))
+            .request_timeout(Some(timeout));
         // The admin futures are completed by rdkafka's own thread; any executor can wait on them.
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()
-            .map_err(|e| DriverError::Client(format!("cannot start a runtime for the admin client: {e}")))?;
+            .map_err(|e| {
+                DriverError::Client(format!("cannot start a runtime for the admin client: {e}"))
+            })?;
         let results = runtime
-            .block_on(async { tokio::time::timeout(timeout, admin.create_topics(&new_topics, &options)).await })
-            .map_err(|_| DriverError::Timeout { what: "CreateTopics".into(), timeout_ms: timeout.as_millis() as u64 })?
+            .block_on(async {
+                tokio::time::timeout(timeout, admin.create_topics(&new_topics, &options)).await
+            })
+            .map_err(|_| DriverError::Timeout {
+                what: "CreateTopics".into(),
+                timeout_ms: timeout.as_millis() as u64,
+            })?
             .map_err(|e| DriverError::Client(format!("CreateTopics: {e}")))?;
         for result in results {
             match result {
                 Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((topic, code)) => return Err(DriverError::CreateTopic { topic, reason: code.to_string() }),
+                Err((topic, code)) => {
+                    return Err(DriverError::CreateTopic {
+                        topic,
+                        reason: code.to_string(),
+                    })
+                }
             }
         }
         // Producing before every partition has a leader only adds retries to the first
@@ -152,7 +188,10 @@ impl Driver for KafkaDriver {
                         m.topics().first().map(|topic| {
                             topic.error().is_none()
                                 && topic.partitions().len() == t.partitions as usize
-                                && topic.partitions().iter().all(|p| p.error().is_none() && p.leader() >= 0)
+                                && topic
+                                    .partitions()
+                                    .iter()
+                                    .all(|p| p.error().is_none() && p.leader() >= 0)
                         })
                     })
                     .unwrap_or(false);
@@ -171,21 +210,36 @@ impl Driver for KafkaDriver {
         Ok(())
     }
 
-    fn producer(&self, spec: &ProducerSpec, acks: AckSink) -> Result<Box<dyn super::Producer>, DriverError> {
+    fn producer(
+        &self,
+        spec: &ProducerSpec,
+        acks: AckSink,
+    ) -> Result<Box<dyn super::Producer>, DriverError> {
         let w = &spec.workload;
         let mut c = self.base_config();
         c.set("client.id", format!("tern-bench-p{}", spec.index))
-            .set("acks", if w.acks == "-1" { "all" } else { w.acks.as_str() })
+            .set(
+                "acks",
+                if w.acks == "-1" {
+                    "all"
+                } else {
+                    w.acks.as_str()
+                },
+            )
             .set("compression.type", w.compression.as_str())
             .set("linger.ms", w.linger_ms.to_string())
             .set("batch.size", w.batch_size_bytes.to_string())
-            .set("queue.buffering.max.messages", limits::PRODUCER_QUEUE_MESSAGES_MAX.to_string())
+            .set(
+                "queue.buffering.max.messages",
+                limits::PRODUCER_QUEUE_MESSAGES_MAX.to_string(),
+            )
             // Bounded, so a dead broker turns into delivery errors within the drain timeout.
             .set("message.timeout.ms", limits::MESSAGE_TIMEOUT_MS.to_string());
         for (k, v) in &w.producer_config {
             c.set(k, v);
         }
-        let producer = ThreadedProducer::from_config_and_context(&c, AckContext { sink: acks }).map_err(config_error)?;
+        let producer = ThreadedProducer::from_config_and_context(&c, AckContext { sink: acks })
+            .map_err(config_error)?;
         Ok(Box::new(KafkaProducer { producer }))
     }
 
@@ -199,7 +253,14 @@ impl Driver for KafkaDriver {
             // librdkafka needs a group id even for `assign`; with direct assignment it never
             // joins the group, and without commits it never needs the coordinator.
             .set("group.id", &spec.group_id)
-            .set("enable.auto.commit", if spec.partitions.is_none() { "true" } else { "false" });
+            .set(
+                "enable.auto.commit",
+                if spec.partitions.is_none() {
+                    "true"
+                } else {
+                    "false"
+                },
+            );
         for (k, v) in &spec.workload.consumer_config {
             c.set(k, v);
         }
@@ -214,7 +275,9 @@ impl Driver for KafkaDriver {
                     list.add_partition_offset(&spec.topic, *p as i32, Offset::Beginning)
                         .map_err(|e| DriverError::Client(format!("assign: {e}")))?;
                 }
-                consumer.assign(&list).map_err(|e| DriverError::Client(format!("assign: {e}")))?;
+                consumer
+                    .assign(&list)
+                    .map_err(|e| DriverError::Client(format!("assign: {e}")))?;
             }
         }
         Ok(Box::new(KafkaConsumer { consumer }))

@@ -32,7 +32,9 @@ impl std::str::FromStr for DriverKind {
         match s {
             "kafka" => Ok(DriverKind::Kafka),
             "native" => Ok(DriverKind::Native),
-            other => Err(format!("unknown driver {other:?}: expected kafka or native")),
+            other => Err(format!(
+                "unknown driver {other:?}: expected kafka or native"
+            )),
         }
     }
 }
@@ -120,13 +122,19 @@ impl AckSink {
     /// The broker acknowledged the message scheduled at `scheduled_ns`.
     pub fn acked(&self, scheduled_ns: u64, len_bytes: u64) {
         let now_ns = self.clock.now_ns();
-        self.recorder.lock().expect("recorder lock poisoned").record_ack(scheduled_ns, now_ns, len_bytes);
+        self.recorder
+            .lock()
+            .expect("recorder lock poisoned")
+            .record_ack(scheduled_ns, now_ns, len_bytes);
     }
 
     /// The client gave up on the message scheduled at `scheduled_ns`.
     pub fn failed(&self, scheduled_ns: u64) {
         let now_ns = self.clock.now_ns();
-        self.recorder.lock().expect("recorder lock poisoned").record_delivery_error(scheduled_ns, now_ns);
+        self.recorder
+            .lock()
+            .expect("recorder lock poisoned")
+            .record_delivery_error(scheduled_ns, now_ns);
     }
 }
 
@@ -134,7 +142,11 @@ pub trait Driver: Send + Sync {
     fn name(&self) -> &'static str;
     /// Creates the topics that do not exist yet and waits until their partitions have leaders.
     fn ensure_topics(&self, topics: &[TopicSpec], timeout: Duration) -> Result<(), DriverError>;
-    fn producer(&self, spec: &ProducerSpec, acks: AckSink) -> Result<Box<dyn Producer>, DriverError>;
+    fn producer(
+        &self,
+        spec: &ProducerSpec,
+        acks: AckSink,
+    ) -> Result<Box<dyn Producer>, DriverError>;
     fn consumer(&self, spec: &ConsumerSpec) -> Result<Box<dyn Consumer>, DriverError>;
 }
 
@@ -149,7 +161,11 @@ pub trait Producer: Send {
 pub trait Consumer: Send {
     /// Waits up to `timeout` for the next record and passes its payload to `on_payload`.
     /// Returns whether a record was delivered.
-    fn poll(&mut self, timeout: Duration, on_payload: &mut dyn FnMut(&[u8])) -> Result<bool, DriverError>;
+    fn poll(
+        &mut self,
+        timeout: Duration,
+        on_payload: &mut dyn FnMut(&[u8]),
+    ) -> Result<bool, DriverError>;
     /// Partitions currently assigned to this consumer.
     fn assigned_partitions(&self) -> u64;
 }

@@ -89,16 +89,27 @@ const _: () = assert!(std::mem::size_of::<RawBatchHeader>() == BATCH_HEADER_BYTE
 pub enum BatchError {
     /// Fewer bytes than a header, or than `batchLength` announces. Maps to CORRUPT_MESSAGE (2).
     #[error("batch truncated: need {needed_bytes} bytes, have {available_bytes}")]
-    Truncated { needed_bytes: usize, available_bytes: usize },
+    Truncated {
+        needed_bytes: usize,
+        available_bytes: usize,
+    },
     /// `batchLength` below the header size or not matching the buffer. Maps to INVALID_RECORD (87).
     #[error("invalid batchLength {batch_length} for a buffer of {buffer_bytes} bytes")]
-    InvalidLength { batch_length: i32, buffer_bytes: usize },
+    InvalidLength {
+        batch_length: i32,
+        buffer_bytes: usize,
+    },
     /// `magic` is not 2. Maps to INVALID_RECORD (87).
     #[error("unsupported magic {0}, only RecordBatch v2 is accepted")]
     InvalidMagic(i8),
     /// `recordCount` / `lastOffsetDelta` are negative or inconsistent. Maps to INVALID_RECORD (87).
-    #[error("inconsistent counts: recordCount {record_count}, lastOffsetDelta {last_offset_delta}")]
-    InvalidCounts { record_count: i32, last_offset_delta: i32 },
+    #[error(
+        "inconsistent counts: recordCount {record_count}, lastOffsetDelta {last_offset_delta}"
+    )]
+    InvalidCounts {
+        record_count: i32,
+        last_offset_delta: i32,
+    },
     /// The stored CRC32C does not match the bytes. Maps to CORRUPT_MESSAGE (2).
     #[error("CRC mismatch: stored {stored:#010x}, computed {computed:#010x}")]
     CrcMismatch { stored: u32, computed: u32 },
@@ -226,7 +237,10 @@ pub fn peek_batch_total_bytes(bytes: &[u8]) -> Result<usize, BatchError> {
     }
     let batch_length = i32::from_be_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
     if batch_length < BATCH_LENGTH_MIN {
-        return Err(BatchError::InvalidLength { batch_length, buffer_bytes: bytes.len() });
+        return Err(BatchError::InvalidLength {
+            batch_length,
+            buffer_bytes: bytes.len(),
+        });
     }
     Ok(BATCH_LOG_OVERHEAD_BYTES + batch_length as usize)
 }
@@ -240,14 +254,23 @@ pub fn validate_batch(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
     let header = BatchHeader::parse_unchecked(bytes)?;
     let batch_length = header.batch_length();
     if batch_length < BATCH_LENGTH_MIN {
-        return Err(BatchError::InvalidLength { batch_length, buffer_bytes: bytes.len() });
+        return Err(BatchError::InvalidLength {
+            batch_length,
+            buffer_bytes: bytes.len(),
+        });
     }
     let total_bytes = BATCH_LOG_OVERHEAD_BYTES + batch_length as usize;
     if total_bytes > bytes.len() {
-        return Err(BatchError::Truncated { needed_bytes: total_bytes, available_bytes: bytes.len() });
+        return Err(BatchError::Truncated {
+            needed_bytes: total_bytes,
+            available_bytes: bytes.len(),
+        });
     }
     if total_bytes != bytes.len() {
-        return Err(BatchError::InvalidLength { batch_length, buffer_bytes: bytes.len() });
+        return Err(BatchError::InvalidLength {
+            batch_length,
+            buffer_bytes: bytes.len(),
+        });
     }
     if header.magic() != MAGIC_V2 {
         return Err(BatchError::InvalidMagic(header.magic()));
@@ -255,11 +278,17 @@ pub fn validate_batch(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
     let record_count = header.record_count();
     let last_offset_delta = header.last_offset_delta();
     if record_count < 1 || last_offset_delta < 0 || last_offset_delta < record_count - 1 {
-        return Err(BatchError::InvalidCounts { record_count, last_offset_delta });
+        return Err(BatchError::InvalidCounts {
+            record_count,
+            last_offset_delta,
+        });
     }
     let computed = crc32c::crc32c(&bytes[CRC_START_OFFSET..]);
     if computed != header.crc() {
-        return Err(BatchError::CrcMismatch { stored: header.crc(), computed });
+        return Err(BatchError::CrcMismatch {
+            stored: header.crc(),
+            computed,
+        });
     }
     Ok(header)
 }
@@ -275,7 +304,11 @@ pub struct BatchIter<'a> {
 
 impl<'a> BatchIter<'a> {
     pub fn new(bytes: &'a [u8]) -> BatchIter<'a> {
-        BatchIter { bytes, position: 0, failed: false }
+        BatchIter {
+            bytes,
+            position: 0,
+            failed: false,
+        }
     }
 
     /// Where the next batch would start; after an error, where the bad batch starts.
@@ -325,7 +358,10 @@ impl Iterator for BatchIter<'_> {
 
 fn check_header_len(batch: &[u8]) {
     // Callers patch batches they have already validated; a shorter buffer is a bug, not input.
-    assert!(batch.len() >= BATCH_HEADER_BYTES, "patching a buffer shorter than a batch header");
+    assert!(
+        batch.len() >= BATCH_HEADER_BYTES,
+        "patching a buffer shorter than a batch header"
+    );
 }
 
 /// Writes `baseOffset` in place. The field lies outside the CRC, so the batch stays valid.
@@ -345,9 +381,8 @@ pub fn set_partition_leader_epoch(batch: &mut [u8], epoch: LeaderEpoch) {
 /// one whole batch.
 pub fn set_log_append_time(batch: &mut [u8], now: TimestampMs) {
     check_header_len(batch);
-    let attributes =
-        i16::from_be_bytes([batch[OFFSET_ATTRIBUTES], batch[OFFSET_ATTRIBUTES + 1]])
-            | ATTR_TIMESTAMP_TYPE_LOG_APPEND;
+    let attributes = i16::from_be_bytes([batch[OFFSET_ATTRIBUTES], batch[OFFSET_ATTRIBUTES + 1]])
+        | ATTR_TIMESTAMP_TYPE_LOG_APPEND;
     batch[OFFSET_ATTRIBUTES..OFFSET_ATTRIBUTES + 2].copy_from_slice(&attributes.to_be_bytes());
     batch[OFFSET_MAX_TIMESTAMP..OFFSET_MAX_TIMESTAMP + 8].copy_from_slice(&now.0.to_be_bytes());
     let crc = crc32c::crc32c(&batch[CRC_START_OFFSET..]);
@@ -409,7 +444,10 @@ impl BatchBuilder {
 
     /// Encodes the batch. Panics on an empty builder: a batch has at least one record.
     pub fn build(&self) -> BytesMut {
-        assert!(!self.records.is_empty(), "a batch needs at least one record");
+        assert!(
+            !self.records.is_empty(),
+            "a batch needs at least one record"
+        );
         let mut body = BytesMut::new();
         let mut max_timestamp = self.base_timestamp.0;
         for (delta, record) in self.records.iter().enumerate() {
@@ -453,7 +491,11 @@ impl BatchBuilder {
 
 /// Builds a batch of `record_count` records each carrying a `value_bytes`-long value. A
 /// shorthand for tests and benchmarks.
-pub fn build_simple_batch(base_timestamp: TimestampMs, record_count: usize, value_bytes: usize) -> BytesMut {
+pub fn build_simple_batch(
+    base_timestamp: TimestampMs,
+    record_count: usize,
+    value_bytes: usize,
+) -> BytesMut {
     let value = Bytes::from(vec![b'v'; value_bytes]);
     let mut builder = BatchBuilder::new(base_timestamp);
     for i in 0..record_count {
@@ -529,12 +571,32 @@ mod tests {
         let good = sample();
         type Damage = Box<dyn Fn(&mut BytesMut)>;
         let cases: Vec<(&str, Damage, i16)> = vec![
-            ("flipped record byte", Box::new(|b: &mut BytesMut| b[70] ^= 1), 2),
+            (
+                "flipped record byte",
+                Box::new(|b: &mut BytesMut| b[70] ^= 1),
+                2,
+            ),
             ("bad magic", Box::new(|b: &mut BytesMut| b[16] = 1), 87),
-            ("length too small", Box::new(|b: &mut BytesMut| b[8..12].copy_from_slice(&10i32.to_be_bytes())), 87),
-            ("length too big", Box::new(|b: &mut BytesMut| b[8..12].copy_from_slice(&10_000i32.to_be_bytes())), 2),
-            ("zero records", Box::new(|b: &mut BytesMut| b[57..61].copy_from_slice(&0i32.to_be_bytes())), 87),
-            ("negative delta", Box::new(|b: &mut BytesMut| b[23..27].copy_from_slice(&(-1i32).to_be_bytes())), 87),
+            (
+                "length too small",
+                Box::new(|b: &mut BytesMut| b[8..12].copy_from_slice(&10i32.to_be_bytes())),
+                87,
+            ),
+            (
+                "length too big",
+                Box::new(|b: &mut BytesMut| b[8..12].copy_from_slice(&10_000i32.to_be_bytes())),
+                2,
+            ),
+            (
+                "zero records",
+                Box::new(|b: &mut BytesMut| b[57..61].copy_from_slice(&0i32.to_be_bytes())),
+                87,
+            ),
+            (
+                "negative delta",
+                Box::new(|b: &mut BytesMut| b[23..27].copy_from_slice(&(-1i32).to_be_bytes())),
+                87,
+            ),
             ("truncated", Box::new(|b: &mut BytesMut| b.truncate(40)), 2),
         ];
         for (name, damage, code) in cases {

@@ -47,7 +47,13 @@ pub struct FetchResponseWriter {
 }
 
 impl FetchResponseWriter {
-    pub fn new(version: i16, correlation_id: i32, error_code: i16, session_id: i32, topic_count: usize) -> Self {
+    pub fn new(
+        version: i16,
+        correlation_id: i32,
+        error_code: i16,
+        session_id: i32,
+        topic_count: usize,
+    ) -> Self {
         let compact = version >= FLEXIBLE_FROM;
         let mut current = BytesMut::with_capacity(256);
         current.put_i32(0); // Size prefix, patched in `finish`.
@@ -61,7 +67,13 @@ impl FetchResponseWriter {
             current.put_i32(session_id);
         }
         put_array_len(&mut current, Some(topic_count), compact);
-        FetchResponseWriter { version, compact, current, segments: Vec::new(), records_bytes: 0 }
+        FetchResponseWriter {
+            version,
+            compact,
+            current,
+            segments: Vec::new(),
+            records_bytes: 0,
+        }
     }
 
     pub fn begin_topic(&mut self, name: &str, partition_count: usize) {
@@ -96,7 +108,8 @@ impl FetchResponseWriter {
         if records_len > 0 {
             let head = self.current.split().freeze();
             self.segments.push(head);
-            self.segments.extend(records.iter().filter(|chunk| !chunk.is_empty()).cloned());
+            self.segments
+                .extend(records.iter().filter(|chunk| !chunk.is_empty()).cloned());
             self.records_bytes += records_len;
         }
         if self.compact {
@@ -147,8 +160,18 @@ mod tests {
                 last_stable_offset: 10,
                 log_start_offset: 0,
             };
-            writer.partition(&header, &[Bytes::from_static(b"abc"), Bytes::from_static(b"def")]);
-            writer.partition(&PartitionHeader { partition_index: 1, error_code: 1, ..header }, &[]);
+            writer.partition(
+                &header,
+                &[Bytes::from_static(b"abc"), Bytes::from_static(b"def")],
+            );
+            writer.partition(
+                &PartitionHeader {
+                    partition_index: 1,
+                    error_code: 1,
+                    ..header
+                },
+                &[],
+            );
             writer.end_topic();
             let segments = writer.finish();
             let frame: Vec<u8> = segments.iter().flat_map(|s| s.iter().copied()).collect();
@@ -158,7 +181,11 @@ mod tests {
             let mut body = Bytes::copy_from_slice(&frame[4 + header_len..]);
             let decoded = FetchResponse::decode(&mut body, version).unwrap();
             let partitions = &decoded.responses[0].partitions;
-            assert_eq!(partitions[0].records.as_deref(), Some(&b"abcdef"[..]), "v{version}");
+            assert_eq!(
+                partitions[0].records.as_deref(),
+                Some(&b"abcdef"[..]),
+                "v{version}"
+            );
             assert_eq!(partitions[1].error_code, 1);
             assert_eq!(partitions[0].high_watermark, 10);
             assert!(body.is_empty());

@@ -37,7 +37,12 @@ pub enum HeaderError {
     #[error("unknown api key {api_key} (correlation id {correlation_id})")]
     UnknownApiKey { api_key: i16, correlation_id: i32 },
     #[error("unsupported version {api_version} of {name} (correlation id {correlation_id})")]
-    UnsupportedVersion { api_key: i16, name: &'static str, api_version: i16, correlation_id: i32 },
+    UnsupportedVersion {
+        api_key: i16,
+        name: &'static str,
+        api_version: i16,
+        correlation_id: i32,
+    },
 }
 
 /// Checks a frame's declared size before its body is read, against the configured maximum
@@ -68,17 +73,30 @@ pub fn parse_header(frame: &[u8]) -> Result<ParsedHeader<'_>, HeaderError> {
     let api_version = reader.i16()?;
     let correlation_id = reader.i32()?;
     let Some(spec) = api::lookup(api_key) else {
-        return Err(HeaderError::UnknownApiKey { api_key, correlation_id });
+        return Err(HeaderError::UnknownApiKey {
+            api_key,
+            correlation_id,
+        });
     };
     if !spec.supports(api_version) {
-        return Err(HeaderError::UnsupportedVersion { api_key, name: spec.name, api_version, correlation_id });
+        return Err(HeaderError::UnsupportedVersion {
+            api_key,
+            name: spec.name,
+            api_version,
+            correlation_id,
+        });
     }
     let client_id = reader.nullable_string(false)?;
     if spec.is_flexible(api_version) {
         reader.skip_tagged_fields()?;
     }
     Ok(ParsedHeader {
-        header: RequestHeader { api_key, api_version, correlation_id, client_id },
+        header: RequestHeader {
+            api_key,
+            api_version,
+            correlation_id,
+            client_id,
+        },
         spec,
         body_start: reader.position(),
     })
@@ -132,8 +150,17 @@ mod tests {
 
     #[test]
     fn unknown_key_and_version_are_typed() {
-        assert!(matches!(parse_header(&header(999, 0)), Err(HeaderError::UnknownApiKey { correlation_id: 7, .. })));
-        assert!(matches!(parse_header(&header(api::METADATA, 99)), Err(HeaderError::UnsupportedVersion { .. })));
+        assert!(matches!(
+            parse_header(&header(999, 0)),
+            Err(HeaderError::UnknownApiKey {
+                correlation_id: 7,
+                ..
+            })
+        ));
+        assert!(matches!(
+            parse_header(&header(api::METADATA, 99)),
+            Err(HeaderError::UnsupportedVersion { .. })
+        ));
     }
 
     #[test]
@@ -142,6 +169,12 @@ mod tests {
         assert!(check_frame_size(-1, max).is_err());
         assert!(check_frame_size(i32::MAX, max).is_err());
         assert_eq!(check_frame_size(100, max), Ok(100));
-        assert_eq!(check_frame_size(2048, 1024), Err(FrameSizeError::TooLarge { size: 2048, max: 1024 }));
+        assert_eq!(
+            check_frame_size(2048, 1024),
+            Err(FrameSizeError::TooLarge {
+                size: 2048,
+                max: 1024
+            })
+        );
     }
 }

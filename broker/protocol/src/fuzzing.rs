@@ -16,7 +16,9 @@ use crate::request::decode_body;
 
 /// Decodes `frame` as the broker would. Returns whether it decoded cleanly.
 pub fn decode_frame(data: &[u8]) -> bool {
-    let Ok(parsed) = frame::parse_header(data) else { return false };
+    let Ok(parsed) = frame::parse_header(data) else {
+        return false;
+    };
     let version = parsed.header.api_version;
     let spec = parsed.spec;
     let body = Bytes::copy_from_slice(&data[parsed.body_start..]);
@@ -35,7 +37,9 @@ pub fn decode_frame(data: &[u8]) -> bool {
         api::DESCRIBE_CONFIGS => run::<DescribeConfigsRequest>(spec, version, body),
         api::ALTER_CONFIGS => run::<AlterConfigsRequest>(spec, version, body),
         api::CREATE_PARTITIONS => run::<CreatePartitionsRequest>(spec, version, body),
-        api::INCREMENTAL_ALTER_CONFIGS => run::<IncrementalAlterConfigsRequest>(spec, version, body),
+        api::INCREMENTAL_ALTER_CONFIGS => {
+            run::<IncrementalAlterConfigsRequest>(spec, version, body)
+        }
         api::DESCRIBE_CLUSTER => run::<DescribeClusterRequest>(spec, version, body),
         api::INIT_PRODUCER_ID => run::<InitProducerIdRequest>(spec, version, body),
         api::FIND_COORDINATOR => run::<FindCoordinatorRequest>(spec, version, body),
@@ -88,11 +92,14 @@ mod tests {
     }
 
     fn seeds() -> Vec<Vec<u8>> {
-        let topic = metadata_request::MetadataRequestTopic::default().with_name(Some(TopicName(StrBytes::from_static_str("t"))));
+        let topic = metadata_request::MetadataRequestTopic::default()
+            .with_name(Some(TopicName(StrBytes::from_static_str("t"))));
         let metadata = MetadataRequest::default().with_topics(Some(vec![topic]));
-        let create = CreateTopicsRequest::default().with_topics(vec![create_topics_request::CreatableTopic::default()
-            .with_name(TopicName(StrBytes::from_static_str("t")))
-            .with_num_partitions(3)]);
+        let create = CreateTopicsRequest::default().with_topics(vec![
+            create_topics_request::CreatableTopic::default()
+                .with_name(TopicName(StrBytes::from_static_str("t")))
+                .with_num_partitions(3),
+        ]);
         let fetch = FetchRequest::default().with_topics(vec![fetch_request::FetchTopic::default()
             .with_topic(TopicName(StrBytes::from_static_str("t")))
             .with_partitions(vec![fetch_request::FetchPartition::default()])]);
@@ -106,7 +113,11 @@ mod tests {
         for version in [4, 11, 12] {
             out.push(frame_of(api::FETCH, version, &fetch));
         }
-        out.push(frame_of(api::API_VERSIONS, 3, &ApiVersionsRequest::default()));
+        out.push(frame_of(
+            api::API_VERSIONS,
+            3,
+            &ApiVersionsRequest::default(),
+        ));
         out
     }
 

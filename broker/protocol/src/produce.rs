@@ -53,7 +53,10 @@ impl ProduceRequest {
 /// Parses a Produce body (the bytes after the request header).
 pub fn parse(body: &[u8], version: i16) -> Result<ProduceRequest, WireError> {
     if !(VERSION_MIN_PARSED..=11).contains(&version) {
-        return Err(WireError::UnsupportedVersion { api_key: 0, version });
+        return Err(WireError::UnsupportedVersion {
+            api_key: 0,
+            version,
+        });
     }
     let compact = version >= FLEXIBLE_FROM;
     let mut reader = Reader::new(body);
@@ -94,7 +97,12 @@ pub fn parse(body: &[u8], version: i16) -> Result<ProduceRequest, WireError> {
         reader.skip_tagged_fields()?;
     }
     reader.expect_end()?;
-    Ok(ProduceRequest { transactional_id, acks, timeout_ms, topics })
+    Ok(ProduceRequest {
+        transactional_id,
+        acks,
+        timeout_ms,
+        topics,
+    })
 }
 
 #[cfg(test)]
@@ -112,8 +120,12 @@ mod tests {
             .with_topic_data(vec![TopicProduceData::default()
                 .with_name(TopicName(StrBytes::from_static_str("orders")))
                 .with_partition_data(vec![
-                    PartitionProduceData::default().with_index(2).with_records(Some(Bytes::from_static(records))),
-                    PartitionProduceData::default().with_index(5).with_records(None),
+                    PartitionProduceData::default()
+                        .with_index(2)
+                        .with_records(Some(Bytes::from_static(records))),
+                    PartitionProduceData::default()
+                        .with_index(5)
+                        .with_records(None),
                 ])]);
         let mut out = BytesMut::new();
         request.encode(&mut out, version).unwrap();

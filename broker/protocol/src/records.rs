@@ -41,7 +41,10 @@ fn bounded_read(mut reader: impl Read, codec: u8) -> Result<Vec<u8>, RecordsErro
         .by_ref()
         .take(DECOMPRESSED_BYTES_MAX as u64 + 1)
         .read_to_end(&mut out)
-        .map_err(|e| RecordsError::Decompress { codec, reason: e.to_string() })?;
+        .map_err(|e| RecordsError::Decompress {
+            codec,
+            reason: e.to_string(),
+        })?;
     if read > DECOMPRESSED_BYTES_MAX {
         return Err(RecordsError::TooLarge);
     }
@@ -49,7 +52,10 @@ fn bounded_read(mut reader: impl Read, codec: u8) -> Result<Vec<u8>, RecordsErro
 }
 
 fn snappy_block(block: &[u8], out: &mut Vec<u8>) -> Result<(), RecordsError> {
-    let len = snap::raw::decompress_len(block).map_err(|e| RecordsError::Decompress { codec: 2, reason: e.to_string() })?;
+    let len = snap::raw::decompress_len(block).map_err(|e| RecordsError::Decompress {
+        codec: 2,
+        reason: e.to_string(),
+    })?;
     if out.len() + len > DECOMPRESSED_BYTES_MAX {
         return Err(RecordsError::TooLarge);
     }
@@ -57,13 +63,18 @@ fn snappy_block(block: &[u8], out: &mut Vec<u8>) -> Result<(), RecordsError> {
     out.resize(start + len, 0);
     snap::raw::Decoder::new()
         .decompress(block, &mut out[start..])
-        .map_err(|e| RecordsError::Decompress { codec: 2, reason: e.to_string() })?;
+        .map_err(|e| RecordsError::Decompress {
+            codec: 2,
+            reason: e.to_string(),
+        })?;
     Ok(())
 }
 
 /// The record area of a batch, decompressed if needed.
 pub fn record_area(batch: &[u8], header: &BatchHeader) -> Result<Vec<u8>, RecordsError> {
-    let body = batch.get(BATCH_HEADER_BYTES..header.total_bytes().min(batch.len())).unwrap_or(&[]);
+    let body = batch
+        .get(BATCH_HEADER_BYTES..header.total_bytes().min(batch.len()))
+        .unwrap_or(&[]);
     let codec = header.compression_codec();
     match codec {
         0 => Ok(body.to_vec()),
@@ -75,7 +86,12 @@ pub fn record_area(batch: &[u8], header: &BatchHeader) -> Result<Vec<u8>, Record
                 let mut reader = Reader::new(body.get(16..).unwrap_or(&[]));
                 while !reader.is_empty() {
                     let length = reader.i32()?;
-                    let block = reader.take(usize::try_from(length).map_err(|_| WireError::NegativeLength { position: reader.position(), length: i64::from(length) })?)?;
+                    let block = reader.take(usize::try_from(length).map_err(|_| {
+                        WireError::NegativeLength {
+                            position: reader.position(),
+                            length: i64::from(length),
+                        }
+                    })?)?;
                     snappy_block(block, &mut out)?;
                 }
             } else {
@@ -84,29 +100,49 @@ pub fn record_area(batch: &[u8], header: &BatchHeader) -> Result<Vec<u8>, Record
             Ok(out)
         }
         3 => bounded_read(lz4_flex::frame::FrameDecoder::new(body), codec),
-        4 => bounded_read(zstd::stream::read::Decoder::new(body).map_err(|e| RecordsError::Decompress { codec, reason: e.to_string() })?, codec),
+        4 => bounded_read(
+            zstd::stream::read::Decoder::new(body).map_err(|e| RecordsError::Decompress {
+                codec,
+                reason: e.to_string(),
+            })?,
+            codec,
+        ),
         other => Err(RecordsError::UnknownCodec(other)),
     }
 }
 
 /// The first record in `batch` whose timestamp is at least `target`: its offset and timestamp.
-pub fn first_at_or_after(batch: &[u8], header: &BatchHeader, target: TimestampMs) -> Result<Option<(Offset, TimestampMs)>, RecordsError> {
+pub fn first_at_or_after(
+    batch: &[u8],
+    header: &BatchHeader,
+    target: TimestampMs,
+) -> Result<Option<(Offset, TimestampMs)>, RecordsError> {
     if header.is_log_append_time() {
         // Every record carries the batch's append time.
-        return Ok((header.max_timestamp() >= target).then(|| (header.base_offset(), header.max_timestamp())));
+        return Ok((header.max_timestamp() >= target)
+            .then(|| (header.base_offset(), header.max_timestamp())));
     }
     let area = record_area(batch, header)?;
     let mut reader = Reader::new(&area);
     for _ in 0..header.record_count().max(0) {
         let length = reader.varint()?;
-        let record = reader.take(usize::try_from(length).map_err(|_| WireError::NegativeLength { position: reader.position(), length: i64::from(length) })?)?;
+        let record =
+            reader.take(
+                usize::try_from(length).map_err(|_| WireError::NegativeLength {
+                    position: reader.position(),
+                    length: i64::from(length),
+                })?,
+            )?;
         let mut fields = Reader::new(record);
         let _attributes = fields.i8()?;
         let timestamp_delta = fields.varlong()?;
         let offset_delta = fields.varint()?;
         let timestamp = TimestampMs(header.base_timestamp().0.saturating_add(timestamp_delta));
         if timestamp >= target {
-            return Ok(Some((header.base_offset().plus(i64::from(offset_delta)), timestamp)));
+            return Ok(Some((
+                header.base_offset().plus(i64::from(offset_delta)),
+                timestamp,
+            )));
         }
     }
     Ok(None)
@@ -131,7 +167,8 @@ mod tests {
         let compressed = match codec {
             0 => area.to_vec(),
             1 => {
-                let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+                let mut encoder =
+                    flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
                 encoder.write_all(area).unwrap();
                 encoder.finish().unwrap()
             }
@@ -167,9 +204,21 @@ mod tests {
             let bytes = batch(codec);
             let header = BatchHeader::parse_unchecked(&bytes).unwrap();
             let found = |ts| first_at_or_after(&bytes, &header, TimestampMs(ts)).unwrap();
-            assert_eq!(found(1_000), Some((Offset(50), TimestampMs(1_000))), "codec {codec}");
-            assert_eq!(found(1_150), Some((Offset(52), TimestampMs(1_200))), "codec {codec}");
-            assert_eq!(found(1_400), Some((Offset(54), TimestampMs(1_400))), "codec {codec}");
+            assert_eq!(
+                found(1_000),
+                Some((Offset(50), TimestampMs(1_000))),
+                "codec {codec}"
+            );
+            assert_eq!(
+                found(1_150),
+                Some((Offset(52), TimestampMs(1_200))),
+                "codec {codec}"
+            );
+            assert_eq!(
+                found(1_400),
+                Some((Offset(54), TimestampMs(1_400))),
+                "codec {codec}"
+            );
             assert_eq!(found(1_401), None, "codec {codec}");
         }
     }

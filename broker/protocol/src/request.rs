@@ -15,18 +15,30 @@ use crate::schema;
 use crate::wire::WireError;
 
 /// Validates and decodes a control-plane request body.
-pub fn decode_body<T: Decodable>(spec: &ApiSpec, version: i16, body: Bytes) -> Result<T, WireError> {
+pub fn decode_body<T: Decodable>(
+    spec: &ApiSpec,
+    version: i16,
+    body: Bytes,
+) -> Result<T, WireError> {
     if body.len() > limits::CONTROL_FRAME_BYTES_MAX {
         return Err(WireError::Invalid {
-            reason: format!("{} body of {} bytes exceeds the control-plane limit", spec.name, body.len()),
+            reason: format!(
+                "{} body of {} bytes exceeds the control-plane limit",
+                spec.name,
+                body.len()
+            ),
         });
     }
     let Some(table) = spec.schema else {
-        return Err(WireError::Invalid { reason: format!("{} has no layout table", spec.name) });
+        return Err(WireError::Invalid {
+            reason: format!("{} has no layout table", spec.name),
+        });
     };
     schema::validate(table, version, &body)?;
     let mut body = body;
-    T::decode(&mut body, version).map_err(|error| WireError::Invalid { reason: error.to_string() })
+    T::decode(&mut body, version).map_err(|error| WireError::Invalid {
+        reason: error.to_string(),
+    })
 }
 
 /// Encodes a complete response frame: size prefix, response header, body.
@@ -42,7 +54,10 @@ pub fn encode_response<T: Encodable>(
     if response_header_is_flexible(api_key, version) {
         out.put_u8(0);
     }
-    body.encode(&mut out, version).map_err(|error| WireError::Invalid { reason: error.to_string() })?;
+    body.encode(&mut out, version)
+        .map_err(|error| WireError::Invalid {
+            reason: error.to_string(),
+        })?;
     let size = (out.len() - 4) as i32;
     out[..4].copy_from_slice(&size.to_be_bytes());
     Ok(out.freeze())

@@ -158,7 +158,11 @@ impl Walker<'_> {
 /// left in place (a varint 0, i.e. null, then three zero bytes), so the real fields arrive
 /// as 3 trailing bytes. Rejecting them would break every librdkafka `list_topics`.
 pub fn validate(schema: &'static Struct, version: i16, body: &[u8]) -> Result<u64, WireError> {
-    let mut walker = Walker { reader: Reader::new(body), version, elements: 0 };
+    let mut walker = Walker {
+        reader: Reader::new(body),
+        version,
+        elements: 0,
+    };
     walker.walk(schema)?;
     Ok(walker.elements)
 }
@@ -192,16 +196,20 @@ mod tests {
 
     #[test]
     fn tables_match_crate_encoder_for_populated_requests() {
-        let metadata = MetadataRequest::default().with_topics(Some(vec![
-            metadata_request::MetadataRequestTopic::default().with_name(Some(TopicName(name("a")))),
-        ]));
+        let metadata =
+            MetadataRequest::default()
+                .with_topics(Some(vec![metadata_request::MetadataRequestTopic::default(
+                )
+                .with_name(Some(TopicName(name("a"))))]));
         check_round_trip(&METADATA_REQUEST, &metadata);
 
         let create = CreateTopicsRequest::default().with_topics(vec![
             create_topics_request::CreatableTopic::default()
                 .with_name(TopicName(name("t")))
-                .with_assignments(vec![create_topics_request::CreatableReplicaAssignment::default()
-                    .with_broker_ids(vec![BrokerId(1)])])
+                .with_assignments(vec![
+                    create_topics_request::CreatableReplicaAssignment::default()
+                        .with_broker_ids(vec![BrokerId(1)]),
+                ])
                 .with_configs(vec![create_topics_request::CreatableTopicConfig::default()
                     .with_name(name("retention.ms"))
                     .with_value(Some(name("1")))]),
@@ -218,7 +226,9 @@ mod tests {
         let commit = OffsetCommitRequest::default().with_topics(vec![
             offset_commit_request::OffsetCommitRequestTopic::default()
                 .with_name(TopicName(name("t")))
-                .with_partitions(vec![offset_commit_request::OffsetCommitRequestPartition::default()]),
+                .with_partitions(vec![
+                    offset_commit_request::OffsetCommitRequestPartition::default(),
+                ]),
         ]);
         check_round_trip(&OFFSET_COMMIT_REQUEST, &commit);
 
@@ -278,7 +288,10 @@ mod tests {
     fn huge_declared_array_is_rejected() {
         // MetadataRequest v1: topics array declaring 2^31-1 entries in a 4-byte body.
         let body = 0x7fff_ffffi32.to_be_bytes();
-        assert!(matches!(validate(&METADATA_REQUEST, 1, &body), Err(WireError::ArrayTooLong { .. })));
+        assert!(matches!(
+            validate(&METADATA_REQUEST, 1, &body),
+            Err(WireError::ArrayTooLong { .. })
+        ));
     }
 
     #[test]

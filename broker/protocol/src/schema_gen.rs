@@ -8,650 +8,1630 @@ use super::schema::{Elem, Field, Kind, Prim, Struct};
 pub static METADATA_REQUEST: Struct = Struct {
     name: "MetadataRequest",
     fields: &[
-        Field { versions: 9..=32767, kind: Kind::CompactArray(Elem::Struct(&METADATA_REQUEST__METADATA_REQUEST_TOPIC)) },
-        Field { versions: 0..=8, kind: Kind::Array(Elem::Struct(&METADATA_REQUEST__METADATA_REQUEST_TOPIC)) },
-        Field { versions: 4..=32767, kind: Kind::Prim(Prim::Bool) },
-        Field { versions: 8..=10, kind: Kind::Prim(Prim::Bool) },
-        Field { versions: 8..=32767, kind: Kind::Prim(Prim::Bool) },
-        Field { versions: 9..=32767, kind: Kind::TaggedFields },
+        Field {
+            versions: 9..=32767,
+            kind: Kind::CompactArray(Elem::Struct(&METADATA_REQUEST__METADATA_REQUEST_TOPIC)),
+        },
+        Field {
+            versions: 0..=8,
+            kind: Kind::Array(Elem::Struct(&METADATA_REQUEST__METADATA_REQUEST_TOPIC)),
+        },
+        Field {
+            versions: 4..=32767,
+            kind: Kind::Prim(Prim::Bool),
+        },
+        Field {
+            versions: 8..=10,
+            kind: Kind::Prim(Prim::Bool),
+        },
+        Field {
+            versions: 8..=32767,
+            kind: Kind::Prim(Prim::Bool),
+        },
+        Field {
+            versions: 9..=32767,
+            kind: Kind::TaggedFields,
+        },
     ],
 };
 
 pub static METADATA_REQUEST__METADATA_REQUEST_TOPIC: Struct = Struct {
     name: "MetadataRequestTopic",
     fields: &[
-        Field { versions: 10..=32767, kind: Kind::Prim(Prim::Uuid) },
-        Field { versions: 9..=32767, kind: Kind::Prim(Prim::CompactStr) },
-        Field { versions: 0..=8, kind: Kind::Prim(Prim::Str) },
-        Field { versions: 9..=32767, kind: Kind::TaggedFields },
+        Field {
+            versions: 10..=32767,
+            kind: Kind::Prim(Prim::Uuid),
+        },
+        Field {
+            versions: 9..=32767,
+            kind: Kind::Prim(Prim::CompactStr),
+        },
+        Field {
+            versions: 0..=8,
+            kind: Kind::Prim(Prim::Str),
+        },
+        Field {
+            versions: 9..=32767,
+            kind: Kind::TaggedFields,
+        },
     ],
 };
 
 pub static LIST_OFFSETS_REQUEST__LIST_OFFSETS_PARTITION: Struct = Struct {
     name: "ListOffsetsPartition",
     fields: &[
-        Field { versions: 0..=32767, kind: Kind::Prim(Prim::I32) },
-        Field { versions: 4..=32767, kind: Kind::Prim(Prim::I32) },
-        Field { versions: 0..=32767, kind: Kind::Prim(Prim::I64) },
-        Field { versions: 6..=32767, kind: Kind::TaggedFields },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::Prim(Prim::I32),
+        },
+        Field {
+            versions: 4..=32767,
+            kind: Kind::Prim(Prim::I32),
+        },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::Prim(Prim::I64),
+        },
+        Field {
+            versions: 6..=32767,
+            kind: Kind::TaggedFields,
+        },
     ],
 };
 
 pub static LIST_OFFSETS_REQUEST: Struct = Struct {
     name: "ListOffsetsRequest",
     fields: &[
-        Field { versions: 0..=32767, kind: Kind::Prim(Prim::I32) },
-        Field { versions: 2..=32767, kind: Kind::Prim(Prim::I8) },
-        Field { versions: 6..=32767, kind: Kind::CompactArray(Elem::Struct(&LIST_OFFSETS_REQUEST__LIST_OFFSETS_TOPIC)) },
-        Field { versions: 0..=5, kind: Kind::Array(Elem::Struct(&LIST_OFFSETS_REQUEST__LIST_OFFSETS_TOPIC)) },
-        Field { versions: 10..=32767, kind: Kind::Prim(Prim::I32) },
-        Field { versions: 6..=32767, kind: Kind::TaggedFields },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::Prim(Prim::I32),
+        },
+        Field {
+            versions: 2..=32767,
+            kind: Kind::Prim(Prim::I8),
+        },
+        Field {
+            versions: 6..=32767,
+            kind: Kind::CompactArray(Elem::Struct(&LIST_OFFSETS_REQUEST__LIST_OFFSETS_TOPIC)),
+        },
+        Field {
+            versions: 0..=5,
+            kind: Kind::Array(Elem::Struct(&LIST_OFFSETS_REQUEST__LIST_OFFSETS_TOPIC)),
+        },
+        Field {
+            versions: 10..=32767,
+            kind: Kind::Prim(Prim::I32),
+        },
+        Field {
+            versions: 6..=32767,
+            kind: Kind::TaggedFields,
+        },
     ],
 };
 
 pub static LIST_OFFSETS_REQUEST__LIST_OFFSETS_TOPIC: Struct = Struct {
     name: "ListOffsetsTopic",
     fields: &[
-        Field { versions: 6..=32767, kind: Kind::Prim(Prim::CompactStr) },
-        Field { versions: 0..=5, kind: Kind::Prim(Prim::Str) },
-        Field { versions: 6..=32767, kind: Kind::CompactArray(Elem::Struct(&LIST_OFFSETS_REQUEST__LIST_OFFSETS_PARTITION)) },
-        Field { versions: 0..=5, kind: Kind::Array(Elem::Struct(&LIST_OFFSETS_REQUEST__LIST_OFFSETS_PARTITION)) },
-        Field { versions: 6..=32767, kind: Kind::TaggedFields },
+        Field {
+            versions: 6..=32767,
+            kind: Kind::Prim(Prim::CompactStr),
+        },
+        Field {
+            versions: 0..=5,
+            kind: Kind::Prim(Prim::Str),
+        },
+        Field {
+            versions: 6..=32767,
+            kind: Kind::CompactArray(Elem::Struct(&LIST_OFFSETS_REQUEST__LIST_OFFSETS_PARTITION)),
+        },
+        Field {
+            versions: 0..=5,
+            kind: Kind::Array(Elem::Struct(&LIST_OFFSETS_REQUEST__LIST_OFFSETS_PARTITION)),
+        },
+        Field {
+            versions: 6..=32767,
+            kind: Kind::TaggedFields,
+        },
     ],
 };
 
 pub static CREATE_TOPICS_REQUEST__CREATABLE_REPLICA_ASSIGNMENT: Struct = Struct {
     name: "CreatableReplicaAssignment",
     fields: &[
-        Field { versions: 0..=32767, kind: Kind::Prim(Prim::I32) },
-        Field { versions: 5..=32767, kind: Kind::CompactArray(Elem::Prim(Prim::I32)) },
-        Field { versions: 0..=4, kind: Kind::Array(Elem::Prim(Prim::I32)) },
-        Field { versions: 5..=32767, kind: Kind::TaggedFields },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::Prim(Prim::I32),
+        },
+        Field {
+            versions: 5..=32767,
+            kind: Kind::CompactArray(Elem::Prim(Prim::I32)),
+        },
+        Field {
+            versions: 0..=4,
+            kind: Kind::Array(Elem::Prim(Prim::I32)),
+        },
+        Field {
+            versions: 5..=32767,
+            kind: Kind::TaggedFields,
+        },
     ],
 };
 
 pub static CREATE_TOPICS_REQUEST__CREATABLE_TOPIC: Struct = Struct {
     name: "CreatableTopic",
     fields: &[
-        Field { versions: 5..=32767, kind: Kind::Prim(Prim::CompactStr) },
-        Field { versions: 0..=4, kind: Kind::Prim(Prim::Str) },
-        Field { versions: 0..=32767, kind: Kind::Prim(Prim::I32) },
-        Field { versions: 0..=32767, kind: Kind::Prim(Prim::I16) },
-        Field { versions: 5..=32767, kind: Kind::CompactArray(Elem::Struct(&CREATE_TOPICS_REQUEST__CREATABLE_REPLICA_ASSIGNMENT)) },
-        Field { versions: 0..=4, kind: Kind::Array(Elem::Struct(&CREATE_TOPICS_REQUEST__CREATABLE_REPLICA_ASSIGNMENT)) },
-        Field { versions: 5..=32767, kind: Kind::CompactArray(Elem::Struct(&CREATE_TOPICS_REQUEST__CREATABLE_TOPIC_CONFIG)) },
-        Field { versions: 0..=4, kind: Kind::Array(Elem::Struct(&CREATE_TOPICS_REQUEST__CREATABLE_TOPIC_CONFIG)) },
-        Field { versions: 5..=32767, kind: Kind::TaggedFields },
+        Field {
+            versions: 5..=32767,
+            kind: Kind::Prim(Prim::CompactStr),
+        },
+        Field {
+            versions: 0..=4,
+            kind: Kind::Prim(Prim::Str),
+        },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::Prim(Prim::I32),
+        },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::Prim(Prim::I16),
+        },
+        Field {
+            versions: 5..=32767,
+            kind: Kind::CompactArray(Elem::Struct(
+                &CREATE_TOPICS_REQUEST__CREATABLE_REPLICA_ASSIGNMENT,
+            )),
+        },
+        Field {
+            versions: 0..=4,
+            kind: Kind::Array(Elem::Struct(
+                &CREATE_TOPICS_REQUEST__CREATABLE_REPLICA_ASSIGNMENT,
+            )),
+        },
+        Field {
+            versions: 5..=32767,
+            kind: Kind::CompactArray(Elem::Struct(&CREATE_TOPICS_REQUEST__CREATABLE_TOPIC_CONFIG)),
+        },
+        Field {
+            versions: 0..=4,
+            kind: Kind::Array(Elem::Struct(&CREATE_TOPICS_REQUEST__CREATABLE_TOPIC_CONFIG)),
+        },
+        Field {
+            versions: 5..=32767,
+            kind: Kind::TaggedFields,
+        },
     ],
 };
 
 pub static CREATE_TOPICS_REQUEST__CREATABLE_TOPIC_CONFIG: Struct = Struct {
     name: "CreatableTopicConfig",
     fields: &[
-        Field { versions: 5..=32767, kind: Kind::Prim(Prim::CompactStr) },
-        Field { versions: 0..=4, kind: Kind::Prim(Prim::Str) },
-        Field { versions: 5..=32767, kind: Kind::Prim(Prim::CompactStr) },
-        Field { versions: 0..=4, kind: Kind::Prim(Prim::Str) },
-        Field { versions: 5..=32767, kind: Kind::TaggedFields },
+        Field {
+            versions: 5..=32767,
+            kind: Kind::Prim(Prim::CompactStr),
+        },
+        Field {
+            versions: 0..=4,
+            kind: Kind::Prim(Prim::Str),
+        },
+        Field {
+            versions: 5..=32767,
+            kind: Kind::Prim(Prim::CompactStr),
+        },
+        Field {
+            versions: 0..=4,
+            kind: Kind::Prim(Prim::Str),
+        },
+        Field {
+            versions: 5..=32767,
+            kind: Kind::TaggedFields,
+        },
     ],
 };
 
 pub static CREATE_TOPICS_REQUEST: Struct = Struct {
     name: "CreateTopicsRequest",
     fields: &[
-        Field { versions: 5..=32767, kind: Kind::CompactArray(Elem::Struct(&CREATE_TOPICS_REQUEST__CREATABLE_TOPIC)) },
-        Field { versions: 0..=4, kind: Kind::Array(Elem::Struct(&CREATE_TOPICS_REQUEST__CREATABLE_TOPIC)) },
-        Field { versions: 0..=32767, kind: Kind::Prim(Prim::I32) },
-        Field { versions: 0..=32767, kind: Kind::Prim(Prim::Bool) },
-        Field { versions: 5..=32767, kind: Kind::TaggedFields },
+        Field {
+            versions: 5..=32767,
+            kind: Kind::CompactArray(Elem::Struct(&CREATE_TOPICS_REQUEST__CREATABLE_TOPIC)),
+        },
+        Field {
+            versions: 0..=4,
+            kind: Kind::Array(Elem::Struct(&CREATE_TOPICS_REQUEST__CREATABLE_TOPIC)),
+        },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::Prim(Prim::I32),
+        },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::Prim(Prim::Bool),
+        },
+        Field {
+            versions: 5..=32767,
+            kind: Kind::TaggedFields,
+        },
     ],
 };
 
 pub static DELETE_TOPICS_REQUEST__DELETE_TOPIC_STATE: Struct = Struct {
     name: "DeleteTopicState",
     fields: &[
-        Field { versions: 6..=32767, kind: Kind::Prim(Prim::CompactStr) },
-        Field { versions: 6..=32767, kind: Kind::Prim(Prim::Uuid) },
-        Field { versions: 4..=32767, kind: Kind::TaggedFields },
+        Field {
+            versions: 6..=32767,
+            kind: Kind::Prim(Prim::CompactStr),
+        },
+        Field {
+            versions: 6..=32767,
+            kind: Kind::Prim(Prim::Uuid),
+        },
+        Field {
+            versions: 4..=32767,
+            kind: Kind::TaggedFields,
+        },
     ],
 };
 
 pub static DELETE_TOPICS_REQUEST: Struct = Struct {
     name: "DeleteTopicsRequest",
     fields: &[
-        Field { versions: 6..=32767, kind: Kind::CompactArray(Elem::Struct(&DELETE_TOPICS_REQUEST__DELETE_TOPIC_STATE)) },
-        Field { versions: 4..=5, kind: Kind::CompactArray(Elem::Prim(Prim::CompactStr)) },
-        Field { versions: 0..=3, kind: Kind::Array(Elem::Prim(Prim::Str)) },
-        Field { versions: 0..=32767, kind: Kind::Prim(Prim::I32) },
-        Field { versions: 4..=32767, kind: Kind::TaggedFields },
+        Field {
+            versions: 6..=32767,
+            kind: Kind::CompactArray(Elem::Struct(&DELETE_TOPICS_REQUEST__DELETE_TOPIC_STATE)),
+        },
+        Field {
+            versions: 4..=5,
+            kind: Kind::CompactArray(Elem::Prim(Prim::CompactStr)),
+        },
+        Field {
+            versions: 0..=3,
+            kind: Kind::Array(Elem::Prim(Prim::Str)),
+        },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::Prim(Prim::I32),
+        },
+        Field {
+            versions: 4..=32767,
+            kind: Kind::TaggedFields,
+        },
     ],
 };
 
 pub static CREATE_PARTITIONS_REQUEST__CREATE_PARTITIONS_ASSIGNMENT: Struct = Struct {
     name: "CreatePartitionsAssignment",
     fields: &[
-        Field { versions: 2..=32767, kind: Kind::CompactArray(Elem::Prim(Prim::I32)) },
-        Field { versions: 0..=1, kind: Kind::Array(Elem::Prim(Prim::I32)) },
-        Field { versions: 2..=32767, kind: Kind::TaggedFields },
+        Field {
+            versions: 2..=32767,
+            kind: Kind::CompactArray(Elem::Prim(Prim::I32)),
+        },
+        Field {
+            versions: 0..=1,
+            kind: Kind::Array(Elem::Prim(Prim::I32)),
+        },
+        Field {
+            versions: 2..=32767,
+            kind: Kind::TaggedFields,
+        },
     ],
 };
 
 pub static CREATE_PARTITIONS_REQUEST: Struct = Struct {
     name: "CreatePartitionsRequest",
     fields: &[
-        Field { versions: 2..=32767, kind: Kind::CompactArray(Elem::Struct(&CREATE_PARTITIONS_REQUEST__CREATE_PARTITIONS_TOPIC)) },
-        Field { versions: 0..=1, kind: Kind::Array(Elem::Struct(&CREATE_PARTITIONS_REQUEST__CREATE_PARTITIONS_TOPIC)) },
-        Field { versions: 0..=32767, kind: Kind::Prim(Prim::I32) },
-        Field { versions: 0..=32767, kind: Kind::Prim(Prim::Bool) },
-        Field { versions: 2..=32767, kind: Kind::TaggedFields },
+        Field {
+            versions: 2..=32767,
+            kind: Kind::CompactArray(Elem::Struct(
+                &CREATE_PARTITIONS_REQUEST__CREATE_PARTITIONS_TOPIC,
+            )),
+        },
+        Field {
+            versions: 0..=1,
+            kind: Kind::Array(Elem::Struct(
+                &CREATE_PARTITIONS_REQUEST__CREATE_PARTITIONS_TOPIC,
+            )),
+        },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::Prim(Prim::I32),
+        },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::Prim(Prim::Bool),
+        },
+        Field {
+            versions: 2..=32767,
+            kind: Kind::TaggedFields,
+        },
     ],
 };
 
 pub static CREATE_PARTITIONS_REQUEST__CREATE_PARTITIONS_TOPIC: Struct = Struct {
     name: "CreatePartitionsTopic",
     fields: &[
-        Field { versions: 2..=32767, kind: Kind::Prim(Prim::CompactStr) },
-        Field { versions: 0..=1, kind: Kind::Prim(Prim::Str) },
-        Field { versions: 0..=32767, kind: Kind::Prim(Prim::I32) },
-        Field { versions: 2..=32767, kind: Kind::CompactArray(Elem::Struct(&CREATE_PARTITIONS_REQUEST__CREATE_PARTITIONS_ASSIGNMENT)) },
-        Field { versions: 0..=1, kind: Kind::Array(Elem::Struct(&CREATE_PARTITIONS_REQUEST__CREATE_PARTITIONS_ASSIGNMENT)) },
-        Field { versions: 2..=32767, kind: Kind::TaggedFields },
+        Field {
+            versions: 2..=32767,
+            kind: Kind::Prim(Prim::CompactStr),
+        },
+        Field {
+            versions: 0..=1,
+            kind: Kind::Prim(Prim::Str),
+        },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::Prim(Prim::I32),
+        },
+        Field {
+            versions: 2..=32767,
+            kind: Kind::CompactArray(Elem::Struct(
+                &CREATE_PARTITIONS_REQUEST__CREATE_PARTITIONS_ASSIGNMENT,
+            )),
+        },
+        Field {
+            versions: 0..=1,
+            kind: Kind::Array(Elem::Struct(
+                &CREATE_PARTITIONS_REQUEST__CREATE_PARTITIONS_ASSIGNMENT,
+            )),
+        },
+        Field {
+            versions: 2..=32767,
+            kind: Kind::TaggedFields,
+        },
     ],
 };
 
 pub static DELETE_RECORDS_REQUEST__DELETE_RECORDS_PARTITION: Struct = Struct {
     name: "DeleteRecordsPartition",
     fields: &[
-        Field { versions: 0..=32767, kind: Kind::Prim(Prim::I32) },
-        Field { versions: 0..=32767, kind: Kind::Prim(Prim::I64) },
-        Field { versions: 2..=32767, kind: Kind::TaggedFields },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::Prim(Prim::I32),
+        },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::Prim(Prim::I64),
+        },
+        Field {
+            versions: 2..=32767,
+            kind: Kind::TaggedFields,
+        },
     ],
 };
 
 pub static DELETE_RECORDS_REQUEST: Struct = Struct {
     name: "DeleteRecordsRequest",
     fields: &[
-        Field { versions: 2..=32767, kind: Kind::CompactArray(Elem::Struct(&DELETE_RECORDS_REQUEST__DELETE_RECORDS_TOPIC)) },
-        Field { versions: 0..=1, kind: Kind::Array(Elem::Struct(&DELETE_RECORDS_REQUEST__DELETE_RECORDS_TOPIC)) },
-        Field { versions: 0..=32767, kind: Kind::Prim(Prim::I32) },
-        Field { versions: 2..=32767, kind: Kind::TaggedFields },
+        Field {
+            versions: 2..=32767,
+            kind: Kind::CompactArray(Elem::Struct(&DELETE_RECORDS_REQUEST__DELETE_RECORDS_TOPIC)),
+        },
+        Field {
+            versions: 0..=1,
+            kind: Kind::Array(Elem::Struct(&DELETE_RECORDS_REQUEST__DELETE_RECORDS_TOPIC)),
+        },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::Prim(Prim::I32),
+        },
+        Field {
+            versions: 2..=32767,
+            kind: Kind::TaggedFields,
+        },
     ],
 };
 
 pub static DELETE_RECORDS_REQUEST__DELETE_RECORDS_TOPIC: Struct = Struct {
     name: "DeleteRecordsTopic",
     fields: &[
-        Field { versions: 2..=32767, kind: Kind::Prim(Prim::CompactStr) },
-        Field { versions: 0..=1, kind: Kind::Prim(Prim::Str) },
-        Field { versions: 2..=32767, kind: Kind::CompactArray(Elem::Struct(&DELETE_RECORDS_REQUEST__DELETE_RECORDS_PARTITION)) },
-        Field { versions: 0..=1, kind: Kind::Array(Elem::Struct(&DELETE_RECORDS_REQUEST__DELETE_RECORDS_PARTITION)) },
-        Field { versions: 2..=32767, kind: Kind::TaggedFields },
+        Field {
+            versions: 2..=32767,
+            kind: Kind::Prim(Prim::CompactStr),
+        },
+        Field {
+            versions: 0..=1,
+            kind: Kind::Prim(Prim::Str),
+        },
+        Field {
+            versions: 2..=32767,
+            kind: Kind::CompactArray(Elem::Struct(
+                &DELETE_RECORDS_REQUEST__DELETE_RECORDS_PARTITION,
+            )),
+        },
+        Field {
+            versions: 0..=1,
+            kind: Kind::Array(Elem::Struct(
+                &DELETE_RECORDS_REQUEST__DELETE_RECORDS_PARTITION,
+            )),
+        },
+        Field {
+            versions: 2..=32767,
+            kind: Kind::TaggedFields,
+        },
     ],
 };
 
 pub static DESCRIBE_CONFIGS_REQUEST: Struct = Struct {
     name: "DescribeConfigsRequest",
     fields: &[
-        Field { versions: 4..=32767, kind: Kind::CompactArray(Elem::Struct(&DESCRIBE_CONFIGS_REQUEST__DESCRIBE_CONFIGS_RESOURCE)) },
-        Field { versions: 0..=3, kind: Kind::Array(Elem::Struct(&DESCRIBE_CONFIGS_REQUEST__DESCRIBE_CONFIGS_RESOURCE)) },
-        Field { versions: 0..=32767, kind: Kind::Prim(Prim::Bool) },
-        Field { versions: 3..=32767, kind: Kind::Prim(Prim::Bool) },
-        Field { versions: 4..=32767, kind: Kind::TaggedFields },
+        Field {
+            versions: 4..=32767,
+            kind: Kind::CompactArray(Elem::Struct(
+                &DESCRIBE_CONFIGS_REQUEST__DESCRIBE_CONFIGS_RESOURCE,
+            )),
+        },
+        Field {
+            versions: 0..=3,
+            kind: Kind::Array(Elem::Struct(
+                &DESCRIBE_CONFIGS_REQUEST__DESCRIBE_CONFIGS_RESOURCE,
+            )),
+        },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::Prim(Prim::Bool),
+        },
+        Field {
+            versions: 3..=32767,
+            kind: Kind::Prim(Prim::Bool),
+        },
+        Field {
+            versions: 4..=32767,
+            kind: Kind::TaggedFields,
+        },
     ],
 };
 
 pub static DESCRIBE_CONFIGS_REQUEST__DESCRIBE_CONFIGS_RESOURCE: Struct = Struct {
     name: "DescribeConfigsResource",
     fields: &[
-        Field { versions: 0..=32767, kind: Kind::Prim(Prim::I8) },
-        Field { versions: 4..=32767, kind: Kind::Prim(Prim::CompactStr) },
-        Field { versions: 0..=3, kind: Kind::Prim(Prim::Str) },
-        Field { versions: 4..=32767, kind: Kind::CompactArray(Elem::Prim(Prim::CompactStr)) },
-        Field { versions: 0..=3, kind: Kind::Array(Elem::Prim(Prim::Str)) },
-        Field { versions: 4..=32767, kind: Kind::TaggedFields },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::Prim(Prim::I8),
+        },
+        Field {
+            versions: 4..=32767,
+            kind: Kind::Prim(Prim::CompactStr),
+        },
+        Field {
+            versions: 0..=3,
+            kind: Kind::Prim(Prim::Str),
+        },
+        Field {
+            versions: 4..=32767,
+            kind: Kind::CompactArray(Elem::Prim(Prim::CompactStr)),
+        },
+        Field {
+            versions: 0..=3,
+            kind: Kind::Array(Elem::Prim(Prim::Str)),
+        },
+        Field {
+            versions: 4..=32767,
+            kind: Kind::TaggedFields,
+        },
     ],
 };
 
 pub static ALTER_CONFIGS_REQUEST: Struct = Struct {
     name: "AlterConfigsRequest",
     fields: &[
-        Field { versions: 2..=32767, kind: Kind::CompactArray(Elem::Struct(&ALTER_CONFIGS_REQUEST__ALTER_CONFIGS_RESOURCE)) },
-        Field { versions: 0..=1, kind: Kind::Array(Elem::Struct(&ALTER_CONFIGS_REQUEST__ALTER_CONFIGS_RESOURCE)) },
-        Field { versions: 0..=32767, kind: Kind::Prim(Prim::Bool) },
-        Field { versions: 2..=32767, kind: Kind::TaggedFields },
+        Field {
+            versions: 2..=32767,
+            kind: Kind::CompactArray(Elem::Struct(&ALTER_CONFIGS_REQUEST__ALTER_CONFIGS_RESOURCE)),
+        },
+        Field {
+            versions: 0..=1,
+            kind: Kind::Array(Elem::Struct(&ALTER_CONFIGS_REQUEST__ALTER_CONFIGS_RESOURCE)),
+        },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::Prim(Prim::Bool),
+        },
+        Field {
+            versions: 2..=32767,
+            kind: Kind::TaggedFields,
+        },
     ],
 };
 
 pub static ALTER_CONFIGS_REQUEST__ALTER_CONFIGS_RESOURCE: Struct = Struct {
     name: "AlterConfigsResource",
     fields: &[
-        Field { versions: 0..=32767, kind: Kind::Prim(Prim::I8) },
-        Field { versions: 2..=32767, kind: Kind::Prim(Prim::CompactStr) },
-        Field { versions: 0..=1, kind: Kind::Prim(Prim::Str) },
-        Field { versions: 2..=32767, kind: Kind::CompactArray(Elem::Struct(&ALTER_CONFIGS_REQUEST__ALTERABLE_CONFIG)) },
-        Field { versions: 0..=1, kind: Kind::Array(Elem::Struct(&ALTER_CONFIGS_REQUEST__ALTERABLE_CONFIG)) },
-        Field { versions: 2..=32767, kind: Kind::TaggedFields },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::Prim(Prim::I8),
+        },
+        Field {
+            versions: 2..=32767,
+            kind: Kind::Prim(Prim::CompactStr),
+        },
+        Field {
+            versions: 0..=1,
+            kind: Kind::Prim(Prim::Str),
+        },
+        Field {
+            versions: 2..=32767,
+            kind: Kind::CompactArray(Elem::Struct(&ALTER_CONFIGS_REQUEST__ALTERABLE_CONFIG)),
+        },
+        Field {
+            versions: 0..=1,
+            kind: Kind::Array(Elem::Struct(&ALTER_CONFIGS_REQUEST__ALTERABLE_CONFIG)),
+        },
+        Field {
+            versions: 2..=32767,
+            kind: Kind::TaggedFields,
+        },
     ],
 };
 
 pub static ALTER_CONFIGS_REQUEST__ALTERABLE_CONFIG: Struct = Struct {
     name: "AlterableConfig",
     fields: &[
-        Field { versions: 2..=32767, kind: Kind::Prim(Prim::CompactStr) },
-        Field { versions: 0..=1, kind: Kind::Prim(Prim::Str) },
-        Field { versions: 2..=32767, kind: Kind::Prim(Prim::CompactStr) },
-        Field { versions: 0..=1, kind: Kind::Prim(Prim::Str) },
-        Field { versions: 2..=32767, kind: Kind::TaggedFields },
+        Field {
+            versions: 2..=32767,
+            kind: Kind::Prim(Prim::CompactStr),
+        },
+        Field {
+            versions: 0..=1,
+            kind: Kind::Prim(Prim::Str),
+        },
+        Field {
+            versions: 2..=32767,
+            kind: Kind::Prim(Prim::CompactStr),
+        },
+        Field {
+            versions: 0..=1,
+            kind: Kind::Prim(Prim::Str),
+        },
+        Field {
+            versions: 2..=32767,
+            kind: Kind::TaggedFields,
+        },
     ],
 };
 
 pub static INCREMENTAL_ALTER_CONFIGS_REQUEST__ALTER_CONFIGS_RESOURCE: Struct = Struct {
     name: "AlterConfigsResource",
     fields: &[
-        Field { versions: 0..=32767, kind: Kind::Prim(Prim::I8) },
-        Field { versions: 1..=32767, kind: Kind::Prim(Prim::CompactStr) },
-        Field { versions: 0..=0, kind: Kind::Prim(Prim::Str) },
-        Field { versions: 1..=32767, kind: Kind::CompactArray(Elem::Struct(&INCREMENTAL_ALTER_CONFIGS_REQUEST__ALTERABLE_CONFIG)) },
-        Field { versions: 0..=0, kind: Kind::Array(Elem::Struct(&INCREMENTAL_ALTER_CONFIGS_REQUEST__ALTERABLE_CONFIG)) },
-        Field { versions: 1..=32767, kind: Kind::TaggedFields },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::Prim(Prim::I8),
+        },
+        Field {
+            versions: 1..=32767,
+            kind: Kind::Prim(Prim::CompactStr),
+        },
+        Field {
+            versions: 0..=0,
+            kind: Kind::Prim(Prim::Str),
+        },
+        Field {
+            versions: 1..=32767,
+            kind: Kind::CompactArray(Elem::Struct(
+                &INCREMENTAL_ALTER_CONFIGS_REQUEST__ALTERABLE_CONFIG,
+            )),
+        },
+        Field {
+            versions: 0..=0,
+            kind: Kind::Array(Elem::Struct(
+                &INCREMENTAL_ALTER_CONFIGS_REQUEST__ALTERABLE_CONFIG,
+            )),
+        },
+        Field {
+            versions: 1..=32767,
+            kind: Kind::TaggedFields,
+        },
     ],
 };
 
 pub static INCREMENTAL_ALTER_CONFIGS_REQUEST__ALTERABLE_CONFIG: Struct = Struct {
     name: "AlterableConfig",
     fields: &[
-        Field { versions: 1..=32767, kind: Kind::Prim(Prim::CompactStr) },
-        Field { versions: 0..=0, kind: Kind::Prim(Prim::Str) },
-        Field { versions: 0..=32767, kind: Kind::Prim(Prim::I8) },
-        Field { versions: 1..=32767, kind: Kind::Prim(Prim::CompactStr) },
-        Field { versions: 0..=0, kind: Kind::Prim(Prim::Str) },
-        Field { versions: 1..=32767, kind: Kind::TaggedFields },
+        Field {
+            versions: 1..=32767,
+            kind: Kind::Prim(Prim::CompactStr),
+        },
+        Field {
+            versions: 0..=0,
+            kind: Kind::Prim(Prim::Str),
+        },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::Prim(Prim::I8),
+        },
+        Field {
+            versions: 1..=32767,
+            kind: Kind::Prim(Prim::CompactStr),
+        },
+        Field {
+            versions: 0..=0,
+            kind: Kind::Prim(Prim::Str),
+        },
+        Field {
+            versions: 1..=32767,
+            kind: Kind::TaggedFields,
+        },
     ],
 };
 
 pub static INCREMENTAL_ALTER_CONFIGS_REQUEST: Struct = Struct {
     name: "IncrementalAlterConfigsRequest",
     fields: &[
-        Field { versions: 1..=32767, kind: Kind::CompactArray(Elem::Struct(&INCREMENTAL_ALTER_CONFIGS_REQUEST__ALTER_CONFIGS_RESOURCE)) },
-        Field { versions: 0..=0, kind: Kind::Array(Elem::Struct(&INCREMENTAL_ALTER_CONFIGS_REQUEST__ALTER_CONFIGS_RESOURCE)) },
-        Field { versions: 0..=32767, kind: Kind::Prim(Prim::Bool) },
-        Field { versions: 1..=32767, kind: Kind::TaggedFields },
+        Field {
+            versions: 1..=32767,
+            kind: Kind::CompactArray(Elem::Struct(
+                &INCREMENTAL_ALTER_CONFIGS_REQUEST__ALTER_CONFIGS_RESOURCE,
+            )),
+        },
+        Field {
+            versions: 0..=0,
+            kind: Kind::Array(Elem::Struct(
+                &INCREMENTAL_ALTER_CONFIGS_REQUEST__ALTER_CONFIGS_RESOURCE,
+            )),
+        },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::Prim(Prim::Bool),
+        },
+        Field {
+            versions: 1..=32767,
+            kind: Kind::TaggedFields,
+        },
     ],
 };
 
 pub static DESCRIBE_CLUSTER_REQUEST: Struct = Struct {
     name: "DescribeClusterRequest",
     fields: &[
-        Field { versions: 0..=32767, kind: Kind::Prim(Prim::Bool) },
-        Field { versions: 1..=32767, kind: Kind::Prim(Prim::I8) },
-        Field { versions: 2..=32767, kind: Kind::Prim(Prim::Bool) },
-        Field { versions: 0..=32767, kind: Kind::TaggedFields },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::Prim(Prim::Bool),
+        },
+        Field {
+            versions: 1..=32767,
+            kind: Kind::Prim(Prim::I8),
+        },
+        Field {
+            versions: 2..=32767,
+            kind: Kind::Prim(Prim::Bool),
+        },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::TaggedFields,
+        },
     ],
 };
 
 pub static API_VERSIONS_REQUEST: Struct = Struct {
     name: "ApiVersionsRequest",
     fields: &[
-        Field { versions: 3..=32767, kind: Kind::Prim(Prim::CompactStr) },
-        Field { versions: 3..=32767, kind: Kind::Prim(Prim::CompactStr) },
-        Field { versions: 3..=32767, kind: Kind::TaggedFields },
+        Field {
+            versions: 3..=32767,
+            kind: Kind::Prim(Prim::CompactStr),
+        },
+        Field {
+            versions: 3..=32767,
+            kind: Kind::Prim(Prim::CompactStr),
+        },
+        Field {
+            versions: 3..=32767,
+            kind: Kind::TaggedFields,
+        },
     ],
 };
 
 pub static FETCH_REQUEST__FETCH_PARTITION: Struct = Struct {
     name: "FetchPartition",
     fields: &[
-        Field { versions: 0..=32767, kind: Kind::Prim(Prim::I32) },
-        Field { versions: 9..=32767, kind: Kind::Prim(Prim::I32) },
-        Field { versions: 0..=32767, kind: Kind::Prim(Prim::I64) },
-        Field { versions: 12..=32767, kind: Kind::Prim(Prim::I32) },
-        Field { versions: 5..=32767, kind: Kind::Prim(Prim::I64) },
-        Field { versions: 0..=32767, kind: Kind::Prim(Prim::I32) },
-        Field { versions: 12..=32767, kind: Kind::TaggedFields },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::Prim(Prim::I32),
+        },
+        Field {
+            versions: 9..=32767,
+            kind: Kind::Prim(Prim::I32),
+        },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::Prim(Prim::I64),
+        },
+        Field {
+            versions: 12..=32767,
+            kind: Kind::Prim(Prim::I32),
+        },
+        Field {
+            versions: 5..=32767,
+            kind: Kind::Prim(Prim::I64),
+        },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::Prim(Prim::I32),
+        },
+        Field {
+            versions: 12..=32767,
+            kind: Kind::TaggedFields,
+        },
     ],
 };
 
 pub static FETCH_REQUEST: Struct = Struct {
     name: "FetchRequest",
     fields: &[
-        Field { versions: 0..=14, kind: Kind::Prim(Prim::I32) },
-        Field { versions: 0..=32767, kind: Kind::Prim(Prim::I32) },
-        Field { versions: 0..=32767, kind: Kind::Prim(Prim::I32) },
-        Field { versions: 0..=32767, kind: Kind::Prim(Prim::I32) },
-        Field { versions: 0..=32767, kind: Kind::Prim(Prim::I8) },
-        Field { versions: 7..=32767, kind: Kind::Prim(Prim::I32) },
-        Field { versions: 7..=32767, kind: Kind::Prim(Prim::I32) },
-        Field { versions: 12..=32767, kind: Kind::CompactArray(Elem::Struct(&FETCH_REQUEST__FETCH_TOPIC)) },
-        Field { versions: 0..=11, kind: Kind::Array(Elem::Struct(&FETCH_REQUEST__FETCH_TOPIC)) },
-        Field { versions: 12..=32767, kind: Kind::CompactArray(Elem::Struct(&FETCH_REQUEST__FORGOTTEN_TOPIC)) },
-        Field { versions: 7..=11, kind: Kind::Array(Elem::Struct(&FETCH_REQUEST__FORGOTTEN_TOPIC)) },
-        Field { versions: 12..=32767, kind: Kind::Prim(Prim::CompactStr) },
-        Field { versions: 11..=11, kind: Kind::Prim(Prim::Str) },
-        Field { versions: 12..=32767, kind: Kind::TaggedFields },
+        Field {
+            versions: 0..=14,
+            kind: Kind::Prim(Prim::I32),
+        },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::Prim(Prim::I32),
+        },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::Prim(Prim::I32),
+        },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::Prim(Prim::I32),
+        },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::Prim(Prim::I8),
+        },
+        Field {
+            versions: 7..=32767,
+            kind: Kind::Prim(Prim::I32),
+        },
+        Field {
+            versions: 7..=32767,
+            kind: Kind::Prim(Prim::I32),
+        },
+        Field {
+            versions: 12..=32767,
+            kind: Kind::CompactArray(Elem::Struct(&FETCH_REQUEST__FETCH_TOPIC)),
+        },
+        Field {
+            versions: 0..=11,
+            kind: Kind::Array(Elem::Struct(&FETCH_REQUEST__FETCH_TOPIC)),
+        },
+        Field {
+            versions: 12..=32767,
+            kind: Kind::CompactArray(Elem::Struct(&FETCH_REQUEST__FORGOTTEN_TOPIC)),
+        },
+        Field {
+            versions: 7..=11,
+            kind: Kind::Array(Elem::Struct(&FETCH_REQUEST__FORGOTTEN_TOPIC)),
+        },
+        Field {
+            versions: 12..=32767,
+            kind: Kind::Prim(Prim::CompactStr),
+        },
+        Field {
+            versions: 11..=11,
+            kind: Kind::Prim(Prim::Str),
+        },
+        Field {
+            versions: 12..=32767,
+            kind: Kind::TaggedFields,
+        },
     ],
 };
 
 pub static FETCH_REQUEST__FETCH_TOPIC: Struct = Struct {
     name: "FetchTopic",
     fields: &[
-        Field { versions: 12..=12, kind: Kind::Prim(Prim::CompactStr) },
-        Field { versions: 0..=11, kind: Kind::Prim(Prim::Str) },
-        Field { versions: 13..=32767, kind: Kind::Prim(Prim::Uuid) },
-        Field { versions: 12..=32767, kind: Kind::CompactArray(Elem::Struct(&FETCH_REQUEST__FETCH_PARTITION)) },
-        Field { versions: 0..=11, kind: Kind::Array(Elem::Struct(&FETCH_REQUEST__FETCH_PARTITION)) },
-        Field { versions: 12..=32767, kind: Kind::TaggedFields },
+        Field {
+            versions: 12..=12,
+            kind: Kind::Prim(Prim::CompactStr),
+        },
+        Field {
+            versions: 0..=11,
+            kind: Kind::Prim(Prim::Str),
+        },
+        Field {
+            versions: 13..=32767,
+            kind: Kind::Prim(Prim::Uuid),
+        },
+        Field {
+            versions: 12..=32767,
+            kind: Kind::CompactArray(Elem::Struct(&FETCH_REQUEST__FETCH_PARTITION)),
+        },
+        Field {
+            versions: 0..=11,
+            kind: Kind::Array(Elem::Struct(&FETCH_REQUEST__FETCH_PARTITION)),
+        },
+        Field {
+            versions: 12..=32767,
+            kind: Kind::TaggedFields,
+        },
     ],
 };
 
 pub static FETCH_REQUEST__FORGOTTEN_TOPIC: Struct = Struct {
     name: "ForgottenTopic",
     fields: &[
-        Field { versions: 12..=12, kind: Kind::Prim(Prim::CompactStr) },
-        Field { versions: 7..=11, kind: Kind::Prim(Prim::Str) },
-        Field { versions: 13..=32767, kind: Kind::Prim(Prim::Uuid) },
-        Field { versions: 12..=32767, kind: Kind::CompactArray(Elem::Prim(Prim::I32)) },
-        Field { versions: 7..=11, kind: Kind::Array(Elem::Prim(Prim::I32)) },
-        Field { versions: 12..=32767, kind: Kind::TaggedFields },
+        Field {
+            versions: 12..=12,
+            kind: Kind::Prim(Prim::CompactStr),
+        },
+        Field {
+            versions: 7..=11,
+            kind: Kind::Prim(Prim::Str),
+        },
+        Field {
+            versions: 13..=32767,
+            kind: Kind::Prim(Prim::Uuid),
+        },
+        Field {
+            versions: 12..=32767,
+            kind: Kind::CompactArray(Elem::Prim(Prim::I32)),
+        },
+        Field {
+            versions: 7..=11,
+            kind: Kind::Array(Elem::Prim(Prim::I32)),
+        },
+        Field {
+            versions: 12..=32767,
+            kind: Kind::TaggedFields,
+        },
     ],
 };
 
 pub static FETCH_REQUEST__REPLICA_STATE: Struct = Struct {
     name: "ReplicaState",
     fields: &[
-        Field { versions: 15..=32767, kind: Kind::Prim(Prim::I32) },
-        Field { versions: 15..=32767, kind: Kind::Prim(Prim::I64) },
-        Field { versions: 12..=32767, kind: Kind::TaggedFields },
+        Field {
+            versions: 15..=32767,
+            kind: Kind::Prim(Prim::I32),
+        },
+        Field {
+            versions: 15..=32767,
+            kind: Kind::Prim(Prim::I64),
+        },
+        Field {
+            versions: 12..=32767,
+            kind: Kind::TaggedFields,
+        },
     ],
 };
 
 pub static FIND_COORDINATOR_REQUEST: Struct = Struct {
     name: "FindCoordinatorRequest",
     fields: &[
-        Field { versions: 3..=3, kind: Kind::Prim(Prim::CompactStr) },
-        Field { versions: 0..=2, kind: Kind::Prim(Prim::Str) },
-        Field { versions: 1..=32767, kind: Kind::Prim(Prim::I8) },
-        Field { versions: 4..=32767, kind: Kind::CompactArray(Elem::Prim(Prim::CompactStr)) },
-        Field { versions: 3..=32767, kind: Kind::TaggedFields },
+        Field {
+            versions: 3..=3,
+            kind: Kind::Prim(Prim::CompactStr),
+        },
+        Field {
+            versions: 0..=2,
+            kind: Kind::Prim(Prim::Str),
+        },
+        Field {
+            versions: 1..=32767,
+            kind: Kind::Prim(Prim::I8),
+        },
+        Field {
+            versions: 4..=32767,
+            kind: Kind::CompactArray(Elem::Prim(Prim::CompactStr)),
+        },
+        Field {
+            versions: 3..=32767,
+            kind: Kind::TaggedFields,
+        },
     ],
 };
 
 pub static JOIN_GROUP_REQUEST: Struct = Struct {
     name: "JoinGroupRequest",
     fields: &[
-        Field { versions: 6..=32767, kind: Kind::Prim(Prim::CompactStr) },
-        Field { versions: 0..=5, kind: Kind::Prim(Prim::Str) },
-        Field { versions: 0..=32767, kind: Kind::Prim(Prim::I32) },
-        Field { versions: 1..=32767, kind: Kind::Prim(Prim::I32) },
-        Field { versions: 6..=32767, kind: Kind::Prim(Prim::CompactStr) },
-        Field { versions: 0..=5, kind: Kind::Prim(Prim::Str) },
-        Field { versions: 6..=32767, kind: Kind::Prim(Prim::CompactStr) },
-        Field { versions: 5..=5, kind: Kind::Prim(Prim::Str) },
-        Field { versions: 6..=32767, kind: Kind::Prim(Prim::CompactStr) },
-        Field { versions: 0..=5, kind: Kind::Prim(Prim::Str) },
-        Field { versions: 6..=32767, kind: Kind::CompactArray(Elem::Struct(&JOIN_GROUP_REQUEST__JOIN_GROUP_REQUEST_PROTOCOL)) },
-        Field { versions: 0..=5, kind: Kind::Array(Elem::Struct(&JOIN_GROUP_REQUEST__JOIN_GROUP_REQUEST_PROTOCOL)) },
-        Field { versions: 8..=32767, kind: Kind::Prim(Prim::CompactStr) },
-        Field { versions: 6..=32767, kind: Kind::TaggedFields },
+        Field {
+            versions: 6..=32767,
+            kind: Kind::Prim(Prim::CompactStr),
+        },
+        Field {
+            versions: 0..=5,
+            kind: Kind::Prim(Prim::Str),
+        },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::Prim(Prim::I32),
+        },
+        Field {
+            versions: 1..=32767,
+            kind: Kind::Prim(Prim::I32),
+        },
+        Field {
+            versions: 6..=32767,
+            kind: Kind::Prim(Prim::CompactStr),
+        },
+        Field {
+            versions: 0..=5,
+            kind: Kind::Prim(Prim::Str),
+        },
+        Field {
+            versions: 6..=32767,
+            kind: Kind::Prim(Prim::CompactStr),
+        },
+        Field {
+            versions: 5..=5,
+            kind: Kind::Prim(Prim::Str),
+        },
+        Field {
+            versions: 6..=32767,
+            kind: Kind::Prim(Prim::CompactStr),
+        },
+        Field {
+            versions: 0..=5,
+            kind: Kind::Prim(Prim::Str),
+        },
+        Field {
+            versions: 6..=32767,
+            kind: Kind::CompactArray(Elem::Struct(
+                &JOIN_GROUP_REQUEST__JOIN_GROUP_REQUEST_PROTOCOL,
+            )),
+        },
+        Field {
+            versions: 0..=5,
+            kind: Kind::Array(Elem::Struct(
+                &JOIN_GROUP_REQUEST__JOIN_GROUP_REQUEST_PROTOCOL,
+            )),
+        },
+        Field {
+            versions: 8..=32767,
+            kind: Kind::Prim(Prim::CompactStr),
+        },
+        Field {
+            versions: 6..=32767,
+            kind: Kind::TaggedFields,
+        },
     ],
 };
 
 pub static JOIN_GROUP_REQUEST__JOIN_GROUP_REQUEST_PROTOCOL: Struct = Struct {
     name: "JoinGroupRequestProtocol",
     fields: &[
-        Field { versions: 6..=32767, kind: Kind::Prim(Prim::CompactStr) },
-        Field { versions: 0..=5, kind: Kind::Prim(Prim::Str) },
-        Field { versions: 6..=32767, kind: Kind::Prim(Prim::CompactBytes) },
-        Field { versions: 0..=5, kind: Kind::Prim(Prim::Bytes) },
-        Field { versions: 6..=32767, kind: Kind::TaggedFields },
+        Field {
+            versions: 6..=32767,
+            kind: Kind::Prim(Prim::CompactStr),
+        },
+        Field {
+            versions: 0..=5,
+            kind: Kind::Prim(Prim::Str),
+        },
+        Field {
+            versions: 6..=32767,
+            kind: Kind::Prim(Prim::CompactBytes),
+        },
+        Field {
+            versions: 0..=5,
+            kind: Kind::Prim(Prim::Bytes),
+        },
+        Field {
+            versions: 6..=32767,
+            kind: Kind::TaggedFields,
+        },
     ],
 };
 
 pub static HEARTBEAT_REQUEST: Struct = Struct {
     name: "HeartbeatRequest",
     fields: &[
-        Field { versions: 4..=32767, kind: Kind::Prim(Prim::CompactStr) },
-        Field { versions: 0..=3, kind: Kind::Prim(Prim::Str) },
-        Field { versions: 0..=32767, kind: Kind::Prim(Prim::I32) },
-        Field { versions: 4..=32767, kind: Kind::Prim(Prim::CompactStr) },
-        Field { versions: 0..=3, kind: Kind::Prim(Prim::Str) },
-        Field { versions: 4..=32767, kind: Kind::Prim(Prim::CompactStr) },
-        Field { versions: 3..=3, kind: Kind::Prim(Prim::Str) },
-        Field { versions: 4..=32767, kind: Kind::TaggedFields },
+        Field {
+            versions: 4..=32767,
+            kind: Kind::Prim(Prim::CompactStr),
+        },
+        Field {
+            versions: 0..=3,
+            kind: Kind::Prim(Prim::Str),
+        },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::Prim(Prim::I32),
+        },
+        Field {
+            versions: 4..=32767,
+            kind: Kind::Prim(Prim::CompactStr),
+        },
+        Field {
+            versions: 0..=3,
+            kind: Kind::Prim(Prim::Str),
+        },
+        Field {
+            versions: 4..=32767,
+            kind: Kind::Prim(Prim::CompactStr),
+        },
+        Field {
+            versions: 3..=3,
+            kind: Kind::Prim(Prim::Str),
+        },
+        Field {
+            versions: 4..=32767,
+            kind: Kind::TaggedFields,
+        },
     ],
 };
 
 pub static LEAVE_GROUP_REQUEST: Struct = Struct {
     name: "LeaveGroupRequest",
     fields: &[
-        Field { versions: 4..=32767, kind: Kind::Prim(Prim::CompactStr) },
-        Field { versions: 0..=3, kind: Kind::Prim(Prim::Str) },
-        Field { versions: 0..=2, kind: Kind::Prim(Prim::Str) },
-        Field { versions: 4..=32767, kind: Kind::CompactArray(Elem::Struct(&LEAVE_GROUP_REQUEST__MEMBER_IDENTITY)) },
-        Field { versions: 3..=3, kind: Kind::Array(Elem::Struct(&LEAVE_GROUP_REQUEST__MEMBER_IDENTITY)) },
-        Field { versions: 4..=32767, kind: Kind::TaggedFields },
+        Field {
+            versions: 4..=32767,
+            kind: Kind::Prim(Prim::CompactStr),
+        },
+        Field {
+            versions: 0..=3,
+            kind: Kind::Prim(Prim::Str),
+        },
+        Field {
+            versions: 0..=2,
+            kind: Kind::Prim(Prim::Str),
+        },
+        Field {
+            versions: 4..=32767,
+            kind: Kind::CompactArray(Elem::Struct(&LEAVE_GROUP_REQUEST__MEMBER_IDENTITY)),
+        },
+        Field {
+            versions: 3..=3,
+            kind: Kind::Array(Elem::Struct(&LEAVE_GROUP_REQUEST__MEMBER_IDENTITY)),
+        },
+        Field {
+            versions: 4..=32767,
+            kind: Kind::TaggedFields,
+        },
     ],
 };
 
 pub static LEAVE_GROUP_REQUEST__MEMBER_IDENTITY: Struct = Struct {
     name: "MemberIdentity",
     fields: &[
-        Field { versions: 4..=32767, kind: Kind::Prim(Prim::CompactStr) },
-        Field { versions: 3..=3, kind: Kind::Prim(Prim::Str) },
-        Field { versions: 4..=32767, kind: Kind::Prim(Prim::CompactStr) },
-        Field { versions: 3..=3, kind: Kind::Prim(Prim::Str) },
-        Field { versions: 5..=32767, kind: Kind::Prim(Prim::CompactStr) },
-        Field { versions: 4..=32767, kind: Kind::TaggedFields },
+        Field {
+            versions: 4..=32767,
+            kind: Kind::Prim(Prim::CompactStr),
+        },
+        Field {
+            versions: 3..=3,
+            kind: Kind::Prim(Prim::Str),
+        },
+        Field {
+            versions: 4..=32767,
+            kind: Kind::Prim(Prim::CompactStr),
+        },
+        Field {
+            versions: 3..=3,
+            kind: Kind::Prim(Prim::Str),
+        },
+        Field {
+            versions: 5..=32767,
+            kind: Kind::Prim(Prim::CompactStr),
+        },
+        Field {
+            versions: 4..=32767,
+            kind: Kind::TaggedFields,
+        },
     ],
 };
 
 pub static SYNC_GROUP_REQUEST: Struct = Struct {
     name: "SyncGroupRequest",
     fields: &[
-        Field { versions: 4..=32767, kind: Kind::Prim(Prim::CompactStr) },
-        Field { versions: 0..=3, kind: Kind::Prim(Prim::Str) },
-        Field { versions: 0..=32767, kind: Kind::Prim(Prim::I32) },
-        Field { versions: 4..=32767, kind: Kind::Prim(Prim::CompactStr) },
-        Field { versions: 0..=3, kind: Kind::Prim(Prim::Str) },
-        Field { versions: 4..=32767, kind: Kind::Prim(Prim::CompactStr) },
-        Field { versions: 3..=3, kind: Kind::Prim(Prim::Str) },
-        Field { versions: 5..=32767, kind: Kind::Prim(Prim::CompactStr) },
-        Field { versions: 5..=32767, kind: Kind::Prim(Prim::CompactStr) },
-        Field { versions: 4..=32767, kind: Kind::CompactArray(Elem::Struct(&SYNC_GROUP_REQUEST__SYNC_GROUP_REQUEST_ASSIGNMENT)) },
-        Field { versions: 0..=3, kind: Kind::Array(Elem::Struct(&SYNC_GROUP_REQUEST__SYNC_GROUP_REQUEST_ASSIGNMENT)) },
-        Field { versions: 4..=32767, kind: Kind::TaggedFields },
+        Field {
+            versions: 4..=32767,
+            kind: Kind::Prim(Prim::CompactStr),
+        },
+        Field {
+            versions: 0..=3,
+            kind: Kind::Prim(Prim::Str),
+        },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::Prim(Prim::I32),
+        },
+        Field {
+            versions: 4..=32767,
+            kind: Kind::Prim(Prim::CompactStr),
+        },
+        Field {
+            versions: 0..=3,
+            kind: Kind::Prim(Prim::Str),
+        },
+        Field {
+            versions: 4..=32767,
+            kind: Kind::Prim(Prim::CompactStr),
+        },
+        Field {
+            versions: 3..=3,
+            kind: Kind::Prim(Prim::Str),
+        },
+        Field {
+            versions: 5..=32767,
+            kind: Kind::Prim(Prim::CompactStr),
+        },
+        Field {
+            versions: 5..=32767,
+            kind: Kind::Prim(Prim::CompactStr),
+        },
+        Field {
+            versions: 4..=32767,
+            kind: Kind::CompactArray(Elem::Struct(
+                &SYNC_GROUP_REQUEST__SYNC_GROUP_REQUEST_ASSIGNMENT,
+            )),
+        },
+        Field {
+            versions: 0..=3,
+            kind: Kind::Array(Elem::Struct(
+                &SYNC_GROUP_REQUEST__SYNC_GROUP_REQUEST_ASSIGNMENT,
+            )),
+        },
+        Field {
+            versions: 4..=32767,
+            kind: Kind::TaggedFields,
+        },
     ],
 };
 
 pub static SYNC_GROUP_REQUEST__SYNC_GROUP_REQUEST_ASSIGNMENT: Struct = Struct {
     name: "SyncGroupRequestAssignment",
     fields: &[
-        Field { versions: 4..=32767, kind: Kind::Prim(Prim::CompactStr) },
-        Field { versions: 0..=3, kind: Kind::Prim(Prim::Str) },
-        Field { versions: 4..=32767, kind: Kind::Prim(Prim::CompactBytes) },
-        Field { versions: 0..=3, kind: Kind::Prim(Prim::Bytes) },
-        Field { versions: 4..=32767, kind: Kind::TaggedFields },
+        Field {
+            versions: 4..=32767,
+            kind: Kind::Prim(Prim::CompactStr),
+        },
+        Field {
+            versions: 0..=3,
+            kind: Kind::Prim(Prim::Str),
+        },
+        Field {
+            versions: 4..=32767,
+            kind: Kind::Prim(Prim::CompactBytes),
+        },
+        Field {
+            versions: 0..=3,
+            kind: Kind::Prim(Prim::Bytes),
+        },
+        Field {
+            versions: 4..=32767,
+            kind: Kind::TaggedFields,
+        },
     ],
 };
 
 pub static OFFSET_COMMIT_REQUEST: Struct = Struct {
     name: "OffsetCommitRequest",
     fields: &[
-        Field { versions: 8..=32767, kind: Kind::Prim(Prim::CompactStr) },
-        Field { versions: 0..=7, kind: Kind::Prim(Prim::Str) },
-        Field { versions: 0..=32767, kind: Kind::Prim(Prim::I32) },
-        Field { versions: 8..=32767, kind: Kind::Prim(Prim::CompactStr) },
-        Field { versions: 0..=7, kind: Kind::Prim(Prim::Str) },
-        Field { versions: 8..=32767, kind: Kind::Prim(Prim::CompactStr) },
-        Field { versions: 7..=7, kind: Kind::Prim(Prim::Str) },
-        Field { versions: 0..=4, kind: Kind::Prim(Prim::I64) },
-        Field { versions: 8..=32767, kind: Kind::CompactArray(Elem::Struct(&OFFSET_COMMIT_REQUEST__OFFSET_COMMIT_REQUEST_TOPIC)) },
-        Field { versions: 0..=7, kind: Kind::Array(Elem::Struct(&OFFSET_COMMIT_REQUEST__OFFSET_COMMIT_REQUEST_TOPIC)) },
-        Field { versions: 8..=32767, kind: Kind::TaggedFields },
+        Field {
+            versions: 8..=32767,
+            kind: Kind::Prim(Prim::CompactStr),
+        },
+        Field {
+            versions: 0..=7,
+            kind: Kind::Prim(Prim::Str),
+        },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::Prim(Prim::I32),
+        },
+        Field {
+            versions: 8..=32767,
+            kind: Kind::Prim(Prim::CompactStr),
+        },
+        Field {
+            versions: 0..=7,
+            kind: Kind::Prim(Prim::Str),
+        },
+        Field {
+            versions: 8..=32767,
+            kind: Kind::Prim(Prim::CompactStr),
+        },
+        Field {
+            versions: 7..=7,
+            kind: Kind::Prim(Prim::Str),
+        },
+        Field {
+            versions: 0..=4,
+            kind: Kind::Prim(Prim::I64),
+        },
+        Field {
+            versions: 8..=32767,
+            kind: Kind::CompactArray(Elem::Struct(
+                &OFFSET_COMMIT_REQUEST__OFFSET_COMMIT_REQUEST_TOPIC,
+            )),
+        },
+        Field {
+            versions: 0..=7,
+            kind: Kind::Array(Elem::Struct(
+                &OFFSET_COMMIT_REQUEST__OFFSET_COMMIT_REQUEST_TOPIC,
+            )),
+        },
+        Field {
+            versions: 8..=32767,
+            kind: Kind::TaggedFields,
+        },
     ],
 };
 
 pub static OFFSET_COMMIT_REQUEST__OFFSET_COMMIT_REQUEST_PARTITION: Struct = Struct {
     name: "OffsetCommitRequestPartition",
     fields: &[
-        Field { versions: 0..=32767, kind: Kind::Prim(Prim::I32) },
-        Field { versions: 0..=32767, kind: Kind::Prim(Prim::I64) },
-        Field { versions: 6..=32767, kind: Kind::Prim(Prim::I32) },
-        Field { versions: 8..=32767, kind: Kind::Prim(Prim::CompactStr) },
-        Field { versions: 0..=7, kind: Kind::Prim(Prim::Str) },
-        Field { versions: 8..=32767, kind: Kind::TaggedFields },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::Prim(Prim::I32),
+        },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::Prim(Prim::I64),
+        },
+        Field {
+            versions: 6..=32767,
+            kind: Kind::Prim(Prim::I32),
+        },
+        Field {
+            versions: 8..=32767,
+            kind: Kind::Prim(Prim::CompactStr),
+        },
+        Field {
+            versions: 0..=7,
+            kind: Kind::Prim(Prim::Str),
+        },
+        Field {
+            versions: 8..=32767,
+            kind: Kind::TaggedFields,
+        },
     ],
 };
 
 pub static OFFSET_COMMIT_REQUEST__OFFSET_COMMIT_REQUEST_TOPIC: Struct = Struct {
     name: "OffsetCommitRequestTopic",
     fields: &[
-        Field { versions: 8..=32767, kind: Kind::Prim(Prim::CompactStr) },
-        Field { versions: 0..=7, kind: Kind::Prim(Prim::Str) },
-        Field { versions: 8..=32767, kind: Kind::CompactArray(Elem::Struct(&OFFSET_COMMIT_REQUEST__OFFSET_COMMIT_REQUEST_PARTITION)) },
-        Field { versions: 0..=7, kind: Kind::Array(Elem::Struct(&OFFSET_COMMIT_REQUEST__OFFSET_COMMIT_REQUEST_PARTITION)) },
-        Field { versions: 8..=32767, kind: Kind::TaggedFields },
+        Field {
+            versions: 8..=32767,
+            kind: Kind::Prim(Prim::CompactStr),
+        },
+        Field {
+            versions: 0..=7,
+            kind: Kind::Prim(Prim::Str),
+        },
+        Field {
+            versions: 8..=32767,
+            kind: Kind::CompactArray(Elem::Struct(
+                &OFFSET_COMMIT_REQUEST__OFFSET_COMMIT_REQUEST_PARTITION,
+            )),
+        },
+        Field {
+            versions: 0..=7,
+            kind: Kind::Array(Elem::Struct(
+                &OFFSET_COMMIT_REQUEST__OFFSET_COMMIT_REQUEST_PARTITION,
+            )),
+        },
+        Field {
+            versions: 8..=32767,
+            kind: Kind::TaggedFields,
+        },
     ],
 };
 
 pub static OFFSET_FETCH_REQUEST: Struct = Struct {
     name: "OffsetFetchRequest",
     fields: &[
-        Field { versions: 6..=7, kind: Kind::Prim(Prim::CompactStr) },
-        Field { versions: 0..=5, kind: Kind::Prim(Prim::Str) },
-        Field { versions: 6..=7, kind: Kind::CompactArray(Elem::Struct(&OFFSET_FETCH_REQUEST__OFFSET_FETCH_REQUEST_TOPIC)) },
-        Field { versions: 0..=5, kind: Kind::Array(Elem::Struct(&OFFSET_FETCH_REQUEST__OFFSET_FETCH_REQUEST_TOPIC)) },
-        Field { versions: 8..=32767, kind: Kind::CompactArray(Elem::Struct(&OFFSET_FETCH_REQUEST__OFFSET_FETCH_REQUEST_GROUP)) },
-        Field { versions: 7..=32767, kind: Kind::Prim(Prim::Bool) },
-        Field { versions: 6..=32767, kind: Kind::TaggedFields },
+        Field {
+            versions: 6..=7,
+            kind: Kind::Prim(Prim::CompactStr),
+        },
+        Field {
+            versions: 0..=5,
+            kind: Kind::Prim(Prim::Str),
+        },
+        Field {
+            versions: 6..=7,
+            kind: Kind::CompactArray(Elem::Struct(
+                &OFFSET_FETCH_REQUEST__OFFSET_FETCH_REQUEST_TOPIC,
+            )),
+        },
+        Field {
+            versions: 0..=5,
+            kind: Kind::Array(Elem::Struct(
+                &OFFSET_FETCH_REQUEST__OFFSET_FETCH_REQUEST_TOPIC,
+            )),
+        },
+        Field {
+            versions: 8..=32767,
+            kind: Kind::CompactArray(Elem::Struct(
+                &OFFSET_FETCH_REQUEST__OFFSET_FETCH_REQUEST_GROUP,
+            )),
+        },
+        Field {
+            versions: 7..=32767,
+            kind: Kind::Prim(Prim::Bool),
+        },
+        Field {
+            versions: 6..=32767,
+            kind: Kind::TaggedFields,
+        },
     ],
 };
 
 pub static OFFSET_FETCH_REQUEST__OFFSET_FETCH_REQUEST_GROUP: Struct = Struct {
     name: "OffsetFetchRequestGroup",
     fields: &[
-        Field { versions: 8..=32767, kind: Kind::Prim(Prim::CompactStr) },
-        Field { versions: 9..=32767, kind: Kind::Prim(Prim::CompactStr) },
-        Field { versions: 9..=32767, kind: Kind::Prim(Prim::I32) },
-        Field { versions: 8..=32767, kind: Kind::CompactArray(Elem::Struct(&OFFSET_FETCH_REQUEST__OFFSET_FETCH_REQUEST_TOPICS)) },
-        Field { versions: 6..=32767, kind: Kind::TaggedFields },
+        Field {
+            versions: 8..=32767,
+            kind: Kind::Prim(Prim::CompactStr),
+        },
+        Field {
+            versions: 9..=32767,
+            kind: Kind::Prim(Prim::CompactStr),
+        },
+        Field {
+            versions: 9..=32767,
+            kind: Kind::Prim(Prim::I32),
+        },
+        Field {
+            versions: 8..=32767,
+            kind: Kind::CompactArray(Elem::Struct(
+                &OFFSET_FETCH_REQUEST__OFFSET_FETCH_REQUEST_TOPICS,
+            )),
+        },
+        Field {
+            versions: 6..=32767,
+            kind: Kind::TaggedFields,
+        },
     ],
 };
 
 pub static OFFSET_FETCH_REQUEST__OFFSET_FETCH_REQUEST_TOPIC: Struct = Struct {
     name: "OffsetFetchRequestTopic",
     fields: &[
-        Field { versions: 6..=7, kind: Kind::Prim(Prim::CompactStr) },
-        Field { versions: 0..=5, kind: Kind::Prim(Prim::Str) },
-        Field { versions: 6..=7, kind: Kind::CompactArray(Elem::Prim(Prim::I32)) },
-        Field { versions: 0..=5, kind: Kind::Array(Elem::Prim(Prim::I32)) },
-        Field { versions: 6..=32767, kind: Kind::TaggedFields },
+        Field {
+            versions: 6..=7,
+            kind: Kind::Prim(Prim::CompactStr),
+        },
+        Field {
+            versions: 0..=5,
+            kind: Kind::Prim(Prim::Str),
+        },
+        Field {
+            versions: 6..=7,
+            kind: Kind::CompactArray(Elem::Prim(Prim::I32)),
+        },
+        Field {
+            versions: 0..=5,
+            kind: Kind::Array(Elem::Prim(Prim::I32)),
+        },
+        Field {
+            versions: 6..=32767,
+            kind: Kind::TaggedFields,
+        },
     ],
 };
 
 pub static OFFSET_FETCH_REQUEST__OFFSET_FETCH_REQUEST_TOPICS: Struct = Struct {
     name: "OffsetFetchRequestTopics",
     fields: &[
-        Field { versions: 8..=32767, kind: Kind::Prim(Prim::CompactStr) },
-        Field { versions: 8..=32767, kind: Kind::CompactArray(Elem::Prim(Prim::I32)) },
-        Field { versions: 6..=32767, kind: Kind::TaggedFields },
+        Field {
+            versions: 8..=32767,
+            kind: Kind::Prim(Prim::CompactStr),
+        },
+        Field {
+            versions: 8..=32767,
+            kind: Kind::CompactArray(Elem::Prim(Prim::I32)),
+        },
+        Field {
+            versions: 6..=32767,
+            kind: Kind::TaggedFields,
+        },
     ],
 };
 
 pub static DESCRIBE_GROUPS_REQUEST: Struct = Struct {
     name: "DescribeGroupsRequest",
     fields: &[
-        Field { versions: 5..=32767, kind: Kind::CompactArray(Elem::Prim(Prim::CompactStr)) },
-        Field { versions: 0..=4, kind: Kind::Array(Elem::Prim(Prim::Str)) },
-        Field { versions: 3..=32767, kind: Kind::Prim(Prim::Bool) },
-        Field { versions: 5..=32767, kind: Kind::TaggedFields },
+        Field {
+            versions: 5..=32767,
+            kind: Kind::CompactArray(Elem::Prim(Prim::CompactStr)),
+        },
+        Field {
+            versions: 0..=4,
+            kind: Kind::Array(Elem::Prim(Prim::Str)),
+        },
+        Field {
+            versions: 3..=32767,
+            kind: Kind::Prim(Prim::Bool),
+        },
+        Field {
+            versions: 5..=32767,
+            kind: Kind::TaggedFields,
+        },
     ],
 };
 
 pub static LIST_GROUPS_REQUEST: Struct = Struct {
     name: "ListGroupsRequest",
     fields: &[
-        Field { versions: 4..=32767, kind: Kind::CompactArray(Elem::Prim(Prim::CompactStr)) },
-        Field { versions: 5..=32767, kind: Kind::CompactArray(Elem::Prim(Prim::CompactStr)) },
-        Field { versions: 3..=32767, kind: Kind::TaggedFields },
+        Field {
+            versions: 4..=32767,
+            kind: Kind::CompactArray(Elem::Prim(Prim::CompactStr)),
+        },
+        Field {
+            versions: 5..=32767,
+            kind: Kind::CompactArray(Elem::Prim(Prim::CompactStr)),
+        },
+        Field {
+            versions: 3..=32767,
+            kind: Kind::TaggedFields,
+        },
     ],
 };
 
 pub static DELETE_GROUPS_REQUEST: Struct = Struct {
     name: "DeleteGroupsRequest",
     fields: &[
-        Field { versions: 2..=32767, kind: Kind::CompactArray(Elem::Prim(Prim::CompactStr)) },
-        Field { versions: 0..=1, kind: Kind::Array(Elem::Prim(Prim::Str)) },
-        Field { versions: 2..=32767, kind: Kind::TaggedFields },
+        Field {
+            versions: 2..=32767,
+            kind: Kind::CompactArray(Elem::Prim(Prim::CompactStr)),
+        },
+        Field {
+            versions: 0..=1,
+            kind: Kind::Array(Elem::Prim(Prim::Str)),
+        },
+        Field {
+            versions: 2..=32767,
+            kind: Kind::TaggedFields,
+        },
     ],
 };
 
 pub static OFFSET_DELETE_REQUEST: Struct = Struct {
     name: "OffsetDeleteRequest",
     fields: &[
-        Field { versions: 0..=32767, kind: Kind::Prim(Prim::Str) },
-        Field { versions: 0..=32767, kind: Kind::Array(Elem::Struct(&OFFSET_DELETE_REQUEST__OFFSET_DELETE_REQUEST_TOPIC)) },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::Prim(Prim::Str),
+        },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::Array(Elem::Struct(
+                &OFFSET_DELETE_REQUEST__OFFSET_DELETE_REQUEST_TOPIC,
+            )),
+        },
     ],
 };
 
 pub static OFFSET_DELETE_REQUEST__OFFSET_DELETE_REQUEST_PARTITION: Struct = Struct {
     name: "OffsetDeleteRequestPartition",
-    fields: &[
-        Field { versions: 0..=32767, kind: Kind::Prim(Prim::I32) },
-    ],
+    fields: &[Field {
+        versions: 0..=32767,
+        kind: Kind::Prim(Prim::I32),
+    }],
 };
 
 pub static OFFSET_DELETE_REQUEST__OFFSET_DELETE_REQUEST_TOPIC: Struct = Struct {
     name: "OffsetDeleteRequestTopic",
     fields: &[
-        Field { versions: 0..=32767, kind: Kind::Prim(Prim::Str) },
-        Field { versions: 0..=32767, kind: Kind::Array(Elem::Struct(&OFFSET_DELETE_REQUEST__OFFSET_DELETE_REQUEST_PARTITION)) },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::Prim(Prim::Str),
+        },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::Array(Elem::Struct(
+                &OFFSET_DELETE_REQUEST__OFFSET_DELETE_REQUEST_PARTITION,
+            )),
+        },
     ],
 };
 
 pub static INIT_PRODUCER_ID_REQUEST: Struct = Struct {
     name: "InitProducerIdRequest",
     fields: &[
-        Field { versions: 2..=32767, kind: Kind::Prim(Prim::CompactStr) },
-        Field { versions: 0..=1, kind: Kind::Prim(Prim::Str) },
-        Field { versions: 0..=32767, kind: Kind::Prim(Prim::I32) },
-        Field { versions: 3..=32767, kind: Kind::Prim(Prim::I64) },
-        Field { versions: 3..=32767, kind: Kind::Prim(Prim::I16) },
-        Field { versions: 2..=32767, kind: Kind::TaggedFields },
+        Field {
+            versions: 2..=32767,
+            kind: Kind::Prim(Prim::CompactStr),
+        },
+        Field {
+            versions: 0..=1,
+            kind: Kind::Prim(Prim::Str),
+        },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::Prim(Prim::I32),
+        },
+        Field {
+            versions: 3..=32767,
+            kind: Kind::Prim(Prim::I64),
+        },
+        Field {
+            versions: 3..=32767,
+            kind: Kind::Prim(Prim::I16),
+        },
+        Field {
+            versions: 2..=32767,
+            kind: Kind::TaggedFields,
+        },
     ],
 };
 
 pub static CONSUMER_GROUP_HEARTBEAT_REQUEST: Struct = Struct {
     name: "ConsumerGroupHeartbeatRequest",
     fields: &[
-        Field { versions: 0..=32767, kind: Kind::Prim(Prim::CompactStr) },
-        Field { versions: 0..=32767, kind: Kind::Prim(Prim::CompactStr) },
-        Field { versions: 0..=32767, kind: Kind::Prim(Prim::I32) },
-        Field { versions: 0..=32767, kind: Kind::Prim(Prim::CompactStr) },
-        Field { versions: 0..=32767, kind: Kind::Prim(Prim::CompactStr) },
-        Field { versions: 0..=32767, kind: Kind::Prim(Prim::I32) },
-        Field { versions: 0..=32767, kind: Kind::CompactArray(Elem::Prim(Prim::CompactStr)) },
-        Field { versions: 1..=32767, kind: Kind::Prim(Prim::CompactStr) },
-        Field { versions: 0..=32767, kind: Kind::Prim(Prim::CompactStr) },
-        Field { versions: 0..=32767, kind: Kind::CompactArray(Elem::Struct(&CONSUMER_GROUP_HEARTBEAT_REQUEST__TOPIC_PARTITIONS)) },
-        Field { versions: 0..=32767, kind: Kind::TaggedFields },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::Prim(Prim::CompactStr),
+        },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::Prim(Prim::CompactStr),
+        },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::Prim(Prim::I32),
+        },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::Prim(Prim::CompactStr),
+        },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::Prim(Prim::CompactStr),
+        },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::Prim(Prim::I32),
+        },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::CompactArray(Elem::Prim(Prim::CompactStr)),
+        },
+        Field {
+            versions: 1..=32767,
+            kind: Kind::Prim(Prim::CompactStr),
+        },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::Prim(Prim::CompactStr),
+        },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::CompactArray(Elem::Struct(
+                &CONSUMER_GROUP_HEARTBEAT_REQUEST__TOPIC_PARTITIONS,
+            )),
+        },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::TaggedFields,
+        },
     ],
 };
 
 pub static CONSUMER_GROUP_HEARTBEAT_REQUEST__TOPIC_PARTITIONS: Struct = Struct {
     name: "TopicPartitions",
     fields: &[
-        Field { versions: 0..=32767, kind: Kind::Prim(Prim::Uuid) },
-        Field { versions: 0..=32767, kind: Kind::CompactArray(Elem::Prim(Prim::I32)) },
-        Field { versions: 0..=32767, kind: Kind::TaggedFields },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::Prim(Prim::Uuid),
+        },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::CompactArray(Elem::Prim(Prim::I32)),
+        },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::TaggedFields,
+        },
     ],
 };
 
 pub static CONSUMER_GROUP_DESCRIBE_REQUEST: Struct = Struct {
     name: "ConsumerGroupDescribeRequest",
     fields: &[
-        Field { versions: 0..=32767, kind: Kind::CompactArray(Elem::Prim(Prim::CompactStr)) },
-        Field { versions: 0..=32767, kind: Kind::Prim(Prim::Bool) },
-        Field { versions: 0..=32767, kind: Kind::TaggedFields },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::CompactArray(Elem::Prim(Prim::CompactStr)),
+        },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::Prim(Prim::Bool),
+        },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::TaggedFields,
+        },
     ],
 };
 

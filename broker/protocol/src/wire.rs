@@ -17,8 +17,14 @@ pub enum WireError {
     Truncated { position: usize, needed: usize },
     #[error("negative length {length} at byte {position}")]
     NegativeLength { position: usize, length: i64 },
-    #[error("array of {count} elements at byte {position} cannot fit in the {remaining} bytes left")]
-    ArrayTooLong { position: usize, count: u64, remaining: usize },
+    #[error(
+        "array of {count} elements at byte {position} cannot fit in the {remaining} bytes left"
+    )]
+    ArrayTooLong {
+        position: usize,
+        count: u64,
+        remaining: usize,
+    },
     #[error("varint longer than its type at byte {position}")]
     VarintTooLong { position: usize },
     #[error("string at byte {position} is not UTF-8")]
@@ -143,11 +149,17 @@ impl<'a> Reader<'a> {
         };
         match length {
             -1 => Ok(None),
-            n if n < 0 => Err(WireError::NegativeLength { position, length: n }),
+            n if n < 0 => Err(WireError::NegativeLength {
+                position,
+                length: n,
+            }),
             n => {
                 let n = n as usize;
                 if n > self.remaining() {
-                    return Err(WireError::Truncated { position: self.position, needed: n - self.remaining() });
+                    return Err(WireError::Truncated {
+                        position: self.position,
+                        needed: n - self.remaining(),
+                    });
                 }
                 Ok(Some(n))
             }
@@ -160,7 +172,9 @@ impl<'a> Reader<'a> {
             Some(n) => {
                 let position = self.position;
                 let bytes = self.take(n)?;
-                std::str::from_utf8(bytes).map(Some).map_err(|_| WireError::InvalidUtf8 { position })
+                std::str::from_utf8(bytes)
+                    .map(Some)
+                    .map_err(|_| WireError::InvalidUtf8 { position })
             }
         }
     }
@@ -168,12 +182,18 @@ impl<'a> Reader<'a> {
     pub fn string(&mut self, compact: bool) -> Result<&'a str, WireError> {
         let position = self.position;
         self.nullable_string(compact)?
-            .ok_or(WireError::NegativeLength { position, length: -1 })
+            .ok_or(WireError::NegativeLength {
+                position,
+                length: -1,
+            })
     }
 
     /// Nullable bytes; returns the byte range inside the reader's slice, so callers can
     /// slice a shared buffer without copying.
-    pub fn nullable_bytes_range(&mut self, compact: bool) -> Result<Option<std::ops::Range<usize>>, WireError> {
+    pub fn nullable_bytes_range(
+        &mut self,
+        compact: bool,
+    ) -> Result<Option<std::ops::Range<usize>>, WireError> {
         match self.length(compact, true)? {
             None => Ok(None),
             Some(n) => {
@@ -186,16 +206,32 @@ impl<'a> Reader<'a> {
 
     /// An array's element count, checked so that `count * element_bytes_min` fits in what
     /// remains: a hostile count can never make a caller reserve more than the frame justifies.
-    pub fn array_len(&mut self, compact: bool, element_bytes_min: usize) -> Result<Option<usize>, WireError> {
+    pub fn array_len(
+        &mut self,
+        compact: bool,
+        element_bytes_min: usize,
+    ) -> Result<Option<usize>, WireError> {
         let position = self.position;
-        let count: i64 = if compact { i64::from(self.uvarint()?) - 1 } else { i64::from(self.i32()?) };
+        let count: i64 = if compact {
+            i64::from(self.uvarint()?) - 1
+        } else {
+            i64::from(self.i32()?)
+        };
         match count {
             -1 => Ok(None),
-            n if n < 0 => Err(WireError::NegativeLength { position, length: n }),
+            n if n < 0 => Err(WireError::NegativeLength {
+                position,
+                length: n,
+            }),
             n => {
-                let fits = (n as u64).saturating_mul(element_bytes_min.max(1) as u64) <= self.remaining() as u64;
+                let fits = (n as u64).saturating_mul(element_bytes_min.max(1) as u64)
+                    <= self.remaining() as u64;
                 if !fits {
-                    return Err(WireError::ArrayTooLong { position, count: n as u64, remaining: self.remaining() });
+                    return Err(WireError::ArrayTooLong {
+                        position,
+                        count: n as u64,
+                        remaining: self.remaining(),
+                    });
                 }
                 Ok(Some(n as usize))
             }
@@ -282,13 +318,19 @@ mod tests {
     fn hostile_array_length_is_rejected_before_allocation() {
         let bytes = 0x7fff_ffffi32.to_be_bytes();
         let mut reader = Reader::new(&bytes);
-        assert!(matches!(reader.array_len(false, 1), Err(WireError::ArrayTooLong { .. })));
+        assert!(matches!(
+            reader.array_len(false, 1),
+            Err(WireError::ArrayTooLong { .. })
+        ));
     }
 
     #[test]
     fn string_longer_than_buffer_is_truncated_error() {
         let bytes = [0u8, 10, b'a'];
         let mut reader = Reader::new(&bytes);
-        assert!(matches!(reader.string(false), Err(WireError::Truncated { .. })));
+        assert!(matches!(
+            reader.string(false),
+            Err(WireError::Truncated { .. })
+        ));
     }
 }

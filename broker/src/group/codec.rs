@@ -71,7 +71,9 @@ const VALUE_GROUP_VERSION: i16 = 3;
 
 /// Java's `String.hashCode` over UTF-16 code units.
 pub fn java_string_hash(value: &str) -> i32 {
-    value.encode_utf16().fold(0i32, |hash, unit| hash.wrapping_mul(31).wrapping_add(i32::from(unit)))
+    value.encode_utf16().fold(0i32, |hash, unit| {
+        hash.wrapping_mul(31).wrapping_add(i32::from(unit))
+    })
 }
 
 /// Kafka's `Utils.abs(groupId.hashCode) % partitions`: `Utils.abs` maps i32::MIN to 0.
@@ -145,7 +147,12 @@ pub fn group_value(group: &Group) -> Bytes {
         put_string(&mut out, &member.client_host);
         out.put_i32(member.rebalance_timeout_ms);
         out.put_i32(member.session_timeout_ms);
-        let subscription = member.protocols.iter().find(|(name, _)| name == protocol).map(|(_, m)| m.clone()).unwrap_or_default();
+        let subscription = member
+            .protocols
+            .iter()
+            .find(|(name, _)| name == protocol)
+            .map(|(_, m)| m.clone())
+            .unwrap_or_default();
         put_bytes(&mut out, &subscription);
         put_bytes(&mut out, &member.assignment);
     }
@@ -155,8 +162,16 @@ pub fn group_value(group: &Group) -> Bytes {
 /// A record read back from `__consumer_offsets`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Loaded {
-    Offset { group: String, topic: String, partition: i32, value: Option<CommittedOffset> },
-    Group { group: String, value: Option<GroupRecord> },
+    Offset {
+        group: String,
+        topic: String,
+        partition: i32,
+        value: Option<CommittedOffset>,
+    },
+    Group {
+        group: String,
+        value: Option<GroupRecord>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -206,7 +221,12 @@ pub fn decode_record(key: &[u8], value: Option<&[u8]>) -> Result<Loaded, DecodeE
             let topic = string(&mut reader)?;
             let partition = reader.i32()?;
             let value = value.map(decode_offset_value).transpose()?;
-            Ok(Loaded::Offset { group, topic, partition, value })
+            Ok(Loaded::Offset {
+                group,
+                topic,
+                partition,
+                value,
+            })
         }
         KEY_GROUP_METADATA => {
             let group = string(&mut reader)?;
@@ -257,24 +277,43 @@ fn decode_group_value(bytes: &[u8]) -> Result<GroupRecord, DecodeError> {
             assignment: bytes_field(&mut reader, bytes)?,
         });
     }
-    Ok(GroupRecord { protocol_type, generation, protocol, leader, state_since_ms, members })
+    Ok(GroupRecord {
+        protocol_type,
+        generation,
+        protocol,
+        leader,
+        state_since_ms,
+        members,
+    })
 }
 
 /// One batch holding `records` (key, value-or-tombstone), ready for `Log::append`.
 pub fn build_batch(records: Vec<(Bytes, Option<Bytes>)>, now_ms: i64) -> BytesMut {
     let mut builder = BatchBuilder::new(TimestampMs(now_ms));
     for (key, value) in records {
-        builder = builder.record(BuilderRecord { timestamp_delta_ms: 0, key: Some(key), value, headers: Vec::new() });
+        builder = builder.record(BuilderRecord {
+            timestamp_delta_ms: 0,
+            key: Some(key),
+            value,
+            headers: Vec::new(),
+        });
     }
     builder.build()
 }
 
 /// Calls `each` with (key, value) of every record in `chunk` (whole batches, as `Log::read`
 /// returns them). Batches that fail validation end the walk with an error.
-pub fn for_each_record(chunk: &[u8], mut each: impl FnMut(&[u8], Option<&[u8]>)) -> Result<(), DecodeError> {
+pub fn for_each_record(
+    chunk: &[u8],
+    mut each: impl FnMut(&[u8], Option<&[u8]>),
+) -> Result<(), DecodeError> {
     let mut batches = BatchIter::new(chunk);
     while let Some(span) = batches.next() {
-        let span = span.map_err(|error| DecodeError::Wire(WireError::Invalid { reason: error.to_string() }))?;
+        let span = span.map_err(|error| {
+            DecodeError::Wire(WireError::Invalid {
+                reason: error.to_string(),
+            })
+        })?;
         let batch = &chunk[span.position..span.position + span.total_bytes];
         let header = &span.header;
         if header.is_control() {
@@ -286,15 +325,29 @@ pub fn for_each_record(chunk: &[u8], mut each: impl FnMut(&[u8], Option<&[u8]>))
         let mut reader = Reader::new(&batch[BATCH_HEADER_BYTES..]);
         for _ in 0..header.record_count() {
             let length = reader.varint()?;
-            let record = reader.take(usize::try_from(length).map_err(|_| WireError::NegativeLength { position: 0, length: i64::from(length) })?)?;
+            let record =
+                reader.take(
+                    usize::try_from(length).map_err(|_| WireError::NegativeLength {
+                        position: 0,
+                        length: i64::from(length),
+                    })?,
+                )?;
             let mut r = Reader::new(record);
             let _attributes = r.i8()?;
             let _timestamp_delta = r.varlong()?;
             let _offset_delta = r.varint()?;
             let key_len = r.varint()?;
-            let key = if key_len < 0 { None } else { Some(r.take(key_len as usize)?) };
+            let key = if key_len < 0 {
+                None
+            } else {
+                Some(r.take(key_len as usize)?)
+            };
             let value_len = r.varint()?;
-            let value = if value_len < 0 { None } else { Some(r.take(value_len as usize)?) };
+            let value = if value_len < 0 {
+                None
+            } else {
+                Some(r.take(value_len as usize)?)
+            };
             match key {
                 Some(key) => each(key, value),
                 None => return Err(DecodeError::MissingKey),
@@ -322,24 +375,61 @@ mod tests {
 
     #[test]
     fn records_round_trip_through_a_batch() {
-        let offset = CommittedOffset { offset: 42, leader_epoch: -1, metadata: "m".into(), commit_timestamp_ms: 7 };
+        let offset = CommittedOffset {
+            offset: 42,
+            leader_epoch: -1,
+            metadata: "m".into(),
+            commit_timestamp_ms: 7,
+        };
         let batch = build_batch(
             vec![
                 (offset_key("g", "t", 3), Some(offset_value(&offset))),
                 (offset_key("g", "t", 4), None),
-                (group_key("g"), Some(group_value(&Group::new("g".into(), 5, 0)))),
+                (
+                    group_key("g"),
+                    Some(group_value(&Group::new("g".into(), 5, 0))),
+                ),
             ],
             1_000,
         );
         let mut seen = Vec::new();
-        for_each_record(&batch, |key, value| seen.push(decode_record(key, value).unwrap())).unwrap();
+        for_each_record(&batch, |key, value| {
+            seen.push(decode_record(key, value).unwrap())
+        })
+        .unwrap();
         assert_eq!(
             seen[0],
-            Loaded::Offset { group: "g".into(), topic: "t".into(), partition: 3, value: Some(offset) }
+            Loaded::Offset {
+                group: "g".into(),
+                topic: "t".into(),
+                partition: 3,
+                value: Some(offset)
+            }
         );
-        assert_eq!(seen[1], Loaded::Offset { group: "g".into(), topic: "t".into(), partition: 4, value: None });
-        let Loaded::Group { value: Some(record), .. } = &seen[2] else { panic!("{:?}", seen[2]) };
-        assert_eq!((record.generation, record.state_since_ms, record.members.len()), (0, 5, 0));
+        assert_eq!(
+            seen[1],
+            Loaded::Offset {
+                group: "g".into(),
+                topic: "t".into(),
+                partition: 4,
+                value: None
+            }
+        );
+        let Loaded::Group {
+            value: Some(record),
+            ..
+        } = &seen[2]
+        else {
+            panic!("{:?}", seen[2])
+        };
+        assert_eq!(
+            (
+                record.generation,
+                record.state_since_ms,
+                record.members.len()
+            ),
+            (0, 5, 0)
+        );
     }
 
     #[test]

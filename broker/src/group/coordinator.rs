@@ -20,7 +20,8 @@ use tern_protocol::types::{LeaderEpoch, Offset, TimestampMs};
 
 use super::codec::{self, Loaded, OFFSETS_TOPIC};
 use super::state::{
-    Effects, Group, GroupConfig, Groups, JoinInput, JoinResult, OffsetToCommit, Persist, Reply, SyncInput, SyncResult,
+    Effects, Group, GroupConfig, Groups, JoinInput, JoinResult, OffsetToCommit, Persist, Reply,
+    SyncInput, SyncResult,
 };
 use crate::handlers::now_ms;
 use crate::limits;
@@ -88,9 +89,15 @@ impl Coordinator {
 /// The `__consumer_offsets` partition of `group_id` and the shard that owns it.
 pub fn route(shard: &Shard, group_id: &str) -> Result<(i32, usize), RouteError> {
     let image = shard.image();
-    let topic = image.topic(OFFSETS_TOPIC).ok_or(RouteError::NoOffsetsTopic)?;
+    let topic = image
+        .topic(OFFSETS_TOPIC)
+        .ok_or(RouteError::NoOffsetsTopic)?;
     let partition = codec::partition_for_group(group_id, topic.partitions.len() as i32);
-    let owner = topic.partitions.get(partition as usize).ok_or(RouteError::NoOffsetsTopic)?.shard as usize;
+    let owner = topic
+        .partitions
+        .get(partition as usize)
+        .ok_or(RouteError::NoOffsetsTopic)?
+        .shard as usize;
     Ok((partition, owner))
 }
 
@@ -134,15 +141,23 @@ async fn load_partition(shard: &Rc<Shard>, partition: i32) {
                 break;
             }
             let now = now_ms();
-            let delay = shard.groups.groups.borrow().config.initial_rebalance_delay_ms;
+            let delay = shard
+                .groups
+                .groups
+                .borrow()
+                .config
+                .initial_rebalance_delay_ms;
             for chunk in &slice.chunks {
                 let mut groups = shard.groups.groups.borrow_mut();
                 let walked = codec::for_each_record(chunk, |key, value| {
                     records += 1;
                     match codec::decode_record(key, value) {
-                        Ok(Loaded::Offset { group, topic, partition, value }) => {
-                            groups.load_offset(&group, topic, partition, value, now)
-                        }
+                        Ok(Loaded::Offset {
+                            group,
+                            topic,
+                            partition,
+                            value,
+                        }) => groups.load_offset(&group, topic, partition, value, now),
                         Ok(Loaded::Group { group, value }) => {
                             let restored = value.map(|record| {
                                 Group::restore(
@@ -159,7 +174,9 @@ async fn load_partition(shard: &Rc<Shard>, partition: i32) {
                             });
                             groups.load_group(&group, restored);
                         }
-                        Err(error) => tracing::warn!(partition, %error, "skipping undecodable __consumer_offsets record"),
+                        Err(error) => {
+                            tracing::warn!(partition, %error, "skipping undecodable __consumer_offsets record")
+                        }
                     }
                 });
                 if let Err(error) = walked {
@@ -172,7 +189,13 @@ async fn load_partition(shard: &Rc<Shard>, partition: i32) {
     shard.groups.groups.borrow_mut().finish_load();
     shard.groups.loading.borrow_mut().remove(&partition);
     shard.groups.loaded.borrow_mut().insert(partition);
-    tracing::info!(shard = shard.id, partition, records, elapsed_ms = started.elapsed().as_millis() as u64, "group partition loaded");
+    tracing::info!(
+        shard = shard.id,
+        partition,
+        records,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "group partition loaded"
+    );
 }
 
 /// Starts this shard's coordinator: loads every `__consumer_offsets` partition it owns, then
@@ -182,7 +205,13 @@ pub fn start(shard: Rc<Shard>) -> glommio::Task<()> {
         let owned: Vec<i32> = shard
             .image()
             .topic(OFFSETS_TOPIC)
-            .map(|t| t.partitions.iter().filter(|p| p.shard as usize == shard.id).map(|p| p.index).collect())
+            .map(|t| {
+                t.partitions
+                    .iter()
+                    .filter(|p| p.shard as usize == shard.id)
+                    .map(|p| p.index)
+                    .collect()
+            })
             .unwrap_or_default();
         for partition in owned {
             load_partition(&shard, partition).await;
@@ -198,7 +227,11 @@ pub fn start(shard: Rc<Shard>) -> glommio::Task<()> {
             shard.groups.groups.borrow_mut().tick(now, &mut out);
             if now - last_expiry_ms >= OFFSET_EXPIRY_CHECK_INTERVAL_MS {
                 last_expiry_ms = now;
-                shard.groups.groups.borrow_mut().expire_offsets(now, &mut out);
+                shard
+                    .groups
+                    .groups
+                    .borrow_mut()
+                    .expire_offsets(now, &mut out);
             }
             if !out.persist.is_empty() || !out.replies.is_empty() {
                 let shard = shard.clone();
@@ -219,13 +252,20 @@ async fn apply(shard: &Rc<Shard>, effects: Effects) {
         for persist in &effects.persist {
             let (group_id, records): (&str, Vec<(Bytes, Option<Bytes>)>) = match persist {
                 Persist::Group(id) => match groups.get(id) {
-                    Some(group) => (id, vec![(codec::group_key(id), Some(codec::group_value(group)))]),
+                    Some(group) => (
+                        id,
+                        vec![(codec::group_key(id), Some(codec::group_value(group)))],
+                    ),
                     None => (id, vec![(codec::group_key(id), None)]),
                 },
                 Persist::GroupTombstone(id) => (id, vec![(codec::group_key(id), None)]),
-                Persist::OffsetTombstones(id, offsets) => {
-                    (id, offsets.iter().map(|(topic, partition)| (codec::offset_key(id, topic, *partition), None)).collect())
-                }
+                Persist::OffsetTombstones(id, offsets) => (
+                    id,
+                    offsets
+                        .iter()
+                        .map(|(topic, partition)| (codec::offset_key(id, topic, *partition), None))
+                        .collect(),
+                ),
             };
             if let Ok((partition, _)) = route(shard, group_id) {
                 by_partition.entry(partition).or_default().extend(records);
@@ -248,17 +288,26 @@ async fn apply(shard: &Rc<Shard>, effects: Effects) {
     }
 }
 
-async fn append(shard: &Rc<Shard>, partition: i32, records: Vec<(Bytes, Option<Bytes>)>, now: i64) -> Result<Offset, ErrorCode> {
+async fn append(
+    shard: &Rc<Shard>,
+    partition: i32,
+    records: Vec<(Bytes, Option<Bytes>)>,
+    now: i64,
+) -> Result<Offset, ErrorCode> {
     if records.is_empty() {
         return Ok(Offset::NONE);
     }
     let tp = TopicPartition::new(OFFSETS_TOPIC, partition);
     let log = shard.partition(&tp).ok_or(error_code::NOT_COORDINATOR)?;
     let batch = codec::build_batch(records, now);
-    let appended = log.log.append(batch, LeaderEpoch(0), TimestampMs(now)).await.map_err(|error| {
-        tracing::error!(partition, %error, "append to __consumer_offsets failed");
-        error.kafka_error_code()
-    })?;
+    let appended = log
+        .log
+        .append(batch, LeaderEpoch(0), TimestampMs(now))
+        .await
+        .map_err(|error| {
+            tracing::error!(partition, %error, "append to __consumer_offsets failed");
+            error.kafka_error_code()
+        })?;
     log.notify_appended();
     Ok(appended.base_offset)
 }
@@ -267,32 +316,68 @@ pub async fn join(shard: &Rc<Shard>, group_id: &str, input: JoinInput) -> JoinRe
     let member_id = input.member_id.clone();
     let (token, rx) = shard.groups.waiter();
     let mut out = Effects::default();
-    shard.groups.groups.borrow_mut().join(group_id, input, token, now_ms(), &mut out);
+    shard
+        .groups
+        .groups
+        .borrow_mut()
+        .join(group_id, input, token, now_ms(), &mut out);
     apply(shard, out).await;
     match rx.await {
         Ok(Reply::Join(result)) => result,
-        _ => JoinResult { error: error_code::UNKNOWN_SERVER_ERROR, generation: -1, member_id, ..JoinResult::default() },
+        _ => JoinResult {
+            error: error_code::UNKNOWN_SERVER_ERROR,
+            generation: -1,
+            member_id,
+            ..JoinResult::default()
+        },
     }
 }
 
 pub async fn sync(shard: &Rc<Shard>, group_id: &str, input: SyncInput) -> SyncResult {
     let (token, rx) = shard.groups.waiter();
     let mut out = Effects::default();
-    shard.groups.groups.borrow_mut().sync(group_id, input, token, now_ms(), &mut out);
+    shard
+        .groups
+        .groups
+        .borrow_mut()
+        .sync(group_id, input, token, now_ms(), &mut out);
     apply(shard, out).await;
     match rx.await {
         Ok(Reply::Sync(result)) => result,
-        _ => SyncResult { error: error_code::UNKNOWN_SERVER_ERROR, ..SyncResult::default() },
+        _ => SyncResult {
+            error: error_code::UNKNOWN_SERVER_ERROR,
+            ..SyncResult::default()
+        },
     }
 }
 
-pub fn heartbeat(shard: &Rc<Shard>, group_id: &str, member_id: &str, instance_id: Option<&str>, generation: i32) -> ErrorCode {
-    shard.groups.groups.borrow_mut().heartbeat(group_id, member_id, instance_id, generation, now_ms())
+pub fn heartbeat(
+    shard: &Rc<Shard>,
+    group_id: &str,
+    member_id: &str,
+    instance_id: Option<&str>,
+    generation: i32,
+) -> ErrorCode {
+    shard.groups.groups.borrow_mut().heartbeat(
+        group_id,
+        member_id,
+        instance_id,
+        generation,
+        now_ms(),
+    )
 }
 
-pub async fn leave(shard: &Rc<Shard>, group_id: &str, members: Vec<(String, Option<String>)>) -> Vec<ErrorCode> {
+pub async fn leave(
+    shard: &Rc<Shard>,
+    group_id: &str,
+    members: Vec<(String, Option<String>)>,
+) -> Vec<ErrorCode> {
     let mut out = Effects::default();
-    let errors = shard.groups.groups.borrow_mut().leave(group_id, &members, now_ms(), &mut out);
+    let errors = shard
+        .groups
+        .groups
+        .borrow_mut()
+        .leave(group_id, &members, now_ms(), &mut out);
     apply(shard, out).await;
     errors
 }
@@ -308,29 +393,55 @@ pub async fn commit(
     offsets: Vec<OffsetToCommit>,
 ) -> Result<Vec<ErrorCode>, ErrorCode> {
     let now = now_ms();
-    shard.groups.groups.borrow_mut().validate_commit(group_id, member_id, instance_id, generation, now)?;
+    shard.groups.groups.borrow_mut().validate_commit(
+        group_id,
+        member_id,
+        instance_id,
+        generation,
+        now,
+    )?;
     if offsets.is_empty() {
         return Ok(Vec::new());
     }
     let (partition, _) = route(shard, group_id).map_err(RouteError::code)?;
     let records = offsets
         .iter()
-        .map(|o| (codec::offset_key(group_id, &o.topic, o.partition), Some(codec::offset_value(&o.offset))))
+        .map(|o| {
+            (
+                codec::offset_key(group_id, &o.topic, o.partition),
+                Some(codec::offset_value(&o.offset)),
+            )
+        })
         .collect();
     append(shard, partition, records, now).await?;
-    Ok(shard.groups.groups.borrow_mut().apply_commit(group_id, offsets, now))
+    Ok(shard
+        .groups
+        .groups
+        .borrow_mut()
+        .apply_commit(group_id, offsets, now))
 }
 
 pub async fn delete_groups(shard: &Rc<Shard>, group_ids: Vec<String>) -> Vec<ErrorCode> {
     let mut out = Effects::default();
-    let errors = group_ids.iter().map(|id| shard.groups.groups.borrow_mut().delete(id, &mut out)).collect();
+    let errors = group_ids
+        .iter()
+        .map(|id| shard.groups.groups.borrow_mut().delete(id, &mut out))
+        .collect();
     apply(shard, out).await;
     errors
 }
 
-pub async fn delete_offsets(shard: &Rc<Shard>, group_id: &str, partitions: Vec<(String, i32)>) -> Result<Vec<ErrorCode>, ErrorCode> {
+pub async fn delete_offsets(
+    shard: &Rc<Shard>,
+    group_id: &str,
+    partitions: Vec<(String, i32)>,
+) -> Result<Vec<ErrorCode>, ErrorCode> {
     let mut out = Effects::default();
-    let result = shard.groups.groups.borrow_mut().delete_offsets(group_id, &partitions, &mut out);
+    let result = shard
+        .groups
+        .groups
+        .borrow_mut()
+        .delete_offsets(group_id, &partitions, &mut out);
     apply(shard, out).await;
     result
 }

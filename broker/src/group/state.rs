@@ -61,7 +61,10 @@ pub struct GroupConfig {
 
 impl Default for GroupConfig {
     fn default() -> Self {
-        GroupConfig { initial_rebalance_delay_ms: 3_000, offsets_retention_ms: 7 * 24 * 3600 * 1000 }
+        GroupConfig {
+            initial_rebalance_delay_ms: 3_000,
+            offsets_retention_ms: 7 * 24 * 3600 * 1000,
+        }
     }
 }
 
@@ -86,7 +89,11 @@ pub struct Member {
 
 impl Member {
     fn metadata_for(&self, protocol: &str) -> Bytes {
-        self.protocols.iter().find(|(name, _)| name == protocol).map(|(_, m)| m.clone()).unwrap_or_default()
+        self.protocols
+            .iter()
+            .find(|(name, _)| name == protocol)
+            .map(|(_, m)| m.clone())
+            .unwrap_or_default()
     }
 }
 
@@ -119,7 +126,12 @@ pub struct JoinResult {
 
 impl JoinResult {
     fn error(error: ErrorCode, member_id: &str) -> JoinResult {
-        JoinResult { error, generation: -1, member_id: member_id.to_owned(), ..JoinResult::default() }
+        JoinResult {
+            error,
+            generation: -1,
+            member_id: member_id.to_owned(),
+            ..JoinResult::default()
+        }
     }
 }
 
@@ -133,7 +145,10 @@ pub struct SyncResult {
 
 impl SyncResult {
     fn error(error: ErrorCode) -> SyncResult {
-        SyncResult { error, ..SyncResult::default() }
+        SyncResult {
+            error,
+            ..SyncResult::default()
+        }
     }
 }
 
@@ -247,7 +262,9 @@ impl Group {
         for restored in members {
             let protocols = vec![(protocol.clone().unwrap_or_default(), restored.subscription)];
             if let Some(instance) = &restored.instance_id {
-                group.static_members.insert(instance.clone(), restored.id.clone());
+                group
+                    .static_members
+                    .insert(instance.clone(), restored.id.clone());
             }
             group.members.insert(
                 restored.id.clone(),
@@ -272,7 +289,9 @@ impl Group {
             group.leader = None;
         } else {
             group.state = GroupState::Stable;
-            group.leader = leader.filter(|l| group.members.contains_key(l)).or_else(|| group.members.keys().next().cloned());
+            group.leader = leader
+                .filter(|l| group.members.contains_key(l))
+                .or_else(|| group.members.keys().next().cloned());
         }
         group
     }
@@ -298,7 +317,11 @@ impl Group {
         if self.protocol_type.as_deref() != Some(protocol_type) {
             return false;
         }
-        protocols.iter().any(|(name, _)| self.members.values().all(|m| m.protocols.iter().any(|(n, _)| n == name)))
+        protocols.iter().any(|(name, _)| {
+            self.members
+                .values()
+                .all(|m| m.protocols.iter().any(|(n, _)| n == name))
+        })
     }
 
     /// Java's `selectProtocol`: among the protocols every member supports, each member
@@ -309,22 +332,37 @@ impl Group {
             .protocols
             .iter()
             .map(|(name, _)| name)
-            .filter(|name| self.members.values().all(|m| m.protocols.iter().any(|(n, _)| n == *name)))
+            .filter(|name| {
+                self.members
+                    .values()
+                    .all(|m| m.protocols.iter().any(|(n, _)| n == *name))
+            })
             .collect();
         let mut votes: Vec<(&String, usize)> = candidates.iter().map(|c| (*c, 0)).collect();
         for member in self.members.values() {
-            if let Some((name, _)) = member.protocols.iter().find(|(n, _)| candidates.contains(&n)) {
+            if let Some((name, _)) = member
+                .protocols
+                .iter()
+                .find(|(n, _)| candidates.contains(&n))
+            {
                 if let Some(entry) = votes.iter_mut().find(|(c, _)| *c == name) {
                     entry.1 += 1;
                 }
             }
         }
         let best = votes.iter().map(|(_, v)| *v).max()?;
-        votes.into_iter().find(|(_, v)| *v == best).map(|(c, _)| c.clone())
+        votes
+            .into_iter()
+            .find(|(_, v)| *v == best)
+            .map(|(c, _)| c.clone())
     }
 
     fn rebalance_timeout_ms(&self) -> i64 {
-        self.members.values().map(|m| i64::from(m.rebalance_timeout_ms)).max().unwrap_or(0)
+        self.members
+            .values()
+            .map(|m| i64::from(m.rebalance_timeout_ms))
+            .max()
+            .unwrap_or(0)
     }
 
     fn all_members_joined(&self) -> bool {
@@ -345,7 +383,10 @@ impl Group {
         let leader = self.leader.clone().unwrap_or_default();
         let members = if leader == member_id {
             let name = protocol.clone().unwrap_or_default();
-            self.members.values().map(|m| (m.id.clone(), m.instance_id.clone(), m.metadata_for(&name))).collect()
+            self.members
+                .values()
+                .map(|m| (m.id.clone(), m.instance_id.clone(), m.metadata_for(&name)))
+                .collect()
         } else {
             Vec::new()
         };
@@ -367,7 +408,10 @@ impl Group {
             for member in self.members.values_mut() {
                 member.assignment = Bytes::new();
                 if let Some(token) = member.sync_waiter.take() {
-                    out.reply(token, Reply::Sync(SyncResult::error(error_code::REBALANCE_IN_PROGRESS)));
+                    out.reply(
+                        token,
+                        Reply::Sync(SyncResult::error(error_code::REBALANCE_IN_PROGRESS)),
+                    );
                 }
             }
         }
@@ -390,7 +434,10 @@ impl Group {
 
     /// Completes the join phase now if every member has rejoined (outside the initial delay).
     fn try_complete_join(&mut self, now_ms: i64, out: &mut Effects) {
-        if self.state == GroupState::PreparingRebalance && self.initial_join_limit_ms.is_none() && self.all_members_joined() {
+        if self.state == GroupState::PreparingRebalance
+            && self.initial_join_limit_ms.is_none()
+            && self.all_members_joined()
+        {
             self.complete_join(now_ms, out);
         }
     }
@@ -398,7 +445,12 @@ impl Group {
     /// Java's `onCompleteJoin`: drops members that did not rejoin, starts the next
     /// generation, and answers every waiting JoinGroup.
     fn complete_join(&mut self, now_ms: i64, out: &mut Effects) {
-        let missing: Vec<String> = self.members.values().filter(|m| m.join_waiter.is_none()).map(|m| m.id.clone()).collect();
+        let missing: Vec<String> = self
+            .members
+            .values()
+            .filter(|m| m.join_waiter.is_none())
+            .map(|m| m.id.clone())
+            .collect();
         for id in missing {
             self.remove_member(&id);
         }
@@ -413,7 +465,11 @@ impl Group {
             out.persist.push(Persist::Group(self.id.clone()));
             return;
         }
-        if self.leader.as_ref().is_none_or(|l| !self.members.contains_key(l)) {
+        if self
+            .leader
+            .as_ref()
+            .is_none_or(|l| !self.members.contains_key(l))
+        {
             self.leader = self.members.keys().next().cloned();
         }
         self.protocol = self.select_protocol();
@@ -434,7 +490,11 @@ impl Group {
     fn remove_member(&mut self, member_id: &str) -> Option<Member> {
         let member = self.members.remove(member_id)?;
         if let Some(instance) = &member.instance_id {
-            if self.static_members.get(instance).is_some_and(|id| id == member_id) {
+            if self
+                .static_members
+                .get(instance)
+                .is_some_and(|id| id == member_id)
+            {
                 self.static_members.remove(instance);
             }
         }
@@ -446,26 +506,44 @@ impl Group {
 
     /// Java's `removeMemberAndUpdateGroup`.
     fn remove_member_and_update(&mut self, member_id: &str, now_ms: i64, out: &mut Effects) {
-        let Some(member) = self.remove_member(member_id) else { return };
+        let Some(member) = self.remove_member(member_id) else {
+            return;
+        };
         if let Some(token) = member.join_waiter {
-            out.reply(token, Reply::Join(JoinResult::error(error_code::UNKNOWN_MEMBER_ID, member_id)));
+            out.reply(
+                token,
+                Reply::Join(JoinResult::error(error_code::UNKNOWN_MEMBER_ID, member_id)),
+            );
         }
         if let Some(token) = member.sync_waiter {
-            out.reply(token, Reply::Sync(SyncResult::error(error_code::UNKNOWN_MEMBER_ID)));
+            out.reply(
+                token,
+                Reply::Sync(SyncResult::error(error_code::UNKNOWN_MEMBER_ID)),
+            );
         }
         match self.state {
-            GroupState::Stable | GroupState::CompletingRebalance => self.prepare_rebalance(now_ms, out),
+            GroupState::Stable | GroupState::CompletingRebalance => {
+                self.prepare_rebalance(now_ms, out)
+            }
             GroupState::PreparingRebalance => self.try_complete_join(now_ms, out),
             GroupState::Empty | GroupState::Dead => {}
         }
     }
 
-    fn add_member_and_rebalance(&mut self, input: &JoinInput, member_id: String, token: Token, now_ms: i64, out: &mut Effects) {
+    fn add_member_and_rebalance(
+        &mut self,
+        input: &JoinInput,
+        member_id: String,
+        token: Token,
+        now_ms: i64,
+        out: &mut Effects,
+    ) {
         if self.members.is_empty() {
             self.protocol_type = Some(input.protocol_type.clone());
         }
         if let Some(instance) = &input.instance_id {
-            self.static_members.insert(instance.clone(), member_id.clone());
+            self.static_members
+                .insert(instance.clone(), member_id.clone());
         }
         let member = Member {
             id: member_id.clone(),
@@ -489,7 +567,8 @@ impl Group {
         if self.state == GroupState::PreparingRebalance {
             // A member joining during the initial delay extends it (up to the rebalance timeout).
             if let Some(limit) = self.initial_join_limit_ms {
-                let extended = (now_ms + self.initial_delay(i64::from(input.rebalance_timeout_ms))).min(limit);
+                let extended =
+                    (now_ms + self.initial_delay(i64::from(input.rebalance_timeout_ms))).min(limit);
                 self.join_deadline_ms = Some(self.join_deadline_ms.unwrap_or(now_ms).max(extended));
             }
             self.try_complete_join(now_ms, out);
@@ -499,7 +578,14 @@ impl Group {
         }
     }
 
-    fn update_member_and_rebalance(&mut self, member_id: &str, input: &JoinInput, token: Token, now_ms: i64, out: &mut Effects) {
+    fn update_member_and_rebalance(
+        &mut self,
+        member_id: &str,
+        input: &JoinInput,
+        token: Token,
+        now_ms: i64,
+        out: &mut Effects,
+    ) {
         if let Some(member) = self.members.get_mut(member_id) {
             member.protocols = input.protocols.clone();
             member.rebalance_timeout_ms = input.rebalance_timeout_ms;
@@ -507,7 +593,13 @@ impl Group {
             member.last_heartbeat_ms = now_ms;
             if let Some(old) = member.join_waiter.replace(token) {
                 // The client gave up on its earlier JoinGroup and sent a new one.
-                out.reply(old, Reply::Join(JoinResult::error(error_code::REBALANCE_IN_PROGRESS, member_id)));
+                out.reply(
+                    old,
+                    Reply::Join(JoinResult::error(
+                        error_code::REBALANCE_IN_PROGRESS,
+                        member_id,
+                    )),
+                );
             }
         }
         if self.state != GroupState::PreparingRebalance {
@@ -528,7 +620,12 @@ impl Group {
                 return deny(out, error_code::INCONSISTENT_GROUP_PROTOCOL, "");
             }
             // A static member coming back under its instance id: it replaces its old self.
-            if let Some(old_id) = input.instance_id.as_ref().and_then(|i| self.static_members.get(i)).cloned() {
+            if let Some(old_id) = input
+                .instance_id
+                .as_ref()
+                .and_then(|i| self.static_members.get(i))
+                .cloned()
+            {
                 return self.static_member_rejoin(old_id, input, token, now_ms, out);
             }
             if self.members.len() + self.pending_members.len() >= limits::GROUP_MEMBERS_MAX {
@@ -536,7 +633,8 @@ impl Group {
             }
             let new_id = input.fresh_member_id.clone();
             if input.instance_id.is_none() && input.require_known_member_id {
-                self.pending_members.insert(new_id.clone(), now_ms + i64::from(input.session_timeout_ms));
+                self.pending_members
+                    .insert(new_id.clone(), now_ms + i64::from(input.session_timeout_ms));
                 return deny(out, error_code::MEMBER_ID_REQUIRED, &new_id);
             }
             return self.add_member_and_rebalance(&input, new_id, token, now_ms, out);
@@ -557,10 +655,15 @@ impl Group {
         if !self.supports_protocols(&input.protocol_type, &input.protocols) {
             return deny(out, error_code::INCONSISTENT_GROUP_PROTOCOL, &member_id);
         }
-        let same_metadata = self.members.get(&member_id).is_some_and(|m| m.protocols == input.protocols);
+        let same_metadata = self
+            .members
+            .get(&member_id)
+            .is_some_and(|m| m.protocols == input.protocols);
         let is_leader = self.leader.as_deref() == Some(member_id.as_str());
         match self.state {
-            GroupState::PreparingRebalance => self.update_member_and_rebalance(&member_id, &input, token, now_ms, out),
+            GroupState::PreparingRebalance => {
+                self.update_member_and_rebalance(&member_id, &input, token, now_ms, out)
+            }
             GroupState::CompletingRebalance if same_metadata => {
                 // The member lost the JoinGroup answer (e.g. a retry): send it again.
                 let result = self.join_result_for(&member_id);
@@ -573,16 +676,32 @@ impl Group {
             GroupState::CompletingRebalance | GroupState::Stable => {
                 self.update_member_and_rebalance(&member_id, &input, token, now_ms, out)
             }
-            GroupState::Empty | GroupState::Dead => deny(out, error_code::UNKNOWN_MEMBER_ID, &member_id),
+            GroupState::Empty | GroupState::Dead => {
+                deny(out, error_code::UNKNOWN_MEMBER_ID, &member_id)
+            }
         }
     }
 
     /// Java's `updateStaticMemberAndRebalance`: the member keeps its assignment under a new
     /// member id; a Stable group whose selected protocol would not change does not rebalance.
-    fn static_member_rejoin(&mut self, old_id: String, input: JoinInput, token: Token, now_ms: i64, out: &mut Effects) {
+    fn static_member_rejoin(
+        &mut self,
+        old_id: String,
+        input: JoinInput,
+        token: Token,
+        now_ms: i64,
+        out: &mut Effects,
+    ) {
         let Some(mut member) = self.members.remove(&old_id) else {
-            self.static_members.remove(input.instance_id.as_deref().unwrap_or_default());
-            return self.add_member_and_rebalance(&input, input.fresh_member_id.clone(), token, now_ms, out);
+            self.static_members
+                .remove(input.instance_id.as_deref().unwrap_or_default());
+            return self.add_member_and_rebalance(
+                &input,
+                input.fresh_member_id.clone(),
+                token,
+                now_ms,
+                out,
+            );
         };
         let new_id = input.fresh_member_id.clone();
         let current_leader = self.leader.clone().unwrap_or_default();
@@ -591,10 +710,16 @@ impl Group {
         }
         // The old incarnation's outstanding requests are answered: it has been replaced.
         if let Some(old) = member.join_waiter.take() {
-            out.reply(old, Reply::Join(JoinResult::error(error_code::FENCED_INSTANCE_ID, &old_id)));
+            out.reply(
+                old,
+                Reply::Join(JoinResult::error(error_code::FENCED_INSTANCE_ID, &old_id)),
+            );
         }
         if let Some(old) = member.sync_waiter.take() {
-            out.reply(old, Reply::Sync(SyncResult::error(error_code::FENCED_INSTANCE_ID)));
+            out.reply(
+                old,
+                Reply::Sync(SyncResult::error(error_code::FENCED_INSTANCE_ID)),
+            );
         }
         member.id = new_id.clone();
         member.protocols = input.protocols.clone();
@@ -642,7 +767,9 @@ impl Group {
     }
 
     fn sync(&mut self, input: SyncInput, token: Token, now_ms: i64, out: &mut Effects) {
-        let deny = |out: &mut Effects, error: ErrorCode| out.reply(token, Reply::Sync(SyncResult::error(error)));
+        let deny = |out: &mut Effects, error: ErrorCode| {
+            out.reply(token, Reply::Sync(SyncResult::error(error)))
+        };
         if self.state == GroupState::Dead {
             return deny(out, error_code::COORDINATOR_NOT_AVAILABLE);
         }
@@ -655,8 +782,14 @@ impl Group {
         if input.generation != self.generation {
             return deny(out, error_code::ILLEGAL_GENERATION);
         }
-        let type_mismatch = input.protocol_type.as_ref().is_some_and(|t| Some(t) != self.protocol_type.as_ref());
-        let name_mismatch = input.protocol_name.as_ref().is_some_and(|n| Some(n) != self.protocol.as_ref());
+        let type_mismatch = input
+            .protocol_type
+            .as_ref()
+            .is_some_and(|t| Some(t) != self.protocol_type.as_ref());
+        let name_mismatch = input
+            .protocol_name
+            .as_ref()
+            .is_some_and(|n| Some(n) != self.protocol.as_ref());
         if type_mismatch || name_mismatch {
             return deny(out, error_code::INCONSISTENT_GROUP_PROTOCOL);
         }
@@ -668,7 +801,10 @@ impl Group {
                 if let Some(member) = self.members.get_mut(&input.member_id) {
                     member.last_heartbeat_ms = now_ms;
                     if let Some(old) = member.sync_waiter.replace(token) {
-                        out.reply(old, Reply::Sync(SyncResult::error(error_code::REBALANCE_IN_PROGRESS)));
+                        out.reply(
+                            old,
+                            Reply::Sync(SyncResult::error(error_code::REBALANCE_IN_PROGRESS)),
+                        );
                     }
                 }
                 if is_leader {
@@ -679,9 +815,11 @@ impl Group {
                     self.transition(GroupState::Stable, now_ms);
                     out.persist.push(Persist::Group(self.id.clone()));
                     if let Some(started) = self.rebalance_started_ms.take() {
-                        out.rebalances_completed.push((self.id.clone(), now_ms - started));
+                        out.rebalances_completed
+                            .push((self.id.clone(), now_ms - started));
                     }
-                    let (protocol_type, protocol_name) = (self.protocol_type.clone(), self.protocol.clone());
+                    let (protocol_type, protocol_name) =
+                        (self.protocol_type.clone(), self.protocol.clone());
                     for member in self.members.values_mut() {
                         if let Some(waiting) = member.sync_waiter.take() {
                             member.last_heartbeat_ms = now_ms;
@@ -699,12 +837,18 @@ impl Group {
                 }
             }
             GroupState::Stable => {
-                let (protocol_type, protocol_name) = (self.protocol_type.clone(), self.protocol.clone());
+                let (protocol_type, protocol_name) =
+                    (self.protocol_type.clone(), self.protocol.clone());
                 if let Some(member) = self.members.get_mut(&input.member_id) {
                     member.last_heartbeat_ms = now_ms;
                     out.reply(
                         token,
-                        Reply::Sync(SyncResult { error: error_code::NONE, protocol_type, protocol_name, assignment: member.assignment.clone() }),
+                        Reply::Sync(SyncResult {
+                            error: error_code::NONE,
+                            protocol_type,
+                            protocol_name,
+                            assignment: member.assignment.clone(),
+                        }),
                     );
                 }
             }
@@ -712,14 +856,22 @@ impl Group {
         }
     }
 
-    fn heartbeat(&mut self, member_id: &str, instance_id: Option<&str>, generation: i32, now_ms: i64) -> ErrorCode {
+    fn heartbeat(
+        &mut self,
+        member_id: &str,
+        instance_id: Option<&str>,
+        generation: i32,
+        now_ms: i64,
+    ) -> ErrorCode {
         if self.state == GroupState::Dead {
             return error_code::COORDINATOR_NOT_AVAILABLE;
         }
         if self.is_fenced(instance_id, member_id) {
             return error_code::FENCED_INSTANCE_ID;
         }
-        let Some(member) = self.members.get_mut(member_id) else { return error_code::UNKNOWN_MEMBER_ID };
+        let Some(member) = self.members.get_mut(member_id) else {
+            return error_code::UNKNOWN_MEMBER_ID;
+        };
         if generation != self.generation {
             return error_code::ILLEGAL_GENERATION;
         }
@@ -733,14 +885,22 @@ impl Group {
     }
 
     /// One member of a LeaveGroup (v3+ batches them; older versions send one member id).
-    fn leave(&mut self, member_id: &str, instance_id: Option<&str>, now_ms: i64, out: &mut Effects) -> ErrorCode {
+    fn leave(
+        &mut self,
+        member_id: &str,
+        instance_id: Option<&str>,
+        now_ms: i64,
+        out: &mut Effects,
+    ) -> ErrorCode {
         if self.state == GroupState::Dead {
             return error_code::COORDINATOR_NOT_AVAILABLE;
         }
         let target = match instance_id {
             Some(instance) => match self.static_members.get(instance) {
                 None => return error_code::UNKNOWN_MEMBER_ID,
-                Some(current) if !member_id.is_empty() && current != member_id => return error_code::FENCED_INSTANCE_ID,
+                Some(current) if !member_id.is_empty() && current != member_id => {
+                    return error_code::FENCED_INSTANCE_ID
+                }
                 Some(current) => current.clone(),
             },
             None => member_id.to_owned(),
@@ -757,7 +917,13 @@ impl Group {
     }
 
     /// Java's `doCommitOffsets` validation; `Ok` means the commit may be written.
-    fn validate_commit(&mut self, member_id: &str, instance_id: Option<&str>, generation: i32, now_ms: i64) -> Result<(), ErrorCode> {
+    fn validate_commit(
+        &mut self,
+        member_id: &str,
+        instance_id: Option<&str>,
+        generation: i32,
+        now_ms: i64,
+    ) -> Result<(), ErrorCode> {
         if self.state == GroupState::Dead {
             return Err(error_code::COORDINATOR_NOT_AVAILABLE);
         }
@@ -771,7 +937,9 @@ impl Group {
         if self.state == GroupState::CompletingRebalance {
             return Err(error_code::REBALANCE_IN_PROGRESS);
         }
-        let Some(member) = self.members.get_mut(member_id) else { return Err(error_code::UNKNOWN_MEMBER_ID) };
+        let Some(member) = self.members.get_mut(member_id) else {
+            return Err(error_code::UNKNOWN_MEMBER_ID);
+        };
         if generation != self.generation {
             return Err(error_code::ILLEGAL_GENERATION);
         }
@@ -794,8 +962,12 @@ impl Group {
     }
 
     fn expire_sessions(&mut self, now_ms: i64, out: &mut Effects) {
-        let expired_pending: Vec<String> =
-            self.pending_members.iter().filter(|(_, deadline)| now_ms >= **deadline).map(|(id, _)| id.clone()).collect();
+        let expired_pending: Vec<String> = self
+            .pending_members
+            .iter()
+            .filter(|(_, deadline)| now_ms >= **deadline)
+            .map(|(id, _)| id.clone())
+            .collect();
         for id in expired_pending {
             self.pending_members.remove(&id);
             self.try_complete_join(now_ms, out);
@@ -818,7 +990,9 @@ impl Group {
             tracing::info!(group = %self.id, member = %id, "member session expired");
             self.remove_member_and_update(&id, now_ms, out);
         }
-        if self.state == GroupState::PreparingRebalance && self.join_deadline_ms.is_some_and(|d| now_ms >= d) {
+        if self.state == GroupState::PreparingRebalance
+            && self.join_deadline_ms.is_some_and(|d| now_ms >= d)
+        {
             self.complete_join(now_ms, out);
         }
     }
@@ -828,7 +1002,11 @@ impl Group {
     /// Stable consumer group only for topics nobody subscribes to.
     fn expired_offsets(&self, now_ms: i64, retention_ms: i64) -> Vec<(String, i32)> {
         let expired_since = |base: i64| now_ms - base >= retention_ms;
-        let subscribed = if self.state == GroupState::Stable { self.subscribed_topics() } else { None };
+        let subscribed = if self.state == GroupState::Stable {
+            self.subscribed_topics()
+        } else {
+            None
+        };
         self.offsets
             .iter()
             .filter(|(key, committed)| match self.state {
@@ -836,9 +1014,9 @@ impl Group {
                     expired_since(committed.commit_timestamp_ms.max(self.state_since_ms))
                 }
                 GroupState::Empty => expired_since(committed.commit_timestamp_ms),
-                GroupState::Stable => subscribed
-                    .as_ref()
-                    .is_some_and(|topics| !topics.contains(&key.0) && expired_since(committed.commit_timestamp_ms)),
+                GroupState::Stable => subscribed.as_ref().is_some_and(|topics| {
+                    !topics.contains(&key.0) && expired_since(committed.commit_timestamp_ms)
+                }),
                 _ => false,
             })
             .map(|(key, _)| key.clone())
@@ -903,7 +1081,10 @@ pub struct TooManyGroups;
 
 impl Groups {
     pub fn new(config: GroupConfig) -> Groups {
-        Groups { config, groups: HashMap::new() }
+        Groups {
+            config,
+            groups: HashMap::new(),
+        }
     }
 
     pub fn get(&self, id: &str) -> Option<&Group> {
@@ -933,7 +1114,10 @@ impl Groups {
             }
             None => {
                 if let Some(group) = self.groups.get_mut(id) {
-                    *group = Group { offsets: std::mem::take(&mut group.offsets), ..Group::new(id.to_owned(), group.state_since_ms, group.initial_delay_ms) };
+                    *group = Group {
+                        offsets: std::mem::take(&mut group.offsets),
+                        ..Group::new(id.to_owned(), group.state_since_ms, group.initial_delay_ms)
+                    };
                     if group.offsets.is_empty() {
                         self.groups.remove(id);
                     }
@@ -943,11 +1127,21 @@ impl Groups {
     }
 
     /// Applies one offset record while loading (`None` is a tombstone).
-    pub fn load_offset(&mut self, group: &str, topic: String, partition: i32, offset: Option<CommittedOffset>, now_ms: i64) {
+    pub fn load_offset(
+        &mut self,
+        group: &str,
+        topic: String,
+        partition: i32,
+        offset: Option<CommittedOffset>,
+        now_ms: i64,
+    ) {
         match offset {
             Some(offset) => {
                 let delay = self.config.initial_rebalance_delay_ms;
-                let entry = self.groups.entry(group.to_owned()).or_insert_with(|| Group::new(group.to_owned(), now_ms, delay));
+                let entry = self
+                    .groups
+                    .entry(group.to_owned())
+                    .or_insert_with(|| Group::new(group.to_owned(), now_ms, delay));
                 entry.offsets.insert((topic, partition), offset);
             }
             None => {
@@ -960,7 +1154,12 @@ impl Groups {
 
     /// Drops groups left with neither members nor offsets after loading.
     pub fn finish_load(&mut self) {
-        self.groups.retain(|_, g| !(g.state == GroupState::Empty && g.members.is_empty() && g.offsets.is_empty() && g.generation == 0));
+        self.groups.retain(|_, g| {
+            !(g.state == GroupState::Empty
+                && g.members.is_empty()
+                && g.offsets.is_empty()
+                && g.generation == 0)
+        });
     }
 
     fn get_or_create(&mut self, id: &str, now_ms: i64) -> Result<&mut Group, TooManyGroups> {
@@ -968,30 +1167,67 @@ impl Groups {
             return Err(TooManyGroups);
         }
         let delay = self.config.initial_rebalance_delay_ms;
-        Ok(self.groups.entry(id.to_owned()).or_insert_with(|| Group::new(id.to_owned(), now_ms, delay)))
+        Ok(self
+            .groups
+            .entry(id.to_owned())
+            .or_insert_with(|| Group::new(id.to_owned(), now_ms, delay)))
     }
 
-    pub fn join(&mut self, group_id: &str, input: JoinInput, token: Token, now_ms: i64, out: &mut Effects) {
+    pub fn join(
+        &mut self,
+        group_id: &str,
+        input: JoinInput,
+        token: Token,
+        now_ms: i64,
+        out: &mut Effects,
+    ) {
         if !self.groups.contains_key(group_id) && !input.member_id.is_empty() {
-            out.reply(token, Reply::Join(JoinResult::error(error_code::UNKNOWN_MEMBER_ID, &input.member_id)));
+            out.reply(
+                token,
+                Reply::Join(JoinResult::error(
+                    error_code::UNKNOWN_MEMBER_ID,
+                    &input.member_id,
+                )),
+            );
             return;
         }
         match self.get_or_create(group_id, now_ms) {
             Ok(group) => group.join(input, token, now_ms, out),
-            Err(TooManyGroups) => {
-                out.reply(token, Reply::Join(JoinResult::error(error_code::COORDINATOR_NOT_AVAILABLE, &input.member_id)))
-            }
+            Err(TooManyGroups) => out.reply(
+                token,
+                Reply::Join(JoinResult::error(
+                    error_code::COORDINATOR_NOT_AVAILABLE,
+                    &input.member_id,
+                )),
+            ),
         }
     }
 
-    pub fn sync(&mut self, group_id: &str, input: SyncInput, token: Token, now_ms: i64, out: &mut Effects) {
+    pub fn sync(
+        &mut self,
+        group_id: &str,
+        input: SyncInput,
+        token: Token,
+        now_ms: i64,
+        out: &mut Effects,
+    ) {
         match self.groups.get_mut(group_id) {
             Some(group) => group.sync(input, token, now_ms, out),
-            None => out.reply(token, Reply::Sync(SyncResult::error(error_code::UNKNOWN_MEMBER_ID))),
+            None => out.reply(
+                token,
+                Reply::Sync(SyncResult::error(error_code::UNKNOWN_MEMBER_ID)),
+            ),
         }
     }
 
-    pub fn heartbeat(&mut self, group_id: &str, member_id: &str, instance_id: Option<&str>, generation: i32, now_ms: i64) -> ErrorCode {
+    pub fn heartbeat(
+        &mut self,
+        group_id: &str,
+        member_id: &str,
+        instance_id: Option<&str>,
+        generation: i32,
+        now_ms: i64,
+    ) -> ErrorCode {
         match self.groups.get_mut(group_id) {
             Some(group) => group.heartbeat(member_id, instance_id, generation, now_ms),
             None => error_code::UNKNOWN_MEMBER_ID,
@@ -999,23 +1235,43 @@ impl Groups {
     }
 
     /// Leaves each (member id, instance id); returns one error per member.
-    pub fn leave(&mut self, group_id: &str, members: &[(String, Option<String>)], now_ms: i64, out: &mut Effects) -> Vec<ErrorCode> {
+    pub fn leave(
+        &mut self,
+        group_id: &str,
+        members: &[(String, Option<String>)],
+        now_ms: i64,
+        out: &mut Effects,
+    ) -> Vec<ErrorCode> {
         match self.groups.get_mut(group_id) {
-            Some(group) => members.iter().map(|(id, instance)| group.leave(id, instance.as_deref(), now_ms, out)).collect(),
-            None => members.iter().map(|_| error_code::UNKNOWN_MEMBER_ID).collect(),
+            Some(group) => members
+                .iter()
+                .map(|(id, instance)| group.leave(id, instance.as_deref(), now_ms, out))
+                .collect(),
+            None => members
+                .iter()
+                .map(|_| error_code::UNKNOWN_MEMBER_ID)
+                .collect(),
         }
     }
 
     /// Validates an OffsetCommit; `Ok` means its offsets may be written, then applied with
     /// `apply_commit`.
-    pub fn validate_commit(&mut self, group_id: &str, member_id: &str, instance_id: Option<&str>, generation: i32, now_ms: i64) -> Result<(), ErrorCode> {
+    pub fn validate_commit(
+        &mut self,
+        group_id: &str,
+        member_id: &str,
+        instance_id: Option<&str>,
+        generation: i32,
+        now_ms: i64,
+    ) -> Result<(), ErrorCode> {
         if !self.groups.contains_key(group_id) {
             if generation >= 0 {
                 // Either a member of a generation this coordinator never saw, or one that is
                 // long gone: Java rejects the commit the same way.
                 return Err(error_code::ILLEGAL_GENERATION);
             }
-            self.get_or_create(group_id, now_ms).map_err(|TooManyGroups| error_code::COORDINATOR_NOT_AVAILABLE)?;
+            self.get_or_create(group_id, now_ms)
+                .map_err(|TooManyGroups| error_code::COORDINATOR_NOT_AVAILABLE)?;
             return Ok(());
         }
         match self.groups.get_mut(group_id) {
@@ -1026,15 +1282,25 @@ impl Groups {
 
     /// Records offsets once they are durable in `__consumer_offsets`. Offsets beyond
     /// `GROUP_OFFSETS_MAX` for a group are refused.
-    pub fn apply_commit(&mut self, group_id: &str, offsets: Vec<OffsetToCommit>, now_ms: i64) -> Vec<ErrorCode> {
+    pub fn apply_commit(
+        &mut self,
+        group_id: &str,
+        offsets: Vec<OffsetToCommit>,
+        now_ms: i64,
+    ) -> Vec<ErrorCode> {
         let Ok(group) = self.get_or_create(group_id, now_ms) else {
-            return offsets.iter().map(|_| error_code::COORDINATOR_NOT_AVAILABLE).collect();
+            return offsets
+                .iter()
+                .map(|_| error_code::COORDINATOR_NOT_AVAILABLE)
+                .collect();
         };
         offsets
             .into_iter()
             .map(|commit| {
                 let key = (commit.topic, commit.partition);
-                if !group.offsets.contains_key(&key) && group.offsets.len() >= limits::GROUP_OFFSETS_MAX {
+                if !group.offsets.contains_key(&key)
+                    && group.offsets.len() >= limits::GROUP_OFFSETS_MAX
+                {
                     return error_code::OFFSET_METADATA_TOO_LARGE;
                 }
                 group.offsets.insert(key, commit.offset);
@@ -1043,18 +1309,36 @@ impl Groups {
             .collect()
     }
 
-    pub fn committed(&self, group_id: &str, topic: &str, partition: i32) -> Option<&CommittedOffset> {
-        self.groups.get(group_id)?.offsets.get(&(topic.to_owned(), partition))
+    pub fn committed(
+        &self,
+        group_id: &str,
+        topic: &str,
+        partition: i32,
+    ) -> Option<&CommittedOffset> {
+        self.groups
+            .get(group_id)?
+            .offsets
+            .get(&(topic.to_owned(), partition))
     }
 
     /// Every committed offset of a group (OffsetFetch with a null topic list).
     pub fn all_committed(&self, group_id: &str) -> Vec<((String, i32), CommittedOffset)> {
-        self.groups.get(group_id).map(|g| g.offsets.iter().map(|(k, v)| (k.clone(), v.clone())).collect()).unwrap_or_default()
+        self.groups
+            .get(group_id)
+            .map(|g| {
+                g.offsets
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// DeleteGroups for one group.
     pub fn delete(&mut self, group_id: &str, out: &mut Effects) -> ErrorCode {
-        let Some(group) = self.groups.get(group_id) else { return error_code::GROUP_ID_NOT_FOUND };
+        let Some(group) = self.groups.get(group_id) else {
+            return error_code::GROUP_ID_NOT_FOUND;
+        };
         if group.state == GroupState::Dead {
             return error_code::GROUP_ID_NOT_FOUND;
         }
@@ -1064,19 +1348,30 @@ impl Groups {
         let offsets: Vec<(String, i32)> = group.offsets.keys().cloned().collect();
         self.groups.remove(group_id);
         if !offsets.is_empty() {
-            out.persist.push(Persist::OffsetTombstones(group_id.to_owned(), offsets));
+            out.persist
+                .push(Persist::OffsetTombstones(group_id.to_owned(), offsets));
         }
-        out.persist.push(Persist::GroupTombstone(group_id.to_owned()));
+        out.persist
+            .push(Persist::GroupTombstone(group_id.to_owned()));
         error_code::NONE
     }
 
     /// OffsetDelete: a group-level error, or one error per (topic, partition).
-    pub fn delete_offsets(&mut self, group_id: &str, partitions: &[(String, i32)], out: &mut Effects) -> Result<Vec<ErrorCode>, ErrorCode> {
-        let Some(group) = self.groups.get_mut(group_id) else { return Err(error_code::GROUP_ID_NOT_FOUND) };
+    pub fn delete_offsets(
+        &mut self,
+        group_id: &str,
+        partitions: &[(String, i32)],
+        out: &mut Effects,
+    ) -> Result<Vec<ErrorCode>, ErrorCode> {
+        let Some(group) = self.groups.get_mut(group_id) else {
+            return Err(error_code::GROUP_ID_NOT_FOUND);
+        };
         let subscribed = match group.state {
             GroupState::Dead => return Err(error_code::GROUP_ID_NOT_FOUND),
             GroupState::Empty => Some(Vec::new()),
-            _ if group.protocol_type.as_deref() == Some("consumer") => Some(group.subscribed_topics().unwrap_or_default()),
+            _ if group.protocol_type.as_deref() == Some("consumer") => {
+                Some(group.subscribed_topics().unwrap_or_default())
+            }
             _ => return Err(error_code::NON_EMPTY_GROUP),
         };
         let subscribed = subscribed.unwrap_or_default();
@@ -1094,7 +1389,8 @@ impl Groups {
             })
             .collect();
         if !removed.is_empty() {
-            out.persist.push(Persist::OffsetTombstones(group_id.to_owned(), removed));
+            out.persist
+                .push(Persist::OffsetTombstones(group_id.to_owned(), removed));
         }
         Ok(errors)
     }
@@ -1102,7 +1398,10 @@ impl Groups {
     /// Session, pending-member and join deadlines.
     pub fn tick(&mut self, now_ms: i64, out: &mut Effects) {
         for group in self.groups.values_mut() {
-            if !group.members.is_empty() || !group.pending_members.is_empty() || group.join_deadline_ms.is_some() {
+            if !group.members.is_empty()
+                || !group.pending_members.is_empty()
+                || group.join_deadline_ms.is_some()
+            {
                 group.expire_sessions(now_ms, out);
             }
         }
@@ -1119,9 +1418,13 @@ impl Groups {
             }
             if !expired.is_empty() {
                 tracing::info!(group = %group.id, count = expired.len(), "committed offsets expired");
-                out.persist.push(Persist::OffsetTombstones(group.id.clone(), expired));
+                out.persist
+                    .push(Persist::OffsetTombstones(group.id.clone(), expired));
             }
-            if group.state == GroupState::Empty && group.offsets.is_empty() && group.pending_members.is_empty() {
+            if group.state == GroupState::Empty
+                && group.offsets.is_empty()
+                && group.pending_members.is_empty()
+            {
                 gone.push(group.id.clone());
             }
         }
@@ -1140,7 +1443,10 @@ mod tests {
     const REBALANCE_MS: i32 = 30_000;
 
     fn groups() -> Groups {
-        Groups::new(GroupConfig { initial_rebalance_delay_ms: 0, offsets_retention_ms: 60_000 })
+        Groups::new(GroupConfig {
+            initial_rebalance_delay_ms: 0,
+            offsets_retention_ms: 60_000,
+        })
     }
 
     fn join_input(member_id: &str, fresh: &str, metadata: &'static [u8]) -> JoinInput {
@@ -1172,14 +1478,21 @@ mod tests {
         })
     }
 
-    fn sync_input(member: &str, generation: i32, assignments: Vec<(&str, &'static [u8])>) -> SyncInput {
+    fn sync_input(
+        member: &str,
+        generation: i32,
+        assignments: Vec<(&str, &'static [u8])>,
+    ) -> SyncInput {
         SyncInput {
             member_id: member.into(),
             instance_id: None,
             generation,
             protocol_type: None,
             protocol_name: None,
-            assignments: assignments.into_iter().map(|(m, a)| (m.to_owned(), Bytes::from_static(a))).collect(),
+            assignments: assignments
+                .into_iter()
+                .map(|(m, a)| (m.to_owned(), Bytes::from_static(a)))
+                .collect(),
         }
     }
 
@@ -1189,10 +1502,19 @@ mod tests {
         g.join("g", join_input("", "m1", b"a"), 1, 0, &mut out);
         let j1 = join_reply(&out, 1).expect("single member completes at once");
         assert_eq!((j1.error, j1.generation, j1.leader.as_str()), (0, 1, "m1"));
-        g.sync("g", sync_input("m1", 1, vec![("m1", b"all")]), 2, 0, &mut out);
+        g.sync(
+            "g",
+            sync_input("m1", 1, vec![("m1", b"all")]),
+            2,
+            0,
+            &mut out,
+        );
         g.join("g", join_input("", "m2", b"b"), 3, 10, &mut out);
         assert!(join_reply(&out, 3).is_none(), "m2 waits for m1 to rejoin");
-        assert_eq!(g.heartbeat("g", "m1", None, 1, 20), error_code::REBALANCE_IN_PROGRESS);
+        assert_eq!(
+            g.heartbeat("g", "m1", None, 1, 20),
+            error_code::REBALANCE_IN_PROGRESS
+        );
         g.join("g", join_input("m1", "x", b"a"), 4, 30, &mut out);
         let leader = join_reply(&out, 4).unwrap();
         let follower = join_reply(&out, 3).unwrap();
@@ -1201,12 +1523,30 @@ mod tests {
         assert!(follower.members.is_empty());
         assert_eq!(follower.leader, "m1");
         g.sync("g", sync_input("m2", 2, vec![]), 5, 40, &mut out);
-        assert!(sync_reply(&out, 5).is_none(), "follower waits for the leader's assignment");
-        g.sync("g", sync_input("m1", 2, vec![("m1", b"p0"), ("m2", b"p1")]), 6, 50, &mut out);
-        assert_eq!(sync_reply(&out, 5).unwrap().assignment, Bytes::from_static(b"p1"));
-        assert_eq!(sync_reply(&out, 6).unwrap().assignment, Bytes::from_static(b"p0"));
+        assert!(
+            sync_reply(&out, 5).is_none(),
+            "follower waits for the leader's assignment"
+        );
+        g.sync(
+            "g",
+            sync_input("m1", 2, vec![("m1", b"p0"), ("m2", b"p1")]),
+            6,
+            50,
+            &mut out,
+        );
+        assert_eq!(
+            sync_reply(&out, 5).unwrap().assignment,
+            Bytes::from_static(b"p1")
+        );
+        assert_eq!(
+            sync_reply(&out, 6).unwrap().assignment,
+            Bytes::from_static(b"p0")
+        );
         assert_eq!(g.get("g").unwrap().state, GroupState::Stable);
-        assert_eq!(out.rebalances_completed, vec![("g".to_owned(), 0), ("g".to_owned(), 40)]);
+        assert_eq!(
+            out.rebalances_completed,
+            vec![("g".to_owned(), 0), ("g".to_owned(), 40)]
+        );
         2
     }
 
@@ -1224,7 +1564,10 @@ mod tests {
         input.require_known_member_id = true;
         g.join("g", input.clone(), 1, 0, &mut out);
         let first = join_reply(&out, 1).unwrap();
-        assert_eq!((first.error, first.member_id.as_str()), (error_code::MEMBER_ID_REQUIRED, "m1"));
+        assert_eq!(
+            (first.error, first.member_id.as_str()),
+            (error_code::MEMBER_ID_REQUIRED, "m1")
+        );
         input.member_id = "m1".into();
         g.join("g", input, 2, 1, &mut out);
         assert_eq!(join_reply(&out, 2).unwrap().error, error_code::NONE);
@@ -1241,11 +1584,23 @@ mod tests {
             ("g", "m1", 2, error_code::NONE),
         ];
         for (group, member, generation, expected) in cases {
-            let got = g.validate_commit(group, member, None, generation, 100).err().unwrap_or(error_code::NONE);
-            assert_eq!(got, expected, "commit to {group} by {member} at generation {generation}");
+            let got = g
+                .validate_commit(group, member, None, generation, 100)
+                .err()
+                .unwrap_or(error_code::NONE);
+            assert_eq!(
+                got, expected,
+                "commit to {group} by {member} at generation {generation}"
+            );
         }
-        assert_eq!(g.heartbeat("g", "m2", None, 1, 100), error_code::ILLEGAL_GENERATION);
-        assert_eq!(g.heartbeat("missing", "m2", None, 2, 100), error_code::UNKNOWN_MEMBER_ID);
+        assert_eq!(
+            g.heartbeat("g", "m2", None, 1, 100),
+            error_code::ILLEGAL_GENERATION
+        );
+        assert_eq!(
+            g.heartbeat("missing", "m2", None, 2, 100),
+            error_code::UNKNOWN_MEMBER_ID
+        );
         // A standalone consumer may commit to a group nobody manages.
         assert_eq!(g.validate_commit("solo", "", None, -1, 100), Ok(()));
     }
@@ -1274,11 +1629,20 @@ mod tests {
         let mut g = groups();
         stable_pair(&mut g);
         let mut out = Effects::default();
-        assert_eq!(g.leave("g", &[("m2".into(), None)], 100, &mut out), vec![error_code::NONE]);
-        assert_eq!(g.heartbeat("g", "m1", None, 2, 110), error_code::REBALANCE_IN_PROGRESS);
+        assert_eq!(
+            g.leave("g", &[("m2".into(), None)], 100, &mut out),
+            vec![error_code::NONE]
+        );
+        assert_eq!(
+            g.heartbeat("g", "m1", None, 2, 110),
+            error_code::REBALANCE_IN_PROGRESS
+        );
         g.join("g", join_input("m1", "x", b"a"), 8, 120, &mut out);
         assert_eq!(join_reply(&out, 8).unwrap().generation, 3);
-        assert_eq!(g.leave("g", &[("ghost".into(), None)], 130, &mut out), vec![error_code::UNKNOWN_MEMBER_ID]);
+        assert_eq!(
+            g.leave("g", &[("ghost".into(), None)], 130, &mut out),
+            vec![error_code::UNKNOWN_MEMBER_ID]
+        );
     }
 
     #[test]
@@ -1291,7 +1655,10 @@ mod tests {
         g.join("g", join_input("m1", "x", b"a"), 10, 1_100, &mut out);
         // m2 stays alive (heartbeats) but never rejoins: only the rebalance timeout ends the phase.
         for now in (2_000..=30_999).step_by(1_000) {
-            assert_eq!(g.heartbeat("g", "m2", None, 2, now), error_code::REBALANCE_IN_PROGRESS);
+            assert_eq!(
+                g.heartbeat("g", "m2", None, 2, now),
+                error_code::REBALANCE_IN_PROGRESS
+            );
             g.tick(now, &mut out);
         }
         assert!(join_reply(&out, 10).is_none());
@@ -1309,21 +1676,43 @@ mod tests {
         let mut a = join_input("", "a1", b"s");
         a.instance_id = Some("inst-a".into());
         g.join("g", a.clone(), 1, 0, &mut out);
-        g.sync("g", sync_input("a1", 1, vec![("a1", b"p0-p5")]), 2, 0, &mut out);
+        g.sync(
+            "g",
+            sync_input("a1", 1, vec![("a1", b"p0-p5")]),
+            2,
+            0,
+            &mut out,
+        );
         assert_eq!(g.get("g").unwrap().state, GroupState::Stable);
         // The same instance restarts: empty member id, same metadata.
         a.fresh_member_id = "a2".into();
         g.join("g", a.clone(), 3, 1_000, &mut out);
         let rejoined = join_reply(&out, 3).unwrap();
-        assert_eq!((rejoined.error, rejoined.generation, rejoined.member_id.as_str()), (0, 1, "a2"));
+        assert_eq!(
+            (
+                rejoined.error,
+                rejoined.generation,
+                rejoined.member_id.as_str()
+            ),
+            (0, 1, "a2")
+        );
         assert_eq!(g.get("g").unwrap().state, GroupState::Stable);
         let mut sync = sync_input("a2", 1, vec![]);
         sync.instance_id = Some("inst-a".into());
         g.sync("g", sync, 4, 1_001, &mut out);
-        assert_eq!(sync_reply(&out, 4).unwrap().assignment, Bytes::from_static(b"p0-p5"));
+        assert_eq!(
+            sync_reply(&out, 4).unwrap().assignment,
+            Bytes::from_static(b"p0-p5")
+        );
         // The old incarnation is fenced.
-        assert_eq!(g.heartbeat("g", "a1", Some("inst-a"), 1, 1_002), error_code::FENCED_INSTANCE_ID);
-        assert_eq!(g.validate_commit("g", "a1", Some("inst-a"), 1, 1_002), Err(error_code::FENCED_INSTANCE_ID));
+        assert_eq!(
+            g.heartbeat("g", "a1", Some("inst-a"), 1, 1_002),
+            error_code::FENCED_INSTANCE_ID
+        );
+        assert_eq!(
+            g.validate_commit("g", "a1", Some("inst-a"), 1, 1_002),
+            Err(error_code::FENCED_INSTANCE_ID)
+        );
     }
 
     #[test]
@@ -1334,7 +1723,10 @@ mod tests {
         let mut other = join_input("", "m9", b"z");
         other.protocols = vec![("roundrobin".into(), Bytes::from_static(b"z"))];
         g.join("g", other, 11, 100, &mut out);
-        assert_eq!(join_reply(&out, 11).unwrap().error, error_code::INCONSISTENT_GROUP_PROTOCOL);
+        assert_eq!(
+            join_reply(&out, 11).unwrap().error,
+            error_code::INCONSISTENT_GROUP_PROTOCOL
+        );
     }
 
     #[test]
@@ -1342,9 +1734,15 @@ mod tests {
         let mut g = groups();
         let mut out = Effects::default();
         let mut a = join_input("", "a", b"");
-        a.protocols = vec![("cooperative-sticky".into(), Bytes::new()), ("range".into(), Bytes::new())];
+        a.protocols = vec![
+            ("cooperative-sticky".into(), Bytes::new()),
+            ("range".into(), Bytes::new()),
+        ];
         let mut b = join_input("", "b", b"");
-        b.protocols = vec![("range".into(), Bytes::new()), ("cooperative-sticky".into(), Bytes::new())];
+        b.protocols = vec![
+            ("range".into(), Bytes::new()),
+            ("cooperative-sticky".into(), Bytes::new()),
+        ];
         let mut c = a.clone();
         c.fresh_member_id = "c".into();
         // Members joining an empty group within the initial delay (0 here) complete at once
@@ -1363,14 +1761,38 @@ mod tests {
         let mut g = groups();
         stable_pair(&mut g);
         let mut out = Effects::default();
-        let offset = CommittedOffset { offset: 5, leader_epoch: -1, metadata: String::new(), commit_timestamp_ms: 0 };
-        g.apply_commit("g", vec![OffsetToCommit { topic: "t".into(), partition: 0, offset }], 0);
+        let offset = CommittedOffset {
+            offset: 5,
+            leader_epoch: -1,
+            metadata: String::new(),
+            commit_timestamp_ms: 0,
+        };
+        g.apply_commit(
+            "g",
+            vec![OffsetToCommit {
+                topic: "t".into(),
+                partition: 0,
+                offset,
+            }],
+            0,
+        );
         assert_eq!(g.delete("g", &mut out), error_code::NON_EMPTY_GROUP);
-        assert_eq!(g.delete("missing", &mut out), error_code::GROUP_ID_NOT_FOUND);
-        g.leave("g", &[("m1".into(), None), ("m2".into(), None)], 10, &mut out);
+        assert_eq!(
+            g.delete("missing", &mut out),
+            error_code::GROUP_ID_NOT_FOUND
+        );
+        g.leave(
+            "g",
+            &[("m1".into(), None), ("m2".into(), None)],
+            10,
+            &mut out,
+        );
         g.tick(11, &mut out);
         assert_eq!(g.get("g").unwrap().state, GroupState::Empty);
-        assert_eq!(g.delete_offsets("g", &[("t".into(), 0)], &mut out), Ok(vec![error_code::NONE]));
+        assert_eq!(
+            g.delete_offsets("g", &[("t".into(), 0)], &mut out),
+            Ok(vec![error_code::NONE])
+        );
         assert_eq!(g.delete("g", &mut out), error_code::NONE);
         assert!(out.persist.contains(&Persist::GroupTombstone("g".into())));
     }
@@ -1380,19 +1802,38 @@ mod tests {
         let mut g = groups();
         let mut out = Effects::default();
         g.validate_commit("solo", "", None, -1, 0).unwrap();
-        let offset = CommittedOffset { offset: 5, leader_epoch: -1, metadata: String::new(), commit_timestamp_ms: 0 };
-        g.apply_commit("solo", vec![OffsetToCommit { topic: "t".into(), partition: 0, offset }], 0);
+        let offset = CommittedOffset {
+            offset: 5,
+            leader_epoch: -1,
+            metadata: String::new(),
+            commit_timestamp_ms: 0,
+        };
+        g.apply_commit(
+            "solo",
+            vec![OffsetToCommit {
+                topic: "t".into(),
+                partition: 0,
+                offset,
+            }],
+            0,
+        );
         g.expire_offsets(59_999, &mut out);
         assert!(g.committed("solo", "t", 0).is_some());
         g.expire_offsets(60_000, &mut out);
         assert!(g.get("solo").is_none());
-        assert!(out.persist.contains(&Persist::OffsetTombstones("solo".into(), vec![("t".into(), 0)])));
+        assert!(out.persist.contains(&Persist::OffsetTombstones(
+            "solo".into(),
+            vec![("t".into(), 0)]
+        )));
     }
 
     #[test]
     fn subscription_parses_consumer_protocol() {
         let mut bytes = vec![0u8, 1, 0, 0, 0, 2, 0, 1, b'a', 0, 2, b'b', b'c'];
-        assert_eq!(parse_subscription_topics(&bytes), Some(vec!["a".to_owned(), "bc".to_owned()]));
+        assert_eq!(
+            parse_subscription_topics(&bytes),
+            Some(vec!["a".to_owned(), "bc".to_owned()])
+        );
         bytes.truncate(7);
         assert_eq!(parse_subscription_topics(&bytes), None);
     }

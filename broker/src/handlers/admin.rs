@@ -7,13 +7,17 @@
 use std::collections::{BTreeMap, HashSet};
 use std::rc::Rc;
 
+use kafka_protocol::messages::alter_configs_response::AlterConfigsResourceResponse;
 use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
-use kafka_protocol::messages::create_topics_response::{CreatableTopicConfigs, CreatableTopicResult};
+use kafka_protocol::messages::create_topics_response::{
+    CreatableTopicConfigs, CreatableTopicResult,
+};
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
-use kafka_protocol::messages::describe_configs_response::{DescribeConfigsResourceResult, DescribeConfigsResult};
+use kafka_protocol::messages::describe_configs_response::{
+    DescribeConfigsResourceResult, DescribeConfigsResult,
+};
 use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse as IncrementalResult;
-use kafka_protocol::messages::alter_configs_response::AlterConfigsResourceResponse;
 use kafka_protocol::messages::*;
 use tern_protocol::error_code;
 use tern_replication::metadata::{Command, MetadataError};
@@ -43,10 +47,18 @@ pub fn validate_topic_name(name: &str) -> Result<(), String> {
         return Err(format!("'{name}' is not a valid topic name"));
     }
     if name.len() > limits::TOPIC_NAME_BYTES_MAX {
-        return Err(format!("topic name is longer than {} characters", limits::TOPIC_NAME_BYTES_MAX));
+        return Err(format!(
+            "topic name is longer than {} characters",
+            limits::TOPIC_NAME_BYTES_MAX
+        ));
     }
-    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-') {
-        return Err(format!("topic name '{name}' may contain only ASCII letters, digits, '.', '_' and '-'"));
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+    {
+        return Err(format!(
+            "topic name '{name}' may contain only ASCII letters, digits, '.', '_' and '-'"
+        ));
     }
     Ok(())
 }
@@ -58,7 +70,10 @@ pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
     if filled != N as isize {
         // The kernel's generator cannot fail for small requests once booted; fall back to
         // time-derived bytes rather than failing a topic creation.
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
         for (index, byte) in out.iter_mut().enumerate() {
             *byte = (nanos >> ((index % 16) * 8)) as u8 ^ index as u8;
         }
@@ -67,15 +82,24 @@ pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
 }
 
 pub fn new_cluster_id() -> String {
-    random_bytes::<16>().iter().map(|b| format!("{b:02x}")).collect()
+    random_bytes::<16>()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Runs metadata commands on the controller (shard 0).
-pub async fn run_commands(shard: &Rc<Shard>, commands: Vec<Command>) -> Result<Vec<Result<(), MetadataError>>, String> {
+pub async fn run_commands(
+    shard: &Rc<Shard>,
+    commands: Vec<Command>,
+) -> Result<Vec<Result<(), MetadataError>>, String> {
     shard
         .invoke_on(0, move |shard| async move {
             match &shard.controller {
-                Some(controller) => controller.execute(&shard, commands).await.map_err(|error| error.to_string()),
+                Some(controller) => controller
+                    .execute(&shard, commands)
+                    .await
+                    .map_err(|error| error.to_string()),
                 None => Err("shard 0 hosts no controller".to_owned()),
             }
         })
@@ -84,7 +108,12 @@ pub async fn run_commands(shard: &Rc<Shard>, commands: Vec<Command>) -> Result<V
 }
 
 /// Runs `commands` on the controller and records each failure at its request slot.
-async fn run_commands_into(shard: &Rc<Shard>, commands: Vec<Command>, slots: Vec<usize>, outcomes: &mut [Option<(i16, String)>]) {
+async fn run_commands_into(
+    shard: &Rc<Shard>,
+    commands: Vec<Command>,
+    slots: Vec<usize>,
+    outcomes: &mut [Option<(i16, String)>],
+) {
     if commands.is_empty() {
         return;
     }
@@ -96,11 +125,16 @@ async fn run_commands_into(shard: &Rc<Shard>, commands: Vec<Command>, slots: Vec
                 }
             }
         }
-        Err(message) => slots.into_iter().for_each(|slot| outcomes[slot] = Some((error_code::UNKNOWN_SERVER_ERROR, message.clone()))),
+        Err(message) => slots.into_iter().for_each(|slot| {
+            outcomes[slot] = Some((error_code::UNKNOWN_SERVER_ERROR, message.clone()))
+        }),
     }
 }
 
-pub async fn create_topics_via_controller(shard: &Rc<Shard>, topics: Vec<NewTopic>) -> Result<Vec<Result<(), MetadataError>>, String> {
+pub async fn create_topics_via_controller(
+    shard: &Rc<Shard>,
+    topics: Vec<NewTopic>,
+) -> Result<Vec<Result<(), MetadataError>>, String> {
     let commands = topics
         .into_iter()
         .map(|topic| Command::CreateTopic {
@@ -126,57 +160,97 @@ pub async fn create_topics(ctx: &Ctx<'_>, request: CreateTopicsRequest) -> Outco
     let shard = ctx.shard;
     let node_id = shard.config.node_id;
     let mut seen = HashSet::new();
-    let duplicates: HashSet<String> =
-        request.topics.iter().map(|t| t.name.0.to_string()).filter(|name| !seen.insert(name.clone())).collect();
+    let duplicates: HashSet<String> = request
+        .topics
+        .iter()
+        .map(|t| t.name.0.to_string())
+        .filter(|name| !seen.insert(name.clone()))
+        .collect();
     // Validate each topic; collect the ones to create.
     let mut outcomes: Vec<(i16, Option<String>, i32)> = Vec::with_capacity(request.topics.len());
     let mut to_create = Vec::new();
     let mut create_slots = Vec::new();
     for (slot, topic) in request.topics.iter().enumerate() {
         let name = topic.name.0.to_string();
-        let partitions = if topic.num_partitions == -1 { shard.config.default_partitions } else { topic.num_partitions };
-        let check = || -> Result<BTreeMap<String, String>, (i16, String)> {
-            if duplicates.contains(&name) {
-                return Err((error_code::INVALID_REQUEST, format!("topic '{name}' appears more than once")));
-            }
-            validate_topic_name(&name).map_err(|m| (error_code::INVALID_TOPIC_EXCEPTION, m))?;
-            if !topic.assignments.is_empty() {
-                if topic.num_partitions != -1 || topic.replication_factor != -1 {
-                    return Err((error_code::INVALID_REQUEST, "give either assignments or partitions/replication factor".into()));
-                }
-                if topic.assignments.iter().any(|a| a.broker_ids.iter().any(|b| b.0 != node_id) || a.broker_ids.len() != 1) {
-                    return Err((error_code::INVALID_REPLICATION_FACTOR, format!("this cluster has one broker (id {node_id})")));
-                }
-            } else {
-                if partitions < 1 || partitions > limits::TOPIC_PARTITIONS_MAX {
-                    return Err((error_code::INVALID_PARTITIONS, format!("partitions must be 1..={}", limits::TOPIC_PARTITIONS_MAX)));
-                }
-                if topic.replication_factor != -1 && topic.replication_factor != 1 {
+        let partitions = if topic.num_partitions == -1 {
+            shard.config.default_partitions
+        } else {
+            topic.num_partitions
+        };
+        let check =
+            || -> Result<BTreeMap<String, String>, (i16, String)> {
+                if duplicates.contains(&name) {
                     return Err((
-                        error_code::INVALID_REPLICATION_FACTOR,
-                        format!("replication factor {} is larger than the 1 available broker", topic.replication_factor),
+                        error_code::INVALID_REQUEST,
+                        format!("topic '{name}' appears more than once"),
                     ));
                 }
-            }
-            let mut configs = BTreeMap::new();
-            for config in &topic.configs {
-                let key = config.name.to_string();
-                let Some(value) = config.value.as_ref().map(|v| v.to_string()) else { continue };
-                topic_config::validate(&key, &value).map_err(|e| (error_code::INVALID_CONFIG, e.to_string()))?;
-                configs.insert(key, value);
-            }
-            if shard.image().topic(&name).is_some() {
-                return Err((error_code::TOPIC_ALREADY_EXISTS, format!("topic '{name}' already exists")));
-            }
-            Ok(configs)
+                validate_topic_name(&name).map_err(|m| (error_code::INVALID_TOPIC_EXCEPTION, m))?;
+                if !topic.assignments.is_empty() {
+                    if topic.num_partitions != -1 || topic.replication_factor != -1 {
+                        return Err((
+                            error_code::INVALID_REQUEST,
+                            "give either assignments or partitions/replication factor".into(),
+                        ));
+                    }
+                    if topic.assignments.iter().any(|a| {
+                        a.broker_ids.iter().any(|b| b.0 != node_id) || a.broker_ids.len() != 1
+                    }) {
+                        return Err((
+                            error_code::INVALID_REPLICATION_FACTOR,
+                            format!("this cluster has one broker (id {node_id})"),
+                        ));
+                    }
+                } else {
+                    if partitions < 1 || partitions > limits::TOPIC_PARTITIONS_MAX {
+                        return Err((
+                            error_code::INVALID_PARTITIONS,
+                            format!("partitions must be 1..={}", limits::TOPIC_PARTITIONS_MAX),
+                        ));
+                    }
+                    if topic.replication_factor != -1 && topic.replication_factor != 1 {
+                        return Err((
+                            error_code::INVALID_REPLICATION_FACTOR,
+                            format!(
+                                "replication factor {} is larger than the 1 available broker",
+                                topic.replication_factor
+                            ),
+                        ));
+                    }
+                }
+                let mut configs = BTreeMap::new();
+                for config in &topic.configs {
+                    let key = config.name.to_string();
+                    let Some(value) = config.value.as_ref().map(|v| v.to_string()) else {
+                        continue;
+                    };
+                    topic_config::validate(&key, &value)
+                        .map_err(|e| (error_code::INVALID_CONFIG, e.to_string()))?;
+                    configs.insert(key, value);
+                }
+                if shard.image().topic(&name).is_some() {
+                    return Err((
+                        error_code::TOPIC_ALREADY_EXISTS,
+                        format!("topic '{name}' already exists"),
+                    ));
+                }
+                Ok(configs)
+            };
+        let partitions = if topic.assignments.is_empty() {
+            partitions
+        } else {
+            topic.assignments.len() as i32
         };
-        let partitions = if topic.assignments.is_empty() { partitions } else { topic.assignments.len() as i32 };
         match check() {
             Ok(configs) => {
                 outcomes.push((error_code::NONE, None, partitions));
                 if !request.validate_only {
                     create_slots.push(slot);
-                    to_create.push(NewTopic { name, partitions, configs });
+                    to_create.push(NewTopic {
+                        name,
+                        partitions,
+                        configs,
+                    });
                 }
             }
             Err((code, message)) => outcomes.push((code, Some(message), partitions)),
@@ -187,13 +261,21 @@ pub async fn create_topics(ctx: &Ctx<'_>, request: CreateTopicsRequest) -> Outco
             Ok(results) => {
                 for (slot, result) in create_slots.into_iter().zip(results) {
                     if let Err(error) = result {
-                        outcomes[slot] = (metadata_error_code(&error), Some(error.to_string()), outcomes[slot].2);
+                        outcomes[slot] = (
+                            metadata_error_code(&error),
+                            Some(error.to_string()),
+                            outcomes[slot].2,
+                        );
                     }
                 }
             }
             Err(message) => {
                 for slot in create_slots {
-                    outcomes[slot] = (error_code::UNKNOWN_SERVER_ERROR, Some(message.clone()), outcomes[slot].2);
+                    outcomes[slot] = (
+                        error_code::UNKNOWN_SERVER_ERROR,
+                        Some(message.clone()),
+                        outcomes[slot].2,
+                    );
                 }
             }
         }
@@ -212,7 +294,10 @@ pub async fn create_topics(ctx: &Ctx<'_>, request: CreateTopicsRequest) -> Outco
             if code == error_code::NONE {
                 out.num_partitions = partitions;
                 out.replication_factor = 1;
-                let explicit = image.topic(&topic.name.0).map(|meta| meta.configs.clone()).unwrap_or_default();
+                let explicit = image
+                    .topic(&topic.name.0)
+                    .map(|meta| meta.configs.clone())
+                    .unwrap_or_default();
                 if let Some(meta) = image.topic(&topic.name.0) {
                     out.topic_id = topic_id(meta);
                 }
@@ -223,7 +308,11 @@ pub async fn create_topics(ctx: &Ctx<'_>, request: CreateTopicsRequest) -> Outco
                             let mut config = CreatableTopicConfigs::default();
                             config.name = str_bytes(entry.name);
                             config.value = Some(str_bytes(&entry.value));
-                            config.config_source = if entry.is_default { SOURCE_DEFAULT } else { SOURCE_DYNAMIC_TOPIC };
+                            config.config_source = if entry.is_default {
+                                SOURCE_DEFAULT
+                            } else {
+                                SOURCE_DYNAMIC_TOPIC
+                            };
                             config
                         })
                         .collect(),
@@ -242,20 +331,36 @@ pub async fn delete_topics(ctx: &Ctx<'_>, request: DeleteTopicsRequest) -> Outco
     let shard = ctx.shard;
     // v0-5 name topics in `topic_names`; v6 in `topics` (by name or id).
     let image = shard.image();
-    let mut names: Vec<(Option<String>, Option<uuid::Uuid>)> =
-        request.topic_names.iter().map(|n| (Some(n.0.to_string()), None)).collect();
+    let mut names: Vec<(Option<String>, Option<uuid::Uuid>)> = request
+        .topic_names
+        .iter()
+        .map(|n| (Some(n.0.to_string()), None))
+        .collect();
     for topic in &request.topics {
         let name = topic.name.as_ref().map(|n| n.0.to_string()).or_else(|| {
-            image.topics.values().find(|meta| topic_id(meta) == topic.topic_id).map(|meta| meta.name.clone())
+            image
+                .topics
+                .values()
+                .find(|meta| topic_id(meta) == topic.topic_id)
+                .map(|meta| meta.name.clone())
         });
         names.push((name, Some(topic.topic_id)));
     }
-    let commands: Vec<Command> =
-        names.iter().filter_map(|(name, _)| name.clone()).map(|name| Command::DeleteTopic { name }).collect();
+    let commands: Vec<Command> = names
+        .iter()
+        .filter_map(|(name, _)| name.clone())
+        .map(|name| Command::DeleteTopic { name })
+        .collect();
     let results = run_commands(shard, commands).await;
     let mut results = match results {
-        Ok(results) => results.into_iter().map(|r| r.map_err(|e| (metadata_error_code(&e), e.to_string()))).collect::<Vec<_>>(),
-        Err(message) => names.iter().map(|_| Err((error_code::UNKNOWN_SERVER_ERROR, message.clone()))).collect(),
+        Ok(results) => results
+            .into_iter()
+            .map(|r| r.map_err(|e| (metadata_error_code(&e), e.to_string())))
+            .collect::<Vec<_>>(),
+        Err(message) => names
+            .iter()
+            .map(|_| Err((error_code::UNKNOWN_SERVER_ERROR, message.clone())))
+            .collect(),
     }
     .into_iter();
     let mut response = DeleteTopicsResponse::default();
@@ -287,23 +392,42 @@ pub async fn create_partitions(ctx: &Ctx<'_>, request: CreatePartitionsRequest) 
     let mut slots = Vec::new();
     for (slot, topic) in request.topics.iter().enumerate() {
         let name = topic.name.0.to_string();
-        if topic.assignments.as_ref().is_some_and(|a| a.iter().any(|a| a.broker_ids.iter().any(|b| b.0 != shard.config.node_id))) {
-            outcomes.push(Some((error_code::INVALID_REPLICATION_FACTOR, "this cluster has one broker".into())));
+        if topic.assignments.as_ref().is_some_and(|a| {
+            a.iter()
+                .any(|a| a.broker_ids.iter().any(|b| b.0 != shard.config.node_id))
+        }) {
+            outcomes.push(Some((
+                error_code::INVALID_REPLICATION_FACTOR,
+                "this cluster has one broker".into(),
+            )));
         } else if topic.count > limits::TOPIC_PARTITIONS_MAX {
-            outcomes.push(Some((error_code::INVALID_PARTITIONS, format!("at most {} partitions", limits::TOPIC_PARTITIONS_MAX))));
+            outcomes.push(Some((
+                error_code::INVALID_PARTITIONS,
+                format!("at most {} partitions", limits::TOPIC_PARTITIONS_MAX),
+            )));
         } else if request.validate_only {
-            let current = shard.image().topic(&name).map(|t| t.partitions.len() as i32);
+            let current = shard
+                .image()
+                .topic(&name)
+                .map(|t| t.partitions.len() as i32);
             outcomes.push(match current {
-                None => Some((error_code::UNKNOWN_TOPIC_OR_PARTITION, format!("topic '{name}' does not exist"))),
-                Some(current) if topic.count <= current => {
-                    Some((error_code::INVALID_PARTITIONS, format!("topic has {current} partitions already")))
-                }
+                None => Some((
+                    error_code::UNKNOWN_TOPIC_OR_PARTITION,
+                    format!("topic '{name}' does not exist"),
+                )),
+                Some(current) if topic.count <= current => Some((
+                    error_code::INVALID_PARTITIONS,
+                    format!("topic has {current} partitions already"),
+                )),
                 Some(_) => None,
             });
         } else {
             outcomes.push(None);
             slots.push(slot);
-            commands.push(Command::CreatePartitions { name, total: topic.count });
+            commands.push(Command::CreatePartitions {
+                name,
+                total: topic.count,
+            });
         }
     }
     run_commands_into(shard, commands, slots, &mut outcomes).await;
@@ -333,11 +457,17 @@ fn broker_entries(ctx: &Ctx<'_>) -> Vec<(&'static str, String)> {
         ("broker.id", config.node_id.to_string()),
         ("log.dirs", config.data_dir.display().to_string()),
         ("num.partitions", config.default_partitions.to_string()),
-        ("auto.create.topics.enable", config.auto_create_topics.to_string()),
+        (
+            "auto.create.topics.enable",
+            config.auto_create_topics.to_string(),
+        ),
         ("listeners", format!("PLAINTEXT://{}", config.listen)),
         ("advertised.listeners", format!("PLAINTEXT://{host}:{port}")),
         ("default.replication.factor", "1".into()),
-        ("socket.request.max.bytes", tern_protocol::limits::FRAME_BYTES_MAX.to_string()),
+        (
+            "socket.request.max.bytes",
+            tern_protocol::limits::FRAME_BYTES_MAX.to_string(),
+        ),
         ("tern.shards", ctx.shard.count.to_string()),
     ]
 }
@@ -354,7 +484,10 @@ pub fn describe_configs(ctx: &Ctx<'_>, request: DescribeConfigsRequest) -> Outco
             out.resource_type = resource.resource_type;
             out.resource_name = resource.resource_name.clone();
             let wanted = |name: &str| {
-                resource.configuration_keys.as_ref().is_none_or(|keys| keys.iter().any(|k| k.as_str() == name))
+                resource
+                    .configuration_keys
+                    .as_ref()
+                    .is_none_or(|keys| keys.iter().any(|k| k.as_str() == name))
             };
             let make = |name: &str, value: &str, source: i8, read_only: bool, doc: Option<&str>| {
                 let mut entry = DescribeConfigsResourceResult::default();
@@ -370,14 +503,19 @@ pub fn describe_configs(ctx: &Ctx<'_>, request: DescribeConfigsRequest) -> Outco
             match resource.resource_type {
                 RESOURCE_TOPIC => match image.topic(&resource.resource_name) {
                     Some(meta) => {
-                        out.configs = topic_config::resolve(&shard.config.topic_defaults, &meta.configs)
-                            .into_iter()
-                            .filter(|entry| wanted(entry.name))
-                            .map(|entry| {
-                                let source = if entry.is_default { SOURCE_DEFAULT } else { SOURCE_DYNAMIC_TOPIC };
-                                make(entry.name, &entry.value, source, false, Some(entry.doc))
-                            })
-                            .collect();
+                        out.configs =
+                            topic_config::resolve(&shard.config.topic_defaults, &meta.configs)
+                                .into_iter()
+                                .filter(|entry| wanted(entry.name))
+                                .map(|entry| {
+                                    let source = if entry.is_default {
+                                        SOURCE_DEFAULT
+                                    } else {
+                                        SOURCE_DYNAMIC_TOPIC
+                                    };
+                                    make(entry.name, &entry.value, source, false, Some(entry.doc))
+                                })
+                                .collect();
                     }
                     None => {
                         out.error_code = error_code::UNKNOWN_TOPIC_OR_PARTITION;
@@ -385,11 +523,15 @@ pub fn describe_configs(ctx: &Ctx<'_>, request: DescribeConfigsRequest) -> Outco
                     }
                 },
                 RESOURCE_BROKER => {
-                    if resource.resource_name.is_empty() || resource.resource_name.as_str() == shard.config.node_id.to_string() {
+                    if resource.resource_name.is_empty()
+                        || resource.resource_name.as_str() == shard.config.node_id.to_string()
+                    {
                         out.configs = broker_entries(ctx)
                             .into_iter()
                             .filter(|(name, _)| wanted(name))
-                            .map(|(name, value)| make(name, &value, SOURCE_STATIC_BROKER, true, None))
+                            .map(|(name, value)| {
+                                make(name, &value, SOURCE_STATIC_BROKER, true, None)
+                            })
                             .collect();
                     } else {
                         out.error_code = error_code::INVALID_REQUEST;
@@ -422,11 +564,15 @@ async fn set_topic_configs(
             (_, Err(error)) => outcomes.push(Some(error)),
             (RESOURCE_BROKER, Ok(_)) => outcomes.push(Some((
                 error_code::INVALID_REQUEST,
-                "broker configs are static in this version; set them in the config file or flags".into(),
+                "broker configs are static in this version; set them in the config file or flags"
+                    .into(),
             ))),
             (RESOURCE_TOPIC, Ok(configs)) => {
                 if image.topic(&name).is_none() {
-                    outcomes.push(Some((error_code::UNKNOWN_TOPIC_OR_PARTITION, format!("unknown topic '{name}'"))));
+                    outcomes.push(Some((
+                        error_code::UNKNOWN_TOPIC_OR_PARTITION,
+                        format!("unknown topic '{name}'"),
+                    )));
                 } else {
                     outcomes.push(None);
                     if !validate_only {
@@ -435,17 +581,23 @@ async fn set_topic_configs(
                     }
                 }
             }
-            (_, Ok(_)) => outcomes.push(Some((error_code::INVALID_REQUEST, "unsupported resource type".into()))),
+            (_, Ok(_)) => outcomes.push(Some((
+                error_code::INVALID_REQUEST,
+                "unsupported resource type".into(),
+            ))),
         }
     }
     run_commands_into(shard, commands, slots, &mut outcomes).await;
     outcomes
 }
 
-fn validated(pairs: impl IntoIterator<Item = (String, String)>) -> Result<BTreeMap<String, String>, (i16, String)> {
+fn validated(
+    pairs: impl IntoIterator<Item = (String, String)>,
+) -> Result<BTreeMap<String, String>, (i16, String)> {
     let mut out = BTreeMap::new();
     for (key, value) in pairs {
-        topic_config::validate(&key, &value).map_err(|e| (error_code::INVALID_CONFIG, e.to_string()))?;
+        topic_config::validate(&key, &value)
+            .map_err(|e| (error_code::INVALID_CONFIG, e.to_string()))?;
         out.insert(key, value);
     }
     Ok(out)
@@ -477,17 +629,29 @@ pub async fn alter_configs(ctx: &Ctx<'_>, request: AlterConfigsRequest) -> Outco
         .resources
         .iter()
         .map(|resource| {
-            let pairs = resource.configs.iter().filter_map(|c| c.value.as_ref().map(|v| (c.name.to_string(), v.to_string())));
-            (resource.resource_type, resource.resource_name.to_string(), validated(pairs))
+            let pairs = resource.configs.iter().filter_map(|c| {
+                c.value
+                    .as_ref()
+                    .map(|v| (c.name.to_string(), v.to_string()))
+            });
+            (
+                resource.resource_type,
+                resource.resource_name.to_string(),
+                validated(pairs),
+            )
         })
         .collect();
     let outcomes = set_topic_configs(ctx.shard, changes, request.validate_only).await;
     let mut response = AlterConfigsResponse::default();
-    response.responses = resource_results!(request.resources, outcomes, AlterConfigsResourceResponse);
+    response.responses =
+        resource_results!(request.resources, outcomes, AlterConfigsResourceResponse);
     ctx.respond(&response)
 }
 
-pub async fn incremental_alter_configs(ctx: &Ctx<'_>, request: IncrementalAlterConfigsRequest) -> Outcome {
+pub async fn incremental_alter_configs(
+    ctx: &Ctx<'_>,
+    request: IncrementalAlterConfigsRequest,
+) -> Outcome {
     const SET: i8 = 0;
     const DELETE: i8 = 1;
     let image = ctx.shard.image();
@@ -496,7 +660,10 @@ pub async fn incremental_alter_configs(ctx: &Ctx<'_>, request: IncrementalAlterC
         .iter()
         .map(|resource| {
             let name = resource.resource_name.to_string();
-            let mut configs = image.topic(&name).map(|meta| meta.configs.clone()).unwrap_or_default();
+            let mut configs = image
+                .topic(&name)
+                .map(|meta| meta.configs.clone())
+                .unwrap_or_default();
             let mut result = Ok(());
             for config in &resource.configs {
                 let key = config.name.to_string();
@@ -505,14 +672,24 @@ pub async fn incremental_alter_configs(ctx: &Ctx<'_>, request: IncrementalAlterC
                         Some(value) => {
                             configs.insert(key, value.to_string());
                         }
-                        None => result = Err((error_code::INVALID_REQUEST, format!("SET of '{key}' without a value"))),
+                        None => {
+                            result = Err((
+                                error_code::INVALID_REQUEST,
+                                format!("SET of '{key}' without a value"),
+                            ))
+                        }
                     },
                     DELETE => {
                         configs.remove(&key);
                     }
                     // APPEND and SUBTRACT apply to list-valued configs; the only list among
                     // the honoured keys is cleanup.policy, which accepts just "delete".
-                    op => result = Err((error_code::INVALID_CONFIG, format!("operation {op} is not supported for '{key}'"))),
+                    op => {
+                        result = Err((
+                            error_code::INVALID_CONFIG,
+                            format!("operation {op} is not supported for '{key}'"),
+                        ))
+                    }
                 }
             }
             let configs = result.and_then(|()| validated(configs));

@@ -31,7 +31,12 @@ pub fn handle(ctx: &Ctx<'_>) -> Outcome {
 /// A client asked for a newer ApiVersions than we speak: answer in v0 (which every client
 /// can read) with UNSUPPORTED_VERSION and our ranges, so it retries with a version we know.
 pub fn unsupported(correlation_id: i32) -> Outcome {
-    match encode_response(api::API_VERSIONS, 0, correlation_id, &body(error_code::UNSUPPORTED_VERSION)) {
+    match encode_response(
+        api::API_VERSIONS,
+        0,
+        correlation_id,
+        &body(error_code::UNSUPPORTED_VERSION),
+    ) {
         Ok(frame) => Outcome::frame(frame),
         Err(error) => Outcome::Close(format!("cannot encode ApiVersions: {error}")),
     }

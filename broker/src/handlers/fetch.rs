@@ -19,8 +19,8 @@ use tern_storage::ReadMode;
 
 use super::Ctx;
 use crate::connection::Outcome;
-use crate::limits;
 use crate::fetch_session::{Plan, SessionPartition};
+use crate::limits;
 use crate::shard::{Shard, TopicPartition};
 
 #[derive(Debug, Clone)]
@@ -42,7 +42,12 @@ struct Got {
 
 impl Got {
     fn error(error_code: i16) -> Got {
-        Got { error_code, high_watermark: -1, log_start_offset: -1, ..Got::default() }
+        Got {
+            error_code,
+            high_watermark: -1,
+            log_start_offset: -1,
+            ..Got::default()
+        }
     }
 }
 
@@ -65,17 +70,30 @@ pub async fn handle(ctx: &Ctx<'_>, request: FetchRequest) -> Outcome {
     let forgotten: Vec<(String, i32)> = request
         .forgotten_topics_data
         .iter()
-        .flat_map(|topic| topic.partitions.iter().map(move |p| (topic.topic.0.to_string(), *p)))
+        .flat_map(|topic| {
+            topic
+                .partitions
+                .iter()
+                .map(move |p| (topic.topic.0.to_string(), *p))
+        })
         .collect();
     // Sessions exist from Fetch v7; older clients always fetch in full.
     let plan = if ctx.version >= 7 {
-        shard.fetch_sessions.borrow_mut().plan(request.session_id, request.session_epoch, &requested, &forgotten)
+        shard.fetch_sessions.borrow_mut().plan(
+            request.session_id,
+            request.session_epoch,
+            &requested,
+            &forgotten,
+        )
     } else {
         Plan::Full { session_id: 0 }
     };
     let (session_id, partitions, incremental) = match plan {
         Plan::Full { session_id } => (session_id, requested, false),
-        Plan::Incremental { session_id, partitions } => (session_id, partitions, true),
+        Plan::Incremental {
+            session_id,
+            partitions,
+        } => (session_id, partitions, true),
         Plan::Error(code) => {
             let writer = FetchResponseWriter::new(ctx.version, ctx.correlation_id, code, 0, 0);
             return Outcome::Respond(writer.finish());
@@ -91,16 +109,25 @@ pub async fn handle(ctx: &Ctx<'_>, request: FetchRequest) -> Outcome {
             max_bytes: p.max_bytes,
         })
         .collect();
-    let wait = Duration::from_millis((request.max_wait_ms.max(0) as u64).min(limits::FETCH_WAIT_MS_MAX));
+    let wait =
+        Duration::from_millis((request.max_wait_ms.max(0) as u64).min(limits::FETCH_WAIT_MS_MAX));
     let deadline = Instant::now() + wait;
     let min_bytes = request.min_bytes.max(0) as usize;
-    let max_bytes = if request.max_bytes <= 0 { usize::MAX } else { request.max_bytes as usize };
+    let max_bytes = if request.max_bytes <= 0 {
+        usize::MAX
+    } else {
+        request.max_bytes as usize
+    };
 
     let mut got = read_all(shard, &wants).await;
     loop {
         let total: usize = got.iter().map(|g| g.len).sum();
         let any_error = got.iter().any(|g| g.error_code != error_code::NONE);
-        if total >= min_bytes.max(1) || any_error || Instant::now() >= deadline || shard.shutting_down.get() {
+        if total >= min_bytes.max(1)
+            || any_error
+            || Instant::now() >= deadline
+            || shard.shutting_down.get()
+        {
             break;
         }
         wait_for_data(shard, &wants, &got, deadline).await;
@@ -131,11 +158,19 @@ pub async fn handle(ctx: &Ctx<'_>, request: FetchRequest) -> Outcome {
     let mut runs: Vec<(usize, usize)> = Vec::new();
     for (index, (slot, _)) in chosen.iter().enumerate() {
         match runs.last_mut() {
-            Some((start, len)) if partitions[chosen[*start].0].topic == partitions[*slot].topic => *len += 1,
+            Some((start, len)) if partitions[chosen[*start].0].topic == partitions[*slot].topic => {
+                *len += 1
+            }
             _ => runs.push((index, 1)),
         }
     }
-    let mut writer = FetchResponseWriter::new(ctx.version, ctx.correlation_id, error_code::NONE, session_id, runs.len());
+    let mut writer = FetchResponseWriter::new(
+        ctx.version,
+        ctx.correlation_id,
+        error_code::NONE,
+        session_id,
+        runs.len(),
+    );
     let mut sessions = shard.fetch_sessions.borrow_mut();
     for (start, len) in runs {
         let topic = &partitions[chosen[start].0].topic;
@@ -152,14 +187,23 @@ pub async fn handle(ctx: &Ctx<'_>, request: FetchRequest) -> Outcome {
             };
             writer.partition(&header, if with_records { &result.chunks } else { &[] });
             if session_id != 0 {
-                sessions.told(session_id, &part.topic, part.partition, result.high_watermark, result.log_start_offset);
+                sessions.told(
+                    session_id,
+                    &part.topic,
+                    part.partition,
+                    result.high_watermark,
+                    result.log_start_offset,
+                );
             }
         }
         writer.end_topic();
     }
     drop(sessions);
     let referenced = writer.records_bytes() as u64;
-    shard.stats.fetch_bytes_referenced.set(shard.stats.fetch_bytes_referenced.get() + referenced);
+    shard
+        .stats
+        .fetch_bytes_referenced
+        .set(shard.stats.fetch_bytes_referenced.get() + referenced);
     Outcome::Respond(writer.finish())
 }
 
@@ -181,16 +225,27 @@ async fn read_all(shard: &Rc<Shard>, wants: &[Want]) -> Vec<Got> {
     });
     for (slots, outcome) in join_all(calls).await {
         match outcome {
-            Ok(reads) => reads.into_iter().for_each(|(slot, got)| results[slot] = Some(got)),
-            Err(_) => slots.into_iter().for_each(|slot| results[slot] = Some(Got::error(error_code::NOT_LEADER_OR_FOLLOWER))),
+            Ok(reads) => reads
+                .into_iter()
+                .for_each(|(slot, got)| results[slot] = Some(got)),
+            Err(_) => slots.into_iter().for_each(|slot| {
+                results[slot] = Some(Got::error(error_code::NOT_LEADER_OR_FOLLOWER))
+            }),
         }
     }
-    results.into_iter().map(|got| got.unwrap_or_else(|| Got::error(error_code::UNKNOWN_SERVER_ERROR))).collect()
+    results
+        .into_iter()
+        .map(|got| got.unwrap_or_else(|| Got::error(error_code::UNKNOWN_SERVER_ERROR)))
+        .collect()
 }
 
 async fn read_on_owner(shard: Rc<Shard>, wants: Vec<Want>, caller: usize) -> Vec<(usize, Got)> {
     // Cold data can stay in its DMA buffer only when the response is written on this thread.
-    let mode = if caller == shard.id { ReadMode::SameThread } else { ReadMode::CrossThread };
+    let mode = if caller == shard.id {
+        ReadMode::SameThread
+    } else {
+        ReadMode::CrossThread
+    };
     let mut out = Vec::with_capacity(wants.len());
     for want in wants {
         let Some(partition) = shard.partition(&want.tp) else {
@@ -199,7 +254,10 @@ async fn read_on_owner(shard: Rc<Shard>, wants: Vec<Want>, caller: usize) -> Vec
         };
         let log = &partition.log;
         let high_watermark = log.high_watermark();
-        let got = match log.read_with(Offset(want.offset), want.max_bytes, high_watermark, mode).await {
+        let got = match log
+            .read_with(Offset(want.offset), want.max_bytes, high_watermark, mode)
+            .await
+        {
             Ok(slice) => Got {
                 error_code: error_code::NONE,
                 high_watermark: high_watermark.0,
@@ -226,7 +284,10 @@ async fn wait_for_data(shard: &Rc<Shard>, wants: &[Want], got: &[Got], deadline:
         if let Some(owner) = shard.owner_of(&want.tp.topic, want.tp.partition) {
             // Wait for the high watermark to pass the end of what we already hold.
             let seen = want.offset.max(got.high_watermark);
-            by_shard.entry(owner).or_default().push((want.tp.clone(), seen));
+            by_shard
+                .entry(owner)
+                .or_default()
+                .push((want.tp.clone(), seen));
         }
     }
     if by_shard.is_empty() {
@@ -235,22 +296,30 @@ async fn wait_for_data(shard: &Rc<Shard>, wants: &[Want], got: &[Got], deadline:
     }
     let waits: Vec<_> = by_shard
         .into_iter()
-        .map(|(owner, items)| Box::pin(shard.invoke_on(owner, move |shard| wait_on_owner(shard, items, deadline))))
+        .map(|(owner, items)| {
+            Box::pin(shard.invoke_on(owner, move |shard| wait_on_owner(shard, items, deadline)))
+        })
         .collect();
-    let timer = Box::pin(glommio::timer::sleep(deadline.saturating_duration_since(Instant::now())));
+    let timer = Box::pin(glommio::timer::sleep(
+        deadline.saturating_duration_since(Instant::now()),
+    ));
     let _ = select(select_all(waits), timer).await;
 }
 
 async fn wait_on_owner(shard: Rc<Shard>, items: Vec<(TopicPartition, i64)>, deadline: Instant) {
     let mut receivers = Vec::with_capacity(items.len());
     for (tp, seen) in &items {
-        let Some(partition) = shard.partition(tp) else { return };
+        let Some(partition) = shard.partition(tp) else {
+            return;
+        };
         if partition.log.high_watermark().0 > *seen {
             return;
         }
         receivers.push(partition.wait_for_append());
     }
-    let timer = Box::pin(glommio::timer::sleep(deadline.saturating_duration_since(Instant::now())));
+    let timer = Box::pin(glommio::timer::sleep(
+        deadline.saturating_duration_since(Instant::now()),
+    ));
     match select(select_all(receivers), timer).await {
         Either::Left(_) | Either::Right(_) => {}
     }

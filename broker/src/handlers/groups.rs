@@ -13,18 +13,22 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 use futures::future::join_all;
+use kafka_protocol::messages::delete_groups_response::DeletableGroupResult;
 use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
 use kafka_protocol::messages::find_coordinator_response::Coordinator as CoordinatorAnswer;
 use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
 use kafka_protocol::messages::leave_group_response::MemberResponse;
 use kafka_protocol::messages::list_groups_response::ListedGroup;
-use kafka_protocol::messages::offset_commit_response::{OffsetCommitResponsePartition, OffsetCommitResponseTopic};
-use kafka_protocol::messages::offset_delete_response::{OffsetDeleteResponsePartition, OffsetDeleteResponseTopic};
-use kafka_protocol::messages::offset_fetch_response::{
-    OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions, OffsetFetchResponseTopic,
-    OffsetFetchResponseTopics,
+use kafka_protocol::messages::offset_commit_response::{
+    OffsetCommitResponsePartition, OffsetCommitResponseTopic,
 };
-use kafka_protocol::messages::delete_groups_response::DeletableGroupResult;
+use kafka_protocol::messages::offset_delete_response::{
+    OffsetDeleteResponsePartition, OffsetDeleteResponseTopic,
+};
+use kafka_protocol::messages::offset_fetch_response::{
+    OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions,
+    OffsetFetchResponseTopic, OffsetFetchResponseTopics,
+};
 use kafka_protocol::messages::*;
 use tern_protocol::error_code::{self, ErrorCode};
 use tern_replication::metadata::Command;
@@ -47,7 +51,10 @@ pub fn offsets_topic_command(partitions: i32) -> Command {
     let mut configs = BTreeMap::new();
     configs.insert("retention.ms".to_owned(), "-1".to_owned());
     configs.insert("retention.bytes".to_owned(), "-1".to_owned());
-    configs.insert("max.message.bytes".to_owned(), limits::OFFSETS_TOPIC_BATCH_BYTES_MAX.to_string());
+    configs.insert(
+        "max.message.bytes".to_owned(),
+        limits::OFFSETS_TOPIC_BATCH_BYTES_MAX.to_string(),
+    );
     configs.insert("segment.bytes".to_owned(), (100 * 1024 * 1024).to_string());
     Command::CreateTopic {
         name: OFFSETS_TOPIC.to_owned(),
@@ -63,7 +70,11 @@ fn valid_group_id(id: &str) -> bool {
 }
 
 /// Runs `work` on the coordinator shard of `group_id`, once its partition is loaded.
-async fn on_coordinator<R, F, Fut>(shard: &Rc<Shard>, group_id: &str, work: F) -> Result<R, ErrorCode>
+async fn on_coordinator<R, F, Fut>(
+    shard: &Rc<Shard>,
+    group_id: &str,
+    work: F,
+) -> Result<R, ErrorCode>
 where
     R: Send + 'static,
     F: FnOnce(Rc<Shard>) -> Fut + Send + 'static,
@@ -73,7 +84,9 @@ where
     let group_id = group_id.to_owned();
     shard
         .invoke_on(owner, move |shard| async move {
-            coordinator::ready(&shard, &group_id).await.map_err(|e| e.code())?;
+            coordinator::ready(&shard, &group_id)
+                .await
+                .map_err(|e| e.code())?;
             Ok(work(shard).await)
         })
         .await
@@ -83,7 +96,10 @@ where
 /// A member id for a newcomer: its instance id or client id, a dash, 16 random bytes in hex
 /// (Java uses a UUID the same way).
 fn fresh_member_id(prefix: &str) -> String {
-    let suffix: String = super::admin::random_bytes::<16>().iter().map(|b| format!("{b:02x}")).collect();
+    let suffix: String = super::admin::random_bytes::<16>()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     let prefix: String = prefix.chars().take(64).collect();
     format!("{prefix}-{suffix}")
 }
@@ -97,8 +113,14 @@ pub fn find_coordinator(ctx: &Ctx<'_>, request: FindCoordinatorRequest) -> Outco
                 Ok(_) => (error_code::NONE, None),
                 Err(error) => (error.code(), Some(error.to_string())),
             },
-            KEY_TYPE_TRANSACTION => (error_code::COORDINATOR_NOT_AVAILABLE, Some("transactions are not supported".into())),
-            other => (error_code::INVALID_REQUEST, Some(format!("unknown coordinator key type {other}"))),
+            KEY_TYPE_TRANSACTION => (
+                error_code::COORDINATOR_NOT_AVAILABLE,
+                Some("transactions are not supported".into()),
+            ),
+            other => (
+                error_code::INVALID_REQUEST,
+                Some(format!("unknown coordinator key type {other}")),
+            ),
         }
     };
     let mut response = FindCoordinatorResponse::default();
@@ -156,24 +178,39 @@ pub async fn join_group(ctx: &Ctx<'_>, request: JoinGroupRequest) -> Outcome {
     if !valid_group_id(&group_id) {
         return join_error(ctx, error_code::INVALID_GROUP_ID, &member_id);
     }
-    if !(limits::GROUP_SESSION_TIMEOUT_MS_MIN..=limits::GROUP_SESSION_TIMEOUT_MS_MAX).contains(&request.session_timeout_ms) {
+    if !(limits::GROUP_SESSION_TIMEOUT_MS_MIN..=limits::GROUP_SESSION_TIMEOUT_MS_MAX)
+        .contains(&request.session_timeout_ms)
+    {
         return join_error(ctx, error_code::INVALID_SESSION_TIMEOUT, &member_id);
     }
     if member_id.len() > limits::GROUP_ID_BYTES_MAX + 64 {
         return join_error(ctx, error_code::UNKNOWN_MEMBER_ID, "");
     }
     let instance_id = request.group_instance_id.as_ref().map(|i| i.to_string());
-    let metadata_bytes: usize = request.protocols.iter().map(|p| p.metadata.len() + p.name.len()).sum();
+    let metadata_bytes: usize = request
+        .protocols
+        .iter()
+        .map(|p| p.metadata.len() + p.name.len())
+        .sum();
     if request.protocols.len() > limits::GROUP_PROTOCOLS_PER_JOIN_MAX
         || metadata_bytes > limits::GROUP_MEMBER_METADATA_BYTES_MAX
-        || instance_id.as_ref().is_some_and(|i| i.is_empty() || i.len() > limits::GROUP_ID_BYTES_MAX)
+        || instance_id
+            .as_ref()
+            .is_some_and(|i| i.is_empty() || i.len() > limits::GROUP_ID_BYTES_MAX)
         || request.protocol_type.len() > limits::GROUP_ID_BYTES_MAX
-        || request.protocols.iter().any(|p| p.name.len() > limits::GROUP_ID_BYTES_MAX)
+        || request
+            .protocols
+            .iter()
+            .any(|p| p.name.len() > limits::GROUP_ID_BYTES_MAX)
     {
         // Java has no such bound; a subscription this large is not a real consumer's.
         return join_error(ctx, error_code::INVALID_REQUEST, &member_id);
     }
-    let rebalance_timeout_ms = if ctx.version == 0 { request.session_timeout_ms } else { request.rebalance_timeout_ms };
+    let rebalance_timeout_ms = if ctx.version == 0 {
+        request.session_timeout_ms
+    } else {
+        request.rebalance_timeout_ms
+    };
     let input = JoinInput {
         member_id: member_id.clone(),
         fresh_member_id: fresh_member_id(instance_id.as_deref().unwrap_or(&ctx.client_id)),
@@ -182,13 +219,25 @@ pub async fn join_group(ctx: &Ctx<'_>, request: JoinGroupRequest) -> Outcome {
         client_host: ctx.client_host(),
         session_timeout_ms: request.session_timeout_ms,
         // A client that sends no rebalance timeout gets its session timeout, as in Java.
-        rebalance_timeout_ms: if rebalance_timeout_ms > 0 { rebalance_timeout_ms } else { request.session_timeout_ms },
+        rebalance_timeout_ms: if rebalance_timeout_ms > 0 {
+            rebalance_timeout_ms
+        } else {
+            request.session_timeout_ms
+        },
         protocol_type: request.protocol_type.to_string(),
-        protocols: request.protocols.iter().map(|p| (p.name.to_string(), p.metadata.clone())).collect(),
+        protocols: request
+            .protocols
+            .iter()
+            .map(|p| (p.name.to_string(), p.metadata.clone()))
+            .collect(),
         require_known_member_id: ctx.version >= 4,
     };
     let gid = group_id.clone();
-    let result = match on_coordinator(ctx.shard, &group_id, move |shard| async move { coordinator::join(&shard, &gid, input).await }).await {
+    let result = match on_coordinator(ctx.shard, &group_id, move |shard| async move {
+        coordinator::join(&shard, &gid, input).await
+    })
+    .await
+    {
         Ok(result) => result,
         Err(error) => return join_error(ctx, error, &member_id),
     };
@@ -229,7 +278,10 @@ pub async fn sync_group(ctx: &Ctx<'_>, request: SyncGroupRequest) -> Outcome {
         return sync_error(ctx, error_code::INVALID_GROUP_ID);
     }
     if request.assignments.len() > limits::GROUP_MEMBERS_MAX
-        || request.assignments.iter().any(|a| a.assignment.len() > limits::GROUP_MEMBER_ASSIGNMENT_BYTES_MAX)
+        || request
+            .assignments
+            .iter()
+            .any(|a| a.assignment.len() > limits::GROUP_MEMBER_ASSIGNMENT_BYTES_MAX)
     {
         return sync_error(ctx, error_code::INVALID_REQUEST);
     }
@@ -239,10 +291,18 @@ pub async fn sync_group(ctx: &Ctx<'_>, request: SyncGroupRequest) -> Outcome {
         generation: request.generation_id,
         protocol_type: request.protocol_type.as_ref().map(|t| t.to_string()),
         protocol_name: request.protocol_name.as_ref().map(|t| t.to_string()),
-        assignments: request.assignments.iter().map(|a| (a.member_id.to_string(), a.assignment.clone())).collect(),
+        assignments: request
+            .assignments
+            .iter()
+            .map(|a| (a.member_id.to_string(), a.assignment.clone()))
+            .collect(),
     };
     let gid = group_id.clone();
-    let result = match on_coordinator(ctx.shard, &group_id, move |shard| async move { coordinator::sync(&shard, &gid, input).await }).await {
+    let result = match on_coordinator(ctx.shard, &group_id, move |shard| async move {
+        coordinator::sync(&shard, &gid, input).await
+    })
+    .await
+    {
         Ok(result) => result,
         Err(error) => return sync_error(ctx, error),
     };
@@ -277,7 +337,16 @@ pub async fn heartbeat(ctx: &Ctx<'_>, request: HeartbeatRequest) -> Outcome {
 pub async fn leave_group(ctx: &Ctx<'_>, request: LeaveGroupRequest) -> Outcome {
     let group_id = request.group_id.0.to_string();
     let members: Vec<(String, Option<String>)> = if ctx.version >= 3 {
-        request.members.iter().map(|m| (m.member_id.to_string(), m.group_instance_id.as_ref().map(|i| i.to_string()))).collect()
+        request
+            .members
+            .iter()
+            .map(|m| {
+                (
+                    m.member_id.to_string(),
+                    m.group_instance_id.as_ref().map(|i| i.to_string()),
+                )
+            })
+            .collect()
     } else {
         vec![(request.member_id.to_string(), None)]
     };
@@ -288,7 +357,10 @@ pub async fn leave_group(ctx: &Ctx<'_>, request: LeaveGroupRequest) -> Outcome {
     } else {
         let gid = group_id.clone();
         let list = members.clone();
-        on_coordinator(ctx.shard, &group_id, move |shard| async move { coordinator::leave(&shard, &gid, list).await }).await
+        on_coordinator(ctx.shard, &group_id, move |shard| async move {
+            coordinator::leave(&shard, &gid, list).await
+        })
+        .await
     };
     let mut response = LeaveGroupResponse::default();
     match outcome {
@@ -325,8 +397,15 @@ pub async fn offset_commit(ctx: &Ctx<'_>, request: OffsetCommitRequest) -> Outco
         let name = topic.name.0.to_string();
         let known = image.topic(&name);
         for partition in &topic.partitions {
-            let metadata = partition.committed_metadata.as_ref().map(|m| m.to_string()).unwrap_or_default();
-            if !known.is_some_and(|t| partition.partition_index >= 0 && (partition.partition_index as usize) < t.partitions.len()) {
+            let metadata = partition
+                .committed_metadata
+                .as_ref()
+                .map(|m| m.to_string())
+                .unwrap_or_default();
+            if !known.is_some_and(|t| {
+                partition.partition_index >= 0
+                    && (partition.partition_index as usize) < t.partitions.len()
+            }) {
                 slots.push(Err(error_code::UNKNOWN_TOPIC_OR_PARTITION));
             } else if metadata.len() > limits::OFFSET_METADATA_BYTES_MAX {
                 slots.push(Err(error_code::OFFSET_METADATA_TOO_LARGE));
@@ -337,7 +416,11 @@ pub async fn offset_commit(ctx: &Ctx<'_>, request: OffsetCommitRequest) -> Outco
                     partition: partition.partition_index,
                     offset: CommittedOffset {
                         offset: partition.committed_offset,
-                        leader_epoch: if ctx.version >= 6 { partition.committed_leader_epoch } else { -1 },
+                        leader_epoch: if ctx.version >= 6 {
+                            partition.committed_leader_epoch
+                        } else {
+                            -1
+                        },
                         metadata,
                         commit_timestamp_ms: now,
                     },
@@ -355,7 +438,15 @@ pub async fn offset_commit(ctx: &Ctx<'_>, request: OffsetCommitRequest) -> Outco
         let instance_id = request.group_instance_id.as_ref().map(|i| i.to_string());
         let generation = request.generation_id_or_member_epoch;
         on_coordinator(ctx.shard, &group_id, move |shard| async move {
-            coordinator::commit(&shard, &gid, &member_id, instance_id.as_deref(), generation, offsets).await
+            coordinator::commit(
+                &shard,
+                &gid,
+                &member_id,
+                instance_id.as_deref(),
+                generation,
+                offsets,
+            )
+            .await
         })
         .await
         .and_then(|inner| inner)
@@ -377,7 +468,10 @@ pub async fn offset_commit(ctx: &Ctx<'_>, request: OffsetCommitRequest) -> Outco
                     answer.error_code = match (slots.next(), &outcome) {
                         (Some(Err(local)), _) => local,
                         (Some(Ok(_)), Err(group_error)) => *group_error,
-                        (Some(Ok(index)), Ok(errors)) => errors.get(index).copied().unwrap_or(error_code::UNKNOWN_SERVER_ERROR),
+                        (Some(Ok(index)), Ok(errors)) => errors
+                            .get(index)
+                            .copied()
+                            .unwrap_or(error_code::UNKNOWN_SERVER_ERROR),
                         (None, _) => error_code::UNKNOWN_SERVER_ERROR,
                     };
                     answer
@@ -422,16 +516,26 @@ async fn fetch_offsets(shard: &Rc<Shard>, queries: Vec<FetchQuery>) -> Vec<Fetch
                     None => groups
                         .all_committed(&group_id)
                         .into_iter()
-                        .map(|((topic, partition), c)| (topic, partition, c.offset, c.leader_epoch, c.metadata))
+                        .map(|((topic, partition), c)| {
+                            (topic, partition, c.offset, c.leader_epoch, c.metadata)
+                        })
                         .collect(),
                     Some(topics) => topics
                         .into_iter()
                         .flat_map(|(topic, partitions)| {
                             partitions
                                 .into_iter()
-                                .map(|partition| match groups.committed(&group_id, &topic, partition) {
-                                    Some(c) => (topic.clone(), partition, c.offset, c.leader_epoch, c.metadata.clone()),
-                                    None => (topic.clone(), partition, -1, -1, String::new()),
+                                .map(|partition| {
+                                    match groups.committed(&group_id, &topic, partition) {
+                                        Some(c) => (
+                                            topic.clone(),
+                                            partition,
+                                            c.offset,
+                                            c.leader_epoch,
+                                            c.metadata.clone(),
+                                        ),
+                                        None => (topic.clone(), partition, -1, -1, String::new()),
+                                    }
                                 })
                                 .collect::<Vec<_>>()
                         })
@@ -445,15 +549,21 @@ async fn fetch_offsets(shard: &Rc<Shard>, queries: Vec<FetchQuery>) -> Vec<Fetch
     });
     for (slots, result) in join_all(calls).await {
         match result {
-            Ok(items) => items.into_iter().for_each(|(slot, answer)| answers[slot] = answer),
-            Err(_) => slots.into_iter().for_each(|slot| answers[slot] = Err(error_code::COORDINATOR_NOT_AVAILABLE)),
+            Ok(items) => items
+                .into_iter()
+                .for_each(|(slot, answer)| answers[slot] = answer),
+            Err(_) => slots
+                .into_iter()
+                .for_each(|slot| answers[slot] = Err(error_code::COORDINATOR_NOT_AVAILABLE)),
         }
     }
     answers
 }
 
 /// Groups (topic, partition, ...) rows by topic, keeping first-seen topic order.
-fn by_topic(rows: Vec<(String, i32, i64, i32, String)>) -> Vec<(String, Vec<(i32, i64, i32, String)>)> {
+fn by_topic(
+    rows: Vec<(String, i32, i64, i32, String)>,
+) -> Vec<(String, Vec<(i32, i64, i32, String)>)> {
     let mut out: Vec<(String, Vec<(i32, i64, i32, String)>)> = Vec::new();
     for (topic, partition, offset, epoch, metadata) in rows {
         match out.iter_mut().find(|(t, _)| *t == topic) {
@@ -471,7 +581,11 @@ pub async fn offset_fetch(ctx: &Ctx<'_>, request: OffsetFetchRequest) -> Outcome
             .groups
             .iter()
             .map(|g| {
-                let topics = g.topics.as_ref().map(|ts| ts.iter().map(|t| (t.name.0.to_string(), t.partition_indexes.clone())).collect());
+                let topics = g.topics.as_ref().map(|ts| {
+                    ts.iter()
+                        .map(|t| (t.name.0.to_string(), t.partition_indexes.clone()))
+                        .collect()
+                });
                 (g.group_id.0.to_string(), topics)
             })
             .collect();
@@ -511,9 +625,17 @@ pub async fn offset_fetch(ctx: &Ctx<'_>, request: OffsetFetchRequest) -> Outcome
             })
             .collect();
     } else {
-        let topics = request.topics.as_ref().map(|ts| ts.iter().map(|t| (t.name.0.to_string(), t.partition_indexes.clone())).collect());
-        let mut answers = fetch_offsets(ctx.shard, vec![(request.group_id.0.to_string(), topics)]).await;
-        match answers.pop().unwrap_or(Err(error_code::UNKNOWN_SERVER_ERROR)) {
+        let topics = request.topics.as_ref().map(|ts| {
+            ts.iter()
+                .map(|t| (t.name.0.to_string(), t.partition_indexes.clone()))
+                .collect()
+        });
+        let mut answers =
+            fetch_offsets(ctx.shard, vec![(request.group_id.0.to_string(), topics)]).await;
+        match answers
+            .pop()
+            .unwrap_or(Err(error_code::UNKNOWN_SERVER_ERROR))
+        {
             Err(error) => {
                 response.error_code = error;
                 // Before v2 there is no top-level error: each requested partition carries it.
@@ -570,7 +692,12 @@ pub async fn offset_fetch(ctx: &Ctx<'_>, request: OffsetFetchRequest) -> Outcome
 
 /// Runs `work` once per coordinator shard with the group ids it owns; returns one answer per
 /// id, in order. Ids that cannot be routed get `unroutable(error)`.
-async fn per_group<T, F, Fut>(shard: &Rc<Shard>, ids: Vec<String>, unroutable: fn(ErrorCode) -> T, work: F) -> Vec<T>
+async fn per_group<T, F, Fut>(
+    shard: &Rc<Shard>,
+    ids: Vec<String>,
+    unroutable: fn(ErrorCode) -> T,
+    work: F,
+) -> Vec<T>
 where
     T: Send + Clone + 'static,
     F: Fn(Rc<Shard>, Vec<String>) -> Fut + Send + Clone + 'static,
@@ -619,10 +746,15 @@ where
                     answers[slot] = Some(answer.unwrap_or_else(unroutable));
                 }
             }
-            Err(_) => slots.into_iter().for_each(|slot| answers[slot] = Some(unroutable(error_code::COORDINATOR_NOT_AVAILABLE))),
+            Err(_) => slots.into_iter().for_each(|slot| {
+                answers[slot] = Some(unroutable(error_code::COORDINATOR_NOT_AVAILABLE))
+            }),
         }
     }
-    answers.into_iter().map(|a| a.unwrap_or_else(|| unroutable(error_code::UNKNOWN_SERVER_ERROR))).collect()
+    answers
+        .into_iter()
+        .map(|a| a.unwrap_or_else(|| unroutable(error_code::UNKNOWN_SERVER_ERROR)))
+        .collect()
 }
 
 fn describe_one(shard: &Rc<Shard>, id: &str, version: i16) -> DescribedGroup {
@@ -651,8 +783,12 @@ fn describe_one(shard: &Rc<Shard>, id: &str, version: i16) -> DescribedGroup {
             member.client_id = str_bytes(&m.client_id);
             member.client_host = str_bytes(&m.client_host);
             if stable {
-                member.member_metadata =
-                    m.protocols.iter().find(|(n, _)| *n == protocol).map(|(_, b)| b.clone()).unwrap_or_else(Bytes::new);
+                member.member_metadata = m
+                    .protocols
+                    .iter()
+                    .find(|(n, _)| *n == protocol)
+                    .map(|(_, b)| b.clone())
+                    .unwrap_or_else(Bytes::new);
                 member.member_assignment = m.assignment.clone();
             }
             member
@@ -669,9 +805,16 @@ pub async fn describe_groups(ctx: &Ctx<'_>, request: DescribeGroupsRequest) -> O
         out.error_code = error;
         out
     };
-    let mut described = per_group(ctx.shard, ids.clone(), unroutable, move |shard, ids: Vec<String>| async move {
-        ids.iter().map(|id| describe_one(&shard, id, version)).collect()
-    })
+    let mut described = per_group(
+        ctx.shard,
+        ids.clone(),
+        unroutable,
+        move |shard, ids: Vec<String>| async move {
+            ids.iter()
+                .map(|id| describe_one(&shard, id, version))
+                .collect()
+        },
+    )
     .await;
     for (group, id) in described.iter_mut().zip(&ids) {
         group.group_id = GroupId(str_bytes(id));
@@ -682,28 +825,42 @@ pub async fn describe_groups(ctx: &Ctx<'_>, request: DescribeGroupsRequest) -> O
 }
 
 pub async fn list_groups(ctx: &Ctx<'_>, request: ListGroupsRequest) -> Outcome {
-    let wanted: Vec<String> = request.states_filter.iter().map(|s| s.to_lowercase()).collect();
+    let wanted: Vec<String> = request
+        .states_filter
+        .iter()
+        .map(|s| s.to_lowercase())
+        .collect();
     let calls = (0..ctx.shard.count).map(|target| {
         let wanted = wanted.clone();
         ctx.shard.invoke_on(target, move |shard| async move {
             coordinator::groups_of(&shard)
                 .iter()
                 .filter(|g| wanted.is_empty() || wanted.contains(&g.state.name().to_lowercase()))
-                .map(|g| (g.id.clone(), g.protocol_type.clone().unwrap_or_default(), g.state.name()))
+                .map(|g| {
+                    (
+                        g.id.clone(),
+                        g.protocol_type.clone().unwrap_or_default(),
+                        g.state.name(),
+                    )
+                })
                 .collect::<Vec<_>>()
         })
     });
     let mut response = ListGroupsResponse::default();
     for listed in join_all(calls).await {
         match listed {
-            Ok(groups) => response.groups.extend(groups.into_iter().map(|(id, protocol_type, state)| {
-                let mut out = ListedGroup::default();
-                out.group_id = GroupId(str_bytes(&id));
-                out.protocol_type = str_bytes(&protocol_type);
-                out.group_state = str_bytes(state);
-                out.group_type = str_bytes("classic");
-                out
-            })),
+            Ok(groups) => {
+                response
+                    .groups
+                    .extend(groups.into_iter().map(|(id, protocol_type, state)| {
+                        let mut out = ListedGroup::default();
+                        out.group_id = GroupId(str_bytes(&id));
+                        out.protocol_type = str_bytes(&protocol_type);
+                        out.group_state = str_bytes(state);
+                        out.group_type = str_bytes("classic");
+                        out
+                    }))
+            }
             Err(_) => response.error_code = error_code::COORDINATOR_NOT_AVAILABLE,
         }
     }
@@ -711,10 +868,17 @@ pub async fn list_groups(ctx: &Ctx<'_>, request: ListGroupsRequest) -> Outcome {
 }
 
 pub async fn delete_groups(ctx: &Ctx<'_>, request: DeleteGroupsRequest) -> Outcome {
-    let ids: Vec<String> = request.groups_names.iter().map(|g| g.0.to_string()).collect();
-    let errors = per_group(ctx.shard, ids, |error| error, |shard, ids: Vec<String>| async move {
-        coordinator::delete_groups(&shard, ids).await
-    })
+    let ids: Vec<String> = request
+        .groups_names
+        .iter()
+        .map(|g| g.0.to_string())
+        .collect();
+    let errors = per_group(
+        ctx.shard,
+        ids,
+        |error| error,
+        |shard, ids: Vec<String>| async move { coordinator::delete_groups(&shard, ids).await },
+    )
     .await;
     let mut response = DeleteGroupsResponse::default();
     response.results = request
@@ -736,16 +900,22 @@ pub async fn offset_delete(ctx: &Ctx<'_>, request: OffsetDeleteRequest) -> Outco
     let partitions: Vec<(String, i32)> = request
         .topics
         .iter()
-        .flat_map(|t| t.partitions.iter().map(move |p| (t.name.0.to_string(), p.partition_index)))
+        .flat_map(|t| {
+            t.partitions
+                .iter()
+                .map(move |p| (t.name.0.to_string(), p.partition_index))
+        })
         .collect();
     let outcome = if !valid_group_id(&group_id) {
         Err(error_code::INVALID_GROUP_ID)
     } else {
         let gid = group_id.clone();
         let list = partitions.clone();
-        on_coordinator(ctx.shard, &group_id, move |shard| async move { coordinator::delete_offsets(&shard, &gid, list).await })
-            .await
-            .and_then(|inner| inner)
+        on_coordinator(ctx.shard, &group_id, move |shard| async move {
+            coordinator::delete_offsets(&shard, &gid, list).await
+        })
+        .await
+        .and_then(|inner| inner)
     };
     let mut response = OffsetDeleteResponse::default();
     match outcome {
@@ -764,7 +934,8 @@ pub async fn offset_delete(ctx: &Ctx<'_>, request: OffsetDeleteRequest) -> Outco
                         .map(|p| {
                             let mut answer = OffsetDeleteResponsePartition::default();
                             answer.partition_index = p.partition_index;
-                            answer.error_code = errors.next().unwrap_or(error_code::UNKNOWN_SERVER_ERROR);
+                            answer.error_code =
+                                errors.next().unwrap_or(error_code::UNKNOWN_SERVER_ERROR);
                             answer
                         })
                         .collect();

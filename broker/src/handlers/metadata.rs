@@ -3,7 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use kafka_protocol::messages::metadata_response::{MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic};
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
 use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, TopicName};
 use tern_protocol::error_code;
 use tern_replication::metadata::TopicMeta;
@@ -19,8 +21,12 @@ pub fn topic_id(meta: &TopicMeta) -> uuid::Uuid {
 pub async fn handle(ctx: &Ctx<'_>, request: MetadataRequest) -> Outcome {
     let shard = ctx.shard;
     let node_id = shard.config.node_id;
-    let requested: Option<Vec<String>> =
-        request.topics.map(|topics| topics.into_iter().filter_map(|topic| topic.name.map(|name| name.0.to_string())).collect());
+    let requested: Option<Vec<String>> = request.topics.map(|topics| {
+        topics
+            .into_iter()
+            .filter_map(|topic| topic.name.map(|name| name.0.to_string()))
+            .collect()
+    });
 
     // Create what is missing first, so the answer below already shows it.
     if let Some(names) = &requested {
@@ -34,7 +40,10 @@ pub async fn handle(ctx: &Ctx<'_>, request: MetadataRequest) -> Outcome {
                 configs: BTreeMap::new(),
             })
             .collect();
-        if !missing.is_empty() && request.allow_auto_topic_creation && shard.config.auto_create_topics {
+        if !missing.is_empty()
+            && request.allow_auto_topic_creation
+            && shard.config.auto_create_topics
+        {
             // Races with another client creating the same topic are fine: TOPIC_ALREADY_EXISTS
             // just means it is there.
             let _ = create_topics_via_controller(shard, missing).await;

@@ -14,8 +14,8 @@ mod groups;
 pub use groups::offsets_topic_command;
 mod metadata;
 mod offsets;
-mod producer_id;
 mod produce;
+mod producer_id;
 pub use produce::now_ms;
 
 use std::rc::Rc;
@@ -70,24 +70,56 @@ pub fn str_bytes(value: &str) -> StrBytes {
 
 /// Serves one request frame (size prefix already removed). `_permit` holds this request's
 /// share of the connection's byte budget until the response is built.
-pub async fn handle(shard: Rc<Shard>, request: BytesMut, peer: Option<std::net::SocketAddr>, _permit: StaticPermit) -> Outcome {
+pub async fn handle(
+    shard: Rc<Shard>,
+    request: BytesMut,
+    peer: Option<std::net::SocketAddr>,
+    _permit: StaticPermit,
+) -> Outcome {
     let parsed = match frame::parse_header(&request) {
         Ok(parsed) => parsed,
-        Err(HeaderError::UnsupportedVersion { api_key, api_version, correlation_id, name })
-            if api_key == api::API_VERSIONS =>
-        {
-            tracing::debug!(api_version, name, "ApiVersions with a newer version; answering v0 with UNSUPPORTED_VERSION");
+        Err(HeaderError::UnsupportedVersion {
+            api_key,
+            api_version,
+            correlation_id,
+            name,
+        }) if api_key == api::API_VERSIONS => {
+            tracing::debug!(
+                api_version,
+                name,
+                "ApiVersions with a newer version; answering v0 with UNSUPPORTED_VERSION"
+            );
             return api_versions::unsupported(correlation_id);
         }
         Err(error) => {
-            shard.stats.malformed_requests.set(shard.stats.malformed_requests.get() + 1);
+            shard
+                .stats
+                .malformed_requests
+                .set(shard.stats.malformed_requests.get() + 1);
             return Outcome::Close(error.to_string());
         }
     };
-    let ParsedHeader { header, spec, body_start } = parsed;
-    let (api_key, api_version, correlation_id) = (header.api_key, header.api_version, header.correlation_id);
-    let client_id: String = header.client_id.unwrap_or_default().chars().take(crate::limits::GROUP_ID_BYTES_MAX).collect();
-    let ctx = Ctx { shard: &shard, api_key, version: api_version, correlation_id, client_id, peer };
+    let ParsedHeader {
+        header,
+        spec,
+        body_start,
+    } = parsed;
+    let (api_key, api_version, correlation_id) =
+        (header.api_key, header.api_version, header.correlation_id);
+    let client_id: String = header
+        .client_id
+        .unwrap_or_default()
+        .chars()
+        .take(crate::limits::GROUP_ID_BYTES_MAX)
+        .collect();
+    let ctx = Ctx {
+        shard: &shard,
+        api_key,
+        version: api_version,
+        correlation_id,
+        client_id,
+        peer,
+    };
     if api_key == api::PRODUCE {
         let mut request = request;
         let body = request.split_off(body_start);
@@ -99,8 +131,14 @@ pub async fn handle(shard: Rc<Shard>, request: BytesMut, peer: Option<std::net::
             match decode_body::<$ty>(spec, api_version, body) {
                 Ok(request) => request,
                 Err(error) => {
-                    shard.stats.malformed_requests.set(shard.stats.malformed_requests.get() + 1);
-                    return Outcome::Close(format!("malformed {} v{}: {error}", spec.name, api_version));
+                    shard
+                        .stats
+                        .malformed_requests
+                        .set(shard.stats.malformed_requests.get() + 1);
+                    return Outcome::Close(format!(
+                        "malformed {} v{}: {error}",
+                        spec.name, api_version
+                    ));
                 }
             }
         };
@@ -116,14 +154,18 @@ pub async fn handle(shard: Rc<Shard>, request: BytesMut, peer: Option<std::net::
         api::DELETE_RECORDS => offsets::delete_records(&ctx, decode!(DeleteRecordsRequest)).await,
         api::CREATE_TOPICS => admin::create_topics(&ctx, decode!(CreateTopicsRequest)).await,
         api::DELETE_TOPICS => admin::delete_topics(&ctx, decode!(DeleteTopicsRequest)).await,
-        api::CREATE_PARTITIONS => admin::create_partitions(&ctx, decode!(CreatePartitionsRequest)).await,
+        api::CREATE_PARTITIONS => {
+            admin::create_partitions(&ctx, decode!(CreatePartitionsRequest)).await
+        }
         api::DESCRIBE_CONFIGS => admin::describe_configs(&ctx, decode!(DescribeConfigsRequest)),
         api::ALTER_CONFIGS => admin::alter_configs(&ctx, decode!(AlterConfigsRequest)).await,
         api::INCREMENTAL_ALTER_CONFIGS => {
             admin::incremental_alter_configs(&ctx, decode!(IncrementalAlterConfigsRequest)).await
         }
         api::DESCRIBE_CLUSTER => admin::describe_cluster(&ctx, decode!(DescribeClusterRequest)),
-        api::INIT_PRODUCER_ID => producer_id::init_producer_id(&ctx, decode!(InitProducerIdRequest)).await,
+        api::INIT_PRODUCER_ID => {
+            producer_id::init_producer_id(&ctx, decode!(InitProducerIdRequest)).await
+        }
         api::FIND_COORDINATOR => groups::find_coordinator(&ctx, decode!(FindCoordinatorRequest)),
         api::JOIN_GROUP => groups::join_group(&ctx, decode!(JoinGroupRequest)).await,
         api::SYNC_GROUP => groups::sync_group(&ctx, decode!(SyncGroupRequest)).await,
@@ -138,4 +180,3 @@ pub async fn handle(shard: Rc<Shard>, request: BytesMut, peer: Option<std::net::
         other => Outcome::Close(format!("api key {other} is advertised but has no handler")),
     }
 }
-

@@ -5,9 +5,15 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use futures::future::join_all;
-use kafka_protocol::messages::delete_records_response::{DeleteRecordsPartitionResult, DeleteRecordsTopicResult};
-use kafka_protocol::messages::list_offsets_response::{ListOffsetsPartitionResponse, ListOffsetsTopicResponse};
-use kafka_protocol::messages::{DeleteRecordsRequest, DeleteRecordsResponse, ListOffsetsRequest, ListOffsetsResponse};
+use kafka_protocol::messages::delete_records_response::{
+    DeleteRecordsPartitionResult, DeleteRecordsTopicResult,
+};
+use kafka_protocol::messages::list_offsets_response::{
+    ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
+};
+use kafka_protocol::messages::{
+    DeleteRecordsRequest, DeleteRecordsResponse, ListOffsetsRequest, ListOffsetsResponse,
+};
 use tern_protocol::error_code;
 use tern_protocol::types::{Offset, TimestampMs};
 
@@ -23,7 +29,11 @@ const MAX_TIMESTAMP: i64 = -3;
 type Answer = (i16, i64, i64);
 
 /// Sends one closure per owner shard for all its partitions and gathers answers by slot.
-async fn per_owner<F, Fut>(shard: &Rc<Shard>, items: Vec<(TopicPartition, i64)>, work: F) -> Vec<Answer>
+async fn per_owner<F, Fut>(
+    shard: &Rc<Shard>,
+    items: Vec<(TopicPartition, i64)>,
+    work: F,
+) -> Vec<Answer>
 where
     F: Fn(Rc<Shard>, TopicPartition, i64) -> Fut + Send + Clone + 'static,
     Fut: std::future::Future<Output = Answer> + 'static,
@@ -32,7 +42,10 @@ where
     let mut by_shard: BTreeMap<usize, Vec<(usize, TopicPartition, i64)>> = BTreeMap::new();
     for (slot, (tp, argument)) in items.into_iter().enumerate() {
         if let Some(owner) = shard.owner_of(&tp.topic, tp.partition) {
-            by_shard.entry(owner).or_default().push((slot, tp, argument));
+            by_shard
+                .entry(owner)
+                .or_default()
+                .push((slot, tp, argument));
         }
     }
     let calls = by_shard.into_iter().map(|(owner, group)| {
@@ -54,7 +67,9 @@ where
 }
 
 async fn list_one(shard: Rc<Shard>, tp: TopicPartition, timestamp: i64) -> Answer {
-    let Some(partition) = shard.partition(&tp) else { return (error_code::NOT_LEADER_OR_FOLLOWER, -1, -1) };
+    let Some(partition) = shard.partition(&tp) else {
+        return (error_code::NOT_LEADER_OR_FOLLOWER, -1, -1);
+    };
     let log = &partition.log;
     match timestamp {
         LATEST => (error_code::NONE, -1, log.high_watermark().0),
@@ -79,7 +94,12 @@ pub async fn list_offsets(ctx: &Ctx<'_>, request: ListOffsetsRequest) -> Outcome
         .topics
         .iter()
         .flat_map(|topic| {
-            topic.partitions.iter().map(move |p| (TopicPartition::new(topic.name.0.to_string(), p.partition_index), p.timestamp))
+            topic.partitions.iter().map(move |p| {
+                (
+                    TopicPartition::new(topic.name.0.to_string(), p.partition_index),
+                    p.timestamp,
+                )
+            })
         })
         .collect();
     let mut answers = per_owner(ctx.shard, items, list_one).await.into_iter();
@@ -94,7 +114,10 @@ pub async fn list_offsets(ctx: &Ctx<'_>, request: ListOffsetsRequest) -> Outcome
                 .partitions
                 .iter()
                 .map(|p| {
-                    let (error, timestamp, offset) = answers.next().unwrap_or((error_code::UNKNOWN_SERVER_ERROR, -1, -1));
+                    let (error, timestamp, offset) =
+                        answers
+                            .next()
+                            .unwrap_or((error_code::UNKNOWN_SERVER_ERROR, -1, -1));
                     let mut answer = ListOffsetsPartitionResponse::default();
                     answer.partition_index = p.partition_index;
                     answer.error_code = error;
@@ -114,10 +137,16 @@ pub async fn list_offsets(ctx: &Ctx<'_>, request: ListOffsetsRequest) -> Outcome
 }
 
 async fn delete_one(shard: Rc<Shard>, tp: TopicPartition, before: i64) -> Answer {
-    let Some(partition) = shard.partition(&tp) else { return (error_code::NOT_LEADER_OR_FOLLOWER, -1, -1) };
+    let Some(partition) = shard.partition(&tp) else {
+        return (error_code::NOT_LEADER_OR_FOLLOWER, -1, -1);
+    };
     let log = &partition.log;
     // -1 means "up to the high watermark".
-    let before = if before == -1 { log.high_watermark().0 } else { before };
+    let before = if before == -1 {
+        log.high_watermark().0
+    } else {
+        before
+    };
     if before < 0 || before > log.high_watermark().0 {
         return (error_code::OFFSET_OUT_OF_RANGE, -1, -1);
     }
@@ -131,7 +160,14 @@ pub async fn delete_records(ctx: &Ctx<'_>, request: DeleteRecordsRequest) -> Out
     let items: Vec<(TopicPartition, i64)> = request
         .topics
         .iter()
-        .flat_map(|topic| topic.partitions.iter().map(move |p| (TopicPartition::new(topic.name.0.to_string(), p.partition_index), p.offset)))
+        .flat_map(|topic| {
+            topic.partitions.iter().map(move |p| {
+                (
+                    TopicPartition::new(topic.name.0.to_string(), p.partition_index),
+                    p.offset,
+                )
+            })
+        })
         .collect();
     let mut answers = per_owner(ctx.shard, items, delete_one).await.into_iter();
     let mut response = DeleteRecordsResponse::default();
@@ -145,7 +181,10 @@ pub async fn delete_records(ctx: &Ctx<'_>, request: DeleteRecordsRequest) -> Out
                 .partitions
                 .iter()
                 .map(|p| {
-                    let (error, low_watermark, _) = answers.next().unwrap_or((error_code::UNKNOWN_SERVER_ERROR, -1, -1));
+                    let (error, low_watermark, _) =
+                        answers
+                            .next()
+                            .unwrap_or((error_code::UNKNOWN_SERVER_ERROR, -1, -1));
                     let mut answer = DeleteRecordsPartitionResult::default();
                     answer.partition_index = p.partition_index;
                     answer.error_code = error;

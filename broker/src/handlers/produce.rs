@@ -34,7 +34,13 @@ struct Appended {
 
 impl Appended {
     fn error(error_code: i16, message: Option<String>) -> Appended {
-        Appended { error_code, base_offset: -1, log_append_time_ms: -1, log_start_offset: -1, message }
+        Appended {
+            error_code,
+            base_offset: -1,
+            log_append_time_ms: -1,
+            log_start_offset: -1,
+            message,
+        }
     }
 }
 
@@ -48,7 +54,9 @@ pub fn now_ms() -> i64 {
 pub async fn handle(ctx: &Ctx<'_>, body: BytesMut) -> Outcome {
     let request = match produce::parse(&body, ctx.version) {
         Ok(request) => request,
-        Err(error) => return Outcome::Close(format!("malformed Produce v{}: {error}", ctx.version)),
+        Err(error) => {
+            return Outcome::Close(format!("malformed Produce v{}: {error}", ctx.version))
+        }
     };
     let acks = request.acks;
     let slots = request.partition_count();
@@ -56,9 +64,16 @@ pub async fn handle(ctx: &Ctx<'_>, body: BytesMut) -> Outcome {
     if request.transactional_id.is_some() {
         // Transactions are not implemented; Kafka answers a transactional produce from an
         // unknown producer with this code.
-        results.iter_mut().for_each(|slot| *slot = Some(Appended::error(error_code::INVALID_REQUEST, Some("transactions are not supported".into()))));
+        results.iter_mut().for_each(|slot| {
+            *slot = Some(Appended::error(
+                error_code::INVALID_REQUEST,
+                Some("transactions are not supported".into()),
+            ))
+        });
     } else if !matches!(acks, -1 | 0 | 1) {
-        results.iter_mut().for_each(|slot| *slot = Some(Appended::error(error_code::INVALID_REQUIRED_ACKS, None)));
+        results.iter_mut().for_each(|slot| {
+            *slot = Some(Appended::error(error_code::INVALID_REQUIRED_ACKS, None))
+        });
     }
 
     // Split the record sets off the body, in order, and group them by owner shard.
@@ -81,18 +96,33 @@ pub async fn handle(ctx: &Ctx<'_>, body: BytesMut) -> Outcome {
                 continue;
             }
             let Some(records) = records else {
-                results[this] = Some(Appended::error(error_code::INVALID_RECORD, Some("null record set".into())));
+                results[this] = Some(Appended::error(
+                    error_code::INVALID_RECORD,
+                    Some("null record set".into()),
+                ));
                 continue;
             };
             if image.topic(&topic.name).is_some_and(|meta| meta.internal) {
                 // Kafka refuses client writes to internal topics: their records belong to the
                 // coordinators that own them.
-                results[this] = Some(Appended::error(error_code::INVALID_TOPIC_EXCEPTION, Some(format!("cannot produce to internal topic {}", topic.name))));
+                results[this] = Some(Appended::error(
+                    error_code::INVALID_TOPIC_EXCEPTION,
+                    Some(format!("cannot produce to internal topic {}", topic.name)),
+                ));
                 continue;
             }
             match shard.owner_of(&topic.name, partition.index) {
-                Some(owner) => by_shard.entry(owner).or_default().push((this, TopicPartition::new(topic.name.clone(), partition.index), records)),
-                None => results[this] = Some(Appended::error(error_code::UNKNOWN_TOPIC_OR_PARTITION, None)),
+                Some(owner) => by_shard.entry(owner).or_default().push((
+                    this,
+                    TopicPartition::new(topic.name.clone(), partition.index),
+                    records,
+                )),
+                None => {
+                    results[this] = Some(Appended::error(
+                        error_code::UNKNOWN_TOPIC_OR_PARTITION,
+                        None,
+                    ))
+                }
             }
         }
     }
@@ -111,7 +141,10 @@ pub async fn handle(ctx: &Ctx<'_>, body: BytesMut) -> Outcome {
             }
             Err(error) => {
                 for slot in slots {
-                    results[slot] = Some(Appended::error(error_code::NOT_LEADER_OR_FOLLOWER, Some(error.to_string())));
+                    results[slot] = Some(Appended::error(
+                        error_code::NOT_LEADER_OR_FOLLOWER,
+                        Some(error.to_string()),
+                    ));
                 }
             }
         }
@@ -132,7 +165,10 @@ pub async fn handle(ctx: &Ctx<'_>, body: BytesMut) -> Outcome {
                 .partitions
                 .iter()
                 .map(|partition| {
-                    let result = results.next().flatten().unwrap_or_else(|| Appended::error(error_code::UNKNOWN_SERVER_ERROR, None));
+                    let result = results
+                        .next()
+                        .flatten()
+                        .unwrap_or_else(|| Appended::error(error_code::UNKNOWN_SERVER_ERROR, None));
                     let mut p = PartitionProduceResponse::default();
                     p.index = partition.index;
                     p.error_code = result.error_code;
@@ -149,18 +185,33 @@ pub async fn handle(ctx: &Ctx<'_>, body: BytesMut) -> Outcome {
     ctx.respond(&response)
 }
 
-async fn append_on_owner(shard: Rc<Shard>, items: Vec<(usize, TopicPartition, BytesMut)>, acks: i16) -> Vec<(usize, Appended)> {
+async fn append_on_owner(
+    shard: Rc<Shard>,
+    items: Vec<(usize, TopicPartition, BytesMut)>,
+    acks: i16,
+) -> Vec<(usize, Appended)> {
     let now = TimestampMs(now_ms());
     let appends = items.into_iter().map(|(slot, tp, records)| {
         let partition = shard.partition(&tp);
         async move {
             let Some(partition) = partition else {
-                return (slot, Appended::error(error_code::NOT_LEADER_OR_FOLLOWER, None));
+                return (
+                    slot,
+                    Appended::error(error_code::NOT_LEADER_OR_FOLLOWER, None),
+                );
             };
             let min_insync = partition.policy.borrow().min_insync_replicas;
             // A single-node cluster has one in-sync replica.
             if acks == -1 && min_insync > 1 {
-                return (slot, Appended::error(error_code::NOT_ENOUGH_REPLICAS, Some(format!("min.insync.replicas={min_insync} but 1 replica is in sync"))));
+                return (
+                    slot,
+                    Appended::error(
+                        error_code::NOT_ENOUGH_REPLICAS,
+                        Some(format!(
+                            "min.insync.replicas={min_insync} but 1 replica is in sync"
+                        )),
+                    ),
+                );
             }
             let sequence = match idempotence(&partition, &records) {
                 Ok(sequence) => sequence,
@@ -169,7 +220,10 @@ async fn append_on_owner(shard: Rc<Shard>, items: Vec<(usize, TopicPartition, By
             match partition.log.append(records, LeaderEpoch(0), now).await {
                 Ok(info) => {
                     if let Some(sequence) = sequence {
-                        partition.producers.borrow_mut().committed(sequence, info.base_offset.0);
+                        partition
+                            .producers
+                            .borrow_mut()
+                            .committed(sequence, info.base_offset.0);
                     }
                     partition.notify_appended();
                     (
@@ -188,7 +242,10 @@ async fn append_on_owner(shard: Rc<Shard>, items: Vec<(usize, TopicPartition, By
                         partition.producers.borrow_mut().failed(sequence);
                     }
                     tracing::debug!(partition = %tp.dir_name(), %error, "append rejected");
-                    (slot, Appended::error(error.kafka_error_code(), Some(error.to_string())))
+                    (
+                        slot,
+                        Appended::error(error.kafka_error_code(), Some(error.to_string())),
+                    )
                 }
             }
         }
@@ -208,7 +265,10 @@ fn idempotence(partition: &Partition, records: &[u8]) -> Result<Option<BatchSeq>
     }
     // Kafka accepts exactly one batch per partition from an idempotent producer.
     if peek_batch_total_bytes(records).ok() != Some(records.len()) {
-        return Err(Appended::error(error_code::INVALID_RECORD, Some("idempotent produce must carry exactly one batch".into())));
+        return Err(Appended::error(
+            error_code::INVALID_RECORD,
+            Some("idempotent produce must carry exactly one batch".into()),
+        ));
     }
     let sequence = BatchSeq {
         producer_id: header.producer_id().0,
@@ -218,14 +278,18 @@ fn idempotence(partition: &Partition, records: &[u8]) -> Result<Option<BatchSeq>
     };
     match partition.producers.borrow_mut().check(sequence) {
         Check::Append => Ok(Some(sequence)),
-        Check::Duplicate { base_offset: Some(base_offset) } => Err(Appended {
+        Check::Duplicate {
+            base_offset: Some(base_offset),
+        } => Err(Appended {
             error_code: error_code::NONE,
             base_offset,
             log_append_time_ms: -1,
             log_start_offset: partition.log.log_start_offset().0,
             message: None,
         }),
-        Check::Duplicate { base_offset: None } => Err(Appended::error(error_code::DUPLICATE_SEQUENCE_NUMBER, None)),
+        Check::Duplicate { base_offset: None } => {
+            Err(Appended::error(error_code::DUPLICATE_SEQUENCE_NUMBER, None))
+        }
         Check::Reject(code) => Err(Appended::error(code, None)),
     }
 }

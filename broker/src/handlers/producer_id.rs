@@ -29,7 +29,10 @@ pub async fn init_producer_id(ctx: &Ctx<'_>, request: InitProducerIdRequest) -> 
         .shard
         .invoke_on(0, |shard| async move {
             match &shard.controller {
-                Some(controller) => controller.allocate_producer_id(&shard).await.map_err(|e| e.to_string()),
+                Some(controller) => controller
+                    .allocate_producer_id(&shard)
+                    .await
+                    .map_err(|e| e.to_string()),
                 None => Err("no controller on shard 0".to_owned()),
             }
         })

@@ -35,19 +35,40 @@ struct Args {
 }
 
 fn parse_args() -> Args {
-    let mut dir = std::env::current_dir().expect("current dir").join(format!("storage-bench-{}", std::process::id()));
+    let mut dir = std::env::current_dir()
+        .expect("current dir")
+        .join(format!("storage-bench-{}", std::process::id()));
     let mut seconds = 3.0;
     let mut rate_fraction = 0.5;
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
-            "--dir" => dir = PathBuf::from(it.next().expect("--dir needs a path")).join(format!("storage-bench-{}", std::process::id())),
-            "--rate-fraction" => rate_fraction = it.next().and_then(|s| s.parse().ok()).expect("--rate-fraction needs a number"),
-            "--seconds" => seconds = it.next().and_then(|s| s.parse().ok()).expect("--seconds needs a number"),
-            other => panic!("unknown argument {other}; usage: storage-bench [--dir D] [--seconds S]"),
+            "--dir" => {
+                dir = PathBuf::from(it.next().expect("--dir needs a path"))
+                    .join(format!("storage-bench-{}", std::process::id()))
+            }
+            "--rate-fraction" => {
+                rate_fraction = it
+                    .next()
+                    .and_then(|s| s.parse().ok())
+                    .expect("--rate-fraction needs a number")
+            }
+            "--seconds" => {
+                seconds = it
+                    .next()
+                    .and_then(|s| s.parse().ok())
+                    .expect("--seconds needs a number")
+            }
+            other => {
+                panic!("unknown argument {other}; usage: storage-bench [--dir D] [--seconds S]")
+            }
         }
     }
-    Args { dir, seconds, rate_fraction }
+    Args {
+        dir,
+        seconds,
+        rate_fraction,
+    }
 }
 
 fn mb_s(bytes: u64, elapsed: Duration) -> f64 {
@@ -58,7 +79,13 @@ fn mb_s(bytes: u64, elapsed: Duration) -> f64 {
 /// appender issues them), preallocated like a segment, with an fdatasync at the end.
 async fn raw_write_bandwidth(dir: &Path, block_bytes: usize, seconds: f64) -> f64 {
     let path = dir.join(format!("raw-{block_bytes}"));
-    let file = OpenOptions::new().read(true).write(true).create(true).dma_open(&path).await.unwrap();
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .dma_open(&path)
+        .await
+        .unwrap();
     file.pre_allocate(64 << 20, true).await.unwrap();
     let mut position = 0u64;
     let mut preallocated = 64u64 << 20;
@@ -81,9 +108,19 @@ async fn raw_write_bandwidth(dir: &Path, block_bytes: usize, seconds: f64) -> f6
 }
 
 /// Closed loop of write(`block_bytes`) + fdatasync at sequential positions; latency per pair.
-async fn raw_write_fdatasync_latency(dir: &Path, block_bytes: usize, seconds: f64) -> Histogram<u64> {
+async fn raw_write_fdatasync_latency(
+    dir: &Path,
+    block_bytes: usize,
+    seconds: f64,
+) -> Histogram<u64> {
     let path = dir.join("raw-sync");
-    let file = OpenOptions::new().read(true).write(true).create(true).dma_open(&path).await.unwrap();
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .dma_open(&path)
+        .await
+        .unwrap();
     file.pre_allocate(256 << 20, true).await.unwrap();
     let mut hist = Histogram::<u64>::new(3).unwrap();
     let mut position = 0u64;
@@ -103,22 +140,40 @@ async fn raw_write_fdatasync_latency(dir: &Path, block_bytes: usize, seconds: f6
 }
 
 fn bench_config(flush: FlushPolicy) -> LogConfig {
-    LogConfig { flush, tail_cache_bytes: 64 << 20, max_message_bytes: 2 << 20, ..LogConfig::default() }
+    LogConfig {
+        flush,
+        tail_cache_bytes: 64 << 20,
+        max_message_bytes: 2 << 20,
+        ..LogConfig::default()
+    }
 }
 
 /// `APPENDERS` tasks append copies of `batch` back to back for `seconds`; returns MB/s and
 /// appends per second.
-async fn append_throughput(dir: &Path, name: &str, batch: &BytesMut, flush: FlushPolicy, seconds: f64) -> (f64, f64) {
-    let log = Rc::new(Log::open(dir.join(name), bench_config(flush)).await.unwrap());
+async fn append_throughput(
+    dir: &Path,
+    name: &str,
+    batch: &BytesMut,
+    flush: FlushPolicy,
+    seconds: f64,
+) -> (f64, f64) {
+    let log = Rc::new(
+        Log::open(dir.join(name), bench_config(flush))
+            .await
+            .unwrap(),
+    );
     let bytes = Rc::new(Cell::new(0u64));
     let appends = Rc::new(Cell::new(0u64));
     let start = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..APPENDERS {
-        let (log, bytes, appends, batch) = (log.clone(), bytes.clone(), appends.clone(), batch.clone());
+        let (log, bytes, appends, batch) =
+            (log.clone(), bytes.clone(), appends.clone(), batch.clone());
         tasks.push(glommio::spawn_local(async move {
             while start.elapsed().as_secs_f64() < seconds {
-                log.append(batch.clone(), LeaderEpoch(1), TimestampMs(1)).await.unwrap();
+                log.append(batch.clone(), LeaderEpoch(1), TimestampMs(1))
+                    .await
+                    .unwrap();
                 bytes.set(bytes.get() + batch.len() as u64);
                 appends.set(appends.get() + 1);
             }
@@ -131,12 +186,24 @@ async fn append_throughput(dir: &Path, name: &str, batch: &BytesMut, flush: Flus
     let stats = log.stats();
     eprintln!("  {name}: {stats:?}");
     Rc::try_unwrap(log).unwrap().remove().await.unwrap();
-    (mb_s(bytes.get(), elapsed), appends.get() as f64 / elapsed.as_secs_f64())
+    (
+        mb_s(bytes.get(), elapsed),
+        appends.get() as f64 / elapsed.as_secs_f64(),
+    )
 }
 
 /// Open loop: appends scheduled at `rate_per_s`; latency from the scheduled time to the ack.
-async fn durable_latency(dir: &Path, batch: &BytesMut, rate_per_s: f64, seconds: f64) -> Histogram<u64> {
-    let log = Rc::new(Log::open(dir.join("latency"), bench_config(FlushPolicy::EveryAppend)).await.unwrap());
+async fn durable_latency(
+    dir: &Path,
+    batch: &BytesMut,
+    rate_per_s: f64,
+    seconds: f64,
+) -> Histogram<u64> {
+    let log = Rc::new(
+        Log::open(dir.join("latency"), bench_config(FlushPolicy::EveryAppend))
+            .await
+            .unwrap(),
+    );
     let hist = Rc::new(RefCell::new(Histogram::<u64>::new(3).unwrap()));
     let in_flight = Rc::new(Cell::new(0usize));
     // Diagnostics: time from issue to ack, and how late the generator issued.
@@ -157,15 +224,26 @@ async fn durable_latency(dir: &Path, batch: &BytesMut, rate_per_s: f64, seconds:
         if in_flight.get() > 4096 {
             break;
         }
-        let (log, hist, in_flight, batch) = (log.clone(), hist.clone(), in_flight.clone(), batch.clone());
+        let (log, hist, in_flight, batch) =
+            (log.clone(), hist.clone(), in_flight.clone(), batch.clone());
         in_flight.set(in_flight.get() + 1);
         let (service, lateness) = (service.clone(), lateness.clone());
-        lateness.borrow_mut().record(scheduled.elapsed().as_micros() as u64).unwrap();
+        lateness
+            .borrow_mut()
+            .record(scheduled.elapsed().as_micros() as u64)
+            .unwrap();
         tasks.push(glommio::spawn_local(async move {
             let issued = Instant::now();
-            log.append(batch, LeaderEpoch(1), TimestampMs(1)).await.unwrap();
-            service.borrow_mut().record(issued.elapsed().as_micros() as u64).unwrap();
-            hist.borrow_mut().record(scheduled.elapsed().as_micros() as u64).unwrap();
+            log.append(batch, LeaderEpoch(1), TimestampMs(1))
+                .await
+                .unwrap();
+            service
+                .borrow_mut()
+                .record(issued.elapsed().as_micros() as u64)
+                .unwrap();
+            hist.borrow_mut()
+                .record(scheduled.elapsed().as_micros() as u64)
+                .unwrap();
             in_flight.set(in_flight.get() - 1);
         }));
     }

@@ -26,7 +26,11 @@ pub fn tern_bin() -> PathBuf {
     }
     let target = std::env::var("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("target"));
+        .unwrap_or_else(|_| {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("..")
+                .join("target")
+        });
     target.join("debug").join("tern")
 }
 
@@ -57,7 +61,10 @@ impl Broker {
     pub fn start(cores: usize, extra: &[&str]) -> Broker {
         // Not /tmp: it is often tmpfs, where the log's direct-IO reads of index files fail
         // with EOPNOTSUPP on reopen. The target directory is on a real filesystem.
-        let scratch = tern_bin().parent().expect("bin dir").join("groups-test-data");
+        let scratch = tern_bin()
+            .parent()
+            .expect("bin dir")
+            .join("groups-test-data");
         std::fs::create_dir_all(&scratch).expect("scratch dir");
         let data = tempfile::tempdir_in(&scratch).expect("tempdir");
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
@@ -71,7 +78,13 @@ impl Broker {
             "0".to_owned(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        let mut broker = Broker { addr, data, args, child: None, starts: 0 };
+        let mut broker = Broker {
+            addr,
+            data,
+            args,
+            child: None,
+            starts: 0,
+        };
         broker.spawn();
         broker
     }
@@ -92,7 +105,12 @@ impl Broker {
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e} (build it with `cargo build -p tern`)", tern_bin().display()));
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start {}: {e} (build it with `cargo build -p tern`)",
+                    tern_bin().display()
+                )
+            });
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         while TcpStream::connect(self.addr).is_err() {
@@ -119,15 +137,27 @@ impl Broker {
 
     /// Everything the broker logged, over all its starts.
     pub fn log(&self) -> String {
-        (0..self.starts).map(|i| std::fs::read_to_string(self.log_path(i)).unwrap_or_default()).collect()
+        (0..self.starts)
+            .map(|i| std::fs::read_to_string(self.log_path(i)).unwrap_or_default())
+            .collect()
     }
 
     /// `rebalance_ms` of every "group rebalance completed" line for `group`.
     pub fn rebalance_times_ms(&self, group: &str) -> Vec<i64> {
         self.log()
             .lines()
-            .filter(|line| line.contains("group rebalance completed") && line.contains(&format!("group={group} ")))
-            .filter_map(|line| line.split("rebalance_ms=").nth(1)?.split_whitespace().next()?.parse().ok())
+            .filter(|line| {
+                line.contains("group rebalance completed")
+                    && line.contains(&format!("group={group} "))
+            })
+            .filter_map(|line| {
+                line.split("rebalance_ms=")
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            })
             .collect()
     }
 }
@@ -171,7 +201,9 @@ pub fn produce(broker: &Broker, topic: &str, partitions: i32, count: usize) {
         .expect("producer");
     for i in 0..count {
         let payload = format!("{topic}-{i}");
-        let mut record = BaseRecord::<(), String>::to(topic).payload(&payload).partition(i as i32 % partitions);
+        let mut record = BaseRecord::<(), String>::to(topic)
+            .payload(&payload)
+            .partition(i as i32 % partitions);
         loop {
             match producer.send(record) {
                 Ok(()) => break,
@@ -194,8 +226,13 @@ pub struct Raw {
 impl Raw {
     pub fn connect(broker: &Broker) -> Raw {
         let stream = TcpStream::connect(broker.addr).expect("connect");
-        stream.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
-        Raw { stream, correlation_id: 0 }
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        Raw {
+            stream,
+            correlation_id: 0,
+        }
     }
 
     /// Sends `body` under a v1 request header (classic, non-flexible) and returns the
@@ -215,7 +252,10 @@ impl Raw {
         self.stream.read_exact(&mut size).expect("response size");
         let mut response = vec![0u8; i32::from_be_bytes(size) as usize];
         self.stream.read_exact(&mut response).expect("response");
-        assert_eq!(i32::from_be_bytes([response[0], response[1], response[2], response[3]]), self.correlation_id);
+        assert_eq!(
+            i32::from_be_bytes([response[0], response[1], response[2], response[3]]),
+            self.correlation_id
+        );
         response.split_off(4)
     }
 }
