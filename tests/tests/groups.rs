@@ -85,47 +85,15 @@ fn two_consumers_split_six_partitions_then_survivor_takes_over_without_duplicate
     assert_eq!(all.len(), 600, "duplicates after takeover");
 }
 
-/// Not a test on its own: the consumer process that `expired_member_*` kills with SIGKILL.
-#[test]
-#[ignore]
-fn helper_consumer_process() {
-    let Ok(bootstrap) = std::env::var("GROUPS_HELPER_BOOTSTRAP") else {
-        return;
-    };
-    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        .set("group.id", std::env::var("GROUPS_HELPER_GROUP").unwrap())
-        .set("enable.auto.commit", "false")
-        .set("session.timeout.ms", "6000")
-        .set("heartbeat.interval.ms", "200")
-        .create()
-        .unwrap();
-    consumer
-        .subscribe(&[&std::env::var("GROUPS_HELPER_TOPIC").unwrap()])
-        .unwrap();
-    // Bounded even if the parent test dies before killing us.
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    while std::time::Instant::now() < deadline {
-        let _ = consumer.poll(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn expired_member_is_removed_after_its_session_timeout() {
     let broker = Broker::start(1, &["--default-partitions", "6"]);
     produce(&broker, "expire", 6, 60);
     let a = consumer(&broker, "g-expire");
     a.subscribe(&["expire"]).unwrap();
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "helper_consumer_process",
-            "--ignored",
-            "--nocapture",
-        ])
-        .env("GROUPS_HELPER_BOOTSTRAP", broker.bootstrap())
-        .env("GROUPS_HELPER_GROUP", "g-expire")
-        .env("GROUPS_HELPER_TOPIC", "expire")
+    // A member in another process, so SIGKILL stops it without a LeaveGroup.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_group-member"))
+        .args([&broker.bootstrap(), "g-expire", "expire"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
