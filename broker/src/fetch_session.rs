@@ -126,7 +126,10 @@ impl FetchSessions {
             }
             epoch => {
                 let clock = self.clock;
-                let session = self.sessions.get_mut(&session_id).expect("checked above");
+                // Session id 0 with an incremental epoch names no session either.
+                let Some(session) = self.sessions.get_mut(&session_id) else {
+                    return Plan::Error(error_code::FETCH_SESSION_ID_NOT_FOUND);
+                };
                 if epoch != session.next_epoch {
                     return Plan::Error(error_code::INVALID_FETCH_SESSION_EPOCH);
                 }
@@ -231,6 +234,15 @@ mod tests {
         );
         assert_eq!(
             sessions.plan(session_id, 1, &[], &[]),
+            Plan::Error(error_code::FETCH_SESSION_ID_NOT_FOUND)
+        );
+    }
+
+    #[test]
+    fn incremental_epoch_without_a_session_is_an_error_not_a_panic() {
+        let mut sessions = FetchSessions::new(0);
+        assert_eq!(
+            sessions.plan(0, 5, &[part(0, 0)], &[]),
             Plan::Error(error_code::FETCH_SESSION_ID_NOT_FOUND)
         );
     }
