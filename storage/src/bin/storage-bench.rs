@@ -34,9 +34,9 @@ struct Args {
     rate_fraction: f64,
 }
 
-fn parse_args() -> Args {
+fn parse_args() -> Result<Args, String> {
     let mut dir = std::env::current_dir()
-        .expect("current dir")
+        .map_err(|e| format!("no current directory: {e}"))?
         .join(format!("storage-bench-{}", std::process::id()));
     let mut seconds = 3.0;
     let mut rate_fraction = 0.5;
@@ -44,31 +44,33 @@ fn parse_args() -> Args {
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--dir" => {
-                dir = PathBuf::from(it.next().expect("--dir needs a path"))
+                dir = PathBuf::from(it.next().ok_or("--dir needs a path")?)
                     .join(format!("storage-bench-{}", std::process::id()))
             }
             "--rate-fraction" => {
                 rate_fraction = it
                     .next()
                     .and_then(|s| s.parse().ok())
-                    .expect("--rate-fraction needs a number")
+                    .ok_or("--rate-fraction needs a number")?
             }
             "--seconds" => {
                 seconds = it
                     .next()
                     .and_then(|s| s.parse().ok())
-                    .expect("--seconds needs a number")
+                    .ok_or("--seconds needs a number")?
             }
             other => {
-                panic!("unknown argument {other}; usage: storage-bench [--dir D] [--seconds S]")
+                return Err(format!(
+                    "unknown argument {other}; usage: storage-bench [--dir D] [--seconds S] [--rate-fraction F]"
+                ))
             }
         }
     }
-    Args {
+    Ok(Args {
         dir,
         seconds,
         rate_fraction,
-    }
+    })
 }
 
 fn mb_s(bytes: u64, elapsed: Duration) -> f64 {
@@ -77,7 +79,7 @@ fn mb_s(bytes: u64, elapsed: Duration) -> f64 {
 
 /// Sequential O_DIRECT writes of `block_bytes` through DmaFile, one at a time (as the log's
 /// appender issues them), preallocated like a segment, with an fdatasync at the end.
-async fn raw_write_bandwidth(dir: &Path, block_bytes: usize, seconds: f64) -> f64 {
+async fn raw_write_bandwidth(dir: &Path, block_bytes: usize, seconds: f64) -> Result<f64, String> {
     let path = dir.join(format!("raw-{block_bytes}"));
     let file = OpenOptions::new()
         .read(true)
@@ -85,26 +87,32 @@ async fn raw_write_bandwidth(dir: &Path, block_bytes: usize, seconds: f64) -> f6
         .create(true)
         .dma_open(&path)
         .await
-        .unwrap();
-    file.pre_allocate(64 << 20, true).await.unwrap();
+        .map_err(|e| e.to_string())?;
+    file.pre_allocate(64 << 20, true)
+        .await
+        .map_err(|e| e.to_string())?;
     let mut position = 0u64;
     let mut preallocated = 64u64 << 20;
     let start = Instant::now();
     while start.elapsed().as_secs_f64() < seconds {
         if position + block_bytes as u64 > preallocated {
             preallocated += 64 << 20;
-            file.pre_allocate(preallocated, true).await.unwrap();
+            file.pre_allocate(preallocated, true)
+                .await
+                .map_err(|e| e.to_string())?;
         }
         let mut buf = file.alloc_dma_buffer(block_bytes);
         buf.as_bytes_mut().fill(0x5a);
-        file.write_at(buf, position).await.unwrap();
+        file.write_at(buf, position)
+            .await
+            .map_err(|e| e.to_string())?;
         position += block_bytes as u64;
     }
-    file.fdatasync().await.unwrap();
+    file.fdatasync().await.map_err(|e| e.to_string())?;
     let elapsed = start.elapsed();
-    file.close().await.unwrap();
-    std::fs::remove_file(&path).unwrap();
-    mb_s(position, elapsed)
+    file.close().await.map_err(|e| e.to_string())?;
+    std::fs::remove_file(&path).map_err(|e| e.to_string())?;
+    Ok(mb_s(position, elapsed))
 }
 
 /// Closed loop of write(`block_bytes`) + fdatasync at sequential positions; latency per pair.
@@ -112,7 +120,7 @@ async fn raw_write_fdatasync_latency(
     dir: &Path,
     block_bytes: usize,
     seconds: f64,
-) -> Histogram<u64> {
+) -> Result<Histogram<u64>, String> {
     let path = dir.join("raw-sync");
     let file = OpenOptions::new()
         .read(true)
@@ -120,23 +128,28 @@ async fn raw_write_fdatasync_latency(
         .create(true)
         .dma_open(&path)
         .await
-        .unwrap();
-    file.pre_allocate(256 << 20, true).await.unwrap();
-    let mut hist = Histogram::<u64>::new(3).unwrap();
+        .map_err(|e| e.to_string())?;
+    file.pre_allocate(256 << 20, true)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut hist = Histogram::<u64>::new(3).map_err(|e| e.to_string())?;
     let mut position = 0u64;
     let start = Instant::now();
     while start.elapsed().as_secs_f64() < seconds && position < (256 << 20) {
         let mut buf = file.alloc_dma_buffer(block_bytes);
         buf.as_bytes_mut().fill(0x33);
         let t = Instant::now();
-        file.write_at(buf, position).await.unwrap();
-        file.fdatasync().await.unwrap();
-        hist.record(t.elapsed().as_micros() as u64).unwrap();
+        file.write_at(buf, position)
+            .await
+            .map_err(|e| e.to_string())?;
+        file.fdatasync().await.map_err(|e| e.to_string())?;
+        hist.record(t.elapsed().as_micros() as u64)
+            .map_err(|e| e.to_string())?;
         position += block_bytes as u64;
     }
-    file.close().await.unwrap();
-    std::fs::remove_file(&path).unwrap();
-    hist
+    file.close().await.map_err(|e| e.to_string())?;
+    std::fs::remove_file(&path).map_err(|e| e.to_string())?;
+    Ok(hist)
 }
 
 fn bench_config(flush: FlushPolicy) -> LogConfig {
@@ -156,11 +169,11 @@ async fn append_throughput(
     batch: &BytesMut,
     flush: FlushPolicy,
     seconds: f64,
-) -> (f64, f64) {
+) -> Result<(f64, f64), String> {
     let log = Rc::new(
         Log::open(dir.join(name), bench_config(flush))
             .await
-            .unwrap(),
+            .map_err(|e| e.to_string())?,
     );
     let bytes = Rc::new(Cell::new(0u64));
     let appends = Rc::new(Cell::new(0u64));
@@ -173,23 +186,28 @@ async fn append_throughput(
             while start.elapsed().as_secs_f64() < seconds {
                 log.append(batch.clone(), LeaderEpoch(1), TimestampMs(1))
                     .await
-                    .unwrap();
+                    .map_err(|e| e.to_string())?;
                 bytes.set(bytes.get() + batch.len() as u64);
                 appends.set(appends.get() + 1);
             }
+            Ok::<(), String>(())
         }));
     }
     for t in tasks {
-        t.await;
+        t.await?;
     }
     let elapsed = start.elapsed();
     let stats = log.stats();
     eprintln!("  {name}: {stats:?}");
-    Rc::try_unwrap(log).unwrap().remove().await.unwrap();
-    (
+    Rc::try_unwrap(log)
+        .map_err(|_| "log still shared".to_string())?
+        .remove()
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((
         mb_s(bytes.get(), elapsed),
         appends.get() as f64 / elapsed.as_secs_f64(),
-    )
+    ))
 }
 
 /// Open loop: appends scheduled at `rate_per_s`; latency from the scheduled time to the ack.
@@ -198,17 +216,23 @@ async fn durable_latency(
     batch: &BytesMut,
     rate_per_s: f64,
     seconds: f64,
-) -> Histogram<u64> {
+) -> Result<Histogram<u64>, String> {
     let log = Rc::new(
         Log::open(dir.join("latency"), bench_config(FlushPolicy::EveryAppend))
             .await
-            .unwrap(),
+            .map_err(|e| e.to_string())?,
     );
-    let hist = Rc::new(RefCell::new(Histogram::<u64>::new(3).unwrap()));
+    let hist = Rc::new(RefCell::new(
+        Histogram::<u64>::new(3).map_err(|e| e.to_string())?,
+    ));
     let in_flight = Rc::new(Cell::new(0usize));
     // Diagnostics: time from issue to ack, and how late the generator issued.
-    let service = Rc::new(RefCell::new(Histogram::<u64>::new(3).unwrap()));
-    let lateness = Rc::new(RefCell::new(Histogram::<u64>::new(3).unwrap()));
+    let service = Rc::new(RefCell::new(
+        Histogram::<u64>::new(3).map_err(|e| e.to_string())?,
+    ));
+    let lateness = Rc::new(RefCell::new(
+        Histogram::<u64>::new(3).map_err(|e| e.to_string())?,
+    ));
     let interval = Duration::from_secs_f64(1.0 / rate_per_s);
     let start = Instant::now();
     let total = (rate_per_s * seconds) as u64;
@@ -231,25 +255,26 @@ async fn durable_latency(
         lateness
             .borrow_mut()
             .record(scheduled.elapsed().as_micros() as u64)
-            .unwrap();
+            .map_err(|e| e.to_string())?;
         tasks.push(glommio::spawn_local(async move {
             let issued = Instant::now();
             log.append(batch, LeaderEpoch(1), TimestampMs(1))
                 .await
-                .unwrap();
+                .map_err(|e| e.to_string())?;
             service
                 .borrow_mut()
                 .record(issued.elapsed().as_micros() as u64)
-                .unwrap();
+                .map_err(|e| e.to_string())?;
             hist.borrow_mut()
                 .record(scheduled.elapsed().as_micros() as u64)
-                .unwrap();
+                .map_err(|e| e.to_string())?;
             in_flight.set(in_flight.get() - 1);
+            Ok::<(), String>(())
         }));
     }
     let generated = start.elapsed();
     for t in tasks {
-        t.await;
+        t.await?;
     }
     eprintln!("  latency: generated in {generated:?}, {:?}", log.stats());
     let (service, lateness) = (service.borrow().clone(), lateness.borrow().clone());
@@ -262,19 +287,26 @@ async fn durable_latency(
         lateness.value_at_quantile(0.99),
         lateness.value_at_quantile(0.999)
     );
-    Rc::try_unwrap(log).unwrap().remove().await.unwrap();
-    Rc::try_unwrap(hist).unwrap().into_inner()
+    Rc::try_unwrap(log)
+        .map_err(|_| "log still shared".to_string())?
+        .remove()
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(Rc::try_unwrap(hist)
+        .map_err(|_| "histogram still shared".to_string())?
+        .into_inner())
 }
 
-fn main() {
-    let args = parse_args();
-    std::fs::create_dir_all(&args.dir).expect("creating the bench directory");
+fn main() -> Result<(), String> {
+    let args = parse_args()?;
+    std::fs::create_dir_all(&args.dir)
+        .map_err(|e| format!("creating {}: {e}", args.dir.display()))?;
     let dir = args.dir.clone();
     let seconds = args.seconds;
     let rate_fraction = args.rate_fraction;
     let lines = LocalExecutorBuilder::new(Placement::Unbound)
         .spawn(move || async move {
-            tern_storage::prime_direct_io(&dir).await.unwrap();
+            tern_storage::prime_direct_io(&dir).await.map_err(|e| e.to_string())?;
             let batch_16k = build_simple_batch(TimestampMs(1), 16, RECORD_VALUE_BYTES);
             let batch_1m = build_simple_batch(TimestampMs(1), 1024, RECORD_VALUE_BYTES);
             let mut out: Vec<(String, String)> = Vec::new();
@@ -283,27 +315,27 @@ fn main() {
                 out.push((k.to_string(), v));
             };
             eprintln!("batches: 16k = {} bytes, 1m = {} bytes; {APPENDERS} appenders; {seconds} s per phase", batch_16k.len(), batch_1m.len());
-            let raw_1m = raw_write_bandwidth(&dir, 1 << 20, seconds).await;
+            let raw_1m = raw_write_bandwidth(&dir, 1 << 20, seconds).await?;
             put("raw_write_mb_s_1m", format!("{raw_1m:.1}"));
-            let raw_16k = raw_write_bandwidth(&dir, 16 << 10, seconds).await;
+            let raw_16k = raw_write_bandwidth(&dir, 16 << 10, seconds).await?;
             put("raw_write_mb_s_16k", format!("{raw_16k:.1}"));
-            let raw_sync = raw_write_fdatasync_latency(&dir, 16 << 10, seconds).await;
+            let raw_sync = raw_write_fdatasync_latency(&dir, 16 << 10, seconds).await?;
             put("raw_fdatasync_p50_us", raw_sync.value_at_quantile(0.5).to_string());
             put("raw_fdatasync_p99_us", raw_sync.value_at_quantile(0.99).to_string());
             put("raw_fdatasync_p999_us", raw_sync.value_at_quantile(0.999).to_string());
-            let (a1m, _) = append_throughput(&dir, "every-1m", &batch_1m, FlushPolicy::EveryAppend, seconds).await;
+            let (a1m, _) = append_throughput(&dir, "every-1m", &batch_1m, FlushPolicy::EveryAppend, seconds).await?;
             put("append_mb_s_1m", format!("{a1m:.1}"));
-            let (a16k, rate_16k) = append_throughput(&dir, "every-16k", &batch_16k, FlushPolicy::EveryAppend, seconds).await;
+            let (a16k, rate_16k) = append_throughput(&dir, "every-16k", &batch_16k, FlushPolicy::EveryAppend, seconds).await?;
             put("append_mb_s_16k", format!("{a16k:.1}"));
             put("append_per_s_16k", format!("{rate_16k:.0}"));
             let interval = FlushPolicy::Interval { messages: 1_000_000, ms: 1000 };
-            let (i1m, _) = append_throughput(&dir, "interval-1m", &batch_1m, interval, seconds).await;
+            let (i1m, _) = append_throughput(&dir, "interval-1m", &batch_1m, interval, seconds).await?;
             put("append_interval_mb_s_1m", format!("{i1m:.1}"));
-            let (i16k, _) = append_throughput(&dir, "interval-16k", &batch_16k, interval, seconds).await;
+            let (i16k, _) = append_throughput(&dir, "interval-16k", &batch_16k, interval, seconds).await?;
             put("append_interval_mb_s_16k", format!("{i16k:.1}"));
             let offered = (rate_16k * rate_fraction).max(1.0);
             put("durable_offered_per_s", format!("{offered:.0}"));
-            let lat = durable_latency(&dir, &batch_16k, offered, seconds.max(3.0)).await;
+            let lat = durable_latency(&dir, &batch_16k, offered, seconds.max(3.0)).await?;
             put("durable_p50_us", lat.value_at_quantile(0.5).to_string());
             put("durable_p99_us", lat.value_at_quantile(0.99).to_string());
             put("durable_p999_us", lat.value_at_quantile(0.999).to_string());
@@ -314,11 +346,11 @@ fn main() {
                 "ratio_p99",
                 format!("{:.3}", lat.value_at_quantile(0.99) as f64 / raw_sync.value_at_quantile(0.99).max(1) as f64),
             );
-            out
+            Ok::<_, String>(out)
         })
-        .expect("spawning the executor")
+        .map_err(|e| format!("cannot start the bench executor: {e}"))?
         .join()
-        .expect("bench executor");
+        .map_err(|e| format!("bench executor failed: {e}"))?;
     let _ = std::fs::remove_dir_all(&args.dir);
-    let _ = lines;
+    lines.map(drop)
 }
