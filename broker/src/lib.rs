@@ -4,8 +4,10 @@
 //!
 //! Code map: `runtime` (glommio glue and start-up checks), `shard` (per-core state and
 //! `invoke_on`), `controller` (metadata on shard 0), `connection` + `net` (socket loop,
-//! zero-copy writes), `handlers` (one module per API group), `topic_config`, `config`,
-//! `limits`.
+//! zero-copy writes), `handlers` (one module per API group), `group` (consumer-group
+//! coordinator), `fetch_session` and `producer_state` (I/O-free state machines for KIP-227
+//! sessions and idempotent producers), `admin_http` (`/metrics`, `/healthz`), `topic_config`,
+//! `config`, `limits`.
 
 pub mod admin_http;
 pub mod config;

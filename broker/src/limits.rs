@@ -1,7 +1,8 @@
 //! The broker's limits, in one place, with the relations between them asserted.
 //!
 //! Protocol limits (frame sizes, decoded elements) live in `tern_protocol::limits`; these
-//! bound what one connection or one shard may hold at a time.
+//! bound what one connection or one shard may hold at a time. The connection limits are
+//! defaults and hard caps for `config::ConnectionLimits`, which operators may set.
 
 use tern_protocol::limits as protocol;
 
