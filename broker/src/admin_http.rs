@@ -32,6 +32,10 @@ pub struct ShardSample {
     pub log_bytes_written: u64,
     pub log_fdatasyncs: u64,
     pub log_tail_cache_bytes: u64,
+    pub log_active_index_bytes: u64,
+    pub index_cache_bytes: u64,
+    pub index_cache_hits: u64,
+    pub index_cache_misses: u64,
 }
 
 pub async fn serve(shard: Rc<Shard>, listener: TcpListener) {
@@ -191,6 +195,34 @@ fn render(samples: &[ShardSample]) -> String {
         "gauge",
         "Bytes held in tail caches.",
         &|s| s.log_tail_cache_bytes,
+    );
+    metric(
+        &mut out,
+        "log_active_index_bytes",
+        "gauge",
+        "Bytes held by the active segments' indexes.",
+        &|s| s.log_active_index_bytes,
+    );
+    metric(
+        &mut out,
+        "index_cache_bytes",
+        "gauge",
+        "Bytes of sealed segments' indexes held in the shard index caches.",
+        &|s| s.index_cache_bytes,
+    );
+    metric(
+        &mut out,
+        "index_cache_hits_total",
+        "counter",
+        "Sealed-segment index lookups served from memory.",
+        &|s| s.index_cache_hits,
+    );
+    metric(
+        &mut out,
+        "index_cache_misses_total",
+        "counter",
+        "Sealed-segment index lookups that read the index files again.",
+        &|s| s.index_cache_misses,
     );
     out
 }

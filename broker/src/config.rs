@@ -35,6 +35,9 @@ pub struct BrokerConfig {
     /// Kafka's `group.initial.rebalance.delay.ms`.
     pub group_initial_rebalance_delay_ms: i64,
     pub limits: ConnectionLimits,
+    /// Memory per shard for the indexes of sealed segments (least recently used ones are
+    /// dropped and read again from their files when needed).
+    pub index_cache_bytes: usize,
 }
 
 /// Per-connection limits an operator may lower (or raise, up to the hard caps in
@@ -96,6 +99,7 @@ impl Default for BrokerConfig {
             offsets_retention_minutes: 7 * 24 * 60,
             group_initial_rebalance_delay_ms: 3_000,
             limits: ConnectionLimits::default(),
+            index_cache_bytes: crate::limits::INDEX_CACHE_BYTES_PER_SHARD,
         }
     }
 }
@@ -141,6 +145,7 @@ pub struct FileConfig {
     pub offsets_topic_partitions: Option<i32>,
     pub offsets_retention_minutes: Option<i64>,
     pub group_initial_rebalance_delay_ms: Option<i64>,
+    pub index_cache_bytes: Option<usize>,
     /// Default topic configs by their Kafka names, e.g. `"retention.ms" = "3600000"`.
     #[serde(default)]
     pub topic_defaults: std::collections::BTreeMap<String, String>,

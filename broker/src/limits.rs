@@ -32,6 +32,9 @@ pub const TOPIC_PARTITIONS_MAX: i32 = 10_000;
 /// Longest topic name Kafka accepts.
 pub const TOPIC_NAME_BYTES_MAX: usize = 249;
 
+/// Default memory per shard for sealed segments' indexes (`--index-cache-bytes`).
+pub const INDEX_CACHE_BYTES_PER_SHARD: usize = 64 * 1024 * 1024;
+
 /// Tail cache budget per partition log.
 pub const TAIL_CACHE_BYTES_PER_PARTITION: usize = 8 * 1024 * 1024;
 

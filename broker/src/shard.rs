@@ -93,6 +93,8 @@ pub struct Shard {
     next_connection_id: Cell<u64>,
     /// The consumer groups this shard coordinates (see `group`).
     pub groups: crate::group::Coordinator,
+    /// Memory budget for sealed segments' indexes, shared by this shard's partition logs.
+    pub index_cache: Rc<tern_storage::IndexCache>,
 }
 
 /// Counters this shard exposes (per shard, merged on scrape).
@@ -131,6 +133,7 @@ impl Shard {
             connections: RefCell::new(HashMap::new()),
             next_connection_id: Cell::new(0),
             groups: crate::group::Coordinator::new(config.group_config()),
+            index_cache: tern_storage::IndexCache::new(config.index_cache_bytes),
         }
     }
 
@@ -206,7 +209,13 @@ impl Shard {
                     partition.log.set_config(policy.log.clone());
                     *partition.policy.borrow_mut() = policy;
                 }
-                None => match Log::open(self.partition_dir(tp), policy.log.clone()).await {
+                None => match Log::open_with_cache(
+                    self.partition_dir(tp),
+                    policy.log.clone(),
+                    self.index_cache.clone(),
+                )
+                .await
+                {
                     Ok(log) => {
                         let partition = Rc::new(Partition {
                             tp: tp.clone(),
@@ -288,7 +297,12 @@ impl Shard {
             sample.log_bytes_written += stats.bytes_written;
             sample.log_fdatasyncs += stats.fdatasyncs;
             sample.log_tail_cache_bytes += stats.tail_cache_bytes as u64;
+            sample.log_active_index_bytes += stats.active_index_bytes as u64;
         }
+        let cache = self.index_cache.stats();
+        sample.index_cache_bytes = cache.bytes as u64;
+        sample.index_cache_hits = cache.hits;
+        sample.index_cache_misses = cache.misses;
         sample
     }
 

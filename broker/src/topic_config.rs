@@ -37,6 +37,22 @@ fn segment_bytes(value: &str) -> Result<(), String> {
     long_at_least(14)(value)
 }
 
+fn segment_index_bytes(value: &str) -> Result<(), String> {
+    let min = i64::from(tern_storage::limits::SEGMENT_INDEX_BYTES_MIN);
+    match value.parse::<i64>() {
+        Ok(n) if (min..=i64::from(i32::MAX)).contains(&n) => Ok(()),
+        _ => Err(format!("must be an integer in [{min}, {}]", i32::MAX)),
+    }
+}
+
+fn index_interval_bytes(value: &str) -> Result<(), String> {
+    let min = i64::from(tern_storage::limits::INDEX_INTERVAL_BYTES_MIN);
+    match value.parse::<i64>() {
+        Ok(n) if (min..=i64::from(i32::MAX)).contains(&n) => Ok(()),
+        _ => Err(format!("must be an integer in [{min}, {}]", i32::MAX)),
+    }
+}
+
 fn non_negative(value: &str) -> Result<(), String> {
     long_at_least(0)(value)
 }
@@ -86,6 +102,18 @@ const KEYS: &[Key] = &[
         default: "1073741824",
         validate: segment_bytes,
         doc: "segment roll size",
+    },
+    Key {
+        name: "segment.index.bytes",
+        default: "10485760",
+        validate: segment_index_bytes,
+        doc: "largest index of one segment; the segment rolls before its index outgrows it",
+    },
+    Key {
+        name: "index.interval.bytes",
+        default: "4096",
+        validate: index_interval_bytes,
+        doc: "bytes of batches between two index entries",
     },
     Key {
         name: "segment.ms",
@@ -243,6 +271,14 @@ pub fn policy(defaults: &TopicDefaults, explicit: &BTreeMap<String, String>) -> 
         } else {
             TimestampType::CreateTime
         },
+        index_interval_bytes: long("index.interval.bytes", 4096).clamp(
+            i64::from(tern_storage::limits::INDEX_INTERVAL_BYTES_MIN),
+            i64::from(i32::MAX),
+        ) as u32,
+        segment_index_bytes: long("segment.index.bytes", 10_485_760).clamp(
+            i64::from(tern_storage::limits::SEGMENT_INDEX_BYTES_MIN),
+            i64::from(i32::MAX),
+        ) as u32,
         tail_cache_bytes: limits::TAIL_CACHE_BYTES_PER_PARTITION,
         ..LogConfig::default()
     };

@@ -37,6 +37,10 @@ pub struct LogConfig {
     pub flush: FlushPolicy,
     /// One offset and time index entry per this many bytes of batches.
     pub index_interval_bytes: u32,
+    /// Largest index of one segment (Kafka's `segment.index.bytes`): the active segment rolls
+    /// before its offset index (8 bytes an entry) or time index (12) would outgrow it, which
+    /// bounds the one index each log keeps in memory.
+    pub segment_index_bytes: u32,
     /// Memory budget of this log's tail cache.
     pub tail_cache_bytes: usize,
     pub timestamp_type: TimestampType,
@@ -52,6 +56,7 @@ impl Default for LogConfig {
             max_message_bytes: 1_048_588,
             flush: FlushPolicy::EveryAppend,
             index_interval_bytes: 4096,
+            segment_index_bytes: 10 * 1024 * 1024,
             tail_cache_bytes: 8 * 1024 * 1024,
             timestamp_type: TimestampType::CreateTime,
         }
@@ -81,6 +86,13 @@ impl LogConfig {
                 "index_interval_bytes {} below {}",
                 self.index_interval_bytes,
                 limits::INDEX_INTERVAL_BYTES_MIN
+            ));
+        }
+        if self.segment_index_bytes < limits::SEGMENT_INDEX_BYTES_MIN {
+            return Err(format!(
+                "segment_index_bytes {} below {}",
+                self.segment_index_bytes,
+                limits::SEGMENT_INDEX_BYTES_MIN
             ));
         }
         if self.segment_ms <= 0 {

@@ -9,6 +9,7 @@
 pub mod config;
 pub mod error;
 pub mod index;
+pub mod index_cache;
 pub mod limits;
 mod lock;
 mod log;
@@ -17,6 +18,7 @@ mod segment;
 
 pub use config::{FlushPolicy, LogConfig, TimestampType};
 pub use error::{codes, AppendError, DeleteError, LockError, OpenError, ReadError, StorageIoError};
+pub use index_cache::{IndexCache, IndexCacheStats};
 pub use lock::{DataDirLock, LOCK_FILE_NAME};
 pub use log::{
     AppendInfo, Log, LogStats, ReadMode, ReadSlice, CLEAN_SHUTDOWN_FILE_NAME,

@@ -38,6 +38,14 @@ pub const HEADER_WALK_WINDOW_BYTES: usize = 64 * 1024;
 /// Largest read served by one `Log::read` call, whatever `max_bytes` the caller passes.
 pub const READ_BYTES_MAX: usize = 64 * 1024 * 1024;
 
+/// Smallest `segment_index_bytes`: room for one batch's offset entry and the two time entries
+/// (its own and the seal's) that one batch can add.
+pub const SEGMENT_INDEX_BYTES_MIN: u32 = 2 * TIME_INDEX_ENTRY_BYTES as u32;
+
+/// Memory for sealed segments' indexes in a cache made by `Log::open` for a lone log. The broker
+/// shares one cache per shard, sized by its own configuration.
+pub const INDEX_CACHE_BYTES_DEFAULT: usize = 16 * 1024 * 1024;
+
 /// Offset index entry: relative offset u32 + position u32.
 pub const OFFSET_INDEX_ENTRY_BYTES: usize = 8;
 /// Time index entry: timestamp i64 + relative offset u32.
@@ -59,6 +67,7 @@ const _: () = assert!((BATCH_BYTES_MAX as u64) < SEGMENT_BYTES_MAX);
 const _: () = assert!(SCAN_CHUNK_BYTES >= BATCH_HEADER_BYTES);
 const _: () = assert!(HEADER_WALK_WINDOW_BYTES >= BATCH_HEADER_BYTES);
 const _: () = assert!(INDEX_INTERVAL_BYTES_MIN as usize >= BATCH_HEADER_BYTES);
+const _: () = assert!(SEGMENT_INDEX_BYTES_MIN as usize >= OFFSET_INDEX_ENTRY_BYTES);
 
 /// fdatasync calls one log may have in flight at once. The code is correct for more than one
 /// (any completed sync covers everything written before it was issued), but on ext4 here two

@@ -44,6 +44,7 @@ use tern_protocol::types::{LeaderEpoch, Offset, TimestampMs};
 use crate::config::{FlushPolicy, LogConfig, TimestampType};
 use crate::error::{AppendError, DeleteError, OpenError, ReadError, StorageIoError};
 use crate::index::SegmentIndexer;
+use crate::index_cache::{IndexCache, SegmentIndexes};
 use crate::limits;
 use crate::notify::{AckWaiters, Notify};
 use crate::segment::{
@@ -133,6 +134,8 @@ pub struct LogStats {
     pub rolls: u64,
     pub tail_cache_bytes: usize,
     pub segments: usize,
+    /// Memory held by the active segment's indexes (sealed ones are in the `IndexCache`).
+    pub active_index_bytes: usize,
 }
 
 struct PendingBatch {
@@ -217,6 +220,15 @@ struct Inner {
     state: RefCell<State>,
     notify: Notify,
     ack_waiters: AckWaiters,
+    /// Where sealed segments' indexes are kept (shared by the shard's logs), under `log_id`.
+    index_cache: Rc<IndexCache>,
+    log_id: u64,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.index_cache.remove_log(self.log_id);
+    }
 }
 
 /// A partition's log. See the module documentation for the concurrency contract.
@@ -349,6 +361,21 @@ impl Log {
     /// marker the active segment is scanned batch by batch and a torn tail truncated; missing or
     /// damaged indexes are rebuilt.
     pub async fn open(dir: PathBuf, config: LogConfig) -> Result<Log, OpenError> {
+        Log::open_with_cache(
+            dir,
+            config,
+            IndexCache::new(limits::INDEX_CACHE_BYTES_DEFAULT),
+        )
+        .await
+    }
+
+    /// `open`, keeping sealed segments' indexes in `index_cache` (one per shard in the broker).
+    pub async fn open_with_cache(
+        dir: PathBuf,
+        config: LogConfig,
+        index_cache: Rc<IndexCache>,
+    ) -> Result<Log, OpenError> {
+        let log_id = index_cache.register_log();
         config.validate().map_err(OpenError::InvalidConfig)?;
         std::fs::create_dir_all(&dir)
             .map_err(|e| StorageIoError::new(format!("creating {}", dir.display()), e))?;
@@ -446,12 +473,12 @@ impl Log {
                         tracing::warn!(segment = %path.display(), position = outcome.valid_bytes, file_bytes, reason = ?outcome.stopped_by,
                             "truncating segment at the last valid batch");
                     }
+                    let mut indexer = outcome.indexer;
                     if !is_active {
-                        let mut sealed = outcome.indexer.clone();
-                        sealed.seal();
-                        segment::persist_indexes(&dir, &sealed).await?;
+                        indexer.seal();
+                        segment::persist_indexes(&dir, &indexer).await?;
                     }
-                    (outcome.indexer, outcome.valid_bytes)
+                    (indexer, outcome.valid_bytes)
                 }
             };
             if size_bytes < file_bytes {
@@ -472,6 +499,16 @@ impl Log {
                 // Stale indexes of the active segment would disagree with a rebuilt one.
                 remove_if_exists(&dir.join(offset_index_file_name(base))).await?;
                 remove_if_exists(&dir.join(time_index_file_name(base))).await?;
+            }
+            let mut indexer = indexer;
+            if !is_active {
+                // Sealed: its indexes are on disk; memory holds them only within the cache's
+                // budget.
+                let indexes = SegmentIndexes {
+                    offset: std::mem::take(&mut indexer.offset_index),
+                    time: std::mem::take(&mut indexer.time_index),
+                };
+                index_cache.insert(log_id, base, Rc::new(indexes));
             }
             segments.push(Segment {
                 file: Rc::new(file),
@@ -518,6 +555,8 @@ impl Log {
             state: RefCell::new(state),
             notify: Notify::default(),
             ack_waiters: AckWaiters::default(),
+            index_cache,
+            log_id,
         });
         spawn_interval_flusher(Rc::downgrade(&inner));
         Ok(Log { inner })
@@ -612,6 +651,15 @@ impl Log {
         self.inner.state.borrow().log_start
     }
 
+    fn out_of_range(&self, requested: Offset) -> ReadError {
+        let st = self.inner.state.borrow();
+        ReadError::OffsetOutOfRange {
+            requested,
+            log_start: st.log_start,
+            log_end: st.leo,
+        }
+    }
+
     pub fn log_end_offset(&self) -> Offset {
         self.inner.state.borrow().leo
     }
@@ -633,7 +681,19 @@ impl Log {
         let mut stats = st.stats;
         stats.tail_cache_bytes = st.cache_bytes;
         stats.segments = st.segments.len();
+        let active = &st
+            .segments
+            .last()
+            .expect("a log has an active segment")
+            .indexer;
+        stats.active_index_bytes =
+            SegmentIndexes::memory_bytes_of(&active.offset_index, &active.time_index);
         stats
+    }
+
+    /// The shard-wide cache holding this log's sealed indexes.
+    pub fn index_cache(&self) -> &Rc<IndexCache> {
+        &self.inner.index_cache
     }
 
     /// Base offsets of the segments, oldest first (for tests and admin tools).
@@ -679,7 +739,7 @@ impl Log {
             first_offset: start,
             next_offset: start,
         };
-        let (file, path, segment_base, size_bytes, floor_position, upper) = {
+        let (file, path, segment_base, size_bytes, floor, upper, relative) = {
             let mut st = self.inner.state.borrow_mut();
             if start < st.log_start || start > st.leo {
                 return Err(ReadError::OffsetOutOfRange {
@@ -717,22 +777,43 @@ impl Log {
                 });
             }
             let i = st.segments.partition_point(|s| s.base() <= start);
-            let Some(seg) = i.checked_sub(1).map(|i| &st.segments[i]) else {
+            let Some(i) = i.checked_sub(1) else {
                 return Err(ReadError::OffsetOutOfRange {
                     requested: start,
                     log_start: st.log_start,
                     log_end: st.leo,
                 });
             };
-            let floor = seg.indexer.offset_index.floor(seg.indexer.relative(start));
+            let seg = &st.segments[i];
+            let relative = seg.indexer.relative(start);
+            let floor = if i + 1 == st.segments.len() {
+                Some(seg.indexer.offset_index.floor(relative))
+            } else {
+                self.inner
+                    .index_cache
+                    .get(self.inner.log_id, seg.base())
+                    .map(|indexes| indexes.offset.floor(relative))
+            };
             (
                 seg.file.clone(),
                 self.inner.dir.join(log_file_name(seg.base())),
                 seg.base(),
                 seg.size_bytes,
-                u64::from(floor.position),
+                floor,
                 upper,
+                relative,
             )
+        };
+        let floor_position = match floor {
+            Some(floor) => u64::from(floor.position),
+            None => match self
+                .inner
+                .sealed_indexes(segment_base, &file, size_bytes)
+                .await?
+            {
+                Some(indexes) => u64::from(indexes.offset.floor(relative).position),
+                None => return Err(self.out_of_range(start)),
+            },
         };
         let (position, first) =
             match walk_to_offset(&file, &path, floor_position, size_bytes, start).await {
@@ -810,25 +891,44 @@ impl Log {
     ) -> Result<Option<(Offset, TimestampMs)>, ReadError> {
         let (file, path, segment_base, size_bytes, position, log_start) = {
             let st = self.inner.state.borrow();
-            let Some(seg) = st
+            let Some(i) = st
                 .segments
                 .iter()
-                .find(|s| s.indexer.max_timestamp.is_some_and(|(_, max)| max >= ts))
+                .position(|s| s.indexer.max_timestamp.is_some_and(|(_, max)| max >= ts))
             else {
                 return Ok(None);
             };
-            let rel = seg.indexer.time_index.scan_start(ts);
-            let floor = seg.indexer.offset_index.floor(rel);
+            let seg = &st.segments[i];
+            let position = if i + 1 == st.segments.len() {
+                let rel = seg.indexer.time_index.scan_start(ts);
+                Some(u64::from(seg.indexer.offset_index.floor(rel).position))
+            } else {
+                self.inner
+                    .index_cache
+                    .get(self.inner.log_id, seg.base())
+                    .map(|ix| u64::from(ix.offset.floor(ix.time.scan_start(ts)).position))
+            };
             (
                 seg.file.clone(),
                 self.inner.dir.join(log_file_name(seg.base())),
                 seg.base(),
                 seg.size_bytes,
-                u64::from(floor.position),
+                position,
                 st.log_start,
             )
         };
-        let mut position = position;
+        let mut position = match position {
+            Some(position) => position,
+            None => match self
+                .inner
+                .sealed_indexes(segment_base, &file, size_bytes)
+                .await?
+            {
+                Some(ix) => u64::from(ix.offset.floor(ix.time.scan_start(ts)).position),
+                // Deleted by retention meanwhile: the answer lies in a later segment.
+                None => return Box::pin(self.offset_for_timestamp(ts)).await,
+            },
+        };
         match walk_headers(&file, &path, &mut position, size_bytes, |h| {
             h.max_timestamp() >= ts
         })
@@ -1016,6 +1116,61 @@ impl Log {
 }
 
 impl Inner {
+    /// The indexes of the sealed segment at `base`: from the shard's cache, else read from its
+    /// index files (rebuilt by a scan when those are missing or damaged), then cached. None
+    /// when the segment was deleted meanwhile.
+    async fn sealed_indexes(
+        &self,
+        base: Offset,
+        file: &glommio::io::DmaFile,
+        size_bytes: u64,
+    ) -> Result<Option<Rc<SegmentIndexes>>, StorageIoError> {
+        if let Some(hit) = self.index_cache.get(self.log_id, base) {
+            return Ok(Some(hit));
+        }
+        let exists = || {
+            self.state
+                .borrow()
+                .segments
+                .iter()
+                .any(|s| s.base() == base)
+        };
+        let loaded = segment::load_indexes(&self.dir, base, size_bytes.max(1)).await?;
+        if !exists() {
+            return Ok(None);
+        }
+        let indexes = match loaded {
+            Some((offset, time)) => SegmentIndexes { offset, time },
+            None => {
+                tracing::warn!(dir = %self.dir.display(), segment = base.0,
+                    "index files of a sealed segment are missing or damaged; rebuilding the index in memory");
+                let interval = self.state.borrow().config.index_interval_bytes;
+                let path = self.dir.join(log_file_name(base));
+                let outcome = segment::scan(
+                    file,
+                    &path,
+                    SegmentIndexer::new(base),
+                    0,
+                    size_bytes,
+                    interval,
+                    true,
+                )
+                .await?;
+                let mut indexer = outcome.indexer;
+                indexer.seal();
+                SegmentIndexes {
+                    offset: indexer.offset_index,
+                    time: indexer.time_index,
+                }
+            }
+        };
+        let indexes = Rc::new(indexes);
+        if exists() {
+            self.index_cache.insert(self.log_id, base, indexes.clone());
+        }
+        Ok(Some(indexes))
+    }
+
     async fn acquire_writer(&self) -> WriterGuard<'_> {
         loop {
             let listen = {
@@ -1120,14 +1275,25 @@ impl Inner {
                     break;
                 };
                 let active = st.segments.last().expect("a log has an active segment");
-                let fits = |size: u64, header: &BatchHeader| {
+                // Each batch adds at most one entry to each index, and the seal one more time
+                // entry: `batches` more must leave both within `segment_index_bytes`.
+                let index_room = |batches: usize| {
+                    let cap = st.config.segment_index_bytes as usize;
+                    let offsets = active.indexer.offset_index.entries().len() + batches;
+                    let times = active.indexer.time_index.entries().len() + batches + 1;
+                    offsets * limits::OFFSET_INDEX_ENTRY_BYTES <= cap
+                        && times * limits::TIME_INDEX_ENTRY_BYTES <= cap
+                };
+                let fits = |size: u64, header: &BatchHeader, batches: usize| {
                     size + header.total_bytes() as u64 <= st.config.segment_bytes
                         && header.last_offset().0 - active.base().0 <= i64::from(u32::MAX)
+                        && index_room(batches)
                 };
                 let too_old = active
                     .first_append_ms
                     .is_some_and(|t| first.now_ms - t >= st.config.segment_ms);
-                if active.size_bytes > 0 && (too_old || !fits(active.size_bytes, &first.header)) {
+                if active.size_bytes > 0 && (too_old || !fits(active.size_bytes, &first.header, 1))
+                {
                     (0, true)
                 } else {
                     let mut size = active.size_bytes + first.bytes.len() as u64;
@@ -1136,7 +1302,7 @@ impl Inner {
                     for p in st.pending.iter().skip(1) {
                         if p.header.base_offset() >= round_end
                             || bytes + p.bytes.len() > limits::WRITE_COALESCE_BYTES_MAX
-                            || !fits(size, &p.header)
+                            || !fits(size, &p.header, count + 1)
                         {
                             break;
                         }
@@ -1348,6 +1514,13 @@ impl Inner {
         let old = st.segments.last_mut().expect("a log has an active segment");
         old.tail = Vec::new();
         old.preallocated_bytes = 0;
+        // Sealed now: its indexes are on disk and stay in memory only within the cache budget.
+        let indexes = SegmentIndexes {
+            offset: std::mem::take(&mut old.indexer.offset_index),
+            time: std::mem::take(&mut old.indexer.time_index),
+        };
+        self.index_cache
+            .insert(self.log_id, indexer.base, Rc::new(indexes));
         st.segments.push(Segment {
             file: Rc::new(new_file),
             size_bytes: 0,
@@ -1401,6 +1574,7 @@ impl Inner {
         }
         for victim in victims {
             let base = victim.base();
+            self.index_cache.remove(self.log_id, base);
             if let Ok(file) = Rc::try_unwrap(victim.file) {
                 let _ = file.close().await;
             }

@@ -694,3 +694,95 @@ fn a_failing_disk_surfaces_a_storage_error_and_the_log_reopens_consistent() {
         assert_eq!(more[0].base, acked.last().unwrap().next);
     });
 }
+
+#[test]
+fn sealed_indexes_stay_within_the_shared_cache_budget_whatever_the_log_size() {
+    use tern_storage::IndexCache;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    run_async(move || async move {
+        // About 1.5 KiB of index per 16 KiB segment with small_config: room for two or three.
+        let budget = 4 * 1024;
+        let cache = IndexCache::new(budget);
+        let a = Log::open_with_cache(root.join("a"), small_config(), cache.clone())
+            .await
+            .unwrap();
+        let b = Log::open_with_cache(root.join("b"), small_config(), cache.clone())
+            .await
+            .unwrap();
+        let mut expected_a = Vec::new();
+        let mut expected_b = Vec::new();
+        for i in 0..240i64 {
+            expected_a.extend(append_all(&a, &[(1, 200)], 1000 + i).await);
+            expected_b.extend(append_all(&b, &[(1, 200)], 5000 + i).await);
+            assert!(cache.stats().bytes <= budget);
+        }
+        assert!(a.segment_bases().len() >= 3, "{:?}", a.segment_bases());
+        check_reads(&a, &expected_a).await;
+        check_reads(&b, &expected_b).await;
+        let stats = cache.stats();
+        assert!(stats.bytes <= budget, "{stats:?}");
+        assert!(stats.misses > 0 && stats.evictions > 0, "{stats:?}");
+        // Time lookups land in sealed segments whose indexes had been evicted.
+        for i in [0i64, 37, 120, 239] {
+            let e = &expected_a[i as usize];
+            assert_eq!(
+                a.offset_for_timestamp(TimestampMs(1000 + i)).await.unwrap(),
+                Some((e.base, TimestampMs(1000 + i)))
+            );
+        }
+        // A sealed index file lost while the log is open is rebuilt in memory for the read.
+        let first = a.segment_bases()[0];
+        check_reads(&b, &expected_b).await; // evicts a's entries
+        std::fs::remove_file(root.join("a").join(offset_index_file_name(first))).unwrap();
+        let slice = a
+            .read(expected_a[3].base, 1, Offset(i64::MAX))
+            .await
+            .unwrap();
+        assert_eq!(concat(&slice), &expected_a[3].bytes[..]);
+        assert!(cache.stats().bytes <= budget);
+        // A dropped log gives its share back.
+        drop(b);
+        a.close().await.unwrap();
+        assert_eq!(cache.stats().bytes, 0, "{:?}", cache.stats());
+        // Reopened under the same budget, every offset still reads back.
+        let a = Log::open_with_cache(root.join("a"), small_config(), cache.clone())
+            .await
+            .unwrap();
+        check_reads(&a, &expected_a).await;
+        assert!(cache.stats().bytes <= budget);
+    });
+}
+
+#[test]
+fn the_active_segment_rolls_before_its_index_outgrows_segment_index_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p0");
+    run_async(move || async move {
+        let config = LogConfig {
+            segment_bytes: 1 << 30,
+            index_interval_bytes: 64,
+            segment_index_bytes: 120,
+            ..small_config()
+        };
+        let log = Log::open(path.clone(), config.clone()).await.unwrap();
+        let specs: Vec<(usize, usize)> = (0..100).map(|_| (1, 100)).collect();
+        let expected = append_all(&log, &specs, 7).await;
+        assert!(log.segment_bases().len() > 5, "{:?}", log.segment_bases());
+        // At most 15 offset entries (8 bytes each on disk), 10 time entries (12 bytes).
+        assert!(log.stats().active_index_bytes <= 15 * 8 + 10 * 16);
+        check_reads(&log, &expected).await;
+        log.close().await.unwrap();
+        for base in Log::open(path.clone(), config)
+            .await
+            .unwrap()
+            .segment_bases()
+        {
+            let offsets = std::fs::metadata(path.join(offset_index_file_name(base)));
+            let times = std::fs::metadata(path.join(time_index_file_name(base)));
+            if let (Ok(offsets), Ok(times)) = (offsets, times) {
+                assert!(offsets.len() <= 120 && times.len() <= 120);
+            }
+        }
+    });
+}

@@ -64,3 +64,66 @@ fn partition_larger_than_the_tail_cache_reads_back_exactly_from_offset_zero() {
         "records from offset 100"
     );
 }
+
+/// Sealed segments' indexes live in a per-shard cache with a byte budget
+/// (`--index-cache-bytes`); a partition of ~190 small segments, whose indexes together are far
+/// over a 2 KiB budget, still reads back exactly from offset 0 and answers time lookups in its
+/// oldest segments, while the cache stays within its budget.
+#[test]
+fn many_segments_read_back_exactly_under_a_small_index_cache_budget() {
+    let budget = 2048;
+    let broker = Broker::start_with(1, &["--index-cache-bytes", &budget.to_string()]);
+    let topic = "index-budget";
+    kafka::create_topic(
+        &broker,
+        topic,
+        1,
+        &[("segment.bytes", "65536"), ("index.interval.bytes", "64")],
+    );
+    let producer = kafka::producer_with(&broker, &[("linger.ms", "0")]);
+    let sent: Vec<Rec> = (0..RECORDS)
+        .map(|i| Rec {
+            timestamp_ms: Some(1_700_000_000_000 + i as i64),
+            ..Rec::value(value(i))
+        })
+        .collect();
+    for chunk in sent.chunks(4) {
+        kafka::produce(&producer, topic, Some(0), chunk);
+    }
+    let segments = std::fs::read_dir(broker.data_dir().join("data").join(format!("{topic}-0")))
+        .expect("partition directory")
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".log"))
+        })
+        .count();
+    assert!(segments > 100, "{segments} segments");
+
+    let consumed = kafka::consume(&broker, topic, &[0], RECORDS);
+    assert_eq!(consumed.len(), RECORDS);
+    for (index, (sent, got)) in sent.iter().zip(&consumed).enumerate() {
+        assert_eq!(got.offset, index as i64, "offset of record {index}");
+        assert!(got.record == *sent, "record {index} differs");
+    }
+    // Time lookups that land in old segments whose indexes were evicted.
+    let consumer = kafka::consumer(&broker);
+    for index in [3usize, 150, 400] {
+        let mut query = rdkafka::TopicPartitionList::new();
+        query
+            .add_partition_offset(topic, 0, Offset::Offset(1_700_000_000_000 + index as i64))
+            .expect("query");
+        let answer =
+            rdkafka::consumer::Consumer::offsets_for_times(&consumer, query, kafka::WAIT_MAX)
+                .expect("offsets_for_times");
+        let found = answer.elements()[0].offset();
+        assert_eq!(
+            found,
+            Offset::Offset(index as i64),
+            "time of record {index}"
+        );
+    }
+    let cached = broker.metric("tern_index_cache_bytes");
+    let misses = broker.metric("tern_index_cache_misses_total");
+    assert!(cached <= budget, "index cache holds {cached} bytes");
+    assert!(misses > 0, "no index was read back from disk");
+}

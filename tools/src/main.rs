@@ -258,6 +258,10 @@ struct ServeArgs {
     /// Request bytes one connection may hold in memory while they are served.
     #[arg(long, env = "TERN_MAX_BUFFERED_REQUEST_BYTES")]
     max_buffered_request_bytes: Option<usize>,
+    /// Memory per shard for sealed segments' indexes; least recently used ones are read
+    /// again from disk when needed.
+    #[arg(long, env = "TERN_INDEX_CACHE_BYTES")]
+    index_cache_bytes: Option<usize>,
     /// Default topic config, repeatable: --topic-default retention.ms=3600000
     #[arg(
         long = "topic-default",
@@ -338,6 +342,10 @@ fn build_config(args: ServeArgs) -> Result<BrokerConfig, String> {
             .group_initial_rebalance_delay_ms
             .or(file.group_initial_rebalance_delay_ms)
             .unwrap_or(defaults.group_initial_rebalance_delay_ms),
+        index_cache_bytes: args
+            .index_cache_bytes
+            .or(file.index_cache_bytes)
+            .unwrap_or(defaults.index_cache_bytes),
     };
     if config.default_partitions < 1 {
         return Err("default partitions must be at least 1".into());

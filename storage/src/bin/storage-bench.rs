@@ -5,8 +5,10 @@
 //! append throughput (1 KiB records in 16 KiB and 1 MiB batches; EveryAppend group commit with
 //! several concurrent appenders, and interval flush), and durable-append latency at a fixed
 //! offered rate of half of saturation (open loop: latency counts from the scheduled time, so
-//! queueing is not hidden). It ends with `key value` lines for scripts. It is a benchmark, not a
-//! test: it never fails on a slow machine. It must never leave its temporary directory behind.
+//! queueing is not hidden), next to the same schedule served by a minimal group commit on a
+//! raw file (the device's own floor at that load). It ends with `key value` lines for scripts.
+//! It is a benchmark, not a test: it never fails on a slow machine. It must never leave its
+//! temporary directory behind.
 //!
 //! Usage: `cargo run --release -p tern-storage --bin storage-bench -- [--dir D] [--seconds S]`
 
@@ -148,6 +150,82 @@ async fn raw_write_fdatasync_latency(
         position += block_bytes as u64;
     }
     file.close().await.map_err(|e| e.to_string())?;
+    std::fs::remove_file(&path).map_err(|e| e.to_string())?;
+    Ok(hist)
+}
+
+/// The floor for the durable-append latency phase: the same open-loop schedule served by the
+/// simplest possible group commit on a raw file (no log, no validation, no indexes): write
+/// everything that has arrived in one O_DIRECT write, fdatasync, acknowledge, repeat. Latency
+/// counts from the scheduled time, as in `durable_latency`.
+async fn raw_group_commit_latency(
+    dir: &Path,
+    block_bytes: usize,
+    rate_per_s: f64,
+    seconds: f64,
+) -> Result<Histogram<u64>, String> {
+    let path = dir.join("raw-group-commit");
+    let file = Rc::new(
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .dma_open(&path)
+            .await
+            .map_err(|e| e.to_string())?,
+    );
+    let block = block_bytes.next_multiple_of(4096);
+    let total = (rate_per_s * seconds) as u64;
+    file.pre_allocate((total + 1) * block as u64, true)
+        .await
+        .map_err(|e| e.to_string())?;
+    let queue: Rc<RefCell<Vec<Instant>>> = Rc::new(RefCell::new(Vec::new()));
+    let done = Rc::new(Cell::new(false));
+    let (wake_tx, wake_rx) = glommio::channels::local_channel::new_unbounded::<()>();
+    let committer = {
+        let (file, queue, done) = (file.clone(), queue.clone(), done.clone());
+        glommio::spawn_local(async move {
+            let mut hist = Histogram::<u64>::new(3).map_err(|e| e.to_string())?;
+            let mut position = 0u64;
+            loop {
+                if queue.borrow().is_empty() {
+                    if done.get() {
+                        return Ok::<_, String>(hist);
+                    }
+                    wake_rx.recv().await;
+                    continue;
+                }
+                let group = std::mem::take(&mut *queue.borrow_mut());
+                let len = group.len() * block;
+                let mut buf = file.alloc_dma_buffer(len);
+                buf.as_bytes_mut().fill(0x44);
+                file.write_at(buf, position)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                file.fdatasync().await.map_err(|e| e.to_string())?;
+                position += len as u64;
+                for scheduled in group {
+                    hist.record(scheduled.elapsed().as_micros() as u64)
+                        .map_err(|e| e.to_string())?;
+                }
+            }
+        })
+    };
+    let interval = Duration::from_secs_f64(1.0 / rate_per_s);
+    let start = Instant::now();
+    for i in 0..total {
+        let scheduled = start + interval * i as u32;
+        let now = Instant::now();
+        if scheduled > now {
+            glommio::timer::sleep(scheduled - now).await;
+        }
+        queue.borrow_mut().push(scheduled);
+        let _ = wake_tx.try_send(());
+    }
+    done.set(true);
+    let _ = wake_tx.try_send(());
+    let hist = committer.await?;
+    drop(file);
     std::fs::remove_file(&path).map_err(|e| e.to_string())?;
     Ok(hist)
 }
@@ -335,6 +413,10 @@ fn main() -> Result<(), String> {
             put("append_interval_mb_s_16k", format!("{i16k:.1}"));
             let offered = (rate_16k * rate_fraction).max(1.0);
             put("durable_offered_per_s", format!("{offered:.0}"));
+            let floor = raw_group_commit_latency(&dir, batch_16k.len(), offered, seconds.max(3.0)).await?;
+            put("raw_group_commit_p50_us", floor.value_at_quantile(0.5).to_string());
+            put("raw_group_commit_p99_us", floor.value_at_quantile(0.99).to_string());
+            put("raw_group_commit_p999_us", floor.value_at_quantile(0.999).to_string());
             let lat = durable_latency(&dir, &batch_16k, offered, seconds.max(3.0)).await?;
             put("durable_p50_us", lat.value_at_quantile(0.5).to_string());
             put("durable_p99_us", lat.value_at_quantile(0.99).to_string());
@@ -345,6 +427,10 @@ fn main() -> Result<(), String> {
             put(
                 "ratio_p99",
                 format!("{:.3}", lat.value_at_quantile(0.99) as f64 / raw_sync.value_at_quantile(0.99).max(1) as f64),
+            );
+            put(
+                "ratio_p99_vs_raw_group_commit",
+                format!("{:.3}", lat.value_at_quantile(0.99) as f64 / floor.value_at_quantile(0.99).max(1) as f64),
             );
             Ok::<_, String>(out)
         })
