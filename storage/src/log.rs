@@ -1451,6 +1451,11 @@ impl Inner {
         }
         let mut st = self.state.borrow_mut();
         let st = &mut *st;
+        if let Some(message) = &st.failed {
+            // A failed fdatasync elsewhere cleared the pending batches while this write was on
+            // the device: nothing it holds may be counted as written.
+            return Err(failed_error(message));
+        }
         let interval = st.config.index_interval_bytes;
         let active = st.segments.last_mut().expect("a log has an active segment");
         let mut position = active.size_bytes;

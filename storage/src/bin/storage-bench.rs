@@ -8,7 +8,8 @@
 //! queueing is not hidden), next to the same schedule served by a minimal group commit on a
 //! raw file (the device's own floor at that load). It ends with `key value` lines for scripts.
 //! It is a benchmark, not a test: it never fails on a slow machine. It must never leave its
-//! temporary directory behind.
+//! temporary directory behind, but deletes it only at the very end: with ext4's `discard` mount
+//! option, deleting a phase's gigabytes sends discards that stall the next phase's fdatasyncs.
 //!
 //! Usage: `cargo run --release -p tern-storage --bin storage-bench -- [--dir D] [--seconds S]`
 
@@ -113,7 +114,6 @@ async fn raw_write_bandwidth(dir: &Path, block_bytes: usize, seconds: f64) -> Re
     file.fdatasync().await.map_err(|e| e.to_string())?;
     let elapsed = start.elapsed();
     file.close().await.map_err(|e| e.to_string())?;
-    std::fs::remove_file(&path).map_err(|e| e.to_string())?;
     Ok(mb_s(position, elapsed))
 }
 
@@ -150,7 +150,6 @@ async fn raw_write_fdatasync_latency(
         position += block_bytes as u64;
     }
     file.close().await.map_err(|e| e.to_string())?;
-    std::fs::remove_file(&path).map_err(|e| e.to_string())?;
     Ok(hist)
 }
 
@@ -226,7 +225,6 @@ async fn raw_group_commit_latency(
     let _ = wake_tx.try_send(());
     let hist = committer.await?;
     drop(file);
-    std::fs::remove_file(&path).map_err(|e| e.to_string())?;
     Ok(hist)
 }
 
@@ -279,7 +277,7 @@ async fn append_throughput(
     eprintln!("  {name}: {stats:?}");
     Rc::try_unwrap(log)
         .map_err(|_| "log still shared".to_string())?
-        .remove()
+        .close()
         .await
         .map_err(|e| e.to_string())?;
     Ok((
@@ -367,7 +365,7 @@ async fn durable_latency(
     );
     Rc::try_unwrap(log)
         .map_err(|_| "log still shared".to_string())?
-        .remove()
+        .close()
         .await
         .map_err(|e| e.to_string())?;
     Ok(Rc::try_unwrap(hist)
