@@ -1319,12 +1319,13 @@ impl Inner {
             }
             self.write_to_active(count).await?;
         }
-        let mut st = self.state.borrow_mut();
-        if matches!(st.config.flush, FlushPolicy::Interval { .. }) {
-            st.hw = st.hw.max(st.written_end);
-        }
-        let hw = st.hw;
-        drop(st);
+        let hw = {
+            let mut st = self.state.borrow_mut();
+            if matches!(st.config.flush, FlushPolicy::Interval { .. }) {
+                st.hw = st.hw.max(st.written_end);
+            }
+            st.hw
+        };
         self.ack_waiters.wake_satisfied(hw.0, false);
         let interval_due = {
             let st = self.state.borrow();

@@ -8,10 +8,16 @@
 //! queueing is not hidden), next to the same schedule served by a minimal group commit on a
 //! raw file (the device's own floor at that load). It ends with `key value` lines for scripts.
 //! It is a benchmark, not a test: it never fails on a slow machine. It must never leave its
-//! temporary directory behind, but deletes it only at the very end: with ext4's `discard` mount
-//! option, deleting a phase's gigabytes sends discards that stall the next phase's fdatasyncs.
+//! temporary directory behind, but deletes files only between rounds, followed by a sync: with
+//! ext4's `discard` mount option, deleting gigabytes sends discards that stall the fdatasyncs
+//! of whatever runs next.
 //!
-//! Usage: `cargo run --release -p tern-storage --bin storage-bench -- [--dir D] [--seconds S]`
+//! Every phase runs `--rounds` times (default 3), interleaved: this machine's disk drifts by
+//! tens of percent within a minute, so a ratio is taken within each round (its two sides seconds
+//! apart) and the median over rounds is printed, with the smallest and largest.
+//!
+//! Usage: `cargo run --release -p tern-storage --bin storage-bench -- [--dir D] [--seconds S]
+//! [--rounds N] [--rate-fraction F]`
 
 use std::cell::{Cell, RefCell};
 use std::path::{Path, PathBuf};
@@ -35,6 +41,9 @@ struct Args {
     seconds: f64,
     /// Offered rate of the latency phase as a fraction of the measured saturation rate.
     rate_fraction: f64,
+    /// Every phase runs this many times, interleaved, so each ratio's two sides are measured
+    /// seconds apart; the figures printed are medians.
+    rounds: usize,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -43,6 +52,7 @@ fn parse_args() -> Result<Args, String> {
         .join(format!("storage-bench-{}", std::process::id()));
     let mut seconds = 3.0;
     let mut rate_fraction = 0.5;
+    let mut rounds = 3;
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
@@ -56,6 +66,13 @@ fn parse_args() -> Result<Args, String> {
                     .and_then(|s| s.parse().ok())
                     .ok_or("--rate-fraction needs a number")?
             }
+            "--rounds" => {
+                rounds = it
+                    .next()
+                    .and_then(|s| s.parse().ok())
+                    .filter(|&n: &usize| n > 0)
+                    .ok_or("--rounds needs a positive number")?
+            }
             "--seconds" => {
                 seconds = it
                     .next()
@@ -64,7 +81,7 @@ fn parse_args() -> Result<Args, String> {
             }
             other => {
                 return Err(format!(
-                    "unknown argument {other}; usage: storage-bench [--dir D] [--seconds S] [--rate-fraction F]"
+                    "unknown argument {other}; usage: storage-bench [--dir D] [--seconds S] [--rounds N] [--rate-fraction F]"
                 ))
             }
         }
@@ -73,6 +90,7 @@ fn parse_args() -> Result<Args, String> {
         dir,
         seconds,
         rate_fraction,
+        rounds,
     })
 }
 
@@ -373,68 +391,146 @@ async fn durable_latency(
         .into_inner())
 }
 
+/// One round's figures, in the order the phases run.
+#[derive(Default)]
+struct Round {
+    raw_1m: f64,
+    raw_16k: f64,
+    raw_sync: Option<Histogram<u64>>,
+    append_1m: f64,
+    append_16k: f64,
+    rate_16k: f64,
+    interval_1m: f64,
+    interval_16k: f64,
+    floor: Option<Histogram<u64>>,
+    durable: Option<Histogram<u64>>,
+}
+
+/// Runs every phase once in `dir`. `offered` is the durable phase's rate; None measures
+/// saturation first and offers `rate_fraction` of it.
+async fn run_round(
+    dir: &Path,
+    seconds: f64,
+    offered: Option<f64>,
+    rate_fraction: f64,
+) -> Result<Round, String> {
+    let batch_16k = build_simple_batch(TimestampMs(1), 16, RECORD_VALUE_BYTES);
+    let batch_1m = build_simple_batch(TimestampMs(1), 1024, RECORD_VALUE_BYTES);
+    let every = FlushPolicy::EveryAppend;
+    let interval = FlushPolicy::Interval {
+        messages: 1_000_000,
+        ms: 1000,
+    };
+    let mut r = Round {
+        raw_1m: raw_write_bandwidth(dir, 1 << 20, seconds).await?,
+        ..Round::default()
+    };
+    r.append_1m = append_throughput(dir, "every-1m", &batch_1m, every, seconds)
+        .await?
+        .0;
+    r.interval_1m = append_throughput(dir, "interval-1m", &batch_1m, interval, seconds)
+        .await?
+        .0;
+    r.raw_16k = raw_write_bandwidth(dir, 16 << 10, seconds).await?;
+    (r.append_16k, r.rate_16k) =
+        append_throughput(dir, "every-16k", &batch_16k, every, seconds).await?;
+    r.interval_16k = append_throughput(dir, "interval-16k", &batch_16k, interval, seconds)
+        .await?
+        .0;
+    let offered = offered.unwrap_or((r.rate_16k * rate_fraction).max(1.0));
+    r.raw_sync = Some(raw_write_fdatasync_latency(dir, 16 << 10, seconds).await?);
+    r.floor =
+        Some(raw_group_commit_latency(dir, batch_16k.len(), offered, seconds.max(3.0)).await?);
+    r.durable = Some(durable_latency(dir, &batch_16k, offered, seconds.max(3.0)).await?);
+    Ok(r)
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
 fn main() -> Result<(), String> {
     let args = parse_args()?;
     std::fs::create_dir_all(&args.dir)
         .map_err(|e| format!("creating {}: {e}", args.dir.display()))?;
     let dir = args.dir.clone();
-    let seconds = args.seconds;
-    let rate_fraction = args.rate_fraction;
-    let lines = LocalExecutorBuilder::new(Placement::Unbound)
+    let (seconds, rate_fraction, rounds) = (args.seconds, args.rate_fraction, args.rounds);
+    let result = LocalExecutorBuilder::new(Placement::Unbound)
         .spawn(move || async move {
             tern_storage::prime_direct_io(&dir).await.map_err(|e| e.to_string())?;
-            let batch_16k = build_simple_batch(TimestampMs(1), 16, RECORD_VALUE_BYTES);
-            let batch_1m = build_simple_batch(TimestampMs(1), 1024, RECORD_VALUE_BYTES);
-            let mut out: Vec<(String, String)> = Vec::new();
-            let mut put = |k: &str, v: String| {
-                println!("{k} {v}");
-                out.push((k.to_string(), v));
-            };
-            eprintln!("batches: 16k = {} bytes, 1m = {} bytes; {APPENDERS} appenders; {seconds} s per phase", batch_16k.len(), batch_1m.len());
-            let raw_1m = raw_write_bandwidth(&dir, 1 << 20, seconds).await?;
-            put("raw_write_mb_s_1m", format!("{raw_1m:.1}"));
-            let raw_16k = raw_write_bandwidth(&dir, 16 << 10, seconds).await?;
-            put("raw_write_mb_s_16k", format!("{raw_16k:.1}"));
-            let raw_sync = raw_write_fdatasync_latency(&dir, 16 << 10, seconds).await?;
-            put("raw_fdatasync_p50_us", raw_sync.value_at_quantile(0.5).to_string());
-            put("raw_fdatasync_p99_us", raw_sync.value_at_quantile(0.99).to_string());
-            put("raw_fdatasync_p999_us", raw_sync.value_at_quantile(0.999).to_string());
-            let (a1m, _) = append_throughput(&dir, "every-1m", &batch_1m, FlushPolicy::EveryAppend, seconds).await?;
-            put("append_mb_s_1m", format!("{a1m:.1}"));
-            let (a16k, rate_16k) = append_throughput(&dir, "every-16k", &batch_16k, FlushPolicy::EveryAppend, seconds).await?;
-            put("append_mb_s_16k", format!("{a16k:.1}"));
-            put("append_per_s_16k", format!("{rate_16k:.0}"));
-            let interval = FlushPolicy::Interval { messages: 1_000_000, ms: 1000 };
-            let (i1m, _) = append_throughput(&dir, "interval-1m", &batch_1m, interval, seconds).await?;
-            put("append_interval_mb_s_1m", format!("{i1m:.1}"));
-            let (i16k, _) = append_throughput(&dir, "interval-16k", &batch_16k, interval, seconds).await?;
-            put("append_interval_mb_s_16k", format!("{i16k:.1}"));
-            let offered = (rate_16k * rate_fraction).max(1.0);
-            put("durable_offered_per_s", format!("{offered:.0}"));
-            let floor = raw_group_commit_latency(&dir, batch_16k.len(), offered, seconds.max(3.0)).await?;
-            put("raw_group_commit_p50_us", floor.value_at_quantile(0.5).to_string());
-            put("raw_group_commit_p99_us", floor.value_at_quantile(0.99).to_string());
-            put("raw_group_commit_p999_us", floor.value_at_quantile(0.999).to_string());
-            let lat = durable_latency(&dir, &batch_16k, offered, seconds.max(3.0)).await?;
-            put("durable_p50_us", lat.value_at_quantile(0.5).to_string());
-            put("durable_p99_us", lat.value_at_quantile(0.99).to_string());
-            put("durable_p999_us", lat.value_at_quantile(0.999).to_string());
-            put("durable_samples", lat.len().to_string());
-            put("ratio_throughput_1m", format!("{:.3}", a1m / raw_1m));
-            put("ratio_throughput_16k", format!("{:.3}", a16k / raw_16k));
-            put(
-                "ratio_p99",
-                format!("{:.3}", lat.value_at_quantile(0.99) as f64 / raw_sync.value_at_quantile(0.99).max(1) as f64),
-            );
-            put(
-                "ratio_p99_vs_raw_group_commit",
-                format!("{:.3}", lat.value_at_quantile(0.99) as f64 / floor.value_at_quantile(0.99).max(1) as f64),
-            );
-            Ok::<_, String>(out)
+            eprintln!("{rounds} rounds of every phase, {seconds} s per phase, {APPENDERS} appenders");
+            let mut all: Vec<Round> = Vec::new();
+            let mut offered = None;
+            for round in 0..rounds {
+                let round_dir = dir.join(format!("round-{round}"));
+                std::fs::create_dir_all(&round_dir).map_err(|e| e.to_string())?;
+                let r = run_round(&round_dir, seconds, offered, rate_fraction).await?;
+                let rate = offered.unwrap_or((r.rate_16k * rate_fraction).max(1.0));
+                offered = Some(rate);
+                let q99 = |h: &Option<Histogram<u64>>| h.as_ref().map_or(0, |h| h.value_at_quantile(0.99));
+                eprintln!(
+                    "round {round}: raw 1m {:.0} MB/s, append 1m {:.0} MB/s (x{:.3}); raw 16k {:.0}, append 16k {:.0} (x{:.3}); \
+                     p99 us: raw write+fdatasync {}, raw group commit {}, durable {} at {rate:.0}/s",
+                    r.raw_1m, r.append_1m, r.append_1m / r.raw_1m, r.raw_16k, r.append_16k,
+                    r.append_16k / r.raw_16k, q99(&r.raw_sync), q99(&r.floor), q99(&r.durable),
+                );
+                all.push(r);
+                // Deleting gigabytes on ext4 with `discard` issues discards at the next journal
+                // commit; let them finish before the next round measures anything.
+                std::fs::remove_dir_all(&round_dir).map_err(|e| e.to_string())?;
+                // SAFETY: sync(2) has no preconditions.
+                unsafe { libc::sync() };
+                glommio::timer::sleep(Duration::from_secs(1)).await;
+            }
+            Ok::<_, String>((all, offered.unwrap_or(0.0)))
         })
         .map_err(|e| format!("cannot start the bench executor: {e}"))?
         .join()
         .map_err(|e| format!("bench executor failed: {e}"))?;
     let _ = std::fs::remove_dir_all(&args.dir);
-    lines.map(drop)
+    let (rounds, offered) = result?;
+    // Figures are medians over rounds; ratios are medians of each round's own ratio (the two
+    // sides of a ratio ran seconds apart, in the same round).
+    let med = |f: &dyn Fn(&Round) -> f64| median(rounds.iter().map(f).collect());
+    let q = |h: &Option<Histogram<u64>>, q: f64| {
+        h.as_ref().map_or(0, |h| h.value_at_quantile(q)) as f64
+    };
+    let put = |k: &str, v: f64| println!("{k} {v:.1}");
+    let ratio = |k: &str, f: &dyn Fn(&Round) -> f64| {
+        let values: Vec<f64> = rounds.iter().map(f).collect();
+        let (lo, hi) = values
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
+        println!("{k} {:.3}", median(values));
+        println!("{k}_min {lo:.3}");
+        println!("{k}_max {hi:.3}");
+    };
+    println!("rounds {}", rounds.len());
+    put("raw_write_mb_s_1m", med(&|r| r.raw_1m));
+    put("raw_write_mb_s_16k", med(&|r| r.raw_16k));
+    put("raw_fdatasync_p50_us", med(&|r| q(&r.raw_sync, 0.5)));
+    put("raw_fdatasync_p99_us", med(&|r| q(&r.raw_sync, 0.99)));
+    put("raw_fdatasync_p999_us", med(&|r| q(&r.raw_sync, 0.999)));
+    put("append_mb_s_1m", med(&|r| r.append_1m));
+    put("append_mb_s_16k", med(&|r| r.append_16k));
+    put("append_per_s_16k", med(&|r| r.rate_16k));
+    put("append_interval_mb_s_1m", med(&|r| r.interval_1m));
+    put("append_interval_mb_s_16k", med(&|r| r.interval_16k));
+    put("durable_offered_per_s", offered);
+    put("raw_group_commit_p50_us", med(&|r| q(&r.floor, 0.5)));
+    put("raw_group_commit_p99_us", med(&|r| q(&r.floor, 0.99)));
+    put("raw_group_commit_p999_us", med(&|r| q(&r.floor, 0.999)));
+    put("durable_p50_us", med(&|r| q(&r.durable, 0.5)));
+    put("durable_p99_us", med(&|r| q(&r.durable, 0.99)));
+    put("durable_p999_us", med(&|r| q(&r.durable, 0.999)));
+    ratio("ratio_throughput_1m", &|r| r.append_1m / r.raw_1m);
+    ratio("ratio_throughput_16k", &|r| r.append_16k / r.raw_16k);
+    ratio("ratio_p99", &|r| {
+        q(&r.durable, 0.99) / q(&r.raw_sync, 0.99).max(1.0)
+    });
+    ratio("ratio_p99_vs_raw_group_commit", &|r| {
+        q(&r.durable, 0.99) / q(&r.floor, 0.99).max(1.0)
+    });
+    Ok(())
 }
