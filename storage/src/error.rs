@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 
 use tern_protocol::batch::BatchError;
-use tern_protocol::types::Offset;
+use tern_protocol::types::{FilePosition, Offset};
 
 /// Kafka error codes used below, named once.
 pub mod codes {
@@ -86,7 +86,7 @@ pub enum ReadError {
     #[error("corrupt data in segment {segment} at byte {position}: {error}")]
     Corrupt {
         segment: Offset,
-        position: u64,
+        position: FilePosition,
         error: BatchError,
     },
     /// The read itself failed. Maps to KAFKA_STORAGE_ERROR (56).

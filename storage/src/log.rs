@@ -39,7 +39,7 @@ use tern_protocol::batch::{
     BatchIter,
 };
 use tern_protocol::records::first_at_or_after;
-use tern_protocol::types::{LeaderEpoch, Offset, TimestampMs};
+use tern_protocol::types::{FilePosition, LeaderEpoch, Offset, TimestampMs};
 
 use crate::config::{FlushPolicy, LogConfig, TimestampType};
 use crate::error::{AppendError, DeleteError, OpenError, ReadError, StorageIoError};
@@ -439,11 +439,11 @@ impl Log {
                     let (position, next) = floor
                         .map(|e| {
                             (
-                                u64::from(e.position),
+                                FilePosition(u64::from(e.position)),
                                 base.plus(i64::from(e.relative_offset)),
                             )
                         })
-                        .unwrap_or((0, base));
+                        .unwrap_or((FilePosition(0), base));
                     indexer.next_offset = next;
                     let outcome =
                         segment::scan(&file, &path, indexer, position, file_bytes, interval, false)
@@ -463,7 +463,7 @@ impl Log {
                         &file,
                         &path,
                         SegmentIndexer::new(base),
-                        0,
+                        FilePosition(0),
                         file_bytes,
                         interval,
                         true,
@@ -491,7 +491,13 @@ impl Log {
             }
             let tail = if is_active && size_bytes % limits::DMA_ALIGNMENT_BYTES != 0 {
                 let start = align_down(size_bytes);
-                read_vec(&file, start, (size_bytes - start) as usize, &path).await?
+                read_vec(
+                    &file,
+                    FilePosition(start),
+                    (size_bytes - start) as usize,
+                    &path,
+                )
+                .await?
             } else {
                 Vec::new()
             };
@@ -804,7 +810,7 @@ impl Log {
                 relative,
             )
         };
-        let floor_position = match floor {
+        let floor_position = FilePosition(match floor {
             Some(floor) => u64::from(floor.position),
             None => match self
                 .inner
@@ -814,7 +820,7 @@ impl Log {
                 Some(indexes) => u64::from(indexes.offset.floor(relative).position),
                 None => return Err(self.out_of_range(start)),
             },
-        };
+        });
         let (position, first) =
             match walk_to_offset(&file, &path, floor_position, size_bytes, start).await {
                 Ok(Some(found)) => found,
@@ -831,9 +837,9 @@ impl Log {
         if first.base_offset() >= upper {
             return Ok(empty);
         }
-        let available = size_bytes - position;
+        let available = size_bytes - position.0;
         let want = (max_bytes.max(first.total_bytes()) as u64).min(available) as usize;
-        let result = file.read_at(position, want).await.map_err(|e| {
+        let result = file.read_at(position.0, want).await.map_err(|e| {
             StorageIoError::new(format!("reading {} at {position}", path.display()), e)
         })?;
         let mut taken = 0;
@@ -852,7 +858,7 @@ impl Log {
                 Err(error) if taken == 0 => {
                     return Err(ReadError::Corrupt {
                         segment: segment_base,
-                        position: position + iter.position() as u64,
+                        position: position.plus(iter.position() as u64),
                         error,
                     })
                 }
@@ -917,7 +923,7 @@ impl Log {
                 st.log_start,
             )
         };
-        let mut position = match position {
+        let mut position = FilePosition(match position {
             Some(position) => position,
             None => match self
                 .inner
@@ -928,7 +934,7 @@ impl Log {
                 // Deleted by retention meanwhile: the answer lies in a later segment.
                 None => return Box::pin(self.offset_for_timestamp(ts)).await,
             },
-        };
+        });
         match walk_headers(&file, &path, &mut position, size_bytes, |h| {
             h.max_timestamp() >= ts
         })
@@ -947,7 +953,7 @@ impl Log {
                         header.max_timestamp(),
                     ))),
                     Err(error) => {
-                        tracing::warn!(segment = %segment_base, position = at, %error, "cannot look inside batch for ListOffsets");
+                        tracing::warn!(segment = %segment_base, position = at.0, %error, "cannot look inside batch for ListOffsets");
                         Ok(Some((
                             header.base_offset().max(log_start),
                             header.max_timestamp(),
@@ -1150,7 +1156,7 @@ impl Inner {
                     file,
                     &path,
                     SegmentIndexer::new(base),
-                    0,
+                    FilePosition(0),
                     size_bytes,
                     interval,
                     true,

@@ -25,7 +25,7 @@ use tern_protocol::batch::{
     peek_batch_total_bytes, validate_batch, BatchError, BatchHeader, BATCH_HEADER_BYTES,
     BATCH_LOG_OVERHEAD_BYTES,
 };
-use tern_protocol::types::Offset;
+use tern_protocol::types::{FilePosition, Offset};
 
 use crate::error::StorageIoError;
 use crate::index::{OffsetIndex, SegmentIndexer, TimeIndex};
@@ -133,12 +133,12 @@ pub(crate) async fn open_rw(path: &Path) -> Result<DmaFile, StorageIoError> {
 /// Reads `len` bytes at `position` (unaligned allowed) into an owned vector; short at EOF.
 pub(crate) async fn read_vec(
     file: &DmaFile,
-    position: u64,
+    position: FilePosition,
     len: usize,
     what: &Path,
 ) -> Result<Vec<u8>, StorageIoError> {
     let result = file
-        .read_at(position, len)
+        .read_at(position.0, len)
         .await
         .map_err(|e| StorageIoError::new(format!("reading {} at {position}", what.display()), e))?;
     Ok(result.to_vec())
@@ -160,7 +160,7 @@ pub(crate) async fn scan(
     file: &DmaFile,
     path: &Path,
     mut indexer: SegmentIndexer,
-    mut position: u64,
+    mut position: FilePosition,
     file_bytes: u64,
     interval_bytes: u32,
     rebuild: bool,
@@ -168,8 +168,8 @@ pub(crate) async fn scan(
     let mut window: Vec<u8> = Vec::new();
     let mut window_start = position;
     let mut stopped_by = None;
-    while position < file_bytes {
-        let remaining = file_bytes - position;
+    while position.0 < file_bytes {
+        let remaining = file_bytes - position.0;
         if remaining < BATCH_LOG_OVERHEAD_BYTES as u64 {
             stopped_by = Some(BatchError::Truncated {
                 needed_bytes: BATCH_LOG_OVERHEAD_BYTES,
@@ -177,7 +177,7 @@ pub(crate) async fn scan(
             });
             break;
         }
-        let mut in_window = (position - window_start) as usize;
+        let mut in_window = position.since(window_start) as usize;
         if in_window + BATCH_HEADER_BYTES > window.len() {
             let len = limits::SCAN_CHUNK_BYTES.min(remaining as usize);
             window = read_vec(file, position, len, path).await?;
@@ -230,16 +230,16 @@ pub(crate) async fn scan(
             break;
         }
         if rebuild {
-            indexer.observe(&header, position, interval_bytes);
+            indexer.observe(&header, position.0, interval_bytes);
         } else {
             indexer.next_offset = header.next_offset();
             indexer.bytes_since_entry += total as u64;
         }
-        position += total as u64;
+        position = position.plus(total as u64);
     }
     Ok(ScanOutcome {
         indexer,
-        valid_bytes: position,
+        valid_bytes: position.0,
         stopped_by,
     })
 }
@@ -250,10 +250,10 @@ pub(crate) async fn scan(
 pub(crate) async fn walk_to_offset(
     file: &DmaFile,
     path: &Path,
-    mut position: u64,
+    mut position: FilePosition,
     size_bytes: u64,
     target: Offset,
-) -> Result<Option<(u64, BatchHeader)>, (u64, WalkError)> {
+) -> Result<Option<(FilePosition, BatchHeader)>, (FilePosition, WalkError)> {
     walk_headers(file, path, &mut position, size_bytes, |h| {
         h.next_offset() > target
     })
@@ -270,16 +270,16 @@ pub(crate) enum WalkError {
 pub(crate) async fn walk_headers(
     file: &DmaFile,
     path: &Path,
-    position: &mut u64,
+    position: &mut FilePosition,
     size_bytes: u64,
     mut stop: impl FnMut(&BatchHeader) -> bool,
-) -> Result<Option<(u64, BatchHeader)>, (u64, WalkError)> {
+) -> Result<Option<(FilePosition, BatchHeader)>, (FilePosition, WalkError)> {
     let mut window: Vec<u8> = Vec::new();
     let mut window_start = *position;
-    while *position < size_bytes {
-        let mut in_window = (*position - window_start) as usize;
+    while position.0 < size_bytes {
+        let mut in_window = position.since(window_start) as usize;
         if in_window + BATCH_HEADER_BYTES > window.len() {
-            let len = limits::HEADER_WALK_WINDOW_BYTES.min((size_bytes - *position) as usize);
+            let len = limits::HEADER_WALK_WINDOW_BYTES.min((size_bytes - position.0) as usize);
             window = read_vec(file, *position, len, path)
                 .await
                 .map_err(|e| (*position, WalkError::Io(e)))?;
@@ -293,7 +293,7 @@ pub(crate) async fn walk_headers(
         if stop(&header) {
             return Ok(Some((*position, header)));
         }
-        *position += total as u64;
+        *position = position.plus(total as u64);
     }
     Ok(None)
 }
@@ -363,7 +363,7 @@ pub(crate) async fn read_small_file(path: &Path) -> Result<Option<Vec<u8>>, Stor
     let bytes = if size == 0 {
         Vec::new()
     } else {
-        read_vec(&file, 0, size as usize, path).await?
+        read_vec(&file, FilePosition(0), size as usize, path).await?
     };
     let _ = file.close().await;
     Ok(Some(bytes))

@@ -67,6 +67,18 @@ impl Offset {
     }
 }
 
+impl FilePosition {
+    /// The position `bytes` further on.
+    pub fn plus(self, bytes: u64) -> FilePosition {
+        FilePosition(self.0 + bytes)
+    }
+
+    /// Bytes from `earlier` to here; `earlier` must not be after `self`.
+    pub fn since(self, earlier: FilePosition) -> u64 {
+        self.0 - earlier.0
+    }
+}
+
 impl LeaderEpoch {
     /// Kafka writes -1 where no epoch is known.
     pub const NONE: LeaderEpoch = LeaderEpoch(-1);
