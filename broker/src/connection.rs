@@ -141,7 +141,12 @@ async fn fill<R: futures::AsyncRead + Unpin>(
         let chunk = READ_CHUNK_BYTES.max(wanted - start);
         buffer.resize(start + chunk, 0);
         match reader.read(&mut buffer[start..]).await {
-            Ok(0) | Err(_) => {
+            Ok(0) => {
+                buffer.truncate(start);
+                return false;
+            }
+            Err(error) => {
+                tracing::debug!(%error, "read failed; closing connection");
                 buffer.truncate(start);
                 return false;
             }

@@ -35,6 +35,11 @@ pub const TOPIC_NAME_BYTES_MAX: usize = 249;
 /// Default memory per shard for sealed segments' indexes (`--index-cache-bytes`).
 pub const INDEX_CACHE_BYTES_PER_SHARD: usize = 64 * 1024 * 1024;
 
+/// Bytes at the end of each partition's log replayed at start-up to rebuild idempotent
+/// producers' sequence state: enough for the last few batches of every recently active
+/// producer, small enough that start-up reads little per partition.
+pub const PRODUCER_STATE_SCAN_BYTES: u64 = 2 * 1024 * 1024;
+
 /// Tail cache budget per partition log.
 pub const TAIL_CACHE_BYTES_PER_PARTITION: usize = 8 * 1024 * 1024;
 

@@ -9,7 +9,11 @@
 //! - the next batch must start right after the last one (OUT_OF_ORDER_SEQUENCE_NUMBER);
 //! - a batch equal to one of the last five is a duplicate: answered with its original offset;
 //! - state for an unknown producer starts only at sequence 0 (else UNKNOWN_PRODUCER_ID, so
-//!   the client resets its sequence after the broker lost track, e.g. across a restart).
+//!   the client resets its sequence after the broker lost track of it).
+//!
+//! After a restart the state is rebuilt with `restore` from the batches at the end of the log
+//! (`Log::recent_batch_headers`), so a producer continues where it was and a batch it retries
+//! across the restart is answered as the duplicate it is.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -141,6 +145,41 @@ impl ProducerStates {
         Check::Append
     }
 
+    /// Replays a batch found in the log at `base_offset` (start-up). The log is the truth: no
+    /// checks, only the newest epoch's last `BATCHES_REMEMBERED` batches are kept.
+    pub fn restore(&mut self, batch: BatchSeq, base_offset: i64) {
+        self.clock += 1;
+        if !self.producers.contains_key(&batch.producer_id)
+            && self.producers.len() >= PRODUCERS_PER_PARTITION_MAX
+        {
+            self.evict_oldest();
+        }
+        let producer = self
+            .producers
+            .entry(batch.producer_id)
+            .or_insert_with(|| Producer {
+                epoch: batch.epoch,
+                batches: VecDeque::with_capacity(BATCHES_REMEMBERED),
+                touched: 0,
+            });
+        producer.touched = self.clock;
+        if batch.epoch < producer.epoch {
+            return;
+        }
+        if batch.epoch > producer.epoch {
+            producer.epoch = batch.epoch;
+            producer.batches.clear();
+        }
+        if producer.batches.len() == BATCHES_REMEMBERED {
+            producer.batches.pop_front();
+        }
+        producer.batches.push_back(Remembered {
+            first: batch.first,
+            last: batch.last(),
+            base_offset: Some(base_offset),
+        });
+    }
+
     /// The log accepted the batch at `base_offset`.
     pub fn committed(&mut self, batch: BatchSeq, base_offset: i64) {
         if let Some(producer) = self.producers.get_mut(&batch.producer_id) {
@@ -253,6 +292,36 @@ mod tests {
             states.check(batch(0, 0, 1)),
             Check::Append,
             "the retry is appended, not taken as a duplicate"
+        );
+    }
+
+    #[test]
+    fn restored_state_continues_sequences_and_recognises_retries() {
+        let mut states = ProducerStates::default();
+        // Seven batches of epoch 0 in the log, then one of epoch 1: only the newest epoch's
+        // last five are remembered.
+        for i in 0..7 {
+            states.restore(batch(0, i * 2, 2), 100 + i64::from(i) * 2);
+        }
+        assert_eq!(
+            states.check(batch(0, 12, 2)),
+            Check::Duplicate {
+                base_offset: Some(112)
+            }
+        );
+        assert_eq!(states.check(batch(0, 14, 1)), Check::Append);
+        states.restore(batch(1, 0, 3), 200);
+        states.restore(batch(0, 20, 1), 150); // an older epoch's batch changes nothing
+        assert_eq!(
+            states.check(batch(1, 0, 3)),
+            Check::Duplicate {
+                base_offset: Some(200)
+            }
+        );
+        assert_eq!(states.check(batch(1, 3, 1)), Check::Append);
+        assert_eq!(
+            states.check(batch(0, 15, 1)),
+            Check::Reject(error_code::INVALID_PRODUCER_EPOCH)
         );
     }
 }

@@ -51,7 +51,7 @@ pub struct Partition {
     pub tp: TopicPartition,
     pub log: Log,
     pub policy: RefCell<TopicPolicy>,
-    /// Idempotent producers' sequence state (in memory; rebuilt as producers reset).
+    /// Idempotent producers' sequence state (in memory; rebuilt from the log's end at start).
     pub producers: RefCell<crate::producer_state::ProducerStates>,
     /// Fetches parked until data beyond their offset arrives.
     waiters: RefCell<Vec<oneshot::Sender<()>>>,
@@ -217,11 +217,12 @@ impl Shard {
                 .await
                 {
                     Ok(log) => {
+                        let producers = restore_producers(&log, tp).await;
                         let partition = Rc::new(Partition {
                             tp: tp.clone(),
                             log,
                             policy: RefCell::new(policy),
-                            producers: RefCell::new(Default::default()),
+                            producers: RefCell::new(producers),
                             waiters: RefCell::new(Vec::new()),
                         });
                         self.partitions.borrow_mut().insert(tp.clone(), partition);
@@ -356,4 +357,38 @@ async fn release_partition(partition: Rc<Partition>, remove: bool) {
         }
     }
     tracing::warn!(partition = %partition.tp.dir_name(), "partition still in use after 30 s; leaving it open");
+}
+
+/// Idempotent producers' state as the end of the log left it (see `ProducerStates::restore`):
+/// replays the batches in the last `PRODUCER_STATE_SCAN_BYTES` of the log. A producer whose
+/// last batch is older than that gets UNKNOWN_PRODUCER_ID and resets, as Kafka's clients do.
+async fn restore_producers(
+    log: &Log,
+    tp: &TopicPartition,
+) -> crate::producer_state::ProducerStates {
+    let mut states = crate::producer_state::ProducerStates::default();
+    match log
+        .recent_batch_headers(crate::limits::PRODUCER_STATE_SCAN_BYTES)
+        .await
+    {
+        Ok(headers) => {
+            for header in headers
+                .iter()
+                .filter(|h| h.producer_id().0 >= 0 && !h.is_control())
+            {
+                let batch = crate::producer_state::BatchSeq {
+                    producer_id: header.producer_id().0,
+                    epoch: header.producer_epoch(),
+                    first: header.base_sequence(),
+                    count: header.record_count().max(1),
+                };
+                states.restore(batch, header.base_offset().0);
+            }
+        }
+        Err(error) => {
+            tracing::warn!(partition = %tp.dir_name(), %error,
+                "cannot rebuild idempotent producers' state from the log; they will be asked to reset")
+        }
+    }
+    states
 }

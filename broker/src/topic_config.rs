@@ -280,7 +280,6 @@ pub fn policy(defaults: &TopicDefaults, explicit: &BTreeMap<String, String>) -> 
             i64::from(i32::MAX),
         ) as u32,
         tail_cache_bytes: limits::TAIL_CACHE_BYTES_PER_PARTITION,
-        ..LogConfig::default()
     };
     TopicPolicy {
         log,

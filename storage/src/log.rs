@@ -975,6 +975,50 @@ impl Log {
         }
     }
 
+    /// Headers of the batches in about the last `max_bytes` of the active segment (from the
+    /// index entry at or before that point), oldest first: what a restarted broker replays to
+    /// rebuild state kept per batch, such as idempotent producers' sequence numbers. Only the
+    /// active segment is read, so start-up reads at most `max_bytes` (plus one index interval)
+    /// per log, whatever its size.
+    pub async fn recent_batch_headers(
+        &self,
+        max_bytes: u64,
+    ) -> Result<Vec<BatchHeader>, ReadError> {
+        let (file, path, segment_base, size_bytes, start) = {
+            let st = self.inner.state.borrow();
+            let active = st.segments.last().expect("a log has an active segment");
+            let from = active.size_bytes.saturating_sub(max_bytes);
+            let entries = active.indexer.offset_index.entries();
+            let i = entries.partition_point(|e| u64::from(e.position) <= from);
+            let start = i
+                .checked_sub(1)
+                .map_or(0, |i| u64::from(entries[i].position));
+            (
+                active.file.clone(),
+                self.inner.dir.join(log_file_name(active.base())),
+                active.base(),
+                active.size_bytes,
+                FilePosition(start),
+            )
+        };
+        let mut headers = Vec::new();
+        let mut position = start;
+        let walked = walk_headers(&file, &path, &mut position, size_bytes, |header| {
+            headers.push(*header);
+            false
+        })
+        .await;
+        match walked {
+            Ok(_) => Ok(headers),
+            Err((_, WalkError::Io(e))) => Err(e.into()),
+            Err((position, WalkError::Corrupt(error))) => Err(ReadError::Corrupt {
+                segment: segment_base,
+                position,
+                error,
+            }),
+        }
+    }
+
     /// The largest timestamp written and its batch's base offset (ListOffsets MAX_TIMESTAMP).
     pub fn max_timestamp(&self) -> Option<(Offset, TimestampMs)> {
         let st = self.inner.state.borrow();

@@ -2,9 +2,9 @@
 //! wait for every delivery report, consumers that read by assignment up to an exact count,
 //! and admin calls that wait for their answer.
 //!
-//! Consumers use `assign`, never group `subscribe`: the group coordinator is not served yet.
-//! Producers set `enable.idempotence=false`: InitProducerId is not served yet (the lead is
-//! adding it); once it is, the default (idempotent) producer should be tested too.
+//! Consumers here use `assign`; group tests (`groups.rs`) subscribe on their own. Producers
+//! keep librdkafka's default `enable.idempotence=false`, said explicitly; the idempotent
+//! producer is tested in `produce_consume.rs` and, byte by byte, in `durability.rs`.
 //!
 //! Nothing here needs an async runtime: rdkafka resolves its futures from its own threads,
 //! and `wait` polls them on the calling thread, so these helpers work inside and outside
@@ -71,7 +71,7 @@ pub fn client_config(broker: &Broker) -> ClientConfig {
 pub fn producer_with(broker: &Broker, settings: &[(&str, &str)]) -> FutureProducer {
     let mut config = client_config(broker);
     config
-        // InitProducerId is not served yet; see the module comment.
+        // librdkafka's default, said explicitly; see the module comment.
         .set("enable.idempotence", "false")
         .set("acks", "all")
         .set("linger.ms", "5")

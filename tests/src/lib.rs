@@ -126,7 +126,7 @@ impl Broker {
         self.child = Some(child);
         let deadline = Instant::now() + START_TIMEOUT;
         while Instant::now() < deadline {
-            if TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok() {
+            if self.answers_api_versions() {
                 return;
             }
             if let Some(status) = self
@@ -145,6 +145,22 @@ impl Broker {
             "broker did not accept connections within {START_TIMEOUT:?}; log:\n{}",
             self.log()
         );
+    }
+
+    /// Whether the broker answers an ApiVersions request. A TCP connect alone is not proof:
+    /// after a kill -9 the dead process's listening socket lingers for a moment (its io_uring
+    /// is torn down asynchronously) and accepts connections that are then reset.
+    fn answers_api_versions(&self) -> bool {
+        let Some(mut connection) = wire::RawConnection::try_connect(self.addr) else {
+            return false;
+        };
+        if connection.send(&wire::request(18, 0, 0, &[])).is_err() {
+            return false;
+        }
+        matches!(
+            connection.fate(Duration::from_secs(1)),
+            wire::Fate::Answered(frame) if wire::parse_api_versions_v0(&frame).is_some()
+        )
     }
 
     /// Fetches `/metrics` and returns the sum over shards of the named metric.

@@ -36,6 +36,13 @@ impl RawConnection {
         RawConnection { stream }
     }
 
+    /// `connect`, or None when the connection is refused or times out.
+    pub fn try_connect(addr: SocketAddr) -> Option<RawConnection> {
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
+        stream.set_nodelay(true).ok()?;
+        Some(RawConnection { stream })
+    }
+
     /// Writes bytes; a broker that already closed may make this fail, which callers that
     /// send deliberately bad input tolerate by checking the fate instead.
     pub fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
@@ -172,4 +179,41 @@ pub fn parse_api_versions_v0(frame: &[u8]) -> Option<ApiVersionsV0> {
         error_code,
         apis,
     })
+}
+
+/// A Produce v3 request body for one partition (no transactional id; acks=-1, 5 s timeout):
+///
+/// ```text
+/// transactional_id:i16(-1) acks:i16 timeout_ms:i32
+/// [topic:string [partition:i32 records:bytes(i32 len)](i32 count)](i32 count)
+/// ```
+pub fn produce_v3_body(topic: &str, partition: i32, records: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&(-1i16).to_be_bytes());
+    out.extend_from_slice(&(-1i16).to_be_bytes());
+    out.extend_from_slice(&5000i32.to_be_bytes());
+    out.extend_from_slice(&1i32.to_be_bytes());
+    out.extend_from_slice(&(topic.len() as i16).to_be_bytes());
+    out.extend_from_slice(topic.as_bytes());
+    out.extend_from_slice(&1i32.to_be_bytes());
+    out.extend_from_slice(&partition.to_be_bytes());
+    out.extend_from_slice(&(records.len() as i32).to_be_bytes());
+    out.extend_from_slice(records);
+    out
+}
+
+/// The one partition's answer in a Produce v3 response frame for a single-partition request:
+/// `(error_code, base_offset)`; `None` if the bytes do not fit that shape.
+///
+/// ```text
+/// size:i32 correlation_id:i32 [topic:string [partition:i32 error_code:i16 base_offset:i64
+///   log_append_time:i64](i32 count)](i32 count) throttle_time_ms:i32
+/// ```
+pub fn parse_produce_v3(frame: &[u8]) -> Option<(i16, i64)> {
+    let at = |from: usize, len: usize| frame.get(from..from + len);
+    let topic_len = usize::try_from(i16::from_be_bytes(at(12, 2)?.try_into().ok()?)).ok()?;
+    let partition_at = 14 + topic_len + 4;
+    let error_code = i16::from_be_bytes(at(partition_at + 4, 2)?.try_into().ok()?);
+    let base_offset = i64::from_be_bytes(at(partition_at + 6, 8)?.try_into().ok()?);
+    (frame.len() == partition_at + 4 + 2 + 8 + 8 + 4).then_some((error_code, base_offset))
 }

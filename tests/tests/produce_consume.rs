@@ -400,3 +400,36 @@ fn hundred_thousand_small_messages_are_counted_exactly_with_contiguous_offsets()
     }
     assert!(seen.iter().all(|&s| s), "every record read once");
 }
+
+/// librdkafka's idempotent producer (InitProducerId, then sequenced batches with up to five
+/// in flight) gets every record acknowledged once, at contiguous offsets, read back in order.
+#[test]
+fn idempotent_rdkafka_producer_writes_each_record_exactly_once() {
+    let broker = Broker::start(1);
+    let topic = "idempotent-rdkafka";
+    kafka::create_topic(&broker, topic, 2, &[]);
+    let producer = kafka::producer_with(
+        &broker,
+        &[
+            ("enable.idempotence", "true"),
+            ("max.in.flight.requests.per.connection", "5"),
+            ("linger.ms", "2"),
+            ("batch.num.messages", "100"),
+        ],
+    );
+    let sent: Vec<Rec> = (0..4_000)
+        .map(|i| Rec {
+            timestamp_ms: Some(1_700_000_000_000 + i),
+            ..Rec::value(format!("idem-{i:05}"))
+        })
+        .collect();
+    let acked = kafka::produce(&producer, topic, Some(1), &sent);
+    assert_eq!(
+        acked.iter().map(|(_, offset)| *offset).collect::<Vec<_>>(),
+        (0..4_000i64).collect::<Vec<_>>(),
+        "acknowledged offsets"
+    );
+    assert_eq!(kafka::watermarks(&broker, topic, 1), (0, 4_000));
+    let consumed = kafka::consume(&broker, topic, &[1], sent.len());
+    assert_read_back_exactly(&sent, &consumed, 1);
+}

@@ -28,7 +28,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Start a broker (single node; data in ./tern-data, Kafka listener on 127.0.0.1:9092).
-    Serve(ServeArgs),
+    /// Boxed: the broker's settings dwarf every other subcommand's arguments.
+    Serve(Box<ServeArgs>),
     /// Create, list, describe or delete topics.
     Topic {
         #[arg(
@@ -373,7 +374,7 @@ fn main() -> ExitCode {
     }
     match cli.command {
         Command::Serve(args) => {
-            let config = match build_config(args) {
+            let config = match build_config(*args) {
                 Ok(config) => config,
                 Err(message) => {
                     eprintln!("tern: {message}");
