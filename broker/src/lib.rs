@@ -101,7 +101,7 @@ pub fn run(mut config: BrokerConfig) -> Result<(), StartError> {
             },
             shards as u32,
         )
-        .expect("rebalance cannot fail");
+        .map_err(|error| StartError::DataDir(format!("rebalancing the metadata image: {error}")))?;
     if rebalanced.topics != image.topics || image.epoch == 0 {
         image = rebalanced;
         controller::store_image_blocking(&config.data_dir, &image).map_err(StartError::DataDir)?;
@@ -120,7 +120,9 @@ pub fn run(mut config: BrokerConfig) -> Result<(), StartError> {
                 &handlers::offsets_topic_command(config.offsets_topic_partitions),
                 shards as u32,
             )
-            .expect("topic is absent");
+            .map_err(|error| {
+                StartError::DataDir(format!("creating {}: {error}", group::OFFSETS_TOPIC))
+            })?;
         controller::store_image_blocking(&config.data_dir, &image).map_err(StartError::DataDir)?;
     }
     let image = Arc::new(image);

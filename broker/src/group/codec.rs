@@ -307,8 +307,7 @@ pub fn for_each_record(
     chunk: &[u8],
     mut each: impl FnMut(&[u8], Option<&[u8]>),
 ) -> Result<(), DecodeError> {
-    let mut batches = BatchIter::new(chunk);
-    while let Some(span) = batches.next() {
+    for span in BatchIter::new(chunk) {
         let span = span.map_err(|error| {
             DecodeError::Wire(WireError::Invalid {
                 reason: error.to_string(),

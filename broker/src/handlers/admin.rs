@@ -202,7 +202,7 @@ pub async fn create_topics(ctx: &Ctx<'_>, request: CreateTopicsRequest) -> Outco
                         ));
                     }
                 } else {
-                    if partitions < 1 || partitions > limits::TOPIC_PARTITIONS_MAX {
+                    if !(1..=limits::TOPIC_PARTITIONS_MAX).contains(&partitions) {
                         return Err((
                             error_code::INVALID_PARTITIONS,
                             format!("partitions must be 1..={}", limits::TOPIC_PARTITIONS_MAX),
@@ -549,10 +549,14 @@ pub fn describe_configs(ctx: &Ctx<'_>, request: DescribeConfigsRequest) -> Outco
     ctx.respond(&response)
 }
 
+/// One resource of an alter-configs request: resource type, name, and the topic's complete new
+/// explicit configs (or the error that already decided its answer).
+type ConfigChange = (i8, String, Result<BTreeMap<String, String>, (i16, String)>);
+
 /// Checks and applies new explicit configs for topics; returns an outcome per resource.
 async fn set_topic_configs(
     shard: &Rc<Shard>,
-    changes: Vec<(i8, String, Result<BTreeMap<String, String>, (i16, String)>)>,
+    changes: Vec<ConfigChange>,
     validate_only: bool,
 ) -> Vec<Option<(i16, String)>> {
     let mut outcomes = Vec::with_capacity(changes.len());

@@ -560,11 +560,12 @@ async fn fetch_offsets(shard: &Rc<Shard>, queries: Vec<FetchQuery>) -> Vec<Fetch
     answers
 }
 
+/// A committed offset's partition, offset, leader epoch and metadata.
+type PartitionOffset = (i32, i64, i32, String);
+
 /// Groups (topic, partition, ...) rows by topic, keeping first-seen topic order.
-fn by_topic(
-    rows: Vec<(String, i32, i64, i32, String)>,
-) -> Vec<(String, Vec<(i32, i64, i32, String)>)> {
-    let mut out: Vec<(String, Vec<(i32, i64, i32, String)>)> = Vec::new();
+fn by_topic(rows: Vec<(String, i32, i64, i32, String)>) -> Vec<(String, Vec<PartitionOffset>)> {
+    let mut out: Vec<(String, Vec<PartitionOffset>)> = Vec::new();
     for (topic, partition, offset, epoch, metadata) in rows {
         match out.iter_mut().find(|(t, _)| *t == topic) {
             Some((_, partitions)) => partitions.push((partition, offset, epoch, metadata)),

@@ -70,7 +70,7 @@ pub async fn handle(ctx: &Ctx<'_>, body: BytesMut) -> Outcome {
                 Some("transactions are not supported".into()),
             ))
         });
-    } else if !matches!(acks, -1 | 0 | 1) {
+    } else if !matches!(acks, -1..=1) {
         results.iter_mut().for_each(|slot| {
             *slot = Some(Appended::error(error_code::INVALID_REQUIRED_ACKS, None))
         });
