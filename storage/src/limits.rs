@@ -25,10 +25,6 @@ pub const INDEX_INTERVAL_BYTES_MIN: u32 = 64;
 /// larger batch is still written whole.
 pub const WRITE_COALESCE_BYTES_MAX: usize = 8 * 1024 * 1024;
 
-/// A write round starting with less than this pending first lets runnable appenders add
-/// their batches (group commit gathers small batches; large ones are written at once).
-pub const ROUND_GATHER_BELOW_BYTES: usize = 256 * 1024;
-
 /// Preallocation step for segment files (fallocate with KEEP_SIZE), so that appends rarely
 /// allocate blocks synchronously.
 pub const PREALLOCATE_EXTENT_BYTES: u64 = 64 * 1024 * 1024;

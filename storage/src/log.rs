@@ -1309,20 +1309,6 @@ impl Inner {
     /// when an Interval policy's sync is due, it also fdatasyncs; EveryAppend syncs are run by
     /// appenders holding the sync role (see `wait_acked`). The caller holds the writer role.
     async fn write_round(&self, force_sync: bool) -> Result<(), StorageIoError> {
-        // Appenders woken by the previous round's acknowledgements are runnable now; when what
-        // is pending is small, let them append first, so their batches join this round rather
-        // than wait for the next. (With large batches pending the device is better fed at once:
-        // those appenders' own validation would only delay the write.)
-        let pending_bytes: usize = self
-            .state
-            .borrow()
-            .pending
-            .iter()
-            .map(|p| p.bytes.len())
-            .sum();
-        if pending_bytes < limits::ROUND_GATHER_BELOW_BYTES {
-            yield_to_runnable_tasks().await;
-        }
         // A round covers the batches assigned before it started. Batches arriving during it wait
         // for the next round: otherwise a steady stream keeps the writer writing and the fdatasync
         // (and every ack) is postponed without bound.
@@ -1659,22 +1645,6 @@ impl Inner {
         }
         sync_dir(&self.dir).await
     }
-}
-
-/// Returns after every task already runnable on this executor has had a turn (the current
-/// task is woken at once and queued behind them). Costs one task switch when none is.
-async fn yield_to_runnable_tasks() {
-    let mut yielded = false;
-    std::future::poll_fn(|cx| {
-        if yielded {
-            std::task::Poll::Ready(())
-        } else {
-            yielded = true;
-            cx.waker().wake_by_ref();
-            std::task::Poll::Pending
-        }
-    })
-    .await
 }
 
 /// Syncs logs with an interval flush policy every `ms`, so unsynced data does not wait for the
