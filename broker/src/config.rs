@@ -85,8 +85,8 @@ impl ConnectionLimits {
 impl Default for BrokerConfig {
     fn default() -> Self {
         BrokerConfig {
-            listen: "127.0.0.1:9092".parse().expect("literal address"),
-            admin_listen: Some("127.0.0.1:9644".parse().expect("literal address")),
+            listen: SocketAddr::from(([127, 0, 0, 1], 9092)),
+            admin_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9644))),
             advertised: None,
             data_dir: PathBuf::from("tern-data"),
             cores: 0,

@@ -140,15 +140,18 @@ impl IndexCache {
             return;
         }
         while st.bytes + bytes > st.budget_bytes {
-            let victim = st
+            let Some(victim) = st
                 .entries
                 .iter()
                 .min_by_key(|(_, e)| e.last_used)
                 .map(|(key, _)| *key)
-                .expect("bytes in use means an entry exists");
-            let evicted = st.entries.remove(&victim).expect("victim exists");
-            st.bytes -= evicted.bytes;
-            st.stats.evictions += 1;
+            else {
+                break;
+            };
+            if let Some(evicted) = st.entries.remove(&victim) {
+                st.bytes -= evicted.bytes;
+                st.stats.evictions += 1;
+            }
         }
         st.tick += 1;
         let last_used = st.tick;

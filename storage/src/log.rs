@@ -16,6 +16,10 @@
 //! blocking std::fs on the append/read path (open and remove are the exceptions, at start-up and
 //! DeleteTopics).
 //!
+//! Memory: the log keeps the tail cache, the pending batches and the active segment's indexes;
+//! a sealed segment's indexes are persisted at roll and held only in the shard's
+//! [`IndexCache`], looked up through `Inner::index_floor`.
+//!
 //! Directory layout: `<base:020>.log`, `.index`, `.timeindex` per segment (see `segment` and
 //! `index`), `log-start-offset` (checkpoint, below), `.clean-shutdown` (empty marker written
 //! last by `close`, removed by `open`).
@@ -43,7 +47,7 @@ use tern_protocol::types::{FilePosition, LeaderEpoch, Offset, TimestampMs};
 
 use crate::config::{FlushPolicy, LogConfig, TimestampType};
 use crate::error::{AppendError, DeleteError, OpenError, ReadError, StorageIoError};
-use crate::index::SegmentIndexer;
+use crate::index::{OffsetEntry, OffsetIndex, SegmentIndexer, TimeIndex};
 use crate::index_cache::{IndexCache, SegmentIndexes};
 use crate::limits;
 use crate::notify::{AckWaiters, Notify};
@@ -185,6 +189,19 @@ struct State {
 enum Step {
     Write,
     Sync,
+}
+
+/// The segment appends go to: the last one. A log always has one (`open` creates it, `roll`
+/// replaces it, retention and DeleteRecords never delete it); only `close` and `remove`, which
+/// consume the log, empty the list.
+fn active(segments: &[Segment]) -> &Segment {
+    segments.last().expect("a log always has an active segment")
+}
+
+fn active_mut(segments: &mut [Segment]) -> &mut Segment {
+    segments
+        .last_mut()
+        .expect("a log always has an active segment")
 }
 
 impl State {
@@ -614,7 +631,7 @@ impl Log {
             }
             let base = st.leo;
             let mut next = base;
-            for span in &spans {
+            for span in &mut spans {
                 let batch = &mut batches[span.position..span.position + span.total_bytes];
                 set_base_offset(batch, next);
                 set_partition_leader_epoch(batch, leader_epoch);
@@ -622,12 +639,19 @@ impl Log {
                     set_log_append_time(batch, now);
                 }
                 next = next.plus(i64::from(span.header.last_offset_delta()) + 1);
+                // The header as stored: offsets (and the timestamp) patched. Nothing in the log
+                // has changed yet, so an error here still leaves it untouched.
+                span.header = BatchHeader::parse_unchecked(batch).map_err(|error| {
+                    AppendError::InvalidBatch {
+                        position: span.position,
+                        error,
+                    }
+                })?;
             }
             let frozen = batches.freeze();
             for span in &spans {
                 let bytes = frozen.slice(span.position..span.position + span.total_bytes);
-                let header =
-                    BatchHeader::parse_unchecked(&bytes).expect("validated batch has a header");
+                let header = span.header;
                 st.cache_bytes += bytes.len();
                 st.cache.push_back(CachedBatch {
                     base: header.base_offset(),
@@ -687,11 +711,7 @@ impl Log {
         let mut stats = st.stats;
         stats.tail_cache_bytes = st.cache_bytes;
         stats.segments = st.segments.len();
-        let active = &st
-            .segments
-            .last()
-            .expect("a log has an active segment")
-            .indexer;
+        let active = &active(&st.segments).indexer;
         stats.active_index_bytes =
             SegmentIndexes::memory_bytes_of(&active.offset_index, &active.time_index);
         stats
@@ -745,7 +765,7 @@ impl Log {
             first_offset: start,
             next_offset: start,
         };
-        let (file, path, segment_base, size_bytes, floor, upper, relative) = {
+        let (file, path, segment_base, size_bytes, upper, relative) = {
             let mut st = self.inner.state.borrow_mut();
             if start < st.log_start || start > st.leo {
                 return Err(ReadError::OffsetOutOfRange {
@@ -791,36 +811,22 @@ impl Log {
                 });
             };
             let seg = &st.segments[i];
-            let relative = seg.indexer.relative(start);
-            let floor = if i + 1 == st.segments.len() {
-                Some(seg.indexer.offset_index.floor(relative))
-            } else {
-                self.inner
-                    .index_cache
-                    .get(self.inner.log_id, seg.base())
-                    .map(|indexes| indexes.offset.floor(relative))
-            };
             (
                 seg.file.clone(),
                 self.inner.dir.join(log_file_name(seg.base())),
                 seg.base(),
                 seg.size_bytes,
-                floor,
                 upper,
-                relative,
+                seg.indexer.relative(start),
             )
         };
-        let floor_position = FilePosition(match floor {
-            Some(floor) => u64::from(floor.position),
-            None => match self
-                .inner
-                .sealed_indexes(segment_base, &file, size_bytes)
-                .await?
-            {
-                Some(indexes) => u64::from(indexes.offset.floor(relative).position),
-                None => return Err(self.out_of_range(start)),
-            },
-        });
+        let Some(floor_position) = self
+            .inner
+            .index_floor(segment_base, |offsets, _| offsets.floor(relative))
+            .await?
+        else {
+            return Err(self.out_of_range(start));
+        };
         let (position, first) =
             match walk_to_offset(&file, &path, floor_position, size_bytes, start).await {
                 Ok(Some(found)) => found,
@@ -895,7 +901,7 @@ impl Log {
         &self,
         ts: TimestampMs,
     ) -> Result<Option<(Offset, TimestampMs)>, ReadError> {
-        let (file, path, segment_base, size_bytes, position, log_start) = {
+        let (file, path, segment_base, size_bytes, log_start) = {
             let st = self.inner.state.borrow();
             let Some(i) = st
                 .segments
@@ -905,36 +911,24 @@ impl Log {
                 return Ok(None);
             };
             let seg = &st.segments[i];
-            let position = if i + 1 == st.segments.len() {
-                let rel = seg.indexer.time_index.scan_start(ts);
-                Some(u64::from(seg.indexer.offset_index.floor(rel).position))
-            } else {
-                self.inner
-                    .index_cache
-                    .get(self.inner.log_id, seg.base())
-                    .map(|ix| u64::from(ix.offset.floor(ix.time.scan_start(ts)).position))
-            };
             (
                 seg.file.clone(),
                 self.inner.dir.join(log_file_name(seg.base())),
                 seg.base(),
                 seg.size_bytes,
-                position,
                 st.log_start,
             )
         };
-        let mut position = FilePosition(match position {
-            Some(position) => position,
-            None => match self
-                .inner
-                .sealed_indexes(segment_base, &file, size_bytes)
-                .await?
-            {
-                Some(ix) => u64::from(ix.offset.floor(ix.time.scan_start(ts)).position),
-                // Deleted by retention meanwhile: the answer lies in a later segment.
-                None => return Box::pin(self.offset_for_timestamp(ts)).await,
-            },
-        });
+        let Some(mut position) = self
+            .inner
+            .index_floor(segment_base, |offsets, times| {
+                offsets.floor(times.scan_start(ts))
+            })
+            .await?
+        else {
+            // Deleted by retention meanwhile: the answer lies in a later segment.
+            return Box::pin(self.offset_for_timestamp(ts)).await;
+        };
         match walk_headers(&file, &path, &mut position, size_bytes, |h| {
             h.max_timestamp() >= ts
         })
@@ -986,7 +980,7 @@ impl Log {
     ) -> Result<Vec<BatchHeader>, ReadError> {
         let (file, path, segment_base, size_bytes, start) = {
             let st = self.inner.state.borrow();
-            let active = st.segments.last().expect("a log has an active segment");
+            let active = active(&st.segments);
             let from = active.size_bytes.saturating_sub(max_bytes);
             let entries = active.indexer.offset_index.entries();
             let i = entries.partition_point(|e| u64::from(e.position) <= from);
@@ -1073,7 +1067,7 @@ impl Log {
             if let Some(message) = &st.failed {
                 return Err(failed_error(message));
             }
-            let active = st.segments.last().expect("a log has an active segment");
+            let active = active(&st.segments);
             let first_ms = active
                 .first_append_ms
                 .or(active.indexer.first_timestamp.map(|t| t.0));
@@ -1103,7 +1097,7 @@ impl Log {
         let (file, size_bytes, indexer) = {
             let mut st = inner.state.borrow_mut();
             st.closed = true;
-            let active = st.segments.last_mut().expect("a log has an active segment");
+            let active = active_mut(&mut st.segments);
             active.indexer.seal();
             (
                 active.file.clone(),
@@ -1166,18 +1160,44 @@ impl Log {
 }
 
 impl Inner {
-    /// The indexes of the sealed segment at `base`: from the shard's cache, else read from its
-    /// index files (rebuilt by a scan when those are missing or damaged), then cached. None
-    /// when the segment was deleted meanwhile.
+    /// Where a scan in the segment at `base` starts: the index entry `lookup` picks from that
+    /// segment's offset and time indexes, which are the active segment's own or a sealed
+    /// segment's from the shard cache (read from disk on a miss). None when the segment was
+    /// deleted meanwhile.
+    async fn index_floor(
+        &self,
+        base: Offset,
+        lookup: impl Fn(&OffsetIndex, &TimeIndex) -> OffsetEntry,
+    ) -> Result<Option<FilePosition>, StorageIoError> {
+        let position = |entry: OffsetEntry| FilePosition(u64::from(entry.position));
+        let (file, size_bytes) = {
+            let st = self.state.borrow();
+            let Ok(i) = st.segments.binary_search_by_key(&base, |s| s.base()) else {
+                return Ok(None);
+            };
+            let seg = &st.segments[i];
+            if i + 1 == st.segments.len() {
+                let entry = lookup(&seg.indexer.offset_index, &seg.indexer.time_index);
+                return Ok(Some(position(entry)));
+            }
+            if let Some(cached) = self.index_cache.get(self.log_id, base) {
+                return Ok(Some(position(lookup(&cached.offset, &cached.time))));
+            }
+            (seg.file.clone(), seg.size_bytes)
+        };
+        let loaded = self.sealed_indexes(base, &file, size_bytes).await?;
+        Ok(loaded.map(|indexes| position(lookup(&indexes.offset, &indexes.time))))
+    }
+
+    /// Reads the indexes of the sealed segment at `base` from its index files (rebuilt by a
+    /// scan when those are missing or damaged) and caches them. None when the segment was
+    /// deleted meanwhile.
     async fn sealed_indexes(
         &self,
         base: Offset,
         file: &glommio::io::DmaFile,
         size_bytes: u64,
     ) -> Result<Option<Rc<SegmentIndexes>>, StorageIoError> {
-        if let Some(hit) = self.index_cache.get(self.log_id, base) {
-            return Ok(Some(hit));
-        }
         let exists = || {
             self.state
                 .borrow()
@@ -1324,7 +1344,7 @@ impl Inner {
                 else {
                     break;
                 };
-                let active = st.segments.last().expect("a log has an active segment");
+                let active = active(&st.segments);
                 // Each batch adds at most one entry to each index, and the seal one more time
                 // entry: `batches` more must leave both within `segment_index_bytes`.
                 let index_room = |batches: usize| {
@@ -1402,14 +1422,7 @@ impl Inner {
             st.sync_issued_end = st.sync_issued_end.max(st.written_end);
             // Data below `written_end` lies in this file or in older segments, which a roll
             // synced before the active segment changed.
-            (
-                st.segments
-                    .last()
-                    .expect("a log has an active segment")
-                    .file
-                    .clone(),
-                st.written_end,
-            )
+            (active(&st.segments).file.clone(), st.written_end)
         };
         file.fdatasync()
             .await
@@ -1433,7 +1446,7 @@ impl Inner {
     async fn write_to_active(&self, count: usize) -> Result<(), StorageIoError> {
         let (file, start, buffer, new_size, new_tail, preallocate_to) = {
             let st = self.state.borrow();
-            let active = st.segments.last().expect("a log has an active segment");
+            let active = active(&st.segments);
             let start = align_down(active.size_bytes);
             assert_eq!(
                 active.tail.len() as u64,
@@ -1470,12 +1483,7 @@ impl Inner {
             file.pre_allocate(to, true)
                 .await
                 .map_err(io_ctx(format!("preallocating in {}", path())))?;
-            self.state
-                .borrow_mut()
-                .segments
-                .last_mut()
-                .expect("active")
-                .preallocated_bytes = to;
+            active_mut(&mut self.state.borrow_mut().segments).preallocated_bytes = to;
         }
         let len = buffer.len();
         let injected = {
@@ -1508,7 +1516,7 @@ impl Inner {
             return Err(failed_error(message));
         }
         let interval = st.config.index_interval_bytes;
-        let active = st.segments.last_mut().expect("a log has an active segment");
+        let active = active_mut(&mut st.segments);
         let mut position = active.size_bytes;
         for p in st.pending.drain(..count) {
             active.indexer.observe(&p.header, position, interval);
@@ -1541,7 +1549,7 @@ impl Inner {
     async fn roll(&self) -> Result<(), StorageIoError> {
         let (file, size_bytes, indexer) = {
             let mut st = self.state.borrow_mut();
-            let active = st.segments.last_mut().expect("a log has an active segment");
+            let active = active_mut(&mut st.segments);
             active.indexer.seal();
             (
                 active.file.clone(),
@@ -1567,7 +1575,7 @@ impl Inner {
         sync_dir(&self.dir).await?;
         let mut st = self.state.borrow_mut();
         st.durable_end = st.durable_end.max(next_base);
-        let old = st.segments.last_mut().expect("a log has an active segment");
+        let old = active_mut(&mut st.segments);
         old.tail = Vec::new();
         old.preallocated_bytes = 0;
         // Sealed now: its indexes are on disk and stay in memory only within the cache budget.

@@ -100,20 +100,26 @@ fn mb_s(bytes: u64, elapsed: Duration) -> f64 {
     bytes as f64 / (1024.0 * 1024.0) / elapsed.as_secs_f64()
 }
 
-/// Sequential O_DIRECT writes of `block_bytes` through DmaFile, one at a time (as the log's
-/// appender issues them), preallocated like a segment, with an fdatasync at the end.
-async fn raw_write_bandwidth(dir: &Path, block_bytes: usize, seconds: f64) -> Result<f64, String> {
-    let path = dir.join(format!("raw-{block_bytes}"));
+/// Creates a raw O_DIRECT file with `preallocate_bytes` preallocated (fallocate KEEP_SIZE, as a
+/// segment's extents are).
+async fn open_raw(path: &Path, preallocate_bytes: u64) -> Result<glommio::io::DmaFile, String> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
-        .dma_open(&path)
+        .dma_open(path)
         .await
         .map_err(|e| e.to_string())?;
-    file.pre_allocate(64 << 20, true)
+    file.pre_allocate(preallocate_bytes, true)
         .await
         .map_err(|e| e.to_string())?;
+    Ok(file)
+}
+
+/// Sequential O_DIRECT writes of `block_bytes` through DmaFile, one at a time (as the log's
+/// appender issues them), preallocated like a segment, with an fdatasync at the end.
+async fn raw_write_bandwidth(dir: &Path, block_bytes: usize, seconds: f64) -> Result<f64, String> {
+    let file = open_raw(&dir.join(format!("raw-{block_bytes}")), 64 << 20).await?;
     let mut position = 0u64;
     let mut preallocated = 64u64 << 20;
     let start = Instant::now();
@@ -143,17 +149,7 @@ async fn raw_write_fdatasync_latency(
     block_bytes: usize,
     seconds: f64,
 ) -> Result<Histogram<u64>, String> {
-    let path = dir.join("raw-sync");
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .dma_open(&path)
-        .await
-        .map_err(|e| e.to_string())?;
-    file.pre_allocate(256 << 20, true)
-        .await
-        .map_err(|e| e.to_string())?;
+    let file = open_raw(&dir.join("raw-sync"), 256 << 20).await?;
     let mut hist = Histogram::<u64>::new(3).map_err(|e| e.to_string())?;
     let mut position = 0u64;
     let start = Instant::now();
@@ -183,21 +179,9 @@ async fn raw_group_commit_latency(
     rate_per_s: f64,
     seconds: f64,
 ) -> Result<Histogram<u64>, String> {
-    let path = dir.join("raw-group-commit");
-    let file = Rc::new(
-        OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .dma_open(&path)
-            .await
-            .map_err(|e| e.to_string())?,
-    );
     let block = block_bytes.next_multiple_of(4096);
     let total = (rate_per_s * seconds) as u64;
-    file.pre_allocate((total + 1) * block as u64, true)
-        .await
-        .map_err(|e| e.to_string())?;
+    let file = Rc::new(open_raw(&dir.join("raw-group-commit"), (total + 1) * block as u64).await?);
     let queue: Rc<RefCell<Vec<Instant>>> = Rc::new(RefCell::new(Vec::new()));
     let done = Rc::new(Cell::new(false));
     let (wake_tx, wake_rx) = glommio::channels::local_channel::new_unbounded::<()>();
