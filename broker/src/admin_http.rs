@@ -11,32 +11,12 @@ use std::time::Duration;
 use futures::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpListener;
 
+use crate::metrics::ShardSample;
+use crate::scatter::broadcast;
 use crate::shard::Shard;
 
 const REQUEST_BYTES_MAX: usize = 8 * 1024;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// One shard's counters, gathered for a scrape.
-#[derive(Debug, Default, Clone)]
-pub struct ShardSample {
-    pub shard: usize,
-    pub connections_accepted: u64,
-    pub open_connections: u64,
-    pub requests: u64,
-    pub malformed_requests: u64,
-    pub fetch_bytes_referenced: u64,
-    pub partitions: u64,
-    pub log_bytes_zero_copy: u64,
-    pub log_bytes_copied: u64,
-    pub log_appends: u64,
-    pub log_bytes_written: u64,
-    pub log_fdatasyncs: u64,
-    pub log_tail_cache_bytes: u64,
-    pub log_active_index_bytes: u64,
-    pub index_cache_bytes: u64,
-    pub index_cache_hits: u64,
-    pub index_cache_misses: u64,
-}
 
 pub async fn serve(shard: Rc<Shard>, listener: TcpListener) {
     loop {
@@ -82,147 +62,31 @@ pub async fn serve(shard: Rc<Shard>, listener: TcpListener) {
 }
 
 pub async fn gather(shard: &Rc<Shard>) -> Vec<ShardSample> {
-    let mut samples = Vec::with_capacity(shard.count);
-    for target in 0..shard.count {
-        if let Ok(sample) = shard
-            .invoke_on(target, |shard| async move { shard.sample() })
-            .await
-        {
-            samples.push(sample);
-        }
-    }
-    samples
+    broadcast(shard, |shard| async move { shard.sample() })
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
 }
 
+/// Prometheus text format: each metric once, with one line per shard.
 fn render(samples: &[ShardSample]) -> String {
     let mut out = String::new();
-    let metric = |out: &mut String,
-                  name: &str,
-                  kind: &str,
-                  help: &str,
-                  value: &dyn Fn(&ShardSample) -> u64| {
-        let _ = writeln!(out, "# HELP tern_{name} {help}");
-        let _ = writeln!(out, "# TYPE tern_{name} {kind}");
-        for sample in samples {
-            let _ = writeln!(
-                out,
-                "tern_{name}{{shard=\"{}\"}} {}",
-                sample.shard,
-                value(sample)
-            );
-        }
+    let Some(first) = samples.first() else {
+        return out;
     };
-    metric(
-        &mut out,
-        "connections_accepted_total",
-        "counter",
-        "Kafka connections accepted.",
-        &|s| s.connections_accepted,
-    );
-    metric(
-        &mut out,
-        "connections_open",
-        "gauge",
-        "Kafka connections open.",
-        &|s| s.open_connections,
-    );
-    metric(
-        &mut out,
-        "requests_total",
-        "counter",
-        "Kafka requests read.",
-        &|s| s.requests,
-    );
-    metric(
-        &mut out,
-        "malformed_requests_total",
-        "counter",
-        "Requests that closed their connection.",
-        &|s| s.malformed_requests,
-    );
-    metric(
-        &mut out,
-        "fetch_response_record_bytes_total",
-        "counter",
-        "Record bytes placed in Fetch responses by reference.",
-        &|s| s.fetch_bytes_referenced,
-    );
-    metric(
-        &mut out,
-        "partitions",
-        "gauge",
-        "Partition replicas owned.",
-        &|s| s.partitions,
-    );
-    metric(
-        &mut out,
-        "log_read_bytes_zero_copy_total",
-        "counter",
-        "Bytes read from tail caches without copying.",
-        &|s| s.log_bytes_zero_copy,
-    );
-    metric(
-        &mut out,
-        "log_read_bytes_copied_total",
-        "counter",
-        "Bytes read from disk (copied once out of the DMA buffer).",
-        &|s| s.log_bytes_copied,
-    );
-    metric(
-        &mut out,
-        "log_appends_total",
-        "counter",
-        "Log appends.",
-        &|s| s.log_appends,
-    );
-    metric(
-        &mut out,
-        "log_written_bytes_total",
-        "counter",
-        "Bytes written to segment files.",
-        &|s| s.log_bytes_written,
-    );
-    metric(
-        &mut out,
-        "log_fdatasyncs_total",
-        "counter",
-        "fdatasync calls (group commit shares one among many appends).",
-        &|s| s.log_fdatasyncs,
-    );
-    metric(
-        &mut out,
-        "log_tail_cache_bytes",
-        "gauge",
-        "Bytes held in tail caches.",
-        &|s| s.log_tail_cache_bytes,
-    );
-    metric(
-        &mut out,
-        "log_active_index_bytes",
-        "gauge",
-        "Bytes held by the active segments' indexes.",
-        &|s| s.log_active_index_bytes,
-    );
-    metric(
-        &mut out,
-        "index_cache_bytes",
-        "gauge",
-        "Bytes of sealed segments' indexes held in the shard index caches.",
-        &|s| s.index_cache_bytes,
-    );
-    metric(
-        &mut out,
-        "index_cache_hits_total",
-        "counter",
-        "Sealed-segment index lookups served from memory.",
-        &|s| s.index_cache_hits,
-    );
-    metric(
-        &mut out,
-        "index_cache_misses_total",
-        "counter",
-        "Sealed-segment index lookups that read the index files again.",
-        &|s| s.index_cache_misses,
-    );
+    for (index, metric) in first.metrics.iter().enumerate() {
+        let _ = writeln!(out, "# HELP tern_{} {}", metric.name, metric.help);
+        let _ = writeln!(out, "# TYPE tern_{} {}", metric.name, metric.kind.name());
+        for sample in samples {
+            if let Some(value) = sample.metrics.get(index).filter(|m| m.name == metric.name) {
+                let _ = writeln!(
+                    out,
+                    "tern_{}{{shard=\"{}\"}} {}",
+                    metric.name, sample.shard, value.value
+                );
+            }
+        }
+    }
     out
 }

@@ -38,6 +38,8 @@ pub struct BrokerConfig {
     /// Memory per shard for the indexes of sealed segments (least recently used ones are
     /// dropped and read again from their files when needed).
     pub index_cache_bytes: usize,
+    /// Long-poll registrations that may be parked on one shard's partitions at once.
+    pub max_parked_fetches: usize,
 }
 
 /// Per-connection limits an operator may lower (or raise, up to the hard caps in
@@ -100,6 +102,7 @@ impl Default for BrokerConfig {
             group_initial_rebalance_delay_ms: 3_000,
             limits: ConnectionLimits::default(),
             index_cache_bytes: crate::limits::INDEX_CACHE_BYTES_PER_SHARD,
+            max_parked_fetches: crate::limits::FETCH_PARKED_PER_SHARD,
         }
     }
 }
@@ -146,6 +149,7 @@ pub struct FileConfig {
     pub offsets_retention_minutes: Option<i64>,
     pub group_initial_rebalance_delay_ms: Option<i64>,
     pub index_cache_bytes: Option<usize>,
+    pub max_parked_fetches: Option<usize>,
     /// Default topic configs by their Kafka names, e.g. `"retention.ms" = "3600000"`.
     #[serde(default)]
     pub topic_defaults: std::collections::BTreeMap<String, String>,

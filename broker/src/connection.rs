@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BytesMut};
 use futures::{AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel;
 use glommio::net::TcpStream;
@@ -19,23 +19,8 @@ use tern_protocol::frame;
 
 use crate::handlers;
 use crate::net::write_segments;
+use crate::outcome::Outcome;
 use crate::shard::Shard;
-
-/// What a handler decided for one request.
-pub enum Outcome {
-    /// Response frame segments, written as one vectored send.
-    Respond(Vec<Bytes>),
-    /// Produce with acks=0: Kafka sends nothing back.
-    NoResponse,
-    /// The request was malformed: close the connection after earlier responses.
-    Close(String),
-}
-
-impl Outcome {
-    pub fn frame(bytes: Bytes) -> Outcome {
-        Outcome::Respond(vec![bytes])
-    }
-}
 
 const READ_CHUNK_BYTES: usize = 64 * 1024;
 
@@ -85,10 +70,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         let size = match frame::check_frame_size(declared, shard.config.limits.request_bytes_max) {
             Ok(size) => size,
             Err(error) => {
-                shard
-                    .stats
-                    .malformed_requests
-                    .set(shard.stats.malformed_requests.get() + 1);
+                shard.connection_probe.malformed.inc();
                 tracing::warn!(?peer, %error, "rejecting frame; closing connection");
                 break;
             }
@@ -113,7 +95,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         } else {
             buffer.split_to(size)
         };
-        shard.stats.requests.set(shard.stats.requests.get() + 1);
+        shard.connection_probe.requests.inc();
         let task = glommio::spawn_local(handlers::handle(shard.clone(), request, peer, permit));
         if queue_tx.send(task).await.is_err() {
             break;

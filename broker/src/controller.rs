@@ -1,30 +1,27 @@
-//! The metadata controller, hosted on shard 0: applies admin commands to the metadata image,
-//! persists the image, and hands the new image to every shard.
+//! The metadata controller: applies admin commands to the cluster metadata image, makes the
+//! result durable, and publishes it to every shard of this broker.
 //!
-//! A single-node Tern is a one-voter cluster: the image is persisted to
-//! `<data>/__cluster_metadata/image.json` (written to a temporary file, fsynced, renamed, the
-//! directory fsynced) before any shard sees it, so an acknowledged admin change survives a
-//! crash. Commands are applied one batch at a time (a semaphore of one), in arrival order.
+//! `Controller` is the interface handlers use (through shard 0); `LocalController` is the
+//! one-voter implementation: the image is persisted to `<data>/__cluster_metadata/image.json`
+//! (written to a temporary file, fsynced, renamed, the directory fsynced) before any shard sees
+//! it, so an acknowledged admin change survives a crash. Commands are applied one batch at a
+//! time (a semaphore of one), in arrival order. A Raft-backed controller will implement the
+//! same interface, committing the commands to the quorum's log instead of a file.
+//!
+//! The controller does not know the shards: it is given a `Publish` function at start-up that
+//! hands each new image to them and resolves once every shard has applied it.
 
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
 use std::sync::Arc;
 
+use futures::future::LocalBoxFuture;
 use glommio::io::{BufferedFile, Directory};
 use glommio::sync::Semaphore;
-use tern_replication::metadata::{Command, MetadataError, MetadataImage};
-
-use crate::shard::Shard;
+use tern_replication::metadata::{BrokerId, Command, MetadataError, MetadataImage};
 
 pub const METADATA_DIR: &str = "__cluster_metadata";
 const IMAGE_FILE: &str = "image.json";
-
-pub struct Controller {
-    dir: PathBuf,
-    serial: Semaphore,
-    /// Producer ids reserved in the persisted image but not yet handed out.
-    producer_ids: std::cell::RefCell<std::ops::Range<i64>>,
-}
 
 /// Producer ids reserved per metadata write.
 const PRODUCER_ID_BLOCK: i64 = 1000;
@@ -33,56 +30,76 @@ const PRODUCER_ID_BLOCK: i64 = 1000;
 pub enum ControllerError {
     #[error("metadata could not be persisted: {0}")]
     Persist(String),
-    #[error("shard unavailable while applying metadata")]
+    #[error("a shard was unavailable while the new metadata was published")]
     ShardUnavailable,
 }
 
-impl Controller {
-    pub fn new(data_dir: &Path) -> Controller {
-        Controller {
+/// One result per command: a failed command changed nothing.
+pub type CommandResults = Vec<Result<(), MetadataError>>;
+
+/// Hands a committed image to every shard; resolves once all have applied it.
+pub type Publish =
+    Box<dyn Fn(Arc<MetadataImage>) -> LocalBoxFuture<'static, Result<(), ControllerError>>>;
+
+/// What handlers ask of the cluster's controller.
+pub trait Controller {
+    /// Applies `commands` in order and returns once the changes are committed and every shard
+    /// of this broker has the new image.
+    fn execute(
+        &self,
+        commands: Vec<Command>,
+    ) -> LocalBoxFuture<'_, Result<CommandResults, ControllerError>>;
+
+    /// A producer id that no earlier run of this cluster has handed out.
+    fn allocate_producer_id(&self) -> LocalBoxFuture<'_, Result<i64, ControllerError>>;
+
+    /// The broker acting as controller (DescribeCluster, Metadata).
+    fn controller_id(&self) -> BrokerId;
+}
+
+/// The one-voter controller: the image lives in a file in the data directory.
+pub struct LocalController {
+    node_id: BrokerId,
+    dir: PathBuf,
+    serial: Semaphore,
+    /// The last committed image.
+    image: RefCell<Arc<MetadataImage>>,
+    /// Producer ids reserved in the persisted image but not yet handed out.
+    producer_ids: RefCell<std::ops::Range<i64>>,
+    publish: Publish,
+}
+
+impl LocalController {
+    pub fn new(
+        node_id: BrokerId,
+        data_dir: &Path,
+        image: Arc<MetadataImage>,
+        publish: Publish,
+    ) -> LocalController {
+        LocalController {
+            node_id,
             dir: data_dir.join(METADATA_DIR),
             serial: Semaphore::new(1),
-            producer_ids: std::cell::RefCell::new(0..0),
+            image: RefCell::new(image),
+            producer_ids: RefCell::new(0..0),
+            publish,
         }
     }
 
-    /// Hands out a producer id that no earlier run of this cluster has used.
-    pub async fn allocate_producer_id(&self, shard: &Rc<Shard>) -> Result<i64, ControllerError> {
-        if let Some(id) = self.producer_ids.borrow_mut().next() {
-            return Ok(id);
-        }
-        self.execute(
-            shard,
-            vec![Command::AllocateProducerIds {
-                count: PRODUCER_ID_BLOCK,
-            }],
-        )
-        .await?;
-        let end = shard.image().producer_id_next;
-        let mut block = self.producer_ids.borrow_mut();
-        if block.is_empty() {
-            *block = (end - PRODUCER_ID_BLOCK)..end;
-        }
-        block.next().ok_or(ControllerError::ShardUnavailable)
-    }
-
-    /// Applies `commands` in order, persists once, and waits until every shard has the new
-    /// image. Each command gets its own result; a failed command changes nothing.
-    pub async fn execute(
+    async fn execute_serially(
         &self,
-        shard: &Rc<Shard>,
         commands: Vec<Command>,
-    ) -> Result<Vec<Result<(), MetadataError>>, ControllerError> {
+    ) -> Result<CommandResults, ControllerError> {
         let _permit = self
             .serial
             .acquire_permit(1)
             .await
             .map_err(|_| ControllerError::ShardUnavailable)?;
-        let mut image = (*shard.image()).clone();
+        let mut image = (**self.image.borrow()).clone();
         let mut results = Vec::with_capacity(commands.len());
         let mut changed = false;
         for command in &commands {
-            match image.apply(command, shard.count as u32) {
+            match image.apply(command) {
                 Ok(next) => {
                     image = next;
                     changed = true;
@@ -93,7 +110,9 @@ impl Controller {
         }
         if changed {
             self.persist(&image).await?;
-            broadcast(shard, Arc::new(image)).await?;
+            let image = Arc::new(image);
+            *self.image.borrow_mut() = image.clone();
+            (self.publish)(image).await?;
         }
         Ok(results)
     }
@@ -117,21 +136,35 @@ impl Controller {
     }
 }
 
-/// Gives every shard `image` and waits for all of them to open or drop their partitions.
-pub async fn broadcast(
-    shard: &Rc<Shard>,
-    image: Arc<MetadataImage>,
-) -> Result<(), ControllerError> {
-    for target in 0..shard.count {
-        let image = image.clone();
-        shard
-            .invoke_on(target, move |shard| async move {
-                shard.apply_image(image).await
-            })
-            .await
-            .map_err(|_| ControllerError::ShardUnavailable)?;
+impl Controller for LocalController {
+    fn execute(
+        &self,
+        commands: Vec<Command>,
+    ) -> LocalBoxFuture<'_, Result<CommandResults, ControllerError>> {
+        Box::pin(self.execute_serially(commands))
     }
-    Ok(())
+
+    fn allocate_producer_id(&self) -> LocalBoxFuture<'_, Result<i64, ControllerError>> {
+        Box::pin(async move {
+            if let Some(id) = self.producer_ids.borrow_mut().next() {
+                return Ok(id);
+            }
+            self.execute_serially(vec![Command::AllocateProducerIds {
+                count: PRODUCER_ID_BLOCK,
+            }])
+            .await?;
+            let end = self.image.borrow().producer_id_next;
+            let mut block = self.producer_ids.borrow_mut();
+            if block.is_empty() {
+                *block = (end - PRODUCER_ID_BLOCK)..end;
+            }
+            block.next().ok_or(ControllerError::ShardUnavailable)
+        })
+    }
+
+    fn controller_id(&self) -> BrokerId {
+        self.node_id
+    }
 }
 
 /// Loads the persisted image (before the shards start; plain std I/O on the main thread).
@@ -146,7 +179,7 @@ pub fn load_image(data_dir: &Path) -> Result<Option<MetadataImage>, String> {
     }
 }
 
-/// Writes the image from the main thread (first start, or a rebalance after a core-count change).
+/// Writes the image from the main thread (at start-up, before any shard runs).
 pub fn store_image_blocking(data_dir: &Path, image: &MetadataImage) -> Result<(), String> {
     let dir = data_dir.join(METADATA_DIR);
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;

@@ -2,24 +2,34 @@
 //! until SIGINT/SIGTERM, then shuts down cleanly (in-flight requests answered, every log
 //! flushed and closed with its clean-shutdown marker).
 //!
-//! Code map: `runtime` (glommio glue and start-up checks), `shard` (per-core state and
-//! `invoke_on`), `controller` (metadata on shard 0), `connection` + `net` (socket loop,
-//! zero-copy writes), `handlers` (one module per API group), `group` (consumer-group
-//! coordinator), `fetch_session` and `producer_state` (I/O-free state machines for KIP-227
-//! sessions and idempotent producers), `admin_http` (`/metrics`, `/healthz`), `topic_config`,
-//! `config`, `limits`.
+//! Code map, from the bottom up: `limits`, `clock`, `ids`, `metrics` (probes), `outcome`,
+//! `config`, `topic_config`; the I/O-free state machines `fetch_session`, `producer_state`
+//! and `partition::state`; `placement` (which shard owns a partition); `partition` (the
+//! owner-side append and read-or-wait every caller uses); `controller` (the metadata
+//! controller interface and its one-voter implementation); `shard` (per-core state and
+//! `invoke_on`); `scatter` (one hop per owner shard); `group` (consumer-group coordinator);
+//! `handlers` (one module per API group); `connection` + `net` (socket loop, zero-copy
+//! writes); `admin_http` (`/metrics`, `/healthz`); `runtime` (glommio glue and start-up
+//! checks). No module imports one above it.
 
 pub mod admin_http;
+pub mod clock;
 pub mod config;
 pub mod connection;
 pub mod controller;
 pub mod fetch_session;
 pub mod group;
 pub mod handlers;
+pub mod ids;
 pub mod limits;
+pub mod metrics;
 pub mod net;
+pub mod outcome;
+pub mod partition;
+pub mod placement;
 pub mod producer_state;
 pub mod runtime;
+pub mod scatter;
 pub mod shard;
 pub mod topic_config;
 
@@ -89,42 +99,7 @@ pub fn run(mut config: BrokerConfig) -> Result<(), StartError> {
     let _lock =
         DataDirLock::acquire(&config.data_dir).map_err(|e| StartError::DataDir(e.to_string()))?;
 
-    let mut image = match controller::load_image(&config.data_dir).map_err(StartError::DataDir)? {
-        Some(image) => image,
-        None => MetadataImage::new(handlers::new_cluster_id()),
-    };
-    // Partitions owned by shards that no longer exist (fewer --cores than last time) move.
-    let rebalanced = image
-        .apply(
-            &Command::Rebalance {
-                shard_count: shards as u32,
-            },
-            shards as u32,
-        )
-        .map_err(|error| StartError::DataDir(format!("rebalancing the metadata image: {error}")))?;
-    if rebalanced.topics != image.topics || image.epoch == 0 {
-        image = rebalanced;
-        controller::store_image_blocking(&config.data_dir, &image).map_err(StartError::DataDir)?;
-    }
-    // The group coordinator's internal topic exists before any shard starts, so every shard
-    // opens (and replays) its partitions of it at start-up.
-    if image.topic(group::OFFSETS_TOPIC).is_none() {
-        if !(1..=limits::TOPIC_PARTITIONS_MAX).contains(&config.offsets_topic_partitions) {
-            return Err(StartError::Config(format!(
-                "offsets topic partitions must be 1..={}",
-                limits::TOPIC_PARTITIONS_MAX
-            )));
-        }
-        image = image
-            .apply(
-                &handlers::offsets_topic_command(config.offsets_topic_partitions),
-                shards as u32,
-            )
-            .map_err(|error| {
-                StartError::DataDir(format!("creating {}: {error}", group::OFFSETS_TOPIC))
-            })?;
-        controller::store_image_blocking(&config.data_dir, &image).map_err(StartError::DataDir)?;
-    }
+    let image = bootstrap_image(&config)?;
     let image = Arc::new(image);
     let config = Arc::new(config);
 
@@ -215,15 +190,32 @@ async fn shard_main(
     } else {
         (None, None)
     };
-    let controller = (id == 0).then(|| controller::Controller::new(&config.data_dir));
     let shard = Rc::new(Shard::new(
         id,
         shards,
         config.clone(),
         image.clone(),
         senders,
-        controller,
+        Rc::new(clock::SystemClock),
     ));
+    if id == 0 {
+        let publisher = Rc::downgrade(&shard);
+        let publish: controller::Publish = Box::new(move |image| {
+            let publisher = publisher.clone();
+            Box::pin(async move {
+                let shard = publisher
+                    .upgrade()
+                    .ok_or(controller::ControllerError::ShardUnavailable)?;
+                publish_image(&shard, image).await
+            })
+        });
+        shard.set_controller(Rc::new(controller::LocalController::new(
+            config.node_id,
+            &config.data_dir,
+            image.clone(),
+            publish,
+        )));
+    }
     if let Some(receivers) = receivers.as_mut() {
         for (_, stream) in receivers.streams() {
             let shard = shard.clone();
@@ -286,10 +278,7 @@ async fn shard_main(
             loop {
                 match listener.accept().await {
                     Ok(stream) => {
-                        shard
-                            .stats
-                            .connections_accepted
-                            .set(shard.stats.connections_accepted.get() + 1);
+                        shard.connection_probe.accepted.inc();
                         glommio::spawn_local(connection::serve(shard.clone(), stream)).detach();
                     }
                     Err(error) => {
@@ -318,6 +307,83 @@ async fn shard_main(
     drop(retention);
     drop(coordinator);
     shard.close_all().await;
+}
+
+/// Hands `image` to every shard of this broker; resolves once all have applied it.
+async fn publish_image(
+    shard: &Rc<Shard>,
+    image: Arc<MetadataImage>,
+) -> Result<(), controller::ControllerError> {
+    let applied = scatter::broadcast(shard, move |shard| {
+        let image = image.clone();
+        async move { shard.apply_image(image).await }
+    })
+    .await;
+    if applied.iter().any(Result::is_err) {
+        return Err(controller::ControllerError::ShardUnavailable);
+    }
+    Ok(())
+}
+
+/// The metadata image this broker starts from (before any shard runs): the persisted one, or
+/// a new cluster's; upgraded from the pre-replica format, with this broker registered at its
+/// advertised address and `__consumer_offsets` created, each change persisted. A one-voter
+/// cluster applies these commands itself; they are the same commands a quorum would commit.
+fn bootstrap_image(config: &BrokerConfig) -> Result<MetadataImage, StartError> {
+    let node = config.node_id;
+    let (host, port) = config.advertised_host_port();
+    let port = u16::try_from(port)
+        .map_err(|_| StartError::Config(format!("advertised port {port} is out of range")))?;
+    let mut image = match controller::load_image(&config.data_dir).map_err(StartError::DataDir)? {
+        Some(image) => image,
+        None => MetadataImage::new(ids::new_cluster_id()),
+    };
+    let fresh = image.epoch == 0;
+    let mut changed = image.upgrade_single_node(node, &host, port);
+    if let Some(other) = image.brokers.keys().find(|id| **id != node) {
+        return Err(StartError::DataDir(format!(
+            "data directory {} belongs to broker {other} of a one-node cluster, not to node id {node}",
+            config.data_dir.display()
+        )));
+    }
+    let mut apply = |image: &mut MetadataImage, command: Command| -> Result<(), StartError> {
+        *image = image
+            .apply(&command)
+            .map_err(|error| StartError::DataDir(format!("bootstrapping metadata: {error}")))?;
+        changed = true;
+        Ok(())
+    };
+    let registered = image
+        .broker(node)
+        .is_some_and(|b| b.host == host && b.port == port && !b.fenced);
+    if !registered {
+        apply(
+            &mut image,
+            Command::RegisterBroker {
+                id: node,
+                host: host.clone(),
+                port,
+            },
+        )?;
+    }
+    // The group coordinator's internal topic exists before any shard starts, so every shard
+    // opens (and replays) its partitions of it at start-up.
+    if image.topic(group::OFFSETS_TOPIC).is_none() {
+        if !(1..=limits::TOPIC_PARTITIONS_MAX).contains(&config.offsets_topic_partitions) {
+            return Err(StartError::Config(format!(
+                "offsets topic partitions must be 1..={}",
+                limits::TOPIC_PARTITIONS_MAX
+            )));
+        }
+        apply(
+            &mut image,
+            handlers::offsets_topic_command(config.offsets_topic_partitions),
+        )?;
+    }
+    if changed || fresh {
+        controller::store_image_blocking(&config.data_dir, &image).map_err(StartError::DataDir)?;
+    }
+    Ok(image)
 }
 
 fn block_shutdown_signals() -> libc::sigset_t {

@@ -23,6 +23,22 @@ pub const SHARD_CHANNEL_CAPACITY: usize = 1024;
 /// Longest a Fetch may wait for `min_bytes` (clients ask for 500 ms by default).
 pub const FETCH_WAIT_MS_MAX: u64 = 30_000;
 
+/// Default cap on long-poll registrations parked on one shard's partitions at once
+/// (`--max-parked-fetches`); one registration is one fetch waiting on one partition, about
+/// 100 bytes. A fetch that would pass the cap is answered at once with what is there and a
+/// throttle time, so clients back off instead of the shard's memory growing.
+pub const FETCH_PARKED_PER_SHARD: usize = 100_000;
+
+/// Hard cap on the configurable parked-fetch limit.
+pub const FETCH_PARKED_PER_SHARD_HARD_MAX: usize = 10_000_000;
+
+/// Longest a dropped partition waits for in-flight requests to let go of it before its log is
+/// left open (logged).
+pub const PARTITION_RELEASE_WAIT_MS: u64 = 30_000;
+
+/// Shards on one broker (each needs a core of its own).
+pub const SHARDS_MAX: usize = 1024;
+
 /// Longest an admin request waits for the controller.
 pub const ADMIN_TIMEOUT_MS_MAX: u64 = 60_000;
 
@@ -47,6 +63,8 @@ const _: () = assert!(CONNECTION_BUFFERED_BYTES_MAX >= protocol::FRAME_BYTES_MAX
 const _: () = assert!(CONNECTION_IN_FLIGHT_MAX >= 5);
 const _: () = assert!(CONNECTION_IN_FLIGHT_MAX <= CONNECTION_IN_FLIGHT_HARD_MAX);
 const _: () = assert!(TOPIC_PARTITIONS_MAX as usize <= protocol::PARTITIONS_PER_REQUEST_MAX);
+const _: () = assert!(FETCH_PARKED_PER_SHARD <= FETCH_PARKED_PER_SHARD_HARD_MAX);
+const _: () = assert!(FETCH_WAIT_MS_MAX < PARTITION_RELEASE_WAIT_MS + 1);
 
 /// Most members (joined plus pending) one consumer group may hold; a JoinGroup beyond it is
 /// answered GROUP_MAX_SIZE_REACHED (Kafka's `group.max.size`).

@@ -1,13 +1,16 @@
-//! One shard: the state a core owns (its partitions, its copy of the metadata image) and
-//! the way other shards reach it (`invoke_on`).
+//! One shard: the state a core owns (its partitions, its copy of the metadata image, its
+//! coordinators' registries, its probes) and the way other shards reach it (`invoke_on`).
 //!
-//! Architecture invariant: a partition's log is touched only by the shard that owns it
-//! (the shard table in the metadata image); every other shard reaches it through
-//! `invoke_on`, which carries a `Send` closure over the channel mesh and runs the future it
-//! builds on the owner. Shards share nothing mutable.
+//! Architecture invariant: a partition is touched only by the shard that owns it (derived
+//! from the metadata image by `placement`); every other shard reaches it through `invoke_on`,
+//! which carries a `Send` closure over the channel mesh and runs the future it builds on the
+//! owner. Shards share nothing mutable.
+//!
+//! Architecture invariant: a shard's image only moves forward (its epoch never decreases), and
+//! a partition is in the shard's table only once its log is open.
 
-use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::cell::{Cell, OnceCell, RefCell};
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -17,63 +20,19 @@ use std::time::Duration;
 
 use futures::channel::oneshot;
 use glommio::channels::channel_mesh::Senders;
-use tern_replication::metadata::MetadataImage;
+use tern_replication::metadata::{BrokerId, MetadataImage};
 use tern_storage::Log;
 
+use crate::clock::Clock;
 use crate::config::BrokerConfig;
 use crate::controller::Controller;
-use crate::topic_config::{self, TopicPolicy};
+use crate::metrics::{ConnectionProbe, FetchProbe, ShardSample};
+use crate::partition::{ParkBudget, Partition, TopicPartition};
+use crate::placement;
+use crate::topic_config;
 
 /// A unit of work sent to another shard: built there into a local future.
 pub type RemoteTask = Box<dyn FnOnce(Rc<Shard>) -> Pin<Box<dyn Future<Output = ()>>> + Send>;
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct TopicPartition {
-    pub topic: String,
-    pub partition: i32,
-}
-
-impl TopicPartition {
-    pub fn new(topic: impl Into<String>, partition: i32) -> Self {
-        TopicPartition {
-            topic: topic.into(),
-            partition,
-        }
-    }
-
-    pub fn dir_name(&self) -> String {
-        format!("{}-{}", self.topic, self.partition)
-    }
-}
-
-/// A partition replica owned by this shard.
-pub struct Partition {
-    pub tp: TopicPartition,
-    pub log: Log,
-    pub policy: RefCell<TopicPolicy>,
-    /// Idempotent producers' sequence state (in memory; rebuilt from the log's end at start).
-    pub producers: RefCell<crate::producer_state::ProducerStates>,
-    /// Fetches parked until data beyond their offset arrives.
-    waiters: RefCell<Vec<oneshot::Sender<()>>>,
-}
-
-impl Partition {
-    /// Wakes every parked fetch; called after each append.
-    pub fn notify_appended(&self) {
-        for waiter in self.waiters.borrow_mut().drain(..) {
-            let _ = waiter.send(());
-        }
-    }
-
-    pub fn wait_for_append(&self) -> oneshot::Receiver<()> {
-        let (tx, rx) = oneshot::channel();
-        let mut waiters = self.waiters.borrow_mut();
-        // Drop waiters whose fetch already gave up, so the list stays bounded.
-        waiters.retain(|waiter| !waiter.is_canceled());
-        waiters.push(tx);
-        rx
-    }
-}
 
 pub struct Shard {
     pub id: usize,
@@ -82,28 +41,23 @@ pub struct Shard {
     image: RefCell<Arc<MetadataImage>>,
     partitions: RefCell<HashMap<TopicPartition, Rc<Partition>>>,
     senders: Option<Senders<RemoteTask>>,
-    /// Present on shard 0 only.
-    pub controller: Option<Controller>,
+    /// The cluster's controller, reached through shard 0 (set once at start-up there).
+    controller: OnceCell<Rc<dyn Controller>>,
+    clock: Rc<dyn Clock>,
     pub shutting_down: Cell<bool>,
-    pub stats: Stats,
+    pub connection_probe: ConnectionProbe,
+    pub fetch_probe: FetchProbe,
     /// Fetch sessions of clients connected to this shard.
     pub fetch_sessions: RefCell<crate::fetch_session::FetchSessions>,
     /// Open client sockets, so shutdown can stop reading from them.
     connections: RefCell<HashMap<u64, std::os::fd::RawFd>>,
     next_connection_id: Cell<u64>,
     /// The consumer groups this shard coordinates (see `group`).
-    pub groups: crate::group::Coordinator,
+    pub groups: crate::group::registry::Coordinator,
     /// Memory budget for sealed segments' indexes, shared by this shard's partition logs.
     pub index_cache: Rc<tern_storage::IndexCache>,
-}
-
-/// Counters this shard exposes (per shard, merged on scrape).
-#[derive(Default)]
-pub struct Stats {
-    pub connections_accepted: Cell<u64>,
-    pub requests: Cell<u64>,
-    pub fetch_bytes_referenced: Cell<u64>,
-    pub malformed_requests: Cell<u64>,
+    /// Cap on long-poll fetches parked on this shard's partitions.
+    pub park_budget: Rc<ParkBudget>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -117,7 +71,7 @@ impl Shard {
         config: Arc<BrokerConfig>,
         image: Arc<MetadataImage>,
         senders: Option<Senders<RemoteTask>>,
-        controller: Option<Controller>,
+        clock: Rc<dyn Clock>,
     ) -> Shard {
         Shard {
             id,
@@ -126,31 +80,66 @@ impl Shard {
             image: RefCell::new(image),
             partitions: RefCell::new(HashMap::new()),
             senders,
-            controller,
+            controller: OnceCell::new(),
+            clock,
             shutting_down: Cell::new(false),
-            stats: Stats::default(),
+            connection_probe: ConnectionProbe::default(),
+            fetch_probe: FetchProbe::default(),
             fetch_sessions: RefCell::new(crate::fetch_session::FetchSessions::new(id as u32)),
             connections: RefCell::new(HashMap::new()),
             next_connection_id: Cell::new(0),
-            groups: crate::group::Coordinator::new(config.group_config()),
+            groups: crate::group::registry::Coordinator::new(config.group_config()),
             index_cache: tern_storage::IndexCache::new(config.index_cache_bytes),
+            park_budget: ParkBudget::new(config.max_parked_fetches),
         }
+    }
+
+    /// This broker's id in the cluster.
+    pub fn node_id(&self) -> BrokerId {
+        self.config.node_id
+    }
+
+    /// Wall-clock milliseconds, from the shard's (replaceable) clock.
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
     }
 
     pub fn image(&self) -> Arc<MetadataImage> {
         self.image.borrow().clone()
     }
 
+    /// Installs the controller (shard 0, once, at start-up).
+    pub fn set_controller(&self, controller: Rc<dyn Controller>) {
+        assert!(
+            self.controller.set(controller).is_ok(),
+            "the controller is installed once"
+        );
+    }
+
+    /// The broker acting as the cluster's controller. A one-voter cluster is its own
+    /// controller; with a quorum this becomes the known Raft leader.
+    pub fn controller_id(&self) -> BrokerId {
+        self.node_id()
+    }
+
+    /// The controller, on the shard that hosts it.
+    pub fn controller(&self) -> Option<Rc<dyn Controller>> {
+        self.controller.get().cloned()
+    }
+
     pub fn partition(&self, tp: &TopicPartition) -> Option<Rc<Partition>> {
         self.partitions.borrow().get(tp).cloned()
     }
 
-    /// The shard that owns `tp` according to the current image.
+    /// The shard of this broker that owns `topic`-`partition`, if this broker holds it.
     pub fn owner_of(&self, topic: &str, partition: i32) -> Option<usize> {
-        self.image
-            .borrow()
-            .partition(topic, partition)
-            .map(|meta| meta.shard as usize)
+        placement::owner_shard(
+            &self.image.borrow(),
+            self.node_id(),
+            topic,
+            partition,
+            self.count,
+        )
     }
 
     /// Runs `work` on shard `target` and returns its result. Local work runs inline.
@@ -185,68 +174,73 @@ impl Shard {
         self.config.data_dir.join(tp.dir_name())
     }
 
-    /// Brings this shard's partitions in line with `image`: opens new ones, applies config
-    /// changes, removes deleted ones (their directories too).
+    /// Brings this shard's partitions in line with `image`: opens the ones it now owns,
+    /// hands changed leadership, replicas and configs to the ones it keeps, and drops the rest
+    /// (removing their directories when their topic is gone). The image never goes back.
     pub async fn apply_image(self: &Rc<Self>, image: Arc<MetadataImage>) {
+        {
+            let current = self.image.borrow();
+            assert!(
+                image.epoch >= current.epoch,
+                "shard {} was handed image epoch {} after {}",
+                self.id,
+                image.epoch,
+                current.epoch
+            );
+        }
         *self.image.borrow_mut() = image.clone();
         let defaults = &self.config.topic_defaults;
-        let mut wanted = Vec::new();
+        let mut wanted = HashSet::new();
         for topic in image.topics.values() {
-            for partition in &topic.partitions {
-                if partition.shard as usize == self.id {
-                    wanted.push((
-                        TopicPartition::new(topic.name.clone(), partition.index),
-                        &topic.configs,
-                    ));
+            for meta in &topic.partitions {
+                if self.owner_of(&topic.name, meta.index) != Some(self.id) {
+                    continue;
                 }
+                let tp = TopicPartition::new(topic.name.clone(), meta.index);
+                let policy = topic_config::policy(defaults, &topic.configs);
+                match self.partition(&tp) {
+                    Some(partition) => partition.update(meta, policy),
+                    None => match Log::open_with_cache(
+                        self.partition_dir(&tp),
+                        policy.log.clone(),
+                        self.index_cache.clone(),
+                    )
+                    .await
+                    {
+                        Ok(log) => {
+                            let producers = crate::partition::restore_producers(&log, &tp).await;
+                            let partition = Partition::new(
+                                tp.clone(),
+                                log,
+                                policy,
+                                self.node_id(),
+                                meta,
+                                producers,
+                            );
+                            self.partitions
+                                .borrow_mut()
+                                .insert(tp.clone(), Rc::new(partition));
+                        }
+                        Err(error) => {
+                            tracing::error!(shard = self.id, partition = %tp.dir_name(), %error, "cannot open partition log")
+                        }
+                    },
+                }
+                wanted.insert(tp);
             }
         }
-        for (tp, configs) in &wanted {
-            let policy = topic_config::policy(defaults, configs);
-            let existing = self.partition(tp);
-            match existing {
-                Some(partition) => {
-                    partition.log.set_config(policy.log.clone());
-                    *partition.policy.borrow_mut() = policy;
-                }
-                None => match Log::open_with_cache(
-                    self.partition_dir(tp),
-                    policy.log.clone(),
-                    self.index_cache.clone(),
-                )
-                .await
-                {
-                    Ok(log) => {
-                        let producers = restore_producers(&log, tp).await;
-                        let partition = Rc::new(Partition {
-                            tp: tp.clone(),
-                            log,
-                            policy: RefCell::new(policy),
-                            producers: RefCell::new(producers),
-                            waiters: RefCell::new(Vec::new()),
-                        });
-                        self.partitions.borrow_mut().insert(tp.clone(), partition);
-                    }
-                    Err(error) => {
-                        tracing::error!(shard = self.id, partition = %tp.dir_name(), %error, "cannot open partition log")
-                    }
-                },
-            }
-        }
-        let wanted: std::collections::HashSet<&TopicPartition> =
-            wanted.iter().map(|(tp, _)| tp).collect();
         let stale: Vec<TopicPartition> = self
             .partitions
             .borrow()
             .keys()
-            .filter(|tp| !wanted.contains(tp))
+            .filter(|tp| !wanted.contains(*tp))
             .cloned()
             .collect();
         for tp in stale {
             let Some(partition) = self.partitions.borrow_mut().remove(&tp) else {
                 continue;
             };
-            partition.notify_appended();
+            partition.detach();
             let topic_still_exists = image.topic(&tp.topic).is_some();
             glommio::spawn_local(release_partition(partition, !topic_still_exists)).detach();
         }
@@ -278,42 +272,35 @@ impl Shard {
         }
     }
 
-    /// This shard's counters for a metrics scrape.
-    pub fn sample(&self) -> crate::admin_http::ShardSample {
-        let mut sample = crate::admin_http::ShardSample {
+    /// This shard's metrics for a scrape, from every subsystem's probe.
+    pub fn sample(&self) -> ShardSample {
+        let mut sample = ShardSample {
             shard: self.id,
-            connections_accepted: self.stats.connections_accepted.get(),
-            open_connections: self.connections.borrow().len() as u64,
-            requests: self.stats.requests.get(),
-            malformed_requests: self.stats.malformed_requests.get(),
-            fetch_bytes_referenced: self.stats.fetch_bytes_referenced.get(),
-            ..Default::default()
+            metrics: Vec::new(),
         };
-        for partition in self.partitions.borrow().values() {
-            let stats = partition.log.stats();
-            sample.partitions += 1;
-            sample.log_bytes_zero_copy += stats.bytes_zero_copy;
-            sample.log_bytes_copied += stats.bytes_copied;
-            sample.log_appends += stats.appends;
-            sample.log_bytes_written += stats.bytes_written;
-            sample.log_fdatasyncs += stats.fdatasyncs;
-            sample.log_tail_cache_bytes += stats.tail_cache_bytes as u64;
-            sample.log_active_index_bytes += stats.active_index_bytes as u64;
-        }
-        let cache = self.index_cache.stats();
-        sample.index_cache_bytes = cache.bytes as u64;
-        sample.index_cache_hits = cache.hits;
-        sample.index_cache_misses = cache.misses;
+        self.connection_probe
+            .collect(self.connections.borrow().len(), &mut sample);
+        self.fetch_probe
+            .collect(self.park_budget.used(), &mut sample);
+        let partitions = self.partitions.borrow();
+        crate::metrics::collect_logs(
+            partitions.values().map(|partition| partition.log.stats()),
+            self.index_cache.stats(),
+            &mut sample,
+        );
         sample
     }
 
     /// Applies retention and time-based rolls to every partition this shard owns.
     pub async fn enforce_retention(&self) {
         let partitions: Vec<Rc<Partition>> = self.partitions.borrow().values().cloned().collect();
-        let now = tern_protocol::types::TimestampMs(crate::handlers::now_ms());
+        let now = tern_protocol::types::TimestampMs(self.now_ms());
         for partition in partitions {
-            if let Err(error) = partition.log.enforce_retention(now).await {
-                tracing::warn!(partition = %partition.tp.dir_name(), %error, "retention failed");
+            match partition.log.enforce_retention(now).await {
+                Ok(()) => partition.log_moved(),
+                Err(error) => {
+                    tracing::warn!(partition = %partition.tp.dir_name(), %error, "retention failed")
+                }
             }
         }
     }
@@ -327,7 +314,7 @@ impl Shard {
             .map(|(_, p)| p)
             .collect();
         for partition in partitions {
-            partition.notify_appended();
+            partition.detach();
             release_partition(partition, false).await;
         }
     }
@@ -336,7 +323,7 @@ impl Shard {
 /// Waits (bounded) for in-flight users of a partition to let go, then closes or removes its log.
 async fn release_partition(partition: Rc<Partition>, remove: bool) {
     let mut partition = partition;
-    for _ in 0..600 {
+    for _ in 0..crate::limits::PARTITION_RELEASE_WAIT_MS / RELEASE_POLL_MS {
         match Rc::try_unwrap(partition) {
             Ok(owned) => {
                 let name = owned.tp.dir_name();
@@ -352,43 +339,11 @@ async fn release_partition(partition: Rc<Partition>, remove: bool) {
             }
             Err(shared) => {
                 partition = shared;
-                glommio::timer::sleep(Duration::from_millis(50)).await;
+                glommio::timer::sleep(Duration::from_millis(RELEASE_POLL_MS)).await;
             }
         }
     }
     tracing::warn!(partition = %partition.tp.dir_name(), "partition still in use after 30 s; leaving it open");
 }
 
-/// Idempotent producers' state as the end of the log left it (see `ProducerStates::restore`):
-/// replays the batches in the last `PRODUCER_STATE_SCAN_BYTES` of the log. A producer whose
-/// last batch is older than that gets UNKNOWN_PRODUCER_ID and resets, as Kafka's clients do.
-async fn restore_producers(
-    log: &Log,
-    tp: &TopicPartition,
-) -> crate::producer_state::ProducerStates {
-    let mut states = crate::producer_state::ProducerStates::default();
-    match log
-        .recent_batch_headers(crate::limits::PRODUCER_STATE_SCAN_BYTES)
-        .await
-    {
-        Ok(headers) => {
-            for header in headers
-                .iter()
-                .filter(|h| h.producer_id().0 >= 0 && !h.is_control())
-            {
-                let batch = crate::producer_state::BatchSeq {
-                    producer_id: header.producer_id().0,
-                    epoch: header.producer_epoch(),
-                    first: header.base_sequence(),
-                    count: header.record_count().max(1),
-                };
-                states.restore(batch, header.base_offset().0);
-            }
-        }
-        Err(error) => {
-            tracing::warn!(partition = %tp.dir_name(), %error,
-                "cannot rebuild idempotent producers' state from the log; they will be asked to reset")
-        }
-    }
-    states
-}
+const RELEASE_POLL_MS: u64 = 50;

@@ -1,25 +1,55 @@
-//! The cluster metadata image and the commands that change it.
+//! The replicated cluster metadata: the image (brokers, topics, partitions with their
+//! replicas, leader, leader epoch and ISR, configs, producer-id blocks) and the commands that
+//! change it.
+//!
+//! `MetadataImage::apply` is a deterministic function of the image and the command: it reads
+//! no clock, no randomness and no fact of the node it runs on (not even how many cores it
+//! has), so every broker that applies the same commands in the same order holds the same
+//! image. That is what lets a Raft log of `Command`s replicate it. Ids that must be random
+//! (topic ids) are chosen by whoever proposes the command and travel inside it.
+//!
+//! Where a partition lives on a broker (which shard owns it) is not cluster state: each
+//! broker derives it from the image (see the broker's `placement` module).
 //!
 //! The image is immutable once built: the controller applies a command to a copy, persists
-//! the result, and hands every shard an `Arc` of the new image. Shards read it without
-//! locks. Every partition names its owner shard here (the shard table), so no code
-//! recomputes ownership from a hash.
+//! the result, and hands every shard an `Arc` of the new image. Every applied command bumps
+//! `epoch` by exactly one (asserted), so an image can be told newer than another.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+/// A broker's id in the cluster (Kafka's `node.id`).
+pub type BrokerId = i32;
+
+/// No broker: Kafka's `-1` leader of a partition without one.
+pub const NO_LEADER: BrokerId = -1;
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MetadataImage {
     pub cluster_id: String,
-    /// Bumped by every applied command.
+    /// Bumped by exactly one for every applied command.
     pub epoch: u64,
+    /// Registered brokers by id.
+    #[serde(default)]
+    pub brokers: BTreeMap<BrokerId, BrokerMeta>,
     pub topics: BTreeMap<String, TopicMeta>,
     /// First producer id not yet handed out; ids are allocated in blocks so a restart never
     /// reuses one.
     #[serde(default)]
     pub producer_id_next: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BrokerMeta {
+    pub id: BrokerId,
+    /// Where clients reach it (Kafka's advertised listener).
+    pub host: String,
+    pub port: u16,
+    /// A fenced broker leads nothing and is left out of Metadata's broker list.
+    #[serde(default)]
+    pub fenced: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,37 +64,66 @@ pub struct TopicMeta {
     pub internal: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+impl TopicMeta {
+    pub fn replication_factor(&self) -> usize {
+        self.partitions.first().map_or(0, |p| p.replicas.len())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartitionMeta {
     pub index: i32,
-    pub shard: u32,
+    /// The brokers holding a replica, the preferred leader first.
+    #[serde(default)]
+    pub replicas: Vec<BrokerId>,
+    /// In-sync replicas: always a subset of `replicas` holding the leader.
+    #[serde(default)]
+    pub isr: Vec<BrokerId>,
+    /// `NO_LEADER` when no ISR member is available.
+    #[serde(default = "no_leader")]
+    pub leader: BrokerId,
+    /// Bumped at every leader change; stamped on every batch the leader appends.
     pub leader_epoch: i32,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+fn no_leader() -> BrokerId {
+    NO_LEADER
+}
+
+/// A change to the cluster metadata. Serializable, so that a Raft log can carry it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
+    /// Adds a broker or updates its address; an existing fenced broker is unfenced.
+    RegisterBroker {
+        id: BrokerId,
+        host: String,
+        port: u16,
+    },
+    /// Creates a topic whose replicas are placed over the unfenced brokers (see `place`), or
+    /// exactly as `assignments` says (one replica list per partition).
     CreateTopic {
         name: String,
         id: [u8; 16],
         partitions: i32,
+        replication_factor: i16,
+        assignments: Option<Vec<Vec<BrokerId>>>,
         configs: BTreeMap<String, String>,
         internal: bool,
     },
     DeleteTopic {
         name: String,
     },
+    /// Grows a topic to `total` partitions, placed as `CreateTopic` places them, or exactly as
+    /// `assignments` says (one replica list per new partition).
     CreatePartitions {
         name: String,
         total: i32,
+        assignments: Option<Vec<Vec<BrokerId>>>,
     },
     /// Replaces the topic's explicit configs with `configs`.
     SetTopicConfigs {
         name: String,
         configs: BTreeMap<String, String>,
-    },
-    /// Moves partitions whose shard no longer exists (the broker restarted with fewer cores).
-    Rebalance {
-        shard_count: u32,
     },
     /// Reserves the next `count` producer ids (the block starts at the old `producer_id_next`).
     AllocateProducerIds {
@@ -85,6 +144,12 @@ pub enum MetadataError {
         requested: i32,
         current: i32,
     },
+    #[error("replication factor {requested} is invalid: {available} broker(s) available")]
+    InvalidReplicationFactor { requested: i16, available: usize },
+    #[error("invalid replica assignment: {0}")]
+    InvalidReplicaAssignment(String),
+    #[error("invalid command: {0}")]
+    Invalid(String),
 }
 
 impl MetadataImage {
@@ -92,6 +157,7 @@ impl MetadataImage {
         MetadataImage {
             cluster_id,
             epoch: 0,
+            brokers: BTreeMap::new(),
             topics: BTreeMap::new(),
             producer_id_next: 0,
         }
@@ -108,39 +174,64 @@ impl MetadataImage {
             .and_then(|index| topic.partitions.get(index))
     }
 
-    /// Applies `command` to a copy of this image, which is returned.
-    pub fn apply(
-        &self,
-        command: &Command,
-        shard_count: u32,
-    ) -> Result<MetadataImage, MetadataError> {
-        assert!(shard_count > 0);
+    pub fn broker(&self, id: BrokerId) -> Option<&BrokerMeta> {
+        self.brokers.get(&id)
+    }
+
+    /// Brokers that may lead and hold new replicas, by id.
+    pub fn live_brokers(&self) -> impl Iterator<Item = &BrokerMeta> {
+        self.brokers.values().filter(|broker| !broker.fenced)
+    }
+
+    /// Applies `command` to a copy of this image, which is returned with `epoch + 1`.
+    pub fn apply(&self, command: &Command) -> Result<MetadataImage, MetadataError> {
         let mut next = self.clone();
         match command {
+            Command::RegisterBroker { id, host, port } => {
+                if *id < 0 {
+                    return Err(MetadataError::Invalid(format!(
+                        "broker id {id} is negative"
+                    )));
+                }
+                next.brokers.insert(
+                    *id,
+                    BrokerMeta {
+                        id: *id,
+                        host: host.clone(),
+                        port: *port,
+                        fenced: false,
+                    },
+                );
+            }
             Command::CreateTopic {
                 name,
                 id,
                 partitions,
+                replication_factor,
+                assignments,
                 configs,
                 internal,
             } => {
                 if next.topics.contains_key(name) {
                     return Err(MetadataError::TopicAlreadyExists(name.clone()));
                 }
-                if *partitions < 1 {
-                    return Err(MetadataError::InvalidPartitions {
-                        name: name.clone(),
-                        requested: *partitions,
-                        current: 0,
-                    });
-                }
-                let spread = shard_spread(name, shard_count);
-                let partitions = (0..*partitions)
-                    .map(|index| PartitionMeta {
-                        index,
-                        shard: spread(index),
-                        leader_epoch: 0,
-                    })
+                let replicas = match assignments {
+                    Some(assignments) => self.check_assignments(assignments)?,
+                    None => {
+                        if *partitions < 1 {
+                            return Err(MetadataError::InvalidPartitions {
+                                name: name.clone(),
+                                requested: *partitions,
+                                current: 0,
+                            });
+                        }
+                        self.place(name, 0..*partitions, *replication_factor)?
+                    }
+                };
+                let partitions = replicas
+                    .into_iter()
+                    .enumerate()
+                    .map(|(index, replicas)| new_partition(index as i32, replicas))
                     .collect();
                 next.topics.insert(
                     name.clone(),
@@ -158,10 +249,14 @@ impl MetadataImage {
                     .remove(name)
                     .ok_or_else(|| MetadataError::UnknownTopic(name.clone()))?;
             }
-            Command::CreatePartitions { name, total } => {
-                let topic = next
+            Command::CreatePartitions {
+                name,
+                total,
+                assignments,
+            } => {
+                let topic = self
                     .topics
-                    .get_mut(name)
+                    .get(name)
                     .ok_or_else(|| MetadataError::UnknownTopic(name.clone()))?;
                 let current = topic.partitions.len() as i32;
                 if *total <= current {
@@ -171,14 +266,30 @@ impl MetadataImage {
                         current,
                     });
                 }
-                let spread = shard_spread(name, shard_count);
-                topic
-                    .partitions
-                    .extend((current..*total).map(|index| PartitionMeta {
-                        index,
-                        shard: spread(index),
-                        leader_epoch: 0,
-                    }));
+                let factor = topic.replication_factor().max(1) as i16;
+                let placed = match assignments {
+                    Some(assignments) => {
+                        if assignments.len() as i32 != *total - current {
+                            return Err(MetadataError::InvalidReplicaAssignment(format!(
+                                "{} assignments for {} new partitions",
+                                assignments.len(),
+                                *total - current
+                            )));
+                        }
+                        self.check_assignments(assignments)?
+                    }
+                    None => self.place(name, current..*total, factor)?,
+                };
+                let topic = next
+                    .topics
+                    .get_mut(name)
+                    .ok_or_else(|| MetadataError::UnknownTopic(name.clone()))?;
+                topic.partitions.extend(
+                    placed
+                        .into_iter()
+                        .zip(current..)
+                        .map(|(replicas, index)| new_partition(index, replicas)),
+                );
             }
             Command::SetTopicConfigs { name, configs } => {
                 let topic = next
@@ -188,103 +299,331 @@ impl MetadataImage {
                 topic.configs = configs.clone();
             }
             Command::AllocateProducerIds { count } => {
-                assert!(*count > 0);
-                next.producer_id_next += count;
-            }
-            Command::Rebalance { shard_count } => {
-                for topic in next.topics.values_mut() {
-                    let spread = shard_spread(&topic.name, *shard_count);
-                    for partition in &mut topic.partitions {
-                        if partition.shard >= *shard_count {
-                            partition.shard = spread(partition.index);
-                        }
-                    }
+                if *count <= 0 {
+                    return Err(MetadataError::Invalid(format!(
+                        "producer id block of {count}"
+                    )));
                 }
+                next.producer_id_next += count;
             }
         }
         next.epoch += 1;
+        assert!(next.epoch > self.epoch, "image epochs only grow");
+        debug_assert!(
+            next.check_invariants().is_ok(),
+            "{:?}",
+            next.check_invariants()
+        );
         Ok(next)
+    }
+
+    /// Replica lists for `indexes` of topic `name`: `factor` distinct live brokers each,
+    /// round-robin over the live brokers sorted by id, starting at a broker chosen by the
+    /// topic's name so that single-partition topics spread over the cluster. The first replica
+    /// of each list is the partition's preferred leader.
+    fn place(
+        &self,
+        name: &str,
+        indexes: std::ops::Range<i32>,
+        factor: i16,
+    ) -> Result<Vec<Vec<BrokerId>>, MetadataError> {
+        let live: Vec<BrokerId> = self.live_brokers().map(|broker| broker.id).collect();
+        if factor < 1 || factor as usize > live.len() {
+            return Err(MetadataError::InvalidReplicationFactor {
+                requested: factor,
+                available: live.len(),
+            });
+        }
+        let start = fnv1a(name) as usize;
+        Ok(indexes
+            .map(|index| {
+                let first = start.wrapping_add(index as usize);
+                (0..factor as usize)
+                    .map(|k| live[first.wrapping_add(k) % live.len()])
+                    .collect()
+            })
+            .collect())
+    }
+
+    fn check_assignments(
+        &self,
+        assignments: &[Vec<BrokerId>],
+    ) -> Result<Vec<Vec<BrokerId>>, MetadataError> {
+        let invalid = |why: String| Err(MetadataError::InvalidReplicaAssignment(why));
+        let Some(first) = assignments.first() else {
+            return invalid("no partitions".into());
+        };
+        for (index, replicas) in assignments.iter().enumerate() {
+            if replicas.is_empty() || replicas.len() != first.len() {
+                return invalid(format!(
+                    "partition {index} has {} replicas, partition 0 has {}",
+                    replicas.len(),
+                    first.len()
+                ));
+            }
+            for (k, broker) in replicas.iter().enumerate() {
+                if replicas[..k].contains(broker) {
+                    return invalid(format!("partition {index} names broker {broker} twice"));
+                }
+                if self.broker(*broker).is_none() {
+                    return invalid(format!("broker {broker} is not registered"));
+                }
+            }
+        }
+        Ok(assignments.to_vec())
+    }
+
+    /// What every image must satisfy; `apply` checks it in debug builds and tests.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        for topic in self.topics.values() {
+            for (position, partition) in topic.partitions.iter().enumerate() {
+                let name = format!("{}-{}", topic.name, partition.index);
+                if partition.index as usize != position {
+                    return Err(format!("{name} is at position {position}"));
+                }
+                if partition.replicas.is_empty() {
+                    return Err(format!("{name} has no replicas"));
+                }
+                if partition
+                    .isr
+                    .iter()
+                    .any(|b| !partition.replicas.contains(b))
+                {
+                    return Err(format!(
+                        "{name}: ISR {:?} not within replicas",
+                        partition.isr
+                    ));
+                }
+                if partition.leader != NO_LEADER && !partition.isr.contains(&partition.leader) {
+                    return Err(format!("{name}: leader {} not in ISR", partition.leader));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Upgrades an image written before replicas were recorded (single-node Tern, whose
+    /// partitions named only an owner shard): every partition gets `node` as its one replica,
+    /// ISR member and leader, and `node` is registered at `host:port`. Local by nature, so it
+    /// runs at start-up on a one-node cluster, never as a replicated command.
+    pub fn upgrade_single_node(&mut self, node: BrokerId, host: &str, port: u16) -> bool {
+        let mut changed = false;
+        for topic in self.topics.values_mut() {
+            for partition in &mut topic.partitions {
+                if partition.replicas.is_empty() {
+                    partition.replicas = vec![node];
+                    partition.isr = vec![node];
+                    partition.leader = node;
+                    changed = true;
+                }
+            }
+        }
+        if changed && self.brokers.is_empty() {
+            self.brokers.insert(
+                node,
+                BrokerMeta {
+                    id: node,
+                    host: host.to_owned(),
+                    port,
+                    fenced: false,
+                },
+            );
+        }
+        changed
     }
 }
 
-/// Spreads a topic's partitions round-robin over the shards, starting at a shard chosen by
-/// the topic's name so that many single-partition topics do not all land on shard 0.
-fn shard_spread(name: &str, shard_count: u32) -> impl Fn(i32) -> u32 {
-    // FNV-1a: stable across runs and platforms, unlike the std hasher.
-    let start = name.bytes().fold(0x811c_9dc5u32, |hash, byte| {
+fn new_partition(index: i32, replicas: Vec<BrokerId>) -> PartitionMeta {
+    PartitionMeta {
+        index,
+        leader: replicas[0],
+        isr: replicas.clone(),
+        replicas,
+        leader_epoch: 0,
+    }
+}
+
+/// FNV-1a: stable across runs, platforms and Rust versions, unlike the std hasher. Every
+/// broker must compute the same placement from the same name.
+pub fn fnv1a(name: &str) -> u32 {
+    name.bytes().fold(0x811c_9dc5u32, |hash, byte| {
         (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193)
-    });
-    move |index: i32| (start.wrapping_add(index as u32)) % shard_count
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn create(name: &str, partitions: i32) -> Command {
+    fn register(id: BrokerId) -> Command {
+        Command::RegisterBroker {
+            id,
+            host: "127.0.0.1".into(),
+            port: 9092 + id as u16,
+        }
+    }
+
+    fn create(name: &str, partitions: i32, factor: i16) -> Command {
         Command::CreateTopic {
             name: name.into(),
             id: [1; 16],
             partitions,
+            replication_factor: factor,
+            assignments: None,
             configs: BTreeMap::new(),
             internal: false,
         }
     }
 
-    #[test]
-    fn partitions_spread_over_every_shard() {
-        let image = MetadataImage::new("c".into())
-            .apply(&create("t", 4), 2)
-            .unwrap();
-        let shards: Vec<u32> = image
-            .topic("t")
-            .unwrap()
-            .partitions
+    fn cluster(brokers: &[BrokerId]) -> MetadataImage {
+        brokers
             .iter()
-            .map(|p| p.shard)
-            .collect();
-        assert!(shards.contains(&0) && shards.contains(&1), "{shards:?}");
-        assert_eq!(image.epoch, 1);
+            .fold(MetadataImage::new("c".into()), |image, id| {
+                image.apply(&register(*id)).unwrap()
+            })
+    }
+
+    #[test]
+    fn replicas_are_distinct_live_brokers_with_the_leader_first() {
+        let image = cluster(&[1, 2, 3]).apply(&create("t", 6, 3)).unwrap();
+        let topic = image.topic("t").unwrap();
+        let mut leaders = std::collections::BTreeSet::new();
+        for partition in &topic.partitions {
+            let mut sorted = partition.replicas.clone();
+            sorted.sort_unstable();
+            assert_eq!(sorted, vec![1, 2, 3]);
+            assert_eq!(partition.leader, partition.replicas[0]);
+            assert_eq!(partition.isr, partition.replicas);
+            assert_eq!(partition.leader_epoch, 0);
+            leaders.insert(partition.leader);
+        }
+        assert_eq!(leaders.len(), 3, "leadership spreads over every broker");
+        assert_eq!(image.epoch, 4);
+    }
+
+    #[test]
+    fn replication_factor_above_the_live_brokers_is_refused() {
+        let image = cluster(&[1, 2]);
+        assert_eq!(
+            image.apply(&create("t", 1, 3)),
+            Err(MetadataError::InvalidReplicationFactor {
+                requested: 3,
+                available: 2
+            })
+        );
+        assert!(matches!(
+            image.apply(&create("t", 1, 0)),
+            Err(MetadataError::InvalidReplicationFactor { .. })
+        ));
+    }
+
+    #[test]
+    fn placement_depends_only_on_the_image_and_the_command() {
+        let a = cluster(&[3, 1, 2]).apply(&create("orders", 12, 2)).unwrap();
+        let b = cluster(&[1, 2, 3]).apply(&create("orders", 12, 2)).unwrap();
+        assert_eq!(a.topic("orders"), b.topic("orders"));
+    }
+
+    #[test]
+    fn explicit_assignments_are_checked_against_registered_brokers() {
+        let image = cluster(&[1, 2]);
+        let with = |assignments: Vec<Vec<BrokerId>>| Command::CreateTopic {
+            name: "t".into(),
+            id: [2; 16],
+            partitions: -1,
+            replication_factor: -1,
+            assignments: Some(assignments),
+            configs: BTreeMap::new(),
+            internal: false,
+        };
+        let ok = image.apply(&with(vec![vec![2, 1], vec![1, 2]])).unwrap();
+        assert_eq!(ok.partition("t", 0).unwrap().leader, 2);
+        assert_eq!(ok.partition("t", 1).unwrap().replicas, vec![1, 2]);
+        for bad in [
+            vec![vec![1, 1]],
+            vec![vec![7]],
+            vec![vec![1], vec![1, 2]],
+            vec![],
+        ] {
+            assert!(
+                matches!(
+                    image.apply(&with(bad.clone())),
+                    Err(MetadataError::InvalidReplicaAssignment(_))
+                ),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]
     fn duplicate_topic_and_shrinking_partitions_are_rejected() {
-        let image = MetadataImage::new("c".into())
-            .apply(&create("t", 2), 1)
-            .unwrap();
+        let image = cluster(&[0]).apply(&create("t", 2, 1)).unwrap();
         assert_eq!(
-            image.apply(&create("t", 1), 1),
+            image.apply(&create("t", 1, 1)),
             Err(MetadataError::TopicAlreadyExists("t".into()))
         );
         let shrink = Command::CreatePartitions {
             name: "t".into(),
             total: 2,
+            assignments: None,
         };
         assert!(matches!(
-            image.apply(&shrink, 1),
+            image.apply(&shrink),
             Err(MetadataError::InvalidPartitions { .. })
         ));
     }
 
     #[test]
-    fn rebalance_moves_only_orphaned_partitions() {
-        let image = MetadataImage::new("c".into())
-            .apply(&create("t", 8), 4)
-            .unwrap();
-        let shrunk = image
-            .apply(&Command::Rebalance { shard_count: 2 }, 2)
-            .unwrap();
-        for (before, after) in image
-            .topic("t")
+    fn new_partitions_keep_the_topics_replication_factor() {
+        let image = cluster(&[1, 2, 3])
+            .apply(&create("t", 1, 2))
             .unwrap()
-            .partitions
-            .iter()
-            .zip(&shrunk.topic("t").unwrap().partitions)
-        {
-            assert!(after.shard < 2);
-            if before.shard < 2 {
-                assert_eq!(before.shard, after.shard);
-            }
-        }
+            .apply(&Command::CreatePartitions {
+                name: "t".into(),
+                total: 4,
+                assignments: None,
+            })
+            .unwrap();
+        let topic = image.topic("t").unwrap();
+        assert_eq!(topic.partitions.len(), 4);
+        assert!(topic.partitions.iter().all(|p| p.replicas.len() == 2));
+        assert_eq!(
+            topic.partitions.iter().map(|p| p.index).collect::<Vec<_>>(),
+            vec![0, 1, 2, 3]
+        );
+    }
+
+    #[test]
+    fn commands_round_trip_through_json() {
+        let command = create("t", 3, 1);
+        let json = serde_json::to_string(&command).unwrap();
+        assert_eq!(serde_json::from_str::<Command>(&json).unwrap(), command);
+    }
+
+    #[test]
+    fn an_old_single_node_image_is_upgraded_in_place() {
+        let old = r#"{"cluster_id":"c","epoch":3,"topics":{"t":{"name":"t","id":[0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0],
+            "partitions":[{"index":0,"shard":1,"leader_epoch":0}],"configs":{}}},"producer_id_next":0}"#;
+        let mut image: MetadataImage = serde_json::from_str(old).unwrap();
+        assert!(image.upgrade_single_node(5, "h", 9092));
+        let partition = image.partition("t", 0).unwrap();
+        assert_eq!(
+            (partition.leader, &partition.replicas, &partition.isr),
+            (5, &vec![5], &vec![5])
+        );
+        assert_eq!(image.broker(5).unwrap().port, 9092);
+        assert!(image.check_invariants().is_ok());
+        assert!(!image.upgrade_single_node(5, "h", 9092));
+    }
+
+    #[test]
+    fn every_command_bumps_the_epoch_by_one_and_failures_change_nothing() {
+        let image = cluster(&[1]);
+        let next = image.apply(&create("t", 1, 1)).unwrap();
+        assert_eq!(next.epoch, image.epoch + 1);
+        assert!(next.apply(&create("t", 1, 1)).is_err());
+        assert!(image
+            .apply(&Command::AllocateProducerIds { count: 0 })
+            .is_err());
     }
 }

@@ -76,29 +76,3 @@ pub fn stored_batches(broker: &Broker, topic: &str, partition: i32) -> Vec<Store
     }
     out
 }
-
-/// The owner shard of each partition of `topic`, from the broker's persisted metadata image
-/// (`__cluster_metadata/image.json`). The shard table is not visible over the Kafka protocol;
-/// this reads the broker's own file, so a change of its layout fails here loudly.
-pub fn partition_shards(broker: &Broker, topic: &str) -> Vec<u64> {
-    let path = broker
-        .data_dir()
-        .join("data")
-        .join("__cluster_metadata")
-        .join("image.json");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|error| panic!("reading {}: {error}", path.display()));
-    let image: serde_json::Value = serde_json::from_str(&text)
-        .unwrap_or_else(|error| panic!("parsing {}: {error}", path.display()));
-    let partitions = image["topics"][topic]["partitions"]
-        .as_array()
-        .unwrap_or_else(|| panic!("{}: no partitions array for topic {topic}", path.display()));
-    partitions
-        .iter()
-        .map(|partition| {
-            partition["shard"].as_u64().unwrap_or_else(|| {
-                panic!("{}: partition without a shard: {partition}", path.display())
-            })
-        })
-        .collect()
-}

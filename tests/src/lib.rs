@@ -165,6 +165,14 @@ impl Broker {
 
     /// Fetches `/metrics` and returns the sum over shards of the named metric.
     pub fn metric(&self, name: &str) -> u64 {
+        self.metric_by_shard(name)
+            .iter()
+            .map(|(_, value)| value)
+            .sum()
+    }
+
+    /// Fetches `/metrics` and returns the named metric per shard, by shard id.
+    pub fn metric_by_shard(&self, name: &str) -> Vec<(u64, u64)> {
         use std::io::{Read, Write};
         let mut stream = TcpStream::connect_timeout(&self.admin_addr, Duration::from_secs(5))
             .expect("admin endpoint");
@@ -176,10 +184,17 @@ impl Broker {
             .expect("request");
         let mut text = String::new();
         stream.read_to_string(&mut text).expect("response");
-        text.lines()
-            .filter(|line| line.starts_with(&format!("{name}{{")))
-            .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
-            .sum()
+        let prefix = format!("{name}{{shard=\"");
+        let mut values: Vec<(u64, u64)> = text
+            .lines()
+            .filter_map(|line| {
+                let rest = line.strip_prefix(&prefix)?;
+                let (shard, rest) = rest.split_once('"')?;
+                Some((shard.parse().ok()?, rest.rsplit(' ').next()?.parse().ok()?))
+            })
+            .collect();
+        values.sort_unstable();
+        values
     }
 
     pub fn log(&self) -> String {

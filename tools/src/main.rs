@@ -263,6 +263,10 @@ struct ServeArgs {
     /// again from disk when needed.
     #[arg(long, env = "TERN_INDEX_CACHE_BYTES")]
     index_cache_bytes: Option<usize>,
+    /// Long-poll fetches (one per partition waited on) that may be parked on one shard at once;
+    /// a fetch beyond it is answered at once with a throttle time.
+    #[arg(long, env = "TERN_MAX_PARKED_FETCHES")]
+    max_parked_fetches: Option<usize>,
     /// Default topic config, repeatable: --topic-default retention.ms=3600000
     #[arg(
         long = "topic-default",
@@ -347,7 +351,19 @@ fn build_config(args: ServeArgs) -> Result<BrokerConfig, String> {
             .index_cache_bytes
             .or(file.index_cache_bytes)
             .unwrap_or(defaults.index_cache_bytes),
+        max_parked_fetches: args
+            .max_parked_fetches
+            .or(file.max_parked_fetches)
+            .unwrap_or(defaults.max_parked_fetches),
     };
+    if !(1..=tern_broker::limits::FETCH_PARKED_PER_SHARD_HARD_MAX)
+        .contains(&config.max_parked_fetches)
+    {
+        return Err(format!(
+            "max parked fetches must be between 1 and {}",
+            tern_broker::limits::FETCH_PARKED_PER_SHARD_HARD_MAX
+        ));
+    }
     if config.default_partitions < 1 {
         return Err("default partitions must be at least 1".into());
     }

@@ -44,6 +44,8 @@ pub struct FetchResponseWriter {
     current: BytesMut,
     segments: Vec<Bytes>,
     records_bytes: usize,
+    /// Where `throttle_time_ms` sits in `current` (before the first partition is added).
+    throttle_at: usize,
 }
 
 impl FetchResponseWriter {
@@ -61,7 +63,8 @@ impl FetchResponseWriter {
         if compact {
             put_empty_tags(&mut current); // Response header v1.
         }
-        current.put_i32(0); // throttle_time_ms
+        let throttle_at = current.len();
+        current.put_i32(0); // throttle_time_ms, see `set_throttle_time_ms`.
         if version >= 7 {
             current.put_i16(error_code);
             current.put_i32(session_id);
@@ -73,7 +76,19 @@ impl FetchResponseWriter {
             current,
             segments: Vec::new(),
             records_bytes: 0,
+            throttle_at,
         }
+    }
+
+    /// Asks the client to wait `ms` before its next fetch. Must come before the first
+    /// partition is added.
+    pub fn set_throttle_time_ms(&mut self, ms: i32) {
+        assert!(
+            self.segments.is_empty(),
+            "throttle time is set before partitions"
+        );
+        let at = self.throttle_at;
+        self.current[at..at + 4].copy_from_slice(&ms.max(0).to_be_bytes());
     }
 
     pub fn begin_topic(&mut self, name: &str, partition_count: usize) {

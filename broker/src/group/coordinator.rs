@@ -8,96 +8,42 @@
 //! across an `.await`. An answer that depends on a write is delivered only after the write is
 //! durable, so a committed offset acknowledged to a client survives a restart.
 
-use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::channel::oneshot;
 use tern_protocol::error_code::{self, ErrorCode};
-use tern_protocol::types::{LeaderEpoch, Offset, TimestampMs};
+use tern_protocol::types::{Offset, TimestampMs};
 
 use super::codec::{self, Loaded, OFFSETS_TOPIC};
+use super::registry::RouteError;
 use super::state::{
-    Effects, Group, GroupConfig, Groups, JoinInput, JoinResult, OffsetToCommit, Persist, Reply,
-    SyncInput, SyncResult,
+    Effects, Group, Groups, JoinInput, JoinResult, OffsetToCommit, Persist, Reply, SyncInput,
+    SyncResult,
 };
-use crate::handlers::now_ms;
 use crate::limits;
-use crate::shard::{Shard, TopicPartition};
+use crate::partition::TopicPartition;
+use crate::shard::Shard;
 
 /// How often committed offsets are checked against `offsets.retention.minutes` (Kafka's
 /// `offsets.retention.check.interval.ms` default is 10 minutes).
 const OFFSET_EXPIRY_CHECK_INTERVAL_MS: i64 = 60_000;
 
-pub struct Coordinator {
-    groups: RefCell<Groups>,
-    waiters: RefCell<HashMap<u64, oneshot::Sender<Reply>>>,
-    next_token: Cell<u64>,
-    /// `__consumer_offsets` partitions whose records have been replayed into `groups`.
-    loaded: RefCell<HashSet<i32>>,
-    loading: RefCell<HashSet<i32>>,
-}
+/// The coordinator's own writes wait for every in-sync replica, as Kafka's do.
+const ACKS_ALL: i16 = -1;
 
-/// Why a group request cannot reach its group; each maps to one Kafka error code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum RouteError {
-    #[error("__consumer_offsets does not exist")]
-    NoOffsetsTopic,
-    #[error("the group's partition is still loading")]
-    Loading,
-    #[error("this shard does not own the group's partition")]
-    NotOwner,
-}
-
-impl RouteError {
-    pub fn code(self) -> ErrorCode {
-        match self {
-            RouteError::NoOffsetsTopic => error_code::COORDINATOR_NOT_AVAILABLE,
-            RouteError::Loading => error_code::COORDINATOR_LOAD_IN_PROGRESS,
-            RouteError::NotOwner => error_code::NOT_COORDINATOR,
-        }
-    }
-}
-
-impl Coordinator {
-    pub fn new(config: GroupConfig) -> Coordinator {
-        Coordinator {
-            groups: RefCell::new(Groups::new(config)),
-            waiters: RefCell::new(HashMap::new()),
-            next_token: Cell::new(1),
-            loaded: RefCell::new(HashSet::new()),
-            loading: RefCell::new(HashSet::new()),
-        }
-    }
-
-    fn waiter(&self) -> (u64, oneshot::Receiver<Reply>) {
-        let token = self.next_token.get();
-        self.next_token.set(token + 1);
-        let (tx, rx) = oneshot::channel();
-        self.waiters.borrow_mut().insert(token, tx);
-        (token, rx)
-    }
-
-    /// Read-only access for DescribeGroups, ListGroups and OffsetFetch.
-    pub fn with_groups<R>(&self, read: impl FnOnce(&Groups) -> R) -> R {
-        read(&self.groups.borrow())
-    }
-}
-
-/// The `__consumer_offsets` partition of `group_id` and the shard that owns it.
+/// The `__consumer_offsets` partition of `group_id` and the shard of this broker that owns
+/// it. A group whose partition this broker does not hold is not coordinated here.
 pub fn route(shard: &Shard, group_id: &str) -> Result<(i32, usize), RouteError> {
     let image = shard.image();
     let topic = image
         .topic(OFFSETS_TOPIC)
         .ok_or(RouteError::NoOffsetsTopic)?;
     let partition = codec::partition_for_group(group_id, topic.partitions.len() as i32);
-    let owner = topic
-        .partitions
-        .get(partition as usize)
-        .ok_or(RouteError::NoOffsetsTopic)?
-        .shard as usize;
+    let owner = shard
+        .owner_of(OFFSETS_TOPIC, partition)
+        .ok_or(RouteError::NotOwner)?;
     Ok((partition, owner))
 }
 
@@ -128,7 +74,7 @@ async fn load_partition(shard: &Rc<Shard>, partition: i32) {
     let mut records = 0u64;
     if let Some(log) = shard.partition(&tp) {
         let mut next = log.log.log_start_offset();
-        let end = log.log.high_watermark();
+        let end = log.high_watermark();
         while next < end {
             let slice = match log.log.read(next, limits::GROUP_LOAD_READ_BYTES, end).await {
                 Ok(slice) => slice,
@@ -140,7 +86,7 @@ async fn load_partition(shard: &Rc<Shard>, partition: i32) {
             if slice.next_offset <= next {
                 break;
             }
-            let now = now_ms();
+            let now = shard.now_ms();
             let delay = shard
                 .groups
                 .groups
@@ -208,7 +154,7 @@ pub fn start(shard: Rc<Shard>) -> glommio::Task<()> {
             .map(|t| {
                 t.partitions
                     .iter()
-                    .filter(|p| p.shard as usize == shard.id)
+                    .filter(|p| shard.owner_of(OFFSETS_TOPIC, p.index) == Some(shard.id))
                     .map(|p| p.index)
                     .collect()
             })
@@ -216,13 +162,13 @@ pub fn start(shard: Rc<Shard>) -> glommio::Task<()> {
         for partition in owned {
             load_partition(&shard, partition).await;
         }
-        let mut last_expiry_ms = now_ms();
+        let mut last_expiry_ms = shard.now_ms();
         loop {
             glommio::timer::sleep(Duration::from_millis(limits::GROUP_TICK_INTERVAL_MS)).await;
             if shard.shutting_down.get() {
                 break;
             }
-            let now = now_ms();
+            let now = shard.now_ms();
             let mut out = Effects::default();
             shard.groups.groups.borrow_mut().tick(now, &mut out);
             if now - last_expiry_ms >= OFFSET_EXPIRY_CHECK_INTERVAL_MS {
@@ -243,7 +189,7 @@ pub fn start(shard: Rc<Shard>) -> glommio::Task<()> {
 
 /// Performs `effects`: appends what must be persisted, then answers the waiting requests.
 async fn apply(shard: &Rc<Shard>, effects: Effects) {
-    let now = now_ms();
+    let now = shard.now_ms();
     // Build every record now (a snapshot of the state these effects describe), grouped by
     // partition, before the first await lets other requests change the groups.
     let mut by_partition: BTreeMap<i32, Vec<(Bytes, Option<Bytes>)>> = BTreeMap::new();
@@ -301,14 +247,12 @@ async fn append(
     let log = shard.partition(&tp).ok_or(error_code::NOT_COORDINATOR)?;
     let batch = codec::build_batch(records, now);
     let appended = log
-        .log
-        .append(batch, LeaderEpoch(0), TimestampMs(now))
+        .append(batch, ACKS_ALL, TimestampMs(now))
         .await
-        .map_err(|error| {
-            tracing::error!(partition, %error, "append to __consumer_offsets failed");
-            error.kafka_error_code()
+        .map_err(|failure| {
+            tracing::error!(partition, code = failure.code, message = ?failure.message, "append to __consumer_offsets failed");
+            failure.code
         })?;
-    log.notify_appended();
     Ok(appended.base_offset)
 }
 
@@ -320,7 +264,7 @@ pub async fn join(shard: &Rc<Shard>, group_id: &str, input: JoinInput) -> JoinRe
         .groups
         .groups
         .borrow_mut()
-        .join(group_id, input, token, now_ms(), &mut out);
+        .join(group_id, input, token, shard.now_ms(), &mut out);
     apply(shard, out).await;
     match rx.await {
         Ok(Reply::Join(result)) => result,
@@ -340,7 +284,7 @@ pub async fn sync(shard: &Rc<Shard>, group_id: &str, input: SyncInput) -> SyncRe
         .groups
         .groups
         .borrow_mut()
-        .sync(group_id, input, token, now_ms(), &mut out);
+        .sync(group_id, input, token, shard.now_ms(), &mut out);
     apply(shard, out).await;
     match rx.await {
         Ok(Reply::Sync(result)) => result,
@@ -363,7 +307,7 @@ pub fn heartbeat(
         member_id,
         instance_id,
         generation,
-        now_ms(),
+        shard.now_ms(),
     )
 }
 
@@ -373,11 +317,12 @@ pub async fn leave(
     members: Vec<(String, Option<String>)>,
 ) -> Vec<ErrorCode> {
     let mut out = Effects::default();
-    let errors = shard
-        .groups
-        .groups
-        .borrow_mut()
-        .leave(group_id, &members, now_ms(), &mut out);
+    let errors =
+        shard
+            .groups
+            .groups
+            .borrow_mut()
+            .leave(group_id, &members, shard.now_ms(), &mut out);
     apply(shard, out).await;
     errors
 }
@@ -392,7 +337,7 @@ pub async fn commit(
     generation: i32,
     offsets: Vec<OffsetToCommit>,
 ) -> Result<Vec<ErrorCode>, ErrorCode> {
-    let now = now_ms();
+    let now = shard.now_ms();
     shard.groups.groups.borrow_mut().validate_commit(
         group_id,
         member_id,

@@ -4,6 +4,8 @@
 //!   deterministic, unit-tested, no clock and no timers of its own.
 //! - `codec`: the `__consumer_offsets` record formats (byte tables there) and Java's
 //!   group-to-partition hash.
+//! - `registry`: the per-shard data the shard holds (groups, waiting requests, loaded
+//!   partitions).
 //! - `coordinator`: the shard glue that persists effects, delivers delayed answers, ticks
 //!   deadlines and rebuilds groups from the log at start-up.
 //!
@@ -13,7 +15,8 @@
 
 pub mod codec;
 pub mod coordinator;
+pub mod registry;
 pub mod state;
 
 pub use codec::OFFSETS_TOPIC;
-pub use coordinator::Coordinator;
+pub use registry::Coordinator;

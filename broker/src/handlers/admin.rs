@@ -24,8 +24,8 @@ use tern_replication::metadata::{Command, MetadataError};
 
 use super::metadata::topic_id;
 use super::{str_bytes, Ctx};
-use crate::connection::Outcome;
 use crate::limits;
+use crate::outcome::Outcome;
 use crate::shard::Shard;
 use crate::topic_config;
 
@@ -38,7 +38,32 @@ const SOURCE_DEFAULT: i8 = 5;
 pub struct NewTopic {
     pub name: String,
     pub partitions: i32,
+    /// -1: the broker default (Kafka's `default.replication.factor`, 1).
+    pub replication_factor: i16,
+    /// Explicit replica lists, one per partition, instead of a count and a factor.
+    pub assignments: Option<Vec<Vec<i32>>>,
     pub configs: BTreeMap<String, String>,
+}
+
+/// Kafka's `default.replication.factor`.
+const DEFAULT_REPLICATION_FACTOR: i16 = 1;
+
+impl NewTopic {
+    fn command(self) -> Command {
+        Command::CreateTopic {
+            name: self.name,
+            id: crate::ids::new_topic_id(),
+            partitions: self.partitions,
+            replication_factor: if self.replication_factor == -1 {
+                DEFAULT_REPLICATION_FACTOR
+            } else {
+                self.replication_factor
+            },
+            assignments: self.assignments,
+            configs: self.configs,
+            internal: false,
+        }
+    }
 }
 
 /// Kafka's rules: 1..=249 chars of [a-zA-Z0-9._-], not "." or "..".
@@ -63,31 +88,6 @@ pub fn validate_topic_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
-    let mut out = [0u8; N];
-    // SAFETY: getrandom writes at most N bytes into our buffer.
-    let filled = unsafe { libc::getrandom(out.as_mut_ptr().cast(), N, 0) };
-    if filled != N as isize {
-        // The kernel's generator cannot fail for small requests once booted; fall back to
-        // time-derived bytes rather than failing a topic creation.
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        for (index, byte) in out.iter_mut().enumerate() {
-            *byte = (nanos >> ((index % 16) * 8)) as u8 ^ index as u8;
-        }
-    }
-    out
-}
-
-pub fn new_cluster_id() -> String {
-    random_bytes::<16>()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 /// Runs metadata commands on the controller (shard 0).
 pub async fn run_commands(
     shard: &Rc<Shard>,
@@ -95,9 +95,9 @@ pub async fn run_commands(
 ) -> Result<Vec<Result<(), MetadataError>>, String> {
     shard
         .invoke_on(0, move |shard| async move {
-            match &shard.controller {
+            match shard.controller() {
                 Some(controller) => controller
-                    .execute(&shard, commands)
+                    .execute(commands)
                     .await
                     .map_err(|error| error.to_string()),
                 None => Err("shard 0 hosts no controller".to_owned()),
@@ -135,16 +135,7 @@ pub async fn create_topics_via_controller(
     shard: &Rc<Shard>,
     topics: Vec<NewTopic>,
 ) -> Result<Vec<Result<(), MetadataError>>, String> {
-    let commands = topics
-        .into_iter()
-        .map(|topic| Command::CreateTopic {
-            name: topic.name,
-            id: random_bytes::<16>(),
-            partitions: topic.partitions,
-            configs: topic.configs,
-            internal: false,
-        })
-        .collect();
+    let commands = topics.into_iter().map(NewTopic::command).collect();
     run_commands(shard, commands).await
 }
 
@@ -153,12 +144,15 @@ fn metadata_error_code(error: &MetadataError) -> i16 {
         MetadataError::TopicAlreadyExists(_) => error_code::TOPIC_ALREADY_EXISTS,
         MetadataError::UnknownTopic(_) => error_code::UNKNOWN_TOPIC_OR_PARTITION,
         MetadataError::InvalidPartitions { .. } => error_code::INVALID_PARTITIONS,
+        MetadataError::InvalidReplicationFactor { .. } => error_code::INVALID_REPLICATION_FACTOR,
+        MetadataError::InvalidReplicaAssignment(_) => error_code::INVALID_REPLICA_ASSIGNMENT,
+        MetadataError::Invalid(_) => error_code::INVALID_REQUEST,
     }
 }
 
 pub async fn create_topics(ctx: &Ctx<'_>, request: CreateTopicsRequest) -> Outcome {
     let shard = ctx.shard;
-    let node_id = shard.config.node_id;
+    let image = shard.image();
     let mut seen = HashSet::new();
     let duplicates: HashSet<String> = request
         .topics
@@ -177,80 +171,81 @@ pub async fn create_topics(ctx: &Ctx<'_>, request: CreateTopicsRequest) -> Outco
         } else {
             topic.num_partitions
         };
-        let check =
-            || -> Result<BTreeMap<String, String>, (i16, String)> {
-                if duplicates.contains(&name) {
+        let check = || -> Result<BTreeMap<String, String>, (i16, String)> {
+            if duplicates.contains(&name) {
+                return Err((
+                    error_code::INVALID_REQUEST,
+                    format!("topic '{name}' appears more than once"),
+                ));
+            }
+            validate_topic_name(&name).map_err(|m| (error_code::INVALID_TOPIC_EXCEPTION, m))?;
+            if !topic.assignments.is_empty() {
+                if topic.num_partitions != -1 || topic.replication_factor != -1 {
                     return Err((
                         error_code::INVALID_REQUEST,
-                        format!("topic '{name}' appears more than once"),
+                        "give either assignments or partitions/replication factor".into(),
                     ));
                 }
-                validate_topic_name(&name).map_err(|m| (error_code::INVALID_TOPIC_EXCEPTION, m))?;
-                if !topic.assignments.is_empty() {
-                    if topic.num_partitions != -1 || topic.replication_factor != -1 {
-                        return Err((
-                            error_code::INVALID_REQUEST,
-                            "give either assignments or partitions/replication factor".into(),
-                        ));
-                    }
-                    if topic.assignments.iter().any(|a| {
-                        a.broker_ids.iter().any(|b| b.0 != node_id) || a.broker_ids.len() != 1
-                    }) {
-                        return Err((
-                            error_code::INVALID_REPLICATION_FACTOR,
-                            format!("this cluster has one broker (id {node_id})"),
-                        ));
-                    }
-                } else {
-                    if !(1..=limits::TOPIC_PARTITIONS_MAX).contains(&partitions) {
-                        return Err((
-                            error_code::INVALID_PARTITIONS,
-                            format!("partitions must be 1..={}", limits::TOPIC_PARTITIONS_MAX),
-                        ));
-                    }
-                    if topic.replication_factor != -1 && topic.replication_factor != 1 {
-                        return Err((
-                            error_code::INVALID_REPLICATION_FACTOR,
-                            format!(
-                                "replication factor {} is larger than the 1 available broker",
-                                topic.replication_factor
-                            ),
-                        ));
-                    }
-                }
-                let mut configs = BTreeMap::new();
-                for config in &topic.configs {
-                    let key = config.name.to_string();
-                    let Some(value) = config.value.as_ref().map(|v| v.to_string()) else {
-                        continue;
-                    };
-                    topic_config::validate(&key, &value)
-                        .map_err(|e| (error_code::INVALID_CONFIG, e.to_string()))?;
-                    configs.insert(key, value);
-                }
-                if shard.image().topic(&name).is_some() {
-                    return Err((
-                        error_code::TOPIC_ALREADY_EXISTS,
-                        format!("topic '{name}' already exists"),
-                    ));
-                }
-                Ok(configs)
-            };
+            } else if !(1..=limits::TOPIC_PARTITIONS_MAX).contains(&partitions) {
+                return Err((
+                    error_code::INVALID_PARTITIONS,
+                    format!("partitions must be 1..={}", limits::TOPIC_PARTITIONS_MAX),
+                ));
+            }
+            let mut configs = BTreeMap::new();
+            for config in &topic.configs {
+                let key = config.name.to_string();
+                let Some(value) = config.value.as_ref().map(|v| v.to_string()) else {
+                    continue;
+                };
+                topic_config::validate(&key, &value)
+                    .map_err(|e| (error_code::INVALID_CONFIG, e.to_string()))?;
+                configs.insert(key, value);
+            }
+            if image.topic(&name).is_some() {
+                return Err((
+                    error_code::TOPIC_ALREADY_EXISTS,
+                    format!("topic '{name}' already exists"),
+                ));
+            }
+            Ok(configs)
+        };
         let partitions = if topic.assignments.is_empty() {
             partitions
         } else {
             topic.assignments.len() as i32
         };
-        match check() {
-            Ok(configs) => {
+        let checked = check().and_then(|configs| {
+            let new_topic = NewTopic {
+                name,
+                partitions,
+                replication_factor: topic.replication_factor,
+                assignments: (!topic.assignments.is_empty()).then(|| {
+                    topic
+                        .assignments
+                        .iter()
+                        .map(|a| a.broker_ids.iter().map(|b| b.0).collect())
+                        .collect()
+                }),
+                configs,
+            };
+            if request.validate_only {
+                // Applying is deterministic: trying the command on this shard's image tells
+                // whether the controller would accept it.
+                image
+                    .apply(&new_topic.command())
+                    .map(|_| None)
+                    .map_err(|error| (metadata_error_code(&error), error.to_string()))
+            } else {
+                Ok(Some(new_topic))
+            }
+        });
+        match checked {
+            Ok(new_topic) => {
                 outcomes.push((error_code::NONE, None, partitions));
-                if !request.validate_only {
+                if let Some(new_topic) = new_topic {
                     create_slots.push(slot);
-                    to_create.push(NewTopic {
-                        name,
-                        partitions,
-                        configs,
-                    });
+                    to_create.push(new_topic);
                 }
             }
             Err((code, message)) => outcomes.push((code, Some(message), partitions)),
@@ -293,7 +288,11 @@ pub async fn create_topics(ctx: &Ctx<'_>, request: CreateTopicsRequest) -> Outco
             out.error_message = message.as_deref().map(str_bytes);
             if code == error_code::NONE {
                 out.num_partitions = partitions;
-                out.replication_factor = 1;
+                out.replication_factor = image
+                    .topic(&topic.name.0)
+                    .map_or(DEFAULT_REPLICATION_FACTOR, |meta| {
+                        meta.replication_factor() as i16
+                    });
                 let explicit = image
                     .topic(&topic.name.0)
                     .map(|meta| meta.configs.clone())
@@ -392,42 +391,34 @@ pub async fn create_partitions(ctx: &Ctx<'_>, request: CreatePartitionsRequest) 
     let mut slots = Vec::new();
     for (slot, topic) in request.topics.iter().enumerate() {
         let name = topic.name.0.to_string();
-        if topic.assignments.as_ref().is_some_and(|a| {
+        let assignments: Option<Vec<Vec<i32>>> = topic.assignments.as_ref().map(|a| {
             a.iter()
-                .any(|a| a.broker_ids.iter().any(|b| b.0 != shard.config.node_id))
-        }) {
-            outcomes.push(Some((
-                error_code::INVALID_REPLICATION_FACTOR,
-                "this cluster has one broker".into(),
-            )));
-        } else if topic.count > limits::TOPIC_PARTITIONS_MAX {
+                .map(|a| a.broker_ids.iter().map(|b| b.0).collect())
+                .collect()
+        });
+        let command = Command::CreatePartitions {
+            name: name.clone(),
+            total: topic.count,
+            assignments,
+        };
+        if topic.count > limits::TOPIC_PARTITIONS_MAX {
             outcomes.push(Some((
                 error_code::INVALID_PARTITIONS,
                 format!("at most {} partitions", limits::TOPIC_PARTITIONS_MAX),
             )));
         } else if request.validate_only {
-            let current = shard
-                .image()
-                .topic(&name)
-                .map(|t| t.partitions.len() as i32);
-            outcomes.push(match current {
-                None => Some((
-                    error_code::UNKNOWN_TOPIC_OR_PARTITION,
-                    format!("topic '{name}' does not exist"),
-                )),
-                Some(current) if topic.count <= current => Some((
-                    error_code::INVALID_PARTITIONS,
-                    format!("topic has {current} partitions already"),
-                )),
-                Some(_) => None,
-            });
+            // Applying is deterministic: this shard's image tells what the controller would say.
+            outcomes.push(
+                shard
+                    .image()
+                    .apply(&command)
+                    .err()
+                    .map(|error| (metadata_error_code(&error), error.to_string())),
+            );
         } else {
             outcomes.push(None);
             slots.push(slot);
-            commands.push(Command::CreatePartitions {
-                name,
-                total: topic.count,
-            });
+            commands.push(command);
         }
     }
     run_commands_into(shard, commands, slots, &mut outcomes).await;
@@ -707,15 +698,19 @@ pub async fn incremental_alter_configs(
 }
 
 pub fn describe_cluster(ctx: &Ctx<'_>, _request: DescribeClusterRequest) -> Outcome {
-    let config = &ctx.shard.config;
-    let (host, port) = config.advertised_host_port();
+    let image = ctx.shard.image();
     let mut response = DescribeClusterResponse::default();
-    response.cluster_id = str_bytes(&ctx.shard.image().cluster_id);
-    response.controller_id = BrokerId(config.node_id);
-    let mut broker = DescribeClusterBroker::default();
-    broker.broker_id = BrokerId(config.node_id);
-    broker.host = str_bytes(&host);
-    broker.port = port;
-    response.brokers = vec![broker];
+    response.cluster_id = str_bytes(&image.cluster_id);
+    response.controller_id = BrokerId(ctx.shard.controller_id());
+    response.brokers = image
+        .live_brokers()
+        .map(|meta| {
+            let mut broker = DescribeClusterBroker::default();
+            broker.broker_id = BrokerId(meta.id);
+            broker.host = str_bytes(&meta.host);
+            broker.port = i32::from(meta.port);
+            broker
+        })
+        .collect();
     ctx.respond(&response)
 }

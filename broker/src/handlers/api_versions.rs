@@ -7,7 +7,7 @@ use tern_protocol::error_code;
 use tern_protocol::request::encode_response;
 
 use super::Ctx;
-use crate::connection::Outcome;
+use crate::outcome::Outcome;
 
 fn body(error: i16) -> ApiVersionsResponse {
     let mut response = ApiVersionsResponse::default();

@@ -1,16 +1,24 @@
 //! Fetch: read from each partition's owner shard, wait for `min_bytes` up to `max_wait_ms`
 //! (long poll), and answer with record bytes referenced from the log, never copied.
 //!
+//! One hop per owner shard, however long the fetch waits: each owner runs
+//! `partition::read_or_wait` (read, park, read again on wake) and answers once. When one owner
+//! answers with enough data (or an error), the others are cancelled and answer at once with
+//! what they hold, and their parked registrations are released. When the client goes away, the
+//! dropped request cancels its owners the same way. With `min_bytes` above one spread over
+//! several owners, each owner waits for `min_bytes` on its own partitions, so such a fetch may
+//! wait until its deadline where Kafka would answer when the sum reached `min_bytes`.
+//!
 //! Fetch sessions (KIP-227) are kept per connection shard (`fetch_session.rs`): a full fetch
 //! with epoch 0 opens one, incremental fetches name only changed partitions, and responses
 //! carry only partitions with news.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use futures::future::{join_all, select, select_all, Either};
+use futures::channel::oneshot;
+use futures::future::{join_all, select_all};
 use kafka_protocol::messages::FetchRequest;
 use tern_protocol::error_code;
 use tern_protocol::fetch::{FetchResponseWriter, PartitionHeader};
@@ -18,37 +26,17 @@ use tern_protocol::types::Offset;
 use tern_storage::ReadMode;
 
 use super::Ctx;
-use crate::connection::Outcome;
 use crate::fetch_session::{Plan, SessionPartition};
 use crate::limits;
-use crate::shard::{Shard, TopicPartition};
+use crate::outcome::Outcome;
+use crate::partition::{self, ReadRequest, ReadResult, TopicPartition, WaitEnd};
+use crate::shard::Shard;
 
 #[derive(Debug, Clone)]
 struct Want {
     slot: usize,
     tp: TopicPartition,
-    offset: i64,
-    max_bytes: usize,
-}
-
-#[derive(Debug, Default)]
-struct Got {
-    error_code: i16,
-    high_watermark: i64,
-    log_start_offset: i64,
-    chunks: Vec<Bytes>,
-    len: usize,
-}
-
-impl Got {
-    fn error(error_code: i16) -> Got {
-        Got {
-            error_code,
-            high_watermark: -1,
-            log_start_offset: -1,
-            ..Got::default()
-        }
-    }
+    request: ReadRequest,
 }
 
 pub async fn handle(ctx: &Ctx<'_>, request: FetchRequest) -> Outcome {
@@ -99,14 +87,32 @@ pub async fn handle(ctx: &Ctx<'_>, request: FetchRequest) -> Outcome {
             return Outcome::Respond(writer.finish());
         }
     };
+    let epochs: HashMap<(&str, i32), i32> = request
+        .topics
+        .iter()
+        .flat_map(|topic| {
+            topic.partitions.iter().map(move |p| {
+                (
+                    (topic.topic.0.as_str(), p.partition),
+                    p.current_leader_epoch,
+                )
+            })
+        })
+        .collect();
     let wants: Vec<Want> = partitions
         .iter()
         .enumerate()
         .map(|(slot, p)| Want {
             slot,
             tp: TopicPartition::new(p.topic.clone(), p.partition),
-            offset: p.fetch_offset,
-            max_bytes: p.max_bytes,
+            request: ReadRequest {
+                offset: Offset(p.fetch_offset),
+                max_bytes: p.max_bytes,
+                current_leader_epoch: epochs
+                    .get(&(p.topic.as_str(), p.partition))
+                    .copied()
+                    .unwrap_or(-1),
+            },
         })
         .collect();
     let wait =
@@ -119,20 +125,7 @@ pub async fn handle(ctx: &Ctx<'_>, request: FetchRequest) -> Outcome {
         request.max_bytes as usize
     };
 
-    let mut got = read_all(shard, &wants).await;
-    loop {
-        let total: usize = got.iter().map(|g| g.len).sum();
-        let any_error = got.iter().any(|g| g.error_code != error_code::NONE);
-        if total >= min_bytes.max(1)
-            || any_error
-            || Instant::now() >= deadline
-            || shard.shutting_down.get()
-        {
-            break;
-        }
-        wait_for_data(shard, &wants, &got, deadline).await;
-        got = read_all(shard, &wants).await;
-    }
+    let (got, refused) = read_or_wait(shard, &wants, min_bytes, deadline).await;
 
     // Choose what goes in the response: everything for a full fetch; for an incremental one,
     // partitions with records, errors, or a changed high watermark / log start offset.
@@ -171,6 +164,11 @@ pub async fn handle(ctx: &Ctx<'_>, request: FetchRequest) -> Outcome {
         session_id,
         runs.len(),
     );
+    if refused {
+        // The shard's cap on parked fetches was reached: the client backs off for its wait
+        // time, as it does for a quota, instead of the broker holding more waiters.
+        writer.set_throttle_time_ms(wait.as_millis() as i32);
+    }
     let mut sessions = shard.fetch_sessions.borrow_mut();
     for (start, len) in runs {
         let topic = &partitions[chosen[start].0].topic;
@@ -199,128 +197,102 @@ pub async fn handle(ctx: &Ctx<'_>, request: FetchRequest) -> Outcome {
         writer.end_topic();
     }
     drop(sessions);
-    let referenced = writer.records_bytes() as u64;
     shard
-        .stats
-        .fetch_bytes_referenced
-        .set(shard.stats.fetch_bytes_referenced.get() + referenced);
+        .fetch_probe
+        .record_bytes_referenced
+        .add(writer.records_bytes() as u64);
     Outcome::Respond(writer.finish())
 }
 
-/// Reads every wanted partition on its owner shard, one message per shard.
-async fn read_all(shard: &Rc<Shard>, wants: &[Want]) -> Vec<Got> {
-    let mut results: Vec<Option<Got>> = (0..wants.len()).map(|_| None).collect();
-    let mut by_shard: BTreeMap<usize, Vec<Want>> = BTreeMap::new();
+/// Reads every wanted partition on its owner shard, waiting there (one message per owner)
+/// until `min_bytes` are available, an error occurs, or the deadline passes. Returns the
+/// results by slot and whether an owner refused to park (its cap was reached).
+async fn read_or_wait(
+    shard: &Rc<Shard>,
+    wants: &[Want],
+    min_bytes: usize,
+    deadline: Instant,
+) -> (Vec<ReadResult>, bool) {
+    let mut results: Vec<Option<ReadResult>> = (0..wants.len()).map(|_| None).collect();
+    let mut by_owner: BTreeMap<usize, Vec<Want>> = BTreeMap::new();
     for want in wants {
         match shard.owner_of(&want.tp.topic, want.tp.partition) {
-            Some(owner) => by_shard.entry(owner).or_default().push(want.clone()),
-            None => results[want.slot] = Some(Got::error(error_code::UNKNOWN_TOPIC_OR_PARTITION)),
+            Some(owner) => by_owner.entry(owner).or_default().push(want.clone()),
+            None => {
+                let code = if shard
+                    .image()
+                    .partition(&want.tp.topic, want.tp.partition)
+                    .is_some()
+                {
+                    error_code::NOT_LEADER_OR_FOLLOWER
+                } else {
+                    error_code::UNKNOWN_TOPIC_OR_PARTITION
+                };
+                results[want.slot] = Some(ReadResult::error(code));
+            }
         }
     }
-    let calls = by_shard.into_iter().map(|(owner, items)| {
+    let caller = shard.id;
+    let mut cancels = Vec::with_capacity(by_owner.len());
+    let mut calls = Vec::with_capacity(by_owner.len());
+    for (owner, items) in by_owner {
+        let (cancel, cancelled) = oneshot::channel::<()>();
+        cancels.push(cancel);
         let slots: Vec<usize> = items.iter().map(|want| want.slot).collect();
-        let caller = shard.id;
-        let call = shard.invoke_on(owner, move |shard| read_on_owner(shard, items, caller));
-        async move { (slots, call.await) }
-    });
-    for (slots, outcome) in join_all(calls).await {
-        match outcome {
-            Ok(reads) => reads
-                .into_iter()
-                .for_each(|(slot, got)| results[slot] = Some(got)),
+        shard.fetch_probe.owner_calls.inc();
+        let call = shard.invoke_on(owner, move |shard| async move {
+            // Cold data can stay in its DMA buffer only when the response is written on this
+            // thread.
+            let mode = if caller == shard.id {
+                ReadMode::SameThread
+            } else {
+                ReadMode::CrossThread
+            };
+            let parts: Vec<_> = items
+                .iter()
+                .map(|want| (shard.partition(&want.tp), want.request))
+                .collect();
+            let (results, end) = partition::read_or_wait(
+                &parts,
+                mode,
+                min_bytes,
+                deadline,
+                cancelled,
+                &shard.park_budget,
+            )
+            .await;
+            if end == WaitEnd::Refused {
+                shard.fetch_probe.parks_refused.inc();
+            }
+            (results, end)
+        });
+        calls.push(Box::pin(async move { (slots, call.await) }));
+    }
+    let mut refused = false;
+    let mut place =
+        |slots: Vec<usize>, outcome: Result<(Vec<ReadResult>, WaitEnd), _>| match outcome {
+            Ok((got, end)) => {
+                refused |= end == WaitEnd::Refused;
+                for (slot, result) in slots.into_iter().zip(got) {
+                    results[slot] = Some(result);
+                }
+            }
             Err(_) => slots.into_iter().for_each(|slot| {
-                results[slot] = Some(Got::error(error_code::NOT_LEADER_OR_FOLLOWER))
+                results[slot] = Some(ReadResult::error(error_code::NOT_LEADER_OR_FOLLOWER))
             }),
+        };
+    if !calls.is_empty() {
+        // The first owner to answer decides: the others are cancelled and answer at once.
+        let ((slots, outcome), _, rest) = select_all(calls).await;
+        place(slots, outcome);
+        drop(cancels);
+        for (slots, outcome) in join_all(rest).await {
+            place(slots, outcome);
         }
     }
-    results
+    let results = results
         .into_iter()
-        .map(|got| got.unwrap_or_else(|| Got::error(error_code::UNKNOWN_SERVER_ERROR)))
-        .collect()
-}
-
-async fn read_on_owner(shard: Rc<Shard>, wants: Vec<Want>, caller: usize) -> Vec<(usize, Got)> {
-    // Cold data can stay in its DMA buffer only when the response is written on this thread.
-    let mode = if caller == shard.id {
-        ReadMode::SameThread
-    } else {
-        ReadMode::CrossThread
-    };
-    let mut out = Vec::with_capacity(wants.len());
-    for want in wants {
-        let Some(partition) = shard.partition(&want.tp) else {
-            out.push((want.slot, Got::error(error_code::NOT_LEADER_OR_FOLLOWER)));
-            continue;
-        };
-        let log = &partition.log;
-        let high_watermark = log.high_watermark();
-        let got = match log
-            .read_with(Offset(want.offset), want.max_bytes, high_watermark, mode)
-            .await
-        {
-            Ok(slice) => Got {
-                error_code: error_code::NONE,
-                high_watermark: high_watermark.0,
-                log_start_offset: log.log_start_offset().0,
-                len: slice.len,
-                chunks: slice.chunks,
-            },
-            Err(error) => Got {
-                error_code: error.kafka_error_code(),
-                high_watermark: high_watermark.0,
-                log_start_offset: log.log_start_offset().0,
-                ..Got::default()
-            },
-        };
-        out.push((want.slot, got));
-    }
-    out
-}
-
-/// Parks until any wanted partition may have new data, or the deadline passes.
-async fn wait_for_data(shard: &Rc<Shard>, wants: &[Want], got: &[Got], deadline: Instant) {
-    let mut by_shard: BTreeMap<usize, Vec<(TopicPartition, i64)>> = BTreeMap::new();
-    for (want, got) in wants.iter().zip(got) {
-        if let Some(owner) = shard.owner_of(&want.tp.topic, want.tp.partition) {
-            // Wait for the high watermark to pass the end of what we already hold.
-            let seen = want.offset.max(got.high_watermark);
-            by_shard
-                .entry(owner)
-                .or_default()
-                .push((want.tp.clone(), seen));
-        }
-    }
-    if by_shard.is_empty() {
-        glommio::timer::sleep(deadline.saturating_duration_since(Instant::now())).await;
-        return;
-    }
-    let waits: Vec<_> = by_shard
-        .into_iter()
-        .map(|(owner, items)| {
-            Box::pin(shard.invoke_on(owner, move |shard| wait_on_owner(shard, items, deadline)))
-        })
+        .map(|got| got.unwrap_or_else(|| ReadResult::error(error_code::UNKNOWN_SERVER_ERROR)))
         .collect();
-    let timer = Box::pin(glommio::timer::sleep(
-        deadline.saturating_duration_since(Instant::now()),
-    ));
-    let _ = select(select_all(waits), timer).await;
-}
-
-async fn wait_on_owner(shard: Rc<Shard>, items: Vec<(TopicPartition, i64)>, deadline: Instant) {
-    let mut receivers = Vec::with_capacity(items.len());
-    for (tp, seen) in &items {
-        let Some(partition) = shard.partition(tp) else {
-            return;
-        };
-        if partition.log.high_watermark().0 > *seen {
-            return;
-        }
-        receivers.push(partition.wait_for_append());
-    }
-    let timer = Box::pin(glommio::timer::sleep(
-        deadline.saturating_duration_since(Instant::now()),
-    ));
-    match select(select_all(receivers), timer).await {
-        Either::Left(_) | Either::Right(_) => {}
-    }
+    (results, refused)
 }

@@ -12,7 +12,6 @@ use std::future::Future;
 use std::rc::Rc;
 
 use bytes::Bytes;
-use futures::future::join_all;
 use kafka_protocol::messages::delete_groups_response::DeletableGroupResult;
 use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
 use kafka_protocol::messages::find_coordinator_response::Coordinator as CoordinatorAnswer;
@@ -33,12 +32,13 @@ use kafka_protocol::messages::*;
 use tern_protocol::error_code::{self, ErrorCode};
 use tern_replication::metadata::Command;
 
-use super::{now_ms, str_bytes, Ctx};
-use crate::connection::Outcome;
+use super::{str_bytes, Ctx};
 use crate::group::coordinator::{self, route};
 use crate::group::state::{CommittedOffset, GroupState, JoinInput, OffsetToCommit, SyncInput};
 use crate::group::OFFSETS_TOPIC;
 use crate::limits;
+use crate::outcome::Outcome;
+use crate::scatter::{broadcast, scatter};
 use crate::shard::Shard;
 
 const KEY_TYPE_GROUP: i8 = 0;
@@ -58,8 +58,11 @@ pub fn offsets_topic_command(partitions: i32) -> Command {
     configs.insert("segment.bytes".to_owned(), (100 * 1024 * 1024).to_string());
     Command::CreateTopic {
         name: OFFSETS_TOPIC.to_owned(),
-        id: super::admin::random_bytes::<16>(),
+        id: crate::ids::new_topic_id(),
         partitions,
+        // One replica each until partitions replicate (Kafka's default for a single broker).
+        replication_factor: 1,
+        assignments: None,
         configs,
         internal: true,
     }
@@ -96,31 +99,44 @@ where
 /// A member id for a newcomer: its instance id or client id, a dash, 16 random bytes in hex
 /// (Java uses a UUID the same way).
 fn fresh_member_id(prefix: &str) -> String {
-    let suffix: String = super::admin::random_bytes::<16>()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let suffix = crate::ids::hex(&crate::ids::random_bytes::<16>());
     let prefix: String = prefix.chars().take(64).collect();
     format!("{prefix}-{suffix}")
 }
 
 pub fn find_coordinator(ctx: &Ctx<'_>, request: FindCoordinatorRequest) -> Outcome {
-    let config = &ctx.shard.config;
-    let (host, port) = config.advertised_host_port();
-    let answer = |key: &str, key_type: i8| -> (ErrorCode, Option<String>) {
+    let image = ctx.shard.image();
+    // The coordinator of a group is the leader of its `__consumer_offsets` partition, wherever
+    // that is in the cluster; its address comes from the image.
+    let answer = |key: &str, key_type: i8| -> Result<(i32, String, i32), (ErrorCode, String)> {
         match key_type {
-            KEY_TYPE_GROUP => match route(ctx.shard, key) {
-                Ok(_) => (error_code::NONE, None),
-                Err(error) => (error.code(), Some(error.to_string())),
-            },
-            KEY_TYPE_TRANSACTION => (
+            KEY_TYPE_GROUP => {
+                let topic = image.topic(OFFSETS_TOPIC).ok_or((
+                    error_code::COORDINATOR_NOT_AVAILABLE,
+                    "__consumer_offsets does not exist".to_owned(),
+                ))?;
+                let partition =
+                    crate::group::codec::partition_for_group(key, topic.partitions.len() as i32);
+                let leader = topic
+                    .partitions
+                    .get(partition as usize)
+                    .map(|p| p.leader)
+                    .and_then(|leader| image.broker(leader))
+                    .filter(|broker| !broker.fenced)
+                    .ok_or((
+                        error_code::COORDINATOR_NOT_AVAILABLE,
+                        format!("__consumer_offsets-{partition} has no leader"),
+                    ))?;
+                Ok((leader.id, leader.host.clone(), i32::from(leader.port)))
+            }
+            KEY_TYPE_TRANSACTION => Err((
                 error_code::COORDINATOR_NOT_AVAILABLE,
-                Some("transactions are not supported".into()),
-            ),
-            other => (
+                "transactions are not supported".into(),
+            )),
+            other => Err((
                 error_code::INVALID_REQUEST,
-                Some(format!("unknown coordinator key type {other}")),
-            ),
+                format!("unknown coordinator key type {other}"),
+            )),
         }
     };
     let mut response = FindCoordinatorResponse::default();
@@ -129,33 +145,37 @@ pub fn find_coordinator(ctx: &Ctx<'_>, request: FindCoordinatorRequest) -> Outco
             .coordinator_keys
             .iter()
             .map(|key| {
-                let (error, message) = answer(key, request.key_type);
                 let mut out = CoordinatorAnswer::default();
                 out.key = key.clone();
-                out.error_code = error;
-                out.error_message = message.as_deref().map(str_bytes);
-                if error == error_code::NONE {
-                    out.node_id = BrokerId(config.node_id);
-                    out.host = str_bytes(&host);
-                    out.port = port;
-                } else {
-                    out.node_id = BrokerId(-1);
-                    out.port = -1;
+                match answer(key, request.key_type) {
+                    Ok((node, host, port)) => {
+                        out.node_id = BrokerId(node);
+                        out.host = str_bytes(&host);
+                        out.port = port;
+                    }
+                    Err((error, message)) => {
+                        out.error_code = error;
+                        out.error_message = Some(str_bytes(&message));
+                        out.node_id = BrokerId(-1);
+                        out.port = -1;
+                    }
                 }
                 out
             })
             .collect();
     } else {
-        let (error, message) = answer(&request.key, request.key_type);
-        response.error_code = error;
-        response.error_message = message.as_deref().map(str_bytes);
-        if error == error_code::NONE {
-            response.node_id = BrokerId(config.node_id);
-            response.host = str_bytes(&host);
-            response.port = port;
-        } else {
-            response.node_id = BrokerId(-1);
-            response.port = -1;
+        match answer(&request.key, request.key_type) {
+            Ok((node, host, port)) => {
+                response.node_id = BrokerId(node);
+                response.host = str_bytes(&host);
+                response.port = port;
+            }
+            Err((error, message)) => {
+                response.error_code = error;
+                response.error_message = Some(str_bytes(&message));
+                response.node_id = BrokerId(-1);
+                response.port = -1;
+            }
         }
     }
     ctx.respond(&response)
@@ -389,7 +409,7 @@ pub async fn leave_group(ctx: &Ctx<'_>, request: LeaveGroupRequest) -> Outcome {
 pub async fn offset_commit(ctx: &Ctx<'_>, request: OffsetCommitRequest) -> Outcome {
     let group_id = request.group_id.0.to_string();
     let image = ctx.shard.image();
-    let now = now_ms();
+    let now = ctx.shard.now_ms();
     // One slot per partition in request order: a local error, or a place in `offsets`.
     let mut slots: Vec<Result<usize, ErrorCode>> = Vec::new();
     let mut offsets: Vec<OffsetToCommit> = Vec::new();
@@ -491,73 +511,72 @@ type FetchAnswer = Result<Vec<(String, i32, i64, i32, String)>, ErrorCode>;
 async fn fetch_offsets(shard: &Rc<Shard>, queries: Vec<FetchQuery>) -> Vec<FetchAnswer> {
     // One hop per coordinator shard, carrying every group that shard owns.
     let mut answers: Vec<FetchAnswer> = vec![Err(error_code::UNKNOWN_SERVER_ERROR); queries.len()];
-    let mut by_owner: BTreeMap<usize, Vec<(usize, FetchQuery)>> = BTreeMap::new();
+    let mut slots = Vec::with_capacity(queries.len());
+    let mut routed = Vec::with_capacity(queries.len());
     for (slot, query) in queries.into_iter().enumerate() {
         if !valid_group_id(&query.0) {
             answers[slot] = Err(error_code::INVALID_GROUP_ID);
             continue;
         }
         match route(shard, &query.0) {
-            Ok((_, owner)) => by_owner.entry(owner).or_default().push((slot, query)),
+            Ok((_, owner)) => {
+                slots.push(slot);
+                routed.push((owner, query));
+            }
             Err(error) => answers[slot] = Err(error.code()),
         }
     }
-    let calls = by_owner.into_iter().map(|(owner, items)| {
-        let slots: Vec<usize> = items.iter().map(|(slot, _)| *slot).collect();
-        let call = shard.invoke_on(owner, move |shard| async move {
-            let mut out = Vec::with_capacity(items.len());
-            for (slot, (group_id, topics)) in items {
-                if let Err(error) = coordinator::ready(&shard, &group_id).await {
-                    out.push((slot, Err(error.code())));
-                    continue;
-                }
-                let groups = coordinator::groups_of(&shard);
-                let answer: Vec<(String, i32, i64, i32, String)> = match topics {
-                    None => groups
-                        .all_committed(&group_id)
-                        .into_iter()
-                        .map(|((topic, partition), c)| {
-                            (topic, partition, c.offset, c.leader_epoch, c.metadata)
-                        })
-                        .collect(),
-                    Some(topics) => topics
-                        .into_iter()
-                        .flat_map(|(topic, partitions)| {
-                            partitions
-                                .into_iter()
-                                .map(|partition| {
-                                    match groups.committed(&group_id, &topic, partition) {
-                                        Some(c) => (
-                                            topic.clone(),
-                                            partition,
-                                            c.offset,
-                                            c.leader_epoch,
-                                            c.metadata.clone(),
-                                        ),
-                                        None => (topic.clone(), partition, -1, -1, String::new()),
-                                    }
-                                })
-                                .collect::<Vec<_>>()
-                        })
-                        .collect(),
-                };
-                out.push((slot, Ok(answer)));
-            }
-            out
-        });
-        async move { (slots, call.await) }
-    });
-    for (slots, result) in join_all(calls).await {
-        match result {
-            Ok(items) => items
-                .into_iter()
-                .for_each(|(slot, answer)| answers[slot] = answer),
-            Err(_) => slots
-                .into_iter()
-                .for_each(|slot| answers[slot] = Err(error_code::COORDINATOR_NOT_AVAILABLE)),
+    let answered = scatter(shard, routed, |shard, items: Vec<FetchQuery>| async move {
+        let mut out = Vec::with_capacity(items.len());
+        for (group_id, topics) in items {
+            out.push(committed_offsets(&shard, &group_id, topics).await);
         }
+        out
+    })
+    .await;
+    for (slot, answer) in slots.into_iter().zip(answered) {
+        answers[slot] = answer.unwrap_or(Err(error_code::COORDINATOR_NOT_AVAILABLE));
     }
     answers
+}
+
+/// On the coordinator: the committed offsets `topics` asks for (all of them when `None`).
+async fn committed_offsets(
+    shard: &Rc<Shard>,
+    group_id: &str,
+    topics: Option<Vec<(String, Vec<i32>)>>,
+) -> FetchAnswer {
+    coordinator::ready(shard, group_id)
+        .await
+        .map_err(|error| error.code())?;
+    let groups = coordinator::groups_of(shard);
+    Ok(match topics {
+        None => groups
+            .all_committed(group_id)
+            .into_iter()
+            .map(|((topic, partition), c)| (topic, partition, c.offset, c.leader_epoch, c.metadata))
+            .collect(),
+        Some(topics) => topics
+            .into_iter()
+            .flat_map(|(topic, partitions)| {
+                partitions
+                    .into_iter()
+                    .map(
+                        |partition| match groups.committed(group_id, &topic, partition) {
+                            Some(c) => (
+                                topic.clone(),
+                                partition,
+                                c.offset,
+                                c.leader_epoch,
+                                c.metadata.clone(),
+                            ),
+                            None => (topic.clone(), partition, -1, -1, String::new()),
+                        },
+                    )
+                    .collect::<Vec<_>>()
+            })
+            .collect(),
+    })
 }
 
 /// A committed offset's partition, offset, leader epoch and metadata.
@@ -705,52 +724,51 @@ where
     Fut: Future<Output = Vec<T>> + 'static,
 {
     let mut answers: Vec<Option<T>> = vec![None; ids.len()];
-    let mut by_owner: BTreeMap<usize, Vec<(usize, String)>> = BTreeMap::new();
+    let mut slots = Vec::with_capacity(ids.len());
+    let mut routed = Vec::with_capacity(ids.len());
     for (slot, id) in ids.into_iter().enumerate() {
         if !valid_group_id(&id) {
             answers[slot] = Some(unroutable(error_code::INVALID_GROUP_ID));
             continue;
         }
         match route(shard, &id) {
-            Ok((_, owner)) => by_owner.entry(owner).or_default().push((slot, id)),
+            Ok((_, owner)) => {
+                slots.push(slot);
+                routed.push((owner, id));
+            }
             Err(error) => answers[slot] = Some(unroutable(error.code())),
         }
     }
-    let calls = by_owner.into_iter().map(|(owner, items)| {
+    let answered = scatter(shard, routed, move |shard, ids: Vec<String>| {
         let work = work.clone();
-        let slots: Vec<usize> = items.iter().map(|(slot, _)| *slot).collect();
-        let call = shard.invoke_on(owner, move |shard| async move {
+        async move {
+            // Groups whose partition is not ready get their error; the rest go to `work`
+            // together.
+            let mut positions: Vec<Result<usize, ErrorCode>> = Vec::with_capacity(ids.len());
             let mut ready = Vec::new();
-            let mut results: Vec<(usize, Result<usize, ErrorCode>)> = Vec::new();
-            let mut ids = Vec::new();
-            for (slot, id) in items {
+            for id in ids {
                 match coordinator::ready(&shard, &id).await {
                     Ok(()) => {
-                        results.push((slot, Ok(ids.len())));
-                        ids.push(id);
+                        positions.push(Ok(ready.len()));
+                        ready.push(id);
                     }
-                    Err(error) => results.push((slot, Err(error.code()))),
+                    Err(error) => positions.push(Err(error.code())),
                 }
             }
-            let answers = work(shard, ids).await;
-            for (slot, result) in results {
-                ready.push((slot, result.map(|index| answers[index].clone())));
-            }
-            ready
-        });
-        async move { (slots, call.await) }
-    });
-    for (slots, result) in join_all(calls).await {
-        match result {
-            Ok(items) => {
-                for (slot, answer) in items {
-                    answers[slot] = Some(answer.unwrap_or_else(unroutable));
-                }
-            }
-            Err(_) => slots.into_iter().for_each(|slot| {
-                answers[slot] = Some(unroutable(error_code::COORDINATOR_NOT_AVAILABLE))
-            }),
+            let answers = work(shard, ready).await;
+            positions
+                .into_iter()
+                .map(|position| position.map(|index| answers[index].clone()))
+                .collect::<Vec<_>>()
         }
+    })
+    .await;
+    for (slot, answer) in slots.into_iter().zip(answered) {
+        answers[slot] = Some(match answer {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(code)) => unroutable(code),
+            Err(_) => unroutable(error_code::COORDINATOR_NOT_AVAILABLE),
+        });
     }
     answers
         .into_iter()
@@ -831,9 +849,9 @@ pub async fn list_groups(ctx: &Ctx<'_>, request: ListGroupsRequest) -> Outcome {
         .iter()
         .map(|s| s.to_lowercase())
         .collect();
-    let calls = (0..ctx.shard.count).map(|target| {
+    let listed = broadcast(ctx.shard, move |shard| {
         let wanted = wanted.clone();
-        ctx.shard.invoke_on(target, move |shard| async move {
+        async move {
             coordinator::groups_of(&shard)
                 .iter()
                 .filter(|g| wanted.is_empty() || wanted.contains(&g.state.name().to_lowercase()))
@@ -845,10 +863,11 @@ pub async fn list_groups(ctx: &Ctx<'_>, request: ListGroupsRequest) -> Outcome {
                     )
                 })
                 .collect::<Vec<_>>()
-        })
-    });
+        }
+    })
+    .await;
     let mut response = ListGroupsResponse::default();
-    for listed in join_all(calls).await {
+    for listed in listed {
         match listed {
             Ok(groups) => {
                 response

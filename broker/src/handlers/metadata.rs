@@ -8,11 +8,11 @@ use kafka_protocol::messages::metadata_response::{
 };
 use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, TopicName};
 use tern_protocol::error_code;
-use tern_replication::metadata::TopicMeta;
+use tern_replication::metadata::{TopicMeta, NO_LEADER};
 
 use super::admin::{create_topics_via_controller, validate_topic_name, NewTopic};
 use super::{str_bytes, Ctx};
-use crate::connection::Outcome;
+use crate::outcome::Outcome;
 
 pub fn topic_id(meta: &TopicMeta) -> uuid::Uuid {
     uuid::Uuid::from_bytes(meta.id)
@@ -20,7 +20,6 @@ pub fn topic_id(meta: &TopicMeta) -> uuid::Uuid {
 
 pub async fn handle(ctx: &Ctx<'_>, request: MetadataRequest) -> Outcome {
     let shard = ctx.shard;
-    let node_id = shard.config.node_id;
     let requested: Option<Vec<String>> = request.topics.map(|topics| {
         topics
             .into_iter()
@@ -37,6 +36,8 @@ pub async fn handle(ctx: &Ctx<'_>, request: MetadataRequest) -> Outcome {
             .map(|name| NewTopic {
                 name: name.clone(),
                 partitions: shard.config.default_partitions,
+                replication_factor: -1,
+                assignments: None,
                 configs: BTreeMap::new(),
             })
             .collect();
@@ -52,14 +53,18 @@ pub async fn handle(ctx: &Ctx<'_>, request: MetadataRequest) -> Outcome {
 
     let image = shard.image();
     let mut response = MetadataResponse::default();
-    let (host, port) = shard.config.advertised_host_port();
-    let mut broker = MetadataResponseBroker::default();
-    broker.node_id = BrokerId(node_id);
-    broker.host = str_bytes(&host);
-    broker.port = port;
-    response.brokers = vec![broker];
+    response.brokers = image
+        .live_brokers()
+        .map(|meta| {
+            let mut broker = MetadataResponseBroker::default();
+            broker.node_id = BrokerId(meta.id);
+            broker.host = str_bytes(&meta.host);
+            broker.port = i32::from(meta.port);
+            broker
+        })
+        .collect();
     response.cluster_id = Some(str_bytes(&image.cluster_id));
-    response.controller_id = BrokerId(node_id);
+    response.controller_id = BrokerId(shard.controller_id());
     let describe = |meta: &TopicMeta| {
         let mut topic = MetadataResponseTopic::default();
         topic.name = Some(TopicName(str_bytes(&meta.name)));
@@ -71,10 +76,13 @@ pub async fn handle(ctx: &Ctx<'_>, request: MetadataRequest) -> Outcome {
             .map(|partition| {
                 let mut out = MetadataResponsePartition::default();
                 out.partition_index = partition.index;
-                out.leader_id = BrokerId(node_id);
+                out.leader_id = BrokerId(partition.leader);
                 out.leader_epoch = partition.leader_epoch;
-                out.replica_nodes = vec![BrokerId(node_id)];
-                out.isr_nodes = vec![BrokerId(node_id)];
+                if partition.leader == NO_LEADER {
+                    out.error_code = error_code::LEADER_NOT_AVAILABLE;
+                }
+                out.replica_nodes = partition.replicas.iter().copied().map(BrokerId).collect();
+                out.isr_nodes = partition.isr.iter().copied().map(BrokerId).collect();
                 out
             })
             .collect();

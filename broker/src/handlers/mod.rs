@@ -7,7 +7,6 @@
 //! closed connection.
 
 mod admin;
-pub use admin::new_cluster_id;
 mod api_versions;
 mod fetch;
 mod groups;
@@ -16,7 +15,6 @@ mod metadata;
 mod offsets;
 mod produce;
 mod producer_id;
-pub use produce::now_ms;
 
 use std::rc::Rc;
 
@@ -28,7 +26,7 @@ use tern_protocol::api;
 use tern_protocol::frame::{self, HeaderError, ParsedHeader};
 use tern_protocol::request::{decode_body, encode_response};
 
-use crate::connection::Outcome;
+use crate::outcome::Outcome;
 use crate::shard::Shard;
 
 /// Everything a handler needs to know about the request it serves.
@@ -92,10 +90,7 @@ pub async fn handle(
             return api_versions::unsupported(correlation_id);
         }
         Err(error) => {
-            shard
-                .stats
-                .malformed_requests
-                .set(shard.stats.malformed_requests.get() + 1);
+            shard.connection_probe.malformed.inc();
             return Outcome::Close(error.to_string());
         }
     };
@@ -131,10 +126,7 @@ pub async fn handle(
             match decode_body::<$ty>(spec, api_version, body) {
                 Ok(request) => request,
                 Err(error) => {
-                    shard
-                        .stats
-                        .malformed_requests
-                        .set(shard.stats.malformed_requests.get() + 1);
+                    shard.connection_probe.malformed.inc();
                     return Outcome::Close(format!(
                         "malformed {} v{}: {error}",
                         spec.name, api_version

@@ -1,7 +1,6 @@
 //! ListOffsets (earliest, latest, max timestamp, by timestamp) and DeleteRecords, each
 //! served on the partition's owner shard.
 
-use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use futures::future::join_all;
@@ -18,79 +17,86 @@ use tern_protocol::error_code;
 use tern_protocol::types::{Offset, TimestampMs};
 
 use super::Ctx;
-use crate::connection::Outcome;
-use crate::shard::{Shard, TopicPartition};
+use crate::outcome::Outcome;
+use crate::partition::TopicPartition;
+use crate::scatter::scatter;
+use crate::shard::Shard;
 
 const LATEST: i64 = -1;
 const EARLIEST: i64 = -2;
 const MAX_TIMESTAMP: i64 = -3;
 
-/// (error, timestamp, offset) for one ListOffsets partition, or (error, low watermark) for DeleteRecords.
-type Answer = (i16, i64, i64);
+/// One partition's question: its argument (a timestamp or an offset) and the client's
+/// `current_leader_epoch` (-1 when none).
+type Query = (TopicPartition, i64, i32);
 
-/// Sends one closure per owner shard for all its partitions and gathers answers by slot.
-async fn per_owner<F, Fut>(
-    shard: &Rc<Shard>,
-    items: Vec<(TopicPartition, i64)>,
-    work: F,
-) -> Vec<Answer>
+/// (error, timestamp, offset, leader epoch) for one ListOffsets partition; (error, low
+/// watermark, -1, -1) for DeleteRecords.
+type Answer = (i16, i64, i64, i32);
+
+const UNKNOWN: Answer = (error_code::UNKNOWN_TOPIC_OR_PARTITION, -1, -1, -1);
+
+/// Answers every query on its partition's owner shard, one message per owner, in order.
+async fn per_owner<F, Fut>(shard: &Rc<Shard>, items: Vec<Query>, work: F) -> Vec<Answer>
 where
-    F: Fn(Rc<Shard>, TopicPartition, i64) -> Fut + Send + Clone + 'static,
+    F: Fn(Rc<Shard>, Query) -> Fut + Send + Clone + 'static,
     Fut: std::future::Future<Output = Answer> + 'static,
 {
-    let mut answers = vec![(error_code::UNKNOWN_TOPIC_OR_PARTITION, -1, -1); items.len()];
-    let mut by_shard: BTreeMap<usize, Vec<(usize, TopicPartition, i64)>> = BTreeMap::new();
-    for (slot, (tp, argument)) in items.into_iter().enumerate() {
-        if let Some(owner) = shard.owner_of(&tp.topic, tp.partition) {
-            by_shard
-                .entry(owner)
-                .or_default()
-                .push((slot, tp, argument));
+    let mut answers = vec![UNKNOWN; items.len()];
+    let mut slots = Vec::with_capacity(items.len());
+    let mut routed = Vec::with_capacity(items.len());
+    for (slot, query) in items.into_iter().enumerate() {
+        if let Some(owner) = shard.owner_of(&query.0.topic, query.0.partition) {
+            slots.push(slot);
+            routed.push((owner, query));
+        } else if shard
+            .image()
+            .partition(&query.0.topic, query.0.partition)
+            .is_some()
+        {
+            answers[slot] = (error_code::NOT_LEADER_OR_FOLLOWER, -1, -1, -1);
         }
     }
-    let calls = by_shard.into_iter().map(|(owner, group)| {
+    let answered = scatter(shard, routed, move |shard, queries| {
         let work = work.clone();
-        shard.invoke_on(owner, move |shard| async move {
-            let mut out = Vec::with_capacity(group.len());
-            for (slot, tp, argument) in group {
-                out.push((slot, work(shard.clone(), tp, argument).await));
-            }
-            out
-        })
-    });
-    for answered in join_all(calls).await.into_iter().flatten() {
-        for (slot, answer) in answered {
-            answers[slot] = answer;
-        }
+        async move { join_all(queries.into_iter().map(|q| work(shard.clone(), q))).await }
+    })
+    .await;
+    for (slot, answer) in slots.into_iter().zip(answered) {
+        answers[slot] = answer.unwrap_or((error_code::NOT_LEADER_OR_FOLLOWER, -1, -1, -1));
     }
     answers
 }
 
-async fn list_one(shard: Rc<Shard>, tp: TopicPartition, timestamp: i64) -> Answer {
+async fn list_one(shard: Rc<Shard>, (tp, timestamp, current_epoch): Query) -> Answer {
     let Some(partition) = shard.partition(&tp) else {
-        return (error_code::NOT_LEADER_OR_FOLLOWER, -1, -1);
+        return (error_code::NOT_LEADER_OR_FOLLOWER, -1, -1, -1);
     };
+    if let Err(code) = partition.check_leader(current_epoch) {
+        return (code, -1, -1, -1);
+    }
+    let epoch = partition.leader_epoch().0;
     let log = &partition.log;
     match timestamp {
-        LATEST => (error_code::NONE, -1, log.high_watermark().0),
-        EARLIEST => (error_code::NONE, -1, log.log_start_offset().0),
+        LATEST => (error_code::NONE, -1, partition.high_watermark().0, epoch),
+        EARLIEST => (error_code::NONE, -1, log.log_start_offset().0, epoch),
         MAX_TIMESTAMP => match log.max_timestamp() {
-            Some((offset, ts)) => (error_code::NONE, ts.0, offset.0),
-            None => (error_code::NONE, -1, -1),
+            Some((offset, ts)) => (error_code::NONE, ts.0, offset.0, epoch),
+            None => (error_code::NONE, -1, -1, -1),
         },
         ts if ts >= 0 => match log.offset_for_timestamp(TimestampMs(ts)).await {
-            Ok(Some((offset, found))) => (error_code::NONE, found.0, offset.0),
-            Ok(None) => (error_code::NONE, -1, -1),
-            Err(error) => (error.kafka_error_code(), -1, -1),
+            Ok(Some((offset, found))) => (error_code::NONE, found.0, offset.0, epoch),
+            Ok(None) => (error_code::NONE, -1, -1, -1),
+            Err(error) => (error.kafka_error_code(), -1, -1, -1),
         },
         // Other negative specials (e.g. -4 earliest-local, -5 latest-tiered) are newer than
         // the versions we advertise.
-        _ => (error_code::INVALID_REQUEST, -1, -1),
+        _ => (error_code::INVALID_REQUEST, -1, -1, -1),
     }
 }
 
 pub async fn list_offsets(ctx: &Ctx<'_>, request: ListOffsetsRequest) -> Outcome {
-    let items: Vec<(TopicPartition, i64)> = request
+    let items: Vec<Query> = request
         .topics
         .iter()
         .flat_map(|topic| {
@@ -98,6 +104,7 @@ pub async fn list_offsets(ctx: &Ctx<'_>, request: ListOffsetsRequest) -> Outcome
                 (
                     TopicPartition::new(topic.name.0.to_string(), p.partition_index),
                     p.timestamp,
+                    p.current_leader_epoch,
                 )
             })
         })
@@ -114,10 +121,10 @@ pub async fn list_offsets(ctx: &Ctx<'_>, request: ListOffsetsRequest) -> Outcome
                 .partitions
                 .iter()
                 .map(|p| {
-                    let (error, timestamp, offset) =
+                    let (error, timestamp, offset, leader_epoch) =
                         answers
                             .next()
-                            .unwrap_or((error_code::UNKNOWN_SERVER_ERROR, -1, -1));
+                            .unwrap_or((error_code::UNKNOWN_SERVER_ERROR, -1, -1, -1));
                     let mut answer = ListOffsetsPartitionResponse::default();
                     answer.partition_index = p.partition_index;
                     answer.error_code = error;
@@ -125,7 +132,7 @@ pub async fn list_offsets(ctx: &Ctx<'_>, request: ListOffsetsRequest) -> Outcome
                     answer.offset = offset;
                     // The field exists from v4; the encoder refuses a non-default value below.
                     if ctx.version >= 4 {
-                        answer.leader_epoch = 0;
+                        answer.leader_epoch = leader_epoch;
                     }
                     answer
                 })
@@ -136,28 +143,29 @@ pub async fn list_offsets(ctx: &Ctx<'_>, request: ListOffsetsRequest) -> Outcome
     ctx.respond(&response)
 }
 
-async fn delete_one(shard: Rc<Shard>, tp: TopicPartition, before: i64) -> Answer {
+async fn delete_one(shard: Rc<Shard>, (tp, before, _): Query) -> Answer {
     let Some(partition) = shard.partition(&tp) else {
-        return (error_code::NOT_LEADER_OR_FOLLOWER, -1, -1);
+        return (error_code::NOT_LEADER_OR_FOLLOWER, -1, -1, -1);
     };
-    let log = &partition.log;
-    // -1 means "up to the high watermark".
-    let before = if before == -1 {
-        log.high_watermark().0
-    } else {
-        before
-    };
-    if before < 0 || before > log.high_watermark().0 {
-        return (error_code::OFFSET_OUT_OF_RANGE, -1, -1);
+    if !partition.is_leader() {
+        return (error_code::NOT_LEADER_OR_FOLLOWER, -1, -1, -1);
     }
-    match log.delete_records(Offset(before)).await {
-        Ok(low) => (error_code::NONE, low.0, -1),
-        Err(error) => (error.kafka_error_code(), -1, -1),
+    let high_watermark = partition.high_watermark().0;
+    // -1 means "up to the high watermark".
+    let before = if before == -1 { high_watermark } else { before };
+    if before < 0 || before > high_watermark {
+        return (error_code::OFFSET_OUT_OF_RANGE, -1, -1, -1);
+    }
+    let deleted = partition.log.delete_records(Offset(before)).await;
+    partition.log_moved();
+    match deleted {
+        Ok(low) => (error_code::NONE, low.0, -1, -1),
+        Err(error) => (error.kafka_error_code(), -1, -1, -1),
     }
 }
 
 pub async fn delete_records(ctx: &Ctx<'_>, request: DeleteRecordsRequest) -> Outcome {
-    let items: Vec<(TopicPartition, i64)> = request
+    let items: Vec<Query> = request
         .topics
         .iter()
         .flat_map(|topic| {
@@ -165,6 +173,7 @@ pub async fn delete_records(ctx: &Ctx<'_>, request: DeleteRecordsRequest) -> Out
                 (
                     TopicPartition::new(topic.name.0.to_string(), p.partition_index),
                     p.offset,
+                    -1,
                 )
             })
         })
@@ -181,10 +190,10 @@ pub async fn delete_records(ctx: &Ctx<'_>, request: DeleteRecordsRequest) -> Out
                 .partitions
                 .iter()
                 .map(|p| {
-                    let (error, low_watermark, _) =
+                    let (error, low_watermark, _, _) =
                         answers
                             .next()
-                            .unwrap_or((error_code::UNKNOWN_SERVER_ERROR, -1, -1));
+                            .unwrap_or((error_code::UNKNOWN_SERVER_ERROR, -1, -1, -1));
                     let mut answer = DeleteRecordsPartitionResult::default();
                     answer.partition_index = p.partition_index;
                     answer.error_code = error;

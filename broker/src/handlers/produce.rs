@@ -2,25 +2,24 @@
 //! reassemble the answers in request order.
 //!
 //! The request body arrives as one `BytesMut`; each partition's record set is split off it
-//! (same allocation, no copy) and handed to its owner, where the log validates, patches
-//! offsets in place and keeps the bytes as its tail cache.
+//! (same allocation, no copy) and handed to its owner, where `Partition::append` decides
+//! (leadership, min.insync, idempotence) and the log validates, patches offsets and the
+//! leader epoch in place and keeps the bytes as its tail cache.
 
-use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use bytes::{Buf, BytesMut};
-use futures::future::join_all;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceResponse, TopicName};
 use tern_protocol::error_code;
 use tern_protocol::produce;
-use tern_protocol::types::{LeaderEpoch, TimestampMs};
+use tern_protocol::types::TimestampMs;
 
 use super::{str_bytes, Ctx};
-use crate::connection::Outcome;
-use crate::producer_state::{BatchSeq, Check};
-use crate::shard::{Partition, Shard, TopicPartition};
-use tern_protocol::batch::{peek_batch_total_bytes, BatchHeader};
+use crate::outcome::Outcome;
+use crate::partition::{AppendFailure, TopicPartition};
+use crate::scatter::scatter;
+use crate::shard::Shard;
 
 /// One partition's outcome, sent back from its owner shard.
 #[derive(Debug, Clone)]
@@ -42,13 +41,6 @@ impl Appended {
             message,
         }
     }
-}
-
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 pub async fn handle(ctx: &Ctx<'_>, body: BytesMut) -> Outcome {
@@ -80,7 +72,8 @@ pub async fn handle(ctx: &Ctx<'_>, body: BytesMut) -> Outcome {
     let shard = ctx.shard;
     let mut body = body;
     let mut consumed = 0usize;
-    let mut by_shard: BTreeMap<usize, Vec<(usize, TopicPartition, BytesMut)>> = BTreeMap::new();
+    let mut routed: Vec<(usize, (TopicPartition, BytesMut))> = Vec::new();
+    let mut routed_slots: Vec<usize> = Vec::new();
     let mut slot = 0usize;
     let image = shard.image();
     for topic in &request.topics {
@@ -112,11 +105,16 @@ pub async fn handle(ctx: &Ctx<'_>, body: BytesMut) -> Outcome {
                 continue;
             }
             match shard.owner_of(&topic.name, partition.index) {
-                Some(owner) => by_shard.entry(owner).or_default().push((
-                    this,
-                    TopicPartition::new(topic.name.clone(), partition.index),
-                    records,
-                )),
+                Some(owner) => {
+                    routed_slots.push(this);
+                    routed.push((
+                        owner,
+                        (
+                            TopicPartition::new(topic.name.clone(), partition.index),
+                            records,
+                        ),
+                    ));
+                }
                 None => {
                     results[this] = Some(Appended::error(
                         error_code::UNKNOWN_TOPIC_OR_PARTITION,
@@ -127,27 +125,14 @@ pub async fn handle(ctx: &Ctx<'_>, body: BytesMut) -> Outcome {
         }
     }
 
-    let calls = by_shard.into_iter().map(|(owner, items)| {
-        let slots: Vec<usize> = items.iter().map(|(slot, _, _)| *slot).collect();
-        let call = shard.invoke_on(owner, move |shard| append_on_owner(shard, items, acks));
-        async move { (slots, call.await) }
-    });
-    for (slots, outcome) in join_all(calls).await {
-        match outcome {
-            Ok(appended) => {
-                for (slot, result) in appended {
-                    results[slot] = Some(result);
-                }
-            }
-            Err(error) => {
-                for slot in slots {
-                    results[slot] = Some(Appended::error(
-                        error_code::NOT_LEADER_OR_FOLLOWER,
-                        Some(error.to_string()),
-                    ));
-                }
-            }
-        }
+    let answers = scatter(shard, routed, move |shard, items| {
+        append_on_owner(shard, items, acks)
+    })
+    .await;
+    for (slot, answer) in routed_slots.into_iter().zip(answers) {
+        results[slot] = Some(answer.unwrap_or_else(|error| {
+            Appended::error(error_code::NOT_LEADER_OR_FOLLOWER, Some(error.to_string()))
+        }));
     }
     if acks == 0 {
         return Outcome::NoResponse;
@@ -187,109 +172,27 @@ pub async fn handle(ctx: &Ctx<'_>, body: BytesMut) -> Outcome {
 
 async fn append_on_owner(
     shard: Rc<Shard>,
-    items: Vec<(usize, TopicPartition, BytesMut)>,
+    items: Vec<(TopicPartition, BytesMut)>,
     acks: i16,
-) -> Vec<(usize, Appended)> {
-    let now = TimestampMs(now_ms());
-    let appends = items.into_iter().map(|(slot, tp, records)| {
+) -> Vec<Appended> {
+    let now = TimestampMs(shard.now_ms());
+    let appends = items.into_iter().map(|(tp, records)| {
         let partition = shard.partition(&tp);
         async move {
             let Some(partition) = partition else {
-                return (
-                    slot,
-                    Appended::error(error_code::NOT_LEADER_OR_FOLLOWER, None),
-                );
+                return Appended::error(error_code::NOT_LEADER_OR_FOLLOWER, None);
             };
-            let min_insync = partition.policy.borrow().min_insync_replicas;
-            // A single-node cluster has one in-sync replica.
-            if acks == -1 && min_insync > 1 {
-                return (
-                    slot,
-                    Appended::error(
-                        error_code::NOT_ENOUGH_REPLICAS,
-                        Some(format!(
-                            "min.insync.replicas={min_insync} but 1 replica is in sync"
-                        )),
-                    ),
-                );
-            }
-            let sequence = match idempotence(&partition, &records) {
-                Ok(sequence) => sequence,
-                Err(answer) => return (slot, answer),
-            };
-            match partition.log.append(records, LeaderEpoch(0), now).await {
-                Ok(info) => {
-                    if let Some(sequence) = sequence {
-                        partition
-                            .producers
-                            .borrow_mut()
-                            .committed(sequence, info.base_offset.0);
-                    }
-                    partition.notify_appended();
-                    (
-                        slot,
-                        Appended {
-                            error_code: error_code::NONE,
-                            base_offset: info.base_offset.0,
-                            log_append_time_ms: info.log_append_time.0,
-                            log_start_offset: info.log_start_offset.0,
-                            message: None,
-                        },
-                    )
-                }
-                Err(error) => {
-                    if let Some(sequence) = sequence {
-                        partition.producers.borrow_mut().failed(sequence);
-                    }
-                    tracing::debug!(partition = %tp.dir_name(), %error, "append rejected");
-                    (
-                        slot,
-                        Appended::error(error.kafka_error_code(), Some(error.to_string())),
-                    )
-                }
+            match partition.append(records, acks, now).await {
+                Ok(appended) => Appended {
+                    error_code: error_code::NONE,
+                    base_offset: appended.base_offset.0,
+                    log_append_time_ms: appended.log_append_time.0,
+                    log_start_offset: appended.log_start_offset.0,
+                    message: None,
+                },
+                Err(AppendFailure { code, message }) => Appended::error(code, message),
             }
         }
     });
-    join_all(appends).await
-}
-
-/// Checks an idempotent producer's batch against the partition's producer state. `Ok(None)`
-/// for non-idempotent batches; `Err` carries the answer for a duplicate or a rejected batch.
-fn idempotence(partition: &Partition, records: &[u8]) -> Result<Option<BatchSeq>, Appended> {
-    let Ok(header) = BatchHeader::parse_unchecked(records) else {
-        // The log validates fully and rejects it with the right code.
-        return Ok(None);
-    };
-    if header.producer_id().0 < 0 {
-        return Ok(None);
-    }
-    // Kafka accepts exactly one batch per partition from an idempotent producer.
-    if peek_batch_total_bytes(records).ok() != Some(records.len()) {
-        return Err(Appended::error(
-            error_code::INVALID_RECORD,
-            Some("idempotent produce must carry exactly one batch".into()),
-        ));
-    }
-    let sequence = BatchSeq {
-        producer_id: header.producer_id().0,
-        epoch: header.producer_epoch(),
-        first: header.base_sequence(),
-        count: header.record_count().max(1),
-    };
-    match partition.producers.borrow_mut().check(sequence) {
-        Check::Append => Ok(Some(sequence)),
-        Check::Duplicate {
-            base_offset: Some(base_offset),
-        } => Err(Appended {
-            error_code: error_code::NONE,
-            base_offset,
-            log_append_time_ms: -1,
-            log_start_offset: partition.log.log_start_offset().0,
-            message: None,
-        }),
-        Check::Duplicate { base_offset: None } => {
-            Err(Appended::error(error_code::DUPLICATE_SEQUENCE_NUMBER, None))
-        }
-        Check::Reject(code) => Err(Appended::error(code, None)),
-    }
+    futures::future::join_all(appends).await
 }

@@ -6,7 +6,7 @@ use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse, Pr
 use tern_protocol::error_code;
 
 use super::Ctx;
-use crate::connection::Outcome;
+use crate::outcome::Outcome;
 
 pub async fn init_producer_id(ctx: &Ctx<'_>, request: InitProducerIdRequest) -> Outcome {
     let mut response = InitProducerIdResponse::default();
@@ -28,9 +28,9 @@ pub async fn init_producer_id(ctx: &Ctx<'_>, request: InitProducerIdRequest) -> 
     let allocated = ctx
         .shard
         .invoke_on(0, |shard| async move {
-            match &shard.controller {
+            match shard.controller() {
                 Some(controller) => controller
-                    .allocate_producer_id(&shard)
+                    .allocate_producer_id()
                     .await
                     .map_err(|e| e.to_string()),
                 None => Err("no controller on shard 0".to_owned()),

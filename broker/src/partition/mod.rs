@@ -1,0 +1,460 @@
+//! The partition layer: one `Partition` per replica this broker holds, on the shard that owns
+//! it, and the owner-side operations every caller goes through.
+//!
+//! - `state`: the I/O-free `PartitionState` (leader epoch, replicas and ISR, offsets and the
+//!   high watermark, `min.insync.replicas`, idempotent producers), unit-tested on its own.
+//! - `waiters`: long-poll fetches parked on a partition until its high watermark passes what
+//!   they have seen, under a per-shard cap.
+//! - here: `Partition::append` (produce, the group coordinator, and later replica appends
+//!   all append through it: it decides, stamps the partition's real leader epoch, appends to
+//!   the log, moves the high watermark and wakes waiters) and `read_or_wait` (read now, or
+//!   park until data arrives, the deadline passes or the caller cancels, then read again, all
+//!   on the owner: one cross-shard hop per owner per Fetch, however long it waits).
+//!
+//! Architecture invariant: a partition is touched only on its owner shard; its state lives in
+//! `RefCell`s never borrowed across an `.await`. Consumers read up to the high watermark,
+//! which the partition layer decides; the log only reports what it has made durable.
+
+pub mod state;
+pub mod waiters;
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use futures::future::{select, select_all, Either};
+use tern_protocol::batch::{peek_batch_total_bytes, BatchHeader};
+use tern_protocol::error_code::{self, ErrorCode};
+use tern_protocol::types::{Offset, TimestampMs};
+use tern_replication::metadata::{BrokerId, PartitionMeta};
+use tern_storage::{Log, ReadMode};
+
+use crate::producer_state::{BatchSeq, Check, ProducerStates};
+use crate::topic_config::TopicPolicy;
+use state::{LogOffsets, PartitionState, ProduceRefusal};
+pub use waiters::{ParkBudget, Parked};
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TopicPartition {
+    pub topic: String,
+    pub partition: i32,
+}
+
+impl TopicPartition {
+    pub fn new(topic: impl Into<String>, partition: i32) -> Self {
+        TopicPartition {
+            topic: topic.into(),
+            partition,
+        }
+    }
+
+    /// The partition's directory under the data dir (Kafka's `<topic>-<partition>`).
+    pub fn dir_name(&self) -> String {
+        format!("{}-{}", self.topic, self.partition)
+    }
+}
+
+/// A partition replica owned by this shard.
+pub struct Partition {
+    pub tp: TopicPartition,
+    pub log: Log,
+    pub policy: RefCell<TopicPolicy>,
+    state: RefCell<PartitionState>,
+    waiters: Rc<RefCell<waiters::Waiters>>,
+    /// Set when the shard drops the partition (deleted, moved, shutting down): reads answer
+    /// NOT_LEADER_OR_FOLLOWER and parked fetches return.
+    detached: Cell<bool>,
+}
+
+/// A successful (or duplicate) append, as Produce answers it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub base_offset: Offset,
+    pub log_append_time: TimestampMs,
+    pub log_start_offset: Offset,
+}
+
+/// Why an append was not done; each carries one Kafka error code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppendFailure {
+    pub code: ErrorCode,
+    pub message: Option<String>,
+}
+
+impl AppendFailure {
+    fn code(code: ErrorCode) -> AppendFailure {
+        AppendFailure {
+            code,
+            message: None,
+        }
+    }
+}
+
+impl From<ProduceRefusal> for AppendFailure {
+    fn from(refusal: ProduceRefusal) -> Self {
+        AppendFailure {
+            code: refusal.code(),
+            message: Some(refusal.message()),
+        }
+    }
+}
+
+/// What one partition of a Fetch asks for.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadRequest {
+    pub offset: Offset,
+    pub max_bytes: usize,
+    /// The client's `current_leader_epoch`, -1 when it sent none.
+    pub current_leader_epoch: i32,
+}
+
+/// One partition's part of a Fetch answer.
+#[derive(Debug, Default)]
+pub struct ReadResult {
+    pub error_code: ErrorCode,
+    pub high_watermark: i64,
+    pub log_start_offset: i64,
+    pub chunks: Vec<Bytes>,
+    pub len: usize,
+}
+
+impl ReadResult {
+    pub fn error(error_code: ErrorCode) -> ReadResult {
+        ReadResult {
+            error_code,
+            high_watermark: -1,
+            log_start_offset: -1,
+            ..ReadResult::default()
+        }
+    }
+}
+
+/// How a `read_or_wait` ended, besides its results.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitEnd {
+    /// Enough bytes, an error, or nothing to wait for.
+    Answered,
+    /// The deadline passed.
+    Deadline,
+    /// The caller cancelled (the Fetch was answered from another owner, or its client left).
+    Cancelled,
+    /// The shard's cap on parked waiters was reached: answered at once.
+    Refused,
+}
+
+impl Partition {
+    /// A partition over `log` as `meta` describes it, with `producers` rebuilt from the log.
+    pub fn new(
+        tp: TopicPartition,
+        log: Log,
+        policy: TopicPolicy,
+        node: BrokerId,
+        meta: &PartitionMeta,
+        producers: ProducerStates,
+    ) -> Partition {
+        let offsets = log_offsets(&log);
+        let state = PartitionState::new(
+            node,
+            meta,
+            policy.min_insync_replicas as usize,
+            offsets,
+            producers,
+        );
+        Partition {
+            tp,
+            log,
+            policy: RefCell::new(policy),
+            state: RefCell::new(state),
+            waiters: Rc::new(RefCell::new(waiters::Waiters::default())),
+            detached: Cell::new(false),
+        }
+    }
+
+    /// Takes in a new image's view of this partition and its (possibly changed) configs.
+    pub fn update(&self, meta: &PartitionMeta, policy: TopicPolicy) {
+        self.log.set_config(policy.log.clone());
+        {
+            let mut state = self.state.borrow_mut();
+            state.set_min_insync(policy.min_insync_replicas as usize);
+            state.update(meta);
+        }
+        *self.policy.borrow_mut() = policy;
+        self.log_moved();
+    }
+
+    pub fn high_watermark(&self) -> Offset {
+        self.state.borrow().high_watermark()
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.state.borrow().is_leader()
+    }
+
+    pub fn leader_epoch(&self) -> tern_protocol::types::LeaderEpoch {
+        self.state.borrow().leader_epoch()
+    }
+
+    /// Whether this broker leads the partition in the epoch the client believes current
+    /// (`-1`: the client sent none), as Kafka checks Fetch and ListOffsets.
+    pub fn check_leader(&self, current_leader_epoch: i32) -> Result<(), ErrorCode> {
+        if self.detached.get() {
+            return Err(error_code::NOT_LEADER_OR_FOLLOWER);
+        }
+        let state = self.state.borrow();
+        if !state.is_leader() {
+            return Err(error_code::NOT_LEADER_OR_FOLLOWER);
+        }
+        state.check_leader_epoch(current_leader_epoch)
+    }
+
+    /// Validates and appends `records` (one produce's record set, or a coordinator's batch)
+    /// as this partition's leader, stamped with its leader epoch; returns once the append is
+    /// as durable as the topic's flush policy requires and the high watermark covers it.
+    pub async fn append(
+        &self,
+        records: BytesMut,
+        acks: i16,
+        now: TimestampMs,
+    ) -> Result<Appended, AppendFailure> {
+        if self.detached.get() {
+            return Err(AppendFailure::code(error_code::NOT_LEADER_OR_FOLLOWER));
+        }
+        let leader_epoch = {
+            let state = self.state.borrow();
+            state.check_produce(acks)?;
+            state.leader_epoch()
+        };
+        let sequence = match self.idempotence(&records)? {
+            Sequenced::None => None,
+            Sequenced::Append(sequence) => Some(sequence),
+            Sequenced::Duplicate(appended) => return Ok(appended),
+        };
+        match self.log.append(records, leader_epoch, now).await {
+            Ok(info) => {
+                if let Some(sequence) = sequence {
+                    self.state
+                        .borrow_mut()
+                        .sequence_committed(sequence, info.base_offset);
+                }
+                self.log_moved();
+                Ok(Appended {
+                    base_offset: info.base_offset,
+                    log_append_time: info.log_append_time,
+                    log_start_offset: info.log_start_offset,
+                })
+            }
+            Err(error) => {
+                if let Some(sequence) = sequence {
+                    self.state.borrow_mut().sequence_failed(sequence);
+                }
+                tracing::debug!(partition = %self.tp.dir_name(), %error, "append rejected");
+                Err(AppendFailure {
+                    code: error.kafka_error_code(),
+                    message: Some(error.to_string()),
+                })
+            }
+        }
+    }
+
+    /// Checks an idempotent producer's batch against the partition's producer state.
+    fn idempotence(&self, records: &[u8]) -> Result<Sequenced, AppendFailure> {
+        let Ok(header) = BatchHeader::parse_unchecked(records) else {
+            // The log validates fully and refuses it with the right code.
+            return Ok(Sequenced::None);
+        };
+        if header.producer_id().0 < 0 {
+            return Ok(Sequenced::None);
+        }
+        // Kafka accepts exactly one batch per partition from an idempotent producer.
+        if peek_batch_total_bytes(records).ok() != Some(records.len()) {
+            return Err(AppendFailure {
+                code: error_code::INVALID_RECORD,
+                message: Some("idempotent produce must carry exactly one batch".into()),
+            });
+        }
+        let sequence = BatchSeq {
+            producer_id: header.producer_id().0,
+            epoch: header.producer_epoch(),
+            first: header.base_sequence(),
+            count: header.record_count().max(1),
+        };
+        let check = self.state.borrow_mut().check_sequence(sequence);
+        match check {
+            Check::Append => Ok(Sequenced::Append(sequence)),
+            Check::Duplicate {
+                base_offset: Some(base_offset),
+            } => Ok(Sequenced::Duplicate(Appended {
+                base_offset: Offset(base_offset),
+                log_append_time: TimestampMs::NONE,
+                log_start_offset: self.log.log_start_offset(),
+            })),
+            Check::Duplicate { base_offset: None } => {
+                Err(AppendFailure::code(error_code::DUPLICATE_SEQUENCE_NUMBER))
+            }
+            Check::Reject(code) => Err(AppendFailure::code(code)),
+        }
+    }
+
+    /// Tells the partition state where the log now stands (after an append, retention or
+    /// DeleteRecords) and wakes the fetches the new high watermark satisfies.
+    pub fn log_moved(&self) {
+        let advanced = self
+            .state
+            .borrow_mut()
+            .local_log_moved(log_offsets(&self.log));
+        if let Some(high_watermark) = advanced {
+            self.waiters.borrow_mut().wake_below(high_watermark);
+        }
+    }
+
+    /// Reads whole batches from `request.offset` up to the high watermark.
+    pub async fn read(&self, request: ReadRequest, mode: ReadMode) -> ReadResult {
+        if let Err(code) = self.check_leader(request.current_leader_epoch) {
+            return ReadResult::error(code);
+        }
+        let high_watermark = self.high_watermark();
+        let log_start = self.log.log_start_offset();
+        match self
+            .log
+            .read_with(request.offset, request.max_bytes, high_watermark, mode)
+            .await
+        {
+            Ok(slice) => ReadResult {
+                error_code: error_code::NONE,
+                high_watermark: high_watermark.0,
+                log_start_offset: log_start.0,
+                len: slice.len,
+                chunks: slice.chunks,
+            },
+            Err(error) => ReadResult {
+                error_code: error.kafka_error_code(),
+                high_watermark: high_watermark.0,
+                log_start_offset: log_start.0,
+                ..ReadResult::default()
+            },
+        }
+    }
+
+    /// Parks until the high watermark passes `seen`; `None` when the shard's cap is reached.
+    pub fn park(&self, seen: Offset, budget: &Rc<ParkBudget>) -> Option<Parked> {
+        if self.detached.get() || self.high_watermark() > seen {
+            return Some(Parked::ready());
+        }
+        waiters::park(&self.waiters, seen, budget)
+    }
+
+    /// The shard dropped this partition: fail its reads and release its parked fetches.
+    pub fn detach(&self) {
+        self.detached.set(true);
+        self.waiters.borrow_mut().wake_all();
+    }
+
+    /// Fetches parked on this partition now.
+    pub fn parked(&self) -> usize {
+        self.waiters.borrow().len()
+    }
+}
+
+enum Sequenced {
+    None,
+    Append(BatchSeq),
+    Duplicate(Appended),
+}
+
+fn log_offsets(log: &Log) -> LogOffsets {
+    let log_start = log.log_start_offset();
+    let durable_end = log.high_watermark();
+    LogOffsets {
+        log_start: log_start.min(durable_end),
+        durable_end,
+        log_end: log.log_end_offset(),
+    }
+}
+
+/// The owner side of a Fetch: reads every requested partition; if together they hold fewer
+/// than `min_bytes` and none failed, parks on all of them until one's high watermark moves
+/// past what was seen, the deadline passes, or `cancel` resolves (the caller answered or went
+/// away), then reads again. Runs entirely on the owner shard: one hop per owner per Fetch.
+pub async fn read_or_wait(
+    parts: &[(Option<Rc<Partition>>, ReadRequest)],
+    mode: ReadMode,
+    min_bytes: usize,
+    deadline: Instant,
+    mut cancel: futures::channel::oneshot::Receiver<()>,
+    budget: &Rc<ParkBudget>,
+) -> (Vec<ReadResult>, WaitEnd) {
+    loop {
+        let mut results = Vec::with_capacity(parts.len());
+        for (partition, request) in parts {
+            results.push(match partition {
+                Some(partition) => partition.read(*request, mode).await,
+                None => ReadResult::error(error_code::NOT_LEADER_OR_FOLLOWER),
+            });
+        }
+        let total: usize = results.iter().map(|r| r.len).sum();
+        if total >= min_bytes.max(1) || results.iter().any(|r| r.error_code != error_code::NONE) {
+            return (results, WaitEnd::Answered);
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return (results, WaitEnd::Deadline);
+        }
+        let mut parked = Vec::with_capacity(parts.len());
+        for ((partition, request), result) in parts.iter().zip(&results) {
+            let Some(partition) = partition else { continue };
+            let seen = request.offset.max(Offset(result.high_watermark));
+            match partition.park(seen, budget) {
+                Some(park) => parked.push(park),
+                None => return (results, WaitEnd::Refused),
+            }
+        }
+        if parked.is_empty() {
+            return (results, WaitEnd::Answered);
+        }
+        let end = {
+            let woken = Box::pin(select_all(parked.iter_mut().map(|p| Box::pin(p.wait()))));
+            let timer = Box::pin(glommio::timer::sleep(deadline - now));
+            match select(select(woken, timer), &mut cancel).await {
+                Either::Left((Either::Left(_), _)) => None,
+                Either::Left((Either::Right(_), _)) => Some(WaitEnd::Deadline),
+                Either::Right(_) => Some(WaitEnd::Cancelled),
+            }
+        };
+        drop(parked);
+        if let Some(end) = end {
+            return (results, end);
+        }
+    }
+}
+
+/// Idempotent producers' state as the end of the log left it (see `ProducerStates::restore`):
+/// replays the batches in the last `PRODUCER_STATE_SCAN_BYTES` of the log. A producer whose
+/// last batch is older than that gets UNKNOWN_PRODUCER_ID and resets, as Kafka's clients do.
+pub async fn restore_producers(log: &Log, tp: &TopicPartition) -> ProducerStates {
+    let mut states = ProducerStates::default();
+    match log
+        .recent_batch_headers(crate::limits::PRODUCER_STATE_SCAN_BYTES)
+        .await
+    {
+        Ok(headers) => {
+            for header in headers
+                .iter()
+                .filter(|h| h.producer_id().0 >= 0 && !h.is_control())
+            {
+                let batch = BatchSeq {
+                    producer_id: header.producer_id().0,
+                    epoch: header.producer_epoch(),
+                    first: header.base_sequence(),
+                    count: header.record_count().max(1),
+                };
+                states.restore(batch, header.base_offset().0);
+            }
+        }
+        Err(error) => {
+            tracing::warn!(partition = %tp.dir_name(), %error,
+                "cannot rebuild idempotent producers' state from the log; they will be asked to reset")
+        }
+    }
+    states
+}
