@@ -108,13 +108,6 @@ impl Default for BrokerConfig {
 }
 
 impl BrokerConfig {
-    pub fn group_config(&self) -> crate::group::state::GroupConfig {
-        crate::group::state::GroupConfig {
-            initial_rebalance_delay_ms: self.group_initial_rebalance_delay_ms.max(0),
-            offsets_retention_ms: self.offsets_retention_minutes.saturating_mul(60_000),
-        }
-    }
-
     pub fn advertised_host_port(&self) -> (String, i32) {
         match &self.advertised {
             Some(advertised) => match advertised.rsplit_once(':') {

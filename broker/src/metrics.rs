@@ -122,14 +122,14 @@ pub struct FetchProbe {
     pub record_bytes_referenced: Counter,
     /// Calls a Fetch made to partition owners (one per owner shard per request).
     pub owner_calls: Counter,
-    /// Partition registrations of parked long polls.
-    pub parks: Counter,
     /// Long polls answered at once because the shard's parked-waiter cap was reached.
     pub parks_refused: Counter,
 }
 
 impl FetchProbe {
-    pub fn collect(&self, parked: usize, out: &mut ShardSample) {
+    /// `parked`: registrations parked now; `parks_total`: ever made (both kept by the shard's
+    /// `ParkBudget`).
+    pub fn collect(&self, parked: usize, parks_total: u64, out: &mut ShardSample) {
         use Kind::*;
         out.push(
             "fetch_response_record_bytes_total",
@@ -142,7 +142,7 @@ impl FetchProbe {
             "fetch_parks_total",
             Counter,
             "Partition registrations of parked long-poll fetches.",
-            self.parks.get(),
+            parks_total,
         );
         out.push(
             "fetch_parks_refused_total",

@@ -88,7 +88,10 @@ impl Shard {
             fetch_sessions: RefCell::new(crate::fetch_session::FetchSessions::new(id as u32)),
             connections: RefCell::new(HashMap::new()),
             next_connection_id: Cell::new(0),
-            groups: crate::group::registry::Coordinator::new(config.group_config()),
+            groups: crate::group::registry::Coordinator::new(crate::group::state::GroupConfig {
+                initial_rebalance_delay_ms: config.group_initial_rebalance_delay_ms.max(0),
+                offsets_retention_ms: config.offsets_retention_minutes.saturating_mul(60_000),
+            }),
             index_cache: tern_storage::IndexCache::new(config.index_cache_bytes),
             park_budget: ParkBudget::new(config.max_parked_fetches),
         }
@@ -280,8 +283,11 @@ impl Shard {
         };
         self.connection_probe
             .collect(self.connections.borrow().len(), &mut sample);
-        self.fetch_probe
-            .collect(self.park_budget.used(), &mut sample);
+        self.fetch_probe.collect(
+            self.park_budget.used(),
+            self.park_budget.parks_total(),
+            &mut sample,
+        );
         let partitions = self.partitions.borrow();
         crate::metrics::collect_logs(
             partitions.values().map(|partition| partition.log.stats()),

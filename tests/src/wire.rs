@@ -217,3 +217,39 @@ pub fn parse_produce_v3(frame: &[u8]) -> Option<(i16, i64)> {
     let base_offset = i64::from_be_bytes(at(partition_at + 6, 8)?.try_into().ok()?);
     (frame.len() == partition_at + 4 + 2 + 8 + 8 + 4).then_some((error_code, base_offset))
 }
+
+/// A Fetch v4 body for one partition (read_uncommitted):
+///
+/// ```text
+/// replica_id:i32(-1) max_wait_ms:i32 min_bytes:i32(1) max_bytes:i32 isolation_level:i8(0)
+/// [topic:string [partition:i32 fetch_offset:i64 partition_max_bytes:i32](i32 count)](i32 count)
+/// ```
+pub fn fetch_v4_body(topic: &str, partition: i32, offset: i64, max_wait_ms: i32) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&(-1i32).to_be_bytes());
+    out.extend_from_slice(&max_wait_ms.to_be_bytes());
+    out.extend_from_slice(&1i32.to_be_bytes());
+    out.extend_from_slice(&(1i32 << 20).to_be_bytes());
+    out.push(0);
+    out.extend_from_slice(&1i32.to_be_bytes());
+    out.extend_from_slice(&(topic.len() as i16).to_be_bytes());
+    out.extend_from_slice(topic.as_bytes());
+    out.extend_from_slice(&1i32.to_be_bytes());
+    out.extend_from_slice(&partition.to_be_bytes());
+    out.extend_from_slice(&offset.to_be_bytes());
+    out.extend_from_slice(&(1i32 << 20).to_be_bytes());
+    out
+}
+
+/// Sends one request frame on a fresh connection and reads exactly one response frame back
+/// (size prefix removed), within `within`.
+pub fn round_trip(addr: SocketAddr, request: &[u8], within: Duration) -> std::io::Result<Vec<u8>> {
+    let mut stream = TcpStream::connect_timeout(&addr, within)?;
+    stream.set_read_timeout(Some(within))?;
+    stream.write_all(request)?;
+    let mut size = [0u8; 4];
+    stream.read_exact(&mut size)?;
+    let mut frame = vec![0u8; i32::from_be_bytes(size).max(0) as usize];
+    stream.read_exact(&mut frame)?;
+    Ok(frame)
+}

@@ -22,7 +22,6 @@ use kafka_protocol::messages::*;
 use tern_protocol::error_code;
 use tern_replication::metadata::{Command, MetadataError};
 
-use super::metadata::topic_id;
 use super::{str_bytes, Ctx};
 use crate::limits;
 use crate::outcome::Outcome;
@@ -64,6 +63,11 @@ impl NewTopic {
             internal: false,
         }
     }
+}
+
+/// A topic's id as Kafka's messages carry it.
+pub fn topic_id(meta: &tern_replication::metadata::TopicMeta) -> uuid::Uuid {
+    uuid::Uuid::from_bytes(meta.id)
 }
 
 /// Kafka's rules: 1..=249 chars of [a-zA-Z0-9._-], not "." or "..".

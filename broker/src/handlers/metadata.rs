@@ -10,13 +10,9 @@ use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, Topi
 use tern_protocol::error_code;
 use tern_replication::metadata::{TopicMeta, NO_LEADER};
 
-use super::admin::{create_topics_via_controller, validate_topic_name, NewTopic};
+use super::admin::{create_topics_via_controller, topic_id, validate_topic_name, NewTopic};
 use super::{str_bytes, Ctx};
 use crate::outcome::Outcome;
-
-pub fn topic_id(meta: &TopicMeta) -> uuid::Uuid {
-    uuid::Uuid::from_bytes(meta.id)
-}
 
 pub async fn handle(ctx: &Ctx<'_>, request: MetadataRequest) -> Outcome {
     let shard = ctx.shard;

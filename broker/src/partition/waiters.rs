@@ -57,6 +57,8 @@ impl Waiters {
 pub struct ParkBudget {
     cap: usize,
     used: Cell<usize>,
+    /// Registrations ever made (a metric).
+    parks_total: Cell<u64>,
 }
 
 impl ParkBudget {
@@ -64,11 +66,16 @@ impl ParkBudget {
         Rc::new(ParkBudget {
             cap,
             used: Cell::new(0),
+            parks_total: Cell::new(0),
         })
     }
 
     pub fn used(&self) -> usize {
         self.used.get()
+    }
+
+    pub fn parks_total(&self) -> u64 {
+        self.parks_total.get()
     }
 }
 
@@ -123,6 +130,7 @@ pub fn park(
         return None;
     }
     budget.used.set(budget.used.get() + 1);
+    budget.parks_total.set(budget.parks_total.get() + 1);
     let (sender, receiver) = oneshot::channel();
     let mut list = waiters.borrow_mut();
     let id = list.next_id;
