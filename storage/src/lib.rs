@@ -5,6 +5,19 @@
 //! local timer task (interval flush) and never blocks the executor on the append or read path.
 //! Index lookups and batch validation are pure code (`index`, `tern_protocol::batch`); the I/O
 //! lives in `segment` and `log`.
+//!
+//! Code map:
+//! - `log/mod.rs`: the `Log` type, its state and offset invariants, accessors, `close`,
+//!   `remove`.
+//! - `log/recovery.rs`: `open` — segment scan, torn-tail truncation, index rebuild, the
+//!   `log-start-offset` checkpoint.
+//! - `log/commit.rs`: `append`, the writer and sync roles, group commit, roll.
+//! - `log/read.rs`: reads, the tail cache, timestamp lookups, `recent_batch_headers`.
+//! - `log/retention.rs`: `enforce_retention`, `delete_records`.
+//! - `segment`, `index`, `index_cache`: one segment's files, the sparse indexes (pure), the
+//!   shard-wide budget for sealed indexes.
+//! - `config`, `limits`, `error`, `lock`, `notify`: configuration, every bound, one error enum
+//!   per operation, the data-dir lock, the wake-up primitives.
 
 pub mod config;
 pub mod error;
