@@ -126,7 +126,9 @@ impl OpenError {
 /// Why `Log::delete_records` failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DeleteError {
-    /// `before` is negative or above the high watermark. Maps to OFFSET_OUT_OF_RANGE (1).
+    /// `before` is negative or above the log's acknowledged end
+    /// (`Log::acknowledged_end_offset`; the field keeps its historical name). Maps to
+    /// OFFSET_OUT_OF_RANGE (1).
     #[error("delete_records offset {requested} out of range [0, {high_watermark}]")]
     OffsetOutOfRange {
         requested: Offset,

@@ -227,6 +227,11 @@ fn concurrent_appenders_share_fdatasyncs_and_get_contiguous_offsets() {
             "group commit shares syncs: {stats:?}"
         );
         assert_eq!(log.high_watermark(), Offset(480));
+        assert_eq!(
+            log.durable_end_offset(),
+            Offset(480),
+            "EveryAppend acks only durable data"
+        );
     });
 }
 
@@ -625,9 +630,16 @@ fn interval_flush_acknowledges_without_fdatasync_and_syncs_later() {
                 .unwrap();
         }
         assert_eq!(log.high_watermark(), Offset(10));
+        assert_eq!(log.acknowledged_end_offset(), Offset(10));
+        assert_eq!(
+            log.durable_end_offset(),
+            Offset(0),
+            "acknowledged, not durable"
+        );
         assert_eq!(log.stats().fdatasyncs, 0);
         glommio::timer::sleep(std::time::Duration::from_millis(1200)).await;
         assert!(log.stats().fdatasyncs >= 1, "the interval flusher synced");
+        assert_eq!(log.durable_end_offset(), Offset(10));
         log.close().await.unwrap();
     });
 }

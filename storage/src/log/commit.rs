@@ -72,14 +72,14 @@ pub(super) struct WriterGuard<'a> {
 
 impl Drop for WriterGuard<'_> {
     fn drop(&mut self) {
-        let hw = {
+        let ack_end = {
             let mut st = self.inner.state.borrow_mut();
             st.writer_busy = false;
-            st.hw
+            st.ack_end
         };
         self.inner.notify.notify_all();
         // Hand the role to the appender next in line, if any waits.
-        self.inner.ack_waiters.wake_satisfied(hw.0, true);
+        self.inner.ack_waiters.wake_satisfied(ack_end.0, true);
     }
 }
 
@@ -90,12 +90,12 @@ struct SyncGuard<'a> {
 
 impl Drop for SyncGuard<'_> {
     fn drop(&mut self) {
-        let hw = {
+        let ack_end = {
             let mut st = self.inner.state.borrow_mut();
             st.syncs_in_flight -= 1;
-            st.hw
+            st.ack_end
         };
-        self.inner.ack_waiters.wake_satisfied(hw.0, true);
+        self.inner.ack_waiters.wake_satisfied(ack_end.0, true);
     }
 }
 
@@ -111,12 +111,12 @@ impl Drop for AckWaitGuard<'_> {
     fn drop(&mut self) {
         let was_registered = self.inner.ack_waiters.remove(self.key);
         if !self.done && !was_registered {
-            let (can_progress, hw) = {
+            let (can_progress, ack_end) = {
                 let st = self.inner.state.borrow();
-                (st.next_step().is_some(), st.hw)
+                (st.next_step().is_some(), st.ack_end)
             };
             if can_progress {
-                self.inner.ack_waiters.wake_satisfied(hw.0, true);
+                self.inner.ack_waiters.wake_satisfied(ack_end.0, true);
             }
         }
     }
@@ -235,7 +235,7 @@ impl Inner {
         loop {
             let step = {
                 let mut st = self.state.borrow_mut();
-                if st.hw >= target {
+                if st.ack_end >= target {
                     return Ok(());
                 }
                 if let Some(message) = &st.failed {
@@ -271,7 +271,7 @@ impl Inner {
             };
             std::future::poll_fn(|cx| {
                 let st = self.state.borrow();
-                if st.hw >= target || st.failed.is_some() || st.next_step().is_some() {
+                if st.ack_end >= target || st.failed.is_some() || st.next_step().is_some() {
                     return std::task::Poll::Ready(());
                 }
                 self.ack_waiters.register(guard.key, cx.waker());
@@ -352,15 +352,15 @@ impl Inner {
             }
             self.write_to_active(count).await?;
         }
-        let hw = {
+        let ack_end = {
             let mut st = self.state.borrow_mut();
             if matches!(st.config.flush, FlushPolicy::Interval { .. }) {
-                st.hw = st.hw.max(st.written_end);
+                st.ack_end = st.ack_end.max(st.written_end);
             }
             st.check_offsets();
-            st.hw
+            st.ack_end
         };
-        self.ack_waiters.wake_satisfied(hw.0, false);
+        self.ack_waiters.wake_satisfied(ack_end.0, false);
         let interval_due = {
             let st = self.state.borrow();
             matches!(st.config.flush, FlushPolicy::Interval { .. }) && st.sync_due()
@@ -397,12 +397,12 @@ impl Inner {
         st.last_sync = Instant::now();
         st.stats.fdatasyncs += 1;
         if st.config.flush == FlushPolicy::EveryAppend {
-            st.hw = st.hw.max(st.durable_end);
+            st.ack_end = st.ack_end.max(st.durable_end);
         }
         st.check_offsets();
-        let hw = st.hw;
+        let ack_end = st.ack_end;
         drop(st);
-        self.ack_waiters.wake_satisfied(hw.0, false);
+        self.ack_waiters.wake_satisfied(ack_end.0, false);
         Ok(())
     }
 

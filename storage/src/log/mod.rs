@@ -110,8 +110,11 @@ struct State {
     written_end: Offset,
     /// Every batch below this is covered by an fdatasync.
     durable_end: Offset,
-    /// Acknowledged-able prefix; monotonic.
-    hw: Offset,
+    /// The acknowledgeable prefix: appends below it are answered. EveryAppend: the durable end
+    /// as of the last completed sync (it may briefly trail `durable_end` after a roll, which
+    /// syncs without waking appenders); Interval: the written end. Moves backwards only by
+    /// `truncate_to`. Not a replicated high watermark: that belongs to the broker.
+    ack_end: Offset,
     pending: VecDeque<PendingBatch>,
     cache: VecDeque<CachedBatch>,
     cache_bytes: usize,
@@ -136,13 +139,13 @@ impl State {
     /// or a lost acknowledgement. A handful of comparisons: cheap enough for release builds.
     ///
     /// ```text
-    /// segments[0].base <= log_start <= max(durable_end, hw)
-    /// durable_end <= written_end <= leo        hw <= written_end
+    /// segments[0].base <= log_start <= max(durable_end, ack_end)
+    /// durable_end <= written_end <= leo   ack_end <= written_end
     /// sync_issued_end <= written_end           active segment's next offset == written_end
     /// ```
     ///
-    /// `log_start <= durable_end` alone does not hold: with an Interval flush policy `hw` runs
-    /// ahead of `durable_end`, and DeleteRecords may advance the log start up to `hw`.
+    /// `log_start <= durable_end` alone does not hold: with an Interval flush policy `ack_end` runs
+    /// ahead of `durable_end`, and DeleteRecords may advance the log start up to `ack_end`.
     fn check_offsets(&self) {
         let st = self;
         assert!(
@@ -153,9 +156,9 @@ impl State {
             st.leo
         );
         assert!(
-            st.hw <= st.written_end,
-            "hw {} above written end {}",
-            st.hw,
+            st.ack_end <= st.written_end,
+            "ack end {} above written end {}",
+            st.ack_end,
             st.written_end
         );
         assert!(
@@ -165,11 +168,11 @@ impl State {
             st.written_end
         );
         assert!(
-            st.log_start <= st.durable_end.max(st.hw),
-            "log start {} above durable end {} and hw {}",
+            st.log_start <= st.durable_end.max(st.ack_end),
+            "log start {} above durable end {} and ack end {}",
             st.log_start,
             st.durable_end,
-            st.hw
+            st.ack_end
         );
         let first = st.segments.first().map(Segment::base);
         assert!(
@@ -296,9 +299,26 @@ impl Log {
         self.inner.state.borrow().leo
     }
 
-    /// The end of the acknowledged-able prefix: durable (EveryAppend) or written (Interval).
+    /// Every batch below this offset is covered by a completed fdatasync: it survives a crash
+    /// or power loss, whatever the flush policy.
+    pub fn durable_end_offset(&self) -> Offset {
+        self.inner.state.borrow().durable_end
+    }
+
+    /// The end of what this log acknowledges to appenders under its flush policy: with
+    /// `FlushPolicy::EveryAppend` an fdatasync covers it (it is at most `durable_end_offset`,
+    /// which a roll may advance before the next sync tells appenders), with
+    /// `FlushPolicy::Interval` it is the written end, which a crash may lose. Followers and
+    /// consumers must not be served beyond it.
+    pub fn acknowledged_end_offset(&self) -> Offset {
+        self.inner.state.borrow().ack_end
+    }
+
+    /// Deprecated: the replicated high watermark belongs to the broker's partition layer. Kept
+    /// as an alias of [`Log::acknowledged_end_offset`] (the value this always returned) until
+    /// the broker's callers switch; do not use in new code.
     pub fn high_watermark(&self) -> Offset {
-        self.inner.state.borrow().hw
+        self.acknowledged_end_offset()
     }
 
     /// Failure injection for tests: the next `writes` segment writes fail as if the disk were

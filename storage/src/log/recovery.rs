@@ -241,7 +241,7 @@ impl Log {
             leo,
             written_end: leo,
             durable_end: leo,
-            hw: leo,
+            ack_end: leo,
             pending: VecDeque::new(),
             cache: VecDeque::new(),
             cache_bytes: 0,

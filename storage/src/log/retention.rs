@@ -27,10 +27,10 @@ impl Log {
             if let Some(message) = &st.failed {
                 return Err(failed_error(message).into());
             }
-            if before.0 < 0 || before > st.hw {
+            if before.0 < 0 || before > st.ack_end {
                 return Err(DeleteError::OffsetOutOfRange {
                     requested: before,
-                    high_watermark: st.hw,
+                    high_watermark: st.ack_end,
                 });
             }
             if before <= st.log_start {
