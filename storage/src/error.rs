@@ -148,6 +148,43 @@ impl DeleteError {
     }
 }
 
+/// Why `Log::truncate_to` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TruncateError {
+    /// The batch containing `requested` starts below the log start offset: truncating there
+    /// would end the log before it begins. Nothing was changed. Maps to OFFSET_OUT_OF_RANGE (1).
+    #[error(
+        "truncate_to {requested} (batch at {batch_base}) below the log start offset {log_start}"
+    )]
+    BelowLogStart {
+        requested: Offset,
+        /// Where the log would end: the base offset of the batch containing `requested`.
+        batch_base: Offset,
+        log_start: Offset,
+    },
+    /// The batch headers leading to `requested` do not parse. Nothing was changed. Maps to
+    /// KAFKA_STORAGE_ERROR (56).
+    #[error("corrupt data in segment {segment} at byte {position}: {error}")]
+    Corrupt {
+        segment: Offset,
+        position: FilePosition,
+        error: BatchError,
+    },
+    /// A file operation failed part way. The log refuses further use; reopening completes the
+    /// truncation from its durable intent record. Maps to KAFKA_STORAGE_ERROR (56).
+    #[error(transparent)]
+    Storage(#[from] StorageIoError),
+}
+
+impl TruncateError {
+    pub fn kafka_error_code(&self) -> i16 {
+        match self {
+            TruncateError::BelowLogStart { .. } => codes::OFFSET_OUT_OF_RANGE,
+            TruncateError::Corrupt { .. } | TruncateError::Storage(_) => codes::KAFKA_STORAGE_ERROR,
+        }
+    }
+}
+
 /// Why `DataDirLock::acquire` failed.
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {

@@ -30,12 +30,14 @@ mod notify;
 mod segment;
 
 pub use config::{FlushPolicy, LogConfig, TimestampType};
-pub use error::{codes, AppendError, DeleteError, LockError, OpenError, ReadError, StorageIoError};
+pub use error::{
+    codes, AppendError, DeleteError, LockError, OpenError, ReadError, StorageIoError, TruncateError,
+};
 pub use index_cache::{IndexCache, IndexCacheStats};
 pub use lock::{DataDirLock, LOCK_FILE_NAME};
 pub use log::{
     AppendInfo, Log, LogStats, ReadMode, ReadSlice, CLEAN_SHUTDOWN_FILE_NAME,
-    LOG_START_OFFSET_FILE_NAME,
+    LOG_START_OFFSET_FILE_NAME, TRUNCATE_TO_FILE_NAME,
 };
 pub use segment::prime_direct_io;
 pub use segment_names::*;

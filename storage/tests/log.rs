@@ -798,3 +798,203 @@ fn the_active_segment_rolls_before_its_index_outgrows_segment_index_bytes() {
         }
     });
 }
+
+/// A log of 20 batches of two records (~1.1 KB each) in 4 KiB segments of three batches:
+/// offsets 0..40, segment bases 0, 6, 12, 18, 24, 30, 36. Timestamps grow with the offset.
+fn truncation_config() -> LogConfig {
+    LogConfig {
+        segment_bytes: 4096,
+        ..small_config()
+    }
+}
+
+async fn truncation_fixture(path: &Path) -> (Log, Vec<Expected>) {
+    let log = Log::open(path.to_path_buf(), truncation_config())
+        .await
+        .unwrap();
+    let mut expected = Vec::new();
+    for i in 0..20 {
+        expected.extend(append_all(&log, &[(2, 500)], 1_000 + i).await);
+    }
+    assert_eq!(
+        log.segment_bases(),
+        [0, 6, 12, 18, 24, 30, 36].map(Offset).to_vec()
+    );
+    (log, expected)
+}
+
+/// The log after reopening holds exactly the batches below `end`, reads back byte exact, keeps
+/// its indexes consistent, and appends continue at `end`.
+async fn check_truncated(path: &Path, expected: &[Expected], end: Offset) {
+    let log = Log::open(path.to_path_buf(), truncation_config())
+        .await
+        .unwrap();
+    assert!(!path.join(tern_storage::TRUNCATE_TO_FILE_NAME).exists());
+    let kept: Vec<Expected> = expected.iter().filter(|e| e.next <= end).cloned().collect();
+    assert_eq!(kept.last().map_or(Offset(0), |e| e.next), end);
+    check_reads(&log, &kept).await;
+    assert_eq!(
+        log.max_timestamp().map(|(o, _)| o),
+        kept.last().map(|e| e.base)
+    );
+    let more = append_all(&log, &[(1, 10)], 5_000).await;
+    assert_eq!(more[0].base, end);
+    log.close().await.unwrap();
+    check_index_invariants(path);
+}
+
+/// Runs `truncate_to(target)` stopped after every possible step in turn, reopening each time:
+/// the log ends at the old end only when the crash came before the intent was recorded, and
+/// exactly at `new_end` otherwise.
+fn truncation_survives_a_crash_at_every_step(target: Offset, new_end: Offset) {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    run_async(move || async move {
+        for steps in 0..30u32 {
+            let path = root.join(format!("crash-after-{steps}"));
+            let (log, expected) = truncation_fixture(&path).await;
+            log.inject_truncate_crash(steps);
+            let result = log.truncate_to(target).await;
+            let finished = result.is_ok();
+            if let Ok(end) = result {
+                assert_eq!(end, new_end);
+            }
+            drop(log);
+            let end = if steps == 0 { Offset(40) } else { new_end };
+            check_truncated(&path, &expected, end).await;
+            if finished {
+                assert!(steps >= 5, "every step ran: {steps}");
+                return;
+            }
+        }
+        panic!("truncate_to never finished");
+    });
+}
+
+#[test]
+fn truncate_to_inside_the_active_segment_survives_a_crash_at_every_step() {
+    // Offset 39 lies in the batch [38, 40): the log is cut at 38.
+    truncation_survives_a_crash_at_every_step(Offset(39), Offset(38));
+}
+
+#[test]
+fn truncate_to_across_segment_boundaries_survives_a_crash_at_every_step() {
+    // Offset 15 lies in the batch [14, 16) of segment 12; segments 18..36 go.
+    truncation_survives_a_crash_at_every_step(Offset(15), Offset(14));
+}
+
+#[test]
+fn truncate_to_exactly_a_segment_base_survives_a_crash_at_every_step() {
+    truncation_survives_a_crash_at_every_step(Offset(18), Offset(18));
+}
+
+#[test]
+fn truncate_to_keeps_serving_reads_appends_and_lookups_without_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p0");
+    run_async(move || async move {
+        let (log, expected) = truncation_fixture(&path).await;
+        assert_eq!(
+            log.truncate_to(Offset(40)).await.unwrap(),
+            Offset(40),
+            "at the end: no-op"
+        );
+        assert_eq!(
+            log.truncate_to(Offset(99)).await.unwrap(),
+            Offset(40),
+            "above: no-op"
+        );
+        assert_eq!(log.truncate_to(Offset(21)).await.unwrap(), Offset(20));
+        assert_eq!(log.segment_bases(), [0, 6, 12, 18].map(Offset).to_vec());
+        assert_eq!(
+            (
+                log.log_end_offset(),
+                log.durable_end_offset(),
+                log.acknowledged_end_offset()
+            ),
+            (Offset(20), Offset(20), Offset(20))
+        );
+        check_reads(&log, &expected[..10]).await;
+        // Batch i holds records stamped 1000 + i and 1001 + i; batch 9 ([18, 20)) is the last.
+        assert_eq!(
+            log.offset_for_timestamp(TimestampMs(1_010)).await.unwrap(),
+            Some((Offset(19), TimestampMs(1_010)))
+        );
+        assert_eq!(
+            log.offset_for_timestamp(TimestampMs(1_011)).await.unwrap(),
+            None
+        );
+        assert_eq!(log.max_timestamp(), Some((Offset(18), TimestampMs(1_010))));
+        // Appends continue at the new end, and the segment rolls as usual.
+        let mut kept = expected[..10].to_vec();
+        for i in 0..6 {
+            kept.extend(append_all(&log, &[(2, 500)], 2_000 + i).await);
+        }
+        assert_eq!(kept[10].base, Offset(20));
+        check_reads(&log, &kept).await;
+        log.close().await.unwrap();
+        check_index_invariants(&path);
+        let log = Log::open(path.clone(), truncation_config()).await.unwrap();
+        check_reads(&log, &kept).await;
+    });
+}
+
+#[test]
+fn truncate_to_below_the_log_start_is_refused_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p0");
+    run_async(move || async move {
+        let (log, expected) = truncation_fixture(&path).await;
+        assert_eq!(log.delete_records(Offset(9)).await.unwrap(), Offset(9));
+        for (target, batch_base) in [(Offset(8), Offset(8)), (Offset(9), Offset(8))] {
+            match log.truncate_to(target).await {
+                Err(err @ tern_storage::TruncateError::BelowLogStart { .. }) => {
+                    assert_eq!(err.kafka_error_code(), 1);
+                    assert!(
+                        matches!(err, tern_storage::TruncateError::BelowLogStart { batch_base: b, .. } if b == batch_base),
+                        "{err}"
+                    );
+                }
+                other => panic!("expected BelowLogStart for {target}, got {other:?}"),
+            }
+        }
+        assert_eq!(log.log_end_offset(), Offset(40));
+        // At the log start, on a batch boundary: everything goes, the log is empty at 10.
+        assert_eq!(log.truncate_to(Offset(10)).await.unwrap(), Offset(10));
+        let more = append_all(&log, &[(1, 10)], 9).await;
+        assert_eq!(more[0].base, Offset(10));
+        let slice = log.read(Offset(10), 1, Offset(11)).await.unwrap();
+        assert_eq!(concat(&slice), &more[0].bytes[..]);
+        assert_eq!(expected.len(), 20);
+    });
+}
+
+#[test]
+fn truncate_to_waits_for_appends_in_flight_and_appends_after_it_start_at_the_new_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p0");
+    run_async(move || async move {
+        let log = std::rc::Rc::new(Log::open(path, LogConfig::default()).await.unwrap());
+        let mut tasks = Vec::new();
+        for _ in 0..4 {
+            let log = log.clone();
+            tasks.push(glommio::spawn_local(async move {
+                log.append(batch(2, 100, 5), LeaderEpoch(1), TimestampMs(5))
+                    .await
+                    .unwrap()
+            }));
+        }
+        // The appends above are queued, not yet written: truncate_to writes them first.
+        let end = log.truncate_to(Offset(3)).await.unwrap();
+        assert_eq!(end, Offset(2));
+        for t in tasks {
+            t.await;
+        }
+        let info = log
+            .append(batch(1, 100, 5), LeaderEpoch(1), TimestampMs(5))
+            .await
+            .unwrap();
+        assert_eq!(info.base_offset, Offset(2));
+        assert_eq!(log.log_end_offset(), Offset(3));
+    });
+}

@@ -158,6 +158,9 @@ impl Log {
             return Err(AppendError::Empty);
         }
         let log_append = timestamp_type == TimestampType::LogAppendTime;
+        // No await between this and the offset assignment below: a truncation cannot start in
+        // between and move the end these offsets are assigned from.
+        self.inner.wait_not_truncating().await;
         let (base, next, log_start) = {
             let mut st = self.inner.state.borrow_mut();
             if let Some(message) = &st.failed {
@@ -375,7 +378,7 @@ impl Inner {
     /// concurrently with the next write round (only with the sync role, or the writer role at
     /// close), so a write overlaps the previous group's fdatasync.
     async fn sync_written(&self) -> Result<(), StorageIoError> {
-        let (file, written_end) = {
+        let (file, written_end, truncations) = {
             let mut st = self.state.borrow_mut();
             if st.written_end <= st.durable_end {
                 return Ok(());
@@ -386,12 +389,21 @@ impl Inner {
             st.sync_issued_end = st.sync_issued_end.max(st.written_end);
             // Data below `written_end` lies in this file or in older segments, which a roll
             // synced before the active segment changed.
-            (active(&st.segments).file.clone(), st.written_end)
+            (
+                active(&st.segments).file.clone(),
+                st.written_end,
+                st.truncations,
+            )
         };
         file.fdatasync()
             .await
             .map_err(io_ctx(format!("fdatasync in {}", self.dir.display())))?;
         let mut st = self.state.borrow_mut();
+        if st.truncations != truncations {
+            // `truncate_to` ran meanwhile: it synced what it kept, and offsets above its cut may
+            // hold new batches this fdatasync did not cover.
+            return Ok(());
+        }
         st.durable_end = st.durable_end.max(written_end);
         st.unsynced_messages = 0;
         st.last_sync = Instant::now();

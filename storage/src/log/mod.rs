@@ -53,8 +53,10 @@ mod commit;
 mod read;
 mod recovery;
 mod retention;
+mod truncate;
 
 pub use read::{ReadMode, ReadSlice};
+pub use truncate::TRUNCATE_TO_FILE_NAME;
 
 pub const CLEAN_SHUTDOWN_FILE_NAME: &str = ".clean-shutdown";
 pub const LOG_START_OFFSET_FILE_NAME: &str = "log-start-offset";
@@ -130,6 +132,15 @@ struct State {
     stats: LogStats,
     /// Failure injection: the next this-many segment writes fail with ENOSPC (tests only).
     inject_write_failures: u32,
+    /// Set while `truncate_to` runs: appends wait, since their offsets would be assigned from
+    /// an end that is about to move.
+    truncating: bool,
+    /// Counts truncations, so an fdatasync issued before one does not, on completion, mark as
+    /// durable offsets that were rewritten after it.
+    truncations: u64,
+    /// Failure injection: `truncate_to` stops as if the process died after this many of its
+    /// steps (tests only).
+    truncate_crash_after_steps: Option<u32>,
 }
 
 impl State {

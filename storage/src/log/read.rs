@@ -408,7 +408,7 @@ impl Inner {
     /// Reads the indexes of the sealed segment at `base` from its index files (rebuilt by a
     /// scan when those are missing or damaged) and caches them. None when the segment was
     /// deleted meanwhile.
-    async fn sealed_indexes(
+    pub(super) async fn sealed_indexes(
         &self,
         base: Offset,
         file: &glommio::io::DmaFile,

@@ -22,7 +22,7 @@ use std::time::Instant;
 use tern_protocol::types::{FilePosition, Offset};
 
 use crate::config::LogConfig;
-use crate::error::{OpenError, StorageIoError};
+use crate::error::{OpenError, StorageIoError, TruncateError};
 use crate::index::SegmentIndexer;
 use crate::index_cache::{IndexCache, SegmentIndexes};
 use crate::limits;
@@ -44,7 +44,7 @@ pub(super) fn encode_checkpoint(offset: Offset) -> Vec<u8> {
     out
 }
 
-fn decode_checkpoint(bytes: &[u8]) -> Option<Offset> {
+pub(super) fn decode_checkpoint(bytes: &[u8]) -> Option<Offset> {
     if bytes.len() != limits::CHECKPOINT_BYTES {
         return None;
     }
@@ -254,6 +254,9 @@ impl Log {
             last_sync: Instant::now(),
             stats: LogStats::default(),
             inject_write_failures: 0,
+            truncating: false,
+            truncations: 0,
+            truncate_crash_after_steps: None,
         };
         state.check_offsets();
         let inner = Rc::new(Inner {
@@ -264,6 +267,13 @@ impl Log {
             index_cache,
             log_id,
         });
+        inner.complete_truncation().await.map_err(|e| match e {
+            TruncateError::Storage(e) => e,
+            other => StorageIoError::new(
+                "completing an interrupted truncation",
+                std::io::Error::new(std::io::ErrorKind::InvalidData, other.to_string()),
+            ),
+        })?;
         spawn_interval_flusher(Rc::downgrade(&inner));
         Ok(Log { inner })
     }
