@@ -31,7 +31,8 @@ mod segment;
 
 pub use config::{FlushPolicy, LogConfig, TimestampType};
 pub use error::{
-    codes, AppendError, DeleteError, LockError, OpenError, ReadError, StorageIoError, TruncateError,
+    codes, AppendError, AppendReplicatedError, DeleteError, LockError, OpenError, ReadError,
+    StorageIoError, TruncateError,
 };
 pub use index_cache::{IndexCache, IndexCacheStats};
 pub use lock::{DataDirLock, LOCK_FILE_NAME};

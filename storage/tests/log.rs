@@ -998,3 +998,169 @@ fn truncate_to_waits_for_appends_in_flight_and_appends_after_it_start_at_the_new
         assert_eq!(log.log_end_offset(), Offset(3));
     });
 }
+
+/// Batches as a leader would send them: offsets assigned from `base`, the given epoch stamped.
+/// Returns the concatenated bytes and each batch as it must read back.
+fn leader_batches(specs: &[(usize, usize)], base: Offset, epoch: i32) -> (Bytes, Vec<Expected>) {
+    let mut all = BytesMut::new();
+    let mut expected = Vec::new();
+    let mut next = base;
+    for &(records, value_bytes) in specs {
+        let mut b = batch(records, value_bytes, 3_000 + next.0);
+        tern_protocol::batch::set_base_offset(&mut b, next);
+        tern_protocol::batch::set_partition_leader_epoch(&mut b, LeaderEpoch(epoch));
+        let header = validate_batch(&b).unwrap();
+        expected.push(Expected {
+            base: next,
+            next: header.next_offset(),
+            bytes: b.clone().freeze(),
+        });
+        next = header.next_offset();
+        all.extend_from_slice(&b);
+    }
+    (all.freeze(), expected)
+}
+
+#[test]
+fn append_replicated_refuses_gaps_overlaps_and_bad_batches_writing_nothing() {
+    use tern_storage::AppendReplicatedError as E;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p0");
+    run_async(move || async move {
+        let log = Log::open(path, small_config()).await.unwrap();
+        let (good, expected) = leader_batches(&[(2, 100), (3, 50)], Offset(0), 7);
+        assert_eq!(
+            log.append_replicated(good, TimestampMs(1)).await.unwrap(),
+            Offset(4)
+        );
+        // The log now ends at 5.
+        let (gap, _) = leader_batches(&[(1, 10)], Offset(6), 7);
+        let (overlap, _) = leader_batches(&[(1, 10)], Offset(4), 7);
+        let (ok_then_skip, _) = {
+            let (a, _) = leader_batches(&[(1, 10)], Offset(5), 7);
+            let (b, _) = leader_batches(&[(1, 10)], Offset(7), 7);
+            ([a, b].concat(), ())
+        };
+        let (ok_then_repeat, _) = {
+            let (a, _) = leader_batches(&[(2, 10)], Offset(5), 7);
+            let (b, _) = leader_batches(&[(1, 10)], Offset(6), 7);
+            ([a, b].concat(), ())
+        };
+        let bad_crc = {
+            let (a, _) = leader_batches(&[(1, 10)], Offset(5), 7);
+            let mut a = a.to_vec();
+            let last = a.len() - 1;
+            a[last] ^= 1;
+            a
+        };
+        let too_short = leader_batches(&[(1, 10)], Offset(5), 7).0[..30].to_vec();
+        type Check = fn(&E) -> bool;
+        let cases: Vec<(&str, Vec<u8>, i16, Check)> = vec![
+            ("gap", gap.to_vec(), 1, |e| {
+                matches!(
+                    e,
+                    E::Gap {
+                        log_end: Offset(5),
+                        base_offset: Offset(6)
+                    }
+                )
+            }),
+            ("overlap", overlap.to_vec(), 1, |e| {
+                matches!(
+                    e,
+                    E::Overlap {
+                        log_end: Offset(5),
+                        base_offset: Offset(4)
+                    }
+                )
+            }),
+            ("skip within the call", ok_then_skip, 87, |e| {
+                matches!(
+                    e,
+                    E::NonContiguous {
+                        expected: Offset(6),
+                        found: Offset(7),
+                        ..
+                    }
+                )
+            }),
+            ("repeat within the call", ok_then_repeat, 87, |e| {
+                matches!(
+                    e,
+                    E::NonContiguous {
+                        expected: Offset(7),
+                        found: Offset(6),
+                        ..
+                    }
+                )
+            }),
+            ("bad crc", bad_crc, 2, |e| {
+                matches!(e, E::InvalidBatch { .. })
+            }),
+            ("truncated", too_short, 2, |e| {
+                matches!(e, E::InvalidBatch { .. })
+            }),
+            ("empty", Vec::new(), 87, |e| matches!(e, E::Empty)),
+        ];
+        for (name, input, code, check) in cases {
+            let err = log
+                .append_replicated(Bytes::from(input), TimestampMs(1))
+                .await
+                .expect_err(name);
+            assert!(check(&err), "{name}: {err:?}");
+            assert_eq!(err.kafka_error_code(), code, "{name}: {err}");
+            assert_eq!(log.log_end_offset(), Offset(5), "{name}");
+            assert_eq!(log.stats().batches_written, 2, "{name}");
+        }
+        // Stored exactly as sent: offsets and the leader's epoch untouched.
+        check_reads(&log, &expected).await;
+        let slice = log.read(Offset(2), 1, Offset(5)).await.unwrap();
+        let header = validate_batch(&slice.chunks[0]).unwrap();
+        assert_eq!(header.partition_leader_epoch(), LeaderEpoch(7));
+    });
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 10, .. ProptestConfig::default() })]
+    /// However the leader's batches are split into calls, the follower's log holds exactly the
+    /// leader's bytes, before and after a reopen, and a leader-side `append` continues it.
+    #[test]
+    fn replicated_batches_read_back_byte_exact_however_they_are_split(
+        specs in proptest::collection::vec((1usize..5, 0usize..2500), 1..30),
+        cuts in proptest::collection::vec(any::<bool>(), 30),
+        interval in any::<bool>(),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p0");
+        run_async(move || async move {
+            let config = LogConfig {
+                flush: if interval {
+                    FlushPolicy::Interval { messages: 3, ms: 50 }
+                } else {
+                    FlushPolicy::EveryAppend
+                },
+                ..small_config()
+            };
+            let log = Log::open(path.clone(), config.clone()).await.unwrap();
+            let (_, expected) = leader_batches(&specs, Offset(0), 4);
+            let mut call = BytesMut::new();
+            for (i, e) in expected.iter().enumerate() {
+                call.extend_from_slice(&e.bytes);
+                if cuts[i] || i + 1 == expected.len() {
+                    let last = log
+                        .append_replicated(call.split().freeze(), TimestampMs(1))
+                        .await
+                        .unwrap();
+                    assert_eq!(last, Offset(e.next.0 - 1));
+                    assert_eq!(log.acknowledged_end_offset(), e.next);
+                }
+            }
+            check_reads(&log, &expected).await;
+            drop(log);
+            let log = Log::open(path.clone(), config).await.unwrap();
+            check_reads(&log, &expected).await;
+            let more = append_all(&log, &[(1, 10)], 9).await;
+            assert_eq!(more[0].base, expected.last().unwrap().next);
+        });
+    }
+}

@@ -12,14 +12,15 @@
 use std::rc::{Rc, Weak};
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use tern_protocol::batch::{
     set_base_offset, set_log_append_time, set_partition_leader_epoch, BatchHeader, BatchIter,
+    BatchSpan,
 };
 use tern_protocol::types::{LeaderEpoch, Offset, TimestampMs};
 
 use crate::config::{FlushPolicy, TimestampType};
-use crate::error::{AppendError, StorageIoError};
+use crate::error::{AppendError, AppendReplicatedError, StorageIoError};
 use crate::index::SegmentIndexer;
 use crate::index_cache::SegmentIndexes;
 use crate::limits;
@@ -185,25 +186,8 @@ impl Log {
                     }
                 })?;
             }
-            let frozen = batches.freeze();
-            for span in &spans {
-                let bytes = frozen.slice(span.position..span.position + span.total_bytes);
-                let header = span.header;
-                st.cache_bytes += bytes.len();
-                st.cache.push_back(CachedBatch {
-                    base: header.base_offset(),
-                    next: header.next_offset(),
-                    bytes: bytes.clone(),
-                });
-                st.pending.push_back(PendingBatch {
-                    bytes,
-                    header,
-                    now_ms: now.0,
-                });
-            }
-            st.leo = next;
-            st.stats.appends += 1;
-            st.check_offsets();
+            st.enqueue(&batches.freeze(), &spans, now);
+            assert_eq!(st.leo, next);
             (base, next, st.log_start)
         };
         self.inner.wait_acked(next).await?;
@@ -213,6 +197,109 @@ impl Log {
             log_append_time: if log_append { now } else { TimestampMs::NONE },
             log_start_offset: log_start,
         })
+    }
+}
+
+impl State {
+    /// Queues validated batches, whose headers hold their final offsets starting at `leo`, for
+    /// the next write round, and puts them in the tail cache.
+    fn enqueue(&mut self, frozen: &Bytes, spans: &[BatchSpan], now: TimestampMs) {
+        for span in spans {
+            let bytes = frozen.slice(span.position..span.position + span.total_bytes);
+            let header = span.header;
+            assert_eq!(
+                header.base_offset(),
+                self.leo,
+                "batches enqueued in offset order"
+            );
+            self.cache_bytes += bytes.len();
+            self.cache.push_back(CachedBatch {
+                base: header.base_offset(),
+                next: header.next_offset(),
+                bytes: bytes.clone(),
+            });
+            self.pending.push_back(PendingBatch {
+                bytes,
+                header,
+                now_ms: now.0,
+            });
+            self.leo = header.next_offset();
+        }
+        self.stats.appends += 1;
+        self.check_offsets();
+    }
+}
+
+impl Log {
+    /// A follower's append: `records` holds one or more whole batches whose `baseOffset`s the
+    /// leader assigned and whose `partitionLeaderEpoch` (and timestamps) are kept exactly as
+    /// sent. Validates each batch as `append` does (header, counts, CRC32C; the size only
+    /// against `limits::BATCH_BYTES_MAX`, since the leader already applied its
+    /// `max.message.bytes`, as Kafka's followers do), requires the first batch to start at the
+    /// log end and each next one where the previous ended, and returns the last offset once the
+    /// batches are acknowledged under the flush policy, exactly as `append` would. Nothing is
+    /// written when any check fails.
+    pub async fn append_replicated(
+        &self,
+        records: Bytes,
+        now: TimestampMs,
+    ) -> Result<Offset, AppendReplicatedError> {
+        if let Some(message) = &self.inner.state.borrow().failed {
+            return Err(failed_error(message).into());
+        }
+        let mut spans: Vec<BatchSpan> = Vec::new();
+        let mut iter = BatchIter::new(&records);
+        while let Some(item) = iter.next() {
+            let span = item.map_err(|error| AppendReplicatedError::InvalidBatch {
+                position: iter.position(),
+                error,
+            })?;
+            if span.total_bytes > limits::BATCH_BYTES_MAX as usize {
+                return Err(AppendReplicatedError::BatchTooLarge {
+                    batch_bytes: span.total_bytes,
+                    max_bytes: limits::BATCH_BYTES_MAX,
+                });
+            }
+            if let Some(previous) = spans.last() {
+                let expected = previous.header.next_offset();
+                if span.header.base_offset() != expected {
+                    return Err(AppendReplicatedError::NonContiguous {
+                        position: span.position,
+                        expected,
+                        found: span.header.base_offset(),
+                    });
+                }
+            }
+            spans.push(span);
+        }
+        let (Some(first), Some(last)) = (spans.first(), spans.last()) else {
+            return Err(AppendReplicatedError::Empty);
+        };
+        let (base_offset, next) = (first.header.base_offset(), last.header.next_offset());
+        // As in `append`: nothing awaits between this and the check against the log end.
+        self.inner.wait_not_truncating().await;
+        {
+            let mut st = self.inner.state.borrow_mut();
+            if let Some(message) = &st.failed {
+                return Err(failed_error(message).into());
+            }
+            let log_end = st.leo;
+            if base_offset > log_end {
+                return Err(AppendReplicatedError::Gap {
+                    log_end,
+                    base_offset,
+                });
+            }
+            if base_offset < log_end {
+                return Err(AppendReplicatedError::Overlap {
+                    log_end,
+                    base_offset,
+                });
+            }
+            st.enqueue(&records, &spans, now);
+        }
+        self.inner.wait_acked(next).await?;
+        Ok(Offset(next.0 - 1))
     }
 }
 
