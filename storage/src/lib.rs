@@ -23,6 +23,7 @@ pub mod config;
 pub mod error;
 pub mod index;
 pub mod index_cache;
+pub mod leader_epoch;
 pub mod limits;
 mod lock;
 mod log;
@@ -35,6 +36,7 @@ pub use error::{
     StorageIoError, TruncateError,
 };
 pub use index_cache::{IndexCache, IndexCacheStats};
+pub use leader_epoch::{EpochEntry, LeaderEpochCache, LEADER_EPOCH_FILE_NAME};
 pub use lock::{DataDirLock, LOCK_FILE_NAME};
 pub use log::{
     AppendInfo, Log, LogStats, ReadMode, ReadSlice, CLEAN_SHUTDOWN_FILE_NAME,
