@@ -223,6 +223,12 @@ impl State {
                 header,
                 now_ms: now.0,
             });
+            if self
+                .epochs
+                .assign(header.partition_leader_epoch(), header.base_offset())
+            {
+                self.epochs_dirty = true;
+            }
             self.leo = header.next_offset();
         }
         self.stats.appends += 1;
@@ -386,6 +392,8 @@ impl Inner {
         // for the next round: otherwise a steady stream keeps the writer writing and the fdatasync
         // (and every ack) is postponed without bound.
         let round_end = self.state.borrow().leo;
+        // Every epoch of the batches this round writes is in the cache now: the file goes first.
+        self.persist_epochs_if_dirty().await?;
         loop {
             // Plan the next write: which pending batches go to the active segment in one DMA write.
             let (count, roll) = {

@@ -46,10 +46,12 @@ use tern_protocol::types::{Offset, TimestampMs};
 use crate::config::LogConfig;
 use crate::error::StorageIoError;
 use crate::index_cache::{IndexCache, SegmentIndexes};
+use crate::leader_epoch::LeaderEpochCache;
 use crate::notify::{AckWaiters, Notify};
 use crate::segment::{self, log_file_name, Segment};
 
 mod commit;
+mod epochs;
 mod read;
 mod recovery;
 mod retention;
@@ -141,6 +143,11 @@ struct State {
     /// Failure injection: `truncate_to` stops as if the process died after this many of its
     /// steps (tests only).
     truncate_crash_after_steps: Option<u32>,
+    /// Which leader epoch started where, up to `leo` (pending batches included).
+    epochs: LeaderEpochCache,
+    /// `epochs` changed since it was last persisted: the next write round persists it before
+    /// writing any batch, so the file never lags the data.
+    epochs_dirty: bool,
 }
 
 impl State {
@@ -213,6 +220,15 @@ impl State {
         }
         if let Some(last) = st.cache.back() {
             assert_eq!(last.next, st.leo, "the tail cache ends at leo");
+        }
+        if let Some(latest) = st.epochs.latest() {
+            assert!(
+                latest.start_offset <= st.leo,
+                "epoch {} starts at {}, above leo {}",
+                latest.epoch,
+                latest.start_offset,
+                st.leo
+            );
         }
     }
 }
@@ -382,6 +398,7 @@ impl Log {
             inner.run_round(true).await?;
         }
         inner.run_round(true).await?;
+        inner.persist_epochs_if_dirty().await?;
         let (file, size_bytes, indexer) = {
             let mut st = inner.state.borrow_mut();
             st.closed = true;

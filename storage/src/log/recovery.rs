@@ -25,6 +25,7 @@ use crate::config::LogConfig;
 use crate::error::{OpenError, StorageIoError, TruncateError};
 use crate::index::SegmentIndexer;
 use crate::index_cache::{IndexCache, SegmentIndexes};
+use crate::leader_epoch::LeaderEpochCache;
 use crate::limits;
 use crate::notify::{AckWaiters, Notify};
 use crate::segment::{
@@ -257,6 +258,8 @@ impl Log {
             truncating: false,
             truncations: 0,
             truncate_crash_after_steps: None,
+            epochs: LeaderEpochCache::default(),
+            epochs_dirty: false,
         };
         state.check_offsets();
         let inner = Rc::new(Inner {
@@ -267,6 +270,7 @@ impl Log {
             index_cache,
             log_id,
         });
+        inner.recover_epochs().await?;
         inner.complete_truncation().await.map_err(|e| match e {
             TruncateError::Storage(e) => e,
             other => StorageIoError::new(

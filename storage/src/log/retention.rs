@@ -47,6 +47,7 @@ impl Log {
         {
             let mut st = self.inner.state.borrow_mut();
             st.log_start = before;
+            st.epochs_dirty |= st.epochs.truncate_from_start(before);
             st.check_offsets();
         }
         self.inner.delete_old_segments(None).await?;
@@ -113,6 +114,8 @@ impl Inner {
             let victims: Vec<Segment> = st.segments.drain(..n).collect();
             let first_base = st.segments[0].base();
             st.log_start = st.log_start.max(first_base);
+            let log_start = st.log_start;
+            st.epochs_dirty |= st.epochs.truncate_from_start(log_start);
             st.check_offsets();
             victims
         };

@@ -19,8 +19,10 @@
 //! 3. cut the segment holding the new end and fdatasync it;
 //! 4. remove that segment's stale index files (it is the active segment now: its indexes live
 //!    in memory until roll or close persists them);
-//! 5. sync the directory;
-//! 6. remove the intent and sync the directory.
+//! 5. rewrite `leader-epoch-checkpoint` without the epochs that started at or above the cut
+//!    (recovery trims those anyway, so a crash before this step is harmless);
+//! 6. sync the directory;
+//! 7. remove the intent and sync the directory.
 //!
 //! A crash before step 1 completes leaves the old end (everything was synced first); after it,
 //! `open` recovers whatever prefix of the steps ran, then finds the intent and truncates again
@@ -383,6 +385,7 @@ impl Inner {
             st.sync_issued_end = end;
             st.unsynced_messages = 0;
             st.truncations += 1;
+            st.epochs_dirty |= st.epochs.truncate_from_end(end);
             while st.cache.back().is_some_and(|c| c.base >= end) {
                 let dropped = st.cache.pop_back().expect("checked non-empty");
                 st.cache_bytes -= dropped.bytes.len();
@@ -420,6 +423,8 @@ impl Inner {
             remove_if_exists(&self.dir.join(offset_index_file_name(base))).await?;
             remove_if_exists(&self.dir.join(time_index_file_name(base))).await?;
         }
+        step(&mut steps)?;
+        self.persist_epochs_if_dirty().await?;
         step(&mut steps)?;
         sync_dir(&self.dir).await?;
         step(&mut steps)?;
