@@ -1241,7 +1241,8 @@ fn a_missing_or_damaged_epoch_file_is_rebuilt_from_batch_headers() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_path_buf();
     run_async(move || async move {
-        let damages: [(&str, fn(&Path)); 4] = [
+        type Damage = fn(&Path);
+        let damages: [(&str, Damage); 4] = [
             ("missing", |f| std::fs::remove_file(f).unwrap()),
             ("flipped byte", |f| {
                 let mut bytes = std::fs::read(f).unwrap();

@@ -88,11 +88,12 @@ impl Inner {
         // whose batches did not survive.
         dirty |= cache.truncate_from_end(leo);
         dirty |= cache.truncate_from_start(log_start);
-        let mut st = self.state.borrow_mut();
-        st.epochs = cache;
-        st.epochs_dirty = dirty;
-        st.check_offsets();
-        drop(st);
+        {
+            let mut st = self.state.borrow_mut();
+            st.epochs = cache;
+            st.epochs_dirty = dirty;
+            st.check_offsets();
+        }
         self.persist_epochs_if_dirty().await
     }
 
