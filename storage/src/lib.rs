@@ -11,9 +11,13 @@
 //!   `remove`.
 //! - `log/recovery.rs`: `open` — segment scan, torn-tail truncation, index rebuild, the
 //!   `log-start-offset` checkpoint.
-//! - `log/commit.rs`: `append`, the writer and sync roles, group commit, roll.
+//! - `log/commit.rs`: `append`, `append_replicated`, the writer and sync roles, group commit,
+//!   roll.
 //! - `log/read.rs`: reads, the tail cache, timestamp lookups, `recent_batch_headers`.
 //! - `log/retention.rs`: `enforce_retention`, `delete_records`.
+//! - `log/truncate.rs`: `truncate_to`, crash-safe through the `truncate-to` intent file.
+//! - `log/epochs.rs`: persisting, recovering and querying the log's leader-epoch cache.
+//! - `leader_epoch`: the leader-epoch cache and its `leader-epoch-checkpoint` format (pure).
 //! - `segment`, `index`, `index_cache`: one segment's files, the sparse indexes (pure), the
 //!   shard-wide budget for sealed indexes.
 //! - `config`, `limits`, `error`, `lock`, `notify`: configuration, every bound, one error enum

@@ -9,6 +9,9 @@
 //! - `read`: `read` / `read_with`, the tail cache, timestamp lookups, `recent_batch_headers`,
 //!   sealed-segment index lookups through the shard's [`IndexCache`].
 //! - `retention`: `enforce_retention`, `delete_records`, deleting whole old segments.
+//! - `truncate`: `truncate_to` (a follower dropping its uncommitted tail), crash-safe through a
+//!   durable intent that `open` completes.
+//! - `epochs`: the leader-epoch cache's persistence, recovery and OffsetForLeaderEpoch lookups.
 //!
 //! Concurrency contract: a `Log` is `!Send` and owned by one shard. All methods take `&self`
 //! and may be called from many tasks of that shard's executor at once. State lives in one
@@ -30,8 +33,10 @@
 //! [`IndexCache`], looked up through `Inner::index_floor`.
 //!
 //! Directory layout: `<base:020>.log`, `.index`, `.timeindex` per segment (see `segment` and
-//! `index`), `log-start-offset` (checkpoint, drawn in `recovery`), `.clean-shutdown` (empty
-//! marker written last by `close`, removed by `open`).
+//! `index`), `log-start-offset` (checkpoint, drawn in `recovery`), `leader-epoch-checkpoint`
+//! (drawn in `crate::leader_epoch`), `truncate-to` (present only while a truncation runs or
+//! after a crash interrupted one; drawn in `truncate`), `.clean-shutdown` (empty marker written
+//! last by `close`, removed by `open`).
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
