@@ -984,7 +984,13 @@ fn truncate_to_waits_for_appends_in_flight_and_appends_after_it_start_at_the_new
                     .unwrap()
             }));
         }
-        // The appends above are queued, not yet written: truncate_to writes them first.
+        // Let the appenders run up to their wait: their batches are queued (one of them may hold
+        // the writer role for a round already; truncate_to then waits for it).
+        while log.log_end_offset() < Offset(8) {
+            futures_lite::future::yield_now().await;
+        }
+        // truncate_to writes and syncs whatever is still queued (the appends succeed), then
+        // cuts.
         let end = log.truncate_to(Offset(3)).await.unwrap();
         assert_eq!(end, Offset(2));
         for t in tasks {
