@@ -71,6 +71,64 @@ impl AppendError {
     }
 }
 
+/// Why `Log::append_replicated` refused or failed. Nothing was written for any variant but
+/// `Storage`. These reach a follower's fetcher, not a client; the codes are for its logs and
+/// metrics.
+#[derive(Debug, thiserror::Error)]
+pub enum AppendReplicatedError {
+    /// A batch failed header or CRC validation: CORRUPT_MESSAGE (2) or INVALID_RECORD (87),
+    /// as [`BatchError::kafka_error_code`] says.
+    #[error("invalid batch at byte {position}: {error}")]
+    InvalidBatch { position: usize, error: BatchError },
+    /// No batch at all. Maps to INVALID_RECORD (87).
+    #[error("empty record set")]
+    Empty,
+    /// A batch is larger than the engine's hard limit. Maps to MESSAGE_TOO_LARGE (10).
+    #[error("batch of {batch_bytes} bytes exceeds the limit of {max_bytes}")]
+    BatchTooLarge { batch_bytes: usize, max_bytes: u32 },
+    /// The first batch starts above the log end: offsets in between would be missing. Maps to
+    /// OFFSET_OUT_OF_RANGE (1).
+    #[error("replicated batch at {base_offset} leaves a gap after the log end {log_end}")]
+    Gap {
+        log_end: Offset,
+        base_offset: Offset,
+    },
+    /// The first batch starts below the log end: the follower must truncate first. Maps to
+    /// OFFSET_OUT_OF_RANGE (1).
+    #[error("replicated batch at {base_offset} overlaps the log, which ends at {log_end}")]
+    Overlap {
+        log_end: Offset,
+        base_offset: Offset,
+    },
+    /// A batch within the call does not start where the previous one ended. Maps to
+    /// INVALID_RECORD (87).
+    #[error("batch at byte {position} starts at offset {found}, expected {expected}")]
+    NonContiguous {
+        position: usize,
+        expected: Offset,
+        found: Offset,
+    },
+    /// The write or the fdatasync failed. Maps to KAFKA_STORAGE_ERROR (56).
+    #[error(transparent)]
+    Storage(#[from] StorageIoError),
+}
+
+impl AppendReplicatedError {
+    pub fn kafka_error_code(&self) -> i16 {
+        match self {
+            AppendReplicatedError::InvalidBatch { error, .. } => error.kafka_error_code(),
+            AppendReplicatedError::Empty | AppendReplicatedError::NonContiguous { .. } => {
+                codes::INVALID_RECORD
+            }
+            AppendReplicatedError::BatchTooLarge { .. } => codes::MESSAGE_TOO_LARGE,
+            AppendReplicatedError::Gap { .. } | AppendReplicatedError::Overlap { .. } => {
+                codes::OFFSET_OUT_OF_RANGE
+            }
+            AppendReplicatedError::Storage(e) => e.kafka_error_code(),
+        }
+    }
+}
+
 /// Why `Log::read` or `Log::offset_for_timestamp` failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
@@ -126,7 +184,9 @@ impl OpenError {
 /// Why `Log::delete_records` failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DeleteError {
-    /// `before` is negative or above the high watermark. Maps to OFFSET_OUT_OF_RANGE (1).
+    /// `before` is negative or above the log's acknowledged end
+    /// (`Log::acknowledged_end_offset`; the field keeps its historical name). Maps to
+    /// OFFSET_OUT_OF_RANGE (1).
     #[error("delete_records offset {requested} out of range [0, {high_watermark}]")]
     OffsetOutOfRange {
         requested: Offset,
@@ -142,6 +202,43 @@ impl DeleteError {
         match self {
             DeleteError::OffsetOutOfRange { .. } => codes::OFFSET_OUT_OF_RANGE,
             DeleteError::Storage(e) => e.kafka_error_code(),
+        }
+    }
+}
+
+/// Why `Log::truncate_to` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TruncateError {
+    /// The batch containing `requested` starts below the log start offset: truncating there
+    /// would end the log before it begins. Nothing was changed. Maps to OFFSET_OUT_OF_RANGE (1).
+    #[error(
+        "truncate_to {requested} (batch at {batch_base}) below the log start offset {log_start}"
+    )]
+    BelowLogStart {
+        requested: Offset,
+        /// Where the log would end: the base offset of the batch containing `requested`.
+        batch_base: Offset,
+        log_start: Offset,
+    },
+    /// The batch headers leading to `requested` do not parse. Nothing was changed. Maps to
+    /// KAFKA_STORAGE_ERROR (56).
+    #[error("corrupt data in segment {segment} at byte {position}: {error}")]
+    Corrupt {
+        segment: Offset,
+        position: FilePosition,
+        error: BatchError,
+    },
+    /// A file operation failed part way. The log refuses further use; reopening completes the
+    /// truncation from its durable intent record. Maps to KAFKA_STORAGE_ERROR (56).
+    #[error(transparent)]
+    Storage(#[from] StorageIoError),
+}
+
+impl TruncateError {
+    pub fn kafka_error_code(&self) -> i16 {
+        match self {
+            TruncateError::BelowLogStart { .. } => codes::OFFSET_OUT_OF_RANGE,
+            TruncateError::Corrupt { .. } | TruncateError::Storage(_) => codes::KAFKA_STORAGE_ERROR,
         }
     }
 }

@@ -5,11 +5,29 @@
 //! local timer task (interval flush) and never blocks the executor on the append or read path.
 //! Index lookups and batch validation are pure code (`index`, `tern_protocol::batch`); the I/O
 //! lives in `segment` and `log`.
+//!
+//! Code map:
+//! - `log/mod.rs`: the `Log` type, its state and offset invariants, accessors, `close`,
+//!   `remove`.
+//! - `log/recovery.rs`: `open` — segment scan, torn-tail truncation, index rebuild, the
+//!   `log-start-offset` checkpoint.
+//! - `log/commit.rs`: `append`, `append_replicated`, the writer and sync roles, group commit,
+//!   roll.
+//! - `log/read.rs`: reads, the tail cache, timestamp lookups, `recent_batch_headers`.
+//! - `log/retention.rs`: `enforce_retention`, `delete_records`.
+//! - `log/truncate.rs`: `truncate_to`, crash-safe through the `truncate-to` intent file.
+//! - `log/epochs.rs`: persisting, recovering and querying the log's leader-epoch cache.
+//! - `leader_epoch`: the leader-epoch cache and its `leader-epoch-checkpoint` format (pure).
+//! - `segment`, `index`, `index_cache`: one segment's files, the sparse indexes (pure), the
+//!   shard-wide budget for sealed indexes.
+//! - `config`, `limits`, `error`, `lock`, `notify`: configuration, every bound, one error enum
+//!   per operation, the data-dir lock, the wake-up primitives.
 
 pub mod config;
 pub mod error;
 pub mod index;
 pub mod index_cache;
+pub mod leader_epoch;
 pub mod limits;
 mod lock;
 mod log;
@@ -17,12 +35,16 @@ mod notify;
 mod segment;
 
 pub use config::{FlushPolicy, LogConfig, TimestampType};
-pub use error::{codes, AppendError, DeleteError, LockError, OpenError, ReadError, StorageIoError};
+pub use error::{
+    codes, AppendError, AppendReplicatedError, DeleteError, LockError, OpenError, ReadError,
+    StorageIoError, TruncateError,
+};
 pub use index_cache::{IndexCache, IndexCacheStats};
+pub use leader_epoch::{EpochEntry, LeaderEpochCache, LEADER_EPOCH_FILE_NAME};
 pub use lock::{DataDirLock, LOCK_FILE_NAME};
 pub use log::{
     AppendInfo, Log, LogStats, ReadMode, ReadSlice, CLEAN_SHUTDOWN_FILE_NAME,
-    LOG_START_OFFSET_FILE_NAME,
+    LOG_START_OFFSET_FILE_NAME, TRUNCATE_TO_FILE_NAME,
 };
 pub use segment::prime_direct_io;
 pub use segment_names::*;

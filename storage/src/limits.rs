@@ -54,6 +54,19 @@ pub const TIME_INDEX_ENTRY_BYTES: usize = 12;
 /// Size of the `log-start-offset` checkpoint file: offset i64 + CRC32C u32.
 pub const CHECKPOINT_BYTES: usize = 12;
 
+/// Entries a log's leader-epoch cache keeps; beyond it the oldest epoch is forgotten. One entry
+/// per leader change that wrote data: far more than a partition sees in its lifetime.
+pub const LEADER_EPOCH_ENTRIES_MAX: usize = 4096;
+/// `leader-epoch-checkpoint` layout: version u16 + count u32, entries of epoch i32 + start
+/// offset i64, then a CRC32C u32.
+pub const LEADER_EPOCH_FILE_HEADER_BYTES: usize = 6;
+pub const LEADER_EPOCH_ENTRY_BYTES: usize = 12;
+pub const LEADER_EPOCH_FILE_CRC_BYTES: usize = 4;
+/// Largest valid `leader-epoch-checkpoint`.
+pub const LEADER_EPOCH_FILE_BYTES_MAX: usize = LEADER_EPOCH_FILE_HEADER_BYTES
+    + LEADER_EPOCH_ENTRIES_MAX * LEADER_EPOCH_ENTRY_BYTES
+    + LEADER_EPOCH_FILE_CRC_BYTES;
+
 const _: () = assert!(DMA_ALIGNMENT_BYTES.is_power_of_two());
 const _: () = assert!(DMA_ALIGNMENT_BYTES >= 512);
 // `%` rather than is_multiple_of: the workspace's rust-version (1.85) predates it.
@@ -68,6 +81,9 @@ const _: () = assert!(SCAN_CHUNK_BYTES >= BATCH_HEADER_BYTES);
 const _: () = assert!(HEADER_WALK_WINDOW_BYTES >= BATCH_HEADER_BYTES);
 const _: () = assert!(INDEX_INTERVAL_BYTES_MIN as usize >= BATCH_HEADER_BYTES);
 const _: () = assert!(SEGMENT_INDEX_BYTES_MIN as usize >= OFFSET_INDEX_ENTRY_BYTES);
+// The entry count is stored as u32, and the whole file is written with one small DMA buffer.
+const _: () = assert!(LEADER_EPOCH_ENTRIES_MAX <= u32::MAX as usize);
+const _: () = assert!(LEADER_EPOCH_FILE_BYTES_MAX <= WRITE_COALESCE_BYTES_MAX);
 
 /// fdatasync calls one log may have in flight at once. The code is correct for more than one
 /// (any completed sync covers everything written before it was issued), but on ext4 here two

@@ -227,6 +227,11 @@ fn concurrent_appenders_share_fdatasyncs_and_get_contiguous_offsets() {
             "group commit shares syncs: {stats:?}"
         );
         assert_eq!(log.high_watermark(), Offset(480));
+        assert_eq!(
+            log.durable_end_offset(),
+            Offset(480),
+            "EveryAppend acks only durable data"
+        );
     });
 }
 
@@ -625,9 +630,16 @@ fn interval_flush_acknowledges_without_fdatasync_and_syncs_later() {
                 .unwrap();
         }
         assert_eq!(log.high_watermark(), Offset(10));
+        assert_eq!(log.acknowledged_end_offset(), Offset(10));
+        assert_eq!(
+            log.durable_end_offset(),
+            Offset(0),
+            "acknowledged, not durable"
+        );
         assert_eq!(log.stats().fdatasyncs, 0);
         glommio::timer::sleep(std::time::Duration::from_millis(1200)).await;
         assert!(log.stats().fdatasyncs >= 1, "the interval flusher synced");
+        assert_eq!(log.durable_end_offset(), Offset(10));
         log.close().await.unwrap();
     });
 }
@@ -784,5 +796,540 @@ fn the_active_segment_rolls_before_its_index_outgrows_segment_index_bytes() {
                 assert!(offsets.len() <= 120 && times.len() <= 120);
             }
         }
+    });
+}
+
+/// A log of 20 batches of two records (~1.1 KB each) in 4 KiB segments of three batches:
+/// offsets 0..40, segment bases 0, 6, 12, 18, 24, 30, 36. Timestamps grow with the offset.
+fn truncation_config() -> LogConfig {
+    LogConfig {
+        segment_bytes: 4096,
+        ..small_config()
+    }
+}
+
+async fn truncation_fixture(path: &Path) -> (Log, Vec<Expected>) {
+    let log = Log::open(path.to_path_buf(), truncation_config())
+        .await
+        .unwrap();
+    let mut expected = Vec::new();
+    for i in 0..20 {
+        expected.extend(append_all(&log, &[(2, 500)], 1_000 + i).await);
+    }
+    assert_eq!(
+        log.segment_bases(),
+        [0, 6, 12, 18, 24, 30, 36].map(Offset).to_vec()
+    );
+    (log, expected)
+}
+
+/// The log after reopening holds exactly the batches below `end`, reads back byte exact, keeps
+/// its indexes consistent, and appends continue at `end`.
+async fn check_truncated(path: &Path, expected: &[Expected], end: Offset) {
+    let log = Log::open(path.to_path_buf(), truncation_config())
+        .await
+        .unwrap();
+    assert!(!path.join(tern_storage::TRUNCATE_TO_FILE_NAME).exists());
+    let kept: Vec<Expected> = expected.iter().filter(|e| e.next <= end).cloned().collect();
+    assert_eq!(kept.last().map_or(Offset(0), |e| e.next), end);
+    check_reads(&log, &kept).await;
+    assert_eq!(
+        log.max_timestamp().map(|(o, _)| o),
+        kept.last().map(|e| e.base)
+    );
+    let more = append_all(&log, &[(1, 10)], 5_000).await;
+    assert_eq!(more[0].base, end);
+    log.close().await.unwrap();
+    check_index_invariants(path);
+}
+
+/// Runs `truncate_to(target)` stopped after every possible step in turn, reopening each time:
+/// the log ends at the old end only when the crash came before the intent was recorded, and
+/// exactly at `new_end` otherwise.
+fn truncation_survives_a_crash_at_every_step(target: Offset, new_end: Offset) {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    run_async(move || async move {
+        for steps in 0..30u32 {
+            let path = root.join(format!("crash-after-{steps}"));
+            let (log, expected) = truncation_fixture(&path).await;
+            log.inject_truncate_crash(steps);
+            let result = log.truncate_to(target).await;
+            let finished = result.is_ok();
+            if let Ok(end) = result {
+                assert_eq!(end, new_end);
+            }
+            drop(log);
+            let end = if steps == 0 { Offset(40) } else { new_end };
+            check_truncated(&path, &expected, end).await;
+            if finished {
+                assert!(steps >= 6, "every step ran: {steps}");
+                return;
+            }
+        }
+        panic!("truncate_to never finished");
+    });
+}
+
+#[test]
+fn truncate_to_inside_the_active_segment_survives_a_crash_at_every_step() {
+    // Offset 39 lies in the batch [38, 40): the log is cut at 38.
+    truncation_survives_a_crash_at_every_step(Offset(39), Offset(38));
+}
+
+#[test]
+fn truncate_to_across_segment_boundaries_survives_a_crash_at_every_step() {
+    // Offset 15 lies in the batch [14, 16) of segment 12; segments 18..36 go.
+    truncation_survives_a_crash_at_every_step(Offset(15), Offset(14));
+}
+
+#[test]
+fn truncate_to_exactly_a_segment_base_survives_a_crash_at_every_step() {
+    truncation_survives_a_crash_at_every_step(Offset(18), Offset(18));
+}
+
+#[test]
+fn truncate_to_keeps_serving_reads_appends_and_lookups_without_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p0");
+    run_async(move || async move {
+        let (log, expected) = truncation_fixture(&path).await;
+        assert_eq!(
+            log.truncate_to(Offset(40)).await.unwrap(),
+            Offset(40),
+            "at the end: no-op"
+        );
+        assert_eq!(
+            log.truncate_to(Offset(99)).await.unwrap(),
+            Offset(40),
+            "above: no-op"
+        );
+        assert_eq!(log.truncate_to(Offset(21)).await.unwrap(), Offset(20));
+        assert_eq!(log.segment_bases(), [0, 6, 12, 18].map(Offset).to_vec());
+        assert_eq!(
+            (
+                log.log_end_offset(),
+                log.durable_end_offset(),
+                log.acknowledged_end_offset()
+            ),
+            (Offset(20), Offset(20), Offset(20))
+        );
+        check_reads(&log, &expected[..10]).await;
+        // Batch i holds records stamped 1000 + i and 1001 + i; batch 9 ([18, 20)) is the last.
+        assert_eq!(
+            log.offset_for_timestamp(TimestampMs(1_010)).await.unwrap(),
+            Some((Offset(19), TimestampMs(1_010)))
+        );
+        assert_eq!(
+            log.offset_for_timestamp(TimestampMs(1_011)).await.unwrap(),
+            None
+        );
+        assert_eq!(log.max_timestamp(), Some((Offset(18), TimestampMs(1_010))));
+        // Appends continue at the new end, and the segment rolls as usual.
+        let mut kept = expected[..10].to_vec();
+        for i in 0..6 {
+            kept.extend(append_all(&log, &[(2, 500)], 2_000 + i).await);
+        }
+        assert_eq!(kept[10].base, Offset(20));
+        check_reads(&log, &kept).await;
+        log.close().await.unwrap();
+        check_index_invariants(&path);
+        let log = Log::open(path.clone(), truncation_config()).await.unwrap();
+        check_reads(&log, &kept).await;
+    });
+}
+
+#[test]
+fn truncate_to_below_the_log_start_is_refused_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p0");
+    run_async(move || async move {
+        let (log, expected) = truncation_fixture(&path).await;
+        assert_eq!(log.delete_records(Offset(9)).await.unwrap(), Offset(9));
+        for (target, batch_base) in [(Offset(8), Offset(8)), (Offset(9), Offset(8))] {
+            match log.truncate_to(target).await {
+                Err(err @ tern_storage::TruncateError::BelowLogStart { .. }) => {
+                    assert_eq!(err.kafka_error_code(), 1);
+                    assert!(
+                        matches!(err, tern_storage::TruncateError::BelowLogStart { batch_base: b, .. } if b == batch_base),
+                        "{err}"
+                    );
+                }
+                other => panic!("expected BelowLogStart for {target}, got {other:?}"),
+            }
+        }
+        assert_eq!(log.log_end_offset(), Offset(40));
+        // At the log start, on a batch boundary: everything goes, the log is empty at 10.
+        assert_eq!(log.truncate_to(Offset(10)).await.unwrap(), Offset(10));
+        let more = append_all(&log, &[(1, 10)], 9).await;
+        assert_eq!(more[0].base, Offset(10));
+        let slice = log.read(Offset(10), 1, Offset(11)).await.unwrap();
+        assert_eq!(concat(&slice), &more[0].bytes[..]);
+        assert_eq!(expected.len(), 20);
+    });
+}
+
+#[test]
+fn truncate_to_waits_for_appends_in_flight_and_appends_after_it_start_at_the_new_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p0");
+    run_async(move || async move {
+        let log = std::rc::Rc::new(Log::open(path, LogConfig::default()).await.unwrap());
+        let mut tasks = Vec::new();
+        for _ in 0..4 {
+            let log = log.clone();
+            tasks.push(glommio::spawn_local(async move {
+                log.append(batch(2, 100, 5), LeaderEpoch(1), TimestampMs(5))
+                    .await
+                    .unwrap()
+            }));
+        }
+        // Let the appenders run up to their wait: their batches are queued (one of them may hold
+        // the writer role for a round already; truncate_to then waits for it).
+        while log.log_end_offset() < Offset(8) {
+            futures_lite::future::yield_now().await;
+        }
+        // truncate_to writes and syncs whatever is still queued (the appends succeed), then
+        // cuts.
+        let end = log.truncate_to(Offset(3)).await.unwrap();
+        assert_eq!(end, Offset(2));
+        for t in tasks {
+            t.await;
+        }
+        let info = log
+            .append(batch(1, 100, 5), LeaderEpoch(1), TimestampMs(5))
+            .await
+            .unwrap();
+        assert_eq!(info.base_offset, Offset(2));
+        assert_eq!(log.log_end_offset(), Offset(3));
+    });
+}
+
+/// Batches as a leader would send them: offsets assigned from `base`, the given epoch stamped.
+/// Returns the concatenated bytes and each batch as it must read back.
+fn leader_batches(specs: &[(usize, usize)], base: Offset, epoch: i32) -> (Bytes, Vec<Expected>) {
+    let mut all = BytesMut::new();
+    let mut expected = Vec::new();
+    let mut next = base;
+    for &(records, value_bytes) in specs {
+        let mut b = batch(records, value_bytes, 3_000 + next.0);
+        tern_protocol::batch::set_base_offset(&mut b, next);
+        tern_protocol::batch::set_partition_leader_epoch(&mut b, LeaderEpoch(epoch));
+        let header = validate_batch(&b).unwrap();
+        expected.push(Expected {
+            base: next,
+            next: header.next_offset(),
+            bytes: b.clone().freeze(),
+        });
+        next = header.next_offset();
+        all.extend_from_slice(&b);
+    }
+    (all.freeze(), expected)
+}
+
+#[test]
+fn append_replicated_refuses_gaps_overlaps_and_bad_batches_writing_nothing() {
+    use tern_storage::AppendReplicatedError as E;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p0");
+    run_async(move || async move {
+        let log = Log::open(path, small_config()).await.unwrap();
+        let (good, expected) = leader_batches(&[(2, 100), (3, 50)], Offset(0), 7);
+        assert_eq!(
+            log.append_replicated(good, TimestampMs(1)).await.unwrap(),
+            Offset(4)
+        );
+        // The log now ends at 5.
+        let (gap, _) = leader_batches(&[(1, 10)], Offset(6), 7);
+        let (overlap, _) = leader_batches(&[(1, 10)], Offset(4), 7);
+        let (ok_then_skip, _) = {
+            let (a, _) = leader_batches(&[(1, 10)], Offset(5), 7);
+            let (b, _) = leader_batches(&[(1, 10)], Offset(7), 7);
+            ([a, b].concat(), ())
+        };
+        let (ok_then_repeat, _) = {
+            let (a, _) = leader_batches(&[(2, 10)], Offset(5), 7);
+            let (b, _) = leader_batches(&[(1, 10)], Offset(6), 7);
+            ([a, b].concat(), ())
+        };
+        let bad_crc = {
+            let (a, _) = leader_batches(&[(1, 10)], Offset(5), 7);
+            let mut a = a.to_vec();
+            let last = a.len() - 1;
+            a[last] ^= 1;
+            a
+        };
+        let too_short = leader_batches(&[(1, 10)], Offset(5), 7).0[..30].to_vec();
+        type Check = fn(&E) -> bool;
+        let cases: Vec<(&str, Vec<u8>, i16, Check)> = vec![
+            ("gap", gap.to_vec(), 1, |e| {
+                matches!(
+                    e,
+                    E::Gap {
+                        log_end: Offset(5),
+                        base_offset: Offset(6)
+                    }
+                )
+            }),
+            ("overlap", overlap.to_vec(), 1, |e| {
+                matches!(
+                    e,
+                    E::Overlap {
+                        log_end: Offset(5),
+                        base_offset: Offset(4)
+                    }
+                )
+            }),
+            ("skip within the call", ok_then_skip, 87, |e| {
+                matches!(
+                    e,
+                    E::NonContiguous {
+                        expected: Offset(6),
+                        found: Offset(7),
+                        ..
+                    }
+                )
+            }),
+            ("repeat within the call", ok_then_repeat, 87, |e| {
+                matches!(
+                    e,
+                    E::NonContiguous {
+                        expected: Offset(7),
+                        found: Offset(6),
+                        ..
+                    }
+                )
+            }),
+            ("bad crc", bad_crc, 2, |e| {
+                matches!(e, E::InvalidBatch { .. })
+            }),
+            ("truncated", too_short, 2, |e| {
+                matches!(e, E::InvalidBatch { .. })
+            }),
+            ("empty", Vec::new(), 87, |e| matches!(e, E::Empty)),
+        ];
+        for (name, input, code, check) in cases {
+            let err = log
+                .append_replicated(Bytes::from(input), TimestampMs(1))
+                .await
+                .expect_err(name);
+            assert!(check(&err), "{name}: {err:?}");
+            assert_eq!(err.kafka_error_code(), code, "{name}: {err}");
+            assert_eq!(log.log_end_offset(), Offset(5), "{name}");
+            assert_eq!(log.stats().batches_written, 2, "{name}");
+        }
+        // Stored exactly as sent: offsets and the leader's epoch untouched.
+        check_reads(&log, &expected).await;
+        let slice = log.read(Offset(2), 1, Offset(5)).await.unwrap();
+        let header = validate_batch(&slice.chunks[0]).unwrap();
+        assert_eq!(header.partition_leader_epoch(), LeaderEpoch(7));
+    });
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 10, .. ProptestConfig::default() })]
+    /// However the leader's batches are split into calls, the follower's log holds exactly the
+    /// leader's bytes, before and after a reopen, and a leader-side `append` continues it.
+    #[test]
+    fn replicated_batches_read_back_byte_exact_however_they_are_split(
+        specs in proptest::collection::vec((1usize..5, 0usize..2500), 1..30),
+        cuts in proptest::collection::vec(any::<bool>(), 30),
+        interval in any::<bool>(),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p0");
+        run_async(move || async move {
+            let config = LogConfig {
+                flush: if interval {
+                    FlushPolicy::Interval { messages: 3, ms: 50 }
+                } else {
+                    FlushPolicy::EveryAppend
+                },
+                ..small_config()
+            };
+            let log = Log::open(path.clone(), config.clone()).await.unwrap();
+            let (_, expected) = leader_batches(&specs, Offset(0), 4);
+            let mut call = BytesMut::new();
+            for (i, e) in expected.iter().enumerate() {
+                call.extend_from_slice(&e.bytes);
+                if cuts[i] || i + 1 == expected.len() {
+                    let last = log
+                        .append_replicated(call.split().freeze(), TimestampMs(1))
+                        .await
+                        .unwrap();
+                    assert_eq!(last, Offset(e.next.0 - 1));
+                    assert_eq!(log.acknowledged_end_offset(), e.next);
+                }
+            }
+            check_reads(&log, &expected).await;
+            drop(log);
+            let log = Log::open(path.clone(), config).await.unwrap();
+            check_reads(&log, &expected).await;
+            let more = append_all(&log, &[(1, 10)], 9).await;
+            assert_eq!(more[0].base, expected.last().unwrap().next);
+        });
+    }
+}
+
+fn epoch_pairs(log: &Log) -> Vec<(i32, i64)> {
+    log.epoch_entries()
+        .iter()
+        .map(|e| (e.epoch.0, e.start_offset.0))
+        .collect()
+}
+
+/// A log whose batches carry epochs 1, 1, 3, 3, 5 (leader appends of two records each) and 7
+/// (a replicated batch of two records): epoch 1 starts at 0, 3 at 4, 5 at 8, 7 at 10; the log
+/// ends at 12, in several 4 KiB segments.
+async fn epoch_fixture(path: &Path) -> Log {
+    let log = Log::open(path.to_path_buf(), truncation_config())
+        .await
+        .unwrap();
+    for epoch in [1, 1, 3, 3, 5] {
+        log.append(batch(2, 1000, 1), LeaderEpoch(epoch), TimestampMs(1))
+            .await
+            .unwrap();
+    }
+    let (replicated, _) = leader_batches(&[(2, 1000)], Offset(10), 7);
+    log.append_replicated(replicated, TimestampMs(1))
+        .await
+        .unwrap();
+    // A stale leader's batch does not enter the cache.
+    log.append(batch(2, 10, 1), LeaderEpoch(6), TimestampMs(1))
+        .await
+        .unwrap();
+    assert!(log.segment_bases().len() > 2, "{:?}", log.segment_bases());
+    log
+}
+
+const FIXTURE_EPOCHS: [(i32, i64); 4] = [(1, 0), (3, 4), (5, 8), (7, 10)];
+
+#[test]
+fn leader_epochs_are_kept_across_clean_and_killed_reopens() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p0");
+    run_async(move || async move {
+        let log = epoch_fixture(&path).await;
+        assert_eq!(epoch_pairs(&log), FIXTURE_EPOCHS);
+        assert_eq!(log.latest_epoch(), Some(LeaderEpoch(7)));
+        let cases = [
+            (0, Some((0, 0))),
+            (1, Some((1, 4))),
+            (2, Some((1, 4))),
+            (3, Some((3, 8))),
+            (6, Some((5, 10))),
+            (7, Some((7, 14))),
+            (8, None),
+        ];
+        let check = |log: &Log| {
+            for (requested, want) in cases {
+                let got = log
+                    .end_offset_for_epoch(LeaderEpoch(requested))
+                    .map(|(e, o)| (e.0, o.0));
+                assert_eq!(got, want, "epoch {requested}");
+            }
+        };
+        check(&log);
+        assert!(path.join(tern_storage::LEADER_EPOCH_FILE_NAME).exists());
+        log.close().await.unwrap();
+        let log = Log::open(path.clone(), truncation_config()).await.unwrap();
+        assert_eq!(epoch_pairs(&log), FIXTURE_EPOCHS, "after a clean close");
+        check(&log);
+        drop(log);
+        let log = Log::open(path.clone(), truncation_config()).await.unwrap();
+        assert_eq!(epoch_pairs(&log), FIXTURE_EPOCHS, "after a kill");
+        check(&log);
+    });
+}
+
+#[test]
+fn a_missing_or_damaged_epoch_file_is_rebuilt_from_batch_headers() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    run_async(move || async move {
+        type Damage = fn(&Path);
+        let damages: [(&str, Damage); 4] = [
+            ("missing", |f| std::fs::remove_file(f).unwrap()),
+            ("flipped byte", |f| {
+                let mut bytes = std::fs::read(f).unwrap();
+                bytes[9] ^= 0x10;
+                std::fs::write(f, bytes).unwrap();
+            }),
+            ("cut short", |f| {
+                let bytes = std::fs::read(f).unwrap();
+                std::fs::write(f, &bytes[..bytes.len() - 3]).unwrap();
+            }),
+            ("empty", |f| std::fs::write(f, []).unwrap()),
+        ];
+        for (name, damage) in damages {
+            let path = root.join(name.replace(' ', "-"));
+            let log = epoch_fixture(&path).await;
+            drop(log);
+            let file = path.join(tern_storage::LEADER_EPOCH_FILE_NAME);
+            damage(&file);
+            let log = Log::open(path.clone(), truncation_config()).await.unwrap();
+            assert_eq!(epoch_pairs(&log), FIXTURE_EPOCHS, "{name}");
+            let rewritten = tern_storage::LeaderEpochCache::decode(&std::fs::read(&file).unwrap());
+            assert_eq!(
+                rewritten.map(|c| c.entries().to_vec()),
+                Ok(log.epoch_entries()),
+                "{name}: the rebuilt cache is persisted"
+            );
+        }
+    });
+}
+
+#[test]
+fn epochs_whose_batches_did_not_survive_a_crash_are_trimmed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p0");
+    run_async(move || async move {
+        let log = Log::open(path.clone(), small_config()).await.unwrap();
+        let first = append_all(&log, &[(2, 100), (2, 100)], 1).await;
+        log.append(batch(1, 100, 1), LeaderEpoch(9), TimestampMs(1))
+            .await
+            .unwrap();
+        assert_eq!(epoch_pairs(&log), vec![(3, 0), (9, 4)]);
+        drop(log);
+        // The epoch-9 batch is torn away; the file still names epoch 9.
+        let segment = path.join(log_file_name(Offset(0)));
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(segment)
+            .unwrap();
+        f.set_len((first[0].bytes.len() + first[1].bytes.len() + 10) as u64)
+            .unwrap();
+        let log = Log::open(path.clone(), small_config()).await.unwrap();
+        assert_eq!(log.log_end_offset(), Offset(4));
+        assert_eq!(epoch_pairs(&log), vec![(3, 0)]);
+        assert_eq!(
+            log.end_offset_for_epoch(LeaderEpoch(3)),
+            Some((LeaderEpoch(3), Offset(4)))
+        );
+    });
+}
+
+#[test]
+fn truncate_to_and_delete_records_trim_the_epoch_cache_and_its_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p0");
+    run_async(move || async move {
+        let log = epoch_fixture(&path).await;
+        assert_eq!(log.truncate_to(Offset(9)).await.unwrap(), Offset(8));
+        assert_eq!(epoch_pairs(&log), vec![(1, 0), (3, 4)]);
+        assert_eq!(
+            log.end_offset_for_epoch(LeaderEpoch(3)),
+            Some((LeaderEpoch(3), Offset(8)))
+        );
+        // A new leader epoch continues the log.
+        log.append(batch(1, 10, 1), LeaderEpoch(8), TimestampMs(1))
+            .await
+            .unwrap();
+        assert_eq!(epoch_pairs(&log), vec![(1, 0), (3, 4), (8, 8)]);
+        assert_eq!(log.delete_records(Offset(5)).await.unwrap(), Offset(5));
+        assert_eq!(epoch_pairs(&log), vec![(3, 5), (8, 8)]);
+        drop(log);
+        let log = Log::open(path.clone(), truncation_config()).await.unwrap();
+        assert_eq!(epoch_pairs(&log), vec![(3, 5), (8, 8)]);
     });
 }

@@ -1,0 +1,482 @@
+//! The partition log: the `Log` type, its state and the invariants between its offsets, the
+//! small read-only accessors, and the `close` / `remove` API surface. The work is split by
+//! concern into the submodules:
+//!
+//! - `recovery`: `open` — the directory scan, torn-tail truncation, index rebuild, the
+//!   `log-start-offset` checkpoint.
+//! - `commit`: `append`, the writer and sync roles, group commit, writing to the active
+//!   segment, roll, and the interval flusher.
+//! - `read`: `read` / `read_with`, the tail cache, timestamp lookups, `recent_batch_headers`,
+//!   sealed-segment index lookups through the shard's [`IndexCache`].
+//! - `retention`: `enforce_retention`, `delete_records`, deleting whole old segments.
+//! - `truncate`: `truncate_to` (a follower dropping its uncommitted tail), crash-safe through a
+//!   durable intent that `open` completes.
+//! - `epochs`: the leader-epoch cache's persistence, recovery and OffsetForLeaderEpoch lookups.
+//!
+//! Concurrency contract: a `Log` is `!Send` and owned by one shard. All methods take `&self`
+//! and may be called from many tasks of that shard's executor at once. State lives in one
+//! `RefCell` that is never borrowed across an `.await`. All writes to segment files, rolls,
+//! checkpoint writes and segment deletions are done by whichever task holds the *writer role*
+//! (a flag plus a [`Notify`]); the fdatasync that acknowledges appends runs under a separate
+//! *sync role*, so the next group's write overlaps the previous group's fdatasync. Appenders that
+//! find both roles taken wait; appends arriving during one fdatasync share the next one (group
+//! commit). Batches stay in the `pending` queue until written, so a
+//! cancelled round is simply redone at the same file position.
+//!
+//! What it must never do: copy record bytes on the tail-cache read path, acknowledge an append
+//! before the fdatasync covering it (EveryAppend), trust bytes read back from disk, or call
+//! blocking std::fs on the append/read path (open and remove are the exceptions, at start-up and
+//! DeleteTopics).
+//!
+//! Memory: the log keeps the tail cache, the pending batches and the active segment's indexes;
+//! a sealed segment's indexes are persisted at roll and held only in the shard's
+//! [`IndexCache`], looked up through `Inner::index_floor`.
+//!
+//! Directory layout: `<base:020>.log`, `.index`, `.timeindex` per segment (see `segment` and
+//! `index`), `log-start-offset` (checkpoint, drawn in `recovery`), `leader-epoch-checkpoint`
+//! (drawn in `crate::leader_epoch`), `truncate-to` (present only while a truncation runs or
+//! after a crash interrupted one; drawn in `truncate`), `.clean-shutdown` (empty marker written
+//! last by `close`, removed by `open`).
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use tern_protocol::batch::BatchHeader;
+use tern_protocol::types::{Offset, TimestampMs};
+
+use crate::config::LogConfig;
+use crate::error::StorageIoError;
+use crate::index_cache::{IndexCache, SegmentIndexes};
+use crate::leader_epoch::LeaderEpochCache;
+use crate::notify::{AckWaiters, Notify};
+use crate::segment::{self, log_file_name, Segment};
+
+mod commit;
+mod epochs;
+mod read;
+mod recovery;
+mod retention;
+mod truncate;
+
+pub use read::{ReadMode, ReadSlice};
+pub use truncate::TRUNCATE_TO_FILE_NAME;
+
+pub const CLEAN_SHUTDOWN_FILE_NAME: &str = ".clean-shutdown";
+pub const LOG_START_OFFSET_FILE_NAME: &str = "log-start-offset";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendInfo {
+    pub base_offset: Offset,
+    pub last_offset: Offset,
+    /// The broker's timestamp for LogAppendTime topics, -1 otherwise.
+    pub log_append_time: TimestampMs,
+    pub log_start_offset: Offset,
+}
+
+/// Counters of one log, for metrics and the benchmark.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LogStats {
+    /// Bytes served from the tail cache by sharing the appended buffers.
+    pub bytes_zero_copy: u64,
+    /// Bytes served from disk, copied once out of the DMA read buffer.
+    pub bytes_copied: u64,
+    pub appends: u64,
+    pub batches_written: u64,
+    pub bytes_written: u64,
+    pub dma_writes: u64,
+    pub fdatasyncs: u64,
+    pub rolls: u64,
+    pub tail_cache_bytes: usize,
+    pub segments: usize,
+    /// Memory held by the active segment's indexes (sealed ones are in the `IndexCache`).
+    pub active_index_bytes: usize,
+}
+
+struct PendingBatch {
+    bytes: Bytes,
+    header: BatchHeader,
+    now_ms: i64,
+}
+
+struct CachedBatch {
+    base: Offset,
+    next: Offset,
+    bytes: Bytes,
+}
+
+struct State {
+    config: LogConfig,
+    /// Sorted by base offset; the last one is the active segment. Never empty.
+    segments: Vec<Segment>,
+    log_start: Offset,
+    /// Log end offset: offsets are assigned up to here.
+    leo: Offset,
+    /// Every batch below this is written to a segment file.
+    written_end: Offset,
+    /// Every batch below this is covered by an fdatasync.
+    durable_end: Offset,
+    /// The acknowledgeable prefix: appends below it are answered. EveryAppend: the durable end
+    /// as of the last completed sync (it may briefly trail `durable_end` after a roll, which
+    /// syncs without waking appenders); Interval: the written end. Moves backwards only by
+    /// `truncate_to`. Not a replicated high watermark: that belongs to the broker.
+    ack_end: Offset,
+    pending: VecDeque<PendingBatch>,
+    cache: VecDeque<CachedBatch>,
+    cache_bytes: usize,
+    writer_busy: bool,
+    /// Appenders running an fdatasync (the sync role), at most `limits::SYNCS_IN_FLIGHT_MAX`.
+    syncs_in_flight: u32,
+    /// The end of written data that some issued fdatasync covers (complete or in flight).
+    sync_issued_end: Offset,
+    failed: Option<String>,
+    closed: bool,
+    unsynced_messages: u64,
+    last_sync: Instant,
+    stats: LogStats,
+    /// Failure injection: the next this-many segment writes fail with ENOSPC (tests only).
+    inject_write_failures: u32,
+    /// Set while `truncate_to` runs: appends wait, since their offsets would be assigned from
+    /// an end that is about to move.
+    truncating: bool,
+    /// Counts truncations, so an fdatasync issued before one does not, on completion, mark as
+    /// durable offsets that were rewritten after it.
+    truncations: u64,
+    /// Failure injection: `truncate_to` stops as if the process died after this many of its
+    /// steps (tests only).
+    truncate_crash_after_steps: Option<u32>,
+    /// Which leader epoch started where, up to `leo` (pending batches included).
+    epochs: LeaderEpochCache,
+    /// `epochs` changed since it was last persisted: the next write round persists it before
+    /// writing any batch, so the file never lags the data.
+    epochs_dirty: bool,
+}
+
+impl State {
+    /// Asserts the relations between the log's offsets. Called after every state change that
+    /// moves one of them (append, write, sync, roll, retention, delete_records, open), so a
+    /// bookkeeping bug stops the shard at its cause rather than surfacing later as a wrong read
+    /// or a lost acknowledgement. A handful of comparisons: cheap enough for release builds.
+    ///
+    /// ```text
+    /// segments[0].base <= log_start <= max(durable_end, ack_end)
+    /// durable_end <= written_end <= leo   ack_end <= written_end
+    /// sync_issued_end <= written_end           active segment's next offset == written_end
+    /// ```
+    ///
+    /// `log_start <= durable_end` alone does not hold: with an Interval flush policy `ack_end` runs
+    /// ahead of `durable_end`, and DeleteRecords may advance the log start up to `ack_end`.
+    fn check_offsets(&self) {
+        let st = self;
+        assert!(
+            st.durable_end <= st.written_end && st.written_end <= st.leo,
+            "offsets out of order: durable {} written {} leo {}",
+            st.durable_end,
+            st.written_end,
+            st.leo
+        );
+        assert!(
+            st.ack_end <= st.written_end,
+            "ack end {} above written end {}",
+            st.ack_end,
+            st.written_end
+        );
+        assert!(
+            st.sync_issued_end <= st.written_end,
+            "sync issued to {} above written end {}",
+            st.sync_issued_end,
+            st.written_end
+        );
+        assert!(
+            st.log_start <= st.durable_end.max(st.ack_end),
+            "log start {} above durable end {} and ack end {}",
+            st.log_start,
+            st.durable_end,
+            st.ack_end
+        );
+        let first = st.segments.first().map(Segment::base);
+        assert!(
+            first.is_some_and(|base| base <= st.log_start),
+            "log start {} below the first segment {first:?}",
+            st.log_start
+        );
+        assert_eq!(
+            active(&st.segments).indexer.next_offset,
+            st.written_end,
+            "the active segment ends at the written end"
+        );
+        if st.failed.is_none() {
+            // Pending batches are exactly the assigned but unwritten offsets (a failure clears
+            // them without moving `leo`; the log refuses everything afterwards).
+            let pending = match (st.pending.front(), st.pending.back()) {
+                (Some(first), Some(last)) => {
+                    (first.header.base_offset(), last.header.next_offset())
+                }
+                _ => (st.leo, st.leo),
+            };
+            assert_eq!(
+                pending,
+                (st.written_end, st.leo),
+                "pending batches cover exactly [written end, leo)"
+            );
+        }
+        if let Some(last) = st.cache.back() {
+            assert_eq!(last.next, st.leo, "the tail cache ends at leo");
+        }
+        if let Some(latest) = st.epochs.latest() {
+            assert!(
+                latest.start_offset <= st.leo,
+                "epoch {} starts at {}, above leo {}",
+                latest.epoch,
+                latest.start_offset,
+                st.leo
+            );
+        }
+    }
+}
+
+/// The segment appends go to: the last one. A log always has one (`open` creates it, `roll`
+/// replaces it, retention and DeleteRecords never delete it); only `close` and `remove`, which
+/// consume the log, empty the list.
+fn active(segments: &[Segment]) -> &Segment {
+    segments.last().expect("a log always has an active segment")
+}
+
+fn active_mut(segments: &mut [Segment]) -> &mut Segment {
+    segments
+        .last_mut()
+        .expect("a log always has an active segment")
+}
+
+struct Inner {
+    dir: PathBuf,
+    state: RefCell<State>,
+    notify: Notify,
+    ack_waiters: AckWaiters,
+    /// Where sealed segments' indexes are kept (shared by the shard's logs), under `log_id`.
+    index_cache: Rc<IndexCache>,
+    log_id: u64,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.index_cache.remove_log(self.log_id);
+    }
+}
+
+/// A partition's log. See the module documentation for the concurrency contract.
+pub struct Log {
+    inner: Rc<Inner>,
+}
+
+impl std::fmt::Debug for Log {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Log").field("dir", &self.inner.dir).finish()
+    }
+}
+
+fn io_ctx(context: impl Into<String>) -> impl FnOnce(glommio::GlommioError<()>) -> StorageIoError {
+    let context = context.into();
+    move |e| StorageIoError::new(context, e)
+}
+
+fn failed_error(message: &str) -> StorageIoError {
+    StorageIoError::new(
+        "using a log that failed earlier",
+        std::io::Error::other(message.to_string()),
+    )
+}
+
+async fn sync_dir(dir: &Path) -> Result<(), StorageIoError> {
+    let d = glommio::io::Directory::open(dir)
+        .await
+        .map_err(io_ctx(format!("opening directory {}", dir.display())))?;
+    d.sync()
+        .await
+        .map_err(io_ctx(format!("syncing directory {}", dir.display())))?;
+    let _ = d.close().await;
+    Ok(())
+}
+
+async fn remove_if_exists(path: &Path) -> Result<(), StorageIoError> {
+    match glommio::io::remove(path).await {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let e: std::io::Error = e.into();
+            if e.kind() == std::io::ErrorKind::NotFound {
+                Ok(())
+            } else {
+                Err(StorageIoError::new(
+                    format!("removing {}", path.display()),
+                    e,
+                ))
+            }
+        }
+    }
+}
+
+impl Log {
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    pub fn log_start_offset(&self) -> Offset {
+        self.inner.state.borrow().log_start
+    }
+
+    pub fn log_end_offset(&self) -> Offset {
+        self.inner.state.borrow().leo
+    }
+
+    /// Every batch below this offset is covered by a completed fdatasync: it survives a crash
+    /// or power loss, whatever the flush policy.
+    pub fn durable_end_offset(&self) -> Offset {
+        self.inner.state.borrow().durable_end
+    }
+
+    /// The end of what this log acknowledges to appenders under its flush policy: with
+    /// `FlushPolicy::EveryAppend` an fdatasync covers it (it is at most `durable_end_offset`,
+    /// which a roll may advance before the next sync tells appenders), with
+    /// `FlushPolicy::Interval` it is the written end, which a crash may lose. Followers and
+    /// consumers must not be served beyond it.
+    pub fn acknowledged_end_offset(&self) -> Offset {
+        self.inner.state.borrow().ack_end
+    }
+
+    /// Deprecated: the replicated high watermark belongs to the broker's partition layer. Kept
+    /// as an alias of [`Log::acknowledged_end_offset`] (the value this always returned) until
+    /// the broker's callers switch; do not use in new code.
+    pub fn high_watermark(&self) -> Offset {
+        self.acknowledged_end_offset()
+    }
+
+    /// Failure injection for tests: the next `writes` segment writes fail as if the disk were
+    /// full (ENOSPC), before any byte reaches the file.
+    #[doc(hidden)]
+    pub fn inject_write_failures(&self, writes: u32) {
+        self.inner.state.borrow_mut().inject_write_failures = writes;
+    }
+
+    pub fn stats(&self) -> LogStats {
+        let st = self.inner.state.borrow();
+        let mut stats = st.stats;
+        stats.tail_cache_bytes = st.cache_bytes;
+        stats.segments = st.segments.len();
+        let active = &active(&st.segments).indexer;
+        stats.active_index_bytes =
+            SegmentIndexes::memory_bytes_of(&active.offset_index, &active.time_index);
+        stats
+    }
+
+    /// The shard-wide cache holding this log's sealed indexes.
+    pub fn index_cache(&self) -> &Rc<IndexCache> {
+        &self.inner.index_cache
+    }
+
+    /// Base offsets of the segments, oldest first (for tests and admin tools).
+    pub fn segment_bases(&self) -> Vec<Offset> {
+        self.inner
+            .state
+            .borrow()
+            .segments
+            .iter()
+            .map(|s| s.base())
+            .collect()
+    }
+
+    pub fn set_config(&self, config: LogConfig) {
+        self.inner.state.borrow_mut().config = config;
+        self.inner.notify.notify_all();
+    }
+    /// Writes everything pending, syncs, persists the active segment's indexes and writes the
+    /// clean-shutdown marker, so the next open skips the recovery scan.
+    pub async fn close(self) -> Result<(), StorageIoError> {
+        let inner = self.inner.clone();
+        let _writer = inner.acquire_writer().await;
+        if let Some(message) = &inner.state.borrow().failed {
+            return Err(failed_error(message));
+        }
+        while !inner.state.borrow().pending.is_empty() {
+            inner.run_round(true).await?;
+        }
+        inner.run_round(true).await?;
+        inner.persist_epochs_if_dirty().await?;
+        let (file, size_bytes, indexer) = {
+            let mut st = inner.state.borrow_mut();
+            st.closed = true;
+            let active = active_mut(&mut st.segments);
+            active.indexer.seal();
+            (
+                active.file.clone(),
+                active.size_bytes,
+                active.indexer.clone(),
+            )
+        };
+        let path = inner.dir.join(log_file_name(indexer.base));
+        file.truncate(size_bytes)
+            .await
+            .map_err(io_ctx(format!("truncating {}", path.display())))?;
+        file.fdatasync()
+            .await
+            .map_err(io_ctx(format!("syncing {}", path.display())))?;
+        segment::persist_indexes(&inner.dir, &indexer).await?;
+        sync_dir(&inner.dir).await?;
+        segment::write_file_atomically(&inner.dir, CLEAN_SHUTDOWN_FILE_NAME, &[]).await?;
+        sync_dir(&inner.dir).await?;
+        let files: Vec<Rc<glommio::io::DmaFile>> = inner
+            .state
+            .borrow_mut()
+            .segments
+            .drain(..)
+            .map(|s| s.file)
+            .collect();
+        for file in files {
+            if let Ok(file) = Rc::try_unwrap(file) {
+                let _ = file.close().await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes the partition's directory and everything in it (DeleteTopics).
+    pub async fn remove(self) -> Result<(), StorageIoError> {
+        let inner = self.inner.clone();
+        let _writer = inner.acquire_writer().await;
+        let files: Vec<Rc<glommio::io::DmaFile>> = {
+            let mut st = inner.state.borrow_mut();
+            st.closed = true;
+            st.pending.clear();
+            st.segments.drain(..).map(|s| s.file).collect()
+        };
+        for file in files {
+            if let Ok(file) = Rc::try_unwrap(file) {
+                let _ = file.close().await;
+            }
+        }
+        let entries = std::fs::read_dir(&inner.dir)
+            .map_err(|e| StorageIoError::new(format!("listing {}", inner.dir.display()), e))?;
+        for entry in entries {
+            let entry = entry
+                .map_err(|e| StorageIoError::new(format!("listing {}", inner.dir.display()), e))?;
+            remove_if_exists(&entry.path()).await?;
+        }
+        std::fs::remove_dir(&inner.dir)
+            .map_err(|e| StorageIoError::new(format!("removing {}", inner.dir.display()), e))?;
+        Ok(())
+    }
+}
+
+impl Inner {
+    fn fail(&self, error: &StorageIoError) {
+        tracing::error!(dir = %self.dir.display(), %error, "log failed; further appends are refused");
+        let mut st = self.state.borrow_mut();
+        st.failed = Some(error.to_string());
+        st.pending.clear();
+        drop(st);
+        self.notify.notify_all();
+        self.ack_waiters.wake_all();
+    }
+}

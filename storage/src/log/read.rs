@@ -1,0 +1,459 @@
+//! The read path: `read` / `read_with` (from the tail cache without copying, else from the
+//! segment files), `offset_for_timestamp`, `max_timestamp`, `recent_batch_headers`, and the
+//! lookups of sealed segments' indexes through the shard's `IndexCache`.
+//!
+//! What it must never do: take the writer role, copy bytes served from the tail cache, or
+//! return bytes read back from disk that do not parse as whole batches.
+
+use std::rc::Rc;
+
+use bytes::Bytes;
+use tern_protocol::batch::{BatchError, BatchHeader, BatchIter};
+use tern_protocol::records::first_at_or_after;
+use tern_protocol::types::{FilePosition, Offset, TimestampMs};
+
+use crate::error::{ReadError, StorageIoError};
+use crate::index::{OffsetEntry, OffsetIndex, SegmentIndexer, TimeIndex};
+use crate::index_cache::SegmentIndexes;
+use crate::limits;
+use crate::segment::{self, log_file_name, read_vec, walk_headers, walk_to_offset, WalkError};
+
+use super::{active, Inner, Log};
+
+/// Whole batches returned by [`Log::read`]. `chunks` are shared, not copied, when they come from
+/// the tail cache.
+#[derive(Debug, Clone)]
+pub struct ReadSlice {
+    pub chunks: Vec<Bytes>,
+    /// Total bytes in `chunks`.
+    pub len: usize,
+    /// Base offset of the first batch returned (may be below the requested offset).
+    pub first_offset: Offset,
+    /// The offset after the last batch returned; the requested offset when empty.
+    pub next_offset: Offset,
+}
+
+/// Where the bytes of a read may travel; decides whether cold data is copied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadMode {
+    /// The result may cross to another shard's thread: cold data is copied once out of the
+    /// DMA read buffer into shareable memory.
+    CrossThread,
+    /// The caller consumes and drops the result on this shard's thread: cold data stays in the
+    /// DMA read buffer, handed over without a copy. Dropping such bytes on another thread
+    /// aborts the process (it would otherwise corrupt glommio's thread-local buffer pool).
+    SameThread,
+}
+
+/// A DMA read buffer lent out as `Bytes` to code on the same thread.
+struct ThreadBoundRead {
+    result: glommio::io::ReadResult,
+    len: usize,
+    thread: std::thread::ThreadId,
+}
+
+// SAFETY: `ReadMode::SameThread` results are only produced for callers on the reading thread
+// (the broker passes it only when the connection lives on the owner shard), and `Drop` below
+// aborts before the inner buffer is touched if that promise is ever broken, so the non-Send
+// glommio buffer is never used from two threads.
+unsafe impl Send for ThreadBoundRead {}
+
+impl AsRef<[u8]> for ThreadBoundRead {
+    fn as_ref(&self) -> &[u8] {
+        &self.result[..self.len]
+    }
+}
+
+impl Drop for ThreadBoundRead {
+    fn drop(&mut self) {
+        if std::thread::current().id() != self.thread {
+            eprintln!(
+                "tern-storage: a same-thread read buffer was dropped on another thread; aborting"
+            );
+            std::process::abort();
+        }
+    }
+}
+
+impl Log {
+    fn out_of_range(&self, requested: Offset) -> ReadError {
+        let st = self.inner.state.borrow();
+        ReadError::OffsetOutOfRange {
+            requested,
+            log_start: st.log_start,
+            log_end: st.leo,
+        }
+    }
+
+    /// Whole batches from the one containing `start`, up to `max_bytes` but at least one whole
+    /// batch (KIP-74), never a batch at or above `upper`.
+    pub async fn read(
+        &self,
+        start: Offset,
+        max_bytes: usize,
+        upper: Offset,
+    ) -> Result<ReadSlice, ReadError> {
+        self.read_with(start, max_bytes, upper, ReadMode::CrossThread)
+            .await
+    }
+
+    /// `read`, choosing whether cold data may stay in its DMA buffer (see [`ReadMode`]).
+    pub async fn read_with(
+        &self,
+        start: Offset,
+        max_bytes: usize,
+        upper: Offset,
+        mode: ReadMode,
+    ) -> Result<ReadSlice, ReadError> {
+        let max_bytes = max_bytes.min(limits::READ_BYTES_MAX);
+        let empty = ReadSlice {
+            chunks: Vec::new(),
+            len: 0,
+            first_offset: start,
+            next_offset: start,
+        };
+        let (file, path, segment_base, size_bytes, upper, relative) = {
+            let mut st = self.inner.state.borrow_mut();
+            if start < st.log_start || start > st.leo {
+                return Err(ReadError::OffsetOutOfRange {
+                    requested: start,
+                    log_start: st.log_start,
+                    log_end: st.leo,
+                });
+            }
+            let upper = upper.min(st.leo);
+            if start >= upper {
+                return Ok(empty);
+            }
+            if st.cache.front().is_some_and(|front| start >= front.base) {
+                let first = st.cache.partition_point(|c| c.next <= start);
+                let mut chunks = Vec::new();
+                let mut len = 0;
+                let mut next_offset = start;
+                let first_offset = st.cache.get(first).map(|c| c.base).unwrap_or(start);
+                for cached in st.cache.range(first..) {
+                    if cached.base >= upper
+                        || (!chunks.is_empty() && len + cached.bytes.len() > max_bytes)
+                    {
+                        break;
+                    }
+                    chunks.push(cached.bytes.clone());
+                    len += cached.bytes.len();
+                    next_offset = cached.next;
+                }
+                st.stats.bytes_zero_copy += len as u64;
+                return Ok(ReadSlice {
+                    chunks,
+                    len,
+                    first_offset,
+                    next_offset,
+                });
+            }
+            let i = st.segments.partition_point(|s| s.base() <= start);
+            let Some(i) = i.checked_sub(1) else {
+                return Err(ReadError::OffsetOutOfRange {
+                    requested: start,
+                    log_start: st.log_start,
+                    log_end: st.leo,
+                });
+            };
+            let seg = &st.segments[i];
+            (
+                seg.file.clone(),
+                self.inner.dir.join(log_file_name(seg.base())),
+                seg.base(),
+                seg.size_bytes,
+                upper,
+                seg.indexer.relative(start),
+            )
+        };
+        let Some(floor_position) = self
+            .inner
+            .index_floor(segment_base, |offsets, _| offsets.floor(relative))
+            .await?
+        else {
+            return Err(self.out_of_range(start));
+        };
+        let (position, first) =
+            match walk_to_offset(&file, &path, floor_position, size_bytes, start).await {
+                Ok(Some(found)) => found,
+                Ok(None) => return Ok(empty),
+                Err((_, WalkError::Io(e))) => return Err(e.into()),
+                Err((position, WalkError::Corrupt(error))) => {
+                    return Err(ReadError::Corrupt {
+                        segment: segment_base,
+                        position,
+                        error,
+                    })
+                }
+            };
+        if first.base_offset() >= upper {
+            return Ok(empty);
+        }
+        let available = size_bytes - position.0;
+        let want = (max_bytes.max(first.total_bytes()) as u64).min(available) as usize;
+        let result = file.read_at(position.0, want).await.map_err(|e| {
+            StorageIoError::new(format!("reading {} at {position}", path.display()), e)
+        })?;
+        let mut taken = 0;
+        let mut next_offset = start;
+        let mut iter = BatchIter::new(&result);
+        while let Some(item) = iter.next() {
+            match item {
+                Ok(span) => {
+                    if span.header.base_offset() >= upper {
+                        break;
+                    }
+                    taken = span.position + span.total_bytes;
+                    next_offset = span.header.next_offset();
+                }
+                Err(BatchError::Truncated { .. }) if taken > 0 => break,
+                Err(error) if taken == 0 => {
+                    return Err(ReadError::Corrupt {
+                        segment: segment_base,
+                        position: position.plus(iter.position() as u64),
+                        error,
+                    })
+                }
+                Err(_) => break,
+            }
+        }
+        let data = match mode {
+            ReadMode::SameThread => {
+                self.inner.state.borrow_mut().stats.bytes_zero_copy += taken as u64;
+                Bytes::from_owner(ThreadBoundRead {
+                    result,
+                    len: taken,
+                    thread: std::thread::current().id(),
+                })
+            }
+            ReadMode::CrossThread => {
+                // The one copy on the cross-shard cold path: out of the DMA buffer into
+                // memory any thread may free.
+                self.inner.state.borrow_mut().stats.bytes_copied += taken as u64;
+                Bytes::copy_from_slice(&result[..taken])
+            }
+        };
+        Ok(ReadSlice {
+            chunks: vec![data],
+            len: taken,
+            first_offset: first.base_offset(),
+            next_offset,
+        })
+    }
+
+    /// The first batch whose max timestamp is at least `ts`, with that timestamp. The offset is
+    /// the batch's base offset (never below the log start).
+    pub async fn offset_for_timestamp(
+        &self,
+        ts: TimestampMs,
+    ) -> Result<Option<(Offset, TimestampMs)>, ReadError> {
+        let (file, path, segment_base, size_bytes, log_start) = {
+            let st = self.inner.state.borrow();
+            let Some(i) = st
+                .segments
+                .iter()
+                .position(|s| s.indexer.max_timestamp.is_some_and(|(_, max)| max >= ts))
+            else {
+                return Ok(None);
+            };
+            let seg = &st.segments[i];
+            (
+                seg.file.clone(),
+                self.inner.dir.join(log_file_name(seg.base())),
+                seg.base(),
+                seg.size_bytes,
+                st.log_start,
+            )
+        };
+        let Some(mut position) = self
+            .inner
+            .index_floor(segment_base, |offsets, times| {
+                offsets.floor(times.scan_start(ts))
+            })
+            .await?
+        else {
+            // Deleted by retention meanwhile: the answer lies in a later segment.
+            return Box::pin(self.offset_for_timestamp(ts)).await;
+        };
+        match walk_headers(&file, &path, &mut position, size_bytes, |h| {
+            h.max_timestamp() >= ts
+        })
+        .await
+        {
+            Ok(Some((at, header))) if header.record_count() > 1 && !header.is_log_append_time() => {
+                // Kafka answers with the first *record* at or after the time, which may sit
+                // inside the batch: read it and look (decompressing if needed).
+                let bytes = read_vec(&file, at, header.total_bytes(), &path).await?;
+                match first_at_or_after(&bytes, &header, ts) {
+                    Ok(Some((offset, found))) => Ok(Some((offset.max(log_start), found))),
+                    // The header's max timestamp says a record qualifies; fall back to the
+                    // batch if the records disagree (a damaged or odd batch).
+                    Ok(None) => Ok(Some((
+                        header.base_offset().max(log_start),
+                        header.max_timestamp(),
+                    ))),
+                    Err(error) => {
+                        tracing::warn!(segment = %segment_base, position = at.0, %error, "cannot look inside batch for ListOffsets");
+                        Ok(Some((
+                            header.base_offset().max(log_start),
+                            header.max_timestamp(),
+                        )))
+                    }
+                }
+            }
+            Ok(Some((_, header))) => Ok(Some((
+                header.base_offset().max(log_start),
+                header.max_timestamp(),
+            ))),
+            Ok(None) => Ok(None),
+            Err((_, WalkError::Io(e))) => Err(e.into()),
+            Err((position, WalkError::Corrupt(error))) => Err(ReadError::Corrupt {
+                segment: segment_base,
+                position,
+                error,
+            }),
+        }
+    }
+
+    /// Headers of the batches in about the last `max_bytes` of the active segment (from the
+    /// index entry at or before that point), oldest first: what a restarted broker replays to
+    /// rebuild state kept per batch, such as idempotent producers' sequence numbers. Only the
+    /// active segment is read, so start-up reads at most `max_bytes` (plus one index interval)
+    /// per log, whatever its size.
+    pub async fn recent_batch_headers(
+        &self,
+        max_bytes: u64,
+    ) -> Result<Vec<BatchHeader>, ReadError> {
+        let (file, path, segment_base, size_bytes, start) = {
+            let st = self.inner.state.borrow();
+            let active = active(&st.segments);
+            let from = active.size_bytes.saturating_sub(max_bytes);
+            let entries = active.indexer.offset_index.entries();
+            let i = entries.partition_point(|e| u64::from(e.position) <= from);
+            let start = i
+                .checked_sub(1)
+                .map_or(0, |i| u64::from(entries[i].position));
+            (
+                active.file.clone(),
+                self.inner.dir.join(log_file_name(active.base())),
+                active.base(),
+                active.size_bytes,
+                FilePosition(start),
+            )
+        };
+        let mut headers = Vec::new();
+        let mut position = start;
+        let walked = walk_headers(&file, &path, &mut position, size_bytes, |header| {
+            headers.push(*header);
+            false
+        })
+        .await;
+        match walked {
+            Ok(_) => Ok(headers),
+            Err((_, WalkError::Io(e))) => Err(e.into()),
+            Err((position, WalkError::Corrupt(error))) => Err(ReadError::Corrupt {
+                segment: segment_base,
+                position,
+                error,
+            }),
+        }
+    }
+
+    /// The largest timestamp written and its batch's base offset (ListOffsets MAX_TIMESTAMP).
+    pub fn max_timestamp(&self) -> Option<(Offset, TimestampMs)> {
+        let st = self.inner.state.borrow();
+        let mut best: Option<(Offset, TimestampMs)> = None;
+        for seg in &st.segments {
+            if let Some((offset, ts)) = seg.indexer.max_timestamp {
+                if best.is_none_or(|(_, b)| ts > b) {
+                    best = Some((offset, ts));
+                }
+            }
+        }
+        best
+    }
+}
+
+impl Inner {
+    /// Where a scan in the segment at `base` starts: the index entry `lookup` picks from that
+    /// segment's offset and time indexes, which are the active segment's own or a sealed
+    /// segment's from the shard cache (read from disk on a miss). None when the segment was
+    /// deleted meanwhile.
+    async fn index_floor(
+        &self,
+        base: Offset,
+        lookup: impl Fn(&OffsetIndex, &TimeIndex) -> OffsetEntry,
+    ) -> Result<Option<FilePosition>, StorageIoError> {
+        let position = |entry: OffsetEntry| FilePosition(u64::from(entry.position));
+        let (file, size_bytes) = {
+            let st = self.state.borrow();
+            let Ok(i) = st.segments.binary_search_by_key(&base, |s| s.base()) else {
+                return Ok(None);
+            };
+            let seg = &st.segments[i];
+            if i + 1 == st.segments.len() {
+                let entry = lookup(&seg.indexer.offset_index, &seg.indexer.time_index);
+                return Ok(Some(position(entry)));
+            }
+            if let Some(cached) = self.index_cache.get(self.log_id, base) {
+                return Ok(Some(position(lookup(&cached.offset, &cached.time))));
+            }
+            (seg.file.clone(), seg.size_bytes)
+        };
+        let loaded = self.sealed_indexes(base, &file, size_bytes).await?;
+        Ok(loaded.map(|indexes| position(lookup(&indexes.offset, &indexes.time))))
+    }
+
+    /// Reads the indexes of the sealed segment at `base` from its index files (rebuilt by a
+    /// scan when those are missing or damaged) and caches them. None when the segment was
+    /// deleted meanwhile.
+    pub(super) async fn sealed_indexes(
+        &self,
+        base: Offset,
+        file: &glommio::io::DmaFile,
+        size_bytes: u64,
+    ) -> Result<Option<Rc<SegmentIndexes>>, StorageIoError> {
+        let exists = || {
+            self.state
+                .borrow()
+                .segments
+                .iter()
+                .any(|s| s.base() == base)
+        };
+        let loaded = segment::load_indexes(&self.dir, base, size_bytes.max(1)).await?;
+        if !exists() {
+            return Ok(None);
+        }
+        let indexes = match loaded {
+            Some((offset, time)) => SegmentIndexes { offset, time },
+            None => {
+                tracing::warn!(dir = %self.dir.display(), segment = base.0,
+                    "index files of a sealed segment are missing or damaged; rebuilding the index in memory");
+                let interval = self.state.borrow().config.index_interval_bytes;
+                let path = self.dir.join(log_file_name(base));
+                let outcome = segment::scan(
+                    file,
+                    &path,
+                    SegmentIndexer::new(base),
+                    FilePosition(0),
+                    size_bytes,
+                    interval,
+                    true,
+                )
+                .await?;
+                let mut indexer = outcome.indexer;
+                indexer.seal();
+                SegmentIndexes {
+                    offset: indexer.offset_index,
+                    time: indexer.time_index,
+                }
+            }
+        };
+        let indexes = Rc::new(indexes);
+        if exists() {
+            self.index_cache.insert(self.log_id, base, indexes.clone());
+        }
+        Ok(Some(indexes))
+    }
+}

@@ -1,0 +1,142 @@
+//! Removing data from the start of a log: `enforce_retention` (roll by `segment_ms`, delete
+//! whole old segments beyond `retention_ms` / `retention_bytes`), `delete_records` (advance and
+//! persist the log start offset), and the segment deletion both share.
+//!
+//! What it must never do: delete the active segment, or move the log start offset backwards or
+//! above what the log considers acknowledged.
+
+use std::rc::Rc;
+
+use tern_protocol::types::{Offset, TimestampMs};
+
+use crate::error::{DeleteError, StorageIoError};
+use crate::segment::{self, log_file_name, offset_index_file_name, time_index_file_name, Segment};
+
+use super::recovery::encode_checkpoint;
+use super::{
+    active, failed_error, remove_if_exists, sync_dir, Inner, Log, LOG_START_OFFSET_FILE_NAME,
+};
+
+impl Log {
+    /// Advances the log start offset to `before` (persisted first), then deletes whole segments
+    /// entirely below it. Returns the new log start offset.
+    pub async fn delete_records(&self, before: Offset) -> Result<Offset, DeleteError> {
+        let _writer = self.inner.acquire_writer().await;
+        {
+            let st = self.inner.state.borrow();
+            if let Some(message) = &st.failed {
+                return Err(failed_error(message).into());
+            }
+            if before.0 < 0 || before > st.ack_end {
+                return Err(DeleteError::OffsetOutOfRange {
+                    requested: before,
+                    high_watermark: st.ack_end,
+                });
+            }
+            if before <= st.log_start {
+                return Ok(st.log_start);
+            }
+        }
+        segment::write_file_atomically(
+            &self.inner.dir,
+            LOG_START_OFFSET_FILE_NAME,
+            &encode_checkpoint(before),
+        )
+        .await?;
+        sync_dir(&self.inner.dir).await?;
+        {
+            let mut st = self.inner.state.borrow_mut();
+            st.log_start = before;
+            st.epochs_dirty |= st.epochs.truncate_from_start(before);
+            st.check_offsets();
+        }
+        self.inner.delete_old_segments(None).await?;
+        Ok(self.log_start_offset())
+    }
+
+    /// Rolls the active segment if it is older than `segment_ms`, then deletes whole old segments
+    /// beyond `retention_ms` / `retention_bytes` (never the active one).
+    pub async fn enforce_retention(&self, now: TimestampMs) -> Result<(), StorageIoError> {
+        let _writer = self.inner.acquire_writer().await;
+        let roll = {
+            let st = self.inner.state.borrow();
+            if let Some(message) = &st.failed {
+                return Err(failed_error(message));
+            }
+            let active = active(&st.segments);
+            let first_ms = active
+                .first_append_ms
+                .or(active.indexer.first_timestamp.map(|t| t.0));
+            active.size_bytes > 0 && first_ms.is_some_and(|t| now.0 - t >= st.config.segment_ms)
+        };
+        if roll {
+            self.inner
+                .roll()
+                .await
+                .inspect_err(|e| self.inner.fail(e))?;
+        }
+        self.inner.delete_old_segments(Some(now)).await
+    }
+}
+
+impl Inner {
+    /// Removes old segments: those entirely below the log start offset, and, when `now` is
+    /// given, those beyond the retention limits. Never the active segment.
+    async fn delete_old_segments(&self, now: Option<TimestampMs>) -> Result<(), StorageIoError> {
+        let victims: Vec<Segment> = {
+            let mut st = self.state.borrow_mut();
+            let candidates = st.segments.len() - 1;
+            let mut n = 0;
+            while n < candidates && st.segments[n + 1].base() <= st.log_start {
+                n += 1;
+            }
+            if let Some(now) = now {
+                if st.config.retention_ms >= 0 {
+                    while n < candidates
+                        && st.segments[n]
+                            .indexer
+                            .max_timestamp
+                            .is_some_and(|(_, ts)| now.0 - ts.0 > st.config.retention_ms)
+                    {
+                        n += 1;
+                    }
+                }
+                if st.config.retention_bytes >= 0 {
+                    let mut remaining: u64 = st.segments[n..].iter().map(|s| s.size_bytes).sum();
+                    while n < candidates
+                        && remaining - st.segments[n].size_bytes >= st.config.retention_bytes as u64
+                    {
+                        remaining -= st.segments[n].size_bytes;
+                        n += 1;
+                    }
+                }
+            }
+            let victims: Vec<Segment> = st.segments.drain(..n).collect();
+            let first_base = st.segments[0].base();
+            st.log_start = st.log_start.max(first_base);
+            let log_start = st.log_start;
+            st.epochs_dirty |= st.epochs.truncate_from_start(log_start);
+            st.check_offsets();
+            victims
+        };
+        if victims.is_empty() {
+            return Ok(());
+        }
+        for victim in victims {
+            let base = victim.base();
+            self.index_cache.remove(self.log_id, base);
+            if let Ok(file) = Rc::try_unwrap(victim.file) {
+                let _ = file.close().await;
+            }
+            for name in [
+                log_file_name(base),
+                offset_index_file_name(base),
+                time_index_file_name(base),
+            ] {
+                remove_if_exists(&self.dir.join(name)).await?;
+            }
+            tracing::info!(dir = %self.dir.display(), segment = base.0, "deleted segment");
+        }
+        sync_dir(&self.dir).await
+    }
+}
