@@ -11,12 +11,10 @@ use std::time::Duration;
 use futures::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpListener;
 
+use crate::limits;
 use crate::metrics::ShardSample;
 use crate::scatter::broadcast;
 use crate::shard::Shard;
-
-const REQUEST_BYTES_MAX: usize = 8 * 1024;
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub async fn serve(shard: Rc<Shard>, listener: TcpListener) {
     loop {
@@ -28,8 +26,8 @@ pub async fn serve(shard: Rc<Shard>, listener: TcpListener) {
         glommio::spawn_local(async move {
             let mut request = Vec::with_capacity(512);
             let mut chunk = [0u8; 1024];
-            let read = glommio::timer::timeout(REQUEST_TIMEOUT, async {
-                while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < REQUEST_BYTES_MAX {
+            let read = glommio::timer::timeout(limits::ADMIN_HTTP_REQUEST_TIMEOUT, async {
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < limits::ADMIN_HTTP_REQUEST_BYTES_MAX {
                     let n = stream.read(&mut chunk).await?;
                     if n == 0 {
                         break;

@@ -18,14 +18,10 @@ use glommio::sync::Semaphore;
 use tern_protocol::frame;
 
 use crate::handlers;
+use crate::limits;
 use crate::net::write_segments;
 use crate::outcome::Outcome;
 use crate::shard::Shard;
-
-const READ_CHUNK_BYTES: usize = 64 * 1024;
-
-/// Largest ratio between a read buffer's size and a frame that shares it (see `serve`).
-const SHARED_BUFFER_AMPLIFICATION_MAX: usize = 4;
 
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     let peer: Option<SocketAddr> = stream.peer_addr().ok();
@@ -58,7 +54,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         let _ = writer.close().await;
     });
 
-    let mut buffer = BytesMut::with_capacity(READ_CHUNK_BYTES);
+    let mut buffer = BytesMut::with_capacity(limits::READ_CHUNK_BYTES);
     loop {
         if shard.shutting_down.get() {
             break;
@@ -87,8 +83,8 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         // A produce request's record bytes outlive the request in the log's tail cache, and a
         // slice keeps its whole read buffer alive. Small frames therefore get their own exact
         // allocation (a cheap copy), so a small cached batch never pins a 64 KiB read buffer:
-        // memory held is at most `SHARED_BUFFER_AMPLIFICATION_MAX` times what is accounted.
-        let request = if size * SHARED_BUFFER_AMPLIFICATION_MAX < READ_CHUNK_BYTES {
+        // memory held is at most `limits::SHARED_BUFFER_AMPLIFICATION_MAX` times what is accounted.
+        let request = if size * limits::SHARED_BUFFER_AMPLIFICATION_MAX < limits::READ_CHUNK_BYTES {
             let owned = BytesMut::from(&buffer[..size]);
             buffer.advance(size);
             owned
@@ -120,7 +116,7 @@ async fn fill<R: futures::AsyncRead + Unpin>(
 ) -> bool {
     while buffer.len() < wanted {
         let start = buffer.len();
-        let chunk = READ_CHUNK_BYTES.max(wanted - start);
+        let chunk = limits::READ_CHUNK_BYTES.max(wanted - start);
         buffer.resize(start + chunk, 0);
         match reader.read(&mut buffer[start..]).await {
             Ok(0) => {

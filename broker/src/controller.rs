@@ -15,6 +15,7 @@ use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::limits;
 use futures::future::LocalBoxFuture;
 use glommio::io::{BufferedFile, Directory};
 use glommio::sync::Semaphore;
@@ -22,9 +23,6 @@ use tern_replication::metadata::{BrokerId, Command, MetadataError, MetadataImage
 
 pub const METADATA_DIR: &str = "__cluster_metadata";
 const IMAGE_FILE: &str = "image.json";
-
-/// Producer ids reserved per metadata write.
-const PRODUCER_ID_BLOCK: i64 = 1000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControllerError {
@@ -150,13 +148,13 @@ impl Controller for LocalController {
                 return Ok(id);
             }
             self.execute_serially(vec![Command::AllocateProducerIds {
-                count: PRODUCER_ID_BLOCK,
+                count: limits::PRODUCER_ID_BLOCK,
             }])
             .await?;
             let end = self.image.borrow().producer_id_next;
             let mut block = self.producer_ids.borrow_mut();
             if block.is_empty() {
-                *block = (end - PRODUCER_ID_BLOCK)..end;
+                *block = (end - limits::PRODUCER_ID_BLOCK)..end;
             }
             block.next().ok_or(ControllerError::ShardUnavailable)
         })

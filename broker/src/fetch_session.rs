@@ -9,12 +9,8 @@
 
 use std::collections::HashMap;
 
+use crate::limits;
 use tern_protocol::error_code::{self, ErrorCode};
-
-/// Sessions one shard keeps; the least recently used is evicted beyond this.
-pub const SESSIONS_PER_SHARD_MAX: usize = 1000;
-/// Partitions in one session.
-pub const SESSION_PARTITIONS_MAX: usize = 10_000;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionPartition {
@@ -99,10 +95,10 @@ impl FetchSessions {
             }
             INITIAL_EPOCH => {
                 self.sessions.remove(&session_id);
-                if requested.len() > SESSION_PARTITIONS_MAX {
+                if requested.len() > limits::SESSION_PARTITIONS_MAX {
                     return Plan::Full { session_id: 0 };
                 }
-                if self.sessions.len() >= SESSIONS_PER_SHARD_MAX {
+                if self.sessions.len() >= limits::SESSIONS_PER_SHARD_MAX {
                     let oldest = self
                         .sessions
                         .iter()
@@ -155,7 +151,7 @@ impl FetchSessions {
                             existing.fetch_offset = update.fetch_offset;
                             existing.max_bytes = update.max_bytes;
                         }
-                        None if session.partitions.len() < SESSION_PARTITIONS_MAX => {
+                        None if session.partitions.len() < limits::SESSION_PARTITIONS_MAX => {
                             session.partitions.push(update.clone())
                         }
                         None => {}

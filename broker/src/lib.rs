@@ -62,12 +62,6 @@ pub enum StartError {
     },
 }
 
-/// Longest an idle shard sleeps before it wakes to look around.
-const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
-
-/// How often each shard applies retention and time-based segment rolls.
-const RETENTION_CHECK_INTERVAL: Duration = Duration::from_secs(10);
-
 /// Starts the broker and blocks until it has shut down.
 pub fn run(mut config: BrokerConfig) -> Result<(), StartError> {
     config
@@ -175,7 +169,7 @@ async fn shard_main(
     let heartbeat_stop = stop.clone();
     glommio::spawn_local(async move {
         while !heartbeat_stop.load(Ordering::Relaxed) {
-            glommio::timer::sleep(HEARTBEAT_INTERVAL).await;
+            glommio::timer::sleep(limits::HEARTBEAT_INTERVAL).await;
         }
     })
     .detach();
@@ -264,7 +258,7 @@ async fn shard_main(
         let shard = shard.clone();
         glommio::spawn_local(async move {
             loop {
-                glommio::timer::sleep(RETENTION_CHECK_INTERVAL).await;
+                glommio::timer::sleep(limits::RETENTION_CHECK_INTERVAL).await;
                 if shard.shutting_down.get() {
                     break;
                 }

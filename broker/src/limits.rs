@@ -4,6 +4,8 @@
 //! bound what one connection or one shard may hold at a time. The connection limits are
 //! defaults and hard caps for `config::ConnectionLimits`, which operators may set.
 
+use std::time::Duration;
+
 use tern_protocol::limits as protocol;
 
 /// Requests read from one connection but not yet answered. Kafka clients pipeline up to
@@ -125,3 +127,57 @@ const _: () = assert!(
     GROUP_SESSION_TIMEOUT_MS_MIN > 0 && GROUP_SESSION_TIMEOUT_MS_MIN < GROUP_SESSION_TIMEOUT_MS_MAX
 );
 const _: () = assert!((GROUP_TICK_INTERVAL_MS as i32) < GROUP_SESSION_TIMEOUT_MS_MIN / 10);
+
+// Moved here from the modules that use them, so every bound is in one place.
+
+/// Locked memory each executor needs for its io_uring rings and registered buffers.
+pub const IO_MEMORY_BYTES: usize = 2 * 1024 * 1024;
+
+/// Largest request the admin HTTP endpoint reads; anything larger is dropped.
+pub const ADMIN_HTTP_REQUEST_BYTES_MAX: usize = 8 * 1024;
+
+/// Longest the admin HTTP endpoint waits for a request to arrive.
+pub const ADMIN_HTTP_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Producer ids reserved per metadata write.
+pub const PRODUCER_ID_BLOCK: i64 = 1000;
+
+/// Bytes a connection reads from its socket at a time.
+pub const READ_CHUNK_BYTES: usize = 64 * 1024;
+
+/// Largest ratio between a read buffer's size and a frame that shares it (see `serve`).
+pub const SHARED_BUFFER_AMPLIFICATION_MAX: usize = 4;
+
+/// Kernel limit on iovecs per call (IOV_MAX is 1024 on Linux); stay well below it.
+pub const IOVECS_PER_SEND_MAX: usize = 256;
+
+/// Sessions one shard keeps; the least recently used is evicted beyond this.
+pub const SESSIONS_PER_SHARD_MAX: usize = 1000;
+
+/// Partitions in one session.
+pub const SESSION_PARTITIONS_MAX: usize = 10_000;
+
+/// Batches remembered per producer for duplicate detection (Kafka keeps five, matching
+/// `max.in.flight.requests.per.connection` ≤ 5 for idempotent producers).
+pub const BATCHES_REMEMBERED: usize = 5;
+
+/// Producers tracked per partition; the least recently active is dropped beyond this.
+pub const PRODUCERS_PER_PARTITION_MAX: usize = 10_000;
+
+/// Longest an idle shard sleeps before it wakes to look around.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
+
+/// How often each shard applies retention and time-based segment rolls.
+pub const RETENTION_CHECK_INTERVAL: Duration = Duration::from_secs(10);
+
+/// How often committed offsets are checked against `offsets.retention.minutes` (Kafka's
+/// `offsets.retention.check.interval.ms` default is 10 minutes).
+pub const OFFSET_EXPIRY_CHECK_INTERVAL_MS: i64 = 60_000;
+
+/// How often a dropped partition checks whether its in-flight users have let go.
+pub const PARTITION_RELEASE_POLL_MS: u64 = 50;
+
+const _: () = assert!(PARTITION_RELEASE_POLL_MS < PARTITION_RELEASE_WAIT_MS);
+const _: () = assert!(SHARED_BUFFER_AMPLIFICATION_MAX >= 1);
+const _: () = assert!(SESSION_PARTITIONS_MAX >= TOPIC_PARTITIONS_MAX as usize);
+const _: () = assert!(PRODUCER_ID_BLOCK > 0);

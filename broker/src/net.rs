@@ -9,15 +9,18 @@
 use std::io;
 use std::os::fd::RawFd;
 
+use crate::limits;
 use bytes::Bytes;
 use futures::{AsyncWrite, AsyncWriteExt};
 
-/// Kernel limit on iovecs per call (IOV_MAX is 1024 on Linux); stay well below it.
-const IOVECS_PER_SEND_MAX: usize = 256;
-
 fn send_vectored(fd: RawFd, segments: &[Bytes], first_offset: usize) -> io::Result<usize> {
-    let mut iovecs: Vec<libc::iovec> = Vec::with_capacity(segments.len().min(IOVECS_PER_SEND_MAX));
-    for (index, segment) in segments.iter().take(IOVECS_PER_SEND_MAX).enumerate() {
+    let mut iovecs: Vec<libc::iovec> =
+        Vec::with_capacity(segments.len().min(limits::IOVECS_PER_SEND_MAX));
+    for (index, segment) in segments
+        .iter()
+        .take(limits::IOVECS_PER_SEND_MAX)
+        .enumerate()
+    {
         let skip = if index == 0 { first_offset } else { 0 };
         let slice = &segment[skip..];
         if slice.is_empty() {

@@ -17,14 +17,8 @@
 
 use std::collections::{HashMap, VecDeque};
 
+use crate::limits;
 use tern_protocol::error_code::{self, ErrorCode};
-
-/// Batches remembered per producer for duplicate detection (Kafka keeps five, matching
-/// `max.in.flight.requests.per.connection` ≤ 5 for idempotent producers).
-pub const BATCHES_REMEMBERED: usize = 5;
-
-/// Producers tracked per partition; the least recently active is dropped beyond this.
-pub const PRODUCERS_PER_PARTITION_MAX: usize = 10_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchSeq {
@@ -89,10 +83,10 @@ impl ProducerStates {
             if batch.first != 0 {
                 return Check::Reject(error_code::UNKNOWN_PRODUCER_ID);
             }
-            if self.producers.len() >= PRODUCERS_PER_PARTITION_MAX {
+            if self.producers.len() >= limits::PRODUCERS_PER_PARTITION_MAX {
                 self.evict_oldest();
             }
-            let mut batches = VecDeque::with_capacity(BATCHES_REMEMBERED);
+            let mut batches = VecDeque::with_capacity(limits::BATCHES_REMEMBERED);
             batches.push_back(remember(batch.first, batch.last()));
             self.producers.insert(
                 batch.producer_id,
@@ -136,7 +130,7 @@ impl ProducerStates {
         if batch.first != expected {
             return Check::Reject(error_code::OUT_OF_ORDER_SEQUENCE_NUMBER);
         }
-        if producer.batches.len() == BATCHES_REMEMBERED {
+        if producer.batches.len() == limits::BATCHES_REMEMBERED {
             producer.batches.pop_front();
         }
         producer
@@ -146,11 +140,11 @@ impl ProducerStates {
     }
 
     /// Replays a batch found in the log at `base_offset` (start-up). The log is the truth: no
-    /// checks, only the newest epoch's last `BATCHES_REMEMBERED` batches are kept.
+    /// checks, only the newest epoch's last `limits::BATCHES_REMEMBERED` batches are kept.
     pub fn restore(&mut self, batch: BatchSeq, base_offset: i64) {
         self.clock += 1;
         if !self.producers.contains_key(&batch.producer_id)
-            && self.producers.len() >= PRODUCERS_PER_PARTITION_MAX
+            && self.producers.len() >= limits::PRODUCERS_PER_PARTITION_MAX
         {
             self.evict_oldest();
         }
@@ -159,7 +153,7 @@ impl ProducerStates {
             .entry(batch.producer_id)
             .or_insert_with(|| Producer {
                 epoch: batch.epoch,
-                batches: VecDeque::with_capacity(BATCHES_REMEMBERED),
+                batches: VecDeque::with_capacity(limits::BATCHES_REMEMBERED),
                 touched: 0,
             });
         producer.touched = self.clock;
@@ -170,7 +164,7 @@ impl ProducerStates {
             producer.epoch = batch.epoch;
             producer.batches.clear();
         }
-        if producer.batches.len() == BATCHES_REMEMBERED {
+        if producer.batches.len() == limits::BATCHES_REMEMBERED {
             producer.batches.pop_front();
         }
         producer.batches.push_back(Remembered {

@@ -7,10 +7,8 @@
 
 use std::time::Duration;
 
+use crate::limits;
 use glommio::{LocalExecutorBuilder, Placement};
-
-/// Locked memory each executor needs for its io_uring rings and registered buffers.
-pub const IO_MEMORY_BYTES: usize = 2 * 1024 * 1024;
 
 /// Why the runtime could not start.
 #[derive(Debug, thiserror::Error)]
@@ -35,8 +33,8 @@ pub enum RuntimeError {
 
 /// Raises RLIMIT_MEMLOCK as far as allowed and checks it covers `shards` executors.
 pub fn ensure_memlock(shards: usize) -> Result<(), RuntimeError> {
-    // Each executor registers ~IO_MEMORY_BYTES plus its rings; ask for 4x as headroom.
-    let need_bytes = (shards * IO_MEMORY_BYTES * 4) as u64;
+    // Each executor registers `limits::IO_MEMORY_BYTES` plus its rings; ask for 4x as headroom.
+    let need_bytes = (shards * limits::IO_MEMORY_BYTES * 4) as u64;
     // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
     unsafe {
         let mut limit = libc::rlimit {
@@ -108,7 +106,7 @@ pub fn executor_builder(
     };
     let mut builder = LocalExecutorBuilder::new(placement)
         .name(&format!("tern-shard-{shard}"))
-        .io_memory(IO_MEMORY_BYTES)
+        .io_memory(limits::IO_MEMORY_BYTES)
         .preempt_timer(Duration::from_millis(10));
     if spin_before_park_us > 0 {
         builder = builder.spin_before_park(Duration::from_micros(spin_before_park_us));

@@ -26,6 +26,7 @@ use tern_storage::Log;
 use crate::clock::Clock;
 use crate::config::BrokerConfig;
 use crate::controller::Controller;
+use crate::limits;
 use crate::metrics::{ConnectionProbe, FetchProbe, ShardSample};
 use crate::partition::{ParkBudget, Partition, TopicPartition};
 use crate::placement;
@@ -329,7 +330,7 @@ impl Shard {
 /// Waits (bounded) for in-flight users of a partition to let go, then closes or removes its log.
 async fn release_partition(partition: Rc<Partition>, remove: bool) {
     let mut partition = partition;
-    for _ in 0..crate::limits::PARTITION_RELEASE_WAIT_MS / RELEASE_POLL_MS {
+    for _ in 0..crate::limits::PARTITION_RELEASE_WAIT_MS / limits::PARTITION_RELEASE_POLL_MS {
         match Rc::try_unwrap(partition) {
             Ok(owned) => {
                 let name = owned.tp.dir_name();
@@ -345,11 +346,10 @@ async fn release_partition(partition: Rc<Partition>, remove: bool) {
             }
             Err(shared) => {
                 partition = shared;
-                glommio::timer::sleep(Duration::from_millis(RELEASE_POLL_MS)).await;
+                glommio::timer::sleep(Duration::from_millis(limits::PARTITION_RELEASE_POLL_MS))
+                    .await;
             }
         }
     }
     tracing::warn!(partition = %partition.tp.dir_name(), "partition still in use after 30 s; leaving it open");
 }
-
-const RELEASE_POLL_MS: u64 = 50;

@@ -173,7 +173,7 @@ proptest! {
             for w in expected.windows(2) {
                 assert_eq!(w[0].next, w[1].base);
             }
-            assert_eq!(log.high_watermark(), log.log_end_offset());
+            assert_eq!(log.acknowledged_end_offset(), log.log_end_offset());
             check_reads(&log, &expected).await;
             if clean {
                 log.close().await.unwrap();
@@ -226,7 +226,7 @@ fn concurrent_appenders_share_fdatasyncs_and_get_contiguous_offsets() {
             stats.fdatasyncs < 160,
             "group commit shares syncs: {stats:?}"
         );
-        assert_eq!(log.high_watermark(), Offset(480));
+        assert_eq!(log.acknowledged_end_offset(), Offset(480));
         assert_eq!(
             log.durable_end_offset(),
             Offset(480),
@@ -629,7 +629,7 @@ fn interval_flush_acknowledges_without_fdatasync_and_syncs_later() {
                 .await
                 .unwrap();
         }
-        assert_eq!(log.high_watermark(), Offset(10));
+        assert_eq!(log.acknowledged_end_offset(), Offset(10));
         assert_eq!(log.acknowledged_end_offset(), Offset(10));
         assert_eq!(
             log.durable_end_offset(),
@@ -693,8 +693,11 @@ fn a_failing_disk_surfaces_a_storage_error_and_the_log_reopens_consistent() {
             .append(batch(1, 10, 1), LeaderEpoch(1), TimestampMs(1))
             .await
             .is_err());
-        assert_eq!(log.high_watermark(), acked.last().unwrap().next);
-        let slice = log.read(Offset(0), 1, log.high_watermark()).await.unwrap();
+        assert_eq!(log.acknowledged_end_offset(), acked.last().unwrap().next);
+        let slice = log
+            .read(Offset(0), 1, log.acknowledged_end_offset())
+            .await
+            .unwrap();
         assert_eq!(concat(&slice), &acked[0].bytes[..]);
         assert!(
             log.close().await.is_err(),

@@ -26,10 +26,6 @@ use crate::limits;
 use crate::partition::TopicPartition;
 use crate::shard::Shard;
 
-/// How often committed offsets are checked against `offsets.retention.minutes` (Kafka's
-/// `offsets.retention.check.interval.ms` default is 10 minutes).
-const OFFSET_EXPIRY_CHECK_INTERVAL_MS: i64 = 60_000;
-
 /// The coordinator's own writes wait for every in-sync replica, as Kafka's do.
 const ACKS_ALL: i16 = -1;
 
@@ -171,7 +167,7 @@ pub fn start(shard: Rc<Shard>) -> glommio::Task<()> {
             let now = shard.now_ms();
             let mut out = Effects::default();
             shard.groups.groups.borrow_mut().tick(now, &mut out);
-            if now - last_expiry_ms >= OFFSET_EXPIRY_CHECK_INTERVAL_MS {
+            if now - last_expiry_ms >= limits::OFFSET_EXPIRY_CHECK_INTERVAL_MS {
                 last_expiry_ms = now;
                 shard
                     .groups

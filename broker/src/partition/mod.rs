@@ -364,7 +364,7 @@ enum Sequenced {
 
 fn log_offsets(log: &Log) -> LogOffsets {
     let log_start = log.log_start_offset();
-    let durable_end = log.high_watermark();
+    let durable_end = log.acknowledged_end_offset();
     LogOffsets {
         log_start: log_start.min(durable_end),
         durable_end,

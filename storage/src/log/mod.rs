@@ -346,13 +346,6 @@ impl Log {
         self.inner.state.borrow().ack_end
     }
 
-    /// Deprecated: the replicated high watermark belongs to the broker's partition layer. Kept
-    /// as an alias of [`Log::acknowledged_end_offset`] (the value this always returned) until
-    /// the broker's callers switch; do not use in new code.
-    pub fn high_watermark(&self) -> Offset {
-        self.acknowledged_end_offset()
-    }
-
     /// Failure injection for tests: the next `writes` segment writes fail as if the disk were
     /// full (ENOSPC), before any byte reaches the file.
     #[doc(hidden)]
