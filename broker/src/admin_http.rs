@@ -67,23 +67,32 @@ pub async fn gather(shard: &Rc<Shard>) -> Vec<ShardSample> {
         .collect()
 }
 
-/// Prometheus text format: each metric once, with one line per shard.
+/// Prometheus text format: each metric's help and type once, then one line per shard (and
+/// label value).
 fn render(samples: &[ShardSample]) -> String {
     let mut out = String::new();
     let Some(first) = samples.first() else {
         return out;
     };
     for (index, metric) in first.metrics.iter().enumerate() {
-        let _ = writeln!(out, "# HELP tern_{} {}", metric.name, metric.help);
-        let _ = writeln!(out, "# TYPE tern_{} {}", metric.name, metric.kind.name());
+        let first_of_name = index == 0 || first.metrics[index - 1].name != metric.name;
+        if first_of_name {
+            let _ = writeln!(out, "# HELP tern_{} {}", metric.name, metric.help);
+            let _ = writeln!(out, "# TYPE tern_{} {}", metric.name, metric.kind.name());
+        }
         for sample in samples {
-            if let Some(value) = sample.metrics.get(index).filter(|m| m.name == metric.name) {
-                let _ = writeln!(
-                    out,
-                    "tern_{}{{shard=\"{}\"}} {}",
-                    metric.name, sample.shard, value.value
-                );
-            }
+            let Some(value) = sample.metrics.get(index).filter(|m| m.name == metric.name) else {
+                continue;
+            };
+            let label = match value.label {
+                Some((key, label)) => format!(",{key}=\"{label}\""),
+                None => String::new(),
+            };
+            let _ = writeln!(
+                out,
+                "tern_{}{{shard=\"{}\"{label}}} {}",
+                metric.name, sample.shard, value.value
+            );
         }
     }
     out

@@ -52,6 +52,14 @@ pub struct ConnectionLimits {
     pub in_flight_max: usize,
     /// Request bytes one connection may hold while they are served.
     pub buffered_bytes_max: usize,
+    /// Request bytes one shard may hold across all its connections (Kafka's
+    /// `queued.max.request.bytes`); connections wanting more stop being read until it frees.
+    pub shard_buffered_bytes_max: usize,
+    /// Kafka's `connections.max.idle.ms`; also how long a response may wait for a client
+    /// that stopped reading.
+    pub idle_ms: u64,
+    /// How long a request whose first bytes arrived may take to arrive in full.
+    pub request_receive_timeout_ms: u64,
 }
 
 impl Default for ConnectionLimits {
@@ -60,6 +68,9 @@ impl Default for ConnectionLimits {
             request_bytes_max: tern_protocol::limits::FRAME_BYTES_MAX,
             in_flight_max: crate::limits::CONNECTION_IN_FLIGHT_MAX,
             buffered_bytes_max: crate::limits::CONNECTION_BUFFERED_BYTES_MAX,
+            shard_buffered_bytes_max: crate::limits::SHARD_REQUEST_BYTES,
+            idle_ms: crate::limits::CONNECTION_IDLE_MS,
+            request_receive_timeout_ms: crate::limits::REQUEST_RECEIVE_TIMEOUT_MS,
         }
     }
 }
@@ -74,13 +85,32 @@ impl ConnectionLimits {
         if self.buffered_bytes_max < self.request_bytes_max {
             return Err("max buffered request bytes must be at least the max request bytes".into());
         }
+        if self.shard_buffered_bytes_max < self.request_bytes_max {
+            return Err(
+                "max shard request bytes must be at least the max request bytes (or the largest request could never be read)".into(),
+            );
+        }
         if !(1..=crate::limits::CONNECTION_IN_FLIGHT_HARD_MAX).contains(&self.in_flight_max) {
             return Err(format!(
                 "max in-flight requests must be between 1 and {}",
                 crate::limits::CONNECTION_IN_FLIGHT_HARD_MAX
             ));
         }
+        let min = crate::limits::CONNECTION_DEADLINE_MS_MIN;
+        if self.idle_ms < min || self.request_receive_timeout_ms < min {
+            return Err(format!(
+                "connections.max.idle.ms and the request receive timeout must be at least {min} ms"
+            ));
+        }
         Ok(())
+    }
+
+    /// The deadlines the shard's reaper applies.
+    pub fn deadlines(&self) -> crate::connection::table::Deadlines {
+        crate::connection::table::Deadlines {
+            idle_ms: self.idle_ms as i64,
+            request_receive_ms: self.request_receive_timeout_ms as i64,
+        }
     }
 }
 
@@ -138,6 +168,9 @@ pub struct FileConfig {
     pub max_request_bytes: Option<usize>,
     pub max_in_flight_requests: Option<usize>,
     pub max_buffered_request_bytes: Option<usize>,
+    pub max_shard_request_bytes: Option<usize>,
+    pub connections_max_idle_ms: Option<u64>,
+    pub request_receive_timeout_ms: Option<u64>,
     pub offsets_topic_partitions: Option<i32>,
     pub offsets_retention_minutes: Option<i64>,
     pub group_initial_rebalance_delay_ms: Option<i64>,

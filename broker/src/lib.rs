@@ -75,6 +75,13 @@ pub fn run(mut config: BrokerConfig) -> Result<(), StartError> {
     let shards = config.cores;
     runtime::ensure_memlock(shards)?;
     runtime::probe_io_uring()?;
+    runtime::raise_open_files_limit();
+    // Before any shard binds: the shards share the port among themselves (SO_REUSEPORT),
+    // which would also let them share it with another broker.
+    let _port = runtime::claim_port(config.listen).map_err(|reason| StartError::Listen {
+        addr: config.listen,
+        reason,
+    })?;
 
     std::fs::create_dir_all(&config.data_dir).map_err(|e| {
         StartError::DataDir(format!(
@@ -100,25 +107,30 @@ pub fn run(mut config: BrokerConfig) -> Result<(), StartError> {
     // Block SIGINT/SIGTERM in every thread; the main thread waits for them with sigwait.
     let signals = block_shutdown_signals();
     let stop = Arc::new(AtomicBool::new(false));
+    // Set once every shard has opened its partitions: no shard accepts a client before, so
+    // no client is told NOT_LEADER for a partition another shard is still opening.
+    let serving = Arc::new(AtomicBool::new(false));
     let (ready_tx, ready_rx) = mpsc::channel::<Result<usize, StartError>>();
     let mesh = MeshBuilder::<RemoteTask, _>::full(shards, limits::SHARD_CHANNEL_CAPACITY);
     let mut handles = Vec::with_capacity(shards);
     for id in 0..shards {
         let config = config.clone();
         let image = image.clone();
-        let stop = stop.clone();
-        let ready = ready_tx.clone();
+        let signals = StartSignals {
+            stop: stop.clone(),
+            serving: serving.clone(),
+            ready: ready_tx.clone(),
+        };
         let mesh = mesh.clone();
         let builder = runtime::executor_builder(id, shards, config.spin_before_park_us);
-        let handle =
-            builder
-                .spawn(move || async move {
-                    shard_main(id, shards, config, image, mesh, stop, ready).await
-                })
-                .map_err(|e| runtime::RuntimeError::Spawn {
-                    shard: id,
-                    reason: e.to_string(),
-                })?;
+        let handle = builder
+            .spawn(
+                move || async move { shard_main(id, shards, config, image, mesh, signals).await },
+            )
+            .map_err(|e| runtime::RuntimeError::Spawn {
+                shard: id,
+                reason: e.to_string(),
+            })?;
         handles.push(handle);
     }
     drop(ready_tx);
@@ -136,6 +148,7 @@ pub fn run(mut config: BrokerConfig) -> Result<(), StartError> {
             Err(_) => break,
         }
     }
+    serving.store(true, Ordering::SeqCst);
     tracing::info!(listen = %config.listen, shards, data_dir = %config.data_dir.display(), "tern is serving Kafka clients");
     println!(
         "tern: serving Kafka on {} with {} shard(s), data in {}",
@@ -154,15 +167,29 @@ pub fn run(mut config: BrokerConfig) -> Result<(), StartError> {
     Ok(())
 }
 
+/// How the main thread and the shards tell each other about start-up and shutdown.
+struct StartSignals {
+    /// Set by the main thread: shut down.
+    stop: Arc<AtomicBool>,
+    /// Set by the main thread once every shard is ready: start accepting clients.
+    serving: Arc<AtomicBool>,
+    /// Each shard reports here whether it started.
+    ready: mpsc::Sender<Result<usize, StartError>>,
+}
+
 async fn shard_main(
     id: usize,
     shards: usize,
     config: Arc<BrokerConfig>,
     image: Arc<MetadataImage>,
     mesh: MeshBuilder<RemoteTask, glommio::channels::channel_mesh::Full>,
-    stop: Arc<AtomicBool>,
-    ready: mpsc::Sender<Result<usize, StartError>>,
+    signals: StartSignals,
 ) {
+    let StartSignals {
+        stop,
+        serving,
+        ready,
+    } = signals;
     // A heartbeat so an executor never parks indefinitely: if a cross-thread wake-up were ever
     // lost (one start-up of a two-shard broker was seen to hang until an unrelated signal
     // arrived), the shard still gets to run within a tick.
@@ -236,7 +263,7 @@ async fn shard_main(
         }
     };
     let admin = match (id, config.admin_listen) {
-        (0, Some(addr)) => match TcpListener::bind(addr) {
+        (0, Some(addr)) => match bind_exclusive(addr) {
             Ok(listener) => Some(glommio::spawn_local(admin_http::serve(
                 shard.clone(),
                 listener,
@@ -266,9 +293,14 @@ async fn shard_main(
             }
         })
     };
+    let reaper = connection::start_reaper(shard.clone());
     let acceptor = {
         let shard = shard.clone();
         glommio::spawn_local(async move {
+            // Clients that connect meanwhile wait in the listen backlog.
+            while !serving.load(Ordering::SeqCst) {
+                glommio::timer::sleep(Duration::from_millis(1)).await;
+            }
             loop {
                 match listener.accept().await {
                     Ok(stream) => {
@@ -291,16 +323,38 @@ async fn shard_main(
     drop(admin);
     // Stop reading from every client: each connection answers what it already read, then
     // closes. Wait (bounded) for them before the logs close under them.
-    shard.stop_reading_connections();
+    shard.connections.stop_reading();
     for _ in 0..500 {
-        if shard.open_connections() == 0 {
+        if shard.connections.is_empty() {
             break;
         }
         glommio::timer::sleep(Duration::from_millis(10)).await;
     }
+    // Whoever is left (a client that stopped reading its responses) is closed.
+    shard
+        .connections
+        .close_all(connection::table::CloseReason::Shutdown);
+    for _ in 0..100 {
+        if shard.connections.is_empty() {
+            break;
+        }
+        glommio::timer::sleep(Duration::from_millis(10)).await;
+    }
+    drop(reaper);
     drop(retention);
     drop(coordinator);
     shard.close_all().await;
+}
+
+/// Binds a listener that only this process may hold (no SO_REUSEPORT, unlike glommio's own
+/// bind): one shard serves it, so nothing needs to share it.
+fn bind_exclusive(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    use std::os::fd::FromRawFd;
+    use std::os::fd::IntoRawFd;
+    let listener = std::net::TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    // SAFETY: the descriptor is a bound, listening TCP socket we own and hand over whole.
+    Ok(unsafe { TcpListener::from_raw_fd(listener.into_raw_fd()) })
 }
 
 /// Hands `image` to every shard of this broker; resolves once all have applied it.

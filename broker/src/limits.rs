@@ -38,6 +38,13 @@ pub const FETCH_PARKED_PER_SHARD_HARD_MAX: usize = 10_000_000;
 /// left open (logged).
 pub const PARTITION_RELEASE_WAIT_MS: u64 = 30_000;
 
+/// How long start-up waits for a listener port held by something other than a live tern
+/// broker (a killed broker's sockets linger briefly) before refusing it.
+pub const PORT_CLAIM_WAIT: Duration = Duration::from_secs(5);
+
+/// Open-files limit below which start-up warns.
+pub const OPEN_FILES_RECOMMENDED: u64 = 65_536;
+
 /// Shards on one broker (each needs a core of its own).
 pub const SHARDS_MAX: usize = 1024;
 
@@ -142,11 +149,40 @@ pub const ADMIN_HTTP_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Producer ids reserved per metadata write.
 pub const PRODUCER_ID_BLOCK: i64 = 1000;
 
-/// Bytes a connection reads from its socket at a time.
-pub const READ_CHUNK_BYTES: usize = 64 * 1024;
+/// Each connection's read-ahead buffer: small frames are taken from it several per read;
+/// larger ones get a buffer of their own. Most of an idle connection's memory.
+pub const READ_AHEAD_BYTES: usize = 4 * 1024;
 
-/// Largest ratio between a read buffer's size and a frame that shares it (see `serve`).
-pub const SHARED_BUFFER_AMPLIFICATION_MAX: usize = 4;
+/// A request up to this size is "small" (ApiVersions, Metadata, heartbeats, commits): its
+/// buffer is allocated whole, and it may draw on the shard's small-request reserve.
+pub const SMALL_REQUEST_BYTES: usize = 16 * 1024;
+
+/// Request bytes per shard set aside for small requests, so that a spent request budget
+/// never locks clients out of the control plane.
+pub const SMALL_REQUEST_RESERVE_BYTES: usize = 16 * 1024 * 1024;
+
+/// A larger frame's buffer starts at this size and doubles as its bytes arrive.
+pub const FRAME_BUFFER_START_BYTES: usize = 64 * 1024;
+
+/// Default per-shard budget for request bytes held in memory across all connections
+/// (`--max-shard-request-bytes`, Kafka's `queued.max.request.bytes`).
+pub const SHARD_REQUEST_BYTES: usize = 256 * 1024 * 1024;
+
+/// Default `connections.max.idle.ms` (Kafka's default: 10 minutes).
+pub const CONNECTION_IDLE_MS: u64 = 600_000;
+
+/// Default time a request whose first bytes arrived has to arrive in full.
+pub const REQUEST_RECEIVE_TIMEOUT_MS: u64 = 30_000;
+
+/// Shortest connection deadline an operator may configure.
+pub const CONNECTION_DEADLINE_MS_MIN: u64 = 100;
+
+/// How often each shard looks for connections past a deadline.
+pub const CONNECTION_REAP_INTERVAL_MS: u64 = 100;
+
+/// At most one log line per interval for connections the broker closed (the rest are
+/// counted, by reason, in `tern_connections_closed_total`).
+pub const CLOSE_LOG_INTERVAL_MS: i64 = 1_000;
 
 /// Kernel limit on iovecs per call (IOV_MAX is 1024 on Linux); stay well below it.
 pub const IOVECS_PER_SEND_MAX: usize = 256;
@@ -178,6 +214,10 @@ pub const OFFSET_EXPIRY_CHECK_INTERVAL_MS: i64 = 60_000;
 pub const PARTITION_RELEASE_POLL_MS: u64 = 50;
 
 const _: () = assert!(PARTITION_RELEASE_POLL_MS < PARTITION_RELEASE_WAIT_MS);
-const _: () = assert!(SHARED_BUFFER_AMPLIFICATION_MAX >= 1);
+const _: () = assert!(READ_AHEAD_BYTES >= 4 && READ_AHEAD_BYTES <= SMALL_REQUEST_BYTES);
+const _: () = assert!(SMALL_REQUEST_BYTES <= FRAME_BUFFER_START_BYTES);
+const _: () = assert!(SHARD_REQUEST_BYTES >= protocol::FRAME_BYTES_MAX);
+const _: () = assert!(SMALL_REQUEST_RESERVE_BYTES >= 64 * SMALL_REQUEST_BYTES);
+const _: () = assert!(CONNECTION_REAP_INTERVAL_MS <= CONNECTION_DEADLINE_MS_MIN);
 const _: () = assert!(SESSION_PARTITIONS_MAX >= TOPIC_PARTITIONS_MAX as usize);
 const _: () = assert!(PRODUCER_ID_BLOCK > 0);

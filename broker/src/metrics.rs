@@ -6,8 +6,13 @@
 //! by name, so adding a counter means touching only its probe.
 
 use std::cell::Cell;
+use std::net::SocketAddr;
 
 use tern_storage::{IndexCacheStats, LogStats};
+
+use crate::connection::table::CloseReason;
+use crate::limits;
+use crate::outcome::Malformed;
 
 /// A monotonically increasing count.
 #[derive(Debug, Default)]
@@ -42,12 +47,14 @@ impl Kind {
     }
 }
 
-/// One exported value, named without the `tern_` prefix.
+/// One exported value, named without the `tern_` prefix. Values of one name that differ by
+/// a label (`reason="idle"`) are pushed next to each other.
 #[derive(Debug, Clone)]
 pub struct Metric {
     pub name: &'static str,
     pub kind: Kind,
     pub help: &'static str,
+    pub label: Option<(&'static str, &'static str)>,
     pub value: u64,
 }
 
@@ -64,6 +71,24 @@ impl ShardSample {
             name,
             kind,
             help,
+            label: None,
+            value,
+        });
+    }
+
+    fn push_labeled(
+        &mut self,
+        name: &'static str,
+        kind: Kind,
+        help: &'static str,
+        label: (&'static str, &'static str),
+        value: u64,
+    ) {
+        self.metrics.push(Metric {
+            name,
+            kind,
+            help,
+            label: Some(label),
             value,
         });
     }
@@ -77,16 +102,88 @@ impl ShardSample {
     }
 }
 
-/// The connection layer's counters.
+/// Why a connection was closed other than by its client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseCause {
+    Malformed(Malformed),
+    Broker(CloseReason),
+}
+
+const CLOSE_CAUSES: [CloseCause; 9] = [
+    CloseCause::Malformed(Malformed::FrameSize),
+    CloseCause::Malformed(Malformed::Header),
+    CloseCause::Malformed(Malformed::Body),
+    CloseCause::Malformed(Malformed::AcksZeroProduceFailed),
+    CloseCause::Malformed(Malformed::Response),
+    CloseCause::Broker(CloseReason::Idle),
+    CloseCause::Broker(CloseReason::SlowRequest),
+    CloseCause::Broker(CloseReason::StalledReader),
+    CloseCause::Broker(CloseReason::Shutdown),
+];
+
+impl CloseCause {
+    fn label(self) -> &'static str {
+        match self {
+            CloseCause::Malformed(reason) => reason.label(),
+            CloseCause::Broker(reason) => reason.label(),
+        }
+    }
+
+    /// Its place in `CLOSE_CAUSES` (an exhaustive match, so a new cause must be listed).
+    fn index(self) -> usize {
+        match self {
+            CloseCause::Malformed(Malformed::FrameSize) => 0,
+            CloseCause::Malformed(Malformed::Header) => 1,
+            CloseCause::Malformed(Malformed::Body) => 2,
+            CloseCause::Malformed(Malformed::AcksZeroProduceFailed) => 3,
+            CloseCause::Malformed(Malformed::Response) => 4,
+            CloseCause::Broker(CloseReason::Idle) => 5,
+            CloseCause::Broker(CloseReason::SlowRequest) => 6,
+            CloseCause::Broker(CloseReason::StalledReader) => 7,
+            CloseCause::Broker(CloseReason::Shutdown) => 8,
+        }
+    }
+}
+
+/// The connection layer's counters, and the rate limit on its log lines: a client sending
+/// garbage in a loop costs a counter increment per connection and one line per interval.
 #[derive(Debug, Default)]
 pub struct ConnectionProbe {
     pub accepted: Counter,
     pub requests: Counter,
-    pub malformed: Counter,
+    closes: [Counter; CLOSE_CAUSES.len()],
+    last_logged_ms: Cell<Option<i64>>,
+    unlogged: Cell<u64>,
 }
 
 impl ConnectionProbe {
-    pub fn collect(&self, open: usize, out: &mut ShardSample) {
+    pub fn closed(&self, cause: CloseCause) {
+        self.closes[cause.index()].inc();
+    }
+
+    /// Logs a connection the broker closed, at most one line per `CLOSE_LOG_INTERVAL_MS`;
+    /// the line carries how many closes went unlogged since the last one.
+    pub fn log_closed(&self, now_ms: i64, peer: Option<SocketAddr>, reason: &str, detail: &str) {
+        let due = self
+            .last_logged_ms
+            .get()
+            .is_none_or(|last| now_ms - last >= limits::CLOSE_LOG_INTERVAL_MS);
+        if !due {
+            self.unlogged.set(self.unlogged.get() + 1);
+            return;
+        }
+        let unlogged = self.unlogged.replace(0);
+        self.last_logged_ms.set(Some(now_ms));
+        tracing::warn!(?peer, reason, detail, unlogged, "closing connection");
+    }
+
+    pub fn collect(
+        &self,
+        open: usize,
+        budget_in_use: u64,
+        budget_waits: u64,
+        out: &mut ShardSample,
+    ) {
         use Kind::*;
         out.push(
             "connections_accepted_total",
@@ -106,11 +203,37 @@ impl ConnectionProbe {
             "Kafka requests read.",
             self.requests.get(),
         );
+        let malformed: u64 = CLOSE_CAUSES
+            .iter()
+            .filter(|cause| matches!(cause, CloseCause::Malformed(_)))
+            .map(|cause| self.closes[cause.index()].get())
+            .sum();
         out.push(
             "malformed_requests_total",
             Counter,
-            "Requests that closed their connection.",
-            self.malformed.get(),
+            "Requests that closed their connection for malformed input (all reasons).",
+            malformed,
+        );
+        for cause in CLOSE_CAUSES {
+            out.push_labeled(
+                "connections_closed_total",
+                Counter,
+                "Connections the broker closed, by reason.",
+                ("reason", cause.label()),
+                self.closes[cause.index()].get(),
+            );
+        }
+        out.push(
+            "request_buffered_bytes",
+            Gauge,
+            "Request bytes held in memory, charged to the shard's budget.",
+            budget_in_use,
+        );
+        out.push(
+            "request_budget_waits_total",
+            Counter,
+            "Times a connection stopped being read because the shard's request budget was spent.",
+            budget_waits,
         );
     }
 }
@@ -234,4 +357,16 @@ pub fn collect_logs(
         "Sealed-segment index lookups that read the index files again.",
         cache.misses,
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_causes_are_listed_at_their_index() {
+        for (index, cause) in CLOSE_CAUSES.iter().enumerate() {
+            assert_eq!(cause.index(), index, "{cause:?}");
+        }
+    }
 }

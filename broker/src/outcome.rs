@@ -9,7 +9,35 @@ pub enum Outcome {
     /// Produce with acks=0: Kafka sends nothing back.
     NoResponse,
     /// The request was malformed: close the connection after earlier responses.
-    Close(String),
+    Close(Malformed, String),
+}
+
+/// Why a request closed its connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Malformed {
+    /// The size prefix is negative or over the limit.
+    FrameSize,
+    /// The request header does not parse, or names an unknown API or version.
+    Header,
+    /// The request body does not parse.
+    Body,
+    /// A Produce with acks=0 failed: as Kafka does, the connection closes so the client,
+    /// which gets no response, notices and refreshes its metadata.
+    AcksZeroProduceFailed,
+    /// A response could not be encoded (a broker bug, never the client's).
+    Response,
+}
+
+impl Malformed {
+    pub fn label(self) -> &'static str {
+        match self {
+            Malformed::FrameSize => "malformed_frame_size",
+            Malformed::Header => "malformed_header",
+            Malformed::Body => "malformed_body",
+            Malformed::AcksZeroProduceFailed => "acks0_produce_failed",
+            Malformed::Response => "response_encoding",
+        }
+    }
 }
 
 impl Outcome {

@@ -25,6 +25,8 @@ use tern_storage::Log;
 
 use crate::clock::Clock;
 use crate::config::BrokerConfig;
+use crate::connection::budget::RequestBudget;
+use crate::connection::table::ConnectionTable;
 use crate::controller::Controller;
 use crate::limits;
 use crate::metrics::{ConnectionProbe, FetchProbe, ShardSample};
@@ -50,9 +52,10 @@ pub struct Shard {
     pub fetch_probe: FetchProbe,
     /// Fetch sessions of clients connected to this shard.
     pub fetch_sessions: RefCell<crate::fetch_session::FetchSessions>,
-    /// Open client sockets, so shutdown can stop reading from them.
-    connections: RefCell<HashMap<u64, std::os::fd::RawFd>>,
-    next_connection_id: Cell<u64>,
+    /// Open client connections, for the reaper's deadlines and for shutdown.
+    pub connections: ConnectionTable,
+    /// Request bytes held in memory across this shard's connections.
+    pub request_budget: Rc<RequestBudget>,
     /// The consumer groups this shard coordinates (see `group`).
     pub groups: crate::group::registry::Coordinator,
     /// Memory budget for sealed segments' indexes, shared by this shard's partition logs.
@@ -87,8 +90,8 @@ impl Shard {
             connection_probe: ConnectionProbe::default(),
             fetch_probe: FetchProbe::default(),
             fetch_sessions: RefCell::new(crate::fetch_session::FetchSessions::new(id as u32)),
-            connections: RefCell::new(HashMap::new()),
-            next_connection_id: Cell::new(0),
+            connections: ConnectionTable::default(),
+            request_budget: RequestBudget::new(config.limits.shard_buffered_bytes_max),
             groups: crate::group::registry::Coordinator::new(crate::group::state::GroupConfig {
                 initial_rebalance_delay_ms: config.group_initial_rebalance_delay_ms.max(0),
                 offsets_retention_ms: config.offsets_retention_minutes.saturating_mul(60_000),
@@ -250,40 +253,18 @@ impl Shard {
         }
     }
 
-    pub fn register_connection(&self, fd: std::os::fd::RawFd) -> u64 {
-        let id = self.next_connection_id.get();
-        self.next_connection_id.set(id + 1);
-        self.connections.borrow_mut().insert(id, fd);
-        id
-    }
-
-    pub fn open_connections(&self) -> usize {
-        self.connections.borrow().len()
-    }
-
-    pub fn unregister_connection(&self, id: u64) {
-        self.connections.borrow_mut().remove(&id);
-    }
-
-    /// Half-closes every client socket for reading: each connection then answers what it
-    /// has already read and closes.
-    pub fn stop_reading_connections(&self) {
-        for fd in self.connections.borrow().values() {
-            // SAFETY: the descriptor is open while registered (unregistered before close).
-            unsafe {
-                libc::shutdown(*fd, libc::SHUT_RD);
-            }
-        }
-    }
-
     /// This shard's metrics for a scrape, from every subsystem's probe.
     pub fn sample(&self) -> ShardSample {
         let mut sample = ShardSample {
             shard: self.id,
             metrics: Vec::new(),
         };
-        self.connection_probe
-            .collect(self.connections.borrow().len(), &mut sample);
+        self.connection_probe.collect(
+            self.connections.len(),
+            self.request_budget.in_use(),
+            self.request_budget.waits(),
+            &mut sample,
+        );
         self.fetch_probe.collect(
             self.park_budget.used(),
             self.park_budget.parks_total(),

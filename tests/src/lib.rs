@@ -13,6 +13,7 @@
 pub mod disk;
 pub mod kafka;
 pub mod rs;
+pub mod traffic;
 pub mod wire;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -173,17 +174,7 @@ impl Broker {
 
     /// Fetches `/metrics` and returns the named metric per shard, by shard id.
     pub fn metric_by_shard(&self, name: &str) -> Vec<(u64, u64)> {
-        use std::io::{Read, Write};
-        let mut stream = TcpStream::connect_timeout(&self.admin_addr, Duration::from_secs(5))
-            .expect("admin endpoint");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .expect("timeout");
-        stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nhost: tern\r\n\r\n")
-            .expect("request");
-        let mut text = String::new();
-        stream.read_to_string(&mut text).expect("response");
+        let text = self.metrics_text();
         let prefix = format!("{name}{{shard=\"");
         let mut values: Vec<(u64, u64)> = text
             .lines()
@@ -195,6 +186,48 @@ impl Broker {
             .collect();
         values.sort_unstable();
         values
+    }
+
+    /// The named metric with one label (`reason="idle"`), summed over shards.
+    pub fn metric_labeled(&self, name: &str, label: &str) -> u64 {
+        self.metrics_text()
+            .lines()
+            .filter(|line| line.starts_with(&format!("{name}{{")) && line.contains(label))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    }
+
+    fn metrics_text(&self) -> String {
+        use std::io::{Read, Write};
+        let mut stream = TcpStream::connect_timeout(&self.admin_addr, Duration::from_secs(5))
+            .expect("admin endpoint");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nhost: tern\r\n\r\n")
+            .expect("request");
+        let mut text = String::new();
+        stream.read_to_string(&mut text).expect("response");
+        text
+    }
+
+    /// The broker process's resident memory, from /proc.
+    pub fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("broker /proc status");
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|rest| {
+                rest.trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
+            .expect("VmRSS line")
+            * 1024
     }
 
     pub fn log(&self) -> String {

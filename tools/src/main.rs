@@ -259,6 +259,17 @@ struct ServeArgs {
     /// Request bytes one connection may hold in memory while they are served.
     #[arg(long, env = "TERN_MAX_BUFFERED_REQUEST_BYTES")]
     max_buffered_request_bytes: Option<usize>,
+    /// Request bytes one shard may hold in memory across all its connections (Kafka's
+    /// queued.max.request.bytes); connections wanting more are not read until it frees.
+    #[arg(long, env = "TERN_MAX_SHARD_REQUEST_BYTES")]
+    max_shard_request_bytes: Option<usize>,
+    /// Close connections idle this long (Kafka's connections.max.idle.ms), and those whose
+    /// client has not read a response for this long.
+    #[arg(long, env = "TERN_CONNECTIONS_MAX_IDLE_MS")]
+    connections_max_idle_ms: Option<u64>,
+    /// Close a connection whose request started arriving and is not complete after this.
+    #[arg(long, env = "TERN_REQUEST_RECEIVE_TIMEOUT_MS")]
+    request_receive_timeout_ms: Option<u64>,
     /// Memory per shard for sealed segments' indexes; least recently used ones are read
     /// again from disk when needed.
     #[arg(long, env = "TERN_INDEX_CACHE_BYTES")]
@@ -334,6 +345,18 @@ fn build_config(args: ServeArgs) -> Result<BrokerConfig, String> {
                 .max_buffered_request_bytes
                 .or(file.max_buffered_request_bytes)
                 .unwrap_or(defaults.limits.buffered_bytes_max),
+            shard_buffered_bytes_max: args
+                .max_shard_request_bytes
+                .or(file.max_shard_request_bytes)
+                .unwrap_or(defaults.limits.shard_buffered_bytes_max),
+            idle_ms: args
+                .connections_max_idle_ms
+                .or(file.connections_max_idle_ms)
+                .unwrap_or(defaults.limits.idle_ms),
+            request_receive_timeout_ms: args
+                .request_receive_timeout_ms
+                .or(file.request_receive_timeout_ms)
+                .unwrap_or(defaults.limits.request_receive_timeout_ms),
         },
         offsets_topic_partitions: args
             .offsets_topic_partitions

@@ -7,7 +7,7 @@ use tern_protocol::error_code;
 use tern_protocol::request::encode_response;
 
 use super::Ctx;
-use crate::outcome::Outcome;
+use crate::outcome::{Malformed, Outcome};
 
 fn body(error: i16) -> ApiVersionsResponse {
     let mut response = ApiVersionsResponse::default();
@@ -38,6 +38,9 @@ pub fn unsupported(correlation_id: i32) -> Outcome {
         &body(error_code::UNSUPPORTED_VERSION),
     ) {
         Ok(frame) => Outcome::frame(frame),
-        Err(error) => Outcome::Close(format!("cannot encode ApiVersions: {error}")),
+        Err(error) => Outcome::Close(
+            Malformed::Response,
+            format!("cannot encode ApiVersions: {error}"),
+        ),
     }
 }

@@ -19,14 +19,13 @@ mod producer_id;
 use std::rc::Rc;
 
 use bytes::{Bytes, BytesMut};
-use glommio::sync::StaticPermit;
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Encodable, StrBytes};
 use tern_protocol::api;
 use tern_protocol::frame::{self, HeaderError, ParsedHeader};
 use tern_protocol::request::{decode_body, encode_response};
 
-use crate::outcome::Outcome;
+use crate::outcome::{Malformed, Outcome};
 use crate::shard::Shard;
 
 /// Everything a handler needs to know about the request it serves.
@@ -57,7 +56,10 @@ impl Ctx<'_> {
             Ok(frame) => Outcome::frame(frame),
             // Encoding fails only for values we built ourselves (e.g. a string over 32 KiB):
             // a bug, but not one worth taking the broker down for.
-            Err(error) => Outcome::Close(format!("cannot encode response: {error}")),
+            Err(error) => Outcome::Close(
+                Malformed::Response,
+                format!("cannot encode response: {error}"),
+            ),
         }
     }
 }
@@ -66,13 +68,13 @@ pub fn str_bytes(value: &str) -> StrBytes {
     StrBytes::from_string(value.to_owned())
 }
 
-/// Serves one request frame (size prefix already removed). `_permit` holds this request's
-/// share of the connection's byte budget until the response is built.
-pub async fn handle(
+/// Serves one request frame (size prefix already removed). `_held` is the request's share of
+/// the connection's and the shard's byte budgets, released when the response is built.
+pub async fn handle<Held>(
     shard: Rc<Shard>,
     request: BytesMut,
     peer: Option<std::net::SocketAddr>,
-    _permit: StaticPermit,
+    _held: Held,
 ) -> Outcome {
     let parsed = match frame::parse_header(&request) {
         Ok(parsed) => parsed,
@@ -90,8 +92,7 @@ pub async fn handle(
             return api_versions::unsupported(correlation_id);
         }
         Err(error) => {
-            shard.connection_probe.malformed.inc();
-            return Outcome::Close(error.to_string());
+            return Outcome::Close(Malformed::Header, error.to_string());
         }
     };
     let ParsedHeader {
@@ -126,11 +127,10 @@ pub async fn handle(
             match decode_body::<$ty>(spec, api_version, body) {
                 Ok(request) => request,
                 Err(error) => {
-                    shard.connection_probe.malformed.inc();
-                    return Outcome::Close(format!(
-                        "malformed {} v{}: {error}",
-                        spec.name, api_version
-                    ));
+                    return Outcome::Close(
+                        Malformed::Body,
+                        format!("malformed {} v{}: {error}", spec.name, api_version),
+                    );
                 }
             }
         };
@@ -169,6 +169,9 @@ pub async fn handle(
         api::LIST_GROUPS => groups::list_groups(&ctx, decode!(ListGroupsRequest)).await,
         api::DELETE_GROUPS => groups::delete_groups(&ctx, decode!(DeleteGroupsRequest)).await,
         api::OFFSET_DELETE => groups::offset_delete(&ctx, decode!(OffsetDeleteRequest)).await,
-        other => Outcome::Close(format!("api key {other} is advertised but has no handler")),
+        other => Outcome::Close(
+            Malformed::Header,
+            format!("api key {other} is advertised but has no handler"),
+        ),
     }
 }

@@ -16,7 +16,7 @@ use tern_protocol::produce;
 use tern_protocol::types::TimestampMs;
 
 use super::{str_bytes, Ctx};
-use crate::outcome::Outcome;
+use crate::outcome::{Malformed, Outcome};
 use crate::partition::{AppendFailure, TopicPartition};
 use crate::scatter::scatter;
 use crate::shard::Shard;
@@ -47,7 +47,10 @@ pub async fn handle(ctx: &Ctx<'_>, body: BytesMut) -> Outcome {
     let request = match produce::parse(&body, ctx.version) {
         Ok(request) => request,
         Err(error) => {
-            return Outcome::Close(format!("malformed Produce v{}: {error}", ctx.version))
+            return Outcome::Close(
+                Malformed::Body,
+                format!("malformed Produce v{}: {error}", ctx.version),
+            )
         }
     };
     let acks = request.acks;
@@ -135,7 +138,27 @@ pub async fn handle(ctx: &Ctx<'_>, body: BytesMut) -> Outcome {
         }));
     }
     if acks == 0 {
-        return Outcome::NoResponse;
+        // No response goes back, so a failure would go unnoticed: Kafka closes the connection,
+        // and the client reconnects and refreshes its metadata.
+        let failed = results
+            .iter()
+            .flatten()
+            .find(|result| result.error_code != error_code::NONE);
+        return match failed {
+            Some(result) => Outcome::Close(
+                Malformed::AcksZeroProduceFailed,
+                format!(
+                    "acks=0 Produce failed with error {}{}",
+                    result.error_code,
+                    result
+                        .message
+                        .as_deref()
+                        .map(|m| format!(": {m}"))
+                        .unwrap_or_default()
+                ),
+            ),
+            None => Outcome::NoResponse,
+        };
     }
 
     let mut response = ProduceResponse::default();

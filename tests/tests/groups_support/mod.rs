@@ -76,6 +76,8 @@ impl Broker {
             cores.to_string(),
             "--group-initial-rebalance-delay-ms".to_owned(),
             "0".to_owned(),
+            "--admin-listen".to_owned(),
+            "off".to_owned(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut broker = Broker {
@@ -114,7 +116,11 @@ impl Broker {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         while TcpStream::connect(self.addr).is_err() {
-            assert!(Instant::now() < deadline, "broker did not start listening");
+            assert!(
+                Instant::now() < deadline,
+                "broker did not start listening; log:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }

@@ -1,0 +1,148 @@
+//! Reading request frames (a 4-byte size, then that many bytes) so that memory follows the
+//! bytes that arrived.
+//!
+//! A small read-ahead buffer (`READ_AHEAD_BYTES`) takes whatever the socket has; frames that
+//! fit in it are copied out to an exact allocation, several per read when a client pipelines.
+//! A larger frame gets its own buffer, started small and doubled only when full, with each
+//! growth charged to the shard's request budget before it is allocated, and the rest of the
+//! frame is read straight into it (never past its end). A client that declares 100 MiB and
+//! sends 20 bytes therefore holds the read-ahead and one small buffer, not 100 MiB.
+
+use std::rc::Rc;
+
+use bytes::{Bytes, BytesMut};
+use futures::{AsyncRead, AsyncReadExt};
+use glommio::sync::{Semaphore, StaticPermit};
+use tern_protocol::frame;
+
+use super::budget::{Charge, RequestBudget};
+use super::table::ConnectionState;
+use crate::limits;
+
+/// A request frame (size prefix removed) and the memory accounting it holds until answered.
+pub struct Frame {
+    pub bytes: BytesMut,
+    pub held: Held,
+}
+
+/// The frame's share of the connection's and the shard's byte budgets, released on drop.
+pub struct Held {
+    _connection: StaticPermit,
+    _shard: Charge,
+}
+
+pub enum FrameError {
+    /// The read side ended (EOF, reset, shutdown) or a read failed.
+    Closed,
+    /// The size prefix is out of bounds: a malformed frame.
+    Size(String),
+}
+
+pub struct FrameReader {
+    /// Allocated at the first read, `READ_AHEAD_BYTES` long; `start..end` is unconsumed.
+    ahead: Box<[u8]>,
+    start: usize,
+    end: usize,
+    request_bytes_max: usize,
+}
+
+impl FrameReader {
+    pub fn new(request_bytes_max: usize) -> FrameReader {
+        FrameReader {
+            ahead: Box::default(),
+            start: 0,
+            end: 0,
+            request_bytes_max,
+        }
+    }
+
+    fn buffered(&self) -> usize {
+        self.end - self.start
+    }
+
+    /// Reads the next frame. Marks the connection as receiving from its first byte, so the
+    /// receive deadline covers a request that stalls half-way.
+    pub async fn next<R: AsyncRead + Unpin>(
+        &mut self,
+        reader: &mut R,
+        state: &ConnectionState,
+        budget: &Rc<RequestBudget>,
+        connection_budget: &Rc<Semaphore>,
+        now_ms: impl Fn() -> i64,
+    ) -> Result<Frame, FrameError> {
+        if self.buffered() > 0 {
+            state.request_started(now_ms());
+        }
+        while self.buffered() < 4 {
+            self.read_ahead(reader).await?;
+            state.request_started(now_ms());
+        }
+        let prefix = &self.ahead[self.start..self.start + 4];
+        let declared = i32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]);
+        let size = frame::check_frame_size(declared, self.request_bytes_max)
+            .map_err(|error| FrameError::Size(error.to_string()))?;
+        self.start += 4;
+        // The connection's own bound first: a client pipelining large frames waits for its
+        // earlier requests before it may hold more.
+        let permit = connection_budget
+            .clone()
+            .acquire_static_permit(size as u64)
+            .await
+            .map_err(|_| FrameError::Closed)?;
+        let mut charge = budget.charge();
+        let first = if size <= limits::SMALL_REQUEST_BYTES {
+            size
+        } else {
+            size.min(limits::FRAME_BUFFER_START_BYTES)
+        };
+        charge.grow(first).await;
+        let mut buffer = vec![0u8; first];
+        let mut filled = self.buffered().min(size);
+        buffer[..filled].copy_from_slice(&self.ahead[self.start..self.start + filled]);
+        self.start += filled;
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+        while filled < size {
+            if filled == buffer.len() {
+                let grown = (buffer.len() * 2).min(size);
+                charge.grow(grown - buffer.len()).await;
+                buffer.reserve_exact(grown - buffer.len());
+                buffer.resize(grown, 0);
+            }
+            match reader.read(&mut buffer[filled..]).await {
+                Ok(0) | Err(_) => return Err(FrameError::Closed),
+                Ok(read) => filled += read,
+            }
+            state.request_started(now_ms());
+        }
+        debug_assert_eq!(buffer.len(), size);
+        Ok(Frame {
+            // A Vec whose length is its capacity becomes `BytesMut` without a copy.
+            bytes: BytesMut::from(Bytes::from(buffer)),
+            held: Held {
+                _connection: permit,
+                _shard: charge,
+            },
+        })
+    }
+
+    async fn read_ahead<R: AsyncRead + Unpin>(&mut self, reader: &mut R) -> Result<(), FrameError> {
+        if self.ahead.is_empty() {
+            self.ahead = vec![0u8; limits::READ_AHEAD_BYTES].into_boxed_slice();
+        }
+        if self.start > 0 {
+            self.ahead.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        match reader.read(&mut self.ahead[self.end..]).await {
+            Ok(0) | Err(_) => Err(FrameError::Closed),
+            Ok(read) => {
+                self.end += read;
+                Ok(())
+            }
+        }
+    }
+}
