@@ -492,14 +492,27 @@ fn idle_connections_cost_little_memory() {
         &broker
     ) >= 64));
     let before = broker.rss_bytes();
-    let idle: Vec<TcpStream> = (0..count).map(|_| send_raw(broker.addr, &[])).collect();
+    // Each asks one ApiVersions and reads the answer, as a real client starts, then idles:
+    // its read-ahead buffer has been written, so it counts in the broker's RSS.
+    let ask = wire::request(API_VERSIONS, 0, 1, &[]);
+    let idle: Vec<TcpStream> = (0..count)
+        .map(|_| {
+            let mut stream = send_raw(broker.addr, &ask);
+            stream
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .expect("read timeout");
+            let mut size = [0u8; 4];
+            stream.read_exact(&mut size).expect("ApiVersions answer");
+            let mut body = vec![0u8; i32::from_be_bytes(size) as usize];
+            stream.read_exact(&mut body).expect("ApiVersions answer");
+            stream
+        })
+        .collect();
     assert!(
         wait_until(Duration::from_secs(20), || open_connections(&broker)
             >= (count + 64) as u64),
         "{count} connections accepted"
     );
-    // Each has read nothing yet; one ApiVersions each allocates its read-ahead buffer, as a
-    // real client's first request would.
     let after = broker.rss_bytes();
     let per_connection = after.saturating_sub(before) / count as u64;
     println!(
