@@ -147,3 +147,89 @@ async fn rskafka_batch_over_max_message_bytes_gets_message_too_large() {
     .await;
     assert_eq!(offsets, vec![0], "the refused batch took no offsets");
 }
+
+/// A Fetch v4 body for several partitions of one topic from offset 0, with `max_bytes` for
+/// the whole response and `partition_max_bytes` for each partition.
+fn fetch_v4_partitions(
+    topic: &str,
+    partitions: i32,
+    max_bytes: i32,
+    partition_max: i32,
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&(-1i32).to_be_bytes()); // replica id
+    out.extend_from_slice(&0i32.to_be_bytes()); // max wait
+    out.extend_from_slice(&1i32.to_be_bytes()); // min bytes
+    out.extend_from_slice(&max_bytes.to_be_bytes());
+    out.push(0); // read_uncommitted
+    out.extend_from_slice(&1i32.to_be_bytes());
+    out.extend_from_slice(&(topic.len() as i16).to_be_bytes());
+    out.extend_from_slice(topic.as_bytes());
+    out.extend_from_slice(&partitions.to_be_bytes());
+    for partition in 0..partitions {
+        out.extend_from_slice(&partition.to_be_bytes());
+        out.extend_from_slice(&0i64.to_be_bytes());
+        out.extend_from_slice(&partition_max.to_be_bytes());
+    }
+    out
+}
+
+/// Kafka holds a Fetch's `max_bytes` across partitions: only the response's first batch may
+/// exceed it. Three partitions of 900 KiB records, `max_bytes` 1,000,000 and 20 MB per
+/// partition: the raw response carries exactly one batch, and librdkafka with those settings
+/// (and a receive limit that a 19 MB response would break) reads every record exactly.
+#[test]
+fn fetch_max_bytes_holds_across_partitions() {
+    const RECORD: usize = 900 * 1024;
+    const PER_PARTITION: usize = 6;
+    let broker = Broker::start(1);
+    let topic = "fetch-max-bytes";
+    kafka::create_topic(&broker, topic, 3, &[]);
+    let producer = kafka::producer_with(&broker, PRODUCER_LIMITS);
+    let mut sent = Vec::new();
+    for partition in 0..3 {
+        let records: Vec<Rec> = (0..PER_PARTITION)
+            .map(|i| Rec::value(patterned(RECORD, (partition * 16 + i as i32) as u8)))
+            .collect();
+        kafka::produce(&producer, topic, Some(partition), &records);
+        sent.push(records);
+    }
+
+    let request =
+        tern_tests::wire::request(1, 4, 3, &fetch_v4_partitions(topic, 3, 1_000_000, 20 << 20));
+    let response =
+        tern_tests::wire::round_trip(broker.addr, &request, std::time::Duration::from_secs(10))
+            .expect("fetch answered");
+    assert!(
+        (RECORD..RECORD + 4096).contains(&response.len()),
+        "a response of {} bytes: exactly one batch of a 900 KiB record was expected",
+        response.len()
+    );
+
+    let consumer = kafka::consumer_with(
+        &broker,
+        &[
+            ("fetch.max.bytes", "1000000"),
+            ("max.partition.fetch.bytes", "20971520"),
+            ("receive.message.max.bytes", "2000000"),
+        ],
+    );
+    kafka::assign(&consumer, topic, &[0, 1, 2], rdkafka::Offset::Beginning);
+    let read = kafka::read_exactly(
+        &consumer,
+        3 * PER_PARTITION,
+        std::time::Duration::from_secs(60),
+    );
+    for partition in 0..3 {
+        let values: Vec<Option<Vec<u8>>> = read
+            .iter()
+            .filter(|c| c.partition == partition)
+            .map(|c| c.record.value.clone())
+            .collect();
+        let expected: Vec<Option<Vec<u8>>> = sent[partition as usize]
+            .iter()
+            .map(|r| r.value.clone())
+            .collect();
+        assert!(values == expected, "partition {partition}: records differ");
+    }
+}

@@ -157,9 +157,107 @@ impl FetchResponseWriter {
     }
 }
 
+/// Bytes before a batch's (or a legacy message set entry's) length field: its base offset.
+const BATCH_LENGTH_AT: usize = 8;
+
+/// The batch length field itself; a batch occupies `BATCH_LENGTH_AT + 4 + length` bytes.
+const BATCH_PREFIX_BYTES: usize = BATCH_LENGTH_AT + 4;
+
+/// How many leading bytes of `chunks` (record batches as the log stores them, possibly split
+/// across chunks) form whole batches within `limit` bytes. When not even the first batch fits
+/// and `at_least_one` is set, the first batch alone: Kafka lets the first batch of a response
+/// exceed `max_bytes` so that a consumer is never stuck behind a large record. A trailing
+/// partial batch, or a length field that does not parse, ends the prefix.
+pub fn whole_batches_within(chunks: &[Bytes], limit: usize, at_least_one: bool) -> usize {
+    let total: usize = chunks.iter().map(Bytes::len).sum();
+    let byte_at = |mut at: usize| -> Option<u8> {
+        for chunk in chunks {
+            if at < chunk.len() {
+                return Some(chunk[at]);
+            }
+            at -= chunk.len();
+        }
+        None
+    };
+    let mut taken = 0usize;
+    loop {
+        let mut length = [0u8; 4];
+        for (i, byte) in length.iter_mut().enumerate() {
+            match byte_at(taken + BATCH_LENGTH_AT + i) {
+                Some(b) => *byte = b,
+                None => return taken,
+            }
+        }
+        let Ok(length) = usize::try_from(i32::from_be_bytes(length)) else {
+            return taken;
+        };
+        let end = taken + BATCH_PREFIX_BYTES + length;
+        if end > total {
+            return taken;
+        }
+        let first = taken == 0;
+        if end > limit && !(first && at_least_one) {
+            return taken;
+        }
+        taken = end;
+        if end >= limit {
+            return taken;
+        }
+    }
+}
+
+/// The first `len` bytes of `chunks`, as slices of the same buffers (no copy).
+pub fn prefix(chunks: &[Bytes], len: usize) -> Vec<Bytes> {
+    let mut out = Vec::new();
+    let mut left = len;
+    for chunk in chunks {
+        if left == 0 {
+            break;
+        }
+        let take = left.min(chunk.len());
+        out.push(chunk.slice(..take));
+        left -= take;
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A fake batch of `len` bytes in all: base offset, length field, filler.
+    fn batch(len: usize, fill: u8) -> Vec<u8> {
+        let mut out = 0i64.to_be_bytes().to_vec();
+        out.extend_from_slice(&((len - BATCH_PREFIX_BYTES) as i32).to_be_bytes());
+        out.resize(len, fill);
+        out
+    }
+
+    #[test]
+    fn whole_batches_are_taken_up_to_the_limit() {
+        let bytes: Vec<u8> = [batch(100, 1), batch(50, 2), batch(80, 3)].concat();
+        // Split the bytes across chunks at awkward places, inside length fields too.
+        let chunks = vec![
+            Bytes::copy_from_slice(&bytes[..7]),
+            Bytes::copy_from_slice(&bytes[7..109]),
+            Bytes::copy_from_slice(&bytes[109..]),
+        ];
+        assert_eq!(whole_batches_within(&chunks, 1000, false), 230);
+        assert_eq!(whole_batches_within(&chunks, 229, false), 150);
+        assert_eq!(whole_batches_within(&chunks, 150, false), 150);
+        assert_eq!(whole_batches_within(&chunks, 99, false), 0);
+        assert_eq!(
+            whole_batches_within(&chunks, 99, true),
+            100,
+            "the first batch may exceed"
+        );
+        assert_eq!(whole_batches_within(&chunks, 0, true), 100);
+        let taken = prefix(&chunks, 150);
+        assert_eq!(taken.concat(), bytes[..150].to_vec());
+        // A partial trailing batch is never taken.
+        let cut = vec![Bytes::copy_from_slice(&bytes[..120])];
+        assert_eq!(whole_batches_within(&cut, 1000, true), 100);
+    }
     use kafka_protocol::messages::FetchResponse;
     use kafka_protocol::protocol::Decodable;
 

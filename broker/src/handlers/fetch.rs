@@ -21,7 +21,7 @@ use futures::channel::oneshot;
 use futures::future::{join_all, select_all};
 use kafka_protocol::messages::FetchRequest;
 use tern_protocol::error_code;
-use tern_protocol::fetch::{FetchResponseWriter, PartitionHeader};
+use tern_protocol::fetch::{prefix, whole_batches_within, FetchResponseWriter, PartitionHeader};
 use tern_protocol::types::Offset;
 use tern_storage::ReadMode;
 
@@ -99,6 +99,11 @@ pub async fn handle(ctx: &Ctx<'_>, request: FetchRequest) -> Outcome {
             })
         })
         .collect();
+    let max_bytes = if request.max_bytes <= 0 {
+        usize::MAX
+    } else {
+        request.max_bytes as usize
+    };
     let wants: Vec<Want> = partitions
         .iter()
         .enumerate()
@@ -107,7 +112,8 @@ pub async fn handle(ctx: &Ctx<'_>, request: FetchRequest) -> Outcome {
             tp: TopicPartition::new(p.topic.clone(), p.partition),
             request: ReadRequest {
                 offset: Offset(p.fetch_offset),
-                max_bytes: p.max_bytes,
+                // No partition can contribute more than the whole response may hold.
+                max_bytes: p.max_bytes.min(max_bytes),
                 current_leader_epoch: epochs
                     .get(&(p.topic.as_str(), p.partition))
                     .copied()
@@ -119,24 +125,25 @@ pub async fn handle(ctx: &Ctx<'_>, request: FetchRequest) -> Outcome {
         Duration::from_millis((request.max_wait_ms.max(0) as u64).min(limits::FETCH_WAIT_MS_MAX));
     let deadline = Instant::now() + wait;
     let min_bytes = request.min_bytes.max(0) as usize;
-    let max_bytes = if request.max_bytes <= 0 {
-        usize::MAX
-    } else {
-        request.max_bytes as usize
-    };
 
-    let (got, refused) = read_or_wait(shard, &wants, min_bytes, deadline).await;
+    let (mut got, refused) = read_or_wait(shard, &wants, min_bytes, deadline).await;
 
     // Choose what goes in the response: everything for a full fetch; for an incremental one,
-    // partitions with records, errors, or a changed high watermark / log start offset.
+    // partitions with records, errors, or a changed high watermark / log start offset. Records
+    // are taken in request order, whole batches only, while they fit `max_bytes`; only the
+    // response's first batch may exceed it (as Kafka does).
     let mut budget_bytes = max_bytes;
     let mut any_records = false;
     let mut chosen: Vec<(usize, bool)> = Vec::with_capacity(partitions.len());
-    for (slot, (part, result)) in partitions.iter().zip(&got).enumerate() {
-        let fits = result.len <= budget_bytes || !any_records;
-        let with_records = result.len > 0 && fits;
+    for (slot, (part, result)) in partitions.iter().zip(got.iter_mut()).enumerate() {
+        let keep = whole_batches_within(&result.chunks, budget_bytes, !any_records);
+        if keep < result.len {
+            result.chunks = prefix(&result.chunks, keep);
+            result.len = keep;
+        }
+        let with_records = keep > 0;
         if with_records {
-            budget_bytes = budget_bytes.saturating_sub(result.len);
+            budget_bytes = budget_bytes.saturating_sub(keep);
             any_records = true;
         }
         let news = with_records
