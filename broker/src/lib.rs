@@ -69,6 +69,11 @@ pub fn run(mut config: BrokerConfig) -> Result<(), StartError> {
         .validate()
         .map_err(|e| StartError::Config(e.to_string()))?;
     config.limits.validate().map_err(StartError::Config)?;
+    // Refuse topic defaults the logs could not honour now, not when each partition opens.
+    topic_config::policy(&config.topic_defaults, &Default::default())
+        .log
+        .validate()
+        .map_err(|reason| StartError::Config(format!("topic defaults: {reason}")))?;
     if config.cores == 0 {
         config.cores = runtime::online_cpus();
     }

@@ -141,9 +141,9 @@ const KEYS: &[Key] = &[
     },
     Key {
         name: "flush.ms",
-        default: "0",
+        default: "9223372036854775807",
         validate: non_negative,
-        doc: "with flush.messages > 1, fsync at least this often",
+        doc: "with flush.messages > 1, fsync at least this often (Kafka's default: never by time; 0: before every acknowledgement)",
     },
     Key {
         name: "min.insync.replicas",
@@ -250,12 +250,13 @@ pub fn policy(defaults: &TopicDefaults, explicit: &BTreeMap<String, String>) -> 
     // Kafka's defaults rather than panicking if a hand-edited metadata file says otherwise.
     let long = |name: &str, fallback: i64| get(name).parse::<i64>().unwrap_or(fallback);
     let flush_messages = long("flush.messages", 1).max(1) as u64;
-    let flush = if flush_messages <= 1 {
+    let flush_ms = long("flush.ms", i64::MAX).max(0) as u64;
+    let flush = if flush_messages <= 1 || flush_ms == 0 {
         FlushPolicy::EveryAppend
     } else {
         FlushPolicy::Interval {
             messages: flush_messages,
-            ms: long("flush.ms", 1000).max(0) as u64,
+            ms: flush_ms,
         }
     };
     let log = LogConfig {
@@ -311,5 +312,29 @@ mod tests {
         assert_eq!(policy.log.retention_ms, 5000);
         assert_eq!(policy.log.segment_bytes, 4096);
         assert!(matches!(policy.log.flush, FlushPolicy::EveryAppend));
+    }
+
+    #[test]
+    fn flush_messages_alone_flushes_by_count_only_as_kafka_defaults_do() {
+        let mut defaults = TopicDefaults::default();
+        defaults
+            .overrides
+            .insert("flush.messages".into(), "100000000".into());
+        let log = policy(&defaults, &BTreeMap::new()).log;
+        assert_eq!(
+            log.flush,
+            FlushPolicy::Interval {
+                messages: 100_000_000,
+                ms: i64::MAX as u64
+            }
+        );
+        assert!(log.validate().is_ok(), "{:?}", log.validate());
+        defaults.overrides.insert("flush.ms".into(), "0".into());
+        let log = policy(&defaults, &BTreeMap::new()).log;
+        assert_eq!(
+            log.flush,
+            FlushPolicy::EveryAppend,
+            "0 ms: before every acknowledgement"
+        );
     }
 }

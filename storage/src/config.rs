@@ -10,7 +10,8 @@ pub enum FlushPolicy {
     /// Acknowledge after the fdatasync covering the append (group commit). The default.
     EveryAppend,
     /// Acknowledge after the write; fdatasync every `messages` records or `ms` milliseconds
-    /// (Kafka's `flush.messages` / `flush.ms`).
+    /// (Kafka's `flush.messages` / `flush.ms`; `u64::MAX` ms: never by time, as Kafka's
+    /// default `Long.MAX_VALUE`).
     Interval { messages: u64, ms: u64 },
 }
 

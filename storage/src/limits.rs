@@ -90,3 +90,7 @@ const _: () = assert!(LEADER_EPOCH_FILE_BYTES_MAX <= WRITE_COALESCE_BYTES_MAX);
 /// concurrent syncs of one file serialise in the journal and made durable p99 worse
 /// (storage-bench: p99 2.2-2.4 ms with two, 1.1-2.1 ms with one), so one it is.
 pub const SYNCS_IN_FLIGHT_MAX: u32 = 1;
+
+/// How often a log with an interval flush policy checks whether its `flush.ms` has passed
+/// (and a log without one wakes at all): the longest a time-based fsync can be late.
+pub const FLUSH_CHECK_INTERVAL_MS: u64 = 1000;

@@ -354,3 +354,24 @@ fn idempotent_producer_sequences_survive_restarts_without_duplicates() {
         "nothing written twice"
     );
 }
+
+/// Kafka's `flush.messages` set alone (its `flush.ms` left at Kafka's default, never) is a
+/// valid broker default: the broker starts, every partition opens, records are acknowledged
+/// after the write and read back, and a graceful restart keeps them.
+#[test]
+fn a_flush_messages_default_alone_serves_and_survives_a_restart() {
+    let mut broker = Broker::start_with(1, &["--topic-default", "flush.messages=100000000"]);
+    let topic = "flush-by-count";
+    kafka::create_topic(&broker, topic, 1, &[]);
+    let producer = kafka::producer(&broker);
+    let sent: Vec<Rec> = (0..20).map(|i| Rec::value(format!("v{i}"))).collect();
+    let acks = kafka::produce(&producer, topic, Some(0), &sent);
+    assert_eq!(acks.last(), Some(&(0, 19)));
+    drop(producer);
+    assert!(broker.stop(), "graceful stop");
+    broker.restart();
+    let read = kafka::consume(&broker, topic, &[0], 20);
+    let values: Vec<_> = read.iter().map(|c| c.record.value.clone()).collect();
+    let expected: Vec<_> = sent.iter().map(|r| r.value.clone()).collect();
+    assert_eq!(values, expected);
+}

@@ -28,7 +28,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Start a broker (single node; data in ./tern-data, Kafka listener on 127.0.0.1:9092).
-    /// Boxed: the broker's settings dwarf every other subcommand's arguments.
+    // Boxed: the broker's settings dwarf every other subcommand's arguments.
     Serve(Box<ServeArgs>),
     /// Create, list, describe or delete topics.
     Topic {

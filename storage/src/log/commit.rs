@@ -684,15 +684,18 @@ pub(super) fn spawn_interval_flusher(weak: Weak<Inner>) {
                     return;
                 }
                 match st.config.flush {
-                    FlushPolicy::Interval { ms, .. } => ms,
-                    FlushPolicy::EveryAppend => 1000,
+                    // A long (or Kafka's default, Long.MAX: never) interval is checked at
+                    // least this often, so a config change is noticed.
+                    FlushPolicy::Interval { ms, .. } => ms.min(limits::FLUSH_CHECK_INTERVAL_MS),
+                    FlushPolicy::EveryAppend => limits::FLUSH_CHECK_INTERVAL_MS,
                 }
             };
             glommio::timer::sleep(Duration::from_millis(period_ms)).await;
             let Some(inner) = weak.upgrade() else { return };
             let due = {
                 let st = inner.state.borrow();
-                matches!(st.config.flush, FlushPolicy::Interval { .. })
+                matches!(st.config.flush, FlushPolicy::Interval { ms, .. }
+                    if st.last_sync.elapsed() >= Duration::from_millis(ms))
                     && st.written_end > st.durable_end
                     && !st.writer_busy
                     && !st.closed
