@@ -684,9 +684,13 @@ pub(super) fn spawn_interval_flusher(weak: Weak<Inner>) {
                     return;
                 }
                 match st.config.flush {
-                    // A long (or Kafka's default, Long.MAX: never) interval is checked at
-                    // least this often, so a config change is noticed.
-                    FlushPolicy::Interval { ms, .. } => ms.min(limits::FLUSH_CHECK_INTERVAL_MS),
+                    // Wake when the interval is due, and at least this often (a long interval,
+                    // or Kafka's default Long.MAX: never by time), so a config change is noticed.
+                    FlushPolicy::Interval { ms, .. } => {
+                        let since = st.last_sync.elapsed().as_millis() as u64;
+                        ms.saturating_sub(since)
+                            .clamp(1, limits::FLUSH_CHECK_INTERVAL_MS)
+                    }
                     FlushPolicy::EveryAppend => limits::FLUSH_CHECK_INTERVAL_MS,
                 }
             };
