@@ -540,7 +540,7 @@ impl Inner {
             let tail_start = (align_down(new_size) - start) as usize;
             let new_tail = out[tail_start..(new_size - start) as usize].to_vec();
             let preallocate_to =
-                (end > active.preallocated_bytes).then(|| end + limits::PREALLOCATE_EXTENT_BYTES);
+                (end > active.preallocated_bytes).then(|| end + limits::preallocate_extent(end));
             (
                 active.file.clone(),
                 start,
@@ -642,7 +642,7 @@ impl Inner {
         let new_path = self.dir.join(log_file_name(next_base));
         let new_file = open_rw(&new_path).await?;
         new_file
-            .pre_allocate(limits::PREALLOCATE_EXTENT_BYTES, true)
+            .pre_allocate(limits::PREALLOCATE_EXTENT_MIN_BYTES, true)
             .await
             .map_err(io_ctx(format!("preallocating {}", new_path.display())))?;
         sync_dir(&self.dir).await?;
@@ -662,7 +662,7 @@ impl Inner {
             file: Rc::new(new_file),
             size_bytes: 0,
             indexer: SegmentIndexer::new(next_base),
-            preallocated_bytes: limits::PREALLOCATE_EXTENT_BYTES,
+            preallocated_bytes: limits::PREALLOCATE_EXTENT_MIN_BYTES,
             tail: Vec::new(),
             first_append_ms: None,
         });
