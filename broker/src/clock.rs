@@ -30,6 +30,16 @@ pub fn system_now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// Milliseconds on the monotonic clock since the process first asked: for deadlines that a
+/// step of the wall clock must not move (connection deadlines).
+pub fn monotonic_ms() -> i64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as i64
+}
+
 /// A clock that moves only when told to (tests and simulations).
 #[derive(Debug, Default)]
 pub struct ManualClock {

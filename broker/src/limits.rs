@@ -174,6 +174,10 @@ pub const CONNECTION_IDLE_MS: u64 = 600_000;
 /// Default time a request whose first bytes arrived has to arrive in full.
 pub const REQUEST_RECEIVE_TIMEOUT_MS: u64 = 30_000;
 
+/// A request's receive deadline grows by the time its declared size takes at this rate, so
+/// that a large request on a slow link is not cut off (a 100 MiB request gets 100 s more).
+pub const REQUEST_RECEIVE_BYTES_PER_SEC_MIN: usize = 1024 * 1024;
+
 /// Shortest connection deadline an operator may configure.
 pub const CONNECTION_DEADLINE_MS_MIN: u64 = 100;
 

@@ -169,16 +169,17 @@ const BATCH_PREFIX_BYTES: usize = BATCH_LENGTH_AT + 4;
 /// exceed `max_bytes` so that a consumer is never stuck behind a large record. A trailing
 /// partial batch, or a length field that does not parse, ends the prefix.
 pub fn whole_batches_within(chunks: &[Bytes], limit: usize, at_least_one: bool) -> usize {
-    let total: usize = chunks.iter().map(Bytes::len).sum();
-    let byte_at = |mut at: usize| -> Option<u8> {
-        for chunk in chunks {
-            if at < chunk.len() {
-                return Some(chunk[at]);
-            }
-            at -= chunk.len();
+    // A cursor that only moves forward: (chunk index, bytes before that chunk).
+    let mut chunk = 0usize;
+    let mut chunk_start = 0usize;
+    let mut byte_at = |at: usize| -> Option<u8> {
+        while chunk < chunks.len() && at >= chunk_start + chunks[chunk].len() {
+            chunk_start += chunks[chunk].len();
+            chunk += 1;
         }
-        None
+        chunks.get(chunk).map(|bytes| bytes[at - chunk_start])
     };
+    let total: usize = chunks.iter().map(Bytes::len).sum();
     let mut taken = 0usize;
     loop {
         let mut length = [0u8; 4];

@@ -3,10 +3,17 @@
 //!
 //! A small read-ahead buffer (`READ_AHEAD_BYTES`) takes whatever the socket has; frames that
 //! fit in it are copied out to an exact allocation, several per read when a client pipelines.
-//! A larger frame gets its own buffer, started small and doubled only when full, with each
-//! growth charged to the shard's request budget before it is allocated, and the rest of the
-//! frame is read straight into it (never past its end). A client that declares 100 MiB and
-//! sends 20 bytes therefore holds the read-ahead and one small buffer, not 100 MiB.
+//! A larger frame gets its own buffer, started at `FRAME_BUFFER_START_BYTES` and charged to the
+//! shard's request budget; once the client has filled it (proof that it is really sending),
+//! the rest of the frame is charged in one step, the way Kafka's memory pool charges a whole
+//! request, and the buffer doubles as bytes arrive, read straight into it (never past its end).
+//! A client that declares 100 MiB and sends 20 bytes therefore holds the read-ahead and one
+//! small buffer, not 100 MiB. No frame waits for budget while holding more than its first
+//! buffer, so large requests cannot deadlock each other on a spent budget.
+//!
+//! Time spent waiting for the broker (the connection's or the shard's budget) does not count
+//! against the client's receive deadline, and once a client has filled its first buffer the
+//! deadline grows with the declared size.
 
 use std::rc::Rc;
 
@@ -84,6 +91,7 @@ impl FrameReader {
         self.start += 4;
         // The connection's own bound first: a client pipelining large frames waits for its
         // earlier requests before it may hold more.
+        state.broker_wait_started();
         let permit = connection_budget
             .clone()
             .acquire_static_permit(size as u64)
@@ -96,6 +104,7 @@ impl FrameReader {
             size.min(limits::FRAME_BUFFER_START_BYTES)
         };
         charge.grow(first).await;
+        state.broker_wait_ended(now_ms());
         let mut buffer = vec![0u8; first];
         let mut filled = self.buffered().min(size);
         buffer[..filled].copy_from_slice(&self.ahead[self.start..self.start + filled]);
@@ -104,10 +113,19 @@ impl FrameReader {
             self.start = 0;
             self.end = 0;
         }
+        let mut charged_whole = first == size;
         while filled < size {
             if filled == buffer.len() {
+                if !charged_whole {
+                    // The client filled its first buffer: it is really sending, and earns
+                    // receive time for the rest.
+                    state.request_size(size);
+                    state.broker_wait_started();
+                    charge.grow(size - first).await;
+                    state.broker_wait_ended(now_ms());
+                    charged_whole = true;
+                }
                 let grown = (buffer.len() * 2).min(size);
-                charge.grow(grown - buffer.len()).await;
                 buffer.reserve_exact(grown - buffer.len());
                 buffer.resize(grown, 0);
             }

@@ -4,7 +4,8 @@
 //! Memory follows the bytes that arrived, never a frame's declared size: a frame's buffer
 //! grows as its bytes come (see `frames`), charged to the shard's request budget (`budget`)
 //! and to the connection's own bound. Every way a client can go away ends the connection
-//! promptly and cancels what it had in flight, parked long polls included:
+//! promptly and cancels what it had in flight, parked long polls included (a Produce alone
+//! runs to completion, as in Kafka, so that its append's bookkeeping is never cut short):
 //! - it closes or resets: the read side sees it and the connection ends at once;
 //! - it stops sending half-way through a request, stops reading responses, or goes quiet:
 //!   the shard's reaper (`table`) closes it at the deadline;
@@ -30,6 +31,7 @@ use glommio::channels::local_channel::{self, LocalReceiver};
 use glommio::net::TcpStream;
 use glommio::sync::Semaphore;
 
+use crate::clock::monotonic_ms;
 use crate::handlers;
 use crate::limits;
 use crate::metrics::CloseCause;
@@ -38,6 +40,31 @@ use crate::outcome::{Malformed, Outcome};
 use crate::shard::Shard;
 use frames::{FrameError, FrameReader};
 use table::{CloseReason, ConnectionState};
+use tern_protocol::api;
+
+/// A request being served, queued for the writer in arrival order.
+enum InFlight {
+    /// Dropped (cancelled) if the connection ends first: reads, long polls, admin requests.
+    Cancellable(glommio::Task<Outcome>),
+    /// Runs to completion even if the client goes away: a Produce, whose append must finish
+    /// its bookkeeping (the high watermark, the idempotent producer's sequence) so that a
+    /// retry gets the original offset, as Kafka completes it.
+    Completing(glommio::task::JoinHandle<Outcome>),
+}
+
+impl InFlight {
+    async fn outcome(self) -> Outcome {
+        match self {
+            InFlight::Cancellable(task) => task.await,
+            InFlight::Completing(handle) => handle.await.unwrap_or_else(|| {
+                Outcome::Close(
+                    Malformed::Response,
+                    "the request's task was cancelled".into(),
+                )
+            }),
+        }
+    }
+}
 
 /// How a connection ended.
 enum Ended {
@@ -55,15 +82,15 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     let peer: Option<SocketAddr> = stream.peer_addr().ok();
     let _ = stream.set_nodelay(true);
     let fd = stream.as_raw_fd();
-    let (state, close_rx) = ConnectionState::new(fd, peer, shard.now_ms());
+    let (state, close_rx) = ConnectionState::new(fd, peer, monotonic_ms());
     let id = shard.connections.register(state.clone());
     let (mut reader, mut writer) = stream.split();
 
     let ended = {
         let (queue_tx, queue_rx) =
-            local_channel::new_bounded::<glommio::Task<Outcome>>(shard.config.limits.in_flight_max);
+            local_channel::new_bounded::<InFlight>(shard.config.limits.in_flight_max);
         let reading = pin!(read_requests(&shard, &state, &mut reader, queue_tx));
-        let writing = pin!(write_responses(&shard, &state, fd, &mut writer, queue_rx));
+        let writing = pin!(write_responses(&state, fd, &mut writer, queue_rx));
         let serving = pin!(async {
             match select(reading, writing).await {
                 // A malformed request or a shutdown still gets the responses it is owed.
@@ -84,7 +111,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         }
     };
 
-    let now = shard.now_ms();
+    let now = monotonic_ms();
     let probe = &shard.connection_probe;
     match &ended {
         Ended::Gone | Ended::Drained => {}
@@ -113,7 +140,7 @@ async fn read_requests<R: futures::AsyncRead + Unpin>(
     shard: &Rc<Shard>,
     state: &ConnectionState,
     reader: &mut R,
-    queue: local_channel::LocalSender<glommio::Task<Outcome>>,
+    queue: local_channel::LocalSender<InFlight>,
 ) -> Ended {
     let connection_budget = Rc::new(Semaphore::new(
         shard.config.limits.buffered_bytes_max as u64,
@@ -126,7 +153,7 @@ async fn read_requests<R: futures::AsyncRead + Unpin>(
                 state,
                 &shard.request_budget,
                 &connection_budget,
-                || shard.now_ms(),
+                monotonic_ms,
             )
             .await
         {
@@ -137,15 +164,21 @@ async fn read_requests<R: futures::AsyncRead + Unpin>(
             Err(FrameError::Closed) => return Ended::Gone,
             Err(FrameError::Size(error)) => return Ended::Malformed(Malformed::FrameSize, error),
         };
-        state.request_received(shard.now_ms());
+        state.request_received(monotonic_ms());
         shard.connection_probe.requests.inc();
+        let is_produce = frame.bytes.get(..2) == Some(&api::PRODUCE.to_be_bytes()[..]);
         let task = glommio::spawn_local(handlers::handle(
             shard.clone(),
             frame.bytes,
             state.peer,
             frame.held,
         ));
-        if queue.send(task).await.is_err() {
+        let in_flight = if is_produce {
+            InFlight::Completing(task.detach())
+        } else {
+            InFlight::Cancellable(task)
+        };
+        if queue.send(in_flight).await.is_err() {
             return Ended::Gone;
         }
     }
@@ -153,23 +186,22 @@ async fn read_requests<R: futures::AsyncRead + Unpin>(
 
 /// Awaits each handler in request order and writes its response.
 async fn write_responses<W: futures::AsyncWrite + Unpin>(
-    shard: &Rc<Shard>,
     state: &ConnectionState,
     fd: std::os::fd::RawFd,
     writer: &mut W,
-    queue: LocalReceiver<glommio::Task<Outcome>>,
+    queue: LocalReceiver<InFlight>,
 ) -> Ended {
-    while let Some(task) = queue.recv().await {
-        match task.await {
+    while let Some(in_flight) = queue.recv().await {
+        match in_flight.outcome().await {
             Outcome::Respond(segments) => {
-                state.write_started(shard.now_ms());
+                state.write_started(monotonic_ms());
                 if let Err(error) = write_segments(fd, writer, &segments).await {
                     tracing::debug!(peer = ?state.peer, %error, "write failed; closing connection");
                     return Ended::Gone;
                 }
-                state.request_done(shard.now_ms());
+                state.request_done(monotonic_ms());
             }
-            Outcome::NoResponse => state.request_done(shard.now_ms()),
+            Outcome::NoResponse => state.request_done(monotonic_ms()),
             Outcome::Close(reason, detail) => return Ended::Malformed(reason, detail),
         }
     }
@@ -186,7 +218,7 @@ pub fn start_reaper(shard: Rc<Shard>) -> glommio::Task<()> {
                 break;
             }
             // Each connection closes itself when told, and counts and logs why.
-            shard.connections.reap(shard.now_ms(), deadlines);
+            shard.connections.reap(monotonic_ms(), deadlines);
         }
     })
 }

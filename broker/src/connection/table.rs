@@ -12,6 +12,8 @@ use std::rc::Rc;
 
 use futures::channel::oneshot;
 
+use crate::limits;
+
 /// The connection deadlines, in milliseconds (from `config::ConnectionLimits`).
 #[derive(Debug, Clone, Copy)]
 pub struct Deadlines {
@@ -62,6 +64,10 @@ pub struct ConnectionState {
     pub peer: Option<SocketAddr>,
     last_activity_ms: Cell<i64>,
     receiving_since_ms: Cell<Option<i64>>,
+    /// Extra receive time the request being received earns by its size.
+    receive_allowance_ms: Cell<i64>,
+    /// Waiting for the broker's budget: neither slow nor idle.
+    waiting_on_broker: Cell<bool>,
     writing_since_ms: Cell<Option<i64>>,
     in_flight: Cell<usize>,
     close: RefCell<Option<oneshot::Sender<CloseReason>>>,
@@ -80,6 +86,8 @@ impl ConnectionState {
             peer,
             last_activity_ms: Cell::new(now_ms),
             receiving_since_ms: Cell::new(None),
+            receive_allowance_ms: Cell::new(0),
+            waiting_on_broker: Cell::new(false),
             writing_since_ms: Cell::new(None),
             in_flight: Cell::new(0),
             close: RefCell::new(Some(close_tx)),
@@ -95,10 +103,32 @@ impl ConnectionState {
         }
     }
 
+    /// The request being received declared `size` bytes: its receive deadline grows by the
+    /// time they take at `limits::REQUEST_RECEIVE_BYTES_PER_SEC_MIN`.
+    pub fn request_size(&self, size: usize) {
+        let per_sec = limits::REQUEST_RECEIVE_BYTES_PER_SEC_MIN as u64;
+        self.receive_allowance_ms
+            .set((size as u64).saturating_mul(1000).div_ceil(per_sec) as i64);
+    }
+
+    /// The connection waits for the broker (a spent budget), not for its client: the receive
+    /// deadline stops until `broker_wait_ended`.
+    pub fn broker_wait_started(&self) {
+        self.receiving_since_ms.set(None);
+        self.waiting_on_broker.set(true);
+    }
+
+    /// The broker wait is over: the receive deadline starts again from `now_ms`.
+    pub fn broker_wait_ended(&self, now_ms: i64) {
+        self.waiting_on_broker.set(false);
+        self.request_started(now_ms);
+    }
+
     /// The request being received arrived in full and was handed to a handler.
     pub fn request_received(&self, now_ms: i64) {
         self.last_activity_ms.set(now_ms);
         self.receiving_since_ms.set(None);
+        self.receive_allowance_ms.set(0);
         self.in_flight.set(self.in_flight.get() + 1);
     }
 
@@ -127,7 +157,7 @@ impl ConnectionState {
     /// The deadline this connection has passed at `now_ms`, if any.
     pub fn overdue(&self, now_ms: i64, deadlines: Deadlines) -> Option<CloseReason> {
         if let Some(since) = self.receiving_since_ms.get() {
-            if now_ms - since >= deadlines.request_receive_ms {
+            if now_ms - since >= deadlines.request_receive_ms + self.receive_allowance_ms.get() {
                 return Some(CloseReason::SlowRequest);
             }
         }
@@ -136,7 +166,9 @@ impl ConnectionState {
                 return Some(CloseReason::StalledReader);
             }
         }
-        let quiet = self.in_flight.get() == 0 && self.receiving_since_ms.get().is_none();
+        let quiet = self.in_flight.get() == 0
+            && self.receiving_since_ms.get().is_none()
+            && !self.waiting_on_broker.get();
         if quiet && now_ms - self.last_activity_ms.get() >= deadlines.idle_ms {
             return Some(CloseReason::Idle);
         }
@@ -251,6 +283,28 @@ mod tests {
         assert_eq!(s.overdue(400, DEADLINES), Some(CloseReason::SlowRequest));
         s.request_received(400);
         assert_eq!(s.overdue(401, DEADLINES), None);
+    }
+
+    #[test]
+    fn a_large_request_earns_time_and_broker_waits_do_not_count() {
+        let s = state();
+        s.request_started(0);
+        s.request_size(10 * limits::REQUEST_RECEIVE_BYTES_PER_SEC_MIN);
+        assert_eq!(
+            s.overdue(10_299, DEADLINES),
+            None,
+            "300 ms plus 10 s for its size"
+        );
+        assert_eq!(s.overdue(10_300, DEADLINES), Some(CloseReason::SlowRequest));
+        s.broker_wait_started();
+        assert_eq!(
+            s.overdue(60_000, DEADLINES),
+            None,
+            "waiting on the broker's budget"
+        );
+        s.broker_wait_ended(60_000);
+        assert_eq!(s.overdue(70_299, DEADLINES), None);
+        assert_eq!(s.overdue(70_300, DEADLINES), Some(CloseReason::SlowRequest));
     }
 
     #[test]

@@ -136,7 +136,12 @@ pub async fn handle(ctx: &Ctx<'_>, request: FetchRequest) -> Outcome {
     let mut any_records = false;
     let mut chosen: Vec<(usize, bool)> = Vec::with_capacity(partitions.len());
     for (slot, (part, result)) in partitions.iter().zip(got.iter_mut()).enumerate() {
-        let keep = whole_batches_within(&result.chunks, budget_bytes, !any_records);
+        // The log returns whole batches: only a result over the budget needs walking.
+        let keep = if result.len <= budget_bytes {
+            result.len
+        } else {
+            whole_batches_within(&result.chunks, budget_bytes, !any_records)
+        };
         if keep < result.len {
             result.chunks = prefix(&result.chunks, keep);
             result.len = keep;

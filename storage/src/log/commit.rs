@@ -686,11 +686,13 @@ pub(super) fn spawn_interval_flusher(weak: Weak<Inner>) {
                 match st.config.flush {
                     // Wake when the interval is due, and at least this often (a long interval,
                     // or Kafka's default Long.MAX: never by time), so a config change is noticed.
-                    FlushPolicy::Interval { ms, .. } => {
+                    FlushPolicy::Interval { ms, .. } if st.written_end > st.durable_end => {
                         let since = st.last_sync.elapsed().as_millis() as u64;
                         ms.saturating_sub(since)
                             .clamp(1, limits::FLUSH_CHECK_INTERVAL_MS)
                     }
+                    // Nothing unsynced: nothing can fall due before the next check.
+                    FlushPolicy::Interval { .. } => limits::FLUSH_CHECK_INTERVAL_MS,
                     FlushPolicy::EveryAppend => limits::FLUSH_CHECK_INTERVAL_MS,
                 }
             };
