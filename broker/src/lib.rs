@@ -268,7 +268,7 @@ async fn shard_main(
         }
     };
     let admin = match (id, config.admin_listen) {
-        (0, Some(addr)) => match bind_exclusive(addr) {
+        (0, Some(addr)) => match runtime::bind_exclusive(addr) {
             Ok(listener) => Some(glommio::spawn_local(admin_http::serve(
                 shard.clone(),
                 listener,
@@ -329,37 +329,24 @@ async fn shard_main(
     // Stop reading from every client: each connection answers what it already read, then
     // closes. Wait (bounded) for them before the logs close under them.
     shard.connections.stop_reading();
-    for _ in 0..500 {
-        if shard.connections.is_empty() {
-            break;
-        }
-        glommio::timer::sleep(Duration::from_millis(10)).await;
-    }
+    connections_closed(&shard, limits::SHUTDOWN_DRAIN_WAIT).await;
     // Whoever is left (a client that stopped reading its responses) is closed.
     shard
         .connections
         .close_all(connection::table::CloseReason::Shutdown);
-    for _ in 0..100 {
-        if shard.connections.is_empty() {
-            break;
-        }
-        glommio::timer::sleep(Duration::from_millis(10)).await;
-    }
+    connections_closed(&shard, limits::SHUTDOWN_CLOSE_WAIT).await;
     drop(reaper);
     drop(retention);
     drop(coordinator);
     shard.close_all().await;
 }
 
-/// Binds a listener that only this process may hold (no SO_REUSEPORT, unlike glommio's own
-/// bind): one shard serves it, so nothing needs to share it.
-fn bind_exclusive(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
-    use std::os::fd::FromRawFd;
-    use std::os::fd::IntoRawFd;
-    let listener = std::net::TcpListener::bind(addr)?;
-    listener.set_nonblocking(true)?;
-    // SAFETY: the descriptor is a bound, listening TCP socket we own and hand over whole.
-    Ok(unsafe { TcpListener::from_raw_fd(listener.into_raw_fd()) })
+/// Waits, at most `wait`, for the shard's connections to close.
+async fn connections_closed(shard: &Shard, wait: Duration) {
+    let deadline = std::time::Instant::now() + wait;
+    while !shard.connections.is_empty() && std::time::Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// Hands `image` to every shard of this broker; resolves once all have applied it.

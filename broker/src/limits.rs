@@ -38,6 +38,11 @@ pub const FETCH_PARKED_PER_SHARD_HARD_MAX: usize = 10_000_000;
 /// left open (logged).
 pub const PARTITION_RELEASE_WAIT_MS: u64 = 30_000;
 
+/// At shutdown, how long connections get to answer what they have read, and then how long
+/// the rest get to close once told.
+pub const SHUTDOWN_DRAIN_WAIT: Duration = Duration::from_secs(5);
+pub const SHUTDOWN_CLOSE_WAIT: Duration = Duration::from_secs(1);
+
 /// How long start-up waits for a listener port held by something other than a live tern
 /// broker (a killed broker's sockets linger briefly) before refusing it.
 pub const PORT_CLAIM_WAIT: Duration = Duration::from_secs(5);

@@ -2,7 +2,7 @@
 //! they are exported under, and the shard sample a scrape gathers from every shard.
 //!
 //! A probe is plain `Cell` counters owned by its shard (no atomics: a shard's counters are
-//! touched only by its own thread). `admin_http` renders samples without knowing any metric
+//! touched only by its own thread); the connection probe also rate-limits its log lines. `admin_http` renders samples without knowing any metric
 //! by name, so adding a counter means touching only its probe.
 
 use std::cell::Cell;

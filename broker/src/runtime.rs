@@ -1,9 +1,11 @@
-//! The thin layer over glommio: starting one pinned executor per shard, the channel mesh
-//! between them, and the checks that turn a missing io_uring or a low memlock limit into a
-//! clear message instead of a panic.
+//! The thin layer over glommio and the host: starting one pinned executor per shard, the
+//! checks that turn a missing io_uring or a low memlock limit into a clear message instead of
+//! a panic, the open-files limit, and the listener ports (the Kafka port claimed against
+//! other processes before the shards share it; the admin port bound exclusively).
 //!
-//! Architecture invariant: glommio types appear in this module, `shard.rs`, `connection.rs`
-//! and `net.rs` only; handlers and state machines see plain futures and `Rc<Shard>`.
+//! Architecture invariant: handlers and state machines see plain futures and `Rc<Shard>`;
+//! glommio types stay in the runtime layer (this module, `lib.rs`, `shard.rs`,
+//! `connection/`, `net.rs`, `admin_http.rs`, `controller.rs`'s file I/O).
 
 use std::time::Duration;
 
@@ -144,6 +146,16 @@ pub fn raise_open_files_limit() {
             );
         }
     }
+}
+
+/// Binds a listener that only this process may hold (no SO_REUSEPORT, unlike glommio's own
+/// bind): one shard serves it, so nothing needs to share it.
+pub fn bind_exclusive(addr: std::net::SocketAddr) -> std::io::Result<glommio::net::TcpListener> {
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    let listener = std::net::TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    // SAFETY: the descriptor is a bound, listening TCP socket we own and hand over whole.
+    Ok(unsafe { glommio::net::TcpListener::from_raw_fd(listener.into_raw_fd()) })
 }
 
 /// Held while the broker runs: proof that no other process listens on its port.

@@ -102,6 +102,11 @@ pub fn parse_header(frame: &[u8]) -> Result<ParsedHeader<'_>, HeaderError> {
     })
 }
 
+/// Peeks the api key of a frame (its first field) before the header is parsed.
+pub fn peek_api_key(frame: &[u8]) -> Option<i16> {
+    Reader::new(frame).i16().ok()
+}
+
 /// Peeks the correlation id of a frame whose header may be otherwise unusable.
 pub fn peek_correlation_id(frame: &[u8]) -> Option<i32> {
     let mut reader = Reader::new(frame);

@@ -1,9 +1,10 @@
 //! The shard's budget for request bytes held in memory, across all its connections (Kafka's
 //! `queued.max.request.bytes`).
 //!
-//! A request is charged as its buffer grows, so memory follows the bytes that actually
-//! arrived, never a frame's declared size. When the budget is spent, connections that need
-//! more wait (they stop being read: backpressure) while the rest of the shard runs on. Small
+//! A request is charged before its buffer is allocated (see `frames` for when), so memory
+//! follows the bytes that actually arrived, never a frame's declared size. When the budget is
+//! spent, connections that need more wait (they stop being read: backpressure) while the rest
+//! of the shard runs on. Small
 //! requests (ApiVersions, Metadata, heartbeats, commits) may also draw on a reserve that
 //! large requests cannot touch, so a spent budget never locks clients out of the control
 //! plane. A charge is released when its request has been answered.
@@ -17,8 +18,8 @@ use crate::limits;
 
 pub struct RequestBudget {
     main: Semaphore,
+    main_bytes: u64,
     reserve: Semaphore,
-    in_use: Cell<u64>,
     waits: Cell<u64>,
 }
 
@@ -33,15 +34,16 @@ impl RequestBudget {
     pub fn new(main_bytes: usize) -> Rc<RequestBudget> {
         Rc::new(RequestBudget {
             main: Semaphore::new(main_bytes as u64),
+            main_bytes: main_bytes as u64,
             reserve: Semaphore::new(limits::SMALL_REQUEST_RESERVE_BYTES as u64),
-            in_use: Cell::new(0),
             waits: Cell::new(0),
         })
     }
 
     /// Request bytes held now (a gauge).
     pub fn in_use(&self) -> u64 {
-        self.in_use.get()
+        let reserve_bytes = limits::SMALL_REQUEST_RESERVE_BYTES as u64;
+        (self.main_bytes - self.main.available()) + (reserve_bytes - self.reserve.available())
     }
 
     /// Times a connection had to wait for the budget (a counter).
@@ -86,16 +88,12 @@ impl Charge {
                 self.main += bytes;
             }
         }
-        budget.in_use.set(budget.in_use.get() + bytes);
     }
 }
 
 impl Drop for Charge {
     fn drop(&mut self) {
         let budget = &self.budget;
-        budget
-            .in_use
-            .set(budget.in_use.get() - self.main - self.reserve);
         if self.main > 0 {
             budget.main.signal(self.main);
         }

@@ -24,6 +24,8 @@ use tern_protocol::frame;
 
 use super::budget::{Charge, RequestBudget};
 use super::table::ConnectionState;
+use crate::clock::monotonic_ms;
+use crate::config::ConnectionLimits;
 use crate::limits;
 
 /// A request frame (size prefix removed) and the memory accounting it holds until answered.
@@ -51,15 +53,21 @@ pub struct FrameReader {
     start: usize,
     end: usize,
     request_bytes_max: usize,
+    /// Request bytes this connection may hold while they are served.
+    connection_budget: Rc<Semaphore>,
+    /// The shard's request bytes, shared by all its connections.
+    shard_budget: Rc<RequestBudget>,
 }
 
 impl FrameReader {
-    pub fn new(request_bytes_max: usize) -> FrameReader {
+    pub fn new(limits: &ConnectionLimits, shard_budget: Rc<RequestBudget>) -> FrameReader {
         FrameReader {
             ahead: Box::default(),
             start: 0,
             end: 0,
-            request_bytes_max,
+            request_bytes_max: limits.request_bytes_max,
+            connection_budget: Rc::new(Semaphore::new(limits.buffered_bytes_max as u64)),
+            shard_budget,
         }
     }
 
@@ -73,16 +81,13 @@ impl FrameReader {
         &mut self,
         reader: &mut R,
         state: &ConnectionState,
-        budget: &Rc<RequestBudget>,
-        connection_budget: &Rc<Semaphore>,
-        now_ms: impl Fn() -> i64,
     ) -> Result<Frame, FrameError> {
         if self.buffered() > 0 {
-            state.request_started(now_ms());
+            state.request_started(monotonic_ms());
         }
         while self.buffered() < 4 {
             self.read_ahead(reader).await?;
-            state.request_started(now_ms());
+            state.request_started(monotonic_ms());
         }
         let prefix = &self.ahead[self.start..self.start + 4];
         let declared = i32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]);
@@ -92,22 +97,25 @@ impl FrameReader {
         // The connection's own bound first: a client pipelining large frames waits for its
         // earlier requests before it may hold more.
         state.broker_wait_started();
-        let permit = connection_budget
+        let permit = self
+            .connection_budget
             .clone()
             .acquire_static_permit(size as u64)
             .await
             .map_err(|_| FrameError::Closed)?;
-        let mut charge = budget.charge();
+        let mut charge = self.shard_budget.charge();
         let first = if size <= limits::SMALL_REQUEST_BYTES {
             size
         } else {
             size.min(limits::FRAME_BUFFER_START_BYTES)
         };
         charge.grow(first).await;
-        state.broker_wait_ended(now_ms());
-        let mut buffer = vec![0u8; first];
+        state.broker_wait_ended(monotonic_ms());
+        // What the read-ahead holds is copied in; only the rest of the buffer is zeroed.
         let mut filled = self.buffered().min(size);
-        buffer[..filled].copy_from_slice(&self.ahead[self.start..self.start + filled]);
+        let mut buffer = Vec::with_capacity(first);
+        buffer.extend_from_slice(&self.ahead[self.start..self.start + filled]);
+        buffer.resize(first, 0);
         self.start += filled;
         if self.start == self.end {
             self.start = 0;
@@ -122,7 +130,7 @@ impl FrameReader {
                     state.request_size(size);
                     state.broker_wait_started();
                     charge.grow(size - first).await;
-                    state.broker_wait_ended(now_ms());
+                    state.broker_wait_ended(monotonic_ms());
                     charged_whole = true;
                 }
                 let grown = (buffer.len() * 2).min(size);
@@ -133,7 +141,7 @@ impl FrameReader {
                 Ok(0) | Err(_) => return Err(FrameError::Closed),
                 Ok(read) => filled += read,
             }
-            state.request_started(now_ms());
+            state.request_started(monotonic_ms());
         }
         debug_assert_eq!(buffer.len(), size);
         Ok(Frame {

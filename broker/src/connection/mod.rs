@@ -29,7 +29,6 @@ use futures::future::{select, Either};
 use futures::AsyncReadExt;
 use glommio::channels::local_channel::{self, LocalReceiver};
 use glommio::net::TcpStream;
-use glommio::sync::Semaphore;
 
 use crate::clock::monotonic_ms;
 use crate::handlers;
@@ -40,7 +39,7 @@ use crate::outcome::{Malformed, Outcome};
 use crate::shard::Shard;
 use frames::{FrameError, FrameReader};
 use table::{CloseReason, ConnectionState};
-use tern_protocol::api;
+use tern_protocol::{api, frame};
 
 /// A request being served, queued for the writer in arrival order.
 enum InFlight {
@@ -142,21 +141,9 @@ async fn read_requests<R: futures::AsyncRead + Unpin>(
     reader: &mut R,
     queue: local_channel::LocalSender<InFlight>,
 ) -> Ended {
-    let connection_budget = Rc::new(Semaphore::new(
-        shard.config.limits.buffered_bytes_max as u64,
-    ));
-    let mut frames = FrameReader::new(shard.config.limits.request_bytes_max);
+    let mut frames = FrameReader::new(&shard.config.limits, shard.request_budget.clone());
     loop {
-        let frame = match frames
-            .next(
-                reader,
-                state,
-                &shard.request_budget,
-                &connection_budget,
-                monotonic_ms,
-            )
-            .await
-        {
+        let frame = match frames.next(reader, state).await {
             Ok(frame) => frame,
             // The read side ended while the broker is stopping (`stop_reading`): answer
             // what was read, then close.
@@ -166,7 +153,7 @@ async fn read_requests<R: futures::AsyncRead + Unpin>(
         };
         state.request_received(monotonic_ms());
         shard.connection_probe.requests.inc();
-        let is_produce = frame.bytes.get(..2) == Some(&api::PRODUCE.to_be_bytes()[..]);
+        let is_produce = frame::peek_api_key(&frame.bytes) == Some(api::PRODUCE);
         let task = glommio::spawn_local(handlers::handle(
             shard.clone(),
             frame.bytes,
