@@ -1,7 +1,9 @@
-//! tern-replication: the cluster metadata state machine (and, later, partition replication).
+//! tern-replication: the cluster metadata state machine, the Raft quorum that replicates it,
+//! and (later) partition replication.
 //!
-//! Architecture invariant: this crate is plain Rust with no I/O. The broker's controller
-//! shard feeds it commands and persists what it returns; a Raft group will replicate the
-//! same commands when multi-node clusters land, without changing the state machine.
+//! Architecture invariant: this crate is plain Rust with no I/O, no clock and no randomness of
+//! its own. The broker's drivers feed it ticks, messages and commands and persist and send what
+//! it returns; the seeded simulator in `tests/` drives the very same code.
 
 pub mod metadata;
+pub mod quorum;

@@ -26,6 +26,9 @@ pub type BrokerId = i32;
 /// No broker: Kafka's `-1` leader of a partition without one.
 pub const NO_LEADER: BrokerId = -1;
 
+/// The topic config that lets a replica outside the ISR become leader (Kafka's name).
+pub const UNCLEAN_ELECTION_CONFIG: &str = "unclean.leader.election.enable";
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MetadataImage {
     pub cluster_id: String,
@@ -39,6 +42,18 @@ pub struct MetadataImage {
     /// reuses one.
     #[serde(default)]
     pub producer_id_next: i64,
+    /// The last proposal applied from each broker: a proposal retried after a lost answer is
+    /// applied once, and its proposer learns the outcome even from a snapshot (see `quorum`).
+    #[serde(default)]
+    pub proposals: BTreeMap<BrokerId, AppliedProposal>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppliedProposal {
+    pub incarnation: u64,
+    pub sequence: u64,
+    /// One per command, in order.
+    pub results: Vec<Result<(), MetadataError>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -129,10 +144,26 @@ pub enum Command {
     AllocateProducerIds {
         count: i64,
     },
+    /// Names a new cluster: the first command a new quorum commits. Refused once the cluster
+    /// has an id.
+    InitCluster {
+        cluster_id: String,
+    },
+    /// The broker's lease expired: it leads nothing and leaves every ISR it is not alone in.
+    /// Partitions it led get a new leader from the rest of their ISR (or from any live replica
+    /// where the topic allows unclean election), with a new leader epoch; with none, no leader.
+    FenceBroker {
+        id: BrokerId,
+    },
+    /// A fenced broker is back: it takes the lead of the partitions left without a leader whose
+    /// ISR holds it, with a new leader epoch.
+    UnfenceBroker {
+        id: BrokerId,
+    },
 }
 
 /// Why a command cannot apply; each maps to one Kafka error code in the broker.
-#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[derive(Debug, Error, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MetadataError {
     #[error("topic '{0}' already exists")]
     TopicAlreadyExists(String),
@@ -160,6 +191,7 @@ impl MetadataImage {
             brokers: BTreeMap::new(),
             topics: BTreeMap::new(),
             producer_id_next: 0,
+            proposals: BTreeMap::new(),
         }
     }
 
@@ -202,6 +234,41 @@ impl MetadataImage {
                         fenced: false,
                     },
                 );
+                next.elect_leaderless(*id);
+            }
+            Command::InitCluster { cluster_id } => {
+                if !self.cluster_id.is_empty() {
+                    return Err(MetadataError::Invalid(format!(
+                        "the cluster already has id {}",
+                        self.cluster_id
+                    )));
+                }
+                if cluster_id.is_empty() {
+                    return Err(MetadataError::Invalid("an empty cluster id".into()));
+                }
+                next.cluster_id = cluster_id.clone();
+            }
+            Command::FenceBroker { id } => {
+                let broker = next.brokers.get_mut(id).ok_or_else(|| {
+                    MetadataError::Invalid(format!("broker {id} is not registered"))
+                })?;
+                if broker.fenced {
+                    return Err(MetadataError::Invalid(format!(
+                        "broker {id} is already fenced"
+                    )));
+                }
+                broker.fenced = true;
+                next.move_leadership_from(*id);
+            }
+            Command::UnfenceBroker { id } => {
+                let broker = next.brokers.get_mut(id).ok_or_else(|| {
+                    MetadataError::Invalid(format!("broker {id} is not registered"))
+                })?;
+                if !broker.fenced {
+                    return Err(MetadataError::Invalid(format!("broker {id} is not fenced")));
+                }
+                broker.fenced = false;
+                next.elect_leaderless(*id);
             }
             Command::CreateTopic {
                 name,
@@ -321,6 +388,64 @@ impl MetadataImage {
     /// round-robin over the live brokers sorted by id, starting at a broker chosen by the
     /// topic's name so that single-partition topics spread over the cluster. The first replica
     /// of each list is the partition's preferred leader.
+    /// `FenceBroker`'s effect on partitions: `gone` leaves every ISR it shares with others;
+    /// where it led, the first other live ISR member in replica order leads (or, if the topic
+    /// allows unclean election, the first live replica), with the leader epoch bumped.
+    fn move_leadership_from(&mut self, gone: BrokerId) {
+        let live: Vec<BrokerId> = self.live_brokers().map(|broker| broker.id).collect();
+        for topic in self.topics.values_mut() {
+            let unclean = topic
+                .configs
+                .get(UNCLEAN_ELECTION_CONFIG)
+                .is_some_and(|value| value == "true");
+            for partition in &mut topic.partitions {
+                if !partition.isr.contains(&gone) && partition.leader != gone {
+                    continue;
+                }
+                if partition.isr.len() > 1 {
+                    partition.isr.retain(|broker| *broker != gone);
+                }
+                if partition.leader != gone {
+                    continue;
+                }
+                let clean = partition
+                    .replicas
+                    .iter()
+                    .copied()
+                    .find(|b| *b != gone && partition.isr.contains(b) && live.contains(b));
+                let unclean_choice = || {
+                    partition
+                        .replicas
+                        .iter()
+                        .copied()
+                        .find(|b| *b != gone && live.contains(b))
+                };
+                match clean.or_else(|| if unclean { unclean_choice() } else { None }) {
+                    Some(leader) => {
+                        if !partition.isr.contains(&leader) {
+                            partition.isr = vec![leader];
+                        }
+                        partition.leader = leader;
+                    }
+                    None => partition.leader = NO_LEADER,
+                }
+                partition.leader_epoch += 1;
+            }
+        }
+    }
+
+    /// `back`'s return: partitions without a leader whose ISR holds it are led by it again.
+    fn elect_leaderless(&mut self, back: BrokerId) {
+        for topic in self.topics.values_mut() {
+            for partition in &mut topic.partitions {
+                if partition.leader == NO_LEADER && partition.isr.contains(&back) {
+                    partition.leader = back;
+                    partition.leader_epoch += 1;
+                }
+            }
+        }
+    }
+
     fn place(
         &self,
         name: &str,
