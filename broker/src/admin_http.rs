@@ -1,5 +1,6 @@
 //! The admin HTTP endpoint on shard 0: `GET /metrics` (Prometheus text format, one sample per
-//! shard with a `shard` label, gathered from every shard over `invoke_on`) and `GET /healthz`.
+//! shard with a `shard` label, gathered from every shard over `invoke_on`), `GET /healthz`, and
+//! `GET /cluster` (the metadata quorum and the brokers, as JSON).
 //!
 //! Deliberately tiny: it reads one request line, answers, and closes. Anything else gets 404;
 //! a request larger than 8 KiB or slower than 5 s is dropped.
@@ -46,6 +47,7 @@ pub async fn serve(shard: Rc<Shard>, listener: TcpListener) {
             let (status, body) = match path {
                 "/metrics" => ("200 OK", render(&gather(&shard).await)),
                 "/healthz" => ("200 OK", "ok\n".to_owned()),
+                "/cluster" => ("200 OK", cluster_status(&shard)),
                 _ => ("404 Not Found", "not found\n".to_owned()),
             };
             let response = format!(
@@ -57,6 +59,42 @@ pub async fn serve(shard: Rc<Shard>, listener: TcpListener) {
         })
         .detach();
     }
+}
+
+/// `GET /cluster`: the metadata quorum as this broker sees it and the registered brokers, as
+/// JSON (what `tern cluster status` prints).
+fn cluster_status(shard: &Shard) -> String {
+    let image = shard.image();
+    let brokers: Vec<serde_json::Value> = image
+        .brokers
+        .values()
+        .map(|b| serde_json::json!({"id": b.id, "host": b.host, "port": b.port, "fenced": b.fenced}))
+        .collect();
+    let quorum = crate::quorum::local().map(|quorum| {
+        let status = quorum.status();
+        let voters: Vec<serde_json::Value> = status
+            .voters
+            .iter()
+            .map(|(id, matched)| serde_json::json!({"id": id, "matched": matched}))
+            .collect();
+        serde_json::json!({
+            "node": status.node,
+            "leader": status.leader,
+            "term": status.term,
+            "commit": status.commit,
+            "applied": status.applied,
+            "last_index": status.last_index,
+            "voters": voters,
+        })
+    });
+    let body = serde_json::json!({
+        "cluster_id": image.cluster_id,
+        "metadata_epoch": image.epoch,
+        "controller": shard.controller_id(),
+        "quorum": quorum,
+        "brokers": brokers,
+    });
+    format!("{body:#}\n")
 }
 
 pub async fn gather(shard: &Rc<Shard>) -> Vec<ShardSample> {

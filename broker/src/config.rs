@@ -40,6 +40,41 @@ pub struct BrokerConfig {
     pub index_cache_bytes: usize,
     /// Long-poll registrations that may be parked on one shard's partitions at once.
     pub max_parked_fetches: usize,
+    /// The metadata quorum's voters and their internal addresses (Kafka's
+    /// `controller.quorum.voters`); empty means this node alone, with no internal listener.
+    pub voters: Vec<(i32, SocketAddr)>,
+    /// The cluster id this broker must belong to; a new cluster takes it as its id.
+    pub cluster_id: Option<String>,
+    /// Kafka's `broker.session.timeout.ms`: a broker not heard from for this long is fenced.
+    pub broker_session_timeout_ms: i64,
+    /// Kafka's `broker.heartbeat.interval.ms`.
+    pub broker_heartbeat_interval_ms: i64,
+}
+
+/// Parses a voter set as Kafka writes `controller.quorum.voters`: `1@host:port,2@host:port`.
+pub fn parse_voters(text: &str) -> Result<Vec<(i32, SocketAddr)>, String> {
+    let mut voters = Vec::new();
+    for item in text.split(',').map(str::trim).filter(|item| !item.is_empty()) {
+        let (id, addr) = item
+            .split_once('@')
+            .ok_or_else(|| format!("voter '{item}' is not id@host:port"))?;
+        let id: i32 = id
+            .parse()
+            .map_err(|_| format!("voter '{item}': '{id}' is not a node id"))?;
+        if id < 0 {
+            return Err(format!("voter '{item}': node ids are not negative"));
+        }
+        let addr = std::net::ToSocketAddrs::to_socket_addrs(addr)
+            .map_err(|e| format!("voter '{item}': {e}"))?
+            .next()
+            .ok_or_else(|| format!("voter '{item}': no address"))?;
+        if voters.iter().any(|(other, _)| *other == id) {
+            return Err(format!("voter id {id} appears twice"));
+        }
+        voters.push((id, addr));
+    }
+    voters.sort_by_key(|(id, _)| *id);
+    Ok(voters)
 }
 
 /// Per-connection limits an operator may lower (or raise, up to the hard caps in
@@ -133,11 +168,52 @@ impl Default for BrokerConfig {
             limits: ConnectionLimits::default(),
             index_cache_bytes: crate::limits::INDEX_CACHE_BYTES_PER_SHARD,
             max_parked_fetches: crate::limits::FETCH_PARKED_PER_SHARD,
+            voters: Vec::new(),
+            cluster_id: None,
+            broker_session_timeout_ms: 9_000,
+            broker_heartbeat_interval_ms: 2_000,
         }
     }
 }
 
 impl BrokerConfig {
+    /// The quorum's voter ids, in order (this node alone when none are configured).
+    pub fn voter_ids(&self) -> Vec<i32> {
+        if self.voters.is_empty() {
+            vec![self.node_id]
+        } else {
+            self.voters.iter().map(|(id, _)| *id).collect()
+        }
+    }
+
+    /// The relations between the cluster settings.
+    pub fn validate_cluster(&self) -> Result<(), String> {
+        if !self.voters.is_empty() && !self.voters.iter().any(|(id, _)| *id == self.node_id) {
+            return Err(format!(
+                "node id {} is not in the voter set {:?} (every broker is a voter for now)",
+                self.node_id,
+                self.voter_ids()
+            ));
+        }
+        if let Some((_, addr)) = self.voters.iter().find(|(_, addr)| *addr == self.listen) {
+            return Err(format!(
+                "the voter address {addr} is the Kafka listener; give the quorum its own port"
+            ));
+        }
+        if self.broker_heartbeat_interval_ms < 10
+            || self.broker_session_timeout_ms < 2 * self.broker_heartbeat_interval_ms
+        {
+            return Err(
+                "the broker session timeout must be at least twice the heartbeat interval (>= 10 ms)"
+                    .into(),
+            );
+        }
+        if self.cluster_id.as_ref().is_some_and(|id| id.is_empty()) {
+            return Err("the cluster id is empty".into());
+        }
+        Ok(())
+    }
+
     pub fn advertised_host_port(&self) -> (String, i32) {
         match &self.advertised {
             Some(advertised) => match advertised.rsplit_once(':') {
@@ -176,6 +252,11 @@ pub struct FileConfig {
     pub group_initial_rebalance_delay_ms: Option<i64>,
     pub index_cache_bytes: Option<usize>,
     pub max_parked_fetches: Option<usize>,
+    /// `"1@127.0.0.1:19093,2@127.0.0.1:29093"`, as Kafka's `controller.quorum.voters`.
+    pub voters: Option<String>,
+    pub cluster_id: Option<String>,
+    pub broker_session_timeout_ms: Option<i64>,
+    pub broker_heartbeat_interval_ms: Option<i64>,
     /// Default topic configs by their Kafka names, e.g. `"retention.ms" = "3600000"`.
     #[serde(default)]
     pub topic_defaults: std::collections::BTreeMap<String, String>,

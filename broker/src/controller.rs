@@ -30,6 +30,8 @@ pub enum ControllerError {
     Persist(String),
     #[error("a shard was unavailable while the new metadata was published")]
     ShardUnavailable,
+    #[error("the metadata quorum is unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// One result per command: a failed command changed nothing.

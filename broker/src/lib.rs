@@ -28,6 +28,7 @@ pub mod outcome;
 pub mod partition;
 pub mod placement;
 pub mod producer_state;
+pub mod quorum;
 pub mod runtime;
 pub mod scatter;
 pub mod shard;
@@ -40,7 +41,7 @@ use std::time::Duration;
 
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::net::TcpListener;
-use tern_replication::metadata::{Command, MetadataImage};
+use tern_replication::metadata::MetadataImage;
 use tern_storage::DataDirLock;
 
 pub use config::BrokerConfig;
@@ -55,6 +56,8 @@ pub enum StartError {
     DataDir(String),
     #[error("invalid configuration: {0}")]
     Config(String),
+    #[error("cannot join the cluster: {0}")]
+    Cluster(String),
     #[error("cannot listen on {addr}: {reason}")]
     Listen {
         addr: std::net::SocketAddr,
@@ -69,6 +72,7 @@ pub fn run(mut config: BrokerConfig) -> Result<(), StartError> {
         .validate()
         .map_err(|e| StartError::Config(e.to_string()))?;
     config.limits.validate().map_err(StartError::Config)?;
+    config.validate_cluster().map_err(StartError::Config)?;
     // Refuse topic defaults the logs could not honour now, not when each partition opens.
     topic_config::policy(&config.topic_defaults, &Default::default())
         .log
@@ -105,8 +109,15 @@ pub fn run(mut config: BrokerConfig) -> Result<(), StartError> {
     let _lock =
         DataDirLock::acquire(&config.data_dir).map_err(|e| StartError::DataDir(e.to_string()))?;
 
-    let image = bootstrap_image(&config)?;
-    let image = Arc::new(image);
+    // The shards start with no metadata; shard 0 hands them the quorum's image once this
+    // broker has caught up with it (see `quorum::start`).
+    let restored = quorum::restore_blocking(&config).map_err(StartError::DataDir)?;
+    let restored = Arc::new(std::sync::Mutex::new(Some(restored)));
+    let image = Arc::new(MetadataImage::new(String::new()));
+    let controller_hint = Arc::new(std::sync::atomic::AtomicI32::new(
+        tern_replication::metadata::NO_LEADER,
+    ));
+    let metadata_ready = Arc::new(AtomicBool::new(false));
     let config = Arc::new(config);
 
     // Block SIGINT/SIGTERM in every thread; the main thread waits for them with sigwait.
@@ -125,6 +136,9 @@ pub fn run(mut config: BrokerConfig) -> Result<(), StartError> {
             stop: stop.clone(),
             serving: serving.clone(),
             ready: ready_tx.clone(),
+            metadata_ready: metadata_ready.clone(),
+            restored: restored.clone(),
+            controller_hint: controller_hint.clone(),
         };
         let mesh = mesh.clone();
         let builder = runtime::executor_builder(id, shards, config.spin_before_park_us);
@@ -180,6 +194,11 @@ struct StartSignals {
     serving: Arc<AtomicBool>,
     /// Each shard reports here whether it started.
     ready: mpsc::Sender<Result<usize, StartError>>,
+    /// Set by shard 0 once the quorum's image is on every shard.
+    metadata_ready: Arc<AtomicBool>,
+    /// The persisted quorum state, taken by shard 0.
+    restored: Arc<std::sync::Mutex<Option<quorum::Restored>>>,
+    controller_hint: Arc<std::sync::atomic::AtomicI32>,
 }
 
 async fn shard_main(
@@ -194,6 +213,9 @@ async fn shard_main(
         stop,
         serving,
         ready,
+        metadata_ready,
+        restored,
+        controller_hint,
     } = signals;
     // A heartbeat so an executor never parks indefinitely: if a cross-thread wake-up were ever
     // lost (one start-up of a two-shard broker was seen to hang until an unrelated signal
@@ -223,25 +245,9 @@ async fn shard_main(
         image.clone(),
         senders,
         Rc::new(clock::SystemClock),
+        controller_hint.clone(),
     ));
-    if id == 0 {
-        let publisher = Rc::downgrade(&shard);
-        let publish: controller::Publish = Box::new(move |image| {
-            let publisher = publisher.clone();
-            Box::pin(async move {
-                let shard = publisher
-                    .upgrade()
-                    .ok_or(controller::ControllerError::ShardUnavailable)?;
-                publish_image(&shard, image).await
-            })
-        });
-        shard.set_controller(Rc::new(controller::LocalController::new(
-            config.node_id,
-            &config.data_dir,
-            image.clone(),
-            publish,
-        )));
-    }
+    drop(image);
     if let Some(receivers) = receivers.as_mut() {
         for (_, stream) in receivers.streams() {
             let shard = shard.clone();
@@ -253,7 +259,58 @@ async fn shard_main(
             .detach();
         }
     }
-    shard.apply_image(image).await;
+    if id == 0 {
+        let restored = restored
+            .lock()
+            .ok()
+            .and_then(|mut slot| slot.take())
+            .expect("shard 0 takes the restored quorum state once");
+        let publisher = |shard: &Rc<Shard>| -> controller::Publish {
+            let publisher = Rc::downgrade(shard);
+            Box::new(move |image| {
+                let publisher = publisher.clone();
+                Box::pin(async move {
+                    let shard = publisher
+                        .upgrade()
+                        .ok_or(controller::ControllerError::ShardUnavailable)?;
+                    publish_image(&shard, image).await
+                })
+            })
+        };
+        let started = quorum::start(
+            config.clone(),
+            restored,
+            controller_hint.clone(),
+            publisher(&shard),
+        )
+        .await;
+        let quorum = match started {
+            Ok(quorum) => quorum,
+            Err(reason) => {
+                let _ = ready.send(Err(StartError::Cluster(reason)));
+                shard.close_all().await;
+                return;
+            }
+        };
+        let controller = quorum::RaftController::new(quorum, publisher(&shard));
+        if controller.publish_current().await.is_err() {
+            let _ = ready.send(Err(StartError::Cluster(
+                "a shard stopped while the metadata was handed out".into(),
+            )));
+            shard.close_all().await;
+            return;
+        }
+        shard.set_controller(Rc::new(controller));
+        metadata_ready.store(true, Ordering::SeqCst);
+    } else {
+        while !metadata_ready.load(Ordering::SeqCst) {
+            if stop.load(Ordering::SeqCst) {
+                shard.close_all().await;
+                return;
+            }
+            glommio::timer::sleep(Duration::from_millis(5)).await;
+        }
+    }
     let coordinator = group::coordinator::start(shard.clone());
 
     let listener = match TcpListener::bind(config.listen) {
@@ -363,67 +420,6 @@ async fn publish_image(
         return Err(controller::ControllerError::ShardUnavailable);
     }
     Ok(())
-}
-
-/// The metadata image this broker starts from (before any shard runs): the persisted one, or
-/// a new cluster's; upgraded from the pre-replica format, with this broker registered at its
-/// advertised address and `__consumer_offsets` created, each change persisted. A one-voter
-/// cluster applies these commands itself; they are the same commands a quorum would commit.
-fn bootstrap_image(config: &BrokerConfig) -> Result<MetadataImage, StartError> {
-    let node = config.node_id;
-    let (host, port) = config.advertised_host_port();
-    let port = u16::try_from(port)
-        .map_err(|_| StartError::Config(format!("advertised port {port} is out of range")))?;
-    let mut image = match controller::load_image(&config.data_dir).map_err(StartError::DataDir)? {
-        Some(image) => image,
-        None => MetadataImage::new(ids::new_cluster_id()),
-    };
-    let fresh = image.epoch == 0;
-    let mut changed = image.upgrade_single_node(node, &host, port);
-    if let Some(other) = image.brokers.keys().find(|id| **id != node) {
-        return Err(StartError::DataDir(format!(
-            "data directory {} belongs to broker {other} of a one-node cluster, not to node id {node}",
-            config.data_dir.display()
-        )));
-    }
-    let mut apply = |image: &mut MetadataImage, command: Command| -> Result<(), StartError> {
-        *image = image
-            .apply(&command)
-            .map_err(|error| StartError::DataDir(format!("bootstrapping metadata: {error}")))?;
-        changed = true;
-        Ok(())
-    };
-    let registered = image
-        .broker(node)
-        .is_some_and(|b| b.host == host && b.port == port && !b.fenced);
-    if !registered {
-        apply(
-            &mut image,
-            Command::RegisterBroker {
-                id: node,
-                host: host.clone(),
-                port,
-            },
-        )?;
-    }
-    // The group coordinator's internal topic exists before any shard starts, so every shard
-    // opens (and replays) its partitions of it at start-up.
-    if image.topic(group::OFFSETS_TOPIC).is_none() {
-        if !(1..=limits::TOPIC_PARTITIONS_MAX).contains(&config.offsets_topic_partitions) {
-            return Err(StartError::Config(format!(
-                "offsets topic partitions must be 1..={}",
-                limits::TOPIC_PARTITIONS_MAX
-            )));
-        }
-        apply(
-            &mut image,
-            handlers::offsets_topic_command(config.offsets_topic_partitions),
-        )?;
-    }
-    if changed || fresh {
-        controller::store_image_blocking(&config.data_dir, &image).map_err(StartError::DataDir)?;
-    }
-    Ok(image)
 }
 
 fn block_shutdown_signals() -> libc::sigset_t {

@@ -154,6 +154,10 @@ pub const ADMIN_HTTP_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Producer ids reserved per metadata write.
 pub const PRODUCER_ID_BLOCK: i64 = 1000;
 
+/// How long a metadata command waits for the quorum to commit it before the request fails
+/// (the quorum may be electing a leader or have lost its majority).
+pub const CONTROLLER_COMMIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// Each connection's read-ahead buffer: small frames are taken from it several per read;
 /// larger ones get a buffer of their own. Most of an idle connection's memory.
 pub const READ_AHEAD_BYTES: usize = 4 * 1024;

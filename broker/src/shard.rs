@@ -46,6 +46,8 @@ pub struct Shard {
     senders: Option<Senders<RemoteTask>>,
     /// The cluster's controller, reached through shard 0 (set once at start-up there).
     controller: OnceCell<Rc<dyn Controller>>,
+    /// The quorum's leader as shard 0 last saw it (`NO_LEADER` while there is none).
+    controller_hint: Arc<std::sync::atomic::AtomicI32>,
     clock: Rc<dyn Clock>,
     pub shutting_down: Cell<bool>,
     pub connection_probe: ConnectionProbe,
@@ -76,6 +78,7 @@ impl Shard {
         image: Arc<MetadataImage>,
         senders: Option<Senders<RemoteTask>>,
         clock: Rc<dyn Clock>,
+        controller_hint: Arc<std::sync::atomic::AtomicI32>,
     ) -> Shard {
         Shard {
             id,
@@ -85,6 +88,7 @@ impl Shard {
             partitions: RefCell::new(HashMap::new()),
             senders,
             controller: OnceCell::new(),
+            controller_hint,
             clock,
             shutting_down: Cell::new(false),
             connection_probe: ConnectionProbe::default(),
@@ -123,10 +127,11 @@ impl Shard {
         );
     }
 
-    /// The broker acting as the cluster's controller. A one-voter cluster is its own
-    /// controller; with a quorum this becomes the known Raft leader.
+    /// The broker acting as the cluster's controller: the metadata quorum's leader, or -1
+    /// while it has none.
     pub fn controller_id(&self) -> BrokerId {
-        self.node_id()
+        self.controller_hint
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The controller, on the shard that hosts it.

@@ -272,6 +272,9 @@ pub struct Completion {
     pub ticket: Ticket,
     /// One result per submitted command, in order; a failed command changed nothing.
     pub results: Vec<Result<(), MetadataError>>,
+    /// The image right after the proposal applied (`None` when this node learned of it from a
+    /// snapshot, which may hold later changes too).
+    pub image: Option<Arc<MetadataImage>>,
 }
 
 /// Commands this node submitted and not yet proposed, or proposed and not yet applied.
@@ -610,7 +613,7 @@ impl QuorumNode {
                 Err(error) => panic!("{error}"),
             }
             self.applied = snapshot.get_metadata().index;
-            self.complete_in_flight(&mut output);
+            self.complete_in_flight(&mut output, false);
             self.raw.mut_store().compact_to(snapshot.clone());
             self.raw.mut_store().entries.clear();
             output.install = Some(snapshot);
@@ -713,12 +716,12 @@ impl QuorumNode {
             );
             self.image = Arc::new(image);
         }
-        self.complete_in_flight(output);
+        self.complete_in_flight(output, true);
     }
 
     /// Answers this node's in-flight proposal once the image shows it applied (by an entry, a
     /// retried copy of it, or a snapshot that covers it).
-    fn complete_in_flight(&mut self, output: &mut Output) {
+    fn complete_in_flight(&mut self, output: &mut Output, exact: bool) {
         let Some(last) = self.image.proposals.get(&self.config.node) else {
             return;
         };
@@ -733,7 +736,12 @@ impl QuorumNode {
         for (ticket, count) in in_flight.tickets {
             let results: Vec<_> = results.by_ref().take(count).collect();
             if let Some(ticket) = ticket {
-                output.completions.push(Completion { ticket, results });
+                let image = exact.then(|| self.image.clone());
+                output.completions.push(Completion {
+                    ticket,
+                    results,
+                    image,
+                });
             }
         }
     }

@@ -10,6 +10,7 @@
 //! (hand-built frames over a plain `TcpStream`, for malformed input); `disk` reads what the
 //! broker stored.
 
+pub mod cluster;
 pub mod disk;
 pub mod kafka;
 pub mod rs;
@@ -90,6 +91,52 @@ impl Broker {
         broker
     }
 
+    /// Starts the process without waiting for it to serve (a cluster's brokers wait for each
+    /// other's quorum); `wait_until_serving` finishes the start.
+    pub fn launch_with(cores: usize, addr: SocketAddr, extra_args: Vec<String>) -> Broker {
+        let data_dir = tempfile::Builder::new()
+            .prefix("tern-test-")
+            .tempdir()
+            .expect("temp data dir");
+        let admin_addr: SocketAddr = format!("127.0.0.1:{}", free_port())
+            .parse()
+            .expect("address");
+        let mut broker = Broker {
+            child: None,
+            addr,
+            admin_addr,
+            cores,
+            data_dir,
+            extra_args,
+        };
+        broker.launch();
+        broker
+    }
+
+    /// Replaces the extra arguments used by the next (re)start.
+    pub fn set_extra_args(&mut self, extra_args: Vec<String>) {
+        self.extra_args = extra_args;
+    }
+
+    /// Starts the process again without waiting for it to serve.
+    pub fn relaunch(&mut self) {
+        assert!(self.child.is_none(), "stop or kill the broker first");
+        self.launch();
+    }
+
+    /// Waits (bounded) for the process to exit; its exit status if it did.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     pub fn bootstrap(&self) -> String {
         self.addr.to_string()
     }
@@ -103,6 +150,11 @@ impl Broker {
     }
 
     fn spawn(&mut self) {
+        self.launch();
+        self.wait_until_serving();
+    }
+
+    fn launch(&mut self) {
         let log = std::fs::File::create(self.data_dir.path().join("broker.log"))
             .expect("broker log file");
         let child = Command::new(tern_binary())
@@ -125,6 +177,11 @@ impl Broker {
             .spawn()
             .expect("start tern serve");
         self.child = Some(child);
+    }
+
+    /// Waits until the broker answers ApiVersions (panics with its log if it exits or times
+    /// out).
+    pub fn wait_until_serving(&mut self) {
         let deadline = Instant::now() + START_TIMEOUT;
         while Instant::now() < deadline {
             if self.answers_api_versions() {

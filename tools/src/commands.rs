@@ -435,3 +435,53 @@ pub fn group_reset_offsets(
     println!("reset group {group} on {topic} ({count} partition(s))");
     Ok(())
 }
+
+/// `tern cluster status`: reads the broker's `GET /cluster` and prints it as tables.
+pub fn cluster_status(admin: &str) -> Result<()> {
+    use std::io::{Read, Write};
+    let io = |e: std::io::Error| format!("admin endpoint {admin}: {e}");
+    let mut stream = std::net::TcpStream::connect(admin).map_err(io)?;
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .map_err(io)?;
+    write!(
+        stream,
+        "GET /cluster HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(io)?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).map_err(io)?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body)
+        .ok_or("the admin endpoint sent no body")?;
+    let status: serde_json::Value =
+        serde_json::from_str(body).map_err(|e| format!("bad /cluster answer: {e}"))?;
+    println!("cluster id:  {}", status["cluster_id"].as_str().unwrap_or("?"));
+    println!("controller:  {}", status["controller"]);
+    println!("metadata epoch: {}", status["metadata_epoch"]);
+    let quorum = &status["quorum"];
+    if !quorum.is_null() {
+        println!(
+            "quorum: leader {}  term {}  commit {}  applied here {}",
+            quorum["leader"], quorum["term"], quorum["commit"], quorum["applied"]
+        );
+        println!("{:>6}  {:>10}  {:>6}", "VOTER", "MATCHED", "LAG");
+        for voter in quorum["voters"].as_array().into_iter().flatten() {
+            let matched = voter["matched"].as_u64();
+            let lag = matched.map(|m| quorum["last_index"].as_u64().unwrap_or(0).saturating_sub(m));
+            let show = |v: Option<u64>| v.map_or("-".to_owned(), |v| v.to_string());
+            println!("{:>6}  {:>10}  {:>6}", voter["id"], show(matched), show(lag));
+        }
+    }
+    println!("{:>6}  {:<24}  FENCED", "BROKER", "ADDRESS");
+    for broker in status["brokers"].as_array().into_iter().flatten() {
+        let address = format!(
+            "{}:{}",
+            broker["host"].as_str().unwrap_or("?"),
+            broker["port"]
+        );
+        println!("{:>6}  {:<24}  {}", broker["id"], address, broker["fenced"]);
+    }
+    Ok(())
+}

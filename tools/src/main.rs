@@ -83,6 +83,21 @@ enum Command {
         #[command(subcommand)]
         action: GroupAction,
     },
+    /// The cluster as a broker sees it: `tern cluster status` (metadata quorum: leader, term,
+    /// voters and their lag; brokers: id, address, fenced or not).
+    Cluster {
+        /// A broker's admin HTTP address.
+        #[arg(long, default_value = "127.0.0.1:9644", env = "TERN_ADMIN", global = true)]
+        admin: String,
+        #[command(subcommand)]
+        action: ClusterAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterAction {
+    /// Quorum leader, term, commit and each voter's replicated index; registered brokers.
+    Status,
 }
 
 #[derive(Subcommand)]
@@ -137,6 +152,9 @@ fn key_value(pair: &str) -> Result<(String, String), String> {
 fn run_client_command(command: Command) -> Result<(), String> {
     match command {
         Command::Serve(_) => unreachable!("handled in main"),
+        Command::Cluster { admin, action } => match action {
+            ClusterAction::Status => commands::cluster_status(&admin),
+        },
         Command::Topic { bootstrap, action } => {
             let mut client = client::Client::connect(&bootstrap)?;
             match action {
@@ -278,6 +296,21 @@ struct ServeArgs {
     /// a fetch beyond it is answered at once with a throttle time.
     #[arg(long, env = "TERN_MAX_PARKED_FETCHES")]
     max_parked_fetches: Option<usize>,
+    /// The metadata quorum's voters, as Kafka's controller.quorum.voters:
+    /// 0@127.0.0.1:19093,1@127.0.0.1:29093,2@127.0.0.1:39093 (every broker is a voter; this
+    /// node listens for its peers on its own entry). Unset: a one-node cluster.
+    #[arg(long, env = "TERN_VOTERS")]
+    voters: Option<String>,
+    /// The cluster id this broker must belong to (a new cluster takes it).
+    #[arg(long, env = "TERN_CLUSTER_ID")]
+    cluster_id: Option<String>,
+    /// A broker not heard from for this long is fenced and its partitions get new leaders
+    /// (Kafka's broker.session.timeout.ms).
+    #[arg(long, env = "TERN_BROKER_SESSION_TIMEOUT_MS")]
+    broker_session_timeout_ms: Option<i64>,
+    /// How often a broker heartbeats to the controller (Kafka's broker.heartbeat.interval.ms).
+    #[arg(long, env = "TERN_BROKER_HEARTBEAT_INTERVAL_MS")]
+    broker_heartbeat_interval_ms: Option<i64>,
     /// Default topic config, repeatable: --topic-default retention.ms=3600000
     #[arg(
         long = "topic-default",
@@ -378,7 +411,21 @@ fn build_config(args: ServeArgs) -> Result<BrokerConfig, String> {
             .max_parked_fetches
             .or(file.max_parked_fetches)
             .unwrap_or(defaults.max_parked_fetches),
+        voters: match args.voters.or(file.voters) {
+            Some(text) => tern_broker::config::parse_voters(&text)?,
+            None => defaults.voters,
+        },
+        cluster_id: args.cluster_id.or(file.cluster_id),
+        broker_session_timeout_ms: args
+            .broker_session_timeout_ms
+            .or(file.broker_session_timeout_ms)
+            .unwrap_or(defaults.broker_session_timeout_ms),
+        broker_heartbeat_interval_ms: args
+            .broker_heartbeat_interval_ms
+            .or(file.broker_heartbeat_interval_ms)
+            .unwrap_or(defaults.broker_heartbeat_interval_ms),
     };
+    config.validate_cluster()?;
     if !(1..=tern_broker::limits::FETCH_PARKED_PER_SHARD_HARD_MAX)
         .contains(&config.max_parked_fetches)
     {
