@@ -68,7 +68,9 @@ fn cluster_status(shard: &Shard) -> String {
     let brokers: Vec<serde_json::Value> = image
         .brokers
         .values()
-        .map(|b| serde_json::json!({"id": b.id, "host": b.host, "port": b.port, "fenced": b.fenced}))
+        .map(
+            |b| serde_json::json!({"id": b.id, "host": b.host, "port": b.port, "fenced": b.fenced}),
+        )
         .collect();
     let quorum = crate::quorum::local().map(|quorum| {
         let status = quorum.status();

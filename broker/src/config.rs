@@ -54,7 +54,11 @@ pub struct BrokerConfig {
 /// Parses a voter set as Kafka writes `controller.quorum.voters`: `1@host:port,2@host:port`.
 pub fn parse_voters(text: &str) -> Result<Vec<(i32, SocketAddr)>, String> {
     let mut voters = Vec::new();
-    for item in text.split(',').map(str::trim).filter(|item| !item.is_empty()) {
+    for item in text
+        .split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+    {
         let (id, addr) = item
             .split_once('@')
             .ok_or_else(|| format!("voter '{item}' is not id@host:port"))?;

@@ -265,25 +265,18 @@ async fn shard_main(
             .ok()
             .and_then(|mut slot| slot.take())
             .expect("shard 0 takes the restored quorum state once");
-        let publisher = |shard: &Rc<Shard>| -> controller::Publish {
-            let publisher = Rc::downgrade(shard);
-            Box::new(move |image| {
-                let publisher = publisher.clone();
-                Box::pin(async move {
-                    let shard = publisher
-                        .upgrade()
-                        .ok_or(controller::ControllerError::ShardUnavailable)?;
-                    publish_image(&shard, image).await
-                })
+        let publisher = Rc::downgrade(&shard);
+        let publish: controller::Publish = Box::new(move |image| {
+            let publisher = publisher.clone();
+            Box::pin(async move {
+                let shard = publisher
+                    .upgrade()
+                    .ok_or(controller::ControllerError::ShardUnavailable)?;
+                publish_image(&shard, image).await
             })
-        };
-        let started = quorum::start(
-            config.clone(),
-            restored,
-            controller_hint.clone(),
-            publisher(&shard),
-        )
-        .await;
+        });
+        let started =
+            quorum::start(config.clone(), restored, controller_hint.clone(), publish).await;
         let quorum = match started {
             Ok(quorum) => quorum,
             Err(reason) => {
@@ -292,7 +285,7 @@ async fn shard_main(
                 return;
             }
         };
-        let controller = quorum::RaftController::new(quorum, publisher(&shard));
+        let controller = quorum::RaftController::new(quorum);
         if controller.publish_current().await.is_err() {
             let _ = ready.send(Err(StartError::Cluster(
                 "a shard stopped while the metadata was handed out".into(),

@@ -705,6 +705,11 @@ impl QuorumNode {
                 if let Command::FenceBroker { id } | Command::UnfenceBroker { id } = command {
                     self.lease_changes.remove(id);
                 }
+                // A broker that (re)registers is alive: its session starts over.
+                if let Command::RegisterBroker { id, .. } | Command::UnfenceBroker { id } = command
+                {
+                    self.leases.remove(id);
+                }
             }
             image.proposals.insert(
                 proposal.origin,

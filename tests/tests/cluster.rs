@@ -28,13 +28,23 @@ fn layout(broker: &Broker, topic: &str) -> Option<(Vec<i32>, Layout)> {
     let partitions = topic
         .partitions()
         .iter()
-        .map(|p| (p.id(), (p.leader(), p.replicas().to_vec(), p.isr().to_vec())))
+        .map(|p| {
+            (
+                p.id(),
+                (p.leader(), p.replicas().to_vec(), p.isr().to_vec()),
+            )
+        })
         .collect();
     Some((brokers, partitions))
 }
 
 /// Waits until every broker in `live` answers the same layout for `topic`.
-fn agreed_layout(cluster: &Cluster, live: &[usize], topic: &str, within: Duration) -> (Vec<i32>, Layout) {
+fn agreed_layout(
+    cluster: &Cluster,
+    live: &[usize],
+    topic: &str,
+    within: Duration,
+) -> (Vec<i32>, Layout) {
     let deadline = Instant::now() + within;
     let mut last = Vec::new();
     while Instant::now() < deadline {
@@ -50,6 +60,27 @@ fn agreed_layout(cluster: &Cluster, live: &[usize], topic: &str, within: Duratio
         std::thread::sleep(Duration::from_millis(50));
     }
     panic!("brokers {live:?} did not agree on {topic} within {within:?}: {last:?}");
+}
+
+/// CreateTopics with short client timeouts (a request to a dead broker fails fast).
+fn try_create_quickly(
+    broker: &Broker,
+    name: &str,
+    partitions: i32,
+    replication: i32,
+) -> Result<(), String> {
+    use rdkafka::admin::{AdminOptions, NewTopic, TopicReplication};
+    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(replication));
+    let options = AdminOptions::new()
+        .operation_timeout(Some(Duration::from_secs(5)))
+        .request_timeout(Some(Duration::from_secs(5)));
+    let results = kafka::wait(kafka::admin(broker).create_topics([&topic], &options))
+        .map_err(|error| error.to_string())?;
+    match results.into_iter().next() {
+        Some(Ok(_)) => Ok(()),
+        Some(Err((_, code))) => Err(format!("{code:?}")),
+        None => Err("no result".into()),
+    }
 }
 
 fn records(prefix: &str, count: usize) -> Vec<Rec> {
@@ -68,7 +99,10 @@ fn three_brokers_share_metadata_fail_over_the_controller_and_refuse_a_stranger()
     let all = [0, 1, 2];
     let controller = cluster.wait_for_controller(&all, Duration::from_secs(20));
     let status = cluster.status(0).expect("cluster status");
-    let cluster_id = status["cluster_id"].as_str().expect("cluster id").to_owned();
+    let cluster_id = status["cluster_id"]
+        .as_str()
+        .expect("cluster id")
+        .to_owned();
     assert!(!cluster_id.is_empty());
     for id in all {
         let seen = cluster.status(id).expect("status");
@@ -90,7 +124,11 @@ fn three_brokers_share_metadata_fail_over_the_controller_and_refuse_a_stranger()
         assert!(replicas.contains(leader), "partition {partition}");
     }
     let leaders: std::collections::BTreeSet<i32> = orders.values().map(|p| p.0).collect();
-    assert_eq!(leaders.len(), 3, "leadership spread over the brokers: {orders:?}");
+    assert_eq!(
+        leaders.len(),
+        3,
+        "leadership spread over the brokers: {orders:?}"
+    );
     // Replication factor above the broker count is Kafka's INVALID_REPLICATION_FACTOR.
     assert_eq!(
         kafka::try_create_topic(&cluster.brokers[0], "too-wide", 1, 4, &[]),
@@ -98,13 +136,23 @@ fn three_brokers_share_metadata_fail_over_the_controller_and_refuse_a_stranger()
     );
 
     // rdkafka bootstrapped from any broker produces to each partition's leader and reads
-    // back exactly what it wrote.
+    // back exactly what it wrote. (One replica per partition: until partition data
+    // replicates, a replicated partition's high watermark waits for followers that do not
+    // fetch yet, so its records are not readable; that is the next issue.)
+    kafka::try_create_topic(&cluster.brokers[1], "events", 6, 1, &[]).expect("create events");
+    let (_, events) = agreed_layout(&cluster, &all, "events", Duration::from_secs(10));
+    let leaders: std::collections::BTreeSet<i32> = events.values().map(|p| p.0).collect();
+    assert_eq!(
+        leaders.len(),
+        3,
+        "events spread over the brokers: {events:?}"
+    );
     let sent = records("before", 300);
     let producer = kafka::producer(&cluster.brokers[1]);
-    let acks = kafka::produce(&producer, "orders", None, &sent);
+    let acks = kafka::produce(&producer, "events", None, &sent);
     assert_eq!(acks.len(), sent.len());
     let consumer = kafka::consumer(&cluster.brokers[0]);
-    kafka::assign(&consumer, "orders", &[0, 1, 2, 3, 4, 5], Offset::Beginning);
+    kafka::assign(&consumer, "events", &[0, 1, 2, 3, 4, 5], Offset::Beginning);
     let read = kafka::read_exactly(&consumer, sent.len(), Duration::from_secs(30));
     let mut read_values: Vec<Vec<u8>> = read
         .iter()
@@ -127,7 +175,7 @@ fn three_brokers_share_metadata_fail_over_the_controller_and_refuse_a_stranger()
     loop {
         attempts += 1;
         let target = &cluster.brokers[survivors[attempts % 2]];
-        match kafka::try_create_topic(target, "after-failover", 2, 2, &[]) {
+        match try_create_quickly(target, "after-failover", 2, 2) {
             Ok(()) => break,
             Err(code) => {
                 assert!(
@@ -144,28 +192,53 @@ fn three_brokers_share_metadata_fail_over_the_controller_and_refuse_a_stranger()
     // After the session timeout the dead broker is fenced: no longer listed, leading nothing.
     let deadline = Instant::now() + Duration::from_millis(SESSION_TIMEOUT_MS * 5);
     let moved = loop {
-        let (brokers, layout) = agreed_layout(&cluster, &survivors, "orders", Duration::from_secs(10));
+        let (brokers, layout) =
+            agreed_layout(&cluster, &survivors, "orders", Duration::from_secs(10));
         if !brokers.contains(&(controller as i32))
             && layout.values().all(|p| p.0 != controller as i32)
         {
             break layout;
         }
-        assert!(Instant::now() < deadline, "broker {controller} never fenced: {layout:?}");
+        assert!(
+            Instant::now() < deadline,
+            "broker {controller} never fenced: {layout:?}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     };
     for (partition, (leader, _, isr)) in &moved {
         let before = &orders[partition];
-        assert!(before.2.contains(leader), "partition {partition}: new leader from the ISR");
-        assert!(!isr.contains(&(controller as i32)), "partition {partition}: {isr:?}");
+        assert!(
+            before.2.contains(leader),
+            "partition {partition}: new leader from the ISR"
+        );
+        assert!(
+            !isr.contains(&(controller as i32)),
+            "partition {partition}: {isr:?}"
+        );
     }
-    let (_, after) = agreed_layout(&cluster, &survivors, "after-failover", Duration::from_secs(10));
+    let (_, after) = agreed_layout(
+        &cluster,
+        &survivors,
+        "after-failover",
+        Duration::from_secs(10),
+    );
     assert_eq!(after.len(), 2);
 
     // The killed broker restarts, catches up (it sees what was created while it was down)
     // and is unfenced.
     cluster.brokers[controller].restart();
-    let (brokers, _) = agreed_layout(&cluster, &all, "after-failover", Duration::from_secs(20));
-    assert_eq!(brokers.len(), 3, "the restarted broker is listed again: {brokers:?}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (brokers, _) = agreed_layout(&cluster, &all, "after-failover", Duration::from_secs(20));
+        if brokers.len() == 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the restarted broker is not listed again: {brokers:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     // A broker that claims another cluster id is refused and does not start.
     let stranger = survivors[0];
@@ -179,7 +252,10 @@ fn three_brokers_share_metadata_fail_over_the_controller_and_refuse_a_stranger()
         "a broker with another cluster id must exit with an error: {status:?}"
     );
     let log = cluster.brokers[stranger].log();
-    assert!(log.contains("cluster id"), "the refusal names the cluster id:\n{log}");
+    assert!(
+        log.contains("cluster id"),
+        "the refusal names the cluster id:\n{log}"
+    );
 
     println!(
         "figure: controller kill -9 -> next successful CreateTopics: {} ms ({} attempts); CreateTopics -> visible on all 3 brokers: {} ms",

@@ -457,7 +457,10 @@ pub fn cluster_status(admin: &str) -> Result<()> {
         .ok_or("the admin endpoint sent no body")?;
     let status: serde_json::Value =
         serde_json::from_str(body).map_err(|e| format!("bad /cluster answer: {e}"))?;
-    println!("cluster id:  {}", status["cluster_id"].as_str().unwrap_or("?"));
+    println!(
+        "cluster id:  {}",
+        status["cluster_id"].as_str().unwrap_or("?")
+    );
     println!("controller:  {}", status["controller"]);
     println!("metadata epoch: {}", status["metadata_epoch"]);
     let quorum = &status["quorum"];
@@ -471,7 +474,12 @@ pub fn cluster_status(admin: &str) -> Result<()> {
             let matched = voter["matched"].as_u64();
             let lag = matched.map(|m| quorum["last_index"].as_u64().unwrap_or(0).saturating_sub(m));
             let show = |v: Option<u64>| v.map_or("-".to_owned(), |v| v.to_string());
-            println!("{:>6}  {:>10}  {:>6}", voter["id"], show(matched), show(lag));
+            println!(
+                "{:>6}  {:>10}  {:>6}",
+                voter["id"],
+                show(matched),
+                show(lag)
+            );
         }
     }
     println!("{:>6}  {:<24}  FENCED", "BROKER", "ADDRESS");

@@ -87,7 +87,12 @@ enum Command {
     /// voters and their lag; brokers: id, address, fenced or not).
     Cluster {
         /// A broker's admin HTTP address.
-        #[arg(long, default_value = "127.0.0.1:9644", env = "TERN_ADMIN", global = true)]
+        #[arg(
+            long,
+            default_value = "127.0.0.1:9644",
+            env = "TERN_ADMIN",
+            global = true
+        )]
         admin: String,
         #[command(subcommand)]
         action: ClusterAction,

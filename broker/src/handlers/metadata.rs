@@ -60,7 +60,10 @@ pub async fn handle(ctx: &Ctx<'_>, request: MetadataRequest) -> Outcome {
         })
         .collect();
     response.cluster_id = Some(str_bytes(&image.cluster_id));
-    response.controller_id = BrokerId(shard.controller_id());
+    // As Kafka's KRaft brokers do: clients send admin requests to the "controller" named
+    // here, and every broker forwards them to the quorum, so name this (live) broker rather
+    // than the quorum leader, which may have just died. DescribeCluster names the leader.
+    response.controller_id = BrokerId(shard.node_id());
     let describe = |meta: &TopicMeta| {
         let mut topic = MetadataResponseTopic::default();
         topic.name = Some(TopicName(str_bytes(&meta.name)));

@@ -101,6 +101,10 @@ pub struct Quorum {
     publishing: Cell<bool>,
     /// The known leader, for every shard (`Shard::controller_id`).
     leader: Arc<AtomicI32>,
+    publisher: Publish,
+    /// One publication at a time, never an older image after a newer one.
+    publish_lock: glommio::sync::Semaphore,
+    published_epoch: Cell<Option<u64>>,
     producer_ids: RefCell<std::ops::Range<i64>>,
     _tasks: RefCell<Vec<glommio::Task<()>>>,
 }
@@ -112,6 +116,26 @@ impl Quorum {
 
     pub fn image(&self) -> Arc<MetadataImage> {
         self.node.borrow().image().clone()
+    }
+
+    /// Hands `image` to every shard unless a newer one was handed out already.
+    pub async fn publish(&self, image: Arc<MetadataImage>) -> Result<(), ControllerError> {
+        let _permit = self
+            .publish_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|_| ControllerError::ShardUnavailable)?;
+        if self
+            .published_epoch
+            .get()
+            .is_some_and(|epoch| epoch >= image.epoch)
+        {
+            return Ok(());
+        }
+        let epoch = image.epoch;
+        (self.publisher)(image).await?;
+        self.published_epoch.set(Some(epoch));
+        Ok(())
     }
 
     fn wake(&self) {
@@ -132,10 +156,7 @@ impl Quorum {
         self.waiters.borrow_mut().insert(ticket, tx);
         self.wake();
         let timeout = limits::CONTROLLER_COMMIT_TIMEOUT;
-        let answer = glommio::timer::timeout(timeout, async {
-            Ok(rx.await.ok())
-        })
-        .await;
+        let answer = glommio::timer::timeout(timeout, async { Ok(rx.await.ok()) }).await;
         match answer {
             Ok(Some(answer)) => Ok(answer),
             _ => {
@@ -230,6 +251,9 @@ pub async fn start(
         refused: RefCell::new(None),
         publishing: Cell::new(false),
         leader,
+        publisher: publish,
+        publish_lock: glommio::sync::Semaphore::new(1),
+        published_epoch: Cell::new(None),
         producer_ids: RefCell::new(0..0),
         _tasks: RefCell::new(Vec::new()),
     });
@@ -237,7 +261,6 @@ pub async fn start(
         quorum.clone(),
         wal,
         inbox,
-        Rc::new(publish),
         config.broker_heartbeat_interval_ms,
     )));
     tasks.push(glommio::spawn_local({
@@ -256,7 +279,8 @@ pub async fn start(
 
     // Join: register (retrying while the quorum forms), then the internal topic.
     let (host, port) = config.advertised_host_port();
-    let port = u16::try_from(port).map_err(|_| format!("advertised port {port} is out of range"))?;
+    let port =
+        u16::try_from(port).map_err(|_| format!("advertised port {port} is out of range"))?;
     let started = std::time::Instant::now();
     loop {
         if let Some(reason) = quorum.refused.borrow().clone() {
@@ -284,6 +308,13 @@ pub async fn start(
             }
         }
     }
+    // The first controller names the cluster; a broker serves only once it has a name.
+    while quorum.image().cluster_id.is_empty() {
+        if started.elapsed() > limits::CONTROLLER_COMMIT_TIMEOUT * 4 {
+            return Err("the quorum never named the cluster".into());
+        }
+        glommio::timer::sleep(TICK).await;
+    }
     let image = quorum.image();
     if let Some(wanted) = &config.cluster_id {
         if *wanted != image.cluster_id {
@@ -303,7 +334,10 @@ pub async fn start(
         }
         let command = crate::handlers::offsets_topic_command(partitions);
         // Another broker may create it first; either way it exists after this.
-        let _ = quorum.submit(vec![command]).await.map_err(|e| e.to_string())?;
+        let _ = quorum
+            .submit(vec![command])
+            .await
+            .map_err(|e| e.to_string())?;
     }
     quorum.publishing.set(true);
     quorum.wake();
@@ -362,7 +396,6 @@ async fn drive(
     quorum: Rc<Quorum>,
     mut wal: wal::Wal,
     mut inbox: mpsc::UnboundedReceiver<Inbound>,
-    publish: Rc<Publish>,
     heartbeat_interval_ms: i64,
 ) {
     let mut last_heartbeat = i64::MIN / 2;
@@ -417,7 +450,7 @@ async fn drive(
             }
             if quorum.publishing.get() {
                 if let Some(image) = output.image {
-                    if let Err(error) = publish(image).await {
+                    if let Err(error) = quorum.publish(image).await {
                         tracing::warn!(%error, "publishing metadata to the shards");
                     }
                 }
@@ -436,17 +469,16 @@ async fn drive(
 /// The `Controller` of every broker: commands go through the quorum.
 pub struct RaftController {
     quorum: Rc<Quorum>,
-    publish: Publish,
 }
 
 impl RaftController {
-    pub fn new(quorum: Rc<Quorum>, publish: Publish) -> RaftController {
-        RaftController { quorum, publish }
+    pub fn new(quorum: Rc<Quorum>) -> RaftController {
+        RaftController { quorum }
     }
 
     /// Hands the shards the image as of now (start-up, after catching up).
     pub async fn publish_current(&self) -> Result<(), ControllerError> {
-        (self.publish)(self.quorum.image()).await
+        self.quorum.publish(self.quorum.image()).await
     }
 }
 
@@ -495,10 +527,6 @@ impl Controller for RaftController {
     }
 
     fn controller_id(&self) -> BrokerId {
-        self.quorum
-            .node
-            .borrow()
-            .leader()
-            .unwrap_or(self.quorum.me)
+        self.quorum.node.borrow().leader().unwrap_or(self.quorum.me)
     }
 }

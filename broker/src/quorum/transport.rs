@@ -42,7 +42,10 @@ pub enum Inbound {
     Raft(Message),
     Heartbeat(BrokerId),
     /// A peer refused this node: it must not join.
-    Refused { peer: BrokerId, reason: String },
+    Refused {
+        peer: BrokerId,
+        reason: String,
+    },
     /// The driver's own events on the same queue: a Raft tick, and "look at `ready`".
     Tick,
     Wake,

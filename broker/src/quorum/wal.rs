@@ -109,7 +109,11 @@ fn whole(durable: &Durable) -> Vec<u8> {
     for entry in &durable.entries {
         frame(&mut bytes, ENTRY, &encode_entry(entry));
     }
-    frame(&mut bytes, HARD_STATE, &encode_hard_state(&durable.hard_state));
+    frame(
+        &mut bytes,
+        HARD_STATE,
+        &encode_hard_state(&durable.hard_state),
+    );
     bytes
 }
 
