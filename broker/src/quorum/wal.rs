@@ -42,8 +42,15 @@ pub fn load(dir: &Path) -> Result<Option<(Durable, u64)>, String> {
     let mut durable = Durable::default();
     let mut at = 0usize;
     while bytes.len() - at >= FRAME_HEADER {
-        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize;
-        let crc = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().expect("4 bytes"));
+        let word = |from: usize| {
+            u32::from_le_bytes([
+                bytes[from],
+                bytes[from + 1],
+                bytes[from + 2],
+                bytes[from + 3],
+            ])
+        };
+        let (len, crc) = (word(at) as usize, word(at + 4));
         let body = at + 8;
         if len == 0 || len > FRAME_BYTES_MAX || bytes.len() - body < len {
             break;
