@@ -120,9 +120,10 @@ async fn serve_peer(
         let (kind, payload) = read_frame(&mut stream).await?;
         let inbound = match kind {
             RAFT => Inbound::Raft(decode_message(&payload).map_err(bad)?),
-            HEARTBEAT if payload.len() == 4 => Inbound::Heartbeat(BrokerId::from_le_bytes(
-                payload[..4].try_into().expect("4 bytes"),
-            )),
+            HEARTBEAT => match <[u8; 4]>::try_from(payload.as_slice()) {
+                Ok(id) => Inbound::Heartbeat(BrokerId::from_le_bytes(id)),
+                Err(_) => return Err(bad(format!("heartbeat of {} bytes", payload.len()))),
+            },
             other => return Err(bad(format!("internal frame of kind {other}"))),
         };
         if inbox.unbounded_send(inbound).is_err() {
