@@ -485,6 +485,13 @@ impl QuorumNode {
         if message.to != raft_id(self.config.node) {
             return;
         }
+        // A snapshot is installed whole at the next `ready`: one whose image does not decode is
+        // refused here, as if lost (the leader sends it again), rather than taken in.
+        if message.get_msg_type() == MessageType::MsgSnapshot
+            && decode_image(message.get_snapshot().get_data()).is_err()
+        {
+            return;
+        }
         // Errors here are a peer's stale or unexpected message; raft-rs leaves its state as
         // it was.
         let _ = self.raw.step(message);
@@ -609,8 +616,8 @@ impl QuorumNode {
             let snapshot = ready.snapshot().clone();
             match decode_image(snapshot.get_data()) {
                 Ok(image) => self.image = Arc::new(image),
-                // The leader's own snapshot failed to decode: nothing sane can follow.
-                Err(error) => panic!("{error}"),
+                // `step` lets in only snapshots whose image decodes.
+                Err(error) => unreachable!("a vetted snapshot does not decode: {error}"),
             }
             self.applied = snapshot.get_metadata().index;
             self.complete_in_flight(&mut output, false);
