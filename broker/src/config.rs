@@ -49,6 +49,9 @@ pub struct BrokerConfig {
     pub broker_session_timeout_ms: i64,
     /// Kafka's `broker.heartbeat.interval.ms`.
     pub broker_heartbeat_interval_ms: i64,
+    /// Kafka's `replica.lag.time.max.ms`: an ISR member whose fetches have not caught up with
+    /// its leader for this long leaves the ISR.
+    pub replica_lag_time_max_ms: i64,
 }
 
 /// Parses a voter set as Kafka writes `controller.quorum.voters`: `1@host:port,2@host:port`.
@@ -176,6 +179,7 @@ impl Default for BrokerConfig {
             cluster_id: None,
             broker_session_timeout_ms: 9_000,
             broker_heartbeat_interval_ms: 2_000,
+            replica_lag_time_max_ms: 30_000,
         }
     }
 }
@@ -211,6 +215,9 @@ impl BrokerConfig {
                 "the broker session timeout must be at least twice the heartbeat interval (>= 10 ms)"
                     .into(),
             );
+        }
+        if self.replica_lag_time_max_ms < 100 {
+            return Err("replica.lag.time.max.ms must be at least 100 ms".into());
         }
         if self.cluster_id.as_ref().is_some_and(|id| id.is_empty()) {
             return Err("the cluster id is empty".into());
@@ -261,6 +268,7 @@ pub struct FileConfig {
     pub cluster_id: Option<String>,
     pub broker_session_timeout_ms: Option<i64>,
     pub broker_heartbeat_interval_ms: Option<i64>,
+    pub replica_lag_time_max_ms: Option<i64>,
     /// Default topic configs by their Kafka names, e.g. `"retention.ms" = "3600000"`.
     #[serde(default)]
     pub topic_defaults: std::collections::BTreeMap<String, String>,

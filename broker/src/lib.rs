@@ -18,6 +18,7 @@ pub mod config;
 pub mod connection;
 pub mod controller;
 pub mod fetch_session;
+pub mod follower;
 pub mod group;
 pub mod handlers;
 pub mod ids;
@@ -348,6 +349,18 @@ async fn shard_main(
             }
         })
     };
+    let isr_duty = {
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            loop {
+                glommio::timer::sleep(limits::ISR_CHECK_INTERVAL).await;
+                if shard.shutting_down.get() {
+                    break;
+                }
+                shard.isr_duty();
+            }
+        })
+    };
     let reaper = connection::start_reaper(shard.clone());
     let acceptor = {
         let shard = shard.clone();
@@ -387,6 +400,7 @@ async fn shard_main(
     connections_closed(&shard, limits::SHUTDOWN_CLOSE_WAIT).await;
     drop(reaper);
     drop(retention);
+    drop(isr_duty);
     drop(coordinator);
     shard.close_all().await;
 }

@@ -22,7 +22,47 @@ pub const CONNECTION_BUFFERED_BYTES_MAX: usize = 2 * protocol::FRAME_BYTES_MAX;
 /// Messages queued between two shards before the sender waits.
 pub const SHARD_CHANNEL_CAPACITY: usize = 1024;
 
-/// Longest a Fetch may wait for `min_bytes` (clients ask for 500 ms by default).
+/// Longest an acks=all Produce waits for its in-sync replicas, whatever `timeout_ms` it
+/// asks for (clients send 30 s by default, as `request.timeout.ms`).
+pub const PRODUCE_TIMEOUT_MS_MAX: u64 = 300_000;
+
+/// Longest a group coordinator's write to `__consumer_offsets` waits for its in-sync
+/// replicas (Kafka's `offsets.commit.timeout.ms`).
+pub const OFFSETS_COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A follower's long poll on its leader (Kafka's `replica.fetch.wait.max.ms`, 500).
+pub const REPLICA_FETCH_WAIT: Duration = Duration::from_millis(500);
+
+/// How long past its long poll a follower waits for the leader's answer before redialling.
+pub const REPLICA_RESPONSE_GRACE: Duration = Duration::from_secs(10);
+
+/// A follower's pause after a failed round (unreachable leader, stale image on either side).
+pub const REPLICA_FETCH_BACKOFF: Duration = Duration::from_millis(100);
+
+/// How often a fetcher with no partition to follow (for a moment) looks again.
+pub const REPLICA_FETCH_IDLE: Duration = Duration::from_millis(50);
+
+/// Dialling a leader gives up after this long (and retries after the backoff).
+pub const REPLICA_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Bytes a follower asks for per partition and per Fetch (Kafka's
+/// `replica.fetch.max.bytes` 1 MiB and `replica.fetch.response.max.bytes` 10 MiB).
+pub const REPLICA_FETCH_PARTITION_BYTES: usize = 1 << 20;
+pub const REPLICA_FETCH_RESPONSE_BYTES: usize = 10 << 20;
+
+/// The largest Fetch response a follower reads (the first batch may pass the asked-for
+/// bytes, up to the largest batch).
+pub const REPLICA_FETCH_RESPONSE_BYTES_MAX: usize =
+    REPLICA_FETCH_RESPONSE_BYTES + protocol::FRAME_BYTES_MAX;
+
+/// The largest answer a follower reads to a control request (OffsetForLeaderEpoch).
+pub const CONTROL_RESPONSE_BYTES_MAX: usize = 16 << 20;
+
+/// How often each shard's leaders check their ISR (shrink a lagging member, let a
+/// caught-up replica join).
+pub const ISR_CHECK_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Longest a fetch may wait for `min_bytes` (clients ask for 500 ms by default).
 pub const FETCH_WAIT_MS_MAX: u64 = 30_000;
 
 /// Default cap on long-poll registrations parked on one shard's partitions at once

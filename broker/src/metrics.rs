@@ -238,6 +238,77 @@ impl ConnectionProbe {
     }
 }
 
+/// Partition replication's counters.
+#[derive(Debug, Default)]
+pub struct ReplicationProbe {
+    /// ISR changes this shard's leaders proposed and the controller took, by direction.
+    pub isr_shrinks: Counter,
+    pub isr_expands: Counter,
+    /// Record bytes this shard's followers appended from their leaders.
+    pub replica_bytes_appended: Counter,
+}
+
+/// What the shard's partitions say about replication at a scrape.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ReplicationGauges {
+    /// Partitions led here whose ISR is smaller than their replica set.
+    pub under_replicated: u64,
+    /// Partitions led here whose ISR is below `min.insync.replicas`.
+    pub under_min_isr: u64,
+    /// Records the followers of partitions led here are behind (summed).
+    pub follower_lag_records: u64,
+    /// Replica fetchers running on this shard (one per leader broker followed).
+    pub fetchers: u64,
+}
+
+impl ReplicationProbe {
+    pub fn collect(&self, gauges: ReplicationGauges, out: &mut ShardSample) {
+        use Kind::*;
+        out.push(
+            "isr_shrinks_total",
+            Counter,
+            "ISR shrinks proposed by this shard's leaders and taken by the controller.",
+            self.isr_shrinks.get(),
+        );
+        out.push(
+            "isr_expands_total",
+            Counter,
+            "ISR expansions proposed by this shard's leaders and taken by the controller.",
+            self.isr_expands.get(),
+        );
+        out.push(
+            "replica_appended_bytes_total",
+            Counter,
+            "Record bytes this shard's followers appended from their leaders.",
+            self.replica_bytes_appended.get(),
+        );
+        out.push(
+            "under_replicated_partitions",
+            Gauge,
+            "Partitions led by this shard whose ISR is smaller than their replica set.",
+            gauges.under_replicated,
+        );
+        out.push(
+            "under_min_isr_partitions",
+            Gauge,
+            "Partitions led by this shard whose ISR is below min.insync.replicas.",
+            gauges.under_min_isr,
+        );
+        out.push(
+            "follower_lag_records",
+            Gauge,
+            "Records the followers of partitions led by this shard are behind the leader, summed.",
+            gauges.follower_lag_records,
+        );
+        out.push(
+            "replica_fetchers",
+            Gauge,
+            "Replica fetchers on this shard (one per leader broker followed).",
+            gauges.fetchers,
+        );
+    }
+}
+
 /// The fetch path's counters.
 #[derive(Debug, Default)]
 pub struct FetchProbe {

@@ -64,6 +64,9 @@ pub struct Shard {
     pub index_cache: Rc<tern_storage::IndexCache>,
     /// Cap on long-poll fetches parked on this shard's partitions.
     pub park_budget: Rc<ParkBudget>,
+    /// Fetchers for the replicas this shard follows, one per leader broker.
+    pub fetchers: crate::follower::Fetchers,
+    pub replication_probe: crate::metrics::ReplicationProbe,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +105,8 @@ impl Shard {
             }),
             index_cache: tern_storage::IndexCache::new(config.index_cache_bytes),
             park_budget: ParkBudget::new(config.max_parked_fetches),
+            fetchers: crate::follower::Fetchers::default(),
+            replication_probe: crate::metrics::ReplicationProbe::default(),
         }
     }
 
@@ -229,6 +234,7 @@ impl Shard {
                                 meta,
                                 producers,
                             );
+                            partition.set_replica_lag_max_ms(self.config.replica_lag_time_max_ms);
                             self.partitions
                                 .borrow_mut()
                                 .insert(tp.clone(), Rc::new(partition));
@@ -256,6 +262,73 @@ impl Shard {
             let topic_still_exists = image.topic(&tp.topic).is_some();
             glommio::spawn_local(release_partition(partition, !topic_still_exists)).detach();
         }
+        if !self.shutting_down.get() {
+            self.fetchers.reconcile(self, self.followed());
+        }
+    }
+
+    /// The partitions this shard follows, by their leader (leaderless ones wait for one).
+    fn followed(&self) -> std::collections::BTreeMap<BrokerId, Vec<TopicPartition>> {
+        let mut followed: std::collections::BTreeMap<BrokerId, Vec<TopicPartition>> =
+            std::collections::BTreeMap::new();
+        for (tp, partition) in self.partitions.borrow().iter() {
+            let leader = partition.leader();
+            if leader >= 0 && leader != self.node_id() {
+                followed.entry(leader).or_default().push(tp.clone());
+            }
+        }
+        followed
+    }
+
+    /// The leader's ISR check on every partition this shard leads: proposals go to the
+    /// controller (through shard 0), one outstanding per partition.
+    pub fn isr_duty(self: &Rc<Self>) {
+        let now_ms = self.now_ms();
+        let lag_max_ms = self.config.replica_lag_time_max_ms;
+        let partitions: Vec<Rc<Partition>> = self.partitions.borrow().values().cloned().collect();
+        for partition in partitions {
+            let Some(isr) = partition.isr_duty(now_ms, lag_max_ms) else {
+                continue;
+            };
+            let command = tern_replication::metadata::Command::AlterPartition {
+                topic: partition.tp.topic.clone(),
+                partition: partition.tp.partition,
+                leader: self.node_id(),
+                leader_epoch: partition.leader_epoch().0,
+                isr: isr.clone(),
+            };
+            let before = partition.isr().len();
+            tracing::info!(partition = %partition.tp.dir_name(), from = ?partition.isr(), to = ?isr, "proposing an ISR change");
+            let shard = self.clone();
+            glommio::spawn_local(async move {
+                let outcome = shard
+                    .invoke_on(0, move |shard| async move {
+                        match shard.controller() {
+                            Some(controller) => controller
+                                .execute(vec![command])
+                                .await
+                                .map_err(|error| error.to_string())
+                                .and_then(|mut results| match results.pop() {
+                                    Some(Ok(())) => Ok(()),
+                                    Some(Err(error)) => Err(error.to_string()),
+                                    None => Err("no result".to_owned()),
+                                }),
+                            None => Err("no controller on shard 0".to_owned()),
+                        }
+                    })
+                    .await
+                    .unwrap_or_else(|error| Err(error.to_string()));
+                match outcome {
+                    Ok(()) if isr.len() < before => shard.replication_probe.isr_shrinks.inc(),
+                    Ok(()) => shard.replication_probe.isr_expands.inc(),
+                    Err(error) => {
+                        tracing::info!(partition = %partition.tp.dir_name(), %error, "ISR change not taken");
+                        partition.isr_proposal_failed();
+                    }
+                }
+            })
+            .detach();
+        }
     }
 
     /// This shard's metrics for a scrape, from every subsystem's probe.
@@ -276,6 +349,16 @@ impl Shard {
             &mut sample,
         );
         let partitions = self.partitions.borrow();
+        let mut gauges = crate::metrics::ReplicationGauges {
+            fetchers: self.fetchers.len() as u64,
+            ..Default::default()
+        };
+        for (under, under_min, lag) in partitions.values().filter_map(|p| p.replication_health()) {
+            gauges.under_replicated += u64::from(under);
+            gauges.under_min_isr += u64::from(under_min);
+            gauges.follower_lag_records += lag;
+        }
+        self.replication_probe.collect(gauges, &mut sample);
         crate::metrics::collect_logs(
             partitions.values().map(|partition| partition.log.stats()),
             self.index_cache.stats(),
@@ -300,6 +383,7 @@ impl Shard {
 
     /// Closes every log cleanly (shutdown).
     pub async fn close_all(&self) {
+        self.fetchers.stop_all();
         let partitions: Vec<Rc<Partition>> = self
             .partitions
             .borrow_mut()

@@ -160,6 +160,23 @@ pub enum Command {
     UnfenceBroker {
         id: BrokerId,
     },
+    /// A partition's leader changes its ISR (Kafka's AlterPartition): taken only from the
+    /// current leader in its current epoch, naming registered unfenced replicas and the
+    /// leader itself. When the new ISR holds the preferred replica (the first) and another
+    /// broker leads, leadership goes back to it with a new epoch (Kafka's automatic
+    /// preferred-leader election, done as soon as it can be).
+    AlterPartition {
+        topic: String,
+        partition: i32,
+        leader: BrokerId,
+        leader_epoch: i32,
+        isr: Vec<BrokerId>,
+    },
+    /// Moves leadership to the preferred replica (the first) wherever it is in the ISR, live,
+    /// and not leading (ElectLeaders, `tern topic elect-leaders`); `topic` None: every topic.
+    ElectPreferredLeaders {
+        topic: Option<String>,
+    },
 }
 
 /// Why a command cannot apply; each maps to one Kafka error code in the broker.
@@ -179,8 +196,32 @@ pub enum MetadataError {
     InvalidReplicationFactor { requested: i16, available: usize },
     #[error("invalid replica assignment: {0}")]
     InvalidReplicaAssignment(String),
+    #[error("partition {topic}-{partition} is led by {leader} in epoch {epoch}, not as asked")]
+    StaleLeaderEpoch {
+        topic: String,
+        partition: i32,
+        leader: BrokerId,
+        epoch: i32,
+    },
     #[error("invalid command: {0}")]
     Invalid(String),
+}
+
+impl PartitionMeta {
+    /// Gives the lead back to the preferred replica (the first) if it is live, in the ISR and
+    /// not leading, with a new leader epoch. Returns whether it did.
+    pub fn restore_preferred_leader(&mut self, live: &[BrokerId]) -> bool {
+        let Some(preferred) = self.replicas.first().copied() else {
+            return false;
+        };
+        if self.leader == preferred || !self.isr.contains(&preferred) || !live.contains(&preferred)
+        {
+            return false;
+        }
+        self.leader = preferred;
+        self.leader_epoch += 1;
+        true
+    }
 }
 
 impl MetadataImage {
@@ -269,6 +310,29 @@ impl MetadataImage {
                 }
                 broker.fenced = false;
                 next.elect_leaderless(*id);
+            }
+            Command::AlterPartition {
+                topic,
+                partition,
+                leader,
+                leader_epoch,
+                isr,
+            } => next.alter_partition(topic, *partition, *leader, *leader_epoch, isr)?,
+            Command::ElectPreferredLeaders { topic } => {
+                let live: Vec<BrokerId> = next.live_brokers().map(|broker| broker.id).collect();
+                if let Some(name) = topic {
+                    if !next.topics.contains_key(name) {
+                        return Err(MetadataError::UnknownTopic(name.clone()));
+                    }
+                }
+                for meta in next.topics.values_mut() {
+                    if topic.as_ref().is_some_and(|name| *name != meta.name) {
+                        continue;
+                    }
+                    for partition in &mut meta.partitions {
+                        partition.restore_preferred_leader(&live);
+                    }
+                }
             }
             Command::CreateTopic {
                 name,
@@ -435,6 +499,59 @@ impl MetadataImage {
     }
 
     /// `back`'s return: partitions without a leader whose ISR holds it are led by it again.
+    fn alter_partition(
+        &mut self,
+        topic: &str,
+        index: i32,
+        leader: BrokerId,
+        leader_epoch: i32,
+        isr: &[BrokerId],
+    ) -> Result<(), MetadataError> {
+        let live: Vec<BrokerId> = self.live_brokers().map(|broker| broker.id).collect();
+        let meta = self
+            .topics
+            .get_mut(topic)
+            .ok_or_else(|| MetadataError::UnknownTopic(topic.to_owned()))?;
+        let partition = usize::try_from(index)
+            .ok()
+            .and_then(|i| meta.partitions.get_mut(i))
+            .ok_or_else(|| MetadataError::Invalid(format!("no partition {topic}-{index}")))?;
+        if partition.leader != leader || partition.leader_epoch != leader_epoch {
+            return Err(MetadataError::StaleLeaderEpoch {
+                topic: topic.to_owned(),
+                partition: index,
+                leader: partition.leader,
+                epoch: partition.leader_epoch,
+            });
+        }
+        if !isr.contains(&leader) {
+            return Err(MetadataError::Invalid(format!(
+                "the ISR {isr:?} of {topic}-{index} leaves out its leader {leader}"
+            )));
+        }
+        for member in isr {
+            if !partition.replicas.contains(member) {
+                return Err(MetadataError::Invalid(format!(
+                    "broker {member} is not a replica of {topic}-{index}"
+                )));
+            }
+            if !live.contains(member) {
+                return Err(MetadataError::Invalid(format!(
+                    "broker {member} is fenced or unknown: it cannot join the ISR of {topic}-{index}"
+                )));
+            }
+        }
+        // In replica order, each once.
+        partition.isr = partition
+            .replicas
+            .iter()
+            .copied()
+            .filter(|replica| isr.contains(replica))
+            .collect();
+        partition.restore_preferred_leader(&live);
+        Ok(())
+    }
+
     fn elect_leaderless(&mut self, back: BrokerId) {
         for topic in self.topics.values_mut() {
             for partition in &mut topic.partitions {
@@ -606,6 +723,78 @@ mod tests {
             .fold(MetadataImage::new("c".into()), |image, id| {
                 image.apply(&register(*id)).unwrap()
             })
+    }
+
+    fn alter(leader: BrokerId, epoch: i32, isr: &[BrokerId]) -> Command {
+        Command::AlterPartition {
+            topic: "t".into(),
+            partition: 0,
+            leader,
+            leader_epoch: epoch,
+            isr: isr.to_vec(),
+        }
+    }
+
+    #[test]
+    fn alter_partition_is_taken_only_from_the_current_leader_and_epoch() {
+        let image = cluster(&[1, 2, 3]).apply(&create("t", 1, 3)).unwrap();
+        let p = image.partition("t", 0).unwrap().clone();
+        let (leader, others) = (p.leader, &p.replicas[1..]);
+        // Shrink to the leader and one follower.
+        let shrunk = image
+            .apply(&alter(leader, 0, &[others[0], leader]))
+            .unwrap();
+        let q = shrunk.partition("t", 0).unwrap();
+        assert_eq!(q.isr, vec![leader, others[0]], "kept in replica order");
+        assert_eq!(q.leader_epoch, 0, "an ISR change alone keeps the epoch");
+        // A stale epoch, a non-leader, a non-replica, an ISR without its leader: refused.
+        for (who, epoch, isr) in [
+            (leader, 1, vec![leader]),
+            (others[0], 0, vec![others[0]]),
+            (leader, 0, vec![leader, 9]),
+            (leader, 0, vec![others[0]]),
+        ] {
+            assert!(shrunk.apply(&alter(who, epoch, &isr)).is_err());
+        }
+        // A fenced broker cannot join.
+        let fenced = shrunk
+            .apply(&Command::FenceBroker { id: others[1] })
+            .unwrap();
+        assert!(fenced
+            .apply(&alter(leader, 0, &[leader, others[0], others[1]]))
+            .is_err());
+    }
+
+    #[test]
+    fn the_preferred_replica_leads_again_once_it_is_back_in_the_isr() {
+        let image = cluster(&[1, 2, 3]).apply(&create("t", 1, 3)).unwrap();
+        let preferred = image.partition("t", 0).unwrap().replicas[0];
+        let image = image
+            .apply(&Command::FenceBroker { id: preferred })
+            .unwrap();
+        let p = image.partition("t", 0).unwrap().clone();
+        assert_ne!(p.leader, preferred);
+        assert_eq!(p.leader_epoch, 1);
+        assert!(!p.isr.contains(&preferred));
+        let image = image
+            .apply(&Command::UnfenceBroker { id: preferred })
+            .unwrap();
+        assert_eq!(
+            image.partition("t", 0).unwrap().leader,
+            p.leader,
+            "not before it catches up"
+        );
+        let mut isr = p.isr.clone();
+        isr.push(preferred);
+        let image = image.apply(&alter(p.leader, 1, &isr)).unwrap();
+        let q = image.partition("t", 0).unwrap();
+        assert_eq!((q.leader, q.leader_epoch), (preferred, 2));
+        assert_eq!(q.isr, q.replicas);
+        // Nothing to elect now.
+        let again = image
+            .apply(&Command::ElectPreferredLeaders { topic: None })
+            .unwrap();
+        assert_eq!(again.partition("t", 0).unwrap().leader_epoch, 2);
     }
 
     #[test]

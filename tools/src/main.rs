@@ -316,6 +316,10 @@ struct ServeArgs {
     /// How often a broker heartbeats to the controller (Kafka's broker.heartbeat.interval.ms).
     #[arg(long, env = "TERN_BROKER_HEARTBEAT_INTERVAL_MS")]
     broker_heartbeat_interval_ms: Option<i64>,
+    /// An in-sync follower whose fetches have not caught up with its leader for this long
+    /// leaves the ISR (Kafka's replica.lag.time.max.ms, 30000).
+    #[arg(long, env = "TERN_REPLICA_LAG_TIME_MAX_MS")]
+    replica_lag_time_max_ms: Option<i64>,
     /// Default topic config, repeatable: --topic-default retention.ms=3600000
     #[arg(
         long = "topic-default",
@@ -429,6 +433,10 @@ fn build_config(args: ServeArgs) -> Result<BrokerConfig, String> {
             .broker_heartbeat_interval_ms
             .or(file.broker_heartbeat_interval_ms)
             .unwrap_or(defaults.broker_heartbeat_interval_ms),
+        replica_lag_time_max_ms: args
+            .replica_lag_time_max_ms
+            .or(file.replica_lag_time_max_ms)
+            .unwrap_or(defaults.replica_lag_time_max_ms),
     };
     config.validate_cluster()?;
     if !(1..=tern_broker::limits::FETCH_PARKED_PER_SHARD_HARD_MAX)

@@ -54,6 +54,7 @@ pub const INCREMENTAL_ALTER_CONFIGS: i16 = 44;
 pub const OFFSET_DELETE: i16 = 47;
 pub const DESCRIBE_CLUSTER: i16 = 60;
 pub const INIT_PRODUCER_ID: i16 = 22;
+pub const OFFSET_FOR_LEADER_EPOCH: i16 = 23;
 
 const fn spec(
     key: i16,
@@ -88,6 +89,14 @@ pub static APIS: &[ApiSpec] = &[
         Some(&LIST_OFFSETS_REQUEST),
     ),
     spec(METADATA, "Metadata", 1, 12, 9, Some(&METADATA_REQUEST)),
+    spec(
+        OFFSET_FOR_LEADER_EPOCH,
+        "OffsetForLeaderEpoch",
+        2,
+        4,
+        4,
+        Some(&OFFSET_FOR_LEADER_EPOCH_REQUEST),
+    ),
     spec(
         API_VERSIONS,
         "ApiVersions",

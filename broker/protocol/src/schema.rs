@@ -281,6 +281,7 @@ mod tests {
             INIT_PRODUCER_ID_REQUEST => InitProducerIdRequest,
             CONSUMER_GROUP_HEARTBEAT_REQUEST => ConsumerGroupHeartbeatRequest,
             CONSUMER_GROUP_DESCRIBE_REQUEST => ConsumerGroupDescribeRequest,
+            OFFSET_FOR_LEADER_EPOCH_REQUEST => OffsetForLeaderEpochRequest,
         );
     }
 

@@ -1635,6 +1635,84 @@ pub static CONSUMER_GROUP_DESCRIBE_REQUEST: Struct = Struct {
     ],
 };
 
+pub static OFFSET_FOR_LEADER_EPOCH_REQUEST: Struct = Struct {
+    name: "OffsetForLeaderEpochRequest",
+    fields: &[
+        Field {
+            versions: 3..=32767,
+            kind: Kind::Prim(Prim::I32),
+        },
+        Field {
+            versions: 4..=32767,
+            kind: Kind::CompactArray(Elem::Struct(
+                &OFFSET_FOR_LEADER_EPOCH_REQUEST__OFFSET_FOR_LEADER_TOPIC,
+            )),
+        },
+        Field {
+            versions: 0..=3,
+            kind: Kind::Array(Elem::Struct(
+                &OFFSET_FOR_LEADER_EPOCH_REQUEST__OFFSET_FOR_LEADER_TOPIC,
+            )),
+        },
+        Field {
+            versions: 4..=32767,
+            kind: Kind::TaggedFields,
+        },
+    ],
+};
+
+pub static OFFSET_FOR_LEADER_EPOCH_REQUEST__OFFSET_FOR_LEADER_PARTITION: Struct = Struct {
+    name: "OffsetForLeaderPartition",
+    fields: &[
+        Field {
+            versions: 0..=32767,
+            kind: Kind::Prim(Prim::I32),
+        },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::Prim(Prim::I32),
+        },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::Prim(Prim::I32),
+        },
+        Field {
+            versions: 4..=32767,
+            kind: Kind::TaggedFields,
+        },
+    ],
+};
+
+pub static OFFSET_FOR_LEADER_EPOCH_REQUEST__OFFSET_FOR_LEADER_TOPIC: Struct = Struct {
+    name: "OffsetForLeaderTopic",
+    fields: &[
+        Field {
+            versions: 4..=32767,
+            kind: Kind::Prim(Prim::CompactStr),
+        },
+        Field {
+            versions: 0..=3,
+            kind: Kind::Prim(Prim::Str),
+        },
+        Field {
+            versions: 4..=32767,
+            kind: Kind::CompactArray(Elem::Struct(
+                &OFFSET_FOR_LEADER_EPOCH_REQUEST__OFFSET_FOR_LEADER_PARTITION,
+            )),
+        },
+        Field {
+            versions: 0..=3,
+            kind: Kind::Array(Elem::Struct(
+                &OFFSET_FOR_LEADER_EPOCH_REQUEST__OFFSET_FOR_LEADER_PARTITION,
+            )),
+        },
+        Field {
+            versions: 4..=32767,
+            kind: Kind::TaggedFields,
+        },
+    ],
+};
+
 /// Every request root table, for tests and the fuzz target.
 pub static ROOTS: &[&Struct] = &[
     &METADATA_REQUEST,
@@ -1663,4 +1741,5 @@ pub static ROOTS: &[&Struct] = &[
     &INIT_PRODUCER_ID_REQUEST,
     &CONSUMER_GROUP_HEARTBEAT_REQUEST,
     &CONSUMER_GROUP_DESCRIBE_REQUEST,
+    &OFFSET_FOR_LEADER_EPOCH_REQUEST,
 ];

@@ -243,7 +243,12 @@ async fn append(
     let log = shard.partition(&tp).ok_or(error_code::NOT_COORDINATOR)?;
     let batch = codec::build_batch(records, now);
     let appended = log
-        .append(batch, ACKS_ALL, TimestampMs(now))
+        .append(
+            batch,
+            ACKS_ALL,
+            TimestampMs(now),
+            std::time::Instant::now() + crate::limits::OFFSETS_COMMIT_TIMEOUT,
+        )
         .await
         .map_err(|failure| {
             tracing::error!(partition, code = failure.code, message = ?failure.message, "append to __consumer_offsets failed");

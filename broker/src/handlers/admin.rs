@@ -150,6 +150,7 @@ fn metadata_error_code(error: &MetadataError) -> i16 {
         MetadataError::InvalidPartitions { .. } => error_code::INVALID_PARTITIONS,
         MetadataError::InvalidReplicationFactor { .. } => error_code::INVALID_REPLICATION_FACTOR,
         MetadataError::InvalidReplicaAssignment(_) => error_code::INVALID_REPLICA_ASSIGNMENT,
+        MetadataError::StaleLeaderEpoch { .. } => error_code::FENCED_LEADER_EPOCH,
         MetadataError::Invalid(_) => error_code::INVALID_REQUEST,
     }
 }

@@ -29,7 +29,7 @@ use super::Ctx;
 use crate::fetch_session::{Plan, SessionPartition};
 use crate::limits;
 use crate::outcome::Outcome;
-use crate::partition::{self, ReadRequest, ReadResult, TopicPartition, WaitEnd};
+use crate::partition::{self, ReadRequest, ReadResult, ReplicaFetch, TopicPartition, WaitEnd};
 use crate::shard::Shard;
 
 #[derive(Debug, Clone)]
@@ -65,8 +65,14 @@ pub async fn handle(ctx: &Ctx<'_>, request: FetchRequest) -> Outcome {
                 .map(move |p| (topic.topic.0.to_string(), *p))
         })
         .collect();
-    // Sessions exist from Fetch v7; older clients always fetch in full.
-    let plan = if ctx.version >= 7 {
+    // A follower's fetch names its broker id; consumers send -1.
+    let replica = (request.replica_id.0 >= 0).then(|| ReplicaFetch {
+        id: request.replica_id.0,
+        now_ms: shard.now_ms(),
+    });
+    // Sessions exist from Fetch v7; older clients always fetch in full, and so do followers
+    // here (their fetcher names every partition it follows in each request).
+    let plan = if ctx.version >= 7 && replica.is_none() {
         shard.fetch_sessions.borrow_mut().plan(
             request.session_id,
             request.session_epoch,
@@ -118,6 +124,7 @@ pub async fn handle(ctx: &Ctx<'_>, request: FetchRequest) -> Outcome {
                     .get(&(p.topic.as_str(), p.partition))
                     .copied()
                     .unwrap_or(-1),
+                replica,
             },
         })
         .collect();

@@ -144,6 +144,9 @@ pub async fn handle<Held>(
         api::FETCH => fetch::handle(&ctx, decode!(FetchRequest)).await,
         api::LIST_OFFSETS => offsets::list_offsets(&ctx, decode!(ListOffsetsRequest)).await,
         api::DELETE_RECORDS => offsets::delete_records(&ctx, decode!(DeleteRecordsRequest)).await,
+        api::OFFSET_FOR_LEADER_EPOCH => {
+            offsets::offset_for_leader_epoch(&ctx, decode!(OffsetForLeaderEpochRequest)).await
+        }
         api::CREATE_TOPICS => admin::create_topics(&ctx, decode!(CreateTopicsRequest)).await,
         api::DELETE_TOPICS => admin::delete_topics(&ctx, decode!(DeleteTopicsRequest)).await,
         api::CREATE_PARTITIONS => {

@@ -1,5 +1,5 @@
-//! ListOffsets (earliest, latest, max timestamp, by timestamp) and DeleteRecords, each
-//! served on the partition's owner shard.
+//! ListOffsets (earliest, latest, max timestamp, by timestamp), DeleteRecords and
+//! OffsetForLeaderEpoch, each served on the partition's owner shard.
 
 use std::rc::Rc;
 
@@ -10,11 +10,15 @@ use kafka_protocol::messages::delete_records_response::{
 use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
 };
+use kafka_protocol::messages::offset_for_leader_epoch_response::{
+    EpochEndOffset, OffsetForLeaderTopicResult,
+};
 use kafka_protocol::messages::{
     DeleteRecordsRequest, DeleteRecordsResponse, ListOffsetsRequest, ListOffsetsResponse,
+    OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse,
 };
 use tern_protocol::error_code;
-use tern_protocol::types::{Offset, TimestampMs};
+use tern_protocol::types::{LeaderEpoch, Offset, TimestampMs};
 
 use super::Ctx;
 use crate::outcome::Outcome;
@@ -198,6 +202,71 @@ pub async fn delete_records(ctx: &Ctx<'_>, request: DeleteRecordsRequest) -> Out
                     answer.partition_index = p.partition_index;
                     answer.error_code = error;
                     answer.low_watermark = low_watermark;
+                    answer
+                })
+                .collect();
+            out
+        })
+        .collect();
+    ctx.respond(&response)
+}
+
+async fn epoch_end_one(shard: Rc<Shard>, (tp, epoch, current_epoch): Query) -> Answer {
+    let Some(partition) = shard.partition(&tp) else {
+        return (error_code::NOT_LEADER_OR_FOLLOWER, -1, -1, -1);
+    };
+    let Ok(epoch) = i32::try_from(epoch) else {
+        return (error_code::INVALID_REQUEST, -1, -1, -1);
+    };
+    match partition.end_offset_for_epoch(current_epoch, LeaderEpoch(epoch)) {
+        Ok(Some((found, end))) => (error_code::NONE, -1, end.0, found.0),
+        // Kafka's UNDEFINED: no epoch at or below the one asked for.
+        Ok(None) => (error_code::NONE, -1, -1, -1),
+        Err(code) => (code, -1, -1, -1),
+    }
+}
+
+/// OffsetForLeaderEpoch: where each asked-for epoch ends in the leader's log. Followers ask
+/// it before fetching from a new leader (and cut their log there); consumers ask it to check
+/// their position after a leader change (KIP-320).
+pub async fn offset_for_leader_epoch(
+    ctx: &Ctx<'_>,
+    request: OffsetForLeaderEpochRequest,
+) -> Outcome {
+    let items: Vec<Query> = request
+        .topics
+        .iter()
+        .flat_map(|topic| {
+            topic.partitions.iter().map(move |p| {
+                (
+                    TopicPartition::new(topic.topic.0.to_string(), p.partition),
+                    i64::from(p.leader_epoch),
+                    p.current_leader_epoch,
+                )
+            })
+        })
+        .collect();
+    let mut answers = per_owner(ctx.shard, items, epoch_end_one).await.into_iter();
+    let mut response = OffsetForLeaderEpochResponse::default();
+    response.topics = request
+        .topics
+        .iter()
+        .map(|topic| {
+            let mut out = OffsetForLeaderTopicResult::default();
+            out.topic = topic.topic.clone();
+            out.partitions = topic
+                .partitions
+                .iter()
+                .map(|p| {
+                    let (error, _, end_offset, leader_epoch) =
+                        answers
+                            .next()
+                            .unwrap_or((error_code::UNKNOWN_SERVER_ERROR, -1, -1, -1));
+                    let mut answer = EpochEndOffset::default();
+                    answer.partition = p.partition;
+                    answer.error_code = error;
+                    answer.leader_epoch = leader_epoch;
+                    answer.end_offset = end_offset;
                     answer
                 })
                 .collect();

@@ -7,6 +7,7 @@
 //! leader epoch in place and keeps the bytes as its tail cache.
 
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
@@ -128,8 +129,13 @@ pub async fn handle(ctx: &Ctx<'_>, body: BytesMut) -> Outcome {
         }
     }
 
+    // acks=all waits for the ISR at most the request's timeout (Kafka's `timeout_ms`).
+    let timeout = Duration::from_millis(
+        (request.timeout_ms.max(0) as u64).min(crate::limits::PRODUCE_TIMEOUT_MS_MAX),
+    );
+    let deadline = Instant::now() + timeout;
     let answers = scatter(shard, routed, move |shard, items| {
-        append_on_owner(shard, items, acks)
+        append_on_owner(shard, items, acks, deadline)
     })
     .await;
     for (slot, answer) in routed_slots.into_iter().zip(answers) {
@@ -197,6 +203,7 @@ async fn append_on_owner(
     shard: Rc<Shard>,
     items: Vec<(TopicPartition, BytesMut)>,
     acks: i16,
+    deadline: Instant,
 ) -> Vec<Appended> {
     let now = TimestampMs(shard.now_ms());
     let appends = items.into_iter().map(|(tp, records)| {
@@ -205,7 +212,7 @@ async fn append_on_owner(
             let Some(partition) = partition else {
                 return Appended::error(error_code::NOT_LEADER_OR_FOLLOWER, None);
             };
-            match partition.append(records, acks, now).await {
+            match partition.append(records, acks, now, deadline).await {
                 Ok(appended) => Appended {
                     error_code: error_code::NONE,
                     base_offset: appended.base_offset.0,

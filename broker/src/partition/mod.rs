@@ -5,11 +5,15 @@
 //!   high watermark, `min.insync.replicas`, idempotent producers), unit-tested on its own.
 //! - `waiters`: long-poll fetches parked on a partition until its high watermark passes what
 //!   they have seen, under a per-shard cap.
-//! - here: `Partition::append` (produce, the group coordinator, and later replica appends
-//!   all append through it: it decides, stamps the partition's real leader epoch, appends to
-//!   the log, moves the high watermark and wakes waiters) and `read_or_wait` (read now, or
-//!   park until data arrives, the deadline passes or the caller cancels, then read again, all
-//!   on the owner: one cross-shard hop per owner per Fetch, however long it waits).
+//! - here: `Partition::append` (produce and the group coordinator append through it as the
+//!   leader: it decides, stamps the partition's real leader epoch, appends to the log, moves
+//!   the high watermark, wakes waiters, and with acks=all waits for the high watermark to
+//!   cover the batch), `append_replica` and `truncate` (a follower's side), and
+//!   `read_or_wait` (read now, or park until data arrives, the deadline passes or the caller
+//!   cancels, then read again, all on the owner: one cross-shard hop per owner per Fetch,
+//!   however long it waits). Consumers read up to the high watermark; followers (a Fetch with
+//!   a replica id) read up to what the leader's log acknowledges, and their fetch offsets are
+//!   what moves the high watermark.
 //!
 //! Architecture invariant: a partition is touched only on its owner shard; its state lives in
 //! `RefCell`s never borrowed across an `.await`. Consumers read up to the high watermark,
@@ -61,10 +65,18 @@ pub struct Partition {
     pub log: Log,
     pub policy: RefCell<TopicPolicy>,
     state: RefCell<PartitionState>,
+    /// Consumers' long polls and acks=all produces, woken as the high watermark moves.
     waiters: Rc<RefCell<waiters::Waiters>>,
+    /// Followers' long polls, woken as the leader's acknowledged end moves.
+    replica_waiters: Rc<RefCell<waiters::Waiters>>,
+    /// acks=all produces waiting for the watermark are bounded by the request budget, not
+    /// by the fetch cap.
+    ack_budget: Rc<ParkBudget>,
     /// Set when the shard drops the partition (deleted, moved, shutting down): reads answer
     /// NOT_LEADER_OR_FOLLOWER and parked fetches return.
     detached: Cell<bool>,
+    /// The broker's `replica.lag.time.max.ms`.
+    replica_lag_max_ms: Cell<i64>,
 }
 
 /// A successful (or duplicate) append, as Produce answers it.
@@ -107,6 +119,15 @@ pub struct ReadRequest {
     pub max_bytes: usize,
     /// The client's `current_leader_epoch`, -1 when it sent none.
     pub current_leader_epoch: i32,
+    /// Set when a follower fetches (a Fetch with a replica id).
+    pub replica: Option<ReplicaFetch>,
+}
+
+/// A follower's fetch: who, and when (the shard's clock, for the ISR's lag rule).
+#[derive(Debug, Clone, Copy)]
+pub struct ReplicaFetch {
+    pub id: BrokerId,
+    pub now_ms: i64,
 }
 
 /// One partition's part of a Fetch answer.
@@ -167,20 +188,72 @@ impl Partition {
             policy: RefCell::new(policy),
             state: RefCell::new(state),
             waiters: Rc::new(RefCell::new(waiters::Waiters::default())),
+            replica_waiters: Rc::new(RefCell::new(waiters::Waiters::default())),
+            ack_budget: ParkBudget::new(usize::MAX),
+            replica_lag_max_ms: Cell::new(30_000),
             detached: Cell::new(false),
         }
     }
 
-    /// Takes in a new image's view of this partition and its (possibly changed) configs.
+    /// Takes in a new image's view of this partition and its (possibly changed) configs. A
+    /// new leader epoch wakes every waiter: acks=all produces then answer from the new state,
+    /// and long polls re-check leadership.
     pub fn update(&self, meta: &PartitionMeta, policy: TopicPolicy) {
         self.log.set_config(policy.log.clone());
-        {
+        let new_epoch = {
             let mut state = self.state.borrow_mut();
+            let before = state.leader_epoch();
             state.set_min_insync(policy.min_insync_replicas as usize);
             state.update(meta);
-        }
+            state.leader_epoch() != before
+        };
         *self.policy.borrow_mut() = policy;
+        if new_epoch {
+            self.waiters.borrow_mut().wake_all();
+            self.replica_waiters.borrow_mut().wake_all();
+        }
         self.log_moved();
+    }
+
+    /// The broker's `replica.lag.time.max.ms` (acks=all counts only followers heard from
+    /// within it).
+    pub fn set_replica_lag_max_ms(&self, lag_max_ms: i64) {
+        self.replica_lag_max_ms.set(lag_max_ms);
+    }
+
+    /// This partition's leader as its image says (-1: none).
+    pub fn leader(&self) -> BrokerId {
+        self.state.borrow().leader()
+    }
+
+    /// The leader's ISR check (see `PartitionState::isr_duty`): an ISR to propose, if any.
+    pub fn isr_duty(&self, now_ms: i64, lag_max_ms: i64) -> Option<Vec<BrokerId>> {
+        if self.detached.get() {
+            return None;
+        }
+        self.state.borrow_mut().isr_duty(now_ms, lag_max_ms)
+    }
+
+    /// For metrics, when this broker leads: (under-replicated, under min ISR, follower lag in
+    /// records); `None` otherwise.
+    pub fn replication_health(&self) -> Option<(bool, bool, u64)> {
+        let state = self.state.borrow();
+        state.is_leader().then(|| state.replication_health())
+    }
+
+    /// The controller did not take the proposed ISR.
+    pub fn isr_proposal_failed(&self) {
+        self.state.borrow_mut().isr_proposal_failed();
+    }
+
+    /// The ISR as the image says.
+    pub fn isr(&self) -> Vec<BrokerId> {
+        self.state.borrow().isr().to_vec()
+    }
+
+    /// The replicas as the image says.
+    pub fn replicas(&self) -> Vec<BrokerId> {
+        self.state.borrow().replicas().to_vec()
     }
 
     pub fn high_watermark(&self) -> Offset {
@@ -210,25 +283,35 @@ impl Partition {
 
     /// Validates and appends `records` (one produce's record set, or a coordinator's batch)
     /// as this partition's leader, stamped with its leader epoch; returns once the append is
-    /// as durable as the topic's flush policy requires and the high watermark covers it.
+    /// as durable as the topic's flush policy requires and, for acks=all, once the high
+    /// watermark covers it (every ISR member has it, durably under the same policy), or
+    /// with REQUEST_TIMED_OUT at `deadline`.
     pub async fn append(
         &self,
         records: BytesMut,
         acks: i16,
         now: TimestampMs,
+        deadline: Instant,
     ) -> Result<Appended, AppendFailure> {
         if self.detached.get() {
             return Err(AppendFailure::code(error_code::NOT_LEADER_OR_FOLLOWER));
         }
         let leader_epoch = {
             let state = self.state.borrow();
-            state.check_produce(acks)?;
+            state.check_produce(acks, now.0, self.replica_lag_max_ms.get())?;
             state.leader_epoch()
         };
         let sequence = match self.idempotence(&records)? {
             Sequenced::None => None,
             Sequenced::Append(sequence) => Some(sequence),
-            Sequenced::Duplicate(appended) => return Ok(appended),
+            Sequenced::Duplicate(appended) => {
+                // A retry of a batch already in the log: answered as the original would be.
+                if acks == -1 {
+                    self.replicated(appended.base_offset, leader_epoch, deadline)
+                        .await?;
+                }
+                return Ok(appended);
+            }
         };
         match self.log.append(records, leader_epoch, now).await {
             Ok(info) => {
@@ -238,6 +321,10 @@ impl Partition {
                         .sequence_committed(sequence, info.base_offset);
                 }
                 self.log_moved();
+                if acks == -1 {
+                    self.replicated(info.base_offset, leader_epoch, deadline)
+                        .await?;
+                }
                 Ok(Appended {
                     base_offset: info.base_offset,
                     log_append_time: info.log_append_time,
@@ -255,6 +342,137 @@ impl Partition {
                 })
             }
         }
+    }
+
+    /// Waits until the high watermark passes `base_offset` (batches are whole, so it then
+    /// covers the batch) while this broker still leads in `epoch`.
+    async fn replicated(
+        &self,
+        base_offset: Offset,
+        epoch: tern_protocol::types::LeaderEpoch,
+        deadline: Instant,
+    ) -> Result<(), AppendFailure> {
+        loop {
+            {
+                let state = self.state.borrow();
+                if self.detached.get() || state.leader_epoch() != epoch {
+                    return Err(AppendFailure::code(error_code::NOT_LEADER_OR_FOLLOWER));
+                }
+                if state.high_watermark() > base_offset {
+                    return state.check_after_append().map_err(AppendFailure::from);
+                }
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(AppendFailure {
+                    code: error_code::REQUEST_TIMED_OUT,
+                    message: Some("the in-sync replicas did not all have the batch in time".into()),
+                });
+            }
+            let Some(mut parked) = waiters::park(&self.waiters, base_offset, &self.ack_budget)
+            else {
+                return Err(AppendFailure::code(error_code::REQUEST_TIMED_OUT));
+            };
+            let woken = Box::pin(parked.wait());
+            let timer = Box::pin(glommio::timer::sleep(deadline - now));
+            select(woken, timer).await;
+        }
+    }
+
+    /// A follower's append of batches its leader sent (offsets and epochs as the leader
+    /// assigned them), then the leader's high watermark as far as this log reaches. Idempotent
+    /// producers' sequences are learnt too, so that a retry after a failover to this broker is
+    /// recognised. Returns the new log end.
+    pub async fn append_replica(
+        &self,
+        records: Bytes,
+        leader_high_watermark: Offset,
+        now: TimestampMs,
+    ) -> Result<Offset, AppendFailure> {
+        if self.detached.get() || self.is_leader() {
+            return Err(AppendFailure::code(error_code::NOT_LEADER_OR_FOLLOWER));
+        }
+        if !records.is_empty() {
+            let headers = batch_headers(&records);
+            if let Err(error) = self.log.append_replicated(records, now).await {
+                return Err(AppendFailure {
+                    code: error.kafka_error_code(),
+                    message: Some(error.to_string()),
+                });
+            }
+            let mut state = self.state.borrow_mut();
+            for header in headers
+                .iter()
+                .filter(|h| h.producer_id().0 >= 0 && !h.is_control())
+            {
+                let batch = BatchSeq {
+                    producer_id: header.producer_id().0,
+                    epoch: header.producer_epoch(),
+                    first: header.base_sequence(),
+                    count: header.record_count().max(1),
+                };
+                state.sequence_replicated(batch, header.base_offset());
+            }
+        }
+        let advanced = {
+            let mut state = self.state.borrow_mut();
+            let before = state.high_watermark();
+            state.follower_appended(log_offsets(&self.log), leader_high_watermark);
+            (state.high_watermark() > before).then_some(state.high_watermark())
+        };
+        if let Some(high_watermark) = advanced {
+            self.waiters.borrow_mut().wake_below(high_watermark);
+        }
+        Ok(self.log.log_end_offset())
+    }
+
+    /// A follower cuts its log at `offset` (its tail diverged from the new leader's) and
+    /// rebuilds its idempotent producers' state from what is left.
+    pub async fn truncate(&self, offset: Offset) -> Result<Offset, AppendFailure> {
+        if self.detached.get() || self.is_leader() {
+            return Err(AppendFailure::code(error_code::NOT_LEADER_OR_FOLLOWER));
+        }
+        let end = self
+            .log
+            .truncate_to(offset)
+            .await
+            .map_err(|error| AppendFailure {
+                code: error_code::KAFKA_STORAGE_ERROR,
+                message: Some(error.to_string()),
+            })?;
+        let producers = restore_producers(&self.log, &self.tp).await;
+        let mut state = self.state.borrow_mut();
+        state.replace_producers(producers);
+        if state.truncated(log_offsets(&self.log)) {
+            tracing::warn!(partition = %self.tp.dir_name(), end = end.0,
+                "truncation went below this follower's high watermark");
+        }
+        Ok(end)
+    }
+
+    /// OffsetForLeaderEpoch, as the leader answers it: the largest epoch at or below `epoch`
+    /// this log has and where it ends, or `None` (Kafka's UNDEFINED).
+    pub fn end_offset_for_epoch(
+        &self,
+        current_leader_epoch: i32,
+        epoch: tern_protocol::types::LeaderEpoch,
+    ) -> Result<Option<(tern_protocol::types::LeaderEpoch, Offset)>, ErrorCode> {
+        self.check_leader(current_leader_epoch)?;
+        Ok(self.log.end_offset_for_epoch(epoch))
+    }
+
+    /// This replica's latest leader epoch with data, and its log end (a follower's question
+    /// before it fetches from a new leader).
+    pub fn latest_epoch(&self) -> Option<tern_protocol::types::LeaderEpoch> {
+        self.log.latest_epoch()
+    }
+
+    /// This log's own end for `epoch` (a follower reconciling the leader's answer).
+    pub fn local_end_offset_for_epoch(
+        &self,
+        epoch: tern_protocol::types::LeaderEpoch,
+    ) -> Option<(tern_protocol::types::LeaderEpoch, Offset)> {
+        self.log.end_offset_for_epoch(epoch)
     }
 
     /// Checks an idempotent producer's batch against the partition's producer state.
@@ -299,25 +517,42 @@ impl Partition {
     /// Tells the partition state where the log now stands (after an append, retention or
     /// DeleteRecords) and wakes the fetches the new high watermark satisfies.
     pub fn log_moved(&self) {
-        let advanced = self
-            .state
-            .borrow_mut()
-            .local_log_moved(log_offsets(&self.log));
+        let offsets = log_offsets(&self.log);
+        let advanced = self.state.borrow_mut().local_log_moved(offsets);
         if let Some(high_watermark) = advanced {
             self.waiters.borrow_mut().wake_below(high_watermark);
         }
+        self.replica_waiters
+            .borrow_mut()
+            .wake_below(offsets.durable_end);
     }
 
-    /// Reads whole batches from `request.offset` up to the high watermark.
+    /// Reads whole batches from `request.offset`: up to the high watermark for a consumer, up
+    /// to what the log acknowledges for a follower, whose fetch offset is first taken as its
+    /// log end (which may move the high watermark and wake acks=all produces).
     pub async fn read(&self, request: ReadRequest, mode: ReadMode) -> ReadResult {
         if let Err(code) = self.check_leader(request.current_leader_epoch) {
             return ReadResult::error(code);
         }
+        let upper = match request.replica {
+            Some(replica) => {
+                let advanced = self.state.borrow_mut().follower_fetched(
+                    replica.id,
+                    request.offset,
+                    replica.now_ms,
+                );
+                if let Some(high_watermark) = advanced {
+                    self.waiters.borrow_mut().wake_below(high_watermark);
+                }
+                self.log.acknowledged_end_offset()
+            }
+            None => self.high_watermark(),
+        };
         let high_watermark = self.high_watermark();
         let log_start = self.log.log_start_offset();
         match self
             .log
-            .read_with(request.offset, request.max_bytes, high_watermark, mode)
+            .read_with(request.offset, request.max_bytes, upper, mode)
             .await
         {
             Ok(slice) => ReadResult {
@@ -336,9 +571,26 @@ impl Partition {
         }
     }
 
-    /// Parks until the high watermark passes `seen`; `None` when the shard's cap is reached.
-    pub fn park(&self, seen: Offset, budget: &Rc<ParkBudget>) -> Option<Parked> {
-        if self.detached.get() || self.high_watermark() > seen {
+    /// Parks a fetch that read up to `result`: a consumer until the high watermark passes
+    /// what it saw, a follower until the acknowledged end passes its offset; `None` when the
+    /// shard's cap is reached.
+    pub fn park(
+        &self,
+        request: &ReadRequest,
+        result: &ReadResult,
+        budget: &Rc<ParkBudget>,
+    ) -> Option<Parked> {
+        if self.detached.get() {
+            return Some(Parked::ready());
+        }
+        if request.replica.is_some() {
+            if self.log.acknowledged_end_offset() > request.offset {
+                return Some(Parked::ready());
+            }
+            return waiters::park(&self.replica_waiters, request.offset, budget);
+        }
+        let seen = request.offset.max(Offset(result.high_watermark));
+        if self.high_watermark() > seen {
             return Some(Parked::ready());
         }
         waiters::park(&self.waiters, seen, budget)
@@ -348,6 +600,7 @@ impl Partition {
     pub fn detach(&self) {
         self.detached.set(true);
         self.waiters.borrow_mut().wake_all();
+        self.replica_waiters.borrow_mut().wake_all();
     }
 
     /// Fetches parked on this partition now.
@@ -360,6 +613,23 @@ enum Sequenced {
     None,
     Append(BatchSeq),
     Duplicate(Appended),
+}
+
+/// The headers of the whole batches in `records`, unchecked (the log validates them).
+fn batch_headers(records: &[u8]) -> Vec<BatchHeader> {
+    let mut headers = Vec::new();
+    let mut rest = records;
+    while let Ok(total) = peek_batch_total_bytes(rest) {
+        let Some(batch) = rest.get(..total) else {
+            break;
+        };
+        match BatchHeader::parse_unchecked(batch) {
+            Ok(header) => headers.push(header),
+            Err(_) => break,
+        }
+        rest = &rest[total..];
+    }
+    headers
 }
 
 fn log_offsets(log: &Log) -> LogOffsets {
@@ -403,8 +673,7 @@ pub async fn read_or_wait(
         let mut parked = Vec::with_capacity(parts.len());
         for ((partition, request), result) in parts.iter().zip(&results) {
             let Some(partition) = partition else { continue };
-            let seen = request.offset.max(Offset(result.high_watermark));
-            match partition.park(seen, budget) {
+            match partition.park(request, result, budget) {
                 Some(park) => parked.push(park),
                 None => return (results, WaitEnd::Refused),
             }

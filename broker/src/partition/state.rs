@@ -10,8 +10,18 @@
 //!
 //! Invariant, asserted after every change:
 //! `log_start <= high_watermark <= durable_end <= log_end`, and the high watermark never goes
-//! back. The high watermark is the smallest end among the ISR members' logs, where the
-//! leader's own end is its durable end: with one replica, what the local log made durable.
+//! back, except on a follower whose log a new leader made it truncate. On the leader it is the
+//! smallest end among the ISR members' logs, where the leader's own end is its durable end and
+//! a follower's is the offset it fetches from (it fetches only once its appends are
+//! acknowledged, so that too is durable under the flush policy): with one replica, what the
+//! local log made durable. While the leader has asked the controller to add members to the
+//! ISR, they count as members already (KIP-497's "maximal ISR"): the watermark must never
+//! pass a replica the controller may make leader. A follower's watermark is the leader's, as
+//! far as its own log reaches.
+//!
+//! The leader also decides ISR changes to propose (`isr_duty`): a member whose fetches have
+//! not caught up with the leader's end for `replica.lag.time.max.ms` leaves, a replica whose
+//! fetches in this leader epoch reached the high watermark joins (Kafka's rules).
 
 use std::collections::BTreeMap;
 
@@ -28,6 +38,9 @@ pub enum ProduceRefusal {
     NotLeader,
     /// acks=all, but fewer replicas are in sync than `min.insync.replicas`.
     NotEnoughReplicas { in_sync: usize, min_insync: usize },
+    /// acks=all: the batch is appended and replicated, but the ISR shrank below
+    /// `min.insync.replicas` meanwhile.
+    NotEnoughReplicasAfterAppend { in_sync: usize, min_insync: usize },
 }
 
 impl ProduceRefusal {
@@ -35,6 +48,9 @@ impl ProduceRefusal {
         match self {
             ProduceRefusal::NotLeader => error_code::NOT_LEADER_OR_FOLLOWER,
             ProduceRefusal::NotEnoughReplicas { .. } => error_code::NOT_ENOUGH_REPLICAS,
+            ProduceRefusal::NotEnoughReplicasAfterAppend { .. } => {
+                error_code::NOT_ENOUGH_REPLICAS_AFTER_APPEND
+            }
         }
     }
 
@@ -45,6 +61,12 @@ impl ProduceRefusal {
                 in_sync,
                 min_insync,
             } => format!("min.insync.replicas={min_insync} but {in_sync} replica(s) in sync"),
+            ProduceRefusal::NotEnoughReplicasAfterAppend {
+                in_sync,
+                min_insync,
+            } => format!(
+                "appended, but min.insync.replicas={min_insync} and the ISR shrank to {in_sync}"
+            ),
         }
     }
 }
@@ -63,10 +85,27 @@ pub struct PartitionState {
     /// policy); the leader's own end in the high-watermark computation.
     durable_end: Offset,
     log_end: Offset,
-    /// Log ends followers reported by fetching (leader only).
-    follower_ends: BTreeMap<BrokerId, Offset>,
+    /// What followers reported by fetching in this leader epoch (leader only).
+    followers: BTreeMap<BrokerId, Follower>,
+    /// The ISR this leader asked the controller for, until an image answers.
+    proposed_isr: Option<Vec<BrokerId>>,
     high_watermark: Offset,
     producers: ProducerStates,
+}
+
+/// A follower as the leader knows it from its fetches.
+#[derive(Debug, Clone, Copy)]
+struct Follower {
+    /// The offset it last fetched from: everything below is in its log.
+    end: Offset,
+    /// The last time its fetches had everything the leader had (Kafka's
+    /// `lastCaughtUpTimeMs`): a fetch at the leader's end, or at the end the leader had at the
+    /// follower's previous fetch, which proves it was caught up then.
+    caught_up_ms: i64,
+    /// The leader's end and the time at the follower's previous fetch.
+    previous_fetch: (Offset, i64),
+    /// Whether it has fetched in this leader epoch (a fetch is how a joiner proves it).
+    fetched: bool,
 }
 
 /// The local log's offsets, as the owner reads them after an append or at open.
@@ -99,7 +138,8 @@ impl PartitionState {
             log_start: log.log_start,
             durable_end: log.durable_end,
             log_end: log.log_end,
-            follower_ends: BTreeMap::new(),
+            followers: BTreeMap::new(),
+            proposed_isr: None,
             high_watermark: log.log_start,
             producers,
         };
@@ -146,7 +186,8 @@ impl PartitionState {
 
     /// Takes in the metadata image's view of this partition. A new leader epoch resets what
     /// followers reported (they report again to the new leader); the high watermark is kept,
-    /// since it never goes back.
+    /// since it never goes back. Any ISR change this leader proposed is answered by the image
+    /// (taken or not), so it is forgotten.
     pub fn update(&mut self, meta: &PartitionMeta) {
         let epoch = LeaderEpoch(meta.leader_epoch);
         assert!(
@@ -155,16 +196,150 @@ impl PartitionState {
             self.leader_epoch
         );
         if epoch > self.leader_epoch {
-            self.follower_ends.clear();
+            self.followers.clear();
         }
         self.leader = meta.leader;
         self.leader_epoch = epoch;
         self.replicas = meta.replicas.clone();
         self.isr = meta.isr.clone();
-        self.follower_ends
+        self.proposed_isr = None;
+        self.followers
             .retain(|broker, _| meta.replicas.contains(broker));
         self.advance_high_watermark();
         self.check();
+    }
+
+    /// The leader's view for metrics: (ISR smaller than the replicas, ISR below
+    /// `min.insync.replicas`, records the followers are behind in total).
+    pub fn replication_health(&self) -> (bool, bool, u64) {
+        let lag = self
+            .replicas
+            .iter()
+            .filter(|replica| **replica != self.node)
+            .map(|replica| {
+                let end = self
+                    .followers
+                    .get(replica)
+                    .map_or(self.log_start, |f| f.end);
+                (self.durable_end.0 - end.0).max(0) as u64
+            })
+            .sum();
+        (
+            self.isr.len() < self.replicas.len(),
+            self.isr.len() < self.min_insync,
+            lag,
+        )
+    }
+
+    /// The ISR proposal this leader is waiting on, if any.
+    pub fn proposed_isr(&self) -> Option<&[BrokerId]> {
+        self.proposed_isr.as_deref()
+    }
+
+    /// The controller refused (or never answered) the proposed ISR: propose again later.
+    pub fn isr_proposal_failed(&mut self) {
+        self.proposed_isr = None;
+        let before = self.high_watermark;
+        self.advance_high_watermark();
+        debug_assert!(self.high_watermark >= before);
+    }
+
+    /// The leader's periodic ISR check at `now_ms`: the ISR to propose to the controller, if
+    /// it should change and no proposal is outstanding. Members whose fetches have not caught
+    /// up for `lag_max_ms` leave (a member that has not fetched in this epoch counts from its
+    /// first check); replicas that fetched in this epoch from at least the high watermark
+    /// join. The leader stays. The proposal counts toward the watermark until answered.
+    pub fn isr_duty(&mut self, now_ms: i64, lag_max_ms: i64) -> Option<Vec<BrokerId>> {
+        if !self.is_leader() || self.proposed_isr.is_some() {
+            return None;
+        }
+        for replica in &self.replicas {
+            if *replica != self.node {
+                self.followers.entry(*replica).or_insert(Follower {
+                    end: self.log_start,
+                    caught_up_ms: now_ms,
+                    previous_fetch: (self.durable_end, now_ms),
+                    fetched: false,
+                });
+            }
+        }
+        let proposal: Vec<BrokerId> = self
+            .replicas
+            .iter()
+            .copied()
+            .filter(|replica| {
+                if *replica == self.node {
+                    return true;
+                }
+                let Some(follower) = self.followers.get(replica) else {
+                    return false;
+                };
+                if self.isr.contains(replica) {
+                    now_ms - follower.caught_up_ms <= lag_max_ms
+                } else {
+                    follower.fetched && follower.end >= self.high_watermark
+                }
+            })
+            .collect();
+        let same = proposal.len() == self.isr.len()
+            && proposal.iter().all(|member| self.isr.contains(member));
+        if same {
+            return None;
+        }
+        self.proposed_isr = Some(proposal.clone());
+        Some(proposal)
+    }
+
+    /// A follower appended what its leader sent: its log moved to `log`, and the leader's
+    /// high watermark was `leader_high_watermark`.
+    pub fn follower_appended(&mut self, log: LogOffsets, leader_high_watermark: Offset) {
+        self.local_log_moved(log);
+        if !self.is_leader() {
+            let reach = leader_high_watermark.min(self.durable_end);
+            self.high_watermark = self.high_watermark.max(reach).max(self.log_start);
+        }
+        self.check();
+    }
+
+    /// A follower truncated its log to `log` (a new leader's log diverged from it). The high
+    /// watermark follows if the cut went below it. Returns whether it did (the leader epoch
+    /// protocol keeps that from happening to records the old ISR held).
+    pub fn truncated(&mut self, log: LogOffsets) -> bool {
+        self.log_start = log.log_start;
+        self.durable_end = log.durable_end;
+        self.log_end = log.log_end;
+        let cut_below = self.high_watermark > self.durable_end;
+        self.high_watermark = self
+            .high_watermark
+            .min(self.durable_end)
+            .max(self.log_start);
+        self.check();
+        cut_below
+    }
+
+    /// Replaces the idempotent producers' state (rebuilt from the log after a truncation).
+    pub fn replace_producers(&mut self, producers: ProducerStates) {
+        self.producers = producers;
+    }
+
+    /// A follower appended batches that `batch` describes, at `base_offset`.
+    pub fn sequence_replicated(&mut self, batch: BatchSeq, base_offset: Offset) {
+        self.producers.restore(batch, base_offset.0);
+    }
+
+    /// Whether acks=all may be answered for a batch the high watermark now covers:
+    /// `min.insync.replicas` must still hold (else NOT_ENOUGH_REPLICAS_AFTER_APPEND).
+    pub fn check_after_append(&self) -> Result<(), ProduceRefusal> {
+        if !self.is_leader() {
+            return Err(ProduceRefusal::NotLeader);
+        }
+        if self.isr.len() < self.min_insync {
+            return Err(ProduceRefusal::NotEnoughReplicasAfterAppend {
+                in_sync: self.isr.len(),
+                min_insync: self.min_insync,
+            });
+        }
+        Ok(())
     }
 
     /// Kafka's check of a request's `current_leader_epoch` (-1: the client sent none).
@@ -178,16 +353,38 @@ impl PartitionState {
         }
     }
 
-    /// May a produce with `acks` be appended now?
-    pub fn check_produce(&self, acks: i16) -> Result<(), ProduceRefusal> {
+    /// May a produce with `acks` be appended at `now_ms`? For acks=all, the ISR must hold
+    /// `min.insync.replicas` members, counting only followers whose fetches caught up within
+    /// `lag_max_ms`: a member the leader has not heard from for that long is on its way out of
+    /// the ISR (the controller may be unreachable to take it out), and waiting on it would
+    /// only time out.
+    pub fn check_produce(
+        &self,
+        acks: i16,
+        now_ms: i64,
+        lag_max_ms: i64,
+    ) -> Result<(), ProduceRefusal> {
         if !self.is_leader() {
             return Err(ProduceRefusal::NotLeader);
         }
-        if acks == -1 && self.isr.len() < self.min_insync {
-            return Err(ProduceRefusal::NotEnoughReplicas {
-                in_sync: self.isr.len(),
-                min_insync: self.min_insync,
-            });
+        if acks == -1 {
+            let in_sync = self
+                .isr
+                .iter()
+                .filter(|member| {
+                    **member == self.node
+                        || self
+                            .followers
+                            .get(member)
+                            .is_none_or(|f| now_ms - f.caught_up_ms <= lag_max_ms)
+                })
+                .count();
+            if in_sync < self.min_insync {
+                return Err(ProduceRefusal::NotEnoughReplicas {
+                    in_sync,
+                    min_insync: self.min_insync,
+                });
+            }
         }
         Ok(())
     }
@@ -225,31 +422,54 @@ impl PartitionState {
         (self.high_watermark > before).then_some(self.high_watermark)
     }
 
-    /// A follower fetched from `end`: everything below it is in its log. Returns the new high
-    /// watermark if it advanced.
-    pub fn follower_fetched(&mut self, follower: BrokerId, end: Offset) -> Option<Offset> {
-        if follower == self.node || !self.replicas.contains(&follower) {
+    /// A follower fetched from `end` at `now_ms`: everything below it is in its log. Returns
+    /// the new high watermark if it advanced.
+    pub fn follower_fetched(
+        &mut self,
+        follower: BrokerId,
+        end: Offset,
+        now_ms: i64,
+    ) -> Option<Offset> {
+        if follower == self.node || !self.replicas.contains(&follower) || !self.is_leader() {
             return None;
         }
-        let end = end.min(self.log_end);
-        let known = self.follower_ends.entry(follower).or_insert(end);
-        *known = (*known).max(end);
+        let end = end.min(self.durable_end);
+        let leader_end = self.durable_end;
+        let known = self.followers.entry(follower).or_insert(Follower {
+            end,
+            caught_up_ms: now_ms,
+            previous_fetch: (leader_end, now_ms),
+            fetched: true,
+        });
+        known.end = known.end.max(end);
+        known.fetched = true;
+        if end >= leader_end {
+            known.caught_up_ms = now_ms;
+        } else if end >= known.previous_fetch.0 {
+            known.caught_up_ms = known.caught_up_ms.max(known.previous_fetch.1);
+        }
+        known.previous_fetch = (leader_end, now_ms);
         let before = self.high_watermark;
         self.advance_high_watermark();
         self.check();
         (self.high_watermark > before).then_some(self.high_watermark)
     }
 
-    /// The smallest end among the ISR members (the leader's being its durable end), never
-    /// below the current high watermark. Only a leader advances it from its own facts.
+    /// The smallest end among the ISR members and proposed members (the leader's being its
+    /// durable end), never below the current high watermark. Only a leader advances it from
+    /// its own facts.
     fn advance_high_watermark(&mut self) {
         if !self.is_leader() {
             return;
         }
+        let proposed = self.proposed_isr.iter().flatten();
         let mut candidate = self.durable_end;
-        for member in self.isr.iter().filter(|member| **member != self.node) {
-            match self.follower_ends.get(member) {
-                Some(end) => candidate = candidate.min(*end),
+        for member in self.isr.iter().chain(proposed) {
+            if *member == self.node {
+                continue;
+            }
+            match self.followers.get(member).filter(|f| f.fetched) {
+                Some(follower) => candidate = candidate.min(follower.end),
                 // A member that has not reported yet holds the watermark where it is.
                 None => candidate = candidate.min(self.high_watermark),
             }
@@ -282,6 +502,7 @@ mod tests {
     use super::*;
 
     const ME: BrokerId = 1;
+    const LAG: i64 = 30_000;
 
     fn meta(
         leader: BrokerId,
@@ -332,36 +553,36 @@ mod tests {
         s.local_log_moved(offsets(0, 100, 100));
         assert_eq!(s.high_watermark(), Offset(0), "followers have not reported");
         assert_eq!(
-            s.follower_fetched(2, Offset(40)),
+            s.follower_fetched(2, Offset(40), 0),
             None,
             "3 has not reported"
         );
-        assert_eq!(s.follower_fetched(3, Offset(60)), Some(Offset(40)));
-        assert_eq!(s.follower_fetched(2, Offset(100)), Some(Offset(60)));
+        assert_eq!(s.follower_fetched(3, Offset(60), 0), Some(Offset(40)));
+        assert_eq!(s.follower_fetched(2, Offset(100), 0), Some(Offset(60)));
         // A follower reporting less than before (a stale fetch) moves nothing back.
-        assert_eq!(s.follower_fetched(3, Offset(10)), None);
+        assert_eq!(s.follower_fetched(3, Offset(10), 0), None);
         assert_eq!(s.high_watermark(), Offset(60));
         // Shrinking the ISR to the leader and 2 lets the watermark reach 2's end.
         s.update(&meta(ME, 3, &[ME, 2, 3], &[ME, 2]));
         assert_eq!(s.high_watermark(), Offset(100));
         // A report from a broker that is not a replica is ignored.
-        assert_eq!(s.follower_fetched(9, Offset(1_000)), None);
+        assert_eq!(s.follower_fetched(9, Offset(1_000), 0), None);
     }
 
     #[test]
     fn produce_is_refused_off_the_leader_and_below_min_insync_for_acks_all() {
         let s = state(&meta(2, 1, &[ME, 2], &[2, ME]), 1);
-        assert_eq!(s.check_produce(1), Err(ProduceRefusal::NotLeader));
+        assert_eq!(s.check_produce(1, 0, LAG), Err(ProduceRefusal::NotLeader));
         let s = state(&meta(ME, 0, &[ME, 2, 3], &[ME]), 2);
         assert_eq!(
-            s.check_produce(-1),
+            s.check_produce(-1, 0, LAG),
             Err(ProduceRefusal::NotEnoughReplicas {
                 in_sync: 1,
                 min_insync: 2
             })
         );
-        assert_eq!(s.check_produce(1), Ok(()));
-        assert_eq!(s.check_produce(0), Ok(()));
+        assert_eq!(s.check_produce(1, 0, LAG), Ok(()));
+        assert_eq!(s.check_produce(0, 0, LAG), Ok(()));
         assert_eq!(
             ProduceRefusal::NotLeader.code(),
             error_code::NOT_LEADER_OR_FOLLOWER
@@ -386,7 +607,7 @@ mod tests {
     fn a_new_leader_epoch_forgets_follower_reports_but_keeps_the_watermark() {
         let mut s = state(&meta(ME, 0, &[ME, 2], &[ME, 2]), 1);
         s.local_log_moved(offsets(0, 50, 50));
-        s.follower_fetched(2, Offset(50));
+        s.follower_fetched(2, Offset(50), 0);
         assert_eq!(s.high_watermark(), Offset(50));
         s.update(&meta(ME, 1, &[ME, 2], &[ME, 2]));
         assert_eq!(s.leader_epoch(), LeaderEpoch(1));
@@ -397,6 +618,58 @@ mod tests {
             Offset(50),
             "2 must report to the new epoch"
         );
+    }
+
+    #[test]
+    fn a_member_that_stops_catching_up_is_proposed_out_and_a_caught_up_replica_in() {
+        let mut s = state(&meta(ME, 0, &[ME, 2, 3], &[ME, 2]), 1);
+        s.local_log_moved(offsets(0, 10, 10));
+        assert_eq!(s.isr_duty(0, LAG), None, "2 counts from its first check");
+        s.follower_fetched(2, Offset(10), 1_000);
+        assert_eq!(s.high_watermark(), Offset(10));
+        // 3 fetches but is behind the watermark: not yet.
+        s.follower_fetched(3, Offset(4), 1_000);
+        assert_eq!(s.isr_duty(1_000, LAG), None);
+        // 3 reaches the watermark: it is proposed in, and counts toward it at once.
+        s.follower_fetched(3, Offset(10), 2_000);
+        assert_eq!(s.isr_duty(2_000, LAG), Some(vec![ME, 2, 3]));
+        assert_eq!(s.isr_duty(2_000, LAG), None, "one proposal at a time");
+        s.local_log_moved(offsets(0, 20, 20));
+        s.follower_fetched(2, Offset(20), 3_000);
+        assert_eq!(
+            s.high_watermark(),
+            Offset(10),
+            "the proposed member holds the watermark (maximal ISR)"
+        );
+        s.update(&meta(ME, 0, &[ME, 2, 3], &[ME, 2, 3]));
+        // 2 last caught up at 3 s, 3 at 2 s; then 2 keeps fetching without reaching the
+        // leader's end again, and 3 stops fetching.
+        s.local_log_moved(offsets(0, 40, 40));
+        s.follower_fetched(2, Offset(20), 20_000);
+        s.follower_fetched(2, Offset(20), 21_000);
+        assert_eq!(s.isr_duty(2_000 + LAG, LAG), None, "within the lag limit");
+        assert_eq!(s.isr_duty(2_500 + LAG, LAG), Some(vec![ME, 2]));
+        s.isr_proposal_failed();
+        // The controller refused: asked again, and acks=all counts only live members.
+        assert_eq!(s.isr_duty(40_000 + LAG, LAG), Some(vec![ME]));
+        let mut strict = s;
+        strict.set_min_insync(2);
+        assert!(strict.check_produce(-1, 40_000 + LAG, LAG).is_err());
+    }
+
+    #[test]
+    fn a_follower_takes_the_leaders_watermark_as_far_as_its_log_reaches_and_truncates() {
+        let mut s = state(&meta(2, 0, &[ME, 2], &[ME, 2]), 1);
+        s.follower_appended(offsets(0, 30, 30), Offset(50));
+        assert_eq!(s.high_watermark(), Offset(30));
+        s.follower_appended(offsets(0, 30, 30), Offset(20));
+        assert_eq!(s.high_watermark(), Offset(30), "never back on an append");
+        assert!(!s.truncated(offsets(0, 30, 30)));
+        assert!(
+            s.truncated(offsets(0, 25, 25)),
+            "a cut below the watermark is reported"
+        );
+        assert_eq!(s.high_watermark(), Offset(25));
     }
 
     #[test]
@@ -440,7 +713,7 @@ mod tests {
                     2 => {
                         let who = 2 + next(2) as usize;
                         follower[who] = (follower[who] + next(4) as i64).min(end);
-                        s.follower_fetched(who as BrokerId, Offset(follower[who]));
+                        s.follower_fetched(who as BrokerId, Offset(follower[who]), 0);
                     }
                     _ => {
                         isr = replicas
