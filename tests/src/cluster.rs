@@ -2,10 +2,13 @@
 //! the metadata quorum with `--cores 1`, its Kafka listener and its internal (quorum) listener
 //! on free ports, and short broker sessions so that failover tests stay quick.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::{free_port, Broker};
+use rdkafka::consumer::Consumer;
+
+use crate::{free_port, kafka, Broker};
 
 /// Kafka's `broker.session.timeout.ms` for test clusters (Kafka's default is 9 s).
 pub const SESSION_TIMEOUT_MS: u64 = 3_000;
@@ -19,6 +22,11 @@ pub struct Cluster {
 impl Cluster {
     /// Starts `size` brokers (node ids 0..size) and waits until every one serves.
     pub fn start(size: usize) -> Cluster {
+        Cluster::start_with(size, &[])
+    }
+
+    /// `start`, every broker with `extra` arguments too.
+    pub fn start_with(size: usize, extra: &[&str]) -> Cluster {
         let addr = |port: u16| -> SocketAddr { format!("127.0.0.1:{port}").parse().expect("addr") };
         let kafka: Vec<SocketAddr> = (0..size).map(|_| addr(free_port())).collect();
         let internal: Vec<SocketAddr> = (0..size).map(|_| addr(free_port())).collect();
@@ -33,7 +41,7 @@ impl Cluster {
             voters,
         };
         for (id, addr) in kafka.into_iter().enumerate() {
-            let args = cluster.args(id, &[]);
+            let args = cluster.args(id, extra);
             cluster.brokers.push(Broker::launch_with(1, addr, args));
         }
         for broker in &mut cluster.brokers {
@@ -56,6 +64,15 @@ impl Cluster {
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         args
+    }
+
+    /// Every broker's Kafka address, as a bootstrap list.
+    pub fn bootstrap(&self) -> String {
+        self.brokers
+            .iter()
+            .map(Broker::bootstrap)
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// `GET /cluster` from broker `id`'s admin endpoint.
@@ -101,4 +118,79 @@ fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
     response
         .split_once("\r\n\r\n")
         .map(|(_, body)| body.to_owned())
+}
+
+/// Partition -> (leader, replicas, isr) as one broker answers Metadata for a topic.
+pub type Layout = BTreeMap<i32, (i32, Vec<i32>, Vec<i32>)>;
+
+/// The brokers listed and the topic's layout, as `broker` answers Metadata for `topic`.
+pub fn layout(broker: &Broker, topic: &str) -> Option<(Vec<i32>, Layout)> {
+    let consumer = kafka::consumer(broker);
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(5))
+        .ok()?;
+    let brokers: Vec<i32> = metadata.brokers().iter().map(|b| b.id()).collect();
+    let topic = metadata.topics().iter().find(|t| t.name() == topic)?;
+    if topic.error().is_some() || topic.partitions().is_empty() {
+        return None;
+    }
+    let partitions = topic
+        .partitions()
+        .iter()
+        .map(|p| {
+            (
+                p.id(),
+                (p.leader(), p.replicas().to_vec(), p.isr().to_vec()),
+            )
+        })
+        .collect();
+    Some((brokers, partitions))
+}
+
+/// Waits until every broker in `live` answers the same layout for `topic`.
+pub fn agreed_layout(
+    cluster: &Cluster,
+    live: &[usize],
+    topic: &str,
+    within: Duration,
+) -> (Vec<i32>, Layout) {
+    let deadline = Instant::now() + within;
+    let mut last = Vec::new();
+    while Instant::now() < deadline {
+        last = live
+            .iter()
+            .map(|id| layout(&cluster.brokers[*id], topic))
+            .collect::<Vec<_>>();
+        if let Some(Some(first)) = last.first() {
+            if last.iter().all(|other| other.as_ref() == Some(first)) {
+                return first.clone();
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("brokers {live:?} did not agree on {topic} within {within:?}: {last:?}");
+}
+
+/// Waits until the live brokers agree on `topic` and `ready` holds for its layout.
+pub fn wait_for_layout(
+    cluster: &Cluster,
+    live: &[usize],
+    topic: &str,
+    within: Duration,
+    ready: impl Fn(&Layout) -> bool,
+) -> Layout {
+    let deadline = Instant::now() + within;
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let (_, layout) =
+            agreed_layout(cluster, live, topic, remaining.max(Duration::from_secs(1)));
+        if ready(&layout) {
+            return layout;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{topic} did not reach the awaited layout within {within:?}: {layout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
