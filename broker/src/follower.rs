@@ -38,7 +38,7 @@ use tern_protocol::types::{LeaderEpoch, Offset, TimestampMs};
 use tern_replication::metadata::BrokerId;
 
 use crate::limits;
-use crate::partition::{Partition, TopicPartition};
+use crate::partition::{epochs, Partition, TopicPartition};
 use crate::shard::Shard;
 
 const FETCH_VERSION: i16 = 12;
@@ -389,22 +389,22 @@ async fn reconcile_epochs(
                 continue;
             }
             let log_end = partition.log.log_end_offset();
-            let cut = if answer.end_offset < 0 {
-                // The leader has no epoch at or below ours: keep only what is committed.
-                partition.high_watermark()
-            } else {
-                let leader_end = Offset(answer.end_offset);
-                let asked = partition.latest_epoch();
-                if asked == Some(LeaderEpoch(answer.leader_epoch)) {
-                    leader_end.min(log_end)
-                } else {
-                    let own = partition
-                        .local_end_offset_for_epoch(LeaderEpoch(answer.leader_epoch))
-                        .map(|(_, end)| end)
-                        .unwrap_or(Offset(0));
-                    leader_end.min(own).min(log_end)
-                }
+            let Some(asked) = partition.latest_epoch() else {
+                continue;
             };
+            let answer = (answer.end_offset >= 0)
+                .then_some((LeaderEpoch(answer.leader_epoch), Offset(answer.end_offset)));
+            let cut = epochs::follower_cut(
+                asked,
+                answer,
+                |epoch| {
+                    partition
+                        .local_end_offset_for_epoch(epoch)
+                        .map(|(_, end)| end)
+                },
+                log_end,
+                partition.high_watermark(),
+            );
             if cut < log_end {
                 tracing::info!(partition = %tp.dir_name(), from = log_end.0, to = cut.0,
                     leader_epoch = partition.leader_epoch().0, "truncating a divergent tail");

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use futures::channel::oneshot;
 use glommio::channels::channel_mesh::Senders;
-use tern_replication::metadata::{BrokerId, MetadataImage};
+use tern_replication::metadata::{BrokerId, MetadataError, MetadataImage};
 use tern_storage::Log;
 
 use crate::clock::Clock;
@@ -287,43 +287,49 @@ impl Shard {
         let lag_max_ms = self.config.replica_lag_time_max_ms;
         let partitions: Vec<Rc<Partition>> = self.partitions.borrow().values().cloned().collect();
         for partition in partitions {
-            let Some(isr) = partition.isr_duty(now_ms, lag_max_ms) else {
+            let Some(proposal) = partition.isr_duty(now_ms, lag_max_ms) else {
                 continue;
             };
+            let before = partition.isr();
+            tracing::info!(partition = %partition.tp.dir_name(), from = ?before, to = ?proposal.isr, "proposing an ISR change");
             let command = tern_replication::metadata::Command::AlterPartition {
                 topic: partition.tp.topic.clone(),
                 partition: partition.tp.partition,
                 leader: self.node_id(),
                 leader_epoch: partition.leader_epoch().0,
-                isr: isr.clone(),
+                partition_epoch: proposal.partition_epoch,
+                isr: proposal.isr.clone(),
             };
-            let before = partition.isr().len();
-            tracing::info!(partition = %partition.tp.dir_name(), from = ?partition.isr(), to = ?isr, "proposing an ISR change");
             let shard = self.clone();
             glommio::spawn_local(async move {
                 let outcome = shard
                     .invoke_on(0, move |shard| async move {
-                        match shard.controller() {
-                            Some(controller) => controller
-                                .execute(vec![command])
-                                .await
-                                .map_err(|error| error.to_string())
-                                .and_then(|mut results| match results.pop() {
-                                    Some(Ok(())) => Ok(()),
-                                    Some(Err(error)) => Err(error.to_string()),
-                                    None => Err("no result".to_owned()),
-                                }),
-                            None => Err("no controller on shard 0".to_owned()),
-                        }
+                        let controller = shard.controller().ok_or(None)?;
+                        let mut results = controller
+                            .execute(vec![command])
+                            .await
+                            .map_err(|error| {
+                                tracing::info!(%error, "ISR change unanswered");
+                                None
+                            })?;
+                        results.pop().unwrap_or(Ok(())).map_err(Some)
                     })
                     .await
-                    .unwrap_or_else(|error| Err(error.to_string()));
+                    .unwrap_or(Err(None));
                 match outcome {
-                    Ok(()) if isr.len() < before => shard.replication_probe.isr_shrinks.inc(),
+                    Ok(()) if proposal.isr.len() < before.len() => {
+                        shard.replication_probe.isr_shrinks.inc()
+                    }
                     Ok(()) => shard.replication_probe.isr_expands.inc(),
-                    Err(error) => {
-                        tracing::info!(partition = %partition.tp.dir_name(), %error, "ISR change not taken");
-                        partition.isr_proposal_failed();
+                    // Unanswered: it may still be taken; it goes again at the next check.
+                    Err(None) => partition.isr_proposal_unanswered(),
+                    // Stale: the image that made it so is on its way and settles it.
+                    Err(Some(MetadataError::StaleLeaderEpoch { .. })) => {
+                        partition.isr_proposal_unanswered()
+                    }
+                    Err(Some(error)) => {
+                        tracing::info!(partition = %partition.tp.dir_name(), %error, "ISR change refused");
+                        partition.isr_proposal_refused();
                     }
                 }
             })

@@ -99,6 +99,10 @@ pub struct PartitionMeta {
     pub leader: BrokerId,
     /// Bumped at every leader change; stamped on every batch the leader appends.
     pub leader_epoch: i32,
+    /// Bumped at every change of the leader, its epoch, the ISR or the replicas (KRaft's
+    /// partition epoch): an ISR change proposed from an older state is refused.
+    #[serde(default)]
+    pub partition_epoch: i32,
 }
 
 fn no_leader() -> BrokerId {
@@ -170,6 +174,8 @@ pub enum Command {
         partition: i32,
         leader: BrokerId,
         leader_epoch: i32,
+        /// The partition epoch the leader's proposal starts from.
+        partition_epoch: i32,
         isr: Vec<BrokerId>,
     },
     /// Moves leadership to the preferred replica (the first) wherever it is in the ISR, live,
@@ -196,12 +202,15 @@ pub enum MetadataError {
     InvalidReplicationFactor { requested: i16, available: usize },
     #[error("invalid replica assignment: {0}")]
     InvalidReplicaAssignment(String),
-    #[error("partition {topic}-{partition} is led by {leader} in epoch {epoch}, not as asked")]
+    /// A proposal made from an older state of the partition (Kafka's FENCED_LEADER_EPOCH /
+    /// INVALID_UPDATE_VERSION): it changed since, and the proposer learns how from the image.
+    #[error("partition {topic}-{partition} is led by {leader} in epoch {epoch} at partition epoch {partition_epoch}, not as the proposal assumed")]
     StaleLeaderEpoch {
         topic: String,
         partition: i32,
         leader: BrokerId,
         epoch: i32,
+        partition_epoch: i32,
     },
     #[error("invalid command: {0}")]
     Invalid(String),
@@ -316,8 +325,14 @@ impl MetadataImage {
                 partition,
                 leader,
                 leader_epoch,
+                partition_epoch,
                 isr,
-            } => next.alter_partition(topic, *partition, *leader, *leader_epoch, isr)?,
+            } => next.alter_partition(
+                topic,
+                *partition,
+                (*leader, *leader_epoch, *partition_epoch),
+                isr,
+            )?,
             Command::ElectPreferredLeaders { topic } => {
                 let live: Vec<BrokerId> = next.live_brokers().map(|broker| broker.id).collect();
                 if let Some(name) = topic {
@@ -438,6 +453,7 @@ impl MetadataImage {
                 next.producer_id_next += count;
             }
         }
+        next.bump_partition_epochs(self);
         next.epoch += 1;
         assert!(next.epoch > self.epoch, "image epochs only grow");
         debug_assert!(
@@ -499,12 +515,30 @@ impl MetadataImage {
     }
 
     /// `back`'s return: partitions without a leader whose ISR holds it are led by it again.
+    /// Bumps the partition epoch of every partition whose leader, leader epoch, ISR or
+    /// replicas differ from `before`'s.
+    fn bump_partition_epochs(&mut self, before: &MetadataImage) {
+        for (name, topic) in &mut self.topics {
+            let Some(old) = before.topics.get(name) else {
+                continue;
+            };
+            for (partition, was) in topic.partitions.iter_mut().zip(&old.partitions) {
+                let changed = partition.leader != was.leader
+                    || partition.leader_epoch != was.leader_epoch
+                    || partition.isr != was.isr
+                    || partition.replicas != was.replicas;
+                if changed {
+                    partition.partition_epoch = was.partition_epoch + 1;
+                }
+            }
+        }
+    }
+
     fn alter_partition(
         &mut self,
         topic: &str,
         index: i32,
-        leader: BrokerId,
-        leader_epoch: i32,
+        (leader, leader_epoch, partition_epoch): (BrokerId, i32, i32),
         isr: &[BrokerId],
     ) -> Result<(), MetadataError> {
         let live: Vec<BrokerId> = self.live_brokers().map(|broker| broker.id).collect();
@@ -516,12 +550,16 @@ impl MetadataImage {
             .ok()
             .and_then(|i| meta.partitions.get_mut(i))
             .ok_or_else(|| MetadataError::Invalid(format!("no partition {topic}-{index}")))?;
-        if partition.leader != leader || partition.leader_epoch != leader_epoch {
+        if partition.leader != leader
+            || partition.leader_epoch != leader_epoch
+            || partition.partition_epoch != partition_epoch
+        {
             return Err(MetadataError::StaleLeaderEpoch {
                 topic: topic.to_owned(),
                 partition: index,
                 leader: partition.leader,
                 epoch: partition.leader_epoch,
+                partition_epoch: partition.partition_epoch,
             });
         }
         if !isr.contains(&leader) {
@@ -682,6 +720,7 @@ fn new_partition(index: i32, replicas: Vec<BrokerId>) -> PartitionMeta {
         isr: replicas.clone(),
         replicas,
         leader_epoch: 0,
+        partition_epoch: 0,
     }
 }
 
@@ -725,12 +764,13 @@ mod tests {
             })
     }
 
-    fn alter(leader: BrokerId, epoch: i32, isr: &[BrokerId]) -> Command {
+    fn alter(image: &MetadataImage, leader: BrokerId, epoch: i32, isr: &[BrokerId]) -> Command {
         Command::AlterPartition {
             topic: "t".into(),
             partition: 0,
             leader,
             leader_epoch: epoch,
+            partition_epoch: image.partition("t", 0).unwrap().partition_epoch,
             isr: isr.to_vec(),
         }
     }
@@ -742,11 +782,23 @@ mod tests {
         let (leader, others) = (p.leader, &p.replicas[1..]);
         // Shrink to the leader and one follower.
         let shrunk = image
-            .apply(&alter(leader, 0, &[others[0], leader]))
+            .apply(&alter(&image, leader, 0, &[others[0], leader]))
             .unwrap();
         let q = shrunk.partition("t", 0).unwrap();
         assert_eq!(q.isr, vec![leader, others[0]], "kept in replica order");
-        assert_eq!(q.leader_epoch, 0, "an ISR change alone keeps the epoch");
+        assert_eq!(
+            q.leader_epoch, 0,
+            "an ISR change alone keeps the leader epoch"
+        );
+        assert_eq!(q.partition_epoch, 1, "and bumps the partition epoch");
+        // The same proposal again (a retry, a duplicate) is stale now.
+        assert!(matches!(
+            shrunk.apply(&alter(&image, leader, 0, &[others[0], leader])),
+            Err(MetadataError::StaleLeaderEpoch {
+                partition_epoch: 1,
+                ..
+            })
+        ));
         // A stale epoch, a non-leader, a non-replica, an ISR without its leader: refused.
         for (who, epoch, isr) in [
             (leader, 1, vec![leader]),
@@ -754,14 +806,14 @@ mod tests {
             (leader, 0, vec![leader, 9]),
             (leader, 0, vec![others[0]]),
         ] {
-            assert!(shrunk.apply(&alter(who, epoch, &isr)).is_err());
+            assert!(shrunk.apply(&alter(&shrunk, who, epoch, &isr)).is_err());
         }
         // A fenced broker cannot join.
         let fenced = shrunk
             .apply(&Command::FenceBroker { id: others[1] })
             .unwrap();
         assert!(fenced
-            .apply(&alter(leader, 0, &[leader, others[0], others[1]]))
+            .apply(&alter(&fenced, leader, 0, &[leader, others[0], others[1]]))
             .is_err());
     }
 
@@ -786,7 +838,7 @@ mod tests {
         );
         let mut isr = p.isr.clone();
         isr.push(preferred);
-        let image = image.apply(&alter(p.leader, 1, &isr)).unwrap();
+        let image = image.apply(&alter(&image, p.leader, 1, &isr)).unwrap();
         let q = image.partition("t", 0).unwrap();
         assert_eq!((q.leader, q.leader_epoch), (preferred, 2));
         assert_eq!(q.isr, q.replicas);

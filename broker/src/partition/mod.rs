@@ -19,6 +19,7 @@
 //! `RefCell`s never borrowed across an `.await`. Consumers read up to the high watermark,
 //! which the partition layer decides; the log only reports what it has made durable.
 
+pub mod epochs;
 pub mod state;
 pub mod waiters;
 
@@ -227,7 +228,7 @@ impl Partition {
     }
 
     /// The leader's ISR check (see `PartitionState::isr_duty`): an ISR to propose, if any.
-    pub fn isr_duty(&self, now_ms: i64, lag_max_ms: i64) -> Option<Vec<BrokerId>> {
+    pub fn isr_duty(&self, now_ms: i64, lag_max_ms: i64) -> Option<state::IsrProposal> {
         if self.detached.get() {
             return None;
         }
@@ -241,9 +242,14 @@ impl Partition {
         state.is_leader().then(|| state.replication_health())
     }
 
-    /// The controller did not take the proposed ISR.
-    pub fn isr_proposal_failed(&self) {
-        self.state.borrow_mut().isr_proposal_failed();
+    /// The controller did not answer the proposed ISR (it goes again at the next check).
+    pub fn isr_proposal_unanswered(&self) {
+        self.state.borrow_mut().isr_proposal_unanswered();
+    }
+
+    /// The controller refused the proposed ISR for a reason other than staleness.
+    pub fn isr_proposal_refused(&self) {
+        self.state.borrow_mut().isr_proposal_refused();
     }
 
     /// The ISR as the image says.
@@ -458,7 +464,13 @@ impl Partition {
         epoch: tern_protocol::types::LeaderEpoch,
     ) -> Result<Option<(tern_protocol::types::LeaderEpoch, Offset)>, ErrorCode> {
         self.check_leader(current_leader_epoch)?;
-        Ok(self.log.end_offset_for_epoch(epoch))
+        Ok(epochs::leader_end_offset(
+            self.log.end_offset_for_epoch(epoch),
+            self.log.latest_epoch(),
+            self.leader_epoch(),
+            epoch,
+            self.log.log_end_offset(),
+        ))
     }
 
     /// This replica's latest leader epoch with data, and its log end (a follower's question

@@ -87,10 +87,37 @@ pub struct PartitionState {
     log_end: Offset,
     /// What followers reported by fetching in this leader epoch (leader only).
     followers: BTreeMap<BrokerId, Follower>,
+    /// The image's partition epoch for this partition (see `PartitionMeta`).
+    partition_epoch: i32,
     /// The ISR this leader asked the controller for, until an image answers.
-    proposed_isr: Option<Vec<BrokerId>>,
+    proposed_isr: Option<Proposal>,
+    /// Where this leader's epoch starts: its log end when it became leader. A replica joins
+    /// the ISR only once it has everything below (Kafka's rule), since this leader's own
+    /// high watermark may lag the one its predecessor acknowledged up to.
+    epoch_start: Offset,
     high_watermark: Offset,
     producers: ProducerStates,
+}
+
+/// An ISR change this leader proposed. It stays until an image shows the partition changed
+/// (the change was taken, or another made it stale) or the controller refuses it for another
+/// reason: giving up on a proposal that may still commit would let the watermark pass a
+/// member the controller is adding.
+#[derive(Debug, Clone)]
+struct Proposal {
+    isr: Vec<BrokerId>,
+    /// The partition epoch it starts from.
+    base: i32,
+    /// Whether it is with the controller now (else it is sent again at the next check).
+    in_flight: bool,
+}
+
+/// What a leader asks the controller for: AlterPartition's ISR and the partition epoch it
+/// starts from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IsrProposal {
+    pub isr: Vec<BrokerId>,
+    pub partition_epoch: i32,
 }
 
 /// A follower as the leader knows it from its fetches.
@@ -139,7 +166,9 @@ impl PartitionState {
             durable_end: log.durable_end,
             log_end: log.log_end,
             followers: BTreeMap::new(),
+            partition_epoch: meta.partition_epoch,
             proposed_isr: None,
+            epoch_start: log.log_end,
             high_watermark: log.log_start,
             producers,
         };
@@ -187,7 +216,8 @@ impl PartitionState {
     /// Takes in the metadata image's view of this partition. A new leader epoch resets what
     /// followers reported (they report again to the new leader); the high watermark is kept,
     /// since it never goes back. Any ISR change this leader proposed is answered by the image
-    /// (taken or not), so it is forgotten.
+    /// (taken, or made stale by another change) once the partition epoch moves, so it is
+    /// forgotten then.
     pub fn update(&mut self, meta: &PartitionMeta) {
         let epoch = LeaderEpoch(meta.leader_epoch);
         assert!(
@@ -197,12 +227,21 @@ impl PartitionState {
         );
         if epoch > self.leader_epoch {
             self.followers.clear();
+            self.epoch_start = self.log_end;
+            self.proposed_isr = None;
         }
+        if self
+            .proposed_isr
+            .as_ref()
+            .is_some_and(|p| p.base != meta.partition_epoch)
+        {
+            self.proposed_isr = None;
+        }
+        self.partition_epoch = meta.partition_epoch;
         self.leader = meta.leader;
         self.leader_epoch = epoch;
         self.replicas = meta.replicas.clone();
         self.isr = meta.isr.clone();
-        self.proposed_isr = None;
         self.followers
             .retain(|broker, _| meta.replicas.contains(broker));
         self.advance_high_watermark();
@@ -233,11 +272,28 @@ impl PartitionState {
 
     /// The ISR proposal this leader is waiting on, if any.
     pub fn proposed_isr(&self) -> Option<&[BrokerId]> {
-        self.proposed_isr.as_deref()
+        self.proposed_isr.as_ref().map(|p| p.isr.as_slice())
     }
 
-    /// The controller refused (or never answered) the proposed ISR: propose again later.
-    pub fn isr_proposal_failed(&mut self) {
+    /// The outstanding ISR proposal as it was sent, if any.
+    pub fn isr_proposal(&self) -> Option<IsrProposal> {
+        self.proposed_isr.as_ref().map(|p| IsrProposal {
+            isr: p.isr.clone(),
+            partition_epoch: p.base,
+        })
+    }
+
+    /// The controller did not answer the proposal (unreachable, timed out): it may still be
+    /// taken, so it stays, and goes again at the next check.
+    pub fn isr_proposal_unanswered(&mut self) {
+        if let Some(proposal) = self.proposed_isr.as_mut() {
+            proposal.in_flight = false;
+        }
+    }
+
+    /// The controller refused the proposal for a reason other than staleness (a member is
+    /// fenced, say): it can never be taken, so it goes, and the next check decides afresh.
+    pub fn isr_proposal_refused(&mut self) {
         self.proposed_isr = None;
         let before = self.high_watermark;
         self.advance_high_watermark();
@@ -248,10 +304,21 @@ impl PartitionState {
     /// it should change and no proposal is outstanding. Members whose fetches have not caught
     /// up for `lag_max_ms` leave (a member that has not fetched in this epoch counts from its
     /// first check); replicas that fetched in this epoch from at least the high watermark
-    /// join. The leader stays. The proposal counts toward the watermark until answered.
-    pub fn isr_duty(&mut self, now_ms: i64, lag_max_ms: i64) -> Option<Vec<BrokerId>> {
-        if !self.is_leader() || self.proposed_isr.is_some() {
+    /// join once they also hold everything from before this leader's epoch. The leader stays.
+    /// The proposal counts toward the watermark until answered.
+    pub fn isr_duty(&mut self, now_ms: i64, lag_max_ms: i64) -> Option<IsrProposal> {
+        if !self.is_leader() {
             return None;
+        }
+        if let Some(proposal) = self.proposed_isr.as_mut() {
+            if proposal.in_flight {
+                return None;
+            }
+            proposal.in_flight = true;
+            return Some(IsrProposal {
+                isr: proposal.isr.clone(),
+                partition_epoch: proposal.base,
+            });
         }
         for replica in &self.replicas {
             if *replica != self.node {
@@ -277,7 +344,9 @@ impl PartitionState {
                 if self.isr.contains(replica) {
                     now_ms - follower.caught_up_ms <= lag_max_ms
                 } else {
-                    follower.fetched && follower.end >= self.high_watermark
+                    follower.fetched
+                        && follower.end >= self.high_watermark
+                        && follower.end >= self.epoch_start
                 }
             })
             .collect();
@@ -286,8 +355,15 @@ impl PartitionState {
         if same {
             return None;
         }
-        self.proposed_isr = Some(proposal.clone());
-        Some(proposal)
+        self.proposed_isr = Some(Proposal {
+            isr: proposal.clone(),
+            base: self.partition_epoch,
+            in_flight: true,
+        });
+        Some(IsrProposal {
+            isr: proposal,
+            partition_epoch: self.partition_epoch,
+        })
     }
 
     /// A follower appended what its leader sent: its log moved to `log`, and the leader's
@@ -462,7 +538,7 @@ impl PartitionState {
         if !self.is_leader() {
             return;
         }
-        let proposed = self.proposed_isr.iter().flatten();
+        let proposed = self.proposed_isr.iter().flat_map(|p| p.isr.iter());
         let mut candidate = self.durable_end;
         for member in self.isr.iter().chain(proposed) {
             if *member == self.node {
@@ -516,6 +592,7 @@ mod tests {
             isr: isr.to_vec(),
             leader,
             leader_epoch: epoch,
+            partition_epoch: 0,
         }
     }
 
@@ -620,6 +697,13 @@ mod tests {
         );
     }
 
+    fn proposal(isr: &[BrokerId], partition_epoch: i32) -> Option<IsrProposal> {
+        Some(IsrProposal {
+            isr: isr.to_vec(),
+            partition_epoch,
+        })
+    }
+
     #[test]
     fn a_member_that_stops_catching_up_is_proposed_out_and_a_caught_up_replica_in() {
         let mut s = state(&meta(ME, 0, &[ME, 2, 3], &[ME, 2]), 1);
@@ -632,7 +716,7 @@ mod tests {
         assert_eq!(s.isr_duty(1_000, LAG), None);
         // 3 reaches the watermark: it is proposed in, and counts toward it at once.
         s.follower_fetched(3, Offset(10), 2_000);
-        assert_eq!(s.isr_duty(2_000, LAG), Some(vec![ME, 2, 3]));
+        assert_eq!(s.isr_duty(2_000, LAG), proposal(&[ME, 2, 3], 0));
         assert_eq!(s.isr_duty(2_000, LAG), None, "one proposal at a time");
         s.local_log_moved(offsets(0, 20, 20));
         s.follower_fetched(2, Offset(20), 3_000);
@@ -641,17 +725,27 @@ mod tests {
             Offset(10),
             "the proposed member holds the watermark (maximal ISR)"
         );
-        s.update(&meta(ME, 0, &[ME, 2, 3], &[ME, 2, 3]));
+        // Unanswered: it stays (it may still be taken) and goes again.
+        s.isr_proposal_unanswered();
+        assert_eq!(s.high_watermark(), Offset(10));
+        assert_eq!(s.isr_duty(2_500, LAG), proposal(&[ME, 2, 3], 0));
+        // An image that does not touch the partition answers nothing.
+        s.update(&meta(ME, 0, &[ME, 2, 3], &[ME, 2]));
+        assert_eq!(s.proposed_isr(), Some(&[ME, 2, 3][..]));
+        let mut taken = meta(ME, 0, &[ME, 2, 3], &[ME, 2, 3]);
+        taken.partition_epoch = 1;
+        s.update(&taken);
+        assert_eq!(s.proposed_isr(), None);
         // 2 last caught up at 3 s, 3 at 2 s; then 2 keeps fetching without reaching the
         // leader's end again, and 3 stops fetching.
         s.local_log_moved(offsets(0, 40, 40));
         s.follower_fetched(2, Offset(20), 20_000);
         s.follower_fetched(2, Offset(20), 21_000);
         assert_eq!(s.isr_duty(2_000 + LAG, LAG), None, "within the lag limit");
-        assert_eq!(s.isr_duty(2_500 + LAG, LAG), Some(vec![ME, 2]));
-        s.isr_proposal_failed();
-        // The controller refused: asked again, and acks=all counts only live members.
-        assert_eq!(s.isr_duty(40_000 + LAG, LAG), Some(vec![ME]));
+        assert_eq!(s.isr_duty(2_500 + LAG, LAG), proposal(&[ME, 2], 1));
+        s.isr_proposal_refused();
+        // Refused: decided afresh, and acks=all counts only live members.
+        assert_eq!(s.isr_duty(40_000 + LAG, LAG), proposal(&[ME], 1));
         let mut strict = s;
         strict.set_min_insync(2);
         assert!(strict.check_produce(-1, 40_000 + LAG, LAG).is_err());
