@@ -216,7 +216,16 @@ impl Shard {
                 let tp = TopicPartition::new(topic.name.clone(), meta.index);
                 let policy = topic_config::policy(defaults, &topic.configs);
                 match self.partition(&tp) {
-                    Some(partition) => partition.update(meta, policy),
+                    Some(partition) => {
+                        let led = partition.is_leader();
+                        partition.update(meta, policy);
+                        if led
+                            && !partition.is_leader()
+                            && tp.topic == crate::group::codec::OFFSETS_TOPIC
+                        {
+                            crate::group::coordinator::leadership_lost(self, tp.partition);
+                        }
+                    }
                     None => match Log::open_with_cache(
                         self.partition_dir(&tp),
                         policy.log.clone(),

@@ -105,6 +105,11 @@ pub struct PartitionMeta {
     pub partition_epoch: i32,
 }
 
+/// The replication factor a topic gets when its creator leaves it to the cluster, when that
+/// many brokers are live (Kafka's `default.replication.factor` is 1; three is what every
+/// production guide sets, and what `__consumer_offsets` gets).
+pub const DEFAULT_REPLICATION_FACTOR_MAX: usize = 3;
+
 fn no_leader() -> BrokerId {
     NO_LEADER
 }
@@ -119,7 +124,8 @@ pub enum Command {
         port: u16,
     },
     /// Creates a topic whose replicas are placed over the unfenced brokers (see `place`), or
-    /// exactly as `assignments` says (one replica list per partition).
+    /// exactly as `assignments` says (one replica list per partition). A replication factor of
+    /// -1 means the default: three replicas, or one per live broker if there are fewer.
     CreateTopic {
         name: String,
         id: [u8; 16],
@@ -371,7 +377,11 @@ impl MetadataImage {
                                 current: 0,
                             });
                         }
-                        self.place(name, 0..*partitions, *replication_factor)?
+                        self.place(
+                            name,
+                            0..*partitions,
+                            self.resolve_factor(*replication_factor),
+                        )?
                     }
                 };
                 let partitions = replicas
@@ -599,6 +609,16 @@ impl MetadataImage {
                 }
             }
         }
+    }
+
+    /// -1 (the default) is min(3, live brokers), at least 1; anything else as given.
+    fn resolve_factor(&self, factor: i16) -> i16 {
+        if factor != -1 {
+            return factor;
+        }
+        self.live_brokers()
+            .count()
+            .clamp(1, DEFAULT_REPLICATION_FACTOR_MAX) as i16
     }
 
     fn place(
@@ -865,6 +885,18 @@ mod tests {
         }
         assert_eq!(leaders.len(), 3, "leadership spreads over every broker");
         assert_eq!(image.epoch, 4);
+    }
+
+    #[test]
+    fn the_default_replication_factor_is_three_or_every_live_broker() {
+        for (brokers, expected) in [(vec![1], 1), (vec![1, 2], 2), (vec![1, 2, 3, 4], 3)] {
+            let image = cluster(&brokers).apply(&create("t", 2, -1)).unwrap();
+            let topic = image.topic("t").unwrap();
+            assert!(topic
+                .partitions
+                .iter()
+                .all(|p| p.replicas.len() == expected));
+        }
     }
 
     #[test]

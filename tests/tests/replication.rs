@@ -7,14 +7,19 @@
 //! lost. Prints the failover times it measures (kill -9 to the first acknowledged produce on
 //! the new leader).
 //!
+//! A second test kills the group coordinator (the leader of the group's `__consumer_offsets`
+//! partition, which has three replicas): the committed offset survives and a consumer of the
+//! same group resumes from it through the new coordinator.
+//!
 //! `TERN_REPLICATION_ROUNDS` runs more rounds (a soak outside CI).
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
+use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::FutureProducer;
-use rdkafka::Offset;
+use rdkafka::{Offset, TopicPartitionList};
 use tern_tests::cluster::{wait_for_layout, Cluster};
 use tern_tests::kafka::{self, Rec};
 
@@ -190,5 +195,133 @@ fn acknowledged_records_survive_repeated_leader_kills() {
         millis[millis.len() / 2],
         millis[millis.len() - 1],
         acked.len()
+    );
+}
+
+/// The `__consumer_offsets` partition of a group, as Kafka computes it (Java's
+/// `String.hashCode`, made non-negative, modulo the partition count).
+fn offsets_partition(group: &str, partitions: i32) -> i32 {
+    let hash = group.encode_utf16().fold(0i32, |h, unit| {
+        h.wrapping_mul(31).wrapping_add(i32::from(unit))
+    });
+    (hash & 0x7fff_ffff) % partitions
+}
+
+/// A consumer in `group` (which commits only when told to).
+fn group_consumer(
+    cluster: &Cluster,
+    bootstrap: &str,
+    group: &str,
+) -> rdkafka::consumer::BaseConsumer {
+    kafka::consumer_with(
+        &cluster.brokers[0],
+        &[("bootstrap.servers", bootstrap), ("group.id", group)],
+    )
+}
+
+#[test]
+fn committed_offsets_survive_the_coordinators_death() {
+    let mut cluster = Cluster::start(3);
+    let all = [0usize, 1, 2];
+    cluster.wait_for_controller(&all, Duration::from_secs(20));
+    // Both the offsets topic and a topic created without a replication factor get three
+    // replicas on three brokers.
+    let offsets = wait_for_layout(
+        &cluster,
+        &all,
+        "__consumer_offsets",
+        Duration::from_secs(30),
+        |layout| layout.values().all(|p| p.1.len() == 3 && p.2.len() == 3),
+    );
+    kafka::try_create_topic(&cluster.brokers[1], "work", 1, -1, &[]).expect("create work");
+    let work = wait_for_layout(&cluster, &all, "work", Duration::from_secs(20), |layout| {
+        layout[&0].2.len() == 3
+    });
+    assert_eq!(work[&0].1.len(), 3, "the default replication factor is 3");
+    let bootstrap = cluster.bootstrap();
+    let producer = kafka::producer_with(
+        &cluster.brokers[0],
+        &[("bootstrap.servers", bootstrap.as_str())],
+    );
+    let sent: Vec<Rec> = (0..100)
+        .map(|i| Rec::value(format!("job-{i:03}")))
+        .collect();
+    kafka::produce(&producer, "work", Some(0), &sent);
+
+    const GROUP: &str = "payroll";
+    let mut committed = TopicPartitionList::new();
+    committed
+        .add_partition_offset("work", 0, Offset::Offset(40))
+        .expect("offset");
+    let first = group_consumer(&cluster, &bootstrap, GROUP);
+    first
+        .commit(&committed, CommitMode::Sync)
+        .expect("commit offset 40");
+    drop(first);
+
+    let partition = offsets_partition(GROUP, offsets.len() as i32);
+    let coordinator = offsets[&partition].0 as usize;
+    cluster.brokers[coordinator].kill9();
+    let killed_at = Instant::now();
+    let live: Vec<usize> = all.iter().copied().filter(|b| *b != coordinator).collect();
+    let moved = wait_for_layout(
+        &cluster,
+        &live,
+        "__consumer_offsets",
+        Duration::from_secs(30),
+        |layout| layout[&partition].0 >= 0 && layout[&partition].0 != coordinator as i32,
+    );
+    println!(
+        "coordinator {coordinator} killed; __consumer_offsets-{partition} led by {} after {} ms",
+        moved[&partition].0,
+        killed_at.elapsed().as_millis()
+    );
+
+    // A consumer of the same group resumes from the committed offset and reads on from it
+    // (bootstrapped from the live brokers: librdkafka reports a dead bootstrap broker as a
+    // consumer error).
+    let live_bootstrap = live
+        .iter()
+        .map(|b| cluster.brokers[*b].bootstrap())
+        .collect::<Vec<_>>()
+        .join(",");
+    let second = group_consumer(&cluster, &live_bootstrap, GROUP);
+    let mut asked = TopicPartitionList::new();
+    asked.add_partition("work", 0);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let resumed = loop {
+        match second.committed_offsets(asked.clone(), Duration::from_secs(5)) {
+            Ok(list) => match list.find_partition("work", 0).map(|p| p.offset()) {
+                Some(Offset::Offset(offset)) => break offset,
+                other => panic!("no committed offset after the coordinator died: {other:?}"),
+            },
+            Err(error) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "OffsetFetch kept failing: {error}"
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    };
+    assert_eq!(resumed, 40);
+    kafka::assign(&second, "work", &[0], Offset::Offset(resumed));
+    let read = kafka::read_exactly(&second, 60, Duration::from_secs(30));
+    assert_eq!(read[0].record.value.as_deref(), Some(&b"job-040"[..]));
+    assert_eq!(read[59].record.value.as_deref(), Some(&b"job-099"[..]));
+    // And the new coordinator takes commits.
+    let mut later = TopicPartitionList::new();
+    later
+        .add_partition_offset("work", 0, Offset::Offset(100))
+        .expect("offset");
+    second
+        .commit(&later, CommitMode::Sync)
+        .expect("commit through the new coordinator");
+    let list = second
+        .committed_offsets(asked, Duration::from_secs(10))
+        .expect("committed offsets");
+    assert_eq!(
+        list.find_partition("work", 0).map(|p| p.offset()),
+        Some(Offset::Offset(100))
     );
 }

@@ -30,13 +30,20 @@ use crate::shard::Shard;
 const ACKS_ALL: i16 = -1;
 
 /// The `__consumer_offsets` partition of `group_id` and the shard of this broker that owns
-/// it. A group whose partition this broker does not hold is not coordinated here.
+/// it. A group whose partition this broker does not lead is not coordinated here.
 pub fn route(shard: &Shard, group_id: &str) -> Result<(i32, usize), RouteError> {
     let image = shard.image();
     let topic = image
         .topic(OFFSETS_TOPIC)
         .ok_or(RouteError::NoOffsetsTopic)?;
     let partition = codec::partition_for_group(group_id, topic.partitions.len() as i32);
+    let leads = topic
+        .partitions
+        .get(partition as usize)
+        .is_some_and(|p| p.leader == shard.node_id());
+    if !leads {
+        return Err(RouteError::NotOwner);
+    }
     let owner = shard
         .owner_of(OFFSETS_TOPIC, partition)
         .ok_or(RouteError::NotOwner)?;
@@ -69,8 +76,11 @@ async fn load_partition(shard: &Rc<Shard>, partition: i32) {
     let tp = TopicPartition::new(OFFSETS_TOPIC, partition);
     let mut records = 0u64;
     if let Some(log) = shard.partition(&tp) {
+        // Everything the log holds: on a new leader, records its predecessor acknowledged may
+        // sit above its high watermark until the followers report (Kafka loads to the log end
+        // too).
         let mut next = log.log.log_start_offset();
-        let end = log.high_watermark();
+        let end = log.log.acknowledged_end_offset();
         while next < end {
             let slice = match log.log.read(next, limits::GROUP_LOAD_READ_BYTES, end).await {
                 Ok(slice) => slice,
@@ -140,8 +150,41 @@ async fn load_partition(shard: &Rc<Shard>, partition: i32) {
     );
 }
 
-/// Starts this shard's coordinator: loads every `__consumer_offsets` partition it owns, then
-/// ticks deadlines until the shard shuts down.
+/// The shard's `__consumer_offsets` replica `partition` stopped being led here: its groups
+/// are unloaded (a later leadership loads them again from the log, which by then holds what
+/// the other leaders wrote).
+pub fn leadership_lost(shard: &Rc<Shard>, partition: i32) {
+    if !shard.groups.loaded.borrow_mut().remove(&partition) {
+        return;
+    }
+    let count = partition_count(shard);
+    let mut out = Effects::default();
+    let unloaded = shard.groups.groups.borrow_mut().unload(
+        |group| codec::partition_for_group(group, count) == partition,
+        &mut out,
+    );
+    tracing::info!(
+        shard = shard.id,
+        partition,
+        unloaded,
+        "group partition unloaded: no longer its leader"
+    );
+    if !out.replies.is_empty() {
+        let shard = shard.clone();
+        glommio::spawn_local(async move { apply(&shard, out).await }).detach();
+    }
+}
+
+fn partition_count(shard: &Shard) -> i32 {
+    shard
+        .image()
+        .topic(OFFSETS_TOPIC)
+        .map_or(1, |t| t.partitions.len() as i32)
+}
+
+/// Starts this shard's coordinator: loads every `__consumer_offsets` partition it owns and
+/// leads, then ticks deadlines until the shard shuts down. (Partitions whose leadership comes
+/// later are loaded by the first request for one of their groups.)
 pub fn start(shard: Rc<Shard>) -> glommio::Task<()> {
     glommio::spawn_local(async move {
         let owned: Vec<i32> = shard
@@ -151,6 +194,7 @@ pub fn start(shard: Rc<Shard>) -> glommio::Task<()> {
                 t.partitions
                     .iter()
                     .filter(|p| shard.owner_of(OFFSETS_TOPIC, p.index) == Some(shard.id))
+                    .filter(|p| p.leader == shard.node_id())
                     .map(|p| p.index)
                     .collect()
             })

@@ -1152,6 +1152,39 @@ impl Groups {
         }
     }
 
+    /// This broker no longer coordinates the groups `belongs` picks (the leadership of their
+    /// `__consumer_offsets` partition moved): they are dropped, and requests waiting on them
+    /// are answered NOT_COORDINATOR, so that their clients find the new coordinator. Returns
+    /// how many groups went.
+    pub fn unload(&mut self, belongs: impl Fn(&str) -> bool, out: &mut Effects) -> usize {
+        let gone: Vec<String> = self
+            .groups
+            .keys()
+            .filter(|id| belongs(id))
+            .cloned()
+            .collect();
+        for id in &gone {
+            let Some(group) = self.groups.remove(id) else {
+                continue;
+            };
+            for (member_id, member) in group.members {
+                if let Some(token) = member.join_waiter {
+                    out.reply(
+                        token,
+                        Reply::Join(JoinResult::error(error_code::NOT_COORDINATOR, &member_id)),
+                    );
+                }
+                if let Some(token) = member.sync_waiter {
+                    out.reply(
+                        token,
+                        Reply::Sync(SyncResult::error(error_code::NOT_COORDINATOR)),
+                    );
+                }
+            }
+        }
+        gone.len()
+    }
+
     /// Drops groups left with neither members nor offsets after loading.
     pub fn finish_load(&mut self) {
         self.groups.retain(|_, g| {

@@ -37,15 +37,12 @@ const SOURCE_DEFAULT: i8 = 5;
 pub struct NewTopic {
     pub name: String,
     pub partitions: i32,
-    /// -1: the broker default (Kafka's `default.replication.factor`, 1).
+    /// -1: the cluster default, min(3, live brokers) (see `Command::CreateTopic`).
     pub replication_factor: i16,
     /// Explicit replica lists, one per partition, instead of a count and a factor.
     pub assignments: Option<Vec<Vec<i32>>>,
     pub configs: BTreeMap<String, String>,
 }
-
-/// Kafka's `default.replication.factor`.
-const DEFAULT_REPLICATION_FACTOR: i16 = 1;
 
 impl NewTopic {
     fn command(self) -> Command {
@@ -53,11 +50,7 @@ impl NewTopic {
             name: self.name,
             id: crate::ids::new_topic_id(),
             partitions: self.partitions,
-            replication_factor: if self.replication_factor == -1 {
-                DEFAULT_REPLICATION_FACTOR
-            } else {
-                self.replication_factor
-            },
+            replication_factor: self.replication_factor,
             assignments: self.assignments,
             configs: self.configs,
             internal: false,
@@ -293,11 +286,17 @@ pub async fn create_topics(ctx: &Ctx<'_>, request: CreateTopicsRequest) -> Outco
             out.error_message = message.as_deref().map(str_bytes);
             if code == error_code::NONE {
                 out.num_partitions = partitions;
-                out.replication_factor = image
-                    .topic(&topic.name.0)
-                    .map_or(DEFAULT_REPLICATION_FACTOR, |meta| {
-                        meta.replication_factor() as i16
-                    });
+                out.replication_factor = image.topic(&topic.name.0).map_or_else(
+                    // validate_only: what creating it would have given.
+                    || match topic.replication_factor {
+                        -1 => image.live_brokers().count().clamp(
+                            1,
+                            tern_replication::metadata::DEFAULT_REPLICATION_FACTOR_MAX,
+                        ) as i16,
+                        factor => factor,
+                    },
+                    |meta| meta.replication_factor() as i16,
+                );
                 let explicit = image
                     .topic(&topic.name.0)
                     .map(|meta| meta.configs.clone())

@@ -47,7 +47,7 @@ const KEY_TYPE_TRANSACTION: i8 = 1;
 /// The command that creates `__consumer_offsets`: internal, never deleted by retention
 /// (offsets expire per group, by `offsets.retention.minutes`), batches large enough for the
 /// largest group record.
-pub fn offsets_topic_command(partitions: i32) -> Command {
+pub fn offsets_topic_command(partitions: i32, replication_factor: i16) -> Command {
     let mut configs = BTreeMap::new();
     configs.insert("retention.ms".to_owned(), "-1".to_owned());
     configs.insert("retention.bytes".to_owned(), "-1".to_owned());
@@ -60,8 +60,7 @@ pub fn offsets_topic_command(partitions: i32) -> Command {
         name: OFFSETS_TOPIC.to_owned(),
         id: crate::ids::new_topic_id(),
         partitions,
-        // One replica each until partitions replicate (Kafka's default for a single broker).
-        replication_factor: 1,
+        replication_factor,
         assignments: None,
         configs,
         internal: true,

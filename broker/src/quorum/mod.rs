@@ -27,7 +27,7 @@ use std::time::Duration;
 use futures::channel::{mpsc, oneshot};
 use futures::future::LocalBoxFuture;
 use futures::StreamExt;
-use tern_replication::metadata::{BrokerId, Command, MetadataImage, NO_LEADER};
+use tern_replication::metadata::{BrokerId, Command, MetadataError, MetadataImage, NO_LEADER};
 use tern_replication::quorum::{
     broker_id, Durable, QuorumConfig, QuorumNode, QuorumStatus, Ticket,
 };
@@ -324,24 +324,63 @@ pub async fn start(
             ));
         }
     }
-    if image.topic(crate::group::OFFSETS_TOPIC).is_none() {
-        let partitions = config.offsets_topic_partitions;
-        if !(1..=limits::TOPIC_PARTITIONS_MAX).contains(&partitions) {
-            return Err(format!(
-                "offsets topic partitions must be 1..={}",
-                limits::TOPIC_PARTITIONS_MAX
-            ));
-        }
-        let command = crate::handlers::offsets_topic_command(partitions);
-        // Another broker may create it first; either way it exists after this.
-        let _ = quorum
-            .submit(vec![command])
-            .await
-            .map_err(|e| e.to_string())?;
+    let partitions = config.offsets_topic_partitions;
+    if !(1..=limits::TOPIC_PARTITIONS_MAX).contains(&partitions) {
+        return Err(format!(
+            "offsets topic partitions must be 1..={}",
+            limits::TOPIC_PARTITIONS_MAX
+        ));
+    }
+    // Kafka's offsets.topic.replication.factor (3), or one per voter if there are fewer.
+    let factor = config
+        .voter_ids()
+        .len()
+        .min(tern_replication::metadata::DEFAULT_REPLICATION_FACTOR_MAX) as i16;
+    if !create_offsets_topic(&quorum, partitions, factor).await? {
+        // Too few brokers have registered yet: groups wait (COORDINATOR_NOT_AVAILABLE, which
+        // clients retry) until enough have.
+        glommio::spawn_local(offsets_topic_later(quorum.clone(), partitions, factor)).detach();
     }
     quorum.publishing.set(true);
     quorum.wake();
     Ok(quorum)
+}
+
+/// Creates `__consumer_offsets` unless it exists; `Ok(false)` when fewer than `factor`
+/// brokers are live.
+async fn create_offsets_topic(
+    quorum: &Rc<Quorum>,
+    partitions: i32,
+    factor: i16,
+) -> Result<bool, String> {
+    if quorum.image().topic(crate::group::OFFSETS_TOPIC).is_some() {
+        return Ok(true);
+    }
+    let command = crate::handlers::offsets_topic_command(partitions, factor);
+    let results = quorum
+        .submit(vec![command])
+        .await
+        .map_err(|e| e.to_string())?;
+    match results.into_iter().next() {
+        Some(Err(MetadataError::InvalidReplicationFactor { .. })) => Ok(false),
+        // Created, or another broker created it first.
+        _ => Ok(true),
+    }
+}
+
+/// Retries creating `__consumer_offsets` until enough brokers are live to hold its replicas.
+async fn offsets_topic_later(quorum: Rc<Quorum>, partitions: i32, factor: i16) {
+    loop {
+        glommio::timer::sleep(Duration::from_millis(500)).await;
+        match create_offsets_topic(&quorum, partitions, factor).await {
+            Ok(true) => {
+                tracing::info!(replication_factor = factor, "__consumer_offsets created");
+                return;
+            }
+            Ok(false) => {}
+            Err(error) => tracing::debug!(%error, "creating __consumer_offsets"),
+        }
+    }
 }
 
 thread_local! {
