@@ -117,6 +117,9 @@ struct Overrides {
     linger_ms: Option<u64>,
     #[arg(long)]
     batch_size_bytes: Option<u64>,
+    /// Replicas per partition of the topics the run creates (against a cluster).
+    #[arg(long)]
+    replication_factor: Option<i16>,
 }
 
 impl Overrides {
@@ -162,6 +165,9 @@ impl Overrides {
         }
         if let Some(v) = self.batch_size_bytes {
             w.batch_size_bytes = v;
+        }
+        if let Some(v) = self.replication_factor {
+            w.replication_factor = v;
         }
     }
 }

@@ -204,6 +204,7 @@ pub fn run(driver: &dyn Driver, opts: &RunOptions) -> Result<RunOutput, RunError
         .map(|name| TopicSpec {
             name: name.clone(),
             partitions: w.partitions_per_topic,
+            replication_factor: w.replication_factor,
         })
         .collect();
     driver.ensure_topics(

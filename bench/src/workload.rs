@@ -42,6 +42,9 @@ pub struct Workload {
     pub description: String,
     pub topics: u32,
     pub partitions_per_topic: u32,
+    /// Replicas per partition of the topics the run creates (1 unless set).
+    #[serde(default = "one_i16")]
+    pub replication_factor: i16,
     pub producers_per_topic: u32,
     /// Each group receives every message once; zero groups means no end-to-end measurement.
     #[serde(default)]
@@ -81,6 +84,9 @@ pub struct Workload {
 }
 
 fn one() -> u32 {
+    1
+}
+fn one_i16() -> i16 {
     1
 }
 fn acks_all() -> String {

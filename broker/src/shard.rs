@@ -139,6 +139,25 @@ impl Shard {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Runs metadata commands on the controller (through shard 0) and returns each one's
+    /// result once committed and applied by every shard of this broker.
+    pub async fn run_commands(
+        self: &Rc<Self>,
+        commands: Vec<tern_replication::metadata::Command>,
+    ) -> Result<crate::controller::CommandResults, String> {
+        self.invoke_on(0, move |shard| async move {
+            match shard.controller() {
+                Some(controller) => controller
+                    .execute(commands)
+                    .await
+                    .map_err(|error| error.to_string()),
+                None => Err("shard 0 hosts no controller".to_owned()),
+            }
+        })
+        .await
+        .map_err(|error| error.to_string())?
+    }
+
     /// The controller, on the shard that hosts it.
     pub fn controller(&self) -> Option<Rc<dyn Controller>> {
         self.controller.get().cloned()
@@ -311,20 +330,13 @@ impl Shard {
             };
             let shard = self.clone();
             glommio::spawn_local(async move {
-                let outcome = shard
-                    .invoke_on(0, move |shard| async move {
-                        let controller = shard.controller().ok_or(None)?;
-                        let mut results = controller
-                            .execute(vec![command])
-                            .await
-                            .map_err(|error| {
-                                tracing::info!(%error, "ISR change unanswered");
-                                None
-                            })?;
-                        results.pop().unwrap_or(Ok(())).map_err(Some)
-                    })
-                    .await
-                    .unwrap_or(Err(None));
+                let outcome = match shard.run_commands(vec![command]).await {
+                    Ok(mut results) => results.pop().unwrap_or(Ok(())).map_err(Some),
+                    Err(error) => {
+                        tracing::info!(%error, "ISR change unanswered");
+                        Err(None)
+                    }
+                };
                 match outcome {
                     Ok(()) if proposal.isr.len() < before.len() => {
                         shard.replication_probe.isr_shrinks.inc()

@@ -184,10 +184,12 @@ pub enum Command {
         partition_epoch: i32,
         isr: Vec<BrokerId>,
     },
-    /// Moves leadership to the preferred replica (the first) wherever it is in the ISR, live,
-    /// and not leading (ElectLeaders, `tern topic elect-leaders`); `topic` None: every topic.
+    /// Moves leadership to the preferred replica (the first) of each named partition (None:
+    /// every partition) where it is in the ISR, live and not leading (ElectLeaders, `tern
+    /// topic elect-leaders`). Partitions where it cannot or need not happen are left as they
+    /// are.
     ElectPreferredLeaders {
-        topic: Option<String>,
+        partitions: Option<Vec<(String, i32)>>,
     },
 }
 
@@ -339,19 +341,16 @@ impl MetadataImage {
                 (*leader, *leader_epoch, *partition_epoch),
                 isr,
             )?,
-            Command::ElectPreferredLeaders { topic } => {
+            Command::ElectPreferredLeaders { partitions } => {
                 let live: Vec<BrokerId> = next.live_brokers().map(|broker| broker.id).collect();
-                if let Some(name) = topic {
-                    if !next.topics.contains_key(name) {
-                        return Err(MetadataError::UnknownTopic(name.clone()));
-                    }
-                }
                 for meta in next.topics.values_mut() {
-                    if topic.as_ref().is_some_and(|name| *name != meta.name) {
-                        continue;
-                    }
                     for partition in &mut meta.partitions {
-                        partition.restore_preferred_leader(&live);
+                        let named = partitions.as_ref().is_none_or(|named| {
+                            named.contains(&(meta.name.clone(), partition.index))
+                        });
+                        if named {
+                            partition.restore_preferred_leader(&live);
+                        }
                     }
                 }
             }
@@ -864,7 +863,7 @@ mod tests {
         assert_eq!(q.isr, q.replicas);
         // Nothing to elect now.
         let again = image
-            .apply(&Command::ElectPreferredLeaders { topic: None })
+            .apply(&Command::ElectPreferredLeaders { partitions: None })
             .unwrap();
         assert_eq!(again.partition("t", 0).unwrap().leader_epoch, 2);
     }

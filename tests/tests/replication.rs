@@ -277,6 +277,27 @@ fn committed_offsets_survive_the_coordinators_death() {
         killed_at.elapsed().as_millis()
     );
 
+    // `tern topic elect-leaders` (ElectLeaders): work-0 is led by its preferred replica unless
+    // that is the broker just killed.
+    let work_now = wait_for_layout(&cluster, &live, "work", Duration::from_secs(30), |layout| {
+        layout[&0].0 >= 0 && layout[&0].0 != coordinator as i32
+    });
+    let preferred = work[&0].1[0];
+    let output = std::process::Command::new(tern_tests::tern_binary())
+        .args(["topic", "elect-leaders", "work", "--bootstrap"])
+        .arg(cluster.brokers[live[0]].bootstrap())
+        .output()
+        .expect("run tern topic elect-leaders");
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{printed}");
+    let expected = if preferred == coordinator as i32 {
+        "work-0: preferred replica not live and in sync"
+    } else {
+        assert_eq!(work_now[&0].0, preferred);
+        "work-0: already led by its preferred replica"
+    };
+    assert!(printed.contains(expected), "{printed}");
+
     // A consumer of the same group resumes from the committed offset and reads on from it
     // (bootstrapped from the live brokers: librdkafka reports a dead bootstrap broker as a
     // consumer error).

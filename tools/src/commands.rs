@@ -24,16 +24,17 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// CreateTopics; -1 for the partitions or the replication factor leaves it to the cluster.
 pub fn topic_create(
     client: &mut Client,
     name: &str,
-    partitions: i32,
+    (partitions, replication_factor): (i32, i16),
     configs: &[(String, String)],
 ) -> Result<()> {
     let mut topic = create_topics_request::CreatableTopic::default();
     topic.name = TopicName(s(name));
     topic.num_partitions = partitions;
-    topic.replication_factor = -1;
+    topic.replication_factor = replication_factor;
     topic.configs = configs
         .iter()
         .map(|(k, v)| {
@@ -56,10 +57,63 @@ pub fn topic_create(
             ),
         )?;
         println!(
-            "created topic {name} with {} partition(s)",
-            result.num_partitions
+            "created topic {name} with {} partition(s) of {} replica(s)",
+            result.num_partitions, result.replication_factor
         );
     }
+    Ok(())
+}
+
+/// ElectLeaders (preferred) for every partition, a topic's, or one partition; prints each
+/// partition's outcome.
+pub fn elect_leaders(
+    client: &mut Client,
+    topic: Option<&str>,
+    partition: Option<i32>,
+) -> Result<()> {
+    let mut request = ElectLeadersRequest::default();
+    request.election_type = 0;
+    request.timeout_ms = 30_000;
+    if let Some(topic) = topic {
+        let partitions = match partition {
+            Some(partition) => vec![partition],
+            None => {
+                let metadata = metadata(client, Some(vec![topic]))?;
+                let found = metadata
+                    .topics
+                    .iter()
+                    .find(|t| t.name.as_ref().is_some_and(|n| n.0.as_str() == topic))
+                    .ok_or_else(|| format!("no topic {topic}"))?;
+                check(found.error_code, &format!("topic {topic}"))?;
+                found.partitions.iter().map(|p| p.partition_index).collect()
+            }
+        };
+        let mut named = elect_leaders_request::TopicPartitions::default();
+        named.topic = TopicName(s(topic));
+        named.partitions = partitions;
+        request.topic_partitions = Some(vec![named]);
+    }
+    let response = client.send(&request, 2)?;
+    check(response.error_code, "elect leaders")?;
+    let mut moved = 0;
+    for result in &response.replica_election_results {
+        for partition in &result.partition_result {
+            let outcome = match partition.error_code {
+                0 => {
+                    moved += 1;
+                    "leader is the preferred replica again".to_owned()
+                }
+                84 => "already led by its preferred replica".to_owned(),
+                80 => "preferred replica not live and in sync".to_owned(),
+                code => format!(
+                    "error {code}: {}",
+                    partition.error_message.as_deref().unwrap_or("")
+                ),
+            };
+            println!("{}-{}: {outcome}", result.topic.0, partition.partition_id);
+        }
+    }
+    println!("{moved} partition(s) moved to their preferred leader");
     Ok(())
 }
 

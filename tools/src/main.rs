@@ -112,6 +112,9 @@ enum TopicAction {
         /// Partitions (default: the broker's default partitions).
         #[arg(long, short)]
         partitions: Option<i32>,
+        /// Replicas per partition (default: three, or one per broker when there are fewer).
+        #[arg(long, short)]
+        replication_factor: Option<i16>,
         /// Topic config, repeatable: --config retention.ms=3600000
         #[arg(long, short)]
         config: Vec<String>,
@@ -122,6 +125,13 @@ enum TopicAction {
     },
     Delete {
         name: String,
+    },
+    /// Give partitions back to their preferred replica (the first) where it is in sync:
+    /// every partition, one topic's, or one partition.
+    ElectLeaders {
+        topic: Option<String>,
+        #[arg(long, requires = "topic")]
+        partition: Option<i32>,
     },
 }
 
@@ -166,13 +176,22 @@ fn run_client_command(command: Command) -> Result<(), String> {
                 TopicAction::Create {
                     name,
                     partitions,
+                    replication_factor,
                     config,
                 } => {
                     let configs = config
                         .iter()
                         .map(|c| key_value(c))
                         .collect::<Result<Vec<_>, _>>()?;
-                    commands::topic_create(&mut client, &name, partitions.unwrap_or(-1), &configs)
+                    commands::topic_create(
+                        &mut client,
+                        &name,
+                        (partitions.unwrap_or(-1), replication_factor.unwrap_or(-1)),
+                        &configs,
+                    )
+                }
+                TopicAction::ElectLeaders { topic, partition } => {
+                    commands::elect_leaders(&mut client, topic.as_deref(), partition)
                 }
                 TopicAction::List => commands::topic_list(&mut client),
                 TopicAction::Describe { name } => commands::topic_describe(&mut client, &name),

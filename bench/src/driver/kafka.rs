@@ -143,7 +143,13 @@ impl Driver for KafkaDriver {
             self.base_config().create().map_err(config_error)?;
         let new_topics: Vec<NewTopic<'_>> = topics
             .iter()
-            .map(|t| NewTopic::new(&t.name, t.partitions as i32, TopicReplication::Fixed(1)))
+            .map(|t| {
+                NewTopic::new(
+                    &t.name,
+                    t.partitions as i32,
+                    TopicReplication::Fixed(i32::from(t.replication_factor)),
+                )
+            })
             .collect();
         let options = AdminOptions::new()
             .operation_timeout(Some(timeout))

@@ -78,6 +78,7 @@ pub fn open(kind: DriverKind, bootstrap: &str) -> Result<Box<dyn Driver>, Driver
 pub struct TopicSpec {
     pub name: String,
     pub partitions: u32,
+    pub replication_factor: i16,
 }
 
 #[derive(Clone, Debug)]

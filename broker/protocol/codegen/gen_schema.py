@@ -26,7 +26,7 @@ REQUESTS = [
     "offset_fetch_request", "describe_groups_request", "list_groups_request",
     "delete_groups_request", "offset_delete_request", "init_producer_id_request",
     "consumer_group_heartbeat_request", "consumer_group_describe_request",
-    "offset_for_leader_epoch_request",
+    "offset_for_leader_epoch_request", "elect_leaders_request",
 ]
 
 PRIMS = {

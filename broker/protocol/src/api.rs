@@ -55,6 +55,7 @@ pub const OFFSET_DELETE: i16 = 47;
 pub const DESCRIBE_CLUSTER: i16 = 60;
 pub const INIT_PRODUCER_ID: i16 = 22;
 pub const OFFSET_FOR_LEADER_EPOCH: i16 = 23;
+pub const ELECT_LEADERS: i16 = 43;
 
 const fn spec(
     key: i16,
@@ -89,6 +90,14 @@ pub static APIS: &[ApiSpec] = &[
         Some(&LIST_OFFSETS_REQUEST),
     ),
     spec(METADATA, "Metadata", 1, 12, 9, Some(&METADATA_REQUEST)),
+    spec(
+        ELECT_LEADERS,
+        "ElectLeaders",
+        0,
+        2,
+        2,
+        Some(&ELECT_LEADERS_REQUEST),
+    ),
     spec(
         OFFSET_FOR_LEADER_EPOCH,
         "OffsetForLeaderEpoch",

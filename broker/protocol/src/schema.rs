@@ -282,6 +282,7 @@ mod tests {
             CONSUMER_GROUP_HEARTBEAT_REQUEST => ConsumerGroupHeartbeatRequest,
             CONSUMER_GROUP_DESCRIBE_REQUEST => ConsumerGroupDescribeRequest,
             OFFSET_FOR_LEADER_EPOCH_REQUEST => OffsetForLeaderEpochRequest,
+            ELECT_LEADERS_REQUEST => ElectLeadersRequest,
         );
     }
 

@@ -1713,6 +1713,58 @@ pub static OFFSET_FOR_LEADER_EPOCH_REQUEST__OFFSET_FOR_LEADER_TOPIC: Struct = St
     ],
 };
 
+pub static ELECT_LEADERS_REQUEST: Struct = Struct {
+    name: "ElectLeadersRequest",
+    fields: &[
+        Field {
+            versions: 1..=32767,
+            kind: Kind::Prim(Prim::I8),
+        },
+        Field {
+            versions: 2..=32767,
+            kind: Kind::CompactArray(Elem::Struct(&ELECT_LEADERS_REQUEST__TOPIC_PARTITIONS)),
+        },
+        Field {
+            versions: 0..=1,
+            kind: Kind::Array(Elem::Struct(&ELECT_LEADERS_REQUEST__TOPIC_PARTITIONS)),
+        },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::Prim(Prim::I32),
+        },
+        Field {
+            versions: 2..=32767,
+            kind: Kind::TaggedFields,
+        },
+    ],
+};
+
+pub static ELECT_LEADERS_REQUEST__TOPIC_PARTITIONS: Struct = Struct {
+    name: "TopicPartitions",
+    fields: &[
+        Field {
+            versions: 2..=32767,
+            kind: Kind::Prim(Prim::CompactStr),
+        },
+        Field {
+            versions: 0..=1,
+            kind: Kind::Prim(Prim::Str),
+        },
+        Field {
+            versions: 2..=32767,
+            kind: Kind::CompactArray(Elem::Prim(Prim::I32)),
+        },
+        Field {
+            versions: 0..=1,
+            kind: Kind::Array(Elem::Prim(Prim::I32)),
+        },
+        Field {
+            versions: 2..=32767,
+            kind: Kind::TaggedFields,
+        },
+    ],
+};
+
 /// Every request root table, for tests and the fuzz target.
 pub static ROOTS: &[&Struct] = &[
     &METADATA_REQUEST,
@@ -1742,4 +1794,5 @@ pub static ROOTS: &[&Struct] = &[
     &CONSUMER_GROUP_HEARTBEAT_REQUEST,
     &CONSUMER_GROUP_DESCRIBE_REQUEST,
     &OFFSET_FOR_LEADER_EPOCH_REQUEST,
+    &ELECT_LEADERS_REQUEST,
 ];

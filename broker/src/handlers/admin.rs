@@ -17,6 +17,7 @@ use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
 use kafka_protocol::messages::describe_configs_response::{
     DescribeConfigsResourceResult, DescribeConfigsResult,
 };
+use kafka_protocol::messages::elect_leaders_response::{PartitionResult, ReplicaElectionResult};
 use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse as IncrementalResult;
 use kafka_protocol::messages::*;
 use tern_protocol::error_code;
@@ -91,17 +92,9 @@ pub async fn run_commands(
     commands: Vec<Command>,
 ) -> Result<Vec<Result<(), MetadataError>>, String> {
     shard
-        .invoke_on(0, move |shard| async move {
-            match shard.controller() {
-                Some(controller) => controller
-                    .execute(commands)
-                    .await
-                    .map_err(|error| error.to_string()),
-                None => Err("shard 0 hosts no controller".to_owned()),
-            }
-        })
+        .run_commands(commands)
         .await
-        .map_err(|error| error.to_string())?
+        .map_err(|error| error.to_string())
 }
 
 /// Runs `commands` on the controller and records each failure at its request slot.
@@ -714,6 +707,105 @@ pub fn describe_cluster(ctx: &Ctx<'_>, _request: DescribeClusterRequest) -> Outc
             broker.host = str_bytes(&meta.host);
             broker.port = i32::from(meta.port);
             broker
+        })
+        .collect();
+    ctx.respond(&response)
+}
+
+/// ElectLeaders: gives each named partition (or every partition) back to its preferred
+/// replica where that replica is live and in sync. Only preferred elections are served;
+/// unclean election is a topic's choice (`unclean.leader.election.enable`), made by the
+/// controller when a leader is lost.
+pub async fn elect_leaders(ctx: &Ctx<'_>, request: ElectLeadersRequest) -> Outcome {
+    const PREFERRED: i8 = 0;
+    let image = ctx.shard.image();
+    let named: Option<Vec<(String, i32)>> = request.topic_partitions.as_ref().map(|topics| {
+        topics
+            .iter()
+            .flat_map(|t| {
+                t.partitions
+                    .iter()
+                    .map(move |p| (t.topic.0.to_string(), *p))
+            })
+            .collect()
+    });
+    let asked: Vec<(String, i32)> = named.clone().unwrap_or_else(|| {
+        image
+            .topics
+            .values()
+            .flat_map(|t| t.partitions.iter().map(move |p| (t.name.clone(), p.index)))
+            .collect()
+    });
+    let live: Vec<i32> = image.live_brokers().map(|b| b.id).collect();
+    let mut answers: Vec<(i16, Option<String>)> = asked
+        .iter()
+        .map(|(topic, index)| {
+            if ctx.version >= 1 && request.election_type != PREFERRED {
+                return (
+                    error_code::INVALID_REQUEST,
+                    Some("only preferred leader election is served; unclean election is set per topic with unclean.leader.election.enable".into()),
+                );
+            }
+            let Some(partition) = image.partition(topic, *index) else {
+                return (error_code::UNKNOWN_TOPIC_OR_PARTITION, None);
+            };
+            match partition.replicas.first() {
+                Some(preferred) if *preferred == partition.leader => {
+                    (error_code::ELECTION_NOT_NEEDED, None)
+                }
+                Some(preferred) if partition.isr.contains(preferred) && live.contains(preferred) => {
+                    (error_code::NONE, None)
+                }
+                _ => (
+                    error_code::PREFERRED_LEADER_NOT_AVAILABLE,
+                    Some("the preferred replica is not live and in sync".into()),
+                ),
+            }
+        })
+        .collect();
+    let electable: Vec<(String, i32)> = asked
+        .iter()
+        .zip(&answers)
+        .filter(|(_, (code, _))| *code == error_code::NONE)
+        .map(|(tp, _)| tp.clone())
+        .collect();
+    if !electable.is_empty() {
+        let command = Command::ElectPreferredLeaders {
+            partitions: Some(electable),
+        };
+        let failed = match run_commands(ctx.shard, vec![command]).await {
+            Ok(mut results) => match results.pop() {
+                Some(Err(error)) => Some((metadata_error_code(&error), error.to_string())),
+                _ => None,
+            },
+            Err(message) => Some((error_code::UNKNOWN_SERVER_ERROR, message)),
+        };
+        if let Some((code, message)) = failed {
+            for answer in answers.iter_mut().filter(|a| a.0 == error_code::NONE) {
+                *answer = (code, Some(message.clone()));
+            }
+        }
+    }
+    // A null request answers only the partitions an election moved (as Kafka does).
+    let mut by_topic: BTreeMap<String, Vec<PartitionResult>> = BTreeMap::new();
+    for ((topic, index), (code, message)) in asked.into_iter().zip(answers) {
+        if named.is_none() && code != error_code::NONE {
+            continue;
+        }
+        let mut result = PartitionResult::default();
+        result.partition_id = index;
+        result.error_code = code;
+        result.error_message = message.as_deref().map(str_bytes);
+        by_topic.entry(topic).or_default().push(result);
+    }
+    let mut response = ElectLeadersResponse::default();
+    response.replica_election_results = by_topic
+        .into_iter()
+        .map(|(topic, partition_result)| {
+            let mut out = ReplicaElectionResult::default();
+            out.topic = TopicName(str_bytes(&topic));
+            out.partition_result = partition_result;
+            out
         })
         .collect();
     ctx.respond(&response)

@@ -158,6 +158,7 @@ pub async fn handle<Held>(
             admin::incremental_alter_configs(&ctx, decode!(IncrementalAlterConfigsRequest)).await
         }
         api::DESCRIBE_CLUSTER => admin::describe_cluster(&ctx, decode!(DescribeClusterRequest)),
+        api::ELECT_LEADERS => admin::elect_leaders(&ctx, decode!(ElectLeadersRequest)).await,
         api::INIT_PRODUCER_ID => {
             producer_id::init_producer_id(&ctx, decode!(InitProducerIdRequest)).await
         }
