@@ -148,7 +148,7 @@ async fn run(shard: Rc<Shard>, fetcher: Rc<Fetcher>) {
                 Ok(opened) => connection = Some(opened),
                 Err(error) => {
                     failures += 1;
-                    if failures == 1 || failures % 50 == 0 {
+                    if failures.is_power_of_two() {
                         tracing::info!(shard = shard.id, leader, %addr, %error, failures, "cannot reach the leader to fetch from");
                     }
                     glommio::timer::sleep(limits::REPLICA_FETCH_BACKOFF).await;
@@ -171,7 +171,7 @@ async fn run(shard: Rc<Shard>, fetcher: Rc<Fetcher>) {
             }
             Err(error) => {
                 failures += 1;
-                if failures == 1 || failures % 50 == 0 {
+                if failures.is_power_of_two() {
                     tracing::info!(shard = shard.id, leader, %error, failures, "replica fetch failed; reconnecting");
                 }
                 connection = None;

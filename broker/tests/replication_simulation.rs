@@ -95,6 +95,9 @@ impl ModelLog {
     }
 }
 
+/// A fetch answer: where the records start, the records, and the leader's high watermark.
+type Fetched = (Offset, Vec<(LeaderEpoch, u64)>, Offset);
+
 #[derive(Debug, Clone)]
 enum Message {
     Fetch {
@@ -105,7 +108,7 @@ enum Message {
     FetchAnswer {
         request: u64,
         epoch: LeaderEpoch,
-        result: Result<(Offset, Vec<(LeaderEpoch, u64)>, Offset), &'static str>,
+        result: Result<Fetched, &'static str>,
     },
     EpochQuestion {
         request: u64,
@@ -710,7 +713,7 @@ impl Sim {
     fn broker_duties(&mut self, id: usize) {
         let now = self.now;
         // Every 100 ms, a third of the session, as brokers heartbeat.
-        if (self.step + id as u64) % 10 == 0 {
+        if self.step % 10 == id as u64 {
             self.send(id as BrokerId, None, Message::Heartbeat);
         }
         let broker = &mut self.brokers[id];

@@ -81,6 +81,25 @@ impl Cluster {
         serde_json::from_str(&body).ok()
     }
 
+    /// Broker `id`'s Prometheus metrics, as text.
+    pub fn metrics(&self, id: usize) -> Option<String> {
+        http_get(self.brokers[id].admin_addr, "/metrics")
+    }
+
+    /// The sum over broker `id`'s shards of metric `name` (full name, `tern_` prefix included).
+    pub fn metric_sum(&self, id: usize, name: &str) -> Option<f64> {
+        let text = self.metrics(id)?;
+        let values: Vec<f64> = text
+            .lines()
+            .filter(|line| {
+                line.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+            })
+            .filter_map(|line| line.rsplit(' ').next()?.parse().ok())
+            .collect();
+        (!values.is_empty()).then(|| values.iter().sum())
+    }
+
     /// The quorum leader broker `id` knows of.
     pub fn controller_seen_by(&self, id: usize) -> Option<usize> {
         let status = self.status(id)?;

@@ -136,6 +136,24 @@ fn acknowledged_records_survive_repeated_leader_kills() {
         // The first record acknowledged after the kill, necessarily by the new leader.
         acked.extend(send(&producer, &mut next, 1));
         failovers.push(killed_at.elapsed());
+        if round == 0 {
+            // The new leader reports its partitions (this one, and __consumer_offsets ones)
+            // under-replicated until the killed broker is back in the ISR.
+            let live: Vec<usize> = all.iter().copied().filter(|b| *b != leader).collect();
+            let new_leader = self::leader(&cluster, &live);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !cluster
+                .metric_sum(new_leader, "tern_under_replicated_partitions")
+                .is_some_and(|n| n >= 1.0)
+            {
+                assert!(
+                    Instant::now() < deadline,
+                    "under-replicated partitions on broker {new_leader}: {:?}",
+                    cluster.metric_sum(new_leader, "tern_under_replicated_partitions")
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
         acked.extend(send(&producer, &mut next, PER_BATCH));
         cluster.brokers[leader].restart();
         let rejoined = Instant::now();
@@ -149,6 +167,25 @@ fn acknowledged_records_survive_repeated_leader_kills() {
         );
     }
     assert_eq!(acked.len(), next);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while all
+        .iter()
+        .any(|b| cluster.metric_sum(*b, "tern_under_replicated_partitions") != Some(0.0))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "partitions still under-replicated with every broker back"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let expansions: f64 = all
+        .iter()
+        .filter_map(|b| cluster.metric_sum(*b, "tern_isr_expands_total"))
+        .sum();
+    assert!(
+        expansions >= 1.0,
+        "restarted followers rejoin through their leaders' ISR expansions"
+    );
     check_everything_acknowledged_is_there(&cluster, leader(&cluster, &all), &acked);
 
     // Two of three brokers down: the leader, alone in sync, refuses acks=all.
