@@ -53,6 +53,13 @@ fn index_interval_bytes(value: &str) -> Result<(), String> {
     }
 }
 
+fn boolean(value: &str) -> Result<(), String> {
+    match value {
+        "true" | "false" => Ok(()),
+        _ => Err("must be true or false".into()),
+    }
+}
+
 fn non_negative(value: &str) -> Result<(), String> {
     long_at_least(0)(value)
 }
@@ -150,6 +157,12 @@ const KEYS: &[Key] = &[
         default: "1",
         validate: min_insync,
         doc: "acks=all needs this many in-sync replicas",
+    },
+    Key {
+        name: tern_replication::metadata::UNCLEAN_ELECTION_CONFIG,
+        default: "false",
+        validate: boolean,
+        doc: "when every in-sync replica is lost, let a live out-of-sync replica lead (losing what it lacks); set per topic",
     },
 ];
 

@@ -837,6 +837,44 @@ mod tests {
     }
 
     #[test]
+    fn losing_the_last_in_sync_replica_leaves_no_leader_unless_the_topic_allows_unclean() {
+        for (unclean, expect_leader) in [(false, false), (true, true)] {
+            let mut configs = BTreeMap::new();
+            if unclean {
+                configs.insert(UNCLEAN_ELECTION_CONFIG.to_owned(), "true".to_owned());
+            }
+            let image = cluster(&[1, 2])
+                .apply(&Command::CreateTopic {
+                    name: "t".into(),
+                    id: [1; 16],
+                    partitions: 1,
+                    replication_factor: 2,
+                    assignments: Some(vec![vec![1, 2]]),
+                    configs,
+                    internal: false,
+                })
+                .unwrap();
+            // 2 falls out of sync; then the leader, 1, is lost.
+            let image = image.apply(&alter(&image, 1, 0, &[1])).unwrap();
+            let image = image.apply(&Command::FenceBroker { id: 1 }).unwrap();
+            let p = image.partition("t", 0).unwrap();
+            assert_eq!(p.leader_epoch, 1);
+            if expect_leader {
+                assert_eq!((p.leader, p.isr.clone()), (2, vec![2]), "unclean: 2 leads");
+            } else {
+                assert_eq!(
+                    (p.leader, p.isr.clone()),
+                    (NO_LEADER, vec![1]),
+                    "clean: none"
+                );
+                // Back, 1 leads again: nothing acknowledged was lost.
+                let back = image.apply(&Command::UnfenceBroker { id: 1 }).unwrap();
+                assert_eq!(back.partition("t", 0).unwrap().leader, 1);
+            }
+        }
+    }
+
+    #[test]
     fn the_preferred_replica_leads_again_once_it_is_back_in_the_isr() {
         let image = cluster(&[1, 2, 3]).apply(&create("t", 1, 3)).unwrap();
         let preferred = image.partition("t", 0).unwrap().replicas[0];
