@@ -6,7 +6,8 @@
 #   bash bench/scripts/cluster-vs-single.sh            # 30 s per run (DURATION_S to change)
 #
 # Every broker runs `--cores 1` and nothing is pinned (three brokers and the harness share the
-# machine's cores), so the single broker is run unpinned too. Results go to
+# machine's cores), so the single broker is run unpinned too. The CPU figure for the cluster is
+# broker 0's alone (about a third of the partitions lead there). Results go to
 # tern-bench-results/cluster-vs-single (OUT to change).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -44,6 +45,7 @@ for _ in $(seq 1 120); do
 done
 "$bin/tern" cluster status --admin 127.0.0.1:29290
 "$bin/tern-bench" run --bootstrap 127.0.0.1:29090,127.0.0.1:29091,127.0.0.1:29092 \
+    --broker-pid "${pids[0]}" \
     --replication-factor 3 --duration-s "$duration" --out "$out/cluster" \
     --label "3 brokers, RF 3"
 
