@@ -1,5 +1,6 @@
 //! The admin HTTP endpoint on shard 0: `GET /metrics` (Prometheus text format, one sample per
-//! shard with a `shard` label, gathered from every shard over `invoke_on`), `GET /healthz`, and
+//! shard with a `shard` label, gathered from every shard over `invoke_on`), `GET /doctor` (the
+//! host report of `tern doctor`, as JSON, without its disk measurement), `GET /healthz`, and
 //! `GET /cluster` (the metadata quorum and the brokers, as JSON).
 //!
 //! Deliberately tiny: it reads one request line, answers, and closes. Anything else gets 404;
@@ -48,6 +49,7 @@ pub async fn serve(shard: Rc<Shard>, listener: TcpListener) {
                 "/metrics" => ("200 OK", render(&gather(&shard).await)),
                 "/healthz" => ("200 OK", "ok\n".to_owned()),
                 "/cluster" => ("200 OK", cluster_status(&shard)),
+                "/doctor" => ("200 OK", doctor_report(&shard)),
                 _ => ("404 Not Found", "not found\n".to_owned()),
             };
             let response = format!(
@@ -59,6 +61,19 @@ pub async fn serve(shard: Rc<Shard>, listener: TcpListener) {
         })
         .detach();
     }
+}
+
+/// `GET /doctor`: `tern doctor`'s report for this broker's data directory and shards, as JSON,
+/// without the disk measurement (it would compete with the broker for the disk).
+fn doctor_report(shard: &Shard) -> String {
+    let report = crate::doctor::examine(&crate::doctor::Options {
+        data_dir: shard.config.data_dir.clone(),
+        cores: shard.count,
+        cpuset: shard.config.cpuset.clone(),
+        measure_disk: false,
+    });
+    serde_json::to_string_pretty(&report)
+        .unwrap_or_else(|error| format!("{{\"error\": \"{error}\"}}"))
 }
 
 /// `GET /cluster`: the metadata quorum as this broker sees it and the registered brokers, as

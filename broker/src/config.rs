@@ -20,6 +20,8 @@ pub struct BrokerConfig {
     pub data_dir: PathBuf,
     /// Number of shards (one per core); 0 means every online core.
     pub cores: usize,
+    /// The CPUs shards are pinned to, shard i on the i-th (`--cpuset`); None: CPUs 0, 1, ...
+    pub cpuset: Option<Vec<usize>>,
     pub node_id: i32,
     pub default_partitions: i32,
     pub auto_create_topics: bool,
@@ -164,6 +166,7 @@ impl Default for BrokerConfig {
             advertised: None,
             data_dir: PathBuf::from("tern-data"),
             cores: 0,
+            cpuset: None,
             node_id: 0,
             default_partitions: 1,
             auto_create_topics: true,
@@ -248,6 +251,8 @@ pub struct FileConfig {
     pub advertised: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub cores: Option<usize>,
+    /// `"2-7"`: the CPUs shards are pinned to.
+    pub cpuset: Option<String>,
     pub node_id: Option<i32>,
     pub default_partitions: Option<i32>,
     pub auto_create_topics: Option<bool>,

@@ -17,6 +17,7 @@ pub mod clock;
 pub mod config;
 pub mod connection;
 pub mod controller;
+pub mod doctor;
 pub mod fetch_session;
 pub mod follower;
 pub mod group;
@@ -79,6 +80,25 @@ pub fn run(mut config: BrokerConfig) -> Result<(), StartError> {
         .log
         .validate()
         .map_err(|reason| StartError::Config(format!("topic defaults: {reason}")))?;
+    if let Some(cpuset) = &config.cpuset {
+        if config.cores == 0 {
+            config.cores = cpuset.len();
+        }
+        if config.cores > cpuset.len() {
+            return Err(StartError::Config(format!(
+                "--cores {} needs as many CPUs, but --cpuset names {}",
+                config.cores,
+                cpuset.len()
+            )));
+        }
+        let usable = doctor::usable_cpus();
+        if let Some(cpu) = cpuset.iter().find(|cpu| !usable.contains(cpu)) {
+            return Err(StartError::Config(format!(
+                "CPU {cpu} of --cpuset is not one this process may run on ({})",
+                doctor::cpu_list(&usable)
+            )));
+        }
+    }
     if config.cores == 0 {
         config.cores = runtime::online_cpus();
     }
@@ -142,7 +162,12 @@ pub fn run(mut config: BrokerConfig) -> Result<(), StartError> {
             controller_hint: controller_hint.clone(),
         };
         let mesh = mesh.clone();
-        let builder = runtime::executor_builder(id, shards, config.spin_before_park_us);
+        let builder = runtime::executor_builder(
+            id,
+            shards,
+            config.cpuset.as_deref(),
+            config.spin_before_park_us,
+        );
         let handle = builder
             .spawn(
                 move || async move { shard_main(id, shards, config, image, mesh, signals).await },

@@ -94,17 +94,19 @@ pub fn online_cpus() -> usize {
         .unwrap_or(1)
 }
 
-/// Builds the executor for `shard`, pinned to a CPU when there are at least as many CPUs.
+/// Builds the executor for `shard`: pinned to the shard's CPU of `cpuset` when one is given,
+/// else to CPU `shard` when there are at least as many CPUs as shards.
 pub fn executor_builder(
     shard: usize,
     shards: usize,
+    cpuset: Option<&[usize]>,
     spin_before_park_us: u64,
 ) -> LocalExecutorBuilder {
     let cpus = online_cpus();
-    let placement = if shards <= cpus {
-        Placement::Fixed(shard)
-    } else {
-        Placement::Unbound
+    let placement = match cpuset.and_then(|set| set.get(shard)) {
+        Some(cpu) => Placement::Fixed(*cpu),
+        None if shards <= cpus => Placement::Fixed(shard),
+        None => Placement::Unbound,
     };
     let mut builder = LocalExecutorBuilder::new(placement)
         .name(&format!("tern-shard-{shard}"))

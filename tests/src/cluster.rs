@@ -123,7 +123,8 @@ impl Cluster {
     }
 }
 
-fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
+/// A plain HTTP GET of `path` on `addr` (the admin port): the body, or None.
+pub fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;

@@ -83,6 +83,25 @@ enum Command {
         #[command(subcommand)]
         action: GroupAction,
     },
+    /// Check this host for running tern: kernel, io_uring, memlock, CPUs, interrupts, the data
+    /// directory's file system and disk (measured briefly); exits 1 if something fails.
+    Doctor {
+        /// The data directory to check (and measure).
+        #[arg(long, env = "TERN_DATA_DIR", default_value = "tern-data")]
+        data_dir: PathBuf,
+        /// The shards you plan to run (0: one per CPU).
+        #[arg(long, env = "TERN_CORES", default_value_t = 0)]
+        cores: usize,
+        /// The CPUs you plan to pin shards to.
+        #[arg(long, env = "TERN_CPUSET")]
+        cpuset: Option<String>,
+        /// Skip the disk measurement (it writes about 70 MB).
+        #[arg(long)]
+        no_measure: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// The cluster as a broker sees it: `tern cluster status` (metadata quorum: leader, term,
     /// voters and their lag; brokers: id, address, fenced or not).
     Cluster {
@@ -166,7 +185,7 @@ fn key_value(pair: &str) -> Result<(String, String), String> {
 
 fn run_client_command(command: Command) -> Result<(), String> {
     match command {
-        Command::Serve(_) => unreachable!("handled in main"),
+        Command::Serve(_) | Command::Doctor { .. } => unreachable!("handled in main"),
         Command::Cluster { admin, action } => match action {
             ClusterAction::Status => commands::cluster_status(&admin),
         },
@@ -268,9 +287,13 @@ struct ServeArgs {
     /// Data directory.
     #[arg(long, env = "TERN_DATA_DIR")]
     data_dir: Option<PathBuf>,
-    /// Number of shards (cores); 0 = all online cores.
+    /// Number of shards (cores); 0 = all online cores (or all of --cpuset).
     #[arg(long, env = "TERN_CORES")]
     cores: Option<usize>,
+    /// The CPUs to pin shards to, as Linux lists them (2-7 or 1,3,5), leaving the others for
+    /// interrupts and the OS; shard i runs on the i-th.
+    #[arg(long, env = "TERN_CPUSET")]
+    cpuset: Option<String>,
     /// This broker's node id.
     #[arg(long, env = "TERN_NODE_ID")]
     node_id: Option<i32>,
@@ -379,6 +402,13 @@ fn build_config(args: ServeArgs) -> Result<BrokerConfig, String> {
         advertised: args.advertised.or(file.advertised),
         data_dir: args.data_dir.or(file.data_dir).unwrap_or(defaults.data_dir),
         cores: args.cores.or(file.cores).unwrap_or(defaults.cores),
+        cpuset: match args.cpuset.or(file.cpuset) {
+            Some(list) => Some(
+                tern_broker::doctor::parse_cpu_list(&list)
+                    .map_err(|reason| format!("--cpuset {list}: {reason}"))?,
+            ),
+            None => None,
+        },
         node_id: args.node_id.or(file.node_id).unwrap_or(defaults.node_id),
         default_partitions: args
             .default_partitions
@@ -472,6 +502,47 @@ fn build_config(args: ServeArgs) -> Result<BrokerConfig, String> {
     Ok(config)
 }
 
+/// `tern doctor`: prints the report; exit status 0 when the host is fit, 1 when a check
+/// failed, 2 for bad arguments.
+fn doctor(
+    data_dir: PathBuf,
+    cores: usize,
+    cpuset: Option<String>,
+    measure_disk: bool,
+    json: bool,
+) -> ExitCode {
+    let cpuset = match cpuset.map(|list| tern_broker::doctor::parse_cpu_list(&list)) {
+        Some(Err(reason)) => {
+            eprintln!("tern: --cpuset: {reason}");
+            return ExitCode::from(2);
+        }
+        Some(Ok(set)) => Some(set),
+        None => None,
+    };
+    let report = tern_broker::doctor::examine(&tern_broker::doctor::Options {
+        data_dir,
+        cores,
+        cpuset,
+        measure_disk,
+    });
+    if json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(text) => println!("{text}"),
+            Err(error) => {
+                eprintln!("tern: {error}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        print!("{}", report.render());
+    }
+    if report.fit {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -481,6 +552,16 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if let Command::Doctor {
+        data_dir,
+        cores,
+        cpuset,
+        no_measure,
+        json,
+    } = cli.command
+    {
+        return doctor(data_dir, cores, cpuset, !no_measure, json);
+    }
     if !matches!(cli.command, Command::Serve(_)) {
         return match run_client_command(cli.command) {
             Ok(()) => ExitCode::SUCCESS,
