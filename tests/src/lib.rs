@@ -69,24 +69,14 @@ impl Broker {
     }
 
     pub fn start_with(cores: usize, extra_args: &[&str]) -> Broker {
-        let data_dir = tempfile::Builder::new()
-            .prefix("tern-test-")
-            .tempdir()
-            .expect("temp data dir");
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port())
+        let addr = format!("127.0.0.1:{}", free_port())
             .parse()
             .expect("address");
-        let admin_addr: SocketAddr = format!("127.0.0.1:{}", free_port())
-            .parse()
-            .expect("address");
-        let mut broker = Broker {
-            child: None,
-            addr,
-            admin_addr,
+        let mut broker = Broker::new(
             cores,
-            data_dir,
-            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
-        };
+            addr,
+            extra_args.iter().map(|s| s.to_string()).collect(),
+        );
         broker.spawn();
         broker
     }
@@ -94,6 +84,19 @@ impl Broker {
     /// Starts the process without waiting for it to serve (a cluster's brokers wait for each
     /// other's quorum); `wait_until_serving` finishes the start.
     pub fn launch_with(cores: usize, addr: SocketAddr, extra_args: Vec<String>) -> Broker {
+        let mut broker = Broker::new(cores, addr, extra_args);
+        broker.launch();
+        broker
+    }
+
+    /// A broker this harness did not start (a packaged binary, say), for the client helpers
+    /// that take a `Broker`; dropping it stops nothing.
+    pub fn external(addr: SocketAddr) -> Broker {
+        Broker::new(1, addr, Vec::new())
+    }
+
+    /// A broker on `addr` with a fresh data directory and admin port, not started.
+    fn new(cores: usize, addr: SocketAddr, extra_args: Vec<String>) -> Broker {
         let data_dir = tempfile::Builder::new()
             .prefix("tern-test-")
             .tempdir()
@@ -101,16 +104,14 @@ impl Broker {
         let admin_addr: SocketAddr = format!("127.0.0.1:{}", free_port())
             .parse()
             .expect("address");
-        let mut broker = Broker {
+        Broker {
             child: None,
             addr,
             admin_addr,
             cores,
             data_dir,
             extra_args,
-        };
-        broker.launch();
-        broker
+        }
     }
 
     /// Replaces the extra arguments used by the next (re)start.

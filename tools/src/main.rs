@@ -278,7 +278,7 @@ struct ServeArgs {
     /// Kafka listener address.
     #[arg(long, env = "TERN_LISTEN")]
     listen: Option<SocketAddr>,
-    /// Admin HTTP address for /metrics and /healthz ("off" disables it).
+    /// Admin HTTP address for /metrics, /cluster, /doctor and /healthz ("off" disables it).
     #[arg(long, env = "TERN_ADMIN_LISTEN")]
     admin_listen: Option<String>,
     /// host:port advertised to clients (defaults to the listener).
