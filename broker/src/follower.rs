@@ -11,8 +11,9 @@
 //! acknowledged locally, the leader's high watermark (the smallest fetch offset in the ISR)
 //! covers only records every ISR member has durably, under the default flush policy.
 //!
-//! Fetchers follow the image: `Fetchers::reconcile` (after each image a shard applies)
-//! starts one per new leader, hands each its partitions, and stops those left with none.
+//! Fetchers follow the image: `start` runs a manager task per shard that, after each image
+//! the shard applies, starts a fetcher per new leader, hands each its partitions, and stops
+//! those left with none.
 //! A fetcher never holds a partition across an image change it did not check: every round
 //! re-reads which of its partitions this shard still follows from that leader.
 
@@ -45,9 +46,24 @@ const FETCH_VERSION: i16 = 12;
 const EPOCH_VERSION: i16 = 4;
 const CLIENT_ID: &str = "tern-replica-fetcher";
 
-/// This shard's fetchers, one per leader broker it follows partitions on.
+/// Starts `shard`'s fetchers' manager: it brings the fetchers in line with every image the
+/// shard applies, until the shard shuts down (then it stops them all).
+pub fn start(shard: Rc<Shard>) -> glommio::Task<()> {
+    glommio::spawn_local(async move {
+        let fetchers = Fetchers::default();
+        while !shard.shutting_down.get() {
+            let next = shard.next_image();
+            fetchers.reconcile(&shard, shard.followed());
+            shard.replication_probe.fetchers.set(fetchers.len() as u64);
+            let _ = next.await;
+        }
+        fetchers.stop_all();
+    })
+}
+
+/// One shard's fetchers, one per leader broker it follows partitions on.
 #[derive(Default)]
-pub struct Fetchers {
+struct Fetchers {
     by_leader: RefCell<HashMap<BrokerId, Rc<Fetcher>>>,
 }
 
@@ -60,7 +76,7 @@ struct Fetcher {
 
 impl Fetchers {
     /// Brings the fetchers in line with the partitions `shard` now follows.
-    pub fn reconcile(&self, shard: &Rc<Shard>, followed: BTreeMap<BrokerId, Vec<TopicPartition>>) {
+    fn reconcile(&self, shard: &Rc<Shard>, followed: BTreeMap<BrokerId, Vec<TopicPartition>>) {
         let mut by_leader = self.by_leader.borrow_mut();
         by_leader.retain(|leader, fetcher| {
             let keep = followed.contains_key(leader);
@@ -87,19 +103,15 @@ impl Fetchers {
     }
 
     /// Stops every fetcher (shutdown).
-    pub fn stop_all(&self) {
+    fn stop_all(&self) {
         for (_, fetcher) in self.by_leader.borrow_mut().drain() {
             fetcher.stopped.set(true);
         }
     }
 
-    /// How many fetchers run (metrics, tests).
-    pub fn len(&self) -> usize {
+    /// How many fetchers run.
+    fn len(&self) -> usize {
         self.by_leader.borrow().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.by_leader.borrow().is_empty()
     }
 }
 

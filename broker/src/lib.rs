@@ -374,6 +374,7 @@ async fn shard_main(
             }
         })
     };
+    let fetchers = follower::start(shard.clone());
     let isr_duty = {
         let shard = shard.clone();
         glommio::spawn_local(async move {
@@ -426,6 +427,7 @@ async fn shard_main(
     drop(reaper);
     drop(retention);
     drop(isr_duty);
+    drop(fetchers);
     drop(coordinator);
     shard.close_all().await;
 }

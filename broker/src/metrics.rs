@@ -246,6 +246,8 @@ pub struct ReplicationProbe {
     pub isr_expands: Counter,
     /// Record bytes this shard's followers appended from their leaders.
     pub replica_bytes_appended: Counter,
+    /// Replica fetchers running now (a gauge the fetchers' manager sets).
+    pub fetchers: Cell<u64>,
 }
 
 /// What the shard's partitions say about replication at a scrape.

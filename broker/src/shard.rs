@@ -64,8 +64,8 @@ pub struct Shard {
     pub index_cache: Rc<tern_storage::IndexCache>,
     /// Cap on long-poll fetches parked on this shard's partitions.
     pub park_budget: Rc<ParkBudget>,
-    /// Fetchers for the replicas this shard follows, one per leader broker.
-    pub fetchers: crate::follower::Fetchers,
+    /// Tasks waiting for this shard's next image (see `next_image`).
+    image_watchers: RefCell<Vec<oneshot::Sender<()>>>,
     pub replication_probe: crate::metrics::ReplicationProbe,
 }
 
@@ -105,7 +105,7 @@ impl Shard {
             }),
             index_cache: tern_storage::IndexCache::new(config.index_cache_bytes),
             park_budget: ParkBudget::new(config.max_parked_fetches),
-            fetchers: crate::follower::Fetchers::default(),
+            image_watchers: RefCell::new(Vec::new()),
             replication_probe: crate::metrics::ReplicationProbe::default(),
         }
     }
@@ -242,7 +242,17 @@ impl Shard {
                             && !partition.is_leader()
                             && tp.topic == crate::group::codec::OFFSETS_TOPIC
                         {
-                            crate::group::coordinator::leadership_lost(self, tp.partition);
+                            let count = topic.partitions.len() as i32;
+                            if let Some(unloaded) =
+                                self.groups.unload_partition(tp.partition, count)
+                            {
+                                tracing::info!(
+                                    shard = self.id,
+                                    partition = tp.partition,
+                                    unloaded,
+                                    "group partition unloaded: no longer its leader"
+                                );
+                            }
                         }
                     }
                     None => match Log::open_with_cache(
@@ -290,13 +300,20 @@ impl Shard {
             let topic_still_exists = image.topic(&tp.topic).is_some();
             glommio::spawn_local(release_partition(partition, !topic_still_exists)).detach();
         }
-        if !self.shutting_down.get() {
-            self.fetchers.reconcile(self, self.followed());
+        for watcher in self.image_watchers.borrow_mut().drain(..) {
+            let _ = watcher.send(());
         }
     }
 
+    /// Resolves once this shard has applied a newer image than it has now (or is dropped).
+    pub fn next_image(&self) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        self.image_watchers.borrow_mut().push(tx);
+        rx
+    }
+
     /// The partitions this shard follows, by their leader (leaderless ones wait for one).
-    fn followed(&self) -> std::collections::BTreeMap<BrokerId, Vec<TopicPartition>> {
+    pub fn followed(&self) -> std::collections::BTreeMap<BrokerId, Vec<TopicPartition>> {
         let mut followed: std::collections::BTreeMap<BrokerId, Vec<TopicPartition>> =
             std::collections::BTreeMap::new();
         for (tp, partition) in self.partitions.borrow().iter() {
@@ -377,7 +394,7 @@ impl Shard {
         );
         let partitions = self.partitions.borrow();
         let mut gauges = crate::metrics::ReplicationGauges {
-            fetchers: self.fetchers.len() as u64,
+            fetchers: self.replication_probe.fetchers.get(),
             ..Default::default()
         };
         for (under, under_min, lag) in partitions.values().filter_map(|p| p.replication_health()) {
@@ -410,7 +427,9 @@ impl Shard {
 
     /// Closes every log cleanly (shutdown).
     pub async fn close_all(&self) {
-        self.fetchers.stop_all();
+        for watcher in self.image_watchers.borrow_mut().drain(..) {
+            let _ = watcher.send(());
+        }
         let partitions: Vec<Rc<Partition>> = self
             .partitions
             .borrow_mut()

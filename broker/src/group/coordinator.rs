@@ -150,38 +150,6 @@ async fn load_partition(shard: &Rc<Shard>, partition: i32) {
     );
 }
 
-/// The shard's `__consumer_offsets` replica `partition` stopped being led here: its groups
-/// are unloaded (a later leadership loads them again from the log, which by then holds what
-/// the other leaders wrote).
-pub fn leadership_lost(shard: &Rc<Shard>, partition: i32) {
-    if !shard.groups.loaded.borrow_mut().remove(&partition) {
-        return;
-    }
-    let count = partition_count(shard);
-    let mut out = Effects::default();
-    let unloaded = shard.groups.groups.borrow_mut().unload(
-        |group| codec::partition_for_group(group, count) == partition,
-        &mut out,
-    );
-    tracing::info!(
-        shard = shard.id,
-        partition,
-        unloaded,
-        "group partition unloaded: no longer its leader"
-    );
-    if !out.replies.is_empty() {
-        let shard = shard.clone();
-        glommio::spawn_local(async move { apply(&shard, out).await }).detach();
-    }
-}
-
-fn partition_count(shard: &Shard) -> i32 {
-    shard
-        .image()
-        .topic(OFFSETS_TOPIC)
-        .map_or(1, |t| t.partitions.len() as i32)
-}
-
 /// Starts this shard's coordinator: loads every `__consumer_offsets` partition it owns and
 /// leads, then ticks deadlines until the shard shuts down. (Partitions whose leadership comes
 /// later are loaded by the first request for one of their groups.)

@@ -60,6 +60,28 @@ impl Coordinator {
         (token, rx)
     }
 
+    /// This broker stopped leading `__consumer_offsets` partition `partition` (of `count`): its
+    /// groups are dropped and the requests waiting on them answered NOT_COORDINATOR, so their
+    /// clients find the new coordinator; a later leadership loads them again from the log.
+    /// Returns how many groups went, or None if the partition was not loaded.
+    pub fn unload_partition(&self, partition: i32, count: i32) -> Option<usize> {
+        if !self.loaded.borrow_mut().remove(&partition) {
+            return None;
+        }
+        let mut out = super::state::Effects::default();
+        let unloaded = self.groups.borrow_mut().unload(
+            |group| super::codec::partition_for_group(group, count) == partition,
+            &mut out,
+        );
+        let mut waiters = self.waiters.borrow_mut();
+        for (token, reply) in out.replies {
+            if let Some(waiter) = waiters.remove(&token) {
+                let _ = waiter.send(reply);
+            }
+        }
+        Some(unloaded)
+    }
+
     /// Read-only access for DescribeGroups, ListGroups and OffsetFetch.
     pub fn with_groups<R>(&self, read: impl FnOnce(&Groups) -> R) -> R {
         read(&self.groups.borrow())
