@@ -1,10 +1,15 @@
 //! Topic configs by their Kafka names: the keys Tern honours, their defaults, validation,
 //! and the translation into the log's `LogConfig`.
 //!
-//! Architecture invariant: a config key is accepted only if the broker really acts on it.
-//! Anything else gets INVALID_CONFIG, so DescribeConfigs never shows a setting that lies.
+//! Architecture invariant: every key Kafka 4.x documents for topics is accepted with Kafka's
+//! ranges, and either honoured or described (in DescribeConfigs' documentation) as "accepted,
+//! not honoured" with the reason; a value Tern cannot honour at all (`cleanup.policy=compact`,
+//! `remote.storage.enable=true`) and any other key gets INVALID_CONFIG, so DescribeConfigs
+//! never shows a setting that silently lies.
 
 use std::collections::BTreeMap;
+
+use tern_protocol::records::Codec;
 
 use tern_storage::{FlushPolicy, LogConfig, TimestampType};
 
@@ -85,6 +90,72 @@ fn min_insync(value: &str) -> Result<(), String> {
     long_at_least(1)(value)
 }
 
+fn compression_type(value: &str) -> Result<(), String> {
+    match value {
+        "producer" | "uncompressed" | "gzip" | "snappy" | "lz4" | "zstd" => Ok(()),
+        _ => Err("must be one of producer, uncompressed, gzip, snappy, lz4, zstd".into()),
+    }
+}
+
+fn long_in(low: i64, high: i64) -> impl Fn(&str) -> Result<(), String> {
+    move |value: &str| match value.parse::<i64>() {
+        Ok(n) if (low..=high).contains(&n) => Ok(()),
+        _ => Err(format!("must be an integer in [{low}, {high}]")),
+    }
+}
+
+fn gzip_level(value: &str) -> Result<(), String> {
+    match value.parse::<i64>() {
+        Ok(-1) | Ok(1..=9) => Ok(()),
+        _ => Err("must be -1 (the codec's default) or an integer in [1, 9]".into()),
+    }
+}
+
+fn lz4_level(value: &str) -> Result<(), String> {
+    long_in(1, 17)(value)
+}
+
+fn zstd_level(value: &str) -> Result<(), String> {
+    long_in(-131_072, 22)(value)
+}
+
+fn ratio(value: &str) -> Result<(), String> {
+    match value.parse::<f64>() {
+        Ok(n) if (0.0..=1.0).contains(&n) => Ok(()),
+        _ => Err("must be a number in [0, 1]".into()),
+    }
+}
+
+fn local_retention(value: &str) -> Result<(), String> {
+    long_at_least(-2)(value)
+}
+
+fn only_false(value: &str) -> Result<(), String> {
+    match value {
+        "false" => Ok(()),
+        "true" => Err("tiered storage is not implemented: only false is accepted".into()),
+        _ => Err("must be true or false".into()),
+    }
+}
+
+/// Kafka's throttled-replicas lists: empty, `*`, or `partition:broker` pairs.
+fn throttled_replicas(value: &str) -> Result<(), String> {
+    let value = value.trim();
+    if value.is_empty() || value == "*" {
+        return Ok(());
+    }
+    let pair = |item: &str| {
+        item.split_once(':').is_some_and(|(p, b)| {
+            p.trim().parse::<u32>().is_ok() && b.trim().parse::<u32>().is_ok()
+        })
+    };
+    if value.split(',').all(pair) {
+        Ok(())
+    } else {
+        Err("must be empty, * or a list of partition:broker pairs".into())
+    }
+}
+
 const KEYS: &[Key] = &[
     Key {
         name: "cleanup.policy",
@@ -157,6 +228,132 @@ const KEYS: &[Key] = &[
         default: "1",
         validate: min_insync,
         doc: "acks=all needs this many in-sync replicas",
+    },
+    Key {
+        name: "compression.type",
+        default: "producer",
+        validate: compression_type,
+        doc: "the codec batches are stored with; the broker recompresses a batch the producer compressed otherwise (producer: as sent)",
+    },
+    Key {
+        name: "compression.gzip.level",
+        default: "-1",
+        validate: gzip_level,
+        doc: "gzip level when the broker compresses (-1: the codec's default)",
+    },
+    Key {
+        name: "compression.lz4.level",
+        default: "9",
+        validate: lz4_level,
+        doc: "accepted, not honoured: the broker's lz4 encoder has one level",
+    },
+    Key {
+        name: "compression.zstd.level",
+        default: "3",
+        validate: zstd_level,
+        doc: "zstd level when the broker compresses",
+    },
+    Key {
+        name: "message.timestamp.before.max.ms",
+        default: "9223372036854775807",
+        validate: non_negative,
+        doc: "CreateTime topics refuse a batch whose first timestamp is further in the past (INVALID_TIMESTAMP)",
+    },
+    Key {
+        name: "message.timestamp.after.max.ms",
+        default: "9223372036854775807",
+        validate: non_negative,
+        doc: "CreateTime topics refuse a batch whose largest timestamp is further in the future (INVALID_TIMESTAMP)",
+    },
+    Key {
+        name: "delete.retention.ms",
+        default: "86400000",
+        validate: non_negative,
+        doc: "accepted, not honoured: log compaction (which keeps tombstones this long) is not implemented",
+    },
+    Key {
+        name: "min.compaction.lag.ms",
+        default: "0",
+        validate: non_negative,
+        doc: "accepted, not honoured: log compaction is not implemented",
+    },
+    Key {
+        name: "max.compaction.lag.ms",
+        default: "9223372036854775807",
+        validate: positive,
+        doc: "accepted, not honoured: log compaction is not implemented",
+    },
+    Key {
+        name: "min.cleanable.dirty.ratio",
+        default: "0.5",
+        validate: ratio,
+        doc: "accepted, not honoured: log compaction is not implemented",
+    },
+    Key {
+        name: "file.delete.delay.ms",
+        default: "60000",
+        validate: non_negative,
+        doc: "accepted, not honoured: a segment past retention is deleted at once (readers holding it keep their open file)",
+    },
+    Key {
+        name: "segment.jitter.ms",
+        default: "0",
+        validate: non_negative,
+        doc: "accepted, not honoured: segments roll at segment.ms exactly",
+    },
+    Key {
+        name: "preallocate",
+        default: "false",
+        validate: boolean,
+        doc: "accepted, not honoured: the log always preallocates ahead, as much as a segment holds (1 to 64 MiB)",
+    },
+    Key {
+        name: "message.downconversion.enable",
+        default: "true",
+        validate: boolean,
+        doc: "accepted, not honoured: batches are served as stored (v2); older fetch versions are not served",
+    },
+    Key {
+        name: "leader.replication.throttled.replicas",
+        default: "",
+        validate: throttled_replicas,
+        doc: "accepted, not honoured: replication is not throttled",
+    },
+    Key {
+        name: "follower.replication.throttled.replicas",
+        default: "",
+        validate: throttled_replicas,
+        doc: "accepted, not honoured: replication is not throttled",
+    },
+    Key {
+        name: "local.retention.ms",
+        default: "-2",
+        validate: local_retention,
+        doc: "accepted, not honoured: tiered storage is not implemented (-2: retention.ms)",
+    },
+    Key {
+        name: "local.retention.bytes",
+        default: "-2",
+        validate: local_retention,
+        doc: "accepted, not honoured: tiered storage is not implemented (-2: retention.bytes)",
+    },
+    Key {
+        name: "remote.storage.enable",
+        default: "false",
+        validate: only_false,
+        doc: "tiered storage is not implemented: only false",
+    },
+    Key {
+        name: "remote.log.copy.disable",
+        default: "false",
+        validate: boolean,
+        doc: "accepted, not honoured: tiered storage is not implemented",
+    },
+    Key {
+        name: "remote.log.delete.on.disable",
+        default: "false",
+        validate: boolean,
+        doc: "accepted, not honoured: tiered storage is not implemented",
     },
     Key {
         name: tern_replication::metadata::UNCLEAN_ELECTION_CONFIG,
@@ -248,6 +445,12 @@ pub fn resolve(defaults: &TopicDefaults, explicit: &BTreeMap<String, String>) ->
 pub struct TopicPolicy {
     pub log: LogConfig,
     pub min_insync_replicas: i64,
+    /// The codec batches are stored with (`compression.type`): None keeps the producer's.
+    pub compression: Option<tern_protocol::records::Codec>,
+    /// CreateTime bounds: how far in the past a batch's first timestamp, and in the future
+    /// its largest, may be.
+    pub timestamp_before_max_ms: i64,
+    pub timestamp_after_max_ms: i64,
 }
 
 pub fn policy(defaults: &TopicDefaults, explicit: &BTreeMap<String, String>) -> TopicPolicy {
@@ -295,9 +498,24 @@ pub fn policy(defaults: &TopicDefaults, explicit: &BTreeMap<String, String>) -> 
         ) as u32,
         tail_cache_bytes: limits::TAIL_CACHE_BYTES_PER_PARTITION,
     };
+    let compression = match get("compression.type") {
+        "uncompressed" => Some(Codec::None),
+        "gzip" => Some(Codec::Gzip {
+            level: long("compression.gzip.level", -1),
+        }),
+        "snappy" => Some(Codec::Snappy),
+        "lz4" => Some(Codec::Lz4),
+        "zstd" => Some(Codec::Zstd {
+            level: long("compression.zstd.level", 3) as i32,
+        }),
+        _ => None,
+    };
     TopicPolicy {
         log,
         min_insync_replicas: long("min.insync.replicas", 1),
+        compression,
+        timestamp_before_max_ms: long("message.timestamp.before.max.ms", i64::MAX),
+        timestamp_after_max_ms: long("message.timestamp.after.max.ms", i64::MAX),
     }
 }
 
@@ -311,6 +529,41 @@ mod tests {
         assert!(validate("cleanup.policy", "compact").is_err());
         assert!(validate("retention.ms", "-2").is_err());
         assert!(validate("retention.ms", "1000").is_ok());
+        assert!(validate("remote.storage.enable", "true").is_err());
+    }
+
+    #[test]
+    fn kafkas_topic_configs_are_accepted_with_kafkas_ranges() {
+        for (key, good, bad) in [
+            ("compression.type", "lz4", "brotli"),
+            ("compression.gzip.level", "9", "10"),
+            ("compression.zstd.level", "-5", "23"),
+            ("compression.lz4.level", "17", "0"),
+            ("message.timestamp.before.max.ms", "3600000", "-1"),
+            ("message.timestamp.after.max.ms", "0", "x"),
+            ("min.cleanable.dirty.ratio", "0.9", "1.5"),
+            ("delete.retention.ms", "0", "-1"),
+            ("max.compaction.lag.ms", "1", "0"),
+            ("file.delete.delay.ms", "60000", "-1"),
+            ("segment.jitter.ms", "0", "-1"),
+            ("preallocate", "true", "yes"),
+            ("local.retention.ms", "-2", "-3"),
+            ("leader.replication.throttled.replicas", "0:1,1:2", "0-1"),
+            ("unclean.leader.election.enable", "true", "TRUE"),
+        ] {
+            assert!(validate(key, good).is_ok(), "{key}={good}");
+            assert!(validate(key, bad).is_err(), "{key}={bad}");
+        }
+        let lz4: BTreeMap<String, String> = [("compression.type".into(), "lz4".into())].into();
+        assert_eq!(
+            policy(&TopicDefaults::default(), &lz4).compression,
+            Some(Codec::Lz4)
+        );
+        assert_eq!(
+            policy(&TopicDefaults::default(), &BTreeMap::new()).compression,
+            None,
+            "producer: kept as sent"
+        );
     }
 
     #[test]

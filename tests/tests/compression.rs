@@ -1,8 +1,11 @@
 //! Compressed record batches (gzip, snappy, lz4, zstd) written by either client are stored
 //! as sent and read back exactly by both clients.
 //!
-//! The broker never decompresses on this path (it reads only batch headers), so these tests
-//! check that it passes every codec's batches through intact, attributes included.
+//! With `compression.type=producer` (the default) the broker never decompresses (it reads only
+//! batch headers), so those tests check that it passes every codec's batches through intact,
+//! attributes included. A topic with its own `compression.type` stores every batch with that
+//! codec, recompressing what producers sent otherwise; both clients still read back exactly.
+//! Also here: `message.timestamp.before/after.max.ms`.
 
 use rskafka::client::partition::Compression;
 use tern_tests::kafka::{self, Rec};
@@ -203,4 +206,83 @@ async fn rskafka_batches_of_every_codec_are_stored_compressed_and_read_back_exac
             "{codec}: read from the middle of a batch"
         );
     }
+}
+
+/// A topic's `compression.type` is what is stored: uncompressed batches from rdkafka become
+/// each codec's, a gzip batch becomes uncompressed, and both clients read back exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topics_compression_type_recompresses_what_producers_send() {
+    let broker = Broker::start(1);
+    let cases = [
+        ("lz4", "none", 3u8),
+        ("zstd", "none", 4),
+        ("gzip", "snappy", 1),
+        ("snappy", "none", 2),
+        ("uncompressed", "gzip", 0),
+    ];
+    for (topic_codec, producer_codec, stored) in cases {
+        let topic = format!("stored-as-{topic_codec}");
+        kafka::create_topic(&broker, &topic, 1, &[("compression.type", topic_codec)]);
+        let producer = kafka::producer_with(
+            &broker,
+            &[("compression.codec", producer_codec), ("linger.ms", "50")],
+        );
+        let sent = records(topic_codec);
+        let acks = kafka::produce(&producer, &topic, Some(0), &sent);
+        assert_eq!(acks.len(), RECORDS);
+        assert_stored_compressed(&broker, &topic, topic_codec, stored);
+        assert_consumed(
+            topic_codec,
+            "rdkafka",
+            &sent,
+            &kafka::consume(&broker, &topic, &[0], RECORDS),
+        );
+        let client = rs::client(&broker).await;
+        let partition = rs::partition(&client, &topic, 0).await;
+        let read = rs::read_exactly(&partition, 0, RECORDS).await;
+        let read: Vec<Rec> = read.iter().map(|r| rec_from_rskafka(&r.record)).collect();
+        assert_eq!(read, sent, "{topic_codec}, read by rskafka");
+    }
+}
+
+/// CreateTime topics with timestamp bounds refuse records too far in the past or future with
+/// INVALID_TIMESTAMP, and take the rest.
+#[test]
+fn timestamps_outside_the_topics_bounds_are_refused() {
+    use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+    let broker = Broker::start(1);
+    kafka::create_topic(
+        &broker,
+        "bounded",
+        1,
+        &[
+            ("message.timestamp.before.max.ms", "3600000"),
+            ("message.timestamp.after.max.ms", "60000"),
+        ],
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let at = |ts: i64| Rec {
+        timestamp_ms: Some(ts),
+        ..Rec::value(format!("at {ts}"))
+    };
+    let producer = kafka::producer_with(&broker, &[("retries", "0"), ("linger.ms", "0")]);
+    // One at a time: a batch is refused whole, as Kafka does.
+    let outcomes: Vec<_> = [now - 7_200_000, now - 60_000, now + 3_600_000]
+        .into_iter()
+        .map(|ts| kafka::try_produce(&producer, "bounded", Some(0), &[at(ts)]).remove(0))
+        .collect();
+    let refused = |outcome: &Result<(i32, i64), KafkaError>| {
+        matches!(
+            outcome,
+            Err(KafkaError::MessageProduction(
+                RDKafkaErrorCode::InvalidTimestamp
+            ))
+        )
+    };
+    assert!(refused(&outcomes[0]), "two hours old: {:?}", outcomes[0]);
+    assert!(outcomes[1].is_ok(), "a minute old: {:?}", outcomes[1]);
+    assert!(refused(&outcomes[2]), "an hour ahead: {:?}", outcomes[2]);
 }

@@ -1,6 +1,7 @@
 //! Looking inside a RecordBatch v2 at its records: only where the broker must (ListOffsets
 //! by timestamp needs the first record at or after a time, which may sit in the middle of a
-//! batch). The hot paths never call this.
+//! batch; a topic whose `compression.type` differs from the producer's has its batches
+//! recompressed). The hot paths never call this.
 //!
 //! ```text
 //! record := length:varint attributes:i8 timestampDelta:varlong offsetDelta:varint
@@ -13,7 +14,7 @@
 
 use std::io::Read;
 
-use crate::batch::{BatchHeader, BATCH_HEADER_BYTES};
+use crate::batch::{BatchHeader, BATCH_HEADER_BYTES, BATCH_LOG_OVERHEAD_BYTES, CRC_START_OFFSET};
 use crate::types::{Offset, TimestampMs};
 use crate::wire::{Reader, WireError};
 
@@ -31,6 +32,104 @@ pub enum RecordsError {
     TooLarge,
     #[error("unknown compression codec {0}")]
     UnknownCodec(u8),
+    #[error("cannot compress batch: {0}")]
+    Compress(String),
+    #[error("not a record batch: {0}")]
+    NotABatch(String),
+}
+
+/// A codec the broker compresses with (a topic's `compression.type`), with its level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    None,
+    /// -1: the codec's default level.
+    Gzip {
+        level: i64,
+    },
+    Snappy,
+    Lz4,
+    Zstd {
+        level: i32,
+    },
+}
+
+impl Codec {
+    /// The codec's id in a batch's attributes.
+    pub fn id(self) -> u8 {
+        match self {
+            Codec::None => 0,
+            Codec::Gzip { .. } => 1,
+            Codec::Snappy => 2,
+            Codec::Lz4 => 3,
+            Codec::Zstd { .. } => 4,
+        }
+    }
+
+    fn compress(self, area: &[u8]) -> Result<Vec<u8>, RecordsError> {
+        use std::io::Write;
+        let failed = |e: std::io::Error| RecordsError::Compress(e.to_string());
+        match self {
+            Codec::None => Ok(area.to_vec()),
+            Codec::Gzip { level } => {
+                let level = if level < 0 {
+                    flate2::Compression::default()
+                } else {
+                    flate2::Compression::new(level.clamp(1, 9) as u32)
+                };
+                let mut encoder = flate2::write::GzEncoder::new(Vec::new(), level);
+                encoder.write_all(area).map_err(failed)?;
+                encoder.finish().map_err(failed)
+            }
+            Codec::Snappy => {
+                // Kafka's xerial framing, one block per 32 KiB, as the Java broker writes it.
+                let mut out = XERIAL_MAGIC.to_vec();
+                out.extend_from_slice(&1i32.to_be_bytes());
+                out.extend_from_slice(&1i32.to_be_bytes());
+                let mut encoder = snap::raw::Encoder::new();
+                for chunk in area.chunks(32 * 1024) {
+                    let block = encoder
+                        .compress_vec(chunk)
+                        .map_err(|e| RecordsError::Compress(e.to_string()))?;
+                    out.extend_from_slice(&(block.len() as i32).to_be_bytes());
+                    out.extend_from_slice(&block);
+                }
+                Ok(out)
+            }
+            Codec::Lz4 => {
+                let mut encoder = lz4_flex::frame::FrameEncoder::new(Vec::new());
+                encoder.write_all(area).map_err(failed)?;
+                encoder
+                    .finish()
+                    .map_err(|e| RecordsError::Compress(e.to_string()))
+            }
+            Codec::Zstd { level } => zstd::encode_all(area, level).map_err(failed),
+        }
+    }
+}
+
+/// `batch` (one whole RecordBatch v2) stored with `codec` instead: its records decompressed
+/// and compressed again, the attributes, length and CRC rewritten, everything else (offsets,
+/// epochs, producer id and sequence, timestamps) kept. `None` when it already uses `codec` or
+/// is a control batch.
+pub fn recompress(batch: &[u8], codec: Codec) -> Result<Option<Vec<u8>>, RecordsError> {
+    let header =
+        BatchHeader::parse_unchecked(batch).map_err(|e| RecordsError::NotABatch(e.to_string()))?;
+    if header.is_control() || header.compression_codec() == codec.id() {
+        return Ok(None);
+    }
+    let area = record_area(batch, &header)?;
+    let compressed = codec.compress(&area)?;
+    let mut out = Vec::with_capacity(BATCH_HEADER_BYTES + compressed.len());
+    out.extend_from_slice(&batch[..BATCH_HEADER_BYTES]);
+    out.extend_from_slice(&compressed);
+    let batch_length = (out.len() - BATCH_LOG_OVERHEAD_BYTES) as i32;
+    out[8..12].copy_from_slice(&batch_length.to_be_bytes());
+    let attributes = i16::from_be_bytes([out[CRC_START_OFFSET], out[CRC_START_OFFSET + 1]]);
+    let attributes = (attributes & !0x07) | i16::from(codec.id());
+    out[CRC_START_OFFSET..CRC_START_OFFSET + 2].copy_from_slice(&attributes.to_be_bytes());
+    let crc = crc32c::crc32c(&out[CRC_START_OFFSET..]);
+    out[CRC_START_OFFSET - 4..CRC_START_OFFSET].copy_from_slice(&crc.to_be_bytes());
+    Ok(Some(out))
 }
 
 const XERIAL_MAGIC: &[u8] = b"\x82SNAPPY\x00";
@@ -154,6 +253,38 @@ mod tests {
 
     use super::*;
     use crate::batch::{BatchBuilder, BATCH_HEADER_BYTES};
+
+    #[test]
+    fn recompressed_batches_keep_their_records_and_validate() {
+        let codecs = [
+            Codec::None,
+            Codec::Gzip { level: -1 },
+            Codec::Snappy,
+            Codec::Lz4,
+            Codec::Zstd { level: 3 },
+        ];
+        for from in 0..5u8 {
+            let original = batch(from);
+            let header = BatchHeader::parse_unchecked(&original).unwrap();
+            let records = record_area(&original, &header).unwrap();
+            for to in codecs {
+                let Some(out) = recompress(&original, to).unwrap() else {
+                    assert_eq!(from, to.id(), "only the same codec is left alone");
+                    continue;
+                };
+                let checked = crate::batch::validate_batch(&out).expect("a valid batch");
+                assert_eq!(checked.compression_codec(), to.id());
+                assert_eq!(checked.base_offset(), header.base_offset());
+                assert_eq!(checked.max_timestamp(), header.max_timestamp());
+                assert_eq!(checked.record_count(), header.record_count());
+                assert_eq!(
+                    record_area(&out, &checked).unwrap(),
+                    records,
+                    "{from} -> {to:?}"
+                );
+            }
+        }
+    }
 
     /// A batch whose records are 100 ms apart, rewritten with `codec`'s compression.
     fn batch(codec: u8) -> Vec<u8> {

@@ -307,6 +307,7 @@ impl Partition {
             state.check_produce(acks, now.0, self.replica_lag_max_ms.get())?;
             state.leader_epoch()
         };
+        let records = self.as_topic_stores(records, now)?;
         let sequence = match self.idempotence(&records)? {
             Sequenced::None => None,
             Sequenced::Append(sequence) => Some(sequence),
@@ -348,6 +349,77 @@ impl Partition {
                 })
             }
         }
+    }
+
+    /// Applies the topic's `message.timestamp.before/after.max.ms` bounds (CreateTime topics)
+    /// and `compression.type` (recompressing batches the producer compressed otherwise) to a
+    /// produce's record set. The log validates the batches fully afterwards.
+    fn as_topic_stores(
+        &self,
+        records: BytesMut,
+        now: TimestampMs,
+    ) -> Result<BytesMut, AppendFailure> {
+        let policy = self.policy.borrow();
+        let bounded = policy.log.timestamp_type == tern_storage::TimestampType::CreateTime
+            && (policy.timestamp_before_max_ms < i64::MAX
+                || policy.timestamp_after_max_ms < i64::MAX);
+        if !bounded && policy.compression.is_none() {
+            return Ok(records);
+        }
+        let mut rewritten: Option<BytesMut> = None;
+        let mut rest: &[u8] = &records;
+        let mut done = 0usize;
+        while let Ok(total) = peek_batch_total_bytes(rest) {
+            let Some(batch) = rest.get(..total) else {
+                break;
+            };
+            let Ok(header) = BatchHeader::parse_unchecked(batch) else {
+                break;
+            };
+            if bounded && !header.is_control() {
+                let earliest = now.0.saturating_sub(policy.timestamp_before_max_ms);
+                let latest = now.0.saturating_add(policy.timestamp_after_max_ms);
+                if header.base_timestamp().0 < earliest || header.max_timestamp().0 > latest {
+                    return Err(AppendFailure {
+                        code: error_code::INVALID_TIMESTAMP,
+                        message: Some(format!(
+                            "timestamps {}..{} outside the topic's bounds {earliest}..{latest}",
+                            header.base_timestamp().0,
+                            header.max_timestamp().0
+                        )),
+                    });
+                }
+            }
+            if let Some(codec) = policy.compression {
+                let recompressed =
+                    tern_protocol::records::recompress(batch, codec).map_err(|error| {
+                        AppendFailure {
+                            code: error_code::CORRUPT_MESSAGE,
+                            message: Some(error.to_string()),
+                        }
+                    })?;
+                if let Some(new) = recompressed {
+                    let out = rewritten.get_or_insert_with(|| {
+                        let mut out = BytesMut::with_capacity(records.len());
+                        out.extend_from_slice(&records[..done]);
+                        out
+                    });
+                    out.extend_from_slice(&new);
+                } else if let Some(out) = rewritten.as_mut() {
+                    out.extend_from_slice(batch);
+                }
+            }
+            done += total;
+            rest = &rest[total..];
+        }
+        Ok(match rewritten {
+            Some(mut out) => {
+                // Whatever did not parse as a batch goes on as it came: the log refuses it.
+                out.extend_from_slice(&records[done..]);
+                out
+            }
+            None => records,
+        })
     }
 
     /// Waits until the high watermark passes `base_offset` (batches are whole, so it then
