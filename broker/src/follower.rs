@@ -171,7 +171,25 @@ async fn run(shard: Rc<Shard>, fetcher: Rc<Fetcher>) {
         let Some(conn) = connection.as_mut() else {
             continue;
         };
-        let result = round(&shard, conn, &partitions, &mut reconciled).await;
+        let mut restarts = Vec::new();
+        let result = round(&shard, conn, &partitions, &mut reconciled, &mut restarts).await;
+        // A replica restarts only once nothing here holds it.
+        drop(partitions);
+        for restart in restarts {
+            shard.restart_replica(&restart.tp, restart.start).await;
+            reconciled.remove(&restart.tp);
+            // The batch that straddled the leader's start goes in at once, so the next fetch
+            // asks from past the leader's start.
+            if let (Some((records, high_watermark)), Some(partition)) =
+                (restart.records, shard.partition(&restart.tp))
+            {
+                let now = TimestampMs(shard.now_ms());
+                if let Err(failure) = partition.append_replica(records, high_watermark, now).await {
+                    tracing::warn!(partition = %restart.tp.dir_name(), code = failure.code,
+                        message = ?failure.message, "append after a restart failed");
+                }
+            }
+        }
         match result {
             Ok(progress) => {
                 failures = 0;
@@ -211,13 +229,23 @@ fn leader_address(shard: &Shard, leader: BrokerId) -> Option<SocketAddr> {
     format!("{}:{}", broker.host, broker.port).parse().ok()
 }
 
+/// A replica to start over (see `Shard::restart_replica`): where, and the leader's records to
+/// append right after when the start falls inside a batch the leader sent whole.
+struct Restart {
+    tp: TopicPartition,
+    start: Offset,
+    records: Option<(Bytes, Offset)>,
+}
+
 /// One round: reconcile partitions new to their leader epoch, then one Fetch and its appends.
-/// Returns whether any partition made progress (or answered without error).
+/// Returns whether any partition made progress (or answered without error); partitions whose
+/// leader's log start passed their end go in `restarts`.
 async fn round(
     shard: &Rc<Shard>,
     conn: &mut Connection,
     partitions: &[Rc<Partition>],
     reconciled: &mut HashMap<TopicPartition, LeaderEpoch>,
+    restarts: &mut Vec<Restart>,
 ) -> Result<bool, RoundError> {
     let unreconciled: Vec<&Rc<Partition>> = partitions
         .iter()
@@ -263,6 +291,23 @@ async fn round(
                 error_code::NONE => {
                     progress = true;
                     let records = answer.records.unwrap_or_default();
+                    // A log restarted at the leader's start may find that start inside a batch,
+                    // which the leader sends whole: start at that batch instead (Kafka's rule).
+                    let first = tern_protocol::batch::BatchHeader::parse_unchecked(&records)
+                        .map(|h| h.base_offset())
+                        .ok();
+                    let log = &partition.log;
+                    if let Some(first) = first.filter(|first| {
+                        *first < log.log_end_offset()
+                            && log.log_start_offset() == log.log_end_offset()
+                    }) {
+                        restarts.push(Restart {
+                            tp,
+                            start: first,
+                            records: Some((records, Offset(answer.high_watermark))),
+                        });
+                        continue;
+                    }
                     shard
                         .replication_probe
                         .replica_bytes_appended
@@ -272,6 +317,17 @@ async fn round(
                     appends.push(async move {
                         let outcome = partition.append_replica(records, high_watermark, now).await;
                         (partition, outcome)
+                    });
+                }
+                error_code::OFFSET_OUT_OF_RANGE
+                    if answer.log_start_offset > partition.log.log_end_offset().0 =>
+                {
+                    // The leader no longer holds what we would fetch next (retention or
+                    // DeleteRecords moved its start past our end): start over from there.
+                    restarts.push(Restart {
+                        tp,
+                        start: Offset(answer.log_start_offset),
+                        records: None,
                     });
                 }
                 error_code::OFFSET_OUT_OF_RANGE => {

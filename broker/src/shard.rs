@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use futures::channel::oneshot;
 use glommio::channels::channel_mesh::Senders;
+use tern_protocol::types::Offset;
 use tern_replication::metadata::{BrokerId, MetadataError, MetadataImage};
 use tern_storage::Log;
 
@@ -66,6 +67,8 @@ pub struct Shard {
     pub park_budget: Rc<ParkBudget>,
     /// Tasks waiting for this shard's next image (see `next_image`).
     image_watchers: RefCell<Vec<oneshot::Sender<()>>>,
+    /// Replicas whose log is being restarted (see `restart_replica`): not opened meanwhile.
+    restarting: RefCell<HashSet<TopicPartition>>,
     pub replication_probe: crate::metrics::ReplicationProbe,
 }
 
@@ -106,6 +109,7 @@ impl Shard {
             index_cache: tern_storage::IndexCache::new(config.index_cache_bytes),
             park_budget: ParkBudget::new(config.max_parked_fetches),
             image_watchers: RefCell::new(Vec::new()),
+            restarting: RefCell::new(HashSet::new()),
             replication_probe: crate::metrics::ReplicationProbe::default(),
         }
     }
@@ -233,6 +237,10 @@ impl Shard {
                     continue;
                 }
                 let tp = TopicPartition::new(topic.name.clone(), meta.index);
+                if self.restarting.borrow().contains(&tp) {
+                    wanted.insert(tp);
+                    continue;
+                }
                 let policy = topic_config::policy(defaults, &topic.configs);
                 match self.partition(&tp) {
                     Some(partition) => {
@@ -310,6 +318,57 @@ impl Shard {
         let (tx, rx) = oneshot::channel();
         self.image_watchers.borrow_mut().push(tx);
         rx
+    }
+
+    /// A replica this shard follows whose leader no longer holds the offset it would fetch
+    /// next (the leader's log start passed it): its log starts over, empty, at `start`, as
+    /// Kafka's followers truncate fully and start at the leader's log start. The partition is
+    /// out of the table meanwhile (requests get NOT_LEADER_OR_FOLLOWER) and comes back with
+    /// the shard's current image.
+    pub async fn restart_replica(self: &Rc<Self>, tp: &TopicPartition, start: Offset) {
+        let Some(partition) = self.partitions.borrow_mut().remove(tp) else {
+            return;
+        };
+        partition.detach();
+        self.restarting.borrow_mut().insert(tp.clone());
+        let reopened = match sole_owner(partition).await {
+            Ok(owned) => owned.log.restart_at(start).await.map_err(|e| e.to_string()),
+            Err(_) => Err("the partition is still in use after 30 s".to_owned()),
+        };
+        self.restarting.borrow_mut().remove(tp);
+        let log = match reopened {
+            Ok(log) => log,
+            Err(error) => {
+                tracing::error!(partition = %tp.dir_name(), %error, "cannot restart the replica's log; it stays closed until the broker restarts");
+                return;
+            }
+        };
+        tracing::info!(partition = %tp.dir_name(), start = start.0,
+            "replica restarted at its leader's log start");
+        let image = self.image();
+        let Some((meta, topic)) = image
+            .topic(&tp.topic)
+            .and_then(|topic| Some((topic.partitions.get(tp.partition as usize)?, topic)))
+        else {
+            let _ = log.remove().await;
+            return;
+        };
+        let policy = topic_config::policy(&self.config.topic_defaults, &topic.configs);
+        let partition = Partition::new(
+            tp.clone(),
+            log,
+            policy,
+            self.node_id(),
+            meta,
+            crate::producer_state::ProducerStates::default(),
+        );
+        partition.set_replica_lag_max_ms(self.config.replica_lag_time_max_ms);
+        self.partitions
+            .borrow_mut()
+            .insert(tp.clone(), Rc::new(partition));
+        for watcher in self.image_watchers.borrow_mut().drain(..) {
+            let _ = watcher.send(());
+        }
     }
 
     /// The partitions this shard follows, by their leader (leaderless ones wait for one).
@@ -443,23 +502,13 @@ impl Shard {
     }
 }
 
-/// Waits (bounded) for in-flight users of a partition to let go, then closes or removes its log.
-async fn release_partition(partition: Rc<Partition>, remove: bool) {
+/// Waits (bounded) for in-flight users of a partition to let go; the partition itself, or
+/// (still shared) after the wait.
+async fn sole_owner(partition: Rc<Partition>) -> Result<Partition, Rc<Partition>> {
     let mut partition = partition;
     for _ in 0..crate::limits::PARTITION_RELEASE_WAIT_MS / limits::PARTITION_RELEASE_POLL_MS {
         match Rc::try_unwrap(partition) {
-            Ok(owned) => {
-                let name = owned.tp.dir_name();
-                let result = if remove {
-                    owned.log.remove().await
-                } else {
-                    owned.log.close().await
-                };
-                if let Err(error) = result {
-                    tracing::warn!(partition = %name, %error, remove, "closing partition log failed");
-                }
-                return;
-            }
+            Ok(owned) => return Ok(owned),
             Err(shared) => {
                 partition = shared;
                 glommio::timer::sleep(Duration::from_millis(limits::PARTITION_RELEASE_POLL_MS))
@@ -467,5 +516,25 @@ async fn release_partition(partition: Rc<Partition>, remove: bool) {
             }
         }
     }
-    tracing::warn!(partition = %partition.tp.dir_name(), "partition still in use after 30 s; leaving it open");
+    Err(partition)
+}
+
+/// Waits (bounded) for in-flight users of a partition to let go, then closes or removes its log.
+async fn release_partition(partition: Rc<Partition>, remove: bool) {
+    match sole_owner(partition).await {
+        Ok(owned) => {
+            let name = owned.tp.dir_name();
+            let result = if remove {
+                owned.log.remove().await
+            } else {
+                owned.log.close().await
+            };
+            if let Err(error) = result {
+                tracing::warn!(partition = %name, %error, remove, "closing partition log failed");
+            }
+        }
+        Err(partition) => {
+            tracing::warn!(partition = %partition.tp.dir_name(), "partition still in use after 30 s; leaving it open")
+        }
+    }
 }

@@ -1336,3 +1336,32 @@ fn truncate_to_and_delete_records_trim_the_epoch_cache_and_its_file() {
         assert_eq!(epoch_pairs(&log), vec![(3, 5), (8, 8)]);
     });
 }
+
+/// A follower whose leader's log start passed it restarts its log there: everything before is
+/// gone, the leader's batches from that offset append, and a reopen keeps the new start.
+#[test]
+fn restart_at_empties_the_log_and_starts_it_at_the_given_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p0");
+    run_async(move || async move {
+        let log = Log::open(path.clone(), small_config()).await.unwrap();
+        let (old, _) = leader_batches(&[(3, 100), (2, 100)], Offset(0), 1);
+        log.append_replicated(old, TimestampMs(1)).await.unwrap();
+        let log = log.restart_at(Offset(1_000)).await.unwrap();
+        assert_eq!(log.log_start_offset(), Offset(1_000));
+        assert_eq!(log.log_end_offset(), Offset(1_000));
+        assert_eq!(log.latest_epoch(), None);
+        let (new, expected) = leader_batches(&[(2, 100), (1, 50)], Offset(1_000), 4);
+        assert_eq!(
+            log.append_replicated(new, TimestampMs(2)).await.unwrap(),
+            Offset(1_002)
+        );
+        check_reads(&log, &expected).await;
+        assert!(log.read(Offset(0), 1 << 20, Offset(2_000)).await.is_err());
+        log.close().await.unwrap();
+        let log = Log::open(path, small_config()).await.unwrap();
+        assert_eq!(log.log_start_offset(), Offset(1_000));
+        assert_eq!(log.log_end_offset(), Offset(1_003));
+        check_reads(&log, &expected).await;
+    });
+}

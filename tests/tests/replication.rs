@@ -383,3 +383,87 @@ fn committed_offsets_survive_the_coordinators_death() {
         Some(Offset::Offset(100))
     );
 }
+
+/// A follower that was down while its leader's log start moved past its end (DeleteRecords
+/// here; retention does the same) starts its log over at the leader's start and rejoins the
+/// ISR, instead of asking forever for offsets the leader no longer has.
+#[test]
+fn a_follower_behind_its_leaders_log_start_starts_over_there() {
+    // Three voters, so that the quorum outlives the follower; the topic lives on two.
+    let mut cluster = Cluster::start(3);
+    let all = [0usize, 1, 2];
+    cluster.wait_for_controller(&all, Duration::from_secs(20));
+    kafka::try_create_topic(&cluster.brokers[0], "trimmed", 1, 2, &[]).expect("create");
+    let layout = wait_for_layout(&cluster, &all, "trimmed", Duration::from_secs(20), |l| {
+        l[&0].2.len() == 2
+    });
+    let leader = layout[&0].0 as usize;
+    let follower = *layout[&0]
+        .1
+        .iter()
+        .find(|b| **b != leader as i32)
+        .expect("a second replica") as usize;
+    let others: Vec<usize> = all.iter().copied().filter(|b| *b != follower).collect();
+    let producer = kafka::producer_with(
+        &cluster.brokers[leader],
+        &[
+            ("acks", "1"),
+            (
+                "bootstrap.servers",
+                cluster.brokers[leader].bootstrap().as_str(),
+            ),
+        ],
+    );
+    let first: Vec<Rec> = (0..50).map(|i| Rec::value(format!("old-{i:03}"))).collect();
+    kafka::produce(&producer, "trimmed", Some(0), &first);
+    cluster.brokers[follower].kill9();
+    wait_for_layout(&cluster, &others, "trimmed", Duration::from_secs(30), |l| {
+        l[&0].2 == vec![leader as i32]
+    });
+    let second: Vec<Rec> = (0..50).map(|i| Rec::value(format!("new-{i:03}"))).collect();
+    kafka::produce(&producer, "trimmed", Some(0), &second);
+    let admin = kafka::admin(&cluster.brokers[leader]);
+    let mut before = TopicPartitionList::new();
+    before
+        .add_partition_offset("trimmed", 0, Offset::Offset(80))
+        .expect("offset");
+    kafka::wait(admin.delete_records(&before, &kafka::admin_options())).expect("DeleteRecords");
+    cluster.brokers[follower].restart();
+    let back = wait_for_layout(&cluster, &all, "trimmed", Duration::from_secs(60), |l| {
+        l[&0].2.len() == 2
+    });
+    assert_eq!(back[&0].2.len(), 2, "the follower rejoined the ISR");
+    // Its log now starts where the leader's does, with the same records.
+    let (low, high) = kafka::watermarks(&cluster.brokers[leader], "trimmed", 0);
+    assert_eq!((low, high), (80, 100));
+    let log = cluster.brokers[follower].log();
+    assert!(
+        log.contains("replica restarted at its leader's log start"),
+        "the follower says what it did"
+    );
+    // The follower can lead with exactly the leader's records: kill the leader.
+    cluster.brokers[leader].kill9();
+    let survivors: Vec<usize> = all.iter().copied().filter(|b| *b != leader).collect();
+    wait_for_layout(
+        &cluster,
+        &survivors,
+        "trimmed",
+        Duration::from_secs(30),
+        |l| l[&0].0 == follower as i32,
+    );
+    let consumer = kafka::consumer_with(
+        &cluster.brokers[follower],
+        &[(
+            "bootstrap.servers",
+            cluster.brokers[follower].bootstrap().as_str(),
+        )],
+    );
+    kafka::assign(&consumer, "trimmed", &[0], Offset::Offset(80));
+    let read = kafka::read_exactly(&consumer, 20, Duration::from_secs(30));
+    let values: Vec<String> = read
+        .iter()
+        .map(|c| String::from_utf8_lossy(c.record.value.as_deref().unwrap()).into_owned())
+        .collect();
+    let expected: Vec<String> = (30..50).map(|i| format!("new-{i:03}")).collect();
+    assert_eq!(values, expected);
+}

@@ -49,7 +49,7 @@ use tern_protocol::batch::BatchHeader;
 use tern_protocol::types::{Offset, TimestampMs};
 
 use crate::config::LogConfig;
-use crate::error::StorageIoError;
+use crate::error::{OpenError, StorageIoError};
 use crate::index_cache::{IndexCache, SegmentIndexes};
 use crate::leader_epoch::LeaderEpochCache;
 use crate::notify::{AckWaiters, Notify};
@@ -432,6 +432,28 @@ impl Log {
             }
         }
         Ok(())
+    }
+
+    /// Replaces this log by an empty one that starts at `start` in the same directory: a
+    /// follower whose leader no longer holds what it would fetch next (the leader's log start
+    /// passed it) starts over from the leader's start, as Kafka's followers do. Everything is
+    /// removed, the new start is persisted before the log reopens, so a crash in between
+    /// leaves an empty log (which the follower refills) or the new one, never a gap.
+    pub async fn restart_at(self, start: Offset) -> Result<Log, OpenError> {
+        let dir = self.inner.dir.clone();
+        let config = self.inner.state.borrow().config.clone();
+        let cache = self.inner.index_cache.clone();
+        self.remove().await?;
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| StorageIoError::new(format!("creating {}", dir.display()), e))?;
+        segment::write_file_atomically(
+            &dir,
+            LOG_START_OFFSET_FILE_NAME,
+            &recovery::encode_checkpoint(start),
+        )
+        .await?;
+        sync_dir(&dir).await?;
+        Log::open_with_cache(dir, config, cache).await
     }
 
     /// Deletes the partition's directory and everything in it (DeleteTopics).
