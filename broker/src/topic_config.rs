@@ -393,7 +393,97 @@ pub fn validate(key: &str, value: &str) -> Result<(), ConfigError> {
     (spec.validate)(value).map_err(error)
 }
 
+/// Kafka's broker-level names for topic defaults (`server.properties`), with the factor that
+/// turns the broker's unit into the topic's (hours and minutes into milliseconds).
+const BROKER_NAMES: &[(&str, &str, i64)] = &[
+    ("log.retention.hours", "retention.ms", 3_600_000),
+    ("log.retention.minutes", "retention.ms", 60_000),
+    ("log.retention.ms", "retention.ms", 1),
+    ("log.retention.bytes", "retention.bytes", 1),
+    ("log.segment.bytes", "segment.bytes", 1),
+    ("log.roll.hours", "segment.ms", 3_600_000),
+    ("log.roll.ms", "segment.ms", 1),
+    ("log.roll.jitter.hours", "segment.jitter.ms", 3_600_000),
+    ("log.roll.jitter.ms", "segment.jitter.ms", 1),
+    ("log.index.size.max.bytes", "segment.index.bytes", 1),
+    ("log.index.interval.bytes", "index.interval.bytes", 1),
+    ("log.flush.interval.messages", "flush.messages", 1),
+    ("log.flush.interval.ms", "flush.ms", 1),
+    ("message.max.bytes", "max.message.bytes", 1),
+    ("log.message.timestamp.type", "message.timestamp.type", 0),
+    (
+        "log.message.timestamp.before.max.ms",
+        "message.timestamp.before.max.ms",
+        1,
+    ),
+    (
+        "log.message.timestamp.after.max.ms",
+        "message.timestamp.after.max.ms",
+        1,
+    ),
+    ("log.cleanup.policy", "cleanup.policy", 0),
+    ("log.cleaner.delete.retention.ms", "delete.retention.ms", 1),
+    (
+        "log.cleaner.min.compaction.lag.ms",
+        "min.compaction.lag.ms",
+        1,
+    ),
+    (
+        "log.cleaner.max.compaction.lag.ms",
+        "max.compaction.lag.ms",
+        1,
+    ),
+    (
+        "log.cleaner.min.cleanable.ratio",
+        "min.cleanable.dirty.ratio",
+        0,
+    ),
+    ("log.segment.delete.delay.ms", "file.delete.delay.ms", 1),
+    ("log.preallocate", "preallocate", 0),
+];
+
 impl TopicDefaults {
+    /// Defaults from `entries` named either as topics name them (`retention.ms`) or as Kafka's
+    /// broker does (`log.retention.hours`, `message.max.bytes`, ...). Where several broker
+    /// names set one topic key, the finer unit wins (ms over minutes over hours), as in Kafka.
+    pub fn from_entries(
+        entries: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<TopicDefaults, ConfigError> {
+        let mut topic_named = BTreeMap::new();
+        let mut broker_named = BTreeMap::new();
+        for (key, value) in entries {
+            match BROKER_NAMES.iter().position(|(name, _, _)| *name == key) {
+                Some(rank) => {
+                    broker_named.insert(rank, value);
+                }
+                None => {
+                    topic_named.insert(key, value);
+                }
+            }
+        }
+        let mut overrides = BTreeMap::new();
+        // In table order: for each topic key its coarser units come first.
+        for (rank, value) in broker_named {
+            let (broker_key, topic_key, factor) = BROKER_NAMES[rank];
+            let value = if factor > 1 {
+                let n: i64 = value.trim().parse().map_err(|_| ConfigError {
+                    key: broker_key.to_owned(),
+                    value: value.clone(),
+                    reason: "must be an integer".into(),
+                })?;
+                n.saturating_mul(factor).to_string()
+            } else {
+                value
+            };
+            overrides.insert(topic_key.to_owned(), value);
+        }
+        // A topic name given outright beats a broker name for the same key.
+        overrides.extend(topic_named);
+        let defaults = TopicDefaults { overrides };
+        defaults.validate()?;
+        Ok(defaults)
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.overrides
             .iter()
@@ -530,6 +620,28 @@ mod tests {
         assert!(validate("retention.ms", "-2").is_err());
         assert!(validate("retention.ms", "1000").is_ok());
         assert!(validate("remote.storage.enable", "true").is_err());
+    }
+
+    #[test]
+    fn broker_level_names_set_topic_defaults_with_their_units() {
+        let entries = [
+            ("log.retention.hours", "24"),
+            ("log.segment.bytes", "1048576"),
+            ("message.max.bytes", "2000000"),
+            ("log.roll.hours", "1"),
+            ("log.roll.ms", "600000"),
+            ("compression.type", "zstd"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        let defaults = TopicDefaults::from_entries(entries).unwrap();
+        let get = |key: &str| defaults.default_of(key).unwrap();
+        assert_eq!(get("retention.ms"), "86400000");
+        assert_eq!(get("segment.bytes"), "1048576");
+        assert_eq!(get("max.message.bytes"), "2000000");
+        assert_eq!(get("segment.ms"), "600000", "ms beats hours");
+        assert_eq!(get("compression.type"), "zstd");
+        assert!(TopicDefaults::from_entries([("log.retention.hours".into(), "x".into())]).is_err());
+        assert!(TopicDefaults::from_entries([("no.such".into(), "1".into())]).is_err());
     }
 
     #[test]

@@ -377,17 +377,17 @@ fn build_config(args: ServeArgs) -> Result<BrokerConfig, String> {
         None => FileConfig::default(),
     };
     let defaults = BrokerConfig::default();
-    let mut topic_defaults = TopicDefaults {
-        overrides: file.topic_defaults,
-    };
+    // Topic defaults by topic names or Kafka's broker names (log.retention.hours, ...);
+    // flags override the file's.
+    let mut entries: Vec<(String, String)> = file.topic_defaults.into_iter().collect();
     for pair in &args.topic_defaults {
         let (key, value) = pair
             .split_once('=')
             .ok_or_else(|| format!("--topic-default expects key=value, got '{pair}'"))?;
-        topic_defaults
-            .overrides
-            .insert(key.trim().to_owned(), value.trim().to_owned());
+        entries.push((key.trim().to_owned(), value.trim().to_owned()));
     }
+    let topic_defaults =
+        TopicDefaults::from_entries(entries).map_err(|error| format!("topic defaults: {error}"))?;
     let admin_listen = match args.admin_listen.as_deref() {
         Some("off") | Some("") => None,
         Some(addr) => Some(
