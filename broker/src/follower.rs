@@ -176,7 +176,12 @@ async fn run(shard: Rc<Shard>, fetcher: Rc<Fetcher>) {
         // A replica restarts only once nothing here holds it.
         drop(partitions);
         for restart in restarts {
-            shard.restart_replica(&restart.tp, restart.start).await;
+            if !shard
+                .restart_replica(&restart.tp, restart.start, restart.epoch)
+                .await
+            {
+                continue;
+            }
             reconciled.remove(&restart.tp);
             // The batch that straddled the leader's start goes in at once, so the next fetch
             // asks from past the leader's start.
@@ -184,7 +189,10 @@ async fn run(shard: Rc<Shard>, fetcher: Rc<Fetcher>) {
                 (restart.records, shard.partition(&restart.tp))
             {
                 let now = TimestampMs(shard.now_ms());
-                if let Err(failure) = partition.append_replica(records, high_watermark, now).await {
+                let appended = partition
+                    .append_replica(records, high_watermark, now, restart.epoch)
+                    .await;
+                if let Err(failure) = appended {
                     tracing::warn!(partition = %restart.tp.dir_name(), code = failure.code,
                         message = ?failure.message, "append after a restart failed");
                 }
@@ -233,6 +241,8 @@ fn leader_address(shard: &Shard, leader: BrokerId) -> Option<SocketAddr> {
 /// append right after when the start falls inside a batch the leader sent whole.
 struct Restart {
     tp: TopicPartition,
+    /// The leader epoch the answer came in: nothing happens if the replica moved past it.
+    epoch: LeaderEpoch,
     start: Offset,
     records: Option<(Bytes, Offset)>,
 }
@@ -262,6 +272,11 @@ async fn round(
         return Ok(false);
     }
     let request = fetch_request(shard.node_id(), &ready);
+    // The epoch each partition was fetched in: an answer lands only if it still holds.
+    let sent: HashMap<TopicPartition, LeaderEpoch> = ready
+        .iter()
+        .map(|p| (p.tp.clone(), p.leader_epoch()))
+        .collect();
     let response: FetchResponse = conn
         .call(
             kafka_protocol::messages::ApiKey::Fetch as i16,
@@ -284,7 +299,9 @@ async fn round(
         let name = topic.topic.0.to_string();
         for answer in topic.partitions {
             let tp = TopicPartition::new(name.clone(), answer.partition_index);
-            let Some(partition) = by_tp.get(&tp).map(|p| Rc::clone(p)) else {
+            let (Some(partition), Some(&epoch)) =
+                (by_tp.get(&tp).map(|p| Rc::clone(p)), sent.get(&tp))
+            else {
                 continue;
             };
             match answer.error_code {
@@ -303,6 +320,7 @@ async fn round(
                     }) {
                         restarts.push(Restart {
                             tp,
+                            epoch,
                             start: first,
                             records: Some((records, Offset(answer.high_watermark))),
                         });
@@ -315,7 +333,9 @@ async fn round(
                     let high_watermark = Offset(answer.high_watermark);
                     let now = TimestampMs(shard.now_ms());
                     appends.push(async move {
-                        let outcome = partition.append_replica(records, high_watermark, now).await;
+                        let outcome = partition
+                            .append_replica(records, high_watermark, now, epoch)
+                            .await;
                         (partition, outcome)
                     });
                 }
@@ -326,6 +346,7 @@ async fn round(
                     // DeleteRecords moved its start past our end): start over from there.
                     restarts.push(Restart {
                         tp,
+                        epoch,
                         start: Offset(answer.log_start_offset),
                         records: None,
                     });
@@ -349,10 +370,17 @@ async fn round(
         }
     }
     for (partition, outcome) in futures::future::join_all(appends).await {
-        if let Err(failure) = outcome {
-            tracing::warn!(partition = %partition.tp.dir_name(), code = failure.code,
-                message = ?failure.message, "replica append failed; reconciling");
-            reconciled.remove(&partition.tp);
+        match outcome {
+            Ok(_) => {}
+            // The replica moved to a newer epoch while the answer was on its way.
+            Err(failure) if failure.code == error_code::FENCED_LEADER_EPOCH => {
+                tracing::debug!(partition = %partition.tp.dir_name(), "answer from an older leader epoch dropped");
+            }
+            Err(failure) => {
+                tracing::warn!(partition = %partition.tp.dir_name(), code = failure.code,
+                    message = ?failure.message, "replica append failed; reconciling");
+                reconciled.remove(&partition.tp);
+            }
         }
     }
     Ok(progress)
@@ -406,12 +434,16 @@ async fn reconcile_epochs(
     request.replica_id = WireBrokerId(shard.node_id());
     let mut by_topic: BTreeMap<&str, Vec<OffsetForLeaderPartition>> = BTreeMap::new();
     let mut empty = Vec::new();
+    // (leader epoch, latest local epoch) each question was asked in: an answer is used only if
+    // both still hold.
+    let mut sent: HashMap<TopicPartition, (LeaderEpoch, LeaderEpoch)> = HashMap::new();
     for partition in partitions {
         let Some(latest) = partition.latest_epoch() else {
             // Nothing here yet: nothing can diverge.
             empty.push(*partition);
             continue;
         };
+        sent.insert(partition.tp.clone(), (partition.leader_epoch(), latest));
         let mut asked = OffsetForLeaderPartition::default();
         asked.partition = partition.tp.partition;
         asked.current_leader_epoch = partition.leader_epoch().0;
@@ -456,10 +488,13 @@ async fn reconcile_epochs(
                     "OffsetForLeaderEpoch refused; will ask again");
                 continue;
             }
-            let log_end = partition.log.log_end_offset();
-            let Some(asked) = partition.latest_epoch() else {
+            let Some(&(epoch, asked)) = sent.get(&tp) else {
                 continue;
             };
+            if partition.leader_epoch() != epoch || partition.latest_epoch() != Some(asked) {
+                continue;
+            }
+            let log_end = partition.log.log_end_offset();
             let answer = (answer.end_offset >= 0)
                 .then_some((LeaderEpoch(answer.leader_epoch), Offset(answer.end_offset)));
             let cut = epochs::follower_cut(
@@ -476,13 +511,13 @@ async fn reconcile_epochs(
             if cut < log_end {
                 tracing::info!(partition = %tp.dir_name(), from = log_end.0, to = cut.0,
                     leader_epoch = partition.leader_epoch().0, "truncating a divergent tail");
-                if let Err(failure) = partition.truncate(cut).await {
+                if let Err(failure) = partition.truncate(cut, epoch).await {
                     tracing::warn!(partition = %tp.dir_name(), code = failure.code,
                         message = ?failure.message, "truncation failed");
                     continue;
                 }
             }
-            reconciled.insert(tp, partition.leader_epoch());
+            reconciled.insert(tp, epoch);
         }
     }
     Ok(())

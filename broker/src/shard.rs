@@ -324,10 +324,22 @@ impl Shard {
     /// next (the leader's log start passed it): its log starts over, empty, at `start`, as
     /// Kafka's followers truncate fully and start at the leader's log start. The partition is
     /// out of the table meanwhile (requests get NOT_LEADER_OR_FOLLOWER) and comes back with
-    /// the shard's current image.
-    pub async fn restart_replica(self: &Rc<Self>, tp: &TopicPartition, start: Offset) {
+    /// the shard's current image. Nothing happens (false) unless the replica still follows in
+    /// `epoch`, the leader epoch the leader's answer came in.
+    pub async fn restart_replica(
+        self: &Rc<Self>,
+        tp: &TopicPartition,
+        start: Offset,
+        epoch: tern_protocol::types::LeaderEpoch,
+    ) -> bool {
+        let still_following = self
+            .partition(tp)
+            .is_some_and(|p| !p.is_leader() && p.leader_epoch() == epoch);
+        if !still_following {
+            return false;
+        }
         let Some(partition) = self.partitions.borrow_mut().remove(tp) else {
-            return;
+            return false;
         };
         partition.detach();
         self.restarting.borrow_mut().insert(tp.clone());
@@ -340,7 +352,7 @@ impl Shard {
             Ok(log) => log,
             Err(error) => {
                 tracing::error!(partition = %tp.dir_name(), %error, "cannot restart the replica's log; it stays closed until the broker restarts");
-                return;
+                return false;
             }
         };
         tracing::info!(partition = %tp.dir_name(), start = start.0,
@@ -351,7 +363,7 @@ impl Shard {
             .and_then(|topic| Some((topic.partitions.get(tp.partition as usize)?, topic)))
         else {
             let _ = log.remove().await;
-            return;
+            return false;
         };
         let policy = topic_config::policy(&self.config.topic_defaults, &topic.configs);
         let partition = Partition::new(
@@ -369,6 +381,7 @@ impl Shard {
         for watcher in self.image_watchers.borrow_mut().drain(..) {
             let _ = watcher.send(());
         }
+        true
     }
 
     /// The partitions this shard follows, by their leader (leaderless ones wait for one).

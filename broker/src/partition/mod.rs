@@ -466,9 +466,15 @@ impl Partition {
         records: Bytes,
         leader_high_watermark: Offset,
         now: TimestampMs,
+        fetched_in: tern_protocol::types::LeaderEpoch,
     ) -> Result<Offset, AppendFailure> {
         if self.detached.get() || self.is_leader() {
             return Err(AppendFailure::code(error_code::NOT_LEADER_OR_FOLLOWER));
+        }
+        // Fetched from a leader of an epoch this replica has moved past: the new leader's
+        // reconciliation may already have run, so these records must not land after it.
+        if self.leader_epoch() != fetched_in {
+            return Err(AppendFailure::code(error_code::FENCED_LEADER_EPOCH));
         }
         if !records.is_empty() {
             let headers = batch_headers(&records);
@@ -504,11 +510,18 @@ impl Partition {
         Ok(self.log.log_end_offset())
     }
 
-    /// A follower cuts its log at `offset` (its tail diverged from the new leader's) and
+    /// A follower cuts its log at `offset` (its tail diverged from the leader of `epoch`) and
     /// rebuilds its idempotent producers' state from what is left.
-    pub async fn truncate(&self, offset: Offset) -> Result<Offset, AppendFailure> {
+    pub async fn truncate(
+        &self,
+        offset: Offset,
+        epoch: tern_protocol::types::LeaderEpoch,
+    ) -> Result<Offset, AppendFailure> {
         if self.detached.get() || self.is_leader() {
             return Err(AppendFailure::code(error_code::NOT_LEADER_OR_FOLLOWER));
+        }
+        if self.leader_epoch() != epoch {
+            return Err(AppendFailure::code(error_code::FENCED_LEADER_EPOCH));
         }
         let end = self
             .log
