@@ -162,6 +162,14 @@ impl Shard {
         .map_err(|error| error.to_string())?
     }
 
+    /// The topic defaults in force: this broker's static ones overlaid by the cluster's
+    /// dynamic ones from the image.
+    pub fn topic_defaults(&self) -> topic_config::TopicDefaults {
+        self.config
+            .topic_defaults
+            .with_dynamic(&self.image.borrow().cluster_topic_defaults)
+    }
+
     /// The controller, on the shard that hosts it.
     pub fn controller(&self) -> Option<Rc<dyn Controller>> {
         self.controller.get().cloned()
@@ -229,7 +237,10 @@ impl Shard {
             );
         }
         *self.image.borrow_mut() = image.clone();
-        let defaults = &self.config.topic_defaults;
+        let defaults = &self
+            .config
+            .topic_defaults
+            .with_dynamic(&image.cluster_topic_defaults);
         let mut wanted = HashSet::new();
         for topic in image.topics.values() {
             for meta in &topic.partitions {
@@ -365,7 +376,7 @@ impl Shard {
             let _ = log.remove().await;
             return false;
         };
-        let policy = topic_config::policy(&self.config.topic_defaults, &topic.configs);
+        let policy = topic_config::policy(&self.topic_defaults(), &topic.configs);
         let partition = Partition::new(
             tp.clone(),
             log,

@@ -484,6 +484,21 @@ impl TopicDefaults {
         Ok(defaults)
     }
 
+    /// These (static) defaults overlaid by the cluster's dynamic ones (`dynamic`, as
+    /// AlterConfigs on the broker resource set them, by topic or broker names), which win.
+    pub fn with_dynamic(&self, dynamic: &BTreeMap<String, String>) -> TopicDefaults {
+        if dynamic.is_empty() {
+            return self.clone();
+        }
+        let mut merged = self.clone();
+        match TopicDefaults::from_entries(dynamic.clone()) {
+            Ok(overlay) => merged.overrides.extend(overlay.overrides),
+            // Validated when set; a value a newer version refuses is ignored, with a trace.
+            Err(error) => tracing::warn!(%error, "ignoring invalid cluster topic defaults"),
+        }
+        merged
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.overrides
             .iter()

@@ -46,6 +46,11 @@ pub struct MetadataImage {
     /// applied once, and its proposer learns the outcome even from a snapshot (see `quorum`).
     #[serde(default)]
     pub proposals: BTreeMap<BrokerId, AppliedProposal>,
+    /// Cluster-wide topic defaults set with AlterConfigs on the broker resource (Kafka's
+    /// dynamic default broker configs), by the names they were set with; they override each
+    /// broker's static defaults and are overridden by a topic's own configs.
+    #[serde(default)]
+    pub cluster_topic_defaults: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -144,6 +149,11 @@ pub enum Command {
         name: String,
         total: i32,
         assignments: Option<Vec<Vec<BrokerId>>>,
+    },
+    /// Replaces the cluster-wide dynamic topic defaults with `configs` (validated by the
+    /// broker that proposes it).
+    SetClusterTopicDefaults {
+        configs: BTreeMap<String, String>,
     },
     /// Replaces the topic's explicit configs with `configs`.
     SetTopicConfigs {
@@ -250,6 +260,7 @@ impl MetadataImage {
             topics: BTreeMap::new(),
             producer_id_next: 0,
             proposals: BTreeMap::new(),
+            cluster_topic_defaults: BTreeMap::new(),
         }
     }
 
@@ -452,6 +463,9 @@ impl MetadataImage {
                     .get_mut(name)
                     .ok_or_else(|| MetadataError::UnknownTopic(name.clone()))?;
                 topic.configs = configs.clone();
+            }
+            Command::SetClusterTopicDefaults { configs } => {
+                next.cluster_topic_defaults = configs.clone();
             }
             Command::AllocateProducerIds { count } => {
                 if *count <= 0 {

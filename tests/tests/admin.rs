@@ -309,3 +309,62 @@ fn clients_cannot_produce_to_the_internal_offsets_topic() {
         other => panic!("a client write to __consumer_offsets must be refused, got {other:?}"),
     }
 }
+
+/// Cluster-wide topic defaults set at run time (IncrementalAlterConfigs on the broker
+/// resource with an empty name, through `tern topic defaults`) apply to topics without their
+/// own setting, by topic or Kafka broker names, and go away when deleted.
+#[test]
+fn cluster_topic_defaults_change_at_run_time() {
+    let broker = Broker::start(1);
+    kafka::create_topic(&broker, "plain", 1, &[]);
+    kafka::create_topic(&broker, "own", 1, &[("retention.ms", "5000")]);
+    let tern = |args: &[&str]| {
+        let output = std::process::Command::new(tern_tests::tern_binary())
+            .args(["topic", "defaults", "--bootstrap", &broker.bootstrap()])
+            .args(args)
+            .output()
+            .expect("run tern topic defaults");
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let (ok, printed, _) = tern(&[
+        "--set",
+        "log.retention.hours=2",
+        "--set",
+        "compression.type=zstd",
+    ]);
+    assert!(ok, "{printed}");
+    assert!(printed.contains("log.retention.hours=2"), "{printed}");
+    assert_eq!(
+        describe_topic(&broker, "plain", &["retention.ms", "compression.type"]),
+        vec![
+            default("retention.ms", "7200000"),
+            default("compression.type", "zstd")
+        ]
+    );
+    assert_eq!(
+        describe_topic(&broker, "own", &["retention.ms"]),
+        vec![set("retention.ms", "5000")],
+        "a topic's own config beats the cluster default"
+    );
+    // Applied, not just described: the topic stores zstd now.
+    let producer = kafka::producer(&broker);
+    kafka::produce(&producer, "plain", Some(0), &[Rec::value("squeezed")]);
+    let batches = tern_tests::disk::stored_batches(&broker, "plain", 0);
+    assert_eq!(batches.last().map(|b| b.codec), Some(4));
+    // Invalid values are refused, and deleting restores the broker's own default.
+    let (ok, _, error) = tern(&["--set", "log.retention.hours=soon"]);
+    assert!(
+        !ok && error.contains("error 40"),
+        "refused with INVALID_CONFIG: {error}"
+    );
+    let (ok, printed, _) = tern(&["--delete", "log.retention.hours"]);
+    assert!(ok && !printed.contains("log.retention.hours"), "{printed}");
+    assert_eq!(
+        describe_topic(&broker, "plain", &["retention.ms"]),
+        vec![default("retention.ms", "604800000")]
+    );
+}

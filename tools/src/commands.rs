@@ -64,6 +64,64 @@ pub fn topic_create(
     Ok(())
 }
 
+/// Changes the cluster-wide topic defaults (IncrementalAlterConfigs on the broker resource
+/// with an empty name, as `kafka-configs --entity-default` does), then prints them
+/// (DescribeConfigs).
+pub fn topic_defaults(
+    client: &mut Client,
+    set: &[(String, String)],
+    delete: &[String],
+) -> Result<()> {
+    const BROKER: i8 = 4;
+    if !set.is_empty() || !delete.is_empty() {
+        let mut resource = incremental_alter_configs_request::AlterConfigsResource::default();
+        resource.resource_type = BROKER;
+        resource.resource_name = s("");
+        let mut configs = Vec::new();
+        for (key, value) in set {
+            let mut config = incremental_alter_configs_request::AlterableConfig::default();
+            config.name = s(key);
+            config.config_operation = 0;
+            config.value = Some(s(value));
+            configs.push(config);
+        }
+        for key in delete {
+            let mut config = incremental_alter_configs_request::AlterableConfig::default();
+            config.name = s(key);
+            config.config_operation = 1;
+            configs.push(config);
+        }
+        resource.configs = configs;
+        let mut request = IncrementalAlterConfigsRequest::default();
+        request.resources = vec![resource];
+        let response = client.send(&request, 1)?;
+        for result in &response.responses {
+            check(
+                result.error_code,
+                &format!(
+                    "set cluster topic defaults: {}",
+                    result.error_message.as_deref().unwrap_or("")
+                ),
+            )?;
+        }
+    }
+    let mut resource = describe_configs_request::DescribeConfigsResource::default();
+    resource.resource_type = BROKER;
+    resource.resource_name = s("");
+    // Every key (an empty list would ask for none).
+    resource.configuration_keys = None;
+    let mut request = DescribeConfigsRequest::default();
+    request.resources = vec![resource];
+    let response = client.send(&request, 4)?;
+    for result in &response.results {
+        check(result.error_code, "describe cluster topic defaults")?;
+        for entry in result.configs.iter().filter(|e| e.config_source == 3) {
+            println!("{}={}", entry.name, entry.value.as_deref().unwrap_or(""));
+        }
+    }
+    Ok(())
+}
+
 /// ElectLeaders (preferred) for every partition, a topic's, or one partition; prints each
 /// partition's outcome.
 pub fn elect_leaders(

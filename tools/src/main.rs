@@ -145,6 +145,14 @@ enum TopicAction {
     Delete {
         name: String,
     },
+    /// Show or change the cluster-wide topic defaults (Kafka's dynamic default broker
+    /// configs): --set retention.ms=3600000 (or log.retention.hours=1), --delete KEY.
+    Defaults {
+        #[arg(long)]
+        set: Vec<String>,
+        #[arg(long)]
+        delete: Vec<String>,
+    },
     /// Give partitions back to their preferred replica (the first) where it is in sync:
     /// every partition, one topic's, or one partition.
     ElectLeaders {
@@ -208,6 +216,13 @@ fn run_client_command(command: Command) -> Result<(), String> {
                         (partitions.unwrap_or(-1), replication_factor.unwrap_or(-1)),
                         &configs,
                     )
+                }
+                TopicAction::Defaults { set, delete } => {
+                    let set = set
+                        .iter()
+                        .map(|c| key_value(c))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    commands::topic_defaults(&mut client, &set, &delete)
                 }
                 TopicAction::ElectLeaders { topic, partition } => {
                     commands::elect_leaders(&mut client, topic.as_deref(), partition)

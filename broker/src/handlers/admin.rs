@@ -32,6 +32,7 @@ use crate::topic_config;
 const RESOURCE_TOPIC: i8 = 2;
 const RESOURCE_BROKER: i8 = 4;
 const SOURCE_DYNAMIC_TOPIC: i8 = 1;
+const SOURCE_DYNAMIC_DEFAULT_BROKER: i8 = 3;
 const SOURCE_STATIC_BROKER: i8 = 4;
 const SOURCE_DEFAULT: i8 = 5;
 
@@ -298,7 +299,7 @@ pub async fn create_topics(ctx: &Ctx<'_>, request: CreateTopicsRequest) -> Outco
                     out.topic_id = topic_id(meta);
                 }
                 out.configs = Some(
-                    topic_config::resolve(&shard.config.topic_defaults, &explicit)
+                    topic_config::resolve(&shard.topic_defaults(), &explicit)
                         .into_iter()
                         .map(|entry| {
                             let mut config = CreatableTopicConfigs::default();
@@ -451,7 +452,18 @@ fn broker_entries(ctx: &Ctx<'_>) -> Vec<(&'static str, String)> {
         ),
         ("listeners", format!("PLAINTEXT://{}", config.listen)),
         ("advertised.listeners", format!("PLAINTEXT://{host}:{port}")),
-        ("default.replication.factor", "1".into()),
+        (
+            "default.replication.factor",
+            ctx.shard
+                .image()
+                .live_brokers()
+                .count()
+                .clamp(
+                    1,
+                    tern_replication::metadata::DEFAULT_REPLICATION_FACTOR_MAX,
+                )
+                .to_string(),
+        ),
         (
             "socket.request.max.bytes",
             tern_protocol::limits::FRAME_BYTES_MAX.to_string(),
@@ -491,19 +503,18 @@ pub fn describe_configs(ctx: &Ctx<'_>, request: DescribeConfigsRequest) -> Outco
             match resource.resource_type {
                 RESOURCE_TOPIC => match image.topic(&resource.resource_name) {
                     Some(meta) => {
-                        out.configs =
-                            topic_config::resolve(&shard.config.topic_defaults, &meta.configs)
-                                .into_iter()
-                                .filter(|entry| wanted(entry.name))
-                                .map(|entry| {
-                                    let source = if entry.is_default {
-                                        SOURCE_DEFAULT
-                                    } else {
-                                        SOURCE_DYNAMIC_TOPIC
-                                    };
-                                    make(entry.name, &entry.value, source, false, Some(entry.doc))
-                                })
-                                .collect();
+                        out.configs = topic_config::resolve(&shard.topic_defaults(), &meta.configs)
+                            .into_iter()
+                            .filter(|entry| wanted(entry.name))
+                            .map(|entry| {
+                                let source = if entry.is_default {
+                                    SOURCE_DEFAULT
+                                } else {
+                                    SOURCE_DYNAMIC_TOPIC
+                                };
+                                make(entry.name, &entry.value, source, false, Some(entry.doc))
+                            })
+                            .collect();
                     }
                     None => {
                         out.error_code = error_code::UNKNOWN_TOPIC_OR_PARTITION;
@@ -521,6 +532,29 @@ pub fn describe_configs(ctx: &Ctx<'_>, request: DescribeConfigsRequest) -> Outco
                                 make(name, &value, SOURCE_STATIC_BROKER, true, None)
                             })
                             .collect();
+                        // Topic defaults: this broker's file, then the cluster's dynamic ones.
+                        for (name, value) in &shard.config.topic_defaults.overrides {
+                            if wanted(name) {
+                                out.configs.push(make(
+                                    name,
+                                    value,
+                                    SOURCE_STATIC_BROKER,
+                                    false,
+                                    None,
+                                ));
+                            }
+                        }
+                        for (name, value) in &image.cluster_topic_defaults {
+                            if wanted(name) {
+                                out.configs.push(make(
+                                    name,
+                                    value,
+                                    SOURCE_DYNAMIC_DEFAULT_BROKER,
+                                    false,
+                                    None,
+                                ));
+                            }
+                        }
                     } else {
                         out.error_code = error_code::INVALID_REQUEST;
                         out.error_message = Some(str_bytes("unknown broker id"));
@@ -554,9 +588,18 @@ async fn set_topic_configs(
     for (slot, (resource_type, name, configs)) in changes.into_iter().enumerate() {
         match (resource_type, configs) {
             (_, Err(error)) => outcomes.push(Some(error)),
+            (RESOURCE_BROKER, Ok(configs)) if name.is_empty() => {
+                outcomes.push(None);
+                if !validate_only {
+                    slots.push(slot);
+                    commands.push(Command::SetClusterTopicDefaults { configs });
+                }
+            }
             (RESOURCE_BROKER, Ok(_)) => outcomes.push(Some((
                 error_code::INVALID_REQUEST,
-                "broker configs are static in this version; set them in the config file or flags"
+                "per-broker dynamic configs are not supported: set cluster-wide defaults on the \
+                 broker resource with an empty name (kafka-configs --entity-default), or this \
+                 broker's config file"
                     .into(),
             ))),
             (RESOURCE_TOPIC, Ok(configs)) => {
@@ -583,14 +626,20 @@ async fn set_topic_configs(
     outcomes
 }
 
+/// Checks a resource's complete new configs: a topic's by topic names, the broker
+/// resource's (cluster-wide topic defaults) by topic or Kafka broker names.
 fn validated(
+    resource_type: i8,
     pairs: impl IntoIterator<Item = (String, String)>,
 ) -> Result<BTreeMap<String, String>, (i16, String)> {
-    let mut out = BTreeMap::new();
-    for (key, value) in pairs {
-        topic_config::validate(&key, &value)
-            .map_err(|e| (error_code::INVALID_CONFIG, e.to_string()))?;
-        out.insert(key, value);
+    let out: BTreeMap<String, String> = pairs.into_iter().collect();
+    let invalid = |e: topic_config::ConfigError| (error_code::INVALID_CONFIG, e.to_string());
+    if resource_type == RESOURCE_BROKER {
+        topic_config::TopicDefaults::from_entries(out.clone()).map_err(invalid)?;
+    } else {
+        for (key, value) in &out {
+            topic_config::validate(key, value).map_err(invalid)?;
+        }
     }
     Ok(out)
 }
@@ -629,7 +678,7 @@ pub async fn alter_configs(ctx: &Ctx<'_>, request: AlterConfigsRequest) -> Outco
             (
                 resource.resource_type,
                 resource.resource_name.to_string(),
-                validated(pairs),
+                validated(resource.resource_type, pairs),
             )
         })
         .collect();
@@ -652,10 +701,14 @@ pub async fn incremental_alter_configs(
         .iter()
         .map(|resource| {
             let name = resource.resource_name.to_string();
-            let mut configs = image
-                .topic(&name)
-                .map(|meta| meta.configs.clone())
-                .unwrap_or_default();
+            let mut configs = if resource.resource_type == RESOURCE_BROKER {
+                image.cluster_topic_defaults.clone()
+            } else {
+                image
+                    .topic(&name)
+                    .map(|meta| meta.configs.clone())
+                    .unwrap_or_default()
+            };
             let mut result = Ok(());
             for config in &resource.configs {
                 let key = config.name.to_string();
@@ -684,7 +737,7 @@ pub async fn incremental_alter_configs(
                     }
                 }
             }
-            let configs = result.and_then(|()| validated(configs));
+            let configs = result.and_then(|()| validated(resource.resource_type, configs));
             (resource.resource_type, name, configs)
         })
         .collect();
