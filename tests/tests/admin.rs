@@ -312,7 +312,8 @@ fn clients_cannot_produce_to_the_internal_offsets_topic() {
 
 /// Cluster-wide topic defaults set at run time (IncrementalAlterConfigs on the broker
 /// resource with an empty name, through `tern topic defaults`) apply to topics without their
-/// own setting, by topic or Kafka broker names, and go away when deleted.
+/// own setting, by topic or Kafka broker names, and go away when deleted; one broker's own
+/// dynamic config is refused with INVALID_REQUEST.
 #[test]
 fn cluster_topic_defaults_change_at_run_time() {
     let broker = Broker::start(1);
@@ -366,5 +367,33 @@ fn cluster_topic_defaults_change_at_run_time() {
     assert_eq!(
         describe_topic(&broker, "plain", &["retention.ms"]),
         vec![default("retention.ms", "604800000")]
+    );
+    // AlterConfigs v1 on broker "0" (a hand-built frame: librdkafka reports per-broker
+    // AlterConfigs results as successes whatever the broker answers).
+    let text = |value: &str| {
+        let mut out = (value.len() as i16).to_be_bytes().to_vec();
+        out.extend_from_slice(value.as_bytes());
+        out
+    };
+    let mut body = 1i32.to_be_bytes().to_vec();
+    body.push(4); // resource type: broker
+    body.extend(text("0"));
+    body.extend(1i32.to_be_bytes());
+    body.extend(text("log.retention.ms"));
+    body.extend(text("1000"));
+    body.push(0); // validate_only
+    let answer = tern_tests::wire::round_trip(
+        broker.addr,
+        &tern_tests::wire::request(33, 1, 7, &body),
+        std::time::Duration::from_secs(10),
+    )
+    .expect("AlterConfigs round trip");
+    // correlation id, throttle time, one resource whose error code comes first.
+    assert_eq!(&answer[0..4], &7i32.to_be_bytes());
+    assert_eq!(&answer[8..12], &1i32.to_be_bytes());
+    assert_eq!(
+        i16::from_be_bytes([answer[12], answer[13]]),
+        42,
+        "INVALID_REQUEST"
     );
 }
