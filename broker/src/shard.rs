@@ -252,7 +252,8 @@ impl Shard {
                     wanted.insert(tp);
                     continue;
                 }
-                let policy = topic_config::policy(defaults, &topic.configs);
+                let policy =
+                    topic_config::partition_policy(defaults, &topic.configs, &tp.dir_name());
                 match self.partition(&tp) {
                     Some(partition) => {
                         let led = partition.is_leader();
@@ -376,7 +377,8 @@ impl Shard {
             let _ = log.remove().await;
             return false;
         };
-        let policy = topic_config::policy(&self.topic_defaults(), &topic.configs);
+        let policy =
+            topic_config::partition_policy(&self.topic_defaults(), &topic.configs, &tp.dir_name());
         let partition = Partition::new(
             tp.clone(),
             log,

@@ -299,7 +299,7 @@ const KEYS: &[Key] = &[
         name: "segment.jitter.ms",
         default: "0",
         validate: non_negative,
-        doc: "accepted, not honoured: segments roll at segment.ms exactly",
+        doc: "each partition rolls up to this much before segment.ms (a fixed amount per partition, from its name), so partitions made together do not all roll at once",
     },
     Key {
         name: "preallocate",
@@ -363,10 +363,38 @@ const KEYS: &[Key] = &[
     },
 ];
 
-/// Broker-wide defaults for topic configs (from the TOML file's `topic-defaults` table).
+/// Broker-wide defaults for topic configs (from the TOML file's `topic-defaults` table,
+/// overlaid by the cluster's dynamic ones).
 #[derive(Debug, Clone, Default)]
 pub struct TopicDefaults {
     pub overrides: BTreeMap<String, String>,
+    /// The keys of `overrides` that came from the cluster's dynamic defaults.
+    pub dynamic: std::collections::BTreeSet<String>,
+}
+
+/// Where a topic's config value comes from, as DescribeConfigs' `config_source` says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// The topic's own setting (DYNAMIC_TOPIC_CONFIG).
+    Topic,
+    /// A cluster-wide default set at run time (DYNAMIC_DEFAULT_BROKER_CONFIG).
+    DynamicDefault,
+    /// This broker's config file or flags (STATIC_BROKER_CONFIG).
+    StaticDefault,
+    /// Kafka's default (DEFAULT_CONFIG).
+    Default,
+}
+
+impl Origin {
+    /// Kafka's `ConfigSource` id.
+    pub fn source_id(self) -> i8 {
+        match self {
+            Origin::Topic => 1,
+            Origin::DynamicDefault => 3,
+            Origin::StaticDefault => 4,
+            Origin::Default => 5,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -479,7 +507,10 @@ impl TopicDefaults {
         }
         // A topic name given outright beats a broker name for the same key.
         overrides.extend(topic_named);
-        let defaults = TopicDefaults { overrides };
+        let defaults = TopicDefaults {
+            overrides,
+            ..TopicDefaults::default()
+        };
         defaults.validate()?;
         Ok(defaults)
     }
@@ -492,7 +523,10 @@ impl TopicDefaults {
         }
         let mut merged = self.clone();
         match TopicDefaults::from_entries(dynamic.clone()) {
-            Ok(overlay) => merged.overrides.extend(overlay.overrides),
+            Ok(overlay) => {
+                merged.dynamic.extend(overlay.overrides.keys().cloned());
+                merged.overrides.extend(overlay.overrides);
+            }
             // Validated when set; a value a newer version refuses is ignored, with a trace.
             Err(error) => tracing::warn!(%error, "ignoring invalid cluster topic defaults"),
         }
@@ -519,7 +553,9 @@ impl TopicDefaults {
 pub struct Entry {
     pub name: &'static str,
     pub value: String,
+    /// Not the topic's own setting.
     pub is_default: bool,
+    pub origin: Origin,
     pub doc: &'static str,
 }
 
@@ -531,6 +567,7 @@ pub fn resolve(defaults: &TopicDefaults, explicit: &BTreeMap<String, String>) ->
                 name: key.name,
                 value: value.clone(),
                 is_default: false,
+                origin: Origin::Topic,
                 doc: key.doc,
             },
             None => Entry {
@@ -539,6 +576,13 @@ pub fn resolve(defaults: &TopicDefaults, explicit: &BTreeMap<String, String>) ->
                     .default_of(key.name)
                     .unwrap_or_else(|| key.default.to_owned()),
                 is_default: true,
+                origin: if defaults.dynamic.contains(key.name) {
+                    Origin::DynamicDefault
+                } else if defaults.overrides.contains_key(key.name) {
+                    Origin::StaticDefault
+                } else {
+                    Origin::Default
+                },
                 doc: key.doc,
             },
         })
@@ -556,6 +600,28 @@ pub struct TopicPolicy {
     /// its largest, may be.
     pub timestamp_before_max_ms: i64,
     pub timestamp_after_max_ms: i64,
+}
+
+/// `policy` for one partition (`dir_name`, as `<topic>-<n>`): its segments roll
+/// `segment.jitter.ms` minus a fixed, name-derived share of it before `segment.ms` (Kafka draws
+/// the jitter at random per segment; a fixed one per partition spreads rolls as well and is
+/// the same after every restart).
+pub fn partition_policy(
+    defaults: &TopicDefaults,
+    explicit: &BTreeMap<String, String>,
+    dir_name: &str,
+) -> TopicPolicy {
+    let mut policy = policy(defaults, explicit);
+    let jitter = resolve(defaults, explicit)
+        .iter()
+        .find(|entry| entry.name == "segment.jitter.ms")
+        .and_then(|entry| entry.value.parse::<i64>().ok())
+        .unwrap_or(0);
+    if jitter > 0 {
+        let share = i64::from(tern_replication::metadata::fnv1a(dir_name)) % jitter;
+        policy.log.segment_ms = (policy.log.segment_ms - share).max(1);
+    }
+    policy
 }
 
 pub fn policy(defaults: &TopicDefaults, explicit: &BTreeMap<String, String>) -> TopicPolicy {
@@ -635,6 +701,40 @@ mod tests {
         assert!(validate("retention.ms", "-2").is_err());
         assert!(validate("retention.ms", "1000").is_ok());
         assert!(validate("remote.storage.enable", "true").is_err());
+    }
+
+    #[test]
+    fn segment_jitter_rolls_each_partition_a_fixed_amount_early() {
+        let explicit: BTreeMap<String, String> = [
+            ("segment.ms".to_owned(), "600000".to_owned()),
+            ("segment.jitter.ms".to_owned(), "60000".to_owned()),
+        ]
+        .into();
+        let defaults = TopicDefaults::default();
+        let rolls: Vec<i64> = (0..8)
+            .map(|p| {
+                partition_policy(&defaults, &explicit, &format!("t-{p}"))
+                    .log
+                    .segment_ms
+            })
+            .collect();
+        assert!(
+            rolls.iter().all(|ms| (540_001..=600_000).contains(ms)),
+            "{rolls:?}"
+        );
+        assert!(rolls.iter().any(|ms| *ms != rolls[0]), "spread: {rolls:?}");
+        assert_eq!(
+            partition_policy(&defaults, &explicit, "t-3").log.segment_ms,
+            rolls[3],
+            "the same after a restart"
+        );
+        assert_eq!(
+            partition_policy(&defaults, &BTreeMap::new(), "t-0")
+                .log
+                .segment_ms,
+            604_800_000,
+            "no jitter by default"
+        );
     }
 
     #[test]

@@ -7,7 +7,8 @@ use rdkafka::types::RDKafkaErrorCode;
 use tern_tests::kafka::{self, Rec};
 use tern_tests::Broker;
 
-/// Each named topic config as DescribeConfigs reports it: (value, whether it is a default).
+/// Each named topic config as DescribeConfigs reports it: (value, whether it is inherited
+/// rather than set on the topic).
 fn describe_topic(
     broker: &Broker,
     topic: &str,
@@ -30,14 +31,13 @@ fn describe_topic(
             let entry = resource
                 .get(name)
                 .unwrap_or_else(|| panic!("{topic}: DescribeConfigs lists no '{name}'"));
-            if !entry.is_default {
-                assert_eq!(
-                    entry.source,
-                    ConfigSource::DynamicTopic,
-                    "{topic}: source of explicitly set '{name}'"
-                );
+            // Set on the topic itself, or inherited (Kafka's default, or a broker's or the
+            // cluster's default).
+            let own = matches!(entry.source, ConfigSource::DynamicTopic);
+            if own {
+                assert!(!entry.is_default, "{topic}: '{name}' is its own");
             }
-            (name.to_owned(), entry.value.clone(), entry.is_default)
+            (name.to_owned(), entry.value.clone(), !own)
         })
         .collect()
 }
@@ -346,6 +346,23 @@ fn cluster_topic_defaults_change_at_run_time() {
             default("compression.type", "zstd")
         ]
     );
+    let described = kafka::wait(kafka::admin(&broker).describe_configs(
+        [&ResourceSpecifier::Topic("plain")],
+        &kafka::admin_options(),
+    ))
+    .expect("DescribeConfigs");
+    let plain = described[0].as_ref().expect("plain");
+    assert!(
+        matches!(
+            plain.get("retention.ms").map(|e| &e.source),
+            Some(ConfigSource::DynamicDefaultBroker)
+        ),
+        "an inherited value says where it comes from"
+    );
+    assert!(matches!(
+        plain.get("segment.bytes").map(|e| &e.source),
+        Some(ConfigSource::Default)
+    ));
     assert_eq!(
         describe_topic(&broker, "own", &["retention.ms"]),
         vec![set("retention.ms", "5000")],

@@ -31,10 +31,9 @@ use crate::topic_config;
 
 const RESOURCE_TOPIC: i8 = 2;
 const RESOURCE_BROKER: i8 = 4;
-const SOURCE_DYNAMIC_TOPIC: i8 = 1;
+// DescribeConfigs' sources for broker entries; a topic's come from `topic_config::Origin`.
 const SOURCE_DYNAMIC_DEFAULT_BROKER: i8 = 3;
 const SOURCE_STATIC_BROKER: i8 = 4;
-const SOURCE_DEFAULT: i8 = 5;
 
 pub struct NewTopic {
     pub name: String,
@@ -305,11 +304,7 @@ pub async fn create_topics(ctx: &Ctx<'_>, request: CreateTopicsRequest) -> Outco
                             let mut config = CreatableTopicConfigs::default();
                             config.name = str_bytes(entry.name);
                             config.value = Some(str_bytes(&entry.value));
-                            config.config_source = if entry.is_default {
-                                SOURCE_DEFAULT
-                            } else {
-                                SOURCE_DYNAMIC_TOPIC
-                            };
+                            config.config_source = entry.origin.source_id();
                             config
                         })
                         .collect(),
@@ -507,11 +502,7 @@ pub fn describe_configs(ctx: &Ctx<'_>, request: DescribeConfigsRequest) -> Outco
                             .into_iter()
                             .filter(|entry| wanted(entry.name))
                             .map(|entry| {
-                                let source = if entry.is_default {
-                                    SOURCE_DEFAULT
-                                } else {
-                                    SOURCE_DYNAMIC_TOPIC
-                                };
+                                let source = entry.origin.source_id();
                                 make(entry.name, &entry.value, source, false, Some(entry.doc))
                             })
                             .collect();
