@@ -104,6 +104,10 @@ pub struct ConnectionLimits {
     pub idle_ms: u64,
     /// How long a request whose first bytes arrived may take to arrive in full.
     pub request_receive_timeout_ms: u64,
+    /// Client connections open at once, over every shard (Kafka's `max.connections`).
+    pub max_connections: usize,
+    /// Client connections open at once from one IP address (`max.connections.per.ip`).
+    pub max_connections_per_ip: usize,
 }
 
 impl Default for ConnectionLimits {
@@ -115,6 +119,9 @@ impl Default for ConnectionLimits {
             shard_buffered_bytes_max: crate::limits::SHARD_REQUEST_BYTES,
             idle_ms: crate::limits::CONNECTION_IDLE_MS,
             request_receive_timeout_ms: crate::limits::REQUEST_RECEIVE_TIMEOUT_MS,
+            // Kafka's defaults: no limit.
+            max_connections: usize::MAX,
+            max_connections_per_ip: usize::MAX,
         }
     }
 }
@@ -122,6 +129,9 @@ impl Default for ConnectionLimits {
 impl ConnectionLimits {
     /// The relations the connection loop relies on.
     pub fn validate(&self) -> Result<(), String> {
+        if self.max_connections == 0 || self.max_connections_per_ip == 0 {
+            return Err("max connections (in all and per IP) must be at least 1".into());
+        }
         let hard = tern_protocol::limits::FRAME_BYTES_MAX;
         if self.request_bytes_max < 1024 || self.request_bytes_max > hard {
             return Err(format!("max request bytes must be between 1024 and {hard}"));
@@ -262,6 +272,8 @@ pub struct FileConfig {
     pub max_buffered_request_bytes: Option<usize>,
     pub max_shard_request_bytes: Option<usize>,
     pub connections_max_idle_ms: Option<u64>,
+    pub max_connections: Option<usize>,
+    pub max_connections_per_ip: Option<usize>,
     pub request_receive_timeout_ms: Option<u64>,
     pub offsets_topic_partitions: Option<i32>,
     pub offsets_retention_minutes: Option<i64>,

@@ -149,6 +149,10 @@ pub fn run(mut config: BrokerConfig) -> Result<(), StartError> {
     let serving = Arc::new(AtomicBool::new(false));
     let (ready_tx, ready_rx) = mpsc::channel::<Result<usize, StartError>>();
     let mesh = MeshBuilder::<RemoteTask, _>::full(shards, limits::SHARD_CHANNEL_CAPACITY);
+    let admission = connection::admission::Admission::new(
+        config.limits.max_connections,
+        config.limits.max_connections_per_ip,
+    );
     let mut handles = Vec::with_capacity(shards);
     for id in 0..shards {
         let config = config.clone();
@@ -160,6 +164,7 @@ pub fn run(mut config: BrokerConfig) -> Result<(), StartError> {
             metadata_ready: metadata_ready.clone(),
             restored: restored.clone(),
             controller_hint: controller_hint.clone(),
+            admission: admission.clone(),
         };
         let mesh = mesh.clone();
         let builder = runtime::executor_builder(
@@ -225,6 +230,8 @@ struct StartSignals {
     /// The persisted quorum state, taken by shard 0.
     restored: Arc<std::sync::Mutex<Option<quorum::Restored>>>,
     controller_hint: Arc<std::sync::atomic::AtomicI32>,
+    /// Client connections open over every shard, against the connection limits.
+    admission: Arc<connection::admission::Admission>,
 }
 
 async fn shard_main(
@@ -242,6 +249,7 @@ async fn shard_main(
         metadata_ready,
         restored,
         controller_hint,
+        admission,
     } = signals;
     // A heartbeat so an executor never parks indefinitely: if a cross-thread wake-up were ever
     // lost (one start-up of a two-shard broker was seen to hang until an unrelated signal
@@ -399,7 +407,36 @@ async fn shard_main(
                 match listener.accept().await {
                     Ok(stream) => {
                         shard.connection_probe.accepted.inc();
-                        glommio::spawn_local(connection::serve(shard.clone(), stream)).detach();
+                        let peer = stream.peer_addr().ok();
+                        let admitted = match peer {
+                            Some(peer) => admission.admit(peer.ip()).map(Some),
+                            None => Ok(None),
+                        };
+                        match admitted {
+                            Ok(ticket) => {
+                                let shard = shard.clone();
+                                glommio::spawn_local(async move {
+                                    connection::serve(shard, stream).await;
+                                    drop(ticket);
+                                })
+                                .detach();
+                            }
+                            Err(refusal) => {
+                                let reason = connection::table::CloseReason::TooManyConnections;
+                                let probe = &shard.connection_probe;
+                                probe.closed(metrics::CloseCause::Broker(reason));
+                                let detail = match refusal {
+                                    connection::admission::Refusal::Total => {
+                                        "max.connections reached"
+                                    }
+                                    connection::admission::Refusal::PerIp => {
+                                        "max.connections.per.ip reached"
+                                    }
+                                };
+                                probe.log_closed(shard.now_ms(), peer, reason.label(), detail);
+                                drop(stream);
+                            }
+                        }
                     }
                     Err(error) => {
                         tracing::warn!(%error, "accept failed");

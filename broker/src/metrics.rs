@@ -109,7 +109,7 @@ pub enum CloseCause {
     Broker(CloseReason),
 }
 
-const CLOSE_CAUSES: [CloseCause; 9] = [
+const CLOSE_CAUSES: [CloseCause; 10] = [
     CloseCause::Malformed(Malformed::FrameSize),
     CloseCause::Malformed(Malformed::Header),
     CloseCause::Malformed(Malformed::Body),
@@ -119,6 +119,7 @@ const CLOSE_CAUSES: [CloseCause; 9] = [
     CloseCause::Broker(CloseReason::SlowRequest),
     CloseCause::Broker(CloseReason::StalledReader),
     CloseCause::Broker(CloseReason::Shutdown),
+    CloseCause::Broker(CloseReason::TooManyConnections),
 ];
 
 impl CloseCause {
@@ -141,6 +142,7 @@ impl CloseCause {
             CloseCause::Broker(CloseReason::SlowRequest) => 6,
             CloseCause::Broker(CloseReason::StalledReader) => 7,
             CloseCause::Broker(CloseReason::Shutdown) => 8,
+            CloseCause::Broker(CloseReason::TooManyConnections) => 9,
         }
     }
 }

@@ -573,3 +573,51 @@ fn slowloris_connections_leave_the_good_producer_unharmed() {
         "the good client made progress under attack"
     );
 }
+
+/// `--max-connections-per-ip`: connections past the limit from one address are closed as
+/// they arrive (counted as `too_many_connections`), the ones admitted keep working, and a
+/// closed connection's place comes back.
+#[test]
+fn connections_past_the_per_ip_limit_are_closed_on_arrival() {
+    let broker = Broker::start_with(1, &["--max-connections-per-ip", "3"]);
+    let api_versions = wire::request(18, 0, 1, &[]);
+    let mut admitted: Vec<RawConnection> = (0..3)
+        .map(|_| {
+            let mut conn = RawConnection::connect(broker.addr);
+            conn.send(&api_versions).expect("send");
+            assert!(
+                matches!(conn.fate(Duration::from_secs(5)), Fate::Answered(_)),
+                "an admitted connection is served"
+            );
+            conn
+        })
+        .collect();
+    let mut fourth = RawConnection::connect(broker.addr);
+    let _ = fourth.send(&api_versions);
+    assert_eq!(fourth.fate(Duration::from_secs(5)), Fate::Closed);
+    // The admitted ones are unaffected.
+    admitted[0].send(&api_versions).expect("send");
+    assert!(matches!(
+        admitted[0].fate(Duration::from_secs(5)),
+        Fate::Answered(_)
+    ));
+    // One leaves: its place comes back (the broker sees the close asynchronously).
+    drop(admitted.pop());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut again = RawConnection::connect(broker.addr);
+        let _ = again.send(&api_versions);
+        if matches!(again.fate(Duration::from_secs(2)), Fate::Answered(_)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the place never came back");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let metrics = tern_tests::cluster::http_get(broker.admin_addr, "/metrics").expect("metrics");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.contains("reason=\"too_many_connections\"") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+}

@@ -350,6 +350,13 @@ struct ServeArgs {
     /// Close a connection whose request started arriving and is not complete after this.
     #[arg(long, env = "TERN_REQUEST_RECEIVE_TIMEOUT_MS")]
     request_receive_timeout_ms: Option<u64>,
+    /// Client connections open at once over the broker (Kafka's max.connections; unlimited
+    /// unless set). Connections past it are closed as they arrive.
+    #[arg(long, env = "TERN_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+    /// Client connections open at once from one IP address (max.connections.per.ip).
+    #[arg(long, env = "TERN_MAX_CONNECTIONS_PER_IP")]
+    max_connections_per_ip: Option<usize>,
     /// Memory per shard for sealed segments' indexes; least recently used ones are read
     /// again from disk when needed.
     #[arg(long, env = "TERN_INDEX_CACHE_BYTES")]
@@ -463,6 +470,14 @@ fn build_config(args: ServeArgs) -> Result<BrokerConfig, String> {
                 .request_receive_timeout_ms
                 .or(file.request_receive_timeout_ms)
                 .unwrap_or(defaults.limits.request_receive_timeout_ms),
+            max_connections: args
+                .max_connections
+                .or(file.max_connections)
+                .unwrap_or(defaults.limits.max_connections),
+            max_connections_per_ip: args
+                .max_connections_per_ip
+                .or(file.max_connections_per_ip)
+                .unwrap_or(defaults.limits.max_connections_per_ip),
         },
         offsets_topic_partitions: args
             .offsets_topic_partitions

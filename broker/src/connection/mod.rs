@@ -15,6 +15,7 @@
 //! When the broker shuts down, connections stop reading, answer what they have read, and
 //! close.
 
+pub mod admission;
 pub mod budget;
 mod frames;
 pub mod table;

@@ -35,6 +35,8 @@ pub enum CloseReason {
     StalledReader,
     /// The broker is shutting down.
     Shutdown,
+    /// Accepted past `max.connections` or `max.connections.per.ip`, and closed at once.
+    TooManyConnections,
 }
 
 impl CloseReason {
@@ -44,6 +46,7 @@ impl CloseReason {
             CloseReason::SlowRequest => "slow_request",
             CloseReason::StalledReader => "stalled_reader",
             CloseReason::Shutdown => "shutdown",
+            CloseReason::TooManyConnections => "too_many_connections",
         }
     }
 
@@ -53,6 +56,7 @@ impl CloseReason {
             CloseReason::SlowRequest => "a request did not arrive in full in time",
             CloseReason::StalledReader => "the client stopped reading responses",
             CloseReason::Shutdown => "the broker is shutting down",
+            CloseReason::TooManyConnections => "max.connections or max.connections.per.ip reached",
         }
     }
 }
