@@ -231,10 +231,23 @@ fn followed(shard: &Rc<Shard>, fetcher: &Fetcher) -> Vec<Rc<Partition>> {
         .collect()
 }
 
+/// The leader's Kafka listener as the image advertises it: an IP literal (IPv6 too) or a host
+/// name, resolved here (a blocking lookup, made only when a fetcher (re)connects).
 fn leader_address(shard: &Shard, leader: BrokerId) -> Option<SocketAddr> {
+    use std::net::ToSocketAddrs;
     let image = shard.image();
     let broker = image.broker(leader)?;
-    format!("{}:{}", broker.host, broker.port).parse().ok()
+    let resolved = (broker.host.as_str(), broker.port)
+        .to_socket_addrs()
+        .map(|mut addrs| addrs.next());
+    match resolved {
+        Ok(Some(addr)) => Some(addr),
+        Ok(None) | Err(_) => {
+            tracing::warn!(leader, host = %broker.host, port = broker.port,
+                "cannot resolve the leader's advertised address");
+            None
+        }
+    }
 }
 
 /// A replica to start over (see `Shard::restart_replica`): where, and the leader's records to
@@ -262,7 +275,7 @@ async fn round(
         .filter(|p| reconciled.get(&p.tp) != Some(&p.leader_epoch()))
         .collect();
     if !unreconciled.is_empty() {
-        reconcile_epochs(shard, conn, &unreconciled, reconciled).await?;
+        reconcile_epochs(shard, conn, &unreconciled, reconciled, restarts).await?;
     }
     let ready: Vec<&Rc<Partition>> = partitions
         .iter()
@@ -429,6 +442,7 @@ async fn reconcile_epochs(
     conn: &mut Connection,
     partitions: &[&Rc<Partition>],
     reconciled: &mut HashMap<TopicPartition, LeaderEpoch>,
+    restarts: &mut Vec<Restart>,
 ) -> Result<(), RoundError> {
     let mut request = OffsetForLeaderEpochRequest::default();
     request.replica_id = WireBrokerId(shard.node_id());
@@ -497,17 +511,23 @@ async fn reconcile_epochs(
             let log_end = partition.log.log_end_offset();
             let answer = (answer.end_offset >= 0)
                 .then_some((LeaderEpoch(answer.leader_epoch), Offset(answer.end_offset)));
-            let cut = epochs::follower_cut(
+            let (cut, settled) = epochs::follower_cut(
                 asked,
                 answer,
-                |epoch| {
-                    partition
-                        .local_end_offset_for_epoch(epoch)
-                        .map(|(_, end)| end)
-                },
+                |epoch| partition.local_end_offset_for_epoch(epoch),
                 log_end,
                 partition.high_watermark(),
             );
+            if cut <= partition.log.log_start_offset() && cut < log_end {
+                // Everything this replica holds diverges: it starts over at the cut.
+                restarts.push(Restart {
+                    tp,
+                    epoch,
+                    start: cut,
+                    records: None,
+                });
+                continue;
+            }
             if cut < log_end {
                 tracing::info!(partition = %tp.dir_name(), from = log_end.0, to = cut.0,
                     leader_epoch = partition.leader_epoch().0, "truncating a divergent tail");
@@ -517,7 +537,10 @@ async fn reconcile_epochs(
                     continue;
                 }
             }
-            reconciled.insert(tp, epoch);
+            // Not settled: the cut removed the epoch asked about; ask about the one below.
+            if settled {
+                reconciled.insert(tp, epoch);
+            }
         }
     }
     Ok(())

@@ -255,6 +255,23 @@ impl Shard {
                 let policy =
                     topic_config::partition_policy(defaults, &topic.configs, &tp.dir_name());
                 match self.partition(&tp) {
+                    Some(partition) if partition.topic_id() != topic.id => {
+                        // The topic was deleted and made again under the same name: the old
+                        // replica goes first, then the new one opens (with the image then).
+                        self.partitions.borrow_mut().remove(&tp);
+                        partition.detach();
+                        self.restarting.borrow_mut().insert(tp.clone());
+                        let shard = self.clone();
+                        let old = tp.clone();
+                        glommio::spawn_local(async move {
+                            if release_partition(partition, true).await {
+                                shard.restarting.borrow_mut().remove(&old);
+                                let image = shard.image();
+                                shard.apply_image(image).await;
+                            }
+                        })
+                        .detach();
+                    }
                     Some(partition) => {
                         let led = partition.is_leader();
                         partition.update(meta, policy);
@@ -293,6 +310,7 @@ impl Shard {
                                 producers,
                             );
                             partition.set_replica_lag_max_ms(self.config.replica_lag_time_max_ms);
+                            partition.set_topic_id(topic.id);
                             self.partitions
                                 .borrow_mut()
                                 .insert(tp.clone(), Rc::new(partition));
@@ -357,7 +375,12 @@ impl Shard {
         self.restarting.borrow_mut().insert(tp.clone());
         let reopened = match sole_owner(partition).await {
             Ok(owned) => owned.log.restart_at(start).await.map_err(|e| e.to_string()),
-            Err(_) => Err("the partition is still in use after 30 s".to_owned()),
+            Err(_) => {
+                // Still held (and open): it stays out of the table and is not reopened, so two
+                // logs never share the directory.
+                tracing::error!(partition = %tp.dir_name(), "replica still in use after 30 s; it is not served until the broker restarts");
+                return false;
+            }
         };
         self.restarting.borrow_mut().remove(tp);
         let log = match reopened {
@@ -388,6 +411,7 @@ impl Shard {
             crate::producer_state::ProducerStates::default(),
         );
         partition.set_replica_lag_max_ms(self.config.replica_lag_time_max_ms);
+        partition.set_topic_id(topic.id);
         self.partitions
             .borrow_mut()
             .insert(tp.clone(), Rc::new(partition));
@@ -501,7 +525,12 @@ impl Shard {
         let partitions: Vec<Rc<Partition>> = self.partitions.borrow().values().cloned().collect();
         let now = tern_protocol::types::TimestampMs(self.now_ms());
         for partition in partitions {
-            match partition.log.enforce_retention(now).await {
+            // Nothing above the watermark goes: followers may not have fetched it yet.
+            match partition
+                .log
+                .enforce_retention(now, partition.high_watermark())
+                .await
+            {
                 Ok(()) => partition.log_moved(),
                 Err(error) => {
                     tracing::warn!(partition = %partition.tp.dir_name(), %error, "retention failed")
@@ -545,8 +574,9 @@ async fn sole_owner(partition: Rc<Partition>) -> Result<Partition, Rc<Partition>
     Err(partition)
 }
 
-/// Waits (bounded) for in-flight users of a partition to let go, then closes or removes its log.
-async fn release_partition(partition: Rc<Partition>, remove: bool) {
+/// Waits (bounded) for in-flight users of a partition to let go, then closes or removes its
+/// log. False when it was still in use after the wait (it is left open).
+async fn release_partition(partition: Rc<Partition>, remove: bool) -> bool {
     match sole_owner(partition).await {
         Ok(owned) => {
             let name = owned.tp.dir_name();
@@ -558,9 +588,11 @@ async fn release_partition(partition: Rc<Partition>, remove: bool) {
             if let Err(error) = result {
                 tracing::warn!(partition = %name, %error, remove, "closing partition log failed");
             }
+            true
         }
         Err(partition) => {
-            tracing::warn!(partition = %partition.tp.dir_name(), "partition still in use after 30 s; leaving it open")
+            tracing::warn!(partition = %partition.tp.dir_name(), "partition still in use after 30 s; leaving it open");
+            false
         }
     }
 }

@@ -628,10 +628,10 @@ impl Sim {
                     return;
                 }
                 let log = &broker.log;
-                let cut = epochs::follower_cut(
+                let (cut, settled) = epochs::follower_cut(
                     asked,
                     answer,
-                    |e| log.epochs.end_offset_for(e, log.end()).map(|(_, end)| end),
+                    |e| log.epochs.end_offset_for(e, log.end()),
                     log.end(),
                     state.high_watermark(),
                 );
@@ -645,7 +645,10 @@ impl Sim {
                         ));
                     }
                 }
-                broker.reconciled = Some(epoch);
+                // Not settled: the cut removed the epoch asked about; ask again.
+                if settled {
+                    broker.reconciled = Some(epoch);
+                }
             }
             Message::AlterIsrAnswer { proposal, result } => {
                 let broker = &mut self.brokers[id];

@@ -453,9 +453,13 @@ fn roll_by_size_and_time_and_retention_by_size_and_time() {
         }
         assert_eq!(log.segment_bases(), vec![Offset(0), Offset(3), Offset(6)]);
         // Roll by time: the active segment's first batch is older than segment_ms.
-        log.enforce_retention(TimestampMs(10_500)).await.unwrap();
+        log.enforce_retention(TimestampMs(10_500), Offset(i64::MAX))
+            .await
+            .unwrap();
         assert_eq!(log.segment_bases().len(), 3);
-        log.enforce_retention(TimestampMs(11_000)).await.unwrap();
+        log.enforce_retention(TimestampMs(11_000), Offset(i64::MAX))
+            .await
+            .unwrap();
         assert_eq!(
             log.segment_bases(),
             vec![Offset(0), Offset(3), Offset(6), Offset(9)]
@@ -466,7 +470,9 @@ fn roll_by_size_and_time_and_retention_by_size_and_time() {
             retention_ms: -1,
             ..config.clone()
         });
-        log.enforce_retention(TimestampMs(11_000)).await.unwrap();
+        log.enforce_retention(TimestampMs(11_000), Offset(i64::MAX))
+            .await
+            .unwrap();
         assert_eq!(log.segment_bases(), vec![Offset(3), Offset(6), Offset(9)]);
         assert_eq!(log.log_start_offset(), Offset(3));
         assert!(!path.join(log_file_name(Offset(0))).exists());
@@ -476,7 +482,9 @@ fn roll_by_size_and_time_and_retention_by_size_and_time() {
             retention_ms: 100,
             ..config.clone()
         });
-        log.enforce_retention(TimestampMs(1_000_000)).await.unwrap();
+        log.enforce_retention(TimestampMs(1_000_000), Offset(i64::MAX))
+            .await
+            .unwrap();
         assert_eq!(log.segment_bases(), vec![Offset(9)]);
         assert_eq!(log.log_start_offset(), Offset(9));
         assert!(matches!(

@@ -34,24 +34,31 @@ pub fn leader_end_offset(
 }
 
 /// Where a follower whose latest epoch is `asked` cuts its log (ending at `log_end`, with high
-/// watermark `high_watermark`) given the leader's `answer`; `own_end` is the follower's own end
-/// offset for an epoch. Kafka's rule: the leader's end for the largest epoch both have, or the
-/// follower's own end for that epoch if smaller. With no answer (the leader knows no epoch at
-/// or below ours), keep only what is known committed.
+/// watermark `high_watermark`) given the leader's `answer`, and whether that settles it;
+/// `own_end` is the follower's own answer for an epoch (the largest epoch it has at or below
+/// it, and where that ends). Kafka's rules (KIP-279): the leader's end for the epoch asked,
+/// or, when the leader answers with an older epoch the follower also has, the smaller of both
+/// ends for it; when the follower does not have the leader's epoch, it cuts at its own end for
+/// the largest epoch below and asks again (not settled). With no answer (the leader knows no
+/// epoch at or below ours), keep only what is known committed.
 pub fn follower_cut(
     asked: LeaderEpoch,
     answer: Option<(LeaderEpoch, Offset)>,
-    own_end: impl Fn(LeaderEpoch) -> Option<Offset>,
+    own_end: impl Fn(LeaderEpoch) -> Option<(LeaderEpoch, Offset)>,
     log_end: Offset,
     high_watermark: Offset,
-) -> Offset {
+) -> (Offset, bool) {
     match answer {
-        None => high_watermark.min(log_end),
-        Some((epoch, leader_end)) if epoch == asked => leader_end.min(log_end),
-        Some((epoch, leader_end)) => {
-            let own = own_end(epoch).unwrap_or(Offset(0));
-            leader_end.min(own).min(log_end)
-        }
+        None => (high_watermark.min(log_end), true),
+        Some((epoch, leader_end)) if epoch == asked => (leader_end.min(log_end), true),
+        Some((epoch, leader_end)) => match own_end(epoch) {
+            Some((own_epoch, own)) if own_epoch == epoch => {
+                (leader_end.min(own).min(log_end), true)
+            }
+            Some((_, own)) => (own.min(log_end), false),
+            // Nothing here at or below the leader's epoch: all of it diverges.
+            None => (Offset(0), true),
+        },
     }
 }
 
@@ -83,15 +90,45 @@ mod tests {
             Offset(25),
         );
         assert_eq!(answer, Some((LeaderEpoch(3), Offset(25))));
-        let own = |epoch| {
-            follower
-                .end_offset_for(epoch, Offset(30))
-                .map(|(_, end)| end)
-        };
+        let own = |epoch| follower.end_offset_for(epoch, Offset(30));
         assert_eq!(
             follower_cut(asked, answer, own, Offset(30), Offset(12)),
-            Offset(20),
+            (Offset(20), true),
             "epoch 3 ends at 20 here: everything from 20 diverges"
+        );
+    }
+
+    /// The review's case: the leader answers with an epoch the follower never had, so the
+    /// follower cuts at its own end for the epoch below and asks again.
+    #[test]
+    fn a_follower_without_the_leaders_epoch_cuts_below_it_and_asks_again() {
+        let leader = cache(&[(0, 0), (3, 0), (4, 80)]);
+        let follower = cache(&[(0, 0), (3, 0), (5, 100)]);
+        let own = |epoch| follower.end_offset_for(epoch, Offset(130));
+        let first = leader_end_offset(
+            leader.end_offset_for(LeaderEpoch(5), Offset(120)),
+            Some(LeaderEpoch(4)),
+            LeaderEpoch(6),
+            LeaderEpoch(5),
+            Offset(120),
+        );
+        assert_eq!(first, Some((LeaderEpoch(4), Offset(120))));
+        assert_eq!(
+            follower_cut(LeaderEpoch(5), first, own, Offset(130), Offset(0)),
+            (Offset(100), false),
+            "cut to epoch 3's end here, and ask about epoch 3"
+        );
+        let second = leader_end_offset(
+            leader.end_offset_for(LeaderEpoch(3), Offset(120)),
+            Some(LeaderEpoch(4)),
+            LeaderEpoch(6),
+            LeaderEpoch(3),
+            Offset(120),
+        );
+        assert_eq!(second, Some((LeaderEpoch(3), Offset(80))));
+        assert_eq!(
+            follower_cut(LeaderEpoch(3), second, own, Offset(100), Offset(0)),
+            (Offset(80), true)
         );
     }
 
@@ -109,11 +146,11 @@ mod tests {
         assert_eq!(answer, Some((asked, Offset(40))));
         assert_eq!(
             follower_cut(asked, answer, |_| None, Offset(35), Offset(0)),
-            Offset(35)
+            (Offset(35), true)
         );
         assert_eq!(
             follower_cut(asked, answer, |_| None, Offset(45), Offset(0)),
-            Offset(40)
+            (Offset(40), true)
         );
     }
 
@@ -121,7 +158,7 @@ mod tests {
     fn no_answer_keeps_only_what_is_committed_and_an_epoch_ahead_of_the_leader_gets_none() {
         assert_eq!(
             follower_cut(LeaderEpoch(4), None, |_| None, Offset(30), Offset(12)),
-            Offset(12)
+            (Offset(12), true)
         );
         assert_eq!(
             leader_end_offset(

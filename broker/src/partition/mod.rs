@@ -78,6 +78,12 @@ pub struct Partition {
     detached: Cell<bool>,
     /// The broker's `replica.lag.time.max.ms`.
     replica_lag_max_ms: Cell<i64>,
+    /// Set while `truncate` runs: the log's end moves back before the state hears of it, so
+    /// `log_moved` leaves the state alone meanwhile.
+    truncating: Cell<bool>,
+    /// The id of the topic this replica belongs to: a topic deleted and made again under the
+    /// same name is another topic.
+    topic_id: Cell<[u8; 16]>,
 }
 
 /// A successful (or duplicate) append, as Produce answers it.
@@ -192,6 +198,8 @@ impl Partition {
             replica_waiters: Rc::new(RefCell::new(waiters::Waiters::default())),
             ack_budget: ParkBudget::new(usize::MAX),
             replica_lag_max_ms: Cell::new(30_000),
+            truncating: Cell::new(false),
+            topic_id: Cell::new([0; 16]),
             detached: Cell::new(false),
         }
     }
@@ -201,17 +209,23 @@ impl Partition {
     /// and long polls re-check leadership.
     pub fn update(&self, meta: &PartitionMeta, policy: TopicPolicy) {
         self.log.set_config(policy.log.clone());
-        let new_epoch = {
+        let (new_epoch, advanced) = {
             let mut state = self.state.borrow_mut();
-            let before = state.leader_epoch();
+            let (before, watermark) = (state.leader_epoch(), state.high_watermark());
             state.set_min_insync(policy.min_insync_replicas as usize);
             state.update(meta);
-            state.leader_epoch() != before
+            (
+                state.leader_epoch() != before,
+                (state.high_watermark() > watermark).then_some(state.high_watermark()),
+            )
         };
         *self.policy.borrow_mut() = policy;
         if new_epoch {
             self.waiters.borrow_mut().wake_all();
             self.replica_waiters.borrow_mut().wake_all();
+        } else if let Some(high_watermark) = advanced {
+            // A smaller ISR can move the watermark past parked produces and fetches.
+            self.waiters.borrow_mut().wake_below(high_watermark);
         }
         self.log_moved();
     }
@@ -220,6 +234,15 @@ impl Partition {
     /// within it).
     pub fn set_replica_lag_max_ms(&self, lag_max_ms: i64) {
         self.replica_lag_max_ms.set(lag_max_ms);
+    }
+
+    /// The id of the topic this replica belongs to.
+    pub fn topic_id(&self) -> [u8; 16] {
+        self.topic_id.get()
+    }
+
+    pub fn set_topic_id(&self, id: [u8; 16]) {
+        self.topic_id.set(id);
     }
 
     /// This partition's leader as its image says (-1: none).
@@ -249,7 +272,15 @@ impl Partition {
 
     /// The controller refused the proposed ISR for a reason other than staleness.
     pub fn isr_proposal_refused(&self) {
-        self.state.borrow_mut().isr_proposal_refused();
+        let advanced = {
+            let mut state = self.state.borrow_mut();
+            let before = state.high_watermark();
+            state.isr_proposal_refused();
+            (state.high_watermark() > before).then_some(state.high_watermark())
+        };
+        if let Some(high_watermark) = advanced {
+            self.waiters.borrow_mut().wake_below(high_watermark);
+        }
     }
 
     /// The ISR as the image says.
@@ -523,21 +554,20 @@ impl Partition {
         if self.leader_epoch() != epoch {
             return Err(AppendFailure::code(error_code::FENCED_LEADER_EPOCH));
         }
-        let end = self
-            .log
-            .truncate_to(offset)
-            .await
-            .map_err(|error| AppendFailure {
-                code: error_code::KAFKA_STORAGE_ERROR,
-                message: Some(error.to_string()),
-            })?;
-        let producers = restore_producers(&self.log, &self.tp).await;
-        let mut state = self.state.borrow_mut();
-        state.replace_producers(producers);
-        if state.truncated(log_offsets(&self.log)) {
-            tracing::warn!(partition = %self.tp.dir_name(), end = end.0,
+        self.truncating.set(true);
+        let cut = self.log.truncate_to(offset).await;
+        // The state hears of the new end before anything else can move it.
+        if self.state.borrow_mut().truncated(log_offsets(&self.log)) {
+            tracing::warn!(partition = %self.tp.dir_name(), end = offset.0,
                 "truncation went below this follower's high watermark");
         }
+        self.truncating.set(false);
+        let end = cut.map_err(|error| AppendFailure {
+            code: error_code::KAFKA_STORAGE_ERROR,
+            message: Some(error.to_string()),
+        })?;
+        let producers = restore_producers(&self.log, &self.tp).await;
+        self.state.borrow_mut().replace_producers(producers);
         Ok(end)
     }
 
@@ -614,6 +644,9 @@ impl Partition {
     /// Tells the partition state where the log now stands (after an append, retention or
     /// DeleteRecords) and wakes the fetches the new high watermark satisfies.
     pub fn log_moved(&self) {
+        if self.truncating.get() {
+            return;
+        }
         let offsets = log_offsets(&self.log);
         let advanced = self.state.borrow_mut().local_log_moved(offsets);
         if let Some(high_watermark) = advanced {
@@ -631,7 +664,12 @@ impl Partition {
         if let Err(code) = self.check_leader(request.current_leader_epoch) {
             return ReadResult::error(code);
         }
-        let upper = match request.replica {
+        // Only a replica of this partition reads past the watermark; anyone else sending a
+        // replica id is served as a consumer (authenticating brokers is the security issue's).
+        let replica = request
+            .replica
+            .filter(|replica| self.state.borrow().replicas().contains(&replica.id));
+        let upper = match replica {
             Some(replica) => {
                 let advanced = self.state.borrow_mut().follower_fetched(
                     replica.id,
@@ -680,7 +718,10 @@ impl Partition {
         if self.detached.get() {
             return Some(Parked::ready());
         }
-        if request.replica.is_some() {
+        let replica = request
+            .replica
+            .is_some_and(|replica| self.state.borrow().replicas().contains(&replica.id));
+        if replica {
             if self.log.acknowledged_end_offset() > request.offset {
                 return Some(Parked::ready());
             }

@@ -55,8 +55,14 @@ impl Log {
     }
 
     /// Rolls the active segment if it is older than `segment_ms`, then deletes whole old segments
-    /// beyond `retention_ms` / `retention_bytes` (never the active one).
-    pub async fn enforce_retention(&self, now: TimestampMs) -> Result<(), StorageIoError> {
+    /// beyond `retention_ms` / `retention_bytes` (never the active one, and none holding an
+    /// offset at or above `keep_from`: a replicated partition's leader keeps what its followers
+    /// have not fetched, as Kafka keeps what is above the high watermark).
+    pub async fn enforce_retention(
+        &self,
+        now: TimestampMs,
+        keep_from: Offset,
+    ) -> Result<(), StorageIoError> {
         let _writer = self.inner.acquire_writer().await;
         let roll = {
             let st = self.inner.state.borrow();
@@ -75,14 +81,18 @@ impl Log {
                 .await
                 .inspect_err(|e| self.inner.fail(e))?;
         }
-        self.inner.delete_old_segments(Some(now)).await
+        self.inner.delete_old_segments(Some((now, keep_from))).await
     }
 }
 
 impl Inner {
-    /// Removes old segments: those entirely below the log start offset, and, when `now` is
-    /// given, those beyond the retention limits. Never the active segment.
-    async fn delete_old_segments(&self, now: Option<TimestampMs>) -> Result<(), StorageIoError> {
+    /// Removes old segments: those entirely below the log start offset, and, when `retention`
+    /// gives the time and the offset to keep from, those beyond the retention limits that end
+    /// at or below that offset. Never the active segment.
+    async fn delete_old_segments(
+        &self,
+        retention: Option<(TimestampMs, Offset)>,
+    ) -> Result<(), StorageIoError> {
         let victims: Vec<Segment> = {
             let mut st = self.state.borrow_mut();
             let candidates = st.segments.len() - 1;
@@ -90,9 +100,12 @@ impl Inner {
             while n < candidates && st.segments[n + 1].base() <= st.log_start {
                 n += 1;
             }
-            if let Some(now) = now {
+            if let Some((now, keep_from)) = retention {
+                // Retention may take only segments that end at or below `keep_from`.
+                let bounded = |st: &super::State, n: usize| st.segments[n + 1].base() <= keep_from;
                 if st.config.retention_ms >= 0 {
                     while n < candidates
+                        && bounded(&st, n)
                         && st.segments[n]
                             .indexer
                             .max_timestamp
@@ -104,6 +117,7 @@ impl Inner {
                 if st.config.retention_bytes >= 0 {
                     let mut remaining: u64 = st.segments[n..].iter().map(|s| s.size_bytes).sum();
                     while n < candidates
+                        && bounded(&st, n)
                         && remaining - st.segments[n].size_bytes >= st.config.retention_bytes as u64
                     {
                         remaining -= st.segments[n].size_bytes;
