@@ -384,6 +384,8 @@ impl PartitionState {
         self.log_start = log.log_start;
         self.durable_end = log.durable_end;
         self.log_end = log.log_end;
+        // Promoted while the cut was under way: its epoch starts where its log now ends.
+        self.epoch_start = self.epoch_start.min(self.log_end);
         let cut_below = self.high_watermark > self.durable_end;
         self.high_watermark = self
             .high_watermark
