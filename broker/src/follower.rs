@@ -344,11 +344,15 @@ async fn round(
                         .replica_bytes_appended
                         .add(records.len() as u64);
                     let high_watermark = Offset(answer.high_watermark);
+                    let leader_start = Offset(answer.log_start_offset);
                     let now = TimestampMs(shard.now_ms());
                     appends.push(async move {
                         let outcome = partition
                             .append_replica(records, high_watermark, now, epoch)
                             .await;
+                        if outcome.is_ok() {
+                            partition.follow_log_start(leader_start).await;
+                        }
                         (partition, outcome)
                     });
                 }

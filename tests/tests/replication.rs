@@ -441,6 +441,14 @@ fn a_follower_behind_its_leaders_log_start_starts_over_there() {
         log.contains("replica restarted at its leader's log start"),
         "the follower says what it did"
     );
+    // The leader's start moves again (DeleteRecords up to 90); the follower's follows.
+    let mut before = TopicPartitionList::new();
+    before
+        .add_partition_offset("trimmed", 0, Offset::Offset(90))
+        .expect("offset");
+    kafka::wait(admin.delete_records(&before, &kafka::admin_options())).expect("DeleteRecords");
+    kafka::produce(&producer, "trimmed", Some(0), &[Rec::value("new-050")]);
+    std::thread::sleep(Duration::from_secs(2));
     // The follower can lead with exactly the leader's records: kill the leader.
     cluster.brokers[leader].kill9();
     let survivors: Vec<usize> = all.iter().copied().filter(|b| *b != leader).collect();
@@ -458,12 +466,18 @@ fn a_follower_behind_its_leaders_log_start_starts_over_there() {
             cluster.brokers[follower].bootstrap().as_str(),
         )],
     );
-    kafka::assign(&consumer, "trimmed", &[0], Offset::Offset(80));
-    let read = kafka::read_exactly(&consumer, 20, Duration::from_secs(30));
+    let (low, high) = kafka::watermarks(&cluster.brokers[follower], "trimmed", 0);
+    assert_eq!(
+        (low, high),
+        (90, 101),
+        "deleted records stay deleted after the failover"
+    );
+    kafka::assign(&consumer, "trimmed", &[0], Offset::Offset(90));
+    let read = kafka::read_exactly(&consumer, 11, Duration::from_secs(30));
     let values: Vec<String> = read
         .iter()
         .map(|c| String::from_utf8_lossy(c.record.value.as_deref().unwrap()).into_owned())
         .collect();
-    let expected: Vec<String> = (30..50).map(|i| format!("new-{i:03}")).collect();
+    let expected: Vec<String> = (40..51).map(|i| format!("new-{i:03}")).collect();
     assert_eq!(values, expected);
 }

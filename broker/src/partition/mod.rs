@@ -541,6 +541,25 @@ impl Partition {
         Ok(self.log.log_end_offset())
     }
 
+    /// A follower's log start follows its leader's (DeleteRecords and retention on the
+    /// leader), as far as its own log reaches, so that records deleted there are not read again
+    /// here after a failover.
+    pub async fn follow_log_start(&self, leader_start: Offset) {
+        if self.is_leader() || leader_start <= self.log.log_start_offset() {
+            return;
+        }
+        let before = leader_start.min(self.log.acknowledged_end_offset());
+        if before <= self.log.log_start_offset() {
+            return;
+        }
+        match self.log.delete_records(before).await {
+            Ok(_) => self.log_moved(),
+            Err(error) => {
+                tracing::warn!(partition = %self.tp.dir_name(), %error, "cannot follow the leader's log start")
+            }
+        }
+    }
+
     /// A follower cuts its log at `offset` (its tail diverged from the leader of `epoch`) and
     /// rebuilds its idempotent producers' state from what is left.
     pub async fn truncate(

@@ -495,6 +495,9 @@ impl PartitionState {
         self.durable_end = log.durable_end;
         self.log_end = log.log_end;
         let before = self.high_watermark;
+        // A follower's start may pass its watermark when it follows its leader's start:
+        // nothing below the start exists any more, so the watermark comes along.
+        self.high_watermark = self.high_watermark.max(self.log_start);
         self.advance_high_watermark();
         self.check();
         (self.high_watermark > before).then_some(self.high_watermark)
