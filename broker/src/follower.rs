@@ -142,6 +142,8 @@ async fn run(shard: Rc<Shard>, fetcher: Rc<Fetcher>) {
     let mut connection: Option<Connection> = None;
     // The leader epoch each partition was last reconciled in.
     let mut reconciled: HashMap<TopicPartition, LeaderEpoch> = HashMap::new();
+    // Partitions sitting out a back-off after the leader refused them, until when.
+    let mut delayed: HashMap<TopicPartition, std::time::Instant> = HashMap::new();
     let mut failures = 0u32;
     tracing::debug!(shard = shard.id, leader, "replica fetcher started");
     while !fetcher.stopped.get() && !shard.shutting_down.get() {
@@ -172,7 +174,15 @@ async fn run(shard: Rc<Shard>, fetcher: Rc<Fetcher>) {
             continue;
         };
         let mut restarts = Vec::new();
-        let result = round(&shard, conn, &partitions, &mut reconciled, &mut restarts).await;
+        let result = round(
+            &shard,
+            conn,
+            &partitions,
+            &mut reconciled,
+            &mut delayed,
+            &mut restarts,
+        )
+        .await;
         // A replica restarts only once nothing here holds it.
         drop(partitions);
         for restart in restarts {
@@ -268,6 +278,7 @@ async fn round(
     conn: &mut Connection,
     partitions: &[Rc<Partition>],
     reconciled: &mut HashMap<TopicPartition, LeaderEpoch>,
+    delayed: &mut HashMap<TopicPartition, std::time::Instant>,
     restarts: &mut Vec<Restart>,
 ) -> Result<bool, RoundError> {
     let unreconciled: Vec<&Rc<Partition>> = partitions
@@ -277,9 +288,14 @@ async fn round(
     if !unreconciled.is_empty() {
         reconcile_epochs(shard, conn, &unreconciled, reconciled, restarts).await?;
     }
+    // A partition the leader refused sits out a back-off, so that one failing partition does
+    // not turn every Fetch into an immediate answer (Kafka's delayed partitions).
+    let now = std::time::Instant::now();
+    delayed.retain(|_, until| *until > now);
     let ready: Vec<&Rc<Partition>> = partitions
         .iter()
         .filter(|p| reconciled.get(&p.tp) == Some(&p.leader_epoch()))
+        .filter(|p| !delayed.contains_key(&p.tp))
         .collect();
     if ready.is_empty() {
         return Ok(false);
@@ -382,6 +398,7 @@ async fn round(
                     {
                         reconciled.remove(&tp);
                     }
+                    delayed.insert(tp, now + limits::REPLICA_FETCH_BACKOFF);
                 }
             }
         }
