@@ -786,12 +786,19 @@ struct Aligned {
 }
 
 impl Aligned {
-    fn new(len: usize) -> Aligned {
-        let layout = std::alloc::Layout::from_size_align(len, 4096).expect("aligned layout");
-        // SAFETY: the layout is non-zero-sized; the memory is freed in Drop.
+    fn new(len: usize) -> std::io::Result<Aligned> {
+        let invalid = |why: &str| std::io::Error::new(std::io::ErrorKind::InvalidInput, why);
+        let layout = std::alloc::Layout::from_size_align(len, 4096)
+            .map_err(|_| invalid("a direct-I/O buffer size"))?;
+        if len == 0 {
+            return Err(invalid("an empty direct-I/O buffer"));
+        }
+        // SAFETY: the layout is non-zero-sized (checked); the memory is freed in Drop.
         let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
-        assert!(!ptr.is_null(), "out of memory for a direct-I/O buffer");
-        Aligned { ptr, layout }
+        if ptr.is_null() {
+            return Err(std::io::Error::from(std::io::ErrorKind::OutOfMemory));
+        }
+        Ok(Aligned { ptr, layout })
     }
 
     fn as_slice(&self) -> &[u8] {
@@ -821,7 +828,7 @@ fn direct_io_works(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::FileExt;
     let path = dir.join(".tern-doctor-odirect");
     let result = open_direct(&path).and_then(|file| {
-        let buffer = Aligned::new(4096);
+        let buffer = Aligned::new(4096)?;
         file.write_at(buffer.as_slice(), 0).map(|_| ())
     });
     let _ = fs::remove_file(&path);
@@ -839,7 +846,7 @@ pub fn measure_disk(dir: &Path) -> std::io::Result<DiskMeasure> {
     let path = dir.join(".tern-doctor-disk");
     let measured = (|| {
         let file = open_direct(&path)?;
-        let big = Aligned::new(BIG);
+        let big = Aligned::new(BIG)?;
         let started = Instant::now();
         for i in 0..BIG_WRITES {
             file.write_at(big.as_slice(), (i * BIG) as u64)?;
@@ -847,7 +854,7 @@ pub fn measure_disk(dir: &Path) -> std::io::Result<DiskMeasure> {
         file.sync_data()?;
         let elapsed = started.elapsed().max(Duration::from_micros(1));
         let write_mb_per_s = (BIG * BIG_WRITES) as f64 / 1e6 / elapsed.as_secs_f64();
-        let small = Aligned::new(SMALL);
+        let small = Aligned::new(SMALL)?;
         let mut times = Vec::with_capacity(SAMPLES);
         for i in 0..SAMPLES {
             let started = Instant::now();

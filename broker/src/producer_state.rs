@@ -29,6 +29,16 @@ pub struct BatchSeq {
 }
 
 impl BatchSeq {
+    /// The producer id, epoch and sequences a batch's header carries.
+    pub fn of(header: &tern_protocol::batch::BatchHeader) -> BatchSeq {
+        BatchSeq {
+            producer_id: header.producer_id().0,
+            epoch: header.producer_epoch(),
+            first: header.base_sequence(),
+            count: header.record_count().max(1),
+        }
+    }
+
     fn last(&self) -> i32 {
         wrapping_add(self.first, self.count - 1)
     }

@@ -118,16 +118,19 @@ async fn check_rdkafka_codec(codec: &str) {
         "{codec}: acked offsets"
     );
     assert_stored_compressed(&broker, &topic, codec, codec_id);
+    assert_read_back_by_both(&broker, &topic, codec, &sent).await;
+}
 
+/// Both clients read exactly `sent` back from partition 0 of `topic`.
+async fn assert_read_back_by_both(broker: &Broker, topic: &str, codec: &str, sent: &[Rec]) {
     assert_consumed(
         codec,
         "rdkafka",
-        &sent,
-        &kafka::consume(&broker, &topic, &[0], RECORDS),
+        sent,
+        &kafka::consume(broker, topic, &[0], RECORDS),
     );
-
-    let client = rs::client(&broker).await;
-    let partition = rs::partition(&client, &topic, 0).await;
+    let client = rs::client(broker).await;
+    let partition = rs::partition(&client, topic, 0).await;
     let read = rs::read_exactly(&partition, 0, RECORDS).await;
     let read: Vec<Rec> = read.iter().map(|r| rec_from_rskafka(&r.record)).collect();
     assert_eq!(read, sent, "{codec}, read by rskafka");
@@ -231,17 +234,7 @@ async fn a_topics_compression_type_recompresses_what_producers_send() {
         let acks = kafka::produce(&producer, &topic, Some(0), &sent);
         assert_eq!(acks.len(), RECORDS);
         assert_stored_compressed(&broker, &topic, topic_codec, stored);
-        assert_consumed(
-            topic_codec,
-            "rdkafka",
-            &sent,
-            &kafka::consume(&broker, &topic, &[0], RECORDS),
-        );
-        let client = rs::client(&broker).await;
-        let partition = rs::partition(&client, &topic, 0).await;
-        let read = rs::read_exactly(&partition, 0, RECORDS).await;
-        let read: Vec<Rec> = read.iter().map(|r| rec_from_rskafka(&r.record)).collect();
-        assert_eq!(read, sent, "{topic_codec}, read by rskafka");
+        assert_read_back_by_both(&broker, &topic, topic_codec, &sent).await;
     }
 }
 

@@ -520,13 +520,7 @@ impl Partition {
                 .iter()
                 .filter(|h| h.producer_id().0 >= 0 && !h.is_control())
             {
-                let batch = BatchSeq {
-                    producer_id: header.producer_id().0,
-                    epoch: header.producer_epoch(),
-                    first: header.base_sequence(),
-                    count: header.record_count().max(1),
-                };
-                state.sequence_replicated(batch, header.base_offset());
+                state.sequence_replicated(BatchSeq::of(header), header.base_offset());
             }
         }
         let advanced = {
@@ -637,12 +631,7 @@ impl Partition {
                 message: Some("idempotent produce must carry exactly one batch".into()),
             });
         }
-        let sequence = BatchSeq {
-            producer_id: header.producer_id().0,
-            epoch: header.producer_epoch(),
-            first: header.base_sequence(),
-            count: header.record_count().max(1),
-        };
+        let sequence = BatchSeq::of(&header);
         let check = self.state.borrow_mut().check_sequence(sequence);
         match check {
             Check::Append => Ok(Sequenced::Append(sequence)),
@@ -868,13 +857,7 @@ pub async fn restore_producers(log: &Log, tp: &TopicPartition) -> ProducerStates
                 .iter()
                 .filter(|h| h.producer_id().0 >= 0 && !h.is_control())
             {
-                let batch = BatchSeq {
-                    producer_id: header.producer_id().0,
-                    epoch: header.producer_epoch(),
-                    first: header.base_sequence(),
-                    count: header.record_count().max(1),
-                };
-                states.restore(batch, header.base_offset().0);
+                states.restore(BatchSeq::of(header), header.base_offset().0);
             }
         }
         Err(error) => {
