@@ -1,5 +1,9 @@
 //! One shard: the state a core owns (its partitions, its copy of the metadata image, its
 //! coordinators' registries, its probes) and the way other shards reach it (`invoke_on`).
+//! Also the shard-wide duties on its partitions: applying each image (opening, updating,
+//! replacing and dropping replicas; `next_image` wakes whoever follows images, such as the
+//! replica fetchers), the leaders' ISR checks, restarting a follower's log at its leader's
+//! start, retention, and reaching the controller (`run_commands`).
 //!
 //! Architecture invariant: a partition is touched only by the shard that owns it (derived
 //! from the metadata image by `placement`); every other shard reaches it through `invoke_on`,
@@ -7,7 +11,9 @@
 //! owner. Shards share nothing mutable.
 //!
 //! Architecture invariant: a shard's image only moves forward (its epoch never decreases), and
-//! a partition is in the shard's table only once its log is open.
+//! a partition is in the shard's table only once its log is open; a directory has at most one
+//! open log (a replica being replaced or restarted stays out of the table until its old log
+//! is closed).
 
 use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::{HashMap, HashSet};
