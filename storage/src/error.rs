@@ -86,13 +86,6 @@ pub enum AppendReplicatedError {
     /// A batch is larger than the engine's hard limit. Maps to MESSAGE_TOO_LARGE (10).
     #[error("batch of {batch_bytes} bytes exceeds the limit of {max_bytes}")]
     BatchTooLarge { batch_bytes: usize, max_bytes: u32 },
-    /// The first batch starts above the log end: offsets in between would be missing. Maps to
-    /// OFFSET_OUT_OF_RANGE (1).
-    #[error("replicated batch at {base_offset} leaves a gap after the log end {log_end}")]
-    Gap {
-        log_end: Offset,
-        base_offset: Offset,
-    },
     /// The first batch starts below the log end: the follower must truncate first. Maps to
     /// OFFSET_OUT_OF_RANGE (1).
     #[error("replicated batch at {base_offset} overlaps the log, which ends at {log_end}")]
@@ -100,7 +93,7 @@ pub enum AppendReplicatedError {
         log_end: Offset,
         base_offset: Offset,
     },
-    /// A batch within the call does not start where the previous one ended. Maps to
+    /// A batch within the call starts before the previous one ended. Maps to
     /// INVALID_RECORD (87).
     #[error("batch at byte {position} starts at offset {found}, expected {expected}")]
     NonContiguous {
@@ -121,9 +114,7 @@ impl AppendReplicatedError {
                 codes::INVALID_RECORD
             }
             AppendReplicatedError::BatchTooLarge { .. } => codes::MESSAGE_TOO_LARGE,
-            AppendReplicatedError::Gap { .. } | AppendReplicatedError::Overlap { .. } => {
-                codes::OFFSET_OUT_OF_RANGE
-            }
+            AppendReplicatedError::Overlap { .. } => codes::OFFSET_OUT_OF_RANGE,
             AppendReplicatedError::Storage(e) => e.kafka_error_code(),
         }
     }

@@ -17,6 +17,8 @@
 //! - `log/retention.rs`: `enforce_retention`, `delete_records`.
 //! - `log/truncate.rs`: `truncate_to`, crash-safe through the `truncate-to` intent file.
 //! - `log/epochs.rs`: persisting, recovering and querying the log's leader-epoch cache.
+//! - `log/clean.rs`: log compaction — dirtiness, one cleaning pass, the crash-safe swap.
+//! - `offset_map`: the cleaner's fixed-memory map of key hash to latest offset (pure).
 //! - `leader_epoch`: the leader-epoch cache and its `leader-epoch-checkpoint` format (pure).
 //! - `segment`, `index`, `index_cache`: one segment's files, the sparse indexes (pure), the
 //!   shard-wide budget for sealed indexes.
@@ -32,6 +34,7 @@ pub mod limits;
 mod lock;
 mod log;
 mod notify;
+pub mod offset_map;
 mod segment;
 
 pub use config::{FlushPolicy, LogConfig, TimestampType};
@@ -43,9 +46,11 @@ pub use index_cache::{IndexCache, IndexCacheStats};
 pub use leader_epoch::{EpochEntry, LeaderEpochCache, LEADER_EPOCH_FILE_NAME};
 pub use lock::{DataDirLock, LOCK_FILE_NAME};
 pub use log::{
-    AppendInfo, Log, LogStats, ReadMode, ReadSlice, CLEAN_SHUTDOWN_FILE_NAME,
+    AppendInfo, CleanOptions, CleanReport, Cleanable, Log, LogStats, ReadMode, ReadSlice,
+    CLEANER_CHECKPOINT_FILE_NAME, CLEAN_SHUTDOWN_FILE_NAME, CLEAN_SWAP_FILE_NAME,
     LOG_START_OFFSET_FILE_NAME, TRUNCATE_TO_FILE_NAME,
 };
+pub use offset_map::OffsetMap;
 pub use segment::prime_direct_io;
 pub use segment_names::*;
 

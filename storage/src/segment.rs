@@ -8,11 +8,12 @@
 //! | offset   | size            | field                                  |
 //! |---------:|----------------:|----------------------------------------|
 //! | 0        | 12 + batchLength | RecordBatch v2 (see tern_protocol::batch) |
-//! | previous end | …           | next batch, offsets contiguous          |
+//! | previous end | …           | next batch, offsets increasing         |
 //!
 //! After a crash the file may end with a torn batch or zeros (direct-IO writes are padded to
 //! the alignment, and preallocated blocks read as zeros); the scan stops at the first byte that
-//! is not a valid, contiguous batch. This module never trusts a length read from disk: every
+//! is not a valid batch with offsets above the previous one's (they are contiguous but where
+//! compaction removed whole batches). This module never trusts a length read from disk: every
 //! length is checked against the limits and the bytes actually there, and nothing panics on
 //! what it reads back.
 
@@ -155,7 +156,7 @@ pub(crate) struct ScanOutcome {
 
 /// Scans batches from `position` (which must start a batch of offset `indexer.next_offset`) up
 /// to `file_bytes`, validating header, CRC and offset contiguity, feeding `indexer` when
-/// `rebuild` is set. Stops at the first invalid or non-contiguous batch.
+/// `rebuild` is set. Stops at the first invalid batch or one whose offsets go backwards.
 pub(crate) async fn scan(
     file: &DmaFile,
     path: &Path,
@@ -220,7 +221,8 @@ pub(crate) async fn scan(
                 break;
             }
         };
-        if header.base_offset() != indexer.next_offset
+        // Offsets increase; they may jump where the cleaner removed whole batches.
+        if header.base_offset() < indexer.next_offset
             || header.last_offset().0 - indexer.base.0 > i64::from(u32::MAX)
         {
             stopped_by = Some(BatchError::InvalidCounts {

@@ -1039,7 +1039,7 @@ fn leader_batches(specs: &[(usize, usize)], base: Offset, epoch: i32) -> (Bytes,
 }
 
 #[test]
-fn append_replicated_refuses_gaps_overlaps_and_bad_batches_writing_nothing() {
+fn append_replicated_refuses_overlaps_and_bad_batches_writing_nothing_and_keeps_gaps() {
     use tern_storage::AppendReplicatedError as E;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("p0");
@@ -1073,31 +1073,12 @@ fn append_replicated_refuses_gaps_overlaps_and_bad_batches_writing_nothing() {
         let too_short = leader_batches(&[(1, 10)], Offset(5), 7).0[..30].to_vec();
         type Check = fn(&E) -> bool;
         let cases: Vec<(&str, Vec<u8>, i16, Check)> = vec![
-            ("gap", gap.to_vec(), 1, |e| {
-                matches!(
-                    e,
-                    E::Gap {
-                        log_end: Offset(5),
-                        base_offset: Offset(6)
-                    }
-                )
-            }),
             ("overlap", overlap.to_vec(), 1, |e| {
                 matches!(
                     e,
                     E::Overlap {
                         log_end: Offset(5),
                         base_offset: Offset(4)
-                    }
-                )
-            }),
-            ("skip within the call", ok_then_skip, 87, |e| {
-                matches!(
-                    e,
-                    E::NonContiguous {
-                        expected: Offset(6),
-                        found: Offset(7),
-                        ..
                     }
                 )
             }),
@@ -1134,6 +1115,18 @@ fn append_replicated_refuses_gaps_overlaps_and_bad_batches_writing_nothing() {
         let slice = log.read(Offset(2), 1, Offset(5)).await.unwrap();
         let header = validate_batch(&slice.chunks[0]).unwrap();
         assert_eq!(header.partition_leader_epoch(), LeaderEpoch(7));
+
+        // Gaps are a compacted leader's removed batches: kept, and reads step over them.
+        log.append_replicated(gap, TimestampMs(1)).await.unwrap();
+        assert_eq!(log.log_end_offset(), Offset(7));
+        let (later, _) = leader_batches(&[(1, 10)], Offset(9), 7);
+        log.append_replicated(later, TimestampMs(1)).await.unwrap();
+        assert_eq!(log.log_end_offset(), Offset(10));
+        for (from, first) in [(5, 6), (6, 6), (7, 9), (8, 9)] {
+            let slice = log.read(Offset(from), 1, Offset(10)).await.unwrap();
+            assert_eq!(slice.first_offset, Offset(first), "read from {from}");
+        }
+        drop(ok_then_skip);
     });
 }
 

@@ -54,6 +54,18 @@ pub enum Codec {
 }
 
 impl Codec {
+    /// The codec a batch's attributes name, at its default level.
+    pub fn from_id(id: u8) -> Result<Codec, RecordsError> {
+        Ok(match id {
+            0 => Codec::None,
+            1 => Codec::Gzip { level: -1 },
+            2 => Codec::Snappy,
+            3 => Codec::Lz4,
+            4 => Codec::Zstd { level: 3 },
+            other => return Err(RecordsError::UnknownCodec(other)),
+        })
+    }
+
     /// The codec's id in a batch's attributes.
     pub fn id(self) -> u8 {
         match self {
@@ -221,9 +233,42 @@ pub fn first_at_or_after(
         return Ok((header.max_timestamp() >= target)
             .then(|| (header.base_offset(), header.max_timestamp())));
     }
-    let area = record_area(batch, header)?;
-    let mut reader = Reader::new(&area);
-    for _ in 0..header.record_count().max(0) {
+    let mut found = None;
+    for_each_record(batch, header, |record| {
+        if found.is_none() && record.timestamp >= target {
+            found = Some((record.offset, record.timestamp));
+        }
+    })?;
+    Ok(found)
+}
+
+/// Attribute bit 6 (KIP-534): the batch's `baseTimestamp` holds the time after which the
+/// cleaner may drop its tombstones (its records' timestamp deltas are relative to it).
+pub const ATTR_DELETE_HORIZON: i16 = 1 << 6;
+
+/// One record of a batch, as [`for_each_record`] shows it.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordView<'a> {
+    /// Position in the batch, from 0.
+    pub index: usize,
+    pub offset: Offset,
+    pub timestamp: TimestampMs,
+    pub key: Option<&'a [u8]>,
+    pub value: Option<&'a [u8]>,
+    /// A null value: a tombstone in a compacted topic.
+    pub is_tombstone: bool,
+}
+
+/// The record area's records, parsed one by one: `(view, attributes, timestamp delta, bytes
+/// after the timestamp delta)`, the last being what a rewrite copies verbatim (offset delta,
+/// key, value, headers).
+fn parse_records<'a>(
+    area: &'a [u8],
+    header: &BatchHeader,
+    mut f: impl FnMut(RecordView<'a>, i8, i64, &'a [u8]),
+) -> Result<(), RecordsError> {
+    let mut reader = Reader::new(area);
+    for index in 0..header.record_count().max(0) as usize {
         let length = reader.varint()?;
         let record =
             reader.take(
@@ -233,18 +278,140 @@ pub fn first_at_or_after(
                 })?,
             )?;
         let mut fields = Reader::new(record);
-        let _attributes = fields.i8()?;
+        let attributes = fields.i8()?;
         let timestamp_delta = fields.varlong()?;
+        let rest = &record[fields.position()..];
         let offset_delta = fields.varint()?;
-        let timestamp = TimestampMs(header.base_timestamp().0.saturating_add(timestamp_delta));
-        if timestamp >= target {
-            return Ok(Some((
-                header.base_offset().plus(i64::from(offset_delta)),
+        let key = nullable_varint_bytes(&mut fields)?;
+        let value = nullable_varint_bytes(&mut fields)?;
+        let timestamp = if header.is_log_append_time() {
+            header.max_timestamp()
+        } else {
+            TimestampMs(header.base_timestamp().0.saturating_add(timestamp_delta))
+        };
+        f(
+            RecordView {
+                index,
+                offset: header.base_offset().plus(i64::from(offset_delta)),
                 timestamp,
-            )));
-        }
+                key,
+                value,
+                is_tombstone: value.is_none(),
+            },
+            attributes,
+            timestamp_delta,
+            rest,
+        );
     }
-    Ok(None)
+    Ok(())
+}
+
+fn nullable_varint_bytes<'a>(reader: &mut Reader<'a>) -> Result<Option<&'a [u8]>, RecordsError> {
+    let length = reader.varint()?;
+    if length < 0 {
+        return Ok(None);
+    }
+    Ok(Some(reader.take(length as usize)?))
+}
+
+/// Calls `f` with every record of `batch` (decompressing if needed). Control batches have
+/// records too (their key is the control type); callers decide whether to look.
+pub fn for_each_record(
+    batch: &[u8],
+    header: &BatchHeader,
+    mut f: impl FnMut(RecordView<'_>),
+) -> Result<(), RecordsError> {
+    let area = record_area(batch, header)?;
+    parse_records(&area, header, |view, _, _, _| f(view))
+}
+
+/// The delete horizon a cleaner stamped on `header`'s batch (KIP-534), if any.
+pub fn delete_horizon(header: &BatchHeader) -> Option<TimestampMs> {
+    (header.attributes() & ATTR_DELETE_HORIZON != 0).then(|| header.base_timestamp())
+}
+
+/// What [`filter_batch`] made of a batch.
+#[derive(Debug)]
+pub enum Filtered {
+    /// Every record kept and no horizon to stamp: the original bytes stand.
+    Unchanged,
+    /// No record kept: the batch goes.
+    Empty,
+    /// The batch rewritten with the kept records.
+    Rewritten(Vec<u8>),
+}
+
+/// `batch` with only the records `keep` accepts, as Kafka's cleaner writes it: the base
+/// offset and last offset delta stay (so the batch covers the same offsets and kept records
+/// keep theirs), as do the producer id, epoch and base sequence, leader epoch, codec (at its
+/// default level) and max timestamp; record count, length and CRC are rewritten. With
+/// `horizon`, a batch that keeps a tombstone and carries no delete horizon yet gets that one
+/// (KIP-534: attribute bit 6 and `baseTimestamp`, the records' timestamp deltas rebased so
+/// their timestamps are unchanged).
+pub fn filter_batch(
+    batch: &[u8],
+    header: &BatchHeader,
+    mut keep: impl FnMut(&RecordView<'_>) -> bool,
+    horizon: Option<TimestampMs>,
+) -> Result<Filtered, RecordsError> {
+    let area = record_area(batch, header)?;
+    // (attributes, the record's own timestamp, the bytes after its timestamp delta)
+    let mut kept: Vec<(i8, i64, &[u8])> = Vec::new();
+    let mut dropped = 0usize;
+    let mut tombstone_kept = false;
+    parse_records(&area, header, |view, attributes, timestamp_delta, rest| {
+        if keep(&view) {
+            tombstone_kept |= view.is_tombstone;
+            let own = header.base_timestamp().0.wrapping_add(timestamp_delta);
+            kept.push((attributes, own, rest));
+        } else {
+            dropped += 1;
+        }
+    })?;
+    if kept.is_empty() {
+        return Ok(Filtered::Empty);
+    }
+    let stamp = horizon.filter(|_| tombstone_kept && delete_horizon(header).is_none());
+    if dropped == 0 && stamp.is_none() {
+        return Ok(Filtered::Unchanged);
+    }
+    let base_timestamp = stamp.unwrap_or(header.base_timestamp()).0;
+    let mut records: Vec<u8> = Vec::with_capacity(area.len());
+    let mut scratch: Vec<u8> = Vec::with_capacity(64);
+    for &(attributes, own, rest) in &kept {
+        scratch.clear();
+        scratch.push(attributes as u8);
+        put_varlong(&mut scratch, own.wrapping_sub(base_timestamp));
+        scratch.extend_from_slice(rest);
+        put_varlong(&mut records, scratch.len() as i64);
+        records.extend_from_slice(&scratch);
+    }
+    let codec = Codec::from_id(header.compression_codec())?;
+    let body = codec.compress(&records)?;
+    let mut out = Vec::with_capacity(BATCH_HEADER_BYTES + body.len());
+    out.extend_from_slice(&batch[..BATCH_HEADER_BYTES]);
+    out.extend_from_slice(&body);
+    let batch_length = (out.len() - BATCH_LOG_OVERHEAD_BYTES) as i32;
+    out[8..12].copy_from_slice(&batch_length.to_be_bytes());
+    if let Some(horizon) = stamp {
+        let attributes = i16::from_be_bytes([out[CRC_START_OFFSET], out[CRC_START_OFFSET + 1]])
+            | ATTR_DELETE_HORIZON;
+        out[CRC_START_OFFSET..CRC_START_OFFSET + 2].copy_from_slice(&attributes.to_be_bytes());
+        out[27..35].copy_from_slice(&horizon.0.to_be_bytes());
+    }
+    out[57..61].copy_from_slice(&(kept.len() as i32).to_be_bytes());
+    let crc = crc32c::crc32c(&out[CRC_START_OFFSET..]);
+    out[CRC_START_OFFSET - 4..CRC_START_OFFSET].copy_from_slice(&crc.to_be_bytes());
+    Ok(Filtered::Rewritten(out))
+}
+
+fn put_varlong(out: &mut Vec<u8>, value: i64) {
+    let mut zigzag = ((value << 1) ^ (value >> 63)) as u64;
+    while zigzag >= 0x80 {
+        out.push((zigzag as u8) | 0x80);
+        zigzag >>= 7;
+    }
+    out.push(zigzag as u8);
 }
 
 #[cfg(test)]
@@ -351,6 +518,106 @@ mod tests {
                 "codec {codec}"
             );
             assert_eq!(found(1_401), None, "codec {codec}");
+        }
+    }
+
+    /// A keyed batch at offset 100: key `k{i % 3}`, value `v{i}` (none for i = 4), 10 ms apart,
+    /// with one header, compressed with `codec`.
+    fn keyed_batch(codec: u8) -> Vec<u8> {
+        let mut builder = BatchBuilder::new(TimestampMs(5_000));
+        builder.base_offset = Offset(100);
+        builder.producer_id = crate::types::ProducerId(7);
+        builder.producer_epoch = 1;
+        builder.base_sequence = 40;
+        for i in 0..6i64 {
+            builder = builder.record(crate::batch::BuilderRecord {
+                timestamp_delta_ms: i * 10,
+                key: Some(format!("k{}", i % 3).into_bytes().into()),
+                value: (i != 4).then(|| format!("v{i}").into_bytes().into()),
+                headers: vec![("h".to_string(), Some(bytes::Bytes::from_static(b"x")))],
+            });
+        }
+        let plain = builder.build().to_vec();
+        if codec == 0 {
+            return plain;
+        }
+        let header = BatchHeader::parse_unchecked(&plain).unwrap();
+        let mut out = recompress(&plain, Codec::from_id(codec).unwrap())
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            BatchHeader::parse_unchecked(&out).unwrap().record_count(),
+            header.record_count()
+        );
+        out.shrink_to_fit();
+        out
+    }
+
+    fn views(batch: &[u8]) -> Vec<(i64, i64, Option<Vec<u8>>, bool)> {
+        let header = crate::batch::validate_batch(batch).expect("a valid batch");
+        let mut out = Vec::new();
+        for_each_record(batch, &header, |r| {
+            out.push((
+                r.offset.0,
+                r.timestamp.0,
+                r.key.map(<[u8]>::to_vec),
+                r.is_tombstone,
+            ))
+        })
+        .unwrap();
+        out
+    }
+
+    #[test]
+    fn filtered_batches_keep_offsets_timestamps_and_the_rest_of_each_record() {
+        for codec in 0..=4u8 {
+            let original = keyed_batch(codec);
+            let header = BatchHeader::parse_unchecked(&original).unwrap();
+            let all = views(&original);
+            assert_eq!(all.len(), 6);
+            assert!(all[4].3, "record 4 is a tombstone");
+
+            let keep_odd = |r: &RecordView<'_>| r.offset.0 % 2 == 1;
+            let Filtered::Rewritten(out) =
+                filter_batch(&original, &header, keep_odd, None).unwrap()
+            else {
+                panic!("records were dropped");
+            };
+            let checked = crate::batch::validate_batch(&out).expect("valid after filtering");
+            assert_eq!(checked.base_offset(), Offset(100), "codec {codec}");
+            assert_eq!(
+                checked.last_offset_delta(),
+                5,
+                "the batch covers the same offsets"
+            );
+            assert_eq!(checked.record_count(), 3);
+            assert_eq!(checked.compression_codec(), codec);
+            assert_eq!(checked.producer_id(), header.producer_id());
+            assert_eq!(checked.base_sequence(), 40);
+            assert_eq!(checked.max_timestamp(), header.max_timestamp());
+            let odd: Vec<_> = all.iter().filter(|v| v.0 % 2 == 1).cloned().collect();
+            assert_eq!(views(&out), odd);
+
+            // Stamping a delete horizon rebases the deltas: every timestamp stays.
+            let horizon = TimestampMs(1_000_000);
+            let Filtered::Rewritten(stamped) =
+                filter_batch(&original, &header, |_| true, Some(horizon)).unwrap()
+            else {
+                panic!("a stamped batch is rewritten");
+            };
+            let stamped_header = crate::batch::validate_batch(&stamped).unwrap();
+            assert_eq!(delete_horizon(&stamped_header), Some(horizon));
+            assert_eq!(delete_horizon(&header), None);
+            assert_eq!(views(&stamped), all, "codec {codec}");
+
+            assert!(matches!(
+                filter_batch(&original, &header, |_| true, None).unwrap(),
+                Filtered::Unchanged
+            ));
+            assert!(matches!(
+                filter_batch(&original, &header, |_| false, None).unwrap(),
+                Filtered::Empty
+            ));
         }
     }
 

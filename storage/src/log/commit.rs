@@ -207,9 +207,8 @@ impl State {
         for span in spans {
             let bytes = frozen.slice(span.position..span.position + span.total_bytes);
             let header = span.header;
-            assert_eq!(
-                header.base_offset(),
-                self.leo,
+            assert!(
+                header.base_offset() >= self.leo,
                 "batches enqueued in offset order"
             );
             self.cache_bytes += bytes.len();
@@ -241,8 +240,9 @@ impl Log {
     /// leader assigned and whose `partitionLeaderEpoch` (and timestamps) are kept exactly as
     /// sent. Validates each batch as `append` does (header, counts, CRC32C; the size only
     /// against `limits::BATCH_BYTES_MAX`, since the leader already applied its
-    /// `max.message.bytes`, as Kafka's followers do), requires the first batch to start at the
-    /// log end and each next one where the previous ended, and returns the last offset once the
+    /// `max.message.bytes`, as Kafka's followers do), requires the first batch to start at or
+    /// past the log end and each next one at or past where the previous ended (past: the
+    /// leader's cleaner removed whole batches between them), and returns the last offset once the
     /// batches are acknowledged under the flush policy, exactly as `append` would. Nothing is
     /// written when any check fails.
     pub async fn append_replicated(
@@ -268,7 +268,7 @@ impl Log {
             }
             if let Some(previous) = spans.last() {
                 let expected = previous.header.next_offset();
-                if span.header.base_offset() != expected {
+                if span.header.base_offset() < expected {
                     return Err(AppendReplicatedError::NonContiguous {
                         position: span.position,
                         expected,
@@ -289,13 +289,8 @@ impl Log {
             if let Some(message) = &st.failed {
                 return Err(failed_error(message).into());
             }
+            // A gap is the leader's cleaner at work (whole batches removed): kept as it is.
             let log_end = st.leo;
-            if base_offset > log_end {
-                return Err(AppendReplicatedError::Gap {
-                    log_end,
-                    base_offset,
-                });
-            }
             if base_offset < log_end {
                 return Err(AppendReplicatedError::Overlap {
                     log_end,

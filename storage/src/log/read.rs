@@ -112,7 +112,7 @@ impl Log {
             first_offset: start,
             next_offset: start,
         };
-        let (file, path, segment_base, size_bytes, upper, relative) = {
+        let upper = {
             let mut st = self.inner.state.borrow_mut();
             if start < st.log_start || start > st.leo {
                 return Err(ReadError::OffsetOutOfRange {
@@ -149,35 +149,47 @@ impl Log {
                     next_offset,
                 });
             }
-            let i = st.segments.partition_point(|s| s.base() <= start);
-            let Some(i) = i.checked_sub(1) else {
-                return Err(ReadError::OffsetOutOfRange {
-                    requested: start,
-                    log_start: st.log_start,
-                    log_end: st.leo,
-                });
+            upper
+        };
+        // The segment holding `start`, or, when compaction left nothing at or after it there,
+        // the next one.
+        let mut seek = start;
+        let (file, path, segment_base, size_bytes, position, first) = loop {
+            let (file, path, segment_base, size_bytes, relative, next_base) = {
+                let st = self.inner.state.borrow();
+                let i = st.segments.partition_point(|s| s.base() <= seek);
+                let Some(i) = i.checked_sub(1) else {
+                    return Err(ReadError::OffsetOutOfRange {
+                        requested: start,
+                        log_start: st.log_start,
+                        log_end: st.leo,
+                    });
+                };
+                let seg = &st.segments[i];
+                (
+                    seg.file.clone(),
+                    self.inner.dir.join(log_file_name(seg.base())),
+                    seg.base(),
+                    seg.size_bytes,
+                    seg.indexer.relative(seek),
+                    st.segments.get(i + 1).map(|s| s.base()),
+                )
             };
-            let seg = &st.segments[i];
-            (
-                seg.file.clone(),
-                self.inner.dir.join(log_file_name(seg.base())),
-                seg.base(),
-                seg.size_bytes,
-                upper,
-                seg.indexer.relative(start),
-            )
-        };
-        let Some(floor_position) = self
-            .inner
-            .index_floor(segment_base, |offsets, _| offsets.floor(relative))
-            .await?
-        else {
-            return Err(self.out_of_range(start));
-        };
-        let (position, first) =
+            let Some(floor_position) = self
+                .inner
+                .index_floor(segment_base, |offsets, _| offsets.floor(relative))
+                .await?
+            else {
+                return Err(self.out_of_range(start));
+            };
             match walk_to_offset(&file, &path, floor_position, size_bytes, start).await {
-                Ok(Some(found)) => found,
-                Ok(None) => return Ok(empty),
+                Ok(Some((position, first))) => {
+                    break (file, path, segment_base, size_bytes, position, first)
+                }
+                Ok(None) => match next_base {
+                    Some(next) if next < upper => seek = next,
+                    _ => return Ok(empty),
+                },
                 Err((_, WalkError::Io(e))) => return Err(e.into()),
                 Err((position, WalkError::Corrupt(error))) => {
                     return Err(ReadError::Corrupt {
@@ -186,7 +198,8 @@ impl Log {
                         error,
                     })
                 }
-            };
+            }
+        };
         if first.base_offset() >= upper {
             return Ok(empty);
         }

@@ -3,8 +3,9 @@
 //! truncated), rebuilding missing or damaged indexes, and reading the `log-start-offset`
 //! checkpoint.
 //!
-//! What it must never do: trust a byte it reads (every batch is validated and offsets must be
-//! contiguous), or keep data past the first invalid batch of the active segment.
+//! What it must never do: trust a byte it reads (every batch is validated and offsets must
+//! increase; compaction leaves gaps between batches), or keep data past the first invalid batch
+//! of the active segment.
 //!
 //! # `log-start-offset`
 //!
@@ -80,6 +81,7 @@ impl Log {
         std::fs::create_dir_all(&dir)
             .map_err(|e| StorageIoError::new(format!("creating {}", dir.display()), e))?;
         segment::prime_direct_io(&dir).await?;
+        let cleaner_checkpoint = super::clean::recover_cleaning(&dir).await?;
         let marker = dir.join(CLEAN_SHUTDOWN_FILE_NAME);
         let clean = marker.exists();
         let mut bases = Vec::new();
@@ -177,6 +179,8 @@ impl Log {
                     if !is_active {
                         indexer.seal();
                         segment::persist_indexes(&dir, &indexer).await?;
+                        // A cleaned segment may end before the next one starts.
+                        indexer.next_offset = bases[i + 1];
                     }
                     (indexer, outcome.valid_bytes)
                 }
@@ -260,6 +264,10 @@ impl Log {
             truncate_crash_after_steps: None,
             epochs: LeaderEpochCache::default(),
             epochs_dirty: false,
+            cleaner_checkpoint,
+            cleaning: false,
+            earliest_tombstone_horizon: None,
+            clean_crash_after_steps: None,
         };
         state.check_offsets();
         let inner = Rc::new(Inner {
