@@ -31,6 +31,9 @@ pub struct BrokerConfig {
     /// Partitions of `__consumer_offsets` (Kafka's `offsets.topic.num.partitions`), used
     /// when the topic is created; an existing topic keeps its count.
     pub offsets_topic_partitions: i32,
+    /// `segment.bytes` of `__consumer_offsets` when it is created (Kafka's
+    /// `offsets.topic.segment.bytes`, 100 MiB): smaller segments are cleaned sooner.
+    pub offsets_topic_segment_bytes: u64,
     /// Kafka's `offsets.retention.minutes`: committed offsets of a group without members
     /// are deleted this long after it became empty.
     pub offsets_retention_minutes: i64,
@@ -54,6 +57,16 @@ pub struct BrokerConfig {
     /// Kafka's `replica.lag.time.max.ms`: an ISR member whose fetches have not caught up with
     /// its leader for this long leaves the ISR.
     pub replica_lag_time_max_ms: i64,
+    /// The log cleaner (compacted topics): Kafka's `log.cleaner.enable`.
+    pub cleaner_enable: bool,
+    /// Memory for the cleaner's offset map, split over the shards while they clean
+    /// (`log.cleaner.dedupe.buffer.size`): 24 bytes per key a pass can hold.
+    pub cleaner_dedupe_buffer_bytes: usize,
+    /// How long a shard's cleaner sleeps when no log needs cleaning (`log.cleaner.backoff.ms`).
+    pub cleaner_backoff_ms: u64,
+    /// Fault injection for crash tests: the first cleaning pass that reaches this step of its
+    /// swap aborts the process there (as a kill -9 would). Never set in service.
+    pub fault_clean_abort_after_step: Option<u32>,
 }
 
 /// Parses a voter set as Kafka writes `controller.quorum.voters`: `1@host:port,2@host:port`.
@@ -183,6 +196,7 @@ impl Default for BrokerConfig {
             topic_defaults: TopicDefaults::default(),
             spin_before_park_us: 0,
             offsets_topic_partitions: 8,
+            offsets_topic_segment_bytes: 100 * 1024 * 1024,
             offsets_retention_minutes: 7 * 24 * 60,
             group_initial_rebalance_delay_ms: 3_000,
             limits: ConnectionLimits::default(),
@@ -193,6 +207,10 @@ impl Default for BrokerConfig {
             broker_session_timeout_ms: 9_000,
             broker_heartbeat_interval_ms: 2_000,
             replica_lag_time_max_ms: 30_000,
+            cleaner_enable: true,
+            cleaner_dedupe_buffer_bytes: 128 * 1024 * 1024,
+            cleaner_backoff_ms: 15_000,
+            fault_clean_abort_after_step: None,
         }
     }
 }
@@ -276,6 +294,7 @@ pub struct FileConfig {
     pub max_connections_per_ip: Option<usize>,
     pub request_receive_timeout_ms: Option<u64>,
     pub offsets_topic_partitions: Option<i32>,
+    pub offsets_topic_segment_bytes: Option<u64>,
     pub offsets_retention_minutes: Option<i64>,
     pub group_initial_rebalance_delay_ms: Option<i64>,
     pub index_cache_bytes: Option<usize>,
@@ -286,6 +305,9 @@ pub struct FileConfig {
     pub broker_session_timeout_ms: Option<i64>,
     pub broker_heartbeat_interval_ms: Option<i64>,
     pub replica_lag_time_max_ms: Option<i64>,
+    pub log_cleaner_enable: Option<bool>,
+    pub log_cleaner_dedupe_buffer_size: Option<usize>,
+    pub log_cleaner_backoff_ms: Option<u64>,
     /// Default topic configs by their Kafka names, e.g. `"retention.ms" = "3600000"`.
     #[serde(default)]
     pub topic_defaults: std::collections::BTreeMap<String, String>,

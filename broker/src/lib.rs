@@ -13,6 +13,7 @@
 //! checks). No module imports one above it.
 
 pub mod admin_http;
+pub mod cleaner;
 pub mod clock;
 pub mod config;
 pub mod connection;
@@ -383,6 +384,7 @@ async fn shard_main(
         })
     };
     let fetchers = follower::start(shard.clone());
+    let cleaner = cleaner::start(shard.clone());
     let isr_duty = {
         let shard = shard.clone();
         glommio::spawn_local(async move {
@@ -465,6 +467,7 @@ async fn shard_main(
     drop(retention);
     drop(isr_duty);
     drop(fetchers);
+    drop(cleaner);
     drop(coordinator);
     shard.close_all().await;
 }

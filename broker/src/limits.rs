@@ -274,3 +274,10 @@ const _: () = assert!(SMALL_REQUEST_RESERVE_BYTES >= 64 * SMALL_REQUEST_BYTES);
 const _: () = assert!(CONNECTION_REAP_INTERVAL_MS <= CONNECTION_DEADLINE_MS_MIN);
 const _: () = assert!(SESSION_PARTITIONS_MAX >= TOPIC_PARTITIONS_MAX as usize);
 const _: () = assert!(PRODUCER_ID_BLOCK > 0);
+
+/// Cleaning passes a shard's cleaner runs before it sleeps again (`log.cleaner.backoff.ms`),
+/// so one log that keeps failing or changing cannot keep the cleaner from sleeping.
+pub const CLEANER_PASSES_PER_ROUND: usize = 64;
+
+/// Record errors (KIP-467) one refused batch reports at most; the rest are left out.
+pub const RECORD_ERRORS_MAX: usize = 100;

@@ -240,6 +240,68 @@ impl ConnectionProbe {
     }
 }
 
+/// The log cleaner's counters (compacted topics).
+#[derive(Debug, Default)]
+pub struct CleanerProbe {
+    pub passes: Counter,
+    pub failures: Counter,
+    pub bytes_read: Counter,
+    pub bytes_written: Counter,
+    pub records_removed: Counter,
+    /// Duration of the last pass (a gauge).
+    pub last_pass_us: Cell<u64>,
+    /// The largest dirty ratio among the shard's compacted logs at the last look, in ‰.
+    pub max_dirty_ratio_permille: Cell<u64>,
+}
+
+impl CleanerProbe {
+    pub fn collect(&self, out: &mut ShardSample) {
+        use Kind::*;
+        out.push(
+            "cleaner_passes_total",
+            Counter,
+            "Cleaning passes over compacted logs.",
+            self.passes.get(),
+        );
+        out.push(
+            "cleaner_failures_total",
+            Counter,
+            "Cleaning passes that failed with a storage error.",
+            self.failures.get(),
+        );
+        out.push(
+            "cleaner_read_bytes_total",
+            Counter,
+            "Segment bytes the cleaner read (mapping and rewriting).",
+            self.bytes_read.get(),
+        );
+        out.push(
+            "cleaner_written_bytes_total",
+            Counter,
+            "Bytes of cleaned segments written.",
+            self.bytes_written.get(),
+        );
+        out.push(
+            "cleaner_removed_records_total",
+            Counter,
+            "Records the cleaner removed (superseded, keyless, or tombstones past their horizon).",
+            self.records_removed.get(),
+        );
+        out.push(
+            "cleaner_last_pass_microseconds",
+            Gauge,
+            "How long the last cleaning pass took.",
+            self.last_pass_us.get(),
+        );
+        out.push(
+            "cleaner_max_dirty_ratio_permille",
+            Gauge,
+            "The largest dirty ratio among this shard's compacted logs, in thousandths.",
+            self.max_dirty_ratio_permille.get(),
+        );
+    }
+}
+
 /// Partition replication's counters.
 #[derive(Debug, Default)]
 pub struct ReplicationProbe {

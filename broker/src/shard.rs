@@ -76,6 +76,7 @@ pub struct Shard {
     /// Replicas whose log is being restarted (see `restart_replica`): not opened meanwhile.
     restarting: RefCell<HashSet<TopicPartition>>,
     pub replication_probe: crate::metrics::ReplicationProbe,
+    pub cleaner_probe: crate::metrics::CleanerProbe,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -117,6 +118,7 @@ impl Shard {
             image_watchers: RefCell::new(Vec::new()),
             restarting: RefCell::new(HashSet::new()),
             replication_probe: crate::metrics::ReplicationProbe::default(),
+            cleaner_probe: crate::metrics::CleanerProbe::default(),
         }
     }
 
@@ -258,8 +260,12 @@ impl Shard {
                     wanted.insert(tp);
                     continue;
                 }
-                let policy =
-                    topic_config::partition_policy(defaults, &topic.configs, &tp.dir_name());
+                let policy = topic_config::partition_policy(
+                    defaults,
+                    &topic.configs,
+                    &tp.topic,
+                    tp.partition,
+                );
                 match self.partition(&tp) {
                     Some(partition) if partition.topic_id() != topic.id => {
                         // The topic was deleted and made again under the same name: the old
@@ -406,8 +412,12 @@ impl Shard {
             let _ = log.remove().await;
             return false;
         };
-        let policy =
-            topic_config::partition_policy(&self.topic_defaults(), &topic.configs, &tp.dir_name());
+        let policy = topic_config::partition_policy(
+            &self.topic_defaults(),
+            &topic.configs,
+            &tp.topic,
+            tp.partition,
+        );
         let partition = Partition::new(
             tp.clone(),
             log,
@@ -518,6 +528,7 @@ impl Shard {
             gauges.follower_lag_records += lag;
         }
         self.replication_probe.collect(gauges, &mut sample);
+        self.cleaner_probe.collect(&mut sample);
         crate::metrics::collect_logs(
             partitions.values().map(|partition| partition.log.stats()),
             self.index_cache.stats(),
@@ -526,9 +537,14 @@ impl Shard {
         sample
     }
 
+    /// Every partition this shard owns now.
+    pub fn owned_partitions(&self) -> Vec<Rc<Partition>> {
+        self.partitions.borrow().values().cloned().collect()
+    }
+
     /// Applies retention and time-based rolls to every partition this shard owns.
     pub async fn enforce_retention(&self) {
-        let partitions: Vec<Rc<Partition>> = self.partitions.borrow().values().cloned().collect();
+        let partitions = self.owned_partitions();
         let now = tern_protocol::types::TimestampMs(self.now_ms());
         for partition in partitions {
             // Nothing above the watermark goes: followers may not have fetched it yet.

@@ -3,8 +3,8 @@
 //!
 //! Architecture invariant: every key Kafka 4.x documents for topics is accepted with Kafka's
 //! ranges, and either honoured or described (in DescribeConfigs' documentation) as "accepted,
-//! not honoured" with the reason; a value Tern cannot honour at all (`cleanup.policy=compact`,
-//! `remote.storage.enable=true`) and any other key gets INVALID_CONFIG, so DescribeConfigs
+//! not honoured" with the reason; a value Tern cannot honour at all
+//! (`remote.storage.enable=true`) and any other key gets INVALID_CONFIG, so DescribeConfigs
 //! never shows a setting that silently lies.
 
 use std::collections::BTreeMap;
@@ -71,11 +71,8 @@ fn non_negative(value: &str) -> Result<(), String> {
 
 fn cleanup_policy(value: &str) -> Result<(), String> {
     match value {
-        "delete" => Ok(()),
-        "compact" | "compact,delete" | "delete,compact" => {
-            Err("log compaction is not implemented yet; only 'delete' is honoured".into())
-        }
-        _ => Err("must be 'delete'".into()),
+        "delete" | "compact" | "compact,delete" | "delete,compact" => Ok(()),
+        _ => Err("must be delete, compact, or compact,delete".into()),
     }
 }
 
@@ -161,7 +158,7 @@ const KEYS: &[Key] = &[
         name: "cleanup.policy",
         default: "delete",
         validate: cleanup_policy,
-        doc: "only delete",
+        doc: "delete: old segments go by retention; compact: the cleaner keeps the latest record of each key; both: both",
     },
     Key {
         name: "retention.ms",
@@ -269,25 +266,25 @@ const KEYS: &[Key] = &[
         name: "delete.retention.ms",
         default: "86400000",
         validate: non_negative,
-        doc: "accepted, not honoured: log compaction (which keeps tombstones this long) is not implemented",
+        doc: "compacted topics keep a tombstone this long after the cleaner first retains it (KIP-534's delete horizon)",
     },
     Key {
         name: "min.compaction.lag.ms",
         default: "0",
         validate: non_negative,
-        doc: "accepted, not honoured: log compaction is not implemented",
+        doc: "the cleaner leaves a segment alone while it holds a record younger than this",
     },
     Key {
         name: "max.compaction.lag.ms",
         default: "9223372036854775807",
         validate: positive,
-        doc: "accepted, not honoured: log compaction is not implemented",
+        doc: "a compacted log whose dirty part is older than this is cleaned whatever its dirty ratio; its active segment rolls by then",
     },
     Key {
         name: "min.cleanable.dirty.ratio",
         default: "0.5",
         validate: ratio,
-        doc: "accepted, not honoured: log compaction is not implemented",
+        doc: "the cleaner takes a compacted log once dirty bytes are this share of its cleanable bytes",
     },
     Key {
         name: "file.delete.delay.ms",
@@ -589,6 +586,9 @@ pub fn resolve(defaults: &TopicDefaults, explicit: &BTreeMap<String, String>) ->
         .collect()
 }
 
+/// `group::codec::OFFSETS_TOPIC`, named here too since this module sits below `group`.
+const OFFSETS_TOPIC: &str = "__consumer_offsets";
+
 /// What the broker needs from a topic's configs beyond the log's own.
 #[derive(Debug, Clone)]
 pub struct TopicPolicy {
@@ -600,25 +600,49 @@ pub struct TopicPolicy {
     /// its largest, may be.
     pub timestamp_before_max_ms: i64,
     pub timestamp_after_max_ms: i64,
+    /// Set for `cleanup.policy` compact (alone or with delete).
+    pub compaction: Option<Compaction>,
+}
+
+/// A compacted topic's cleaning settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Compaction {
+    pub min_cleanable_dirty_ratio: f64,
+    pub min_lag_ms: i64,
+    pub max_lag_ms: i64,
+    pub delete_retention_ms: i64,
 }
 
 /// `policy` for one partition (`dir_name`, as `<topic>-<n>`): its segments roll
 /// `segment.jitter.ms` minus a fixed, name-derived share of it before `segment.ms` (Kafka draws
 /// the jitter at random per segment; a fixed one per partition spreads rolls as well and is
 /// the same after every restart).
+///
+/// `__consumer_offsets` is always compacted (Kafka creates it so; clusters made before Tern had
+/// a cleaner have it without the setting).
 pub fn partition_policy(
     defaults: &TopicDefaults,
     explicit: &BTreeMap<String, String>,
-    dir_name: &str,
+    topic: &str,
+    partition: i32,
 ) -> TopicPolicy {
-    let mut policy = policy(defaults, explicit);
+    let dir_name = format!("{topic}-{partition}");
+    let mut policy = if topic == OFFSETS_TOPIC
+        && explicit.get("cleanup.policy").map(String::as_str) != Some("compact")
+    {
+        let mut explicit = explicit.clone();
+        explicit.insert("cleanup.policy".to_owned(), "compact".to_owned());
+        policy(defaults, &explicit)
+    } else {
+        policy(defaults, explicit)
+    };
     let jitter = resolve(defaults, explicit)
         .iter()
         .find(|entry| entry.name == "segment.jitter.ms")
         .and_then(|entry| entry.value.parse::<i64>().ok())
         .unwrap_or(0);
     if jitter > 0 {
-        let share = i64::from(tern_replication::metadata::fnv1a(dir_name)) % jitter;
+        let share = i64::from(tern_replication::metadata::fnv1a(&dir_name)) % jitter;
         policy.log.segment_ms = (policy.log.segment_ms - share).max(1);
     }
     policy
@@ -646,11 +670,30 @@ pub fn policy(defaults: &TopicDefaults, explicit: &BTreeMap<String, String>) -> 
             ms: flush_ms,
         }
     };
+    let cleanup = get("cleanup.policy");
+    let compaction = cleanup.contains("compact").then(|| Compaction {
+        min_cleanable_dirty_ratio: get("min.cleanable.dirty.ratio").parse().unwrap_or(0.5),
+        min_lag_ms: long("min.compaction.lag.ms", 0),
+        max_lag_ms: long("max.compaction.lag.ms", i64::MAX),
+        delete_retention_ms: long("delete.retention.ms", 86_400_000),
+    });
+    // Compact alone: no segment goes by age or size. A compacted log's active segment rolls
+    // by max.compaction.lag.ms too, so its records become cleanable in time (Kafka's rule).
+    let deletes = cleanup.contains("delete");
+    let segment_ms = long("segment.ms", 604_800_000);
     let log = LogConfig {
         segment_bytes: long("segment.bytes", 1 << 30).max(14) as u64,
-        segment_ms: long("segment.ms", 604_800_000),
-        retention_bytes: long("retention.bytes", -1),
-        retention_ms: long("retention.ms", 604_800_000),
+        segment_ms: compaction.map_or(segment_ms, |c| segment_ms.min(c.max_lag_ms)),
+        retention_bytes: if deletes {
+            long("retention.bytes", -1)
+        } else {
+            -1
+        },
+        retention_ms: if deletes {
+            long("retention.ms", 604_800_000)
+        } else {
+            -1
+        },
         max_message_bytes: long("max.message.bytes", 1_048_588).clamp(0, i64::from(u32::MAX))
             as u32,
         flush,
@@ -687,6 +730,7 @@ pub fn policy(defaults: &TopicDefaults, explicit: &BTreeMap<String, String>) -> 
         compression,
         timestamp_before_max_ms: long("message.timestamp.before.max.ms", i64::MAX),
         timestamp_after_max_ms: long("message.timestamp.after.max.ms", i64::MAX),
+        compaction,
     }
 }
 
@@ -697,10 +741,50 @@ mod tests {
     #[test]
     fn unknown_and_compact_configs_are_rejected() {
         assert!(validate("no.such.key", "1").is_err());
-        assert!(validate("cleanup.policy", "compact").is_err());
+        assert!(validate("cleanup.policy", "compact").is_ok());
+        assert!(validate("cleanup.policy", "compact,delete").is_ok());
+        assert!(validate("cleanup.policy", "shred").is_err());
         assert!(validate("retention.ms", "-2").is_err());
         assert!(validate("retention.ms", "1000").is_ok());
         assert!(validate("remote.storage.enable", "true").is_err());
+    }
+
+    #[test]
+    fn compaction_settings_reach_the_policy_and_compact_alone_deletes_nothing() {
+        let defaults = TopicDefaults::default();
+        let explicit: BTreeMap<String, String> = [
+            ("cleanup.policy", "compact"),
+            ("min.cleanable.dirty.ratio", "0.1"),
+            ("min.compaction.lag.ms", "5"),
+            ("max.compaction.lag.ms", "60000"),
+            ("delete.retention.ms", "7"),
+            ("retention.ms", "1000"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let p = policy(&defaults, &explicit);
+        assert_eq!(
+            p.compaction,
+            Some(Compaction {
+                min_cleanable_dirty_ratio: 0.1,
+                min_lag_ms: 5,
+                max_lag_ms: 60_000,
+                delete_retention_ms: 7,
+            })
+        );
+        assert_eq!((p.log.retention_ms, p.log.retention_bytes), (-1, -1));
+        assert_eq!(p.log.segment_ms, 60_000, "rolls by max.compaction.lag.ms");
+        let mut both = explicit.clone();
+        both.insert("cleanup.policy".into(), "compact,delete".into());
+        assert_eq!(policy(&defaults, &both).log.retention_ms, 1000);
+        assert!(policy(&defaults, &BTreeMap::new()).compaction.is_none());
+        let offsets = partition_policy(&defaults, &BTreeMap::new(), OFFSETS_TOPIC, 0);
+        assert!(
+            offsets.compaction.is_some(),
+            "__consumer_offsets is always compacted"
+        );
+        assert_eq!(OFFSETS_TOPIC, crate::group::codec::OFFSETS_TOPIC);
     }
 
     #[test]
@@ -713,7 +797,7 @@ mod tests {
         let defaults = TopicDefaults::default();
         let rolls: Vec<i64> = (0..8)
             .map(|p| {
-                partition_policy(&defaults, &explicit, &format!("t-{p}"))
+                partition_policy(&defaults, &explicit, "t", p)
                     .log
                     .segment_ms
             })
@@ -724,12 +808,14 @@ mod tests {
         );
         assert!(rolls.iter().any(|ms| *ms != rolls[0]), "spread: {rolls:?}");
         assert_eq!(
-            partition_policy(&defaults, &explicit, "t-3").log.segment_ms,
+            partition_policy(&defaults, &explicit, "t", 3)
+                .log
+                .segment_ms,
             rolls[3],
             "the same after a restart"
         );
         assert_eq!(
-            partition_policy(&defaults, &BTreeMap::new(), "t-0")
+            partition_policy(&defaults, &BTreeMap::new(), "t", 0)
                 .log
                 .segment_ms,
             604_800_000,

@@ -51,7 +51,7 @@ pub const SCAN_CHUNK_BYTES: usize = 1024 * 1024;
 
 /// The cleaner reads and writes segments in pieces of this size (a multiple of the alignment).
 pub const CLEAN_IO_BYTES: usize = 1024 * 1024;
-const _: () = assert!(CLEAN_IO_BYTES as u64 % DMA_ALIGNMENT_BYTES == 0);
+const _: () = assert!((CLEAN_IO_BYTES as u64).is_multiple_of(DMA_ALIGNMENT_BYTES));
 
 /// Size of each read while walking batch headers from an index entry to a target offset.
 pub const HEADER_WALK_WINDOW_BYTES: usize = 64 * 1024;

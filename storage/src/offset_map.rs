@@ -74,6 +74,9 @@ impl OffsetMap {
     }
 
     pub fn clear(&mut self) {
+        if self.used == 0 {
+            return;
+        }
         self.slots.fill(EMPTY);
         self.used = 0;
     }

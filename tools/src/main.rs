@@ -324,6 +324,10 @@ struct ServeArgs {
     /// Partitions of the internal __consumer_offsets topic when it is first created.
     #[arg(long, env = "TERN_OFFSETS_TOPIC_PARTITIONS")]
     offsets_topic_partitions: Option<i32>,
+    /// segment.bytes of __consumer_offsets when it is created (Kafka's
+    /// offsets.topic.segment.bytes, default 104857600); the cleaner compacts sealed segments.
+    #[arg(long, env = "TERN_OFFSETS_TOPIC_SEGMENT_BYTES")]
+    offsets_topic_segment_bytes: Option<u64>,
     /// Committed offsets of a group without members expire this long after it emptied.
     #[arg(long, env = "TERN_OFFSETS_RETENTION_MINUTES")]
     offsets_retention_minutes: Option<i64>,
@@ -361,6 +365,19 @@ struct ServeArgs {
     /// again from disk when needed.
     #[arg(long, env = "TERN_INDEX_CACHE_BYTES")]
     index_cache_bytes: Option<usize>,
+    /// Run the log cleaner for compacted topics (Kafka's log.cleaner.enable).
+    #[arg(long, env = "TERN_LOG_CLEANER_ENABLE")]
+    log_cleaner_enable: Option<bool>,
+    /// Memory for the cleaner's offset map, shared by the shards (24 bytes per key a pass can
+    /// hold; Kafka's log.cleaner.dedupe.buffer.size, default 128 MiB).
+    #[arg(long, env = "TERN_LOG_CLEANER_DEDUPE_BUFFER_SIZE")]
+    log_cleaner_dedupe_buffer_size: Option<usize>,
+    /// How long the cleaner sleeps when no compacted log needs cleaning (default 15000).
+    #[arg(long, env = "TERN_LOG_CLEANER_BACKOFF_MS")]
+    log_cleaner_backoff_ms: Option<u64>,
+    /// Crash tests only: abort the process at this step of the first cleaner swap.
+    #[arg(long, hide = true)]
+    fault_clean_abort_after_step: Option<u32>,
     /// Long-poll fetches (one per partition waited on) that may be parked on one shard at once;
     /// a fetch beyond it is answered at once with a throttle time.
     #[arg(long, env = "TERN_MAX_PARKED_FETCHES")]
@@ -483,6 +500,10 @@ fn build_config(args: ServeArgs) -> Result<BrokerConfig, String> {
             .offsets_topic_partitions
             .or(file.offsets_topic_partitions)
             .unwrap_or(defaults.offsets_topic_partitions),
+        offsets_topic_segment_bytes: args
+            .offsets_topic_segment_bytes
+            .or(file.offsets_topic_segment_bytes)
+            .unwrap_or(defaults.offsets_topic_segment_bytes),
         offsets_retention_minutes: args
             .offsets_retention_minutes
             .or(file.offsets_retention_minutes)
@@ -499,6 +520,19 @@ fn build_config(args: ServeArgs) -> Result<BrokerConfig, String> {
             .max_parked_fetches
             .or(file.max_parked_fetches)
             .unwrap_or(defaults.max_parked_fetches),
+        cleaner_enable: args
+            .log_cleaner_enable
+            .or(file.log_cleaner_enable)
+            .unwrap_or(defaults.cleaner_enable),
+        cleaner_dedupe_buffer_bytes: args
+            .log_cleaner_dedupe_buffer_size
+            .or(file.log_cleaner_dedupe_buffer_size)
+            .unwrap_or(defaults.cleaner_dedupe_buffer_bytes),
+        cleaner_backoff_ms: args
+            .log_cleaner_backoff_ms
+            .or(file.log_cleaner_backoff_ms)
+            .unwrap_or(defaults.cleaner_backoff_ms),
+        fault_clean_abort_after_step: args.fault_clean_abort_after_step,
         voters: match args.voters.or(file.voters) {
             Some(text) => tern_broker::config::parse_voters(&text)?,
             None => defaults.voters,

@@ -44,18 +44,23 @@ use crate::shard::Shard;
 const KEY_TYPE_GROUP: i8 = 0;
 const KEY_TYPE_TRANSACTION: i8 = 1;
 
-/// The command that creates `__consumer_offsets`: internal, never deleted by retention
-/// (offsets expire per group, by `offsets.retention.minutes`), batches large enough for the
-/// largest group record.
-pub fn offsets_topic_command(partitions: i32, replication_factor: i16) -> Command {
+/// The command that creates `__consumer_offsets`: internal, compacted and never deleted by
+/// retention (offsets expire per group, by `offsets.retention.minutes`, as tombstones),
+/// batches large enough for the largest group record.
+pub fn offsets_topic_command(
+    partitions: i32,
+    replication_factor: i16,
+    segment_bytes: u64,
+) -> Command {
     let mut configs = BTreeMap::new();
+    configs.insert("cleanup.policy".to_owned(), "compact".to_owned());
     configs.insert("retention.ms".to_owned(), "-1".to_owned());
     configs.insert("retention.bytes".to_owned(), "-1".to_owned());
     configs.insert(
         "max.message.bytes".to_owned(),
         limits::OFFSETS_TOPIC_BATCH_BYTES_MAX.to_string(),
     );
-    configs.insert("segment.bytes".to_owned(), (100 * 1024 * 1024).to_string());
+    configs.insert("segment.bytes".to_owned(), segment_bytes.to_string());
     Command::CreateTopic {
         name: OFFSETS_TOPIC.to_owned(),
         id: crate::ids::new_topic_id(),

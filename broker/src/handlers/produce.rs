@@ -10,7 +10,9 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
-use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::produce_response::{
+    BatchIndexAndErrorMessage, PartitionProduceResponse, TopicProduceResponse,
+};
 use kafka_protocol::messages::{ProduceResponse, TopicName};
 use tern_protocol::error_code;
 use tern_protocol::produce;
@@ -30,6 +32,7 @@ struct Appended {
     log_append_time_ms: i64,
     log_start_offset: i64,
     message: Option<String>,
+    record_errors: Vec<(i32, String)>,
 }
 
 impl Appended {
@@ -40,6 +43,7 @@ impl Appended {
             log_append_time_ms: -1,
             log_start_offset: -1,
             message,
+            record_errors: Vec::new(),
         }
     }
 }
@@ -190,6 +194,16 @@ pub async fn handle(ctx: &Ctx<'_>, body: BytesMut) -> Outcome {
                     p.log_append_time_ms = result.log_append_time_ms;
                     p.log_start_offset = result.log_start_offset;
                     p.error_message = result.message.as_deref().map(str_bytes);
+                    p.record_errors = result
+                        .record_errors
+                        .iter()
+                        .map(|(index, message)| {
+                            let mut e = BatchIndexAndErrorMessage::default();
+                            e.batch_index = *index;
+                            e.batch_index_error_message = Some(str_bytes(message));
+                            e
+                        })
+                        .collect();
                     p
                 })
                 .collect();
@@ -219,8 +233,16 @@ async fn append_on_owner(
                     log_append_time_ms: appended.log_append_time.0,
                     log_start_offset: appended.log_start_offset.0,
                     message: None,
+                    record_errors: Vec::new(),
                 },
-                Err(AppendFailure { code, message }) => Appended::error(code, message),
+                Err(AppendFailure {
+                    code,
+                    message,
+                    record_errors,
+                }) => Appended {
+                    record_errors,
+                    ..Appended::error(code, message)
+                },
             }
         }
     });

@@ -99,6 +99,8 @@ pub struct Appended {
 pub struct AppendFailure {
     pub code: ErrorCode,
     pub message: Option<String>,
+    /// The records that made a batch be refused, by their index in it (KIP-467).
+    pub record_errors: Vec<(i32, String)>,
 }
 
 impl AppendFailure {
@@ -106,6 +108,7 @@ impl AppendFailure {
         AppendFailure {
             code,
             message: None,
+            record_errors: Vec::new(),
         }
     }
 }
@@ -115,6 +118,7 @@ impl From<ProduceRefusal> for AppendFailure {
         AppendFailure {
             code: refusal.code(),
             message: Some(refusal.message()),
+            record_errors: Vec::new(),
         }
     }
 }
@@ -377,14 +381,15 @@ impl Partition {
                 Err(AppendFailure {
                     code: error.kafka_error_code(),
                     message: Some(error.to_string()),
+                    record_errors: Vec::new(),
                 })
             }
         }
     }
 
-    /// Applies the topic's `message.timestamp.before/after.max.ms` bounds (CreateTime topics)
-    /// and `compression.type` (recompressing batches the producer compressed otherwise) to a
-    /// produce's record set. The log validates the batches fully afterwards.
+    /// Applies the topic's `message.timestamp.before/after.max.ms` bounds (CreateTime topics),
+    /// a compacted topic's refusal of keyless records, and `compression.type` (recompressing
+    /// batches the producer compressed otherwise) to a produce's record set. The log validates the batches fully afterwards.
     fn as_topic_stores(
         &self,
         records: BytesMut,
@@ -394,7 +399,8 @@ impl Partition {
         let bounded = policy.log.timestamp_type == tern_storage::TimestampType::CreateTime
             && (policy.timestamp_before_max_ms < i64::MAX
                 || policy.timestamp_after_max_ms < i64::MAX);
-        if !bounded && policy.compression.is_none() {
+        let compacted = policy.compaction.is_some();
+        if !bounded && policy.compression.is_none() && !compacted {
             return Ok(records);
         }
         let mut rewritten: Option<BytesMut> = None;
@@ -418,8 +424,12 @@ impl Partition {
                             header.base_timestamp().0,
                             header.max_timestamp().0
                         )),
+                        record_errors: Vec::new(),
                     });
                 }
+            }
+            if compacted && !header.is_control() {
+                self.refuse_keyless(batch, &header)?;
             }
             if let Some(codec) = policy.compression {
                 let recompressed =
@@ -427,6 +437,7 @@ impl Partition {
                         AppendFailure {
                             code: error_code::CORRUPT_MESSAGE,
                             message: Some(error.to_string()),
+                            record_errors: Vec::new(),
                         }
                     })?;
                 if let Some(new) = recompressed {
@@ -453,6 +464,38 @@ impl Partition {
         })
     }
 
+    /// A compacted topic refuses a batch holding a record without a key: INVALID_RECORD naming
+    /// the record's index in its batch (KIP-467), as Kafka answers.
+    fn refuse_keyless(&self, batch: &[u8], header: &BatchHeader) -> Result<(), AppendFailure> {
+        let mut keyless: Vec<(i32, String)> = Vec::new();
+        let looked = tern_protocol::records::for_each_record(batch, header, |record| {
+            if record.key.is_none() && keyless.len() < crate::limits::RECORD_ERRORS_MAX {
+                keyless.push((
+                    record.index as i32,
+                    "Compacted topic cannot accept message without key.".to_owned(),
+                ));
+            }
+        });
+        if let Err(error) = looked {
+            return Err(AppendFailure {
+                code: error_code::CORRUPT_MESSAGE,
+                message: Some(error.to_string()),
+                record_errors: Vec::new(),
+            });
+        }
+        if keyless.is_empty() {
+            return Ok(());
+        }
+        Err(AppendFailure {
+            code: error_code::INVALID_RECORD,
+            message: Some(format!(
+                "Compacted topic cannot accept message without key in topic partition {}.",
+                self.tp.dir_name()
+            )),
+            record_errors: keyless,
+        })
+    }
+
     /// Waits until the high watermark passes `base_offset` (batches are whole, so it then
     /// covers the batch) while this broker still leads in `epoch`.
     async fn replicated(
@@ -476,6 +519,7 @@ impl Partition {
                 return Err(AppendFailure {
                     code: error_code::REQUEST_TIMED_OUT,
                     message: Some("the in-sync replicas did not all have the batch in time".into()),
+                    record_errors: Vec::new(),
                 });
             }
             let Some(mut parked) = waiters::park(&self.waiters, base_offset, &self.ack_budget)
@@ -513,6 +557,7 @@ impl Partition {
                 return Err(AppendFailure {
                     code: error.kafka_error_code(),
                     message: Some(error.to_string()),
+                    record_errors: Vec::new(),
                 });
             }
             let mut state = self.state.borrow_mut();
@@ -578,6 +623,7 @@ impl Partition {
         let end = cut.map_err(|error| AppendFailure {
             code: error_code::KAFKA_STORAGE_ERROR,
             message: Some(error.to_string()),
+            record_errors: Vec::new(),
         })?;
         let producers = restore_producers(&self.log, &self.tp).await;
         self.state.borrow_mut().replace_producers(producers);
@@ -629,6 +675,7 @@ impl Partition {
             return Err(AppendFailure {
                 code: error_code::INVALID_RECORD,
                 message: Some("idempotent produce must carry exactly one batch".into()),
+                record_errors: Vec::new(),
             });
         }
         let sequence = BatchSeq::of(&header);

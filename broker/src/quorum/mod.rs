@@ -336,10 +336,17 @@ pub async fn start(
         .voter_ids()
         .len()
         .min(tern_replication::metadata::DEFAULT_REPLICATION_FACTOR_MAX) as i16;
-    if !create_offsets_topic(&quorum, partitions, factor).await? {
+    let command = move || {
+        crate::handlers::offsets_topic_command(
+            partitions,
+            factor,
+            config.offsets_topic_segment_bytes,
+        )
+    };
+    if !create_offsets_topic(&quorum, command()).await? {
         // Too few brokers have registered yet: groups wait (COORDINATOR_NOT_AVAILABLE, which
         // clients retry) until enough have.
-        glommio::spawn_local(offsets_topic_later(quorum.clone(), partitions, factor)).detach();
+        glommio::spawn_local(offsets_topic_later(quorum.clone(), command)).detach();
     }
     quorum.publishing.set(true);
     quorum.wake();
@@ -348,15 +355,10 @@ pub async fn start(
 
 /// Creates `__consumer_offsets` unless it exists; `Ok(false)` when fewer than `factor`
 /// brokers are live.
-async fn create_offsets_topic(
-    quorum: &Rc<Quorum>,
-    partitions: i32,
-    factor: i16,
-) -> Result<bool, String> {
+async fn create_offsets_topic(quorum: &Rc<Quorum>, command: Command) -> Result<bool, String> {
     if quorum.image().topic(crate::group::OFFSETS_TOPIC).is_some() {
         return Ok(true);
     }
-    let command = crate::handlers::offsets_topic_command(partitions, factor);
     let results = quorum
         .submit(vec![command])
         .await
@@ -369,12 +371,12 @@ async fn create_offsets_topic(
 }
 
 /// Retries creating `__consumer_offsets` until enough brokers are live to hold its replicas.
-async fn offsets_topic_later(quorum: Rc<Quorum>, partitions: i32, factor: i16) {
+async fn offsets_topic_later(quorum: Rc<Quorum>, command: impl Fn() -> Command) {
     loop {
         glommio::timer::sleep(Duration::from_millis(500)).await;
-        match create_offsets_topic(&quorum, partitions, factor).await {
+        match create_offsets_topic(&quorum, command()).await {
             Ok(true) => {
-                tracing::info!(replication_factor = factor, "__consumer_offsets created");
+                tracing::info!("__consumer_offsets created");
                 return;
             }
             Ok(false) => {}

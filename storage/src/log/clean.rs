@@ -456,7 +456,10 @@ impl Inner {
                         std::io::Error::other(e.to_string()),
                     )
                 })?;
-                if let Some(h) = delete_horizon(&kept_header) {
+                // A horizon already passed that this pass kept belongs to a tombstone it could
+                // not drop yet (beyond the map): a later pass that maps it will, so only future
+                // horizons make the log due by time.
+                if let Some(h) = delete_horizon(&kept_header).filter(|&h| h > rules.now) {
                     earliest_horizon = Some(earliest_horizon.map_or(h, |e| e.min(h)));
                 }
                 indexer.observe(&kept_header, position, interval);
@@ -578,6 +581,14 @@ impl Inner {
                 .segments
                 .splice(first..first + group.len(), std::iter::once(new))
                 .collect();
+            // The tail cache may still hold the group's batches as appended: readers must see
+            // the cleaned ones from now on. (Only written batches lie below a sealed segment's
+            // end, so nothing unwritten is dropped.)
+            let group_end = group[group.len() - 1].next_base;
+            while st.cache.front().is_some_and(|c| c.next <= group_end) {
+                let dropped = st.cache.pop_front().expect("front checked");
+                st.cache_bytes -= dropped.bytes.len();
+            }
             st.check_offsets();
             olds
         };
