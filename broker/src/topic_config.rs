@@ -290,7 +290,7 @@ const KEYS: &[Key] = &[
         name: "file.delete.delay.ms",
         default: "60000",
         validate: non_negative,
-        doc: "accepted, not honoured: a segment past retention is deleted at once (readers holding it keep their open file)",
+        doc: "a segment deleted by retention or DeleteRecords is renamed *.deleted and removed this long after",
     },
     Key {
         name: "segment.jitter.ms",
@@ -589,6 +589,47 @@ pub fn resolve(defaults: &TopicDefaults, explicit: &BTreeMap<String, String>) ->
 /// `group::codec::OFFSETS_TOPIC`, named here too since this module sits below `group`.
 const OFFSETS_TOPIC: &str = "__consumer_offsets";
 
+/// The broker-level name of a topic key (`retention.ms` -> `log.retention.ms`): the finest
+/// unit among Kafka's broker names for it, or the topic name when the broker has none.
+pub fn broker_name(topic_key: &str) -> &str {
+    BROKER_NAMES
+        .iter()
+        .filter(|(_, key, factor)| *key == topic_key && *factor <= 1)
+        .map(|(name, _, _)| *name)
+        .next()
+        .unwrap_or(topic_key)
+}
+
+/// DescribeConfigs' synonyms of `entry` for a topic with `explicit` settings, highest
+/// precedence first, as Kafka lists them: the topic's own value, the cluster's dynamic
+/// default, this broker's static default (both under the broker name), Kafka's default.
+pub fn synonyms(
+    defaults: &TopicDefaults,
+    explicit: &BTreeMap<String, String>,
+    entry: &Entry,
+) -> Vec<(String, String, Origin)> {
+    let mut out = Vec::new();
+    if let Some(value) = explicit.get(entry.name) {
+        out.push((entry.name.to_owned(), value.clone(), Origin::Topic));
+    }
+    if let Some(value) = defaults.overrides.get(entry.name) {
+        let origin = if defaults.dynamic.contains(entry.name) {
+            Origin::DynamicDefault
+        } else {
+            Origin::StaticDefault
+        };
+        out.push((broker_name(entry.name).to_owned(), value.clone(), origin));
+    }
+    if let Some(key) = KEYS.iter().find(|key| key.name == entry.name) {
+        out.push((
+            broker_name(entry.name).to_owned(),
+            key.default.to_owned(),
+            Origin::Default,
+        ));
+    }
+    out
+}
+
 /// What the broker needs from a topic's configs beyond the log's own.
 #[derive(Debug, Clone)]
 pub struct TopicPolicy {
@@ -711,6 +752,7 @@ pub fn policy(defaults: &TopicDefaults, explicit: &BTreeMap<String, String>) -> 
             i64::from(i32::MAX),
         ) as u32,
         tail_cache_bytes: limits::TAIL_CACHE_BYTES_PER_PARTITION,
+        file_delete_delay_ms: long("file.delete.delay.ms", 60_000).max(0) as u64,
     };
     let compression = match get("compression.type") {
         "uncompressed" => Some(Codec::None),
@@ -747,6 +789,36 @@ mod tests {
         assert!(validate("retention.ms", "-2").is_err());
         assert!(validate("retention.ms", "1000").is_ok());
         assert!(validate("remote.storage.enable", "true").is_err());
+    }
+
+    #[test]
+    fn synonyms_list_topic_then_broker_defaults_then_kafkas() {
+        let defaults =
+            TopicDefaults::from_entries([("log.retention.hours".to_owned(), "2".to_owned())])
+                .unwrap();
+        let explicit: BTreeMap<String, String> = [("retention.ms".to_owned(), "1000".to_owned())]
+            .into_iter()
+            .collect();
+        let entries = resolve(&defaults, &explicit);
+        let entry = entries.iter().find(|e| e.name == "retention.ms").unwrap();
+        assert_eq!(
+            synonyms(&defaults, &explicit, entry),
+            vec![
+                ("retention.ms".to_owned(), "1000".to_owned(), Origin::Topic),
+                (
+                    "log.retention.ms".to_owned(),
+                    "7200000".to_owned(),
+                    Origin::StaticDefault
+                ),
+                (
+                    "log.retention.ms".to_owned(),
+                    "604800000".to_owned(),
+                    Origin::Default
+                ),
+            ]
+        );
+        assert_eq!(broker_name("cleanup.policy"), "log.cleanup.policy");
+        assert_eq!(broker_name("segment.jitter.ms"), "log.roll.jitter.ms");
     }
 
     #[test]

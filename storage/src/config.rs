@@ -45,6 +45,10 @@ pub struct LogConfig {
     /// Memory budget of this log's tail cache.
     pub tail_cache_bytes: usize,
     pub timestamp_type: TimestampType,
+    /// How long a segment deleted by retention or DeleteRecords stays on disk, renamed
+    /// `*.deleted`, before it is removed (Kafka's `file.delete.delay.ms`). Readers that hold
+    /// it open keep reading it either way.
+    pub file_delete_delay_ms: u64,
 }
 
 impl Default for LogConfig {
@@ -60,6 +64,7 @@ impl Default for LogConfig {
             segment_index_bytes: 10 * 1024 * 1024,
             tail_cache_bytes: 8 * 1024 * 1024,
             timestamp_type: TimestampType::CreateTime,
+            file_delete_delay_ms: 60_000,
         }
     }
 }

@@ -438,6 +438,7 @@ fn roll_by_size_and_time_and_retention_by_size_and_time() {
         let config = LogConfig {
             segment_bytes: 4096,
             segment_ms: 1000,
+            file_delete_delay_ms: 200,
             ..small_config()
         };
         let log = Log::open(path.clone(), config.clone()).await.unwrap();
@@ -475,7 +476,15 @@ fn roll_by_size_and_time_and_retention_by_size_and_time() {
             .unwrap();
         assert_eq!(log.segment_bases(), vec![Offset(3), Offset(6), Offset(9)]);
         assert_eq!(log.log_start_offset(), Offset(3));
+        // file.delete.delay.ms: renamed at once, removed after the delay.
         assert!(!path.join(log_file_name(Offset(0))).exists());
+        let deleted = path.join(format!("{}.deleted", log_file_name(Offset(0))));
+        assert!(
+            deleted.exists(),
+            "kept as *.deleted for file_delete_delay_ms"
+        );
+        glommio::timer::sleep(std::time::Duration::from_millis(400)).await;
+        assert!(!deleted.exists(), "removed after the delay");
         // Retention by time: segments whose newest timestamp is older than retention_ms go,
         // never the active one.
         log.set_config(LogConfig {

@@ -57,7 +57,8 @@ fn produce_versions(broker: &Broker, topic: &str, rounds: usize, keys: usize) ->
         value: Some(b"last".to_vec()),
         ..Rec::default()
     };
-    let filler_offset = kafka::produce(&producer, topic, Some(0), std::slice::from_ref(&filler))[0].1;
+    let filler_offset =
+        kafka::produce(&producer, topic, Some(0), std::slice::from_ref(&filler))[0].1;
     records
         .iter()
         .chain(std::iter::once(&filler))

@@ -15,7 +15,7 @@ use kafka_protocol::messages::create_topics_response::{
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
 use kafka_protocol::messages::describe_configs_response::{
-    DescribeConfigsResourceResult, DescribeConfigsResult,
+    DescribeConfigsResourceResult, DescribeConfigsResult, DescribeConfigsSynonym,
 };
 use kafka_protocol::messages::elect_leaders_response::{PartitionResult, ReplicaElectionResult};
 use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse as IncrementalResult;
@@ -498,12 +498,28 @@ pub fn describe_configs(ctx: &Ctx<'_>, request: DescribeConfigsRequest) -> Outco
             match resource.resource_type {
                 RESOURCE_TOPIC => match image.topic(&resource.resource_name) {
                     Some(meta) => {
-                        out.configs = topic_config::resolve(&shard.topic_defaults(), &meta.configs)
+                        let defaults = shard.topic_defaults();
+                        out.configs = topic_config::resolve(&defaults, &meta.configs)
                             .into_iter()
                             .filter(|entry| wanted(entry.name))
                             .map(|entry| {
                                 let source = entry.origin.source_id();
-                                make(entry.name, &entry.value, source, false, Some(entry.doc))
+                                let mut made =
+                                    make(entry.name, &entry.value, source, false, Some(entry.doc));
+                                if request.include_synonyms {
+                                    made.synonyms =
+                                        topic_config::synonyms(&defaults, &meta.configs, &entry)
+                                            .into_iter()
+                                            .map(|(name, value, origin)| {
+                                                let mut synonym = DescribeConfigsSynonym::default();
+                                                synonym.name = str_bytes(&name);
+                                                synonym.value = Some(str_bytes(&value));
+                                                synonym.source = origin.source_id();
+                                                synonym
+                                            })
+                                            .collect();
+                                }
+                                made
                             })
                             .collect();
                     }

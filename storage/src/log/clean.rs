@@ -861,7 +861,8 @@ async fn remove_cleaned_files(dir: &Path, base: Offset) -> Result<(), StorageIoE
 }
 
 /// At open, before segments are listed: completes a swap whose intent is durable, removes
-/// cleaned files of a pass that never got that far, and returns the cleaner checkpoint.
+/// cleaned files of a pass that never got that far (and `*.deleted` files retention left),
+/// and returns the cleaner checkpoint.
 pub(super) async fn recover_cleaning(dir: &Path) -> Result<Offset, StorageIoError> {
     let intent = dir.join(CLEAN_SWAP_FILE_NAME);
     if let Some(bytes) = segment::read_small_file(&intent).await? {

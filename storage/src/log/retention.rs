@@ -1,6 +1,8 @@
 //! Removing data from the start of a log: `enforce_retention` (roll by `segment_ms`, delete
 //! whole old segments beyond `retention_ms` / `retention_bytes`), `delete_records` (advance and
-//! persist the log start offset), and the segment deletion both share.
+//! persist the log start offset), and the segment deletion both share: a deleted segment's
+//! files are renamed `*.deleted` at once and removed `file_delete_delay_ms` later (`open`
+//! removes any it finds, so a crash in between leaves nothing behind for long).
 //!
 //! What it must never do: delete the active segment, or move the log start offset backwards or
 //! above what the log considers acknowledged.
@@ -13,6 +15,8 @@ use crate::error::{DeleteError, StorageIoError};
 use crate::segment::{self, log_file_name, offset_index_file_name, time_index_file_name, Segment};
 
 use super::recovery::encode_checkpoint;
+pub(super) const DELETED_SUFFIX: &str = ".deleted";
+
 use super::{
     active, failed_error, remove_if_exists, sync_dir, Inner, Log, LOG_START_OFFSET_FILE_NAME,
 };
@@ -136,6 +140,8 @@ impl Inner {
         if victims.is_empty() {
             return Ok(());
         }
+        let delay_ms = self.state.borrow().config.file_delete_delay_ms;
+        let mut doomed = Vec::new();
         for victim in victims {
             let base = victim.base();
             self.index_cache.remove(self.log_id, base);
@@ -147,9 +153,38 @@ impl Inner {
                 offset_index_file_name(base),
                 time_index_file_name(base),
             ] {
-                remove_if_exists(&self.dir.join(name)).await?;
+                let from = self.dir.join(&name);
+                if delay_ms == 0 {
+                    remove_if_exists(&from).await?;
+                    continue;
+                }
+                // Renamed now (a reopen no longer sees the segment), removed after the delay.
+                let to = self.dir.join(format!("{name}{DELETED_SUFFIX}"));
+                match glommio::io::rename(&from, &to).await {
+                    Ok(()) => doomed.push(to),
+                    Err(e) => {
+                        let e: std::io::Error = e.into();
+                        if e.kind() != std::io::ErrorKind::NotFound {
+                            return Err(StorageIoError::new(
+                                format!("renaming {}", from.display()),
+                                e,
+                            ));
+                        }
+                    }
+                }
             }
-            tracing::info!(dir = %self.dir.display(), segment = base.0, "deleted segment");
+            tracing::info!(dir = %self.dir.display(), segment = base.0, delay_ms, "deleted segment");
+        }
+        if !doomed.is_empty() {
+            glommio::spawn_local(async move {
+                glommio::timer::sleep(std::time::Duration::from_millis(delay_ms)).await;
+                for path in doomed {
+                    if let Err(error) = remove_if_exists(&path).await {
+                        tracing::warn!(%error, "removing a deleted segment file");
+                    }
+                }
+            })
+            .detach();
         }
         sync_dir(&self.dir).await
     }
