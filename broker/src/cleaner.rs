@@ -87,6 +87,7 @@ pub async fn clean_while_due(shard: &Rc<Shard>) {
                 probe.bytes_written.add(report.bytes_written);
                 probe.records_removed.add(report.records_removed);
                 probe.last_pass_us.set(elapsed.as_micros() as u64);
+                probe.busy_us.add(elapsed.as_micros() as u64);
                 tracing::info!(
                     partition = %partition.tp.dir_name(),
                     dirty_ratio = format!("{:.2}", candidate.cleanable.dirty_ratio()),

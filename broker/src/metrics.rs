@@ -248,6 +248,8 @@ pub struct CleanerProbe {
     pub bytes_read: Counter,
     pub bytes_written: Counter,
     pub records_removed: Counter,
+    /// Time spent in passes, for the cleaner's throughput (read bytes over this).
+    pub busy_us: Counter,
     /// Duration of the last pass (a gauge).
     pub last_pass_us: Cell<u64>,
     /// The largest dirty ratio among the shard's compacted logs at the last look, in ‰.
