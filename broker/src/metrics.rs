@@ -290,6 +290,12 @@ impl CleanerProbe {
             self.records_removed.get(),
         );
         out.push(
+            "cleaner_busy_microseconds_total",
+            Counter,
+            "Time spent in cleaning passes (read bytes over it: the cleaner's throughput).",
+            self.busy_us.get(),
+        );
+        out.push(
             "cleaner_last_pass_microseconds",
             Gauge,
             "How long the last cleaning pass took.",

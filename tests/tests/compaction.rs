@@ -489,3 +489,83 @@ fn consumer_offsets_is_compacted_and_committed_offsets_survive() {
         );
     }
 }
+
+/// Replicas clean their own logs and followers copy a compacted leader's gaps: the preferred
+/// leader is down while another replica takes the writes and cleans them, comes back, catches
+/// up from the cleaned log (whole batches missing), and, led by it again, the partition reads
+/// exactly the compacted view.
+#[test]
+fn a_follower_catches_up_from_a_compacted_leader_and_then_serves_the_same_log() {
+    let mut cluster = tern_tests::cluster::Cluster::start_with(3, &CLEANER_ARGS);
+    let all = [0usize, 1, 2];
+    kafka::try_create_topic(
+        &cluster.brokers[0],
+        "replicated",
+        1,
+        3,
+        &[
+            ("cleanup.policy", "compact"),
+            ("segment.bytes", "16384"),
+            ("segment.ms", "1000"),
+            ("min.cleanable.dirty.ratio", "0.01"),
+        ],
+    )
+    .expect("create the replicated compacted topic");
+    let layout = tern_tests::cluster::wait_for_layout(
+        &cluster,
+        &all,
+        "replicated",
+        Duration::from_secs(30),
+        |l| l[&0].2.len() == 3,
+    );
+    let preferred = layout[&0].1[0] as usize;
+    assert!(cluster.brokers[preferred].stop(), "stopped cleanly");
+    let live: Vec<usize> = all.iter().copied().filter(|b| *b != preferred).collect();
+    let layout = tern_tests::cluster::wait_for_layout(
+        &cluster,
+        &live,
+        "replicated",
+        Duration::from_secs(60),
+        |l| l[&0].0 >= 0 && l[&0].0 != preferred as i32,
+    );
+    let leader = layout[&0].0 as usize;
+    let written = produce_versions(&cluster.brokers[leader], "replicated", 3_000, 40);
+    let expected = latest(&written, false);
+    eventually(Duration::from_secs(30), "the leader cleans", || {
+        read_all(&cluster.brokers[leader], "replicated") == expected
+    });
+
+    cluster.brokers[preferred].restart();
+    tern_tests::cluster::wait_for_layout(
+        &cluster,
+        &all,
+        "replicated",
+        Duration::from_secs(60),
+        |l| l[&0].2.len() == 3,
+    );
+    let output = std::process::Command::new(tern_tests::tern_binary())
+        .args(["topic", "elect-leaders", "replicated", "--bootstrap"])
+        .arg(cluster.brokers[leader].bootstrap())
+        .output()
+        .expect("run tern topic elect-leaders");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    tern_tests::cluster::wait_for_layout(
+        &cluster,
+        &all,
+        "replicated",
+        Duration::from_secs(30),
+        |l| l[&0].0 == preferred as i32,
+    );
+    assert_eq!(
+        read_all(&cluster.brokers[preferred], "replicated"),
+        expected
+    );
+    assert_eq!(
+        read_all_rskafka(&cluster.brokers[preferred], "replicated"),
+        expected
+    );
+}

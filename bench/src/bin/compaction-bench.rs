@@ -53,7 +53,11 @@ fn options() -> Options {
     let args: Vec<String> = std::env::args().skip(1).collect();
     for pair in args.chunks(2) {
         let value = pair.get(1).map(String::as_str).unwrap_or("");
-        let number = || value.parse::<usize>().unwrap_or_else(|_| fail(&format!("{}: {value}", pair[0])));
+        let number = || {
+            value
+                .parse::<usize>()
+                .unwrap_or_else(|_| fail(&format!("{}: {value}", pair[0])))
+        };
         match pair[0].as_str() {
             "--fill-mb" => o.fill_mb = number(),
             "--keys" => o.keys = number(),
@@ -83,7 +87,8 @@ struct Broker {
 
 impl Broker {
     fn new(tern: &Path, dir: &Path) -> Broker {
-        let port = |_| tern_bench::spawn::free_loopback_port().unwrap_or_else(|e| fail(&e.to_string()));
+        let port =
+            |_| tern_bench::spawn::free_loopback_port().unwrap_or_else(|e| fail(&e.to_string()));
         Broker {
             tern: tern.to_owned(),
             dir: dir.to_owned(),
@@ -188,13 +193,18 @@ impl PinBroker for Command {
 }
 
 fn create_topic(broker: &Broker, name: &str, partitions: i32, configs: &[(&str, &str)]) {
-    let admin: AdminClient<DefaultClientContext> =
-        broker.client().create().unwrap_or_else(|e| fail(&e.to_string()));
+    let admin: AdminClient<DefaultClientContext> = broker
+        .client()
+        .create()
+        .unwrap_or_else(|e| fail(&e.to_string()));
     let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
     for (k, v) in configs {
         topic = topic.set(k, v);
     }
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let results = runtime
         .block_on(admin.create_topics([&topic], &AdminOptions::new()))
         .unwrap_or_else(|e| fail(&e.to_string()));
@@ -225,7 +235,12 @@ impl ProducerContext for Recorder {
             return;
         }
         let us = sent.elapsed().as_micros() as u64;
-        let _ = self.0.histogram.lock().expect("histogram").record(us.max(1));
+        let _ = self
+            .0
+            .histogram
+            .lock()
+            .expect("histogram")
+            .record(us.max(1));
     }
 }
 
@@ -288,7 +303,12 @@ fn quantiles(latency: &Latency) -> String {
 fn cleaner_throughput_and_latency(o: &Options, dir: &Path) {
     let mut broker = Broker::new(&o.tern, dir);
     broker.start(&["--log-cleaner-enable", "false"]);
-    create_topic(&broker, "churn", 1, &[("cleanup.policy", "compact"), ("segment.bytes", "8388608")]);
+    create_topic(
+        &broker,
+        "churn",
+        1,
+        &[("cleanup.policy", "compact"), ("segment.bytes", "8388608")],
+    );
     create_topic(&broker, "lat", 16, &[]);
     // Fill: keyed 1 KiB values as fast as the broker takes them.
     let stop = Arc::new(AtomicBool::new(false));
@@ -324,11 +344,18 @@ fn cleaner_throughput_and_latency(o: &Options, dir: &Path) {
         let _ = producer.flush(Duration::from_secs(120));
         started.elapsed()
     };
-    println!("fill: {} MB of 1 KiB keyed records over {} keys in {:.1} s", o.fill_mb, o.keys, fill.as_secs_f64());
+    println!(
+        "fill: {} MB of 1 KiB keyed records over {} keys in {:.1} s",
+        o.fill_mb,
+        o.keys,
+        fill.as_secs_f64()
+    );
     broker.stop();
     broker.start(&["--log-cleaner-backoff-ms", "100"]);
     let started = Instant::now();
-    while broker.metric("tern_cleaner_passes_total") < 1.0 && started.elapsed() < Duration::from_secs(600) {
+    while broker.metric("tern_cleaner_passes_total") < 1.0
+        && started.elapsed() < Duration::from_secs(600)
+    {
         std::thread::sleep(Duration::from_millis(100));
     }
     // Let the first burst finish (the log is clean when the busy time stops growing).
@@ -353,31 +380,70 @@ fn cleaner_throughput_and_latency(o: &Options, dir: &Path) {
     );
 
     for (label, flags) in [
-        ("cleaner on ", ["--log-cleaner-backoff-ms", "100", "--log-cleaner-enable", "true"]),
-        ("cleaner off", ["--log-cleaner-backoff-ms", "100", "--log-cleaner-enable", "false"]),
+        (
+            "cleaner on ",
+            [
+                "--log-cleaner-backoff-ms",
+                "100",
+                "--log-cleaner-enable",
+                "true",
+            ],
+        ),
+        (
+            "cleaner off",
+            [
+                "--log-cleaner-backoff-ms",
+                "100",
+                "--log-cleaner-enable",
+                "false",
+            ],
+        ),
     ] {
         broker.stop();
         broker.start(&flags);
         if label.starts_with("cleaner on") {
             // Every segment dirty enough counts: the cleaner works for the whole phase.
             let admin: AdminClient<DefaultClientContext> = broker.client().create().unwrap();
-            let mut resource = rdkafka::admin::AlterConfig::new(rdkafka::admin::ResourceSpecifier::Topic("churn"));
-            resource = resource.set("cleanup.policy", "compact").set("segment.bytes", "1048576").set("min.cleanable.dirty.ratio", "0.01");
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let mut resource =
+                rdkafka::admin::AlterConfig::new(rdkafka::admin::ResourceSpecifier::Topic("churn"));
+            resource = resource
+                .set("cleanup.policy", "compact")
+                .set("segment.bytes", "1048576")
+                .set("min.cleanable.dirty.ratio", "0.01");
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             let _ = runtime.block_on(admin.alter_configs([&resource], &AdminOptions::new()));
         }
         stop.store(false, Ordering::Relaxed);
         let churn = {
             let stop = stop.clone();
-            let broker_client = Broker { tern: broker.tern.clone(), dir: broker.dir.clone(), addr: broker.addr, admin: broker.admin, child: None };
+            let broker_client = Broker {
+                tern: broker.tern.clone(),
+                dir: broker.dir.clone(),
+                addr: broker.addr,
+                admin: broker.admin,
+                child: None,
+            };
             let keys = o.keys;
-            std::thread::spawn(move || produce_at(&broker_client, "churn", 10_000, 1024, keys, "1", stop))
+            std::thread::spawn(move || {
+                produce_at(&broker_client, "churn", 10_000, 1024, keys, "1", stop)
+            })
         };
         let passes_before = broker.metric("tern_cleaner_passes_total");
         let measure = {
             let stop = stop.clone();
-            let broker_client = Broker { tern: broker.tern.clone(), dir: broker.dir.clone(), addr: broker.addr, admin: broker.admin, child: None };
-            std::thread::spawn(move || produce_at(&broker_client, "lat", 10_000, 1024, 1_000_000, "all", stop))
+            let broker_client = Broker {
+                tern: broker.tern.clone(),
+                dir: broker.dir.clone(),
+                addr: broker.addr,
+                admin: broker.admin,
+                child: None,
+            };
+            std::thread::spawn(move || {
+                produce_at(&broker_client, "lat", 10_000, 1024, 1_000_000, "all", stop)
+            })
         };
         std::thread::sleep(Duration::from_secs(o.seconds));
         stop.store(true, Ordering::Relaxed);
@@ -438,9 +504,13 @@ fn offset_fetch(group: &str, topic: &str, partition: i32) -> Vec<u8> {
 
 fn read_frame(stream: &mut TcpStream) -> Vec<u8> {
     let mut size = [0u8; 4];
-    stream.read_exact(&mut size).unwrap_or_else(|e| fail(&format!("reading a response: {e}")));
+    stream
+        .read_exact(&mut size)
+        .unwrap_or_else(|e| fail(&format!("reading a response: {e}")));
     let mut frame = vec![0u8; i32::from_be_bytes(size).max(0) as usize];
-    stream.read_exact(&mut frame).unwrap_or_else(|e| fail(&format!("reading a response: {e}")));
+    stream
+        .read_exact(&mut frame)
+        .unwrap_or_else(|e| fail(&format!("reading a response: {e}")));
     frame
 }
 
@@ -453,11 +523,20 @@ fn fetched_offset(frame: &[u8]) -> Result<i64, i16> {
     let meta_len = i16::from_be_bytes([frame[at + 8], frame[at + 9]]).max(0) as usize;
     let code_at = at + 10 + meta_len;
     let code = i16::from_be_bytes([frame[code_at], frame[code_at + 1]]);
-    if code == 0 { Ok(offset) } else { Err(code) }
+    if code == 0 {
+        Ok(offset)
+    } else {
+        Err(code)
+    }
 }
 
 /// Time from `tern serve` to every group's committed offset read back.
-fn startup(broker: &mut Broker, o: &Options, flags: &[&str], expected: &dyn Fn(usize) -> i64) -> Duration {
+fn startup(
+    broker: &mut Broker,
+    o: &Options,
+    flags: &[&str],
+    expected: &dyn Fn(usize) -> i64,
+) -> Duration {
     let started = Instant::now();
     broker.start(flags);
     let mut stream = TcpStream::connect(broker.addr).unwrap_or_else(|e| fail(&e.to_string()));
@@ -465,14 +544,24 @@ fn startup(broker: &mut Broker, o: &Options, flags: &[&str], expected: &dyn Fn(u
     while !pending.is_empty() {
         let mut out = Vec::new();
         for (i, &g) in pending.iter().enumerate() {
-            out.extend_from_slice(&frame(9, 1, i as i32, &offset_fetch(&format!("group-{g}"), "events", 0)));
+            out.extend_from_slice(&frame(
+                9,
+                1,
+                i as i32,
+                &offset_fetch(&format!("group-{g}"), "events", 0),
+            ));
         }
-        stream.write_all(&out).unwrap_or_else(|e| fail(&e.to_string()));
+        stream
+            .write_all(&out)
+            .unwrap_or_else(|e| fail(&e.to_string()));
         let mut still = Vec::new();
         for &g in &pending {
             match fetched_offset(&read_frame(&mut stream)) {
                 Ok(offset) if offset == expected(g) => {}
-                Ok(offset) => fail(&format!("group-{g}: offset {offset}, expected {}", expected(g))),
+                Ok(offset) => fail(&format!(
+                    "group-{g}: offset {offset}, expected {}",
+                    expected(g)
+                )),
                 Err(_) => still.push(g),
             }
         }
@@ -489,7 +578,12 @@ fn startup(broker: &mut Broker, o: &Options, flags: &[&str], expected: &dyn Fn(u
 
 fn consumer_offsets_startup(o: &Options, dir: &Path) {
     let mut broker = Broker::new(&o.tern, dir);
-    let off = ["--log-cleaner-enable", "false", "--offsets-topic-segment-bytes", "4194304"];
+    let off = [
+        "--log-cleaner-enable",
+        "false",
+        "--offsets-topic-segment-bytes",
+        "4194304",
+    ];
     broker.start(&off);
     create_topic(&broker, "events", 1, &[]);
     let per_group = o.commits / o.groups.max(1);
@@ -502,9 +596,16 @@ fn consumer_offsets_startup(o: &Options, dir: &Path) {
         let mut out = Vec::new();
         for i in sent..sent + n {
             let group = format!("group-{}", i % o.groups);
-            out.extend_from_slice(&frame(8, 2, i as i32, &offset_commit(&group, "events", 0, (i / o.groups) as i64)));
+            out.extend_from_slice(&frame(
+                8,
+                2,
+                i as i32,
+                &offset_commit(&group, "events", 0, (i / o.groups) as i64),
+            ));
         }
-        stream.write_all(&out).unwrap_or_else(|e| fail(&e.to_string()));
+        stream
+            .write_all(&out)
+            .unwrap_or_else(|e| fail(&e.to_string()));
         for _ in 0..n {
             read_frame(&mut stream);
         }
@@ -522,7 +623,12 @@ fn consumer_offsets_startup(o: &Options, dir: &Path) {
     let bytes_before = dir_bytes(&broker.dir.join("data"), "__consumer_offsets");
     broker.stop();
     // Clean, then start again.
-    broker.start(&["--log-cleaner-backoff-ms", "100", "--offsets-topic-segment-bytes", "4194304"]);
+    broker.start(&[
+        "--log-cleaner-backoff-ms",
+        "100",
+        "--offsets-topic-segment-bytes",
+        "4194304",
+    ]);
     let clean_started = Instant::now();
     let mut busy = -1.0;
     loop {
@@ -553,7 +659,12 @@ fn dir_bytes(data: &Path, topic: &str) -> u64 {
     entries
         .filter_map(Result::ok)
         .filter(|e| e.file_name().to_string_lossy().starts_with(topic))
-        .flat_map(|e| std::fs::read_dir(e.path()).into_iter().flatten().filter_map(Result::ok))
+        .flat_map(|e| {
+            std::fs::read_dir(e.path())
+                .into_iter()
+                .flatten()
+                .filter_map(Result::ok)
+        })
         .filter(|e| e.file_name().to_string_lossy().ends_with(".log"))
         .filter_map(|e| e.metadata().ok())
         .map(|m| m.len())
