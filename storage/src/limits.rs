@@ -116,3 +116,8 @@ pub const SYNCS_IN_FLIGHT_MAX: u32 = 1;
 /// How often a log with an interval flush policy checks whether its `flush.ms` has passed
 /// (and a log without one wakes at all): the longest a time-based fsync can be late.
 pub const FLUSH_CHECK_INTERVAL_MS: u64 = 1000;
+
+/// Times a read looks up its segment again when the one it found was deleted or replaced by
+/// the cleaner while it waited for its index (a swap takes far longer than a lookup, so more
+/// than one retry means the log is being rewritten under it continuously).
+pub const READ_RETRIES_MAX: u32 = 8;

@@ -371,3 +371,41 @@ fn min_compaction_lag_and_the_upper_bound_keep_recent_segments_dirty() {
         assert_eq!(report.records_removed, 0);
     });
 }
+
+#[test]
+fn reads_running_beside_a_pass_always_see_a_valid_log() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = dir_in(&tmp);
+    run_async(move || async move {
+        let log = std::rc::Rc::new(Log::open(path, config()).await.unwrap());
+        let written = fill(&log, 600, 12).await;
+        let end = active_base(&log);
+        let done = std::rc::Rc::new(std::cell::Cell::new(false));
+        let reader = {
+            let (log, done, written) = (log.clone(), done.clone(), written.clone());
+            glommio::spawn_local(async move {
+                let mut reads = 0;
+                while !done.get() {
+                    let read = read_all(&log).await;
+                    assert!(
+                        read.iter().all(|r| written.contains(r)),
+                        "only written records"
+                    );
+                    for latest in compacted(&written, end, false) {
+                        assert!(read.contains(&latest), "latest {latest:?} missing");
+                    }
+                    reads += 1;
+                    futures_lite::future::yield_now().await;
+                }
+                reads
+            })
+        };
+        let mut map = OffsetMap::with_budget(1 << 20);
+        let report = log.clean(options(&log, T0), &mut map).await.unwrap();
+        assert!(report.completed);
+        done.set(true);
+        let reads = reader.await;
+        assert!(reads >= 2, "{reads} reads overlapped the pass");
+        assert_eq!(read_all(&log).await, compacted(&written, end, false));
+    });
+}

@@ -513,7 +513,7 @@ impl Inner {
                     let olds = &st.segments[first..];
                     olds.len() > group.len()
                         && group.iter().zip(olds).all(|(view, s)| {
-                            s.base() == view.base && s.size_bytes == view.size_bytes
+                            s.base() == view.base && Rc::ptr_eq(&s.file, &view.file)
                         })
                 })
         };

@@ -154,6 +154,7 @@ impl Log {
         // The segment holding `start`, or, when compaction left nothing at or after it there,
         // the next one.
         let mut seek = start;
+        let mut retries = 0;
         let (file, path, segment_base, size_bytes, position, first) = loop {
             let (file, path, segment_base, size_bytes, relative, next_base) = {
                 let st = self.inner.state.borrow();
@@ -177,10 +178,17 @@ impl Log {
             };
             let Some(floor_position) = self
                 .inner
-                .index_floor(segment_base, |offsets, _| offsets.floor(relative))
+                .index_floor(segment_base, &file, |offsets, _| offsets.floor(relative))
                 .await?
             else {
-                return Err(self.out_of_range(start));
+                // Deleted or replaced by the cleaner meanwhile: look again (what was deleted
+                // is then below the log start; a cleaned group is found under its base).
+                retries += 1;
+                if retries > limits::READ_RETRIES_MAX {
+                    return Err(self.out_of_range(start));
+                }
+                seek = start;
+                continue;
             };
             match walk_to_offset(&file, &path, floor_position, size_bytes, start).await {
                 Ok(Some((position, first))) => {
@@ -281,12 +289,13 @@ impl Log {
         };
         let Some(mut position) = self
             .inner
-            .index_floor(segment_base, |offsets, times| {
+            .index_floor(segment_base, &file, |offsets, times| {
                 offsets.floor(times.scan_start(ts))
             })
             .await?
         else {
-            // Deleted by retention meanwhile: the answer lies in a later segment.
+            // Deleted by retention (the answer lies in a later segment) or replaced by the
+            // cleaner meanwhile: look again.
             return Box::pin(self.offset_for_timestamp(ts)).await;
         };
         match walk_headers(&file, &path, &mut position, size_bytes, |h| {
@@ -388,20 +397,32 @@ impl Log {
     }
 }
 
+/// The index of the segment at `base` if it is still the one whose file the caller holds.
+fn same_segment(
+    segments: &[crate::segment::Segment],
+    base: Offset,
+    file: &Rc<glommio::io::DmaFile>,
+) -> Option<usize> {
+    let i = segments.binary_search_by_key(&base, |s| s.base()).ok()?;
+    Rc::ptr_eq(&segments[i].file, file).then_some(i)
+}
+
 impl Inner {
     /// Where a scan in the segment at `base` starts: the index entry `lookup` picks from that
     /// segment's offset and time indexes, which are the active segment's own or a sealed
-    /// segment's from the shard cache (read from disk on a miss). None when the segment was
-    /// deleted meanwhile.
+    /// segment's from the shard cache (read from disk on a miss). None when the segment the
+    /// caller holds (`file`) is no longer the log's at `base`: deleted, or replaced by the
+    /// cleaner (whose group keeps the first segment's base), so the caller looks again.
     async fn index_floor(
         &self,
         base: Offset,
+        file: &Rc<glommio::io::DmaFile>,
         lookup: impl Fn(&OffsetIndex, &TimeIndex) -> OffsetEntry,
     ) -> Result<Option<FilePosition>, StorageIoError> {
         let position = |entry: OffsetEntry| FilePosition(u64::from(entry.position));
-        let (file, size_bytes) = {
+        let size_bytes = {
             let st = self.state.borrow();
-            let Ok(i) = st.segments.binary_search_by_key(&base, |s| s.base()) else {
+            let Some(i) = same_segment(&st.segments, base, file) else {
                 return Ok(None);
             };
             let seg = &st.segments[i];
@@ -412,9 +433,9 @@ impl Inner {
             if let Some(cached) = self.index_cache.get(self.log_id, base) {
                 return Ok(Some(position(lookup(&cached.offset, &cached.time))));
             }
-            (seg.file.clone(), seg.size_bytes)
+            seg.size_bytes
         };
-        let loaded = self.sealed_indexes(base, &file, size_bytes).await?;
+        let loaded = self.sealed_indexes(base, file, size_bytes).await?;
         Ok(loaded.map(|indexes| position(lookup(&indexes.offset, &indexes.time))))
     }
 
@@ -424,16 +445,10 @@ impl Inner {
     pub(super) async fn sealed_indexes(
         &self,
         base: Offset,
-        file: &glommio::io::DmaFile,
+        file: &Rc<glommio::io::DmaFile>,
         size_bytes: u64,
     ) -> Result<Option<Rc<SegmentIndexes>>, StorageIoError> {
-        let exists = || {
-            self.state
-                .borrow()
-                .segments
-                .iter()
-                .any(|s| s.base() == base)
-        };
+        let exists = || same_segment(&self.state.borrow().segments, base, file).is_some();
         let loaded = segment::load_indexes(&self.dir, base, size_bytes.max(1)).await?;
         if !exists() {
             return Ok(None);
