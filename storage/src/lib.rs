@@ -22,9 +22,11 @@
 //! - `leader_epoch`: the leader-epoch cache and its `leader-epoch-checkpoint` format (pure).
 //! - `segment`, `index`, `index_cache`: one segment's files, the sparse indexes (pure), the
 //!   shard-wide budget for sealed indexes.
+//! - `checkpoint`: the one-offset checkpoint files' format (pure).
 //! - `config`, `limits`, `error`, `lock`, `notify`: configuration, every bound, one error enum
 //!   per operation, the data-dir lock, the wake-up primitives.
 
+mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod index;

@@ -67,8 +67,8 @@ use crate::segment::{
     Segment,
 };
 
-use super::recovery::{decode_checkpoint, encode_checkpoint};
 use super::{remove_if_exists, sync_dir, Inner, Log};
+use crate::checkpoint::{decode_checkpoint, encode_checkpoint};
 
 pub const CLEAN_SWAP_FILE_NAME: &str = "clean-swap";
 pub const CLEANER_CHECKPOINT_FILE_NAME: &str = "cleaner-offset-checkpoint";

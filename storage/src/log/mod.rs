@@ -467,7 +467,7 @@ impl Log {
         segment::write_file_atomically(
             &dir,
             LOG_START_OFFSET_FILE_NAME,
-            &recovery::encode_checkpoint(start),
+            &crate::checkpoint::encode_checkpoint(start),
         )
         .await?;
         sync_dir(&dir).await?;

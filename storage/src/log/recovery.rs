@@ -35,27 +35,12 @@ use crate::segment::{
 };
 
 use super::commit::spawn_interval_flusher;
+use crate::checkpoint::decode_checkpoint;
+
 use super::{
     io_ctx, remove_if_exists, sync_dir, Inner, Log, LogStats, State, CLEAN_SHUTDOWN_FILE_NAME,
     LOG_START_OFFSET_FILE_NAME,
 };
-
-pub(super) fn encode_checkpoint(offset: Offset) -> Vec<u8> {
-    let mut out = offset.0.to_be_bytes().to_vec();
-    out.extend_from_slice(&crc32c::crc32c(&out).to_be_bytes());
-    out
-}
-
-pub(super) fn decode_checkpoint(bytes: &[u8]) -> Option<Offset> {
-    if bytes.len() != limits::CHECKPOINT_BYTES {
-        return None;
-    }
-    let crc = u32::from_be_bytes(bytes[8..12].try_into().ok()?);
-    if crc != crc32c::crc32c(&bytes[..8]) {
-        return None;
-    }
-    Some(Offset(i64::from_be_bytes(bytes[..8].try_into().ok()?)))
-}
 
 impl Log {
     /// Opens (creating if missing) the log in `dir` and recovers it: without a clean-shutdown

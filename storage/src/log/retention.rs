@@ -14,7 +14,7 @@ use tern_protocol::types::{Offset, TimestampMs};
 use crate::error::{DeleteError, StorageIoError};
 use crate::segment::{self, log_file_name, offset_index_file_name, time_index_file_name, Segment};
 
-use super::recovery::encode_checkpoint;
+use crate::checkpoint::encode_checkpoint;
 pub(super) const DELETED_SUFFIX: &str = ".deleted";
 
 use super::{

@@ -47,8 +47,8 @@ use crate::segment::{
     walk_headers, walk_to_offset, WalkError,
 };
 
-use super::recovery::{decode_checkpoint, encode_checkpoint};
 use super::{active, failed_error, remove_if_exists, sync_dir, Inner, Log};
+use crate::checkpoint::{decode_checkpoint, encode_checkpoint};
 
 pub const TRUNCATE_TO_FILE_NAME: &str = "truncate-to";
 
