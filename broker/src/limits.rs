@@ -281,3 +281,6 @@ pub const CLEANER_PASSES_PER_ROUND: usize = 64;
 
 /// Record errors (KIP-467) one refused batch reports at most; the rest are left out.
 pub const RECORD_ERRORS_MAX: usize = 100;
+
+/// Partition logs a shard opens at once when an image brings new ones (start-up, CreateTopics).
+pub const PARTITION_OPEN_CONCURRENCY: usize = 64;

@@ -250,6 +250,7 @@ impl Shard {
             .topic_defaults
             .with_dynamic(&image.cluster_topic_defaults);
         let mut wanted = HashSet::new();
+        let mut to_open = Vec::new();
         for topic in image.topics.values() {
             for meta in &topic.partitions {
                 if self.owner_of(&topic.name, meta.index) != Some(self.id) {
@@ -304,35 +305,44 @@ impl Shard {
                             }
                         }
                     }
-                    None => match Log::open_with_cache(
-                        self.partition_dir(&tp),
-                        policy.log.clone(),
-                        self.index_cache.clone(),
-                    )
-                    .await
-                    {
-                        Ok(log) => {
-                            let producers = crate::partition::restore_producers(&log, &tp).await;
-                            let partition = Partition::new(
-                                tp.clone(),
-                                log,
-                                policy,
-                                self.node_id(),
-                                meta,
-                                producers,
-                            );
-                            partition.set_replica_lag_max_ms(self.config.replica_lag_time_max_ms);
-                            partition.set_topic_id(topic.id);
-                            self.partitions
-                                .borrow_mut()
-                                .insert(tp.clone(), Rc::new(partition));
-                        }
-                        Err(error) => {
-                            tracing::error!(shard = self.id, partition = %tp.dir_name(), %error, "cannot open partition log")
-                        }
-                    },
+                    None => to_open.push((tp.clone(), policy, meta, topic.id)),
                 }
                 wanted.insert(tp);
+            }
+        }
+        // New partitions open concurrently (bounded): opening one is a handful of small
+        // synced writes, so one at a time made a 10,000-partition topic take 40 s to appear.
+        for chunk in to_open.chunks(limits::PARTITION_OPEN_CONCURRENCY) {
+            let opened = futures::future::join_all(chunk.iter().map(|(tp, policy, _, _)| {
+                Log::open_with_cache(
+                    self.partition_dir(tp),
+                    policy.log.clone(),
+                    self.index_cache.clone(),
+                )
+            }))
+            .await;
+            for ((tp, policy, meta, topic_id), log) in chunk.iter().zip(opened) {
+                match log {
+                    Ok(log) => {
+                        let producers = crate::partition::restore_producers(&log, tp).await;
+                        let partition = Partition::new(
+                            tp.clone(),
+                            log,
+                            policy.clone(),
+                            self.node_id(),
+                            meta,
+                            producers,
+                        );
+                        partition.set_replica_lag_max_ms(self.config.replica_lag_time_max_ms);
+                        partition.set_topic_id(*topic_id);
+                        self.partitions
+                            .borrow_mut()
+                            .insert(tp.clone(), Rc::new(partition));
+                    }
+                    Err(error) => {
+                        tracing::error!(shard = self.id, partition = %tp.dir_name(), %error, "cannot open partition log")
+                    }
+                }
             }
         }
         let stale: Vec<TopicPartition> = self
