@@ -3,28 +3,17 @@
 //! a small offset map cleans in several passes to the same result, and a crash at every step
 //! of the swap leaves a log that reads as all-old or all-new and cleans to the same end.
 
+mod support;
+
+use support::run_async;
+
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::path::{Path, PathBuf};
 
-use glommio::{LocalExecutorBuilder, Placement};
 use tern_protocol::batch::{validate_batch, BatchBuilder, BatchIter, BuilderRecord};
 use tern_protocol::records::for_each_record;
 use tern_protocol::types::{LeaderEpoch, Offset, TimestampMs};
 use tern_storage::{CleanOptions, Log, LogConfig, OffsetMap};
-
-fn run_async<F, Fut, T>(f: F) -> T
-where
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: Future<Output = T> + 'static,
-    T: Send + 'static,
-{
-    LocalExecutorBuilder::new(Placement::Unbound)
-        .spawn(f)
-        .unwrap()
-        .join()
-        .unwrap()
-}
 
 fn config() -> LogConfig {
     LogConfig {

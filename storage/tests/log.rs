@@ -2,11 +2,13 @@
 //! commit, crash recovery, index rebuild, clean shutdown, roll, retention, delete_records,
 //! validation, and the data directory lock. Each runs on a real glommio executor in a temp dir.
 
-use std::future::Future;
+mod support;
+
+use support::run_async;
+
 use std::path::Path;
 
 use bytes::{Bytes, BytesMut};
-use glommio::{LocalExecutorBuilder, Placement};
 use proptest::prelude::*;
 use tern_protocol::batch::{build_simple_batch, validate_batch};
 use tern_protocol::types::{LeaderEpoch, Offset, TimestampMs};
@@ -14,19 +16,6 @@ use tern_storage::{
     log_file_name, offset_index_file_name, time_index_file_name, AppendError, DataDirLock,
     FlushPolicy, LockError, Log, LogConfig, ReadError, TimestampType, CLEAN_SHUTDOWN_FILE_NAME,
 };
-
-fn run_async<F, Fut, T>(f: F) -> T
-where
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: Future<Output = T> + 'static,
-    T: Send + 'static,
-{
-    LocalExecutorBuilder::new(Placement::Unbound)
-        .spawn(f)
-        .unwrap()
-        .join()
-        .unwrap()
-}
 
 fn small_config() -> LogConfig {
     LogConfig {

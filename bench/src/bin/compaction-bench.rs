@@ -132,6 +132,17 @@ impl Broker {
         started.elapsed()
     }
 
+    /// The same broker's addresses for another thread's clients (it stops nothing).
+    fn handle(&self) -> Broker {
+        Broker {
+            tern: self.tern.clone(),
+            dir: self.dir.clone(),
+            addr: self.addr,
+            admin: self.admin,
+            child: None,
+        }
+    }
+
     fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             // SAFETY: signalling the child this harness started, by its pid.
@@ -419,13 +430,7 @@ fn cleaner_throughput_and_latency(o: &Options, dir: &Path) {
         stop.store(false, Ordering::Relaxed);
         let churn = {
             let stop = stop.clone();
-            let broker_client = Broker {
-                tern: broker.tern.clone(),
-                dir: broker.dir.clone(),
-                addr: broker.addr,
-                admin: broker.admin,
-                child: None,
-            };
+            let broker_client = broker.handle();
             let keys = o.keys;
             std::thread::spawn(move || {
                 produce_at(&broker_client, "churn", 10_000, 1024, keys, "1", stop)
@@ -434,13 +439,7 @@ fn cleaner_throughput_and_latency(o: &Options, dir: &Path) {
         let passes_before = broker.metric("tern_cleaner_passes_total");
         let measure = {
             let stop = stop.clone();
-            let broker_client = Broker {
-                tern: broker.tern.clone(),
-                dir: broker.dir.clone(),
-                addr: broker.addr,
-                admin: broker.admin,
-                child: None,
-            };
+            let broker_client = broker.handle();
             std::thread::spawn(move || {
                 produce_at(&broker_client, "lat", 10_000, 1024, 1_000_000, "all", stop)
             })
@@ -514,12 +513,13 @@ fn read_frame(stream: &mut TcpStream) -> Vec<u8> {
     frame
 }
 
-/// The committed offset an OffsetFetch v1 response frame holds, or its error code.
+/// The committed offset an OffsetFetch v1 response frame holds, or its error code (-1 for a
+/// frame of another shape).
 fn fetched_offset(frame: &[u8]) -> Result<i64, i16> {
     // correlation(4) topics(4) name(2+n) partitions(4) index(4) offset(8) metadata(2+m) error(2)
     let name_len = i16::from_be_bytes([frame[8], frame[9]]) as usize;
     let at = 10 + name_len + 8;
-    let offset = i64::from_be_bytes(frame[at..at + 8].try_into().expect("8 bytes"));
+    let offset = i64::from_be_bytes(frame[at..at + 8].try_into().map_err(|_| -1i16)?);
     let meta_len = i16::from_be_bytes([frame[at + 8], frame[at + 9]]).max(0) as usize;
     let code_at = at + 10 + meta_len;
     let code = i16::from_be_bytes([frame[code_at], frame[code_at + 1]]);
