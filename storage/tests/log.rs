@@ -1124,6 +1124,17 @@ fn append_replicated_refuses_overlaps_and_bad_batches_writing_nothing_and_keeps_
             let slice = log.read(Offset(from), 1, Offset(10)).await.unwrap();
             assert_eq!(slice.first_offset, Offset(first), "read from {from}");
         }
+        // Truncating to an offset inside a gap ends the log exactly there, never past it:
+        // what follows must come from the new leader.
+        assert_eq!(log.truncate_to(Offset(8)).await.unwrap(), Offset(8));
+        assert_eq!(log.log_end_offset(), Offset(8));
+        let (at_eight, _) = leader_batches(&[(1, 10)], Offset(8), 8);
+        log.append_replicated(at_eight, TimestampMs(1))
+            .await
+            .unwrap();
+        assert_eq!(log.log_end_offset(), Offset(9));
+        let slice = log.read(Offset(7), 1, Offset(9)).await.unwrap();
+        assert_eq!(slice.first_offset, Offset(8));
         drop(ok_then_skip);
     });
 }

@@ -3,7 +3,8 @@
 //!
 //! Rounding: the log is cut at the start of the batch containing the requested offset, so the
 //! new end is that batch's base offset (Kafka's `LogSegment.truncateTo` does the same; in
-//! practice followers truncate to batch boundaries, where nothing is rounded).
+//! practice followers truncate to batch boundaries, where nothing is rounded). An offset in a
+//! gap compaction left ends the log exactly there.
 //!
 //! Contract: it takes the writer role, makes appends wait (`State::truncating`), writes and
 //! fdatasyncs every batch already assigned an offset (their appenders are acknowledged as
@@ -247,14 +248,18 @@ impl Inner {
             )
             .await
             .map_err(corrupt)?;
-            let Some((position, header)) = found else {
-                return Err(StorageIoError::new(
-                    format!("finding offset {offset} in {}", path.display()),
-                    std::io::Error::from(std::io::ErrorKind::UnexpectedEof),
-                )
-                .into());
-            };
-            (position, header.base_offset())
+            match found {
+                // Inside a batch: cut at its start (rounding down).
+                Some((position, header)) if header.base_offset() <= offset => {
+                    (position, header.base_offset())
+                }
+                // In a gap compaction left (on this log or its leader's): everything from the
+                // next batch on goes and the log ends exactly at `offset`, as Kafka's does. A
+                // log that ended past it would report, and fetch from, offsets it never had.
+                Some((position, _)) => (position, offset),
+                // In a gap at the segment's end: the segment stays whole.
+                None => (FilePosition(size_bytes), offset),
+            }
         };
         // Rebuild the indexer as it stood when the batch at the last index entry below the cut
         // was about to be observed, then replay the batches from there to the cut: at most one
@@ -310,8 +315,9 @@ impl Inner {
                     }),
             });
         }
-        let indexer = outcome.indexer;
-        assert_eq!(indexer.next_offset, new_end, "replayed up to the cut");
+        let mut indexer = outcome.indexer;
+        assert!(indexer.next_offset <= new_end, "replayed up to the cut");
+        indexer.next_offset = new_end;
         let tail_start = align_down(position.0);
         let tail = if tail_start < position.0 {
             read_vec(
