@@ -463,6 +463,19 @@ fn broker_entries(ctx: &Ctx<'_>) -> Vec<(&'static str, String)> {
             "socket.request.max.bytes",
             tern_protocol::limits::FRAME_BYTES_MAX.to_string(),
         ),
+        ("log.cleaner.enable", config.cleaner_enable.to_string()),
+        (
+            "log.cleaner.dedupe.buffer.size",
+            config.cleaner_dedupe_buffer_bytes.to_string(),
+        ),
+        (
+            "log.cleaner.backoff.ms",
+            config.cleaner_backoff_ms.to_string(),
+        ),
+        (
+            "offsets.topic.segment.bytes",
+            config.offsets_topic_segment_bytes.to_string(),
+        ),
         ("tern.shards", ctx.shard.count.to_string()),
     ]
 }
