@@ -126,6 +126,7 @@ enum ClusterAction {
 
 #[derive(Subcommand)]
 enum TopicAction {
+    /// Create a topic: `tern topic create orders -p 6 --config cleanup.policy=compact`.
     Create {
         name: String,
         /// Partitions (default: the broker's default partitions).
@@ -138,13 +139,13 @@ enum TopicAction {
         #[arg(long, short)]
         config: Vec<String>,
     },
+    /// Every topic with its partition count (internal ones marked).
     List,
-    Describe {
-        name: String,
-    },
-    Delete {
-        name: String,
-    },
+    /// One topic: per partition its earliest and latest offsets, then every config with its
+    /// value (set on the topic, or a default).
+    Describe { name: String },
+    /// Delete a topic and its data on every broker.
+    Delete { name: String },
     /// Show or change the cluster-wide topic defaults (Kafka's dynamic default broker
     /// configs): --set retention.ms=3600000 (or log.retention.hours=1), --delete KEY.
     Defaults {
@@ -164,13 +165,12 @@ enum TopicAction {
 
 #[derive(Subcommand)]
 enum GroupAction {
+    /// Every consumer group with its state and protocol type.
     List,
-    Describe {
-        group: String,
-    },
-    Delete {
-        group: String,
-    },
+    /// One group: its state, members and their partitions, committed offsets and lag.
+    Describe { group: String },
+    /// Delete an empty group and its committed offsets.
+    Delete { group: String },
     /// Reset an inactive group's committed offsets on one topic.
     ResetOffsets {
         group: String,
