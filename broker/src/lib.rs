@@ -380,6 +380,7 @@ async fn shard_main(
                     break;
                 }
                 shard.enforce_retention().await;
+                shard.checkpoint_indexes().await;
             }
         })
     };

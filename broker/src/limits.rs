@@ -256,7 +256,9 @@ pub const PRODUCERS_PER_PARTITION_MAX: usize = 10_000;
 /// Longest an idle shard sleeps before it wakes to look around.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
 
-/// How often each shard applies retention and time-based segment rolls.
+/// How often each shard applies retention and time-based segment rolls, and checkpoints its
+/// active segments' indexes (what a restart after a crash must rescan is at most this much
+/// of writes per partition).
 pub const RETENTION_CHECK_INTERVAL: Duration = Duration::from_secs(10);
 
 /// How often committed offsets are checked against `offsets.retention.minutes` (Kafka's

@@ -571,6 +571,17 @@ impl Shard {
         }
     }
 
+    /// Persists each partition's active-segment indexes as far as they cover durable data, so
+    /// a restart after a crash scans only what was written since (about
+    /// `RETENTION_CHECK_INTERVAL` of writes per partition) instead of whole active segments.
+    pub async fn checkpoint_indexes(&self) {
+        for partition in self.owned_partitions() {
+            if let Err(error) = partition.log.checkpoint_active_indexes().await {
+                tracing::warn!(partition = %partition.tp.dir_name(), %error, "index checkpoint failed");
+            }
+        }
+    }
+
     /// Closes every log cleanly (shutdown).
     pub async fn close_all(&self) {
         for watcher in self.image_watchers.borrow_mut().drain(..) {

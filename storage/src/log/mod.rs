@@ -168,6 +168,8 @@ struct State {
     earliest_tombstone_horizon: Option<TimestampMs>,
     /// Failure injection: the next clean stops after this many swap steps (tests only).
     clean_crash_after_steps: Option<u32>,
+    /// (active segment base, offset index entries) the last `checkpoint_active_indexes` wrote.
+    indexes_checkpointed: (Offset, usize),
 }
 
 impl State {

@@ -42,6 +42,70 @@ use super::{
     LOG_START_OFFSET_FILE_NAME,
 };
 
+/// How a segment's indexer came back at open.
+enum Recovered {
+    /// Its persisted indexes, whole (a sealed segment, or a clean shutdown's active one).
+    Loaded(SegmentIndexer),
+    /// The active segment after a crash: its checkpointed indexes, then a scan of the rest;
+    /// with the valid length found.
+    Scanned(SegmentIndexer, u64),
+}
+
+/// After a crash, the active segment's indexer from the indexes `checkpoint_active_indexes`
+/// persisted (all below the durable end then) and a scan from their last entry: the entry is
+/// replayed, so the batch there must validate; if it does not, or the files are missing or
+/// damaged, None (the caller scans the whole segment).
+async fn recover_from_checkpointed_indexes(
+    dir: &std::path::Path,
+    file: &glommio::io::DmaFile,
+    path: &std::path::Path,
+    base: Offset,
+    file_bytes: u64,
+    interval: u32,
+) -> Result<Option<Recovered>, StorageIoError> {
+    let Some((offsets, times)) = segment::load_indexes(dir, base, file_bytes.max(1)).await? else {
+        return Ok(None);
+    };
+    let Some(last) = offsets.entries().last().copied() else {
+        return Ok(None);
+    };
+    // As the appender stood just before it observed the batch at `last`: the replay adds
+    // that entry again and every later one.
+    let mut indexer = SegmentIndexer::new(base);
+    for e in &offsets.entries()[..offsets.entries().len() - 1] {
+        indexer.offset_index.push(*e);
+    }
+    for e in times.entries() {
+        if e.relative_offset < last.relative_offset {
+            indexer.time_index.maybe_push(*e);
+        }
+    }
+    indexer.max_timestamp = indexer
+        .time_index
+        .last()
+        .map(|e| (base.plus(i64::from(e.relative_offset)), e.timestamp));
+    indexer.next_offset = base.plus(i64::from(last.relative_offset));
+    indexer.bytes_since_entry = u64::MAX;
+    // The segment's first batch's time (for roll by `segment_ms`), from its header.
+    let mut at = FilePosition(0);
+    indexer.first_timestamp = segment::walk_headers(file, path, &mut at, file_bytes, |_| true)
+        .await
+        .ok()
+        .flatten()
+        .map(|(_, header)| header.max_timestamp());
+    let start = FilePosition(u64::from(last.position));
+    let outcome = segment::scan(file, path, indexer, start, file_bytes, interval, true).await?;
+    if outcome.valid_bytes <= start.0 {
+        tracing::warn!(segment = %path.display(), position = start.0,
+            "no valid batch at the checkpointed index's last entry; scanning the whole segment");
+        return Ok(None);
+    }
+    Ok(Some(Recovered::Scanned(
+        outcome.indexer,
+        outcome.valid_bytes,
+    )))
+}
+
 impl Log {
     /// Opens (creating if missing) the log in `dir` and recovers it: without a clean-shutdown
     /// marker the active segment is scanned batch by batch and a torn tail truncated; missing or
@@ -105,7 +169,18 @@ impl Log {
                 .await
                 .map_err(io_ctx(format!("stat {}", path.display())))?;
             let mut loaded = None;
-            if clean || !is_active {
+            if !clean && is_active {
+                // A crash: the indexes `checkpoint_active_indexes` last persisted cover durable
+                // batches, so only the stretch from their last entry on needs a scan.
+                if let Some(outcome) = recover_from_checkpointed_indexes(
+                    &dir, &file, &path, base, file_bytes, interval,
+                )
+                .await?
+                {
+                    loaded = Some(outcome);
+                }
+            }
+            if loaded.is_none() && (clean || !is_active) {
                 if let Some((offset_index, time_index)) =
                     segment::load_indexes(&dir, base, file_bytes.max(1)).await?
                 {
@@ -115,11 +190,18 @@ impl Log {
                         .map(|e| (base.plus(i64::from(e.relative_offset)), e.timestamp));
                     indexer.offset_index = offset_index;
                     indexer.time_index = time_index;
-                    loaded = Some(indexer);
+                    loaded = Some(Recovered::Loaded(indexer));
                 }
             }
             let (indexer, size_bytes) = match loaded {
-                Some(mut indexer) if is_active => {
+                Some(Recovered::Scanned(indexer, valid_bytes)) => {
+                    if valid_bytes < file_bytes {
+                        tracing::warn!(segment = %path.display(), position = valid_bytes, file_bytes,
+                            "truncating segment at the last valid batch (scanned from its checkpointed index)");
+                    }
+                    (indexer, valid_bytes)
+                }
+                Some(Recovered::Loaded(mut indexer)) if is_active => {
                     // Clean shutdown: only the stretch after the last index entry is scanned, to
                     // find the log end offset.
                     let floor = indexer.offset_index.entries().last().copied();
@@ -141,7 +223,7 @@ impl Log {
                     }
                     (outcome.indexer, outcome.valid_bytes)
                 }
-                Some(mut indexer) => {
+                Some(Recovered::Loaded(mut indexer)) => {
                     indexer.next_offset = bases[i + 1];
                     (indexer, file_bytes)
                 }
@@ -253,6 +335,7 @@ impl Log {
             cleaning: false,
             earliest_tombstone_horizon: None,
             clean_crash_after_steps: None,
+            indexes_checkpointed: (Offset(-1), 0),
         };
         state.check_offsets();
         let inner = Rc::new(Inner {

@@ -12,6 +12,7 @@ use std::rc::Rc;
 use tern_protocol::types::{Offset, TimestampMs};
 
 use crate::error::{DeleteError, StorageIoError};
+use crate::index::SegmentIndexer;
 use crate::segment::{self, log_file_name, offset_index_file_name, time_index_file_name, Segment};
 
 use crate::checkpoint::encode_checkpoint;
@@ -86,6 +87,47 @@ impl Log {
                 .inspect_err(|e| self.inner.fail(e))?;
         }
         self.inner.delete_old_segments(Some((now, keep_from))).await
+    }
+}
+
+impl Log {
+    /// Persists the active segment's indexes as far as they cover durable data, so that after
+    /// a crash `open` scans only what was written since (from the last entry) instead of the
+    /// whole active segment. A no-op when nothing was indexed since the last call.
+    pub async fn checkpoint_active_indexes(&self) -> Result<(), StorageIoError> {
+        let _writer = self.inner.acquire_writer().await;
+        let indexer = {
+            let mut st = self.inner.state.borrow_mut();
+            if st.failed.is_some() || st.closed {
+                return Ok(());
+            }
+            let durable = st.durable_end;
+            let active = active(&st.segments);
+            let covered = active
+                .indexer
+                .offset_index
+                .entries()
+                .iter()
+                .take_while(|e| active.base().plus(i64::from(e.relative_offset)) < durable)
+                .count();
+            if covered == 0 || st.indexes_checkpointed == (active.base(), covered) {
+                return Ok(());
+            }
+            let mut indexer = SegmentIndexer::new(active.base());
+            for e in &active.indexer.offset_index.entries()[..covered] {
+                indexer.offset_index.push(*e);
+            }
+            let last = indexer.offset_index.entries()[covered - 1].relative_offset;
+            for e in active.indexer.time_index.entries() {
+                if e.relative_offset <= last {
+                    indexer.time_index.maybe_push(*e);
+                }
+            }
+            st.indexes_checkpointed = (indexer.base, covered);
+            indexer
+        };
+        segment::persist_indexes(&self.inner.dir, &indexer).await?;
+        sync_dir(&self.inner.dir).await
     }
 }
 
