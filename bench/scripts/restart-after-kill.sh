@@ -48,4 +48,5 @@ done
 t1=$(date +%s%N)
 echo "serving (topic describe with every partition's offsets answered): $(( (t1 - t0) / 1000000 )) ms after start"
 grep -c "partition " "$work/describe.txt" | sed 's/^/partitions described: /'
-grep -E "recover|truncat" "$work/broker.log" | tail -3 || true
+echo "active segments recovered from an index checkpoint: $(grep -c 'scanned from its checkpointed index' "$work/broker.log" || true) of $(grep -c 'truncating segment at the last valid batch' "$work/broker.log" || true) with a torn tail"
+grep -E "tern is serving|starting|shutting down" "$work/broker.log" | tail -3 | cut -c1-160 || true

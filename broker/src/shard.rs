@@ -575,9 +575,16 @@ impl Shard {
     /// a restart after a crash scans only what was written since (about
     /// `RETENTION_CHECK_INTERVAL` of writes per partition) instead of whole active segments.
     pub async fn checkpoint_indexes(&self) {
-        for partition in self.owned_partitions() {
-            if let Err(error) = partition.log.checkpoint_active_indexes().await {
-                tracing::warn!(partition = %partition.tp.dir_name(), %error, "index checkpoint failed");
+        let partitions = self.owned_partitions();
+        // A checkpoint is two small synced writes and a directory sync: many at once.
+        for chunk in partitions.chunks(limits::PARTITION_OPEN_CONCURRENCY) {
+            let results =
+                futures::future::join_all(chunk.iter().map(|p| p.log.checkpoint_active_indexes()))
+                    .await;
+            for (partition, result) in chunk.iter().zip(results) {
+                if let Err(error) = result {
+                    tracing::warn!(partition = %partition.tp.dir_name(), %error, "index checkpoint failed");
+                }
             }
         }
     }
