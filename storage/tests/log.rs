@@ -271,42 +271,48 @@ fn crash_case_with(
     });
 }
 
+/// Damage: the segment cut to `cut_seed` bytes (at most its length); the whole batches left.
+fn cut_segment(file: &Path, positions: &[(u64, Expected)], cut_seed: u64) -> usize {
+    let total: u64 = positions
+        .last()
+        .map(|(p, e)| p + e.bytes.len() as u64)
+        .unwrap();
+    let cut = cut_seed.min(total);
+    let f = std::fs::OpenOptions::new().write(true).open(file).unwrap();
+    f.set_len(cut).unwrap();
+    positions
+        .iter()
+        .filter(|(p, e)| p + e.bytes.len() as u64 <= cut)
+        .count()
+}
+
+/// Damage: one byte flipped at `at_seed` (at most the last byte); the whole batches before it.
+fn flip_byte(file: &Path, positions: &[(u64, Expected)], at_seed: u64) -> usize {
+    let total: u64 = positions
+        .last()
+        .map(|(p, e)| p + e.bytes.len() as u64)
+        .unwrap();
+    let at = at_seed.min(total - 1);
+    let mut bytes = std::fs::read(file).unwrap();
+    bytes[at as usize] ^= 0x5a;
+    std::fs::write(file, &bytes).unwrap();
+    positions
+        .iter()
+        .filter(|(p, e)| p + e.bytes.len() as u64 <= at)
+        .count()
+}
+
 #[test]
 fn crash_with_cut_segment_recovers_the_prefix_of_whole_batches() {
     for cut_seed in [0u64, 1, 61, 500, 4095, 4096, 7000, 9999, 12_345, u64::MAX] {
-        crash_case(move |file, positions| {
-            let total: u64 = positions
-                .last()
-                .map(|(p, e)| p + e.bytes.len() as u64)
-                .unwrap();
-            let cut = cut_seed.min(total);
-            let f = std::fs::OpenOptions::new().write(true).open(file).unwrap();
-            f.set_len(cut).unwrap();
-            positions
-                .iter()
-                .filter(|(p, e)| p + e.bytes.len() as u64 <= cut)
-                .count()
-        });
+        crash_case(move |file, positions| cut_segment(file, positions, cut_seed));
     }
 }
 
 #[test]
 fn crash_with_flipped_byte_truncates_at_the_damaged_batch() {
     for flip_seed in [0u64, 9, 20, 70, 3000, 8000, 11_111] {
-        crash_case(move |file, positions| {
-            let total: u64 = positions
-                .last()
-                .map(|(p, e)| p + e.bytes.len() as u64)
-                .unwrap();
-            let at = flip_seed.min(total - 1);
-            let mut bytes = std::fs::read(file).unwrap();
-            bytes[at as usize] ^= 0x5a;
-            std::fs::write(file, &bytes).unwrap();
-            positions
-                .iter()
-                .filter(|(p, e)| p + e.bytes.len() as u64 <= at)
-                .count()
-        });
+        crash_case(move |file, positions| flip_byte(file, positions, flip_seed));
     }
 }
 
@@ -317,33 +323,12 @@ fn a_crash_after_an_index_checkpoint_recovers_the_same_prefix_scanning_only_the_
     let checkpointed = |positions: &[(u64, Expected)]| positions[20].0;
     for seed in [0u64, 9, 100, 700, 3000] {
         crash_case_with(true, move |file, positions| {
-            let total: u64 = positions
-                .last()
-                .map(|(p, e)| p + e.bytes.len() as u64)
-                .unwrap();
-            let at = (checkpointed(positions) + seed).min(total - 1);
-            let mut bytes = std::fs::read(file).unwrap();
-            bytes[at as usize] ^= 0x5a;
-            std::fs::write(file, &bytes).unwrap();
-            positions
-                .iter()
-                .filter(|(p, e)| p + e.bytes.len() as u64 <= at)
-                .count()
+            flip_byte(file, positions, checkpointed(positions) + seed)
         });
     }
     for cut_seed in [0u64, 500, 4096, 9999, u64::MAX] {
         crash_case_with(true, move |file, positions| {
-            let total: u64 = positions
-                .last()
-                .map(|(p, e)| p + e.bytes.len() as u64)
-                .unwrap();
-            let cut = cut_seed.min(total);
-            let f = std::fs::OpenOptions::new().write(true).open(file).unwrap();
-            f.set_len(cut).unwrap();
-            positions
-                .iter()
-                .filter(|(p, e)| p + e.bytes.len() as u64 <= cut)
-                .count()
+            cut_segment(file, positions, cut_seed)
         });
     }
 }
