@@ -2,8 +2,10 @@
 //! coordinators' registries, its probes) and the way other shards reach it (`invoke_on`).
 //! Also the shard-wide duties on its partitions: applying each image (opening, updating,
 //! replacing and dropping replicas; `next_image` wakes whoever follows images, such as the
-//! replica fetchers), the leaders' ISR checks, restarting a follower's log at its leader's
-//! start, retention, and reaching the controller (`run_commands`).
+//! replica fetchers; new partitions open a bounded number at a time), the leaders' ISR
+//! checks, restarting a follower's log at its leader's start, retention, the periodic
+//! checkpoint of active segments' indexes (what a crash makes `open` rescan), and reaching the
+//! controller (`run_commands`). The log cleaner's choices are `cleaner`'s.
 //!
 //! Architecture invariant: a partition is touched only by the shard that owns it (derived
 //! from the metadata image by `placement`); every other shard reaches it through `invoke_on`,

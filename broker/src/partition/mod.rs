@@ -6,7 +6,8 @@
 //! - `waiters`: long-poll fetches parked on a partition until its high watermark passes what
 //!   they have seen, under a per-shard cap.
 //! - here: `Partition::append` (produce and the group coordinator append through it as the
-//!   leader: it decides, stamps the partition's real leader epoch, appends to the log, moves
+//!   leader: it applies the topic's record rules — timestamp bounds, a compacted topic's
+//!   refusal of keyless records, recompression — decides, stamps the partition's real leader epoch, appends to the log, moves
 //!   the high watermark, wakes waiters, and with acks=all waits for the high watermark to
 //!   cover the batch), `append_replica` and `truncate` (a follower's side), and
 //!   `read_or_wait` (read now, or park until data arrives, the deadline passes or the caller

@@ -67,7 +67,7 @@ use crate::segment::{
     Segment,
 };
 
-use super::{remove_if_exists, sync_dir, Inner, Log};
+use super::{injected_crash, remove_if_exists, sync_dir, Inner, Log};
 use crate::checkpoint::{decode_checkpoint, encode_checkpoint};
 
 pub const CLEAN_SWAP_FILE_NAME: &str = "clean-swap";
@@ -285,7 +285,6 @@ impl Log {
             let rules = Rules {
                 map,
                 first_dirty,
-                map_end,
                 now: options.now,
                 delete_retention_ms: options.delete_retention_ms,
             };
@@ -333,7 +332,6 @@ impl Drop for CleaningGuard<'_> {
 struct Rules<'a> {
     map: &'a OffsetMap,
     first_dirty: Offset,
-    map_end: Offset,
     now: TimestampMs,
     delete_retention_ms: i64,
 }
@@ -356,7 +354,7 @@ impl Rules<'_> {
             // Safe only when every older version of the key is gone by the end of this pass:
             // the tombstone was mapped now, or an earlier pass mapped it (it lies below the
             // dirty part) and removed them then.
-            let mapped_now = latest == Some(record.offset) && record.offset < self.map_end;
+            let mapped_now = latest == Some(record.offset);
             if mapped_now || record.offset < self.first_dirty {
                 return (false, true);
             }
@@ -504,40 +502,36 @@ impl Inner {
     ) -> Result<bool, StorageIoError> {
         let _writer = self.acquire_writer().await;
         let base = group[0].base;
-        let unchanged = {
+        // Where the group still stands, unchanged. Segments move only under the writer role
+        // (roll, retention, truncation, close), held from here to the splice below.
+        let first = {
             let st = self.state.borrow();
-            let first = st.segments.iter().position(|s| s.base() == base);
-            !st.closed
-                && st.failed.is_none()
-                && first.is_some_and(|first| {
+            st.segments
+                .iter()
+                .position(|s| s.base() == base)
+                .filter(|&first| {
                     let olds = &st.segments[first..];
-                    olds.len() > group.len()
+                    !st.closed
+                        && st.failed.is_none()
+                        && olds.len() > group.len()
                         && group.iter().zip(olds).all(|(view, s)| {
                             s.base() == view.base && Rc::ptr_eq(&s.file, &view.file)
                         })
                 })
         };
-        if !unchanged {
+        let Some(first) = first else {
             let _ = written.file.close().await;
             remove_cleaned_files(&self.dir, base).await?;
             tracing::info!(dir = %self.dir.display(), segment = base.0, "log changed during cleaning; the pass gives up");
             return Ok(false);
-        }
+        };
         // An injected crash leaves the files as a real one would; the log keeps serving what
         // it had in memory, and only a reopen sees the result.
         let mut steps = 1u32;
         let step = |steps: &mut u32| -> Result<(), StorageIoError> {
-            let crash_after = self.state.borrow().clean_crash_after_steps;
-            if crash_after.is_some_and(|n| *steps >= n) {
-                self.state.borrow_mut().clean_crash_after_steps = None;
-                return Err(StorageIoError::new(
-                    format!(
-                        "cleaning {} (injected crash after step {steps})",
-                        self.dir.display()
-                    ),
-                    std::io::Error::other("injected crash"),
-                ));
-            }
+            let after = self.state.borrow().clean_crash_after_steps;
+            injected_crash(after, *steps, "cleaning", &self.dir)
+                .inspect_err(|_| self.state.borrow_mut().clean_crash_after_steps = None)?;
             *steps += 1;
             Ok(())
         };
@@ -564,11 +558,6 @@ impl Inner {
         };
         let olds: Vec<Segment> = {
             let mut st = self.state.borrow_mut();
-            let first = st
-                .segments
-                .iter()
-                .position(|s| s.base() == base)
-                .expect("checked under the writer role above");
             let new = Segment {
                 file: Rc::new(file),
                 size_bytes,
@@ -586,8 +575,9 @@ impl Inner {
             // end, so nothing unwritten is dropped.)
             let group_end = group[group.len() - 1].next_base;
             while st.cache.front().is_some_and(|c| c.next <= group_end) {
-                let dropped = st.cache.pop_front().expect("front checked");
-                st.cache_bytes -= dropped.bytes.len();
+                if let Some(dropped) = st.cache.pop_front() {
+                    st.cache_bytes -= dropped.bytes.len();
+                }
             }
             st.check_offsets();
             olds
@@ -809,8 +799,8 @@ fn decode_swap(bytes: &[u8]) -> Option<(Offset, Vec<Offset>)> {
     }
     let bases = body[12..]
         .chunks_exact(8)
-        .map(|c| Offset(i64::from_be_bytes(c.try_into().expect("chunks of 8"))))
-        .collect();
+        .map(|c| Some(Offset(i64::from_be_bytes(c.try_into().ok()?))))
+        .collect::<Option<Vec<Offset>>>()?;
     Some((base, bases))
 }
 

@@ -312,6 +312,26 @@ fn failed_error(message: &str) -> StorageIoError {
     )
 }
 
+/// Failure injection for crash tests (`truncate_to`, a cleaner swap): fails, as the process
+/// dying there would, once `done` of an operation's steps have run and `after` says to stop.
+fn injected_crash(
+    after: Option<u32>,
+    done: u32,
+    doing: &str,
+    dir: &Path,
+) -> Result<(), StorageIoError> {
+    if after.is_some_and(|n| done >= n) {
+        return Err(StorageIoError::new(
+            format!(
+                "{doing} {} (injected crash after step {done})",
+                dir.display()
+            ),
+            std::io::Error::other("injected crash"),
+        ));
+    }
+    Ok(())
+}
+
 async fn sync_dir(dir: &Path) -> Result<(), StorageIoError> {
     let d = glommio::io::Directory::open(dir)
         .await

@@ -48,7 +48,7 @@ use crate::segment::{
     walk_headers, walk_to_offset, WalkError,
 };
 
-use super::{active, failed_error, remove_if_exists, sync_dir, Inner, Log};
+use super::{active, failed_error, injected_crash, remove_if_exists, sync_dir, Inner, Log};
 use crate::checkpoint::{decode_checkpoint, encode_checkpoint};
 
 pub const TRUNCATE_TO_FILE_NAME: &str = "truncate-to";
@@ -344,16 +344,8 @@ impl Inner {
     async fn apply_cut(&self, cut: Cut) -> Result<Offset, StorageIoError> {
         let mut steps = 0u32;
         let step = |steps: &mut u32| -> Result<(), StorageIoError> {
-            let crash_after = self.state.borrow().truncate_crash_after_steps;
-            if crash_after.is_some_and(|n| *steps >= n) {
-                return Err(StorageIoError::new(
-                    format!(
-                        "truncating {} (injected crash after step {steps})",
-                        self.dir.display()
-                    ),
-                    std::io::Error::other("injected crash"),
-                ));
-            }
+            let after = self.state.borrow().truncate_crash_after_steps;
+            injected_crash(after, *steps, "truncating", &self.dir)?;
             *steps += 1;
             Ok(())
         };
