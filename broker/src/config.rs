@@ -39,6 +39,14 @@ pub struct BrokerConfig {
     pub offsets_retention_minutes: i64,
     /// Kafka's `group.initial.rebalance.delay.ms`.
     pub group_initial_rebalance_delay_ms: i64,
+    /// Kafka's `group.consumer.session.timeout.ms`: a KIP-848 member silent this long is
+    /// fenced.
+    pub group_consumer_session_timeout_ms: i32,
+    /// Kafka's `group.consumer.heartbeat.interval.ms`, told to KIP-848 members.
+    pub group_consumer_heartbeat_interval_ms: i32,
+    /// Kafka's `group.consumer.assignors`: the server assignors members may pick, the first
+    /// being the default (`uniform`, `range`).
+    pub group_consumer_assignors: Vec<String>,
     pub limits: ConnectionLimits,
     /// Memory per shard for the indexes of sealed segments (least recently used ones are
     /// dropped and read again from their files when needed).
@@ -199,6 +207,9 @@ impl Default for BrokerConfig {
             offsets_topic_segment_bytes: 100 * 1024 * 1024,
             offsets_retention_minutes: 7 * 24 * 60,
             group_initial_rebalance_delay_ms: 3_000,
+            group_consumer_session_timeout_ms: 45_000,
+            group_consumer_heartbeat_interval_ms: 5_000,
+            group_consumer_assignors: vec!["uniform".to_owned(), "range".to_owned()],
             limits: ConnectionLimits::default(),
             index_cache_bytes: crate::limits::INDEX_CACHE_BYTES_PER_SHARD,
             max_parked_fetches: crate::limits::FETCH_PARKED_PER_SHARD,
@@ -246,6 +257,26 @@ impl BrokerConfig {
                 "the broker session timeout must be at least twice the heartbeat interval (>= 10 ms)"
                     .into(),
             );
+        }
+        if self.group_consumer_heartbeat_interval_ms < 10
+            || self.group_consumer_session_timeout_ms <= self.group_consumer_heartbeat_interval_ms
+        {
+            return Err(
+                "group.consumer.session.timeout.ms must be above group.consumer.heartbeat.interval.ms (>= 10 ms)"
+                    .into(),
+            );
+        }
+        if self.group_consumer_assignors.is_empty() {
+            return Err("group.consumer.assignors names no assignor".into());
+        }
+        if let Some(unknown) = self
+            .group_consumer_assignors
+            .iter()
+            .find(|name| crate::group::assignor::Assignor::parse(name).is_none())
+        {
+            return Err(format!(
+                "group.consumer.assignors: unknown assignor '{unknown}' (Tern has uniform and range)"
+            ));
         }
         if self.replica_lag_time_max_ms < 100 {
             return Err("replica.lag.time.max.ms must be at least 100 ms".into());
@@ -297,6 +328,9 @@ pub struct FileConfig {
     pub offsets_topic_segment_bytes: Option<u64>,
     pub offsets_retention_minutes: Option<i64>,
     pub group_initial_rebalance_delay_ms: Option<i64>,
+    pub group_consumer_session_timeout_ms: Option<i32>,
+    pub group_consumer_heartbeat_interval_ms: Option<i32>,
+    pub group_consumer_assignors: Option<String>,
     pub index_cache_bytes: Option<usize>,
     pub max_parked_fetches: Option<usize>,
     /// `"1@127.0.0.1:19093,2@127.0.0.1:29093"`, as Kafka's `controller.quorum.voters`.

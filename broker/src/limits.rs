@@ -124,6 +124,12 @@ const _: () = assert!(FETCH_WAIT_MS_MAX < PARTITION_RELEASE_WAIT_MS + 1);
 /// answered GROUP_MAX_SIZE_REACHED (Kafka's `group.max.size`).
 pub const GROUP_MEMBERS_MAX: usize = 128;
 
+/// Most topic names one consumer group member may subscribe to by name (KIP-848).
+pub const GROUP_SUBSCRIBED_TOPICS_MAX: usize = 10_000;
+
+/// Longest subscription regular expression a KIP-848 member may send.
+pub const GROUP_SUBSCRIPTION_REGEX_BYTES_MAX: usize = 4096;
+
 /// Largest protocol metadata (one subscription) a member may send in JoinGroup, summed over
 /// its protocols.
 pub const GROUP_MEMBER_METADATA_BYTES_MAX: usize = 8 * 1024;

@@ -114,6 +114,16 @@ impl Shard {
             groups: crate::group::registry::Coordinator::new(crate::group::state::GroupConfig {
                 initial_rebalance_delay_ms: config.group_initial_rebalance_delay_ms.max(0),
                 offsets_retention_ms: config.offsets_retention_minutes.saturating_mul(60_000),
+                consumer: crate::group::consumer::ConsumerConfig {
+                    session_timeout_ms: config.group_consumer_session_timeout_ms,
+                    heartbeat_interval_ms: config.group_consumer_heartbeat_interval_ms,
+                    assignors: config
+                        .group_consumer_assignors
+                        .iter()
+                        .filter_map(|name| crate::group::assignor::Assignor::parse(name))
+                        .collect(),
+                    ..crate::group::consumer::ConsumerConfig::default()
+                },
             }),
             index_cache: tern_storage::IndexCache::new(config.index_cache_bytes),
             park_budget: ParkBudget::new(config.max_parked_fetches),

@@ -334,6 +334,18 @@ struct ServeArgs {
     /// How long the first rebalance of an empty group waits for more members.
     #[arg(long, env = "TERN_GROUP_INITIAL_REBALANCE_DELAY_MS")]
     group_initial_rebalance_delay_ms: Option<i64>,
+    /// A KIP-848 consumer group member silent this long is fenced (Kafka's
+    /// group.consumer.session.timeout.ms, default 45000).
+    #[arg(long, env = "TERN_GROUP_CONSUMER_SESSION_TIMEOUT_MS")]
+    group_consumer_session_timeout_ms: Option<i32>,
+    /// How often KIP-848 members are told to heartbeat (Kafka's
+    /// group.consumer.heartbeat.interval.ms, default 5000).
+    #[arg(long, env = "TERN_GROUP_CONSUMER_HEARTBEAT_INTERVAL_MS")]
+    group_consumer_heartbeat_interval_ms: Option<i32>,
+    /// Server assignors KIP-848 members may pick, the first the default (Kafka's
+    /// group.consumer.assignors, default "uniform,range").
+    #[arg(long, env = "TERN_GROUP_CONSUMER_ASSIGNORS")]
+    group_consumer_assignors: Option<String>,
     /// Largest request frame in bytes (Kafka's socket.request.max.bytes; at most 100 MiB).
     #[arg(long, env = "TERN_MAX_REQUEST_BYTES")]
     max_request_bytes: Option<usize>,
@@ -512,6 +524,24 @@ fn build_config(args: ServeArgs) -> Result<BrokerConfig, String> {
             .group_initial_rebalance_delay_ms
             .or(file.group_initial_rebalance_delay_ms)
             .unwrap_or(defaults.group_initial_rebalance_delay_ms),
+        group_consumer_session_timeout_ms: args
+            .group_consumer_session_timeout_ms
+            .or(file.group_consumer_session_timeout_ms)
+            .unwrap_or(defaults.group_consumer_session_timeout_ms),
+        group_consumer_heartbeat_interval_ms: args
+            .group_consumer_heartbeat_interval_ms
+            .or(file.group_consumer_heartbeat_interval_ms)
+            .unwrap_or(defaults.group_consumer_heartbeat_interval_ms),
+        group_consumer_assignors: args
+            .group_consumer_assignors
+            .or(file.group_consumer_assignors)
+            .map(|list| {
+                list.split(',')
+                    .map(|name| name.trim().to_owned())
+                    .filter(|name| !name.is_empty())
+                    .collect()
+            })
+            .unwrap_or(defaults.group_consumer_assignors),
         index_cache_bytes: args
             .index_cache_bytes
             .or(file.index_cache_bytes)

@@ -56,6 +56,8 @@ pub const DESCRIBE_CLUSTER: i16 = 60;
 pub const INIT_PRODUCER_ID: i16 = 22;
 pub const OFFSET_FOR_LEADER_EPOCH: i16 = 23;
 pub const ELECT_LEADERS: i16 = 43;
+pub const CONSUMER_GROUP_HEARTBEAT: i16 = 68;
+pub const CONSUMER_GROUP_DESCRIBE: i16 = 69;
 
 const fn spec(
     key: i16,
@@ -188,7 +190,7 @@ pub static APIS: &[ApiSpec] = &[
     ),
 ];
 
-/// The classic consumer-group APIs, served once the group coordinator handles them.
+/// The group APIs (classic and KIP-848), served once the group coordinator handles them.
 pub static GROUP_APIS: &[ApiSpec] = &[
     spec(
         FIND_COORDINATOR,
@@ -213,7 +215,7 @@ pub static GROUP_APIS: &[ApiSpec] = &[
         OFFSET_COMMIT,
         "OffsetCommit",
         2,
-        8,
+        9,
         8,
         Some(&OFFSET_COMMIT_REQUEST),
     ),
@@ -221,7 +223,7 @@ pub static GROUP_APIS: &[ApiSpec] = &[
         OFFSET_FETCH,
         "OffsetFetch",
         1,
-        8,
+        9,
         6,
         Some(&OFFSET_FETCH_REQUEST),
     ),
@@ -256,6 +258,22 @@ pub static GROUP_APIS: &[ApiSpec] = &[
         0,
         i16::MAX,
         Some(&OFFSET_DELETE_REQUEST),
+    ),
+    spec(
+        CONSUMER_GROUP_HEARTBEAT,
+        "ConsumerGroupHeartbeat",
+        0,
+        1,
+        0,
+        Some(&CONSUMER_GROUP_HEARTBEAT_REQUEST),
+    ),
+    spec(
+        CONSUMER_GROUP_DESCRIBE,
+        "ConsumerGroupDescribe",
+        0,
+        1,
+        0,
+        Some(&CONSUMER_GROUP_DESCRIBE_REQUEST),
     ),
 ];
 

@@ -54,12 +54,33 @@
 //! |    4 | · session timeout ms i32                |
 //! |    … | · subscription bytes                    |
 //! |    … | · assignment bytes                      |
+//!
+//! # Consumer group records (KIP-848; key versions 3, 5, 6, 7, 8)
+//!
+//! Keys are classic (non-flexible): the key version, the group id string, and for per-member
+//! records the member id string. Values are flexible: value version i16 = 0, then compact
+//! strings (`uvarint(len + 1)`, 0 = null), compact arrays (`uvarint(count + 1)`) and a tagged
+//! field section (`uvarint(count)`, then `uvarint(tag) uvarint(size) bytes` each). A
+//! `topic partitions` entry is a 16-byte topic id, a compact array of i32 partitions and an
+//! empty tag section.
+//!
+//! | key | record                         | value fields                                           |
+//! |----:|--------------------------------|--------------------------------------------------------|
+//! |   3 | group epoch                    | epoch i32; tag 0: metadata hash i64                    |
+//! |   5 | member metadata                | instance id?, rack id?, client id, client host,        |
+//! |     |                                | subscribed names [string], regex?, rebalance timeout   |
+//! |     |                                | i32, server assignor?                                  |
+//! |   6 | target assignment epoch        | assignment epoch i32                                   |
+//! |   7 | target assignment of a member  | [topic partitions]                                     |
+//! |   8 | current assignment of a member | member epoch i32, previous epoch i32, state i8,        |
+//! |     |                                | assigned [topic partitions], revoking [topic partitions] |
 
 use bytes::{BufMut, Bytes, BytesMut};
 use tern_protocol::batch::{BatchBuilder, BatchIter, BuilderRecord, BATCH_HEADER_BYTES};
 use tern_protocol::types::TimestampMs;
-use tern_protocol::wire::{Reader, WireError};
+use tern_protocol::wire::{self, Reader, WireError};
 
+use super::consumer::{Assignment, ConsumerRecord, CurrentAssignment, MemberMetadata, MemberState};
 use super::state::{CommittedOffset, Group, RestoredMember};
 
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
@@ -68,6 +89,14 @@ const KEY_OFFSET_COMMIT: i16 = 1;
 const KEY_GROUP_METADATA: i16 = 2;
 const VALUE_OFFSET_VERSION: i16 = 3;
 const VALUE_GROUP_VERSION: i16 = 3;
+const KEY_CONSUMER_GROUP: i16 = 3;
+const KEY_CONSUMER_MEMBER: i16 = 5;
+const KEY_CONSUMER_TARGET_EPOCH: i16 = 6;
+const KEY_CONSUMER_TARGET_MEMBER: i16 = 7;
+const KEY_CONSUMER_CURRENT: i16 = 8;
+const VALUE_CONSUMER_VERSION: i16 = 0;
+/// The group epoch value's tagged field holding the subscribed topics' metadata hash.
+const TAG_METADATA_HASH: u32 = 0;
 
 /// Java's `String.hashCode` over UTF-16 code units.
 pub fn java_string_hash(value: &str) -> i32 {
@@ -172,6 +201,7 @@ pub enum Loaded {
         group: String,
         value: Option<GroupRecord>,
     },
+    Consumer(ConsumerRecord),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -233,6 +263,11 @@ pub fn decode_record(key: &[u8], value: Option<&[u8]>) -> Result<Loaded, DecodeE
             let value = value.map(decode_group_value).transpose()?;
             Ok(Loaded::Group { group, value })
         }
+        KEY_CONSUMER_GROUP
+        | KEY_CONSUMER_MEMBER
+        | KEY_CONSUMER_TARGET_EPOCH
+        | KEY_CONSUMER_TARGET_MEMBER
+        | KEY_CONSUMER_CURRENT => decode_consumer_record(key, value).map(Loaded::Consumer),
         other => Err(DecodeError::UnknownKeyVersion(other)),
     }
 }
@@ -284,6 +319,231 @@ fn decode_group_value(bytes: &[u8]) -> Result<GroupRecord, DecodeError> {
         leader,
         state_since_ms,
         members,
+    })
+}
+
+fn put_compact_nullable(out: &mut BytesMut, value: Option<&str>) {
+    match value {
+        Some(value) => wire::put_string(out, value, true),
+        None => wire::put_uvarint(out, 0),
+    }
+}
+
+fn put_topic_partitions(out: &mut BytesMut, assignment: &Assignment) {
+    wire::put_array_len(out, Some(assignment.len()), true);
+    for (topic, partitions) in assignment {
+        out.put_slice(topic);
+        wire::put_array_len(out, Some(partitions.len()), true);
+        for &partition in partitions {
+            out.put_i32(partition);
+        }
+        wire::put_empty_tags(out);
+    }
+}
+
+fn consumer_key(version: i16, group: &str, member: Option<&str>) -> Bytes {
+    let mut out = BytesMut::with_capacity(6 + group.len() + member.map_or(0, str::len));
+    out.put_i16(version);
+    put_string(&mut out, group);
+    if let Some(member) = member {
+        put_string(&mut out, member);
+    }
+    out.freeze()
+}
+
+fn consumer_value(fill: impl FnOnce(&mut BytesMut)) -> Bytes {
+    let mut out = BytesMut::with_capacity(64);
+    out.put_i16(VALUE_CONSUMER_VERSION);
+    fill(&mut out);
+    out.freeze()
+}
+
+/// The key and value (None: tombstone) of one consumer group record.
+pub fn consumer_record(record: &ConsumerRecord) -> (Bytes, Option<Bytes>) {
+    match record {
+        ConsumerRecord::GroupEpoch { group, value } => (
+            consumer_key(KEY_CONSUMER_GROUP, group, None),
+            value.map(|(epoch, hash)| {
+                consumer_value(|out| {
+                    out.put_i32(epoch);
+                    wire::put_uvarint(out, 1);
+                    wire::put_uvarint(out, TAG_METADATA_HASH);
+                    wire::put_uvarint(out, 8);
+                    out.put_u64(hash);
+                })
+            }),
+        ),
+        ConsumerRecord::Member {
+            group,
+            member,
+            value,
+        } => (
+            consumer_key(KEY_CONSUMER_MEMBER, group, Some(member)),
+            value.as_ref().map(|meta| {
+                consumer_value(|out| {
+                    put_compact_nullable(out, meta.instance_id.as_deref());
+                    put_compact_nullable(out, meta.rack_id.as_deref());
+                    wire::put_string(out, &meta.client_id, true);
+                    wire::put_string(out, &meta.client_host, true);
+                    wire::put_array_len(out, Some(meta.subscribed_names.len()), true);
+                    for name in &meta.subscribed_names {
+                        wire::put_string(out, name, true);
+                    }
+                    put_compact_nullable(out, meta.subscribed_regex.as_deref());
+                    out.put_i32(meta.rebalance_timeout_ms);
+                    put_compact_nullable(out, meta.server_assignor.as_deref());
+                    wire::put_empty_tags(out);
+                })
+            }),
+        ),
+        ConsumerRecord::TargetEpoch { group, value } => (
+            consumer_key(KEY_CONSUMER_TARGET_EPOCH, group, None),
+            value.map(|epoch| {
+                consumer_value(|out| {
+                    out.put_i32(epoch);
+                    wire::put_empty_tags(out);
+                })
+            }),
+        ),
+        ConsumerRecord::TargetMember {
+            group,
+            member,
+            value,
+        } => (
+            consumer_key(KEY_CONSUMER_TARGET_MEMBER, group, Some(member)),
+            value.as_ref().map(|assignment| {
+                consumer_value(|out| {
+                    put_topic_partitions(out, assignment);
+                    wire::put_empty_tags(out);
+                })
+            }),
+        ),
+        ConsumerRecord::Current {
+            group,
+            member,
+            value,
+        } => (
+            consumer_key(KEY_CONSUMER_CURRENT, group, Some(member)),
+            value.as_ref().map(|current| {
+                consumer_value(|out| {
+                    out.put_i32(current.epoch);
+                    out.put_i32(current.previous_epoch);
+                    out.put_i8(current.state.byte());
+                    put_topic_partitions(out, &current.assigned);
+                    put_topic_partitions(out, &current.revoking);
+                    wire::put_empty_tags(out);
+                })
+            }),
+        ),
+    }
+}
+
+fn read_topic_partitions(reader: &mut Reader<'_>) -> Result<Assignment, DecodeError> {
+    // A topic entry is at least its id, an empty array and an empty tag section: 18 bytes.
+    let topics = reader.array_len(true, 18)?.unwrap_or(0);
+    let mut out = Assignment::new();
+    for _ in 0..topics {
+        let topic = reader.uuid()?;
+        let count = reader.array_len(true, 4)?.unwrap_or(0);
+        let partitions = out.entry(topic).or_default();
+        for _ in 0..count {
+            partitions.insert(reader.i32()?);
+        }
+        reader.skip_tagged_fields()?;
+    }
+    Ok(out)
+}
+
+fn compact_string(reader: &mut Reader<'_>) -> Result<String, DecodeError> {
+    Ok(reader.string(true)?.to_owned())
+}
+
+fn compact_nullable(reader: &mut Reader<'_>) -> Result<Option<String>, DecodeError> {
+    Ok(reader.nullable_string(true)?.map(str::to_owned))
+}
+
+fn decode_consumer_record(key: &[u8], value: Option<&[u8]>) -> Result<ConsumerRecord, DecodeError> {
+    let mut keys = Reader::new(key);
+    let version = keys.i16()?;
+    let group = string(&mut keys)?;
+    let member = match version {
+        KEY_CONSUMER_GROUP | KEY_CONSUMER_TARGET_EPOCH => String::new(),
+        _ => string(&mut keys)?,
+    };
+    let mut reader = value.map(Reader::new);
+    if let Some(reader) = reader.as_mut() {
+        let value_version = reader.i16()?;
+        if value_version != VALUE_CONSUMER_VERSION {
+            return Err(DecodeError::UnknownValueVersion(value_version));
+        }
+    }
+    Ok(match version {
+        KEY_CONSUMER_GROUP => ConsumerRecord::GroupEpoch {
+            group,
+            value: match reader.as_mut() {
+                None => None,
+                Some(reader) => {
+                    let epoch = reader.i32()?;
+                    let mut hash = 0;
+                    for _ in 0..reader.uvarint()? {
+                        let tag = reader.uvarint()?;
+                        let size = reader.uvarint()? as usize;
+                        let field = reader.take(size)?;
+                        if tag == TAG_METADATA_HASH && size == 8 {
+                            hash = Reader::new(field).i64()? as u64;
+                        }
+                    }
+                    Some((epoch, hash))
+                }
+            },
+        },
+        KEY_CONSUMER_MEMBER => ConsumerRecord::Member {
+            group,
+            member,
+            value: match reader.as_mut() {
+                None => None,
+                Some(reader) => Some(MemberMetadata {
+                    instance_id: compact_nullable(reader)?,
+                    rack_id: compact_nullable(reader)?,
+                    client_id: compact_string(reader)?,
+                    client_host: compact_string(reader)?,
+                    subscribed_names: {
+                        let count = reader.array_len(true, 1)?.unwrap_or(0);
+                        let mut names = Vec::with_capacity(count);
+                        for _ in 0..count {
+                            names.push(compact_string(reader)?);
+                        }
+                        names
+                    },
+                    subscribed_regex: compact_nullable(reader)?,
+                    rebalance_timeout_ms: reader.i32()?,
+                    server_assignor: compact_nullable(reader)?,
+                }),
+            },
+        },
+        KEY_CONSUMER_TARGET_EPOCH => ConsumerRecord::TargetEpoch {
+            group,
+            value: reader.as_mut().map(|r| r.i32()).transpose()?,
+        },
+        KEY_CONSUMER_TARGET_MEMBER => ConsumerRecord::TargetMember {
+            group,
+            member,
+            value: reader.as_mut().map(read_topic_partitions).transpose()?,
+        },
+        _ => ConsumerRecord::Current {
+            group,
+            member,
+            value: match reader.as_mut() {
+                None => None,
+                Some(reader) => Some(CurrentAssignment {
+                    epoch: reader.i32()?,
+                    previous_epoch: reader.i32()?,
+                    state: MemberState::from_byte(reader.i8()?),
+                    assigned: read_topic_partitions(reader)?,
+                    revoking: read_topic_partitions(reader)?,
+                }),
+            },
+        },
     })
 }
 

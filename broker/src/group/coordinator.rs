@@ -16,7 +16,10 @@ use bytes::Bytes;
 use tern_protocol::error_code::{self, ErrorCode};
 use tern_protocol::types::{Offset, TimestampMs};
 
+use tern_replication::metadata::MetadataImage;
+
 use super::codec::{self, Loaded, OFFSETS_TOPIC};
+use super::consumer::{Catalog, HeartbeatInput, HeartbeatOutput, Refusal, TopicId};
 use super::registry::RouteError;
 use super::state::{
     Effects, Group, Groups, JoinInput, JoinResult, OffsetToCommit, Persist, Reply, SyncInput,
@@ -126,6 +129,7 @@ async fn load_partition(shard: &Rc<Shard>, partition: i32) {
                             });
                             groups.load_group(&group, restored);
                         }
+                        Ok(Loaded::Consumer(record)) => groups.consumer.replay(record),
                         Err(error) => {
                             tracing::warn!(partition, %error, "skipping undecodable __consumer_offsets record")
                         }
@@ -138,7 +142,7 @@ async fn load_partition(shard: &Rc<Shard>, partition: i32) {
             next = slice.next_offset;
         }
     }
-    shard.groups.groups.borrow_mut().finish_load();
+    shard.groups.groups.borrow_mut().finish_load(shard.now_ms());
     shard.groups.loading.borrow_mut().remove(&partition);
     shard.groups.loaded.borrow_mut().insert(partition);
     tracing::info!(
@@ -189,14 +193,19 @@ pub fn start(shard: Rc<Shard>) -> glommio::Task<()> {
             }
             if !out.persist.is_empty() || !out.replies.is_empty() {
                 let shard = shard.clone();
-                glommio::spawn_local(async move { apply(&shard, out).await }).detach();
+                glommio::spawn_local(async move {
+                    let _ = apply(&shard, out).await;
+                })
+                .detach();
             }
         }
     })
 }
 
 /// Performs `effects`: appends what must be persisted, then answers the waiting requests.
-async fn apply(shard: &Rc<Shard>, effects: Effects) {
+/// Returns the error of an append that failed (logged; the waiting requests are answered
+/// regardless, as their answers were decided before the write).
+async fn apply(shard: &Rc<Shard>, effects: Effects) -> Result<(), ErrorCode> {
     let now = shard.now_ms();
     // Build every record now (a snapshot of the state these effects describe), grouped by
     // partition, before the first await lets other requests change the groups.
@@ -220,15 +229,18 @@ async fn apply(shard: &Rc<Shard>, effects: Effects) {
                         .map(|(topic, partition)| (codec::offset_key(id, topic, *partition), None))
                         .collect(),
                 ),
+                Persist::Consumer(record) => (record.group(), vec![codec::consumer_record(record)]),
             };
             if let Ok((partition, _)) = route(shard, group_id) {
                 by_partition.entry(partition).or_default().extend(records);
             }
         }
     }
+    let mut persisted = Ok(());
     for (partition, records) in by_partition {
         if let Err(code) = append(shard, partition, records, now).await {
             tracing::error!(partition, code, "cannot persist group metadata");
+            persisted = Err(code);
         }
     }
     for (group, elapsed_ms) in &effects.rebalances_completed {
@@ -240,6 +252,7 @@ async fn apply(shard: &Rc<Shard>, effects: Effects) {
             let _ = waiter.send(reply);
         }
     }
+    persisted
 }
 
 async fn append(
@@ -278,7 +291,7 @@ pub async fn join(shard: &Rc<Shard>, group_id: &str, input: JoinInput) -> JoinRe
         .groups
         .borrow_mut()
         .join(group_id, input, token, shard.now_ms(), &mut out);
-    apply(shard, out).await;
+    let _ = apply(shard, out).await;
     match rx.await {
         Ok(Reply::Join(result)) => result,
         _ => JoinResult {
@@ -298,7 +311,7 @@ pub async fn sync(shard: &Rc<Shard>, group_id: &str, input: SyncInput) -> SyncRe
         .groups
         .borrow_mut()
         .sync(group_id, input, token, shard.now_ms(), &mut out);
-    apply(shard, out).await;
+    let _ = apply(shard, out).await;
     match rx.await {
         Ok(Reply::Sync(result)) => result,
         _ => SyncResult {
@@ -336,7 +349,7 @@ pub async fn leave(
             .groups
             .borrow_mut()
             .leave(group_id, &members, shard.now_ms(), &mut out);
-    apply(shard, out).await;
+    let _ = apply(shard, out).await;
     errors
 }
 
@@ -348,6 +361,7 @@ pub async fn commit(
     member_id: &str,
     instance_id: Option<&str>,
     generation: i32,
+    version: i16,
     offsets: Vec<OffsetToCommit>,
 ) -> Result<Vec<ErrorCode>, ErrorCode> {
     let now = shard.now_ms();
@@ -356,6 +370,7 @@ pub async fn commit(
         member_id,
         instance_id,
         generation,
+        version,
         now,
     )?;
     if offsets.is_empty() {
@@ -385,7 +400,7 @@ pub async fn delete_groups(shard: &Rc<Shard>, group_ids: Vec<String>) -> Vec<Err
         .iter()
         .map(|id| shard.groups.groups.borrow_mut().delete(id, &mut out))
         .collect();
-    apply(shard, out).await;
+    let _ = apply(shard, out).await;
     errors
 }
 
@@ -400,10 +415,72 @@ pub async fn delete_offsets(
         .groups
         .borrow_mut()
         .delete_offsets(group_id, &partitions, &mut out);
-    apply(shard, out).await;
+    let _ = apply(shard, out).await;
     result
 }
 
 pub fn groups_of(shard: &Rc<Shard>) -> std::cell::Ref<'_, Groups> {
     shard.groups.groups.borrow()
+}
+
+/// The metadata image as the consumer group state machine sees it.
+pub struct ImageCatalog<'a>(pub &'a MetadataImage);
+
+impl Catalog for ImageCatalog<'_> {
+    fn lookup(&self, name: &str) -> Option<(TopicId, i32)> {
+        self.0
+            .topic(name)
+            .map(|t| (t.id, t.partitions.len() as i32))
+    }
+
+    fn name_of(&self, id: &TopicId) -> Option<String> {
+        self.0
+            .topics
+            .values()
+            .find(|t| t.id == *id)
+            .map(|t| t.name.clone())
+    }
+
+    fn for_each_public(&self, visit: &mut dyn FnMut(&str, TopicId, i32)) {
+        for topic in self.0.topics.values().filter(|t| !t.internal) {
+            visit(&topic.name, topic.id, topic.partitions.len() as i32);
+        }
+    }
+}
+
+/// One ConsumerGroupHeartbeat on the group's coordinator shard: decided by the state
+/// machine, persisted, then answered (an answer never runs ahead of its records).
+pub async fn consumer_heartbeat(
+    shard: &Rc<Shard>,
+    group_id: &str,
+    input: HeartbeatInput,
+) -> Result<HeartbeatOutput, Refusal> {
+    let now = shard.now_ms();
+    let image = shard.image();
+    let mut records = Vec::new();
+    let decided = {
+        let mut groups = shard.groups.groups.borrow_mut();
+        if groups.classic_in_use(group_id) {
+            return Err(Refusal {
+                code: error_code::GROUP_ID_NOT_FOUND,
+                message: format!("Group {group_id} is not a consumer group."),
+            });
+        }
+        groups
+            .consumer
+            .heartbeat(group_id, input, now, &ImageCatalog(&image), &mut records)
+    };
+    let effects = Effects {
+        persist: records.into_iter().map(Persist::Consumer).collect(),
+        ..Effects::default()
+    };
+    apply(shard, effects).await.map_err(|code| Refusal {
+        code: if code == error_code::NOT_LEADER_OR_FOLLOWER {
+            error_code::NOT_COORDINATOR
+        } else {
+            code
+        },
+        message: "the group's state could not be written to __consumer_offsets".to_owned(),
+    })?;
+    decided
 }

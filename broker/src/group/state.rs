@@ -18,6 +18,7 @@ use std::collections::{BTreeMap, HashMap};
 use bytes::Bytes;
 use tern_protocol::error_code::{self, ErrorCode};
 
+use super::consumer::{ConsumerConfig, ConsumerGroups, ConsumerRecord};
 use crate::limits;
 
 /// Identifies one waiting JoinGroup or SyncGroup request in the glue.
@@ -57,6 +58,8 @@ pub struct GroupConfig {
     pub initial_rebalance_delay_ms: i64,
     /// Kafka's `offsets.retention.minutes`, in milliseconds.
     pub offsets_retention_ms: i64,
+    /// KIP-848 groups (`group.consumer.*`).
+    pub consumer: ConsumerConfig,
 }
 
 impl Default for GroupConfig {
@@ -64,6 +67,7 @@ impl Default for GroupConfig {
         GroupConfig {
             initial_rebalance_delay_ms: 3_000,
             offsets_retention_ms: 7 * 24 * 3600 * 1000,
+            consumer: ConsumerConfig::default(),
         }
     }
 }
@@ -161,6 +165,8 @@ pub enum Persist {
     GroupTombstone(String),
     /// Offset tombstones (expired or deleted offsets).
     OffsetTombstones(String, Vec<(String, i32)>),
+    /// A record of a KIP-848 group.
+    Consumer(ConsumerRecord),
 }
 
 /// Side effects of one call, for the glue: persist first, then deliver the replies.
@@ -1069,10 +1075,16 @@ pub struct OffsetToCommit {
 }
 
 /// The groups one shard coordinates.
+///
+/// A group id's committed offsets live in its classic `Group` entry whichever protocol its
+/// members speak (as Kafka keeps offsets apart from membership); a group whose members speak
+/// KIP-848 also has an entry in `consumer`, and its classic side then stays Empty. The two
+/// kinds refuse each other's members while they have any, as Kafka does.
 #[derive(Debug)]
 pub struct Groups {
     pub config: GroupConfig,
     groups: HashMap<String, Group>,
+    pub consumer: ConsumerGroups,
 }
 
 /// Why a group could not be created.
@@ -1082,9 +1094,17 @@ pub struct TooManyGroups;
 impl Groups {
     pub fn new(config: GroupConfig) -> Groups {
         Groups {
+            consumer: ConsumerGroups::new(config.consumer.clone()),
             config,
             groups: HashMap::new(),
         }
+    }
+
+    /// Whether a KIP-848 heartbeat may use this id: not while classic members hold it.
+    pub fn classic_in_use(&self, id: &str) -> bool {
+        self.groups
+            .get(id)
+            .is_some_and(|g| !g.is_empty_of_members() || g.state != GroupState::Empty)
     }
 
     pub fn get(&self, id: &str) -> Option<&Group> {
@@ -1157,6 +1177,7 @@ impl Groups {
     /// are answered NOT_COORDINATOR, so that their clients find the new coordinator. Returns
     /// how many groups went.
     pub fn unload(&mut self, belongs: impl Fn(&str) -> bool, out: &mut Effects) -> usize {
+        self.consumer.unload(&belongs);
         let gone: Vec<String> = self
             .groups
             .keys()
@@ -1185,8 +1206,10 @@ impl Groups {
         gone.len()
     }
 
-    /// Drops groups left with neither members nor offsets after loading.
-    pub fn finish_load(&mut self) {
+    /// Drops groups left with neither members nor offsets after loading, and starts the
+    /// sessions of consumer group members.
+    pub fn finish_load(&mut self, now_ms: i64) {
+        self.consumer.finish_load(now_ms);
         self.groups.retain(|_, g| {
             !(g.state == GroupState::Empty
                 && g.members.is_empty()
@@ -1214,6 +1237,22 @@ impl Groups {
         now_ms: i64,
         out: &mut Effects,
     ) {
+        if self.consumer.has_members(group_id) {
+            out.reply(
+                token,
+                Reply::Join(JoinResult::error(
+                    error_code::INCONSISTENT_GROUP_PROTOCOL,
+                    &input.member_id,
+                )),
+            );
+            return;
+        }
+        // An empty consumer group becomes a classic one (Kafka converts it the same way).
+        let mut records = Vec::new();
+        if let Ok(true) = self.consumer.delete(group_id, &mut records) {
+            out.persist
+                .extend(records.into_iter().map(Persist::Consumer));
+        }
         if !self.groups.contains_key(group_id) && !input.member_id.is_empty() {
             out.reply(
                 token,
@@ -1295,8 +1334,16 @@ impl Groups {
         member_id: &str,
         instance_id: Option<&str>,
         generation: i32,
+        version: i16,
         now_ms: i64,
     ) -> Result<(), ErrorCode> {
+        if self.consumer.get(group_id).is_some() {
+            self.consumer
+                .validate_commit(group_id, member_id, generation, version)?;
+            self.get_or_create(group_id, now_ms)
+                .map_err(|TooManyGroups| error_code::COORDINATOR_NOT_AVAILABLE)?;
+            return Ok(());
+        }
         if !self.groups.contains_key(group_id) {
             if generation >= 0 {
                 // Either a member of a generation this coordinator never saw, or one that is
@@ -1369,6 +1416,18 @@ impl Groups {
 
     /// DeleteGroups for one group.
     pub fn delete(&mut self, group_id: &str, out: &mut Effects) -> ErrorCode {
+        let mut records = Vec::new();
+        match self.consumer.delete(group_id, &mut records) {
+            Err(code) => return code,
+            Ok(true) => {
+                out.persist
+                    .extend(records.into_iter().map(Persist::Consumer));
+                if !self.groups.contains_key(group_id) {
+                    return error_code::NONE;
+                }
+            }
+            Ok(false) => {}
+        }
         let Some(group) = self.groups.get(group_id) else {
             return error_code::GROUP_ID_NOT_FOUND;
         };
@@ -1396,9 +1455,33 @@ impl Groups {
         partitions: &[(String, i32)],
         out: &mut Effects,
     ) -> Result<Vec<ErrorCode>, ErrorCode> {
+        let consumer = self
+            .consumer
+            .get(group_id)
+            .filter(|g| !g.members.is_empty());
         let Some(group) = self.groups.get_mut(group_id) else {
             return Err(error_code::GROUP_ID_NOT_FOUND);
         };
+        if let Some(consumer) = consumer {
+            let mut removed = Vec::new();
+            let errors = partitions
+                .iter()
+                .map(|(topic, partition)| {
+                    if consumer.subscribes_to(topic) {
+                        return error_code::GROUP_SUBSCRIBED_TO_TOPIC;
+                    }
+                    if group.offsets.remove(&(topic.clone(), *partition)).is_some() {
+                        removed.push((topic.clone(), *partition));
+                    }
+                    error_code::NONE
+                })
+                .collect();
+            if !removed.is_empty() {
+                out.persist
+                    .push(Persist::OffsetTombstones(group_id.to_owned(), removed));
+            }
+            return Ok(errors);
+        }
         let subscribed = match group.state {
             GroupState::Dead => return Err(error_code::GROUP_ID_NOT_FOUND),
             GroupState::Empty => Some(Vec::new()),
@@ -1430,6 +1513,10 @@ impl Groups {
 
     /// Session, pending-member and join deadlines.
     pub fn tick(&mut self, now_ms: i64, out: &mut Effects) {
+        let mut records = Vec::new();
+        self.consumer.tick(now_ms, &mut records);
+        out.persist
+            .extend(records.into_iter().map(Persist::Consumer));
         for group in self.groups.values_mut() {
             if !group.members.is_empty()
                 || !group.pending_members.is_empty()
@@ -1445,7 +1532,23 @@ impl Groups {
         let retention_ms = self.config.offsets_retention_ms;
         let mut gone = Vec::new();
         for group in self.groups.values_mut() {
-            let expired = group.expired_offsets(now_ms, retention_ms);
+            let expired = match self
+                .consumer
+                .get(&group.id)
+                .filter(|g| !g.members.is_empty())
+            {
+                // A consumer group's members keep the offsets of the topics they subscribe to.
+                Some(consumer) => group
+                    .offsets
+                    .iter()
+                    .filter(|(key, committed)| {
+                        !consumer.subscribes_to(&key.0)
+                            && now_ms - committed.commit_timestamp_ms >= retention_ms
+                    })
+                    .map(|(key, _)| key.clone())
+                    .collect(),
+                None => group.expired_offsets(now_ms, retention_ms),
+            };
             for key in &expired {
                 group.offsets.remove(key);
             }
@@ -1457,6 +1560,7 @@ impl Groups {
             if group.state == GroupState::Empty
                 && group.offsets.is_empty()
                 && group.pending_members.is_empty()
+                && self.consumer.get(&group.id).is_none()
             {
                 gone.push(group.id.clone());
             }

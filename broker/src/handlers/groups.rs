@@ -72,12 +72,12 @@ pub fn offsets_topic_command(
     }
 }
 
-fn valid_group_id(id: &str) -> bool {
+pub(super) fn valid_group_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= limits::GROUP_ID_BYTES_MAX
 }
 
 /// Runs `work` on the coordinator shard of `group_id`, once its partition is loaded.
-async fn on_coordinator<R, F, Fut>(
+pub(super) async fn on_coordinator<R, F, Fut>(
     shard: &Rc<Shard>,
     group_id: &str,
     work: F,
@@ -461,6 +461,7 @@ pub async fn offset_commit(ctx: &Ctx<'_>, request: OffsetCommitRequest) -> Outco
         let member_id = request.member_id.to_string();
         let instance_id = request.group_instance_id.as_ref().map(|i| i.to_string());
         let generation = request.generation_id_or_member_epoch;
+        let version = ctx.version;
         on_coordinator(ctx.shard, &group_id, move |shard| async move {
             coordinator::commit(
                 &shard,
@@ -468,6 +469,7 @@ pub async fn offset_commit(ctx: &Ctx<'_>, request: OffsetCommitRequest) -> Outco
                 &member_id,
                 instance_id.as_deref(),
                 generation,
+                version,
                 offsets,
             )
             .await
@@ -507,8 +509,14 @@ pub async fn offset_commit(ctx: &Ctx<'_>, request: OffsetCommitRequest) -> Outco
     ctx.respond(&response)
 }
 
-/// One group's part of an OffsetFetch: `None` topics means every committed offset.
-type FetchQuery = (String, Option<Vec<(String, Vec<i32>)>>);
+/// One group's part of an OffsetFetch: the group, the member asking (v9+: id and epoch,
+/// checked against a consumer group's member), and the topics (`None`: every committed
+/// offset).
+type FetchQuery = (
+    String,
+    Option<(String, i32)>,
+    Option<Vec<(String, Vec<i32>)>>,
+);
 /// (topic, partition, offset, leader epoch, metadata) per answered partition.
 type FetchAnswer = Result<Vec<(String, i32, i64, i32, String)>, ErrorCode>;
 
@@ -532,8 +540,8 @@ async fn fetch_offsets(shard: &Rc<Shard>, queries: Vec<FetchQuery>) -> Vec<Fetch
     }
     let answered = scatter(shard, routed, |shard, items: Vec<FetchQuery>| async move {
         let mut out = Vec::with_capacity(items.len());
-        for (group_id, topics) in items {
-            out.push(committed_offsets(&shard, &group_id, topics).await);
+        for (group_id, member, topics) in items {
+            out.push(committed_offsets(&shard, &group_id, member, topics).await);
         }
         out
     })
@@ -548,12 +556,18 @@ async fn fetch_offsets(shard: &Rc<Shard>, queries: Vec<FetchQuery>) -> Vec<Fetch
 async fn committed_offsets(
     shard: &Rc<Shard>,
     group_id: &str,
+    member: Option<(String, i32)>,
     topics: Option<Vec<(String, Vec<i32>)>>,
 ) -> FetchAnswer {
     coordinator::ready(shard, group_id)
         .await
         .map_err(|error| error.code())?;
     let groups = coordinator::groups_of(shard);
+    if let Some((member_id, epoch)) = member {
+        groups
+            .consumer
+            .validate_fetch(group_id, &member_id, epoch)?;
+    }
     Ok(match topics {
         None => groups
             .all_committed(group_id)
@@ -610,7 +624,11 @@ pub async fn offset_fetch(ctx: &Ctx<'_>, request: OffsetFetchRequest) -> Outcome
                         .map(|t| (t.name.0.to_string(), t.partition_indexes.clone()))
                         .collect()
                 });
-                (g.group_id.0.to_string(), topics)
+                let member = g
+                    .member_id
+                    .as_ref()
+                    .map(|id| (id.to_string(), g.member_epoch));
+                (g.group_id.0.to_string(), member, topics)
             })
             .collect();
         let answers = fetch_offsets(ctx.shard, queries).await;
@@ -654,8 +672,11 @@ pub async fn offset_fetch(ctx: &Ctx<'_>, request: OffsetFetchRequest) -> Outcome
                 .map(|t| (t.name.0.to_string(), t.partition_indexes.clone()))
                 .collect()
         });
-        let mut answers =
-            fetch_offsets(ctx.shard, vec![(request.group_id.0.to_string(), topics)]).await;
+        let mut answers = fetch_offsets(
+            ctx.shard,
+            vec![(request.group_id.0.to_string(), None, topics)],
+        )
+        .await;
         match answers
             .pop()
             .unwrap_or(Err(error_code::UNKNOWN_SERVER_ERROR))
@@ -716,7 +737,7 @@ pub async fn offset_fetch(ctx: &Ctx<'_>, request: OffsetFetchRequest) -> Outcome
 
 /// Runs `work` once per coordinator shard with the group ids it owns; returns one answer per
 /// id, in order. Ids that cannot be routed get `unroutable(error)`.
-async fn per_group<T, F, Fut>(
+pub(super) async fn per_group<T, F, Fut>(
     shard: &Rc<Shard>,
     ids: Vec<String>,
     unroutable: fn(ErrorCode) -> T,
@@ -785,6 +806,15 @@ fn describe_one(shard: &Rc<Shard>, id: &str, version: i16) -> DescribedGroup {
     let mut out = DescribedGroup::default();
     out.group_id = GroupId(str_bytes(id));
     out.authorized_operations = i32::MIN;
+    if groups.consumer.get(id).is_some() {
+        // As Kafka 4: DescribeGroups describes classic groups; ConsumerGroupDescribe the rest.
+        out.error_code = error_code::GROUP_ID_NOT_FOUND;
+        if version >= 6 {
+            out.error_message = Some(str_bytes(&format!("Group {id} is not a classic group.")));
+        }
+        out.group_state = str_bytes(GroupState::Dead.name());
+        return out;
+    }
     let Some(group) = groups.get(id) else {
         out.group_state = str_bytes(GroupState::Dead.name());
         return out;
@@ -856,15 +886,30 @@ pub async fn list_groups(ctx: &Ctx<'_>, request: ListGroupsRequest) -> Outcome {
     let listed = broadcast(ctx.shard, move |shard| {
         let wanted = wanted.clone();
         async move {
-            coordinator::groups_of(&shard)
+            let groups = coordinator::groups_of(&shard);
+            let consumer = groups.consumer.iter().map(|g| {
+                (
+                    g.id.clone(),
+                    "consumer".to_owned(),
+                    g.state_name(),
+                    "consumer",
+                )
+            });
+            let classic = groups
                 .iter()
-                .filter(|g| wanted.is_empty() || wanted.contains(&g.state.name().to_lowercase()))
+                .filter(|g| groups.consumer.get(&g.id).is_none())
                 .map(|g| {
                     (
                         g.id.clone(),
                         g.protocol_type.clone().unwrap_or_default(),
                         g.state.name(),
+                        "classic",
                     )
+                });
+            classic
+                .chain(consumer)
+                .filter(|(_, _, state, _)| {
+                    wanted.is_empty() || wanted.contains(&state.to_lowercase())
                 })
                 .collect::<Vec<_>>()
         }
@@ -873,18 +918,16 @@ pub async fn list_groups(ctx: &Ctx<'_>, request: ListGroupsRequest) -> Outcome {
     let mut response = ListGroupsResponse::default();
     for listed in listed {
         match listed {
-            Ok(groups) => {
-                response
-                    .groups
-                    .extend(groups.into_iter().map(|(id, protocol_type, state)| {
-                        let mut out = ListedGroup::default();
-                        out.group_id = GroupId(str_bytes(&id));
-                        out.protocol_type = str_bytes(&protocol_type);
-                        out.group_state = str_bytes(state);
-                        out.group_type = str_bytes("classic");
-                        out
-                    }))
-            }
+            Ok(groups) => response.groups.extend(groups.into_iter().map(
+                |(id, protocol_type, state, kind)| {
+                    let mut out = ListedGroup::default();
+                    out.group_id = GroupId(str_bytes(&id));
+                    out.protocol_type = str_bytes(&protocol_type);
+                    out.group_state = str_bytes(state);
+                    out.group_type = str_bytes(kind);
+                    out
+                },
+            )),
             Err(_) => response.error_code = error_code::COORDINATOR_NOT_AVAILABLE,
         }
     }

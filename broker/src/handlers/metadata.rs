@@ -16,10 +16,21 @@ use crate::outcome::Outcome;
 
 pub async fn handle(ctx: &Ctx<'_>, request: MetadataRequest) -> Outcome {
     let shard = ctx.shard;
+    // Topics asked for by name, and (v10+, as KIP-848 consumers do for their assignments) by
+    // id alone.
+    let mut by_id: Vec<uuid::Uuid> = Vec::new();
     let requested: Option<Vec<String>> = request.topics.map(|topics| {
         topics
             .into_iter()
-            .filter_map(|topic| topic.name.map(|name| name.0.to_string()))
+            .filter_map(|topic| match topic.name {
+                Some(name) => Some(name.0.to_string()),
+                None => {
+                    if !topic.topic_id.is_nil() {
+                        by_id.push(topic.topic_id);
+                    }
+                    None
+                }
+            })
             .collect()
     });
 
@@ -87,8 +98,22 @@ pub async fn handle(ctx: &Ctx<'_>, request: MetadataRequest) -> Outcome {
             .collect();
         topic
     };
+    let named = |id: &uuid::Uuid| image.topics.values().find(|t| topic_id(t) == *id);
+    let mut by_id_answers: Vec<MetadataResponseTopic> = by_id
+        .iter()
+        .map(|id| match named(id) {
+            Some(meta) => describe(meta),
+            None => {
+                let mut topic = MetadataResponseTopic::default();
+                topic.topic_id = *id;
+                topic.error_code = error_code::UNKNOWN_TOPIC_ID;
+                topic
+            }
+        })
+        .collect();
     response.topics = match requested {
-        None => image.topics.values().map(describe).collect(),
+        None if by_id_answers.is_empty() => image.topics.values().map(describe).collect(),
+        None => Vec::new(),
         Some(names) => names
             .iter()
             .map(|name| match image.topic(name) {
@@ -106,5 +131,6 @@ pub async fn handle(ctx: &Ctx<'_>, request: MetadataRequest) -> Outcome {
             })
             .collect(),
     };
+    response.topics.append(&mut by_id_answers);
     ctx.respond(&response)
 }

@@ -8,6 +8,7 @@
 
 mod admin;
 mod api_versions;
+mod consumer_groups;
 mod fetch;
 mod groups;
 pub use groups::offsets_topic_command;
@@ -173,6 +174,12 @@ pub async fn handle<Held>(
         api::LIST_GROUPS => groups::list_groups(&ctx, decode!(ListGroupsRequest)).await,
         api::DELETE_GROUPS => groups::delete_groups(&ctx, decode!(DeleteGroupsRequest)).await,
         api::OFFSET_DELETE => groups::offset_delete(&ctx, decode!(OffsetDeleteRequest)).await,
+        api::CONSUMER_GROUP_HEARTBEAT => {
+            consumer_groups::heartbeat(&ctx, decode!(ConsumerGroupHeartbeatRequest)).await
+        }
+        api::CONSUMER_GROUP_DESCRIBE => {
+            consumer_groups::describe(&ctx, decode!(ConsumerGroupDescribeRequest)).await
+        }
         other => Outcome::Close(
             Malformed::Header,
             format!("api key {other} is advertised but has no handler"),
