@@ -102,9 +102,10 @@ fn range(
 /// 1. Each member keeps the partitions of its previous target that still exist and that it
 ///    still subscribes to.
 /// 2. Every other partition goes to its least-loaded subscriber (ties to the lowest id).
-/// 3. While some member holds two more than another that subscribes to one of its topics,
-///    one such partition moves (the highest partition of the first such topic, so that
-///    moves are deterministic). Each move lowers the sum of squared loads, so this ends.
+/// 3. While some member holds two more than another it can reach through a chain of
+///    members subscribed to each other's topics, one partition moves along each hop of the
+///    shortest such chain (the highest partition of the first shared topic, so that moves
+///    are deterministic). Each chain lowers the sum of squared loads, so this ends.
 fn uniform(
     members: &[Subscriber<'_>],
     topics: &BTreeMap<TopicId, i32>,
@@ -156,41 +157,73 @@ fn uniform(
         }
     }
 
-    // 3. Balance.
+    // 3. Balance, along chains: a partition moves from X to Y when Y subscribes to its
+    //    topic; a path from an overloaded member to one two or more below it moves one
+    //    partition per hop, so only its ends change load.
     let bound: usize = topics.values().map(|&c| c.max(0) as usize).sum::<usize>() + 1;
+    let n = sorted.len();
+    // The first topic X holds that Y subscribes to.
+    let shared = |held: &[Assignment], x: usize, y: usize| -> Option<TopicId> {
+        held[x]
+            .iter()
+            .find(|(topic, partitions)| !partitions.is_empty() && sorted[y].topics.contains(*topic))
+            .map(|(topic, _)| *topic)
+    };
     for _ in 0..bound {
-        let mut moved = false;
-        let mut by_load: Vec<usize> = (0..sorted.len()).collect();
+        let mut by_load: Vec<usize> = (0..n).collect();
         by_load.sort_unstable_by_key(|&i| (std::cmp::Reverse(load[i]), i));
-        'search: for &from in &by_load {
-            let mut receivers: Vec<usize> = (0..sorted.len())
-                .filter(|&to| load[to] + 1 < load[from])
-                .collect();
-            receivers.sort_unstable_by_key(|&i| (load[i], i));
-            for to in receivers {
-                let movable = held[from]
-                    .iter()
-                    .find(|(topic, partitions)| {
-                        !partitions.is_empty() && sorted[to].topics.contains(*topic)
-                    })
-                    .map(|(topic, partitions)| (*topic, partitions.iter().next_back().copied()));
-                if let Some((topic, Some(partition))) = movable {
-                    if let Some(set) = held[from].get_mut(&topic) {
-                        set.remove(&partition);
-                        if set.is_empty() {
-                            held[from].remove(&topic);
-                        }
+        let mut path: Option<Vec<usize>> = None;
+        for &from in &by_load {
+            // Breadth-first, in member order, so the shortest (then first) path wins.
+            let mut parent: Vec<Option<usize>> = vec![None; n];
+            let mut visited = vec![false; n];
+            visited[from] = true;
+            let mut queue = std::collections::VecDeque::from([from]);
+            let mut end = None;
+            while let Some(x) = queue.pop_front() {
+                if x != from && load[x] + 1 < load[from] {
+                    end = Some(x);
+                    break;
+                }
+                for y in 0..n {
+                    if !visited[y] && shared(&held, x, y).is_some() {
+                        visited[y] = true;
+                        parent[y] = Some(x);
+                        queue.push_back(y);
                     }
-                    held[to].entry(topic).or_default().insert(partition);
-                    load[from] -= 1;
-                    load[to] += 1;
-                    moved = true;
-                    break 'search;
                 }
             }
+            if let Some(mut at) = end {
+                let mut hops = vec![at];
+                while let Some(p) = parent[at] {
+                    hops.push(p);
+                    at = p;
+                }
+                hops.reverse();
+                path = Some(hops);
+                break;
+            }
         }
-        if !moved {
+        let Some(path) = path else {
             break;
+        };
+        for hop in path.windows(2) {
+            let (x, y) = (hop[0], hop[1]);
+            let Some(topic) = shared(&held, x, y) else {
+                break;
+            };
+            let Some(partition) = held[x].get(&topic).and_then(|p| p.iter().next_back().copied()) else {
+                break;
+            };
+            if let Some(set) = held[x].get_mut(&topic) {
+                set.remove(&partition);
+                if set.is_empty() {
+                    held[x].remove(&topic);
+                }
+            }
+            held[y].entry(topic).or_default().insert(partition);
+            load[x] -= 1;
+            load[y] += 1;
         }
     }
 

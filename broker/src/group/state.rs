@@ -1583,6 +1583,7 @@ mod tests {
         Groups::new(GroupConfig {
             initial_rebalance_delay_ms: 0,
             offsets_retention_ms: 60_000,
+            consumer: ConsumerConfig::default(),
         })
     }
 
@@ -1722,7 +1723,7 @@ mod tests {
         ];
         for (group, member, generation, expected) in cases {
             let got = g
-                .validate_commit(group, member, None, generation, 100)
+                .validate_commit(group, member, None, generation, 8, 100)
                 .err()
                 .unwrap_or(error_code::NONE);
             assert_eq!(
@@ -1739,7 +1740,7 @@ mod tests {
             error_code::UNKNOWN_MEMBER_ID
         );
         // A standalone consumer may commit to a group nobody manages.
-        assert_eq!(g.validate_commit("solo", "", None, -1, 100), Ok(()));
+        assert_eq!(g.validate_commit("solo", "", None, -1, 8, 100), Ok(()));
     }
 
     #[test]
@@ -1847,7 +1848,7 @@ mod tests {
             error_code::FENCED_INSTANCE_ID
         );
         assert_eq!(
-            g.validate_commit("g", "a1", Some("inst-a"), 1, 1_002),
+            g.validate_commit("g", "a1", Some("inst-a"), 1, 8, 1_002),
             Err(error_code::FENCED_INSTANCE_ID)
         );
     }
@@ -1938,7 +1939,7 @@ mod tests {
     fn offsets_of_empty_group_expire_after_retention() {
         let mut g = groups();
         let mut out = Effects::default();
-        g.validate_commit("solo", "", None, -1, 0).unwrap();
+        g.validate_commit("solo", "", None, -1, 8, 0).unwrap();
         let offset = CommittedOffset {
             offset: 5,
             leader_epoch: -1,
