@@ -12,7 +12,6 @@ use groups_support::*;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
-use rdkafka::TopicPartitionList;
 
 /// Broker flags for these tests: members heartbeat every 300 ms (Kafka's default is 5 s,
 /// which would make each reconciliation step take seconds), sessions last 6 s.
@@ -166,5 +165,301 @@ fn two_then_three_members_split_partitions_with_no_gap_or_overlap() {
     assert!(
         seen.payloads.iter().all(|p| !p.is_empty()),
         "every member consumed"
+    );
+}
+
+/// One request over a fresh socket with the `kafka-protocol` codecs (request header v2 for
+/// flexible versions, v1 otherwise), returning the decoded response.
+fn call<Req, Resp>(broker: &Broker, api_key: i16, version: i16, request: &Req) -> Resp
+where
+    Req: kafka_protocol::protocol::Encodable,
+    Resp: kafka_protocol::protocol::Decodable,
+{
+    try_call(broker, api_key, version, request).expect("request answered")
+}
+
+/// `call`, or the I/O error (a broker still starting may close the connection).
+fn try_call<Req, Resp>(
+    broker: &Broker,
+    api_key: i16,
+    version: i16,
+    request: &Req,
+) -> std::io::Result<Resp>
+where
+    Req: kafka_protocol::protocol::Encodable,
+    Resp: kafka_protocol::protocol::Decodable,
+{
+    use kafka_protocol::messages::RequestHeader;
+    use kafka_protocol::protocol::{Encodable, StrBytes};
+    use std::io::{Read, Write};
+    let flexible = api_key == 68 || api_key == 69 || (api_key == 11 && version >= 6);
+    let mut header = RequestHeader::default();
+    header.request_api_key = api_key;
+    header.request_api_version = version;
+    header.correlation_id = 7;
+    header.client_id = Some(StrBytes::from_static_str("kip848-raw"));
+    let mut body = bytes::BytesMut::new();
+    header
+        .encode(&mut body, if flexible { 2 } else { 1 })
+        .expect("header");
+    request.encode(&mut body, version).expect("body");
+    let mut stream = std::net::TcpStream::connect(broker.addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    stream.write_all(&(body.len() as i32).to_be_bytes())?;
+    stream.write_all(&body)?;
+    let mut size = [0u8; 4];
+    stream.read_exact(&mut size)?;
+    let mut response = vec![0u8; i32::from_be_bytes(size) as usize];
+    stream.read_exact(&mut response)?;
+    let mut bytes = bytes::Bytes::from(response);
+    let _correlation = bytes::Buf::get_i32(&mut bytes);
+    if flexible {
+        let tags = bytes::Buf::get_u8(&mut bytes);
+        assert_eq!(tags, 0, "no tagged fields in the response header");
+    }
+    Ok(Resp::decode(&mut bytes, version).expect("decode response"))
+}
+
+use kafka_protocol::messages::consumer_group_heartbeat_request::TopicPartitions as OwnedTopic;
+use kafka_protocol::messages::{
+    ConsumerGroupDescribeRequest, ConsumerGroupDescribeResponse, ConsumerGroupHeartbeatRequest,
+    ConsumerGroupHeartbeatResponse, GroupId, TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+
+fn cgh(group: &str, member: &str, epoch: i32) -> ConsumerGroupHeartbeatRequest {
+    let mut request = ConsumerGroupHeartbeatRequest::default();
+    request.group_id = GroupId(StrBytes::from_string(group.to_owned()));
+    request.member_id = StrBytes::from_string(member.to_owned());
+    request.member_epoch = epoch;
+    request.rebalance_timeout_ms = -1;
+    request
+}
+
+fn cgh_join(group: &str, member: &str, topics: &[&str]) -> ConsumerGroupHeartbeatRequest {
+    let mut request = cgh(group, member, 0);
+    request.rebalance_timeout_ms = 30_000;
+    request.subscribed_topic_names = Some(
+        topics
+            .iter()
+            .map(|t| TopicName(StrBytes::from_string((*t).to_owned())))
+            .collect(),
+    );
+    request.topic_partitions = Some(Vec::new());
+    request
+}
+
+fn heartbeat(
+    broker: &Broker,
+    request: &ConsumerGroupHeartbeatRequest,
+) -> ConsumerGroupHeartbeatResponse {
+    call(broker, 68, 1, request)
+}
+
+fn describe(broker: &Broker, group: &str) -> ConsumerGroupDescribeResponse {
+    let mut request = ConsumerGroupDescribeRequest::default();
+    request.group_ids = vec![GroupId(StrBytes::from_string(group.to_owned()))];
+    call(broker, 69, 1, &request)
+}
+
+fn owned_of(response: &ConsumerGroupHeartbeatResponse) -> Vec<OwnedTopic> {
+    response
+        .assignment
+        .as_ref()
+        .map(|a| {
+            a.topic_partitions
+                .iter()
+                .map(|t| {
+                    let mut owned = OwnedTopic::default();
+                    owned.topic_id = t.topic_id;
+                    owned.partitions = t.partitions.clone();
+                    owned
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn bad_heartbeats_get_kafkas_errors_and_disturb_no_member() {
+    let broker = Broker::start(1, BROKER_FLAGS);
+    produce(&broker, "kip848-errors", 6, 6);
+    // A well-behaved member first.
+    let joined = heartbeat(&broker, &cgh_join("g848-err", "m-good", &["kip848-errors"]));
+    assert_eq!(joined.error_code, 0, "{:?}", joined.error_message);
+    assert_eq!(joined.member_id.as_deref(), Some("m-good"));
+    assert_eq!(joined.heartbeat_interval_ms, 300);
+    let owned = owned_of(&joined);
+    assert_eq!(owned.iter().map(|t| t.partitions.len()).sum::<usize>(), 6);
+
+    let code =
+        |r: ConsumerGroupHeartbeatResponse| (r.error_code, r.error_message.map(|m| m.to_string()));
+    // v1 without a member id.
+    let (c, m) = code(heartbeat(
+        &broker,
+        &cgh_join("g848-err", "", &["kip848-errors"]),
+    ));
+    assert_eq!((c, m.as_deref()), (42, Some("MemberId can't be empty.")));
+    // A join without a subscription.
+    let mut no_sub = cgh_join("g848-err", "m-x", &[]);
+    no_sub.subscribed_topic_names = None;
+    assert_eq!(heartbeat(&broker, &no_sub).error_code, 42);
+    // A regex that does not compile.
+    let mut bad_regex = cgh_join("g848-err", "m-x", &[]);
+    bad_regex.subscribed_topic_regex = Some(StrBytes::from_static_str("orders-(["));
+    assert_eq!(
+        heartbeat(&broker, &bad_regex).error_code,
+        128,
+        "INVALID_REGULAR_EXPRESSION"
+    );
+    // An assignor the broker does not have.
+    let mut sticky = cgh_join("g848-err", "m-x", &["kip848-errors"]);
+    sticky.server_assignor = Some(StrBytes::from_static_str("sticky"));
+    assert_eq!(
+        heartbeat(&broker, &sticky).error_code,
+        112,
+        "UNSUPPORTED_ASSIGNOR"
+    );
+    // Epochs ahead of the member's, unknown members.
+    assert_eq!(
+        heartbeat(&broker, &cgh("g848-err", "m-good", 99)).error_code,
+        110,
+        "FENCED_MEMBER_EPOCH"
+    );
+    assert_eq!(
+        heartbeat(&broker, &cgh("g848-err", "m-nobody", 1)).error_code,
+        25,
+        "UNKNOWN_MEMBER_ID"
+    );
+    assert_eq!(
+        heartbeat(&broker, &cgh("g848-unknown", "m-nobody", 3)).error_code,
+        25
+    );
+    // A classic group with members refuses KIP-848 members, and the reverse.
+    let classic = consumer(&broker, "g848-classic");
+    classic.subscribe(&["kip848-errors"]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while classic.assignment().map(|a| a.count()).unwrap_or(0) == 0 {
+        assert!(Instant::now() < deadline, "classic consumer never assigned");
+        classic.poll(Duration::from_millis(50));
+    }
+    let (c, m) = code(heartbeat(
+        &broker,
+        &cgh_join("g848-classic", "m-y", &["kip848-errors"]),
+    ));
+    assert_eq!(
+        (c, m.as_deref()),
+        (69, Some("Group g848-classic is not a consumer group."))
+    );
+    let mut join = kafka_protocol::messages::JoinGroupRequest::default();
+    join.group_id = GroupId(StrBytes::from_static_str("g848-err"));
+    join.session_timeout_ms = 10_000;
+    join.rebalance_timeout_ms = 10_000;
+    join.protocol_type = StrBytes::from_static_str("consumer");
+    let mut protocol =
+        kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol::default();
+    protocol.name = StrBytes::from_static_str("range");
+    protocol.metadata = bytes::Bytes::from_static(&[0, 0, 0, 0, 0, 0]);
+    join.protocols = vec![protocol];
+    let answer: kafka_protocol::messages::JoinGroupResponse = call(&broker, 11, 5, &join);
+    assert_eq!(answer.error_code, 23, "INCONSISTENT_GROUP_PROTOCOL");
+
+    // The good member is untouched: same epoch, same partitions.
+    let mut again = cgh("g848-err", "m-good", joined.member_epoch);
+    again.topic_partitions = Some(owned);
+    let still = heartbeat(&broker, &again);
+    assert_eq!(
+        (still.error_code, still.member_epoch),
+        (0, joined.member_epoch)
+    );
+    let described = describe(&broker, "g848-err");
+    let group = &described.groups[0];
+    assert_eq!(group.error_code, 0);
+    assert_eq!(group.group_state.as_str(), "Stable");
+    assert_eq!(group.assignor_name.as_str(), "uniform");
+    assert_eq!(group.members.len(), 1);
+    assert_eq!(group.members[0].member_id.as_str(), "m-good");
+    assert_eq!(group.members[0].client_id.as_str(), "kip848-raw");
+    let names: BTreeSet<&str> = group.members[0]
+        .assignment
+        .topic_partitions
+        .iter()
+        .map(|t| t.topic_name.0.as_str())
+        .collect();
+    assert_eq!(names, BTreeSet::from(["kip848-errors"]));
+    assert_eq!(describe(&broker, "g848-classic").groups[0].error_code, 69);
+}
+
+#[test]
+fn group_state_is_rebuilt_from_consumer_offsets_after_kill_9() {
+    let mut broker = Broker::start(1, BROKER_FLAGS);
+    produce(&broker, "kip848-restart", 6, 6);
+    let a = heartbeat(
+        &broker,
+        &cgh_join("g848-restart", "m-a", &["kip848-restart"]),
+    );
+    let b = heartbeat(
+        &broker,
+        &cgh_join("g848-restart", "m-b", &["kip848-restart"]),
+    );
+    assert_eq!((a.error_code, b.error_code), (0, 0));
+    // Reconcile: a gives up half, b takes it.
+    let mut a_beat = cgh("g848-restart", "m-a", a.member_epoch);
+    a_beat.topic_partitions = Some(owned_of(&a));
+    let a2 = heartbeat(&broker, &a_beat);
+    let mut a_ack = cgh("g848-restart", "m-a", a2.member_epoch);
+    a_ack.topic_partitions = Some(owned_of(&a2));
+    let a3 = heartbeat(&broker, &a_ack);
+    let mut b_beat = cgh("g848-restart", "m-b", b.member_epoch);
+    b_beat.topic_partitions = Some(Vec::new());
+    let b2 = heartbeat(&broker, &b_beat);
+    assert_eq!(b2.error_code, 0);
+    let before = describe(&broker, "g848-restart").groups.remove(0);
+    assert_eq!(before.group_state.as_str(), "Stable", "{before:?}");
+
+    broker.kill9_restart();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut request = ConsumerGroupDescribeRequest::default();
+    request.group_ids = vec![GroupId(StrBytes::from_static_str("g848-restart"))];
+    let after = loop {
+        let described: Option<ConsumerGroupDescribeResponse> =
+            try_call(&broker, 69, 1, &request).ok();
+        if let Some(group) = described.map(|mut d| d.groups.remove(0)) {
+            if group.error_code == 0 {
+                break group;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "group not back after the restart"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(after.group_epoch, before.group_epoch);
+    assert_eq!(after.assignment_epoch, before.assignment_epoch);
+    let view = |g: &kafka_protocol::messages::consumer_group_describe_response::DescribedGroup| {
+        g.members
+            .iter()
+            .map(|m| {
+                let parts: BTreeSet<i32> = m
+                    .assignment
+                    .topic_partitions
+                    .iter()
+                    .flat_map(|t| t.partitions.iter().copied())
+                    .collect();
+                (m.member_id.to_string(), (m.member_epoch, parts))
+            })
+            .collect::<BTreeMap<_, _>>()
+    };
+    assert_eq!(view(&after), view(&before));
+    // The members carry on at their epochs, without rejoining.
+    let mut a_again = cgh("g848-restart", "m-a", a3.member_epoch);
+    a_again.topic_partitions = Some(owned_of(&a2));
+    let resumed = heartbeat(&broker, &a_again);
+    assert_eq!(
+        (resumed.error_code, resumed.member_epoch),
+        (0, a3.member_epoch),
+        "{:?}",
+        resumed.error_message
     );
 }

@@ -212,7 +212,10 @@ fn uniform(
             let Some(topic) = shared(&held, x, y) else {
                 break;
             };
-            let Some(partition) = held[x].get(&topic).and_then(|p| p.iter().next_back().copied()) else {
+            let Some(partition) = held[x]
+                .get(&topic)
+                .and_then(|p| p.iter().next_back().copied())
+            else {
                 break;
             };
             if let Some(set) = held[x].get_mut(&topic) {

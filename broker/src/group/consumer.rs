@@ -1217,7 +1217,10 @@ mod tests {
             self.0.get(name).copied()
         }
         fn name_of(&self, id: &TopicId) -> Option<String> {
-            self.0.iter().find(|(_, (i, _))| i == id).map(|(n, _)| n.clone())
+            self.0
+                .iter()
+                .find(|(_, (i, _))| i == id)
+                .map(|(n, _)| n.clone())
         }
         fn for_each_public(&self, visit: &mut dyn FnMut(&str, TopicId, i32)) {
             for (name, (id, count)) in &self.0 {
@@ -1227,7 +1230,11 @@ mod tests {
     }
 
     fn topics(list: &[(&str, TopicId, i32)]) -> Topics {
-        Topics(list.iter().map(|(n, id, c)| ((*n).to_owned(), (*id, *c))).collect())
+        Topics(
+            list.iter()
+                .map(|(n, id, c)| ((*n).to_owned(), (*id, *c)))
+                .collect(),
+        )
     }
 
     fn groups() -> ConsumerGroups {
@@ -1272,30 +1279,60 @@ mod tests {
         let catalog = topics(&[("t", T1, 6)]);
         let mut g = groups();
         let mut out = Vec::new();
-        let a = g.heartbeat("g", join("a", &["t"]), 0, &catalog, &mut out).unwrap();
+        let a = g
+            .heartbeat("g", join("a", &["t"]), 0, &catalog, &mut out)
+            .unwrap();
         assert_eq!(a.epoch, 1);
         let a_owned = a.assignment.clone().unwrap();
         assert_eq!(count(&a_owned), 6);
 
-        let b = g.heartbeat("g", join("b", &["t"]), 10, &catalog, &mut out).unwrap();
-        assert_eq!(b.epoch, 2, "b is at the new epoch with what is free: nothing");
+        let b = g
+            .heartbeat("g", join("b", &["t"]), 10, &catalog, &mut out)
+            .unwrap();
+        assert_eq!(
+            b.epoch, 2,
+            "b is at the new epoch with what is free: nothing"
+        );
         assert_eq!(count(b.assignment.as_ref().unwrap()), 0);
-        assert_eq!(g.get("g").unwrap().members["b"].current.state, MemberState::UnreleasedPartitions);
+        assert_eq!(
+            g.get("g").unwrap().members["b"].current.state,
+            MemberState::UnreleasedPartitions
+        );
 
         // a still reports all six: it is asked to keep three, and stays at epoch 1.
-        let a2 = g.heartbeat("g", beat("a", 1, &a_owned), 20, &catalog, &mut out).unwrap();
+        let a2 = g
+            .heartbeat("g", beat("a", 1, &a_owned), 20, &catalog, &mut out)
+            .unwrap();
         assert_eq!(a2.epoch, 1);
         let kept = a2.assignment.clone().unwrap();
         assert_eq!(count(&kept), 3);
         assert_eq!(g.get("g").unwrap().state_name(), "Reconciling");
         // b asks again before a revoked: still nothing.
-        let b2 = g.heartbeat("g", beat("b", 2, &Assignment::new()), 30, &catalog, &mut out).unwrap();
+        let b2 = g
+            .heartbeat(
+                "g",
+                beat("b", 2, &Assignment::new()),
+                30,
+                &catalog,
+                &mut out,
+            )
+            .unwrap();
         assert!(b2.assignment.is_none());
         // a revokes (reports only the kept three): it moves to epoch 2.
-        let a3 = g.heartbeat("g", beat("a", 1, &kept), 40, &catalog, &mut out).unwrap();
+        let a3 = g
+            .heartbeat("g", beat("a", 1, &kept), 40, &catalog, &mut out)
+            .unwrap();
         assert_eq!(a3.epoch, 2);
         // Now b gets the other three, disjoint from a's.
-        let b3 = g.heartbeat("g", beat("b", 2, &Assignment::new()), 50, &catalog, &mut out).unwrap();
+        let b3 = g
+            .heartbeat(
+                "g",
+                beat("b", 2, &Assignment::new()),
+                50,
+                &catalog,
+                &mut out,
+            )
+            .unwrap();
         let b_owned = b3.assignment.unwrap();
         assert_eq!(count(&b_owned), 3);
         assert!(b_owned[&T1].is_disjoint(&kept[&T1]));
@@ -1307,30 +1344,69 @@ mod tests {
         let catalog = topics(&[("t", T1, 2)]);
         let mut g = groups();
         let mut out = Vec::new();
-        let a = g.heartbeat("g", join("a", &["t"]), 0, &catalog, &mut out).unwrap();
+        let a = g
+            .heartbeat("g", join("a", &["t"]), 0, &catalog, &mut out)
+            .unwrap();
         let owned = a.assignment.unwrap();
         let code = |r: Result<HeartbeatOutput, Refusal>| r.err().map(|e| e.code);
-        assert_eq!(code(g.heartbeat("g", beat("a", 5, &owned), 1, &catalog, &mut out)), Some(error_code::FENCED_MEMBER_EPOCH));
-        assert_eq!(code(g.heartbeat("g", beat("zz", 1, &owned), 1, &catalog, &mut out)), Some(error_code::UNKNOWN_MEMBER_ID));
-        assert_eq!(code(g.heartbeat("nope", beat("a", 1, &owned), 1, &catalog, &mut out)), Some(error_code::UNKNOWN_MEMBER_ID));
+        assert_eq!(
+            code(g.heartbeat("g", beat("a", 5, &owned), 1, &catalog, &mut out)),
+            Some(error_code::FENCED_MEMBER_EPOCH)
+        );
+        assert_eq!(
+            code(g.heartbeat("g", beat("zz", 1, &owned), 1, &catalog, &mut out)),
+            Some(error_code::UNKNOWN_MEMBER_ID)
+        );
+        assert_eq!(
+            code(g.heartbeat("nope", beat("a", 1, &owned), 1, &catalog, &mut out)),
+            Some(error_code::UNKNOWN_MEMBER_ID)
+        );
         let mut bad = join("b", &["t"]);
         bad.server_assignor = Some("sticky".into());
-        assert_eq!(code(g.heartbeat("g", bad, 1, &catalog, &mut out)), Some(error_code::UNSUPPORTED_ASSIGNOR));
+        assert_eq!(
+            code(g.heartbeat("g", bad, 1, &catalog, &mut out)),
+            Some(error_code::UNSUPPORTED_ASSIGNOR)
+        );
         // The previous epoch with a subset of the assignment is a lost response, accepted.
-        let b = g.heartbeat("g", join("b", &["t"]), 2, &catalog, &mut out).unwrap();
+        let b = g
+            .heartbeat("g", join("b", &["t"]), 2, &catalog, &mut out)
+            .unwrap();
         assert_eq!(b.epoch, 2);
-        let a2 = g.heartbeat("g", beat("a", 1, &owned), 3, &catalog, &mut out).unwrap();
+        let a2 = g
+            .heartbeat("g", beat("a", 1, &owned), 3, &catalog, &mut out)
+            .unwrap();
         let kept = a2.assignment.unwrap();
-        let a3 = g.heartbeat("g", beat("a", 1, &kept), 4, &catalog, &mut out).unwrap();
+        let a3 = g
+            .heartbeat("g", beat("a", 1, &kept), 4, &catalog, &mut out)
+            .unwrap();
         assert_eq!(a3.epoch, 2);
-        assert!(g.heartbeat("g", beat("a", 1, &kept), 5, &catalog, &mut out).is_ok(), "lost response");
-        assert_eq!(code(g.heartbeat("g", beat("a", 1, &owned), 6, &catalog, &mut out)), Some(error_code::FENCED_MEMBER_EPOCH));
+        assert!(
+            g.heartbeat("g", beat("a", 1, &kept), 5, &catalog, &mut out)
+                .is_ok(),
+            "lost response"
+        );
+        assert_eq!(
+            code(g.heartbeat("g", beat("a", 1, &owned), 6, &catalog, &mut out)),
+            Some(error_code::FENCED_MEMBER_EPOCH)
+        );
         // Offset commits: member epoch must match; classic versions refused.
         assert_eq!(g.validate_commit("g", "a", 2, 9), Ok(()));
-        assert_eq!(g.validate_commit("g", "a", 1, 9), Err(error_code::STALE_MEMBER_EPOCH));
-        assert_eq!(g.validate_commit("g", "a", 3, 9), Err(error_code::FENCED_MEMBER_EPOCH));
-        assert_eq!(g.validate_commit("g", "a", 2, 8), Err(error_code::UNSUPPORTED_VERSION));
-        assert_eq!(g.validate_commit("g", "x", 2, 9), Err(error_code::UNKNOWN_MEMBER_ID));
+        assert_eq!(
+            g.validate_commit("g", "a", 1, 9),
+            Err(error_code::STALE_MEMBER_EPOCH)
+        );
+        assert_eq!(
+            g.validate_commit("g", "a", 3, 9),
+            Err(error_code::FENCED_MEMBER_EPOCH)
+        );
+        assert_eq!(
+            g.validate_commit("g", "a", 2, 8),
+            Err(error_code::UNSUPPORTED_VERSION)
+        );
+        assert_eq!(
+            g.validate_commit("g", "x", 2, 9),
+            Err(error_code::UNKNOWN_MEMBER_ID)
+        );
         assert_eq!(g.delete("g", &mut out), Err(error_code::NON_EMPTY_GROUP));
     }
 
@@ -1348,20 +1424,35 @@ mod tests {
         let mut again = a.clone();
         again.member_id = "a2".into();
         assert_eq!(
-            g.heartbeat("g", again.clone(), 1, &catalog, &mut out).unwrap_err().code,
+            g.heartbeat("g", again.clone(), 1, &catalog, &mut out)
+                .unwrap_err()
+                .code,
             error_code::UNRELEASED_INSTANCE_ID
         );
         let mut leave = beat("a1", STATIC_LEAVE_EPOCH, &owned);
         leave.instance_id = Some("i-a".into());
-        assert_eq!(g.heartbeat("g", leave, 2, &catalog, &mut out).unwrap().epoch, STATIC_LEAVE_EPOCH);
+        assert_eq!(
+            g.heartbeat("g", leave, 2, &catalog, &mut out)
+                .unwrap()
+                .epoch,
+            STATIC_LEAVE_EPOCH
+        );
         let second = g.heartbeat("g", again, 3, &catalog, &mut out).unwrap();
         assert_eq!(second.assignment.unwrap(), owned, "same partitions");
         assert_eq!(g.get("g").unwrap().epoch, epoch, "no rebalance");
-        assert_eq!(g.get("g").unwrap().members.keys().collect::<Vec<_>>(), ["a2"]);
+        assert_eq!(
+            g.get("g").unwrap().members.keys().collect::<Vec<_>>(),
+            ["a2"]
+        );
         // The old incarnation is fenced.
         let mut old = beat("a1", 1, &owned);
         old.instance_id = Some("i-a".into());
-        assert_eq!(g.heartbeat("g", old, 4, &catalog, &mut out).unwrap_err().code, error_code::FENCED_INSTANCE_ID);
+        assert_eq!(
+            g.heartbeat("g", old, 4, &catalog, &mut out)
+                .unwrap_err()
+                .code,
+            error_code::FENCED_INSTANCE_ID
+        );
     }
 
     #[test]
@@ -1369,19 +1460,53 @@ mod tests {
         let catalog = topics(&[("t", T1, 4)]);
         let mut g = groups();
         let mut out = Vec::new();
-        let a = g.heartbeat("g", join("a", &["t"]), 0, &catalog, &mut out).unwrap();
-        g.heartbeat("g", join("b", &["t"]), 0, &catalog, &mut out).unwrap();
+        let a = g
+            .heartbeat("g", join("a", &["t"]), 0, &catalog, &mut out)
+            .unwrap();
+        g.heartbeat("g", join("b", &["t"]), 0, &catalog, &mut out)
+            .unwrap();
         // a is told to revoke two but never does: fenced at its rebalance timeout (30 s)...
-        g.heartbeat("g", beat("a", a.epoch, a.assignment.as_ref().unwrap()), 1, &catalog, &mut out).unwrap();
+        g.heartbeat(
+            "g",
+            beat("a", a.epoch, a.assignment.as_ref().unwrap()),
+            1,
+            &catalog,
+            &mut out,
+        )
+        .unwrap();
         for now in (1_000..29_000).step_by(1_000) {
-            g.heartbeat("g", beat("b", 2, &Assignment::new()), now, &catalog, &mut out).unwrap();
-            g.heartbeat("g", beat("a", a.epoch, a.assignment.as_ref().unwrap()), now, &catalog, &mut out).unwrap();
+            g.heartbeat(
+                "g",
+                beat("b", 2, &Assignment::new()),
+                now,
+                &catalog,
+                &mut out,
+            )
+            .unwrap();
+            g.heartbeat(
+                "g",
+                beat("a", a.epoch, a.assignment.as_ref().unwrap()),
+                now,
+                &catalog,
+                &mut out,
+            )
+            .unwrap();
             g.tick(now, &mut out);
         }
         assert!(g.get("g").unwrap().members.contains_key("a"));
-        g.heartbeat("g", beat("b", 2, &Assignment::new()), 30_500, &catalog, &mut out).unwrap();
+        g.heartbeat(
+            "g",
+            beat("b", 2, &Assignment::new()),
+            30_500,
+            &catalog,
+            &mut out,
+        )
+        .unwrap();
         g.tick(31_001, &mut out);
-        assert!(!g.get("g").unwrap().members.contains_key("a"), "a fenced for not revoking");
+        assert!(
+            !g.get("g").unwrap().members.contains_key("a"),
+            "a fenced for not revoking"
+        );
         // ... and b, silent for its session timeout, goes too.
         g.tick(30_500 + 10_000, &mut out);
         assert!(g.get("g").unwrap().members.is_empty());
@@ -1397,10 +1522,20 @@ mod tests {
         input.subscribed_regex = Some("orders-.*".into());
         let one = topics(&[("orders-eu", T1, 2), ("other", T2, 2)]);
         let first = g.heartbeat("g", input, 0, &one, &mut out).unwrap();
-        assert_eq!(first.assignment.as_ref().unwrap().keys().collect::<Vec<_>>(), [&T1]);
+        assert_eq!(
+            first
+                .assignment
+                .as_ref()
+                .unwrap()
+                .keys()
+                .collect::<Vec<_>>(),
+            [&T1]
+        );
         let two = topics(&[("orders-eu", T1, 2), ("orders-us", T2, 3)]);
         let owned = first.assignment.unwrap();
-        let next = g.heartbeat("g", beat("a", first.epoch, &owned), 1, &two, &mut out).unwrap();
+        let next = g
+            .heartbeat("g", beat("a", first.epoch, &owned), 1, &two, &mut out)
+            .unwrap();
         assert_eq!(next.epoch, first.epoch + 1);
         assert_eq!(count(next.assignment.as_ref().unwrap()), 5);
         assert!(g.get("g").unwrap().subscribes_to("orders-asia"));
@@ -1412,10 +1547,21 @@ mod tests {
         let catalog = topics(&[("t", T1, 5), ("u", T2, 3)]);
         let mut g = groups();
         let mut out = Vec::new();
-        let a = g.heartbeat("g", join("a", &["t", "u"]), 0, &catalog, &mut out).unwrap();
-        g.heartbeat("g", join("b", &["t"]), 1, &catalog, &mut out).unwrap();
-        g.heartbeat("g", beat("a", a.epoch, a.assignment.as_ref().unwrap()), 2, &catalog, &mut out).unwrap();
-        g.heartbeat("g", join("c", &["u"]), 3, &catalog, &mut out).unwrap();
+        let a = g
+            .heartbeat("g", join("a", &["t", "u"]), 0, &catalog, &mut out)
+            .unwrap();
+        g.heartbeat("g", join("b", &["t"]), 1, &catalog, &mut out)
+            .unwrap();
+        g.heartbeat(
+            "g",
+            beat("a", a.epoch, a.assignment.as_ref().unwrap()),
+            2,
+            &catalog,
+            &mut out,
+        )
+        .unwrap();
+        g.heartbeat("g", join("c", &["u"]), 3, &catalog, &mut out)
+            .unwrap();
         let mut leave = beat("c", LEAVE_EPOCH, &Assignment::new());
         leave.owned = None;
         g.heartbeat("g", leave, 4, &catalog, &mut out).unwrap();
@@ -1475,7 +1621,8 @@ mod tests {
         let mut catalog = topics(&[("t", T1, 8), ("u", T2, 3)]);
         let mut g = groups();
         let names = ["m0", "m1", "m2", "m3", "m4"];
-        let mut clients: BTreeMap<&str, Client> = names.iter().map(|n| (*n, Client::default())).collect();
+        let mut clients: BTreeMap<&str, Client> =
+            names.iter().map(|n| (*n, Client::default())).collect();
         let mut out = Vec::new();
         let mut now = 0i64;
         for step in 0..3_000 {
@@ -1493,7 +1640,11 @@ mod tests {
                 if roll < 50 {
                     continue;
                 }
-                let subs: &[&str] = if rng.below(2) == 0 { &["t", "u"] } else { &["t"] };
+                let subs: &[&str] = if rng.below(2) == 0 {
+                    &["t", "u"]
+                } else {
+                    &["t"]
+                };
                 join(name, subs)
             } else if roll < 4 {
                 // Leaves.
@@ -1538,7 +1689,11 @@ mod tests {
                 }
                 Err(refusal) => {
                     assert!(
-                        [error_code::FENCED_MEMBER_EPOCH, error_code::UNKNOWN_MEMBER_ID].contains(&refusal.code),
+                        [
+                            error_code::FENCED_MEMBER_EPOCH,
+                            error_code::UNKNOWN_MEMBER_ID
+                        ]
+                        .contains(&refusal.code),
                         "seed {seed} step {step}: unexpected {refusal:?}"
                     );
                     // Fenced: it gives everything up and rejoins.
@@ -1557,16 +1712,27 @@ mod tests {
                 for (topic, partitions) in &c.owned {
                     for &p in partitions {
                         if let Some(other) = claimed.insert((*topic, p), id) {
-                            panic!("seed {seed} step {step}: partition {p} owned by {other} and {id}");
+                            panic!(
+                                "seed {seed} step {step}: partition {p} owned by {other} and {id}"
+                            );
                         }
                     }
                 }
             }
             // And the coordinator's own view agrees with itself.
             for (id, member) in &group.members {
-                for (topic, partitions) in member.current.assigned.iter().chain(&member.current.revoking) {
+                for (topic, partitions) in member
+                    .current
+                    .assigned
+                    .iter()
+                    .chain(&member.current.revoking)
+                {
                     for &p in partitions {
-                        assert_eq!(group.owner_of(topic, p), Some(id.as_str()), "seed {seed} step {step}");
+                        assert_eq!(
+                            group.owner_of(topic, p),
+                            Some(id.as_str()),
+                            "seed {seed} step {step}"
+                        );
                     }
                 }
             }
@@ -1601,7 +1767,11 @@ mod tests {
         let group = g.get("g").unwrap();
         if !group.members.is_empty() {
             assert_eq!(group.state_name(), "Stable", "seed {seed}");
-            let owned: usize = group.members.values().map(|m| count(&m.current.assigned)).sum();
+            let owned: usize = group
+                .members
+                .values()
+                .map(|m| count(&m.current.assigned))
+                .sum();
             let subscribed = group.subscribed(&catalog);
             let expected: i32 = subscribed.values().map(|(_, c)| c).sum();
             assert_eq!(owned as i32, expected, "seed {seed}: gap after quiescing");
@@ -1610,7 +1780,10 @@ mod tests {
 
     #[test]
     fn seeded_simulation_never_gives_a_partition_to_two_members() {
-        let seeds: u64 = std::env::var("TERN_SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(40);
+        let seeds: u64 = std::env::var("TERN_SIM_SEEDS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(40);
         for seed in 1..=seeds {
             simulate(seed);
         }

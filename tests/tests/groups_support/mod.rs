@@ -141,6 +141,16 @@ impl Broker {
         self.spawn();
     }
 
+    /// Kills the broker with SIGKILL (no shutdown at all) and starts it again on the same
+    /// data.
+    pub fn kill9_restart(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.spawn();
+    }
+
     /// Everything the broker logged, over all its starts.
     pub fn log(&self) -> String {
         (0..self.starts)
