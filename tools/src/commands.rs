@@ -430,22 +430,90 @@ pub fn group_list(client: &mut Client) -> Result<()> {
     Ok(())
 }
 
-/// Committed offsets of `group` with lag per partition.
-pub fn group_describe(client: &mut Client, group: &str) -> Result<()> {
-    let mut request = DescribeGroupsRequest::default();
-    request.groups = vec![GroupId(s(group))];
-    let response = client.send(&request, 5)?;
-    for described in &response.groups {
-        check(described.error_code, &format!("describe group {group}"))?;
+/// Prints a KIP-848 group (epochs, members' epochs and assignments); false when `group` is
+/// not one (a classic group, or none at all).
+fn consumer_group_describe(client: &mut Client, group: &str) -> Result<bool> {
+    let mut request = ConsumerGroupDescribeRequest::default();
+    request.group_ids = vec![GroupId(s(group))];
+    let response = client.send(&request, 1)?;
+    let Some(described) = response.groups.first() else {
+        return Ok(false);
+    };
+    if described.error_code == 69 {
+        return Ok(false);
+    }
+    check(
+        described.error_code,
+        &format!("describe consumer group {group}"),
+    )?;
+    let partitions = |a: &consumer_group_describe_response::Assignment| -> String {
+        let list: Vec<String> = a
+            .topic_partitions
+            .iter()
+            .flat_map(|t| {
+                t.partitions
+                    .iter()
+                    .map(move |p| format!("{}-{p}", t.topic_name.0))
+            })
+            .collect();
+        if list.is_empty() {
+            "-".to_owned()
+        } else {
+            list.join(",")
+        }
+    };
+    println!(
+        "group {group}: consumer protocol (KIP-848), state {}, group epoch {}, assignment epoch {}, assignor {}",
+        described.group_state, described.group_epoch, described.assignment_epoch, described.assignor_name
+    );
+    for member in &described.members {
+        let subscription: Vec<&str> = member
+            .subscribed_topic_names
+            .iter()
+            .map(|t| t.0.as_str())
+            .chain(member.subscribed_topic_regex.as_deref())
+            .collect();
         println!(
-            "group {group}: state {}, protocol {} / {}",
-            described.group_state, described.protocol_type, described.protocol_data
+            "  member {}\tepoch {}\tclient {}\thost {}{}\tsubscribed {}",
+            member.member_id,
+            member.member_epoch,
+            member.client_id,
+            member.client_host,
+            member
+                .instance_id
+                .as_ref()
+                .map(|i| format!("\tinstance {i}"))
+                .unwrap_or_default(),
+            subscription.join(",")
         );
-        for member in &described.members {
+        println!(
+            "    assigned {}\ttarget {}",
+            partitions(&member.assignment),
+            partitions(&member.target_assignment)
+        );
+    }
+    Ok(true)
+}
+
+/// Members of `group` (a classic or a KIP-848 group), then its committed offsets with lag
+/// per partition.
+pub fn group_describe(client: &mut Client, group: &str) -> Result<()> {
+    if !consumer_group_describe(client, group)? {
+        let mut request = DescribeGroupsRequest::default();
+        request.groups = vec![GroupId(s(group))];
+        let response = client.send(&request, 5)?;
+        for described in &response.groups {
+            check(described.error_code, &format!("describe group {group}"))?;
             println!(
-                "  member {}\tclient {}\thost {}",
-                member.member_id, member.client_id, member.client_host
+                "group {group}: state {}, protocol {} / {}",
+                described.group_state, described.protocol_type, described.protocol_data
             );
+            for member in &described.members {
+                println!(
+                    "  member {}\tclient {}\thost {}",
+                    member.member_id, member.client_id, member.client_host
+                );
+            }
         }
     }
     let committed = committed_offsets(client, group)?;
