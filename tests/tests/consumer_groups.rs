@@ -230,10 +230,13 @@ where
     header.correlation_id = 7;
     header.client_id = Some(StrBytes::from_static_str("kip848-raw"));
     let mut body = bytes::BytesMut::new();
+    fn invalid(error: impl std::fmt::Display) -> std::io::Error {
+        std::io::Error::new(std::io::ErrorKind::InvalidData, error.to_string())
+    }
     header
         .encode(&mut body, if flexible { 2 } else { 1 })
-        .expect("header");
-    request.encode(&mut body, version).expect("body");
+        .map_err(invalid)?;
+    request.encode(&mut body, version).map_err(invalid)?;
     let mut stream = std::net::TcpStream::connect(broker.addr)?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     stream.write_all(&(body.len() as i32).to_be_bytes())?;
@@ -248,7 +251,7 @@ where
         let tags = bytes::Buf::get_u8(&mut bytes);
         assert_eq!(tags, 0, "no tagged fields in the response header");
     }
-    Ok(Resp::decode(&mut bytes, version).expect("decode response"))
+    Resp::decode(&mut bytes, version).map_err(invalid)
 }
 
 use kafka_protocol::messages::consumer_group_heartbeat_request::TopicPartitions as OwnedTopic;
