@@ -8,7 +8,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::consumer::{Assignment, TopicId};
+/// A topic's 16-byte id, as the metadata image and Kafka's records have it.
+pub type TopicId = [u8; 16];
+/// Partitions by topic id.
+pub type Assignment = BTreeMap<TopicId, BTreeSet<i32>>;
 
 /// Which server assignor computes a group's target assignment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

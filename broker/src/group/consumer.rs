@@ -30,10 +30,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use tern_protocol::error_code::{self, ErrorCode};
 
 use super::assignor::{self, Assignor, Subscriber};
-
-pub type TopicId = [u8; 16];
-/// Partitions by topic id.
-pub type Assignment = BTreeMap<TopicId, BTreeSet<i32>>;
+pub use super::assignor::{Assignment, TopicId};
 
 /// A member leaving for good.
 pub const LEAVE_EPOCH: i32 = -1;
