@@ -306,17 +306,25 @@ impl ConsumerGroup {
 
     /// Whether a member subscribes to `topic`, by name or by regular expression.
     pub fn subscribes_to(&self, topic: &str) -> bool {
-        self.members.values().any(|m| {
-            m.meta
-                .subscribed_names
-                .binary_search_by(|n| n.as_str().cmp(topic))
-                .is_ok()
-                || m.meta
-                    .subscribed_regex
-                    .as_deref()
-                    .and_then(|p| compile_regex(p).ok())
-                    .is_some_and(|r| r.is_match(topic))
-        })
+        self.subscription_matcher()(topic)
+    }
+
+    /// `subscribes_to` for many topics: the members' patterns are compiled once.
+    pub fn subscription_matcher(&self) -> impl Fn(&str) -> bool + '_ {
+        let patterns: Vec<regex::Regex> = self
+            .members
+            .values()
+            .filter_map(|m| m.meta.subscribed_regex.as_deref())
+            .filter_map(|p| compile_regex(p).ok())
+            .collect();
+        move |topic: &str| {
+            self.members.values().any(|m| {
+                m.meta
+                    .subscribed_names
+                    .binary_search_by(|n| n.as_str().cmp(topic))
+                    .is_ok()
+            }) || patterns.iter().any(|r| r.is_match(topic))
+        }
     }
 
     pub fn owner_of(&self, topic: &TopicId, partition: i32) -> Option<&str> {

@@ -1463,11 +1463,12 @@ impl Groups {
             return Err(error_code::GROUP_ID_NOT_FOUND);
         };
         if let Some(consumer) = consumer {
+            let subscribed = consumer.subscription_matcher();
             let mut removed = Vec::new();
             let errors = partitions
                 .iter()
                 .map(|(topic, partition)| {
-                    if consumer.subscribes_to(topic) {
+                    if subscribed(topic) {
                         return error_code::GROUP_SUBSCRIBED_TO_TOPIC;
                     }
                     if group.offsets.remove(&(topic.clone(), *partition)).is_some() {
@@ -1538,15 +1539,18 @@ impl Groups {
                 .filter(|g| !g.members.is_empty())
             {
                 // A consumer group's members keep the offsets of the topics they subscribe to.
-                Some(consumer) => group
-                    .offsets
-                    .iter()
-                    .filter(|(key, committed)| {
-                        !consumer.subscribes_to(&key.0)
-                            && now_ms - committed.commit_timestamp_ms >= retention_ms
-                    })
-                    .map(|(key, _)| key.clone())
-                    .collect(),
+                Some(consumer) => {
+                    let subscribed = consumer.subscription_matcher();
+                    group
+                        .offsets
+                        .iter()
+                        .filter(|(key, committed)| {
+                            !subscribed(&key.0)
+                                && now_ms - committed.commit_timestamp_ms >= retention_ms
+                        })
+                        .map(|(key, _)| key.clone())
+                        .collect()
+                }
                 None => group.expired_offsets(now_ms, retention_ms),
             };
             for key in &expired {
