@@ -593,7 +593,7 @@ fn third_member_join(
     protocol: &str,
     broker: &Broker,
     topic: &str,
-) -> (Duration, usize, usize, Duration) {
+) -> (Duration, usize, usize, Duration, Duration) {
     let group = format!("g-join-{protocol}");
     // Offsets auto-committed every 100 ms (and on revocation), so a partition that moves
     // resumes near where it was; the classic side keeps librdkafka's default eager assignors.
@@ -680,23 +680,34 @@ fn third_member_join(
         |_, _| joined.elapsed() >= window.max(stable_after),
     );
     let consumed_meanwhile = first_two(&seen) - at_join;
-    // The longest either of the first two went without a record, from the join on.
-    let end = Instant::now();
-    let mut longest = Duration::ZERO;
-    for at in &seen.at[..2] {
-        let mut last = joined;
-        for t in at
-            .iter()
-            .filter(|t| **t >= joined)
-            .chain(std::iter::once(&end))
-        {
-            longest = longest.max(t.duration_since(last));
-            last = *t;
+    // The longest either of the first two went without a record: in the two seconds before
+    // the join (the steady state), and from the join on.
+    let longest_gap = |from: Instant, to: Instant| {
+        let mut longest = Duration::ZERO;
+        for at in &seen.at[..2] {
+            let mut last = from;
+            for t in at
+                .iter()
+                .filter(|t| **t >= from && **t < to)
+                .chain(std::iter::once(&to))
+            {
+                longest = longest.max(t.duration_since(last));
+                last = *t;
+            }
         }
-    }
+        longest
+    };
+    let longest = longest_gap(joined, Instant::now());
+    let steady_longest = longest_gap(baseline_from, joined);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     producer.join().expect("producer thread");
-    (stable_after, baseline, consumed_meanwhile, longest)
+    (
+        stable_after,
+        baseline,
+        consumed_meanwhile,
+        longest,
+        steady_longest,
+    )
 }
 
 #[test]
@@ -706,13 +717,15 @@ fn third_member_join_is_measured_against_the_classic_protocol() {
     let broker = Broker::start(1, &flags);
     let mut rows = Vec::new();
     for (protocol, topic) in [("consumer", "kip848-join"), ("classic", "classic-join")] {
-        let (stable, baseline, consumed, silence) = third_member_join(protocol, &broker, topic);
+        let (stable, baseline, consumed, silence, steady_silence) =
+            third_member_join(protocol, &broker, topic);
         rows.push(format!(
             "{protocol:>8}: stable {:>5} ms after the third member subscribed; the first two \
              consumed {consumed} records in the 2 s from the join ({baseline} in the 2 s \
-             before), longest silence of either {} ms",
+             before), longest silence of either {} ms ({} ms in the 2 s before)",
             stable.as_millis(),
-            silence.as_millis()
+            silence.as_millis(),
+            steady_silence.as_millis()
         ));
     }
     println!("third member joins a group of two over 12 partitions, ~2,000 records/s produced:");
