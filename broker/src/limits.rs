@@ -175,6 +175,9 @@ pub const GROUP_SESSION_TIMEOUT_MS_MAX: i32 = 1_800_000;
 /// How often each shard's coordinator checks session, join and offset-retention deadlines.
 pub const GROUP_TICK_INTERVAL_MS: u64 = 50;
 
+/// Bytes read per read while a partition replays its transactions past its snapshot.
+pub const TXN_REPLAY_READ_BYTES: usize = 1024 * 1024;
+
 /// Bytes read from `__consumer_offsets` per read while a shard rebuilds its groups.
 pub const GROUP_LOAD_READ_BYTES: usize = 1024 * 1024;
 

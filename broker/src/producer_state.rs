@@ -184,6 +184,40 @@ impl ProducerStates {
         });
     }
 
+    /// A transaction marker at `epoch` was written for `producer_id` (the coordinator bumped
+    /// the epoch to fence an old incarnation, or ended a transaction at the same epoch): data
+    /// from an older epoch is refused from now on; a newer epoch starts again at sequence 0.
+    pub fn fence(&mut self, producer_id: i64, epoch: i16) {
+        self.clock += 1;
+        let clock = self.clock;
+        match self.producers.get_mut(&producer_id) {
+            Some(producer) if epoch > producer.epoch => {
+                producer.epoch = epoch;
+                producer.batches.clear();
+                producer.touched = clock;
+            }
+            Some(_) => {}
+            None => {
+                if self.producers.len() >= limits::PRODUCERS_PER_PARTITION_MAX {
+                    self.evict_oldest();
+                }
+                self.producers.insert(
+                    producer_id,
+                    Producer {
+                        epoch,
+                        batches: VecDeque::new(),
+                        touched: clock,
+                    },
+                );
+            }
+        }
+    }
+
+    /// The epoch this partition knows for `producer_id`.
+    pub fn epoch_of(&self, producer_id: i64) -> Option<i16> {
+        self.producers.get(&producer_id).map(|p| p.epoch)
+    }
+
     /// The log accepted the batch at `base_offset`.
     pub fn committed(&mut self, batch: BatchSeq, base_offset: i64) {
         if let Some(producer) = self.producers.get_mut(&batch.producer_id) {

@@ -337,6 +337,7 @@ impl Shard {
                 match log {
                     Ok(log) => {
                         let producers = crate::partition::restore_producers(&log, tp).await;
+                        let txns = crate::partition::restore_txns(&log, tp).await;
                         let partition = Partition::new(
                             tp.clone(),
                             log,
@@ -344,6 +345,7 @@ impl Shard {
                             self.node_id(),
                             meta,
                             producers,
+                            txns,
                         );
                         partition.set_replica_lag_max_ms(self.config.replica_lag_time_max_ms);
                         partition.set_topic_id(*topic_id);
@@ -440,6 +442,15 @@ impl Shard {
             &tp.topic,
             tp.partition,
         );
+        // The log starts over empty: so does what it knows of transactions (written now, so
+        // a crash cannot bring back the old log's snapshot).
+        let txns = crate::partition::txns::PartitionTxns::starting_at(start.0);
+        if let Err(error) = log
+            .write_sidecar(crate::partition::txns::SNAPSHOT_FILE, &txns.encode())
+            .await
+        {
+            tracing::warn!(partition = %tp.dir_name(), %error, "cannot reset the transaction snapshot");
+        }
         let partition = Partition::new(
             tp.clone(),
             log,
@@ -447,6 +458,7 @@ impl Shard {
             self.node_id(),
             meta,
             crate::producer_state::ProducerStates::default(),
+            txns,
         );
         partition.set_replica_lag_max_ms(self.config.replica_lag_time_max_ms);
         partition.set_topic_id(topic.id);
@@ -593,6 +605,7 @@ impl Shard {
             let results =
                 futures::future::join_all(chunk.iter().map(|p| p.log.checkpoint_active_indexes()))
                     .await;
+            futures::future::join_all(chunk.iter().map(|p| p.checkpoint_txns())).await;
             for (partition, result) in chunk.iter().zip(results) {
                 if let Err(error) = result {
                     tracing::warn!(partition = %partition.tp.dir_name(), %error, "index checkpoint failed");
@@ -645,6 +658,7 @@ async fn release_partition(partition: Rc<Partition>, remove: bool) -> bool {
             let result = if remove {
                 owned.log.remove().await
             } else {
+                owned.checkpoint_txns().await;
                 owned.log.close().await
             };
             if let Err(error) = result {

@@ -10,7 +10,8 @@
 //!                                      high_watermark: i64, last_stable_offset: i64,
 //!                                      log_start_offset: i64 (v5+),
 //!                                      aborted_transactions: nullable [producer_id: i64,
-//!                                                                      first_offset: i64],
+//!                                                                      first_offset: i64,
+//!                                                                      <tags v12+>],
 //!                                      preferred_read_replica: i32 (v11+),
 //!                                      records: nullable bytes, <tags v12+> ],
 //!                        <tags v12+> ]
@@ -27,13 +28,16 @@ use crate::wire::{put_array_len, put_bytes_len, put_empty_tags, put_string};
 
 pub const FLEXIBLE_FROM: i16 = 12;
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct PartitionHeader {
     pub partition_index: i32,
     pub error_code: i16,
     pub high_watermark: i64,
     pub last_stable_offset: i64,
     pub log_start_offset: i64,
+    /// (producer id, first offset) of each aborted transaction with records in the answer,
+    /// for read_committed fetches; empty otherwise.
+    pub aborted_transactions: Vec<(i64, i64)>,
 }
 
 /// Builds one framed Fetch response (size prefix and response header included).
@@ -112,9 +116,16 @@ impl FetchResponseWriter {
         if self.version >= 5 {
             out.put_i64(header.log_start_offset);
         }
-        // No transactions yet: an empty (not null) aborted list, as the Java broker sends for
-        // READ_COMMITTED fetches of non-transactional data, is also valid for READ_UNCOMMITTED.
-        put_array_len(out, Some(0), self.compact);
+        // An empty (not null) list when there is nothing to skip, as the Java broker sends for
+        // READ_COMMITTED fetches of non-transactional data; valid for READ_UNCOMMITTED too.
+        put_array_len(out, Some(header.aborted_transactions.len()), self.compact);
+        for (producer_id, first_offset) in &header.aborted_transactions {
+            out.put_i64(*producer_id);
+            out.put_i64(*first_offset);
+            if self.compact {
+                put_empty_tags(out);
+            }
+        }
         if self.version >= 11 {
             out.put_i32(-1); // preferred_read_replica: none.
         }
@@ -271,8 +282,9 @@ mod tests {
                 partition_index: 0,
                 error_code: 0,
                 high_watermark: 10,
-                last_stable_offset: 10,
+                last_stable_offset: 8,
                 log_start_offset: 0,
+                aborted_transactions: vec![(77, 2), (78, 5)],
             };
             writer.partition(
                 &header,
@@ -282,7 +294,8 @@ mod tests {
                 &PartitionHeader {
                     partition_index: 1,
                     error_code: 1,
-                    ..header
+                    aborted_transactions: Vec::new(),
+                    ..header.clone()
                 },
                 &[],
             );
@@ -302,6 +315,18 @@ mod tests {
             );
             assert_eq!(partitions[1].error_code, 1);
             assert_eq!(partitions[0].high_watermark, 10);
+            assert_eq!(partitions[0].last_stable_offset, 8);
+            let aborted: Vec<(i64, i64)> = partitions[0]
+                .aborted_transactions
+                .iter()
+                .flatten()
+                .map(|a| (a.producer_id.0, a.first_offset))
+                .collect();
+            assert_eq!(aborted, [(77, 2), (78, 5)], "v{version}");
+            assert_eq!(
+                partitions[1].aborted_transactions.as_ref().map(Vec::len),
+                Some(0)
+            );
             assert!(body.is_empty());
         }
     }

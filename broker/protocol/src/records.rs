@@ -325,6 +325,56 @@ pub fn for_each_record(
     parse_records(&area, header, |view, _, _, _| f(view))
 }
 
+/// A transaction marker's type, from its control batch's only record: the key is a version
+/// (i16, 0) and a type (i16: 0 abort, 1 commit). `Some(true)` for commit, `Some(false)` for
+/// abort, `None` for a batch that is not a transaction marker (or does not parse).
+pub fn control_marker(batch: &[u8], header: &BatchHeader) -> Option<bool> {
+    if !header.is_control() {
+        return None;
+    }
+    let mut marker = None;
+    let walked = for_each_record(batch, header, |record| {
+        if record.index == 0 {
+            marker = match record.key {
+                Some([0, 0, 0, 0]) => Some(false),
+                Some([0, 0, 0, 1]) => Some(true),
+                _ => None,
+            };
+        }
+    });
+    walked.ok().and(marker)
+}
+
+/// A commit or abort marker batch for `producer_id` at `producer_epoch`, as a coordinator
+/// asks each partition of a transaction to append: attributes transactional and control,
+/// one record with key (version 0, type) and value (version 0, coordinator epoch).
+pub fn build_control_marker(
+    producer_id: i64,
+    producer_epoch: i16,
+    commit: bool,
+    coordinator_epoch: i32,
+    now: crate::types::TimestampMs,
+) -> bytes::BytesMut {
+    let mut builder = crate::batch::BatchBuilder::new(now);
+    builder.attributes = crate::batch::ATTR_TRANSACTIONAL | crate::batch::ATTR_CONTROL;
+    builder.producer_id = crate::types::ProducerId(producer_id);
+    builder.producer_epoch = producer_epoch;
+    let mut key = Vec::with_capacity(4);
+    key.extend_from_slice(&0i16.to_be_bytes());
+    key.extend_from_slice(&i16::from(commit).to_be_bytes());
+    let mut value = Vec::with_capacity(6);
+    value.extend_from_slice(&0i16.to_be_bytes());
+    value.extend_from_slice(&coordinator_epoch.to_be_bytes());
+    builder
+        .record(crate::batch::BuilderRecord {
+            timestamp_delta_ms: 0,
+            key: Some(bytes::Bytes::from(key)),
+            value: Some(bytes::Bytes::from(value)),
+            headers: Vec::new(),
+        })
+        .build()
+}
+
 /// The delete horizon a cleaner stamped on `header`'s batch (KIP-534), if any.
 pub fn delete_horizon(header: &BatchHeader) -> Option<TimestampMs> {
     (header.attributes() & ATTR_DELETE_HORIZON != 0).then(|| header.base_timestamp())
@@ -632,5 +682,21 @@ mod tests {
             let header = BatchHeader::parse_unchecked(&bytes).unwrap();
             let _ = first_at_or_after(&bytes, &header, TimestampMs(1_200));
         }
+    }
+
+    #[test]
+    fn control_markers_round_trip() {
+        for commit in [true, false] {
+            let batch = build_control_marker(77, 3, commit, 5, TimestampMs(1_000));
+            let header = BatchHeader::parse_unchecked(&batch).unwrap();
+            assert!(header.is_control() && header.is_transactional());
+            assert_eq!((header.producer_id().0, header.producer_epoch()), (77, 3));
+            assert_eq!(control_marker(&batch, &header), Some(commit));
+        }
+        let data = crate::batch::BatchBuilder::new(TimestampMs(0))
+            .value(0, "x")
+            .build();
+        let header = BatchHeader::parse_unchecked(&data).unwrap();
+        assert_eq!(control_marker(&data, &header), None);
     }
 }

@@ -125,6 +125,7 @@ pub async fn handle(ctx: &Ctx<'_>, request: FetchRequest) -> Outcome {
                     .copied()
                     .unwrap_or(-1),
                 replica,
+                read_committed: request.isolation_level == 1 && replica.is_none(),
             },
         })
         .collect();
@@ -199,8 +200,13 @@ pub async fn handle(ctx: &Ctx<'_>, request: FetchRequest) -> Outcome {
                 partition_index: part.partition,
                 error_code: result.error_code,
                 high_watermark: result.high_watermark,
-                last_stable_offset: result.high_watermark,
+                last_stable_offset: result.last_stable_offset,
                 log_start_offset: result.log_start_offset,
+                aborted_transactions: if with_records {
+                    result.aborted.clone()
+                } else {
+                    Vec::new()
+                },
             };
             writer.partition(&header, if with_records { &result.chunks } else { &[] });
             if session_id != 0 {

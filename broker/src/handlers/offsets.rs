@@ -72,7 +72,13 @@ where
     answers
 }
 
-async fn list_one(shard: Rc<Shard>, (tp, timestamp, current_epoch): Query) -> Answer {
+/// One partition's ListOffsets answer; `read_committed` (isolation level 1) answers "latest"
+/// with the last stable offset, as Kafka does.
+async fn list_one(
+    shard: Rc<Shard>,
+    (tp, timestamp, current_epoch): Query,
+    read_committed: bool,
+) -> Answer {
     let Some(partition) = shard.partition(&tp) else {
         return (error_code::NOT_LEADER_OR_FOLLOWER, -1, -1, -1);
     };
@@ -82,6 +88,12 @@ async fn list_one(shard: Rc<Shard>, (tp, timestamp, current_epoch): Query) -> An
     let epoch = partition.leader_epoch().0;
     let log = &partition.log;
     match timestamp {
+        LATEST if read_committed => (
+            error_code::NONE,
+            -1,
+            partition.last_stable_offset().0,
+            epoch,
+        ),
         LATEST => (error_code::NONE, -1, partition.high_watermark().0, epoch),
         EARLIEST => (error_code::NONE, -1, log.log_start_offset().0, epoch),
         MAX_TIMESTAMP => match log.max_timestamp() {
@@ -113,7 +125,12 @@ pub async fn list_offsets(ctx: &Ctx<'_>, request: ListOffsetsRequest) -> Outcome
             })
         })
         .collect();
-    let mut answers = per_owner(ctx.shard, items, list_one).await.into_iter();
+    let read_committed = request.isolation_level == 1;
+    let mut answers = per_owner(ctx.shard, items, move |shard, query| {
+        list_one(shard, query, read_committed)
+    })
+    .await
+    .into_iter();
     let mut response = ListOffsetsResponse::default();
     response.topics = request
         .topics

@@ -22,6 +22,7 @@
 
 pub mod epochs;
 pub mod state;
+pub mod txns;
 pub mod waiters;
 
 use std::cell::{Cell, RefCell};
@@ -85,6 +86,8 @@ pub struct Partition {
     /// The id of the topic this replica belongs to: a topic deleted and made again under the
     /// same name is another topic.
     topic_id: Cell<[u8; 16]>,
+    /// Open and aborted transactions: the last stable offset and read_committed's skips.
+    txns: RefCell<txns::PartitionTxns>,
 }
 
 /// A successful (or duplicate) append, as Produce answers it.
@@ -133,6 +136,9 @@ pub struct ReadRequest {
     pub current_leader_epoch: i32,
     /// Set when a follower fetches (a Fetch with a replica id).
     pub replica: Option<ReplicaFetch>,
+    /// A read_committed consumer: reads stop at the last stable offset, and the aborted
+    /// transactions among what it reads are listed.
+    pub read_committed: bool,
 }
 
 /// A follower's fetch: who, and when (the shard's clock, for the ISR's lag rule).
@@ -147,7 +153,11 @@ pub struct ReplicaFetch {
 pub struct ReadResult {
     pub error_code: ErrorCode,
     pub high_watermark: i64,
+    pub last_stable_offset: i64,
     pub log_start_offset: i64,
+    /// (producer id, first offset) of aborted transactions in what a read_committed read
+    /// returns.
+    pub aborted: Vec<(i64, i64)>,
     pub chunks: Vec<Bytes>,
     pub len: usize,
 }
@@ -157,6 +167,7 @@ impl ReadResult {
         ReadResult {
             error_code,
             high_watermark: -1,
+            last_stable_offset: -1,
             log_start_offset: -1,
             ..ReadResult::default()
         }
@@ -185,6 +196,7 @@ impl Partition {
         node: BrokerId,
         meta: &PartitionMeta,
         producers: ProducerStates,
+        txns: txns::PartitionTxns,
     ) -> Partition {
         let offsets = log_offsets(&log);
         let state = PartitionState::new(
@@ -206,6 +218,7 @@ impl Partition {
             truncating: Cell::new(false),
             topic_id: Cell::new([0; 16]),
             detached: Cell::new(false),
+            txns: RefCell::new(txns),
         }
     }
 
@@ -344,6 +357,15 @@ impl Partition {
             state.leader_epoch()
         };
         let records = self.as_topic_stores(records, now)?;
+        let first = BatchHeader::parse_unchecked(&records).ok();
+        if first.as_ref().is_some_and(|h| h.is_control()) {
+            return Err(AppendFailure {
+                code: error_code::INVALID_RECORD,
+                message: Some("client produce requests may not carry control batches".into()),
+                record_errors: Vec::new(),
+            });
+        }
+        let transactional = first.filter(|h| h.is_transactional() && h.producer_id().0 >= 0);
         let sequence = match self.idempotence(&records)? {
             Sequenced::None => None,
             Sequenced::Append(sequence) => Some(sequence),
@@ -362,6 +384,11 @@ impl Partition {
                     self.state
                         .borrow_mut()
                         .sequence_committed(sequence, info.base_offset);
+                }
+                if let Some(header) = &transactional {
+                    self.txns
+                        .borrow_mut()
+                        .observe(header, info.base_offset.0, None);
                 }
                 self.log_moved();
                 if acks == -1 {
@@ -554,6 +581,7 @@ impl Partition {
         }
         if !records.is_empty() {
             let headers = batch_headers(&records);
+            let markers = control_markers(&records);
             if let Err(error) = self.log.append_replicated(records, now).await {
                 return Err(AppendFailure {
                     code: error.kafka_error_code(),
@@ -562,11 +590,21 @@ impl Partition {
                 });
             }
             let mut state = self.state.borrow_mut();
-            for header in headers
-                .iter()
-                .filter(|h| h.producer_id().0 >= 0 && !h.is_control())
-            {
-                state.sequence_replicated(BatchSeq::of(header), header.base_offset());
+            let mut txns = self.txns.borrow_mut();
+            for header in &headers {
+                if header.producer_id().0 < 0 {
+                    continue;
+                }
+                if header.is_control() {
+                    state.fence_producer(header.producer_id().0, header.producer_epoch());
+                } else {
+                    state.sequence_replicated(BatchSeq::of(header), header.base_offset());
+                }
+                let marker = markers
+                    .iter()
+                    .find(|(base, _)| *base == header.base_offset().0)
+                    .and_then(|(_, marker)| *marker);
+                txns.observe(header, header.base_offset().0, marker);
             }
         }
         let advanced = {
@@ -628,6 +666,8 @@ impl Partition {
         })?;
         let producers = restore_producers(&self.log, &self.tp).await;
         self.state.borrow_mut().replace_producers(producers);
+        let txns = restore_txns(&self.log, &self.tp).await;
+        *self.txns.borrow_mut() = txns;
         Ok(end)
     }
 
@@ -737,9 +777,11 @@ impl Partition {
                 }
                 self.log.acknowledged_end_offset()
             }
+            None if request.read_committed => self.last_stable_offset(),
             None => self.high_watermark(),
         };
         let high_watermark = self.high_watermark();
+        let last_stable = self.last_stable_offset();
         let log_start = self.log.log_start_offset();
         match self
             .log
@@ -749,16 +791,166 @@ impl Partition {
             Ok(slice) => ReadResult {
                 error_code: error_code::NONE,
                 high_watermark: high_watermark.0,
+                last_stable_offset: last_stable.0,
                 log_start_offset: log_start.0,
+                aborted: if request.read_committed && slice.len > 0 {
+                    self.txns
+                        .borrow()
+                        .aborted_between(slice.first_offset.0, slice.next_offset.0)
+                        .iter()
+                        .map(|a| (a.producer_id, a.first_offset))
+                        .collect()
+                } else {
+                    Vec::new()
+                },
                 len: slice.len,
                 chunks: slice.chunks,
             },
             Err(error) => ReadResult {
                 error_code: error.kafka_error_code(),
                 high_watermark: high_watermark.0,
+                last_stable_offset: last_stable.0,
                 log_start_offset: log_start.0,
                 ..ReadResult::default()
             },
+        }
+    }
+
+    /// Kafka's last stable offset: the first offset of the oldest transaction still open
+    /// here, or the high watermark when none is (read_committed readers stop there).
+    pub fn last_stable_offset(&self) -> Offset {
+        let high_watermark = self.high_watermark();
+        match self.txns.borrow().first_unstable() {
+            Some(first) => Offset(first).min(high_watermark),
+            None => high_watermark,
+        }
+    }
+
+    /// Appends a transaction marker (a control batch) for `producer_id` as the coordinator
+    /// asks (WriteTxnMarkers), fencing older epochs of that producer, and waits for the
+    /// in-sync replicas like an acks=all produce.
+    pub async fn write_marker(
+        &self,
+        producer_id: i64,
+        producer_epoch: i16,
+        commit: bool,
+        coordinator_epoch: i32,
+        now: TimestampMs,
+        deadline: Instant,
+    ) -> Result<(), AppendFailure> {
+        if self.detached.get() {
+            return Err(AppendFailure::code(error_code::NOT_LEADER_OR_FOLLOWER));
+        }
+        let leader_epoch = {
+            let state = self.state.borrow();
+            state.check_produce(-1, now.0, self.replica_lag_max_ms.get())?;
+            if state
+                .producer_epoch(producer_id)
+                .is_some_and(|known| producer_epoch < known)
+            {
+                return Err(AppendFailure {
+                    code: error_code::INVALID_PRODUCER_EPOCH,
+                    message: Some(format!(
+                        "marker for producer {producer_id} at epoch {producer_epoch} is older than its current epoch"
+                    )),
+                    record_errors: Vec::new(),
+                });
+            }
+            state.leader_epoch()
+        };
+        let batch = tern_protocol::records::build_control_marker(
+            producer_id,
+            producer_epoch,
+            commit,
+            coordinator_epoch,
+            now,
+        );
+        let header = BatchHeader::parse_unchecked(&batch)
+            .map_err(|_| AppendFailure::code(error_code::UNKNOWN_SERVER_ERROR))?;
+        let info = self
+            .log
+            .append(batch, leader_epoch, now)
+            .await
+            .map_err(|error| AppendFailure {
+                code: error.kafka_error_code(),
+                message: Some(error.to_string()),
+                record_errors: Vec::new(),
+            })?;
+        self.state
+            .borrow_mut()
+            .fence_producer(producer_id, producer_epoch);
+        self.txns
+            .borrow_mut()
+            .observe(&header, info.base_offset.0, Some(commit));
+        self.log_moved();
+        self.replicated(info.base_offset, leader_epoch, deadline)
+            .await?;
+        Ok(())
+    }
+
+    /// Appends a transactional batch the group coordinator wrote for a producer
+    /// (TxnOffsetCommit): no sequence numbers, but a fenced epoch is refused.
+    pub async fn append_for_transaction(
+        &self,
+        records: BytesMut,
+        now: TimestampMs,
+        deadline: Instant,
+    ) -> Result<Appended, AppendFailure> {
+        if self.detached.get() {
+            return Err(AppendFailure::code(error_code::NOT_LEADER_OR_FOLLOWER));
+        }
+        let header = BatchHeader::parse_unchecked(&records)
+            .map_err(|_| AppendFailure::code(error_code::CORRUPT_MESSAGE))?;
+        let leader_epoch = {
+            let state = self.state.borrow();
+            state.check_produce(-1, now.0, self.replica_lag_max_ms.get())?;
+            if state
+                .producer_epoch(header.producer_id().0)
+                .is_some_and(|known| header.producer_epoch() < known)
+            {
+                return Err(AppendFailure::code(error_code::PRODUCER_FENCED));
+            }
+            state.leader_epoch()
+        };
+        let info = self
+            .log
+            .append(records, leader_epoch, now)
+            .await
+            .map_err(|error| AppendFailure {
+                code: error.kafka_error_code(),
+                message: Some(error.to_string()),
+                record_errors: Vec::new(),
+            })?;
+        self.txns
+            .borrow_mut()
+            .observe(&header, info.base_offset.0, None);
+        self.log_moved();
+        self.replicated(info.base_offset, leader_epoch, deadline)
+            .await?;
+        Ok(Appended {
+            base_offset: info.base_offset,
+            log_append_time: info.log_append_time,
+            log_start_offset: info.log_start_offset,
+        })
+    }
+
+    /// Whether `producer_id` has a transaction open on this partition.
+    pub fn has_open_transaction(&self, producer_id: i64) -> bool {
+        self.txns.borrow().is_open(producer_id)
+    }
+
+    /// Persists the transaction snapshot beside the log if it changed (index checkpoints
+    /// and close).
+    pub async fn checkpoint_txns(&self) {
+        let snapshot = {
+            let mut txns = self.txns.borrow_mut();
+            txns.trim(self.log.log_start_offset().0);
+            txns.snapshot_if_dirty()
+        };
+        if let Some(bytes) = snapshot {
+            if let Err(error) = self.log.write_sidecar(txns::SNAPSHOT_FILE, &bytes).await {
+                tracing::warn!(partition = %self.tp.dir_name(), %error, "cannot persist the transaction snapshot");
+            }
         }
     }
 
@@ -810,6 +1002,87 @@ enum Sequenced {
 }
 
 /// The headers of the whole batches in `records`, unchecked (the log validates them).
+/// The base offset and marker type (Some(commit)) of each control batch in `records`.
+fn control_markers(records: &[u8]) -> Vec<(i64, Option<bool>)> {
+    let mut markers = Vec::new();
+    let mut rest = records;
+    while let Ok(total) = peek_batch_total_bytes(rest) {
+        let Some(batch) = rest.get(..total) else {
+            break;
+        };
+        match BatchHeader::parse_unchecked(batch) {
+            Ok(header) if header.is_control() => markers.push((
+                header.base_offset().0,
+                tern_protocol::records::control_marker(batch, &header),
+            )),
+            Ok(_) => {}
+            Err(_) => break,
+        }
+        rest = &rest[total..];
+    }
+    markers
+}
+
+/// A partition's transactions as its snapshot and the log past it describe them: the
+/// snapshot (`txns::SNAPSHOT_FILE`) when it is intact and the log still reaches it, then
+/// every batch from there to the log end; the whole log when there is no usable snapshot.
+pub async fn restore_txns(log: &Log, tp: &TopicPartition) -> txns::PartitionTxns {
+    let start = log.log_start_offset().0;
+    let end = log.log_end_offset();
+    let mut txns = match log.read_sidecar(txns::SNAPSHOT_FILE).await {
+        Ok(Some(bytes)) => match txns::PartitionTxns::decode(&bytes) {
+            Some(snapshot) if snapshot.next_offset() <= end.0 => snapshot,
+            Some(_) => {
+                tracing::info!(partition = %tp.dir_name(), "transaction snapshot is ahead of the log; replaying the log");
+                txns::PartitionTxns::default()
+            }
+            None => {
+                tracing::warn!(partition = %tp.dir_name(), "transaction snapshot is damaged; replaying the log");
+                txns::PartitionTxns::default()
+            }
+        },
+        Ok(None) => txns::PartitionTxns::default(),
+        Err(error) => {
+            tracing::warn!(partition = %tp.dir_name(), %error, "cannot read the transaction snapshot; replaying the log");
+            txns::PartitionTxns::default()
+        }
+    };
+    txns.trim(start);
+    let mut next = Offset(txns.next_offset().max(start));
+    while next < end {
+        let slice = match log
+            .read(next, crate::limits::TXN_REPLAY_READ_BYTES, end)
+            .await
+        {
+            Ok(slice) => slice,
+            Err(error) => {
+                tracing::error!(partition = %tp.dir_name(), %error, "cannot replay transactions from the log");
+                break;
+            }
+        };
+        if slice.next_offset <= next {
+            break;
+        }
+        for chunk in &slice.chunks {
+            let mut rest: &[u8] = chunk;
+            while let Ok(total) = peek_batch_total_bytes(rest) {
+                let Some(batch) = rest.get(..total) else {
+                    break;
+                };
+                if let Ok(header) = BatchHeader::parse_unchecked(batch) {
+                    if header.next_offset() > next {
+                        let marker = tern_protocol::records::control_marker(batch, &header);
+                        txns.observe(&header, header.base_offset().0, marker);
+                    }
+                }
+                rest = &rest[total..];
+            }
+        }
+        next = slice.next_offset;
+    }
+    txns
+}
+
 fn batch_headers(records: &[u8]) -> Vec<BatchHeader> {
     let mut headers = Vec::new();
     let mut rest = records;

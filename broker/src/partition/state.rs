@@ -472,6 +472,16 @@ impl PartitionState {
         self.producers.check(batch)
     }
 
+    /// A transaction marker at `epoch` was written for `producer_id` (see
+    /// `ProducerStates::fence`).
+    pub fn fence_producer(&mut self, producer_id: i64, epoch: i16) {
+        self.producers.fence(producer_id, epoch);
+    }
+
+    pub fn producer_epoch(&self, producer_id: i64) -> Option<i16> {
+        self.producers.epoch_of(producer_id)
+    }
+
     pub fn sequence_committed(&mut self, batch: BatchSeq, base_offset: Offset) {
         self.producers.committed(batch, base_offset.0);
     }

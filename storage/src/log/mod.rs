@@ -365,6 +365,19 @@ impl Log {
         &self.inner.dir
     }
 
+    /// Writes a small file the layer above keeps beside this log (a partition's transaction
+    /// snapshot): atomically (temporary file, fdatasync, rename, directory sync), so a crash
+    /// leaves the old or the new contents. `name` must not collide with the log's own files.
+    pub async fn write_sidecar(&self, name: &str, bytes: &[u8]) -> Result<(), StorageIoError> {
+        segment::write_file_atomically(&self.inner.dir, name, bytes).await?;
+        sync_dir(&self.inner.dir).await
+    }
+
+    /// Reads a sidecar file written by `write_sidecar`, or None if there is none.
+    pub async fn read_sidecar(&self, name: &str) -> Result<Option<Vec<u8>>, StorageIoError> {
+        segment::read_small_file(&self.inner.dir.join(name)).await
+    }
+
     pub fn log_start_offset(&self) -> Offset {
         self.inner.state.borrow().log_start
     }
