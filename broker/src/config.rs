@@ -47,6 +47,15 @@ pub struct BrokerConfig {
     /// Kafka's `group.consumer.assignors`: the server assignors members may pick, the first
     /// being the default (`uniform`, `range`).
     pub group_consumer_assignors: Vec<String>,
+    /// Partitions of `__transaction_state` when it is created (Kafka's
+    /// `transaction.state.log.num.partitions`, 50).
+    pub transaction_state_log_num_partitions: i32,
+    /// Kafka's `transaction.max.timeout.ms`: the longest transaction timeout a producer may
+    /// ask for (INVALID_TRANSACTION_TIMEOUT beyond).
+    pub transaction_max_timeout_ms: i32,
+    /// Kafka's `transaction.abort.timed.out.transaction.cleanup.interval.ms`: how often the
+    /// coordinator aborts transactions open past their timeout.
+    pub transaction_cleanup_interval_ms: u64,
     pub limits: ConnectionLimits,
     /// Memory per shard for the indexes of sealed segments (least recently used ones are
     /// dropped and read again from their files when needed).
@@ -210,6 +219,9 @@ impl Default for BrokerConfig {
             group_consumer_session_timeout_ms: 45_000,
             group_consumer_heartbeat_interval_ms: 5_000,
             group_consumer_assignors: vec!["uniform".to_owned(), "range".to_owned()],
+            transaction_state_log_num_partitions: 50,
+            transaction_max_timeout_ms: 900_000,
+            transaction_cleanup_interval_ms: 10_000,
             limits: ConnectionLimits::default(),
             index_cache_bytes: crate::limits::INDEX_CACHE_BYTES_PER_SHARD,
             max_parked_fetches: crate::limits::FETCH_PARKED_PER_SHARD,
@@ -278,6 +290,20 @@ impl BrokerConfig {
                 "group.consumer.assignors: unknown assignor '{unknown}' (Tern has uniform and range)"
             ));
         }
+        if !(1..=crate::limits::TOPIC_PARTITIONS_MAX)
+            .contains(&self.transaction_state_log_num_partitions)
+        {
+            return Err(format!(
+                "transaction.state.log.num.partitions must be 1..={}",
+                crate::limits::TOPIC_PARTITIONS_MAX
+            ));
+        }
+        if self.transaction_max_timeout_ms < 1 {
+            return Err("transaction.max.timeout.ms must be at least 1".into());
+        }
+        if self.transaction_cleanup_interval_ms < 10 {
+            return Err("the timed-out transaction cleanup interval must be at least 10 ms".into());
+        }
         if self.replica_lag_time_max_ms < 100 {
             return Err("replica.lag.time.max.ms must be at least 100 ms".into());
         }
@@ -331,6 +357,9 @@ pub struct FileConfig {
     pub group_consumer_session_timeout_ms: Option<i32>,
     pub group_consumer_heartbeat_interval_ms: Option<i32>,
     pub group_consumer_assignors: Option<String>,
+    pub transaction_state_log_num_partitions: Option<i32>,
+    pub transaction_max_timeout_ms: Option<i32>,
+    pub transaction_cleanup_interval_ms: Option<u64>,
     pub index_cache_bytes: Option<usize>,
     pub max_parked_fetches: Option<usize>,
     /// `"1@127.0.0.1:19093,2@127.0.0.1:29093"`, as Kafka's `controller.quorum.voters`.

@@ -117,7 +117,7 @@ impl Fetchers {
 
 /// Why a round ended early; the fetcher backs off and (for `Connection`) redials.
 #[derive(Debug)]
-enum RoundError {
+pub(crate) enum RoundError {
     Connection(std::io::Error),
     Protocol(String),
 }
@@ -567,14 +567,15 @@ async fn reconcile_epochs(
     Ok(())
 }
 
-/// A Kafka client connection to a leader, one request at a time.
-struct Connection {
+/// A Kafka client connection to another broker, one request at a time (fetchers, and the
+/// transaction coordinator's WriteTxnMarkers).
+pub(crate) struct Connection {
     stream: TcpStream,
     correlation_id: i32,
 }
 
 impl Connection {
-    async fn open(addr: SocketAddr) -> std::io::Result<Connection> {
+    pub(crate) async fn open(addr: SocketAddr) -> std::io::Result<Connection> {
         let stream = TcpStream::connect_timeout(addr, limits::REPLICA_CONNECT_TIMEOUT).await?;
         stream.set_nodelay(true)?;
         Ok(Connection {
@@ -584,7 +585,7 @@ impl Connection {
     }
 
     /// Sends one request and reads its response, refusing one over `max_bytes`.
-    async fn call<Req, Resp>(
+    pub(crate) async fn call<Req, Resp>(
         &mut self,
         api_key: i16,
         version: i16,

@@ -36,6 +36,7 @@ pub mod runtime;
 pub mod scatter;
 pub mod shard;
 pub mod topic_config;
+pub mod txn;
 
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -340,6 +341,7 @@ async fn shard_main(
         }
     }
     let coordinator = group::coordinator::start(shard.clone());
+    let txn_coordinator = txn::coordinator::start(shard.clone());
 
     let listener = match TcpListener::bind(config.listen) {
         Ok(listener) => listener,
@@ -470,6 +472,7 @@ async fn shard_main(
     drop(fetchers);
     drop(cleaner);
     drop(coordinator);
+    drop(txn_coordinator);
     shard.close_all().await;
 }
 

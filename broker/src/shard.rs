@@ -69,6 +69,7 @@ pub struct Shard {
     pub request_budget: Rc<RequestBudget>,
     /// The consumer groups this shard coordinates (see `group`).
     pub groups: crate::group::registry::Coordinator,
+    pub txns: crate::txn::coordinator::Registry,
     /// Memory budget for sealed segments' indexes, shared by this shard's partition logs.
     pub index_cache: Rc<tern_storage::IndexCache>,
     /// Cap on long-poll fetches parked on this shard's partitions.
@@ -124,6 +125,9 @@ impl Shard {
                         .collect(),
                     ..crate::group::consumer::ConsumerConfig::default()
                 },
+            }),
+            txns: crate::txn::coordinator::Registry::new(crate::txn::state::TxnConfig {
+                max_timeout_ms: config.transaction_max_timeout_ms,
             }),
             index_cache: tern_storage::IndexCache::new(config.index_cache_bytes),
             park_budget: ParkBudget::new(config.max_parked_fetches),
@@ -300,6 +304,13 @@ impl Shard {
                     Some(partition) => {
                         let led = partition.is_leader();
                         partition.update(meta, policy);
+                        if led
+                            && !partition.is_leader()
+                            && tp.topic == crate::txn::TRANSACTION_STATE_TOPIC
+                        {
+                            self.txns
+                                .unload_partition(tp.partition, topic.partitions.len() as i32);
+                        }
                         if led
                             && !partition.is_leader()
                             && tp.topic == crate::group::codec::OFFSETS_TOPIC

@@ -346,6 +346,18 @@ struct ServeArgs {
     /// group.consumer.assignors, default "uniform,range").
     #[arg(long, env = "TERN_GROUP_CONSUMER_ASSIGNORS")]
     group_consumer_assignors: Option<String>,
+    /// Partitions of __transaction_state when the first transactional producer creates it
+    /// (Kafka's transaction.state.log.num.partitions, default 50).
+    #[arg(long, env = "TERN_TRANSACTION_STATE_LOG_NUM_PARTITIONS")]
+    transaction_state_log_num_partitions: Option<i32>,
+    /// The longest transaction timeout a producer may ask for (Kafka's
+    /// transaction.max.timeout.ms, default 900000).
+    #[arg(long, env = "TERN_TRANSACTION_MAX_TIMEOUT_MS")]
+    transaction_max_timeout_ms: Option<i32>,
+    /// How often transactions open past their timeout are aborted (Kafka's
+    /// transaction.abort.timed.out.transaction.cleanup.interval.ms, default 10000).
+    #[arg(long, env = "TERN_TRANSACTION_CLEANUP_INTERVAL_MS")]
+    transaction_cleanup_interval_ms: Option<u64>,
     /// Largest request frame in bytes (Kafka's socket.request.max.bytes; at most 100 MiB).
     #[arg(long, env = "TERN_MAX_REQUEST_BYTES")]
     max_request_bytes: Option<usize>,
@@ -542,6 +554,18 @@ fn build_config(args: ServeArgs) -> Result<BrokerConfig, String> {
                     .collect()
             })
             .unwrap_or(defaults.group_consumer_assignors),
+        transaction_state_log_num_partitions: args
+            .transaction_state_log_num_partitions
+            .or(file.transaction_state_log_num_partitions)
+            .unwrap_or(defaults.transaction_state_log_num_partitions),
+        transaction_max_timeout_ms: args
+            .transaction_max_timeout_ms
+            .or(file.transaction_max_timeout_ms)
+            .unwrap_or(defaults.transaction_max_timeout_ms),
+        transaction_cleanup_interval_ms: args
+            .transaction_cleanup_interval_ms
+            .or(file.transaction_cleanup_interval_ms)
+            .unwrap_or(defaults.transaction_cleanup_interval_ms),
         index_cache_bytes: args
             .index_cache_bytes
             .or(file.index_cache_bytes)

@@ -27,6 +27,9 @@ REQUESTS = [
     "delete_groups_request", "offset_delete_request", "init_producer_id_request",
     "consumer_group_heartbeat_request", "consumer_group_describe_request",
     "offset_for_leader_epoch_request", "elect_leaders_request",
+    "add_partitions_to_txn_request", "add_offsets_to_txn_request", "end_txn_request",
+    "write_txn_markers_request", "txn_offset_commit_request",
+    "describe_transactions_request", "list_transactions_request",
 ]
 
 PRIMS = {

@@ -56,6 +56,13 @@ pub const DESCRIBE_CLUSTER: i16 = 60;
 pub const INIT_PRODUCER_ID: i16 = 22;
 pub const OFFSET_FOR_LEADER_EPOCH: i16 = 23;
 pub const ELECT_LEADERS: i16 = 43;
+pub const ADD_PARTITIONS_TO_TXN: i16 = 24;
+pub const ADD_OFFSETS_TO_TXN: i16 = 25;
+pub const END_TXN: i16 = 26;
+pub const WRITE_TXN_MARKERS: i16 = 27;
+pub const TXN_OFFSET_COMMIT: i16 = 28;
+pub const DESCRIBE_TRANSACTIONS: i16 = 65;
+pub const LIST_TRANSACTIONS: i16 = 66;
 pub const CONSUMER_GROUP_HEARTBEAT: i16 = 68;
 pub const CONSUMER_GROUP_DESCRIBE: i16 = 69;
 
@@ -258,6 +265,57 @@ pub static GROUP_APIS: &[ApiSpec] = &[
         0,
         i16::MAX,
         Some(&OFFSET_DELETE_REQUEST),
+    ),
+    // Transactions, up to the versions before KIP-890's (transaction version 2), which
+    // Tern does not implement.
+    spec(
+        ADD_PARTITIONS_TO_TXN,
+        "AddPartitionsToTxn",
+        0,
+        3,
+        3,
+        Some(&ADD_PARTITIONS_TO_TXN_REQUEST),
+    ),
+    spec(
+        ADD_OFFSETS_TO_TXN,
+        "AddOffsetsToTxn",
+        0,
+        3,
+        3,
+        Some(&ADD_OFFSETS_TO_TXN_REQUEST),
+    ),
+    spec(END_TXN, "EndTxn", 0, 3, 3, Some(&END_TXN_REQUEST)),
+    spec(
+        WRITE_TXN_MARKERS,
+        "WriteTxnMarkers",
+        0,
+        1,
+        1,
+        Some(&WRITE_TXN_MARKERS_REQUEST),
+    ),
+    spec(
+        TXN_OFFSET_COMMIT,
+        "TxnOffsetCommit",
+        0,
+        3,
+        3,
+        Some(&TXN_OFFSET_COMMIT_REQUEST),
+    ),
+    spec(
+        DESCRIBE_TRANSACTIONS,
+        "DescribeTransactions",
+        0,
+        0,
+        0,
+        Some(&DESCRIBE_TRANSACTIONS_REQUEST),
+    ),
+    spec(
+        LIST_TRANSACTIONS,
+        "ListTransactions",
+        0,
+        0,
+        0,
+        Some(&LIST_TRANSACTIONS_REQUEST),
     ),
     spec(
         CONSUMER_GROUP_HEARTBEAT,

@@ -27,6 +27,7 @@ pub const INVALID_REQUIRED_ACKS: ErrorCode = 21;
 pub const ILLEGAL_GENERATION: ErrorCode = 22;
 pub const INCONSISTENT_GROUP_PROTOCOL: ErrorCode = 23;
 pub const INVALID_GROUP_ID: ErrorCode = 24;
+pub const OPERATION_NOT_ATTEMPTED: ErrorCode = 55;
 pub const UNKNOWN_MEMBER_ID: ErrorCode = 25;
 pub const INVALID_SESSION_TIMEOUT: ErrorCode = 26;
 pub const REBALANCE_IN_PROGRESS: ErrorCode = 27;

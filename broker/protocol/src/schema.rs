@@ -283,6 +283,13 @@ mod tests {
             CONSUMER_GROUP_DESCRIBE_REQUEST => ConsumerGroupDescribeRequest,
             OFFSET_FOR_LEADER_EPOCH_REQUEST => OffsetForLeaderEpochRequest,
             ELECT_LEADERS_REQUEST => ElectLeadersRequest,
+            ADD_PARTITIONS_TO_TXN_REQUEST => AddPartitionsToTxnRequest,
+            ADD_OFFSETS_TO_TXN_REQUEST => AddOffsetsToTxnRequest,
+            END_TXN_REQUEST => EndTxnRequest,
+            WRITE_TXN_MARKERS_REQUEST => WriteTxnMarkersRequest,
+            TXN_OFFSET_COMMIT_REQUEST => TxnOffsetCommitRequest,
+            DESCRIBE_TRANSACTIONS_REQUEST => DescribeTransactionsRequest,
+            LIST_TRANSACTIONS_REQUEST => ListTransactionsRequest,
         );
     }
 

@@ -1765,6 +1765,396 @@ pub static ELECT_LEADERS_REQUEST__TOPIC_PARTITIONS: Struct = Struct {
     ],
 };
 
+pub static ADD_PARTITIONS_TO_TXN_REQUEST: Struct = Struct {
+    name: "AddPartitionsToTxnRequest",
+    fields: &[
+        Field {
+            versions: 4..=32767,
+            kind: Kind::CompactArray(Elem::Struct(
+                &ADD_PARTITIONS_TO_TXN_REQUEST__ADD_PARTITIONS_TO_TXN_TRANSACTION,
+            )),
+        },
+        Field {
+            versions: 3..=3,
+            kind: Kind::Prim(Prim::CompactStr),
+        },
+        Field {
+            versions: 0..=2,
+            kind: Kind::Prim(Prim::Str),
+        },
+        Field {
+            versions: 0..=3,
+            kind: Kind::Prim(Prim::I64),
+        },
+        Field {
+            versions: 0..=3,
+            kind: Kind::Prim(Prim::I16),
+        },
+        Field {
+            versions: 3..=3,
+            kind: Kind::CompactArray(Elem::Struct(
+                &ADD_PARTITIONS_TO_TXN_REQUEST__ADD_PARTITIONS_TO_TXN_TOPIC,
+            )),
+        },
+        Field {
+            versions: 0..=2,
+            kind: Kind::Array(Elem::Struct(
+                &ADD_PARTITIONS_TO_TXN_REQUEST__ADD_PARTITIONS_TO_TXN_TOPIC,
+            )),
+        },
+        Field {
+            versions: 3..=32767,
+            kind: Kind::TaggedFields,
+        },
+    ],
+};
+
+pub static ADD_PARTITIONS_TO_TXN_REQUEST__ADD_PARTITIONS_TO_TXN_TOPIC: Struct = Struct {
+    name: "AddPartitionsToTxnTopic",
+    fields: &[
+        Field {
+            versions: 3..=32767,
+            kind: Kind::Prim(Prim::CompactStr),
+        },
+        Field {
+            versions: 0..=2,
+            kind: Kind::Prim(Prim::Str),
+        },
+        Field {
+            versions: 3..=32767,
+            kind: Kind::CompactArray(Elem::Prim(Prim::I32)),
+        },
+        Field {
+            versions: 0..=2,
+            kind: Kind::Array(Elem::Prim(Prim::I32)),
+        },
+        Field {
+            versions: 3..=32767,
+            kind: Kind::TaggedFields,
+        },
+    ],
+};
+
+pub static ADD_PARTITIONS_TO_TXN_REQUEST__ADD_PARTITIONS_TO_TXN_TRANSACTION: Struct = Struct {
+    name: "AddPartitionsToTxnTransaction",
+    fields: &[
+        Field {
+            versions: 4..=32767,
+            kind: Kind::Prim(Prim::CompactStr),
+        },
+        Field {
+            versions: 4..=32767,
+            kind: Kind::Prim(Prim::I64),
+        },
+        Field {
+            versions: 4..=32767,
+            kind: Kind::Prim(Prim::I16),
+        },
+        Field {
+            versions: 4..=32767,
+            kind: Kind::Prim(Prim::Bool),
+        },
+        Field {
+            versions: 4..=32767,
+            kind: Kind::CompactArray(Elem::Struct(
+                &ADD_PARTITIONS_TO_TXN_REQUEST__ADD_PARTITIONS_TO_TXN_TOPIC,
+            )),
+        },
+        Field {
+            versions: 3..=32767,
+            kind: Kind::TaggedFields,
+        },
+    ],
+};
+
+pub static ADD_OFFSETS_TO_TXN_REQUEST: Struct = Struct {
+    name: "AddOffsetsToTxnRequest",
+    fields: &[
+        Field {
+            versions: 3..=32767,
+            kind: Kind::Prim(Prim::CompactStr),
+        },
+        Field {
+            versions: 0..=2,
+            kind: Kind::Prim(Prim::Str),
+        },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::Prim(Prim::I64),
+        },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::Prim(Prim::I16),
+        },
+        Field {
+            versions: 3..=32767,
+            kind: Kind::Prim(Prim::CompactStr),
+        },
+        Field {
+            versions: 0..=2,
+            kind: Kind::Prim(Prim::Str),
+        },
+        Field {
+            versions: 3..=32767,
+            kind: Kind::TaggedFields,
+        },
+    ],
+};
+
+pub static END_TXN_REQUEST: Struct = Struct {
+    name: "EndTxnRequest",
+    fields: &[
+        Field {
+            versions: 3..=32767,
+            kind: Kind::Prim(Prim::CompactStr),
+        },
+        Field {
+            versions: 0..=2,
+            kind: Kind::Prim(Prim::Str),
+        },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::Prim(Prim::I64),
+        },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::Prim(Prim::I16),
+        },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::Prim(Prim::Bool),
+        },
+        Field {
+            versions: 3..=32767,
+            kind: Kind::TaggedFields,
+        },
+    ],
+};
+
+pub static WRITE_TXN_MARKERS_REQUEST__WRITABLE_TXN_MARKER: Struct = Struct {
+    name: "WritableTxnMarker",
+    fields: &[
+        Field {
+            versions: 0..=32767,
+            kind: Kind::Prim(Prim::I64),
+        },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::Prim(Prim::I16),
+        },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::Prim(Prim::Bool),
+        },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::CompactArray(Elem::Struct(
+                &WRITE_TXN_MARKERS_REQUEST__WRITABLE_TXN_MARKER_TOPIC,
+            )),
+        },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::Prim(Prim::I32),
+        },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::TaggedFields,
+        },
+    ],
+};
+
+pub static WRITE_TXN_MARKERS_REQUEST__WRITABLE_TXN_MARKER_TOPIC: Struct = Struct {
+    name: "WritableTxnMarkerTopic",
+    fields: &[
+        Field {
+            versions: 0..=32767,
+            kind: Kind::Prim(Prim::CompactStr),
+        },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::CompactArray(Elem::Prim(Prim::I32)),
+        },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::TaggedFields,
+        },
+    ],
+};
+
+pub static WRITE_TXN_MARKERS_REQUEST: Struct = Struct {
+    name: "WriteTxnMarkersRequest",
+    fields: &[
+        Field {
+            versions: 0..=32767,
+            kind: Kind::CompactArray(Elem::Struct(
+                &WRITE_TXN_MARKERS_REQUEST__WRITABLE_TXN_MARKER,
+            )),
+        },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::TaggedFields,
+        },
+    ],
+};
+
+pub static TXN_OFFSET_COMMIT_REQUEST: Struct = Struct {
+    name: "TxnOffsetCommitRequest",
+    fields: &[
+        Field {
+            versions: 3..=32767,
+            kind: Kind::Prim(Prim::CompactStr),
+        },
+        Field {
+            versions: 0..=2,
+            kind: Kind::Prim(Prim::Str),
+        },
+        Field {
+            versions: 3..=32767,
+            kind: Kind::Prim(Prim::CompactStr),
+        },
+        Field {
+            versions: 0..=2,
+            kind: Kind::Prim(Prim::Str),
+        },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::Prim(Prim::I64),
+        },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::Prim(Prim::I16),
+        },
+        Field {
+            versions: 3..=32767,
+            kind: Kind::Prim(Prim::I32),
+        },
+        Field {
+            versions: 3..=32767,
+            kind: Kind::Prim(Prim::CompactStr),
+        },
+        Field {
+            versions: 3..=32767,
+            kind: Kind::Prim(Prim::CompactStr),
+        },
+        Field {
+            versions: 3..=32767,
+            kind: Kind::CompactArray(Elem::Struct(
+                &TXN_OFFSET_COMMIT_REQUEST__TXN_OFFSET_COMMIT_REQUEST_TOPIC,
+            )),
+        },
+        Field {
+            versions: 0..=2,
+            kind: Kind::Array(Elem::Struct(
+                &TXN_OFFSET_COMMIT_REQUEST__TXN_OFFSET_COMMIT_REQUEST_TOPIC,
+            )),
+        },
+        Field {
+            versions: 3..=32767,
+            kind: Kind::TaggedFields,
+        },
+    ],
+};
+
+pub static TXN_OFFSET_COMMIT_REQUEST__TXN_OFFSET_COMMIT_REQUEST_PARTITION: Struct = Struct {
+    name: "TxnOffsetCommitRequestPartition",
+    fields: &[
+        Field {
+            versions: 0..=32767,
+            kind: Kind::Prim(Prim::I32),
+        },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::Prim(Prim::I64),
+        },
+        Field {
+            versions: 2..=32767,
+            kind: Kind::Prim(Prim::I32),
+        },
+        Field {
+            versions: 3..=32767,
+            kind: Kind::Prim(Prim::CompactStr),
+        },
+        Field {
+            versions: 0..=2,
+            kind: Kind::Prim(Prim::Str),
+        },
+        Field {
+            versions: 3..=32767,
+            kind: Kind::TaggedFields,
+        },
+    ],
+};
+
+pub static TXN_OFFSET_COMMIT_REQUEST__TXN_OFFSET_COMMIT_REQUEST_TOPIC: Struct = Struct {
+    name: "TxnOffsetCommitRequestTopic",
+    fields: &[
+        Field {
+            versions: 3..=32767,
+            kind: Kind::Prim(Prim::CompactStr),
+        },
+        Field {
+            versions: 0..=2,
+            kind: Kind::Prim(Prim::Str),
+        },
+        Field {
+            versions: 3..=32767,
+            kind: Kind::CompactArray(Elem::Struct(
+                &TXN_OFFSET_COMMIT_REQUEST__TXN_OFFSET_COMMIT_REQUEST_PARTITION,
+            )),
+        },
+        Field {
+            versions: 0..=2,
+            kind: Kind::Array(Elem::Struct(
+                &TXN_OFFSET_COMMIT_REQUEST__TXN_OFFSET_COMMIT_REQUEST_PARTITION,
+            )),
+        },
+        Field {
+            versions: 3..=32767,
+            kind: Kind::TaggedFields,
+        },
+    ],
+};
+
+pub static DESCRIBE_TRANSACTIONS_REQUEST: Struct = Struct {
+    name: "DescribeTransactionsRequest",
+    fields: &[
+        Field {
+            versions: 0..=32767,
+            kind: Kind::CompactArray(Elem::Prim(Prim::CompactStr)),
+        },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::TaggedFields,
+        },
+    ],
+};
+
+pub static LIST_TRANSACTIONS_REQUEST: Struct = Struct {
+    name: "ListTransactionsRequest",
+    fields: &[
+        Field {
+            versions: 0..=32767,
+            kind: Kind::CompactArray(Elem::Prim(Prim::CompactStr)),
+        },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::CompactArray(Elem::Prim(Prim::I64)),
+        },
+        Field {
+            versions: 1..=32767,
+            kind: Kind::Prim(Prim::I64),
+        },
+        Field {
+            versions: 2..=32767,
+            kind: Kind::Prim(Prim::CompactStr),
+        },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::TaggedFields,
+        },
+    ],
+};
+
 /// Every request root table, for tests and the fuzz target.
 pub static ROOTS: &[&Struct] = &[
     &METADATA_REQUEST,
@@ -1795,4 +2185,11 @@ pub static ROOTS: &[&Struct] = &[
     &CONSUMER_GROUP_DESCRIBE_REQUEST,
     &OFFSET_FOR_LEADER_EPOCH_REQUEST,
     &ELECT_LEADERS_REQUEST,
+    &ADD_PARTITIONS_TO_TXN_REQUEST,
+    &ADD_OFFSETS_TO_TXN_REQUEST,
+    &END_TXN_REQUEST,
+    &WRITE_TXN_MARKERS_REQUEST,
+    &TXN_OFFSET_COMMIT_REQUEST,
+    &DESCRIBE_TRANSACTIONS_REQUEST,
+    &LIST_TRANSACTIONS_REQUEST,
 ];

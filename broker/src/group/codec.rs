@@ -549,7 +549,23 @@ fn decode_consumer_record(key: &[u8], value: Option<&[u8]>) -> Result<ConsumerRe
 
 /// One batch holding `records` (key, value-or-tombstone), ready for `Log::append`.
 pub fn build_batch(records: Vec<(Bytes, Option<Bytes>)>, now_ms: i64) -> BytesMut {
+    build_batch_for(records, now_ms, None)
+}
+
+/// `build_batch` for records written inside `producer`'s transaction (id, epoch): the
+/// batch is transactional and carries the producer (no sequence, as Kafka's coordinator
+/// writes TxnOffsetCommit).
+pub fn build_batch_for(
+    records: Vec<(Bytes, Option<Bytes>)>,
+    now_ms: i64,
+    producer: Option<(i64, i16)>,
+) -> BytesMut {
     let mut builder = BatchBuilder::new(TimestampMs(now_ms));
+    if let Some((producer_id, producer_epoch)) = producer {
+        builder.attributes = tern_protocol::batch::ATTR_TRANSACTIONAL;
+        builder.producer_id = tern_protocol::types::ProducerId(producer_id);
+        builder.producer_epoch = producer_epoch;
+    }
     for (key, value) in records {
         builder = builder.record(BuilderRecord {
             timestamp_delta_ms: 0,
@@ -561,12 +577,23 @@ pub fn build_batch(records: Vec<(Bytes, Option<Bytes>)>, now_ms: i64) -> BytesMu
     builder.build()
 }
 
-/// Calls `each` with (key, value) of every record in `chunk` (whole batches, as `Log::read`
-/// returns them). Batches that fail validation end the walk with an error.
-pub fn for_each_record(
-    chunk: &[u8],
-    mut each: impl FnMut(&[u8], Option<&[u8]>),
-) -> Result<(), DecodeError> {
+/// What a walk over `__consumer_offsets` meets: a record (written inside a transaction by
+/// `producer`, or plainly), or a transaction marker.
+pub enum Walked<'a> {
+    Record {
+        producer: Option<i64>,
+        key: &'a [u8],
+        value: Option<&'a [u8]>,
+    },
+    Marker {
+        producer_id: i64,
+        commit: bool,
+    },
+}
+
+/// Calls `each` for every record and transaction marker in `chunk` (whole batches, as
+/// `Log::read` returns them). Batches that fail validation end the walk with an error.
+pub fn for_each_record(chunk: &[u8], mut each: impl FnMut(Walked<'_>)) -> Result<(), DecodeError> {
     for span in BatchIter::new(chunk) {
         let span = span.map_err(|error| {
             DecodeError::Wire(WireError::Invalid {
@@ -576,8 +603,15 @@ pub fn for_each_record(
         let batch = &chunk[span.position..span.position + span.total_bytes];
         let header = &span.header;
         if header.is_control() {
+            if let Some(commit) = tern_protocol::records::control_marker(batch, header) {
+                each(Walked::Marker {
+                    producer_id: header.producer_id().0,
+                    commit,
+                });
+            }
             continue;
         }
+        let producer = header.is_transactional().then_some(header.producer_id().0);
         if header.compression_codec() != 0 {
             return Err(DecodeError::Compressed(header.compression_codec()));
         }
@@ -608,7 +642,11 @@ pub fn for_each_record(
                 Some(r.take(value_len as usize)?)
             };
             match key {
-                Some(key) => each(key, value),
+                Some(key) => each(Walked::Record {
+                    producer,
+                    key,
+                    value,
+                }),
                 None => return Err(DecodeError::MissingKey),
             }
         }
@@ -652,7 +690,10 @@ mod tests {
             1_000,
         );
         let mut seen = Vec::new();
-        for_each_record(&batch, |key, value| {
+        for_each_record(&batch, |walked| {
+            let Walked::Record { key, value, .. } = walked else {
+                return;
+            };
             seen.push(decode_record(key, value).unwrap())
         })
         .unwrap();

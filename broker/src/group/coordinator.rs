@@ -104,8 +104,48 @@ async fn load_partition(shard: &Rc<Shard>, partition: i32) {
                 .initial_rebalance_delay_ms;
             for chunk in &slice.chunks {
                 let mut groups = shard.groups.groups.borrow_mut();
-                let walked = codec::for_each_record(chunk, |key, value| {
+                let walked = codec::for_each_record(chunk, |walked| {
+                    let (producer, key, value) = match walked {
+                        codec::Walked::Marker {
+                            producer_id,
+                            commit,
+                        } => {
+                            groups.complete_txn(producer_id, commit, |_| true, now);
+                            return;
+                        }
+                        codec::Walked::Record {
+                            producer,
+                            key,
+                            value,
+                        } => (producer, key, value),
+                    };
                     records += 1;
+                    if let Some(producer_id) = producer {
+                        // An offset committed inside a transaction: staged until its marker.
+                        match codec::decode_record(key, value) {
+                            Ok(Loaded::Offset {
+                                group,
+                                topic,
+                                partition,
+                                value: Some(offset),
+                            }) => {
+                                groups.stage_txn_offsets(
+                                    producer_id,
+                                    &group,
+                                    vec![OffsetToCommit {
+                                        topic,
+                                        partition,
+                                        offset,
+                                    }],
+                                );
+                            }
+                            Ok(_) => {}
+                            Err(error) => {
+                                tracing::warn!(partition, %error, "skipping undecodable __consumer_offsets record")
+                            }
+                        }
+                        return;
+                    }
                     match codec::decode_record(key, value) {
                         Ok(Loaded::Offset {
                             group,
@@ -483,4 +523,67 @@ pub async fn consumer_heartbeat(
         message: "the group's state could not be written to __consumer_offsets".to_owned(),
     })?;
     decided
+}
+
+/// On the owner shard of `__consumer_offsets` partition `partition`: a transaction marker for
+/// `producer_id` was written there; the offsets that producer staged for groups of that
+/// partition are committed or dropped.
+pub fn complete_txn(shard: &Rc<Shard>, partition: i32, producer_id: i64, commit: bool) {
+    let count = shard
+        .image()
+        .topic(OFFSETS_TOPIC)
+        .map(|t| t.partitions.len() as i32)
+        .unwrap_or(0);
+    if count <= 0 {
+        return;
+    }
+    let now = shard.now_ms();
+    shard.groups.groups.borrow_mut().complete_txn(
+        producer_id,
+        commit,
+        |group| codec::partition_for_group(group, count) == partition,
+        now,
+    );
+}
+
+/// TxnOffsetCommit on the group's coordinator shard: the offsets go to `__consumer_offsets`
+/// as a transactional batch of `producer_id` (so the transaction's marker decides them) and
+/// are staged until that marker.
+pub async fn txn_commit(
+    shard: &Rc<Shard>,
+    group_id: &str,
+    producer_id: i64,
+    producer_epoch: i16,
+    offsets: Vec<OffsetToCommit>,
+) -> Result<(), ErrorCode> {
+    if offsets.is_empty() {
+        return Ok(());
+    }
+    let now = shard.now_ms();
+    let (partition, _) = route(shard, group_id).map_err(RouteError::code)?;
+    let tp = TopicPartition::new(OFFSETS_TOPIC, partition);
+    let log = shard.partition(&tp).ok_or(error_code::NOT_COORDINATOR)?;
+    let records = offsets
+        .iter()
+        .map(|o| {
+            (
+                codec::offset_key(group_id, &o.topic, o.partition),
+                Some(codec::offset_value(&o.offset)),
+            )
+        })
+        .collect();
+    let batch = codec::build_batch_for(records, now, Some((producer_id, producer_epoch)));
+    log.append_for_transaction(
+        batch,
+        TimestampMs(now),
+        std::time::Instant::now() + crate::limits::OFFSETS_COMMIT_TIMEOUT,
+    )
+    .await
+    .map_err(|failure| failure.code)?;
+    shard
+        .groups
+        .groups
+        .borrow_mut()
+        .stage_txn_offsets(producer_id, group_id, offsets);
+    Ok(())
 }

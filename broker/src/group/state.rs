@@ -1085,6 +1085,10 @@ pub struct Groups {
     pub config: GroupConfig,
     groups: HashMap<String, Group>,
     pub consumer: ConsumerGroups,
+    /// Offsets committed inside transactions (TxnOffsetCommit) not yet ended, by producer
+    /// id: they become committed offsets when its commit marker reaches the group's
+    /// `__consumer_offsets` partition, and vanish with an abort marker.
+    pending_txn: HashMap<i64, Vec<(String, OffsetToCommit)>>,
 }
 
 /// Why a group could not be created.
@@ -1097,7 +1101,64 @@ impl Groups {
             consumer: ConsumerGroups::new(config.consumer.clone()),
             config,
             groups: HashMap::new(),
+            pending_txn: HashMap::new(),
         }
+    }
+
+    /// Offsets a transactional producer committed for `group_id` (TxnOffsetCommit), durable
+    /// in `__consumer_offsets` as part of its open transaction.
+    pub fn stage_txn_offsets(
+        &mut self,
+        producer_id: i64,
+        group_id: &str,
+        offsets: Vec<OffsetToCommit>,
+    ) {
+        let staged = self.pending_txn.entry(producer_id).or_default();
+        for offset in offsets {
+            staged.retain(|(g, o)| {
+                !(g == group_id && o.topic == offset.topic && o.partition == offset.partition)
+            });
+            staged.push((group_id.to_owned(), offset));
+        }
+    }
+
+    /// A transaction marker for `producer_id` reached a `__consumer_offsets` partition: the
+    /// offsets it staged for the groups `belongs` picks (those of that partition) are
+    /// committed (`commit`) or dropped.
+    pub fn complete_txn(
+        &mut self,
+        producer_id: i64,
+        commit: bool,
+        belongs: impl Fn(&str) -> bool,
+        now_ms: i64,
+    ) {
+        let Some(staged) = self.pending_txn.remove(&producer_id) else {
+            return;
+        };
+        let (mine, others): (Vec<_>, Vec<_>) =
+            staged.into_iter().partition(|(group, _)| belongs(group));
+        if !others.is_empty() {
+            self.pending_txn.insert(producer_id, others);
+        }
+        if !commit {
+            return;
+        }
+        let mut by_group: BTreeMap<String, Vec<OffsetToCommit>> = BTreeMap::new();
+        for (group, offset) in mine {
+            by_group.entry(group).or_default().push(offset);
+        }
+        for (group, offsets) in by_group {
+            self.apply_commit(&group, offsets, now_ms);
+        }
+    }
+
+    /// Whether a transaction still open holds an offset for this partition of the group
+    /// (OffsetFetch with require_stable answers UNSTABLE_OFFSET_COMMIT then).
+    pub fn has_pending_txn_offset(&self, group_id: &str, topic: &str, partition: i32) -> bool {
+        self.pending_txn
+            .values()
+            .flatten()
+            .any(|(g, o)| g == group_id && o.topic == topic && o.partition == partition)
     }
 
     /// Whether a KIP-848 heartbeat may use this id: not while classic members hold it.

@@ -108,35 +108,39 @@ fn fresh_member_id(prefix: &str) -> String {
     format!("{prefix}-{suffix}")
 }
 
-pub fn find_coordinator(ctx: &Ctx<'_>, request: FindCoordinatorRequest) -> Outcome {
+pub async fn find_coordinator(ctx: &Ctx<'_>, request: FindCoordinatorRequest) -> Outcome {
+    if request.key_type == KEY_TYPE_TRANSACTION {
+        // The first transactional client creates `__transaction_state`, as with Kafka.
+        super::txn::ensure_topic(ctx.shard).await;
+    }
     let image = ctx.shard.image();
-    // The coordinator of a group is the leader of its `__consumer_offsets` partition, wherever
-    // that is in the cluster; its address comes from the image.
+    // The coordinator of a group (a transactional id) is the leader of its
+    // `__consumer_offsets` (`__transaction_state`) partition, wherever that is in the
+    // cluster; its address comes from the image.
+    let leader_for =
+        |internal: &str, key: &str| -> Result<(i32, String, i32), (ErrorCode, String)> {
+            let topic = image.topic(internal).ok_or((
+                error_code::COORDINATOR_NOT_AVAILABLE,
+                format!("{internal} does not exist yet"),
+            ))?;
+            let partition =
+                crate::group::codec::partition_for_group(key, topic.partitions.len() as i32);
+            let leader = topic
+                .partitions
+                .get(partition as usize)
+                .map(|p| p.leader)
+                .and_then(|leader| image.broker(leader))
+                .filter(|broker| !broker.fenced)
+                .ok_or((
+                    error_code::COORDINATOR_NOT_AVAILABLE,
+                    format!("{internal}-{partition} has no leader"),
+                ))?;
+            Ok((leader.id, leader.host.clone(), i32::from(leader.port)))
+        };
     let answer = |key: &str, key_type: i8| -> Result<(i32, String, i32), (ErrorCode, String)> {
         match key_type {
-            KEY_TYPE_GROUP => {
-                let topic = image.topic(OFFSETS_TOPIC).ok_or((
-                    error_code::COORDINATOR_NOT_AVAILABLE,
-                    "__consumer_offsets does not exist".to_owned(),
-                ))?;
-                let partition =
-                    crate::group::codec::partition_for_group(key, topic.partitions.len() as i32);
-                let leader = topic
-                    .partitions
-                    .get(partition as usize)
-                    .map(|p| p.leader)
-                    .and_then(|leader| image.broker(leader))
-                    .filter(|broker| !broker.fenced)
-                    .ok_or((
-                        error_code::COORDINATOR_NOT_AVAILABLE,
-                        format!("__consumer_offsets-{partition} has no leader"),
-                    ))?;
-                Ok((leader.id, leader.host.clone(), i32::from(leader.port)))
-            }
-            KEY_TYPE_TRANSACTION => Err((
-                error_code::COORDINATOR_NOT_AVAILABLE,
-                "transactions are not supported".into(),
-            )),
+            KEY_TYPE_GROUP => leader_for(OFFSETS_TOPIC, key),
+            KEY_TYPE_TRANSACTION => leader_for(crate::txn::TRANSACTION_STATE_TOPIC, key),
             other => Err((
                 error_code::INVALID_REQUEST,
                 format!("unknown coordinator key type {other}"),
@@ -516,9 +520,10 @@ type FetchQuery = (
     String,
     Option<(String, i32)>,
     Option<Vec<(String, Vec<i32>)>>,
+    bool,
 );
-/// (topic, partition, offset, leader epoch, metadata) per answered partition.
-type FetchAnswer = Result<Vec<(String, i32, i64, i32, String)>, ErrorCode>;
+/// (topic, partition, offset, leader epoch, metadata, error) per answered partition.
+type FetchAnswer = Result<Vec<(String, i32, i64, i32, String, ErrorCode)>, ErrorCode>;
 
 async fn fetch_offsets(shard: &Rc<Shard>, queries: Vec<FetchQuery>) -> Vec<FetchAnswer> {
     // One hop per coordinator shard, carrying every group that shard owns.
@@ -540,8 +545,8 @@ async fn fetch_offsets(shard: &Rc<Shard>, queries: Vec<FetchQuery>) -> Vec<Fetch
     }
     let answered = scatter(shard, routed, |shard, items: Vec<FetchQuery>| async move {
         let mut out = Vec::with_capacity(items.len());
-        for (group_id, member, topics) in items {
-            out.push(committed_offsets(&shard, &group_id, member, topics).await);
+        for (group_id, member, topics, require_stable) in items {
+            out.push(committed_offsets(&shard, &group_id, member, topics, require_stable).await);
         }
         out
     })
@@ -558,6 +563,7 @@ async fn committed_offsets(
     group_id: &str,
     member: Option<(String, i32)>,
     topics: Option<Vec<(String, Vec<i32>)>>,
+    require_stable: bool,
 ) -> FetchAnswer {
     coordinator::ready(shard, group_id)
         .await
@@ -568,11 +574,30 @@ async fn committed_offsets(
             .consumer
             .validate_fetch(group_id, &member_id, epoch)?;
     }
+    // With require_stable (v7+), an offset a transaction still holds is UNSTABLE_OFFSET_COMMIT
+    // and the client asks again, as Kafka answers.
+    let unstable = |topic: &str, partition: i32| {
+        if require_stable && groups.has_pending_txn_offset(group_id, topic, partition) {
+            error_code::UNSTABLE_OFFSET_COMMIT
+        } else {
+            error_code::NONE
+        }
+    };
     Ok(match topics {
         None => groups
             .all_committed(group_id)
             .into_iter()
-            .map(|((topic, partition), c)| (topic, partition, c.offset, c.leader_epoch, c.metadata))
+            .map(|((topic, partition), c)| {
+                let error = unstable(&topic, partition);
+                (
+                    topic,
+                    partition,
+                    c.offset,
+                    c.leader_epoch,
+                    c.metadata,
+                    error,
+                )
+            })
             .collect(),
         Some(topics) => topics
             .into_iter()
@@ -587,8 +612,16 @@ async fn committed_offsets(
                                 c.offset,
                                 c.leader_epoch,
                                 c.metadata.clone(),
+                                unstable(&topic, partition),
                             ),
-                            None => (topic.clone(), partition, -1, -1, String::new()),
+                            None => (
+                                topic.clone(),
+                                partition,
+                                -1,
+                                -1,
+                                String::new(),
+                                unstable(&topic, partition),
+                            ),
                         },
                     )
                     .collect::<Vec<_>>()
@@ -598,15 +631,17 @@ async fn committed_offsets(
 }
 
 /// A committed offset's partition, offset, leader epoch and metadata.
-type PartitionOffset = (i32, i64, i32, String);
+type PartitionOffset = (i32, i64, i32, String, ErrorCode);
 
 /// Groups (topic, partition, ...) rows by topic, keeping first-seen topic order.
-fn by_topic(rows: Vec<(String, i32, i64, i32, String)>) -> Vec<(String, Vec<PartitionOffset>)> {
+fn by_topic(
+    rows: Vec<(String, i32, i64, i32, String, ErrorCode)>,
+) -> Vec<(String, Vec<PartitionOffset>)> {
     let mut out: Vec<(String, Vec<PartitionOffset>)> = Vec::new();
-    for (topic, partition, offset, epoch, metadata) in rows {
+    for (topic, partition, offset, epoch, metadata, error) in rows {
         match out.iter_mut().find(|(t, _)| *t == topic) {
-            Some((_, partitions)) => partitions.push((partition, offset, epoch, metadata)),
-            None => out.push((topic, vec![(partition, offset, epoch, metadata)])),
+            Some((_, partitions)) => partitions.push((partition, offset, epoch, metadata, error)),
+            None => out.push((topic, vec![(partition, offset, epoch, metadata, error)])),
         }
     }
     out
@@ -628,7 +663,12 @@ pub async fn offset_fetch(ctx: &Ctx<'_>, request: OffsetFetchRequest) -> Outcome
                     .member_id
                     .as_ref()
                     .map(|id| (id.to_string(), g.member_epoch));
-                (g.group_id.0.to_string(), member, topics)
+                (
+                    g.group_id.0.to_string(),
+                    member,
+                    topics,
+                    request.require_stable,
+                )
             })
             .collect();
         let answers = fetch_offsets(ctx.shard, queries).await;
@@ -649,8 +689,9 @@ pub async fn offset_fetch(ctx: &Ctx<'_>, request: OffsetFetchRequest) -> Outcome
                                 t.name = TopicName(str_bytes(&topic));
                                 t.partitions = partitions
                                     .into_iter()
-                                    .map(|(partition, offset, epoch, metadata)| {
+                                    .map(|(partition, offset, epoch, metadata, error)| {
                                         let mut p = OffsetFetchResponsePartitions::default();
+                                        p.error_code = error;
                                         p.partition_index = partition;
                                         p.committed_offset = offset;
                                         p.committed_leader_epoch = epoch;
@@ -674,7 +715,12 @@ pub async fn offset_fetch(ctx: &Ctx<'_>, request: OffsetFetchRequest) -> Outcome
         });
         let mut answers = fetch_offsets(
             ctx.shard,
-            vec![(request.group_id.0.to_string(), None, topics)],
+            vec![(
+                request.group_id.0.to_string(),
+                None,
+                topics,
+                ctx.version >= 7 && request.require_stable,
+            )],
         )
         .await;
         match answers
@@ -717,8 +763,9 @@ pub async fn offset_fetch(ctx: &Ctx<'_>, request: OffsetFetchRequest) -> Outcome
                         out.name = TopicName(str_bytes(&topic));
                         out.partitions = partitions
                             .into_iter()
-                            .map(|(partition, offset, epoch, metadata)| {
+                            .map(|(partition, offset, epoch, metadata, error)| {
                                 let mut p = OffsetFetchResponsePartition::default();
+                                p.error_code = error;
                                 p.partition_index = partition;
                                 p.committed_offset = offset;
                                 p.committed_leader_epoch = epoch;

@@ -11,6 +11,7 @@ mod api_versions;
 mod consumer_groups;
 mod fetch;
 mod groups;
+mod txn;
 pub use groups::offsets_topic_command;
 mod metadata;
 mod offsets;
@@ -163,7 +164,9 @@ pub async fn handle<Held>(
         api::INIT_PRODUCER_ID => {
             producer_id::init_producer_id(&ctx, decode!(InitProducerIdRequest)).await
         }
-        api::FIND_COORDINATOR => groups::find_coordinator(&ctx, decode!(FindCoordinatorRequest)),
+        api::FIND_COORDINATOR => {
+            groups::find_coordinator(&ctx, decode!(FindCoordinatorRequest)).await
+        }
         api::JOIN_GROUP => groups::join_group(&ctx, decode!(JoinGroupRequest)).await,
         api::SYNC_GROUP => groups::sync_group(&ctx, decode!(SyncGroupRequest)).await,
         api::HEARTBEAT => groups::heartbeat(&ctx, decode!(HeartbeatRequest)).await,
@@ -174,6 +177,25 @@ pub async fn handle<Held>(
         api::LIST_GROUPS => groups::list_groups(&ctx, decode!(ListGroupsRequest)).await,
         api::DELETE_GROUPS => groups::delete_groups(&ctx, decode!(DeleteGroupsRequest)).await,
         api::OFFSET_DELETE => groups::offset_delete(&ctx, decode!(OffsetDeleteRequest)).await,
+        api::ADD_PARTITIONS_TO_TXN => {
+            txn::add_partitions_to_txn(&ctx, decode!(AddPartitionsToTxnRequest)).await
+        }
+        api::ADD_OFFSETS_TO_TXN => {
+            txn::add_offsets_to_txn(&ctx, decode!(AddOffsetsToTxnRequest)).await
+        }
+        api::END_TXN => txn::end_txn(&ctx, decode!(EndTxnRequest)).await,
+        api::WRITE_TXN_MARKERS => {
+            txn::write_txn_markers(&ctx, decode!(WriteTxnMarkersRequest)).await
+        }
+        api::TXN_OFFSET_COMMIT => {
+            txn::txn_offset_commit(&ctx, decode!(TxnOffsetCommitRequest)).await
+        }
+        api::DESCRIBE_TRANSACTIONS => {
+            txn::describe_transactions(&ctx, decode!(DescribeTransactionsRequest)).await
+        }
+        api::LIST_TRANSACTIONS => {
+            txn::list_transactions(&ctx, decode!(ListTransactionsRequest)).await
+        }
         api::CONSUMER_GROUP_HEARTBEAT => {
             consumer_groups::heartbeat(&ctx, decode!(ConsumerGroupHeartbeatRequest)).await
         }

@@ -61,16 +61,7 @@ pub async fn handle(ctx: &Ctx<'_>, body: BytesMut) -> Outcome {
     let acks = request.acks;
     let slots = request.partition_count();
     let mut results: Vec<Option<Appended>> = vec![None; slots];
-    if request.transactional_id.is_some() {
-        // Transactions are not implemented; Kafka answers a transactional produce from an
-        // unknown producer with this code.
-        results.iter_mut().for_each(|slot| {
-            *slot = Some(Appended::error(
-                error_code::INVALID_REQUEST,
-                Some("transactions are not supported".into()),
-            ))
-        });
-    } else if !matches!(acks, -1..=1) {
+    if !matches!(acks, -1..=1) {
         results.iter_mut().for_each(|slot| {
             *slot = Some(Appended::error(error_code::INVALID_REQUIRED_ACKS, None))
         });

@@ -1,6 +1,6 @@
 //! InitProducerId for idempotent producers: a fresh producer id from the controller, or,
 //! when the client names its current id and epoch (KIP-360, v3+), the same id with the
-//! epoch bumped. Transactions are not implemented, so a transactional id is refused.
+//! epoch bumped. A transactional id goes to its transaction coordinator (`handlers::txn`).
 
 use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse, ProducerId};
 use tern_protocol::error_code;
@@ -12,9 +12,12 @@ pub async fn init_producer_id(ctx: &Ctx<'_>, request: InitProducerIdRequest) -> 
     let mut response = InitProducerIdResponse::default();
     response.producer_id = ProducerId(-1);
     response.producer_epoch = -1;
-    if request.transactional_id.is_some() {
-        response.error_code = error_code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED;
-        tracing::info!(transactional_id = ?request.transactional_id.as_ref().map(|t| t.0.to_string()), "refusing transactional producer: transactions are not supported");
+    if let Some(txn_id) = request.transactional_id.as_ref().map(|t| t.0.to_string()) {
+        let (code, producer_id, producer_epoch) =
+            super::txn::init_producer_id(ctx, &request, txn_id).await;
+        response.error_code = code;
+        response.producer_id = ProducerId(producer_id);
+        response.producer_epoch = producer_epoch;
         return ctx.respond(&response);
     }
     if request.producer_id.0 >= 0 && request.producer_epoch >= 0 {

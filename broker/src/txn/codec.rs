@@ -144,7 +144,10 @@ mod tests {
             start_ms: 900,
         };
         let (k, v) = (key("txn-1"), value(&meta));
-        assert_eq!(decode(&k, Some(&v)).unwrap(), ("txn-1".to_owned(), Some(meta)));
+        assert_eq!(
+            decode(&k, Some(&v)).unwrap(),
+            ("txn-1".to_owned(), Some(meta))
+        );
         assert_eq!(decode(&k, None).unwrap(), ("txn-1".to_owned(), None));
         for cut in 0..v.len() {
             assert!(decode(&k, Some(&v[..cut])).is_err(), "cut at {cut}");

@@ -131,7 +131,10 @@ pub struct Effects {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InitOutcome {
     /// Answer with this id and epoch once `persist` is durable.
-    Ready { producer_id: i64, producer_epoch: i16 },
+    Ready {
+        producer_id: i64,
+        producer_epoch: i16,
+    },
     /// A new transactional id (or an exhausted epoch): call `init` again with a fresh id.
     NeedsProducerId,
     Refused(ErrorCode),
@@ -294,8 +297,7 @@ impl Transactions {
             .get_mut(txn_id)
             .ok_or(error_code::INVALID_PRODUCER_ID_MAPPING)?;
         let meta = &mut entry.meta;
-        if meta.state == TxnState::Ongoing
-            && partitions.iter().all(|p| meta.partitions.contains(p))
+        if meta.state == TxnState::Ongoing && partitions.iter().all(|p| meta.partitions.contains(p))
         {
             return Ok(false);
         }
