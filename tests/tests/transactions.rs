@@ -312,3 +312,46 @@ fn a_transaction_open_past_its_timeout_is_aborted() {
     assert_eq!(values(&read_exactly(&committed, 1, TIMEOUT)), ["in-time"]);
     assert!(producer.commit_transaction(TIMEOUT).is_err());
 }
+
+/// The same visibility rules through a second client library: kafka-python's transactional
+/// producer and its read_committed / read_uncommitted consumers (`tests/clients/`;
+/// `.ci/run` installs kafka-python).
+#[test]
+fn kafka_python_transactions_are_seen_as_each_isolation_level_must() {
+    let broker = Broker::start_with(1, FLAGS);
+    create_topic(&broker, "txn-python", 1, &[]);
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/kafka_python_txn.py");
+    let output = std::process::Command::new("python3")
+        .arg(&script)
+        .arg(broker.bootstrap())
+        .arg("txn-python")
+        .output()
+        .expect("python3 (kafka-python is installed by .ci/run)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "kafka-python script failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let line = |prefix: &str| -> Vec<String> {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("no `{prefix}` line in:\n{stdout}"))
+            .split(',')
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned)
+            .collect()
+    };
+    let committed: Vec<String> = (0..5)
+        .map(|i| format!("kp-commit-{i}"))
+        .chain(["kp-last".to_owned()])
+        .collect();
+    assert_eq!(line("committed: "), committed);
+    let uncommitted: Vec<String> = (0..5)
+        .map(|i| format!("kp-commit-{i}"))
+        .chain((0..5).map(|i| format!("kp-abort-{i}")))
+        .chain(["kp-last".to_owned()])
+        .collect();
+    assert_eq!(line("uncommitted: "), uncommitted);
+}
