@@ -160,6 +160,31 @@ fn committed_and_aborted_transactions_are_seen_as_each_isolation_level_must() {
     let open_uncommitted = drain(&everything, Duration::from_millis(1500), TIMEOUT);
     assert_eq!(open_uncommitted.len(), 4, "{open_uncommitted:?}");
     assert!(drain(&committed, Duration::from_millis(1500), TIMEOUT).is_empty());
+    // The operator sees it open, with its partitions.
+    let cli = |args: &[&str]| {
+        let output = std::process::Command::new(tern_tests::tern_binary())
+            .args(args)
+            .args(["--bootstrap", &broker.bootstrap()])
+            .output()
+            .expect("tern");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let described = cli(&["txn", "describe", "vis-1"]);
+    assert!(described.contains("state Ongoing"), "{described}");
+    assert!(
+        described.contains("txn-vis-0") && described.contains("txn-vis-1"),
+        "{described}"
+    );
+    let listed = cli(&["txn", "list"]);
+    assert!(
+        listed.contains("vis-1\tproducer") && listed.contains("Ongoing"),
+        "{listed}"
+    );
     producer.commit_transaction(TIMEOUT).unwrap();
     let now_visible = values(&read_exactly(&committed, 4, TIMEOUT));
     assert!(now_visible.iter().all(|v| v.starts_with("open-")));
@@ -320,7 +345,8 @@ fn a_transaction_open_past_its_timeout_is_aborted() {
 fn kafka_python_transactions_are_seen_as_each_isolation_level_must() {
     let broker = Broker::start_with(1, FLAGS);
     create_topic(&broker, "txn-python", 1, &[]);
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/kafka_python_txn.py");
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/kafka_python_txn.py");
     let output = std::process::Command::new("python3")
         .arg(&script)
         .arg(broker.bootstrap())

@@ -673,3 +673,75 @@ pub fn cluster_status(admin: &str) -> Result<()> {
     }
     Ok(())
 }
+
+/// Every broker's address, from Metadata.
+fn broker_addresses(client: &mut Client) -> Result<Vec<String>> {
+    let response = client.send(&MetadataRequest::default(), 12)?;
+    Ok(response
+        .brokers
+        .iter()
+        .map(|b| format!("{}:{}", b.host, b.port))
+        .collect())
+}
+
+/// `tern txn list`: ListTransactions on every broker (each lists the ids it coordinates).
+pub fn txn_list(client: &mut Client) -> Result<()> {
+    let mut rows = Vec::new();
+    for address in broker_addresses(client)? {
+        let mut broker = Client::connect(&address)?;
+        let response = broker.send(&ListTransactionsRequest::default(), 0)?;
+        check(
+            response.error_code,
+            &format!("list transactions on {address}"),
+        )?;
+        for state in &response.transaction_states {
+            rows.push((
+                state.transactional_id.0.to_string(),
+                state.producer_id.0,
+                state.transaction_state.to_string(),
+            ));
+        }
+    }
+    rows.sort();
+    for (id, producer_id, state) in rows {
+        println!("{id}\tproducer {producer_id}\t{state}");
+    }
+    Ok(())
+}
+
+/// `tern txn describe ID`: DescribeTransactions on the id's coordinator.
+pub fn txn_describe(client: &mut Client, transactional_id: &str) -> Result<()> {
+    let mut find = FindCoordinatorRequest::default();
+    find.key_type = 1;
+    find.coordinator_keys = vec![s(transactional_id)];
+    let found = client.send(&find, 4)?;
+    let coordinator = found
+        .coordinators
+        .first()
+        .ok_or("no coordinator in the answer")?;
+    check(coordinator.error_code, "find the transaction coordinator")?;
+    let mut broker = Client::connect(&format!("{}:{}", coordinator.host, coordinator.port))?;
+    let mut request = DescribeTransactionsRequest::default();
+    request.transactional_ids = vec![TransactionalId(s(transactional_id))];
+    let response = broker.send(&request, 0)?;
+    for state in &response.transaction_states {
+        check(
+            state.error_code,
+            &format!("describe transaction {transactional_id}"),
+        )?;
+        println!(
+            "transactional id {transactional_id}: state {}, producer {} epoch {}, timeout {} ms, started {}",
+            state.transaction_state,
+            state.producer_id.0,
+            state.producer_epoch,
+            state.transaction_timeout_ms,
+            state.transaction_start_time_ms
+        );
+        for topic in &state.topics {
+            for partition in &topic.partitions {
+                println!("  {}-{partition}", topic.topic.0);
+            }
+        }
+    }
+    Ok(())
+}

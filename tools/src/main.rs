@@ -83,6 +83,19 @@ enum Command {
         #[command(subcommand)]
         action: GroupAction,
     },
+    /// Transactions: those the coordinators hold, one transactional id in detail.
+    Txn {
+        #[arg(
+            long,
+            short,
+            default_value = "127.0.0.1:9092",
+            env = "TERN_BOOTSTRAP",
+            global = true
+        )]
+        bootstrap: String,
+        #[command(subcommand)]
+        action: TxnAction,
+    },
     /// Check this host for running tern: kernel, io_uring, memlock, CPUs, interrupts, the data
     /// directory's file system and disk (measured briefly); exits 1 if something fails.
     Doctor {
@@ -161,6 +174,14 @@ enum TopicAction {
         #[arg(long, requires = "topic")]
         partition: Option<i32>,
     },
+}
+
+#[derive(Subcommand)]
+enum TxnAction {
+    /// Every transactional id with its producer id and state, from every broker.
+    List,
+    /// One transactional id: state, producer id and epoch, timeout, start, partitions.
+    Describe { transactional_id: String },
 }
 
 #[derive(Subcommand)]
@@ -258,6 +279,15 @@ fn run_client_command(command: Command) -> Result<(), String> {
                 count,
                 idle_ms,
             )
+        }
+        Command::Txn { bootstrap, action } => {
+            let mut client = client::Client::connect(&bootstrap)?;
+            match action {
+                TxnAction::List => commands::txn_list(&mut client),
+                TxnAction::Describe { transactional_id } => {
+                    commands::txn_describe(&mut client, &transactional_id)
+                }
+            }
         }
         Command::Group { bootstrap, action } => {
             let mut client = client::Client::connect(&bootstrap)?;
