@@ -986,12 +986,18 @@ impl ConsumerGroups {
     }
 
     /// An OffsetCommit from a member of a consumer group (Kafka's `validateOffsetCommit`).
+    ///
+    /// A commit one epoch behind the member's is accepted when the member still holds every
+    /// partition it commits (its epoch moved while the commit was in flight; no one else
+    /// can have taken them), as Kafka does with the assignment epochs of KIP-1251; otherwise
+    /// STALE_MEMBER_EPOCH.
     pub fn validate_commit(
         &self,
         group_id: &str,
         member_id: &str,
         epoch: i32,
         version: i16,
+        committed: &[(TopicId, i32)],
     ) -> Result<(), ErrorCode> {
         let Some(group) = self.groups.get(group_id) else {
             return Ok(());
@@ -1005,6 +1011,18 @@ impl ConsumerGroups {
             .ok_or(error_code::UNKNOWN_MEMBER_ID)?;
         if version < 9 {
             return Err(error_code::UNSUPPORTED_VERSION);
+        }
+        let still_held = epoch == member.current.previous_epoch
+            && epoch < member.current.epoch
+            && committed.iter().all(|(topic, partition)| {
+                member
+                    .current
+                    .assigned
+                    .get(topic)
+                    .is_some_and(|p| p.contains(partition))
+            });
+        if still_held {
+            return Ok(());
         }
         epoch_matches(member.current.epoch, epoch)
     }
@@ -1395,21 +1413,29 @@ mod tests {
             Some(error_code::FENCED_MEMBER_EPOCH)
         );
         // Offset commits: member epoch must match; classic versions refused.
-        assert_eq!(g.validate_commit("g", "a", 2, 9), Ok(()));
+        assert_eq!(g.validate_commit("g", "a", 2, 9, &[]), Ok(()));
+        // One epoch behind: accepted for partitions the member still holds (its epoch moved
+        // while the commit was in flight), STALE_MEMBER_EPOCH for one it gave up.
+        let held: Vec<(TopicId, i32)> = kept[&T1].iter().map(|p| (T1, *p)).collect();
+        let given_up = (0..2)
+            .find(|p| !kept[&T1].contains(p))
+            .map(|p| (T1, p))
+            .unwrap();
+        assert_eq!(g.validate_commit("g", "a", 1, 9, &held), Ok(()));
         assert_eq!(
-            g.validate_commit("g", "a", 1, 9),
+            g.validate_commit("g", "a", 1, 9, &[given_up]),
             Err(error_code::STALE_MEMBER_EPOCH)
         );
         assert_eq!(
-            g.validate_commit("g", "a", 3, 9),
+            g.validate_commit("g", "a", 3, 9, &[]),
             Err(error_code::FENCED_MEMBER_EPOCH)
         );
         assert_eq!(
-            g.validate_commit("g", "a", 2, 8),
+            g.validate_commit("g", "a", 2, 8, &[]),
             Err(error_code::UNSUPPORTED_VERSION)
         );
         assert_eq!(
-            g.validate_commit("g", "x", 2, 9),
+            g.validate_commit("g", "x", 2, 9, &[]),
             Err(error_code::UNKNOWN_MEMBER_ID)
         );
         assert_eq!(g.delete("g", &mut out), Err(error_code::NON_EMPTY_GROUP));

@@ -405,12 +405,20 @@ pub async fn commit(
     offsets: Vec<OffsetToCommit>,
 ) -> Result<Vec<ErrorCode>, ErrorCode> {
     let now = shard.now_ms();
+    let committed: Vec<(TopicId, i32)> = {
+        let image = shard.image();
+        offsets
+            .iter()
+            .filter_map(|o| Some((image.topic(&o.topic)?.id, o.partition)))
+            .collect()
+    };
     shard.groups.groups.borrow_mut().validate_commit(
         group_id,
         member_id,
         instance_id,
         generation,
         version,
+        &committed,
         now,
     )?;
     if offsets.is_empty() {

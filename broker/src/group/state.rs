@@ -1396,11 +1396,12 @@ impl Groups {
         instance_id: Option<&str>,
         generation: i32,
         version: i16,
+        committed: &[(super::consumer::TopicId, i32)],
         now_ms: i64,
     ) -> Result<(), ErrorCode> {
         if self.consumer.get(group_id).is_some() {
             self.consumer
-                .validate_commit(group_id, member_id, generation, version)?;
+                .validate_commit(group_id, member_id, generation, version, committed)?;
             self.get_or_create(group_id, now_ms)
                 .map_err(|TooManyGroups| error_code::COORDINATOR_NOT_AVAILABLE)?;
             return Ok(());
@@ -1788,7 +1789,7 @@ mod tests {
         ];
         for (group, member, generation, expected) in cases {
             let got = g
-                .validate_commit(group, member, None, generation, 8, 100)
+                .validate_commit(group, member, None, generation, 8, &[], 100)
                 .err()
                 .unwrap_or(error_code::NONE);
             assert_eq!(
@@ -1805,7 +1806,7 @@ mod tests {
             error_code::UNKNOWN_MEMBER_ID
         );
         // A standalone consumer may commit to a group nobody manages.
-        assert_eq!(g.validate_commit("solo", "", None, -1, 8, 100), Ok(()));
+        assert_eq!(g.validate_commit("solo", "", None, -1, 8, &[], 100), Ok(()));
     }
 
     #[test]
@@ -1913,7 +1914,7 @@ mod tests {
             error_code::FENCED_INSTANCE_ID
         );
         assert_eq!(
-            g.validate_commit("g", "a1", Some("inst-a"), 1, 8, 1_002),
+            g.validate_commit("g", "a1", Some("inst-a"), 1, 8, &[], 1_002),
             Err(error_code::FENCED_INSTANCE_ID)
         );
     }
@@ -2004,7 +2005,7 @@ mod tests {
     fn offsets_of_empty_group_expire_after_retention() {
         let mut g = groups();
         let mut out = Effects::default();
-        g.validate_commit("solo", "", None, -1, 8, 0).unwrap();
+        g.validate_commit("solo", "", None, -1, 8, &[], 0).unwrap();
         let offset = CommittedOffset {
             offset: 5,
             leader_epoch: -1,
