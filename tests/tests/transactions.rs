@@ -381,3 +381,55 @@ fn kafka_python_transactions_are_seen_as_each_isolation_level_must() {
         .collect();
     assert_eq!(line("uncommitted: "), uncommitted);
 }
+
+/// Three brokers: a transaction over partitions led by different brokers gets its markers
+/// on each (WriteTxnMarkers from the coordinator to the other leaders), and replicas follow.
+#[test]
+fn a_transaction_across_three_brokers_commits_and_aborts_on_every_leader() {
+    use tern_tests::cluster::{wait_for_layout, Cluster};
+    let cluster = Cluster::start_with(3, FLAGS);
+    try_create_topic(&cluster.brokers[0], "txn-spread", 3, 3, &[]).expect("create txn-spread");
+    let layout = wait_for_layout(&cluster, &[0, 1, 2], "txn-spread", TIMEOUT, |layout| {
+        layout.len() == 3 && layout.values().all(|(leader, _, isr)| *leader >= 0 && isr.len() == 3)
+    });
+    let leaders: std::collections::BTreeSet<i32> = layout.values().map(|(l, _, _)| *l).collect();
+    assert!(leaders.len() > 1, "partitions should have different leaders: {layout:?}");
+    let mut config = rdkafka::ClientConfig::new();
+    config
+        .set("bootstrap.servers", cluster.bootstrap())
+        .set("broker.address.family", "v4")
+        .set("transactional.id", "spread-1")
+        .set("linger.ms", "5");
+    let producer: ThreadedProducer<DefaultProducerContext> = config.create().unwrap();
+    producer.init_transactions(TIMEOUT).unwrap();
+    producer.begin_transaction().unwrap();
+    for i in 0..30 {
+        send(&producer, "txn-spread", i % 3, &format!("c-{i}"));
+    }
+    producer.commit_transaction(TIMEOUT).unwrap();
+    producer.begin_transaction().unwrap();
+    for i in 0..30 {
+        send(&producer, "txn-spread", i % 3, &format!("a-{i}"));
+    }
+    producer.flush(TIMEOUT).unwrap();
+    producer.abort_transaction(TIMEOUT).unwrap();
+    producer.begin_transaction().unwrap();
+    for i in 0..3 {
+        send(&producer, "txn-spread", i, &format!("z-{i}"));
+    }
+    producer.commit_transaction(TIMEOUT).unwrap();
+    let mut reader_config = rdkafka::ClientConfig::new();
+    reader_config
+        .set("bootstrap.servers", cluster.bootstrap())
+        .set("broker.address.family", "v4")
+        .set("group.id", "spread-reader")
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .set("fetch.wait.max.ms", "100");
+    let committed: BaseConsumer = reader_config.create().unwrap();
+    assign(&committed, "txn-spread", &[0, 1, 2], Offset::Beginning);
+    let got = values(&read_exactly(&committed, 33, TIMEOUT));
+    assert!(got.iter().all(|v| !v.starts_with("a-")), "{got:?}");
+    assert_eq!(got.iter().filter(|v| v.starts_with("c-")).count(), 30);
+    assert_eq!(got.iter().filter(|v| v.starts_with("z-")).count(), 3);
+}
