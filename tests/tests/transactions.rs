@@ -390,10 +390,16 @@ fn a_transaction_across_three_brokers_commits_and_aborts_on_every_leader() {
     let cluster = Cluster::start_with(3, FLAGS);
     try_create_topic(&cluster.brokers[0], "txn-spread", 3, 3, &[]).expect("create txn-spread");
     let layout = wait_for_layout(&cluster, &[0, 1, 2], "txn-spread", TIMEOUT, |layout| {
-        layout.len() == 3 && layout.values().all(|(leader, _, isr)| *leader >= 0 && isr.len() == 3)
+        layout.len() == 3
+            && layout
+                .values()
+                .all(|(leader, _, isr)| *leader >= 0 && isr.len() == 3)
     });
     let leaders: std::collections::BTreeSet<i32> = layout.values().map(|(l, _, _)| *l).collect();
-    assert!(leaders.len() > 1, "partitions should have different leaders: {layout:?}");
+    assert!(
+        leaders.len() > 1,
+        "partitions should have different leaders: {layout:?}"
+    );
     let mut config = rdkafka::ClientConfig::new();
     config
         .set("bootstrap.servers", cluster.bootstrap())

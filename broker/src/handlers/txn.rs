@@ -38,6 +38,10 @@ use crate::txn::coordinator::{self, on_coordinator, route, RouteError};
 use crate::txn::state::{Effects, InitOutcome, TxnState};
 use crate::txn::TRANSACTION_STATE_TOPIC;
 
+/// How long EndTxn waits for its markers before answering anyway (see
+/// `coordinator::until_complete`).
+const END_TXN_COMPLETION_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 fn valid_txn_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= limits::GROUP_ID_BYTES_MAX
 }
@@ -303,7 +307,10 @@ pub async fn end_txn(ctx: &Ctx<'_>, request: EndTxnRequest) -> Outcome {
         );
         match decided {
             Ok(true) => match coordinator::apply(&shard, out).await {
-                Ok(()) => error_code::NONE,
+                Ok(()) => {
+                    coordinator::until_complete(&shard, &id, END_TXN_COMPLETION_WAIT).await;
+                    error_code::NONE
+                }
                 Err(code) => code,
             },
             Ok(false) => error_code::NONE,

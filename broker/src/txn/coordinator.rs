@@ -13,7 +13,9 @@
 //! log replay finds Prepare records whose markers may be missing, and resends them.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use futures::channel::oneshot;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -29,7 +31,7 @@ use tern_protocol::error_code::{self, ErrorCode};
 use tern_protocol::types::TimestampMs;
 
 use super::codec::{self, TRANSACTION_STATE_TOPIC};
-use super::state::{Effects, MarkerJob, Transactions, TxnConfig};
+use super::state::{Effects, MarkerJob, Transactions, TxnConfig, TxnState};
 use crate::group::codec::{for_each_record, partition_for_group, Walked, OFFSETS_TOPIC};
 use crate::partition::TopicPartition;
 use crate::shard::Shard;
@@ -53,6 +55,8 @@ pub struct Registry {
     loading: RefCell<HashSet<i32>>,
     /// Transactional ids whose markers a task is sending.
     sending: RefCell<HashSet<String>>,
+    /// EndTxn answers waiting for their transaction to complete.
+    completions: RefCell<HashMap<String, Vec<oneshot::Sender<()>>>>,
 }
 
 impl Registry {
@@ -62,6 +66,7 @@ impl Registry {
             loaded: RefCell::new(HashSet::new()),
             loading: RefCell::new(HashSet::new()),
             sending: RefCell::new(HashSet::new()),
+            completions: RefCell::new(HashMap::new()),
         }
     }
 
@@ -352,6 +357,16 @@ fn spawn_markers(shard: &Rc<Shard>, job: MarkerJob) {
             );
             let _ = apply(&shard, out).await;
         }
+        let complete =
+            shard.txns.state.borrow().get(&id).is_some_and(|m| {
+                matches!(m.state, TxnState::CompleteCommit | TxnState::CompleteAbort)
+            });
+        if complete {
+            let waiters = shard.txns.completions.borrow_mut().remove(&id);
+            for waiter in waiters.unwrap_or_default() {
+                let _ = waiter.send(());
+            }
+        }
     })
     .detach();
 }
@@ -392,15 +407,22 @@ async fn send_markers(shard: &Rc<Shard>, job: &MarkerJob) -> bool {
                 },
             );
         }
-        for (leader, partitions) in by_leader {
-            let written = if leader == shard.node_id() {
-                write_local(shard, job, &partitions, coordinator_epoch).await
-            } else {
-                write_remote(shard, leader, job, &partitions, coordinator_epoch).await
-            };
-            for tp in written {
-                remaining.remove(&tp);
-            }
+        // Every leader at once: a commit waits for its slowest partition, not their sum.
+        let rounds = by_leader
+            .into_iter()
+            .map(|(leader, partitions)| async move {
+                if leader == shard.node_id() {
+                    write_local(shard, job, &partitions, coordinator_epoch).await
+                } else {
+                    write_remote(shard, leader, job, &partitions, coordinator_epoch).await
+                }
+            });
+        for tp in futures::future::join_all(rounds)
+            .await
+            .into_iter()
+            .flatten()
+        {
+            remaining.remove(&tp);
         }
         if remaining.is_empty() {
             return true;
@@ -418,8 +440,7 @@ async fn write_local(
     partitions: &[(String, i32)],
     coordinator_epoch: i32,
 ) -> Vec<(String, i32)> {
-    let mut written = Vec::new();
-    for (topic, partition) in partitions {
+    let writes = partitions.iter().map(|(topic, partition)| async move {
         let code = write_marker_here(
             shard,
             topic,
@@ -430,13 +451,16 @@ async fn write_local(
             coordinator_epoch,
         )
         .await;
-        if code == error_code::NONE {
-            written.push((topic.clone(), *partition));
-        } else {
+        if code != error_code::NONE {
             tracing::debug!(%topic, partition, code, "marker not written yet");
         }
-    }
-    written
+        (code == error_code::NONE).then(|| (topic.clone(), *partition))
+    });
+    futures::future::join_all(writes)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
 }
 
 /// Writes one marker on this broker (WriteTxnMarkers' work, and the coordinator's own for
@@ -590,4 +614,31 @@ where
 /// The state machine of this shard, for the handlers' calls on the coordinator shard.
 pub fn state(shard: &Shard) -> std::cell::RefMut<'_, Transactions> {
     shard.txns.state.borrow_mut()
+}
+
+/// Waits (at most `within`) until `txn_id`'s transaction is complete: its markers are in
+/// every partition and the Complete record is durable. EndTxn answers after this, so the
+/// producer's next transaction does not meet CONCURRENT_TRANSACTIONS (and a client backoff)
+/// while markers are still being written; past `within` it answers anyway, as Kafka does
+/// once the Prepare record is durable.
+pub async fn until_complete(shard: &Rc<Shard>, txn_id: &str, within: Duration) {
+    let complete = shard
+        .txns
+        .state
+        .borrow()
+        .get(txn_id)
+        .is_none_or(|m| matches!(m.state, TxnState::CompleteCommit | TxnState::CompleteAbort));
+    if complete && !shard.txns.sending.borrow().contains(txn_id) {
+        return;
+    }
+    let (tx, rx) = oneshot::channel();
+    shard
+        .txns
+        .completions
+        .borrow_mut()
+        .entry(txn_id.to_owned())
+        .or_default()
+        .push(tx);
+    let timer = Box::pin(glommio::timer::sleep(within));
+    let _ = futures::future::select(rx, timer).await;
 }
