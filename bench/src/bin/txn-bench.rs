@@ -22,7 +22,7 @@ use hdrhistogram::Histogram;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::ClientContext;
 use tern_bench::spawn::{cpu_count, find_tern_bin, pin_current_thread, SpawnedBroker};
 
@@ -112,7 +112,10 @@ fn run(
     if transactional {
         config.set("transactional.id", format!("txn-bench-{mode}"));
     }
-    let producer: ThreadedProducer<Recorder> = config
+    // A BaseProducer polled here: rust-rdkafka's ThreadedProducer serves delivery reports
+    // from a thread that polls every 100 ms, which would put a 100 ms floor under every
+    // flush and commit.
+    let producer: BaseProducer<Recorder> = config
         .create_with_context(recorder.clone())
         .unwrap_or_else(|e| fail(&format!("producer: {e}")));
     if transactional {
@@ -141,11 +144,12 @@ fn run(
                     Ok(()) => break,
                     Err((_, back)) => {
                         record = back;
-                        std::thread::sleep(Duration::from_micros(200));
+                        producer.poll(Duration::from_millis(1));
                     }
                 }
             }
         }
+        producer.poll(Duration::ZERO);
         sent += batch;
         let end_started = Instant::now();
         if transactional {
