@@ -180,6 +180,15 @@ fn committed_and_aborted_transactions_are_seen_as_each_isolation_level_must() {
         described.contains("txn-vis-0") && described.contains("txn-vis-1"),
         "{described}"
     );
+    // ListOffsets: "latest" is the last stable offset for read_committed, the high watermark
+    // for read_uncommitted.
+    let latest = |isolation: i8| list_latest(&broker, "txn-vis", 0, isolation);
+    assert!(
+        latest(1) < latest(0),
+        "LSO {} vs HW {}",
+        latest(1),
+        latest(0)
+    );
     let listed = cli(&["txn", "list"]);
     assert!(
         listed.contains("vis-1\tproducer") && listed.contains("Ongoing"),
@@ -438,4 +447,47 @@ fn a_transaction_across_three_brokers_commits_and_aborts_on_every_leader() {
     assert!(got.iter().all(|v| !v.starts_with("a-")), "{got:?}");
     assert_eq!(got.iter().filter(|v| v.starts_with("c-")).count(), 30);
     assert_eq!(got.iter().filter(|v| v.starts_with("z-")).count(), 3);
+}
+
+/// ListOffsets v4 "latest" for one partition at an isolation level, over a raw socket.
+fn list_latest(broker: &Broker, topic: &str, partition: i32, isolation: i8) -> i64 {
+    use bytes::Buf;
+    use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+    use kafka_protocol::messages::{
+        ListOffsetsRequest, ListOffsetsResponse, RequestHeader, TopicName,
+    };
+    use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+    use std::io::{Read, Write};
+    let mut p = ListOffsetsPartition::default();
+    p.partition_index = partition;
+    p.timestamp = -1;
+    let mut t = ListOffsetsTopic::default();
+    t.name = TopicName(StrBytes::from_string(topic.to_owned()));
+    t.partitions = vec![p];
+    let mut request = ListOffsetsRequest::default();
+    request.replica_id = kafka_protocol::messages::BrokerId(-1);
+    request.isolation_level = isolation;
+    request.topics = vec![t];
+    let mut header = RequestHeader::default();
+    header.request_api_key = 2;
+    header.request_api_version = 4;
+    header.correlation_id = 1;
+    let mut body = bytes::BytesMut::new();
+    header.encode(&mut body, 1).unwrap();
+    request.encode(&mut body, 4).unwrap();
+    let mut stream = std::net::TcpStream::connect(broker.bootstrap()).unwrap();
+    stream
+        .write_all(&(body.len() as i32).to_be_bytes())
+        .unwrap();
+    stream.write_all(&body).unwrap();
+    let mut size = [0u8; 4];
+    stream.read_exact(&mut size).unwrap();
+    let mut answer = vec![0u8; i32::from_be_bytes(size) as usize];
+    stream.read_exact(&mut answer).unwrap();
+    let mut answer = bytes::Bytes::from(answer);
+    answer.advance(4);
+    let response = ListOffsetsResponse::decode(&mut answer, 4).unwrap();
+    let p = &response.topics[0].partitions[0];
+    assert_eq!(p.error_code, 0);
+    p.offset
 }
