@@ -1388,7 +1388,9 @@ impl Groups {
     }
 
     /// Validates an OffsetCommit; `Ok` means its offsets may be written, then applied with
-    /// `apply_commit`.
+    /// `apply_commit`. `committed` names the partitions (by topic id) a KIP-848 member
+    /// commits, for the one-epoch-behind rule.
+    #[allow(clippy::too_many_arguments)]
     pub fn validate_commit(
         &mut self,
         group_id: &str,

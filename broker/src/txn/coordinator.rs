@@ -44,6 +44,9 @@ const LOAD_READ_BYTES: usize = 1024 * 1024;
 const MARKER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Backoff between marker rounds while some partition is not writable yet.
 const MARKER_BACKOFF_MAX: Duration = Duration::from_millis(500);
+/// A `__transaction_state` record: key and value (None: tombstone).
+type Record = (Bytes, Option<Bytes>);
+
 /// Largest WriteTxnMarkers answer read from another broker.
 const MARKER_RESPONSE_BYTES_MAX: usize = 1024 * 1024;
 
@@ -257,7 +260,7 @@ pub fn start(shard: Rc<Shard>) -> glommio::Task<()> {
 /// starts the marker tasks durable Prepare records call for. Ok when every record is durable.
 pub async fn apply(shard: &Rc<Shard>, effects: Effects) -> Result<(), ErrorCode> {
     let now = shard.now_ms();
-    let mut by_partition: BTreeMap<i32, Vec<(String, (Bytes, Option<Bytes>))>> = BTreeMap::new();
+    let mut by_partition: BTreeMap<i32, Vec<(String, Record)>> = BTreeMap::new();
     {
         let state = shard.txns.state.borrow();
         for id in &effects.persist {
