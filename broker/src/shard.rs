@@ -69,7 +69,7 @@ pub struct Shard {
     pub request_budget: Rc<RequestBudget>,
     /// The consumer groups this shard coordinates (see `group`).
     pub groups: crate::group::registry::Coordinator,
-    pub txns: crate::txn::coordinator::Registry,
+    pub txns: crate::txn::registry::Registry,
     /// Memory budget for sealed segments' indexes, shared by this shard's partition logs.
     pub index_cache: Rc<tern_storage::IndexCache>,
     /// Cap on long-poll fetches parked on this shard's partitions.
@@ -126,7 +126,7 @@ impl Shard {
                     ..crate::group::consumer::ConsumerConfig::default()
                 },
             }),
-            txns: crate::txn::coordinator::Registry::new(crate::txn::state::TxnConfig {
+            txns: crate::txn::registry::Registry::new(crate::txn::state::TxnConfig {
                 max_timeout_ms: config.transaction_max_timeout_ms,
             }),
             index_cache: tern_storage::IndexCache::new(config.index_cache_bytes),

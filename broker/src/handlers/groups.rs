@@ -1,4 +1,4 @@
-//! The classic consumer-group APIs: FindCoordinator, JoinGroup, SyncGroup, Heartbeat,
+//! The classic consumer-group APIs: JoinGroup, SyncGroup, Heartbeat,
 //! LeaveGroup, OffsetCommit, OffsetFetch, DescribeGroups, ListGroups, DeleteGroups and
 //! OffsetDelete.
 //!
@@ -14,7 +14,6 @@ use std::rc::Rc;
 use bytes::Bytes;
 use kafka_protocol::messages::delete_groups_response::DeletableGroupResult;
 use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
-use kafka_protocol::messages::find_coordinator_response::Coordinator as CoordinatorAnswer;
 use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
 use kafka_protocol::messages::leave_group_response::MemberResponse;
 use kafka_protocol::messages::list_groups_response::ListedGroup;
@@ -40,9 +39,6 @@ use crate::limits;
 use crate::outcome::Outcome;
 use crate::scatter::{broadcast, scatter};
 use crate::shard::Shard;
-
-const KEY_TYPE_GROUP: i8 = 0;
-const KEY_TYPE_TRANSACTION: i8 = 1;
 
 /// The command that creates `__consumer_offsets`: internal, compacted and never deleted by
 /// retention (offsets expire per group, by `offsets.retention.minutes`, as tombstones),
@@ -106,87 +102,6 @@ fn fresh_member_id(prefix: &str) -> String {
     let suffix = crate::ids::hex(&crate::ids::random_bytes::<16>());
     let prefix: String = prefix.chars().take(64).collect();
     format!("{prefix}-{suffix}")
-}
-
-pub async fn find_coordinator(ctx: &Ctx<'_>, request: FindCoordinatorRequest) -> Outcome {
-    if request.key_type == KEY_TYPE_TRANSACTION {
-        // The first transactional client creates `__transaction_state`, as with Kafka.
-        super::txn::ensure_topic(ctx.shard).await;
-    }
-    let image = ctx.shard.image();
-    // The coordinator of a group (a transactional id) is the leader of its
-    // `__consumer_offsets` (`__transaction_state`) partition, wherever that is in the
-    // cluster; its address comes from the image.
-    let leader_for =
-        |internal: &str, key: &str| -> Result<(i32, String, i32), (ErrorCode, String)> {
-            let topic = image.topic(internal).ok_or((
-                error_code::COORDINATOR_NOT_AVAILABLE,
-                format!("{internal} does not exist yet"),
-            ))?;
-            let partition =
-                crate::group::codec::partition_for_group(key, topic.partitions.len() as i32);
-            let leader = topic
-                .partitions
-                .get(partition as usize)
-                .map(|p| p.leader)
-                .and_then(|leader| image.broker(leader))
-                .filter(|broker| !broker.fenced)
-                .ok_or((
-                    error_code::COORDINATOR_NOT_AVAILABLE,
-                    format!("{internal}-{partition} has no leader"),
-                ))?;
-            Ok((leader.id, leader.host.clone(), i32::from(leader.port)))
-        };
-    let answer = |key: &str, key_type: i8| -> Result<(i32, String, i32), (ErrorCode, String)> {
-        match key_type {
-            KEY_TYPE_GROUP => leader_for(OFFSETS_TOPIC, key),
-            KEY_TYPE_TRANSACTION => leader_for(crate::txn::TRANSACTION_STATE_TOPIC, key),
-            other => Err((
-                error_code::INVALID_REQUEST,
-                format!("unknown coordinator key type {other}"),
-            )),
-        }
-    };
-    let mut response = FindCoordinatorResponse::default();
-    if ctx.version >= 4 {
-        response.coordinators = request
-            .coordinator_keys
-            .iter()
-            .map(|key| {
-                let mut out = CoordinatorAnswer::default();
-                out.key = key.clone();
-                match answer(key, request.key_type) {
-                    Ok((node, host, port)) => {
-                        out.node_id = BrokerId(node);
-                        out.host = str_bytes(&host);
-                        out.port = port;
-                    }
-                    Err((error, message)) => {
-                        out.error_code = error;
-                        out.error_message = Some(str_bytes(&message));
-                        out.node_id = BrokerId(-1);
-                        out.port = -1;
-                    }
-                }
-                out
-            })
-            .collect();
-    } else {
-        match answer(&request.key, request.key_type) {
-            Ok((node, host, port)) => {
-                response.node_id = BrokerId(node);
-                response.host = str_bytes(&host);
-                response.port = port;
-            }
-            Err((error, message)) => {
-                response.error_code = error;
-                response.error_message = Some(str_bytes(&message));
-                response.node_id = BrokerId(-1);
-                response.port = -1;
-            }
-        }
-    }
-    ctx.respond(&response)
 }
 
 fn join_error(ctx: &Ctx<'_>, error: ErrorCode, member_id: &str) -> Outcome {

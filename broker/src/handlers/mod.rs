@@ -10,6 +10,7 @@ mod admin;
 mod api_versions;
 mod consumer_groups;
 mod fetch;
+mod find_coordinator;
 mod groups;
 mod txn;
 pub use groups::offsets_topic_command;
@@ -165,7 +166,7 @@ pub async fn handle<Held>(
             producer_id::init_producer_id(&ctx, decode!(InitProducerIdRequest)).await
         }
         api::FIND_COORDINATOR => {
-            groups::find_coordinator(&ctx, decode!(FindCoordinatorRequest)).await
+            find_coordinator::handle(&ctx, decode!(FindCoordinatorRequest)).await
         }
         api::JOIN_GROUP => groups::join_group(&ctx, decode!(JoinGroupRequest)).await,
         api::SYNC_GROUP => groups::sync_group(&ctx, decode!(SyncGroupRequest)).await,

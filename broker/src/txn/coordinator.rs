@@ -12,14 +12,12 @@
 //! until every partition holds it, then records the transaction Complete. After a restart the
 //! log replay finds Prepare records whose markers may be missing, and resends them.
 
-use std::cell::RefCell;
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-
-use futures::channel::oneshot;
+use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures::channel::oneshot;
 use kafka_protocol::messages::write_txn_markers_request::{
     WritableTxnMarker, WritableTxnMarkerTopic,
 };
@@ -31,7 +29,7 @@ use tern_protocol::error_code::{self, ErrorCode};
 use tern_protocol::types::TimestampMs;
 
 use super::codec::{self, TRANSACTION_STATE_TOPIC};
-use super::state::{Effects, MarkerJob, Transactions, TxnConfig, TxnState};
+use super::state::{Effects, MarkerJob, Transactions, TxnState};
 use crate::group::codec::{for_each_record, partition_for_group, Walked, OFFSETS_TOPIC};
 use crate::partition::TopicPartition;
 use crate::shard::Shard;
@@ -49,45 +47,6 @@ type Record = (Bytes, Option<Bytes>);
 
 /// Largest WriteTxnMarkers answer read from another broker.
 const MARKER_RESPONSE_BYTES_MAX: usize = 1024 * 1024;
-
-/// This shard's transaction coordinator: its `Transactions` and which `__transaction_state`
-/// partitions it has replayed.
-pub struct Registry {
-    state: RefCell<Transactions>,
-    loaded: RefCell<HashSet<i32>>,
-    loading: RefCell<HashSet<i32>>,
-    /// Transactional ids whose markers a task is sending.
-    sending: RefCell<HashSet<String>>,
-    /// EndTxn answers waiting for their transaction to complete.
-    completions: RefCell<HashMap<String, Vec<oneshot::Sender<()>>>>,
-}
-
-impl Registry {
-    pub fn new(config: TxnConfig) -> Registry {
-        Registry {
-            state: RefCell::new(Transactions::new(config)),
-            loaded: RefCell::new(HashSet::new()),
-            loading: RefCell::new(HashSet::new()),
-            sending: RefCell::new(HashSet::new()),
-            completions: RefCell::new(HashMap::new()),
-        }
-    }
-
-    /// Read-only access for DescribeTransactions and ListTransactions.
-    pub fn with_state<R>(&self, read: impl FnOnce(&Transactions) -> R) -> R {
-        read(&self.state.borrow())
-    }
-
-    /// This broker stopped leading `__transaction_state` partition `partition` (of `count`):
-    /// its ids are dropped; a later leadership replays them.
-    pub fn unload_partition(&self, partition: i32, count: i32) {
-        if self.loaded.borrow_mut().remove(&partition) {
-            self.state
-                .borrow_mut()
-                .unload(|id| partition_for_group(id, count) == partition);
-        }
-    }
-}
 
 /// Why a transactional request cannot reach its coordinator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,6 +4,8 @@
 //! - `state`: the I/O-free coordinator state machine (`Transactions`): epochs, fencing,
 //!   Empty → Ongoing → Prepare → Complete, timeouts.
 //! - `codec`: the `__transaction_state` record format (Kafka's own).
+//! - `registry`: the per-shard data the shard holds (state, loaded partitions, marker
+//!   tasks, waiting EndTxn answers).
 //! - `coordinator`: the shard glue: routes an id to the shard owning its
 //!   `__transaction_state` partition, rebuilds state from that log, persists each step before
 //!   answering, and sends markers to every partition of a transaction (locally through the
@@ -17,6 +19,7 @@
 
 pub mod codec;
 pub mod coordinator;
+pub mod registry;
 pub mod state;
 
 pub use codec::TRANSACTION_STATE_TOPIC;
