@@ -56,6 +56,9 @@ pub struct BrokerConfig {
     /// Kafka's `transaction.abort.timed.out.transaction.cleanup.interval.ms`: how often the
     /// coordinator aborts transactions open past their timeout.
     pub transaction_cleanup_interval_ms: u64,
+    /// Kafka's `transactional.id.expiration.ms`: an idle transactional id is forgotten
+    /// after this long.
+    pub transactional_id_expiration_ms: i64,
     pub limits: ConnectionLimits,
     /// Memory per shard for the indexes of sealed segments (least recently used ones are
     /// dropped and read again from their files when needed).
@@ -222,6 +225,7 @@ impl Default for BrokerConfig {
             transaction_state_log_num_partitions: 50,
             transaction_max_timeout_ms: 900_000,
             transaction_cleanup_interval_ms: 10_000,
+            transactional_id_expiration_ms: 7 * 24 * 3600 * 1000,
             limits: ConnectionLimits::default(),
             index_cache_bytes: crate::limits::INDEX_CACHE_BYTES_PER_SHARD,
             max_parked_fetches: crate::limits::FETCH_PARKED_PER_SHARD,
@@ -301,6 +305,9 @@ impl BrokerConfig {
         if self.transaction_max_timeout_ms < 1 {
             return Err("transaction.max.timeout.ms must be at least 1".into());
         }
+        if self.transactional_id_expiration_ms < 1 {
+            return Err("transactional.id.expiration.ms must be at least 1".into());
+        }
         if self.transaction_cleanup_interval_ms < 10 {
             return Err("the timed-out transaction cleanup interval must be at least 10 ms".into());
         }
@@ -360,6 +367,7 @@ pub struct FileConfig {
     pub transaction_state_log_num_partitions: Option<i32>,
     pub transaction_max_timeout_ms: Option<i32>,
     pub transaction_cleanup_interval_ms: Option<u64>,
+    pub transactional_id_expiration_ms: Option<i64>,
     pub index_cache_bytes: Option<usize>,
     pub max_parked_fetches: Option<usize>,
     /// `"1@127.0.0.1:19093,2@127.0.0.1:29093"`, as Kafka's `controller.quorum.voters`.

@@ -128,6 +128,7 @@ impl Shard {
             }),
             txns: crate::txn::registry::Registry::new(crate::txn::state::TxnConfig {
                 max_timeout_ms: config.transaction_max_timeout_ms,
+                id_expiration_ms: config.transactional_id_expiration_ms,
             }),
             index_cache: tern_storage::IndexCache::new(config.index_cache_bytes),
             park_budget: ParkBudget::new(config.max_parked_fetches),

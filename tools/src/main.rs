@@ -388,6 +388,10 @@ struct ServeArgs {
     /// transaction.abort.timed.out.transaction.cleanup.interval.ms, default 10000).
     #[arg(long, env = "TERN_TRANSACTION_CLEANUP_INTERVAL_MS")]
     transaction_cleanup_interval_ms: Option<u64>,
+    /// An idle transactional id is forgotten after this long (Kafka's
+    /// transactional.id.expiration.ms, default 604800000).
+    #[arg(long, env = "TERN_TRANSACTIONAL_ID_EXPIRATION_MS")]
+    transactional_id_expiration_ms: Option<i64>,
     /// Largest request frame in bytes (Kafka's socket.request.max.bytes; at most 100 MiB).
     #[arg(long, env = "TERN_MAX_REQUEST_BYTES")]
     max_request_bytes: Option<usize>,
@@ -596,6 +600,10 @@ fn build_config(args: ServeArgs) -> Result<BrokerConfig, String> {
             .transaction_cleanup_interval_ms
             .or(file.transaction_cleanup_interval_ms)
             .unwrap_or(defaults.transaction_cleanup_interval_ms),
+        transactional_id_expiration_ms: args
+            .transactional_id_expiration_ms
+            .or(file.transactional_id_expiration_ms)
+            .unwrap_or(defaults.transactional_id_expiration_ms),
         index_cache_bytes: args
             .index_cache_bytes
             .or(file.index_cache_bytes)

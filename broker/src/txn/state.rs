@@ -99,12 +99,16 @@ pub struct TxnMeta {
 pub struct TxnConfig {
     /// Kafka's `transaction.max.timeout.ms`.
     pub max_timeout_ms: i32,
+    /// Kafka's `transactional.id.expiration.ms`: an id with no transaction open and no
+    /// request for this long is forgotten (a tombstone in `__transaction_state`).
+    pub id_expiration_ms: i64,
 }
 
 impl Default for TxnConfig {
     fn default() -> Self {
         TxnConfig {
             max_timeout_ms: 900_000,
+            id_expiration_ms: 7 * 24 * 3600 * 1000,
         }
     }
 }
@@ -466,6 +470,26 @@ impl Transactions {
             }
             self.prepare(&id, false, now_ms, out);
         }
+        // Ids idle past `id_expiration_ms` with nothing open go, with a tombstone (the glue
+        // writes one for an id it no longer finds).
+        let idle: Vec<String> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| {
+                !e.pending
+                    && matches!(
+                        e.meta.state,
+                        TxnState::Empty | TxnState::CompleteCommit | TxnState::CompleteAbort
+                    )
+                    && now_ms - e.meta.last_update_ms > self.config.id_expiration_ms
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in idle {
+            tracing::info!(transactional_id = %id, "transactional id expired");
+            self.entries.remove(&id);
+            out.persist.push(id);
+        }
     }
 
     /// Replaces (or removes, with `None`) an id's metadata while replaying
@@ -519,6 +543,7 @@ mod tests {
     fn txns() -> Transactions {
         Transactions::new(TxnConfig {
             max_timeout_ms: 60_000,
+            id_expiration_ms: 100_000,
         })
     }
 
@@ -710,6 +735,27 @@ mod tests {
             t.end("tx", pid, epoch, true, 1_200, &mut Effects::default()),
             Err(error_code::PRODUCER_FENCED)
         );
+    }
+
+    #[test]
+    fn idle_ids_expire_with_a_tombstone_but_open_transactions_stay() {
+        let mut t = txns();
+        let mut fx = Effects::default();
+        ready(t.init("idle", 10_000, None, Some(1), 0, &mut fx));
+        let (pid, epoch) = ready(t.init("busy", 60_000, None, Some(2), 0, &mut fx));
+        settle(&mut t, fx, 0);
+        let mut fx = Effects::default();
+        t.add_partitions("busy", pid, epoch, &parts(&[("a", 0)]), 95_000, &mut fx)
+            .unwrap();
+        settle(&mut t, fx, 95_000);
+        let mut fx = Effects::default();
+        t.expire(100_000, &mut fx);
+        assert!(t.get("idle").is_some(), "not idle long enough yet");
+        assert!(fx.persist.is_empty());
+        t.expire(100_001, &mut fx);
+        assert!(t.get("idle").is_none());
+        assert_eq!(fx.persist, vec!["idle".to_owned()], "a tombstone for it");
+        assert_eq!(t.get("busy").unwrap().state, TxnState::Ongoing);
     }
 
     #[test]
