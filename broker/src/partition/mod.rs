@@ -358,7 +358,9 @@ impl Partition {
         };
         let records = self.as_topic_stores(records, now)?;
         let first = BatchHeader::parse_unchecked(&records).ok();
-        if first.as_ref().is_some_and(|h| h.is_control()) {
+        // Any batch, not just the first: a marker forged into a produce would end another
+        // producer's transaction on the followers that replay it.
+        if batch_headers(&records).iter().any(BatchHeader::is_control) {
             return Err(AppendFailure {
                 code: error_code::INVALID_RECORD,
                 message: Some("client produce requests may not carry control batches".into()),
