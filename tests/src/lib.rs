@@ -44,12 +44,25 @@ pub fn tern_binary() -> PathBuf {
     candidate
 }
 
+/// A port for a broker, from 20000-28999: below the kernel's ephemeral range (32768-60999 by
+/// default), so that a port a broker gives up while it restarts is not handed meanwhile to
+/// one of the many outgoing connections clients and brokers open (a clean-clone CI run lost
+/// a restart to exactly that). Each test process starts at its own offset (by pid) and walks
+/// on until a port binds.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind an ephemeral port")
-        .local_addr()
-        .expect("local addr")
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const BASE: u32 = 20_000;
+    const SPAN: u32 = 9_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = (std::process::id() % (SPAN / 20)) * 20;
+    for _ in 0..SPAN {
+        let offset = NEXT.fetch_add(1, Ordering::SeqCst);
+        let port = (BASE + (start + offset) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {BASE}..{}", BASE + SPAN)
 }
 
 /// A broker process owned by a test. Dropping it stops the process (SIGTERM, then SIGKILL).
