@@ -47,14 +47,23 @@ pub fn tern_binary() -> PathBuf {
 /// A port for a broker, from 20000-28999: below the kernel's ephemeral range (32768-60999 by
 /// default), so that a port a broker gives up while it restarts is not handed meanwhile to
 /// one of the many outgoing connections clients and brokers open (a clean-clone CI run lost
-/// a restart to exactly that). Each test process starts at its own offset (by pid) and walks
-/// on until a port binds.
+/// a restart to exactly that). Each test process starts at a random point of the range (so
+/// that processes running side by side do not pick the same ports) and walks on until a port
+/// binds.
 pub fn free_port() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
     use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::OnceLock;
     const BASE: u32 = 20_000;
     const SPAN: u32 = 9_000;
     static NEXT: AtomicU32 = AtomicU32::new(0);
-    let start = (std::process::id() % (SPAN / 20)) * 20;
+    static START: OnceLock<u32> = OnceLock::new();
+    let start = *START.get_or_init(|| {
+        // RandomState is seeded randomly per process: a random start without a new crate.
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u32(std::process::id());
+        (hasher.finish() % u64::from(SPAN)) as u32
+    });
     for _ in 0..SPAN {
         let offset = NEXT.fetch_add(1, Ordering::SeqCst);
         let port = (BASE + (start + offset) % SPAN) as u16;
