@@ -35,6 +35,8 @@ pub mod quorum;
 pub mod runtime;
 pub mod scatter;
 pub mod shard;
+#[cfg(test)]
+mod sim_rng;
 pub mod topic_config;
 pub mod txn;
 

@@ -1621,20 +1621,7 @@ mod tests {
         assert_eq!(back.members.len(), 2);
     }
 
-    /// A xorshift generator: the simulation's only source of choices, so a seed replays.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
-    }
+    use crate::sim_rng::Rng;
 
     /// A client as librdkafka behaves: it owns what its last answer assigned, reports it on
     /// each heartbeat, rejoins with epoch 0 after being fenced, resends a full request after
@@ -1648,7 +1635,7 @@ mod tests {
     }
 
     fn simulate(seed: u64) {
-        let mut rng = Rng(seed.max(1));
+        let mut rng = Rng::new(seed);
         let mut catalog = topics(&[("t", T1, 8), ("u", T2, 3)]);
         let mut g = groups();
         let names = ["m0", "m1", "m2", "m3", "m4"];

@@ -3,13 +3,17 @@
 //!
 //! - `state`: the I/O-free `PartitionState` (leader epoch, replicas and ISR, offsets and the
 //!   high watermark, `min.insync.replicas`, idempotent producers), unit-tested on its own.
+//! - `txns`: open and aborted transactions and the last stable offset, snapshotted beside
+//!   the log (`restore_txns` replays past the snapshot at open and after a truncation).
 //! - `waiters`: long-poll fetches parked on a partition until its high watermark passes what
 //!   they have seen, under a per-shard cap.
 //! - here: `Partition::append` (produce and the group coordinator append through it as the
 //!   leader: it applies the topic's record rules — timestamp bounds, a compacted topic's
 //!   refusal of keyless records, recompression — decides, stamps the partition's real leader epoch, appends to the log, moves
 //!   the high watermark, wakes waiters, and with acks=all waits for the high watermark to
-//!   cover the batch), `append_replica` and `truncate` (a follower's side), and
+//!   cover the batch), `write_marker` and `append_for_transaction` (the transaction and
+//!   group coordinators' transactional appends), `append_replica` and `truncate` (a
+//!   follower's side), and
 //!   `read_or_wait` (read now, or park until data arrives, the deadline passes or the caller
 //!   cancels, then read again, all on the owner: one cross-shard hop per owner per Fetch,
 //!   however long it waits). Consumers read up to the high watermark; followers (a Fetch with
@@ -359,8 +363,9 @@ impl Partition {
         let records = self.as_topic_stores(records, now)?;
         let first = BatchHeader::parse_unchecked(&records).ok();
         // Any batch, not just the first: a marker forged into a produce would end another
-        // producer's transaction on the followers that replay it.
-        if batch_headers(&records).iter().any(BatchHeader::is_control) {
+        // producer's transaction on the followers that replay it. (Headers only; nothing is
+        // allocated on this path.)
+        if batches(&records).any(|(_, header)| header.is_control()) {
             return Err(AppendFailure {
                 code: error_code::INVALID_RECORD,
                 message: Some("client produce requests may not carry control batches".into()),
@@ -1004,25 +1009,29 @@ enum Sequenced {
 }
 
 /// The headers of the whole batches in `records`, unchecked (the log validates them).
+/// Each whole batch in `records` with its header, until one does not parse.
+fn batches(records: &[u8]) -> impl Iterator<Item = (&[u8], BatchHeader)> {
+    let mut rest = records;
+    std::iter::from_fn(move || {
+        let total = peek_batch_total_bytes(rest).ok()?;
+        let batch = rest.get(..total)?;
+        let header = BatchHeader::parse_unchecked(batch).ok()?;
+        rest = &rest[total..];
+        Some((batch, header))
+    })
+}
+
 /// The base offset and marker type (Some(commit)) of each control batch in `records`.
 fn control_markers(records: &[u8]) -> Vec<(i64, Option<bool>)> {
-    let mut markers = Vec::new();
-    let mut rest = records;
-    while let Ok(total) = peek_batch_total_bytes(rest) {
-        let Some(batch) = rest.get(..total) else {
-            break;
-        };
-        match BatchHeader::parse_unchecked(batch) {
-            Ok(header) if header.is_control() => markers.push((
+    batches(records)
+        .filter(|(_, header)| header.is_control())
+        .map(|(batch, header)| {
+            (
                 header.base_offset().0,
                 tern_protocol::records::control_marker(batch, &header),
-            )),
-            Ok(_) => {}
-            Err(_) => break,
-        }
-        rest = &rest[total..];
-    }
-    markers
+            )
+        })
+        .collect()
 }
 
 /// A partition's transactions as its snapshot and the log past it describe them: the
@@ -1066,18 +1075,9 @@ pub async fn restore_txns(log: &Log, tp: &TopicPartition) -> txns::PartitionTxns
             break;
         }
         for chunk in &slice.chunks {
-            let mut rest: &[u8] = chunk;
-            while let Ok(total) = peek_batch_total_bytes(rest) {
-                let Some(batch) = rest.get(..total) else {
-                    break;
-                };
-                if let Ok(header) = BatchHeader::parse_unchecked(batch) {
-                    if header.next_offset() > next {
-                        let marker = tern_protocol::records::control_marker(batch, &header);
-                        txns.observe(&header, header.base_offset().0, marker);
-                    }
-                }
-                rest = &rest[total..];
+            for (batch, header) in batches(chunk).filter(|(_, h)| h.next_offset() > next) {
+                let marker = tern_protocol::records::control_marker(batch, &header);
+                txns.observe(&header, header.base_offset().0, marker);
             }
         }
         next = slice.next_offset;
@@ -1086,19 +1086,7 @@ pub async fn restore_txns(log: &Log, tp: &TopicPartition) -> txns::PartitionTxns
 }
 
 fn batch_headers(records: &[u8]) -> Vec<BatchHeader> {
-    let mut headers = Vec::new();
-    let mut rest = records;
-    while let Ok(total) = peek_batch_total_bytes(rest) {
-        let Some(batch) = rest.get(..total) else {
-            break;
-        };
-        match BatchHeader::parse_unchecked(batch) {
-            Ok(header) => headers.push(header),
-            Err(_) => break,
-        }
-        rest = &rest[total..];
-    }
-    headers
+    batches(records).map(|(_, header)| header).collect()
 }
 
 fn log_offsets(log: &Log) -> LogOffsets {

@@ -787,19 +787,7 @@ mod tests {
         );
     }
 
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
-    }
+    use crate::sim_rng::Rng;
 
     /// Producers (incarnations) of three transactional ids act at random while writes and
     /// markers complete in random order (or fail). Checked after every step:
@@ -808,7 +796,7 @@ mod tests {
     ///   coordinator decided to abort it, nor the reverse;
     /// - once writes stop failing, every transaction that reached Prepare completes.
     fn simulate(seed: u64) {
-        let mut rng = Rng(seed.max(1));
+        let mut rng = Rng::new(seed);
         let mut t = txns();
         let ids = ["t0", "t1", "t2"];
         // The newest incarnation each id handed out, and what each live one believes.
