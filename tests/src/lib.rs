@@ -46,28 +46,47 @@ pub fn tern_binary() -> PathBuf {
 
 /// A port for a broker, from 20000-28999: below the kernel's ephemeral range (32768-60999 by
 /// default), so that a port a broker gives up while it restarts is not handed meanwhile to
-/// one of the many outgoing connections clients and brokers open (a clean-clone CI run lost
-/// a restart to exactly that). Each test process starts at a random point of the range (so
-/// that processes running side by side do not pick the same ports) and walks on until a port
-/// binds.
+/// one of the many outgoing connections clients and brokers open.
+///
+/// Test processes run side by side (nextest runs one per test), so a port that merely binds
+/// now may be picked by another process a moment later, or taken back by another test's
+/// broker while ours restarts: clean-clone CI runs lost tests to both. A port is therefore
+/// *reserved*: this process holds an exclusive lock on `<tmp>/tern-test-ports/<port>` until it
+/// exits (the kernel drops the lock when it does, even after a crash), and other test
+/// processes skip locked ports. Each process starts its walk at a random point of the range.
 pub fn free_port() -> u16 {
     use std::hash::{BuildHasher, Hasher};
     use std::sync::atomic::{AtomicU32, Ordering};
-    use std::sync::OnceLock;
+    use std::sync::{Mutex, OnceLock};
     const BASE: u32 = 20_000;
     const SPAN: u32 = 9_000;
     static NEXT: AtomicU32 = AtomicU32::new(0);
     static START: OnceLock<u32> = OnceLock::new();
+    static HELD: Mutex<Vec<std::fs::File>> = Mutex::new(Vec::new());
     let start = *START.get_or_init(|| {
         // RandomState is seeded randomly per process: a random start without a new crate.
         let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
         hasher.write_u32(std::process::id());
         (hasher.finish() % u64::from(SPAN)) as u32
     });
+    let locks = std::env::temp_dir().join("tern-test-ports");
+    std::fs::create_dir_all(&locks).expect("port lock directory");
     for _ in 0..SPAN {
         let offset = NEXT.fetch_add(1, Ordering::SeqCst);
         let port = (BASE + (start + offset) % SPAN) as u16;
+        let Ok(file) = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(locks.join(port.to_string()))
+        else {
+            continue;
+        };
+        if file.try_lock().is_err() {
+            continue; // reserved by another test process
+        }
         if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            HELD.lock().unwrap_or_else(|e| e.into_inner()).push(file);
             return port;
         }
     }

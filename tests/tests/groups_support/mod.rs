@@ -1,5 +1,5 @@
 //! Helpers for the consumer-group end-to-end tests: a `tern serve` child process on a
-//! loopback port in 29000-29999 with its stderr captured (so tests can read the
+//! reserved loopback port (`tern_tests::free_port`) with its stderr captured (so tests can read the
 //! coordinator's log lines), rdkafka consumers/producers, and a tiny raw-wire client for
 //! requests real clients would never send.
 //!
@@ -11,7 +11,6 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
@@ -34,18 +33,8 @@ pub fn tern_bin() -> PathBuf {
     target.join("debug").join("tern")
 }
 
-static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
-
 fn free_port() -> u16 {
-    // Spread test binaries over the range by pid, then walk until a port binds.
-    let base = 29_000 + (std::process::id() % 50) as u16 * 20;
-    loop {
-        let offset = NEXT_PORT.fetch_add(1, Ordering::SeqCst) % 1000;
-        let port = 29_000 + (base - 29_000 + offset) % 1000;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
+    tern_tests::free_port()
 }
 
 pub struct Broker {
