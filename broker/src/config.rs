@@ -7,6 +7,9 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use crate::security::listener::Listener;
+use crate::security::sasl::Mechanism;
+use crate::security::tls::TlsSettings;
 use crate::topic_config::TopicDefaults;
 
 #[derive(Debug, Clone)]
@@ -84,6 +87,14 @@ pub struct BrokerConfig {
     pub cleaner_dedupe_buffer_bytes: usize,
     /// How long a shard's cleaner sleeps when no log needs cleaning (`log.cleaner.backoff.ms`).
     pub cleaner_backoff_ms: u64,
+    /// Every listener with its security protocol (Kafka's `listeners`); empty means one
+    /// PLAINTEXT listener on `listen`. When set, `listen` is the inter-broker listener's
+    /// address (brokers reach each other there) and is one of them.
+    pub listeners: Vec<Listener>,
+    /// The certificate, key and client checks of the SSL and SASL_SSL listeners.
+    pub tls: Option<TlsSettings>,
+    /// The SASL mechanisms a SASL listener offers (`sasl.enabled.mechanisms`).
+    pub sasl_mechanisms: Vec<Mechanism>,
     /// Fault injection for crash tests: the first cleaning pass that reaches this step of its
     /// swap aborts the process there (as a kill -9 would). Never set in service.
     pub fault_clean_abort_after_step: Option<u32>,
@@ -238,6 +249,9 @@ impl Default for BrokerConfig {
             cleaner_dedupe_buffer_bytes: 128 * 1024 * 1024,
             cleaner_backoff_ms: 15_000,
             fault_clean_abort_after_step: None,
+            listeners: Vec::new(),
+            tls: None,
+            sasl_mechanisms: Mechanism::ALL.to_vec(),
         }
     }
 }
@@ -252,8 +266,53 @@ impl BrokerConfig {
         }
     }
 
+    /// Every listener the broker serves: the configured ones, or PLAINTEXT on `listen`.
+    pub fn effective_listeners(&self) -> Vec<Listener> {
+        if self.listeners.is_empty() {
+            let advertised = self.advertised.as_ref().map(|_| {
+                let (host, port) = self.advertised_host_port();
+                (host, u16::try_from(port).unwrap_or(self.listen.port()))
+            });
+            vec![Listener::plaintext(self.listen, advertised)]
+        } else {
+            self.listeners.clone()
+        }
+    }
+
+    /// The relations between the listener and security settings.
+    pub fn validate_security(&self) -> Result<(), String> {
+        let listeners = self.effective_listeners();
+        let Some(inter_broker) = listeners.iter().find(|l| l.addr == self.listen) else {
+            return Err(format!(
+                "the inter-broker address {} is none of the listeners",
+                self.listen
+            ));
+        };
+        // Brokers do not yet speak TLS or SASL to each other (follower fetches, transaction
+        // markers): in a cluster their listener must be PLAINTEXT, on a private address.
+        if !self.voters.is_empty()
+            && inter_broker.protocol != crate::security::listener::SecurityProtocol::Plaintext
+        {
+            return Err(format!(
+                "the inter-broker listener {} is {}: brokers reach each other over PLAINTEXT \
+                 for now, so give them a PLAINTEXT listener on a private address \
+                 (--inter-broker-listener-name)",
+                inter_broker.name,
+                inter_broker.protocol.name()
+            ));
+        }
+        if listeners.iter().any(|l| l.protocol.tls()) && self.tls.is_none() {
+            return Err("an SSL or SASL_SSL listener needs --ssl-certificate and --ssl-key".into());
+        }
+        if listeners.iter().any(|l| l.protocol.sasl()) && self.sasl_mechanisms.is_empty() {
+            return Err("a SASL listener needs at least one enabled SASL mechanism".into());
+        }
+        Ok(())
+    }
+
     /// The relations between the cluster settings.
     pub fn validate_cluster(&self) -> Result<(), String> {
+        self.validate_security()?;
         if !self.voters.is_empty() && !self.voters.iter().any(|(id, _)| *id == self.node_id) {
             return Err(format!(
                 "node id {} is not in the voter set {:?} (every broker is a voter for now)",
@@ -379,6 +438,21 @@ pub struct FileConfig {
     pub log_cleaner_enable: Option<bool>,
     pub log_cleaner_dedupe_buffer_size: Option<usize>,
     pub log_cleaner_backoff_ms: Option<u64>,
+    /// Kafka's `listeners`: `"PLAINTEXT://127.0.0.1:9092,SASL_SSL://0.0.0.0:9093"`.
+    pub listeners: Option<String>,
+    /// Kafka's `listener.security.protocol.map`: `"INTERNAL:PLAINTEXT,CLIENT:SASL_SSL"`.
+    pub listener_security_protocol_map: Option<String>,
+    /// Kafka's `advertised.listeners`, in the same form as `listeners`.
+    pub advertised_listeners: Option<String>,
+    /// Kafka's `inter.broker.listener.name`.
+    pub inter_broker_listener_name: Option<String>,
+    pub ssl_certificate: Option<PathBuf>,
+    pub ssl_key: Option<PathBuf>,
+    pub ssl_client_ca: Option<PathBuf>,
+    /// `none`, `requested` or `required` (Kafka's `ssl.client.auth`).
+    pub ssl_client_auth: Option<String>,
+    /// Kafka's `sasl.enabled.mechanisms`: `"SCRAM-SHA-512,SCRAM-SHA-256,PLAIN"`.
+    pub sasl_enabled_mechanisms: Option<String>,
     /// Default topic configs by their Kafka names, e.g. `"retention.ms" = "3600000"`.
     #[serde(default)]
     pub topic_defaults: std::collections::BTreeMap<String, String>,

@@ -34,6 +34,7 @@ pub mod producer_state;
 pub mod quorum;
 pub mod runtime;
 pub mod scatter;
+pub mod security;
 pub mod shard;
 #[cfg(test)]
 mod sim_rng;
@@ -112,10 +113,24 @@ pub fn run(mut config: BrokerConfig) -> Result<(), StartError> {
     runtime::raise_open_files_limit();
     // Before any shard binds: the shards share the port among themselves (SO_REUSEPORT),
     // which would also let them share it with another broker.
-    let _port = runtime::claim_port(config.listen).map_err(|reason| StartError::Listen {
-        addr: config.listen,
-        reason,
-    })?;
+    let listeners = config.effective_listeners();
+    let mut _ports = Vec::with_capacity(listeners.len());
+    for listener in &listeners {
+        _ports.push(
+            runtime::claim_port(listener.addr).map_err(|reason| StartError::Listen {
+                addr: listener.addr,
+                reason,
+            })?,
+        );
+    }
+    // Read and check the certificate and key now: a wrong file stops the start with the
+    // reason, instead of failing every client's handshake later.
+    let tls = match &config.tls {
+        Some(settings) if listeners.iter().any(|l| l.protocol.tls()) => {
+            Some(security::tls::server_config(settings).map_err(StartError::Config)?)
+        }
+        _ => None,
+    };
 
     std::fs::create_dir_all(&config.data_dir).map_err(|e| {
         StartError::DataDir(format!(
@@ -169,6 +184,7 @@ pub fn run(mut config: BrokerConfig) -> Result<(), StartError> {
             restored: restored.clone(),
             controller_hint: controller_hint.clone(),
             admission: admission.clone(),
+            tls: tls.clone(),
         };
         let mesh = mesh.clone();
         let builder = runtime::executor_builder(
@@ -236,6 +252,8 @@ struct StartSignals {
     controller_hint: Arc<std::sync::atomic::AtomicI32>,
     /// Client connections open over every shard, against the connection limits.
     admission: Arc<connection::admission::Admission>,
+    /// The TLS listeners' configuration, read once at start-up.
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 async fn shard_main(
@@ -254,6 +272,7 @@ async fn shard_main(
         restored,
         controller_hint,
         admission,
+        tls,
     } = signals;
     // A heartbeat so an executor never parks indefinitely: if a cross-thread wake-up were ever
     // lost (one start-up of a two-shard broker was seen to hang until an unrelated signal
@@ -345,17 +364,20 @@ async fn shard_main(
     let coordinator = group::coordinator::start(shard.clone());
     let txn_coordinator = txn::coordinator::start(shard.clone());
 
-    let listener = match TcpListener::bind(config.listen) {
-        Ok(listener) => listener,
-        Err(error) => {
-            let _ = ready.send(Err(StartError::Listen {
-                addr: config.listen,
-                reason: error.to_string(),
-            }));
-            shard.close_all().await;
-            return;
+    let mut bound = Vec::new();
+    for listener in config.effective_listeners() {
+        match TcpListener::bind(listener.addr) {
+            Ok(socket) => bound.push((listener, socket)),
+            Err(error) => {
+                let _ = ready.send(Err(StartError::Listen {
+                    addr: listener.addr,
+                    reason: error.to_string(),
+                }));
+                shard.close_all().await;
+                return;
+            }
         }
-    };
+    }
     let admin = match (id, config.admin_listen) {
         (0, Some(addr)) => match runtime::bind_exclusive(addr) {
             Ok(listener) => Some(glommio::spawn_local(admin_http::serve(
@@ -403,61 +425,24 @@ async fn shard_main(
         })
     };
     let reaper = connection::start_reaper(shard.clone());
-    let acceptor = {
-        let shard = shard.clone();
-        glommio::spawn_local(async move {
-            // Clients that connect meanwhile wait in the listen backlog.
-            while !serving.load(Ordering::SeqCst) {
-                glommio::timer::sleep(Duration::from_millis(1)).await;
-            }
-            loop {
-                match listener.accept().await {
-                    Ok(stream) => {
-                        shard.connection_probe.accepted.inc();
-                        let peer = stream.peer_addr().ok();
-                        let admitted = match peer {
-                            Some(peer) => admission.admit(peer.ip()).map(Some),
-                            None => Ok(None),
-                        };
-                        match admitted {
-                            Ok(ticket) => {
-                                let shard = shard.clone();
-                                glommio::spawn_local(async move {
-                                    connection::serve(shard, stream).await;
-                                    drop(ticket);
-                                })
-                                .detach();
-                            }
-                            Err(refusal) => {
-                                let reason = connection::table::CloseReason::TooManyConnections;
-                                let probe = &shard.connection_probe;
-                                probe.closed(metrics::CloseCause::Broker(reason));
-                                let detail = match refusal {
-                                    connection::admission::Refusal::Total => {
-                                        "max.connections reached"
-                                    }
-                                    connection::admission::Refusal::PerIp => {
-                                        "max.connections.per.ip reached"
-                                    }
-                                };
-                                probe.log_closed(shard.now_ms(), peer, reason.label(), detail);
-                                drop(stream);
-                            }
-                        }
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, "accept failed");
-                        glommio::timer::sleep(Duration::from_millis(10)).await;
-                    }
-                }
-            }
+    let acceptors: Vec<glommio::Task<()>> = bound
+        .into_iter()
+        .map(|(listener, socket)| {
+            let endpoint = Rc::new(connection::Endpoint::new(&listener, tls.clone()));
+            connection::start_acceptor(
+                shard.clone(),
+                socket,
+                endpoint,
+                admission.clone(),
+                serving.clone(),
+            )
         })
-    };
+        .collect();
     while !stop.load(Ordering::SeqCst) {
         glommio::timer::sleep(Duration::from_millis(50)).await;
     }
     shard.shutting_down.set(true);
-    drop(acceptor);
+    drop(acceptors);
     drop(admin);
     // Stop reading from every client: each connection answers what it already read, then
     // closes. Wait (bounded) for them before the logs close under them.

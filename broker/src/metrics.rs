@@ -109,12 +109,15 @@ pub enum CloseCause {
     Broker(CloseReason),
 }
 
-const CLOSE_CAUSES: [CloseCause; 10] = [
+const CLOSE_CAUSES: [CloseCause; 13] = [
     CloseCause::Malformed(Malformed::FrameSize),
     CloseCause::Malformed(Malformed::Header),
     CloseCause::Malformed(Malformed::Body),
     CloseCause::Malformed(Malformed::AcksZeroProduceFailed),
     CloseCause::Malformed(Malformed::Response),
+    CloseCause::Malformed(Malformed::TlsHandshake),
+    CloseCause::Malformed(Malformed::Unauthenticated),
+    CloseCause::Malformed(Malformed::AuthenticationFailed),
     CloseCause::Broker(CloseReason::Idle),
     CloseCause::Broker(CloseReason::SlowRequest),
     CloseCause::Broker(CloseReason::StalledReader),
@@ -138,11 +141,14 @@ impl CloseCause {
             CloseCause::Malformed(Malformed::Body) => 2,
             CloseCause::Malformed(Malformed::AcksZeroProduceFailed) => 3,
             CloseCause::Malformed(Malformed::Response) => 4,
-            CloseCause::Broker(CloseReason::Idle) => 5,
-            CloseCause::Broker(CloseReason::SlowRequest) => 6,
-            CloseCause::Broker(CloseReason::StalledReader) => 7,
-            CloseCause::Broker(CloseReason::Shutdown) => 8,
-            CloseCause::Broker(CloseReason::TooManyConnections) => 9,
+            CloseCause::Malformed(Malformed::TlsHandshake) => 5,
+            CloseCause::Malformed(Malformed::Unauthenticated) => 6,
+            CloseCause::Malformed(Malformed::AuthenticationFailed) => 7,
+            CloseCause::Broker(CloseReason::Idle) => 8,
+            CloseCause::Broker(CloseReason::SlowRequest) => 9,
+            CloseCause::Broker(CloseReason::StalledReader) => 10,
+            CloseCause::Broker(CloseReason::Shutdown) => 11,
+            CloseCause::Broker(CloseReason::TooManyConnections) => 12,
         }
     }
 }

@@ -4,7 +4,8 @@
 //! glommio exposes no vectored send, so the fast path calls `sendmsg(MSG_DONTWAIT)` on the
 //! socket's descriptor directly; when the socket is full it falls back to glommio's own
 //! write for the current segment, which parks the task until the socket is writable. Neither
-//! path copies record bytes.
+//! path copies record bytes. TLS connections cannot avoid the copy (rustls encrypts into its
+//! own buffers); `write_segments_copied` gathers their segments into record-sized writes.
 
 use std::io;
 use std::os::fd::RawFd;
@@ -84,4 +85,37 @@ pub async fn write_segments<W: AsyncWrite + Unpin>(
         }
     }
     Ok(())
+}
+
+/// How many response bytes go to a TLS stream per write: one TLS record's worth, so that a
+/// response of many small segments becomes few records instead of one per segment.
+const COPIED_WRITE_BYTES: usize = 16 * 1024;
+
+/// Writes every segment, in order, through a writer that copies anyway (TLS encrypts into
+/// its own buffers): small segments are gathered into record-sized writes, large ones
+/// written as they are, and the writer is flushed at the end.
+pub async fn write_segments_copied<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    segments: &[Bytes],
+) -> io::Result<()> {
+    let mut gathered: Vec<u8> = Vec::new();
+    for segment in segments {
+        if gathered.len() + segment.len() <= COPIED_WRITE_BYTES {
+            gathered.extend_from_slice(segment);
+            continue;
+        }
+        if !gathered.is_empty() {
+            writer.write_all(&gathered).await?;
+            gathered.clear();
+        }
+        if segment.len() >= COPIED_WRITE_BYTES {
+            writer.write_all(segment).await?;
+        } else {
+            gathered.extend_from_slice(segment);
+        }
+    }
+    if !gathered.is_empty() {
+        writer.write_all(&gathered).await?;
+    }
+    writer.flush().await
 }

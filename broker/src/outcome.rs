@@ -26,6 +26,14 @@ pub enum Malformed {
     AcksZeroProduceFailed,
     /// A response could not be encoded (a broker bug, never the client's).
     Response,
+    /// The TLS handshake failed: plaintext to a TLS port, a certificate refused, a protocol
+    /// error.
+    TlsHandshake,
+    /// A request other than ApiVersions or SASL before authenticating on a SASL listener
+    /// (Kafka closes the connection too).
+    Unauthenticated,
+    /// SASL authentication failed: the error response is written, then the connection closes.
+    AuthenticationFailed,
 }
 
 impl Malformed {
@@ -36,6 +44,9 @@ impl Malformed {
             Malformed::Body => "malformed_body",
             Malformed::AcksZeroProduceFailed => "acks0_produce_failed",
             Malformed::Response => "response_encoding",
+            Malformed::TlsHandshake => "tls_handshake_failed",
+            Malformed::Unauthenticated => "unauthenticated_request",
+            Malformed::AuthenticationFailed => "authentication_failed",
         }
     }
 }

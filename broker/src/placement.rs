@@ -53,6 +53,7 @@ mod tests {
                     id,
                     host: "h".into(),
                     port: 9092,
+                    listeners: Vec::new(),
                 })
                 .unwrap();
         }

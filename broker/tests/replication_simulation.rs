@@ -194,6 +194,7 @@ impl Sim {
                     id,
                     host: "sim".into(),
                     port: 1,
+                    listeners: Vec::new(),
                 })
                 .expect("register");
         }

@@ -51,6 +51,30 @@ pub struct MetadataImage {
     /// broker's static defaults and are overridden by a topic's own configs.
     #[serde(default)]
     pub cluster_topic_defaults: BTreeMap<String, String>,
+    /// SCRAM credentials by user, then by mechanism (`SCRAM-SHA-256`, `SCRAM-SHA-512`):
+    /// what SASL checks a client against, never the password itself.
+    #[serde(default)]
+    pub scram_credentials: BTreeMap<String, BTreeMap<String, ScramCredential>>,
+}
+
+/// A user's SCRAM credential for one mechanism (RFC 5802): the salt and iteration count the
+/// client derives its key with, and the two keys the server checks its proof with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScramCredential {
+    pub salt: Vec<u8>,
+    pub iterations: u32,
+    pub stored_key: Vec<u8>,
+    pub server_key: Vec<u8>,
+}
+
+/// One of a broker's listeners as clients reach it (Kafka's advertised listener).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    /// The listener's name (`PLAINTEXT`, `SASL_SSL`, or any name the security protocol map
+    /// gives): a client is told, for every broker, the endpoint of the listener it came in on.
+    pub name: String,
+    pub host: String,
+    pub port: u16,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,6 +94,24 @@ pub struct BrokerMeta {
     /// A fenced broker leads nothing and is left out of Metadata's broker list.
     #[serde(default)]
     pub fenced: bool,
+    /// Every listener's advertised endpoint (`host`/`port` above is the inter-broker one).
+    #[serde(default)]
+    pub listeners: Vec<Endpoint>,
+}
+
+impl BrokerMeta {
+    /// Where a client that came in on listener `name` reaches this broker: that listener's
+    /// endpoint, or none when this broker has no such listener (Kafka leaves the broker out).
+    /// A broker registered without listeners (an older image) has only its inter-broker one.
+    pub fn endpoint(&self, name: &str) -> Option<(&str, u16)> {
+        if self.listeners.is_empty() {
+            return Some((&self.host, self.port));
+        }
+        self.listeners
+            .iter()
+            .find(|endpoint| endpoint.name == name)
+            .map(|endpoint| (endpoint.host.as_str(), endpoint.port))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -127,6 +169,8 @@ pub enum Command {
         id: BrokerId,
         host: String,
         port: u16,
+        #[serde(default)]
+        listeners: Vec<Endpoint>,
     },
     /// Creates a topic whose replicas are placed over the unfenced brokers (see `place`), or
     /// exactly as `assignments` says (one replica list per partition). A replication factor of
@@ -201,6 +245,19 @@ pub enum Command {
     ElectPreferredLeaders {
         partitions: Option<Vec<(String, i32)>>,
     },
+    /// Sets (adds or replaces) a user's SCRAM credential for one mechanism
+    /// (AlterUserScramCredentials' upsertion).
+    UpsertScramCredential {
+        user: String,
+        mechanism: String,
+        credential: ScramCredential,
+    },
+    /// Removes a user's SCRAM credential for one mechanism; refused when there is none
+    /// (Kafka's RESOURCE_NOT_FOUND).
+    DeleteScramCredential {
+        user: String,
+        mechanism: String,
+    },
 }
 
 /// Why a command cannot apply; each maps to one Kafka error code in the broker.
@@ -232,6 +289,9 @@ pub enum MetadataError {
     },
     #[error("invalid command: {0}")]
     Invalid(String),
+    /// What the command would change does not exist (Kafka's RESOURCE_NOT_FOUND).
+    #[error("{0}")]
+    NotFound(String),
 }
 
 impl PartitionMeta {
@@ -261,6 +321,7 @@ impl MetadataImage {
             producer_id_next: 0,
             proposals: BTreeMap::new(),
             cluster_topic_defaults: BTreeMap::new(),
+            scram_credentials: BTreeMap::new(),
         }
     }
 
@@ -288,7 +349,12 @@ impl MetadataImage {
     pub fn apply(&self, command: &Command) -> Result<MetadataImage, MetadataError> {
         let mut next = self.clone();
         match command {
-            Command::RegisterBroker { id, host, port } => {
+            Command::RegisterBroker {
+                id,
+                host,
+                port,
+                listeners,
+            } => {
                 if *id < 0 {
                     return Err(MetadataError::Invalid(format!(
                         "broker id {id} is negative"
@@ -301,9 +367,41 @@ impl MetadataImage {
                         host: host.clone(),
                         port: *port,
                         fenced: false,
+                        listeners: listeners.clone(),
                     },
                 );
                 next.elect_leaderless(*id);
+            }
+            Command::UpsertScramCredential {
+                user,
+                mechanism,
+                credential,
+            } => {
+                if user.is_empty() {
+                    return Err(MetadataError::Invalid("an empty user name".into()));
+                }
+                next.scram_credentials
+                    .entry(user.clone())
+                    .or_default()
+                    .insert(mechanism.clone(), credential.clone());
+            }
+            Command::DeleteScramCredential { user, mechanism } => {
+                let removed = next
+                    .scram_credentials
+                    .get_mut(user)
+                    .and_then(|by_mechanism| by_mechanism.remove(mechanism));
+                if removed.is_none() {
+                    return Err(MetadataError::NotFound(format!(
+                        "user '{user}' has no {mechanism} credential"
+                    )));
+                }
+                if next
+                    .scram_credentials
+                    .get(user)
+                    .is_some_and(BTreeMap::is_empty)
+                {
+                    next.scram_credentials.remove(user);
+                }
             }
             Command::InitCluster { cluster_id } => {
                 if !self.cluster_id.is_empty() {
@@ -739,6 +837,7 @@ impl MetadataImage {
                     host: host.to_owned(),
                     port,
                     fenced: false,
+                    listeners: Vec::new(),
                 },
             );
         }
@@ -774,6 +873,7 @@ mod tests {
             id,
             host: "127.0.0.1".into(),
             port: 9092 + id as u16,
+            listeners: Vec::new(),
         }
     }
 

@@ -153,6 +153,7 @@ impl World {
             id: sim.id,
             host: "127.0.0.1".into(),
             port: 9092 + sim.id as u16,
+            listeners: Vec::new(),
         }]);
         sim.pending = HashMap::from([(ticket, String::new())]);
         sim.node = Some(node);

@@ -745,3 +745,130 @@ pub fn txn_describe(client: &mut Client, transactional_id: &str) -> Result<()> {
     }
     Ok(())
 }
+
+/// The SCRAM mechanisms named in a comma-separated list.
+fn scram_mechanisms(list: &str) -> Result<Vec<tern_broker::security::sasl::Mechanism>> {
+    use tern_broker::security::sasl::Mechanism;
+    list.split(',')
+        .map(str::trim)
+        .filter(|m| !m.is_empty())
+        .map(|m| match Mechanism::parse(m) {
+            Some(mechanism) if mechanism != Mechanism::Plain => Ok(mechanism),
+            _ => Err(format!(
+                "{m} is not a SCRAM mechanism (SCRAM-SHA-256, SCRAM-SHA-512)"
+            )),
+        })
+        .collect()
+}
+
+fn check_user_results(
+    results: &[alter_user_scram_credentials_response::AlterUserScramCredentialsResult],
+) -> Result<()> {
+    for result in results {
+        if result.error_code != 0 {
+            let message = result
+                .error_message
+                .as_ref()
+                .map(|m| m.to_string())
+                .unwrap_or_default();
+            check(result.error_code, &format!("user {}", result.user.as_str()))
+                .map_err(|e| format!("{e}: {message}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// `tern user create NAME --password P`: AlterUserScramCredentials upsertions, salted here.
+pub fn user_create(
+    client: &mut Client,
+    name: &str,
+    password: &str,
+    mechanisms: &str,
+    iterations: i32,
+) -> Result<()> {
+    use alter_user_scram_credentials_request::ScramCredentialUpsertion;
+    use tern_broker::security::sasl;
+    if password.is_empty() {
+        return Err("the password is empty".into());
+    }
+    let iterations_u32 =
+        u32::try_from(iterations).map_err(|_| format!("bad iteration count {iterations}"))?;
+    let mut upsertions = Vec::new();
+    for mechanism in scram_mechanisms(mechanisms)? {
+        let salt = sasl::new_salt()?;
+        let salted = sasl::salted_password(mechanism, password.as_bytes(), &salt, iterations_u32);
+        upsertions.push(
+            ScramCredentialUpsertion::default()
+                .with_name(s(name))
+                .with_mechanism(mechanism.scram_id())
+                .with_iterations(iterations)
+                .with_salt(Bytes::from(salt))
+                .with_salted_password(Bytes::from(salted)),
+        );
+    }
+    let request = AlterUserScramCredentialsRequest::default().with_upsertions(upsertions);
+    let response = client.send(&request, 0)?;
+    check_user_results(&response.results)?;
+    println!("user {name}: credentials set ({mechanisms})");
+    Ok(())
+}
+
+/// `tern user delete NAME [--mechanism M]`.
+pub fn user_delete(client: &mut Client, name: &str, mechanism: Option<&str>) -> Result<()> {
+    use alter_user_scram_credentials_request::ScramCredentialDeletion;
+    let mechanisms = match mechanism {
+        Some(list) => scram_mechanisms(list)?,
+        None => {
+            // Every mechanism the user has.
+            let request = DescribeUserScramCredentialsRequest::default().with_users(Some(vec![
+                describe_user_scram_credentials_request::UserName::default().with_name(s(name)),
+            ]));
+            let response = client.send(&request, 0)?;
+            let result = response
+                .results
+                .first()
+                .ok_or_else(|| format!("no answer about user {name}"))?;
+            check(result.error_code, &format!("user {name}"))?;
+            result
+                .credential_infos
+                .iter()
+                .filter_map(|info| {
+                    tern_broker::security::sasl::Mechanism::from_scram_id(info.mechanism)
+                })
+                .collect()
+        }
+    };
+    let deletions = mechanisms
+        .iter()
+        .map(|m| {
+            ScramCredentialDeletion::default()
+                .with_name(s(name))
+                .with_mechanism(m.scram_id())
+        })
+        .collect();
+    let request = AlterUserScramCredentialsRequest::default().with_deletions(deletions);
+    let response = client.send(&request, 0)?;
+    check_user_results(&response.results)?;
+    println!("user {name}: credentials deleted");
+    Ok(())
+}
+
+/// `tern user list`: every user, its mechanisms and iteration counts.
+pub fn user_list(client: &mut Client) -> Result<()> {
+    let response = client.send(&DescribeUserScramCredentialsRequest::default(), 0)?;
+    check(response.error_code, "describe users")?;
+    for result in &response.results {
+        let mechanisms: Vec<String> = result
+            .credential_infos
+            .iter()
+            .map(|info| {
+                let name = tern_broker::security::sasl::Mechanism::from_scram_id(info.mechanism)
+                    .map(|m| m.name().to_owned())
+                    .unwrap_or_else(|| format!("mechanism {}", info.mechanism));
+                format!("{name} ({} iterations)", info.iterations)
+            })
+            .collect();
+        println!("{}\t{}", result.user.as_str(), mechanisms.join(", "));
+    }
+    Ok(())
+}

@@ -96,6 +96,19 @@ enum Command {
         #[command(subcommand)]
         action: TxnAction,
     },
+    /// SASL/SCRAM users: create one (or change its password), delete one, list them.
+    User {
+        #[arg(
+            long,
+            short,
+            default_value = "127.0.0.1:9092",
+            env = "TERN_BOOTSTRAP",
+            global = true
+        )]
+        bootstrap: String,
+        #[command(subcommand)]
+        action: UserAction,
+    },
     /// Check this host for running tern: kernel, io_uring, memlock, CPUs, interrupts, the data
     /// directory's file system and disk (measured briefly); exits 1 if something fails.
     Doctor {
@@ -174,6 +187,31 @@ enum TopicAction {
         #[arg(long, requires = "topic")]
         partition: Option<i32>,
     },
+}
+
+#[derive(Subcommand)]
+enum UserAction {
+    /// Create a user, or set a new password: `tern user create alice --password s3cret`.
+    /// The password is salted here; the broker stores only the SCRAM keys.
+    Create {
+        name: String,
+        #[arg(long, env = "TERN_USER_PASSWORD")]
+        password: String,
+        /// The SCRAM mechanisms to make credentials for (PLAIN checks against them too).
+        #[arg(long, default_value = "SCRAM-SHA-512,SCRAM-SHA-256")]
+        mechanisms: String,
+        /// PBKDF2 iterations (4096..=16384, as Kafka allows).
+        #[arg(long, default_value_t = 4096)]
+        iterations: i32,
+    },
+    /// Delete a user's credentials (all of them, or one mechanism's).
+    Delete {
+        name: String,
+        #[arg(long)]
+        mechanism: Option<String>,
+    },
+    /// Every user with its SCRAM mechanisms and iteration counts.
+    List,
 }
 
 #[derive(Subcommand)]
@@ -279,6 +317,21 @@ fn run_client_command(command: Command) -> Result<(), String> {
                 count,
                 idle_ms,
             )
+        }
+        Command::User { bootstrap, action } => {
+            let mut client = client::Client::connect(&bootstrap)?;
+            match action {
+                UserAction::Create {
+                    name,
+                    password,
+                    mechanisms,
+                    iterations,
+                } => commands::user_create(&mut client, &name, &password, &mechanisms, iterations),
+                UserAction::Delete { name, mechanism } => {
+                    commands::user_delete(&mut client, &name, mechanism.as_deref())
+                }
+                UserAction::List => commands::user_list(&mut client),
+            }
         }
         Command::Txn { bootstrap, action } => {
             let mut client = client::Client::connect(&bootstrap)?;
@@ -436,6 +489,36 @@ struct ServeArgs {
     /// Crash tests only: abort the process at this step of the first cleaner swap.
     #[arg(long, hide = true)]
     fault_clean_abort_after_step: Option<u32>,
+    /// Every listener, as Kafka's listeners: PLAINTEXT://127.0.0.1:9092,SASL_SSL://0.0.0.0:9093
+    /// (replaces --listen; names map to security protocols as the protocol map says).
+    #[arg(long, env = "TERN_LISTENERS")]
+    listeners: Option<String>,
+    /// Kafka's listener.security.protocol.map for listener names other than the protocols'
+    /// own: INTERNAL:PLAINTEXT,CLIENT:SASL_SSL.
+    #[arg(long, env = "TERN_LISTENER_SECURITY_PROTOCOL_MAP")]
+    listener_security_protocol_map: Option<String>,
+    /// Kafka's advertised.listeners: SASL_SSL://broker1.example:9093 (default: bound addresses).
+    #[arg(long, env = "TERN_ADVERTISED_LISTENERS")]
+    advertised_listeners: Option<String>,
+    /// The listener brokers reach each other on (default: PLAINTEXT if there is one, else
+    /// the first); it must be PLAINTEXT in a cluster for now.
+    #[arg(long, env = "TERN_INTER_BROKER_LISTENER_NAME")]
+    inter_broker_listener_name: Option<String>,
+    /// The TLS listeners' certificate chain (PEM, leaf first).
+    #[arg(long, env = "TERN_SSL_CERTIFICATE")]
+    ssl_certificate: Option<PathBuf>,
+    /// The TLS listeners' private key (PEM).
+    #[arg(long, env = "TERN_SSL_KEY")]
+    ssl_key: Option<PathBuf>,
+    /// CA certificates (PEM) client certificates must chain to.
+    #[arg(long, env = "TERN_SSL_CLIENT_CA")]
+    ssl_client_ca: Option<PathBuf>,
+    /// Kafka's ssl.client.auth: none (default), requested or required.
+    #[arg(long, env = "TERN_SSL_CLIENT_AUTH")]
+    ssl_client_auth: Option<String>,
+    /// Kafka's sasl.enabled.mechanisms (default SCRAM-SHA-512,SCRAM-SHA-256,PLAIN).
+    #[arg(long, env = "TERN_SASL_ENABLED_MECHANISMS")]
+    sasl_enabled_mechanisms: Option<String>,
     /// Long-poll fetches (one per partition waited on) that may be parked on one shard at once;
     /// a fetch beyond it is answered at once with a throttle time.
     #[arg(long, env = "TERN_MAX_PARKED_FETCHES")]
@@ -468,12 +551,89 @@ struct ServeArgs {
     topic_defaults: Vec<String>,
 }
 
+/// Listeners, TLS and SASL settings from flags over the file.
+fn apply_security(
+    config: &mut BrokerConfig,
+    args: &ServeArgs,
+    file: &FileConfig,
+) -> Result<(), String> {
+    use tern_broker::security::{listener, sasl, tls};
+    let pick = |flag: &Option<String>, file: &Option<String>| flag.clone().or(file.clone());
+    if let Some(text) = pick(&args.listeners, &file.listeners) {
+        let map = pick(
+            &args.listener_security_protocol_map,
+            &file.listener_security_protocol_map,
+        )
+        .unwrap_or_default();
+        let advertised = pick(&args.advertised_listeners, &file.advertised_listeners);
+        let listeners = listener::parse_listeners(&text, &map, advertised.as_deref())
+            .map_err(|reason| format!("--listeners: {reason}"))?;
+        let inter_broker = match pick(
+            &args.inter_broker_listener_name,
+            &file.inter_broker_listener_name,
+        ) {
+            Some(name) => listeners
+                .iter()
+                .find(|l| l.name.eq_ignore_ascii_case(&name))
+                .ok_or_else(|| format!("--inter-broker-listener-name {name} is no listener"))?,
+            None => listeners
+                .iter()
+                .find(|l| l.protocol == listener::SecurityProtocol::Plaintext)
+                .unwrap_or(&listeners[0]),
+        };
+        config.listen = inter_broker.addr;
+        config.advertised = inter_broker
+            .advertised
+            .as_ref()
+            .map(|(host, port)| format!("{host}:{port}"));
+        config.listeners = listeners;
+    }
+    let certificate = args
+        .ssl_certificate
+        .clone()
+        .or(file.ssl_certificate.clone());
+    let key = args.ssl_key.clone().or(file.ssl_key.clone());
+    let client_auth = match pick(&args.ssl_client_auth, &file.ssl_client_auth) {
+        Some(text) => tls::ClientAuth::parse(&text)
+            .ok_or_else(|| format!("--ssl-client-auth {text}: say none, requested or required"))?,
+        None => tls::ClientAuth::None,
+    };
+    config.tls = match (certificate, key) {
+        (Some(certificate), Some(key)) => Some(tls::TlsSettings {
+            certificate,
+            key,
+            client_ca: args.ssl_client_ca.clone().or(file.ssl_client_ca.clone()),
+            client_auth,
+        }),
+        (None, None) => None,
+        _ => return Err("--ssl-certificate and --ssl-key go together".into()),
+    };
+    if let Some(text) = pick(&args.sasl_enabled_mechanisms, &file.sasl_enabled_mechanisms) {
+        config.sasl_mechanisms = text
+            .split(',')
+            .map(str::trim)
+            .filter(|m| !m.is_empty())
+            .map(|m| {
+                sasl::Mechanism::parse(m).ok_or_else(|| {
+                    format!(
+                        "--sasl-enabled-mechanisms: {m} is not one Tern has \
+                         (SCRAM-SHA-512, SCRAM-SHA-256, PLAIN)"
+                    )
+                })
+            })
+            .collect::<Result<_, _>>()?;
+    }
+    Ok(())
+}
+
 fn build_config(args: ServeArgs) -> Result<BrokerConfig, String> {
     let file = match &args.config {
         Some(path) => FileConfig::load(path)?,
         None => FileConfig::default(),
     };
     let defaults = BrokerConfig::default();
+    let mut security = BrokerConfig::default();
+    apply_security(&mut security, &args, &file)?;
     // Topic defaults by topic names or Kafka's broker names (log.retention.hours, ...);
     // flags override the file's.
     let mut entries: Vec<(String, String)> = file.topic_defaults.into_iter().collect();
@@ -495,8 +655,17 @@ fn build_config(args: ServeArgs) -> Result<BrokerConfig, String> {
     };
     let config = BrokerConfig {
         admin_listen,
-        listen: args.listen.or(file.listen).unwrap_or(defaults.listen),
-        advertised: args.advertised.or(file.advertised),
+        // With --listeners, the inter-broker listener's.
+        listen: if security.listeners.is_empty() {
+            args.listen.or(file.listen).unwrap_or(defaults.listen)
+        } else {
+            security.listen
+        },
+        advertised: if security.listeners.is_empty() {
+            args.advertised.or(file.advertised)
+        } else {
+            security.advertised
+        },
         data_dir: args.data_dir.or(file.data_dir).unwrap_or(defaults.data_dir),
         cores: args.cores.or(file.cores).unwrap_or(defaults.cores),
         cpuset: match args.cpuset.or(file.cpuset) {
@@ -625,6 +794,9 @@ fn build_config(args: ServeArgs) -> Result<BrokerConfig, String> {
             .or(file.log_cleaner_backoff_ms)
             .unwrap_or(defaults.cleaner_backoff_ms),
         fault_clean_abort_after_step: args.fault_clean_abort_after_step,
+        listeners: security.listeners,
+        tls: security.tls,
+        sasl_mechanisms: security.sasl_mechanisms,
         voters: match args.voters.or(file.voters) {
             Some(text) => tern_broker::config::parse_voters(&text)?,
             None => defaults.voters,

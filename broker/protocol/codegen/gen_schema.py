@@ -30,6 +30,10 @@ REQUESTS = [
     "add_partitions_to_txn_request", "add_offsets_to_txn_request", "end_txn_request",
     "write_txn_markers_request", "txn_offset_commit_request",
     "describe_transactions_request", "list_transactions_request",
+    "sasl_handshake_request", "sasl_authenticate_request",
+    "describe_user_scram_credentials_request", "alter_user_scram_credentials_request",
+    "create_acls_request", "describe_acls_request", "delete_acls_request",
+    "describe_client_quotas_request", "alter_client_quotas_request",
 ]
 
 PRIMS = {

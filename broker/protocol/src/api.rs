@@ -65,6 +65,10 @@ pub const DESCRIBE_TRANSACTIONS: i16 = 65;
 pub const LIST_TRANSACTIONS: i16 = 66;
 pub const CONSUMER_GROUP_HEARTBEAT: i16 = 68;
 pub const CONSUMER_GROUP_DESCRIBE: i16 = 69;
+pub const SASL_HANDSHAKE: i16 = 17;
+pub const SASL_AUTHENTICATE: i16 = 36;
+pub const DESCRIBE_USER_SCRAM_CREDENTIALS: i16 = 50;
+pub const ALTER_USER_SCRAM_CREDENTIALS: i16 = 51;
 
 const fn spec(
     key: i16,
@@ -194,6 +198,40 @@ pub static APIS: &[ApiSpec] = &[
         4,
         2,
         Some(&INIT_PRODUCER_ID_REQUEST),
+    ),
+    // SaslHandshake v0 (raw SASL tokens after the handshake) left Kafka in 4.0 (KIP-896);
+    // every client in use speaks v1 with SaslAuthenticate.
+    spec(
+        SASL_HANDSHAKE,
+        "SaslHandshake",
+        1,
+        1,
+        32767,
+        Some(&SASL_HANDSHAKE_REQUEST),
+    ),
+    spec(
+        SASL_AUTHENTICATE,
+        "SaslAuthenticate",
+        0,
+        2,
+        2,
+        Some(&SASL_AUTHENTICATE_REQUEST),
+    ),
+    spec(
+        DESCRIBE_USER_SCRAM_CREDENTIALS,
+        "DescribeUserScramCredentials",
+        0,
+        0,
+        0,
+        Some(&DESCRIBE_USER_SCRAM_CREDENTIALS_REQUEST),
+    ),
+    spec(
+        ALTER_USER_SCRAM_CREDENTIALS,
+        "AlterUserScramCredentials",
+        0,
+        0,
+        0,
+        Some(&ALTER_USER_SCRAM_CREDENTIALS_REQUEST),
     ),
 ];
 

@@ -290,6 +290,15 @@ mod tests {
             TXN_OFFSET_COMMIT_REQUEST => TxnOffsetCommitRequest,
             DESCRIBE_TRANSACTIONS_REQUEST => DescribeTransactionsRequest,
             LIST_TRANSACTIONS_REQUEST => ListTransactionsRequest,
+            SASL_HANDSHAKE_REQUEST => SaslHandshakeRequest,
+            SASL_AUTHENTICATE_REQUEST => SaslAuthenticateRequest,
+            DESCRIBE_USER_SCRAM_CREDENTIALS_REQUEST => DescribeUserScramCredentialsRequest,
+            ALTER_USER_SCRAM_CREDENTIALS_REQUEST => AlterUserScramCredentialsRequest,
+            CREATE_ACLS_REQUEST => CreateAclsRequest,
+            DESCRIBE_ACLS_REQUEST => DescribeAclsRequest,
+            DELETE_ACLS_REQUEST => DeleteAclsRequest,
+            DESCRIBE_CLIENT_QUOTAS_REQUEST => DescribeClientQuotasRequest,
+            ALTER_CLIENT_QUOTAS_REQUEST => AlterClientQuotasRequest,
         );
     }
 

@@ -2155,6 +2155,474 @@ pub static LIST_TRANSACTIONS_REQUEST: Struct = Struct {
     ],
 };
 
+pub static SASL_HANDSHAKE_REQUEST: Struct = Struct {
+    name: "SaslHandshakeRequest",
+    fields: &[Field {
+        versions: 0..=32767,
+        kind: Kind::Prim(Prim::Str),
+    }],
+};
+
+pub static SASL_AUTHENTICATE_REQUEST: Struct = Struct {
+    name: "SaslAuthenticateRequest",
+    fields: &[
+        Field {
+            versions: 2..=32767,
+            kind: Kind::Prim(Prim::CompactBytes),
+        },
+        Field {
+            versions: 0..=1,
+            kind: Kind::Prim(Prim::Bytes),
+        },
+        Field {
+            versions: 2..=32767,
+            kind: Kind::TaggedFields,
+        },
+    ],
+};
+
+pub static DESCRIBE_USER_SCRAM_CREDENTIALS_REQUEST: Struct = Struct {
+    name: "DescribeUserScramCredentialsRequest",
+    fields: &[
+        Field {
+            versions: 0..=32767,
+            kind: Kind::CompactArray(Elem::Struct(
+                &DESCRIBE_USER_SCRAM_CREDENTIALS_REQUEST__USER_NAME,
+            )),
+        },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::TaggedFields,
+        },
+    ],
+};
+
+pub static DESCRIBE_USER_SCRAM_CREDENTIALS_REQUEST__USER_NAME: Struct = Struct {
+    name: "UserName",
+    fields: &[
+        Field {
+            versions: 0..=32767,
+            kind: Kind::Prim(Prim::CompactStr),
+        },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::TaggedFields,
+        },
+    ],
+};
+
+pub static ALTER_USER_SCRAM_CREDENTIALS_REQUEST: Struct = Struct {
+    name: "AlterUserScramCredentialsRequest",
+    fields: &[
+        Field {
+            versions: 0..=32767,
+            kind: Kind::CompactArray(Elem::Struct(
+                &ALTER_USER_SCRAM_CREDENTIALS_REQUEST__SCRAM_CREDENTIAL_DELETION,
+            )),
+        },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::CompactArray(Elem::Struct(
+                &ALTER_USER_SCRAM_CREDENTIALS_REQUEST__SCRAM_CREDENTIAL_UPSERTION,
+            )),
+        },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::TaggedFields,
+        },
+    ],
+};
+
+pub static ALTER_USER_SCRAM_CREDENTIALS_REQUEST__SCRAM_CREDENTIAL_DELETION: Struct = Struct {
+    name: "ScramCredentialDeletion",
+    fields: &[
+        Field {
+            versions: 0..=32767,
+            kind: Kind::Prim(Prim::CompactStr),
+        },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::Prim(Prim::I8),
+        },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::TaggedFields,
+        },
+    ],
+};
+
+pub static ALTER_USER_SCRAM_CREDENTIALS_REQUEST__SCRAM_CREDENTIAL_UPSERTION: Struct = Struct {
+    name: "ScramCredentialUpsertion",
+    fields: &[
+        Field {
+            versions: 0..=32767,
+            kind: Kind::Prim(Prim::CompactStr),
+        },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::Prim(Prim::I8),
+        },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::Prim(Prim::I32),
+        },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::Prim(Prim::CompactBytes),
+        },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::Prim(Prim::CompactBytes),
+        },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::TaggedFields,
+        },
+    ],
+};
+
+pub static CREATE_ACLS_REQUEST__ACL_CREATION: Struct = Struct {
+    name: "AclCreation",
+    fields: &[
+        Field {
+            versions: 0..=32767,
+            kind: Kind::Prim(Prim::I8),
+        },
+        Field {
+            versions: 2..=32767,
+            kind: Kind::Prim(Prim::CompactStr),
+        },
+        Field {
+            versions: 0..=1,
+            kind: Kind::Prim(Prim::Str),
+        },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::Prim(Prim::I8),
+        },
+        Field {
+            versions: 2..=32767,
+            kind: Kind::Prim(Prim::CompactStr),
+        },
+        Field {
+            versions: 0..=1,
+            kind: Kind::Prim(Prim::Str),
+        },
+        Field {
+            versions: 2..=32767,
+            kind: Kind::Prim(Prim::CompactStr),
+        },
+        Field {
+            versions: 0..=1,
+            kind: Kind::Prim(Prim::Str),
+        },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::Prim(Prim::I8),
+        },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::Prim(Prim::I8),
+        },
+        Field {
+            versions: 2..=32767,
+            kind: Kind::TaggedFields,
+        },
+    ],
+};
+
+pub static CREATE_ACLS_REQUEST: Struct = Struct {
+    name: "CreateAclsRequest",
+    fields: &[
+        Field {
+            versions: 2..=32767,
+            kind: Kind::CompactArray(Elem::Struct(&CREATE_ACLS_REQUEST__ACL_CREATION)),
+        },
+        Field {
+            versions: 0..=1,
+            kind: Kind::Array(Elem::Struct(&CREATE_ACLS_REQUEST__ACL_CREATION)),
+        },
+        Field {
+            versions: 2..=32767,
+            kind: Kind::TaggedFields,
+        },
+    ],
+};
+
+pub static DESCRIBE_ACLS_REQUEST: Struct = Struct {
+    name: "DescribeAclsRequest",
+    fields: &[
+        Field {
+            versions: 0..=32767,
+            kind: Kind::Prim(Prim::I8),
+        },
+        Field {
+            versions: 2..=32767,
+            kind: Kind::Prim(Prim::CompactStr),
+        },
+        Field {
+            versions: 0..=1,
+            kind: Kind::Prim(Prim::Str),
+        },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::Prim(Prim::I8),
+        },
+        Field {
+            versions: 2..=32767,
+            kind: Kind::Prim(Prim::CompactStr),
+        },
+        Field {
+            versions: 0..=1,
+            kind: Kind::Prim(Prim::Str),
+        },
+        Field {
+            versions: 2..=32767,
+            kind: Kind::Prim(Prim::CompactStr),
+        },
+        Field {
+            versions: 0..=1,
+            kind: Kind::Prim(Prim::Str),
+        },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::Prim(Prim::I8),
+        },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::Prim(Prim::I8),
+        },
+        Field {
+            versions: 2..=32767,
+            kind: Kind::TaggedFields,
+        },
+    ],
+};
+
+pub static DELETE_ACLS_REQUEST__DELETE_ACLS_FILTER: Struct = Struct {
+    name: "DeleteAclsFilter",
+    fields: &[
+        Field {
+            versions: 0..=32767,
+            kind: Kind::Prim(Prim::I8),
+        },
+        Field {
+            versions: 2..=32767,
+            kind: Kind::Prim(Prim::CompactStr),
+        },
+        Field {
+            versions: 0..=1,
+            kind: Kind::Prim(Prim::Str),
+        },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::Prim(Prim::I8),
+        },
+        Field {
+            versions: 2..=32767,
+            kind: Kind::Prim(Prim::CompactStr),
+        },
+        Field {
+            versions: 0..=1,
+            kind: Kind::Prim(Prim::Str),
+        },
+        Field {
+            versions: 2..=32767,
+            kind: Kind::Prim(Prim::CompactStr),
+        },
+        Field {
+            versions: 0..=1,
+            kind: Kind::Prim(Prim::Str),
+        },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::Prim(Prim::I8),
+        },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::Prim(Prim::I8),
+        },
+        Field {
+            versions: 2..=32767,
+            kind: Kind::TaggedFields,
+        },
+    ],
+};
+
+pub static DELETE_ACLS_REQUEST: Struct = Struct {
+    name: "DeleteAclsRequest",
+    fields: &[
+        Field {
+            versions: 2..=32767,
+            kind: Kind::CompactArray(Elem::Struct(&DELETE_ACLS_REQUEST__DELETE_ACLS_FILTER)),
+        },
+        Field {
+            versions: 0..=1,
+            kind: Kind::Array(Elem::Struct(&DELETE_ACLS_REQUEST__DELETE_ACLS_FILTER)),
+        },
+        Field {
+            versions: 2..=32767,
+            kind: Kind::TaggedFields,
+        },
+    ],
+};
+
+pub static DESCRIBE_CLIENT_QUOTAS_REQUEST__COMPONENT_DATA: Struct = Struct {
+    name: "ComponentData",
+    fields: &[
+        Field {
+            versions: 1..=32767,
+            kind: Kind::Prim(Prim::CompactStr),
+        },
+        Field {
+            versions: 0..=0,
+            kind: Kind::Prim(Prim::Str),
+        },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::Prim(Prim::I8),
+        },
+        Field {
+            versions: 1..=32767,
+            kind: Kind::Prim(Prim::CompactStr),
+        },
+        Field {
+            versions: 0..=0,
+            kind: Kind::Prim(Prim::Str),
+        },
+        Field {
+            versions: 1..=32767,
+            kind: Kind::TaggedFields,
+        },
+    ],
+};
+
+pub static DESCRIBE_CLIENT_QUOTAS_REQUEST: Struct = Struct {
+    name: "DescribeClientQuotasRequest",
+    fields: &[
+        Field {
+            versions: 1..=32767,
+            kind: Kind::CompactArray(Elem::Struct(
+                &DESCRIBE_CLIENT_QUOTAS_REQUEST__COMPONENT_DATA,
+            )),
+        },
+        Field {
+            versions: 0..=0,
+            kind: Kind::Array(Elem::Struct(
+                &DESCRIBE_CLIENT_QUOTAS_REQUEST__COMPONENT_DATA,
+            )),
+        },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::Prim(Prim::Bool),
+        },
+        Field {
+            versions: 1..=32767,
+            kind: Kind::TaggedFields,
+        },
+    ],
+};
+
+pub static ALTER_CLIENT_QUOTAS_REQUEST: Struct = Struct {
+    name: "AlterClientQuotasRequest",
+    fields: &[
+        Field {
+            versions: 1..=32767,
+            kind: Kind::CompactArray(Elem::Struct(&ALTER_CLIENT_QUOTAS_REQUEST__ENTRY_DATA)),
+        },
+        Field {
+            versions: 0..=0,
+            kind: Kind::Array(Elem::Struct(&ALTER_CLIENT_QUOTAS_REQUEST__ENTRY_DATA)),
+        },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::Prim(Prim::Bool),
+        },
+        Field {
+            versions: 1..=32767,
+            kind: Kind::TaggedFields,
+        },
+    ],
+};
+
+pub static ALTER_CLIENT_QUOTAS_REQUEST__ENTITY_DATA: Struct = Struct {
+    name: "EntityData",
+    fields: &[
+        Field {
+            versions: 1..=32767,
+            kind: Kind::Prim(Prim::CompactStr),
+        },
+        Field {
+            versions: 0..=0,
+            kind: Kind::Prim(Prim::Str),
+        },
+        Field {
+            versions: 1..=32767,
+            kind: Kind::Prim(Prim::CompactStr),
+        },
+        Field {
+            versions: 0..=0,
+            kind: Kind::Prim(Prim::Str),
+        },
+        Field {
+            versions: 1..=32767,
+            kind: Kind::TaggedFields,
+        },
+    ],
+};
+
+pub static ALTER_CLIENT_QUOTAS_REQUEST__ENTRY_DATA: Struct = Struct {
+    name: "EntryData",
+    fields: &[
+        Field {
+            versions: 1..=32767,
+            kind: Kind::CompactArray(Elem::Struct(&ALTER_CLIENT_QUOTAS_REQUEST__ENTITY_DATA)),
+        },
+        Field {
+            versions: 0..=0,
+            kind: Kind::Array(Elem::Struct(&ALTER_CLIENT_QUOTAS_REQUEST__ENTITY_DATA)),
+        },
+        Field {
+            versions: 1..=32767,
+            kind: Kind::CompactArray(Elem::Struct(&ALTER_CLIENT_QUOTAS_REQUEST__OP_DATA)),
+        },
+        Field {
+            versions: 0..=0,
+            kind: Kind::Array(Elem::Struct(&ALTER_CLIENT_QUOTAS_REQUEST__OP_DATA)),
+        },
+        Field {
+            versions: 1..=32767,
+            kind: Kind::TaggedFields,
+        },
+    ],
+};
+
+pub static ALTER_CLIENT_QUOTAS_REQUEST__OP_DATA: Struct = Struct {
+    name: "OpData",
+    fields: &[
+        Field {
+            versions: 1..=32767,
+            kind: Kind::Prim(Prim::CompactStr),
+        },
+        Field {
+            versions: 0..=0,
+            kind: Kind::Prim(Prim::Str),
+        },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::Prim(Prim::I64),
+        },
+        Field {
+            versions: 0..=32767,
+            kind: Kind::Prim(Prim::Bool),
+        },
+        Field {
+            versions: 1..=32767,
+            kind: Kind::TaggedFields,
+        },
+    ],
+};
+
 /// Every request root table, for tests and the fuzz target.
 pub static ROOTS: &[&Struct] = &[
     &METADATA_REQUEST,
@@ -2192,4 +2660,13 @@ pub static ROOTS: &[&Struct] = &[
     &TXN_OFFSET_COMMIT_REQUEST,
     &DESCRIBE_TRANSACTIONS_REQUEST,
     &LIST_TRANSACTIONS_REQUEST,
+    &SASL_HANDSHAKE_REQUEST,
+    &SASL_AUTHENTICATE_REQUEST,
+    &DESCRIBE_USER_SCRAM_CREDENTIALS_REQUEST,
+    &ALTER_USER_SCRAM_CREDENTIALS_REQUEST,
+    &CREATE_ACLS_REQUEST,
+    &DESCRIBE_ACLS_REQUEST,
+    &DELETE_ACLS_REQUEST,
+    &DESCRIBE_CLIENT_QUOTAS_REQUEST,
+    &ALTER_CLIENT_QUOTAS_REQUEST,
 ];

@@ -14,6 +14,13 @@
 //!
 //! When the broker shuts down, connections stop reading, answer what they have read, and
 //! close.
+//!
+//! Each listener secures its connections as its security protocol says: a TLS handshake
+//! first (bounded by the request receive deadline, so a client that stalls in it is closed
+//! like one that stalls in a request), and on a SASL listener, requests read and answered
+//! one at a time until the SASL exchange succeeds (see `security`). Plaintext responses go
+//! to the socket with one vectored send and no copy; TLS ones through rustls, which must
+//! encrypt them anyway.
 
 pub mod admission;
 pub mod budget;
@@ -24,6 +31,8 @@ use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::pin::pin;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::{select, Either};
@@ -34,9 +43,11 @@ use glommio::net::TcpStream;
 use crate::clock::monotonic_ms;
 use crate::handlers;
 use crate::limits;
-use crate::metrics::CloseCause;
-use crate::net::write_segments;
+use crate::metrics::{self, CloseCause};
+use crate::net::{write_segments, write_segments_copied};
 use crate::outcome::{Malformed, Outcome};
+use crate::security::listener::{Listener, SecurityProtocol};
+use crate::security::{tls, ConnectionSecurity};
 use crate::shard::Shard;
 use frames::{FrameError, FrameReader};
 use table::{CloseReason, ConnectionState};
@@ -50,6 +61,8 @@ enum InFlight {
     /// its bookkeeping (the high watermark, the idempotent producer's sequence) so that a
     /// retry gets the original offset, as Kafka completes it.
     Completing(glommio::task::JoinHandle<Outcome>),
+    /// Already answered (the SASL exchange, served in line).
+    Ready(Outcome),
 }
 
 impl InFlight {
@@ -62,6 +75,7 @@ impl InFlight {
                     "the request's task was cancelled".into(),
                 )
             }),
+            InFlight::Ready(outcome) => outcome,
         }
     }
 }
@@ -78,36 +92,165 @@ enum Ended {
     Closed(CloseReason),
 }
 
-pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
+/// A listener as its connections see it: its name (for Metadata's endpoints), its security
+/// protocol, and the TLS acceptor when it has one.
+pub struct Endpoint {
+    pub name: Arc<str>,
+    pub protocol: SecurityProtocol,
+    tls: Option<futures_rustls::TlsAcceptor>,
+}
+
+impl Endpoint {
+    pub fn new(listener: &Listener, tls: Option<Arc<rustls::ServerConfig>>) -> Endpoint {
+        Endpoint {
+            name: listener.name.as_str().into(),
+            protocol: listener.protocol,
+            tls: tls
+                .filter(|_| listener.protocol.tls())
+                .map(futures_rustls::TlsAcceptor::from),
+        }
+    }
+}
+
+/// Accepts the listener's clients, within the connection limits, once `serving` is set.
+pub fn start_acceptor(
+    shard: Rc<Shard>,
+    listener: glommio::net::TcpListener,
+    endpoint: Rc<Endpoint>,
+    admission: Arc<admission::Admission>,
+    serving: Arc<AtomicBool>,
+) -> glommio::Task<()> {
+    glommio::spawn_local(async move {
+        // Clients that connect meanwhile wait in the listen backlog.
+        while !serving.load(Ordering::SeqCst) {
+            glommio::timer::sleep(Duration::from_millis(1)).await;
+        }
+        loop {
+            let stream = match listener.accept().await {
+                Ok(stream) => stream,
+                Err(error) => {
+                    tracing::warn!(%error, "accept failed");
+                    glommio::timer::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            };
+            shard.connection_probe.accepted.inc();
+            let peer = stream.peer_addr().ok();
+            let admitted = match peer {
+                Some(peer) => admission.admit(peer.ip()).map(Some),
+                None => Ok(None),
+            };
+            match admitted {
+                Ok(ticket) => {
+                    let shard = shard.clone();
+                    let endpoint = endpoint.clone();
+                    glommio::spawn_local(async move {
+                        serve(shard, stream, endpoint).await;
+                        drop(ticket);
+                    })
+                    .detach();
+                }
+                Err(refusal) => {
+                    let reason = table::CloseReason::TooManyConnections;
+                    let probe = &shard.connection_probe;
+                    probe.closed(metrics::CloseCause::Broker(reason));
+                    let detail = match refusal {
+                        admission::Refusal::Total => "max.connections reached",
+                        admission::Refusal::PerIp => "max.connections.per.ip reached",
+                    };
+                    probe.log_closed(shard.now_ms(), peer, reason.label(), detail);
+                    drop(stream);
+                }
+            }
+        }
+    })
+}
+
+/// Where a connection's responses go.
+enum Sink<W> {
+    /// A plaintext socket: one vectored send per response, no copy.
+    Plain(std::os::fd::RawFd, W),
+    /// A TLS stream: segments gathered into records and encrypted.
+    Tls(W),
+}
+
+impl<W: futures::AsyncWrite + Unpin> Sink<W> {
+    async fn write(&mut self, segments: &[bytes::Bytes]) -> std::io::Result<()> {
+        match self {
+            Sink::Plain(fd, writer) => write_segments(*fd, writer, segments).await,
+            Sink::Tls(writer) => write_segments_copied(writer, segments).await,
+        }
+    }
+}
+
+pub async fn serve(shard: Rc<Shard>, stream: TcpStream, endpoint: Rc<Endpoint>) {
     let peer: Option<SocketAddr> = stream.peer_addr().ok();
     let _ = stream.set_nodelay(true);
     let fd = stream.as_raw_fd();
-    let (state, close_rx) = ConnectionState::new(fd, peer, monotonic_ms());
+    let (state, mut close_rx) = ConnectionState::new(fd, peer, monotonic_ms());
     let id = shard.connections.register(state.clone());
-    let (mut reader, mut writer) = stream.split();
 
-    let ended = {
-        let (queue_tx, queue_rx) =
-            local_channel::new_bounded::<InFlight>(shard.config.limits.in_flight_max);
-        let reading = pin!(read_requests(&shard, &state, &mut reader, queue_tx));
-        let writing = pin!(write_responses(&state, fd, &mut writer, queue_rx));
-        let serving = pin!(async {
-            match select(reading, writing).await {
-                // A malformed request or a shutdown still gets the responses it is owed.
-                Either::Left((ended @ (Ended::Malformed(..) | Ended::Drained), writing)) => {
-                    match writing.await {
-                        Ended::Drained => ended,
-                        other => other,
-                    }
+    let ended = match &endpoint.tls {
+        None => {
+            let security = Rc::new(ConnectionSecurity::new(
+                endpoint.name.clone(),
+                endpoint.protocol,
+                None,
+            ));
+            let (reader, writer) = stream.split();
+            run(
+                &shard,
+                &state,
+                security,
+                reader,
+                Sink::Plain(fd, writer),
+                close_rx,
+            )
+            .await
+        }
+        Some(acceptor) => {
+            // The handshake must arrive as promptly as a request would (the reaper's
+            // receive deadline), and the broker's shutdown ends it too.
+            state.request_started(monotonic_ms());
+            let handshake = pin!(acceptor.accept(stream));
+            match select(handshake, &mut close_rx).await {
+                Either::Left((Ok(tls_stream), _)) => {
+                    state.receive_finished(monotonic_ms());
+                    let principal = tls_stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|chain| chain.first())
+                        .and_then(tls::principal_of);
+                    let security = Rc::new(ConnectionSecurity::new(
+                        endpoint.name.clone(),
+                        endpoint.protocol,
+                        principal,
+                    ));
+                    let (reader, writer) = tls_stream.split();
+                    run(
+                        &shard,
+                        &state,
+                        security,
+                        reader,
+                        Sink::Tls(writer),
+                        close_rx,
+                    )
+                    .await
                 }
-                // Gone: whatever was in flight is dropped, which cancels it.
-                Either::Left((ended, _)) => ended,
-                Either::Right((ended, _)) => ended,
+                // The stream is still held (by the handshake) while its socket is shut.
+                Either::Left((Err(error), _)) => {
+                    shutdown(fd);
+                    Ended::Malformed(
+                        Malformed::TlsHandshake,
+                        format!("TLS handshake failed: {error}"),
+                    )
+                }
+                Either::Right((reason, _)) => {
+                    shutdown(fd);
+                    Ended::Closed(reason.unwrap_or(CloseReason::Shutdown))
+                }
             }
-        });
-        match select(serving, close_rx).await {
-            Either::Left((ended, _)) => ended,
-            Either::Right((reason, _)) => Ended::Closed(reason.unwrap_or(CloseReason::Shutdown)),
         }
     };
 
@@ -127,18 +270,69 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         }
     }
     shard.connections.unregister(id);
-    // SAFETY: shutting down our own descriptor, still open: the stream's halves close it
-    // when they drop, just after.
+}
+
+/// Shuts the connection's socket down both ways, so that the client sees the end at once
+/// even while a response write is parked. Called only while the stream that owns `fd` is
+/// alive: once it drops, the number may already name another connection's socket.
+fn shutdown(fd: std::os::fd::RawFd) {
+    // SAFETY: `fd` is our own open socket (see above); shutdown does not close it.
     unsafe {
         libc::shutdown(fd, libc::SHUT_RDWR);
     }
-    drop((reader, writer));
+}
+
+/// Serves a connection's requests until it ends.
+async fn run<R, W>(
+    shard: &Rc<Shard>,
+    state: &Rc<ConnectionState>,
+    security: Rc<ConnectionSecurity>,
+    mut reader: R,
+    mut sink: Sink<W>,
+    close_rx: futures::channel::oneshot::Receiver<CloseReason>,
+) -> Ended
+where
+    R: futures::AsyncRead + Unpin,
+    W: futures::AsyncWrite + Unpin,
+{
+    let (queue_tx, queue_rx) =
+        local_channel::new_bounded::<InFlight>(shard.config.limits.in_flight_max);
+    let reading = pin!(read_requests(
+        shard,
+        state,
+        &security,
+        &mut reader,
+        queue_tx
+    ));
+    let writing = pin!(write_responses(state, &mut sink, queue_rx));
+    let serving = pin!(async {
+        match select(reading, writing).await {
+            // A malformed request or a shutdown still gets the responses it is owed.
+            Either::Left((ended @ (Ended::Malformed(..) | Ended::Drained), writing)) => {
+                match writing.await {
+                    Ended::Drained => ended,
+                    other => other,
+                }
+            }
+            // Gone: whatever was in flight is dropped, which cancels it.
+            Either::Left((ended, _)) => ended,
+            Either::Right((ended, _)) => ended,
+        }
+    });
+    let ended = match select(serving, close_rx).await {
+        Either::Left((ended, _)) => ended,
+        Either::Right((reason, _)) => Ended::Closed(reason.unwrap_or(CloseReason::Shutdown)),
+    };
+    // The reader and the sink still hold the stream here.
+    shutdown(state.fd);
+    ended
 }
 
 /// Reads frames and hands each to a handler task, queued for the writer in arrival order.
 async fn read_requests<R: futures::AsyncRead + Unpin>(
     shard: &Rc<Shard>,
     state: &ConnectionState,
+    security: &Rc<ConnectionSecurity>,
     reader: &mut R,
     queue: local_channel::LocalSender<InFlight>,
 ) -> Ended {
@@ -154,11 +348,34 @@ async fn read_requests<R: futures::AsyncRead + Unpin>(
         };
         state.request_received(monotonic_ms());
         shard.connection_probe.requests.inc();
+        if security.needs_authentication() {
+            // Before the SASL exchange succeeds, one request at a time: the next is read
+            // only once this one changed the connection's state.
+            let outcome = handlers::handle(
+                shard.clone(),
+                frame.bytes,
+                state.peer,
+                security.clone(),
+                frame.held,
+            )
+            .await;
+            if queue.send(InFlight::Ready(outcome)).await.is_err() {
+                return Ended::Gone;
+            }
+            if security.failed() {
+                return Ended::Malformed(
+                    Malformed::AuthenticationFailed,
+                    "SASL authentication failed".into(),
+                );
+            }
+            continue;
+        }
         let is_produce = frame::peek_api_key(&frame.bytes) == Some(api::PRODUCE);
         let task = glommio::spawn_local(handlers::handle(
             shard.clone(),
             frame.bytes,
             state.peer,
+            security.clone(),
             frame.held,
         ));
         let in_flight = if is_produce {
@@ -175,15 +392,14 @@ async fn read_requests<R: futures::AsyncRead + Unpin>(
 /// Awaits each handler in request order and writes its response.
 async fn write_responses<W: futures::AsyncWrite + Unpin>(
     state: &ConnectionState,
-    fd: std::os::fd::RawFd,
-    writer: &mut W,
+    sink: &mut Sink<W>,
     queue: LocalReceiver<InFlight>,
 ) -> Ended {
     while let Some(in_flight) = queue.recv().await {
         match in_flight.outcome().await {
             Outcome::Respond(segments) => {
                 state.write_started(monotonic_ms());
-                if let Err(error) = write_segments(fd, writer, &segments).await {
+                if let Err(error) = sink.write(&segments).await {
                     tracing::debug!(peer = ?state.peer, %error, "write failed; closing connection");
                     return Ended::Gone;
                 }

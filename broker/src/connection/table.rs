@@ -136,6 +136,13 @@ impl ConnectionState {
         self.in_flight.set(self.in_flight.get() + 1);
     }
 
+    /// Something other than a request (a TLS handshake) finished arriving in time.
+    pub fn receive_finished(&self, now_ms: i64) {
+        self.last_activity_ms.set(now_ms);
+        self.receiving_since_ms.set(None);
+        self.receive_allowance_ms.set(0);
+    }
+
     pub fn write_started(&self, now_ms: i64) {
         self.writing_since_ms.set(Some(now_ms));
     }

@@ -138,6 +138,7 @@ fn metadata_error_code(error: &MetadataError) -> i16 {
         MetadataError::InvalidReplicaAssignment(_) => error_code::INVALID_REPLICA_ASSIGNMENT,
         MetadataError::StaleLeaderEpoch { .. } => error_code::FENCED_LEADER_EPOCH,
         MetadataError::Invalid(_) => error_code::INVALID_REQUEST,
+        MetadataError::NotFound(_) => error_code::RESOURCE_NOT_FOUND,
     }
 }
 
@@ -774,12 +775,13 @@ pub fn describe_cluster(ctx: &Ctx<'_>, _request: DescribeClusterRequest) -> Outc
     response.controller_id = BrokerId(ctx.shard.controller_id());
     response.brokers = image
         .live_brokers()
-        .map(|meta| {
+        .filter_map(|meta| {
+            let (host, port) = meta.endpoint(&ctx.security.listener)?;
             let mut broker = DescribeClusterBroker::default();
             broker.broker_id = BrokerId(meta.id);
-            broker.host = str_bytes(&meta.host);
-            broker.port = i32::from(meta.port);
-            broker
+            broker.host = str_bytes(host);
+            broker.port = i32::from(port);
+            Some(broker)
         })
         .collect();
     ctx.respond(&response)

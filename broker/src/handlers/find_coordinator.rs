@@ -40,7 +40,14 @@ pub async fn handle(ctx: &Ctx<'_>, request: FindCoordinatorRequest) -> Outcome {
                     error_code::COORDINATOR_NOT_AVAILABLE,
                     format!("{internal}-{partition} has no leader"),
                 ))?;
-            Ok((leader.id, leader.host.clone(), i32::from(leader.port)))
+            let (host, port) = leader.endpoint(&ctx.security.listener).ok_or((
+                error_code::COORDINATOR_NOT_AVAILABLE,
+                format!(
+                    "broker {} has no {} listener",
+                    leader.id, ctx.security.listener
+                ),
+            ))?;
+            Ok((leader.id, host.to_owned(), i32::from(port)))
         };
     let answer = |key: &str, key_type: i8| -> Result<(i32, String, i32), (ErrorCode, String)> {
         match key_type {

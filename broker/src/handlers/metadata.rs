@@ -60,14 +60,16 @@ pub async fn handle(ctx: &Ctx<'_>, request: MetadataRequest) -> Outcome {
 
     let image = shard.image();
     let mut response = MetadataResponse::default();
+    // Every broker's endpoint on the listener this client came in on.
     response.brokers = image
         .live_brokers()
-        .map(|meta| {
+        .filter_map(|meta| {
+            let (host, port) = meta.endpoint(&ctx.security.listener)?;
             let mut broker = MetadataResponseBroker::default();
             broker.node_id = BrokerId(meta.id);
-            broker.host = str_bytes(&meta.host);
-            broker.port = i32::from(meta.port);
-            broker
+            broker.host = str_bytes(host);
+            broker.port = i32::from(port);
+            Some(broker)
         })
         .collect();
     response.cluster_id = Some(str_bytes(&image.cluster_id));

@@ -18,6 +18,7 @@ mod metadata;
 mod offsets;
 mod produce;
 mod producer_id;
+mod security;
 
 use std::rc::Rc;
 
@@ -29,6 +30,7 @@ use tern_protocol::frame::{self, HeaderError, ParsedHeader};
 use tern_protocol::request::{decode_body, encode_response};
 
 use crate::outcome::{Malformed, Outcome};
+use crate::security::ConnectionSecurity;
 use crate::shard::Shard;
 
 /// Everything a handler needs to know about the request it serves.
@@ -41,6 +43,8 @@ pub struct Ctx<'a> {
     pub client_id: String,
     /// The client's address, as the connection saw it.
     pub peer: Option<std::net::SocketAddr>,
+    /// The connection's listener, principal and SASL state.
+    pub security: &'a ConnectionSecurity,
 }
 
 impl Ctx<'_> {
@@ -77,6 +81,7 @@ pub async fn handle<Held>(
     shard: Rc<Shard>,
     request: BytesMut,
     peer: Option<std::net::SocketAddr>,
+    security: Rc<ConnectionSecurity>,
     _held: Held,
 ) -> Outcome {
     let parsed = match frame::parse_header(&request) {
@@ -118,7 +123,21 @@ pub async fn handle<Held>(
         correlation_id,
         client_id,
         peer,
+        security: &security,
     };
+    // On a SASL listener nothing but ApiVersions and the exchange itself is served before
+    // the client authenticates; Kafka closes the connection too.
+    if security.needs_authentication()
+        && !matches!(
+            api_key,
+            api::API_VERSIONS | api::SASL_HANDSHAKE | api::SASL_AUTHENTICATE
+        )
+    {
+        return Outcome::Close(
+            Malformed::Unauthenticated,
+            format!("{} before SASL authentication", spec.name),
+        );
+    }
     if api_key == api::PRODUCE {
         let mut request = request;
         let body = request.split_off(body_start);
@@ -202,6 +221,18 @@ pub async fn handle<Held>(
         }
         api::CONSUMER_GROUP_DESCRIBE => {
             consumer_groups::describe(&ctx, decode!(ConsumerGroupDescribeRequest)).await
+        }
+        api::SASL_HANDSHAKE => security::sasl_handshake(&ctx, decode!(SaslHandshakeRequest)),
+        api::SASL_AUTHENTICATE => {
+            security::sasl_authenticate(&ctx, decode!(SaslAuthenticateRequest))
+        }
+        api::DESCRIBE_USER_SCRAM_CREDENTIALS => security::describe_user_scram_credentials(
+            &ctx,
+            decode!(DescribeUserScramCredentialsRequest),
+        ),
+        api::ALTER_USER_SCRAM_CREDENTIALS => {
+            security::alter_user_scram_credentials(&ctx, decode!(AlterUserScramCredentialsRequest))
+                .await
         }
         other => Outcome::Close(
             Malformed::Header,

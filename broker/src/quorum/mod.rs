@@ -27,7 +27,9 @@ use std::time::Duration;
 use futures::channel::{mpsc, oneshot};
 use futures::future::LocalBoxFuture;
 use futures::StreamExt;
-use tern_replication::metadata::{BrokerId, Command, MetadataError, MetadataImage, NO_LEADER};
+use tern_replication::metadata::{
+    BrokerId, Command, Endpoint, MetadataError, MetadataImage, NO_LEADER,
+};
 use tern_replication::quorum::{
     broker_id, Durable, QuorumConfig, QuorumNode, QuorumStatus, Ticket,
 };
@@ -281,6 +283,18 @@ pub async fn start(
     let (host, port) = config.advertised_host_port();
     let port =
         u16::try_from(port).map_err(|_| format!("advertised port {port} is out of range"))?;
+    let listeners: Vec<Endpoint> = config
+        .effective_listeners()
+        .iter()
+        .map(|listener| {
+            let (host, port) = listener.advertised_host_port();
+            Endpoint {
+                name: listener.name.clone(),
+                host,
+                port,
+            }
+        })
+        .collect();
     let started = std::time::Instant::now();
     loop {
         if let Some(reason) = quorum.refused.borrow().clone() {
@@ -290,6 +304,7 @@ pub async fn start(
             id: config.node_id,
             host: host.clone(),
             port,
+            listeners: listeners.clone(),
         };
         match quorum.submit(vec![register]).await {
             Ok(results) => {

@@ -1,0 +1,336 @@
+//! SaslHandshake and SaslAuthenticate (the connection's `ConnectionSecurity` holds the
+//! exchange), and the SCRAM credential APIs: DescribeUserScramCredentials and
+//! AlterUserScramCredentials, whose changes go through the controller into the cluster
+//! metadata, where every broker's SASL listeners read them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use kafka_protocol::messages::alter_user_scram_credentials_response::AlterUserScramCredentialsResult;
+use kafka_protocol::messages::describe_user_scram_credentials_response::{
+    CredentialInfo, DescribeUserScramCredentialsResult,
+};
+use kafka_protocol::messages::*;
+use tern_protocol::error_code;
+use tern_replication::metadata::Command;
+
+use super::{str_bytes, Ctx};
+use crate::outcome::Outcome;
+use crate::security::sasl::{self, Mechanism, SCRAM_ITERATIONS_MAX, SCRAM_ITERATIONS_MIN};
+
+pub fn sasl_handshake(ctx: &Ctx<'_>, request: SaslHandshakeRequest) -> Outcome {
+    let enabled = if ctx.security.protocol.sasl() {
+        ctx.shard.config.sasl_mechanisms.as_slice()
+    } else {
+        &[]
+    };
+    let result = ctx
+        .security
+        .handshake(request.mechanism.as_str(), enabled, || {
+            Arc::new(ctx.shard.image().scram_credentials.clone())
+        });
+    let error_code = match result {
+        Ok(()) => error_code::NONE,
+        Err(refusal) => {
+            tracing::debug!(peer = ?ctx.peer, mechanism = %request.mechanism.as_str(), reason = %refusal.message, "SaslHandshake refused");
+            refusal.code
+        }
+    };
+    ctx.respond(
+        &SaslHandshakeResponse::default()
+            .with_error_code(error_code)
+            .with_mechanisms(enabled.iter().map(|m| str_bytes(m.name())).collect()),
+    )
+}
+
+pub fn sasl_authenticate(ctx: &Ctx<'_>, request: SaslAuthenticateRequest) -> Outcome {
+    let response = match ctx.security.authenticate(&request.auth_bytes) {
+        Ok(reply) => {
+            if !ctx.security.needs_authentication() {
+                tracing::debug!(peer = ?ctx.peer, principal = %ctx.security.principal(), "authenticated");
+            }
+            SaslAuthenticateResponse::default()
+                .with_auth_bytes(reply.into())
+                // 0: no session lifetime, so clients do not re-authenticate (KIP-368).
+                .with_session_lifetime_ms(0)
+        }
+        Err(refusal) => {
+            ctx.shard.connection_probe.log_closed(
+                ctx.shard.now_ms(),
+                ctx.peer,
+                "authentication_failed",
+                &refusal.message,
+            );
+            SaslAuthenticateResponse::default()
+                .with_error_code(refusal.code)
+                .with_error_message(Some(str_bytes(&refusal.message)))
+        }
+    };
+    ctx.respond(&response)
+}
+
+pub fn describe_user_scram_credentials(
+    ctx: &Ctx<'_>,
+    request: DescribeUserScramCredentialsRequest,
+) -> Outcome {
+    let image = ctx.shard.image();
+    let credentials = &image.scram_credentials;
+    let describe = |user: &str, by_mechanism: &BTreeMap<String, _>| {
+        DescribeUserScramCredentialsResult::default()
+            .with_user(str_bytes(user))
+            .with_credential_infos(
+                by_mechanism
+                    .iter()
+                    .filter_map(
+                        |(name, credential): (
+                            &String,
+                            &tern_replication::metadata::ScramCredential,
+                        )| {
+                            let mechanism = Mechanism::parse(name)?;
+                            Some(
+                                CredentialInfo::default()
+                                    .with_mechanism(mechanism.scram_id())
+                                    .with_iterations(credential.iterations as i32),
+                            )
+                        },
+                    )
+                    .collect(),
+            )
+    };
+    let results = match request.users {
+        None => credentials
+            .iter()
+            .map(|(user, by_mechanism)| describe(user, by_mechanism))
+            .collect(),
+        Some(users) if users.is_empty() => credentials
+            .iter()
+            .map(|(user, by_mechanism)| describe(user, by_mechanism))
+            .collect(),
+        Some(users) => {
+            let mut seen: HashMap<&str, usize> = HashMap::new();
+            for user in &users {
+                *seen.entry(user.name.as_str()).or_default() += 1;
+            }
+            let mut results = Vec::with_capacity(users.len());
+            for user in &users {
+                let name = user.name.as_str();
+                if seen.get(name) == Some(&usize::MAX) {
+                    continue; // a duplicate already answered
+                }
+                let result = if seen[name] > 1 {
+                    seen.insert(name, usize::MAX);
+                    DescribeUserScramCredentialsResult::default()
+                        .with_user(str_bytes(name))
+                        .with_error_code(error_code::DUPLICATE_RESOURCE)
+                        .with_error_message(Some(str_bytes(&format!(
+                            "cannot describe user {name} twice in one request"
+                        ))))
+                } else {
+                    match credentials.get(name) {
+                        Some(by_mechanism) => describe(name, by_mechanism),
+                        None => DescribeUserScramCredentialsResult::default()
+                            .with_user(str_bytes(name))
+                            .with_error_code(error_code::RESOURCE_NOT_FOUND)
+                            .with_error_message(Some(str_bytes(&format!(
+                                "user {name} has no SCRAM credential"
+                            )))),
+                    }
+                };
+                results.push(result);
+            }
+            results
+        }
+    };
+    ctx.respond(&DescribeUserScramCredentialsResponse::default().with_results(results))
+}
+
+/// The commands for one user's alterations, or the error that refuses all of them (Kafka
+/// answers per user).
+fn user_commands(
+    user: &str,
+    has: impl Fn(Mechanism) -> bool,
+    deletions: &[(Mechanism, i8)],
+    upsertions: &[(
+        Option<Mechanism>,
+        &alter_user_scram_credentials_request::ScramCredentialUpsertion,
+    )],
+) -> Result<Vec<Command>, (i16, String)> {
+    if user.is_empty() {
+        return Err((
+            error_code::UNACCEPTABLE_CREDENTIAL,
+            "the user name is empty".into(),
+        ));
+    }
+    let mut mechanisms: Vec<Mechanism> = deletions.iter().map(|(m, _)| *m).collect();
+    let mut commands = Vec::new();
+    for (mechanism, upsertion) in upsertions {
+        let Some(mechanism) = mechanism else {
+            return Err((
+                error_code::UNSUPPORTED_SASL_MECHANISM,
+                format!("unknown SCRAM mechanism {}", upsertion.mechanism),
+            ));
+        };
+        if !(SCRAM_ITERATIONS_MIN..=SCRAM_ITERATIONS_MAX).contains(&upsertion.iterations) {
+            return Err((
+                error_code::UNACCEPTABLE_CREDENTIAL,
+                format!(
+                    "iterations must be {SCRAM_ITERATIONS_MIN}..={SCRAM_ITERATIONS_MAX}, not {}",
+                    upsertion.iterations
+                ),
+            ));
+        }
+        if upsertion.salt.is_empty() || upsertion.salted_password.is_empty() {
+            return Err((
+                error_code::UNACCEPTABLE_CREDENTIAL,
+                "the salt and salted password must not be empty".into(),
+            ));
+        }
+        mechanisms.push(*mechanism);
+        commands.push(Command::UpsertScramCredential {
+            user: user.to_owned(),
+            mechanism: mechanism.name().to_owned(),
+            credential: sasl::credential(
+                *mechanism,
+                &upsertion.salted_password,
+                &upsertion.salt,
+                upsertion.iterations as u32,
+            ),
+        });
+    }
+    let unique = {
+        let mut sorted = mechanisms.clone();
+        sorted.sort();
+        sorted.dedup();
+        sorted.len()
+    };
+    if unique != mechanisms.len() {
+        return Err((
+            error_code::DUPLICATE_RESOURCE,
+            format!("a mechanism of user {user} is altered twice in one request"),
+        ));
+    }
+    if let Some((mechanism, _)) = deletions.iter().find(|(m, _)| !has(*m)) {
+        return Err((
+            error_code::RESOURCE_NOT_FOUND,
+            format!(
+                "user {user} has no {} credential to delete",
+                mechanism.name()
+            ),
+        ));
+    }
+    for (mechanism, _) in deletions {
+        commands.push(Command::DeleteScramCredential {
+            user: user.to_owned(),
+            mechanism: mechanism.name().to_owned(),
+        });
+    }
+    Ok(commands)
+}
+
+pub async fn alter_user_scram_credentials(
+    ctx: &Ctx<'_>,
+    request: AlterUserScramCredentialsRequest,
+) -> Outcome {
+    // Per user, in the order users first appear.
+    let mut users: Vec<String> = Vec::new();
+    let mut deletions: HashMap<String, Vec<(Mechanism, i8)>> = HashMap::new();
+    let mut unknown_deletion: HashMap<String, i8> = HashMap::new();
+    let mut upsertions: HashMap<String, Vec<_>> = HashMap::new();
+    let note = |users: &mut Vec<String>, name: &str| {
+        if !users.iter().any(|u| u == name) {
+            users.push(name.to_owned());
+        }
+    };
+    for deletion in &request.deletions {
+        let name = deletion.name.as_str();
+        note(&mut users, name);
+        match Mechanism::from_scram_id(deletion.mechanism) {
+            Some(mechanism) => deletions
+                .entry(name.to_owned())
+                .or_default()
+                .push((mechanism, deletion.mechanism)),
+            None => {
+                unknown_deletion.insert(name.to_owned(), deletion.mechanism);
+            }
+        }
+    }
+    for upsertion in &request.upsertions {
+        let name = upsertion.name.as_str();
+        note(&mut users, name);
+        upsertions
+            .entry(name.to_owned())
+            .or_default()
+            .push((Mechanism::from_scram_id(upsertion.mechanism), upsertion));
+    }
+    let image = ctx.shard.image();
+    let mut outcomes: Vec<Option<(i16, String)>> = Vec::with_capacity(users.len());
+    let mut commands = Vec::new();
+    // Which user each command belongs to, to map the controller's answers back.
+    let mut owners = Vec::new();
+    for (index, user) in users.iter().enumerate() {
+        if let Some(mechanism) = unknown_deletion.get(user) {
+            outcomes.push(Some((
+                error_code::UNSUPPORTED_SASL_MECHANISM,
+                format!("unknown SCRAM mechanism {mechanism}"),
+            )));
+            continue;
+        }
+        let empty = Vec::new();
+        let user_deletions = deletions.get(user).unwrap_or(&empty);
+        let user_upsertions = upsertions.get(user).map(Vec::as_slice).unwrap_or(&[]);
+        let has = |mechanism: Mechanism| {
+            image
+                .scram_credentials
+                .get(user)
+                .is_some_and(|m| m.contains_key(mechanism.name()))
+        };
+        match user_commands(user, has, user_deletions, user_upsertions) {
+            Ok(user_commands) => {
+                owners.extend(std::iter::repeat_n(index, user_commands.len()));
+                commands.extend(user_commands);
+                outcomes.push(None);
+            }
+            Err(refusal) => outcomes.push(Some(refusal)),
+        }
+    }
+    if !commands.is_empty() {
+        match super::admin::run_commands(ctx.shard, commands).await {
+            Ok(results) => {
+                for (owner, result) in owners.into_iter().zip(results) {
+                    if let Err(error) = result {
+                        if outcomes[owner].is_none() {
+                            let code = match error {
+                                tern_replication::metadata::MetadataError::NotFound(_) => {
+                                    error_code::RESOURCE_NOT_FOUND
+                                }
+                                _ => error_code::UNACCEPTABLE_CREDENTIAL,
+                            };
+                            outcomes[owner] = Some((code, error.to_string()));
+                        }
+                    }
+                }
+            }
+            Err(message) => {
+                for (owner, outcome) in outcomes.iter_mut().enumerate() {
+                    if owners.contains(&owner) && outcome.is_none() {
+                        *outcome = Some((error_code::UNKNOWN_SERVER_ERROR, message.clone()));
+                    }
+                }
+            }
+        }
+    }
+    let results = users
+        .iter()
+        .zip(outcomes)
+        .map(|(user, outcome)| {
+            let result = AlterUserScramCredentialsResult::default().with_user(str_bytes(user));
+            match outcome {
+                None => result,
+                Some((code, message)) => result
+                    .with_error_code(code)
+                    .with_error_message(Some(str_bytes(&message))),
+            }
+        })
+        .collect();
+    ctx.respond(&AlterUserScramCredentialsResponse::default().with_results(results))
+}
