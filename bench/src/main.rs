@@ -77,6 +77,10 @@ struct RunArgs {
     /// Do not pin the broker to CPU 0 and the harness to the other CPUs with --spawn.
     #[arg(long)]
     no_pin: bool,
+    /// A client setting for every client, repeatable, in the client library's names:
+    /// --client-config security.protocol=ssl --client-config ssl.ca.location=ca.pem
+    #[arg(long, short = 'X')]
+    client_config: Vec<String>,
     #[command(flatten)]
     overrides: Overrides,
 }
@@ -255,7 +259,17 @@ fn run(args: RunArgs) -> Result<(), Failure> {
     };
     let broker_pid = args.broker_pid.or(broker.as_ref().map(|b| b.pid()));
 
-    let drv = driver::open(args.driver, &bootstrap).map_err(usage)?;
+    let client_config: Vec<(String, String)> = args
+        .client_config
+        .iter()
+        .map(|pair| {
+            pair.split_once('=')
+                .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                .ok_or_else(|| format!("--client-config expects key=value, got '{pair}'"))
+        })
+        .collect::<Result<_, _>>()
+        .map_err(usage)?;
+    let drv = driver::open(args.driver, &bootstrap, &client_config).map_err(usage)?;
     let progress = std::io::stdout().is_terminal();
     let opts = RunOptions {
         workload: w.clone(),

@@ -95,6 +95,13 @@ pub struct BrokerConfig {
     pub tls: Option<TlsSettings>,
     /// The SASL mechanisms a SASL listener offers (`sasl.enabled.mechanisms`).
     pub sasl_mechanisms: Vec<Mechanism>,
+    /// Check every request against the ACLs (Kafka's `authorizer.class.name` set to the
+    /// standard authorizer). Off: every client may do everything, as Kafka without one.
+    pub authorization: bool,
+    /// Principals allowed everything (`super.users`, e.g. `User:admin`).
+    pub super_users: Vec<String>,
+    /// Kafka's `allow.everyone.if.no.acl.found`: a resource without any ACL is open.
+    pub allow_everyone_if_no_acl_found: bool,
     /// Fault injection for crash tests: the first cleaning pass that reaches this step of its
     /// swap aborts the process there (as a kill -9 would). Never set in service.
     pub fault_clean_abort_after_step: Option<u32>,
@@ -252,6 +259,9 @@ impl Default for BrokerConfig {
             listeners: Vec::new(),
             tls: None,
             sasl_mechanisms: Mechanism::ALL.to_vec(),
+            authorization: false,
+            super_users: Vec::new(),
+            allow_everyone_if_no_acl_found: false,
         }
     }
 }
@@ -453,6 +463,10 @@ pub struct FileConfig {
     pub ssl_client_auth: Option<String>,
     /// Kafka's `sasl.enabled.mechanisms`: `"SCRAM-SHA-512,SCRAM-SHA-256,PLAIN"`.
     pub sasl_enabled_mechanisms: Option<String>,
+    pub authorization: Option<bool>,
+    /// Kafka's `super.users`: `"User:admin;User:ops"`.
+    pub super_users: Option<String>,
+    pub allow_everyone_if_no_acl_found: Option<bool>,
     /// Default topic configs by their Kafka names, e.g. `"retention.ms" = "3600000"`.
     #[serde(default)]
     pub topic_defaults: std::collections::BTreeMap<String, String>,

@@ -55,6 +55,24 @@ pub struct MetadataImage {
     /// what SASL checks a client against, never the password itself.
     #[serde(default)]
     pub scram_credentials: BTreeMap<String, BTreeMap<String, ScramCredential>>,
+    /// Access control entries (Kafka's ACL bindings), checked when the authorizer is on.
+    #[serde(default)]
+    pub acls: std::collections::BTreeSet<AclBinding>,
+}
+
+/// One ACL: who (`principal` from `host`) may or may not do `operation` on the resources
+/// `resource_type`/`resource_name`/`pattern_type` name. Kafka's numeric codes throughout
+/// (resource types, pattern types, operations, permission types), so the Kafka ACL APIs map
+/// one to one.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct AclBinding {
+    pub resource_type: i8,
+    pub resource_name: String,
+    pub pattern_type: i8,
+    pub principal: String,
+    pub host: String,
+    pub operation: i8,
+    pub permission_type: i8,
 }
 
 /// A user's SCRAM credential for one mechanism (RFC 5802): the salt and iteration count the
@@ -258,6 +276,14 @@ pub enum Command {
         user: String,
         mechanism: String,
     },
+    /// Adds ACL bindings (one already present is left as it is).
+    CreateAcls {
+        acls: Vec<AclBinding>,
+    },
+    /// Removes exactly these ACL bindings (the broker matched DeleteAcls' filters).
+    DeleteAcls {
+        acls: Vec<AclBinding>,
+    },
 }
 
 /// Why a command cannot apply; each maps to one Kafka error code in the broker.
@@ -322,6 +348,7 @@ impl MetadataImage {
             proposals: BTreeMap::new(),
             cluster_topic_defaults: BTreeMap::new(),
             scram_credentials: BTreeMap::new(),
+            acls: Default::default(),
         }
     }
 
@@ -401,6 +428,14 @@ impl MetadataImage {
                     .is_some_and(BTreeMap::is_empty)
                 {
                     next.scram_credentials.remove(user);
+                }
+            }
+            Command::CreateAcls { acls } => {
+                next.acls.extend(acls.iter().cloned());
+            }
+            Command::DeleteAcls { acls } => {
+                for acl in acls {
+                    next.acls.remove(acl);
                 }
             }
             Command::InitCluster { cluster_id } => {

@@ -290,7 +290,7 @@ fn consume(
 ) -> Vec<String> {
     let mut config = config(bootstrap, settings);
     config
-        .set("group.id", "security-tests")
+        .set("group.id", "app")
         .set("enable.auto.commit", "false")
         .set("fetch.wait.max.ms", "100");
     let consumer: rdkafka::consumer::BaseConsumer = config.create().expect("consumer");
@@ -619,4 +619,244 @@ fn a_sasl_listener_serves_nothing_before_authentication() {
     for mechanism in ["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] {
         assert!(text.contains(mechanism), "{text}");
     }
+}
+
+/// A broker with the authorizer on: PLAINTEXT on loopback is the operators' way in
+/// (`User:ANONYMOUS` is a super user there, as Kafka setups with a PLAINTEXT inter-broker
+/// listener make it), clients authenticate with SASL and get what the ACLs give them.
+fn start_authorized() -> (Broker, SocketAddr) {
+    let plaintext = loopback(free_port());
+    let sasl = loopback(free_port());
+    let args: Vec<String> = vec![
+        "--listeners".to_owned(),
+        format!("PLAINTEXT://{plaintext},SASL_PLAINTEXT://{sasl}"),
+        "--authorization".to_owned(),
+        "true".to_owned(),
+        "--super-users".to_owned(),
+        "User:ANONYMOUS".to_owned(),
+    ];
+    let mut broker = Broker::launch_with(1, plaintext, args);
+    broker.wait_until_serving();
+    for user in ["alice", "bob"] {
+        tern_user(
+            &broker,
+            &["create", user, "--password", &format!("{user}-pw")],
+        );
+    }
+    (broker, sasl)
+}
+
+fn tern_acl(broker: &Broker, args: &[&str]) -> String {
+    let output = std::process::Command::new(tern_binary())
+        .arg("acl")
+        .args(args)
+        .arg("--bootstrap")
+        .arg(broker.bootstrap())
+        .output()
+        .expect("run tern acl");
+    assert!(
+        output.status.success(),
+        "tern acl {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn as_user(user: &'static str) -> Vec<(&'static str, String)> {
+    vec![
+        ("security.protocol", "sasl_plaintext".to_owned()),
+        ("sasl.mechanism", "PLAIN".to_owned()),
+        ("sasl.username", user.to_owned()),
+        ("sasl.password", format!("{user}-pw")),
+    ]
+}
+
+/// Produces one record as `user`; the client's error if the broker refuses it.
+fn write_as(sasl: SocketAddr, user: &'static str, topic: &str) -> Result<(), String> {
+    let settings = as_user(user);
+    let mut config = config(sasl, &as_refs(&settings));
+    config.set("message.timeout.ms", "5000");
+    let producer: rdkafka::producer::FutureProducer = config.create().map_err(|e| e.to_string())?;
+    match kafka::try_produce(&producer, topic, Some(0), &[kafka::Rec::value("x")]).remove(0) {
+        Ok(_) => Ok(()),
+        Err(error) => Err(error.to_string()),
+    }
+}
+
+/// The topics `user` sees in a full Metadata listing.
+fn visible_topics(sasl: SocketAddr, user: &'static str) -> Vec<String> {
+    let settings = as_user(user);
+    let consumer: rdkafka::consumer::BaseConsumer =
+        config(sasl, &as_refs(&settings)).create().expect("client");
+    let metadata =
+        rdkafka::consumer::Consumer::fetch_metadata(&consumer, None, Duration::from_secs(10))
+            .expect("metadata");
+    let mut names: Vec<String> = metadata
+        .topics()
+        .iter()
+        .map(|t| t.name().to_owned())
+        .filter(|n| !n.starts_with("__"))
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn acls_allow_and_deny_each_operation_as_kafka_decides() {
+    let (broker, sasl) = start_authorized();
+    for topic in ["orders", "logs-app", "logs-secret", "secret"] {
+        kafka::create_topic(&broker, topic, 1, &[]);
+    }
+    // No ACL: nothing is allowed, and nothing is visible.
+    let refused = write_as(sasl, "alice", "orders").unwrap_err();
+    assert!(refused.contains("Topic authorization failed"), "{refused}");
+    assert_eq!(visible_topics(sasl, "alice"), Vec::<String>::new());
+
+    // WRITE on one topic for alice (WRITE implies DESCRIBE: she now sees it).
+    tern_acl(
+        &broker,
+        &[
+            "add",
+            "--principal",
+            "User:alice",
+            "--operation",
+            "write",
+            "--topic",
+            "orders",
+        ],
+    );
+    write_as(sasl, "alice", "orders").expect("alice writes orders");
+    assert_eq!(visible_topics(sasl, "alice"), vec!["orders"]);
+    let refused = write_as(sasl, "bob", "orders").unwrap_err();
+    assert!(refused.contains("Topic authorization failed"), "{refused}");
+
+    // Reading needs READ on the topic (and on the consumer's group, which librdkafka looks
+    // up): alice's consumer is refused until she has it.
+    tern_acl(
+        &broker,
+        &[
+            "add",
+            "--principal",
+            "User:alice",
+            "--operation",
+            "read",
+            "--group",
+            "app",
+        ],
+    );
+    let alice = as_user("alice");
+    let consumer: rdkafka::consumer::BaseConsumer = {
+        let mut c = config(sasl, &as_refs(&alice));
+        c.set("group.id", "app").set("enable.auto.commit", "false");
+        c.create().expect("consumer")
+    };
+    kafka::assign(&consumer, "orders", &[0], Offset::Beginning);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let error = loop {
+        assert!(
+            Instant::now() < deadline,
+            "no authorization error for the read"
+        );
+        if let Some(Err(error)) = consumer.poll(Duration::from_millis(200)) {
+            break error.to_string();
+        }
+    };
+    assert!(error.contains("Topic authorization failed"), "{error}");
+    tern_acl(
+        &broker,
+        &[
+            "add",
+            "--principal",
+            "User:alice",
+            "--operation",
+            "read",
+            "--topic",
+            "orders",
+        ],
+    );
+    let read = consume(sasl, &as_refs(&alice), "orders", 1);
+    assert_eq!(read, vec!["x".to_owned()]);
+
+    // A prefix for everyone, and a DENY that wins over it for bob on one topic.
+    tern_acl(
+        &broker,
+        &[
+            "add",
+            "--principal",
+            "User:*",
+            "--operation",
+            "write",
+            "--topic",
+            "logs-",
+            "--prefixed",
+        ],
+    );
+    tern_acl(
+        &broker,
+        &[
+            "add",
+            "--principal",
+            "User:bob",
+            "--operation",
+            "all",
+            "--topic",
+            "logs-secret",
+            "--deny",
+        ],
+    );
+    write_as(sasl, "bob", "logs-app").expect("bob writes under the prefix");
+    write_as(sasl, "alice", "logs-secret").expect("alice writes logs-secret");
+    let refused = write_as(sasl, "bob", "logs-secret").unwrap_err();
+    assert!(refused.contains("Topic authorization failed"), "{refused}");
+    assert_eq!(visible_topics(sasl, "bob"), vec!["logs-app"]);
+
+    // Creating topics needs CREATE; alice has none.
+    let alice_admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
+        config(sasl, &as_refs(&alice)).create().expect("admin");
+    let created = kafka::wait(alice_admin.create_topics(
+        &[rdkafka::admin::NewTopic::new(
+            "alices-own",
+            1,
+            rdkafka::admin::TopicReplication::Fixed(1),
+        )],
+        &kafka::admin_options(),
+    ))
+    .expect("CreateTopics answered");
+    let refusal = created[0].as_ref().unwrap_err();
+    assert_eq!(
+        refusal.1,
+        rdkafka::types::RDKafkaErrorCode::TopicAuthorizationFailed
+    );
+
+    // The ACLs as `tern acl list` shows them; removing alice's WRITE takes it away.
+    let listed = tern_acl(&broker, &["list"]);
+    for line in [
+        "Topic:orders\tliteral\tUser:alice\tWrite\tALLOW\t*",
+        "Topic:orders\tliteral\tUser:alice\tRead\tALLOW\t*",
+        "Topic:logs-\tprefixed\tUser:*\tWrite\tALLOW\t*",
+        "Topic:logs-secret\tliteral\tUser:bob\tAll\tDENY\t*",
+        "Group:app\tliteral\tUser:alice\tRead\tALLOW\t*",
+    ] {
+        assert!(listed.contains(line), "missing {line:?} in\n{listed}");
+    }
+    let removed = tern_acl(
+        &broker,
+        &[
+            "remove",
+            "--principal",
+            "User:alice",
+            "--operation",
+            "write",
+            "--topic",
+            "orders",
+        ],
+    );
+    assert!(removed.contains("removed 1 ACL"), "{removed}");
+    let refused = write_as(sasl, "alice", "orders").unwrap_err();
+    assert!(refused.contains("Topic authorization failed"), "{refused}");
+    // She still reads (READ implies DESCRIBE).
+    assert_eq!(
+        visible_topics(sasl, "alice"),
+        vec!["logs-app", "logs-secret", "orders"]
+    );
 }

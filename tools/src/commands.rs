@@ -872,3 +872,158 @@ pub fn user_list(client: &mut Client) -> Result<()> {
     }
     Ok(())
 }
+
+pub enum AclVerb {
+    Add,
+    List,
+    Remove,
+}
+
+/// What `tern acl` was told: a resource (type 1 = any), principal, host, operations.
+pub struct AclSelection {
+    pub resource_type: i8,
+    pub name: Option<String>,
+    pub prefixed: bool,
+    pub principal: Option<String>,
+    pub host: Option<String>,
+    pub operations: Option<String>,
+    pub deny: bool,
+}
+
+/// `tern acl add|list|remove`: CreateAcls, DescribeAcls, DeleteAcls.
+pub fn acl(client: &mut Client, verb: AclVerb, selection: AclSelection) -> Result<()> {
+    use tern_broker::security::acl::{self as model, operation, pattern, permission};
+    let operations: Vec<i8> = match &selection.operations {
+        Some(list) => list
+            .split(',')
+            .map(str::trim)
+            .filter(|o| !o.is_empty())
+            .map(|o| model::parse_operation(o).ok_or_else(|| format!("unknown operation '{o}'")))
+            .collect::<Result<_>>()?,
+        None => Vec::new(),
+    };
+    let pattern_type = if selection.prefixed {
+        pattern::PREFIXED
+    } else {
+        pattern::LITERAL
+    };
+    let permission_type = if selection.deny {
+        permission::DENY
+    } else {
+        permission::ALLOW
+    };
+    match verb {
+        AclVerb::Add => {
+            let name = selection
+                .name
+                .ok_or("say which resource: --topic, --group, --transactional-id or --cluster")?;
+            let principal = selection.principal.ok_or("say --principal User:NAME")?;
+            if operations.is_empty() {
+                return Err("say --operation".into());
+            }
+            let creations = operations
+                .iter()
+                .map(|op| {
+                    create_acls_request::AclCreation::default()
+                        .with_resource_type(selection.resource_type)
+                        .with_resource_name(s(&name))
+                        .with_resource_pattern_type(pattern_type)
+                        .with_principal(s(&principal))
+                        .with_host(s(selection.host.as_deref().unwrap_or("*")))
+                        .with_operation(*op)
+                        .with_permission_type(permission_type)
+                })
+                .collect();
+            let response =
+                client.send(&CreateAclsRequest::default().with_creations(creations), 3)?;
+            for result in &response.results {
+                let message = result
+                    .error_message
+                    .as_ref()
+                    .map(|m| m.to_string())
+                    .unwrap_or_default();
+                check(result.error_code, "add ACL").map_err(|e| format!("{e}: {message}"))?;
+            }
+            println!("added {} ACL(s)", operations.len());
+            Ok(())
+        }
+        AclVerb::List => {
+            let mut request = DescribeAclsRequest::default()
+                .with_resource_type_filter(selection.resource_type)
+                .with_resource_name_filter(selection.name.as_deref().map(s))
+                .with_pattern_type_filter(if selection.name.is_some() {
+                    pattern_type
+                } else {
+                    pattern::ANY
+                })
+                .with_principal_filter(selection.principal.as_deref().map(s))
+                .with_host_filter(selection.host.as_deref().map(s))
+                .with_operation(operation::ANY)
+                .with_permission_type(permission::ANY);
+            if let [op] = operations.as_slice() {
+                request = request.with_operation(*op);
+            }
+            let response = client.send(&request, 3)?;
+            check(response.error_code, "list ACLs")?;
+            for res in &response.resources {
+                let kind = model::resource_name(res.resource_type);
+                let pattern = if res.pattern_type == pattern::PREFIXED {
+                    "prefixed"
+                } else {
+                    "literal"
+                };
+                for entry in &res.acls {
+                    let verdict = if entry.permission_type == permission::DENY {
+                        "DENY"
+                    } else {
+                        "ALLOW"
+                    };
+                    println!(
+                        "{kind}:{}\t{pattern}\t{}\t{}\t{verdict}\t{}",
+                        res.resource_name.as_str(),
+                        entry.principal.as_str(),
+                        model::operation_name(entry.operation),
+                        entry.host.as_str()
+                    );
+                }
+            }
+            Ok(())
+        }
+        AclVerb::Remove => {
+            let ops: Vec<i8> = if operations.is_empty() {
+                vec![operation::ANY]
+            } else {
+                operations
+            };
+            let filters = ops
+                .iter()
+                .map(|op| {
+                    delete_acls_request::DeleteAclsFilter::default()
+                        .with_resource_type_filter(selection.resource_type)
+                        .with_resource_name_filter(selection.name.as_deref().map(s))
+                        .with_pattern_type_filter(if selection.name.is_some() {
+                            pattern_type
+                        } else {
+                            pattern::ANY
+                        })
+                        .with_principal_filter(selection.principal.as_deref().map(s))
+                        .with_host_filter(selection.host.as_deref().map(s))
+                        .with_operation(*op)
+                        .with_permission_type(if selection.deny {
+                            permission::DENY
+                        } else {
+                            permission::ANY
+                        })
+                })
+                .collect();
+            let response = client.send(&DeleteAclsRequest::default().with_filters(filters), 3)?;
+            let mut removed = 0;
+            for result in &response.filter_results {
+                check(result.error_code, "remove ACLs")?;
+                removed += result.matching_acls.len();
+            }
+            println!("removed {removed} ACL(s)");
+            Ok(())
+        }
+    }
+}

@@ -109,6 +109,19 @@ enum Command {
         #[command(subcommand)]
         action: UserAction,
     },
+    /// ACLs (with --authorization on): add, list, remove.
+    Acl {
+        #[arg(
+            long,
+            short,
+            default_value = "127.0.0.1:9092",
+            env = "TERN_BOOTSTRAP",
+            global = true
+        )]
+        bootstrap: String,
+        #[command(subcommand)]
+        action: AclAction,
+    },
     /// Check this host for running tern: kernel, io_uring, memlock, CPUs, interrupts, the data
     /// directory's file system and disk (measured briefly); exits 1 if something fails.
     Doctor {
@@ -187,6 +200,46 @@ enum TopicAction {
         #[arg(long, requires = "topic")]
         partition: Option<i32>,
     },
+}
+
+/// Which resources an ACL names, and whose access it grants or denies.
+#[derive(Args, Clone)]
+struct AclSpec {
+    /// Type:name, e.g. User:alice (User:* for everyone).
+    #[arg(long)]
+    principal: Option<String>,
+    /// Operations, comma-separated: read, write, create, delete, alter, describe,
+    /// cluster-action, describe-configs, alter-configs, idempotent-write, all.
+    #[arg(long)]
+    operation: Option<String>,
+    #[arg(long, conflicts_with_all = ["group", "transactional_id", "cluster"])]
+    topic: Option<String>,
+    #[arg(long, conflicts_with_all = ["transactional_id", "cluster"])]
+    group: Option<String>,
+    #[arg(long, conflicts_with = "cluster")]
+    transactional_id: Option<String>,
+    #[arg(long)]
+    cluster: bool,
+    /// The name is a prefix (PREFIXED pattern) rather than a literal name.
+    #[arg(long)]
+    prefixed: bool,
+    /// Deny instead of allow.
+    #[arg(long)]
+    deny: bool,
+    /// The client host the ACL applies to (default: any).
+    #[arg(long)]
+    host: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum AclAction {
+    /// Allow (or --deny) a principal operations on a resource:
+    /// `tern acl add --principal User:alice --operation read,describe --topic orders`.
+    Add(AclSpec),
+    /// Every ACL matching what is given (all of them with no option).
+    List(AclSpec),
+    /// Remove every ACL matching what is given.
+    Remove(AclSpec),
 }
 
 #[derive(Subcommand)]
@@ -317,6 +370,32 @@ fn run_client_command(command: Command) -> Result<(), String> {
                 count,
                 idle_ms,
             )
+        }
+        Command::Acl { bootstrap, action } => {
+            let mut client = client::Client::connect(&bootstrap)?;
+            let (spec, verb) = match action {
+                AclAction::Add(spec) => (spec, commands::AclVerb::Add),
+                AclAction::List(spec) => (spec, commands::AclVerb::List),
+                AclAction::Remove(spec) => (spec, commands::AclVerb::Remove),
+            };
+            let (resource_type, name) =
+                match (spec.topic, spec.group, spec.transactional_id, spec.cluster) {
+                    (Some(topic), _, _, _) => (2, Some(topic)),
+                    (_, Some(group), _, _) => (3, Some(group)),
+                    (_, _, Some(id), _) => (5, Some(id)),
+                    (_, _, _, true) => (4, Some("kafka-cluster".to_owned())),
+                    _ => (1, None),
+                };
+            let selection = commands::AclSelection {
+                resource_type,
+                name,
+                prefixed: spec.prefixed,
+                principal: spec.principal,
+                host: spec.host,
+                operations: spec.operation,
+                deny: spec.deny,
+            };
+            commands::acl(&mut client, verb, selection)
         }
         Command::User { bootstrap, action } => {
             let mut client = client::Client::connect(&bootstrap)?;
@@ -519,6 +598,15 @@ struct ServeArgs {
     /// Kafka's sasl.enabled.mechanisms (default SCRAM-SHA-512,SCRAM-SHA-256,PLAIN).
     #[arg(long, env = "TERN_SASL_ENABLED_MECHANISMS")]
     sasl_enabled_mechanisms: Option<String>,
+    /// Check every request against the ACLs (`tern acl`); off, every client may do anything.
+    #[arg(long, env = "TERN_AUTHORIZATION")]
+    authorization: Option<bool>,
+    /// Principals allowed everything, as Kafka's super.users: User:admin;User:ops
+    #[arg(long, env = "TERN_SUPER_USERS")]
+    super_users: Option<String>,
+    /// Kafka's allow.everyone.if.no.acl.found: a resource without any ACL is open to all.
+    #[arg(long, env = "TERN_ALLOW_EVERYONE_IF_NO_ACL_FOUND")]
+    allow_everyone_if_no_acl_found: Option<bool>,
     /// Long-poll fetches (one per partition waited on) that may be parked on one shard at once;
     /// a fetch beyond it is answered at once with a throttle time.
     #[arg(long, env = "TERN_MAX_PARKED_FETCHES")]
@@ -623,6 +711,29 @@ fn apply_security(
             })
             .collect::<Result<_, _>>()?;
     }
+    config.authorization = args.authorization.or(file.authorization).unwrap_or(false);
+    if let Some(text) = pick(&args.super_users, &file.super_users) {
+        config.super_users = text
+            .split(';')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(|u| {
+                if u.split_once(':')
+                    .is_some_and(|(k, n)| !k.is_empty() && !n.is_empty())
+                {
+                    Ok(u.to_owned())
+                } else {
+                    Err(format!(
+                        "--super-users: '{u}' is not Type:name (User:admin)"
+                    ))
+                }
+            })
+            .collect::<Result<_, _>>()?;
+    }
+    config.allow_everyone_if_no_acl_found = args
+        .allow_everyone_if_no_acl_found
+        .or(file.allow_everyone_if_no_acl_found)
+        .unwrap_or(false);
     Ok(())
 }
 
@@ -797,6 +908,9 @@ fn build_config(args: ServeArgs) -> Result<BrokerConfig, String> {
         listeners: security.listeners,
         tls: security.tls,
         sasl_mechanisms: security.sasl_mechanisms,
+        authorization: security.authorization,
+        super_users: security.super_users,
+        allow_everyone_if_no_acl_found: security.allow_everyone_if_no_acl_found,
         voters: match args.voters.or(file.voters) {
             Some(text) => tern_broker::config::parse_voters(&text)?,
             None => defaults.voters,

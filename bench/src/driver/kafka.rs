@@ -29,18 +29,24 @@ const _: () = assert!(std::mem::size_of::<usize>() == std::mem::size_of::<u64>()
 
 pub struct KafkaDriver {
     bootstrap: String,
+    /// Extra librdkafka settings for every client (security, say).
+    extra: Vec<(String, String)>,
 }
 
 impl KafkaDriver {
-    pub fn new(bootstrap: &str) -> KafkaDriver {
+    pub fn new(bootstrap: &str, extra: &[(String, String)]) -> KafkaDriver {
         KafkaDriver {
             bootstrap: bootstrap.to_string(),
+            extra: extra.to_vec(),
         }
     }
 
     fn base_config(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.bootstrap);
+        for (key, value) in &self.extra {
+            c.set(key, value);
+        }
         c
     }
 }

@@ -67,9 +67,15 @@ pub enum DriverError {
 }
 
 /// Opens the driver of `kind` against `bootstrap` (`host:port`).
-pub fn open(kind: DriverKind, bootstrap: &str) -> Result<Box<dyn Driver>, DriverError> {
+/// `client_config` is extra client settings (librdkafka's names for the Kafka driver:
+/// `security.protocol`, `ssl.ca.location`, `sasl.mechanism`, ...) applied to every client.
+pub fn open(
+    kind: DriverKind,
+    bootstrap: &str,
+    client_config: &[(String, String)],
+) -> Result<Box<dyn Driver>, DriverError> {
     match kind {
-        DriverKind::Kafka => Ok(Box::new(kafka::KafkaDriver::new(bootstrap))),
+        DriverKind::Kafka => Ok(Box::new(kafka::KafkaDriver::new(bootstrap, client_config))),
         DriverKind::Native => Err(DriverError::NativeNotAvailable),
     }
 }

@@ -69,6 +69,9 @@ pub const SASL_HANDSHAKE: i16 = 17;
 pub const SASL_AUTHENTICATE: i16 = 36;
 pub const DESCRIBE_USER_SCRAM_CREDENTIALS: i16 = 50;
 pub const ALTER_USER_SCRAM_CREDENTIALS: i16 = 51;
+pub const DESCRIBE_ACLS: i16 = 29;
+pub const CREATE_ACLS: i16 = 30;
+pub const DELETE_ACLS: i16 = 31;
 
 const fn spec(
     key: i16,
@@ -232,6 +235,31 @@ pub static APIS: &[ApiSpec] = &[
         0,
         0,
         Some(&ALTER_USER_SCRAM_CREDENTIALS_REQUEST),
+    ),
+    // The ACL APIs' v0 (no pattern types) left Kafka in 4.0 (KIP-896).
+    spec(
+        DESCRIBE_ACLS,
+        "DescribeAcls",
+        1,
+        3,
+        2,
+        Some(&DESCRIBE_ACLS_REQUEST),
+    ),
+    spec(
+        CREATE_ACLS,
+        "CreateAcls",
+        1,
+        3,
+        2,
+        Some(&CREATE_ACLS_REQUEST),
+    ),
+    spec(
+        DELETE_ACLS,
+        "DeleteAcls",
+        1,
+        3,
+        2,
+        Some(&DELETE_ACLS_REQUEST),
     ),
 ];
 

@@ -80,3 +80,7 @@ pub const SASL_AUTHENTICATION_FAILED: ErrorCode = 58;
 pub const RESOURCE_NOT_FOUND: ErrorCode = 91;
 pub const DUPLICATE_RESOURCE: ErrorCode = 92;
 pub const UNACCEPTABLE_CREDENTIAL: ErrorCode = 93;
+pub const TOPIC_AUTHORIZATION_FAILED: ErrorCode = 29;
+pub const GROUP_AUTHORIZATION_FAILED: ErrorCode = 30;
+pub const CLUSTER_AUTHORIZATION_FAILED: ErrorCode = 31;
+pub const SECURITY_DISABLED: ErrorCode = 54;

@@ -26,6 +26,7 @@ use tern_replication::metadata::{Command, MetadataError};
 use super::{str_bytes, Ctx};
 use crate::limits;
 use crate::outcome::Outcome;
+use crate::security::acl;
 use crate::shard::Shard;
 use crate::topic_config;
 
@@ -152,6 +153,7 @@ pub async fn create_topics(ctx: &Ctx<'_>, request: CreateTopicsRequest) -> Outco
         .map(|t| t.name.0.to_string())
         .filter(|name| !seen.insert(name.clone()))
         .collect();
+    let may_create_any = ctx.allowed_on_cluster(acl::operation::CREATE);
     // Validate each topic; collect the ones to create.
     let mut outcomes: Vec<(i16, Option<String>, i32)> = Vec::with_capacity(request.topics.len());
     let mut to_create = Vec::new();
@@ -168,6 +170,13 @@ pub async fn create_topics(ctx: &Ctx<'_>, request: CreateTopicsRequest) -> Outco
                 return Err((
                     error_code::INVALID_REQUEST,
                     format!("topic '{name}' appears more than once"),
+                ));
+            }
+            if !may_create_any && !ctx.allowed(acl::operation::CREATE, acl::resource::TOPIC, &name)
+            {
+                return Err((
+                    error_code::TOPIC_AUTHORIZATION_FAILED,
+                    format!("not allowed to create topic '{name}'"),
                 ));
             }
             validate_topic_name(&name).map_err(|m| (error_code::INVALID_TOPIC_EXCEPTION, m))?;
@@ -339,9 +348,11 @@ pub async fn delete_topics(ctx: &Ctx<'_>, request: DeleteTopicsRequest) -> Outco
         });
         names.push((name, Some(topic.topic_id)));
     }
+    let deletable = |name: &str| ctx.allowed(acl::operation::DELETE, acl::resource::TOPIC, name);
     let commands: Vec<Command> = names
         .iter()
         .filter_map(|(name, _)| name.clone())
+        .filter(|name| deletable(name))
         .map(|name| Command::DeleteTopic { name })
         .collect();
     let results = run_commands(shard, commands).await;
@@ -363,6 +374,10 @@ pub async fn delete_topics(ctx: &Ctx<'_>, request: DeleteTopicsRequest) -> Outco
             let mut out = DeletableTopicResult::default();
             out.topic_id = id.unwrap_or_default();
             match name {
+                Some(name) if !deletable(&name) => {
+                    out.name = Some(TopicName(str_bytes(&name)));
+                    out.error_code = error_code::TOPIC_AUTHORIZATION_FAILED;
+                }
                 Some(name) => {
                     out.name = Some(TopicName(str_bytes(&name)));
                     if let Some(Err((code, message))) = results.next() {
@@ -385,6 +400,13 @@ pub async fn create_partitions(ctx: &Ctx<'_>, request: CreatePartitionsRequest) 
     let mut slots = Vec::new();
     for (slot, topic) in request.topics.iter().enumerate() {
         let name = topic.name.0.to_string();
+        if !ctx.allowed(acl::operation::ALTER, acl::resource::TOPIC, &name) {
+            outcomes.push(Some((
+                error_code::TOPIC_AUTHORIZATION_FAILED,
+                format!("not allowed to alter topic '{name}'"),
+            )));
+            continue;
+        }
         let assignments: Option<Vec<Vec<i32>>> = topic.assignments.as_ref().map(|a| {
             a.iter()
                 .map(|a| a.broker_ids.iter().map(|b| b.0).collect())
@@ -492,6 +514,16 @@ pub fn describe_configs(ctx: &Ctx<'_>, request: DescribeConfigsRequest) -> Outco
             let mut out = DescribeConfigsResult::default();
             out.resource_type = resource.resource_type;
             out.resource_name = resource.resource_name.clone();
+            if let Err((code, message)) = config_access(
+                ctx,
+                acl::operation::DESCRIBE_CONFIGS,
+                resource.resource_type,
+                &resource.resource_name,
+            ) {
+                out.error_code = code;
+                out.error_message = Some(str_bytes(&message));
+                return out;
+            }
             let wanted = |name: &str| {
                 resource
                     .configuration_keys
@@ -647,6 +679,38 @@ async fn set_topic_configs(
     outcomes
 }
 
+/// Whether the principal may `operation` (DESCRIBE_CONFIGS or ALTER_CONFIGS) the configs of
+/// a topic, or of the broker resource (the cluster, as Kafka checks it).
+fn config_access(
+    ctx: &Ctx<'_>,
+    operation: i8,
+    resource_type: i8,
+    name: &str,
+) -> Result<(), (i16, String)> {
+    let (allowed, code) = if resource_type == RESOURCE_TOPIC {
+        (
+            ctx.allowed(operation, acl::resource::TOPIC, name),
+            error_code::TOPIC_AUTHORIZATION_FAILED,
+        )
+    } else {
+        (
+            ctx.allowed_on_cluster(operation),
+            error_code::CLUSTER_AUTHORIZATION_FAILED,
+        )
+    };
+    if allowed {
+        Ok(())
+    } else {
+        Err((
+            code,
+            format!(
+                "{} on {name} is not allowed",
+                acl::operation_name(operation)
+            ),
+        ))
+    }
+}
+
 /// Checks a resource's complete new configs: a topic's by topic names, the broker
 /// resource's (cluster-wide topic defaults) by topic or Kafka broker names.
 fn validated(
@@ -696,11 +760,15 @@ pub async fn alter_configs(ctx: &Ctx<'_>, request: AlterConfigsRequest) -> Outco
                     .as_ref()
                     .map(|v| (c.name.to_string(), v.to_string()))
             });
-            (
+            let name = resource.resource_name.to_string();
+            let checked = config_access(
+                ctx,
+                acl::operation::ALTER_CONFIGS,
                 resource.resource_type,
-                resource.resource_name.to_string(),
-                validated(resource.resource_type, pairs),
+                &name,
             )
+            .and_then(|()| validated(resource.resource_type, pairs));
+            (resource.resource_type, name, checked)
         })
         .collect();
     let outcomes = set_topic_configs(ctx.shard, changes, request.validate_only).await;
@@ -758,7 +826,14 @@ pub async fn incremental_alter_configs(
                     }
                 }
             }
-            let configs = result.and_then(|()| validated(resource.resource_type, configs));
+            let configs = config_access(
+                ctx,
+                acl::operation::ALTER_CONFIGS,
+                resource.resource_type,
+                &name,
+            )
+            .and(result)
+            .and_then(|()| validated(resource.resource_type, configs));
             (resource.resource_type, name, configs)
         })
         .collect();
@@ -793,6 +868,11 @@ pub fn describe_cluster(ctx: &Ctx<'_>, _request: DescribeClusterRequest) -> Outc
 /// controller when a leader is lost.
 pub async fn elect_leaders(ctx: &Ctx<'_>, request: ElectLeadersRequest) -> Outcome {
     const PREFERRED: i8 = 0;
+    if !ctx.allowed_on_cluster(acl::operation::ALTER) {
+        let mut response = ElectLeadersResponse::default();
+        response.error_code = error_code::CLUSTER_AUTHORIZATION_FAILED;
+        return ctx.respond(&response);
+    }
     let image = ctx.shard.image();
     let named: Option<Vec<(String, i32)>> = request.topic_partitions.as_ref().map(|topics| {
         topics

@@ -25,6 +25,7 @@ use crate::group::consumer::{
 use crate::group::coordinator::{self, ImageCatalog};
 use crate::limits;
 use crate::outcome::Outcome;
+use crate::security::acl;
 use crate::shard::Shard;
 
 fn invalid(message: impl Into<String>) -> Refusal {
@@ -173,6 +174,13 @@ pub async fn heartbeat(ctx: &Ctx<'_>, request: ConsumerGroupHeartbeatRequest) ->
         return answer(response, refusal);
     }
     let group_id = request.group_id.0.to_string();
+    if !ctx.allowed(acl::operation::READ, acl::resource::GROUP, &group_id) {
+        let refusal = Refusal {
+            code: error_code::GROUP_AUTHORIZATION_FAILED,
+            message: format!("not allowed to read group {group_id}"),
+        };
+        return answer(response, refusal);
+    }
     let mut member_id = request.member_id.to_string();
     if member_id.is_empty() {
         // Version 0: the coordinator names a joining member.
@@ -318,6 +326,9 @@ pub async fn describe(ctx: &Ctx<'_>, request: ConsumerGroupDescribeRequest) -> O
         )
         .await;
     for (group, id) in described.iter_mut().zip(&ids) {
+        if !ctx.allowed(acl::operation::DESCRIBE, acl::resource::GROUP, id) {
+            *group = describe_error(error_code::GROUP_AUTHORIZATION_FAILED);
+        }
         group.group_id = GroupId(str_bytes(id));
     }
     let mut response = ConsumerGroupDescribeResponse::default();

@@ -30,6 +30,7 @@ use crate::fetch_session::{Plan, SessionPartition};
 use crate::limits;
 use crate::outcome::Outcome;
 use crate::partition::{self, ReadRequest, ReadResult, ReplicaFetch, TopicPartition, WaitEnd};
+use crate::security::acl;
 use crate::shard::Shard;
 
 #[derive(Debug, Clone)]
@@ -37,6 +38,9 @@ struct Want {
     slot: usize,
     tp: TopicPartition,
     request: ReadRequest,
+    /// The principal may not read it (TOPIC_AUTHORIZATION_FAILED; CLUSTER_AUTHORIZATION_FAILED
+    /// for a follower without CLUSTER_ACTION).
+    denied: Option<i16>,
 }
 
 pub async fn handle(ctx: &Ctx<'_>, request: FetchRequest) -> Outcome {
@@ -110,11 +114,27 @@ pub async fn handle(ctx: &Ctx<'_>, request: FetchRequest) -> Outcome {
     } else {
         request.max_bytes as usize
     };
+    // Consumers need READ on each topic; followers CLUSTER_ACTION on the cluster.
+    let follower_denied =
+        replica.is_some() && !ctx.allowed_on_cluster(acl::operation::CLUSTER_ACTION);
+    let mut readable: HashMap<&str, bool> = HashMap::new();
+    for p in &partitions {
+        readable.entry(p.topic.as_str()).or_insert_with(|| {
+            replica.is_some() || ctx.allowed(acl::operation::READ, acl::resource::TOPIC, &p.topic)
+        });
+    }
     let wants: Vec<Want> = partitions
         .iter()
         .enumerate()
         .map(|(slot, p)| Want {
             slot,
+            denied: if follower_denied {
+                Some(error_code::CLUSTER_AUTHORIZATION_FAILED)
+            } else if readable.get(p.topic.as_str()) == Some(&false) {
+                Some(error_code::TOPIC_AUTHORIZATION_FAILED)
+            } else {
+                None
+            },
             tp: TopicPartition::new(p.topic.clone(), p.partition),
             request: ReadRequest {
                 offset: Offset(p.fetch_offset),
@@ -241,6 +261,10 @@ async fn read_or_wait(
     let mut results: Vec<Option<ReadResult>> = (0..wants.len()).map(|_| None).collect();
     let mut by_owner: BTreeMap<usize, Vec<Want>> = BTreeMap::new();
     for want in wants {
+        if let Some(code) = want.denied {
+            results[want.slot] = Some(ReadResult::error(code));
+            continue;
+        }
         match shard.owner_of(&want.tp.topic, want.tp.partition) {
             Some(owner) => by_owner.entry(owner).or_default().push(want.clone()),
             None => {

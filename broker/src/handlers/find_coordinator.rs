@@ -9,6 +9,7 @@ use tern_protocol::error_code::{self, ErrorCode};
 use super::{str_bytes, Ctx};
 use crate::group::OFFSETS_TOPIC;
 use crate::outcome::Outcome;
+use crate::security::acl;
 
 const KEY_TYPE_GROUP: i8 = 0;
 const KEY_TYPE_TRANSACTION: i8 = 1;
@@ -51,6 +52,24 @@ pub async fn handle(ctx: &Ctx<'_>, request: FindCoordinatorRequest) -> Outcome {
         };
     let answer = |key: &str, key_type: i8| -> Result<(i32, String, i32), (ErrorCode, String)> {
         match key_type {
+            KEY_TYPE_GROUP if !ctx.allowed(acl::operation::DESCRIBE, acl::resource::GROUP, key) => {
+                Err((
+                    error_code::GROUP_AUTHORIZATION_FAILED,
+                    format!("not allowed to describe group {key}"),
+                ))
+            }
+            KEY_TYPE_TRANSACTION
+                if !ctx.allowed(
+                    acl::operation::DESCRIBE,
+                    acl::resource::TRANSACTIONAL_ID,
+                    key,
+                ) =>
+            {
+                Err((
+                    error_code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+                    format!("not allowed to describe transactional id {key}"),
+                ))
+            }
             KEY_TYPE_GROUP => leader_for(OFFSETS_TOPIC, key),
             KEY_TYPE_TRANSACTION => leader_for(crate::txn::TRANSACTION_STATE_TOPIC, key),
             other => Err((

@@ -38,6 +38,7 @@ use crate::group::OFFSETS_TOPIC;
 use crate::limits;
 use crate::outcome::Outcome;
 use crate::scatter::{broadcast, scatter};
+use crate::security::acl;
 use crate::shard::Shard;
 
 /// The command that creates `__consumer_offsets`: internal, compacted and never deleted by
@@ -120,6 +121,9 @@ pub async fn join_group(ctx: &Ctx<'_>, request: JoinGroupRequest) -> Outcome {
     let member_id = request.member_id.to_string();
     if !valid_group_id(&group_id) {
         return join_error(ctx, error_code::INVALID_GROUP_ID, &member_id);
+    }
+    if !ctx.allowed(acl::operation::READ, acl::resource::GROUP, &group_id) {
+        return join_error(ctx, error_code::GROUP_AUTHORIZATION_FAILED, &member_id);
     }
     if !(limits::GROUP_SESSION_TIMEOUT_MS_MIN..=limits::GROUP_SESSION_TIMEOUT_MS_MAX)
         .contains(&request.session_timeout_ms)
@@ -220,6 +224,9 @@ pub async fn sync_group(ctx: &Ctx<'_>, request: SyncGroupRequest) -> Outcome {
     if !valid_group_id(&group_id) {
         return sync_error(ctx, error_code::INVALID_GROUP_ID);
     }
+    if !ctx.allowed(acl::operation::READ, acl::resource::GROUP, &group_id) {
+        return sync_error(ctx, error_code::GROUP_AUTHORIZATION_FAILED);
+    }
     if request.assignments.len() > limits::GROUP_MEMBERS_MAX
         || request
             .assignments
@@ -261,6 +268,8 @@ pub async fn heartbeat(ctx: &Ctx<'_>, request: HeartbeatRequest) -> Outcome {
     let group_id = request.group_id.0.to_string();
     let error = if !valid_group_id(&group_id) {
         error_code::INVALID_GROUP_ID
+    } else if !ctx.allowed(acl::operation::READ, acl::resource::GROUP, &group_id) {
+        error_code::GROUP_AUTHORIZATION_FAILED
     } else {
         let member_id = request.member_id.to_string();
         let instance_id = request.group_instance_id.as_ref().map(|i| i.to_string());
@@ -295,6 +304,8 @@ pub async fn leave_group(ctx: &Ctx<'_>, request: LeaveGroupRequest) -> Outcome {
     };
     let outcome: Result<Vec<ErrorCode>, ErrorCode> = if !valid_group_id(&group_id) {
         Err(error_code::INVALID_GROUP_ID)
+    } else if !ctx.allowed(acl::operation::READ, acl::resource::GROUP, &group_id) {
+        Err(error_code::GROUP_AUTHORIZATION_FAILED)
     } else if members.len() > limits::GROUP_MEMBERS_MAX {
         Err(error_code::INVALID_REQUEST)
     } else {
@@ -339,13 +350,16 @@ pub async fn offset_commit(ctx: &Ctx<'_>, request: OffsetCommitRequest) -> Outco
     for topic in &request.topics {
         let name = topic.name.0.to_string();
         let known = image.topic(&name);
+        let readable = ctx.allowed(acl::operation::READ, acl::resource::TOPIC, &name);
         for partition in &topic.partitions {
             let metadata = partition
                 .committed_metadata
                 .as_ref()
                 .map(|m| m.to_string())
                 .unwrap_or_default();
-            if !known.is_some_and(|t| {
+            if !readable {
+                slots.push(Err(error_code::TOPIC_AUTHORIZATION_FAILED));
+            } else if !known.is_some_and(|t| {
                 partition.partition_index >= 0
                     && (partition.partition_index as usize) < t.partitions.len()
             }) {
@@ -373,6 +387,8 @@ pub async fn offset_commit(ctx: &Ctx<'_>, request: OffsetCommitRequest) -> Outco
     }
     let outcome: Result<Vec<ErrorCode>, ErrorCode> = if !valid_group_id(&group_id) {
         Err(error_code::INVALID_GROUP_ID)
+    } else if !ctx.allowed(acl::operation::READ, acl::resource::GROUP, &group_id) {
+        Err(error_code::GROUP_AUTHORIZATION_FAILED)
     } else if request.member_id.len() > limits::GROUP_ID_BYTES_MAX + 64 {
         Err(error_code::UNKNOWN_MEMBER_ID)
     } else {
@@ -439,6 +455,19 @@ type FetchQuery = (
 );
 /// (topic, partition, offset, leader epoch, metadata, error) per answered partition.
 type FetchAnswer = Result<Vec<(String, i32, i64, i32, String, ErrorCode)>, ErrorCode>;
+
+/// What the principal may see of an OffsetFetch answer: nothing of a group it may not
+/// describe (GROUP_AUTHORIZATION_FAILED), no row of a topic it may not describe.
+fn screened(ctx: &Ctx<'_>, group_id: &str, answer: FetchAnswer) -> FetchAnswer {
+    if !ctx.allowed(acl::operation::DESCRIBE, acl::resource::GROUP, group_id) {
+        return Err(error_code::GROUP_AUTHORIZATION_FAILED);
+    }
+    answer.map(|rows| {
+        rows.into_iter()
+            .filter(|row| ctx.allowed(acl::operation::DESCRIBE, acl::resource::TOPIC, &row.0))
+            .collect()
+    })
+}
 
 async fn fetch_offsets(shard: &Rc<Shard>, queries: Vec<FetchQuery>) -> Vec<FetchAnswer> {
     // One hop per coordinator shard, carrying every group that shard owns.
@@ -594,7 +623,7 @@ pub async fn offset_fetch(ctx: &Ctx<'_>, request: OffsetFetchRequest) -> Outcome
             .map(|(group, answer)| {
                 let mut out = OffsetFetchResponseGroup::default();
                 out.group_id = group.group_id.clone();
-                match answer {
+                match screened(ctx, &group.group_id.0, answer) {
                     Err(error) => out.error_code = error,
                     Ok(rows) => {
                         out.topics = by_topic(rows)
@@ -638,10 +667,10 @@ pub async fn offset_fetch(ctx: &Ctx<'_>, request: OffsetFetchRequest) -> Outcome
             )],
         )
         .await;
-        match answers
+        let answer = answers
             .pop()
-            .unwrap_or(Err(error_code::UNKNOWN_SERVER_ERROR))
-        {
+            .unwrap_or(Err(error_code::UNKNOWN_SERVER_ERROR));
+        match screened(ctx, &request.group_id.0, answer) {
             Err(error) => {
                 response.error_code = error;
                 // Before v2 there is no top-level error: each requested partition carries it.
@@ -832,6 +861,9 @@ pub async fn describe_groups(ctx: &Ctx<'_>, request: DescribeGroupsRequest) -> O
     )
     .await;
     for (group, id) in described.iter_mut().zip(&ids) {
+        if !ctx.allowed(acl::operation::DESCRIBE, acl::resource::GROUP, id) {
+            *group = unroutable(error_code::GROUP_AUTHORIZATION_FAILED);
+        }
         group.group_id = GroupId(str_bytes(id));
     }
     let mut response = DescribeGroupsResponse::default();
@@ -877,19 +909,26 @@ pub async fn list_groups(ctx: &Ctx<'_>, request: ListGroupsRequest) -> Outcome {
         }
     })
     .await;
+    // Kafka lists every group to DESCRIBE on the cluster, else the groups one may describe.
+    let all = ctx.allowed_on_cluster(acl::operation::DESCRIBE);
     let mut response = ListGroupsResponse::default();
     for listed in listed {
         match listed {
-            Ok(groups) => response.groups.extend(groups.into_iter().map(
-                |(id, protocol_type, state, kind)| {
-                    let mut out = ListedGroup::default();
-                    out.group_id = GroupId(str_bytes(&id));
-                    out.protocol_type = str_bytes(&protocol_type);
-                    out.group_state = str_bytes(state);
-                    out.group_type = str_bytes(kind);
-                    out
-                },
-            )),
+            Ok(groups) => response.groups.extend(
+                groups
+                    .into_iter()
+                    .filter(|(id, ..)| {
+                        all || ctx.allowed(acl::operation::DESCRIBE, acl::resource::GROUP, id)
+                    })
+                    .map(|(id, protocol_type, state, kind)| {
+                        let mut out = ListedGroup::default();
+                        out.group_id = GroupId(str_bytes(&id));
+                        out.protocol_type = str_bytes(&protocol_type);
+                        out.group_state = str_bytes(state);
+                        out.group_type = str_bytes(kind);
+                        out
+                    }),
+            ),
             Err(_) => response.error_code = error_code::COORDINATOR_NOT_AVAILABLE,
         }
     }
@@ -897,27 +936,39 @@ pub async fn list_groups(ctx: &Ctx<'_>, request: ListGroupsRequest) -> Outcome {
 }
 
 pub async fn delete_groups(ctx: &Ctx<'_>, request: DeleteGroupsRequest) -> Outcome {
+    let deletable: Vec<bool> = request
+        .groups_names
+        .iter()
+        .map(|g| ctx.allowed(acl::operation::DELETE, acl::resource::GROUP, &g.0))
+        .collect();
     let ids: Vec<String> = request
         .groups_names
         .iter()
-        .map(|g| g.0.to_string())
+        .zip(&deletable)
+        .filter(|(_, allowed)| **allowed)
+        .map(|(g, _)| g.0.to_string())
         .collect();
-    let errors = per_group(
+    let mut errors = per_group(
         ctx.shard,
         ids,
         |error| error,
         |shard, ids: Vec<String>| async move { coordinator::delete_groups(&shard, ids).await },
     )
-    .await;
+    .await
+    .into_iter();
     let mut response = DeleteGroupsResponse::default();
     response.results = request
         .groups_names
         .iter()
-        .zip(errors)
-        .map(|(id, error)| {
+        .zip(deletable)
+        .map(|(id, allowed)| {
             let mut out = DeletableGroupResult::default();
             out.group_id = id.clone();
-            out.error_code = error;
+            out.error_code = if allowed {
+                errors.next().unwrap_or(error_code::UNKNOWN_SERVER_ERROR)
+            } else {
+                error_code::GROUP_AUTHORIZATION_FAILED
+            };
             out
         })
         .collect();
@@ -937,6 +988,8 @@ pub async fn offset_delete(ctx: &Ctx<'_>, request: OffsetDeleteRequest) -> Outco
         .collect();
     let outcome = if !valid_group_id(&group_id) {
         Err(error_code::INVALID_GROUP_ID)
+    } else if !ctx.allowed(acl::operation::DELETE, acl::resource::GROUP, &group_id) {
+        Err(error_code::GROUP_AUTHORIZATION_FAILED)
     } else {
         let gid = group_id.clone();
         let list = partitions.clone();

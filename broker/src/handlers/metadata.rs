@@ -13,6 +13,7 @@ use tern_replication::metadata::{TopicMeta, NO_LEADER};
 use super::admin::{create_topics_via_controller, topic_id, validate_topic_name, NewTopic};
 use super::{str_bytes, Ctx};
 use crate::outcome::Outcome;
+use crate::security::acl;
 
 pub async fn handle(ctx: &Ctx<'_>, request: MetadataRequest) -> Outcome {
     let shard = ctx.shard;
@@ -37,9 +38,14 @@ pub async fn handle(ctx: &Ctx<'_>, request: MetadataRequest) -> Outcome {
     // Create what is missing first, so the answer below already shows it.
     if let Some(names) = &requested {
         let image = shard.image();
+        // Auto-creation asks CREATE on the cluster or on the topic, as Kafka does.
+        let may_create_any = ctx.allowed_on_cluster(acl::operation::CREATE);
         let missing: Vec<NewTopic> = names
             .iter()
             .filter(|name| image.topic(name).is_none() && validate_topic_name(name).is_ok())
+            .filter(|name| {
+                may_create_any || ctx.allowed(acl::operation::CREATE, acl::resource::TOPIC, name)
+            })
             .map(|name| NewTopic {
                 name: name.clone(),
                 partitions: shard.config.default_partitions,
@@ -100,10 +106,26 @@ pub async fn handle(ctx: &Ctx<'_>, request: MetadataRequest) -> Outcome {
             .collect();
         topic
     };
+    // Topics the principal may not describe: hidden from a listing, and refused by name
+    // (TOPIC_AUTHORIZATION_FAILED, as Kafka answers whether or not the topic exists).
+    let describable =
+        |name: &str| ctx.allowed(acl::operation::DESCRIBE, acl::resource::TOPIC, name);
+    let refused = |name: &str| {
+        let mut topic = MetadataResponseTopic::default();
+        topic.name = Some(TopicName(str_bytes(name)));
+        topic.error_code = error_code::TOPIC_AUTHORIZATION_FAILED;
+        topic
+    };
     let named = |id: &uuid::Uuid| image.topics.values().find(|t| topic_id(t) == *id);
     let mut by_id_answers: Vec<MetadataResponseTopic> = by_id
         .iter()
         .map(|id| match named(id) {
+            Some(meta) if !describable(&meta.name) => {
+                let mut topic = MetadataResponseTopic::default();
+                topic.topic_id = *id;
+                topic.error_code = error_code::TOPIC_AUTHORIZATION_FAILED;
+                topic
+            }
             Some(meta) => describe(meta),
             None => {
                 let mut topic = MetadataResponseTopic::default();
@@ -114,11 +136,17 @@ pub async fn handle(ctx: &Ctx<'_>, request: MetadataRequest) -> Outcome {
         })
         .collect();
     response.topics = match requested {
-        None if by_id_answers.is_empty() => image.topics.values().map(describe).collect(),
+        None if by_id_answers.is_empty() => image
+            .topics
+            .values()
+            .filter(|meta| describable(&meta.name))
+            .map(describe)
+            .collect(),
         None => Vec::new(),
         Some(names) => names
             .iter()
             .map(|name| match image.topic(name) {
+                _ if !describable(name) => refused(name),
                 Some(meta) => describe(meta),
                 None => {
                     let mut topic = MetadataResponseTopic::default();

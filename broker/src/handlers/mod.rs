@@ -30,7 +30,7 @@ use tern_protocol::frame::{self, HeaderError, ParsedHeader};
 use tern_protocol::request::{decode_body, encode_response};
 
 use crate::outcome::{Malformed, Outcome};
-use crate::security::ConnectionSecurity;
+use crate::security::{acl, ConnectionSecurity};
 use crate::shard::Shard;
 
 /// Everything a handler needs to know about the request it serves.
@@ -55,6 +55,74 @@ impl Ctx<'_> {
             Some(peer) => format!("/{}", peer.ip()),
             None => "/unknown".to_owned(),
         }
+    }
+
+    /// Whether the connection's principal may do `operation` on the resource (always, with
+    /// the authorizer off). Denials are logged at debug level, named as Kafka names them.
+    pub fn allowed(&self, operation: i8, resource_type: i8, name: &str) -> bool {
+        let config = &self.shard.config;
+        if !config.authorization {
+            return true;
+        }
+        let image = self.shard.image();
+        let principal = self.security.principal();
+        let host = self
+            .peer
+            .map(|peer| peer.ip().to_string())
+            .unwrap_or_default();
+        let policy = acl::Policy {
+            super_users: &config.super_users,
+            allow_if_no_acl: config.allow_everyone_if_no_acl_found,
+        };
+        let allowed = acl::authorize(
+            &image.acls,
+            policy,
+            &principal,
+            &host,
+            operation,
+            resource_type,
+            name,
+        );
+        if !allowed {
+            tracing::debug!(
+                %principal,
+                %host,
+                operation = acl::operation_name(operation),
+                resource = acl::resource_name(resource_type),
+                name,
+                "denied"
+            );
+        }
+        allowed
+    }
+
+    /// Whether the principal may do `operation` on some resource of the type.
+    pub fn allowed_somewhere(&self, operation: i8, resource_type: i8) -> bool {
+        let config = &self.shard.config;
+        if !config.authorization {
+            return true;
+        }
+        let host = self
+            .peer
+            .map(|peer| peer.ip().to_string())
+            .unwrap_or_default();
+        let policy = acl::Policy {
+            super_users: &config.super_users,
+            allow_if_no_acl: config.allow_everyone_if_no_acl_found,
+        };
+        acl::authorize_any(
+            &self.shard.image().acls,
+            policy,
+            &self.security.principal(),
+            &host,
+            operation,
+            resource_type,
+        )
+    }
+
+    /// `allowed` on the cluster resource.
+    pub fn allowed_on_cluster(&self, operation: i8) -> bool {
+        self.allowed(operation, acl::resource::CLUSTER, acl::CLUSTER_NAME)
     }
 
     /// Frames a response body built with the `kafka-protocol` types.
@@ -234,6 +302,9 @@ pub async fn handle<Held>(
             security::alter_user_scram_credentials(&ctx, decode!(AlterUserScramCredentialsRequest))
                 .await
         }
+        api::CREATE_ACLS => security::create_acls(&ctx, decode!(CreateAclsRequest)).await,
+        api::DESCRIBE_ACLS => security::describe_acls(&ctx, decode!(DescribeAclsRequest)),
+        api::DELETE_ACLS => security::delete_acls(&ctx, decode!(DeleteAclsRequest)).await,
         other => Outcome::Close(
             Malformed::Header,
             format!("api key {other} is advertised but has no handler"),

@@ -24,6 +24,7 @@ use super::Ctx;
 use crate::outcome::Outcome;
 use crate::partition::TopicPartition;
 use crate::scatter::scatter;
+use crate::security::acl;
 use crate::shard::Shard;
 
 const LATEST: i64 = -1;
@@ -112,10 +113,25 @@ async fn list_one(
 }
 
 pub async fn list_offsets(ctx: &Ctx<'_>, request: ListOffsetsRequest) -> Outcome {
+    // Topics the principal may not describe are answered TOPIC_AUTHORIZATION_FAILED
+    // without being touched.
+    let allowed: Vec<bool> = request
+        .topics
+        .iter()
+        .map(|topic| {
+            ctx.allowed(
+                acl::operation::DESCRIBE,
+                acl::resource::TOPIC,
+                &topic.name.0,
+            )
+        })
+        .collect();
     let items: Vec<Query> = request
         .topics
         .iter()
-        .flat_map(|topic| {
+        .zip(&allowed)
+        .filter(|(_, allowed)| **allowed)
+        .flat_map(|(topic, _)| {
             topic.partitions.iter().map(move |p| {
                 (
                     TopicPartition::new(topic.name.0.to_string(), p.partition_index),
@@ -135,17 +151,21 @@ pub async fn list_offsets(ctx: &Ctx<'_>, request: ListOffsetsRequest) -> Outcome
     response.topics = request
         .topics
         .iter()
-        .map(|topic| {
+        .zip(&allowed)
+        .map(|(topic, allowed)| {
             let mut out = ListOffsetsTopicResponse::default();
             out.name = topic.name.clone();
             out.partitions = topic
                 .partitions
                 .iter()
                 .map(|p| {
-                    let (error, timestamp, offset, leader_epoch) =
+                    let (error, timestamp, offset, leader_epoch) = if *allowed {
                         answers
                             .next()
-                            .unwrap_or((error_code::UNKNOWN_SERVER_ERROR, -1, -1, -1));
+                            .unwrap_or((error_code::UNKNOWN_SERVER_ERROR, -1, -1, -1))
+                    } else {
+                        (error_code::TOPIC_AUTHORIZATION_FAILED, -1, -1, -1)
+                    };
                     let mut answer = ListOffsetsPartitionResponse::default();
                     answer.partition_index = p.partition_index;
                     answer.error_code = error;
@@ -186,10 +206,19 @@ async fn delete_one(shard: Rc<Shard>, (tp, before, _): Query) -> Answer {
 }
 
 pub async fn delete_records(ctx: &Ctx<'_>, request: DeleteRecordsRequest) -> Outcome {
+    // Topics the principal may not delete are answered TOPIC_AUTHORIZATION_FAILED
+    // without being touched.
+    let allowed: Vec<bool> = request
+        .topics
+        .iter()
+        .map(|topic| ctx.allowed(acl::operation::DELETE, acl::resource::TOPIC, &topic.name.0))
+        .collect();
     let items: Vec<Query> = request
         .topics
         .iter()
-        .flat_map(|topic| {
+        .zip(&allowed)
+        .filter(|(_, allowed)| **allowed)
+        .flat_map(|(topic, _)| {
             topic.partitions.iter().map(move |p| {
                 (
                     TopicPartition::new(topic.name.0.to_string(), p.partition_index),
@@ -204,17 +233,21 @@ pub async fn delete_records(ctx: &Ctx<'_>, request: DeleteRecordsRequest) -> Out
     response.topics = request
         .topics
         .iter()
-        .map(|topic| {
+        .zip(&allowed)
+        .map(|(topic, allowed)| {
             let mut out = DeleteRecordsTopicResult::default();
             out.name = topic.name.clone();
             out.partitions = topic
                 .partitions
                 .iter()
                 .map(|p| {
-                    let (error, low_watermark, _, _) =
+                    let (error, low_watermark, _, _) = if *allowed {
                         answers
                             .next()
-                            .unwrap_or((error_code::UNKNOWN_SERVER_ERROR, -1, -1, -1));
+                            .unwrap_or((error_code::UNKNOWN_SERVER_ERROR, -1, -1, -1))
+                    } else {
+                        (error_code::TOPIC_AUTHORIZATION_FAILED, -1, -1, -1)
+                    };
                     let mut answer = DeleteRecordsPartitionResult::default();
                     answer.partition_index = p.partition_index;
                     answer.error_code = error;
@@ -250,10 +283,25 @@ pub async fn offset_for_leader_epoch(
     ctx: &Ctx<'_>,
     request: OffsetForLeaderEpochRequest,
 ) -> Outcome {
+    // Topics the principal may not describe are answered TOPIC_AUTHORIZATION_FAILED
+    // without being touched.
+    let allowed: Vec<bool> = request
+        .topics
+        .iter()
+        .map(|topic| {
+            ctx.allowed(
+                acl::operation::DESCRIBE,
+                acl::resource::TOPIC,
+                &topic.topic.0,
+            )
+        })
+        .collect();
     let items: Vec<Query> = request
         .topics
         .iter()
-        .flat_map(|topic| {
+        .zip(&allowed)
+        .filter(|(_, allowed)| **allowed)
+        .flat_map(|(topic, _)| {
             topic.partitions.iter().map(move |p| {
                 (
                     TopicPartition::new(topic.topic.0.to_string(), p.partition),
@@ -268,17 +316,21 @@ pub async fn offset_for_leader_epoch(
     response.topics = request
         .topics
         .iter()
-        .map(|topic| {
+        .zip(&allowed)
+        .map(|(topic, allowed)| {
             let mut out = OffsetForLeaderTopicResult::default();
             out.topic = topic.topic.clone();
             out.partitions = topic
                 .partitions
                 .iter()
                 .map(|p| {
-                    let (error, _, end_offset, leader_epoch) =
+                    let (error, _, end_offset, leader_epoch) = if *allowed {
                         answers
                             .next()
-                            .unwrap_or((error_code::UNKNOWN_SERVER_ERROR, -1, -1, -1));
+                            .unwrap_or((error_code::UNKNOWN_SERVER_ERROR, -1, -1, -1))
+                    } else {
+                        (error_code::TOPIC_AUTHORIZATION_FAILED, -1, -1, -1)
+                    };
                     let mut answer = EpochEndOffset::default();
                     answer.partition = p.partition;
                     answer.error_code = error;

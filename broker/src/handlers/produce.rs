@@ -22,6 +22,7 @@ use super::{str_bytes, Ctx};
 use crate::outcome::{Malformed, Outcome};
 use crate::partition::{AppendFailure, TopicPartition};
 use crate::scatter::scatter;
+use crate::security::acl;
 use crate::shard::Shard;
 
 /// One partition's outcome, sent back from its owner shard.
@@ -76,6 +77,7 @@ pub async fn handle(ctx: &Ctx<'_>, body: BytesMut) -> Outcome {
     let mut slot = 0usize;
     let image = shard.image();
     for topic in &request.topics {
+        let writable = ctx.allowed(acl::operation::WRITE, acl::resource::TOPIC, &topic.name);
         for partition in &topic.partitions {
             let this = slot;
             slot += 1;
@@ -85,6 +87,13 @@ pub async fn handle(ctx: &Ctx<'_>, body: BytesMut) -> Outcome {
                 body.split_to(range.len())
             });
             if results[this].is_some() {
+                continue;
+            }
+            if !writable {
+                results[this] = Some(Appended::error(
+                    error_code::TOPIC_AUTHORIZATION_FAILED,
+                    None,
+                ));
                 continue;
             }
             let Some(records) = records else {

@@ -7,17 +7,34 @@ use tern_protocol::error_code;
 
 use super::Ctx;
 use crate::outcome::Outcome;
+use crate::security::acl;
 
 pub async fn init_producer_id(ctx: &Ctx<'_>, request: InitProducerIdRequest) -> Outcome {
     let mut response = InitProducerIdResponse::default();
     response.producer_id = ProducerId(-1);
     response.producer_epoch = -1;
     if let Some(txn_id) = request.transactional_id.as_ref().map(|t| t.0.to_string()) {
+        if !ctx.allowed(
+            acl::operation::WRITE,
+            acl::resource::TRANSACTIONAL_ID,
+            &txn_id,
+        ) {
+            response.error_code = error_code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED;
+            return ctx.respond(&response);
+        }
         let (code, producer_id, producer_epoch) =
             super::txn::init_producer_id(ctx, &request, txn_id).await;
         response.error_code = code;
         response.producer_id = ProducerId(producer_id);
         response.producer_epoch = producer_epoch;
+        return ctx.respond(&response);
+    }
+    // An idempotent producer: IDEMPOTENT_WRITE on the cluster, or (as Kafka 3 allows) WRITE
+    // on some topic.
+    if !ctx.allowed_on_cluster(acl::operation::IDEMPOTENT_WRITE)
+        && !ctx.allowed_somewhere(acl::operation::WRITE, acl::resource::TOPIC)
+    {
+        response.error_code = error_code::CLUSTER_AUTHORIZATION_FAILED;
         return ctx.respond(&response);
     }
     if request.producer_id.0 >= 0 && request.producer_epoch >= 0 {

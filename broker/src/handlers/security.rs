@@ -1,7 +1,9 @@
 //! SaslHandshake and SaslAuthenticate (the connection's `ConnectionSecurity` holds the
-//! exchange), and the SCRAM credential APIs: DescribeUserScramCredentials and
-//! AlterUserScramCredentials, whose changes go through the controller into the cluster
-//! metadata, where every broker's SASL listeners read them.
+//! exchange), the SCRAM credential APIs (DescribeUserScramCredentials,
+//! AlterUserScramCredentials) and the ACL APIs (CreateAcls, DescribeAcls, DeleteAcls). Their
+//! changes go through the controller into the cluster metadata, where every broker's SASL
+//! listeners and authorizer read them; managing them takes ALTER (DESCRIBE to read) on the
+//! cluster.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -12,10 +14,11 @@ use kafka_protocol::messages::describe_user_scram_credentials_response::{
 };
 use kafka_protocol::messages::*;
 use tern_protocol::error_code;
-use tern_replication::metadata::Command;
+use tern_replication::metadata::{AclBinding, Command};
 
 use super::{str_bytes, Ctx};
 use crate::outcome::Outcome;
+use crate::security::acl;
 use crate::security::sasl::{self, Mechanism, SCRAM_ITERATIONS_MAX, SCRAM_ITERATIONS_MIN};
 
 pub fn sasl_handshake(ctx: &Ctx<'_>, request: SaslHandshakeRequest) -> Outcome {
@@ -73,6 +76,13 @@ pub fn describe_user_scram_credentials(
     ctx: &Ctx<'_>,
     request: DescribeUserScramCredentialsRequest,
 ) -> Outcome {
+    if !ctx.allowed_on_cluster(acl::operation::DESCRIBE) {
+        return ctx.respond(
+            &DescribeUserScramCredentialsResponse::default()
+                .with_error_code(error_code::CLUSTER_AUTHORIZATION_FAILED)
+                .with_error_message(Some(str_bytes("not allowed to describe users"))),
+        );
+    }
     let image = ctx.shard.image();
     let credentials = &image.scram_credentials;
     let describe = |user: &str, by_mechanism: &BTreeMap<String, _>| {
@@ -263,11 +273,19 @@ pub async fn alter_user_scram_credentials(
             .push((Mechanism::from_scram_id(upsertion.mechanism), upsertion));
     }
     let image = ctx.shard.image();
+    let allowed = ctx.allowed_on_cluster(acl::operation::ALTER);
     let mut outcomes: Vec<Option<(i16, String)>> = Vec::with_capacity(users.len());
     let mut commands = Vec::new();
     // Which user each command belongs to, to map the controller's answers back.
     let mut owners = Vec::new();
     for (index, user) in users.iter().enumerate() {
+        if !allowed {
+            outcomes.push(Some((
+                error_code::CLUSTER_AUTHORIZATION_FAILED,
+                "not allowed to alter users".into(),
+            )));
+            continue;
+        }
         if let Some(mechanism) = unknown_deletion.get(user) {
             outcomes.push(Some((
                 error_code::UNSUPPORTED_SASL_MECHANISM,
@@ -333,4 +351,210 @@ pub async fn alter_user_scram_credentials(
         })
         .collect();
     ctx.respond(&AlterUserScramCredentialsResponse::default().with_results(results))
+}
+
+fn binding_of(creation: &create_acls_request::AclCreation) -> AclBinding {
+    AclBinding {
+        resource_type: creation.resource_type,
+        resource_name: creation.resource_name.to_string(),
+        pattern_type: creation.resource_pattern_type,
+        principal: creation.principal.to_string(),
+        host: creation.host.to_string(),
+        operation: creation.operation,
+        permission_type: creation.permission_type,
+    }
+}
+
+/// Why a DescribeAcls or DeleteAcls filter matches nothing by construction.
+fn check_filter(filter: &acl::Filter) -> Result<(), String> {
+    if filter.resource_type < acl::resource::ANY || filter.pattern_type < acl::pattern::ANY {
+        return Err("the filter's resource or pattern type is unknown".into());
+    }
+    if filter.operation < acl::operation::ANY || filter.permission_type < acl::permission::ANY {
+        return Err("the filter's operation or permission type is unknown".into());
+    }
+    Ok(())
+}
+
+pub async fn create_acls(ctx: &Ctx<'_>, request: CreateAclsRequest) -> Outcome {
+    let allowed = ctx.allowed_on_cluster(acl::operation::ALTER);
+    let mut outcomes: Vec<Option<(i16, String)>> = Vec::with_capacity(request.creations.len());
+    let mut bindings = Vec::new();
+    for creation in &request.creations {
+        let binding = binding_of(creation);
+        if !allowed {
+            outcomes.push(Some((
+                error_code::CLUSTER_AUTHORIZATION_FAILED,
+                "not allowed to alter the cluster's ACLs".into(),
+            )));
+        } else if let Err(reason) = acl::validate(&binding) {
+            outcomes.push(Some((error_code::INVALID_REQUEST, reason)));
+        } else {
+            outcomes.push(None);
+            bindings.push(binding);
+        }
+    }
+    if !bindings.is_empty() {
+        let failure = match super::admin::run_commands(
+            ctx.shard,
+            vec![Command::CreateAcls { acls: bindings }],
+        )
+        .await
+        {
+            Ok(results) => results
+                .into_iter()
+                .find_map(Result::err)
+                .map(|e| e.to_string()),
+            Err(message) => Some(message),
+        };
+        if let Some(message) = failure {
+            for outcome in outcomes.iter_mut().filter(|o| o.is_none()) {
+                *outcome = Some((error_code::UNKNOWN_SERVER_ERROR, message.clone()));
+            }
+        }
+    }
+    let results = outcomes
+        .into_iter()
+        .map(|outcome| {
+            let result = create_acls_response::AclCreationResult::default();
+            match outcome {
+                None => result,
+                Some((code, message)) => result
+                    .with_error_code(code)
+                    .with_error_message(Some(str_bytes(&message))),
+            }
+        })
+        .collect();
+    ctx.respond(&CreateAclsResponse::default().with_results(results))
+}
+
+pub fn describe_acls(ctx: &Ctx<'_>, request: DescribeAclsRequest) -> Outcome {
+    if !ctx.allowed_on_cluster(acl::operation::DESCRIBE) {
+        return ctx.respond(
+            &DescribeAclsResponse::default()
+                .with_error_code(error_code::CLUSTER_AUTHORIZATION_FAILED)
+                .with_error_message(Some(str_bytes(
+                    "not allowed to describe the cluster's ACLs",
+                ))),
+        );
+    }
+    let filter = acl::Filter {
+        resource_type: request.resource_type_filter,
+        resource_name: request.resource_name_filter.map(|n| n.to_string()),
+        pattern_type: request.pattern_type_filter,
+        principal: request.principal_filter.map(|p| p.to_string()),
+        host: request.host_filter.map(|h| h.to_string()),
+        operation: request.operation,
+        permission_type: request.permission_type,
+    };
+    if let Err(reason) = check_filter(&filter) {
+        return ctx.respond(
+            &DescribeAclsResponse::default()
+                .with_error_code(error_code::INVALID_REQUEST)
+                .with_error_message(Some(str_bytes(&reason))),
+        );
+    }
+    let image = ctx.shard.image();
+    // Grouped by resource, as Kafka answers.
+    let mut resources: BTreeMap<(i8, &str, i8), Vec<describe_acls_response::AclDescription>> =
+        BTreeMap::new();
+    for binding in image.acls.iter().filter(|b| filter.matches(b)) {
+        resources
+            .entry((
+                binding.resource_type,
+                binding.resource_name.as_str(),
+                binding.pattern_type,
+            ))
+            .or_default()
+            .push(
+                describe_acls_response::AclDescription::default()
+                    .with_principal(str_bytes(&binding.principal))
+                    .with_host(str_bytes(&binding.host))
+                    .with_operation(binding.operation)
+                    .with_permission_type(binding.permission_type),
+            );
+    }
+    let resources = resources
+        .into_iter()
+        .map(|((resource_type, name, pattern_type), acls)| {
+            describe_acls_response::DescribeAclsResource::default()
+                .with_resource_type(resource_type)
+                .with_resource_name(str_bytes(name))
+                .with_pattern_type(pattern_type)
+                .with_acls(acls)
+        })
+        .collect();
+    ctx.respond(&DescribeAclsResponse::default().with_resources(resources))
+}
+
+pub async fn delete_acls(ctx: &Ctx<'_>, request: DeleteAclsRequest) -> Outcome {
+    let allowed = ctx.allowed_on_cluster(acl::operation::ALTER);
+    let image = ctx.shard.image();
+    let mut doomed: Vec<AclBinding> = Vec::new();
+    let mut results = Vec::with_capacity(request.filters.len());
+    for wire in &request.filters {
+        let filter = acl::Filter {
+            resource_type: wire.resource_type_filter,
+            resource_name: wire.resource_name_filter.as_ref().map(|n| n.to_string()),
+            pattern_type: wire.pattern_type_filter,
+            principal: wire.principal_filter.as_ref().map(|p| p.to_string()),
+            host: wire.host_filter.as_ref().map(|h| h.to_string()),
+            operation: wire.operation,
+            permission_type: wire.permission_type,
+        };
+        let result = delete_acls_response::DeleteAclsFilterResult::default();
+        if !allowed {
+            results.push(
+                result
+                    .with_error_code(error_code::CLUSTER_AUTHORIZATION_FAILED)
+                    .with_error_message(Some(str_bytes("not allowed to alter the cluster's ACLs"))),
+            );
+            continue;
+        }
+        if let Err(reason) = check_filter(&filter) {
+            results.push(
+                result
+                    .with_error_code(error_code::INVALID_REQUEST)
+                    .with_error_message(Some(str_bytes(&reason))),
+            );
+            continue;
+        }
+        let matching: Vec<delete_acls_response::DeleteAclsMatchingAcl> = image
+            .acls
+            .iter()
+            .filter(|b| filter.matches(b))
+            .map(|binding| {
+                doomed.push(binding.clone());
+                delete_acls_response::DeleteAclsMatchingAcl::default()
+                    .with_resource_type(binding.resource_type)
+                    .with_resource_name(str_bytes(&binding.resource_name))
+                    .with_pattern_type(binding.pattern_type)
+                    .with_principal(str_bytes(&binding.principal))
+                    .with_host(str_bytes(&binding.host))
+                    .with_operation(binding.operation)
+                    .with_permission_type(binding.permission_type)
+            })
+            .collect();
+        results.push(result.with_matching_acls(matching));
+    }
+    if !doomed.is_empty() {
+        let failure =
+            match super::admin::run_commands(ctx.shard, vec![Command::DeleteAcls { acls: doomed }])
+                .await
+            {
+                Ok(outcome) => outcome
+                    .into_iter()
+                    .find_map(Result::err)
+                    .map(|e| e.to_string()),
+                Err(message) => Some(message),
+            };
+        if let Some(message) = failure {
+            for result in results.iter_mut().filter(|r| r.error_code == 0) {
+                result.error_code = error_code::UNKNOWN_SERVER_ERROR;
+                result.error_message = Some(str_bytes(&message));
+                result.matching_acls.clear();
+            }
+        }
+    }
+    ctx.respond(&DeleteAclsResponse::default().with_filter_results(results))
 }

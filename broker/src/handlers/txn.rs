@@ -33,6 +33,7 @@ use crate::group::state::{CommittedOffset, OffsetToCommit};
 use crate::limits;
 use crate::outcome::Outcome;
 use crate::scatter::broadcast;
+use crate::security::acl;
 use crate::shard::Shard;
 use crate::txn::coordinator::{self, on_coordinator, route, RouteError};
 use crate::txn::state::{Effects, InitOutcome, TxnState};
@@ -203,22 +204,36 @@ async fn add_partitions(
 pub async fn add_partitions_to_txn(ctx: &Ctx<'_>, request: AddPartitionsToTxnRequest) -> Outcome {
     let txn_id = request.v3_and_below_transactional_id.0.to_string();
     let image = ctx.shard.image();
-    // Unknown partitions fail the request: UNKNOWN_TOPIC_OR_PARTITION for them, and
-    // OPERATION_NOT_ATTEMPTED for the rest, as Kafka answers.
-    let mut unknown = false;
+    let txn_allowed = ctx.allowed(
+        acl::operation::WRITE,
+        acl::resource::TRANSACTIONAL_ID,
+        &txn_id,
+    );
+    let writable = |name: &str| ctx.allowed(acl::operation::WRITE, acl::resource::TOPIC, name);
+    // Unknown or unwritable partitions fail the request: UNKNOWN_TOPIC_OR_PARTITION or
+    // TOPIC_AUTHORIZATION_FAILED for them, and OPERATION_NOT_ATTEMPTED for the rest, as
+    // Kafka answers.
+    let mut unknown = !txn_allowed;
     let mut partitions = Vec::new();
     for topic in &request.v3_and_below_topics {
+        let name = topic.name.0.to_string();
+        if !writable(&name) {
+            unknown = true;
+        }
         for &p in &topic.partitions {
-            let name = topic.name.0.to_string();
             if image.partition(&name, p).is_none() || name == TRANSACTION_STATE_TOPIC {
                 unknown = true;
             }
-            partitions.push((name, p));
+            partitions.push((name.clone(), p));
         }
     }
     let code_for = |name: &str, p: i32, overall: ErrorCode| {
-        if !unknown {
+        if !txn_allowed {
+            error_code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED
+        } else if !unknown {
             overall
+        } else if !writable(name) {
+            error_code::TOPIC_AUTHORIZATION_FAILED
         } else if image.partition(name, p).is_none() || name == TRANSACTION_STATE_TOPIC {
             error_code::UNKNOWN_TOPIC_OR_PARTITION
         } else {
@@ -276,6 +291,18 @@ pub async fn add_offsets_to_txn(ctx: &Ctx<'_>, request: AddOffsetsToTxnRequest) 
         response.error_code = error_code::INVALID_GROUP_ID;
         return ctx.respond(&response);
     }
+    if !ctx.allowed(
+        acl::operation::WRITE,
+        acl::resource::TRANSACTIONAL_ID,
+        &request.transactional_id.0,
+    ) {
+        response.error_code = error_code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED;
+        return ctx.respond(&response);
+    }
+    if !ctx.allowed(acl::operation::READ, acl::resource::GROUP, &group) {
+        response.error_code = error_code::GROUP_AUTHORIZATION_FAILED;
+        return ctx.respond(&response);
+    }
     response.error_code = add_partitions(
         ctx.shard,
         &request.transactional_id.0,
@@ -289,6 +316,15 @@ pub async fn add_offsets_to_txn(ctx: &Ctx<'_>, request: AddOffsetsToTxnRequest) 
 
 pub async fn end_txn(ctx: &Ctx<'_>, request: EndTxnRequest) -> Outcome {
     let txn_id = request.transactional_id.0.to_string();
+    if !ctx.allowed(
+        acl::operation::WRITE,
+        acl::resource::TRANSACTIONAL_ID,
+        &txn_id,
+    ) {
+        let mut response = EndTxnResponse::default();
+        response.error_code = error_code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED;
+        return ctx.respond(&response);
+    }
     let (producer_id, producer_epoch, commit) = (
         request.producer_id.0,
         request.producer_epoch,
@@ -335,13 +371,16 @@ pub async fn txn_offset_commit(ctx: &Ctx<'_>, request: TxnOffsetCommitRequest) -
     let mut offsets = Vec::new();
     for topic in &request.topics {
         let known = image.topic(&topic.name.0);
+        let readable = ctx.allowed(acl::operation::READ, acl::resource::TOPIC, &topic.name.0);
         for p in &topic.partitions {
             let metadata = p
                 .committed_metadata
                 .as_ref()
                 .map(|m| m.to_string())
                 .unwrap_or_default();
-            if !known.is_some_and(|t| {
+            if !readable {
+                slots.push(Err(error_code::TOPIC_AUTHORIZATION_FAILED));
+            } else if !known.is_some_and(|t| {
                 p.partition_index >= 0 && (p.partition_index as usize) < t.partitions.len()
             }) {
                 slots.push(Err(error_code::UNKNOWN_TOPIC_OR_PARTITION));
@@ -366,6 +405,14 @@ pub async fn txn_offset_commit(ctx: &Ctx<'_>, request: TxnOffsetCommitRequest) -
     let outcome: Result<(), ErrorCode> =
         if group_id.is_empty() || group_id.len() > limits::GROUP_ID_BYTES_MAX {
             Err(error_code::INVALID_GROUP_ID)
+        } else if !ctx.allowed(
+            acl::operation::WRITE,
+            acl::resource::TRANSACTIONAL_ID,
+            &request.transactional_id.0,
+        ) {
+            Err(error_code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED)
+        } else if !ctx.allowed(acl::operation::READ, acl::resource::GROUP, &group_id) {
+            Err(error_code::GROUP_AUTHORIZATION_FAILED)
         } else {
             let gid = group_id.clone();
             super::groups::on_coordinator(ctx.shard, &group_id, move |shard| async move {
@@ -412,6 +459,8 @@ pub async fn txn_offset_commit(ctx: &Ctx<'_>, request: TxnOffsetCommitRequest) -
 
 pub async fn write_txn_markers(ctx: &Ctx<'_>, request: WriteTxnMarkersRequest) -> Outcome {
     let mut response = WriteTxnMarkersResponse::default();
+    // Only brokers write markers: CLUSTER_ACTION on the cluster.
+    let allowed = ctx.allowed_on_cluster(acl::operation::CLUSTER_ACTION);
     for marker in &request.markers {
         let mut result = WritableTxnMarkerResult::default();
         result.producer_id = marker.producer_id;
@@ -419,6 +468,13 @@ pub async fn write_txn_markers(ctx: &Ctx<'_>, request: WriteTxnMarkersRequest) -
             let mut topic_result = WritableTxnMarkerTopicResult::default();
             topic_result.name = topic.name.clone();
             for &p in &topic.partition_indexes {
+                if !allowed {
+                    let mut r = WritableTxnMarkerPartitionResult::default();
+                    r.partition_index = p;
+                    r.error_code = error_code::CLUSTER_AUTHORIZATION_FAILED;
+                    topic_result.partitions.push(r);
+                    continue;
+                }
                 let code = coordinator::write_marker_here(
                     ctx.shard,
                     &topic.name.0,
@@ -445,6 +501,20 @@ pub async fn describe_transactions(ctx: &Ctx<'_>, request: DescribeTransactionsR
     let mut response = DescribeTransactionsResponse::default();
     for id in &request.transactional_ids {
         let txn_id = id.0.to_string();
+        if !ctx.allowed(
+            acl::operation::DESCRIBE,
+            acl::resource::TRANSACTIONAL_ID,
+            &txn_id,
+        ) {
+            let mut out = DescribedState::default();
+            out.transactional_id = id.clone();
+            out.producer_id = ProducerId(-1);
+            out.producer_epoch = -1;
+            out.transaction_start_time_ms = -1;
+            out.error_code = error_code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED;
+            response.transaction_states.push(out);
+            continue;
+        }
         let key = txn_id.clone();
         let described = on_txn_coordinator(ctx.shard, &txn_id, move |shard| async move {
             shard.txns.with_state(|state| state.get(&key).cloned())
@@ -529,15 +599,23 @@ pub async fn list_transactions(ctx: &Ctx<'_>, request: ListTransactionsRequest) 
     .await;
     for shard_answer in listed {
         match shard_answer {
-            Ok(rows) => response.transaction_states.extend(rows.into_iter().map(
-                |(id, producer_id, state)| {
-                    let mut out = ListedState::default();
-                    out.transactional_id = TransactionalId(str_bytes(&id));
-                    out.producer_id = ProducerId(producer_id);
-                    out.transaction_state = str_bytes(state);
-                    out
-                },
-            )),
+            Ok(rows) => response.transaction_states.extend(
+                rows.into_iter()
+                    .filter(|(id, ..)| {
+                        ctx.allowed(
+                            acl::operation::DESCRIBE,
+                            acl::resource::TRANSACTIONAL_ID,
+                            id,
+                        )
+                    })
+                    .map(|(id, producer_id, state)| {
+                        let mut out = ListedState::default();
+                        out.transactional_id = TransactionalId(str_bytes(&id));
+                        out.producer_id = ProducerId(producer_id);
+                        out.transaction_state = str_bytes(state);
+                        out
+                    }),
+            ),
             Err(_) => response.error_code = error_code::COORDINATOR_NOT_AVAILABLE,
         }
     }

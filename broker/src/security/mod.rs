@@ -8,6 +8,7 @@
 //! those one at a time, so nothing is in flight when it does), and a failed exchange closes
 //! the connection after its error response, as Kafka does.
 
+pub mod acl;
 pub mod listener;
 pub mod sasl;
 pub mod tls;
