@@ -187,7 +187,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, endpoint: Rc<Endpoint>) 
     let peer: Option<SocketAddr> = stream.peer_addr().ok();
     let _ = stream.set_nodelay(true);
     let fd = stream.as_raw_fd();
-    let (state, mut close_rx) = ConnectionState::new(fd, peer, monotonic_ms());
+    let (state, close_rx) = ConnectionState::new(fd, peer, monotonic_ms());
     let id = shard.connections.register(state.clone());
 
     let ended = match &endpoint.tls {
@@ -208,49 +208,17 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, endpoint: Rc<Endpoint>) 
             )
             .await
         }
+        // Boxed: a plaintext connection's future does not carry room for rustls' state.
         Some(acceptor) => {
-            // The handshake must arrive as promptly as a request would (the reaper's
-            // receive deadline), and the broker's shutdown ends it too.
-            state.request_started(monotonic_ms());
-            let handshake = pin!(acceptor.accept(stream));
-            match select(handshake, &mut close_rx).await {
-                Either::Left((Ok(tls_stream), _)) => {
-                    state.receive_finished(monotonic_ms());
-                    let principal = tls_stream
-                        .get_ref()
-                        .1
-                        .peer_certificates()
-                        .and_then(|chain| chain.first())
-                        .and_then(tls::principal_of);
-                    let security = Rc::new(ConnectionSecurity::new(
-                        endpoint.name.clone(),
-                        endpoint.protocol,
-                        principal,
-                    ));
-                    let (reader, writer) = tls_stream.split();
-                    run(
-                        &shard,
-                        &state,
-                        security,
-                        reader,
-                        Sink::Tls(writer),
-                        close_rx,
-                    )
-                    .await
-                }
-                // The stream is still held (by the handshake) while its socket is shut.
-                Either::Left((Err(error), _)) => {
-                    shutdown(fd);
-                    Ended::Malformed(
-                        Malformed::TlsHandshake,
-                        format!("TLS handshake failed: {error}"),
-                    )
-                }
-                Either::Right((reason, _)) => {
-                    shutdown(fd);
-                    Ended::Closed(reason.unwrap_or(CloseReason::Shutdown))
-                }
-            }
+            Box::pin(serve_tls(
+                &shard,
+                &state,
+                &endpoint,
+                acceptor.clone(),
+                stream,
+                close_rx,
+            ))
+            .await
         }
     };
 
@@ -270,6 +238,53 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, endpoint: Rc<Endpoint>) 
         }
     }
     shard.connections.unregister(id);
+}
+
+/// A TLS listener's connection: the handshake, then the same serving loop over the TLS
+/// stream.
+async fn serve_tls(
+    shard: &Rc<Shard>,
+    state: &Rc<ConnectionState>,
+    endpoint: &Endpoint,
+    acceptor: futures_rustls::TlsAcceptor,
+    stream: TcpStream,
+    mut close_rx: futures::channel::oneshot::Receiver<CloseReason>,
+) -> Ended {
+    let fd = state.fd;
+    // The handshake must arrive as promptly as a request would (the reaper's receive
+    // deadline), and the broker's shutdown ends it too.
+    state.request_started(monotonic_ms());
+    let handshake = pin!(acceptor.accept(stream));
+    match select(handshake, &mut close_rx).await {
+        Either::Left((Ok(tls_stream), _)) => {
+            state.receive_finished(monotonic_ms());
+            let principal = tls_stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(tls::principal_of);
+            let security = Rc::new(ConnectionSecurity::new(
+                endpoint.name.clone(),
+                endpoint.protocol,
+                principal,
+            ));
+            let (reader, writer) = tls_stream.split();
+            run(shard, state, security, reader, Sink::Tls(writer), close_rx).await
+        }
+        // The stream is still held (by the handshake) while its socket is shut.
+        Either::Left((Err(error), _)) => {
+            shutdown(fd);
+            Ended::Malformed(
+                Malformed::TlsHandshake,
+                format!("TLS handshake failed: {error}"),
+            )
+        }
+        Either::Right((reason, _)) => {
+            shutdown(fd);
+            Ended::Closed(reason.unwrap_or(CloseReason::Shutdown))
+        }
+    }
 }
 
 /// Shuts the connection's socket down both ways, so that the client sees the end at once
