@@ -5,6 +5,7 @@
 # partitions, a consumer group), then the throughput-max-1kib workload.
 #
 #   bash bench/scripts/tls-vs-plaintext.sh          # 20 s per run (DURATION_S to change)
+#   WORKLOADS=latency-10k-1kib bash bench/scripts/tls-vs-plaintext.sh   # one workload only
 #
 # The broker is pinned to CPU 0 (--cpuset 0, one shard), the harness to the other CPUs.
 # Certificates are made for the run with openssl (EC P-256, TLS 1.3 negotiated). Results go to
@@ -52,7 +53,7 @@ tls=(-X security.protocol=ssl -X "ssl.ca.location=$work/ca.pem")
 sasl_ssl=(-X security.protocol=sasl_ssl -X "ssl.ca.location=$work/ca.pem"
     -X sasl.mechanism=SCRAM-SHA-512 -X sasl.username=bench -X sasl.password=bench-secret)
 
-for w in latency-10k-1kib throughput-max-1kib; do
+for w in ${WORKLOADS:-latency-10k-1kib throughput-max-1kib}; do
     workload=$w
     harness run -w "$w" --bootstrap 127.0.0.1:29392 --broker-pid "$broker" \
         --duration-s "$duration" --out "$out/$workload/plaintext" --label "PLAINTEXT"

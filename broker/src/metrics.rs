@@ -159,6 +159,8 @@ impl CloseCause {
 pub struct ConnectionProbe {
     pub accepted: Counter,
     pub requests: Counter,
+    /// Responses that carried a quota's throttle time.
+    pub throttled: Counter,
     closes: [Counter; CLOSE_CAUSES.len()],
     last_logged_ms: Cell<Option<i64>>,
     unlogged: Cell<u64>,
@@ -210,6 +212,12 @@ impl ConnectionProbe {
             Counter,
             "Kafka requests read.",
             self.requests.get(),
+        );
+        out.push(
+            "quota_throttled_responses_total",
+            Counter,
+            "Responses whose client was over a quota and was throttled.",
+            self.throttled.get(),
         );
         let malformed: u64 = CLOSE_CAUSES
             .iter()

@@ -63,6 +63,8 @@ pub struct Shard {
     pub fetch_probe: FetchProbe,
     /// Fetch sessions of clients connected to this shard.
     pub fetch_sessions: RefCell<crate::fetch_session::FetchSessions>,
+    /// Client quotas' rate windows for the connections of this shard.
+    pub quotas: RefCell<crate::security::quota::Tracker>,
     /// Open client connections, for the reaper's deadlines and for shutdown.
     pub connections: ConnectionTable,
     /// Request bytes held in memory across this shard's connections.
@@ -110,6 +112,7 @@ impl Shard {
             connection_probe: ConnectionProbe::default(),
             fetch_probe: FetchProbe::default(),
             fetch_sessions: RefCell::new(crate::fetch_session::FetchSessions::new(id as u32)),
+            quotas: RefCell::new(Default::default()),
             connections: ConnectionTable::default(),
             request_budget: RequestBudget::new(config.limits.shard_buffered_bytes_max),
             groups: crate::group::registry::Coordinator::new(crate::group::state::GroupConfig {

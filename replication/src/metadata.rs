@@ -58,6 +58,21 @@ pub struct MetadataImage {
     /// Access control entries (Kafka's ACL bindings), checked when the authorizer is on.
     #[serde(default)]
     pub acls: std::collections::BTreeSet<AclBinding>,
+    /// Client quotas (AlterClientQuotas), sorted by entity.
+    #[serde(default)]
+    pub client_quotas: Vec<ClientQuota>,
+}
+
+/// A client quota entity: (entity type, name) pairs sorted by type (`client-id`, `user`); a
+/// name of `None` is that type's default.
+pub type QuotaEntity = Vec<(String, Option<String>)>;
+
+/// The quotas set for one entity, by Kafka's keys (`producer_byte_rate`, ...), each value as
+/// Rust writes the f64 the API carried (so the image stays comparable and serializable).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientQuota {
+    pub entity: QuotaEntity,
+    pub values: BTreeMap<String, String>,
 }
 
 /// One ACL: who (`principal` from `host`) may or may not do `operation` on the resources
@@ -284,6 +299,13 @@ pub enum Command {
     DeleteAcls {
         acls: Vec<AclBinding>,
     },
+    /// Sets and removes quota values of one entity (AlterClientQuotas); an entity left with
+    /// no value is forgotten.
+    AlterClientQuotas {
+        entity: QuotaEntity,
+        set: BTreeMap<String, String>,
+        remove: Vec<String>,
+    },
 }
 
 /// Why a command cannot apply; each maps to one Kafka error code in the broker.
@@ -349,6 +371,7 @@ impl MetadataImage {
             cluster_topic_defaults: BTreeMap::new(),
             scram_credentials: BTreeMap::new(),
             acls: Default::default(),
+            client_quotas: Vec::new(),
         }
     }
 
@@ -436,6 +459,41 @@ impl MetadataImage {
             Command::DeleteAcls { acls } => {
                 for acl in acls {
                     next.acls.remove(acl);
+                }
+            }
+            Command::AlterClientQuotas {
+                entity,
+                set,
+                remove,
+            } => {
+                if entity.is_empty() {
+                    return Err(MetadataError::Invalid(
+                        "a quota entity names nothing".into(),
+                    ));
+                }
+                let index = match next
+                    .client_quotas
+                    .binary_search_by(|quota| quota.entity.cmp(entity))
+                {
+                    Ok(index) => index,
+                    Err(index) => {
+                        next.client_quotas.insert(
+                            index,
+                            ClientQuota {
+                                entity: entity.clone(),
+                                values: BTreeMap::new(),
+                            },
+                        );
+                        index
+                    }
+                };
+                let values = &mut next.client_quotas[index].values;
+                for key in remove {
+                    values.remove(key);
+                }
+                values.extend(set.iter().map(|(k, v)| (k.clone(), v.clone())));
+                if values.is_empty() {
+                    next.client_quotas.remove(index);
                 }
             }
             Command::InitCluster { cluster_id } => {
@@ -1209,5 +1267,85 @@ mod tests {
         assert!(image
             .apply(&Command::AllocateProducerIds { count: 0 })
             .is_err());
+    }
+    #[test]
+    fn users_acls_and_quotas_are_set_and_removed_by_their_commands() {
+        let credential = ScramCredential {
+            salt: vec![1],
+            iterations: 4096,
+            stored_key: vec![2],
+            server_key: vec![3],
+        };
+        let mut image = MetadataImage::new("c".into());
+        image = image
+            .apply(&Command::UpsertScramCredential {
+                user: "alice".into(),
+                mechanism: "SCRAM-SHA-512".into(),
+                credential: credential.clone(),
+            })
+            .unwrap();
+        assert_eq!(
+            image.scram_credentials["alice"]["SCRAM-SHA-512"],
+            credential
+        );
+        let missing = Command::DeleteScramCredential {
+            user: "alice".into(),
+            mechanism: "SCRAM-SHA-256".into(),
+        };
+        assert!(matches!(
+            image.apply(&missing),
+            Err(MetadataError::NotFound(_))
+        ));
+        image = image
+            .apply(&Command::DeleteScramCredential {
+                user: "alice".into(),
+                mechanism: "SCRAM-SHA-512".into(),
+            })
+            .unwrap();
+        assert!(image.scram_credentials.is_empty());
+
+        let acl = AclBinding {
+            resource_type: 2,
+            resource_name: "t".into(),
+            pattern_type: 3,
+            principal: "User:alice".into(),
+            host: "*".into(),
+            operation: 3,
+            permission_type: 3,
+        };
+        let create = Command::CreateAcls {
+            acls: vec![acl.clone(), acl.clone()],
+        };
+        image = image.apply(&create).unwrap().apply(&create).unwrap();
+        assert_eq!(image.acls.len(), 1, "an ACL is kept once");
+        image = image
+            .apply(&Command::DeleteAcls { acls: vec![acl] })
+            .unwrap();
+        assert!(image.acls.is_empty());
+
+        let entity: QuotaEntity = vec![("user".into(), Some("alice".into()))];
+        let set = |key: &str, value: &str| Command::AlterClientQuotas {
+            entity: entity.clone(),
+            set: BTreeMap::from([(key.to_owned(), value.to_owned())]),
+            remove: Vec::new(),
+        };
+        image = image
+            .apply(&set("producer_byte_rate", "1000"))
+            .unwrap()
+            .apply(&set("consumer_byte_rate", "2000"))
+            .unwrap();
+        assert_eq!(image.client_quotas.len(), 1);
+        assert_eq!(image.client_quotas[0].values.len(), 2);
+        image = image
+            .apply(&Command::AlterClientQuotas {
+                entity: entity.clone(),
+                set: BTreeMap::new(),
+                remove: vec!["producer_byte_rate".into(), "consumer_byte_rate".into()],
+            })
+            .unwrap();
+        assert!(
+            image.client_quotas.is_empty(),
+            "an entity without quotas is forgotten"
+        );
     }
 }

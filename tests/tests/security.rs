@@ -860,3 +860,74 @@ fn acls_allow_and_deny_each_operation_as_kafka_decides() {
         vec!["logs-app", "logs-secret", "orders"]
     );
 }
+
+/// Produces `count` records of 1 KiB as `client_id` through the PLAINTEXT listener; how long
+/// until every one was acknowledged.
+fn timed_produce(broker: &Broker, client_id: &str, topic: &str, count: usize) -> Duration {
+    let producer = kafka::producer_with(
+        broker,
+        &[("client.id", client_id), ("linger.ms", "5"), ("acks", "1")],
+    );
+    // In rounds of 100, each acknowledged before the next: a throttle earned by one round
+    // holds back the rounds after it.
+    let round: Vec<kafka::Rec> = (0..100)
+        .map(|_| kafka::Rec::value(vec![7u8; 1024]))
+        .collect();
+    let started = Instant::now();
+    for _ in 0..count / round.len() {
+        kafka::produce(&producer, topic, Some(0), &round);
+    }
+    started.elapsed()
+}
+
+#[test]
+fn a_client_over_its_produce_quota_is_throttled_and_others_are_not() {
+    let broker = Broker::start(1);
+    kafka::create_topic(&broker, "metered", 1, &[]);
+    let quota = |args: &[&str]| {
+        let output = std::process::Command::new(tern_binary())
+            .arg("quota")
+            .args(args)
+            .arg("--bootstrap")
+            .arg(broker.bootstrap())
+            .output()
+            .expect("run tern quota");
+        assert!(
+            output.status.success(),
+            "tern quota {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    // 100 KB/s for client id "slow"; the default client id is left alone.
+    quota(&[
+        "set",
+        "--client-id",
+        "slow",
+        "--producer-byte-rate",
+        "100000",
+    ]);
+    let listed = quota(&["list"]);
+    assert!(
+        listed.contains("client-id=slow\tproducer_byte_rate=100000"),
+        "{listed}"
+    );
+
+    // An unmetered client is never throttled.
+    timed_produce(&broker, "fast", "metered", 1500);
+    assert_eq!(broker.metric("tern_quota_throttled_responses_total"), 0);
+
+    // 1.5 MB from "slow": over 10 s of window that is 150 KB/s, half again the quota, so the
+    // broker throttles it for about 5 s. (A lower bound: a slow machine only adds time.)
+    let elapsed = timed_produce(&broker, "slow", "metered", 1500);
+    assert!(broker.metric("tern_quota_throttled_responses_total") > 0);
+    assert!(
+        elapsed >= Duration::from_secs(2),
+        "1.5 MB over a 100 KB/s quota took only {elapsed:?}"
+    );
+    // Every record arrived once, in order, from both clients.
+    assert_eq!(kafka::watermarks(&broker, "metered", 0), (0, 3000));
+
+    quota(&["remove", "--client-id", "slow"]);
+    assert_eq!(quota(&["list"]).trim(), "");
+}

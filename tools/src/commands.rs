@@ -1027,3 +1027,82 @@ pub fn acl(client: &mut Client, verb: AclVerb, selection: AclSelection) -> Resul
         }
     }
 }
+
+/// `tern quota set|remove`: AlterClientQuotas for one entity (`None` values remove).
+pub fn quota_alter(
+    client: &mut Client,
+    entity: Vec<(String, Option<String>)>,
+    ops: Vec<(String, Option<f64>)>,
+) -> Result<()> {
+    if entity.is_empty() {
+        return Err(
+            "say whose quota: --user, --default-user, --client-id, --default-client-id".into(),
+        );
+    }
+    if ops.is_empty() {
+        return Err("say which rate: --producer-byte-rate or --consumer-byte-rate".into());
+    }
+    let entry = alter_client_quotas_request::EntryData::default()
+        .with_entity(
+            entity
+                .iter()
+                .map(|(kind, name)| {
+                    alter_client_quotas_request::EntityData::default()
+                        .with_entity_type(s(kind))
+                        .with_entity_name(name.as_deref().map(s))
+                })
+                .collect(),
+        )
+        .with_ops(
+            ops.iter()
+                .map(|(key, value)| {
+                    alter_client_quotas_request::OpData::default()
+                        .with_key(s(key))
+                        .with_value(value.unwrap_or(0.0))
+                        .with_remove(value.is_none())
+                })
+                .collect(),
+        );
+    let response = client.send(
+        &AlterClientQuotasRequest::default().with_entries(vec![entry]),
+        1,
+    )?;
+    for result in &response.entries {
+        let message = result
+            .error_message
+            .as_ref()
+            .map(|m| m.to_string())
+            .unwrap_or_default();
+        check(result.error_code, "alter quota").map_err(|e| format!("{e}: {message}"))?;
+    }
+    println!("quota updated");
+    Ok(())
+}
+
+/// `tern quota list`: every entity with its quotas.
+pub fn quota_list(client: &mut Client) -> Result<()> {
+    let response = client.send(&DescribeClientQuotasRequest::default(), 1)?;
+    check(response.error_code, "describe quotas")?;
+    for entry in response.entries.iter().flatten() {
+        let entity: Vec<String> = entry
+            .entity
+            .iter()
+            .map(|part| {
+                format!(
+                    "{}={}",
+                    part.entity_type.as_str(),
+                    part.entity_name
+                        .as_ref()
+                        .map_or("<default>", |n| n.as_str())
+                )
+            })
+            .collect();
+        let values: Vec<String> = entry
+            .values
+            .iter()
+            .map(|v| format!("{}={}", v.key.as_str(), v.value))
+            .collect();
+        println!("{}\t{}", entity.join(","), values.join(", "));
+    }
+    Ok(())
+}

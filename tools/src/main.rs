@@ -122,6 +122,19 @@ enum Command {
         #[command(subcommand)]
         action: AclAction,
     },
+    /// Client quotas: producer and consumer byte rates per user and/or client id.
+    Quota {
+        #[arg(
+            long,
+            short,
+            default_value = "127.0.0.1:9092",
+            env = "TERN_BOOTSTRAP",
+            global = true
+        )]
+        bootstrap: String,
+        #[command(subcommand)]
+        action: QuotaAction,
+    },
     /// Check this host for running tern: kernel, io_uring, memlock, CPUs, interrupts, the data
     /// directory's file system and disk (measured briefly); exits 1 if something fails.
     Doctor {
@@ -229,6 +242,44 @@ struct AclSpec {
     /// The client host the ACL applies to (default: any).
     #[arg(long)]
     host: Option<String>,
+}
+
+/// Whose quota: a user, a client id, both, or the defaults.
+#[derive(Args, Clone)]
+struct QuotaEntityArgs {
+    #[arg(long, conflicts_with = "default_user")]
+    user: Option<String>,
+    /// The default for users without a quota of their own.
+    #[arg(long)]
+    default_user: bool,
+    #[arg(long, conflicts_with = "default_client_id")]
+    client_id: Option<String>,
+    /// The default for client ids without a quota of their own.
+    #[arg(long)]
+    default_client_id: bool,
+}
+
+#[derive(Subcommand)]
+enum QuotaAction {
+    /// `tern quota set --user alice --producer-byte-rate 1048576` (bytes per second, per broker).
+    Set {
+        #[command(flatten)]
+        entity: QuotaEntityArgs,
+        #[arg(long)]
+        producer_byte_rate: Option<f64>,
+        #[arg(long)]
+        consumer_byte_rate: Option<f64>,
+    },
+    /// Every quota set.
+    List,
+    /// Remove an entity's quotas (both rates, or the one named).
+    Remove {
+        #[command(flatten)]
+        entity: QuotaEntityArgs,
+        /// producer_byte_rate or consumer_byte_rate.
+        #[arg(long)]
+        key: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -370,6 +421,47 @@ fn run_client_command(command: Command) -> Result<(), String> {
                 count,
                 idle_ms,
             )
+        }
+        Command::Quota { bootstrap, action } => {
+            let mut client = client::Client::connect(&bootstrap)?;
+            let entity_of = |args: QuotaEntityArgs| {
+                let mut entity = Vec::new();
+                if args.user.is_some() || args.default_user {
+                    entity.push(("user".to_owned(), args.user));
+                }
+                if args.client_id.is_some() || args.default_client_id {
+                    entity.push(("client-id".to_owned(), args.client_id));
+                }
+                entity
+            };
+            match action {
+                QuotaAction::Set {
+                    entity,
+                    producer_byte_rate,
+                    consumer_byte_rate,
+                } => {
+                    let mut ops = Vec::new();
+                    if let Some(rate) = producer_byte_rate {
+                        ops.push(("producer_byte_rate".to_owned(), Some(rate)));
+                    }
+                    if let Some(rate) = consumer_byte_rate {
+                        ops.push(("consumer_byte_rate".to_owned(), Some(rate)));
+                    }
+                    commands::quota_alter(&mut client, entity_of(entity), ops)
+                }
+                QuotaAction::Remove { entity, key } => {
+                    let keys = match key {
+                        Some(key) => vec![key],
+                        None => vec![
+                            "producer_byte_rate".to_owned(),
+                            "consumer_byte_rate".to_owned(),
+                        ],
+                    };
+                    let ops = keys.into_iter().map(|k| (k, None)).collect();
+                    commands::quota_alter(&mut client, entity_of(entity), ops)
+                }
+                QuotaAction::List => commands::quota_list(&mut client),
+            }
         }
         Command::Acl { bootstrap, action } => {
             let mut client = client::Client::connect(&bootstrap)?;

@@ -72,6 +72,8 @@ pub const ALTER_USER_SCRAM_CREDENTIALS: i16 = 51;
 pub const DESCRIBE_ACLS: i16 = 29;
 pub const CREATE_ACLS: i16 = 30;
 pub const DELETE_ACLS: i16 = 31;
+pub const DESCRIBE_CLIENT_QUOTAS: i16 = 48;
+pub const ALTER_CLIENT_QUOTAS: i16 = 49;
 
 const fn spec(
     key: i16,
@@ -260,6 +262,22 @@ pub static APIS: &[ApiSpec] = &[
         3,
         2,
         Some(&DELETE_ACLS_REQUEST),
+    ),
+    spec(
+        DESCRIBE_CLIENT_QUOTAS,
+        "DescribeClientQuotas",
+        0,
+        1,
+        1,
+        Some(&DESCRIBE_CLIENT_QUOTAS_REQUEST),
+    ),
+    spec(
+        ALTER_CLIENT_QUOTAS,
+        "AlterClientQuotas",
+        0,
+        1,
+        1,
+        Some(&ALTER_CLIENT_QUOTAS_REQUEST),
     ),
 ];
 

@@ -353,6 +353,12 @@ async fn read_requests<R: futures::AsyncRead + Unpin>(
 ) -> Ended {
     let mut frames = FrameReader::new(&shard.config.limits, shard.request_budget.clone());
     loop {
+        // Over a quota: nothing more is read until the throttle time has passed (Kafka mutes
+        // the channel too), so a client that ignores its throttle time is still held back.
+        let hold = security.throttled_until_ms() - monotonic_ms();
+        if hold > 0 {
+            glommio::timer::sleep(Duration::from_millis(hold as u64)).await;
+        }
         let frame = match frames.next(reader, state).await {
             Ok(frame) => frame,
             // The read side ended while the broker is stopping (`stop_reading`): answer

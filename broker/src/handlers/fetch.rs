@@ -30,7 +30,7 @@ use crate::fetch_session::{Plan, SessionPartition};
 use crate::limits;
 use crate::outcome::Outcome;
 use crate::partition::{self, ReadRequest, ReadResult, ReplicaFetch, TopicPartition, WaitEnd};
-use crate::security::acl;
+use crate::security::{acl, quota};
 use crate::shard::Shard;
 
 #[derive(Debug, Clone)]
@@ -204,10 +204,19 @@ pub async fn handle(ctx: &Ctx<'_>, request: FetchRequest) -> Outcome {
         session_id,
         runs.len(),
     );
+    // A consumer's record bytes count against its consumer byte rate quota (followers are
+    // not clients and have none).
+    let quota_throttle_ms = if replica.is_none() {
+        ctx.charge_quota(quota::CONSUMER_BYTE_RATE, max_bytes - budget_bytes)
+    } else {
+        0
+    };
     if refused {
         // The shard's cap on parked fetches was reached: the client backs off for its wait
         // time, as it does for a quota, instead of the broker holding more waiters.
-        writer.set_throttle_time_ms(wait.as_millis() as i32);
+        writer.set_throttle_time_ms((wait.as_millis() as i32).max(quota_throttle_ms));
+    } else if quota_throttle_ms > 0 {
+        writer.set_throttle_time_ms(quota_throttle_ms);
     }
     let mut sessions = shard.fetch_sessions.borrow_mut();
     for (start, len) in runs {

@@ -30,7 +30,7 @@ use tern_protocol::frame::{self, HeaderError, ParsedHeader};
 use tern_protocol::request::{decode_body, encode_response};
 
 use crate::outcome::{Malformed, Outcome};
-use crate::security::{acl, ConnectionSecurity};
+use crate::security::{acl, quota, ConnectionSecurity};
 use crate::shard::Shard;
 
 /// Everything a handler needs to know about the request it serves.
@@ -118,6 +118,35 @@ impl Ctx<'_> {
             operation,
             resource_type,
         )
+    }
+
+    /// Counts `bytes` against the client's `key` quota (producer or consumer byte rate) and
+    /// returns the throttle time it earned (0 without a quota). The connection is held for
+    /// that long; the client is told it in the response.
+    pub fn charge_quota(&self, key: &str, bytes: usize) -> i32 {
+        let image = self.shard.image();
+        if image.client_quotas.is_empty() {
+            return 0;
+        }
+        let user = self.security.quota_user();
+        let Some((sensor, quota)) =
+            quota::resolve(&image.client_quotas, &user, &self.client_id, key)
+        else {
+            return 0;
+        };
+        // Each shard enforces its share of the broker's quota.
+        let share = quota / self.shard.count as f64;
+        let now = crate::clock::monotonic_ms();
+        let throttle = self
+            .shard
+            .quotas
+            .borrow_mut()
+            .record(sensor, share, now, bytes);
+        if throttle > 0 {
+            self.security.throttle_until(now + throttle);
+            self.shard.connection_probe.throttled.inc();
+        }
+        i32::try_from(throttle).unwrap_or(i32::MAX)
     }
 
     /// `allowed` on the cluster resource.
@@ -305,6 +334,12 @@ pub async fn handle<Held>(
         api::CREATE_ACLS => security::create_acls(&ctx, decode!(CreateAclsRequest)).await,
         api::DESCRIBE_ACLS => security::describe_acls(&ctx, decode!(DescribeAclsRequest)),
         api::DELETE_ACLS => security::delete_acls(&ctx, decode!(DeleteAclsRequest)).await,
+        api::DESCRIBE_CLIENT_QUOTAS => {
+            security::describe_client_quotas(&ctx, decode!(DescribeClientQuotasRequest))
+        }
+        api::ALTER_CLIENT_QUOTAS => {
+            security::alter_client_quotas(&ctx, decode!(AlterClientQuotasRequest)).await
+        }
         other => Outcome::Close(
             Malformed::Header,
             format!("api key {other} is advertised but has no handler"),

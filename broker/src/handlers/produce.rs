@@ -22,7 +22,7 @@ use super::{str_bytes, Ctx};
 use crate::outcome::{Malformed, Outcome};
 use crate::partition::{AppendFailure, TopicPartition};
 use crate::scatter::scatter;
-use crate::security::acl;
+use crate::security::{acl, quota};
 use crate::shard::Shard;
 
 /// One partition's outcome, sent back from its owner shard.
@@ -50,6 +50,7 @@ impl Appended {
 }
 
 pub async fn handle(ctx: &Ctx<'_>, body: BytesMut) -> Outcome {
+    let request_bytes = body.len();
     let request = match produce::parse(&body, ctx.version) {
         Ok(request) => request,
         Err(error) => {
@@ -147,6 +148,8 @@ pub async fn handle(ctx: &Ctx<'_>, body: BytesMut) -> Outcome {
             Appended::error(error_code::NOT_LEADER_OR_FOLLOWER, Some(error.to_string()))
         }));
     }
+    // The request's bytes count against the producer byte rate quota, acks=0 or not.
+    let throttle_ms = ctx.charge_quota(quota::PRODUCER_BYTE_RATE, request_bytes);
     if acks == 0 {
         // No response goes back, so a failure would go unnoticed: Kafka closes the connection,
         // and the client reconnects and refreshes its metadata.
@@ -172,6 +175,7 @@ pub async fn handle(ctx: &Ctx<'_>, body: BytesMut) -> Outcome {
     }
 
     let mut response = ProduceResponse::default();
+    response.throttle_time_ms = throttle_ms;
     let mut results = results.into_iter();
     response.responses = request
         .topics

@@ -1,6 +1,8 @@
 //! SaslHandshake and SaslAuthenticate (the connection's `ConnectionSecurity` holds the
 //! exchange), the SCRAM credential APIs (DescribeUserScramCredentials,
-//! AlterUserScramCredentials) and the ACL APIs (CreateAcls, DescribeAcls, DeleteAcls). Their
+//! AlterUserScramCredentials), the ACL APIs (CreateAcls, DescribeAcls, DeleteAcls) and the
+//! client quota APIs (DescribeClientQuotas, AlterClientQuotas; ALTER_CONFIGS on the cluster,
+//! DESCRIBE_CONFIGS to read). Their
 //! changes go through the controller into the cluster metadata, where every broker's SASL
 //! listeners and authorizer read them; managing them takes ALTER (DESCRIBE to read) on the
 //! cluster.
@@ -14,12 +16,12 @@ use kafka_protocol::messages::describe_user_scram_credentials_response::{
 };
 use kafka_protocol::messages::*;
 use tern_protocol::error_code;
-use tern_replication::metadata::{AclBinding, Command};
+use tern_replication::metadata::{AclBinding, Command, QuotaEntity};
 
 use super::{str_bytes, Ctx};
 use crate::outcome::Outcome;
-use crate::security::acl;
 use crate::security::sasl::{self, Mechanism, SCRAM_ITERATIONS_MAX, SCRAM_ITERATIONS_MIN};
+use crate::security::{acl, quota};
 
 pub fn sasl_handshake(ctx: &Ctx<'_>, request: SaslHandshakeRequest) -> Outcome {
     let enabled = if ctx.security.protocol.sasl() {
@@ -557,4 +559,207 @@ pub async fn delete_acls(ctx: &Ctx<'_>, request: DeleteAclsRequest) -> Outcome {
         }
     }
     ctx.respond(&DeleteAclsResponse::default().with_filter_results(results))
+}
+
+/// An entity as AlterClientQuotas names it, checked and sorted as the image keeps it.
+fn quota_entity(
+    parts: impl Iterator<Item = (String, Option<String>)>,
+) -> Result<QuotaEntity, String> {
+    let mut entity: QuotaEntity = Vec::new();
+    for (kind, name) in parts {
+        if kind != quota::USER && kind != quota::CLIENT_ID {
+            return Err(format!(
+                "entity type '{kind}' is not supported (user, client-id)"
+            ));
+        }
+        if entity.iter().any(|(k, _)| *k == kind) {
+            return Err(format!("entity type '{kind}' appears twice"));
+        }
+        if name.as_deref() == Some("") && kind == quota::USER {
+            return Err("an empty user name".into());
+        }
+        entity.push((kind, name));
+    }
+    if entity.is_empty() {
+        return Err("the entity names nothing".into());
+    }
+    entity.sort();
+    Ok(entity)
+}
+
+pub async fn alter_client_quotas(ctx: &Ctx<'_>, request: AlterClientQuotasRequest) -> Outcome {
+    let allowed = ctx.allowed_on_cluster(acl::operation::ALTER_CONFIGS);
+    let mut outcomes: Vec<Option<(i16, String)>> = Vec::with_capacity(request.entries.len());
+    let mut commands = Vec::new();
+    let mut owners = Vec::new();
+    for (index, entry) in request.entries.iter().enumerate() {
+        let checked = (|| -> Result<Command, (i16, String)> {
+            if !allowed {
+                return Err((
+                    error_code::CLUSTER_AUTHORIZATION_FAILED,
+                    "not allowed to alter client quotas".into(),
+                ));
+            }
+            let invalid = |message: String| (error_code::INVALID_REQUEST, message);
+            let entity = quota_entity(entry.entity.iter().map(|part| {
+                (
+                    part.entity_type.to_string(),
+                    part.entity_name.as_ref().map(|n| n.to_string()),
+                )
+            }))
+            .map_err(invalid)?;
+            let mut set = BTreeMap::new();
+            let mut remove = Vec::new();
+            for op in &entry.ops {
+                let key = op.key.to_string();
+                if !quota::ENFORCED.contains(&key.as_str()) {
+                    return Err(invalid(format!(
+                        "quota '{key}' is not supported (producer_byte_rate, consumer_byte_rate)"
+                    )));
+                }
+                if op.remove {
+                    remove.push(key);
+                } else if !(op.value.is_finite() && op.value > 0.0) {
+                    return Err(invalid(format!("quota '{key}' must be positive")));
+                } else {
+                    set.insert(key, op.value.to_string());
+                }
+            }
+            Ok(Command::AlterClientQuotas {
+                entity,
+                set,
+                remove,
+            })
+        })();
+        match checked {
+            Ok(command) => {
+                outcomes.push(None);
+                if !request.validate_only {
+                    owners.push(index);
+                    commands.push(command);
+                }
+            }
+            Err(refusal) => outcomes.push(Some(refusal)),
+        }
+    }
+    if !commands.is_empty() {
+        match super::admin::run_commands(ctx.shard, commands).await {
+            Ok(results) => {
+                for (owner, result) in owners.into_iter().zip(results) {
+                    if let Err(error) = result {
+                        outcomes[owner] = Some((error_code::INVALID_REQUEST, error.to_string()));
+                    }
+                }
+            }
+            Err(message) => {
+                for owner in owners {
+                    outcomes[owner] = Some((error_code::UNKNOWN_SERVER_ERROR, message.clone()));
+                }
+            }
+        }
+    }
+    let entries = request
+        .entries
+        .iter()
+        .zip(outcomes)
+        .map(|(entry, outcome)| {
+            let result = alter_client_quotas_response::EntryData::default().with_entity(
+                entry
+                    .entity
+                    .iter()
+                    .map(|part| {
+                        alter_client_quotas_response::EntityData::default()
+                            .with_entity_type(part.entity_type.clone())
+                            .with_entity_name(part.entity_name.clone())
+                    })
+                    .collect(),
+            );
+            match outcome {
+                None => result,
+                Some((code, message)) => result
+                    .with_error_code(code)
+                    .with_error_message(Some(str_bytes(&message))),
+            }
+        })
+        .collect();
+    ctx.respond(&AlterClientQuotasResponse::default().with_entries(entries))
+}
+
+pub fn describe_client_quotas(ctx: &Ctx<'_>, request: DescribeClientQuotasRequest) -> Outcome {
+    const EXACT: i8 = 0;
+    const DEFAULT: i8 = 1;
+    const ANY: i8 = 2;
+    if !ctx.allowed_on_cluster(acl::operation::DESCRIBE_CONFIGS) {
+        return ctx.respond(
+            &DescribeClientQuotasResponse::default()
+                .with_error_code(error_code::CLUSTER_AUTHORIZATION_FAILED)
+                .with_error_message(Some(str_bytes("not allowed to describe client quotas"))),
+        );
+    }
+    if request
+        .components
+        .iter()
+        .any(|c| !matches!(c.match_type, EXACT | DEFAULT | ANY))
+    {
+        return ctx.respond(
+            &DescribeClientQuotasResponse::default()
+                .with_error_code(error_code::INVALID_REQUEST)
+                .with_error_message(Some(str_bytes("unknown match type"))),
+        );
+    }
+    let image = ctx.shard.image();
+    let matches = |entity: &QuotaEntity| {
+        let each = request.components.iter().all(|component| {
+            let kind = component.entity_type.as_str();
+            entity.iter().any(|(k, name)| {
+                k == kind
+                    && match component.match_type {
+                        EXACT => name.as_deref() == component._match.as_ref().map(|m| m.as_str()),
+                        DEFAULT => name.is_none(),
+                        _ => true,
+                    }
+            })
+        });
+        let only = !request.strict
+            || entity.iter().all(|(k, _)| {
+                request
+                    .components
+                    .iter()
+                    .any(|c| c.entity_type.as_str() == k)
+            });
+        each && only
+    };
+    let entries = image
+        .client_quotas
+        .iter()
+        .filter(|quota| matches(&quota.entity))
+        .map(|quota| {
+            describe_client_quotas_response::EntryData::default()
+                .with_entity(
+                    quota
+                        .entity
+                        .iter()
+                        .map(|(kind, name)| {
+                            describe_client_quotas_response::EntityData::default()
+                                .with_entity_type(str_bytes(kind))
+                                .with_entity_name(name.as_deref().map(str_bytes))
+                        })
+                        .collect(),
+                )
+                .with_values(
+                    quota
+                        .values
+                        .iter()
+                        .filter_map(|(key, value)| {
+                            Some(
+                                describe_client_quotas_response::ValueData::default()
+                                    .with_key(str_bytes(key))
+                                    .with_value(value.parse().ok()?),
+                            )
+                        })
+                        .collect(),
+                )
+        })
+        .collect();
+    ctx.respond(&DescribeClientQuotasResponse::default().with_entries(Some(entries)))
 }

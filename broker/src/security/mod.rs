@@ -10,10 +10,11 @@
 
 pub mod acl;
 pub mod listener;
+pub mod quota;
 pub mod sasl;
 pub mod tls;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::sync::Arc;
 
 use listener::SecurityProtocol;
@@ -50,6 +51,8 @@ pub struct ConnectionSecurity {
     pub protocol: SecurityProtocol,
     principal: RefCell<String>,
     sasl: RefCell<SaslState>,
+    /// Over a quota: nothing more is read from the connection before this (monotonic ms).
+    throttled_until_ms: Cell<i64>,
 }
 
 impl ConnectionSecurity {
@@ -69,6 +72,7 @@ impl ConnectionSecurity {
             } else {
                 SaslState::NotUsed
             }),
+            throttled_until_ms: Cell::new(0),
         }
     }
 
@@ -80,6 +84,25 @@ impl ConnectionSecurity {
     /// Kafka's principal string, e.g. `User:alice`.
     pub fn principal(&self) -> String {
         self.principal.borrow().clone()
+    }
+
+    /// The user name quotas are looked up by: the principal's name (`alice` of `User:alice`).
+    pub fn quota_user(&self) -> String {
+        let principal = self.principal.borrow();
+        principal
+            .split_once(':')
+            .map_or(principal.as_str(), |(_, name)| name)
+            .to_owned()
+    }
+
+    /// Holds the connection's reads until `until_ms` (a quota's throttle time).
+    pub fn throttle_until(&self, until_ms: i64) {
+        self.throttled_until_ms
+            .set(self.throttled_until_ms.get().max(until_ms));
+    }
+
+    pub fn throttled_until_ms(&self) -> i64 {
+        self.throttled_until_ms.get()
     }
 
     /// Whether requests beyond ApiVersions and SASL must still wait for authentication.
