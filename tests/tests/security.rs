@@ -348,6 +348,24 @@ fn scram_and_plain_clients_authenticate_and_wrong_credentials_are_refused() {
         &["create", "alice", "--password", "alice-secret"],
     );
     assert!(created.contains("alice"), "{created}");
+    // Kafka's bounds on iterations: refused with UNACCEPTABLE_CREDENTIAL (93).
+    let refused_user = std::process::Command::new(tern_binary())
+        .args([
+            "user",
+            "create",
+            "weak",
+            "--password",
+            "p",
+            "--iterations",
+            "100",
+        ])
+        .arg("--bootstrap")
+        .arg(secured.broker.bootstrap())
+        .output()
+        .expect("run tern user");
+    assert!(!refused_user.status.success());
+    let stderr = String::from_utf8_lossy(&refused_user.stderr);
+    assert!(stderr.contains("error 93"), "{stderr}");
     let listed = tern_user(&secured.broker, &["list"]);
     assert!(
         listed.contains("alice\tSCRAM-SHA-256 (4096 iterations), SCRAM-SHA-512 (4096 iterations)"),

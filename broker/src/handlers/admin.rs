@@ -99,7 +99,9 @@ pub async fn run_commands(
 }
 
 /// Runs `commands` on the controller and records each failure at its request slot.
-async fn run_commands_into(
+/// Runs `commands` and records each one's error in `outcomes[slot]` (its slot from `slots`,
+/// in order; several commands may share a slot), as Kafka's code for it.
+pub(super) async fn run_commands_into(
     shard: &Rc<Shard>,
     commands: Vec<Command>,
     slots: Vec<usize>,

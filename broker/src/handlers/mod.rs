@@ -60,23 +60,15 @@ impl Ctx<'_> {
     /// Whether the connection's principal may do `operation` on the resource (always, with
     /// the authorizer off). Denials are logged at debug level, named as Kafka names them.
     pub fn allowed(&self, operation: i8, resource_type: i8, name: &str) -> bool {
-        let config = &self.shard.config;
-        if !config.authorization {
+        if !self.shard.config.authorization {
             return true;
         }
         let image = self.shard.image();
         let principal = self.security.principal();
-        let host = self
-            .peer
-            .map(|peer| peer.ip().to_string())
-            .unwrap_or_default();
-        let policy = acl::Policy {
-            super_users: &config.super_users,
-            allow_if_no_acl: config.allow_everyone_if_no_acl_found,
-        };
+        let host = self.host();
         let allowed = acl::authorize(
             &image.acls,
-            policy,
+            self.policy(),
             &principal,
             &host,
             operation,
@@ -98,23 +90,14 @@ impl Ctx<'_> {
 
     /// Whether the principal may do `operation` on some resource of the type.
     pub fn allowed_somewhere(&self, operation: i8, resource_type: i8) -> bool {
-        let config = &self.shard.config;
-        if !config.authorization {
+        if !self.shard.config.authorization {
             return true;
         }
-        let host = self
-            .peer
-            .map(|peer| peer.ip().to_string())
-            .unwrap_or_default();
-        let policy = acl::Policy {
-            super_users: &config.super_users,
-            allow_if_no_acl: config.allow_everyone_if_no_acl_found,
-        };
         acl::authorize_any(
             &self.shard.image().acls,
-            policy,
+            self.policy(),
             &self.security.principal(),
-            &host,
+            &self.host(),
             operation,
             resource_type,
         )
@@ -147,6 +130,22 @@ impl Ctx<'_> {
             self.shard.connection_probe.throttled.inc();
         }
         i32::try_from(throttle).unwrap_or(i32::MAX)
+    }
+
+    /// The authorizer's settings.
+    fn policy(&self) -> acl::Policy<'_> {
+        let config = &self.shard.config;
+        acl::Policy {
+            super_users: &config.super_users,
+            allow_if_no_acl: config.allow_everyone_if_no_acl_found,
+        }
+    }
+
+    /// The client's address as ACL hosts name it.
+    fn host(&self) -> String {
+        self.peer
+            .map(|peer| peer.ip().to_string())
+            .unwrap_or_default()
     }
 
     /// `allowed` on the cluster resource.

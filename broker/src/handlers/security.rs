@@ -313,32 +313,7 @@ pub async fn alter_user_scram_credentials(
             Err(refusal) => outcomes.push(Some(refusal)),
         }
     }
-    if !commands.is_empty() {
-        match super::admin::run_commands(ctx.shard, commands).await {
-            Ok(results) => {
-                for (owner, result) in owners.into_iter().zip(results) {
-                    if let Err(error) = result {
-                        if outcomes[owner].is_none() {
-                            let code = match error {
-                                tern_replication::metadata::MetadataError::NotFound(_) => {
-                                    error_code::RESOURCE_NOT_FOUND
-                                }
-                                _ => error_code::UNACCEPTABLE_CREDENTIAL,
-                            };
-                            outcomes[owner] = Some((code, error.to_string()));
-                        }
-                    }
-                }
-            }
-            Err(message) => {
-                for (owner, outcome) in outcomes.iter_mut().enumerate() {
-                    if owners.contains(&owner) && outcome.is_none() {
-                        *outcome = Some((error_code::UNKNOWN_SERVER_ERROR, message.clone()));
-                    }
-                }
-            }
-        }
-    }
+    super::admin::run_commands_into(ctx.shard, commands, owners, &mut outcomes).await;
     let results = users
         .iter()
         .zip(outcomes)
@@ -365,6 +340,22 @@ fn binding_of(creation: &create_acls_request::AclCreation) -> AclBinding {
         operation: creation.operation,
         permission_type: creation.permission_type,
     }
+}
+
+/// The `acl::Filter` a DescribeAcls request or a DeleteAcls filter carries (generated types
+/// of the same field names).
+macro_rules! filter_of {
+    ($wire:expr) => {
+        acl::Filter {
+            resource_type: $wire.resource_type_filter,
+            resource_name: $wire.resource_name_filter.as_ref().map(|n| n.to_string()),
+            pattern_type: $wire.pattern_type_filter,
+            principal: $wire.principal_filter.as_ref().map(|p| p.to_string()),
+            host: $wire.host_filter.as_ref().map(|h| h.to_string()),
+            operation: $wire.operation,
+            permission_type: $wire.permission_type,
+        }
+    };
 }
 
 /// Why a DescribeAcls or DeleteAcls filter matches nothing by construction.
@@ -440,15 +431,7 @@ pub fn describe_acls(ctx: &Ctx<'_>, request: DescribeAclsRequest) -> Outcome {
                 ))),
         );
     }
-    let filter = acl::Filter {
-        resource_type: request.resource_type_filter,
-        resource_name: request.resource_name_filter.map(|n| n.to_string()),
-        pattern_type: request.pattern_type_filter,
-        principal: request.principal_filter.map(|p| p.to_string()),
-        host: request.host_filter.map(|h| h.to_string()),
-        operation: request.operation,
-        permission_type: request.permission_type,
-    };
+    let filter = filter_of!(request);
     if let Err(reason) = check_filter(&filter) {
         return ctx.respond(
             &DescribeAclsResponse::default()
@@ -495,15 +478,7 @@ pub async fn delete_acls(ctx: &Ctx<'_>, request: DeleteAclsRequest) -> Outcome {
     let mut doomed: Vec<AclBinding> = Vec::new();
     let mut results = Vec::with_capacity(request.filters.len());
     for wire in &request.filters {
-        let filter = acl::Filter {
-            resource_type: wire.resource_type_filter,
-            resource_name: wire.resource_name_filter.as_ref().map(|n| n.to_string()),
-            pattern_type: wire.pattern_type_filter,
-            principal: wire.principal_filter.as_ref().map(|p| p.to_string()),
-            host: wire.host_filter.as_ref().map(|h| h.to_string()),
-            operation: wire.operation,
-            permission_type: wire.permission_type,
-        };
+        let filter = filter_of!(wire);
         let result = delete_acls_response::DeleteAclsFilterResult::default();
         if !allowed {
             results.push(
@@ -642,22 +617,7 @@ pub async fn alter_client_quotas(ctx: &Ctx<'_>, request: AlterClientQuotasReques
             Err(refusal) => outcomes.push(Some(refusal)),
         }
     }
-    if !commands.is_empty() {
-        match super::admin::run_commands(ctx.shard, commands).await {
-            Ok(results) => {
-                for (owner, result) in owners.into_iter().zip(results) {
-                    if let Err(error) = result {
-                        outcomes[owner] = Some((error_code::INVALID_REQUEST, error.to_string()));
-                    }
-                }
-            }
-            Err(message) => {
-                for owner in owners {
-                    outcomes[owner] = Some((error_code::UNKNOWN_SERVER_ERROR, message.clone()));
-                }
-            }
-        }
-    }
+    super::admin::run_commands_into(ctx.shard, commands, owners, &mut outcomes).await;
     let entries = request
         .entries
         .iter()
