@@ -949,3 +949,55 @@ fn a_client_over_its_produce_quota_is_throttled_and_others_are_not() {
     quota(&["remove", "--client-id", "slow"]);
     assert_eq!(quota(&["list"]).trim(), "");
 }
+
+#[test]
+fn a_client_over_its_request_quota_is_held_back() {
+    let broker = Broker::start(1);
+    let set = std::process::Command::new(tern_binary())
+        .args([
+            "quota",
+            "set",
+            "--client-id",
+            "chatty",
+            "--request-percentage",
+            "0.1",
+        ])
+        .arg("--bootstrap")
+        .arg(broker.bootstrap())
+        .output()
+        .expect("run tern quota");
+    assert!(
+        set.status.success(),
+        "{}",
+        String::from_utf8_lossy(&set.stderr)
+    );
+    // Metadata requests one after another on one connection: 0.1% of a thread is 10 ms of
+    // handler time per 10 s window, which a few hundred requests exceed.
+    let mut connection = RawConnection::connect(broker.addr);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut sent = 0;
+    while broker.metric("tern_quota_throttled_responses_total") == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no throttle after {sent} requests"
+        );
+        for _ in 0..100 {
+            let mut payload = wire::header_v1(3, 1, sent, "chatty");
+            payload.extend_from_slice(&(-1i32).to_be_bytes());
+            connection.send(&wire::frame(&payload)).expect("send");
+            assert!(matches!(
+                connection.fate(Duration::from_secs(15)),
+                Fate::Answered(_)
+            ));
+            sent += 1;
+        }
+    }
+    // Another client id is served at once meanwhile.
+    let answer = wire::round_trip(
+        broker.addr,
+        &wire::request(18, 0, 1, &[]),
+        Duration::from_secs(5),
+    )
+    .expect("ApiVersions from another client");
+    assert_eq!(i16::from_be_bytes([answer[4], answer[5]]), 0);
+}

@@ -269,6 +269,10 @@ enum QuotaAction {
         producer_byte_rate: Option<f64>,
         #[arg(long)]
         consumer_byte_rate: Option<f64>,
+        /// Percent of one thread's time the client's requests may take (Kafka's
+        /// request_percentage; 100 = one whole thread).
+        #[arg(long)]
+        request_percentage: Option<f64>,
     },
     /// Every quota set.
     List,
@@ -276,7 +280,7 @@ enum QuotaAction {
     Remove {
         #[command(flatten)]
         entity: QuotaEntityArgs,
-        /// producer_byte_rate or consumer_byte_rate.
+        /// producer_byte_rate, consumer_byte_rate or request_percentage.
         #[arg(long)]
         key: Option<String>,
     },
@@ -439,6 +443,7 @@ fn run_client_command(command: Command) -> Result<(), String> {
                     entity,
                     producer_byte_rate,
                     consumer_byte_rate,
+                    request_percentage,
                 } => {
                     let mut ops = Vec::new();
                     if let Some(rate) = producer_byte_rate {
@@ -446,6 +451,9 @@ fn run_client_command(command: Command) -> Result<(), String> {
                     }
                     if let Some(rate) = consumer_byte_rate {
                         ops.push(("consumer_byte_rate".to_owned(), Some(rate)));
+                    }
+                    if let Some(percent) = request_percentage {
+                        ops.push(("request_percentage".to_owned(), Some(percent)));
                     }
                     commands::quota_alter(&mut client, entity_of(entity), ops)
                 }
@@ -455,6 +463,7 @@ fn run_client_command(command: Command) -> Result<(), String> {
                         None => vec![
                             "producer_byte_rate".to_owned(),
                             "consumer_byte_rate".to_owned(),
+                            "request_percentage".to_owned(),
                         ],
                     };
                     let ops = keys.into_iter().map(|k| (k, None)).collect();

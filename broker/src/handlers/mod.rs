@@ -107,6 +107,11 @@ impl Ctx<'_> {
     /// returns the throttle time it earned (0 without a quota). The connection is held for
     /// that long; the client is told it in the response.
     pub fn charge_quota(&self, key: &str, bytes: usize) -> i32 {
+        self.charge_quota_amount(key, bytes as f64)
+    }
+
+    /// `charge_quota` for any measure (bytes, or percent-seconds of thread time).
+    pub fn charge_quota_amount(&self, key: &str, amount: f64) -> i32 {
         let image = self.shard.image();
         if image.client_quotas.is_empty() {
             return 0;
@@ -124,7 +129,7 @@ impl Ctx<'_> {
             .shard
             .quotas
             .borrow_mut()
-            .record(sensor, share, now, bytes);
+            .record(sensor, share, now, amount);
         if throttle > 0 {
             self.security.throttle_until(now + throttle);
             self.shard.connection_probe.throttled.inc();
@@ -234,10 +239,58 @@ pub async fn handle<Held>(
             format!("{} before SASL authentication", spec.name),
         );
     }
+    // Request quotas (request_percentage) count the time the request's handler spends on
+    // this shard; requests are metered only while some client has such a quota.
+    if !quota::requests_metered(&shard.image().client_quotas) {
+        return dispatch(&ctx, request, spec, body_start).await;
+    }
+    let (outcome, busy) = Metered::new(dispatch(&ctx, request, spec, body_start)).await;
+    // Percent of one thread's second: the unit request_percentage quotas are set in.
+    ctx.charge_quota_amount(quota::REQUEST_PERCENTAGE, busy.as_secs_f64() * 100.0);
+    outcome
+}
+
+/// Poll time of a future on this thread: what a request costs the shard.
+struct Metered<F> {
+    inner: std::pin::Pin<Box<F>>,
+    busy: std::time::Duration,
+}
+
+impl<F: std::future::Future> Metered<F> {
+    fn new(inner: F) -> Metered<F> {
+        Metered {
+            inner: Box::pin(inner),
+            busy: std::time::Duration::ZERO,
+        }
+    }
+}
+
+impl<F: std::future::Future> std::future::Future for Metered<F> {
+    type Output = (F::Output, std::time::Duration);
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let started = std::time::Instant::now();
+        let polled = self.inner.as_mut().poll(cx);
+        self.busy += started.elapsed();
+        polled.map(|output| (output, self.busy))
+    }
+}
+
+/// Serves a request whose header parsed, by its API.
+async fn dispatch(
+    ctx: &Ctx<'_>,
+    request: BytesMut,
+    spec: &'static tern_protocol::api::ApiSpec,
+    body_start: usize,
+) -> Outcome {
+    let (api_key, api_version) = (ctx.api_key, ctx.version);
     if api_key == api::PRODUCE {
         let mut request = request;
         let body = request.split_off(body_start);
-        return produce::handle(&ctx, body).await;
+        return produce::handle(ctx, body).await;
     }
     let body: Bytes = request.freeze().slice(body_start..);
     macro_rules! decode {
@@ -256,88 +309,88 @@ pub async fn handle<Held>(
     match api_key {
         api::API_VERSIONS => {
             let _request = decode!(ApiVersionsRequest);
-            api_versions::handle(&ctx)
+            api_versions::handle(ctx)
         }
-        api::METADATA => metadata::handle(&ctx, decode!(MetadataRequest)).await,
-        api::FETCH => fetch::handle(&ctx, decode!(FetchRequest)).await,
-        api::LIST_OFFSETS => offsets::list_offsets(&ctx, decode!(ListOffsetsRequest)).await,
-        api::DELETE_RECORDS => offsets::delete_records(&ctx, decode!(DeleteRecordsRequest)).await,
+        api::METADATA => metadata::handle(ctx, decode!(MetadataRequest)).await,
+        api::FETCH => fetch::handle(ctx, decode!(FetchRequest)).await,
+        api::LIST_OFFSETS => offsets::list_offsets(ctx, decode!(ListOffsetsRequest)).await,
+        api::DELETE_RECORDS => offsets::delete_records(ctx, decode!(DeleteRecordsRequest)).await,
         api::OFFSET_FOR_LEADER_EPOCH => {
-            offsets::offset_for_leader_epoch(&ctx, decode!(OffsetForLeaderEpochRequest)).await
+            offsets::offset_for_leader_epoch(ctx, decode!(OffsetForLeaderEpochRequest)).await
         }
-        api::CREATE_TOPICS => admin::create_topics(&ctx, decode!(CreateTopicsRequest)).await,
-        api::DELETE_TOPICS => admin::delete_topics(&ctx, decode!(DeleteTopicsRequest)).await,
+        api::CREATE_TOPICS => admin::create_topics(ctx, decode!(CreateTopicsRequest)).await,
+        api::DELETE_TOPICS => admin::delete_topics(ctx, decode!(DeleteTopicsRequest)).await,
         api::CREATE_PARTITIONS => {
-            admin::create_partitions(&ctx, decode!(CreatePartitionsRequest)).await
+            admin::create_partitions(ctx, decode!(CreatePartitionsRequest)).await
         }
-        api::DESCRIBE_CONFIGS => admin::describe_configs(&ctx, decode!(DescribeConfigsRequest)),
-        api::ALTER_CONFIGS => admin::alter_configs(&ctx, decode!(AlterConfigsRequest)).await,
+        api::DESCRIBE_CONFIGS => admin::describe_configs(ctx, decode!(DescribeConfigsRequest)),
+        api::ALTER_CONFIGS => admin::alter_configs(ctx, decode!(AlterConfigsRequest)).await,
         api::INCREMENTAL_ALTER_CONFIGS => {
-            admin::incremental_alter_configs(&ctx, decode!(IncrementalAlterConfigsRequest)).await
+            admin::incremental_alter_configs(ctx, decode!(IncrementalAlterConfigsRequest)).await
         }
-        api::DESCRIBE_CLUSTER => admin::describe_cluster(&ctx, decode!(DescribeClusterRequest)),
-        api::ELECT_LEADERS => admin::elect_leaders(&ctx, decode!(ElectLeadersRequest)).await,
+        api::DESCRIBE_CLUSTER => admin::describe_cluster(ctx, decode!(DescribeClusterRequest)),
+        api::ELECT_LEADERS => admin::elect_leaders(ctx, decode!(ElectLeadersRequest)).await,
         api::INIT_PRODUCER_ID => {
-            producer_id::init_producer_id(&ctx, decode!(InitProducerIdRequest)).await
+            producer_id::init_producer_id(ctx, decode!(InitProducerIdRequest)).await
         }
         api::FIND_COORDINATOR => {
-            find_coordinator::handle(&ctx, decode!(FindCoordinatorRequest)).await
+            find_coordinator::handle(ctx, decode!(FindCoordinatorRequest)).await
         }
-        api::JOIN_GROUP => groups::join_group(&ctx, decode!(JoinGroupRequest)).await,
-        api::SYNC_GROUP => groups::sync_group(&ctx, decode!(SyncGroupRequest)).await,
-        api::HEARTBEAT => groups::heartbeat(&ctx, decode!(HeartbeatRequest)).await,
-        api::LEAVE_GROUP => groups::leave_group(&ctx, decode!(LeaveGroupRequest)).await,
-        api::OFFSET_COMMIT => groups::offset_commit(&ctx, decode!(OffsetCommitRequest)).await,
-        api::OFFSET_FETCH => groups::offset_fetch(&ctx, decode!(OffsetFetchRequest)).await,
-        api::DESCRIBE_GROUPS => groups::describe_groups(&ctx, decode!(DescribeGroupsRequest)).await,
-        api::LIST_GROUPS => groups::list_groups(&ctx, decode!(ListGroupsRequest)).await,
-        api::DELETE_GROUPS => groups::delete_groups(&ctx, decode!(DeleteGroupsRequest)).await,
-        api::OFFSET_DELETE => groups::offset_delete(&ctx, decode!(OffsetDeleteRequest)).await,
+        api::JOIN_GROUP => groups::join_group(ctx, decode!(JoinGroupRequest)).await,
+        api::SYNC_GROUP => groups::sync_group(ctx, decode!(SyncGroupRequest)).await,
+        api::HEARTBEAT => groups::heartbeat(ctx, decode!(HeartbeatRequest)).await,
+        api::LEAVE_GROUP => groups::leave_group(ctx, decode!(LeaveGroupRequest)).await,
+        api::OFFSET_COMMIT => groups::offset_commit(ctx, decode!(OffsetCommitRequest)).await,
+        api::OFFSET_FETCH => groups::offset_fetch(ctx, decode!(OffsetFetchRequest)).await,
+        api::DESCRIBE_GROUPS => groups::describe_groups(ctx, decode!(DescribeGroupsRequest)).await,
+        api::LIST_GROUPS => groups::list_groups(ctx, decode!(ListGroupsRequest)).await,
+        api::DELETE_GROUPS => groups::delete_groups(ctx, decode!(DeleteGroupsRequest)).await,
+        api::OFFSET_DELETE => groups::offset_delete(ctx, decode!(OffsetDeleteRequest)).await,
         api::ADD_PARTITIONS_TO_TXN => {
-            txn::add_partitions_to_txn(&ctx, decode!(AddPartitionsToTxnRequest)).await
+            txn::add_partitions_to_txn(ctx, decode!(AddPartitionsToTxnRequest)).await
         }
         api::ADD_OFFSETS_TO_TXN => {
-            txn::add_offsets_to_txn(&ctx, decode!(AddOffsetsToTxnRequest)).await
+            txn::add_offsets_to_txn(ctx, decode!(AddOffsetsToTxnRequest)).await
         }
-        api::END_TXN => txn::end_txn(&ctx, decode!(EndTxnRequest)).await,
+        api::END_TXN => txn::end_txn(ctx, decode!(EndTxnRequest)).await,
         api::WRITE_TXN_MARKERS => {
-            txn::write_txn_markers(&ctx, decode!(WriteTxnMarkersRequest)).await
+            txn::write_txn_markers(ctx, decode!(WriteTxnMarkersRequest)).await
         }
         api::TXN_OFFSET_COMMIT => {
-            txn::txn_offset_commit(&ctx, decode!(TxnOffsetCommitRequest)).await
+            txn::txn_offset_commit(ctx, decode!(TxnOffsetCommitRequest)).await
         }
         api::DESCRIBE_TRANSACTIONS => {
-            txn::describe_transactions(&ctx, decode!(DescribeTransactionsRequest)).await
+            txn::describe_transactions(ctx, decode!(DescribeTransactionsRequest)).await
         }
         api::LIST_TRANSACTIONS => {
-            txn::list_transactions(&ctx, decode!(ListTransactionsRequest)).await
+            txn::list_transactions(ctx, decode!(ListTransactionsRequest)).await
         }
         api::CONSUMER_GROUP_HEARTBEAT => {
-            consumer_groups::heartbeat(&ctx, decode!(ConsumerGroupHeartbeatRequest)).await
+            consumer_groups::heartbeat(ctx, decode!(ConsumerGroupHeartbeatRequest)).await
         }
         api::CONSUMER_GROUP_DESCRIBE => {
-            consumer_groups::describe(&ctx, decode!(ConsumerGroupDescribeRequest)).await
+            consumer_groups::describe(ctx, decode!(ConsumerGroupDescribeRequest)).await
         }
-        api::SASL_HANDSHAKE => security::sasl_handshake(&ctx, decode!(SaslHandshakeRequest)),
+        api::SASL_HANDSHAKE => security::sasl_handshake(ctx, decode!(SaslHandshakeRequest)),
         api::SASL_AUTHENTICATE => {
-            security::sasl_authenticate(&ctx, decode!(SaslAuthenticateRequest))
+            security::sasl_authenticate(ctx, decode!(SaslAuthenticateRequest))
         }
         api::DESCRIBE_USER_SCRAM_CREDENTIALS => security::describe_user_scram_credentials(
-            &ctx,
+            ctx,
             decode!(DescribeUserScramCredentialsRequest),
         ),
         api::ALTER_USER_SCRAM_CREDENTIALS => {
-            security::alter_user_scram_credentials(&ctx, decode!(AlterUserScramCredentialsRequest))
+            security::alter_user_scram_credentials(ctx, decode!(AlterUserScramCredentialsRequest))
                 .await
         }
-        api::CREATE_ACLS => security::create_acls(&ctx, decode!(CreateAclsRequest)).await,
-        api::DESCRIBE_ACLS => security::describe_acls(&ctx, decode!(DescribeAclsRequest)),
-        api::DELETE_ACLS => security::delete_acls(&ctx, decode!(DeleteAclsRequest)).await,
+        api::CREATE_ACLS => security::create_acls(ctx, decode!(CreateAclsRequest)).await,
+        api::DESCRIBE_ACLS => security::describe_acls(ctx, decode!(DescribeAclsRequest)),
+        api::DELETE_ACLS => security::delete_acls(ctx, decode!(DeleteAclsRequest)).await,
         api::DESCRIBE_CLIENT_QUOTAS => {
-            security::describe_client_quotas(&ctx, decode!(DescribeClientQuotasRequest))
+            security::describe_client_quotas(ctx, decode!(DescribeClientQuotasRequest))
         }
         api::ALTER_CLIENT_QUOTAS => {
-            security::alter_client_quotas(&ctx, decode!(AlterClientQuotasRequest)).await
+            security::alter_client_quotas(ctx, decode!(AlterClientQuotasRequest)).await
         }
         other => Outcome::Close(
             Malformed::Header,

@@ -589,7 +589,7 @@ pub async fn alter_client_quotas(ctx: &Ctx<'_>, request: AlterClientQuotasReques
                 let key = op.key.to_string();
                 if !quota::ENFORCED.contains(&key.as_str()) {
                     return Err(invalid(format!(
-                        "quota '{key}' is not supported (producer_byte_rate, consumer_byte_rate)"
+                        "quota '{key}' is not supported (producer_byte_rate, consumer_byte_rate, request_percentage)"
                     )));
                 }
                 if op.remove {

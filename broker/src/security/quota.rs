@@ -14,9 +14,19 @@ use tern_replication::metadata::{ClientQuota, QuotaEntity};
 
 pub const PRODUCER_BYTE_RATE: &str = "producer_byte_rate";
 pub const CONSUMER_BYTE_RATE: &str = "consumer_byte_rate";
+/// Percent of one thread's time a client's requests may take (Kafka counts its request
+/// handler and network threads; here, the time its requests' handlers run on the shard).
+pub const REQUEST_PERCENTAGE: &str = "request_percentage";
 /// The quota keys Tern enforces; AlterClientQuotas refuses others rather than store what
 /// would not be honoured.
-pub const ENFORCED: [&str; 2] = [PRODUCER_BYTE_RATE, CONSUMER_BYTE_RATE];
+pub const ENFORCED: [&str; 3] = [PRODUCER_BYTE_RATE, CONSUMER_BYTE_RATE, REQUEST_PERCENTAGE];
+
+/// Whether some client has a request quota (requests are timed only then).
+pub fn requests_metered(quotas: &[ClientQuota]) -> bool {
+    quotas
+        .iter()
+        .any(|quota| quota.values.contains_key(REQUEST_PERCENTAGE))
+}
 
 pub const USER: &str = "user";
 pub const CLIENT_ID: &str = "client-id";
@@ -125,11 +135,11 @@ pub struct Tracker {
 }
 
 impl Tracker {
-    /// Counts `bytes` for the sensor and returns the throttle time the client earns: zero
+    /// Counts `amount` (bytes, or percent-seconds of thread time) for the sensor and returns the throttle time the client earns: zero
     /// under the quota, else Kafka's `(rate - quota) / quota * window`, at most the window.
-    pub fn record(&mut self, sensor: SensorKey, quota: f64, now_ms: i64, bytes: usize) -> i64 {
+    pub fn record(&mut self, sensor: SensorKey, quota: f64, now_ms: i64, amount: f64) -> i64 {
         let window = self.windows.entry(sensor).or_default();
-        window.record(now_ms, bytes as f64);
+        window.record(now_ms, amount);
         if quota <= 0.0 {
             return SAMPLES as i64 * SAMPLE_MS;
         }
@@ -212,12 +222,12 @@ mod tests {
         };
         let mut tracker = Tracker::default();
         // 1000 B/s quota: 5000 bytes now are 500 B/s over the 10 s minimum span.
-        assert_eq!(tracker.record(sensor.clone(), 1000.0, 0, 5_000), 0);
+        assert_eq!(tracker.record(sensor.clone(), 1000.0, 0, 5_000.0), 0);
         // 20,000 more: 2,500 B/s, 1.5 times over: 15 s of throttle, capped at the window.
-        assert_eq!(tracker.record(sensor.clone(), 1000.0, 10, 20_000), 11_000);
+        assert_eq!(tracker.record(sensor.clone(), 1000.0, 10, 20_000.0), 11_000);
         // Ten seconds later the old samples still count; twenty seconds later they are gone.
-        assert!(tracker.record(sensor.clone(), 1000.0, 10_000, 1) > 0);
-        assert_eq!(tracker.record(sensor.clone(), 1000.0, 30_000, 1), 0);
+        assert!(tracker.record(sensor.clone(), 1000.0, 10_000, 1.0) > 0);
+        assert_eq!(tracker.record(sensor.clone(), 1000.0, 30_000, 1.0), 0);
         tracker.sweep(60_000);
         assert!(tracker.is_empty());
     }
