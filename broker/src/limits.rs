@@ -295,3 +295,7 @@ pub const RECORD_ERRORS_MAX: usize = 100;
 
 /// Partition logs a shard opens at once when an image brings new ones (start-up, CreateTopics).
 pub const PARTITION_OPEN_CONCURRENCY: usize = 64;
+
+/// How long a failed SASL authentication waits before its error response and close
+/// (Kafka's `connection.failed.authentication.delay.ms` default is 100).
+pub const FAILED_AUTHENTICATION_DELAY: std::time::Duration = std::time::Duration::from_millis(100);

@@ -254,7 +254,9 @@ async fn serve_tls(
     // The handshake must arrive as promptly as a request would (the reaper's receive
     // deadline), and the broker's shutdown ends it too.
     state.request_started(monotonic_ms());
-    let handshake = pin!(acceptor.accept(stream));
+    // Fallible: a failed handshake hands the stream back, so that its socket is shut while
+    // this connection still owns the descriptor.
+    let handshake = pin!(acceptor.accept(stream).into_fallible());
     match select(handshake, &mut close_rx).await {
         Either::Left((Ok(tls_stream), _)) => {
             state.receive_finished(monotonic_ms());
@@ -272,14 +274,15 @@ async fn serve_tls(
             let (reader, writer) = tls_stream.split();
             run(shard, state, security, reader, Sink::Tls(writer), close_rx).await
         }
-        // The stream is still held (by the handshake) while its socket is shut.
-        Either::Left((Err(error), _)) => {
+        Either::Left((Err((error, stream)), _)) => {
             shutdown(fd);
+            drop(stream);
             Ended::Malformed(
                 Malformed::TlsHandshake,
                 format!("TLS handshake failed: {error}"),
             )
         }
+        // The handshake (and its stream) is still alive here.
         Either::Right((reason, _)) => {
             shutdown(fd);
             Ended::Closed(reason.unwrap_or(CloseReason::Shutdown))
@@ -380,10 +383,16 @@ async fn read_requests<R: futures::AsyncRead + Unpin>(
                 frame.held,
             )
             .await;
+            let failed = security.failed();
+            if failed {
+                // Kafka's connection.failed.authentication.delay.ms: the refusal waits, so a
+                // client guessing passwords gets one guess per connection and per delay.
+                glommio::timer::sleep(limits::FAILED_AUTHENTICATION_DELAY).await;
+            }
             if queue.send(InFlight::Ready(outcome)).await.is_err() {
                 return Ended::Gone;
             }
-            if security.failed() {
+            if failed {
                 return Ended::Malformed(
                     Malformed::AuthenticationFailed,
                     "SASL authentication failed".into(),
@@ -444,6 +453,8 @@ pub fn start_reaper(shard: Rc<Shard>) -> glommio::Task<()> {
             }
             // Each connection closes itself when told, and counts and logs why.
             shard.connections.reap(monotonic_ms(), deadlines);
+            // Quota windows of clients gone quiet are forgotten.
+            shard.quotas.borrow_mut().sweep(monotonic_ms());
         }
     })
 }

@@ -350,11 +350,19 @@ pub async fn delete_topics(ctx: &Ctx<'_>, request: DeleteTopicsRequest) -> Outco
         });
         names.push((name, Some(topic.topic_id)));
     }
-    let deletable = |name: &str| ctx.allowed(acl::operation::DELETE, acl::resource::TOPIC, name);
+    // Decided once: the answers below must line up with the commands run.
+    let deletable: Vec<bool> = names
+        .iter()
+        .map(|(name, _)| {
+            name.as_deref()
+                .is_some_and(|name| ctx.allowed(acl::operation::DELETE, acl::resource::TOPIC, name))
+        })
+        .collect();
     let commands: Vec<Command> = names
         .iter()
-        .filter_map(|(name, _)| name.clone())
-        .filter(|name| deletable(name))
+        .zip(&deletable)
+        .filter(|(_, allowed)| **allowed)
+        .filter_map(|((name, _), _)| name.clone())
         .map(|name| Command::DeleteTopic { name })
         .collect();
     let results = run_commands(shard, commands).await;
@@ -372,12 +380,16 @@ pub async fn delete_topics(ctx: &Ctx<'_>, request: DeleteTopicsRequest) -> Outco
     let mut response = DeleteTopicsResponse::default();
     response.responses = names
         .into_iter()
-        .map(|(name, id)| {
+        .zip(deletable)
+        .map(|((name, id), allowed)| {
             let mut out = DeletableTopicResult::default();
             out.topic_id = id.unwrap_or_default();
             match name {
-                Some(name) if !deletable(&name) => {
-                    out.name = Some(TopicName(str_bytes(&name)));
+                // Named by id: the name stays unsaid to whoever may not delete it.
+                Some(name) if !allowed => {
+                    if id.is_none_or(|id| id.is_nil()) {
+                        out.name = Some(TopicName(str_bytes(&name)));
+                    }
                     out.error_code = error_code::TOPIC_AUTHORIZATION_FAILED;
                 }
                 Some(name) => {

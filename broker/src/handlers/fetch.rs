@@ -161,6 +161,8 @@ pub async fn handle(ctx: &Ctx<'_>, request: FetchRequest) -> Outcome {
     // are taken in request order, whole batches only, while they fit `max_bytes`; only the
     // response's first batch may exceed it (as Kafka does).
     let mut budget_bytes = max_bytes;
+    // What the response carries, for the consumer byte rate quota.
+    let mut record_bytes = 0usize;
     let mut any_records = false;
     let mut chosen: Vec<(usize, bool)> = Vec::with_capacity(partitions.len());
     for (slot, (part, result)) in partitions.iter().zip(got.iter_mut()).enumerate() {
@@ -175,6 +177,7 @@ pub async fn handle(ctx: &Ctx<'_>, request: FetchRequest) -> Outcome {
             result.len = keep;
         }
         let with_records = keep > 0;
+        record_bytes += keep;
         if with_records {
             budget_bytes = budget_bytes.saturating_sub(keep);
             any_records = true;
@@ -207,7 +210,7 @@ pub async fn handle(ctx: &Ctx<'_>, request: FetchRequest) -> Outcome {
     // A consumer's record bytes count against its consumer byte rate quota (followers are
     // not clients and have none).
     let quota_throttle_ms = if replica.is_none() {
-        ctx.charge_quota(quota::CONSUMER_BYTE_RATE, max_bytes - budget_bytes)
+        ctx.charge_quota(quota::CONSUMER_BYTE_RATE, record_bytes)
     } else {
         0
     };

@@ -977,10 +977,18 @@ pub async fn delete_groups(ctx: &Ctx<'_>, request: DeleteGroupsRequest) -> Outco
 
 pub async fn offset_delete(ctx: &Ctx<'_>, request: OffsetDeleteRequest) -> Outcome {
     let group_id = request.group_id.0.to_string();
+    // Each topic also needs READ; the ones that lack it are answered without being touched.
+    let readable: Vec<bool> = request
+        .topics
+        .iter()
+        .map(|t| ctx.allowed(acl::operation::READ, acl::resource::TOPIC, &t.name.0))
+        .collect();
     let partitions: Vec<(String, i32)> = request
         .topics
         .iter()
-        .flat_map(|t| {
+        .zip(&readable)
+        .filter(|(_, readable)| **readable)
+        .flat_map(|(t, _)| {
             t.partitions
                 .iter()
                 .map(move |p| (t.name.0.to_string(), p.partition_index))
@@ -1007,7 +1015,8 @@ pub async fn offset_delete(ctx: &Ctx<'_>, request: OffsetDeleteRequest) -> Outco
             response.topics = request
                 .topics
                 .iter()
-                .map(|t| {
+                .zip(readable)
+                .map(|(t, readable)| {
                     let mut out = OffsetDeleteResponseTopic::default();
                     out.name = t.name.clone();
                     out.partitions = t
@@ -1016,8 +1025,11 @@ pub async fn offset_delete(ctx: &Ctx<'_>, request: OffsetDeleteRequest) -> Outco
                         .map(|p| {
                             let mut answer = OffsetDeleteResponsePartition::default();
                             answer.partition_index = p.partition_index;
-                            answer.error_code =
-                                errors.next().unwrap_or(error_code::UNKNOWN_SERVER_ERROR);
+                            answer.error_code = if readable {
+                                errors.next().unwrap_or(error_code::UNKNOWN_SERVER_ERROR)
+                            } else {
+                                error_code::TOPIC_AUTHORIZATION_FAILED
+                            };
                             answer
                         })
                         .collect();

@@ -148,8 +148,9 @@ impl Ctx<'_> {
 
     /// The client's address as ACL hosts name it.
     fn host(&self) -> String {
+        // An IPv4 client of a `[::]` listener appears as ::ffff:a.b.c.d; ACLs name a.b.c.d.
         self.peer
-            .map(|peer| peer.ip().to_string())
+            .map(|peer| peer.ip().to_canonical().to_string())
             .unwrap_or_default()
     }
 

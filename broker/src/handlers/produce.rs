@@ -61,6 +61,11 @@ pub async fn handle(ctx: &Ctx<'_>, body: BytesMut) -> Outcome {
         }
     };
     let acks = request.acks;
+    // A transactional produce also needs WRITE on its transactional id, as in Kafka.
+    let txn_allowed = request
+        .transactional_id
+        .as_deref()
+        .is_none_or(|id| ctx.allowed(acl::operation::WRITE, acl::resource::TRANSACTIONAL_ID, id));
     let slots = request.partition_count();
     let mut results: Vec<Option<Appended>> = vec![None; slots];
     if !matches!(acks, -1..=1) {
@@ -88,6 +93,13 @@ pub async fn handle(ctx: &Ctx<'_>, body: BytesMut) -> Outcome {
                 body.split_to(range.len())
             });
             if results[this].is_some() {
+                continue;
+            }
+            if !txn_allowed {
+                results[this] = Some(Appended::error(
+                    error_code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+                    None,
+                ));
                 continue;
             }
             if !writable {

@@ -8,7 +8,6 @@
 //! cluster.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
 
 use kafka_protocol::messages::alter_user_scram_credentials_response::AlterUserScramCredentialsResult;
 use kafka_protocol::messages::describe_user_scram_credentials_response::{
@@ -31,9 +30,7 @@ pub fn sasl_handshake(ctx: &Ctx<'_>, request: SaslHandshakeRequest) -> Outcome {
     };
     let result = ctx
         .security
-        .handshake(request.mechanism.as_str(), enabled, || {
-            Arc::new(ctx.shard.image().scram_credentials.clone())
-        });
+        .handshake(request.mechanism.as_str(), enabled, || ctx.shard.image());
     let error_code = match result {
         Ok(()) => error_code::NONE,
         Err(refusal) => {

@@ -118,12 +118,13 @@ impl ConnectionSecurity {
         matches!(*self.sasl.borrow(), SaslState::Failed)
     }
 
-    /// SaslHandshake: picks the mechanism. `credentials` is the current credential store.
+    /// SaslHandshake: picks the mechanism. `credentials` gives the current metadata image,
+    /// which holds the users.
     pub fn handshake(
         &self,
         mechanism: &str,
         enabled: &[Mechanism],
-        credentials: impl FnOnce() -> Arc<sasl::Credentials>,
+        credentials: impl FnOnce() -> Arc<tern_replication::metadata::MetadataImage>,
     ) -> Result<(), Refusal> {
         let mut state = self.sasl.borrow_mut();
         match *state {
@@ -203,14 +204,14 @@ mod tests {
     use super::*;
     use std::collections::BTreeMap;
 
-    fn alice() -> Arc<sasl::Credentials> {
+    fn alice() -> Arc<tern_replication::metadata::MetadataImage> {
         let salted = sasl::salted_password(Mechanism::ScramSha256, b"pw", b"salt", 4096);
         let credential = sasl::credential(Mechanism::ScramSha256, &salted, b"salt", 4096);
         let mut by_mechanism = BTreeMap::new();
         by_mechanism.insert("SCRAM-SHA-256".to_owned(), credential);
         let mut credentials = sasl::Credentials::new();
         credentials.insert("alice".to_owned(), by_mechanism);
-        Arc::new(credentials)
+        sasl::tests::image_of(credentials)
     }
 
     #[test]

@@ -20,7 +20,7 @@ use rsasl::prelude::{Mechname, SASLConfig, SASLServer, Session, SessionError, Va
 use rsasl::property::{AuthId, AuthzId, Password};
 use rsasl::validate::{Validate, ValidationError};
 use sha2::{Digest, Sha256, Sha512};
-use tern_replication::metadata::ScramCredential;
+use tern_replication::metadata::{MetadataImage, ScramCredential};
 
 /// Kafka's bounds on a SCRAM credential's iteration count.
 pub const SCRAM_ITERATIONS_MIN: i32 = 4096;
@@ -143,6 +143,15 @@ fn password_matches(mechanism: Mechanism, credential: &ScramCredential, password
             == 0
 }
 
+/// What PLAIN checks an unknown user's password against: never a match, as slow as a real
+/// check.
+static UNKNOWN_USER: ScramCredential = ScramCredential {
+    salt: Vec::new(),
+    iterations: 4096,
+    stored_key: Vec::new(),
+    server_key: Vec::new(),
+};
+
 /// Users' SCRAM credentials by user, then mechanism name (the metadata image's map).
 pub type Credentials = BTreeMap<String, BTreeMap<String, ScramCredential>>;
 
@@ -153,21 +162,27 @@ impl Validation for Authenticated {
     type Value = String;
 }
 
-/// Answers rsasl's questions from a snapshot of the credentials taken when the exchange
-/// started.
+/// Answers rsasl's questions from the metadata image current when the exchange started
+/// (shared, not copied: handshakes are cheap for whoever sends them).
 struct Callback {
     mechanism: Mechanism,
-    credentials: Arc<Credentials>,
+    credentials: Arc<MetadataImage>,
 }
 
 impl Callback {
     fn scram(&self, user: &str) -> Option<&ScramCredential> {
-        self.credentials.get(user)?.get(self.mechanism.name())
+        self.credentials
+            .scram_credentials
+            .get(user)?
+            .get(self.mechanism.name())
     }
 
     /// PLAIN's check: the strongest SCRAM credential the user has.
     fn plain_ok(&self, user: &str, password: &[u8]) -> bool {
-        let Some(by_mechanism) = self.credentials.get(user) else {
+        let Some(by_mechanism) = self.credentials.scram_credentials.get(user) else {
+            // As costly as checking a real user's password, so that the time taken does not
+            // tell which users exist.
+            let _ = password_matches(Mechanism::ScramSha512, &UNKNOWN_USER, password);
             return false;
         };
         [Mechanism::ScramSha512, Mechanism::ScramSha256]
@@ -246,7 +261,10 @@ pub struct Exchange {
 }
 
 impl Exchange {
-    pub fn start(mechanism: Mechanism, credentials: Arc<Credentials>) -> Result<Exchange, String> {
+    pub fn start(
+        mechanism: Mechanism,
+        credentials: Arc<MetadataImage>,
+    ) -> Result<Exchange, String> {
         let config = SASLConfig::builder()
             .with_defaults()
             .with_callback(Callback {
@@ -279,11 +297,17 @@ impl Exchange {
 }
 
 #[cfg(test)]
-mod tests {
+pub(in crate::security) mod tests {
     use super::*;
     use rsasl::prelude::SASLClient;
 
-    fn store(user: &str, password: &str, mechanisms: &[Mechanism]) -> Arc<Credentials> {
+    pub(in crate::security) fn image_of(credentials: Credentials) -> Arc<MetadataImage> {
+        let mut image = MetadataImage::new(String::new());
+        image.scram_credentials = credentials;
+        Arc::new(image)
+    }
+
+    fn store(user: &str, password: &str, mechanisms: &[Mechanism]) -> Arc<MetadataImage> {
         let mut credentials = Credentials::new();
         for mechanism in mechanisms {
             let salt = b"0123456789abcdef";
@@ -293,14 +317,14 @@ mod tests {
                 credential(*mechanism, &salted, salt, 4096),
             );
         }
-        Arc::new(credentials)
+        image_of(credentials)
     }
 
     /// Runs rsasl's own client against an exchange, as a Kafka client would over
     /// SaslAuthenticate.
     fn run(
         mechanism: Mechanism,
-        credentials: Arc<Credentials>,
+        credentials: Arc<MetadataImage>,
         user: &str,
         password: &str,
     ) -> Step {
@@ -411,7 +435,7 @@ mod tests {
         )]
         .into_iter()
         .collect();
-        let mut exchange = Exchange::start(Mechanism::ScramSha256, Arc::new(credentials)).unwrap();
+        let mut exchange = Exchange::start(Mechanism::ScramSha256, image_of(credentials)).unwrap();
         let first = exchange.step(b"n,,n=user,r=rOprNGfwEbeRWgbNEkqO");
         let Step::Continue(server_first) = first else {
             panic!("expected a server-first message, got {first:?}");
