@@ -47,7 +47,6 @@ use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use glommio::channels::channel_mesh::MeshBuilder;
-use glommio::net::TcpListener;
 use tern_replication::metadata::MetadataImage;
 use tern_storage::DataDirLock;
 
@@ -366,7 +365,7 @@ async fn shard_main(
 
     let mut bound = Vec::new();
     for listener in config.effective_listeners() {
-        match TcpListener::bind(listener.addr) {
+        match runtime::bind_shared(listener.addr) {
             Ok(socket) => bound.push((listener, socket)),
             Err(error) => {
                 let _ = ready.send(Err(StartError::Listen {

@@ -150,6 +150,27 @@ pub fn raise_open_files_limit() {
     }
 }
 
+/// Binds a Kafka listener every shard shares (SO_REUSEPORT, as glommio's own bind) that also
+/// sets SO_REUSEADDR, as Kafka's and most servers' listeners do: a restarted broker rebinds at
+/// once although connections its predecessor closed still sit in TIME_WAIT on that port.
+pub fn bind_shared(addr: std::net::SocketAddr) -> std::io::Result<glommio::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    let domain = if addr.is_ipv6() {
+        Domain::IPV6
+    } else {
+        Domain::IPV4
+    };
+    let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    socket.set_nonblocking(true)?;
+    // SAFETY: the descriptor is a bound, listening TCP socket we own and hand over whole.
+    Ok(unsafe { glommio::net::TcpListener::from_raw_fd(socket.into_raw_fd()) })
+}
+
 /// Binds a listener that only this process may hold (no SO_REUSEPORT, unlike glommio's own
 /// bind): one shard serves it, so nothing needs to share it.
 pub fn bind_exclusive(addr: std::net::SocketAddr) -> std::io::Result<glommio::net::TcpListener> {
