@@ -299,3 +299,7 @@ pub const PARTITION_OPEN_CONCURRENCY: usize = 64;
 /// How long a failed SASL authentication waits before its error response and close
 /// (Kafka's `connection.failed.authentication.delay.ms` default is 100).
 pub const FAILED_AUTHENTICATION_DELAY: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// The largest request a SASL listener reads before its client authenticates (Kafka's
+/// `sasl.server.max.receive.size`, 512 KiB): a SASL token, or ApiVersions.
+pub const UNAUTHENTICATED_REQUEST_BYTES_MAX: usize = 512 * 1024;

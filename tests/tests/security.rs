@@ -602,6 +602,18 @@ fn a_sasl_listener_serves_nothing_before_authentication() {
         0,
         "ApiVersions answered"
     );
+    // A frame over 512 KiB before authenticating is refused at its size prefix (Kafka's
+    // sasl.server.max.receive.size); the same prefix on the PLAINTEXT listener is waited on.
+    let big = (1i32 << 20).to_be_bytes();
+    let mut oversized = RawConnection::connect(secured.sasl);
+    oversized.send(&big).expect("send");
+    assert!(matches!(
+        oversized.fate(Duration::from_secs(5)),
+        Fate::Closed
+    ));
+    let mut plain = RawConnection::connect(secured.broker.addr);
+    plain.send(&big).expect("send");
+    assert!(matches!(plain.fate(Duration::from_millis(500)), Fate::Open));
     // Metadata v1 before authenticating: the connection is closed, as Kafka closes it.
     let mut early = RawConnection::connect(secured.sasl);
     early

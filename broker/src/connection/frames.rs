@@ -77,6 +77,15 @@ impl FrameReader {
 
     /// Reads the next frame. Marks the connection as receiving from its first byte, so the
     /// receive deadline covers a request that stalls half-way.
+    /// Lowers (or restores) the largest frame accepted, never above the configured limit:
+    /// before a SASL client authenticates, its frames are held to
+    /// `limits::UNAUTHENTICATED_REQUEST_BYTES_MAX`, as Kafka holds them.
+    pub fn cap(&mut self, limits: &ConnectionLimits, bytes: Option<usize>) {
+        self.request_bytes_max = bytes.map_or(limits.request_bytes_max, |bytes| {
+            bytes.min(limits.request_bytes_max)
+        });
+    }
+
     pub async fn next<R: AsyncRead + Unpin>(
         &mut self,
         reader: &mut R,

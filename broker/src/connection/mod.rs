@@ -362,6 +362,12 @@ async fn read_requests<R: futures::AsyncRead + Unpin>(
         if hold > 0 {
             glommio::timer::sleep(Duration::from_millis(hold as u64)).await;
         }
+        // Unauthenticated SASL clients may not take large requests out of the shard's budget.
+        let unauthenticated = security.needs_authentication();
+        frames.cap(
+            &shard.config.limits,
+            unauthenticated.then_some(limits::UNAUTHENTICATED_REQUEST_BYTES_MAX),
+        );
         let frame = match frames.next(reader, state).await {
             Ok(frame) => frame,
             // The read side ended while the broker is stopping (`stop_reading`): answer
