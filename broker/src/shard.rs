@@ -65,6 +65,8 @@ pub struct Shard {
     pub fetch_sessions: RefCell<crate::fetch_session::FetchSessions>,
     /// Client quotas' rate windows for the connections of this shard.
     pub quotas: RefCell<crate::security::quota::Tracker>,
+    /// Which quotas the current image sets (kept with the image).
+    pub quota_presence: Cell<crate::security::quota::Presence>,
     /// Open client connections, for the reaper's deadlines and for shutdown.
     pub connections: ConnectionTable,
     /// Request bytes held in memory across this shard's connections.
@@ -102,6 +104,7 @@ impl Shard {
             id,
             count,
             config: config.clone(),
+            quota_presence: Cell::new(crate::security::quota::Presence::of(&image.client_quotas)),
             image: RefCell::new(image),
             partitions: RefCell::new(HashMap::new()),
             senders,
@@ -265,6 +268,8 @@ impl Shard {
             );
         }
         *self.image.borrow_mut() = image.clone();
+        self.quota_presence
+            .set(crate::security::quota::Presence::of(&image.client_quotas));
         let defaults = &self
             .config
             .topic_defaults

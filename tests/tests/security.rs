@@ -177,21 +177,30 @@ fn start_secured(client_auth: &str) -> Secured {
     }
 }
 
-/// `tern user ...` against the broker's PLAINTEXT listener; its stdout.
-fn tern_user(broker: &Broker, args: &[&str]) -> String {
-    let output = std::process::Command::new(tern_binary())
-        .arg("user")
+/// Runs `tern ARGS --bootstrap <the broker's PLAINTEXT listener>`.
+fn run_tern(broker: &Broker, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(tern_binary())
         .args(args)
         .arg("--bootstrap")
         .arg(broker.bootstrap())
         .output()
-        .expect("run tern user");
+        .expect("run tern")
+}
+
+/// `run_tern`, which must succeed; its standard output.
+fn tern(broker: &Broker, args: &[&str]) -> String {
+    let output = run_tern(broker, args);
     assert!(
         output.status.success(),
-        "tern user {args:?} failed: {}",
+        "tern {args:?} failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// `tern user ARGS`.
+fn tern_user(broker: &Broker, args: &[&str]) -> String {
+    tern(broker, &[&["user"], args].concat())
 }
 
 /// Collects what librdkafka reports as client errors (authentication and TLS failures).
@@ -349,8 +358,9 @@ fn scram_and_plain_clients_authenticate_and_wrong_credentials_are_refused() {
     );
     assert!(created.contains("alice"), "{created}");
     // Kafka's bounds on iterations: refused with UNACCEPTABLE_CREDENTIAL (93).
-    let refused_user = std::process::Command::new(tern_binary())
-        .args([
+    let refused_user = run_tern(
+        &secured.broker,
+        &[
             "user",
             "create",
             "weak",
@@ -358,11 +368,8 @@ fn scram_and_plain_clients_authenticate_and_wrong_credentials_are_refused() {
             "p",
             "--iterations",
             "100",
-        ])
-        .arg("--bootstrap")
-        .arg(secured.broker.bootstrap())
-        .output()
-        .expect("run tern user");
+        ],
+    );
     assert!(!refused_user.status.success());
     let stderr = String::from_utf8_lossy(&refused_user.stderr);
     assert!(stderr.contains("error 93"), "{stderr}");
@@ -676,20 +683,9 @@ fn start_authorized() -> (Broker, SocketAddr) {
     (broker, sasl)
 }
 
+/// `tern acl ARGS`.
 fn tern_acl(broker: &Broker, args: &[&str]) -> String {
-    let output = std::process::Command::new(tern_binary())
-        .arg("acl")
-        .args(args)
-        .arg("--bootstrap")
-        .arg(broker.bootstrap())
-        .output()
-        .expect("run tern acl");
-    assert!(
-        output.status.success(),
-        "tern acl {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
+    tern(broker, &[&["acl"], args].concat())
 }
 
 fn as_user(user: &'static str) -> Vec<(&'static str, String)> {
@@ -914,21 +910,7 @@ fn timed_produce(broker: &Broker, client_id: &str, topic: &str, count: usize) ->
 fn a_client_over_its_produce_quota_is_throttled_and_others_are_not() {
     let broker = Broker::start(1);
     kafka::create_topic(&broker, "metered", 1, &[]);
-    let quota = |args: &[&str]| {
-        let output = std::process::Command::new(tern_binary())
-            .arg("quota")
-            .args(args)
-            .arg("--bootstrap")
-            .arg(broker.bootstrap())
-            .output()
-            .expect("run tern quota");
-        assert!(
-            output.status.success(),
-            "tern quota {args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8_lossy(&output.stdout).into_owned()
-    };
+    let quota = |args: &[&str]| tern(&broker, &[&["quota"], args].concat());
     // 100 KB/s for client id "slow"; the default client id is left alone.
     quota(&[
         "set",
@@ -965,23 +947,16 @@ fn a_client_over_its_produce_quota_is_throttled_and_others_are_not() {
 #[test]
 fn a_client_over_its_request_quota_is_held_back() {
     let broker = Broker::start(1);
-    let set = std::process::Command::new(tern_binary())
-        .args([
+    tern(
+        &broker,
+        &[
             "quota",
             "set",
             "--client-id",
             "chatty",
             "--request-percentage",
             "0.1",
-        ])
-        .arg("--bootstrap")
-        .arg(broker.bootstrap())
-        .output()
-        .expect("run tern quota");
-    assert!(
-        set.status.success(),
-        "{}",
-        String::from_utf8_lossy(&set.stderr)
+        ],
     );
     // Metadata requests one after another on one connection: 0.1% of a thread is 10 ms of
     // handler time per 10 s window, which a few hundred requests exceed.

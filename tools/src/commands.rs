@@ -907,6 +907,12 @@ pub fn acl(client: &mut Client, verb: AclVerb, selection: AclSelection) -> Resul
     } else {
         pattern::LITERAL
     };
+    // Listing and removing: a named resource's own pattern, else any.
+    let pattern_filter = if selection.name.is_some() {
+        pattern_type
+    } else {
+        pattern::ANY
+    };
     let permission_type = if selection.deny {
         permission::DENY
     } else {
@@ -951,11 +957,7 @@ pub fn acl(client: &mut Client, verb: AclVerb, selection: AclSelection) -> Resul
             let mut request = DescribeAclsRequest::default()
                 .with_resource_type_filter(selection.resource_type)
                 .with_resource_name_filter(selection.name.as_deref().map(s))
-                .with_pattern_type_filter(if selection.name.is_some() {
-                    pattern_type
-                } else {
-                    pattern::ANY
-                })
+                .with_pattern_type_filter(pattern_filter)
                 .with_principal_filter(selection.principal.as_deref().map(s))
                 .with_host_filter(selection.host.as_deref().map(s))
                 .with_operation(operation::ANY)
@@ -1001,11 +1003,7 @@ pub fn acl(client: &mut Client, verb: AclVerb, selection: AclSelection) -> Resul
                     delete_acls_request::DeleteAclsFilter::default()
                         .with_resource_type_filter(selection.resource_type)
                         .with_resource_name_filter(selection.name.as_deref().map(s))
-                        .with_pattern_type_filter(if selection.name.is_some() {
-                            pattern_type
-                        } else {
-                            pattern::ANY
-                        })
+                        .with_pattern_type_filter(pattern_filter)
                         .with_principal_filter(selection.principal.as_deref().map(s))
                         .with_host_filter(selection.host.as_deref().map(s))
                         .with_operation(*op)

@@ -18,9 +18,10 @@
 //! Each listener secures its connections as its security protocol says: a TLS handshake
 //! first (bounded by the request receive deadline, so a client that stalls in it is closed
 //! like one that stalls in a request), and on a SASL listener, requests read and answered
-//! one at a time until the SASL exchange succeeds (see `security`). Plaintext responses go
-//! to the socket with one vectored send and no copy; TLS ones through rustls, which must
-//! encrypt them anyway.
+//! one at a time, at most 512 KiB each, until the SASL exchange succeeds (a failure is
+//! answered after 100 ms and closes; see `security`). A client over a quota is not read from
+//! until its throttle time has passed. Plaintext responses go to the socket with one vectored
+//! send and no copy; TLS ones through rustls, which must encrypt them anyway.
 
 pub mod admission;
 pub mod budget;
@@ -358,9 +359,12 @@ async fn read_requests<R: futures::AsyncRead + Unpin>(
     loop {
         // Over a quota: nothing more is read until the throttle time has passed (Kafka mutes
         // the channel too), so a client that ignores its throttle time is still held back.
-        let hold = security.throttled_until_ms() - monotonic_ms();
-        if hold > 0 {
-            glommio::timer::sleep(Duration::from_millis(hold as u64)).await;
+        let until = security.throttled_until_ms();
+        if until > 0 {
+            let hold = until - monotonic_ms();
+            if hold > 0 {
+                glommio::timer::sleep(Duration::from_millis(hold as u64)).await;
+            }
         }
         // Unauthenticated SASL clients may not take large requests out of the shard's budget.
         let unauthenticated = security.needs_authentication();

@@ -117,11 +117,15 @@ pub async fn handle(ctx: &Ctx<'_>, request: FetchRequest) -> Outcome {
     // Consumers need READ on each topic; followers CLUSTER_ACTION on the cluster.
     let follower_denied =
         replica.is_some() && !ctx.allowed_on_cluster(acl::operation::CLUSTER_ACTION);
-    let mut readable: HashMap<&str, bool> = HashMap::new();
-    for p in &partitions {
-        readable.entry(p.topic.as_str()).or_insert_with(|| {
-            replica.is_some() || ctx.allowed(acl::operation::READ, acl::resource::TOPIC, &p.topic)
-        });
+    // The topics a consumer may not read, looked up once each (nothing is built with the
+    // authorizer off).
+    let mut unreadable: HashMap<&str, bool> = HashMap::new();
+    if shard.config.authorization && replica.is_none() {
+        for p in &partitions {
+            unreadable.entry(p.topic.as_str()).or_insert_with(|| {
+                !ctx.allowed(acl::operation::READ, acl::resource::TOPIC, &p.topic)
+            });
+        }
     }
     let wants: Vec<Want> = partitions
         .iter()
@@ -130,7 +134,7 @@ pub async fn handle(ctx: &Ctx<'_>, request: FetchRequest) -> Outcome {
             slot,
             denied: if follower_denied {
                 Some(error_code::CLUSTER_AUTHORIZATION_FAILED)
-            } else if readable.get(p.topic.as_str()) == Some(&false) {
+            } else if unreadable.get(p.topic.as_str()) == Some(&true) {
                 Some(error_code::TOPIC_AUTHORIZATION_FAILED)
             } else {
                 None

@@ -5,6 +5,11 @@
 //! decoded by `tern-protocol` (bounded) and build responses with its encoders. A handler
 //! never panics on client data: every client mistake becomes a Kafka error code or a
 //! closed connection.
+//!
+//! `Ctx` carries the connection's security: a handler asks `Ctx::allowed` before it acts
+//! (true at once with the authorizer off) and charges byte-rate quotas with
+//! `Ctx::charge_quota`; `handle` refuses everything but SASL before authentication and times
+//! requests while some client has a request quota.
 
 mod admin;
 mod api_versions;
@@ -112,10 +117,10 @@ impl Ctx<'_> {
 
     /// `charge_quota` for any measure (bytes, or percent-seconds of thread time).
     pub fn charge_quota_amount(&self, key: &str, amount: f64) -> i32 {
-        let image = self.shard.image();
-        if image.client_quotas.is_empty() {
+        if !self.shard.quota_presence.get().any {
             return 0;
         }
+        let image = self.shard.image();
         let user = self.security.quota_user();
         let Some((sensor, quota)) =
             quota::resolve(&image.client_quotas, &user, &self.client_id, key)
@@ -242,7 +247,7 @@ pub async fn handle<Held>(
     }
     // Request quotas (request_percentage) count the time the request's handler spends on
     // this shard; requests are metered only while some client has such a quota.
-    if !quota::requests_metered(&shard.image().client_quotas) {
+    if !shard.quota_presence.get().requests {
         return dispatch(&ctx, request, spec, body_start).await;
     }
     let (outcome, busy) = Metered::new(dispatch(&ctx, request, spec, body_start)).await;

@@ -112,20 +112,25 @@ async fn list_one(
     }
 }
 
+/// Whether the principal may `operation` each named topic, in order.
+fn topics_allowed<'a>(
+    ctx: &Ctx<'_>,
+    operation: i8,
+    names: impl Iterator<Item = &'a str>,
+) -> Vec<bool> {
+    names
+        .map(|name| ctx.allowed(operation, acl::resource::TOPIC, name))
+        .collect()
+}
+
 pub async fn list_offsets(ctx: &Ctx<'_>, request: ListOffsetsRequest) -> Outcome {
     // Topics the principal may not describe are answered TOPIC_AUTHORIZATION_FAILED
     // without being touched.
-    let allowed: Vec<bool> = request
-        .topics
-        .iter()
-        .map(|topic| {
-            ctx.allowed(
-                acl::operation::DESCRIBE,
-                acl::resource::TOPIC,
-                &topic.name.0,
-            )
-        })
-        .collect();
+    let allowed = topics_allowed(
+        ctx,
+        acl::operation::DESCRIBE,
+        request.topics.iter().map(|topic| topic.name.0.as_str()),
+    );
     let items: Vec<Query> = request
         .topics
         .iter()
@@ -208,11 +213,11 @@ async fn delete_one(shard: Rc<Shard>, (tp, before, _): Query) -> Answer {
 pub async fn delete_records(ctx: &Ctx<'_>, request: DeleteRecordsRequest) -> Outcome {
     // Topics the principal may not delete are answered TOPIC_AUTHORIZATION_FAILED
     // without being touched.
-    let allowed: Vec<bool> = request
-        .topics
-        .iter()
-        .map(|topic| ctx.allowed(acl::operation::DELETE, acl::resource::TOPIC, &topic.name.0))
-        .collect();
+    let allowed = topics_allowed(
+        ctx,
+        acl::operation::DELETE,
+        request.topics.iter().map(|topic| topic.name.0.as_str()),
+    );
     let items: Vec<Query> = request
         .topics
         .iter()
@@ -285,17 +290,11 @@ pub async fn offset_for_leader_epoch(
 ) -> Outcome {
     // Topics the principal may not describe are answered TOPIC_AUTHORIZATION_FAILED
     // without being touched.
-    let allowed: Vec<bool> = request
-        .topics
-        .iter()
-        .map(|topic| {
-            ctx.allowed(
-                acl::operation::DESCRIBE,
-                acl::resource::TOPIC,
-                &topic.topic.0,
-            )
-        })
-        .collect();
+    let allowed = topics_allowed(
+        ctx,
+        acl::operation::DESCRIBE,
+        request.topics.iter().map(|topic| topic.topic.0.as_str()),
+    );
     let items: Vec<Query> = request
         .topics
         .iter()

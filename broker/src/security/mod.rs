@@ -1,7 +1,8 @@
-//! Who is on a connection and how they proved it: listeners with a security protocol each
-//! (`listener`), TLS (`tls`), SASL mechanisms and the SCRAM credentials they check (`sasl`),
-//! and each connection's `ConnectionSecurity`: its listener, its principal, and where its SASL
-//! exchange stands.
+//! Who is on a connection, how they proved it, and what they may do: listeners with a
+//! security protocol each (`listener`), TLS (`tls`), SASL mechanisms and the SCRAM credentials
+//! they check (`sasl`), the authorizer's decisions (`acl`), client quotas (`quota`), and each
+//! connection's `ConnectionSecurity`: its listener, its principal, where its SASL exchange
+//! stands, and until when a quota holds it back. `acl`, `quota` and `sasl` are I/O-free.
 //!
 //! Invariant: on a SASL listener no request but ApiVersions, SaslHandshake and
 //! SaslAuthenticate is served before the exchange succeeds (the connection reads and answers
@@ -74,11 +75,6 @@ impl ConnectionSecurity {
             }),
             throttled_until_ms: Cell::new(0),
         }
-    }
-
-    /// A plaintext connection (tests, and the inter-broker paths that build requests).
-    pub fn plaintext() -> ConnectionSecurity {
-        ConnectionSecurity::new("PLAINTEXT".into(), SecurityProtocol::Plaintext, None)
     }
 
     /// Kafka's principal string, e.g. `User:alice`.

@@ -21,11 +21,25 @@ pub const REQUEST_PERCENTAGE: &str = "request_percentage";
 /// would not be honoured.
 pub const ENFORCED: [&str; 3] = [PRODUCER_BYTE_RATE, CONSUMER_BYTE_RATE, REQUEST_PERCENTAGE];
 
-/// Whether some client has a request quota (requests are timed only then).
-pub fn requests_metered(quotas: &[ClientQuota]) -> bool {
-    quotas
-        .iter()
-        .any(|quota| quota.values.contains_key(REQUEST_PERCENTAGE))
+/// Which kinds of quota exist at all: derived once per metadata image, so that a broker
+/// without quotas looks nothing up (and times nothing) per request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Presence {
+    /// Some client has some quota.
+    pub any: bool,
+    /// Some client has a request quota: requests are timed.
+    pub requests: bool,
+}
+
+impl Presence {
+    pub fn of(quotas: &[ClientQuota]) -> Presence {
+        Presence {
+            any: !quotas.is_empty(),
+            requests: quotas
+                .iter()
+                .any(|quota| quota.values.contains_key(REQUEST_PERCENTAGE)),
+        }
+    }
 }
 
 pub const USER: &str = "user";
@@ -156,10 +170,6 @@ impl Tracker {
         let horizon = now_ms - SAMPLES as i64 * SAMPLE_MS;
         self.windows
             .retain(|_, window| window.samples.last().is_some_and(|(at, _)| *at >= horizon));
-    }
-
-    pub fn len(&self) -> usize {
-        self.windows.len()
     }
 
     pub fn is_empty(&self) -> bool {
