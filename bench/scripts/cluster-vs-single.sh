@@ -31,7 +31,7 @@ mkdir -p "$out"
 voters="0@127.0.0.1:29190,1@127.0.0.1:29191,2@127.0.0.1:29192"
 for id in 0 1 2; do
     "$bin/tern" serve --node-id "$id" --voters "$voters" --cores 1 \
-        --listen "127.0.0.1:2909$id" --admin-listen "127.0.0.1:2929$id" \
+        --listen "127.0.0.1:2909$id" --native-listen off --admin-listen "127.0.0.1:2929$id" \
         --data-dir "$work/broker-$id" >"$work/broker-$id.log" 2>&1 &
     pids+=("$!")
 done

@@ -26,7 +26,7 @@ cleanup() {
 }
 trap cleanup EXIT
 mkdir -p "$out"
-taskset -c 0 "$bin/tern" serve --cores 1 --listen 127.0.0.1:29480 --admin-listen 127.0.0.1:29481 \
+taskset -c 0 "$bin/tern" serve --cores 1 --listen 127.0.0.1:29480 --native-listen off --admin-listen 127.0.0.1:29481 \
     --data-dir "$work/data" >"$work/broker.log" 2>&1 &
 pid=$!
 for _ in $(seq 1 100); do

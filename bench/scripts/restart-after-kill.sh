@@ -23,7 +23,7 @@ cleanup() {
 }
 trap cleanup EXIT
 start() {
-    taskset -c 0 "$bin/tern" serve --cores 1 --listen 127.0.0.1:29680 --admin-listen 127.0.0.1:29681 \
+    taskset -c 0 "$bin/tern" serve --cores 1 --listen 127.0.0.1:29680 --native-listen off --admin-listen 127.0.0.1:29681 \
         --data-dir "$work/data" >>"$work/broker.log" 2>&1 &
     pid=$!
 }

@@ -35,7 +35,7 @@ printf 'subjectAltName=IP:127.0.0.1\n' >"$work/ext"
 openssl x509 -req -in "$work/broker.csr" -CA "$work/ca.pem" -CAkey "$work/ca.key" \
     -CAcreateserial -days 2 -extfile "$work/ext" -out "$work/broker.pem" 2>/dev/null
 
-"$bin/tern" serve --cores 1 --cpuset 0 --data-dir "$work/data" --admin-listen off \
+"$bin/tern" serve --cores 1 --cpuset 0 --data-dir "$work/data" --native-listen off --admin-listen off \
     --listeners PLAINTEXT://127.0.0.1:29392,SSL://127.0.0.1:29393,SASL_SSL://127.0.0.1:29394 \
     --ssl-certificate "$work/broker.pem" --ssl-key "$work/broker.key" \
     >"$work/broker.log" 2>&1 &

@@ -12,12 +12,18 @@ use crate::security::sasl::Mechanism;
 use crate::security::tls::TlsSettings;
 use crate::topic_config::TopicDefaults;
 
+/// The name the native listener is registered under (never a Kafka listener's).
+pub const NATIVE_LISTENER_NAME: &str = "TERN_NATIVE";
+
 #[derive(Debug, Clone)]
 pub struct BrokerConfig {
     /// Where the Kafka listener binds; every shard accepts on it (SO_REUSEPORT).
     pub listen: SocketAddr,
     /// Admin HTTP endpoint (`/metrics`, `/healthz`) on shard 0; `None` disables it.
     pub admin_listen: Option<SocketAddr>,
+    /// Where the native protocol's listener binds (every shard accepts on it); `None`
+    /// disables it.
+    pub native_listen: Option<SocketAddr>,
     /// `host:port` given to clients in Metadata; defaults to `listen`.
     pub advertised: Option<String>,
     pub data_dir: PathBuf,
@@ -224,6 +230,7 @@ impl Default for BrokerConfig {
         BrokerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 9092)),
             admin_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9644))),
+            native_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9094))),
             advertised: None,
             data_dir: PathBuf::from("tern-data"),
             cores: 0,
@@ -289,9 +296,39 @@ impl BrokerConfig {
         }
     }
 
+    /// The native protocol's listener, registered with the brokers' Kafka listeners under
+    /// `NATIVE_LISTENER_NAME` so that native Metadata answers with native endpoints. Bound
+    /// to an unspecified address, it advertises the Kafka listener's host.
+    pub fn native_listener(&self) -> Option<Listener> {
+        let addr = self.native_listen?;
+        let advertised = addr
+            .ip()
+            .is_unspecified()
+            .then(|| (self.advertised_host_port().0, addr.port()));
+        Some(Listener {
+            name: NATIVE_LISTENER_NAME.to_owned(),
+            protocol: crate::security::listener::SecurityProtocol::Plaintext,
+            addr,
+            advertised,
+        })
+    }
+
     /// The relations between the listener and security settings.
     pub fn validate_security(&self) -> Result<(), String> {
         let listeners = self.effective_listeners();
+        if listeners.iter().any(|l| l.name == NATIVE_LISTENER_NAME) {
+            return Err(format!(
+                "the listener name {NATIVE_LISTENER_NAME} is the native protocol's"
+            ));
+        }
+        if let Some(native) = self.native_listen {
+            if let Some(clash) = listeners.iter().find(|l| l.addr == native) {
+                return Err(format!(
+                    "--native-listen {native} is also the Kafka listener {}",
+                    clash.name
+                ));
+            }
+        }
         let Some(inter_broker) = listeners.iter().find(|l| l.addr == self.listen) else {
             return Err(format!(
                 "the inter-broker address {} is none of the listeners",
@@ -409,6 +446,8 @@ impl BrokerConfig {
 pub struct FileConfig {
     pub listen: Option<SocketAddr>,
     pub admin_listen: Option<SocketAddr>,
+    /// An address, or "off".
+    pub native_listen: Option<String>,
     pub advertised: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub cores: Option<usize>,

@@ -26,6 +26,7 @@ pub mod handlers;
 pub mod ids;
 pub mod limits;
 pub mod metrics;
+pub mod native;
 pub mod net;
 pub mod outcome;
 pub mod partition;
@@ -113,8 +114,8 @@ pub fn run(mut config: BrokerConfig) -> Result<(), StartError> {
     // Before any shard binds: the shards share the port among themselves (SO_REUSEPORT),
     // which would also let them share it with another broker.
     let listeners = config.effective_listeners();
-    let mut _ports = Vec::with_capacity(listeners.len());
-    for listener in &listeners {
+    let mut _ports = Vec::with_capacity(listeners.len() + 1);
+    for listener in listeners.iter().chain(config.native_listener().as_ref()) {
         _ports.push(
             runtime::claim_port(listener.addr).map_err(|reason| StartError::Listen {
                 addr: listener.addr,
@@ -364,7 +365,11 @@ async fn shard_main(
     let txn_coordinator = txn::coordinator::start(shard.clone());
 
     let mut bound = Vec::new();
-    for listener in config.effective_listeners() {
+    for listener in config
+        .effective_listeners()
+        .into_iter()
+        .chain(config.native_listener())
+    {
         match runtime::bind_shared(listener.addr) {
             Ok(socket) => bound.push((listener, socket)),
             Err(error) => {
@@ -427,7 +432,11 @@ async fn shard_main(
     let acceptors: Vec<glommio::Task<()>> = bound
         .into_iter()
         .map(|(listener, socket)| {
-            let endpoint = Rc::new(connection::Endpoint::new(&listener, tls.clone()));
+            let endpoint = Rc::new(if listener.name == config::NATIVE_LISTENER_NAME {
+                connection::Endpoint::native(&listener)
+            } else {
+                connection::Endpoint::new(&listener, tls.clone())
+            });
             connection::start_acceptor(
                 shard.clone(),
                 socket,

@@ -99,6 +99,8 @@ pub struct Broker {
     pub addr: SocketAddr,
     /// The admin HTTP endpoint (`/metrics`, `/healthz`).
     pub admin_addr: SocketAddr,
+    /// The native protocol's listener.
+    pub native_addr: SocketAddr,
     pub cores: usize,
     data_dir: tempfile::TempDir,
     extra_args: Vec<String>,
@@ -145,10 +147,14 @@ impl Broker {
         let admin_addr: SocketAddr = format!("127.0.0.1:{}", free_port())
             .parse()
             .expect("address");
+        let native_addr: SocketAddr = format!("127.0.0.1:{}", free_port())
+            .parse()
+            .expect("address");
         Broker {
             child: None,
             addr,
             admin_addr,
+            native_addr,
             cores,
             data_dir,
             extra_args,
@@ -213,6 +219,8 @@ impl Broker {
             .arg(self.cores.to_string())
             .arg("--admin-listen")
             .arg(self.admin_addr.to_string())
+            .arg("--native-listen")
+            .arg(self.native_addr.to_string())
             .args(&self.extra_args)
             .env(
                 "TERN_LOG",

@@ -358,7 +358,8 @@ fn a_second_broker_on_a_taken_port_exits_with_address_in_use() {
     let try_serve = |listen: SocketAddr| {
         let data_dir = tempfile::tempdir().expect("temp dir");
         let mut child = std::process::Command::new(tern_tests::tern_binary())
-            .args(["serve", "--cores", "1", "--admin-listen", "off", "--listen"])
+            .args(["serve", "--cores", "1", "--admin-listen", "off"])
+            .args(["--native-listen", "off", "--listen"])
             .arg(listen.to_string())
             .arg("--data-dir")
             .arg(data_dir.path())

@@ -96,6 +96,7 @@ fn the_debian_package_holds_the_broker_its_unit_and_config_and_the_unit_command_
         .env("TERN_DATA_DIR", &data)
         .env("TERN_LISTEN", format!("127.0.0.1:{port}"))
         .env("TERN_ADMIN_LISTEN", format!("127.0.0.1:{admin}"))
+        .env("TERN_NATIVE_LISTEN", format!("127.0.0.1:{}", free_port()))
         .env("TERN_CORES", "1")
         .stdout(Stdio::null())
         .stderr(Stdio::null())

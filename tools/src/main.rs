@@ -559,6 +559,9 @@ struct ServeArgs {
     /// Admin HTTP address for /metrics, /cluster, /doctor and /healthz ("off" disables it).
     #[arg(long, env = "TERN_ADMIN_LISTEN")]
     admin_listen: Option<String>,
+    /// Native protocol listener address ("off" disables it).
+    #[arg(long, env = "TERN_NATIVE_LISTEN")]
+    native_listen: Option<String>,
     /// host:port advertised to clients (defaults to the listener).
     #[arg(long, env = "TERN_ADVERTISED")]
     advertised: Option<String>,
@@ -865,8 +868,17 @@ fn build_config(args: ServeArgs) -> Result<BrokerConfig, String> {
         ),
         None => file.admin_listen.or(defaults.admin_listen),
     };
+    let native_listen = match args.native_listen.as_deref().or(file.native_listen.as_deref()) {
+        Some("off") | Some("") => None,
+        Some(addr) => Some(
+            addr.parse()
+                .map_err(|e| format!("--native-listen '{addr}': {e}"))?,
+        ),
+        None => defaults.native_listen,
+    };
     let config = BrokerConfig {
         admin_listen,
+        native_listen,
         // With --listeners, the inter-broker listener's.
         listen: if security.listeners.is_empty() {
             args.listen.or(file.listen).unwrap_or(defaults.listen)

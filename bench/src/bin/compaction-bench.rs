@@ -113,6 +113,7 @@ impl Broker {
         let child = command
             .args(["serve", "--cores", "1", "--listen"])
             .arg(self.addr.to_string())
+            .args(["--native-listen", "off"])
             .arg("--admin-listen")
             .arg(self.admin.to_string())
             .arg("--data-dir")

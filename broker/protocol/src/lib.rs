@@ -13,6 +13,7 @@ pub mod fetch;
 pub mod frame;
 pub mod fuzzing;
 pub mod limits;
+pub mod native;
 pub mod produce;
 pub mod records;
 pub mod request;

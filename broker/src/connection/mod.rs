@@ -26,6 +26,7 @@
 pub mod admission;
 pub mod budget;
 mod frames;
+mod native;
 pub mod table;
 
 use std::net::SocketAddr;
@@ -93,11 +94,21 @@ enum Ended {
     Closed(CloseReason),
 }
 
-/// A listener as its connections see it: its name (for Metadata's endpoints), its security
-/// protocol, and the TLS acceptor when it has one.
+/// The protocol a listener speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wire {
+    /// Kafka's: responses in request order.
+    Kafka,
+    /// Tern's native protocol (`crate::native`): responses as they are ready, by request id.
+    Native,
+}
+
+/// A listener as its connections see it: its name (for Metadata's endpoints), its protocol
+/// and security protocol, and the TLS acceptor when it has one.
 pub struct Endpoint {
     pub name: Arc<str>,
     pub protocol: SecurityProtocol,
+    pub wire: Wire,
     tls: Option<futures_rustls::TlsAcceptor>,
 }
 
@@ -106,9 +117,20 @@ impl Endpoint {
         Endpoint {
             name: listener.name.as_str().into(),
             protocol: listener.protocol,
+            wire: Wire::Kafka,
             tls: tls
                 .filter(|_| listener.protocol.tls())
                 .map(futures_rustls::TlsAcceptor::from),
+        }
+    }
+
+    /// The native protocol's listener (plaintext, no SASL).
+    pub fn native(listener: &Listener) -> Endpoint {
+        Endpoint {
+            name: listener.name.as_str().into(),
+            protocol: SecurityProtocol::Plaintext,
+            wire: Wire::Native,
+            tls: None,
         }
     }
 }
@@ -199,15 +221,13 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, endpoint: Rc<Endpoint>) 
                 None,
             ));
             let (reader, writer) = stream.split();
-            run(
-                &shard,
-                &state,
-                security,
-                reader,
-                Sink::Plain(fd, writer),
-                close_rx,
-            )
-            .await
+            let sink = Sink::Plain(fd, writer);
+            match endpoint.wire {
+                Wire::Kafka => run(&shard, &state, security, reader, sink, close_rx).await,
+                Wire::Native => {
+                    native::run(&shard, &state, security, reader, sink, close_rx).await
+                }
+            }
         }
         // Boxed: a plaintext connection's future does not carry room for rustls' state.
         Some(acceptor) => {
@@ -301,7 +321,7 @@ fn shutdown(fd: std::os::fd::RawFd) {
     }
 }
 
-/// Serves a connection's requests until it ends.
+/// Serves a connection's Kafka requests until it ends.
 async fn run<R, W>(
     shard: &Rc<Shard>,
     state: &Rc<ConnectionState>,
@@ -316,14 +336,20 @@ where
 {
     let (queue_tx, queue_rx) =
         local_channel::new_bounded::<InFlight>(shard.config.limits.in_flight_max);
-    let reading = pin!(read_requests(
-        shard,
-        state,
-        &security,
-        &mut reader,
-        queue_tx
-    ));
-    let writing = pin!(write_responses(state, &mut sink, queue_rx));
+    let reading = read_requests(shard, state, &security, &mut reader, queue_tx);
+    let writing = write_responses(state, &mut sink, queue_rx);
+    drive(state, reading, writing, close_rx).await
+}
+
+/// Runs a connection's reading and writing halves until it ends, however it ends.
+async fn drive(
+    state: &ConnectionState,
+    reading: impl std::future::Future<Output = Ended>,
+    writing: impl std::future::Future<Output = Ended>,
+    close_rx: futures::channel::oneshot::Receiver<CloseReason>,
+) -> Ended {
+    let reading = pin!(reading);
+    let writing = pin!(writing);
     let serving = pin!(async {
         match select(reading, writing).await {
             // A malformed request or a shutdown still gets the responses it is owed.
@@ -347,6 +373,18 @@ where
     ended
 }
 
+/// Over a quota: nothing more is read until the throttle time has passed (Kafka mutes the
+/// channel too), so a client that ignores its throttle time is still held back.
+async fn hold_while_throttled(security: &ConnectionSecurity) {
+    let until = security.throttled_until_ms();
+    if until > 0 {
+        let hold = until - monotonic_ms();
+        if hold > 0 {
+            glommio::timer::sleep(Duration::from_millis(hold as u64)).await;
+        }
+    }
+}
+
 /// Reads frames and hands each to a handler task, queued for the writer in arrival order.
 async fn read_requests<R: futures::AsyncRead + Unpin>(
     shard: &Rc<Shard>,
@@ -357,15 +395,7 @@ async fn read_requests<R: futures::AsyncRead + Unpin>(
 ) -> Ended {
     let mut frames = FrameReader::new(&shard.config.limits, shard.request_budget.clone());
     loop {
-        // Over a quota: nothing more is read until the throttle time has passed (Kafka mutes
-        // the channel too), so a client that ignores its throttle time is still held back.
-        let until = security.throttled_until_ms();
-        if until > 0 {
-            let hold = until - monotonic_ms();
-            if hold > 0 {
-                glommio::timer::sleep(Duration::from_millis(hold as u64)).await;
-            }
-        }
+        hold_while_throttled(security).await;
         // Unauthenticated SASL clients may not take large requests out of the shard's budget.
         let unauthenticated = security.needs_authentication();
         frames.cap(

@@ -145,7 +145,7 @@ fn metadata_error_code(error: &MetadataError) -> i16 {
     }
 }
 
-pub async fn create_topics(ctx: &Ctx<'_>, request: CreateTopicsRequest) -> Outcome {
+pub async fn create_topics(ctx: &Ctx<'_>, request: CreateTopicsRequest) -> CreateTopicsResponse {
     let shard = ctx.shard;
     let image = shard.image();
     let mut seen = HashSet::new();
@@ -328,10 +328,10 @@ pub async fn create_topics(ctx: &Ctx<'_>, request: CreateTopicsRequest) -> Outco
             out
         })
         .collect();
-    ctx.respond(&response)
+    response
 }
 
-pub async fn delete_topics(ctx: &Ctx<'_>, request: DeleteTopicsRequest) -> Outcome {
+pub async fn delete_topics(ctx: &Ctx<'_>, request: DeleteTopicsRequest) -> DeleteTopicsResponse {
     let shard = ctx.shard;
     // v0-5 name topics in `topic_names`; v6 in `topics` (by name or id).
     let image = shard.image();
@@ -404,7 +404,7 @@ pub async fn delete_topics(ctx: &Ctx<'_>, request: DeleteTopicsRequest) -> Outco
             out
         })
         .collect();
-    ctx.respond(&response)
+    response
 }
 
 pub async fn create_partitions(ctx: &Ctx<'_>, request: CreatePartitionsRequest) -> Outcome {
@@ -517,7 +517,7 @@ fn broker_entries(ctx: &Ctx<'_>) -> Vec<(&'static str, String)> {
     ]
 }
 
-pub fn describe_configs(ctx: &Ctx<'_>, request: DescribeConfigsRequest) -> Outcome {
+pub fn describe_configs(ctx: &Ctx<'_>, request: DescribeConfigsRequest) -> DescribeConfigsResponse {
     let shard = ctx.shard;
     let image = shard.image();
     let mut response = DescribeConfigsResponse::default();
@@ -635,7 +635,7 @@ pub fn describe_configs(ctx: &Ctx<'_>, request: DescribeConfigsRequest) -> Outco
             out
         })
         .collect();
-    ctx.respond(&response)
+    response
 }
 
 /// One resource of an alter-configs request: resource type, name, and the topic's complete new

@@ -33,14 +33,15 @@ use crate::partition::{self, ReadRequest, ReadResult, ReplicaFetch, TopicPartiti
 use crate::security::{acl, quota};
 use crate::shard::Shard;
 
+/// One partition a fetch reads, at its place (`slot`) in the response.
 #[derive(Debug, Clone)]
-struct Want {
-    slot: usize,
-    tp: TopicPartition,
-    request: ReadRequest,
+pub struct Want {
+    pub slot: usize,
+    pub tp: TopicPartition,
+    pub request: ReadRequest,
     /// The principal may not read it (TOPIC_AUTHORIZATION_FAILED; CLUSTER_AUTHORIZATION_FAILED
     /// for a follower without CLUSTER_ACTION).
-    denied: Option<i16>,
+    pub denied: Option<i16>,
 }
 
 pub async fn handle(ctx: &Ctx<'_>, request: FetchRequest) -> Outcome {
@@ -170,16 +171,7 @@ pub async fn handle(ctx: &Ctx<'_>, request: FetchRequest) -> Outcome {
     let mut any_records = false;
     let mut chosen: Vec<(usize, bool)> = Vec::with_capacity(partitions.len());
     for (slot, (part, result)) in partitions.iter().zip(got.iter_mut()).enumerate() {
-        // The log returns whole batches: only a result over the budget needs walking.
-        let keep = if result.len <= budget_bytes {
-            result.len
-        } else {
-            whole_batches_within(&result.chunks, budget_bytes, !any_records)
-        };
-        if keep < result.len {
-            result.chunks = prefix(&result.chunks, keep);
-            result.len = keep;
-        }
+        let keep = trim(result, budget_bytes, !any_records);
         let with_records = keep > 0;
         record_bytes += keep;
         if with_records {
@@ -265,10 +257,26 @@ pub async fn handle(ctx: &Ctx<'_>, request: FetchRequest) -> Outcome {
     Outcome::Respond(writer.finish())
 }
 
+/// Cuts `result` to the whole batches that fit `budget` (all of its first batch when `first`,
+/// as Kafka lets a response's first batch exceed the limit) and returns the bytes kept.
+pub fn trim(result: &mut ReadResult, budget: usize, first: bool) -> usize {
+    // The log returns whole batches: only a result over the budget needs walking.
+    let keep = if result.len <= budget {
+        result.len
+    } else {
+        whole_batches_within(&result.chunks, budget, first)
+    };
+    if keep < result.len {
+        result.chunks = prefix(&result.chunks, keep);
+        result.len = keep;
+    }
+    keep
+}
+
 /// Reads every wanted partition on its owner shard, waiting there (one message per owner)
 /// until `min_bytes` are available, an error occurs, or the deadline passes. Returns the
 /// results by slot and whether an owner refused to park (its cap was reached).
-async fn read_or_wait(
+pub async fn read_or_wait(
     shard: &Rc<Shard>,
     wants: &[Want],
     min_bytes: usize,

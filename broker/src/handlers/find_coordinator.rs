@@ -8,13 +8,12 @@ use tern_protocol::error_code::{self, ErrorCode};
 
 use super::{str_bytes, Ctx};
 use crate::group::OFFSETS_TOPIC;
-use crate::outcome::Outcome;
 use crate::security::acl;
 
 const KEY_TYPE_GROUP: i8 = 0;
 const KEY_TYPE_TRANSACTION: i8 = 1;
 
-pub async fn handle(ctx: &Ctx<'_>, request: FindCoordinatorRequest) -> Outcome {
+pub async fn handle(ctx: &Ctx<'_>, request: FindCoordinatorRequest) -> FindCoordinatorResponse {
     if request.key_type == KEY_TYPE_TRANSACTION {
         // The first transactional client creates `__transaction_state`, as with Kafka.
         super::txn::ensure_topic(ctx.shard).await;
@@ -117,5 +116,5 @@ pub async fn handle(ctx: &Ctx<'_>, request: FindCoordinatorRequest) -> Outcome {
             }
         }
     }
-    ctx.respond(&response)
+    response
 }

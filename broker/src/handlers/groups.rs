@@ -340,7 +340,7 @@ pub async fn leave_group(ctx: &Ctx<'_>, request: LeaveGroupRequest) -> Outcome {
     ctx.respond(&response)
 }
 
-pub async fn offset_commit(ctx: &Ctx<'_>, request: OffsetCommitRequest) -> Outcome {
+pub async fn offset_commit(ctx: &Ctx<'_>, request: OffsetCommitRequest) -> OffsetCommitResponse {
     let group_id = request.group_id.0.to_string();
     let image = ctx.shard.image();
     let now = ctx.shard.now_ms();
@@ -441,7 +441,7 @@ pub async fn offset_commit(ctx: &Ctx<'_>, request: OffsetCommitRequest) -> Outco
             out
         })
         .collect();
-    ctx.respond(&response)
+    response
 }
 
 /// One group's part of an OffsetFetch: the group, the member asking (v9+: id and epoch,
@@ -591,7 +591,7 @@ fn by_topic(
     out
 }
 
-pub async fn offset_fetch(ctx: &Ctx<'_>, request: OffsetFetchRequest) -> Outcome {
+pub async fn offset_fetch(ctx: &Ctx<'_>, request: OffsetFetchRequest) -> OffsetFetchResponse {
     let mut response = OffsetFetchResponse::default();
     if ctx.version >= 8 {
         let queries: Vec<FetchQuery> = request
@@ -723,7 +723,7 @@ pub async fn offset_fetch(ctx: &Ctx<'_>, request: OffsetFetchRequest) -> Outcome
             }
         }
     }
-    ctx.respond(&response)
+    response
 }
 
 /// Runs `work` once per coordinator shard with the group ids it owns; returns one answer per

@@ -12,10 +12,9 @@ use tern_replication::metadata::{TopicMeta, NO_LEADER};
 
 use super::admin::{create_topics_via_controller, topic_id, validate_topic_name, NewTopic};
 use super::{str_bytes, Ctx};
-use crate::outcome::Outcome;
 use crate::security::acl;
 
-pub async fn handle(ctx: &Ctx<'_>, request: MetadataRequest) -> Outcome {
+pub async fn handle(ctx: &Ctx<'_>, request: MetadataRequest) -> MetadataResponse {
     let shard = ctx.shard;
     // Topics asked for by name, and (v10+, as KIP-848 consumers do for their assignments) by
     // id alone.
@@ -162,5 +161,5 @@ pub async fn handle(ctx: &Ctx<'_>, request: MetadataRequest) -> Outcome {
             .collect(),
     };
     response.topics.append(&mut by_id_answers);
-    ctx.respond(&response)
+    response
 }

@@ -11,18 +11,18 @@
 //! `Ctx::charge_quota`; `handle` refuses everything but SASL before authentication and times
 //! requests while some client has a request quota.
 
-mod admin;
+pub(crate) mod admin;
 mod api_versions;
 mod consumer_groups;
-mod fetch;
-mod find_coordinator;
-mod groups;
+pub(crate) mod fetch;
+pub(crate) mod find_coordinator;
+pub(crate) mod groups;
 mod txn;
 pub use groups::offsets_topic_command;
-mod metadata;
-mod offsets;
-mod produce;
-mod producer_id;
+pub(crate) mod metadata;
+pub(crate) mod offsets;
+pub(crate) mod produce;
+pub(crate) mod producer_id;
 mod security;
 
 use std::rc::Rc;
@@ -52,7 +52,39 @@ pub struct Ctx<'a> {
     pub security: &'a ConnectionSecurity,
 }
 
-impl Ctx<'_> {
+impl<'a> Ctx<'a> {
+    /// A native request's context (`crate::native`): the same principal, ACLs and quotas as a
+    /// Kafka request; `for_api` names the Kafka request a native one is served as.
+    pub fn native(
+        shard: &'a Rc<Shard>,
+        security: &'a ConnectionSecurity,
+        peer: Option<std::net::SocketAddr>,
+        client_id: String,
+    ) -> Ctx<'a> {
+        Ctx {
+            shard,
+            api_key: -1,
+            version: 0,
+            correlation_id: 0,
+            client_id,
+            peer,
+            security,
+        }
+    }
+
+    /// This context as a request of `api_key` at `version` would have it.
+    pub fn for_api(&self, api_key: i16, version: i16) -> Ctx<'a> {
+        Ctx {
+            shard: self.shard,
+            api_key,
+            version,
+            correlation_id: self.correlation_id,
+            client_id: self.client_id.clone(),
+            peer: self.peer,
+            security: self.security,
+        }
+    }
+
     /// Where the client connects from, for DescribeGroups, written as the Java broker does
     /// (`/` then the address).
     pub fn client_host(&self) -> String {
@@ -317,19 +349,27 @@ async fn dispatch(
             let _request = decode!(ApiVersionsRequest);
             api_versions::handle(ctx)
         }
-        api::METADATA => metadata::handle(ctx, decode!(MetadataRequest)).await,
+        api::METADATA => ctx.respond(&metadata::handle(ctx, decode!(MetadataRequest)).await),
         api::FETCH => fetch::handle(ctx, decode!(FetchRequest)).await,
-        api::LIST_OFFSETS => offsets::list_offsets(ctx, decode!(ListOffsetsRequest)).await,
+        api::LIST_OFFSETS => {
+            ctx.respond(&offsets::list_offsets(ctx, decode!(ListOffsetsRequest)).await)
+        }
         api::DELETE_RECORDS => offsets::delete_records(ctx, decode!(DeleteRecordsRequest)).await,
         api::OFFSET_FOR_LEADER_EPOCH => {
             offsets::offset_for_leader_epoch(ctx, decode!(OffsetForLeaderEpochRequest)).await
         }
-        api::CREATE_TOPICS => admin::create_topics(ctx, decode!(CreateTopicsRequest)).await,
-        api::DELETE_TOPICS => admin::delete_topics(ctx, decode!(DeleteTopicsRequest)).await,
+        api::CREATE_TOPICS => {
+            ctx.respond(&admin::create_topics(ctx, decode!(CreateTopicsRequest)).await)
+        }
+        api::DELETE_TOPICS => {
+            ctx.respond(&admin::delete_topics(ctx, decode!(DeleteTopicsRequest)).await)
+        }
         api::CREATE_PARTITIONS => {
             admin::create_partitions(ctx, decode!(CreatePartitionsRequest)).await
         }
-        api::DESCRIBE_CONFIGS => admin::describe_configs(ctx, decode!(DescribeConfigsRequest)),
+        api::DESCRIBE_CONFIGS => {
+            ctx.respond(&admin::describe_configs(ctx, decode!(DescribeConfigsRequest)))
+        }
         api::ALTER_CONFIGS => admin::alter_configs(ctx, decode!(AlterConfigsRequest)).await,
         api::INCREMENTAL_ALTER_CONFIGS => {
             admin::incremental_alter_configs(ctx, decode!(IncrementalAlterConfigsRequest)).await
@@ -337,17 +377,21 @@ async fn dispatch(
         api::DESCRIBE_CLUSTER => admin::describe_cluster(ctx, decode!(DescribeClusterRequest)),
         api::ELECT_LEADERS => admin::elect_leaders(ctx, decode!(ElectLeadersRequest)).await,
         api::INIT_PRODUCER_ID => {
-            producer_id::init_producer_id(ctx, decode!(InitProducerIdRequest)).await
+            ctx.respond(&producer_id::init_producer_id(ctx, decode!(InitProducerIdRequest)).await)
         }
         api::FIND_COORDINATOR => {
-            find_coordinator::handle(ctx, decode!(FindCoordinatorRequest)).await
+            ctx.respond(&find_coordinator::handle(ctx, decode!(FindCoordinatorRequest)).await)
         }
         api::JOIN_GROUP => groups::join_group(ctx, decode!(JoinGroupRequest)).await,
         api::SYNC_GROUP => groups::sync_group(ctx, decode!(SyncGroupRequest)).await,
         api::HEARTBEAT => groups::heartbeat(ctx, decode!(HeartbeatRequest)).await,
         api::LEAVE_GROUP => groups::leave_group(ctx, decode!(LeaveGroupRequest)).await,
-        api::OFFSET_COMMIT => groups::offset_commit(ctx, decode!(OffsetCommitRequest)).await,
-        api::OFFSET_FETCH => groups::offset_fetch(ctx, decode!(OffsetFetchRequest)).await,
+        api::OFFSET_COMMIT => {
+            ctx.respond(&groups::offset_commit(ctx, decode!(OffsetCommitRequest)).await)
+        }
+        api::OFFSET_FETCH => {
+            ctx.respond(&groups::offset_fetch(ctx, decode!(OffsetFetchRequest)).await)
+        }
         api::DESCRIBE_GROUPS => groups::describe_groups(ctx, decode!(DescribeGroupsRequest)).await,
         api::LIST_GROUPS => groups::list_groups(ctx, decode!(ListGroupsRequest)).await,
         api::DELETE_GROUPS => groups::delete_groups(ctx, decode!(DeleteGroupsRequest)).await,

@@ -123,7 +123,7 @@ fn topics_allowed<'a>(
         .collect()
 }
 
-pub async fn list_offsets(ctx: &Ctx<'_>, request: ListOffsetsRequest) -> Outcome {
+pub async fn list_offsets(ctx: &Ctx<'_>, request: ListOffsetsRequest) -> ListOffsetsResponse {
     // Topics the principal may not describe are answered TOPIC_AUTHORIZATION_FAILED
     // without being touched.
     let allowed = topics_allowed(
@@ -186,7 +186,7 @@ pub async fn list_offsets(ctx: &Ctx<'_>, request: ListOffsetsRequest) -> Outcome
             out
         })
         .collect();
-    ctx.respond(&response)
+    response
 }
 
 async fn delete_one(shard: Rc<Shard>, (tp, before, _): Query) -> Answer {

@@ -27,13 +27,13 @@ use crate::shard::Shard;
 
 /// One partition's outcome, sent back from its owner shard.
 #[derive(Debug, Clone)]
-struct Appended {
-    error_code: i16,
-    base_offset: i64,
-    log_append_time_ms: i64,
-    log_start_offset: i64,
-    message: Option<String>,
-    record_errors: Vec<(i32, String)>,
+pub struct Appended {
+    pub error_code: i16,
+    pub base_offset: i64,
+    pub log_append_time_ms: i64,
+    pub log_start_offset: i64,
+    pub message: Option<String>,
+    pub record_errors: Vec<(i32, String)>,
 }
 
 impl Appended {
@@ -61,105 +61,32 @@ pub async fn handle(ctx: &Ctx<'_>, body: BytesMut) -> Outcome {
         }
     };
     let acks = request.acks;
-    // A transactional produce also needs WRITE on its transactional id, as in Kafka.
-    let txn_allowed = request
-        .transactional_id
-        .as_deref()
-        .is_none_or(|id| ctx.allowed(acl::operation::WRITE, acl::resource::TRANSACTIONAL_ID, id));
-    let slots = request.partition_count();
-    let mut results: Vec<Option<Appended>> = vec![None; slots];
-    if !matches!(acks, -1..=1) {
-        results.iter_mut().for_each(|slot| {
-            *slot = Some(Appended::error(error_code::INVALID_REQUIRED_ACKS, None))
-        });
-    }
-
-    // Split the record sets off the body, in order, and group them by owner shard.
-    let shard = ctx.shard;
+    // Split the record sets off the body (same allocation, no copy), in request order.
     let mut body = body;
     let mut consumed = 0usize;
-    let mut routed: Vec<(usize, (TopicPartition, BytesMut))> = Vec::new();
-    let mut routed_slots: Vec<usize> = Vec::new();
-    let mut slot = 0usize;
-    let image = shard.image();
+    let mut items = Vec::with_capacity(request.partition_count());
     for topic in &request.topics {
-        let writable = ctx.allowed(acl::operation::WRITE, acl::resource::TOPIC, &topic.name);
         for partition in &topic.partitions {
-            let this = slot;
-            slot += 1;
             let records = partition.records.clone().map(|range| {
                 body.advance(range.start - consumed);
                 consumed = range.end;
                 body.split_to(range.len())
             });
-            if results[this].is_some() {
-                continue;
-            }
-            if !txn_allowed {
-                results[this] = Some(Appended::error(
-                    error_code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
-                    None,
-                ));
-                continue;
-            }
-            if !writable {
-                results[this] = Some(Appended::error(
-                    error_code::TOPIC_AUTHORIZATION_FAILED,
-                    None,
-                ));
-                continue;
-            }
-            let Some(records) = records else {
-                results[this] = Some(Appended::error(
-                    error_code::INVALID_RECORD,
-                    Some("null record set".into()),
-                ));
-                continue;
-            };
-            if image.topic(&topic.name).is_some_and(|meta| meta.internal) {
-                // Kafka refuses client writes to internal topics: their records belong to the
-                // coordinators that own them.
-                results[this] = Some(Appended::error(
-                    error_code::INVALID_TOPIC_EXCEPTION,
-                    Some(format!("cannot produce to internal topic {}", topic.name)),
-                ));
-                continue;
-            }
-            match shard.owner_of(&topic.name, partition.index) {
-                Some(owner) => {
-                    routed_slots.push(this);
-                    routed.push((
-                        owner,
-                        (
-                            TopicPartition::new(topic.name.clone(), partition.index),
-                            records,
-                        ),
-                    ));
-                }
-                None => {
-                    results[this] = Some(Appended::error(
-                        error_code::UNKNOWN_TOPIC_OR_PARTITION,
-                        None,
-                    ))
-                }
-            }
+            items.push(ToAppend {
+                topic: topic.name.clone(),
+                partition: partition.index,
+                records,
+            });
         }
     }
-
-    // acks=all waits for the ISR at most the request's timeout (Kafka's `timeout_ms`).
-    let timeout = Duration::from_millis(
-        (request.timeout_ms.max(0) as u64).min(crate::limits::PRODUCE_TIMEOUT_MS_MAX),
-    );
-    let deadline = Instant::now() + timeout;
-    let answers = scatter(shard, routed, move |shard, items| {
-        append_on_owner(shard, items, acks, deadline)
-    })
+    let results = append_all(
+        ctx,
+        acks,
+        request.timeout_ms,
+        request.transactional_id.as_deref(),
+        items,
+    )
     .await;
-    for (slot, answer) in routed_slots.into_iter().zip(answers) {
-        results[slot] = Some(answer.unwrap_or_else(|error| {
-            Appended::error(error_code::NOT_LEADER_OR_FOLLOWER, Some(error.to_string()))
-        }));
-    }
     // The request's bytes count against the producer byte rate quota, acks=0 or not.
     let throttle_ms = ctx.charge_quota(quota::PRODUCER_BYTE_RATE, request_bytes);
     if acks == 0 {
@@ -167,7 +94,6 @@ pub async fn handle(ctx: &Ctx<'_>, body: BytesMut) -> Outcome {
         // and the client reconnects and refreshes its metadata.
         let failed = results
             .iter()
-            .flatten()
             .find(|result| result.error_code != error_code::NONE);
         return match failed {
             Some(result) => Outcome::Close(
@@ -201,7 +127,6 @@ pub async fn handle(ctx: &Ctx<'_>, body: BytesMut) -> Outcome {
                 .map(|partition| {
                     let result = results
                         .next()
-                        .flatten()
                         .unwrap_or_else(|| Appended::error(error_code::UNKNOWN_SERVER_ERROR, None));
                     let mut p = PartitionProduceResponse::default();
                     p.index = partition.index;
@@ -227,6 +152,114 @@ pub async fn handle(ctx: &Ctx<'_>, body: BytesMut) -> Outcome {
         })
         .collect();
     ctx.respond(&response)
+}
+
+/// One partition's records to append.
+pub struct ToAppend {
+    pub topic: String,
+    pub partition: i32,
+    /// `None`: the request carried a null record set.
+    pub records: Option<BytesMut>,
+}
+
+/// Appends each partition's records on its owner shard (one message per owner) and returns
+/// the outcomes in `items`' order: the part of Produce both protocols share. Checks the
+/// principal's WRITE on each topic (and on the transactional id), refuses internal topics,
+/// and waits for acks=all at most `timeout_ms`.
+pub async fn append_all(
+    ctx: &Ctx<'_>,
+    acks: i16,
+    timeout_ms: i32,
+    transactional_id: Option<&str>,
+    items: Vec<ToAppend>,
+) -> Vec<Appended> {
+    let shard = ctx.shard;
+    if !matches!(acks, -1..=1) {
+        return items
+            .iter()
+            .map(|_| Appended::error(error_code::INVALID_REQUIRED_ACKS, None))
+            .collect();
+    }
+    // A transactional produce also needs WRITE on its transactional id, as in Kafka.
+    let txn_allowed = transactional_id
+        .is_none_or(|id| ctx.allowed(acl::operation::WRITE, acl::resource::TRANSACTIONAL_ID, id));
+    let mut results: Vec<Option<Appended>> = vec![None; items.len()];
+    let mut routed: Vec<(usize, (TopicPartition, BytesMut))> = Vec::new();
+    let mut routed_slots: Vec<usize> = Vec::new();
+    let image = shard.image();
+    // Decided once per run of partitions of one topic.
+    let mut writable: Option<(String, bool)> = None;
+    for (slot, item) in items.into_iter().enumerate() {
+        let topic_writable = match &writable {
+            Some((topic, allowed)) if *topic == item.topic => *allowed,
+            _ => {
+                let allowed =
+                    ctx.allowed(acl::operation::WRITE, acl::resource::TOPIC, &item.topic);
+                writable = Some((item.topic.clone(), allowed));
+                allowed
+            }
+        };
+        let refusal = if !txn_allowed {
+            Some(Appended::error(
+                error_code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+                None,
+            ))
+        } else if !topic_writable {
+            Some(Appended::error(error_code::TOPIC_AUTHORIZATION_FAILED, None))
+        } else if item.records.is_none() {
+            Some(Appended::error(
+                error_code::INVALID_RECORD,
+                Some("null record set".into()),
+            ))
+        } else if image.topic(&item.topic).is_some_and(|meta| meta.internal) {
+            // Kafka refuses client writes to internal topics: their records belong to the
+            // coordinators that own them.
+            Some(Appended::error(
+                error_code::INVALID_TOPIC_EXCEPTION,
+                Some(format!("cannot produce to internal topic {}", item.topic)),
+            ))
+        } else {
+            None
+        };
+        if refusal.is_some() {
+            results[slot] = refusal;
+            continue;
+        }
+        let (Some(owner), Some(records)) = (
+            shard.owner_of(&item.topic, item.partition),
+            item.records,
+        ) else {
+            results[slot] = Some(Appended::error(
+                error_code::UNKNOWN_TOPIC_OR_PARTITION,
+                None,
+            ));
+            continue;
+        };
+        routed_slots.push(slot);
+        routed.push((owner, (TopicPartition::new(item.topic, item.partition), records)));
+    }
+    drop(image);
+
+    // acks=all waits for the ISR at most the request's timeout (Kafka's `timeout_ms`).
+    let timeout = Duration::from_millis(
+        (timeout_ms.max(0) as u64).min(crate::limits::PRODUCE_TIMEOUT_MS_MAX),
+    );
+    let deadline = Instant::now() + timeout;
+    let answers = scatter(shard, routed, move |shard, items| {
+        append_on_owner(shard, items, acks, deadline)
+    })
+    .await;
+    for (slot, answer) in routed_slots.into_iter().zip(answers) {
+        results[slot] = Some(answer.unwrap_or_else(|error| {
+            Appended::error(error_code::NOT_LEADER_OR_FOLLOWER, Some(error.to_string()))
+        }));
+    }
+    results
+        .into_iter()
+        .map(|result| {
+            result.unwrap_or_else(|| Appended::error(error_code::UNKNOWN_SERVER_ERROR, None))
+        })
+        .collect()
 }
 
 async fn append_on_owner(

@@ -6,10 +6,9 @@ use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse, Pr
 use tern_protocol::error_code;
 
 use super::Ctx;
-use crate::outcome::Outcome;
 use crate::security::acl;
 
-pub async fn init_producer_id(ctx: &Ctx<'_>, request: InitProducerIdRequest) -> Outcome {
+pub async fn init_producer_id(ctx: &Ctx<'_>, request: InitProducerIdRequest) -> InitProducerIdResponse {
     let mut response = InitProducerIdResponse::default();
     response.producer_id = ProducerId(-1);
     response.producer_epoch = -1;
@@ -20,14 +19,14 @@ pub async fn init_producer_id(ctx: &Ctx<'_>, request: InitProducerIdRequest) -> 
             &txn_id,
         ) {
             response.error_code = error_code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED;
-            return ctx.respond(&response);
+            return response;
         }
         let (code, producer_id, producer_epoch) =
             super::txn::init_producer_id(ctx, &request, txn_id).await;
         response.error_code = code;
         response.producer_id = ProducerId(producer_id);
         response.producer_epoch = producer_epoch;
-        return ctx.respond(&response);
+        return response;
     }
     // An idempotent producer: IDEMPOTENT_WRITE on the cluster, or (as Kafka 3 allows) WRITE
     // on some topic.
@@ -35,14 +34,14 @@ pub async fn init_producer_id(ctx: &Ctx<'_>, request: InitProducerIdRequest) -> 
         && !ctx.allowed_somewhere(acl::operation::WRITE, acl::resource::TOPIC)
     {
         response.error_code = error_code::CLUSTER_AUTHORIZATION_FAILED;
-        return ctx.respond(&response);
+        return response;
     }
     if request.producer_id.0 >= 0 && request.producer_epoch >= 0 {
         // Epoch bump: same id, next epoch; on overflow, a fresh id.
         if request.producer_epoch < i16::MAX - 1 {
             response.producer_id = request.producer_id;
             response.producer_epoch = request.producer_epoch + 1;
-            return ctx.respond(&response);
+            return response;
         }
     }
     let allocated = ctx
@@ -71,5 +70,5 @@ pub async fn init_producer_id(ctx: &Ctx<'_>, request: InitProducerIdRequest) -> 
             response.error_code = error_code::COORDINATOR_NOT_AVAILABLE;
         }
     }
-    ctx.respond(&response)
+    response
 }

@@ -286,6 +286,7 @@ pub async fn start(
     let listeners: Vec<Endpoint> = config
         .effective_listeners()
         .iter()
+        .chain(config.native_listener().as_ref())
         .map(|listener| {
             let (host, port) = listener.advertised_host_port();
             Endpoint {

@@ -67,6 +67,8 @@ impl Broker {
             "0".to_owned(),
             "--admin-listen".to_owned(),
             "off".to_owned(),
+            "--native-listen".to_owned(),
+            "off".to_owned(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut broker = Broker {
