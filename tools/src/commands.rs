@@ -11,7 +11,7 @@ use kafka_protocol::records::{
     Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
 
-use crate::client::{check, Client, Result};
+use crate::kafka_client::{check, Client, Result};
 
 fn s(value: &str) -> StrBytes {
     StrBytes::from_string(value.to_owned())

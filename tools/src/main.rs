@@ -2,7 +2,7 @@
 //! then `TERN_*` environment variables, then a TOML file (`--config`), then defaults. The
 //! other subcommands (`topic`, `produce`, `consume`, `group`) talk Kafka to a running broker.
 
-mod client;
+mod kafka_client;
 mod commands;
 
 use std::net::SocketAddr;
@@ -365,7 +365,7 @@ fn run_client_command(command: Command) -> Result<(), String> {
             ClusterAction::Status => commands::cluster_status(&admin),
         },
         Command::Topic { bootstrap, action } => {
-            let mut client = client::Client::connect(&bootstrap)?;
+            let mut client = kafka_client::Client::connect(&bootstrap)?;
             match action {
                 TopicAction::Create {
                     name,
@@ -405,7 +405,7 @@ fn run_client_command(command: Command) -> Result<(), String> {
             key,
             bootstrap,
         } => {
-            let mut client = client::Client::connect(&bootstrap)?;
+            let mut client = kafka_client::Client::connect(&bootstrap)?;
             commands::produce(&mut client, &topic, partition, key.as_deref())
         }
         Command::Consume {
@@ -416,7 +416,7 @@ fn run_client_command(command: Command) -> Result<(), String> {
             idle_ms,
             bootstrap,
         } => {
-            let mut client = client::Client::connect(&bootstrap)?;
+            let mut client = kafka_client::Client::connect(&bootstrap)?;
             commands::consume(
                 &mut client,
                 &topic,
@@ -427,7 +427,7 @@ fn run_client_command(command: Command) -> Result<(), String> {
             )
         }
         Command::Quota { bootstrap, action } => {
-            let mut client = client::Client::connect(&bootstrap)?;
+            let mut client = kafka_client::Client::connect(&bootstrap)?;
             let entity_of = |args: QuotaEntityArgs| {
                 let mut entity = Vec::new();
                 if args.user.is_some() || args.default_user {
@@ -473,7 +473,7 @@ fn run_client_command(command: Command) -> Result<(), String> {
             }
         }
         Command::Acl { bootstrap, action } => {
-            let mut client = client::Client::connect(&bootstrap)?;
+            let mut client = kafka_client::Client::connect(&bootstrap)?;
             let (spec, verb) = match action {
                 AclAction::Add(spec) => (spec, commands::AclVerb::Add),
                 AclAction::List(spec) => (spec, commands::AclVerb::List),
@@ -499,7 +499,7 @@ fn run_client_command(command: Command) -> Result<(), String> {
             commands::acl(&mut client, verb, selection)
         }
         Command::User { bootstrap, action } => {
-            let mut client = client::Client::connect(&bootstrap)?;
+            let mut client = kafka_client::Client::connect(&bootstrap)?;
             match action {
                 UserAction::Create {
                     name,
@@ -514,7 +514,7 @@ fn run_client_command(command: Command) -> Result<(), String> {
             }
         }
         Command::Txn { bootstrap, action } => {
-            let mut client = client::Client::connect(&bootstrap)?;
+            let mut client = kafka_client::Client::connect(&bootstrap)?;
             match action {
                 TxnAction::List => commands::txn_list(&mut client),
                 TxnAction::Describe { transactional_id } => {
@@ -523,7 +523,7 @@ fn run_client_command(command: Command) -> Result<(), String> {
             }
         }
         Command::Group { bootstrap, action } => {
-            let mut client = client::Client::connect(&bootstrap)?;
+            let mut client = kafka_client::Client::connect(&bootstrap)?;
             match action {
                 GroupAction::List => commands::group_list(&mut client),
                 GroupAction::Describe { group } => commands::group_describe(&mut client, &group),
