@@ -219,9 +219,12 @@ pub fn run(mut config: BrokerConfig) -> Result<(), StartError> {
         }
     }
     serving.store(true, Ordering::SeqCst);
-    tracing::info!(listen = %config.listen, shards, data_dir = %config.data_dir.display(), "tern is serving Kafka clients");
+    let native = config
+        .native_listen
+        .map_or_else(|| "off".to_owned(), |addr| addr.to_string());
+    tracing::info!(listen = %config.listen, %native, shards, data_dir = %config.data_dir.display(), "tern is serving Kafka clients");
     println!(
-        "tern: serving Kafka on {} with {} shard(s), data in {}",
+        "tern: serving Kafka on {} (native protocol: {native}) with {} shard(s), data in {}",
         config.listen,
         shards,
         config.data_dir.display()

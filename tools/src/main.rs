@@ -2,8 +2,9 @@
 //! then `TERN_*` environment variables, then a TOML file (`--config`), then defaults. The
 //! other subcommands (`topic`, `produce`, `consume`, `group`) talk Kafka to a running broker.
 
-mod kafka_client;
 mod commands;
+mod kafka_client;
+mod native;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -43,15 +44,21 @@ enum Command {
         #[command(subcommand)]
         action: TopicAction,
     },
-    /// Produce each line of standard input as one record.
+    /// Produce each line of standard input as one record (over the native protocol; --kafka
+    /// for the Kafka protocol).
     Produce {
         topic: String,
         #[arg(long, short, default_value_t = 0)]
         partition: i32,
         #[arg(long, short)]
         key: Option<String>,
-        #[arg(long, short, default_value = "127.0.0.1:9092", env = "TERN_BOOTSTRAP")]
-        bootstrap: String,
+        /// The broker's native listener (default 127.0.0.1:9094, or TERN_NATIVE_BOOTSTRAP);
+        /// with --kafka, its Kafka listener (default 127.0.0.1:9092, or TERN_BOOTSTRAP).
+        #[arg(long, short)]
+        bootstrap: Option<String>,
+        /// Speak the Kafka protocol instead of the native one.
+        #[arg(long)]
+        kafka: bool,
     },
     /// Print records of one partition, one value per line.
     Consume {
@@ -67,8 +74,13 @@ enum Command {
         /// Stop when nothing arrives for this long.
         #[arg(long, default_value_t = 2000)]
         idle_ms: i32,
-        #[arg(long, short, default_value = "127.0.0.1:9092", env = "TERN_BOOTSTRAP")]
-        bootstrap: String,
+        /// The broker's native listener (default 127.0.0.1:9094, or TERN_NATIVE_BOOTSTRAP);
+        /// with --kafka, its Kafka listener (default 127.0.0.1:9092, or TERN_BOOTSTRAP).
+        #[arg(long, short)]
+        bootstrap: Option<String>,
+        /// Speak the Kafka protocol instead of the native one.
+        #[arg(long)]
+        kafka: bool,
     },
     /// List, describe (members, committed offsets, lag), delete consumer groups, or reset offsets.
     Group {
@@ -404,8 +416,21 @@ fn run_client_command(command: Command) -> Result<(), String> {
             partition,
             key,
             bootstrap,
+            kafka: false,
+        } => native::produce(
+            &native_bootstrap(bootstrap),
+            &topic,
+            partition,
+            key.as_deref(),
+        ),
+        Command::Produce {
+            topic,
+            partition,
+            key,
+            bootstrap,
+            kafka: true,
         } => {
-            let mut client = kafka_client::Client::connect(&bootstrap)?;
+            let mut client = kafka_client::Client::connect(&kafka_bootstrap(bootstrap))?;
             commands::produce(&mut client, &topic, partition, key.as_deref())
         }
         Command::Consume {
@@ -415,8 +440,25 @@ fn run_client_command(command: Command) -> Result<(), String> {
             count,
             idle_ms,
             bootstrap,
+            kafka: false,
+        } => native::consume(
+            &native_bootstrap(bootstrap),
+            &topic,
+            partition,
+            from_beginning,
+            count,
+            idle_ms,
+        ),
+        Command::Consume {
+            topic,
+            partition,
+            from_beginning,
+            count,
+            idle_ms,
+            bootstrap,
+            kafka: true,
         } => {
-            let mut client = kafka_client::Client::connect(&bootstrap)?;
+            let mut client = kafka_client::Client::connect(&kafka_bootstrap(bootstrap))?;
             commands::consume(
                 &mut client,
                 &topic,
@@ -868,7 +910,11 @@ fn build_config(args: ServeArgs) -> Result<BrokerConfig, String> {
         ),
         None => file.admin_listen.or(defaults.admin_listen),
     };
-    let native_listen = match args.native_listen.as_deref().or(file.native_listen.as_deref()) {
+    let native_listen = match args
+        .native_listen
+        .as_deref()
+        .or(file.native_listen.as_deref())
+    {
         Some("off") | Some("") => None,
         Some(addr) => Some(
             addr.parse()
@@ -1096,6 +1142,18 @@ fn doctor(
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// The native listener to dial: the flag, TERN_NATIVE_BOOTSTRAP, or the default.
+fn native_bootstrap(flag: Option<String>) -> String {
+    flag.or_else(|| std::env::var("TERN_NATIVE_BOOTSTRAP").ok())
+        .unwrap_or_else(|| "127.0.0.1:9094".to_owned())
+}
+
+/// The Kafka listener to dial: the flag, TERN_BOOTSTRAP, or the default.
+fn kafka_bootstrap(flag: Option<String>) -> String {
+    flag.or_else(|| std::env::var("TERN_BOOTSTRAP").ok())
+        .unwrap_or_else(|| "127.0.0.1:9092".to_owned())
 }
 
 fn main() -> ExitCode {

@@ -224,9 +224,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, endpoint: Rc<Endpoint>) 
             let sink = Sink::Plain(fd, writer);
             match endpoint.wire {
                 Wire::Kafka => run(&shard, &state, security, reader, sink, close_rx).await,
-                Wire::Native => {
-                    native::run(&shard, &state, security, reader, sink, close_rx).await
-                }
+                Wire::Native => native::run(&shard, &state, security, reader, sink, close_rx).await,
             }
         }
         // Boxed: a plaintext connection's future does not carry room for rustls' state.

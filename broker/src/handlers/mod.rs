@@ -367,9 +367,10 @@ async fn dispatch(
         api::CREATE_PARTITIONS => {
             admin::create_partitions(ctx, decode!(CreatePartitionsRequest)).await
         }
-        api::DESCRIBE_CONFIGS => {
-            ctx.respond(&admin::describe_configs(ctx, decode!(DescribeConfigsRequest)))
-        }
+        api::DESCRIBE_CONFIGS => ctx.respond(&admin::describe_configs(
+            ctx,
+            decode!(DescribeConfigsRequest),
+        )),
         api::ALTER_CONFIGS => admin::alter_configs(ctx, decode!(AlterConfigsRequest)).await,
         api::INCREMENTAL_ALTER_CONFIGS => {
             admin::incremental_alter_configs(ctx, decode!(IncrementalAlterConfigsRequest)).await

@@ -193,8 +193,7 @@ pub async fn append_all(
         let topic_writable = match &writable {
             Some((topic, allowed)) if *topic == item.topic => *allowed,
             _ => {
-                let allowed =
-                    ctx.allowed(acl::operation::WRITE, acl::resource::TOPIC, &item.topic);
+                let allowed = ctx.allowed(acl::operation::WRITE, acl::resource::TOPIC, &item.topic);
                 writable = Some((item.topic.clone(), allowed));
                 allowed
             }
@@ -205,7 +204,10 @@ pub async fn append_all(
                 None,
             ))
         } else if !topic_writable {
-            Some(Appended::error(error_code::TOPIC_AUTHORIZATION_FAILED, None))
+            Some(Appended::error(
+                error_code::TOPIC_AUTHORIZATION_FAILED,
+                None,
+            ))
         } else if item.records.is_none() {
             Some(Appended::error(
                 error_code::INVALID_RECORD,
@@ -225,10 +227,9 @@ pub async fn append_all(
             results[slot] = refusal;
             continue;
         }
-        let (Some(owner), Some(records)) = (
-            shard.owner_of(&item.topic, item.partition),
-            item.records,
-        ) else {
+        let (Some(owner), Some(records)) =
+            (shard.owner_of(&item.topic, item.partition), item.records)
+        else {
             results[slot] = Some(Appended::error(
                 error_code::UNKNOWN_TOPIC_OR_PARTITION,
                 None,
@@ -236,7 +237,10 @@ pub async fn append_all(
             continue;
         };
         routed_slots.push(slot);
-        routed.push((owner, (TopicPartition::new(item.topic, item.partition), records)));
+        routed.push((
+            owner,
+            (TopicPartition::new(item.topic, item.partition), records),
+        ));
     }
     drop(image);
 

@@ -8,7 +8,10 @@ use tern_protocol::error_code;
 use super::Ctx;
 use crate::security::acl;
 
-pub async fn init_producer_id(ctx: &Ctx<'_>, request: InitProducerIdRequest) -> InitProducerIdResponse {
+pub async fn init_producer_id(
+    ctx: &Ctx<'_>,
+    request: InitProducerIdRequest,
+) -> InitProducerIdResponse {
     let mut response = InitProducerIdResponse::default();
     response.producer_id = ProducerId(-1);
     response.producer_epoch = -1;

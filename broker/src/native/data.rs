@@ -86,7 +86,10 @@ pub async fn produce(
     })
     .detach();
     let Some(results) = appending.await else {
-        return Outcome::Close(Malformed::Response, "the appends' task was cancelled".into());
+        return Outcome::Close(
+            Malformed::Response,
+            "the appends' task was cancelled".into(),
+        );
     };
     let throttle_ms = ctx.charge_quota(quota::PRODUCER_BYTE_RATE, request_bytes);
     if acks == 0 {
@@ -95,7 +98,10 @@ pub async fn produce(
         return match results.iter().find(|r| r.error_code != error_code::NONE) {
             Some(failed) => Outcome::Close(
                 Malformed::AcksZeroProduceFailed,
-                format!("acks=0 native Produce failed with error {}", failed.error_code),
+                format!(
+                    "acks=0 native Produce failed with error {}",
+                    failed.error_code
+                ),
             ),
             None => Outcome::NoResponse,
         };
@@ -164,9 +170,9 @@ pub async fn fetch(ctx: &Ctx<'_>, id: u64, fetch: &msg::Fetch<'_>) -> Result<Out
         .enumerate()
         .map(|(slot, p)| {
             let topic = p.topic();
-            let allowed = *readable.entry(topic).or_insert_with(|| {
-                ctx.allowed(acl::operation::READ, acl::resource::TOPIC, topic)
-            });
+            let allowed = *readable
+                .entry(topic)
+                .or_insert_with(|| ctx.allowed(acl::operation::READ, acl::resource::TOPIC, topic));
             Want {
                 slot,
                 denied: (!allowed).then_some(error_code::TOPIC_AUTHORIZATION_FAILED),
@@ -245,9 +251,5 @@ pub async fn fetch(ctx: &Ctx<'_>, id: u64, fetch: &msg::Fetch<'_>) -> Result<Out
         .fetch_probe
         .record_bytes_referenced
         .add(record_bytes as u64);
-    Ok(reply.finish(
-        msg::Response::FetchResponse,
-        body.as_union_value(),
-        payload,
-    ))
+    Ok(reply.finish(msg::Response::FetchResponse, body.as_union_value(), payload))
 }

@@ -51,7 +51,10 @@ pub fn hello(shard: &Shard, session: &Session, frame: &[u8]) -> (Outcome, Option
         Ok((request, _)) => request,
         Err(error) => {
             let reason = format!("malformed native Hello: {error}");
-            return (Outcome::Close(Malformed::Header, reason.clone()), Some(reason));
+            return (
+                Outcome::Close(Malformed::Header, reason.clone()),
+                Some(reason),
+            );
         }
     };
     let id = request.id();
@@ -98,7 +101,11 @@ pub fn hello(shard: &Shard, session: &Session, frame: &[u8]) -> (Outcome, Option
     );
     let reply = Reply::new(builder, id);
     (
-        reply.finish(msg::Response::HelloResponse, body.as_union_value(), Vec::new()),
+        reply.finish(
+            msg::Response::HelloResponse,
+            body.as_union_value(),
+            Vec::new(),
+        ),
         None,
     )
 }
@@ -165,7 +172,10 @@ pub async fn handle<Held>(
 }
 
 fn malformed(error: impl std::fmt::Display) -> Outcome {
-    Outcome::Close(Malformed::Body, format!("malformed native request: {error}"))
+    Outcome::Close(
+        Malformed::Body,
+        format!("malformed native request: {error}"),
+    )
 }
 
 fn missing_body(id: u64) -> Outcome {

@@ -61,6 +61,8 @@ pub struct Connection {
     waiters: Waiters,
     next_id: AtomicU64,
     closed: Arc<AtomicBool>,
+    /// Tells both loops to drop the socket (`abort`).
+    abort: tokio::sync::watch::Sender<bool>,
     timeout: Duration,
 }
 
@@ -82,11 +84,18 @@ impl Connection {
         let (outgoing, queue) = mpsc::unbounded_channel();
         let waiters: Waiters = Arc::default();
         let closed = Arc::new(AtomicBool::new(false));
-        tokio::spawn(write_loop(write_half, queue, closed.clone()));
+        let (abort, aborted) = tokio::sync::watch::channel(false);
+        tokio::spawn(write_loop(
+            write_half,
+            queue,
+            closed.clone(),
+            aborted.clone(),
+        ));
         tokio::spawn(read_loop(
             read_half,
             waiters.clone(),
             closed.clone(),
+            aborted,
             addr.to_owned(),
         ));
         let mut connection = Connection {
@@ -102,6 +111,7 @@ impl Connection {
             waiters,
             next_id: AtomicU64::new(0),
             closed,
+            abort,
             timeout,
         };
         let client_id = client_id.to_owned();
@@ -135,6 +145,13 @@ impl Connection {
 
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
+    }
+
+    /// Drops the socket at once, answers in flight lost (their callers see `Disconnected`),
+    /// as a network failure would.
+    pub fn abort(&self) {
+        self.closed.store(true, Ordering::Release);
+        let _ = self.abort.send(true);
     }
 
     /// Sends a request whose body `body` builds, with `payload` after the message, and waits
@@ -191,7 +208,9 @@ impl Connection {
         segments.extend(payload);
         let (tx, rx) = oneshot::channel();
         lock(&self.waiters).insert(id, tx);
-        if self.outgoing.send(segments).is_err() {
+        // The reader marks the connection closed before it fails the waiters it holds: a
+        // waiter added after that is seen closed here and taken back, never left waiting.
+        if self.outgoing.send(segments).is_err() || self.is_closed() {
             lock(&self.waiters).remove(&id);
             return Err(Error::Disconnected(self.addr.clone()));
         }
@@ -207,16 +226,29 @@ impl Drop for Connection {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 async fn write_loop(
     write_half: tokio::net::tcp::OwnedWriteHalf,
     mut queue: mpsc::UnboundedReceiver<Vec<Bytes>>,
     closed: Arc<AtomicBool>,
+    mut aborted: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut writer = BufWriter::with_capacity(256 * 1024, write_half);
-    'outer: while let Some(segments) = queue.recv().await {
+    'outer: loop {
+        let segments = tokio::select! {
+            next = queue.recv() => match next {
+                Some(segments) => segments,
+                None => break,
+            },
+            _ = aborted.wait_for(|aborted| *aborted) => {
+                closed.store(true, Ordering::Release);
+                return;
+            }
+        };
         let mut next = Some(segments);
         // Everything queued meanwhile goes out in the same flush.
         while let Some(segments) = next.take() {
@@ -239,12 +271,20 @@ async fn read_loop(
     mut read_half: tokio::net::tcp::OwnedReadHalf,
     waiters: Waiters,
     closed: Arc<AtomicBool>,
+    mut aborted: tokio::sync::watch::Receiver<bool>,
     addr: String,
 ) {
     let reason = loop {
         let mut size = [0u8; 4];
-        if let Err(error) = read_half.read_exact(&mut size).await {
-            break Error::Disconnected(format!("{addr}: {error}"));
+        tokio::select! {
+            read = read_half.read_exact(&mut size) => {
+                if let Err(error) = read {
+                    break Error::Disconnected(format!("{addr}: {error}"));
+                }
+            }
+            _ = aborted.wait_for(|aborted| *aborted) => {
+                break Error::Disconnected(format!("{addr}: aborted"));
+            }
         }
         let size = u32::from_be_bytes(size) as usize;
         if size > RESPONSE_BYTES_MAX {
@@ -257,7 +297,12 @@ async fn read_loop(
         let frame = frame.freeze();
         let parsed = proto::split(&frame).and_then(|parts| {
             let message = proto::response(&frame[parts.message.0..parts.message.1])?;
-            Ok((parts, message.id(), message.error(), message.message().map(str::to_owned)))
+            Ok((
+                parts,
+                message.id(),
+                message.error(),
+                message.message().map(str::to_owned),
+            ))
         });
         let (parts, id, error, message) = match parsed {
             Ok(parsed) => parsed,

@@ -206,10 +206,11 @@ impl Consumer {
             if info.leader < 0 || self.busy.contains(&info.leader) {
                 continue;
             }
-            by_leader
-                .entry(info.leader)
-                .or_default()
-                .push((key.clone(), position, info.leader_epoch));
+            by_leader.entry(info.leader).or_default().push((
+                key.clone(),
+                position,
+                info.leader_epoch,
+            ));
         }
         for (leader, partitions) in by_leader {
             let Ok(connection) = self.client.broker(leader).await else {
@@ -264,7 +265,9 @@ impl Consumer {
                 let result = match tokio::time::timeout(wait, answer).await {
                     Ok(Ok(result)) => result,
                     Ok(Err(_)) => Err(Error::Disconnected(format!("broker {leader}"))),
-                    Err(_) => Err(Error::Timeout(format!("no Fetch answer from broker {leader}"))),
+                    Err(_) => Err(Error::Timeout(format!(
+                        "no Fetch answer from broker {leader}"
+                    ))),
                 };
                 (leader, asked, result)
             }));

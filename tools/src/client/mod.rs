@@ -38,7 +38,7 @@ use tern_protocol::native::msg;
 
 pub use connection::{Connection, Greeting, Response};
 pub use consumer::{Consumer, ConsumerConfig, StartAt};
-pub use producer::{Delivery, Producer, ProducerConfig};
+pub use producer::{Delivery, Producer, ProducerConfig, ProducerStats};
 pub use records::{decode, BatchWriter, Consumed, Record};
 
 /// What can go wrong.
@@ -175,7 +175,9 @@ impl std::fmt::Debug for Client {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Client {
@@ -213,16 +215,27 @@ impl Client {
             }
         }
         let config = &self.inner.config;
-        let connection = Arc::new(
-            Connection::open(addr, &config.client_id, config.request_timeout).await?,
-        );
+        let connection =
+            Arc::new(Connection::open(addr, &config.client_id, config.request_timeout).await?);
         connections.insert(addr.to_owned(), connection.clone());
         Ok(connection)
     }
 
+    /// Drops every connection at once, as a network failure would: requests in flight lose
+    /// their answers and are retried (the producer's idempotence makes that safe).
+    pub async fn drop_connections(&self) {
+        for connection in self.inner.connections.lock().await.values() {
+            connection.abort();
+        }
+    }
+
     /// A connection to any broker: a known one, else a bootstrap address.
     async fn any_connection(&self) -> Result<Arc<Connection>, Error> {
-        let known: Vec<String> = lock(&self.inner.cluster).brokers.values().cloned().collect();
+        let known: Vec<String> = lock(&self.inner.cluster)
+            .brokers
+            .values()
+            .cloned()
+            .collect();
         let bootstrap = self.inner.config.bootstrap.clone();
         let mut last = Error::Usage("no bootstrap address".into());
         for addr in known
@@ -657,7 +670,10 @@ impl Client {
         for offset in body.offsets().iter().flatten() {
             check(offset.error(), None)?;
             found.insert(
-                (offset.topic().unwrap_or_default().to_owned(), offset.partition()),
+                (
+                    offset.topic().unwrap_or_default().to_owned(),
+                    offset.partition(),
+                ),
                 offset.offset(),
             );
         }

@@ -13,6 +13,8 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -74,12 +76,24 @@ enum Command {
     Flush(oneshot::Sender<()>),
 }
 
+/// Counts of what a producer did.
+#[derive(Debug, Default)]
+pub struct ProducerStats {
+    /// Produce requests sent.
+    pub requests: AtomicU64,
+    /// Batches sent, first sends and retries.
+    pub batches: AtomicU64,
+    /// Batches sent again after a failure.
+    pub retries: AtomicU64,
+}
+
 /// An idempotent producer; cheap to share by reference across tasks.
 #[derive(Debug)]
 pub struct Producer {
     commands: mpsc::UnboundedSender<Command>,
     pub producer_id: i64,
     pub producer_epoch: i16,
+    pub stats: Arc<ProducerStats>,
 }
 
 impl Producer {
@@ -91,7 +105,9 @@ impl Producer {
         }
         let (producer_id, producer_epoch) = client.init_producer_id().await?;
         let (commands, queue) = mpsc::unbounded_channel();
+        let stats = Arc::new(ProducerStats::default());
         let state = State {
+            stats: stats.clone(),
             client,
             config,
             producer_id,
@@ -106,6 +122,7 @@ impl Producer {
             commands,
             producer_id,
             producer_epoch,
+            stats,
         })
     }
 
@@ -157,6 +174,8 @@ struct Sealed {
     base_sequence: i32,
     acks: Vec<Ack>,
     created: Instant,
+    /// Sent at least once: it is in the partition's window.
+    sent: bool,
 }
 
 #[derive(Default)]
@@ -165,6 +184,11 @@ struct Partition {
     /// Sealed batches not yet sent (or sent and failed), in sequence order.
     ready: VecDeque<Sealed>,
     in_flight: usize,
+    /// Every batch from the oldest not yet answered for good to the newest sent, by base
+    /// sequence, and whether it is answered. The broker recognises a retry only among the
+    /// last five batches it wrote, so a new batch goes out only while this holds fewer than
+    /// `max_in_flight`: a retried batch is then never older than the broker remembers.
+    window: VecDeque<(i32, bool)>,
     next_sequence: i32,
     /// A batch failed and will be resent: nothing new goes until the others are back.
     retrying: bool,
@@ -175,6 +199,7 @@ type Sent = Vec<(Key, Sealed)>;
 type Answer = Pin<Box<dyn Future<Output = (Sent, Result<Response, Error>)> + Send>>;
 
 struct State {
+    stats: Arc<ProducerStats>,
     client: Client,
     config: ProducerConfig,
     producer_id: i64,
@@ -338,8 +363,9 @@ impl State {
                 .partitions
                 .iter()
                 .filter(|(_, p)| {
-                    !p.ready.is_empty()
-                        && p.not_before.is_none_or(|t| t <= now)
+                    p.ready.front().is_some_and(|batch| {
+                        batch.sent || p.window.len() < self.config.max_in_flight
+                    }) && p.not_before.is_none_or(|t| t <= now)
                         && p.in_flight < self.config.max_in_flight
                         && !(p.retrying && p.in_flight > 0)
                 })
@@ -363,11 +389,16 @@ impl State {
                 let Some(partition) = self.partitions.get_mut(&key) else {
                     continue;
                 };
-                let Some(batch) = partition.ready.pop_front() else {
+                let Some(mut batch) = partition.ready.pop_front() else {
                     continue;
                 };
+                if !batch.sent {
+                    batch.sent = true;
+                    partition.window.push_back((batch.base_sequence, false));
+                }
                 partition.in_flight += 1;
                 partition.retrying = false;
+                self.stats.batches.fetch_add(1, Ordering::Relaxed);
                 by_leader.entry(leader).or_default().push((key, batch));
             }
             if by_leader.is_empty() {
@@ -389,9 +420,12 @@ impl State {
         };
         let shape: Vec<(String, i32, u32)> = sent
             .iter()
-            .map(|((topic, partition), batch)| (topic.clone(), *partition, batch.bytes.len() as u32))
+            .map(|((topic, partition), batch)| {
+                (topic.clone(), *partition, batch.bytes.len() as u32)
+            })
             .collect();
         let payload: Vec<Bytes> = sent.iter().map(|(_, batch)| batch.bytes.clone()).collect();
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
         let acks = self.config.acks;
         let timeout_ms = self.config.delivery_timeout.as_millis().min(30_000) as i32;
         let queued = connection.send(msg::Request::Produce, payload, move |b| {
@@ -422,7 +456,7 @@ impl State {
         });
         match queued {
             Ok(answer) => {
-                let wait = self.config.delivery_timeout;
+                let wait = self.client.config().request_timeout;
                 let addr = connection.addr.clone();
                 self.in_flight.push(Box::pin(async move {
                     let result = match tokio::time::timeout(wait, answer).await {
@@ -460,8 +494,17 @@ impl State {
             };
             partition.in_flight = partition.in_flight.saturating_sub(1);
             let code = msg::Error(code);
+            let retry = (retriable_code(code.0) || code == msg::Error::OutOfOrderSequenceNumber)
+                && batch.created + self.config.delivery_timeout > now;
+            if !retry {
+                answered_for_good(partition, batch.base_sequence);
+            }
             if code == msg::Error::None || code == msg::Error::DuplicateSequenceNumber {
-                let base = if code == msg::Error::None { base_offset } else { -1 };
+                let base = if code == msg::Error::None {
+                    base_offset
+                } else {
+                    -1
+                };
                 for (i, ack) in batch.acks.into_iter().enumerate() {
                     let offset = if base >= 0 { base + i as i64 } else { -1 };
                     let _ = ack.send(Ok(Delivery {
@@ -470,9 +513,7 @@ impl State {
                         offset,
                     }));
                 }
-            } else if (retriable_code(code.0) || code == msg::Error::OutOfOrderSequenceNumber)
-                && batch.created + self.config.delivery_timeout > now
-            {
+            } else if retry {
                 // Back in sequence order; the partition waits for its other batches.
                 let at = partition
                     .ready
@@ -481,6 +522,7 @@ impl State {
                     .unwrap_or(partition.ready.len());
                 partition.ready.insert(at, batch);
                 partition.retrying = true;
+                self.stats.retries.fetch_add(1, Ordering::Relaxed);
                 partition.not_before = Some(now + self.config.retry_backoff);
                 self.client.invalidate(&key.0);
             } else {
@@ -511,6 +553,7 @@ impl State {
                 let Some(batch) = state.ready.pop_front() else {
                     break;
                 };
+                answered_for_good(state, batch.base_sequence);
                 for ack in batch.acks {
                     let _ = ack.send(Err(Error::Timeout(format!(
                         "{topic}-{partition}: not acknowledged within {timeout:?}"
@@ -518,6 +561,20 @@ impl State {
                 }
             }
         }
+    }
+}
+
+/// Marks a batch answered (acknowledged or failed for good) in its partition's window.
+fn answered_for_good(partition: &mut Partition, base_sequence: i32) {
+    if let Some(entry) = partition
+        .window
+        .iter_mut()
+        .find(|(sequence, _)| *sequence == base_sequence)
+    {
+        entry.1 = true;
+    }
+    while partition.window.front().is_some_and(|(_, done)| *done) {
+        partition.window.pop_front();
     }
 }
 
@@ -534,6 +591,7 @@ fn seal(partition: &mut Partition) {
         base_sequence,
         acks: batch.acks,
         created: batch.opened,
+        sent: false,
     });
 }
 

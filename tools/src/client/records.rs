@@ -368,12 +368,26 @@ mod tests {
         let got: Vec<_> = decoded
             .records
             .iter()
-            .map(|c| (c.key.clone(), c.value.clone(), c.headers.clone(), c.timestamp))
+            .map(|c| {
+                (
+                    c.key.clone(),
+                    c.value.clone(),
+                    c.headers.clone(),
+                    c.timestamp,
+                )
+            })
             .collect();
         let want: Vec<_> = records
             .iter()
             .enumerate()
-            .map(|(i, r)| (r.key.clone(), r.value.clone(), r.headers.clone(), 1_000 + i as i64))
+            .map(|(i, r)| {
+                (
+                    r.key.clone(),
+                    r.value.clone(),
+                    r.headers.clone(),
+                    1_000 + i as i64,
+                )
+            })
             .collect();
         assert_eq!(got, want);
         // From an offset inside the batch, the earlier records are skipped.
