@@ -59,7 +59,8 @@ struct RunArgs {
     /// Run against an existing broker at host:port.
     #[arg(long)]
     bootstrap: Option<String>,
-    /// Client protocol: kafka (any Kafka-compatible broker) or native (Tern only; not yet available).
+    /// Client protocol: kafka (any Kafka-compatible broker) or native (Tern only; --bootstrap is
+    /// then the broker's native listener).
     #[arg(long, default_value = "kafka")]
     driver: DriverKind,
     /// The `tern` binary for --spawn (else $TERN_BIN, else target/{release,debug}/tern).
@@ -224,11 +225,6 @@ fn run(args: RunArgs) -> Result<(), Failure> {
     let mut w = Workload::load(&args.workload).map_err(usage)?;
     args.overrides.apply(&mut w);
     w.validate().map_err(usage)?;
-    // Refuse an unavailable driver before starting anything.
-    if args.driver == DriverKind::Native {
-        return Err(usage(driver::DriverError::NativeNotAvailable));
-    }
-
     // Pin before any thread exists (librdkafka's included), so they all inherit the set.
     let pin = args.spawn && !args.no_pin && spawn::cpu_count() >= 2;
     if pin {
@@ -244,7 +240,10 @@ fn run(args: RunArgs) -> Result<(), Failure> {
     let bootstrap = if args.spawn {
         let bin = spawn::find_tern_bin(args.tern_bin.as_deref()).map_err(failed)?;
         let b = SpawnedBroker::start(&bin, pin).map_err(failed)?;
-        let addr = b.addr.to_string();
+        let addr = match args.driver {
+            DriverKind::Kafka => b.addr.to_string(),
+            DriverKind::Native => b.native_addr.to_string(),
+        };
         eprintln!(
             "tern-bench: started {} (pid {}) on {addr}",
             bin.display(),

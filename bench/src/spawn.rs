@@ -73,6 +73,8 @@ pub fn tern_bin_candidates(explicit: Option<&Path>) -> Vec<PathBuf> {
             } else {
                 dir
             };
+            // The same profile's build first: a test must not pick up a stale release binary.
+            out.push(profile_dir.join("tern"));
             if let Some(target) = profile_dir.parent() {
                 out.push(target.join("release").join("tern"));
                 out.push(target.join("debug").join("tern"));
@@ -131,6 +133,8 @@ pub fn cpu_count() -> usize {
 pub struct SpawnedBroker {
     child: Option<Child>,
     pub addr: SocketAddr,
+    /// The native protocol's listener.
+    pub native_addr: SocketAddr,
     log_path: PathBuf,
     // Held so the data directory lives exactly as long as the broker.
     _data_dir: tempfile::TempDir,
@@ -146,6 +150,7 @@ impl SpawnedBroker {
             .map_err(SpawnError::TempDir)?;
         let port = free_loopback_port()?;
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let native_addr = SocketAddr::from(([127, 0, 0, 1], free_loopback_port()?));
         let log_path = data_dir.path().join("broker.log");
         let log = std::fs::File::create(&log_path).map_err(SpawnError::TempDir)?;
         let log_err = log.try_clone().map_err(SpawnError::TempDir)?;
@@ -161,6 +166,8 @@ impl SpawnedBroker {
             // A spawned broker must not collide with a developer's broker on the admin port.
             .arg("--admin-listen")
             .arg("off")
+            .arg("--native-listen")
+            .arg(native_addr.to_string())
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err);
@@ -182,6 +189,7 @@ impl SpawnedBroker {
         let mut broker = SpawnedBroker {
             child: Some(child),
             addr,
+            native_addr,
             log_path,
             _data_dir: data_dir,
         };

@@ -3,8 +3,7 @@
 //!
 //! Owns: `MemDriver`, a test-only `Driver` that acknowledges every message at once and hands
 //! a copy to every consumer of the topic.
-//! Must never: be reachable from the `tern-bench` binary; it measures nothing real. (The
-//! native driver is refused on the command line precisely so that no such stand-in ships.)
+//! Must never: be reachable from the `tern-bench` binary; it measures nothing real.
 //! Fits: complements the broker-free unit tests of the core and `spawn.rs`'s real-broker test.
 
 // A poisoned lock in this test double means a test thread already panicked; unwrapping it is

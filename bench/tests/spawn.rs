@@ -34,11 +34,22 @@ fn tern_bin() -> PathBuf {
 
 #[test]
 fn a_two_second_spawned_run_writes_a_complete_result() {
+    spawned_run("kafka");
+}
+
+#[test]
+fn a_two_second_spawned_run_through_the_native_driver_writes_a_complete_result() {
+    spawned_run("native");
+}
+
+fn spawned_run(driver: &str) {
     let bin = tern_bin();
     let out = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_tern-bench"))
         .args([
             "run",
+            "--driver",
+            driver,
             "--spawn",
             "--workload",
             "latency-10k-1kib",
@@ -99,6 +110,7 @@ fn a_two_second_spawned_run_writes_a_complete_result() {
         serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
 
     assert_eq!(v["schema"], "tern-bench.result.v1");
+    assert_eq!(v["driver"], driver);
     assert_eq!(v["label"], "e2e-test");
     assert_eq!(v["broker"]["spawned"], true);
     assert!(v["broker"]["pid"].as_u64().is_some());

@@ -22,6 +22,8 @@ fn free_addr() -> SocketAddr {
 struct Serve {
     child: Child,
     addr: SocketAddr,
+    /// The native protocol's listener.
+    native: SocketAddr,
 }
 
 impl Serve {
@@ -40,6 +42,7 @@ impl Serve {
         extra: &[&str],
     ) -> Serve {
         let addr = free_addr();
+        let native = free_addr();
         let mut command = Command::new(TERN);
         if let Some(cwd) = cwd {
             command.current_dir(cwd);
@@ -51,6 +54,8 @@ impl Serve {
                 "1",
                 "--admin-listen",
                 "off",
+                "--native-listen",
+                &native.to_string(),
                 "--listen",
                 &addr.to_string(),
                 "--data-dir",
@@ -69,7 +74,11 @@ impl Serve {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        Serve { child, addr }
+        Serve {
+            child,
+            addr,
+            native,
+        }
     }
 }
 
@@ -122,6 +131,8 @@ fn a_second_broker_on_the_same_data_directory_is_refused() {
             "1",
             "--admin-listen",
             "off",
+            "--native-listen",
+            "off",
             "--listen",
             &free_addr().to_string(),
             "--data-dir",
@@ -161,9 +172,29 @@ fn topic_produce_and_consume_round_trip_through_the_cli() {
         "{}",
         String::from_utf8_lossy(&created.stderr)
     );
+    // Natively by default.
+    let native = serve.native.to_string();
     let produced = tern(
-        &["produce", "cli-demo", "--partition", "1", "-b", &bootstrap],
-        Some("alpha\nbeta\ngamma\n"),
+        &["produce", "cli-demo", "--partition", "1", "-b", &native],
+        Some("alpha\nbeta\n"),
+    );
+    assert!(
+        produced.status.success(),
+        "{}",
+        String::from_utf8_lossy(&produced.stderr)
+    );
+    // And over the Kafka protocol, into the same partition.
+    let produced = tern(
+        &[
+            "produce",
+            "cli-demo",
+            "--partition",
+            "1",
+            "--kafka",
+            "-b",
+            &bootstrap,
+        ],
+        Some("gamma\n"),
     );
     assert!(
         produced.status.success(),
@@ -180,7 +211,7 @@ fn topic_produce_and_consume_round_trip_through_the_cli() {
             "--idle-ms",
             "300",
             "-b",
-            &bootstrap,
+            &native,
         ],
         None,
     );
@@ -192,6 +223,33 @@ fn topic_produce_and_consume_round_trip_through_the_cli() {
     assert_eq!(
         String::from_utf8_lossy(&consumed.stdout),
         "alpha\nbeta\ngamma\n"
+    );
+    let over_kafka = tern(
+        &[
+            "consume",
+            "cli-demo",
+            "--partition",
+            "1",
+            "--from-beginning",
+            "--idle-ms",
+            "300",
+            "--kafka",
+            "-b",
+            &bootstrap,
+        ],
+        None,
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&over_kafka.stdout),
+        "alpha\nbeta\ngamma\n"
+    );
+    // The Kafka port is not the native one: the error says so.
+    let wrong_port = tern(&["produce", "cli-demo", "-b", &bootstrap], Some("x\n"));
+    assert!(!wrong_port.status.success());
+    assert!(
+        String::from_utf8_lossy(&wrong_port.stderr).contains("--kafka"),
+        "{}",
+        String::from_utf8_lossy(&wrong_port.stderr)
     );
     let described = tern(&["topic", "describe", "cli-demo", "-b", &bootstrap], None);
     let text = String::from_utf8_lossy(&described.stdout);

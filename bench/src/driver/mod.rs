@@ -6,11 +6,11 @@
 //! failure arrives; timing and rate control stay in the protocol-free core so every driver is
 //! measured the same way.
 //! Fits: `runner` drives any `Driver`. `kafka` speaks the Kafka protocol through rdkafka and so
-//! works against any Kafka-compatible broker. The native Tern protocol (DESIGN.md §6) plugs in
-//! as another implementation once its client exists in `tools/`; until then
-//! `DriverKind::Native` is refused with `DriverError::NativeNotAvailable`, never faked.
+//! works against any Kafka-compatible broker; `native` speaks Tern's native protocol through
+//! `tern::client` (DESIGN.md §6), against Tern only.
 
 pub mod kafka;
+pub mod native;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -50,12 +50,6 @@ impl DriverKind {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DriverError {
-    #[error(
-        "the native Tern protocol driver is not available yet: the native client (DESIGN.md §6) \
-         has not landed in tools/. Use --driver kafka, which works against Tern and any other \
-         Kafka-compatible broker"
-    )]
-    NativeNotAvailable,
     #[error("the client rejected its configuration: {0}")]
     Config(String),
     #[error("creating topic {topic} failed: {reason}")]
@@ -66,9 +60,11 @@ pub enum DriverError {
     Client(String),
 }
 
-/// Opens the driver of `kind` against `bootstrap` (`host:port`).
+/// Opens the driver of `kind` against `bootstrap` (`host:port`: the Kafka listener for the
+/// Kafka driver, the native one for the native driver).
 /// `client_config` is extra client settings (librdkafka's names for the Kafka driver:
-/// `security.protocol`, `ssl.ca.location`, `sasl.mechanism`, ...) applied to every client.
+/// `security.protocol`, `ssl.ca.location`, `sasl.mechanism`, ...) applied to every client; the
+/// native driver takes none.
 pub fn open(
     kind: DriverKind,
     bootstrap: &str,
@@ -76,7 +72,14 @@ pub fn open(
 ) -> Result<Box<dyn Driver>, DriverError> {
     match kind {
         DriverKind::Kafka => Ok(Box::new(kafka::KafkaDriver::new(bootstrap, client_config))),
-        DriverKind::Native => Err(DriverError::NativeNotAvailable),
+        DriverKind::Native => {
+            if let Some((key, _)) = client_config.first() {
+                return Err(DriverError::Config(format!(
+                    "client setting {key} is a librdkafka one; the native driver takes none"
+                )));
+            }
+            Ok(Box::new(native::NativeDriver::new(bootstrap)?))
+        }
     }
 }
 

@@ -64,7 +64,22 @@ pub struct Delivery {
     pub offset: i64,
 }
 
-type Ack = oneshot::Sender<Result<Delivery, Error>>;
+/// Who hears of a record's delivery.
+enum Ack {
+    Channel(oneshot::Sender<Result<Delivery, Error>>),
+    Callback(Box<dyn FnOnce(Result<Delivery, Error>) + Send>),
+}
+
+impl Ack {
+    fn send(self, result: Result<Delivery, Error>) {
+        match self {
+            Ack::Channel(sender) => {
+                let _ = sender.send(result);
+            }
+            Ack::Callback(callback) => callback(result),
+        }
+    }
+}
 
 enum Command {
     Send {
@@ -140,7 +155,7 @@ impl Producer {
             topic: topic.to_owned(),
             partition,
             record,
-            ack,
+            ack: Ack::Channel(ack),
         });
         async move {
             if queued.is_err() {
@@ -150,6 +165,25 @@ impl Producer {
                 .await
                 .unwrap_or_else(|_| Err(Error::Usage("the producer has stopped".into())))
         }
+    }
+
+    /// `send`, with `done` called (on the producer's task) when the record is acknowledged
+    /// or failed: no future to poll, for callers that are not async.
+    pub fn send_with(
+        &self,
+        topic: &str,
+        partition: Option<i32>,
+        record: Record,
+        done: impl FnOnce(Result<Delivery, Error>) + Send + 'static,
+    ) -> Result<(), Error> {
+        self.commands
+            .send(Command::Send {
+                topic: topic.to_owned(),
+                partition,
+                record,
+                ack: Ack::Callback(Box::new(done)),
+            })
+            .map_err(|_| Error::Usage("the producer has stopped".into()))
     }
 
     /// Sends everything queued now and waits until each record is acknowledged or failed.
@@ -287,7 +321,7 @@ impl State {
                     None => match self.choose_partition(&topic, &record).await {
                         Ok(partition) => partition,
                         Err(error) => {
-                            let _ = ack.send(Err(error));
+                            ack.send(Err(error));
                             return;
                         }
                     },
@@ -305,7 +339,11 @@ impl State {
         Ok(match &record.key {
             // Kafka's default partitioner, so keys land where Kafka clients put them.
             Some(key) => (murmur2(key) & 0x7fff_ffff) as i32 % count,
-            None => *self.sticky.entry(topic.to_owned()).or_insert(0) % count,
+            None => {
+                let sticky = self.sticky.entry(topic.to_owned()).or_insert(0);
+                *sticky %= count;
+                *sticky
+            }
         })
     }
 
@@ -343,13 +381,19 @@ impl State {
     fn seal_due(&mut self) {
         let now = Instant::now();
         let linger = self.config.linger;
-        for partition in self.partitions.values_mut() {
+        for ((topic, index), partition) in &mut self.partitions {
             if partition
                 .open
                 .as_ref()
                 .is_some_and(|b| b.opened + linger <= now)
             {
                 seal(partition);
+                // Keyless records move on to the next partition with the next batch.
+                if let Some(sticky) = self.sticky.get_mut(topic) {
+                    if *sticky == *index {
+                        *sticky = sticky.wrapping_add(1);
+                    }
+                }
             }
         }
     }
@@ -507,7 +551,7 @@ impl State {
                 };
                 for (i, ack) in batch.acks.into_iter().enumerate() {
                     let offset = if base >= 0 { base + i as i64 } else { -1 };
-                    let _ = ack.send(Ok(Delivery {
+                    ack.send(Ok(Delivery {
                         topic: key.0.clone(),
                         partition: key.1,
                         offset,
@@ -531,7 +575,7 @@ impl State {
                     message,
                 };
                 for ack in batch.acks {
-                    let _ = ack.send(Err(error.clone()));
+                    ack.send(Err(error.clone()));
                 }
             }
         }
@@ -555,7 +599,7 @@ impl State {
                 };
                 answered_for_good(state, batch.base_sequence);
                 for ack in batch.acks {
-                    let _ = ack.send(Err(Error::Timeout(format!(
+                    ack.send(Err(Error::Timeout(format!(
                         "{topic}-{partition}: not acknowledged within {timeout:?}"
                     ))));
                 }

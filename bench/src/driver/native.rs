@@ -1,0 +1,274 @@
+//! The native-protocol driver, through `tern::client`: Tern only.
+//!
+//! Owns: one tokio runtime (a single worker thread, where the client's producer tasks, their
+//! connections and the delivery callbacks run), topic creation through the native client, a
+//! producer whose delivery callback reports acks, and a consumer of assigned partitions.
+//! Must never: block in `try_send` (past `PRODUCER_QUEUE_MESSAGES_MAX` outstanding messages it
+//! reports a full queue), or time anything: the scheduled instant rides in the callback and
+//! `AckSink` reads the clock when it runs.
+//! Fits: implements `driver::Driver` for `runner`, like `kafka`. The native client neither
+//! compresses nor joins groups: workloads asking for compression are refused, and a consumer
+//! that would subscribe as a group member is given every partition of its topic instead.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tern::client::{
+    Client, ClientConfig, Consumer, ConsumerConfig, ProducerConfig, Record, StartAt,
+};
+
+use super::{AckSink, ConsumerSpec, Driver, DriverError, Outgoing, ProducerSpec, TopicSpec};
+use crate::limits;
+use crate::open_loop::SendOutcome;
+
+pub struct NativeDriver {
+    runtime: tokio::runtime::Runtime,
+    client: Client,
+}
+
+impl NativeDriver {
+    pub fn new(bootstrap: &str) -> Result<NativeDriver, DriverError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("tern-native-client")
+            .enable_all()
+            .build()
+            .map_err(|e| DriverError::Client(format!("cannot start the client runtime: {e}")))?;
+        let client = runtime
+            .block_on(Client::with_config(ClientConfig {
+                bootstrap: bootstrap.to_owned(),
+                client_id: "tern-bench".into(),
+                ..ClientConfig::default()
+            }))
+            .map_err(|e| DriverError::Client(format!("native connect to {bootstrap}: {e}")))?;
+        Ok(NativeDriver { runtime, client })
+    }
+}
+
+struct NativeProducer {
+    producer: tern::client::Producer,
+    sink: AckSink,
+    outstanding: Arc<AtomicUsize>,
+    handle: tokio::runtime::Handle,
+}
+
+impl super::Producer for NativeProducer {
+    fn try_send(&mut self, msg: &Outgoing<'_>) -> SendOutcome {
+        if self.outstanding.load(Ordering::Relaxed) >= limits::PRODUCER_QUEUE_MESSAGES_MAX as usize
+        {
+            return SendOutcome::QueueFull;
+        }
+        let mut record = Record::value(msg.payload.to_vec());
+        if let Some(key) = msg.key {
+            record = record.with_key(key.to_vec());
+        }
+        let len_bytes = msg.payload.len() as u64;
+        let (sink, outstanding, scheduled_ns) = (
+            self.sink.clone(),
+            self.outstanding.clone(),
+            msg.scheduled_ns,
+        );
+        outstanding.fetch_add(1, Ordering::Relaxed);
+        let sent = self
+            .producer
+            .send_with(msg.topic, None, record, move |result| {
+                outstanding.fetch_sub(1, Ordering::Relaxed);
+                match result {
+                    Ok(_) => sink.acked(scheduled_ns, len_bytes),
+                    Err(_) => sink.failed(scheduled_ns),
+                }
+            });
+        match sent {
+            Ok(()) => SendOutcome::Sent { len_bytes },
+            Err(_) => {
+                self.outstanding.fetch_sub(1, Ordering::Relaxed);
+                SendOutcome::Failed
+            }
+        }
+    }
+
+    fn flush(&mut self, timeout: Duration) -> Result<(), DriverError> {
+        let flushed = self
+            .handle
+            .block_on(async { tokio::time::timeout(timeout, self.producer.flush()).await });
+        flushed.map_err(|_| DriverError::Timeout {
+            what: format!(
+                "{} in-flight messages to be acknowledged",
+                self.outstanding.load(Ordering::Relaxed)
+            ),
+            timeout_ms: timeout.as_millis() as u64,
+        })
+    }
+}
+
+struct NativeConsumer {
+    consumer: Consumer,
+    handle: tokio::runtime::Handle,
+    buffered: VecDeque<bytes::Bytes>,
+    assigned: u64,
+}
+
+impl super::Consumer for NativeConsumer {
+    fn poll(
+        &mut self,
+        timeout: Duration,
+        on_payload: &mut dyn FnMut(&[u8]),
+    ) -> Result<bool, DriverError> {
+        if self.buffered.is_empty() {
+            let consumer = &mut self.consumer;
+            let polled = self
+                .handle
+                .block_on(async { tokio::time::timeout(timeout, consumer.poll()).await });
+            match polled {
+                Err(_) => return Ok(false),
+                Ok(Err(error)) => return Err(DriverError::Client(error.to_string())),
+                Ok(Ok(records)) => self
+                    .buffered
+                    .extend(records.into_iter().map(|r| r.value.unwrap_or_default())),
+            }
+        }
+        match self.buffered.pop_front() {
+            Some(payload) => {
+                on_payload(&payload);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    fn assigned_partitions(&self) -> u64 {
+        self.assigned
+    }
+}
+
+impl Driver for NativeDriver {
+    fn name(&self) -> &'static str {
+        "native"
+    }
+
+    fn ensure_topics(&self, topics: &[TopicSpec], timeout: Duration) -> Result<(), DriverError> {
+        self.runtime.block_on(async {
+            for t in topics {
+                match self
+                    .client
+                    .create_topic(&t.name, t.partitions as i32, t.replication_factor, &[])
+                    .await
+                {
+                    Ok(()) => {}
+                    Err(error) if error.code() == Some(36) => {} // TopicAlreadyExists
+                    Err(error) => {
+                        return Err(DriverError::CreateTopic {
+                            topic: t.name.clone(),
+                            reason: error.to_string(),
+                        })
+                    }
+                }
+            }
+            // Producing before every partition has a leader only adds retries to the first
+            // measurements, so wait (bounded) until metadata shows all of them led.
+            let deadline = Instant::now() + timeout;
+            for t in topics {
+                loop {
+                    let found = self
+                        .client
+                        .refresh_metadata(Some(&[t.name.as_str()]))
+                        .await
+                        .ok()
+                        .and_then(|mut m| m.remove(&t.name));
+                    if found.is_some_and(|partitions| {
+                        partitions.len() == t.partitions as usize
+                            && partitions.iter().all(|p| p.leader >= 0)
+                    }) {
+                        break;
+                    }
+                    if Instant::now() >= deadline {
+                        return Err(DriverError::Timeout {
+                            what: format!(
+                                "leaders for all {} partitions of {}",
+                                t.partitions, t.name
+                            ),
+                            timeout_ms: timeout.as_millis() as u64,
+                        });
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn producer(
+        &self,
+        spec: &ProducerSpec,
+        acks: AckSink,
+    ) -> Result<Box<dyn super::Producer>, DriverError> {
+        let w = &spec.workload;
+        if w.compression != "none" {
+            return Err(DriverError::Config(format!(
+                "the native client does not compress (workload asks for {}): use \
+                 --compression none",
+                w.compression
+            )));
+        }
+        if let Some(key) = w.producer_config.keys().next() {
+            return Err(DriverError::Config(format!(
+                "producer setting {key} is a librdkafka one; the native driver takes none"
+            )));
+        }
+        let acks_level: i16 = match w.acks.as_str() {
+            "all" | "-1" => -1,
+            "1" => 1,
+            other => {
+                return Err(DriverError::Config(format!(
+                    "the native client acknowledges with acks 1 or all, not {other}"
+                )))
+            }
+        };
+        let config = ProducerConfig {
+            linger: Duration::from_millis(w.linger_ms),
+            batch_bytes: w.batch_size_bytes as usize,
+            acks: acks_level,
+            delivery_timeout: Duration::from_millis(limits::MESSAGE_TIMEOUT_MS),
+            ..ProducerConfig::default()
+        };
+        let producer = self
+            .runtime
+            .block_on(self.client.producer(config))
+            .map_err(|e| DriverError::Client(format!("native producer: {e}")))?;
+        Ok(Box::new(NativeProducer {
+            producer,
+            sink: acks,
+            outstanding: Arc::default(),
+            handle: self.runtime.handle().clone(),
+        }))
+    }
+
+    fn consumer(&self, spec: &ConsumerSpec) -> Result<Box<dyn super::Consumer>, DriverError> {
+        let partitions: Vec<i32> = match &spec.partitions {
+            Some(partitions) => partitions.iter().map(|p| *p as i32).collect(),
+            None => {
+                let count = self
+                    .runtime
+                    .block_on(self.client.partitions(&spec.topic))
+                    .map_err(|e| DriverError::Client(format!("metadata: {e}")))?
+                    .len();
+                (0..count as i32).collect()
+            }
+        };
+        let mut consumer = self.client.consumer(ConsumerConfig {
+            max_wait: Duration::from_millis(100),
+            ..ConsumerConfig::default()
+        });
+        for partition in &partitions {
+            consumer.assign(&spec.topic, *partition, StartAt::Earliest);
+        }
+        Ok(Box::new(NativeConsumer {
+            consumer,
+            handle: self.runtime.handle().clone(),
+            buffered: VecDeque::new(),
+            assigned: partitions.len() as u64,
+        }))
+    }
+}
