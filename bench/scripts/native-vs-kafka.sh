@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# One sitting, one broker, side by side: the same workload through librdkafka (the Kafka
+# driver, to the Kafka listener) and through tern::client (the native driver, to the native
+# listener), then `tern-bench compare`. The latency workload (10k msg/s of 1 KiB, acks=all,
+# 16 partitions) and the throughput one at the harness's highest rate (acks=1; compression
+# none for both, as the native client does not compress).
+#
+#   bash bench/scripts/native-vs-kafka.sh            # 20 s per run (DURATION_S to change)
+#   WORKLOADS=latency-10k-1kib bash bench/scripts/native-vs-kafka.sh
+#
+# The broker is pinned to CPU 0 (--cpuset 0, one shard), the harness to CPU 1: one client
+# core. Each run's harness CPU (user+sys over wall time, warm-up and drain included) is
+# printed next to its result, for msg/s per client core. Results go to
+# tern-bench-results/native-vs-kafka (OUT to change).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+cargo build --release -q -p tern -p tern-bench
+bin=$PWD/target/release
+out=${OUT:-tern-bench-results/native-vs-kafka}
+duration=${DURATION_S:-20}
+work=$(mktemp -d)
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+mkdir -p "$out"
+
+"$bin/tern" serve --cores 1 --cpuset 0 --data-dir "$work/data" --admin-listen off \
+    --listen 127.0.0.1:29592 --native-listen 127.0.0.1:29594 >"$work/broker.log" 2>&1 &
+broker=$!
+pids+=("$broker")
+for _ in $(seq 1 100); do
+    "$bin/tern" topic list --bootstrap 127.0.0.1:29592 >/dev/null 2>&1 && break
+    sleep 0.1
+done
+
+for w in ${WORKLOADS:-latency-10k-1kib throughput-max-1kib}; do
+    for driver in kafka native; do
+        case $driver in
+            kafka) bootstrap=127.0.0.1:29592; label="librdkafka (Kafka protocol)" ;;
+            native) bootstrap=127.0.0.1:29594; label="tern::client (native protocol)" ;;
+        esac
+        dir="$out/$w/$driver"
+        mkdir -p "$dir"
+        /usr/bin/time -f "%U %S %e" -o "$dir/harness-time.txt" \
+            taskset -c 1 "$bin/tern-bench" run -w "$w" --driver "$driver" \
+            --bootstrap "$bootstrap" --broker-pid "$broker" --consumer-mode assign \
+            --compression none --duration-s "$duration" --out "$dir" --label "$label"
+        read -r user sys wall <"$dir/harness-time.txt"
+        cores=$(awk -v u="$user" -v s="$sys" -v w="$wall" 'BEGIN { printf "%.2f", (u + s) / w }')
+        echo "$w $driver: harness CPU $cores cores" \
+            "(user $user s, sys $sys s, wall $wall s)" | tee "$dir/harness-cpu.txt"
+    done
+    "$bin/tern-bench" compare --out "$out/$w" "$out/$w"/*/*.json
+done
