@@ -7,6 +7,7 @@
 #
 #   bash bench/scripts/native-vs-kafka.sh            # 20 s per run (DURATION_S to change)
 #   WORKLOADS=latency-10k-1kib bash bench/scripts/native-vs-kafka.sh
+#   DRIVERS="native kafka" bash bench/scripts/native-vs-kafka.sh   # the other order
 #
 # The broker is pinned to CPU 0 (--cpuset 0, one shard), the harness to CPU 1: one client
 # core. Each run's harness CPU (user+sys over wall time, warm-up and drain included) is
@@ -38,7 +39,7 @@ for _ in $(seq 1 100); do
 done
 
 for w in ${WORKLOADS:-latency-10k-1kib throughput-max-1kib}; do
-    for driver in kafka native; do
+    for driver in ${DRIVERS:-kafka native}; do
         case $driver in
             kafka) bootstrap=127.0.0.1:29592; label="librdkafka (Kafka protocol)" ;;
             native) bootstrap=127.0.0.1:29594; label="tern::client (native protocol)" ;;

@@ -557,3 +557,79 @@ fn bad_native_frames_get_a_typed_error_or_a_closed_connection_and_stall_no_one()
     drop(producer);
     let _ = Bytes::new();
 }
+
+#[test]
+fn the_native_producer_and_consumer_follow_a_new_leader_after_a_kill() {
+    use tern_tests::cluster::{wait_for_layout, Cluster};
+    let mut cluster = Cluster::start(3);
+    let all = [0usize, 1, 2];
+    cluster.wait_for_controller(&all, Duration::from_secs(20));
+    kafka::try_create_topic(
+        &cluster.brokers[0],
+        "moving",
+        1,
+        3,
+        &[("min.insync.replicas", "2")],
+    )
+    .expect("create the topic");
+    let layout = wait_for_layout(&cluster, &all, "moving", WITHIN, |layout| {
+        layout[&0].2.len() == 3
+    });
+    let leader = layout[&0].0 as usize;
+    let bootstrap = cluster
+        .brokers
+        .iter()
+        .map(|b| b.native_addr.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let rt = runtime();
+    let client = rt
+        .block_on(Client::with_config(tern::client::ClientConfig {
+            bootstrap,
+            ..Default::default()
+        }))
+        .expect("connect");
+    let producer = rt
+        .block_on(client.producer(ProducerConfig::default()))
+        .expect("producer");
+    let send_range = |range: std::ops::Range<usize>| {
+        rt.block_on(async {
+            let sends: Vec<_> = range
+                .map(|i| producer.send("moving", Some(0), Record::value(format!("{i:05}"))))
+                .collect();
+            let mut offsets = Vec::new();
+            for send in sends {
+                offsets.push(send.await.expect("acknowledged").offset);
+            }
+            offsets
+        })
+    };
+    let before = send_range(0..500);
+    // The leader dies; the client learns the new one from the metadata (its requests to the
+    // old one fail) and carries on.
+    cluster.brokers[leader].kill9();
+    let after = send_range(500..1000);
+    let live: Vec<usize> = all.iter().copied().filter(|b| *b != leader).collect();
+    let moved = wait_for_layout(&cluster, &live, "moving", WITHIN, |layout| {
+        layout[&0].0 >= 0 && layout[&0].0 as usize != leader
+    });
+    assert_ne!(moved[&0].0 as usize, leader);
+    let acked: Vec<i64> = before.into_iter().chain(after).collect();
+    rt.block_on(async {
+        let mut consumer = client.consumer(ConsumerConfig::default());
+        consumer.assign("moving", 0, StartAt::Earliest);
+        let read = read_exactly(&mut consumer, 1000).await;
+        for (i, consumed) in read.iter().enumerate() {
+            assert_eq!(consumed.offset, i as i64, "each record once, in order");
+            assert_eq!(
+                consumed.value.as_deref(),
+                Some(format!("{i:05}").as_bytes())
+            );
+            assert!(
+                acked[i] == i as i64 || acked[i] == -1,
+                "record {i} acked at {}",
+                acked[i]
+            );
+        }
+    });
+}

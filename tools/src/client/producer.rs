@@ -353,6 +353,13 @@ impl State {
         let config = &self.config;
         let (producer_id, producer_epoch) = (self.producer_id, self.producer_epoch);
         let partition = self.partitions.entry(key.clone()).or_default();
+        // A batch never grows past `batch_bytes` (the broker refuses batches over the topic's
+        // max.message.bytes): a record that would take it over starts the next one.
+        if partition.open.as_ref().is_some_and(|b| {
+            !b.writer.is_empty() && b.writer.len() + record.size_estimate() > config.batch_bytes
+        }) {
+            seal(partition);
+        }
         let batch = partition.open.get_or_insert_with(|| OpenBatch {
             writer: BatchWriter::new(
                 config.batch_bytes.min(1 << 20),

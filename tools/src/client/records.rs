@@ -34,14 +34,15 @@ impl Record {
         self
     }
 
-    /// Bytes the record takes in a batch, roughly (for batch sizing).
+    /// Bytes the record takes in a batch, at most (for batch sizing): its fields plus the
+    /// largest varints their lengths, deltas and length prefix can take.
     pub fn size_estimate(&self) -> usize {
         let headers: usize = self
             .headers
             .iter()
-            .map(|(k, v)| k.len() + v.as_ref().map_or(0, Bytes::len) + 4)
+            .map(|(k, v)| k.len() + v.as_ref().map_or(0, Bytes::len) + 10)
             .sum();
-        16 + self.key.as_ref().map_or(0, Bytes::len)
+        41 + self.key.as_ref().map_or(0, Bytes::len)
             + self.value.as_ref().map_or(0, Bytes::len)
             + headers
     }
