@@ -29,9 +29,10 @@ mod frames;
 mod native;
 pub mod table;
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
-use std::pin::pin;
+use std::pin::{pin, Pin};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -224,7 +225,14 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, endpoint: Rc<Endpoint>) 
             let sink = Sink::Plain(fd, writer);
             match endpoint.wire {
                 Wire::Kafka => run(&shard, &state, security, reader, sink, close_rx).await,
-                Wire::Native => native::run(&shard, &state, security, reader, sink, close_rx).await,
+                // Boxed: a Kafka connection's future does not carry room for the native
+                // connection's state (an idle connection's memory is a tested budget).
+                Wire::Native => {
+                    Box::pin(native::run(
+                        &shard, &state, security, reader, sink, close_rx,
+                    ))
+                    .await
+                }
             }
         }
         // Boxed: a plaintext connection's future does not carry room for rustls' state.
@@ -334,20 +342,27 @@ where
 {
     let (queue_tx, queue_rx) =
         local_channel::new_bounded::<InFlight>(shard.config.limits.in_flight_max);
-    let reading = read_requests(shard, state, &security, &mut reader, queue_tx);
-    let writing = write_responses(state, &mut sink, queue_rx);
+    let reading = pin!(read_requests(
+        shard,
+        state,
+        &security,
+        &mut reader,
+        queue_tx
+    ));
+    let writing = pin!(write_responses(state, &mut sink, queue_rx));
     drive(state, reading, writing, close_rx).await
 }
 
-/// Runs a connection's reading and writing halves until it ends, however it ends.
+/// Runs a connection's reading and writing halves until it ends, however it ends. The halves
+/// come pinned by reference: a future passed by value would be stored twice in the caller's
+/// state (once as its local, once inside this one), and idle connections' memory is a
+/// tested budget.
 async fn drive(
     state: &ConnectionState,
-    reading: impl std::future::Future<Output = Ended>,
-    writing: impl std::future::Future<Output = Ended>,
+    reading: Pin<&mut impl Future<Output = Ended>>,
+    writing: Pin<&mut impl Future<Output = Ended>>,
     close_rx: futures::channel::oneshot::Receiver<CloseReason>,
 ) -> Ended {
-    let reading = pin!(reading);
-    let writing = pin!(writing);
     let serving = pin!(async {
         match select(reading, writing).await {
             // A malformed request or a shutdown still gets the responses it is owed.

@@ -60,7 +60,7 @@ where
     // Unbounded: the permits bound it.
     let (queue_tx, queue_rx) = local_channel::new_unbounded::<Pending>();
     let session = Rc::new(Session::default());
-    let reading = read_requests(
+    let reading = pin!(read_requests(
         shard,
         state,
         &security,
@@ -68,8 +68,8 @@ where
         &mut reader,
         queue_tx,
         in_flight,
-    );
-    let writing = write_responses(state, &mut sink, queue_rx);
+    ));
+    let writing = pin!(write_responses(state, &mut sink, queue_rx));
     drive(state, reading, writing, close_rx).await
 }
 
