@@ -343,7 +343,7 @@ mod tests {
 
     #[test]
     fn a_written_batch_validates_and_reads_back_exactly() {
-        let records = vec![
+        let records = [
             Record::value("one").with_key("k1").with_header("h", "x"),
             Record {
                 key: None,
