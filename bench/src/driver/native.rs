@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tern::client::{
-    Client, ClientConfig, Consumer, ConsumerConfig, ProducerConfig, Record, StartAt,
+    Client, ClientConfig, Consumer, ConsumerConfig, ProducerConfig, RecordRef, StartAt,
 };
 
 use super::{AckSink, ConsumerSpec, Driver, DriverError, Outgoing, ProducerSpec, TopicSpec};
@@ -60,9 +60,9 @@ impl super::Producer for NativeProducer {
         {
             return SendOutcome::QueueFull;
         }
-        let mut record = Record::value(msg.payload.to_vec());
+        let mut record = RecordRef::value(msg.payload);
         if let Some(key) = msg.key {
-            record = record.with_key(key.to_vec());
+            record = record.with_key(key);
         }
         let len_bytes = msg.payload.len() as u64;
         let (sink, outstanding, scheduled_ns) = (
@@ -71,8 +71,8 @@ impl super::Producer for NativeProducer {
             msg.scheduled_ns,
         );
         outstanding.fetch_add(1, Ordering::Relaxed);
-        let sent = self
-            .producer
+        // The payload is copied into its batch here, on the sending thread.
+        self.producer
             .send_with(msg.topic, None, record, move |result| {
                 outstanding.fetch_sub(1, Ordering::Relaxed);
                 match result {
@@ -80,13 +80,7 @@ impl super::Producer for NativeProducer {
                     Err(_) => sink.failed(scheduled_ns),
                 }
             });
-        match sent {
-            Ok(()) => SendOutcome::Sent { len_bytes },
-            Err(_) => {
-                self.outstanding.fetch_sub(1, Ordering::Relaxed);
-                SendOutcome::Failed
-            }
-        }
+        SendOutcome::Sent { len_bytes }
     }
 
     fn flush(&mut self, timeout: Duration) -> Result<(), DriverError> {

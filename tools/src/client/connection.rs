@@ -268,12 +268,15 @@ async fn write_loop(
 }
 
 async fn read_loop(
-    mut read_half: tokio::net::tcp::OwnedReadHalf,
+    read_half: tokio::net::tcp::OwnedReadHalf,
     waiters: Waiters,
     closed: Arc<AtomicBool>,
     mut aborted: tokio::sync::watch::Receiver<bool>,
     addr: String,
 ) {
+    // Buffered: the small answers that arrive together are read in one call; a read larger
+    // than the buffer goes straight to the frame.
+    let mut read_half = tokio::io::BufReader::with_capacity(64 * 1024, read_half);
     let reason = loop {
         let mut size = [0u8; 4];
         tokio::select! {
@@ -290,8 +293,27 @@ async fn read_loop(
         if size > RESPONSE_BYTES_MAX {
             break Error::Protocol(format!("{addr} sent a frame of {size} bytes"));
         }
-        let mut frame = BytesMut::zeroed(size);
-        if let Err(error) = read_half.read_exact(&mut frame).await {
+        // Read into uninitialised capacity: a large fetch answer is not zeroed first.
+        let mut frame = BytesMut::with_capacity(size);
+        let mut lost = None;
+        while frame.len() < size {
+            match (&mut read_half)
+                .take((size - frame.len()) as u64)
+                .read_buf(&mut frame)
+                .await
+            {
+                Ok(0) => {
+                    lost = Some(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
+                    break;
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    lost = Some(error);
+                    break;
+                }
+            }
+        }
+        if let Some(error) = lost {
             break Error::Disconnected(format!("{addr}: {error}"));
         }
         let frame = frame.freeze();

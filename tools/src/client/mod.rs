@@ -39,7 +39,7 @@ use tern_protocol::native::msg;
 pub use connection::{Connection, Greeting, Response};
 pub use consumer::{Consumer, ConsumerConfig, StartAt};
 pub use producer::{Delivery, Producer, ProducerConfig, ProducerStats};
-pub use records::{decode, BatchWriter, Consumed, Record};
+pub use records::{decode, BatchWriter, Consumed, Record, RecordRef};
 
 /// What can go wrong.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -1,29 +1,36 @@
-//! The idempotent producer: one task owns every partition's batches.
+//! The idempotent producer: records are written into their partition's open batch by the
+//! caller, as `send` runs; one task owns everything after.
 //!
-//! A record joins its partition's open batch; the batch is sealed when it reaches
-//! `batch_bytes` or has waited `linger`, and gets its sequence numbers then. Sealed batches go
-//! to their partition's leader, every partition of one leader in one Produce request, with up
-//! to `max_in_flight` batches per partition outstanding (the broker checks the sequence of
-//! each, as Kafka brokers do for up to five). When a batch fails in a way worth retrying (a
-//! new leader, a lost connection, a timeout), its partition stops sending, waits for its
-//! other outstanding batches, and sends again from the failed one in sequence order: the
-//! broker recognises batches it already wrote by their sequence and answers with their
-//! original offsets, so a retry never writes a record twice.
+//! `send` picks the partition and appends the record to that partition's open batch in the
+//! accumulator (a mutex the caller and the task share), so the caller's bytes are copied
+//! once, into the batch, and the task is woken only when a batch opens or fills. A batch is
+//! sealed when it reaches `batch_bytes` or has waited `linger`, and gets its sequence numbers
+//! then, in the task. Sealed batches go to their partition's leader, every partition of one
+//! leader in one Produce request, with up to `max_in_flight` batches per partition outstanding
+//! (the broker checks the sequence of each, as Kafka brokers do for up to five). When a batch
+//! fails in a way worth retrying (a new leader, a lost connection, a timeout), its partition
+//! stops sending, waits for its other outstanding batches, and sends again from the failed
+//! one in sequence order: the broker recognises batches it already wrote by their sequence
+//! and answers with their original offsets, so a retry never writes a record twice.
+//!
+//! Records for a topic whose partitions the producer has not learned yet wait, in order, in
+//! the accumulator until the task has asked the cluster; later records of that topic queue
+//! behind them, so order per partition is kept.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::stream::{FuturesUnordered, StreamExt};
 use tern_protocol::native::msg;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 
-use super::records::{BatchWriter, Record};
-use super::{retriable_code, Client, Error, Response};
+use super::records::{BatchWriter, Record, RecordRef};
+use super::{lock, retriable_code, Client, Error, Response};
 
 #[derive(Debug, Clone)]
 pub struct ProducerConfig {
@@ -57,7 +64,7 @@ impl Default for ProducerConfig {
 /// Where a record was written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivery {
-    pub topic: String,
+    pub topic: Arc<str>,
     pub partition: i32,
     /// -1 when the broker recognised a retried batch it had written before and did not say
     /// where.
@@ -81,13 +88,8 @@ impl Ack {
     }
 }
 
+/// What callers ask of the producer's task besides records (which go to the accumulator).
 enum Command {
-    Send {
-        topic: String,
-        partition: Option<i32>,
-        record: Record,
-        ack: Ack,
-    },
     Flush(oneshot::Sender<()>),
 }
 
@@ -102,13 +104,57 @@ pub struct ProducerStats {
     pub retries: AtomicU64,
 }
 
-/// An idempotent producer; cheap to share by reference across tasks.
-#[derive(Debug)]
+/// What the callers and the producer's task share.
+struct Shared {
+    config: ProducerConfig,
+    producer_id: i64,
+    producer_epoch: i16,
+    batches: Mutex<Accumulator>,
+    /// The task looks at the accumulator again: a batch opened or filled, or records wait
+    /// for their topic's partitions.
+    wake: Notify,
+}
+
+/// The batches being filled, by topic.
+#[derive(Default)]
+struct Accumulator {
+    topics: HashMap<String, TopicBatches>,
+    /// Batches that reached `batch_bytes`, oldest first, for the task to seal.
+    full: Vec<(Key, OpenBatch)>,
+}
+
+struct TopicBatches {
+    name: Arc<str>,
+    /// Each partition's open batch; `None` until the task has learned the partition count.
+    open: Option<Vec<Option<OpenBatch>>>,
+    /// Records waiting for the partition count, in send order.
+    unrouted: Vec<Unrouted>,
+    /// Keyless records without a partition fill one partition's batch at a time.
+    sticky: i32,
+}
+
+struct Unrouted {
+    partition: Option<i32>,
+    record: Record,
+    ack: Ack,
+}
+
+/// An idempotent producer; cheap to share by reference across tasks and threads.
 pub struct Producer {
+    shared: Arc<Shared>,
     commands: mpsc::UnboundedSender<Command>,
     pub producer_id: i64,
     pub producer_epoch: i16,
     pub stats: Arc<ProducerStats>,
+}
+
+impl std::fmt::Debug for Producer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Producer")
+            .field("producer_id", &self.producer_id)
+            .field("producer_epoch", &self.producer_epoch)
+            .finish()
+    }
 }
 
 impl Producer {
@@ -121,19 +167,24 @@ impl Producer {
         let (producer_id, producer_epoch) = client.init_producer_id().await?;
         let (commands, queue) = mpsc::unbounded_channel();
         let stats = Arc::new(ProducerStats::default());
-        let state = State {
-            stats: stats.clone(),
-            client,
+        let shared = Arc::new(Shared {
             config,
             producer_id,
             producer_epoch,
+            batches: Mutex::default(),
+            wake: Notify::new(),
+        });
+        let state = State {
+            stats: stats.clone(),
+            client,
+            shared: shared.clone(),
             partitions: HashMap::new(),
-            sticky: HashMap::new(),
             in_flight: FuturesUnordered::new(),
             flushes: Vec::new(),
         };
         tokio::spawn(state.run(queue));
         Ok(Producer {
+            shared,
             commands,
             producer_id,
             producer_epoch,
@@ -151,39 +202,26 @@ impl Producer {
         record: Record,
     ) -> impl Future<Output = Result<Delivery, Error>> + Send + 'static {
         let (ack, delivered) = oneshot::channel();
-        let queued = self.commands.send(Command::Send {
-            topic: topic.to_owned(),
-            partition,
-            record,
-            ack: Ack::Channel(ack),
-        });
+        self.enqueue(topic, partition, record.borrowed(), Ack::Channel(ack));
         async move {
-            if queued.is_err() {
-                return Err(Error::Usage("the producer has stopped".into()));
-            }
             delivered
                 .await
                 .unwrap_or_else(|_| Err(Error::Usage("the producer has stopped".into())))
         }
     }
 
-    /// `send`, with `done` called (on the producer's task) when the record is acknowledged
-    /// or failed: no future to poll, for callers that are not async.
+    /// `send` for callers that are not async: the record is copied into its batch before this
+    /// returns, and `done` is called with its delivery on the producer's task (or at once,
+    /// before this returns, for a record refused outright: a partition the topic lacks, or a
+    /// stopped producer).
     pub fn send_with(
         &self,
         topic: &str,
         partition: Option<i32>,
-        record: Record,
+        record: RecordRef<'_>,
         done: impl FnOnce(Result<Delivery, Error>) + Send + 'static,
-    ) -> Result<(), Error> {
-        self.commands
-            .send(Command::Send {
-                topic: topic.to_owned(),
-                partition,
-                record,
-                ack: Ack::Callback(Box::new(done)),
-            })
-            .map_err(|_| Error::Usage("the producer has stopped".into()))
+    ) {
+        self.enqueue(topic, partition, record, Ack::Callback(Box::new(done)));
     }
 
     /// Sends everything queued now and waits until each record is acknowledged or failed.
@@ -193,14 +231,135 @@ impl Producer {
             let _ = flushed.await;
         }
     }
+
+    fn enqueue(&self, topic: &str, partition: Option<i32>, record: RecordRef<'_>, ack: Ack) {
+        if self.commands.is_closed() {
+            ack.send(Err(Error::Usage("the producer has stopped".into())));
+            return;
+        }
+        let shared = &*self.shared;
+        let mut guard = lock(&shared.batches);
+        let accumulator = &mut *guard;
+        if !accumulator.topics.contains_key(topic) {
+            accumulator
+                .topics
+                .insert(topic.to_owned(), TopicBatches::new(topic));
+        }
+        let Some(batches) = accumulator.topics.get_mut(topic) else {
+            return;
+        };
+        let routed = match batches.open {
+            None => {
+                batches.unrouted.push(Unrouted {
+                    partition,
+                    record: record.to_record(),
+                    ack,
+                });
+                Ok(true)
+            }
+            Some(_) => batches.route(shared, &mut accumulator.full, partition, record, ack),
+        };
+        // Nothing runs under the lock but the append: an acknowledgement's callback may send.
+        drop(guard);
+        match routed {
+            Ok(true) => shared.wake.notify_one(),
+            Ok(false) => {}
+            Err((ack, error)) => ack.send(Err(error)),
+        }
+    }
 }
 
-type Key = (String, i32);
+type Key = (Arc<str>, i32);
 
 struct OpenBatch {
     writer: BatchWriter,
     acks: Vec<Ack>,
     opened: Instant,
+}
+
+impl TopicBatches {
+    fn new(name: &str) -> TopicBatches {
+        TopicBatches {
+            name: name.into(),
+            open: None,
+            unrouted: Vec::new(),
+            sticky: 0,
+        }
+    }
+
+    /// Appends a record to its partition's open batch (the partition count is known).
+    /// Returns whether the task must look (a batch opened or filled), or the refused ack.
+    fn route(
+        &mut self,
+        shared: &Shared,
+        full: &mut Vec<(Key, OpenBatch)>,
+        partition: Option<i32>,
+        record: RecordRef<'_>,
+        ack: Ack,
+    ) -> Result<bool, (Ack, Error)> {
+        let Some(open) = self.open.as_mut() else {
+            return Err((ack, Error::Usage("partitions not known yet".into())));
+        };
+        let count = open.len() as i32;
+        let partition = match partition {
+            Some(p) if (0..count).contains(&p) => p,
+            Some(p) => {
+                let error = Error::Broker {
+                    code: msg::Error::UnknownTopicOrPartition.0,
+                    message: format!("{} has no partition {p}", self.name),
+                };
+                return Err((ack, error));
+            }
+            // Kafka's default partitioner, so keys land where Kafka clients put them.
+            None => match record.key {
+                Some(key) => (murmur2(key) & 0x7fff_ffff) as i32 % count,
+                None => {
+                    self.sticky %= count;
+                    self.sticky
+                }
+            },
+        };
+        let config = &shared.config;
+        let slot = &mut open[partition as usize];
+        let mut wake = false;
+        // A batch never grows past `batch_bytes` (the broker refuses batches over the topic's
+        // max.message.bytes): a record that would take it over starts the next one.
+        if slot.as_ref().is_some_and(|b| {
+            !b.writer.is_empty() && b.writer.len() + record.size_estimate() > config.batch_bytes
+        }) {
+            if let Some(batch) = slot.take() {
+                full.push(((self.name.clone(), partition), batch));
+            }
+        }
+        let now = Instant::now();
+        let timestamp = record.timestamp.unwrap_or_else(now_ms);
+        let batch = slot.get_or_insert_with(|| {
+            wake = true;
+            OpenBatch {
+                writer: BatchWriter::new(
+                    config.batch_bytes.min(1 << 20),
+                    timestamp,
+                    shared.producer_id,
+                    shared.producer_epoch,
+                ),
+                acks: Vec::new(),
+                opened: now,
+            }
+        });
+        batch.writer.push(record, timestamp);
+        batch.acks.push(ack);
+        if batch.writer.len() >= config.batch_bytes {
+            if let Some(batch) = slot.take() {
+                full.push(((self.name.clone(), partition), batch));
+            }
+            wake = true;
+            // The next keyless record starts filling another partition.
+            if self.sticky == partition {
+                self.sticky = self.sticky.wrapping_add(1) & i32::MAX;
+            }
+        }
+        Ok(wake)
+    }
 }
 
 struct Sealed {
@@ -212,9 +371,9 @@ struct Sealed {
     sent: bool,
 }
 
+/// A partition as the task sees it, from its sealed batches on.
 #[derive(Default)]
 struct Partition {
-    open: Option<OpenBatch>,
     /// Sealed batches not yet sent (or sent and failed), in sequence order.
     ready: VecDeque<Sealed>,
     in_flight: usize,
@@ -235,41 +394,33 @@ type Answer = Pin<Box<dyn Future<Output = (Sent, Result<Response, Error>)> + Sen
 struct State {
     stats: Arc<ProducerStats>,
     client: Client,
-    config: ProducerConfig,
-    producer_id: i64,
-    producer_epoch: i16,
+    shared: Arc<Shared>,
     partitions: HashMap<Key, Partition>,
-    /// Keyless records without a partition fill one partition's batch at a time.
-    sticky: HashMap<String, i32>,
     in_flight: FuturesUnordered<Answer>,
     flushes: Vec<oneshot::Sender<()>>,
 }
 
 impl State {
-    async fn run(mut self, mut queue: mpsc::UnboundedReceiver<Command>) {
+    async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
+        let shared = self.shared.clone();
         let mut open = true;
         loop {
             let deadline = self.next_deadline();
             tokio::select! {
-                command = queue.recv(), if open => match command {
-                    Some(command) => {
-                        self.take(command).await;
-                        // Everything else already queued joins the same round.
-                        while let Ok(command) = queue.try_recv() {
-                            self.take(command).await;
-                        }
-                    }
-                    None => {
-                        open = false;
-                        self.seal_all();
-                    }
+                command = commands.recv(), if open => match command {
+                    Some(Command::Flush(done)) => self.flushes.push(done),
+                    // The producer was dropped: what it queued is still sent.
+                    None => open = false,
                 },
+                _ = shared.wake.notified() => {}
                 Some((sent, result)) = self.in_flight.next(), if !self.in_flight.is_empty() => {
                     self.answered(sent, result);
                 }
                 _ = sleep_until(deadline), if deadline.is_some() => {}
             }
-            self.seal_due();
+            self.route_waiting().await;
+            // A flush or the end seals every open batch: nothing lingers.
+            self.seal_due(!open || !self.flushes.is_empty());
             self.dispatch().await;
             self.expire();
             if self.is_idle() {
@@ -284,124 +435,127 @@ impl State {
     }
 
     fn is_idle(&self) -> bool {
-        self.in_flight.is_empty()
-            && self
-                .partitions
-                .values()
-                .all(|p| p.open.is_none() && p.ready.is_empty())
+        self.in_flight.is_empty() && self.partitions.values().all(|p| p.ready.is_empty()) && {
+            let accumulator = lock(&self.shared.batches);
+            accumulator.full.is_empty()
+                && accumulator.topics.values().all(|t| {
+                    t.unrouted.is_empty() && t.open.iter().flatten().all(|slot| slot.is_none())
+                })
+        }
     }
 
     fn next_deadline(&self) -> Option<Instant> {
         let now = Instant::now();
-        self.partitions
+        let linger = self.shared.config.linger;
+        let lingering = {
+            let accumulator = lock(&self.shared.batches);
+            accumulator
+                .topics
+                .values()
+                .flat_map(|t| t.open.iter().flatten().flatten())
+                .map(|b| b.opened + linger)
+                .min()
+        };
+        // A back-off already over is not a deadline: an answer is what it waits for.
+        let backoff = self
+            .partitions
             .values()
-            .flat_map(|p| {
-                let linger = p.open.as_ref().map(|b| b.opened + self.config.linger);
-                // A back-off already over is not a deadline: an answer is what it waits for.
-                let backoff = p.not_before.filter(|t| !p.ready.is_empty() && *t > now);
-                linger.into_iter().chain(backoff)
-            })
-            .min()
+            .filter_map(|p| p.not_before.filter(|t| !p.ready.is_empty() && *t > now))
+            .min();
+        lingering.into_iter().chain(backoff).min()
     }
 
-    async fn take(&mut self, command: Command) {
-        match command {
-            Command::Flush(done) => {
-                self.seal_all();
-                self.flushes.push(done);
-            }
-            Command::Send {
-                topic,
-                partition,
-                record,
-                ack,
-            } => {
-                let partition = match partition {
-                    Some(partition) => partition,
-                    None => match self.choose_partition(&topic, &record).await {
-                        Ok(partition) => partition,
-                        Err(error) => {
-                            ack.send(Err(error));
-                            return;
-                        }
-                    },
-                };
-                self.append((topic, partition), record, ack);
-            }
-        }
-    }
-
-    async fn choose_partition(&mut self, topic: &str, record: &Record) -> Result<i32, Error> {
-        let count = self.client.partitions(topic).await?.len() as i32;
-        if count == 0 {
-            return Err(Error::Usage(format!("topic {topic} has no partitions")));
-        }
-        Ok(match &record.key {
-            // Kafka's default partitioner, so keys land where Kafka clients put them.
-            Some(key) => (murmur2(key) & 0x7fff_ffff) as i32 % count,
-            None => {
-                let sticky = self.sticky.entry(topic.to_owned()).or_insert(0);
-                *sticky %= count;
-                *sticky
-            }
-        })
-    }
-
-    fn append(&mut self, key: Key, record: Record, ack: Ack) {
-        let now = Instant::now();
-        let timestamp = record.timestamp.unwrap_or_else(now_ms);
-        let config = &self.config;
-        let (producer_id, producer_epoch) = (self.producer_id, self.producer_epoch);
-        let partition = self.partitions.entry(key.clone()).or_default();
-        // A batch never grows past `batch_bytes` (the broker refuses batches over the topic's
-        // max.message.bytes): a record that would take it over starts the next one.
-        if partition.open.as_ref().is_some_and(|b| {
-            !b.writer.is_empty() && b.writer.len() + record.size_estimate() > config.batch_bytes
-        }) {
-            seal(partition);
-        }
-        let batch = partition.open.get_or_insert_with(|| OpenBatch {
-            writer: BatchWriter::new(
-                config.batch_bytes.min(1 << 20),
-                timestamp,
-                producer_id,
-                producer_epoch,
-            ),
-            acks: Vec::new(),
-            opened: now,
-        });
-        batch.writer.push(&record, timestamp);
-        batch.acks.push(ack);
-        if batch.writer.len() >= config.batch_bytes {
-            seal(partition);
-            // The next keyless record starts filling another partition.
-            if let Some(next) = self.sticky.get_mut(&key.0) {
-                *next = next.wrapping_add(1);
-            }
-        }
-    }
-
-    fn seal_all(&mut self) {
-        self.partitions.values_mut().for_each(seal);
-    }
-
-    fn seal_due(&mut self) {
-        let now = Instant::now();
-        let linger = self.config.linger;
-        for ((topic, index), partition) in &mut self.partitions {
-            if partition
-                .open
-                .as_ref()
-                .is_some_and(|b| b.opened + linger <= now)
+    /// Learns the partition count of each topic with records waiting for it, and routes them.
+    async fn route_waiting(&mut self) {
+        let waiting: Vec<String> = lock(&self.shared.batches)
+            .topics
+            .iter()
+            .filter(|(_, t)| t.open.is_none() && !t.unrouted.is_empty())
+            .map(|(name, _)| name.clone())
+            .collect();
+        for topic in waiting {
+            let count = match self.client.partitions(&topic).await {
+                Ok(partitions) if partitions.is_empty() => {
+                    Err(Error::Usage(format!("topic {topic} has no partitions")))
+                }
+                Ok(partitions) => Ok(partitions.len()),
+                Err(error) => Err(error),
+            };
+            let mut refused = Vec::new();
             {
-                seal(partition);
-                // Keyless records move on to the next partition with the next batch.
-                if let Some(sticky) = self.sticky.get_mut(topic) {
-                    if *sticky == *index {
-                        *sticky = sticky.wrapping_add(1);
+                let mut guard = lock(&self.shared.batches);
+                let accumulator = &mut *guard;
+                let Some(batches) = accumulator.topics.get_mut(&topic) else {
+                    continue;
+                };
+                match count {
+                    Ok(count) => {
+                        batches.open = Some((0..count).map(|_| None).collect());
+                        for waiting in std::mem::take(&mut batches.unrouted) {
+                            if let Err(refusal) = batches.route(
+                                &self.shared,
+                                &mut accumulator.full,
+                                waiting.partition,
+                                waiting.record.borrowed(),
+                                waiting.ack,
+                            ) {
+                                refused.push(refusal);
+                            }
+                        }
+                    }
+                    // The topic is forgotten: a later record asks again.
+                    Err(error) => {
+                        if let Some(batches) = accumulator.topics.remove(&topic) {
+                            refused.extend(
+                                batches
+                                    .unrouted
+                                    .into_iter()
+                                    .map(|waiting| (waiting.ack, error.clone())),
+                            );
+                        }
                     }
                 }
             }
+            for (ack, error) in refused {
+                ack.send(Err(error));
+            }
+        }
+    }
+
+    /// Seals the batches that filled, and those that lingered long enough (`all`: every open
+    /// one), giving them their sequence numbers.
+    fn seal_due(&mut self, all: bool) {
+        let now = Instant::now();
+        let linger = self.shared.config.linger;
+        let due: Vec<(Key, OpenBatch)> = {
+            let mut guard = lock(&self.shared.batches);
+            let accumulator = &mut *guard;
+            let mut due = std::mem::take(&mut accumulator.full);
+            for batches in accumulator.topics.values_mut() {
+                let Some(open) = batches.open.as_mut() else {
+                    continue;
+                };
+                for (index, slot) in open.iter_mut().enumerate() {
+                    if !slot
+                        .as_ref()
+                        .is_some_and(|b| all || b.opened + linger <= now)
+                    {
+                        continue;
+                    }
+                    if let Some(batch) = slot.take() {
+                        due.push(((batches.name.clone(), index as i32), batch));
+                    }
+                    // Keyless records move on to the next partition with the next batch.
+                    if batches.sticky == index as i32 {
+                        batches.sticky = batches.sticky.wrapping_add(1) & i32::MAX;
+                    }
+                }
+            }
+            due
+        };
+        // Per partition, filled batches come before the open one: sequence order holds.
+        for (key, batch) in due {
+            seal(self.partitions.entry(key).or_default(), batch);
         }
     }
 
@@ -415,9 +569,9 @@ impl State {
                 .iter()
                 .filter(|(_, p)| {
                     p.ready.front().is_some_and(|batch| {
-                        batch.sent || p.window.len() < self.config.max_in_flight
+                        batch.sent || p.window.len() < self.shared.config.max_in_flight
                     }) && p.not_before.is_none_or(|t| t <= now)
-                        && p.in_flight < self.config.max_in_flight
+                        && p.in_flight < self.shared.config.max_in_flight
                         && !(p.retrying && p.in_flight > 0)
                 })
                 .map(|(key, _)| key.clone())
@@ -432,7 +586,7 @@ impl State {
                         // No leader known now: look again after the back-off.
                         self.client.invalidate(&key.0);
                         if let Some(p) = self.partitions.get_mut(&key) {
-                            p.not_before = Some(now + self.config.retry_backoff);
+                            p.not_before = Some(now + self.shared.config.retry_backoff);
                         }
                         continue;
                     }
@@ -469,7 +623,7 @@ impl State {
                 return;
             }
         };
-        let shape: Vec<(String, i32, u32)> = sent
+        let shape: Vec<(Arc<str>, i32, u32)> = sent
             .iter()
             .map(|((topic, partition), batch)| {
                 (topic.clone(), *partition, batch.bytes.len() as u32)
@@ -477,8 +631,8 @@ impl State {
             .collect();
         let payload: Vec<Bytes> = sent.iter().map(|(_, batch)| batch.bytes.clone()).collect();
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
-        let acks = self.config.acks;
-        let timeout_ms = self.config.delivery_timeout.as_millis().min(30_000) as i32;
+        let acks = self.shared.config.acks;
+        let timeout_ms = self.shared.config.delivery_timeout.as_millis().min(30_000) as i32;
         let queued = connection.send(msg::Request::Produce, payload, move |b| {
             let partitions: Vec<_> = shape
                 .iter()
@@ -546,7 +700,7 @@ impl State {
             partition.in_flight = partition.in_flight.saturating_sub(1);
             let code = msg::Error(code);
             let retry = (retriable_code(code.0) || code == msg::Error::OutOfOrderSequenceNumber)
-                && batch.created + self.config.delivery_timeout > now;
+                && batch.created + self.shared.config.delivery_timeout > now;
             if !retry {
                 answered_for_good(partition, batch.base_sequence);
             }
@@ -574,7 +728,7 @@ impl State {
                 partition.ready.insert(at, batch);
                 partition.retrying = true;
                 self.stats.retries.fetch_add(1, Ordering::Relaxed);
-                partition.not_before = Some(now + self.config.retry_backoff);
+                partition.not_before = Some(now + self.shared.config.retry_backoff);
                 self.client.invalidate(&key.0);
             } else {
                 let error = Error::Broker {
@@ -591,7 +745,7 @@ impl State {
     /// Fails batches that waited past the delivery timeout without being sent.
     fn expire(&mut self) {
         let now = Instant::now();
-        let timeout = self.config.delivery_timeout;
+        let timeout = self.shared.config.delivery_timeout;
         for ((topic, partition), state) in &mut self.partitions {
             if state.in_flight > 0 {
                 continue;
@@ -629,11 +783,8 @@ fn answered_for_good(partition: &mut Partition, base_sequence: i32) {
     }
 }
 
-/// Seals a partition's open batch: its sequence numbers are fixed from here.
-fn seal(partition: &mut Partition) {
-    let Some(batch) = partition.open.take() else {
-        return;
-    };
+/// Seals a batch into its partition: its sequence numbers are fixed from here.
+fn seal(partition: &mut Partition, batch: OpenBatch) {
     let count = batch.writer.count();
     let base_sequence = partition.next_sequence;
     partition.next_sequence = partition.next_sequence.wrapping_add(count) & i32::MAX;

@@ -34,6 +34,51 @@ impl Record {
         self
     }
 
+    /// The record, borrowed.
+    pub fn borrowed(&self) -> RecordRef<'_> {
+        RecordRef {
+            key: self.key.as_deref(),
+            value: self.value.as_deref(),
+            headers: &self.headers,
+            timestamp: self.timestamp,
+        }
+    }
+}
+
+/// A record to produce, borrowed: `Producer::send_with` writes it into its batch before it
+/// returns, so the caller's bytes are copied once, into the batch.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RecordRef<'a> {
+    pub key: Option<&'a [u8]>,
+    pub value: Option<&'a [u8]>,
+    pub headers: &'a [(String, Option<Bytes>)],
+    /// Milliseconds since the epoch; `None`: the time of `send`.
+    pub timestamp: Option<i64>,
+}
+
+impl<'a> RecordRef<'a> {
+    pub fn value(value: &'a [u8]) -> RecordRef<'a> {
+        RecordRef {
+            value: Some(value),
+            ..RecordRef::default()
+        }
+    }
+
+    pub fn with_key(mut self, key: &'a [u8]) -> RecordRef<'a> {
+        self.key = Some(key);
+        self
+    }
+
+    /// An owned copy, for a record that must wait (its topic's partitions not known yet).
+    pub fn to_record(&self) -> Record {
+        Record {
+            key: self.key.map(Bytes::copy_from_slice),
+            value: self.value.map(Bytes::copy_from_slice),
+            headers: self.headers.to_vec(),
+            timestamp: self.timestamp,
+        }
+    }
+
     /// Bytes the record takes in a batch, at most (for batch sizing): its fields plus the
     /// largest varints their lengths, deltas and length prefix can take.
     pub fn size_estimate(&self) -> usize {
@@ -42,9 +87,7 @@ impl Record {
             .iter()
             .map(|(k, v)| k.len() + v.as_ref().map_or(0, Bytes::len) + 10)
             .sum();
-        41 + self.key.as_ref().map_or(0, Bytes::len)
-            + self.value.as_ref().map_or(0, Bytes::len)
-            + headers
+        41 + self.key.map_or(0, <[u8]>::len) + self.value.map_or(0, <[u8]>::len) + headers
     }
 }
 
@@ -121,7 +164,7 @@ impl BatchWriter {
     }
 
     /// Appends a record stamped `timestamp`.
-    pub fn push(&mut self, record: &Record, timestamp: i64) {
+    pub fn push(&mut self, record: RecordRef<'_>, timestamp: i64) {
         let delta = timestamp - self.base_timestamp;
         self.max_timestamp = self.max_timestamp.max(timestamp);
         let headers_len: usize = record
@@ -137,8 +180,8 @@ impl BatchWriter {
         let body_len = 1
             + varint_len(delta)
             + varint_len(i64::from(self.count))
-            + nullable_len(record.key.as_deref())
-            + nullable_len(record.value.as_deref())
+            + nullable_len(record.key)
+            + nullable_len(record.value)
             + varint_len(record.headers.len() as i64)
             + headers_len;
         let buffer = &mut self.buffer;
@@ -146,10 +189,10 @@ impl BatchWriter {
         buffer.put_i8(0);
         put_varint(buffer, delta);
         put_varint(buffer, i64::from(self.count));
-        put_nullable(buffer, record.key.as_deref());
-        put_nullable(buffer, record.value.as_deref());
+        put_nullable(buffer, record.key);
+        put_nullable(buffer, record.value);
         put_varint(buffer, record.headers.len() as i64);
-        for (key, value) in &record.headers {
+        for (key, value) in record.headers {
             put_varint(buffer, key.len() as i64);
             buffer.put_slice(key.as_bytes());
             put_nullable(buffer, value.as_deref());
@@ -355,7 +398,7 @@ mod tests {
         ];
         let mut writer = BatchWriter::new(1024, 1_000, 42, 3);
         for (i, record) in records.iter().enumerate() {
-            writer.push(record, 1_000 + i as i64);
+            writer.push(record.borrowed(), 1_000 + i as i64);
         }
         let batch = writer.seal(17);
         batch::validate_batch(&batch).unwrap();
