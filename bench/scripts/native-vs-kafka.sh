@@ -2,17 +2,19 @@
 # One sitting, one broker, side by side: the same workload through librdkafka (the Kafka
 # driver, to the Kafka listener) and through tern::client (the native driver, to the native
 # listener), then `tern-bench compare`. The latency workload (10k msg/s of 1 KiB, acks=all,
-# 16 partitions) and the throughput one at the harness's highest rate (acks=1; compression
-# none for both, as the native client does not compress).
+# 16 partitions), producing alone at the highest rate (produce-max-1kib: 4 producers, no
+# consumers) and producing with consumers at the highest rate (throughput-max-1kib), acks=1;
+# compression none for all, as the native client does not compress.
 #
 #   bash bench/scripts/native-vs-kafka.sh            # 20 s per run (DURATION_S to change)
 #   WORKLOADS=latency-10k-1kib bash bench/scripts/native-vs-kafka.sh
 #   DRIVERS="native kafka" bash bench/scripts/native-vs-kafka.sh   # the other order
 #
 # The broker is pinned to CPU 0 (--cpuset 0, one shard), the harness to CPU 1: one client
-# core. Each run's harness CPU (user+sys over wall time, warm-up and drain included) is
-# printed next to its result, for msg/s per client core. Results go to
-# tern-bench-results/native-vs-kafka (OUT to change).
+# core. Each result gives the harness's CPU over the measurement window ("harness cpu", and
+# "acked/s per h.core" in the comparison): msg/s per client core. The harness's CPU over its
+# whole life (warm-up, drain and start-up included) is printed next to it as a cross-check.
+# Results go to tern-bench-results/native-vs-kafka (OUT to change); a rerun replaces them.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 cargo build --release -q -p tern -p tern-bench
@@ -38,13 +40,14 @@ for _ in $(seq 1 100); do
     sleep 0.1
 done
 
-for w in ${WORKLOADS:-latency-10k-1kib throughput-max-1kib}; do
+for w in ${WORKLOADS:-latency-10k-1kib produce-max-1kib throughput-max-1kib}; do
     for driver in ${DRIVERS:-kafka native}; do
         case $driver in
             kafka) bootstrap=127.0.0.1:29592; label="librdkafka (Kafka protocol)" ;;
             native) bootstrap=127.0.0.1:29594; label="tern::client (native protocol)" ;;
         esac
         dir="$out/$w/$driver"
+        rm -rf "$dir"
         mkdir -p "$dir"
         /usr/bin/time -f "%U %S %e" -o "$dir/harness-time.txt" \
             taskset -c 1 "$bin/tern-bench" run -w "$w" --driver "$driver" \

@@ -76,6 +76,11 @@ pub struct RunResult {
     pub label: String,
     pub driver: String,
     pub broker: BrokerInfo,
+    /// Average cores this harness process used over the measurement window: its producers,
+    /// consumers and the client library under test (`null` in results from before it was
+    /// measured).
+    #[serde(default)]
+    pub harness_cpu_cores_used: Option<f64>,
     pub workload: Workload,
     pub run_id: String,
     /// Wall-clock instant of the first scheduled slot (second 0 of the series).
@@ -157,6 +162,7 @@ impl RunResult {
                 pid: ctx.broker_pid,
                 cpu_cores_used: out.broker_cpu_cores,
             },
+            harness_cpu_cores_used: out.harness_cpu_cores,
             workload: workload.clone(),
             run_id: format!("{:016x}", out.run_id),
             started_unix_ms: out.started_unix_ms,
@@ -276,6 +282,14 @@ pub fn table(r: &RunResult) -> String {
             t,
             "broker cpu: {cores:.2} cores (pid {})",
             r.broker.pid.unwrap_or(0)
+        );
+    }
+    if let Some(cores) = r.harness_cpu_cores_used {
+        let rate = per_core(r.rates.acked_msgs_per_s, Some(cores));
+        let _ = writeln!(
+            t,
+            "harness cpu: {cores:.2} cores, {} acked msg/s per harness core",
+            rate.map_or("-".into(), |rate| format!("{rate:.0}"))
         );
     }
     let _ = writeln!(
@@ -460,7 +474,16 @@ const COMPARE_METRICS: &[Metric] = &[
     }),
     ("errors", |r| Some(r.counts.error_msgs() as f64)),
     ("broker cpu cores", |r| r.broker.cpu_cores_used),
+    ("harness cpu cores", |r| r.harness_cpu_cores_used),
+    ("acked/s per h.core", |r| {
+        per_core(r.rates.acked_msgs_per_s, r.harness_cpu_cores_used)
+    }),
 ];
+
+/// A rate per core used; a run that used no measurable CPU has no such rate.
+fn per_core(rate: f64, cores: Option<f64>) -> Option<f64> {
+    cores.filter(|c| *c > 0.0).map(|c| rate / c)
+}
 
 fn cell(v: Option<f64>) -> String {
     match v {
@@ -523,6 +546,7 @@ mod tests {
             open_loop: true,
             broker_cpu_cores: Some(0.5),
             broker_cpu_cores_series: vec![],
+            harness_cpu_cores: Some(0.25),
             notes: vec![],
         };
         let ctx = RunContext {

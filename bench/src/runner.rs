@@ -62,6 +62,9 @@ pub struct RunOutput {
     pub broker_cpu_cores: Option<f64>,
     /// Broker cores used in each second of the series.
     pub broker_cpu_cores_series: Vec<Option<f64>>,
+    /// Cores this harness process (its producers, consumers and client libraries) used over
+    /// the measurement window.
+    pub harness_cpu_cores: Option<f64>,
     /// Things the reader of the result must know (timeouts hit, messages not drained).
     pub notes: Vec<String>,
 }
@@ -280,6 +283,7 @@ pub fn run(driver: &dyn Driver, opts: &RunOptions) -> Result<RunOutput, RunError
 
     let mut broker_cpu_cores_series: Vec<Option<f64>> = Vec::new();
     let mut broker_cpu_cores = None;
+    let mut harness_cpu_cores = None;
     let mut panicked: Option<&'static str> = None;
 
     std::thread::scope(|scope| -> Result<(), RunError> {
@@ -424,6 +428,10 @@ pub fn run(driver: &dyn Driver, opts: &RunOptions) -> Result<RunOutput, RunError
         let mut cpu_last: Option<CpuSample> = opts.broker_pid.and_then(|pid| cpu::sample(pid).ok());
         let mut cpu_window_start: Option<CpuSample> = None;
         let mut cpu_window_end: Option<CpuSample> = None;
+        // The harness's own CPU over the same window: what the clients cost.
+        let harness_pid = std::process::id();
+        let mut harness_window_start: Option<CpuSample> = None;
+        let mut harness_window_end: Option<CpuSample> = None;
         let measure_end_ns = START_LEAD_NS + total_s * 1_000_000_000;
         let mut second_next: u64 = 1;
         let all_recorders: Vec<Arc<Mutex<Recorder>>> = producer_recorders
@@ -462,6 +470,12 @@ pub fn run(driver: &dyn Driver, opts: &RunOptions) -> Result<RunOutput, RunError
             }
             // The broker's CPU over the measurement window: one reading as warm-up ends and one
             // as the last slot is due, each within a loop period (20 ms) of the instant.
+            if harness_window_start.is_none() && now_ns >= warmup_ns {
+                harness_window_start = cpu::sample(harness_pid).ok();
+            }
+            if harness_window_end.is_none() && now_ns >= measure_end_ns {
+                harness_window_end = cpu::sample(harness_pid).ok();
+            }
             if let Some(pid) = opts.broker_pid {
                 if cpu_window_start.is_none() && now_ns >= warmup_ns {
                     cpu_window_start = cpu::sample(pid).ok();
@@ -482,6 +496,12 @@ pub fn run(driver: &dyn Driver, opts: &RunOptions) -> Result<RunOutput, RunError
         }
         if let (Some(a), Some(b)) = (&cpu_window_start, &cpu_window_end) {
             broker_cpu_cores = Some(cpu::cores_used(a, b, ticks_per_s));
+        }
+        if harness_window_end.is_none() {
+            harness_window_end = cpu::sample(harness_pid).ok();
+        }
+        if let (Some(a), Some(b)) = (&harness_window_start, &harness_window_end) {
+            harness_cpu_cores = Some(cpu::cores_used(a, b, ticks_per_s));
         }
         stop_producers.store(true, Ordering::Relaxed);
         for h in producer_handles {
@@ -558,6 +578,7 @@ pub fn run(driver: &dyn Driver, opts: &RunOptions) -> Result<RunOutput, RunError
         open_loop: offered_msgs_per_s.is_some(),
         broker_cpu_cores,
         broker_cpu_cores_series,
+        harness_cpu_cores,
         notes,
     })
 }

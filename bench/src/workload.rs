@@ -26,6 +26,10 @@ pub const BUILTIN: &[(&str, &str)] = &[
         include_str!("../workloads/throughput-max-1kib.toml"),
     ),
     (
+        "produce-max-1kib",
+        include_str!("../workloads/produce-max-1kib.toml"),
+    ),
+    (
         "many-partitions",
         include_str!("../workloads/many-partitions.toml"),
     ),

@@ -49,14 +49,20 @@ impl NativeDriver {
 
 struct NativeProducer {
     producer: tern::client::Producer,
-    sink: AckSink,
-    outstanding: Arc<AtomicUsize>,
+    /// One reference per message in flight, shared by its delivery callback.
+    deliveries: Arc<Deliveries>,
     handle: tokio::runtime::Handle,
+}
+
+struct Deliveries {
+    sink: AckSink,
+    outstanding: AtomicUsize,
 }
 
 impl super::Producer for NativeProducer {
     fn try_send(&mut self, msg: &Outgoing<'_>) -> SendOutcome {
-        if self.outstanding.load(Ordering::Relaxed) >= limits::PRODUCER_QUEUE_MESSAGES_MAX as usize
+        if self.deliveries.outstanding.load(Ordering::Relaxed)
+            >= limits::PRODUCER_QUEUE_MESSAGES_MAX as usize
         {
             return SendOutcome::QueueFull;
         }
@@ -65,19 +71,15 @@ impl super::Producer for NativeProducer {
             record = record.with_key(key);
         }
         let len_bytes = msg.payload.len() as u64;
-        let (sink, outstanding, scheduled_ns) = (
-            self.sink.clone(),
-            self.outstanding.clone(),
-            msg.scheduled_ns,
-        );
-        outstanding.fetch_add(1, Ordering::Relaxed);
+        let (deliveries, scheduled_ns) = (self.deliveries.clone(), msg.scheduled_ns);
+        deliveries.outstanding.fetch_add(1, Ordering::Relaxed);
         // The payload is copied into its batch here, on the sending thread.
         self.producer
             .send_with(msg.topic, None, record, move |result| {
-                outstanding.fetch_sub(1, Ordering::Relaxed);
+                deliveries.outstanding.fetch_sub(1, Ordering::Relaxed);
                 match result {
-                    Ok(_) => sink.acked(scheduled_ns, len_bytes),
-                    Err(_) => sink.failed(scheduled_ns),
+                    Ok(_) => deliveries.sink.acked(scheduled_ns, len_bytes),
+                    Err(_) => deliveries.sink.failed(scheduled_ns),
                 }
             });
         SendOutcome::Sent { len_bytes }
@@ -90,7 +92,7 @@ impl super::Producer for NativeProducer {
         flushed.map_err(|_| DriverError::Timeout {
             what: format!(
                 "{} in-flight messages to be acknowledged",
-                self.outstanding.load(Ordering::Relaxed)
+                self.deliveries.outstanding.load(Ordering::Relaxed)
             ),
             timeout_ms: timeout.as_millis() as u64,
         })
@@ -233,8 +235,10 @@ impl Driver for NativeDriver {
             .map_err(|e| DriverError::Client(format!("native producer: {e}")))?;
         Ok(Box::new(NativeProducer {
             producer,
-            sink: acks,
-            outstanding: Arc::default(),
+            deliveries: Arc::new(Deliveries {
+                sink: acks,
+                outstanding: AtomicUsize::new(0),
+            }),
             handle: self.runtime.handle().clone(),
         }))
     }

@@ -19,6 +19,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -118,7 +119,9 @@ struct Shared {
 /// The batches being filled, by topic.
 #[derive(Default)]
 struct Accumulator {
-    topics: HashMap<String, TopicBatches>,
+    /// Looked up for every record sent: hashed with FNV-1a, not SipHash (the names are the
+    /// application's own, so there is no flooding to resist).
+    topics: HashMap<String, TopicBatches, BuildHasherDefault<Fnv1a>>,
     /// Batches that reached `batch_bytes`, oldest first, for the task to seal.
     full: Vec<(Key, OpenBatch)>,
 }
@@ -331,7 +334,6 @@ impl TopicBatches {
                 full.push(((self.name.clone(), partition), batch));
             }
         }
-        let now = Instant::now();
         let timestamp = record.timestamp.unwrap_or_else(now_ms);
         let batch = slot.get_or_insert_with(|| {
             wake = true;
@@ -343,7 +345,7 @@ impl TopicBatches {
                     shared.producer_epoch,
                 ),
                 acks: Vec::new(),
-                opened: now,
+                opened: Instant::now(),
             }
         });
         batch.writer.push(record, timestamp);
@@ -827,6 +829,27 @@ fn read_produce(response: &Response, expected: usize) -> Result<Vec<(i16, i64, S
 async fn sleep_until(deadline: Option<Instant>) {
     if let Some(deadline) = deadline {
         tokio::time::sleep_until(deadline.into()).await;
+    }
+}
+
+/// FNV-1a, 64-bit: a hasher for short keys on the send path.
+struct Fnv1a(u64);
+
+impl Default for Fnv1a {
+    fn default() -> Self {
+        Fnv1a(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for Fnv1a {
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 = (self.0 ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
     }
 }
 

@@ -2,6 +2,8 @@
 //! is written record by record into one buffer (no per-record allocation) and read back with
 //! keys, values and headers, decompressing with any codec Kafka clients use.
 
+use std::sync::Arc;
+
 use bytes::{BufMut, Bytes, BytesMut};
 use tern_protocol::batch::{BatchHeader, BatchIter, BATCH_HEADER_BYTES};
 use tern_protocol::records::record_area;
@@ -94,7 +96,7 @@ impl<'a> RecordRef<'a> {
 /// A record read from a partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Consumed {
-    pub topic: String,
+    pub topic: Arc<str>,
     pub partition: i32,
     pub offset: i64,
     pub timestamp: i64,
@@ -269,6 +271,8 @@ pub fn decode(
     let mut pending: Vec<(i64, i64)> = aborted.to_vec();
     pending.sort_by_key(|(_, first)| std::cmp::Reverse(*first));
     let mut aborting: Vec<i64> = Vec::new();
+    // One name shared by every record read.
+    let topic: Arc<str> = topic.into();
     for span in BatchIter::new(bytes) {
         let span = span.map_err(|e| e.to_string())?;
         let batch = &bytes[span.position..span.position + span.total_bytes];
@@ -293,13 +297,13 @@ pub fn decode(
             continue;
         }
         let area = record_area(batch, &header).map_err(|e| e.to_string())?;
-        read_records(topic, partition, &header, &area, from, &mut out.records)?;
+        read_records(&topic, partition, &header, &area, from, &mut out.records)?;
     }
     Ok(out)
 }
 
 fn read_records(
-    topic: &str,
+    topic: &Arc<str>,
     partition: i32,
     header: &BatchHeader,
     area: &[u8],
@@ -340,7 +344,7 @@ fn read_records(
             header.base_timestamp().0 + delta
         };
         out.push(Consumed {
-            topic: topic.to_owned(),
+            topic: topic.clone(),
             partition,
             offset,
             timestamp,
