@@ -273,6 +273,11 @@ impl Producer {
 
 type Key = (Arc<str>, i32);
 
+/// tokio's timer wakes on whole milliseconds, rounding a deadline up to the next one: a batch
+/// whose linger ends within half a tick is sealed now, so that batches linger `linger` on
+/// average (from half a millisecond less to half a millisecond more), not half a tick more.
+const TIMER_SLACK: Duration = Duration::from_micros(500);
+
 struct OpenBatch {
     writer: BatchWriter,
     acks: Vec<Ack>,
@@ -447,7 +452,7 @@ impl State {
 
     fn next_deadline(&self) -> Option<Instant> {
         let now = Instant::now();
-        let linger = self.shared.config.linger;
+        let linger = self.shared.config.linger.saturating_sub(TIMER_SLACK);
         let lingering = {
             let accumulator = lock(&self.shared.batches);
             accumulator
@@ -527,7 +532,7 @@ impl State {
     /// one), giving them their sequence numbers.
     fn seal_due(&mut self, all: bool) {
         let now = Instant::now();
-        let linger = self.shared.config.linger;
+        let linger = self.shared.config.linger.saturating_sub(TIMER_SLACK);
         let due: Vec<(Key, OpenBatch)> = {
             let mut guard = lock(&self.shared.batches);
             let accumulator = &mut *guard;
