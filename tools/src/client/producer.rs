@@ -453,13 +453,23 @@ impl State {
     fn next_deadline(&self) -> Option<Instant> {
         let now = Instant::now();
         let linger = self.shared.config.linger.saturating_sub(TIMER_SLACK);
+        let max = self.shared.config.max_in_flight;
+        // A batch whose partition cannot send yet is no deadline: the answer that frees its
+        // partition is what it waits for (meanwhile it keeps filling).
         let lingering = {
             let accumulator = lock(&self.shared.batches);
             accumulator
                 .topics
                 .values()
-                .flat_map(|t| t.open.iter().flatten().flatten())
-                .map(|b| b.opened + linger)
+                .flat_map(|t| {
+                    t.open.iter().flat_map(move |open| {
+                        open.iter().enumerate().filter_map(move |(index, slot)| {
+                            slot.as_ref().map(|b| (&t.name, index, b))
+                        })
+                    })
+                })
+                .filter(|(name, index, _)| may_send(&self.partitions, name, *index, max))
+                .map(|(_, _, b)| b.opened + linger)
                 .min()
         };
         // A back-off already over is not a deadline: an answer is what it waits for.
@@ -529,12 +539,18 @@ impl State {
     }
 
     /// Seals the batches that filled, and those that lingered long enough (`all`: every open
-    /// one), giving them their sequence numbers.
+    /// one) whose partition can send them now, giving them their sequence numbers. A batch
+    /// whose partition is at its in-flight limit stays open and keeps filling, as Kafka's
+    /// producers do: sealing it would queue batches of a record or two behind the limit, each
+    /// then costing the broker a round (and an fdatasync) of its own, and the queue would
+    /// outgrow what the partition can drain.
     fn seal_due(&mut self, all: bool) {
         let now = Instant::now();
         let linger = self.shared.config.linger.saturating_sub(TIMER_SLACK);
+        let max = self.shared.config.max_in_flight;
+        let shared = self.shared.clone();
         let due: Vec<(Key, OpenBatch)> = {
-            let mut guard = lock(&self.shared.batches);
+            let mut guard = lock(&shared.batches);
             let accumulator = &mut *guard;
             let mut due = std::mem::take(&mut accumulator.full);
             for batches in accumulator.topics.values_mut() {
@@ -545,6 +561,7 @@ impl State {
                     if !slot
                         .as_ref()
                         .is_some_and(|b| all || b.opened + linger <= now)
+                        || !may_send(&self.partitions, &batches.name, index, max)
                     {
                         continue;
                     }
@@ -773,6 +790,21 @@ impl State {
             }
         }
     }
+}
+
+/// Whether partition `index` of `topic` could send a batch sealed now: nothing sealed waits
+/// before it and its in-flight window has room.
+fn may_send(
+    partitions: &HashMap<Key, Partition>,
+    topic: &Arc<str>,
+    index: usize,
+    max_in_flight: usize,
+) -> bool {
+    partitions
+        .get(&(topic.clone(), index as i32))
+        .is_none_or(|p| {
+            p.ready.is_empty() && p.in_flight < max_in_flight && p.window.len() < max_in_flight
+        })
 }
 
 /// Marks a batch answered (acknowledged or failed for good) in its partition's window.
