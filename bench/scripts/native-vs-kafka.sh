@@ -40,6 +40,16 @@ for _ in $(seq 1 100); do
     sleep 0.1
 done
 
+# A broker's first minute of writes is slower than its steady state (new segment files, the
+# shard's preallocation growing), and whichever driver ran first paid for it: one unrecorded
+# run of the latency workload first (WARMUP_RUN_S=0 to skip).
+warmup_run=${WARMUP_RUN_S:-20}
+if [ "$warmup_run" -gt 0 ]; then
+    taskset -c 1 "$bin/tern-bench" run -w latency-10k-1kib --driver kafka \
+        --bootstrap 127.0.0.1:29592 --consumer-mode assign --compression none \
+        --duration-s "$warmup_run" --out "$work/warmup" >/dev/null
+fi
+
 for w in ${WORKLOADS:-latency-10k-1kib produce-max-1kib throughput-max-1kib}; do
     for driver in ${DRIVERS:-kafka native}; do
         case $driver in
