@@ -166,6 +166,16 @@ impl Producer {
                 "max_in_flight must be 1..=5 for idempotent producing".into(),
             ));
         }
+        // Deadlines are instants: durations this long would overflow them.
+        const DURATION_MAX: Duration = Duration::from_secs(365 * 24 * 3600);
+        if [config.linger, config.delivery_timeout, config.retry_backoff]
+            .iter()
+            .any(|d| *d > DURATION_MAX)
+        {
+            return Err(Error::Usage(
+                "linger, delivery_timeout and retry_backoff must be at most a year".into(),
+            ));
+        }
         let (producer_id, producer_epoch) = client.init_producer_id().await?;
         let (commands, queue) = mpsc::unbounded_channel();
         let stats = Arc::new(ProducerStats::default());
@@ -478,7 +488,16 @@ impl State {
             .values()
             .filter_map(|p| p.not_before.filter(|t| !p.ready.is_empty() && *t > now))
             .min();
-        lingering.into_iter().chain(backoff).min()
+        // A partition with nothing in flight hears no answer: its oldest waiting batch's
+        // delivery timeout is a deadline, so `expire` runs however the wait came about.
+        let timeout = self.shared.config.delivery_timeout;
+        let expiring = self
+            .partitions
+            .values()
+            .filter(|p| p.in_flight == 0)
+            .filter_map(|p| p.ready.front().map(|b| b.created + timeout))
+            .min();
+        lingering.into_iter().chain(backoff).chain(expiring).min()
     }
 
     /// Learns the partition count of each topic with records waiting for it, and routes them.
@@ -609,7 +628,9 @@ impl State {
                         // No leader known now: look again after the back-off.
                         self.client.invalidate(&key.0);
                         if let Some(p) = self.partitions.get_mut(&key) {
-                            p.not_before = Some(now + self.shared.config.retry_backoff);
+                            // Read the clock again: the lookup above may have waited
+                            // longer than the back-off.
+                            p.not_before = Some(Instant::now() + self.shared.config.retry_backoff);
                         }
                         continue;
                     }
@@ -746,7 +767,7 @@ impl State {
                 let at = partition
                     .ready
                     .iter()
-                    .position(|b| b.base_sequence > batch.base_sequence)
+                    .position(|b| !b.sent || sequence_after(b.base_sequence, batch.base_sequence))
                     .unwrap_or(partition.ready.len());
                 partition.ready.insert(at, batch);
                 partition.retrying = true;
@@ -805,6 +826,12 @@ fn may_send(
         .is_none_or(|p| {
             p.ready.is_empty() && p.in_flight < max_in_flight && p.window.len() < max_in_flight
         })
+}
+
+/// Whether sequence `a` comes after `b`, as sequences wrap at 2^31.
+fn sequence_after(a: i32, b: i32) -> bool {
+    let ahead = a.wrapping_sub(b) & i32::MAX;
+    ahead != 0 && ahead < 1 << 30
 }
 
 /// Marks a batch answered (acknowledged or failed for good) in its partition's window.
@@ -948,6 +975,16 @@ fn murmur2(data: &[u8]) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sequences_compare_across_the_wrap() {
+        assert!(sequence_after(5, 4));
+        assert!(!sequence_after(4, 5));
+        assert!(!sequence_after(7, 7));
+        assert!(sequence_after(0, i32::MAX));
+        assert!(sequence_after(3, i32::MAX - 2));
+        assert!(!sequence_after(i32::MAX, 0));
+    }
 
     #[test]
     fn murmur2_matches_the_java_clients_values() {

@@ -167,7 +167,8 @@ impl BatchWriter {
 
     /// Appends a record stamped `timestamp`.
     pub fn push(&mut self, record: RecordRef<'_>, timestamp: i64) {
-        let delta = timestamp - self.base_timestamp;
+        // Saturating: an application's timestamp is any i64.
+        let delta = timestamp.saturating_sub(self.base_timestamp);
         self.max_timestamp = self.max_timestamp.max(timestamp);
         let headers_len: usize = record
             .headers
