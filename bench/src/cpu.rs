@@ -1,10 +1,10 @@
-//! Broker CPU use, from `/proc/PID/stat` (utime + stime).
+//! CPU use of the broker and of the harness itself, from `/proc/PID/stat` (utime + stime).
 //!
-//! Owns: parsing the stat line, reading it for a pid, and turning two readings into "cores
-//! used" (1.0 = one core busy for the whole interval).
+//! Owns: parsing the stat line, reading it for a pid, turning two readings into "cores
+//! used" (1.0 = one core busy for the whole interval), and a process's measurement window.
 //! Must never: signal or otherwise touch the process it watches; reading its stat is all.
-//! Fits: the runner samples the broker once a second for the series and at the start and end
-//! of the measurement window for the summary.
+//! Fits: the runner samples the broker once a second for the series, and the broker and the
+//! harness over the measurement window (`Window`) for the summary.
 
 use std::time::Instant;
 
@@ -63,6 +63,48 @@ pub fn sample(pid: u32) -> Result<CpuSample, CpuError> {
         ticks,
         at: Instant::now(),
     })
+}
+
+/// A process's CPU over the measurement window: one reading as warm-up ends and one as the
+/// last slot is due, each taken by the first `observe` at or after its instant.
+pub struct Window {
+    pid: Option<u32>,
+    start: Option<CpuSample>,
+    end: Option<CpuSample>,
+}
+
+impl Window {
+    /// The window of `pid` (`None`: nothing to measure).
+    pub fn new(pid: Option<u32>) -> Window {
+        Window {
+            pid,
+            start: None,
+            end: None,
+        }
+    }
+
+    /// Takes whichever reading is due at `now_ns`.
+    pub fn observe(&mut self, now_ns: u64, start_ns: u64, end_ns: u64) {
+        let Some(pid) = self.pid else { return };
+        if self.start.is_none() && now_ns >= start_ns {
+            self.start = sample(pid).ok();
+        }
+        if self.end.is_none() && now_ns >= end_ns {
+            self.end = sample(pid).ok();
+        }
+    }
+
+    /// Cores used over the window. One not closed yet (the producers finished before its
+    /// nominal end: stopped, or the last slot fell just short of it) ends now.
+    pub fn cores(mut self, ticks_per_s: u64) -> Option<f64> {
+        if self.end.is_none() {
+            self.end = self.pid.and_then(|pid| sample(pid).ok());
+        }
+        match (&self.start, &self.end) {
+            (Some(a), Some(b)) => Some(cores_used(a, b, ticks_per_s)),
+            _ => None,
+        }
+    }
 }
 
 /// Average cores used between two samples.

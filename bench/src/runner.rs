@@ -426,12 +426,9 @@ pub fn run(driver: &dyn Driver, opts: &RunOptions) -> Result<RunOutput, RunError
         // Progress and CPU sampling, once a second, until every producer has finished.
         let ticks_per_s = cpu::ticks_per_s();
         let mut cpu_last: Option<CpuSample> = opts.broker_pid.and_then(|pid| cpu::sample(pid).ok());
-        let mut cpu_window_start: Option<CpuSample> = None;
-        let mut cpu_window_end: Option<CpuSample> = None;
+        let mut broker_window = cpu::Window::new(opts.broker_pid);
         // The harness's own CPU over the same window: what the clients cost.
-        let harness_pid = std::process::id();
-        let mut harness_window_start: Option<CpuSample> = None;
-        let mut harness_window_end: Option<CpuSample> = None;
+        let mut harness_window = cpu::Window::new(Some(std::process::id()));
         let measure_end_ns = START_LEAD_NS + total_s * 1_000_000_000;
         let mut second_next: u64 = 1;
         let all_recorders: Vec<Arc<Mutex<Recorder>>> = producer_recorders
@@ -468,41 +465,17 @@ pub fn run(driver: &dyn Driver, opts: &RunOptions) -> Result<RunOutput, RunError
                 }
                 second_next += 1;
             }
-            // The broker's CPU over the measurement window: one reading as warm-up ends and one
-            // as the last slot is due, each within a loop period (20 ms) of the instant.
-            if harness_window_start.is_none() && now_ns >= warmup_ns {
-                harness_window_start = cpu::sample(harness_pid).ok();
-            }
-            if harness_window_end.is_none() && now_ns >= measure_end_ns {
-                harness_window_end = cpu::sample(harness_pid).ok();
-            }
-            if let Some(pid) = opts.broker_pid {
-                if cpu_window_start.is_none() && now_ns >= warmup_ns {
-                    cpu_window_start = cpu::sample(pid).ok();
-                }
-                if cpu_window_end.is_none() && now_ns >= measure_end_ns {
-                    cpu_window_end = cpu::sample(pid).ok();
-                }
-            }
+            // CPU over the measurement window, each reading within a loop period (20 ms) of
+            // its instant.
+            broker_window.observe(now_ns, warmup_ns, measure_end_ns);
+            harness_window.observe(now_ns, warmup_ns, measure_end_ns);
             if done || Instant::now() >= hard_deadline {
                 break;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        if cpu_window_end.is_none() {
-            // Producers finished before the window's nominal end (stopped, or the last slot
-            // fell just short of it): the window ends now.
-            cpu_window_end = opts.broker_pid.and_then(|pid| cpu::sample(pid).ok());
-        }
-        if let (Some(a), Some(b)) = (&cpu_window_start, &cpu_window_end) {
-            broker_cpu_cores = Some(cpu::cores_used(a, b, ticks_per_s));
-        }
-        if harness_window_end.is_none() {
-            harness_window_end = cpu::sample(harness_pid).ok();
-        }
-        if let (Some(a), Some(b)) = (&harness_window_start, &harness_window_end) {
-            harness_cpu_cores = Some(cpu::cores_used(a, b, ticks_per_s));
-        }
+        broker_cpu_cores = broker_window.cores(ticks_per_s);
+        harness_cpu_cores = harness_window.cores(ticks_per_s);
         stop_producers.store(true, Ordering::Relaxed);
         for h in producer_handles {
             match h.join() {

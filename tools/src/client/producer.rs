@@ -4,8 +4,9 @@
 //! `send` picks the partition and appends the record to that partition's open batch in the
 //! accumulator (a mutex the caller and the task share), so the caller's bytes are copied
 //! once, into the batch, and the task is woken only when a batch opens or fills. A batch is
-//! sealed when it reaches `batch_bytes` or has waited `linger`, and gets its sequence numbers
-//! then, in the task. Sealed batches go to their partition's leader, every partition of one
+//! sealed when it reaches `batch_bytes`, or has waited `linger` and its partition can send it
+//! (until then it keeps filling, as Kafka's producers do), and gets its sequence numbers then,
+//! in the task. Sealed batches go to their partition's leader, every partition of one
 //! leader in one Produce request, with up to `max_in_flight` batches per partition outstanding
 //! (the broker checks the sequence of each, as Kafka brokers do for up to five). When a batch
 //! fails in a way worth retrying (a new leader, a lost connection, a timeout), its partition
@@ -252,24 +253,15 @@ impl Producer {
         let shared = &*self.shared;
         let mut guard = lock(&shared.batches);
         let accumulator = &mut *guard;
-        if !accumulator.topics.contains_key(topic) {
-            accumulator
+        let full = &mut accumulator.full;
+        // One lookup for a known topic; the name is copied only for a new one.
+        let routed = match accumulator.topics.get_mut(topic) {
+            Some(batches) => batches.route(shared, full, partition, record, ack),
+            None => accumulator
                 .topics
-                .insert(topic.to_owned(), TopicBatches::new(topic));
-        }
-        let Some(batches) = accumulator.topics.get_mut(topic) else {
-            return;
-        };
-        let routed = match batches.open {
-            None => {
-                batches.unrouted.push(Unrouted {
-                    partition,
-                    record: record.to_record(),
-                    ack,
-                });
-                Ok(true)
-            }
-            Some(_) => batches.route(shared, &mut accumulator.full, partition, record, ack),
+                .entry(topic.to_owned())
+                .or_insert_with(|| TopicBatches::new(topic))
+                .route(shared, full, partition, record, ack),
         };
         // Nothing runs under the lock but the append: an acknowledgement's callback may send.
         drop(guard);
@@ -304,8 +296,9 @@ impl TopicBatches {
         }
     }
 
-    /// Appends a record to its partition's open batch (the partition count is known).
-    /// Returns whether the task must look (a batch opened or filled), or the refused ack.
+    /// Appends a record to its partition's open batch, or, while the partition count is not
+    /// known, to the records waiting for it. Returns whether the task must look (a batch
+    /// opened or filled, or a record waits), or the refused ack.
     fn route(
         &mut self,
         shared: &Shared,
@@ -315,7 +308,12 @@ impl TopicBatches {
         ack: Ack,
     ) -> Result<bool, (Ack, Error)> {
         let Some(open) = self.open.as_mut() else {
-            return Err((ack, Error::Usage("partitions not known yet".into())));
+            self.unrouted.push(Unrouted {
+                partition,
+                record: record.to_record(),
+                ack,
+            });
+            return Ok(true);
         };
         let count = open.len() as i32;
         let partition = match partition {
