@@ -67,6 +67,9 @@ pub(crate) struct Segment {
     pub indexer: SegmentIndexer,
     /// End of the preallocated extent (fallocate KEEP_SIZE), active segment only.
     pub preallocated_bytes: u64,
+    /// Blocks below this are written (data or zeros) and inside the file's size, so a write
+    /// there changes no metadata (`log/zero.rs`). Active segment only.
+    pub zeroed_bytes: u64,
     /// The bytes of the last partial alignment block, rewritten with the next write.
     pub tail: Vec<u8>,
     /// When the first batch arrived (wall clock at append), for roll by `segment_ms`.
@@ -152,6 +155,17 @@ pub(crate) struct ScanOutcome {
     pub valid_bytes: u64,
     /// Why the scan stopped before the end of the file, if it did.
     pub stopped_by: Option<BatchError>,
+    /// The scan stopped where the file holds zeros: blocks zeroed ahead of the appends
+    /// (`log/zero.rs`) or preallocated, not a torn write.
+    pub stopped_at_zeros: bool,
+}
+
+impl ScanOutcome {
+    /// Whether what follows the valid batches is more than the zeros the log leaves past its
+    /// end: worth a warning when the tail is cut.
+    pub fn torn(&self, file_bytes: u64) -> bool {
+        self.valid_bytes < file_bytes && !self.stopped_at_zeros
+    }
 }
 
 /// Scans batches from `position` (which must start a batch of offset `indexer.next_offset`) up
@@ -239,10 +253,18 @@ pub(crate) async fn scan(
         }
         position = position.plus(total as u64);
     }
+    // A batch starts with its 8-byte base offset and 4-byte length: never all zeros (a zero
+    // length is invalid), so zeros there are the unwritten rest of the file.
+    let stopped_at_zeros = stopped_by.is_some()
+        && window
+            .get(position.since(window_start) as usize..)
+            .and_then(|rest| rest.get(..BATCH_LOG_OVERHEAD_BYTES))
+            .is_some_and(|head| head.iter().all(|&b| b == 0));
     Ok(ScanOutcome {
         indexer,
         valid_bytes: position.0,
         stopped_by,
+        stopped_at_zeros,
     })
 }
 
@@ -347,6 +369,44 @@ pub(crate) async fn write_file_atomically(
         .await
         .map_err(|e| StorageIoError::new(format!("renaming to {}", final_path.display()), e))?;
     Ok(())
+}
+
+/// Writes `bytes` over the start of `dir/name` in place (direct IO, padded with zeros to the
+/// alignment, fdatasync'ed), creating the file if needed; never truncates or renames, so it
+/// frees no blocks. The content must guard itself against a torn write and ignore what follows
+/// it (a checksum and a length). Returns whether the file was created: the caller then syncs
+/// the directory.
+pub(crate) async fn write_in_place(
+    dir: &Path,
+    name: &str,
+    bytes: &[u8],
+) -> Result<bool, StorageIoError> {
+    let path = dir.join(name);
+    let ctx = |what: &str| format!("{what} {}", path.display());
+    let created = !path.exists();
+    let file = open_rw(&path).await?;
+    let aligned = align_up(bytes.len() as u64) as usize;
+    let mut buf = file.alloc_dma_buffer(aligned);
+    buf.as_bytes_mut()[..bytes.len()].copy_from_slice(bytes);
+    buf.as_bytes_mut()[bytes.len()..].fill(0);
+    let result = async {
+        let written = file
+            .write_at(buf, 0)
+            .await
+            .map_err(|e| StorageIoError::new(ctx("writing"), e))?;
+        if written != aligned {
+            return Err(StorageIoError::new(
+                ctx("short write to"),
+                std::io::Error::from(std::io::ErrorKind::WriteZero),
+            ));
+        }
+        file.fdatasync()
+            .await
+            .map_err(|e| StorageIoError::new(ctx("syncing"), e))
+    }
+    .await;
+    let _ = file.close().await;
+    result.map(|()| created)
 }
 
 /// Reads a whole small file, or None if it does not exist.

@@ -15,6 +15,7 @@ use tern_protocol::types::{LeaderEpoch, Offset, TimestampMs};
 use tern_storage::{
     log_file_name, offset_index_file_name, time_index_file_name, AppendError, DataDirLock,
     FlushPolicy, LockError, Log, LogConfig, ReadError, TimestampType, CLEAN_SHUTDOWN_FILE_NAME,
+    INDEX_CHECKPOINT_FILE_NAME,
 };
 
 fn small_config() -> LogConfig {
@@ -100,6 +101,25 @@ async fn check_reads(log: &Log, expected: &[Expected]) {
         log.read(end.next(), 1024, end).await,
         Err(ReadError::OffsetOutOfRange { .. })
     ));
+}
+
+/// The whole log reads back as the expected batches, in order, byte exact (large reads).
+async fn check_whole_log(log: &Log, expected: &[Expected]) {
+    let end = expected.last().map(|e| e.next).unwrap_or(Offset(0));
+    assert_eq!(log.log_end_offset(), end);
+    let want: Vec<u8> = expected
+        .iter()
+        .flat_map(|e| e.bytes.iter().copied())
+        .collect();
+    let mut got = Vec::with_capacity(want.len());
+    let mut at = expected.first().map(|e| e.base).unwrap_or(Offset(0));
+    while at < end {
+        let slice = log.read(at, 1 << 20, end).await.unwrap();
+        assert!(slice.len > 0, "read at {at} returned nothing");
+        got.extend_from_slice(&concat(&slice));
+        at = slice.next_offset;
+    }
+    assert!(got == want, "the log reads back as appended");
 }
 
 /// Every persisted index entry points at the start of the batch it names; time index entries
@@ -224,6 +244,106 @@ fn concurrent_appenders_share_fdatasyncs_and_get_contiguous_offsets() {
     });
 }
 
+/// Zeroing ahead: a busy segment's blocks past its end are written with zeros before the
+/// appends reach them; appends from concurrent tasks land over them; no zero ever lands past a
+/// sealed segment's data; a crash leaves zeros past the active segment's end that recovery
+/// drops without losing a batch; close trims them.
+#[test]
+fn appends_land_on_zeroed_blocks_and_zeros_never_outlive_the_active_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p0");
+    run_async(move || async move {
+        let config = LogConfig {
+            segment_bytes: 3 << 19,
+            ..LogConfig::default()
+        };
+        let log = std::rc::Rc::new(Log::open(path.clone(), config.clone()).await.unwrap());
+        // Eight appenders of ~1 KiB batches: about 3,300 batches, two segments and a half.
+        let mut tasks = Vec::new();
+        for task in 0..8i64 {
+            let log = log.clone();
+            tasks.push(glommio::spawn_local(async move {
+                let mut out = Vec::new();
+                for i in 0..420i64 {
+                    let ts = 1_000 + task * 1_000 + i;
+                    let info = log
+                        .append(batch(1, 1000, ts), LeaderEpoch(3), TimestampMs(ts))
+                        .await
+                        .unwrap();
+                    let mut b = batch(1, 1000, ts);
+                    tern_protocol::batch::set_base_offset(&mut b, info.base_offset);
+                    tern_protocol::batch::set_partition_leader_epoch(&mut b, LeaderEpoch(3));
+                    out.push(Expected {
+                        base: info.base_offset,
+                        next: info.last_offset.next(),
+                        bytes: b.freeze(),
+                    });
+                }
+                out
+            }));
+        }
+        let mut expected = Vec::new();
+        for t in tasks {
+            expected.extend(t.await);
+        }
+        expected.sort_by_key(|e| e.base);
+        // Let a zeroing write in flight complete.
+        glommio::timer::sleep(std::time::Duration::from_millis(100)).await;
+        let stats = log.stats();
+        assert!(stats.zeroed_bytes > 0, "{stats:?}");
+        let bases = log.segment_bases();
+        assert!(bases.len() >= 3, "{bases:?}");
+        let data_bytes = |expected: &[Expected], from: Offset, to: Offset| -> u64 {
+            expected
+                .iter()
+                .filter(|e| e.base >= from && e.base < to)
+                .map(|e| e.bytes.len() as u64)
+                .sum()
+        };
+        let file_len = |base: Offset| {
+            std::fs::metadata(path.join(log_file_name(base)))
+                .unwrap()
+                .len()
+        };
+        for pair in bases.windows(2) {
+            assert_eq!(
+                file_len(pair[0]),
+                data_bytes(&expected, pair[0], pair[1]),
+                "sealed segment {} holds its data and nothing past it",
+                pair[0]
+            );
+        }
+        let active = *bases.last().unwrap();
+        let active_data = data_bytes(&expected, active, Offset(i64::MAX));
+        assert!(
+            file_len(active) > active_data,
+            "zeros past the active segment's data: {} <= {active_data}",
+            file_len(active)
+        );
+        check_whole_log(&log, &expected).await;
+        // A crash: zeros stay past the data; recovery keeps every batch.
+        drop(log);
+        let log = Log::open(path.clone(), config.clone()).await.unwrap();
+        check_whole_log(&log, &expected).await;
+        expected.extend(append_all(&log, &[(1, 1000); 100], 9_000).await);
+        check_whole_log(&log, &expected).await;
+        log.close().await.unwrap();
+        let active = expected
+            .iter()
+            .map(|e| e.base)
+            .filter(|b| path.join(log_file_name(*b)).exists())
+            .max()
+            .unwrap();
+        assert_eq!(
+            file_len(active),
+            data_bytes(&expected, active, Offset(i64::MAX)),
+            "close trims the zeros"
+        );
+        let log = Log::open(path.clone(), config).await.unwrap();
+        check_whole_log(&log, &expected).await;
+    });
+}
+
 /// Appends, "crashes" (drops without close), damages the active segment, reopens.
 fn crash_case(damage: impl FnOnce(&Path, &[(u64, Expected)]) -> usize + Send + 'static) {
     crash_case_with(false, damage)
@@ -248,7 +368,7 @@ fn crash_case_with(
         let mut expected = append_all(&log, &specs[..20], 7).await;
         if checkpoint {
             log.checkpoint_active_indexes().await.unwrap();
-            assert!(path.join(offset_index_file_name(Offset(0))).exists());
+            assert!(path.join(INDEX_CHECKPOINT_FILE_NAME).exists());
         }
         expected.extend(append_all(&log, &specs[20..], 7).await);
         drop(log);

@@ -17,7 +17,12 @@
 //! apart) and the median over rounds is printed, with the smallest and largest.
 //!
 //! Usage: `cargo run --release -p tern-storage --bin storage-bench -- [--dir D] [--seconds S]
-//! [--rounds N] [--rate-fraction F]`
+//! [--rounds N] [--rate-fraction F] [--sync-only]`
+//!
+//! `--sync-only` runs only the lone write+fdatasync phase, twice per round: writes past the end
+//! of file into preallocated (unwritten) space, as a segment without zeroing ahead is written,
+//! and writes over blocks already written with zeros, as the log writes within its zeroed-ahead
+//! stretch. Scripts that compare the broker's latency with the disk's use it.
 
 use std::cell::{Cell, RefCell};
 use std::path::{Path, PathBuf};
@@ -46,6 +51,8 @@ struct Args {
     /// Every phase runs this many times, interleaved, so each ratio's two sides are measured
     /// seconds apart; the figures printed are medians.
     rounds: usize,
+    /// Only the lone write+fdatasync phase, extending and overwriting.
+    sync_only: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -55,6 +62,7 @@ fn parse_args() -> Result<Args, String> {
     let mut seconds = 3.0;
     let mut rate_fraction = 0.5;
     let mut rounds = 3;
+    let mut sync_only = false;
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
@@ -81,9 +89,10 @@ fn parse_args() -> Result<Args, String> {
                     .and_then(|s| s.parse().ok())
                     .ok_or("--seconds needs a number")?
             }
+            "--sync-only" => sync_only = true,
             other => {
                 return Err(format!(
-                    "unknown argument {other}; usage: storage-bench [--dir D] [--seconds S] [--rounds N] [--rate-fraction F]"
+                    "unknown argument {other}; usage: storage-bench [--dir D] [--seconds S] [--rounds N] [--rate-fraction F] [--sync-only]"
                 ))
             }
         }
@@ -93,6 +102,7 @@ fn parse_args() -> Result<Args, String> {
         seconds,
         rate_fraction,
         rounds,
+        sync_only,
     })
 }
 
@@ -144,16 +154,34 @@ async fn raw_write_bandwidth(dir: &Path, block_bytes: usize, seconds: f64) -> Re
 }
 
 /// Closed loop of write(`block_bytes`) + fdatasync at sequential positions; latency per pair.
+/// With `overwrite`, the file's blocks are first written with zeros and synced (not timed), so
+/// every timed write lands in written blocks below the end of file and changes no metadata.
 async fn raw_write_fdatasync_latency(
     dir: &Path,
     block_bytes: usize,
     seconds: f64,
+    overwrite: bool,
 ) -> Result<Histogram<u64>, String> {
-    let file = open_raw(&dir.join("raw-sync"), 256 << 20).await?;
+    const FILE_BYTES: u64 = 256 << 20;
+    let name = if overwrite {
+        "raw-sync-over"
+    } else {
+        "raw-sync"
+    };
+    let file = open_raw(&dir.join(name), FILE_BYTES).await?;
+    if overwrite {
+        const CHUNK: usize = 1 << 20;
+        for at in (0..FILE_BYTES).step_by(CHUNK) {
+            let mut zeros = file.alloc_dma_buffer(CHUNK);
+            zeros.as_bytes_mut().fill(0);
+            file.write_at(zeros, at).await.map_err(|e| e.to_string())?;
+        }
+        file.fdatasync().await.map_err(|e| e.to_string())?;
+    }
     let mut hist = Histogram::<u64>::new(3).map_err(|e| e.to_string())?;
     let mut position = 0u64;
     let start = Instant::now();
-    while start.elapsed().as_secs_f64() < seconds && position < (256 << 20) {
+    while start.elapsed().as_secs_f64() < seconds && position < FILE_BYTES {
         let mut buf = file.alloc_dma_buffer(block_bytes);
         buf.as_bytes_mut().fill(0x33);
         let t = Instant::now();
@@ -424,11 +452,55 @@ async fn run_round(
         .await?
         .0;
     let offered = offered.unwrap_or((r.rate_16k * rate_fraction).max(1.0));
-    r.raw_sync = Some(raw_write_fdatasync_latency(dir, 16 << 10, seconds).await?);
+    r.raw_sync = Some(raw_write_fdatasync_latency(dir, 16 << 10, seconds, false).await?);
     r.floor =
         Some(raw_group_commit_latency(dir, batch_16k.len(), offered, seconds.max(3.0)).await?);
     r.durable = Some(durable_latency(dir, &batch_16k, offered, seconds.max(3.0)).await?);
     Ok(r)
+}
+
+/// `--sync-only`: lone 16 KiB write+fdatasync latency, extending and overwriting, interleaved
+/// over the rounds; prints medians over rounds of each quantile.
+fn sync_only(args: &Args) -> Result<(), String> {
+    let (dir, seconds, rounds) = (args.dir.clone(), args.seconds, args.rounds);
+    let per_round = LocalExecutorBuilder::new(Placement::Unbound)
+        .spawn(move || async move {
+            tern_storage::prime_direct_io(&dir).await.map_err(|e| e.to_string())?;
+            let mut all = Vec::new();
+            for round in 0..rounds {
+                let round_dir = dir.join(format!("round-{round}"));
+                std::fs::create_dir_all(&round_dir).map_err(|e| e.to_string())?;
+                let extending = raw_write_fdatasync_latency(&round_dir, 16 << 10, seconds, false).await?;
+                let overwriting = raw_write_fdatasync_latency(&round_dir, 16 << 10, seconds, true).await?;
+                eprintln!(
+                    "round {round}: 16 KiB write+fdatasync p50/p99 us: extending {}/{}, overwriting {}/{}",
+                    extending.value_at_quantile(0.5),
+                    extending.value_at_quantile(0.99),
+                    overwriting.value_at_quantile(0.5),
+                    overwriting.value_at_quantile(0.99),
+                );
+                all.push((extending, overwriting));
+                std::fs::remove_dir_all(&round_dir).map_err(|e| e.to_string())?;
+                // SAFETY: sync(2) has no preconditions.
+                unsafe { libc::sync() };
+            }
+            Ok::<_, String>(all)
+        })
+        .map_err(|e| format!("cannot start the bench executor: {e}"))?
+        .join()
+        .map_err(|e| format!("bench executor failed: {e}"))??;
+    println!("rounds {}", per_round.len());
+    for (name, pick) in [("extending", 0), ("overwriting", 1)] {
+        for (label, quantile) in [("p50", 0.5), ("p99", 0.99), ("p999", 0.999)] {
+            let values = per_round
+                .iter()
+                .map(|r| if pick == 0 { &r.0 } else { &r.1 })
+                .map(|h| h.value_at_quantile(quantile) as f64)
+                .collect();
+            println!("raw_fdatasync_{name}_{label}_us {:.0}", median(values));
+        }
+    }
+    Ok(())
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -440,6 +512,11 @@ fn main() -> Result<(), String> {
     let args = parse_args()?;
     std::fs::create_dir_all(&args.dir)
         .map_err(|e| format!("creating {}: {e}", args.dir.display()))?;
+    if args.sync_only {
+        let result = sync_only(&args);
+        let _ = std::fs::remove_dir_all(&args.dir);
+        return result;
+    }
     let dir = args.dir.clone();
     let (seconds, rate_fraction, rounds) = (args.seconds, args.rate_fraction, args.rounds);
     let result = LocalExecutorBuilder::new(Placement::Unbound)

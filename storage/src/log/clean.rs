@@ -563,6 +563,7 @@ impl Inner {
                 size_bytes,
                 indexer,
                 preallocated_bytes: 0,
+                zeroed_bytes: size_bytes,
                 tail: Vec::new(),
                 first_append_ms: None,
             };

@@ -304,7 +304,35 @@ impl Log {
     }
 }
 
+/// Releases the index role when dropped.
+pub(super) struct IndexIoGuard<'a> {
+    inner: &'a Inner,
+}
+
+impl Drop for IndexIoGuard<'_> {
+    fn drop(&mut self) {
+        self.inner.state.borrow_mut().index_io_busy = false;
+        self.inner.notify.notify_all();
+    }
+}
+
 impl Inner {
+    /// Takes the index role (see `State::index_io_busy`). A holder of the writer role may take
+    /// it; a holder of only the index role never waits for the writer role.
+    pub(super) async fn acquire_index_io(&self) -> IndexIoGuard<'_> {
+        loop {
+            let listen = {
+                let mut st = self.state.borrow_mut();
+                if !st.index_io_busy {
+                    st.index_io_busy = true;
+                    return IndexIoGuard { inner: self };
+                }
+                self.notify.listen()
+            };
+            listen.await;
+        }
+    }
+
     pub(super) async fn acquire_writer(&self) -> WriterGuard<'_> {
         loop {
             let listen = {
@@ -511,6 +539,18 @@ impl Inner {
     /// Writes the first `count` pending batches after the active segment's logical end in one
     /// aligned direct-IO write that starts with the in-memory partial tail block.
     async fn write_to_active(&self, count: usize) -> Result<(), StorageIoError> {
+        // A zeroing write in flight past the data must complete before this write reaches it.
+        let end = {
+            let st = self.state.borrow();
+            let total: u64 = st
+                .pending
+                .iter()
+                .take(count)
+                .map(|p| p.bytes.len() as u64)
+                .sum();
+            align_up(active(&st.segments).size_bytes + total)
+        };
+        self.wait_zeroing(Some(end)).await;
         let (file, start, buffer, new_size, new_tail, preallocate_to) = {
             let st = self.state.borrow();
             let active = active(&st.segments);
@@ -545,6 +585,8 @@ impl Inner {
                 preallocate_to,
             )
         };
+        // Before any await: a zeroing planned from now on starts past this write.
+        self.state.borrow_mut().write_in_flight_end = start + buffer.len() as u64;
         let path = || self.dir.display().to_string();
         if let Some(to) = preallocate_to {
             file.pre_allocate(to, true)
@@ -575,8 +617,8 @@ impl Inner {
                 std::io::Error::from(std::io::ErrorKind::WriteZero),
             ));
         }
-        let mut st = self.state.borrow_mut();
-        let st = &mut *st;
+        let mut state = self.state.borrow_mut();
+        let st = &mut *state;
         if let Some(message) = &st.failed {
             // A failed fdatasync elsewhere cleared the pending batches while this write was on
             // the device: nothing it holds may be counted as written.
@@ -609,12 +651,18 @@ impl Inner {
             }
         }
         st.check_offsets();
+        drop(state);
+        self.zero_ahead_if_due();
         Ok(())
     }
 
     /// Seals the active segment (truncate to its logical size, fdatasync, persist indexes) and
     /// starts a new one at the log's written end. The caller holds the writer role.
     pub(super) async fn roll(&self) -> Result<(), StorageIoError> {
+        // No zeros may land past the end of a sealed segment.
+        let _zeroing = self.hold_zeroing().await;
+        // A checkpoint of the active segment's indexes must not land over the sealed ones.
+        let _index_io = self.acquire_index_io().await;
         let (file, size_bytes, indexer) = {
             let mut st = self.state.borrow_mut();
             let active = active_mut(&mut st.segments);
@@ -643,6 +691,7 @@ impl Inner {
         sync_dir(&self.dir).await?;
         let mut st = self.state.borrow_mut();
         st.durable_end = st.durable_end.max(next_base);
+        st.write_in_flight_end = 0;
         let old = active_mut(&mut st.segments);
         old.tail = Vec::new();
         old.preallocated_bytes = 0;
@@ -658,6 +707,7 @@ impl Inner {
             size_bytes: 0,
             indexer: SegmentIndexer::new(next_base),
             preallocated_bytes: limits::PREALLOCATE_EXTENT_MIN_BYTES,
+            zeroed_bytes: 0,
             tail: Vec::new(),
             first_append_ms: None,
         });

@@ -14,6 +14,8 @@
 //! - `epochs`: the leader-epoch cache's persistence, recovery and OffsetForLeaderEpoch lookups.
 //! - `clean`: log compaction — how dirty a log is, and one cleaning pass with its crash-safe
 //!   segment swap.
+//! - `zero`: zeroing ahead — a busy active segment's blocks are written with zeros before the
+//!   appends reach them, so appends change no file metadata (inline writes, cheap fdatasync).
 //!
 //! Concurrency contract: a `Log` is `!Send` and owned by one shard. All methods take `&self`
 //! and may be called from many tasks of that shard's executor at once. State lives in one
@@ -39,7 +41,9 @@
 //! (drawn in `crate::leader_epoch`), `truncate-to` (present only while a truncation runs or
 //! after a crash interrupted one; drawn in `truncate`), `cleaner-offset-checkpoint` and, while a
 //! cleaned group is swapped in, `clean-swap` and `*.cleaned` files (drawn in `clean`),
-//! `.clean-shutdown` (empty marker written last by `close`, removed by `open`).
+//! `.clean-shutdown` (empty marker written last by `close`, removed by `open`),
+//! `active-indexes-checkpoint` (the active segment's indexes over durable data, overwritten
+//! in place every few seconds; drawn in `crate::checkpoint`).
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -65,6 +69,7 @@ mod read;
 mod recovery;
 mod retention;
 mod truncate;
+mod zero;
 
 pub use clean::{
     CleanOptions, CleanReport, Cleanable, CLEANER_CHECKPOINT_FILE_NAME, CLEAN_SWAP_FILE_NAME,
@@ -74,6 +79,8 @@ pub use truncate::TRUNCATE_TO_FILE_NAME;
 
 pub const CLEAN_SHUTDOWN_FILE_NAME: &str = ".clean-shutdown";
 pub const LOG_START_OFFSET_FILE_NAME: &str = "log-start-offset";
+/// The active segment's index checkpoint (drawn in `crate::checkpoint`).
+pub const INDEX_CHECKPOINT_FILE_NAME: &str = "active-indexes-checkpoint";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AppendInfo {
@@ -101,6 +108,10 @@ pub struct LogStats {
     pub segments: usize,
     /// Memory held by the active segment's indexes (sealed ones are in the `IndexCache`).
     pub active_index_bytes: usize,
+    /// Bytes of zeros written ahead of the appends (`log/zero.rs`).
+    pub zeroed_bytes: u64,
+    /// Times the writer waited for a zeroing write in flight (the appends caught up with it).
+    pub zeroing_waits: u64,
 }
 
 struct PendingBatch {
@@ -135,6 +146,10 @@ struct State {
     cache: VecDeque<CachedBatch>,
     cache_bytes: usize,
     writer_busy: bool,
+    /// The *index role*: held while the active segment's index files are written or removed
+    /// (`roll`, `close`, `truncate_to`, and the periodic checkpoint, which holds only this
+    /// role, so appends go on while it writes).
+    index_io_busy: bool,
     /// Appenders running an fdatasync (the sync role), at most `limits::SYNCS_IN_FLIGHT_MAX`.
     syncs_in_flight: u32,
     /// The end of written data that some issued fdatasync covers (complete or in flight).
@@ -170,6 +185,18 @@ struct State {
     clean_crash_after_steps: Option<u32>,
     /// (active segment base, offset index entries) the last `checkpoint_active_indexes` wrote.
     indexes_checkpointed: (Offset, usize),
+    /// End (aligned) of the writer's direct write in flight to the active segment, so zeroing
+    /// starts past it; 0 when none has been issued in this segment.
+    write_in_flight_end: u64,
+    /// Start of the zeroing write in flight, if one is (`zero`): the writer must not write past
+    /// it until it completes.
+    zeroing: Option<u64>,
+    /// A zeroing task is scheduled or running for this log.
+    zero_scheduled: bool,
+    /// Operations changing the active file's size hold zeroing off (`Inner::hold_zeroing`).
+    zeroing_holds: u32,
+    /// Zeroing pauses until then (the appends caught up with it, or it failed).
+    zero_paused_until: Option<Instant>,
 }
 
 impl State {
@@ -281,6 +308,8 @@ struct Inner {
     /// Where sealed segments' indexes are kept (shared by the shard's logs), under `log_id`.
     index_cache: Rc<IndexCache>,
     log_id: u64,
+    /// This log itself, for the background tasks it starts (zeroing ahead).
+    this: std::rc::Weak<Inner>,
 }
 
 impl Drop for Inner {
@@ -444,6 +473,8 @@ impl Log {
     pub async fn close(self) -> Result<(), StorageIoError> {
         let inner = self.inner.clone();
         let _writer = inner.acquire_writer().await;
+        let _zeroing = inner.hold_zeroing().await;
+        let _index_io = inner.acquire_index_io().await;
         if let Some(message) = &inner.state.borrow().failed {
             return Err(failed_error(message));
         }

@@ -24,7 +24,7 @@ use tern_protocol::types::{FilePosition, Offset};
 
 use crate::config::LogConfig;
 use crate::error::{OpenError, StorageIoError, TruncateError};
-use crate::index::SegmentIndexer;
+use crate::index::{OffsetIndex, SegmentIndexer, TimeIndex};
 use crate::index_cache::{IndexCache, SegmentIndexes};
 use crate::leader_epoch::LeaderEpochCache;
 use crate::limits;
@@ -35,11 +35,11 @@ use crate::segment::{
 };
 
 use super::commit::spawn_interval_flusher;
-use crate::checkpoint::decode_checkpoint;
+use crate::checkpoint::{decode_checkpoint, decode_index_checkpoint};
 
 use super::{
     io_ctx, remove_if_exists, sync_dir, Inner, Log, LogStats, State, CLEAN_SHUTDOWN_FILE_NAME,
-    LOG_START_OFFSET_FILE_NAME,
+    INDEX_CHECKPOINT_FILE_NAME, LOG_START_OFFSET_FILE_NAME,
 };
 
 /// How a segment's indexer came back at open.
@@ -47,8 +47,8 @@ enum Recovered {
     /// Its persisted indexes, whole (a sealed segment, or a clean shutdown's active one).
     Loaded(SegmentIndexer),
     /// The active segment after a crash: its checkpointed indexes, then a scan of the rest;
-    /// with the valid length found.
-    Scanned(SegmentIndexer, u64),
+    /// with the valid length found and whether more than zeros follow it.
+    Scanned(SegmentIndexer, u64, bool),
 }
 
 /// After a crash, the active segment's indexer from the indexes `checkpoint_active_indexes`
@@ -63,7 +63,22 @@ async fn recover_from_checkpointed_indexes(
     file_bytes: u64,
     interval: u32,
 ) -> Result<Option<Recovered>, StorageIoError> {
-    let Some((offsets, times)) = segment::load_indexes(dir, base, file_bytes.max(1)).await? else {
+    let Some(bytes) = segment::read_small_file(&dir.join(INDEX_CHECKPOINT_FILE_NAME)).await? else {
+        return Ok(None);
+    };
+    let Some((checkpoint_base, offsets, times)) = decode_index_checkpoint(&bytes) else {
+        tracing::warn!(dir = %dir.display(), "damaged index checkpoint; scanning the whole active segment");
+        return Ok(None);
+    };
+    if checkpoint_base != base {
+        // Written for a segment since sealed (a crash between roll and the next checkpoint).
+        return Ok(None);
+    }
+    let (Ok(offsets), Ok(times)) = (
+        OffsetIndex::decode(offsets, file_bytes.max(1)),
+        TimeIndex::decode(times, None),
+    ) else {
+        tracing::warn!(dir = %dir.display(), "index checkpoint out of step with the segment; scanning it whole");
         return Ok(None);
     };
     let Some(last) = offsets.entries().last().copied() else {
@@ -100,9 +115,11 @@ async fn recover_from_checkpointed_indexes(
             "no valid batch at the checkpointed index's last entry; scanning the whole segment");
         return Ok(None);
     }
+    let torn = outcome.torn(file_bytes);
     Ok(Some(Recovered::Scanned(
         outcome.indexer,
         outcome.valid_bytes,
+        torn,
     )))
 }
 
@@ -194,8 +211,8 @@ impl Log {
                 }
             }
             let (indexer, size_bytes) = match loaded {
-                Some(Recovered::Scanned(indexer, valid_bytes)) => {
-                    if valid_bytes < file_bytes {
+                Some(Recovered::Scanned(indexer, valid_bytes, torn)) => {
+                    if torn {
                         tracing::warn!(segment = %path.display(), position = valid_bytes, file_bytes,
                             "truncating segment at the last valid batch (scanned from its checkpointed index)");
                     }
@@ -217,7 +234,7 @@ impl Log {
                     let outcome =
                         segment::scan(&file, &path, indexer, position, file_bytes, interval, false)
                             .await?;
-                    if outcome.valid_bytes < file_bytes {
+                    if outcome.torn(file_bytes) {
                         tracing::warn!(segment = %path.display(), position = outcome.valid_bytes, reason = ?outcome.stopped_by,
                             "truncating invalid tail of a cleanly closed segment");
                     }
@@ -238,7 +255,7 @@ impl Log {
                         true,
                     )
                     .await?;
-                    if outcome.valid_bytes < file_bytes {
+                    if outcome.torn(file_bytes) {
                         tracing::warn!(segment = %path.display(), position = outcome.valid_bytes, file_bytes, reason = ?outcome.stopped_by,
                             "truncating segment at the last valid batch");
                     }
@@ -292,6 +309,7 @@ impl Log {
                 size_bytes,
                 indexer,
                 preallocated_bytes: 0,
+                zeroed_bytes: size_bytes,
                 tail,
                 first_append_ms: None,
             });
@@ -318,6 +336,7 @@ impl Log {
             cache: VecDeque::new(),
             cache_bytes: 0,
             writer_busy: false,
+            index_io_busy: false,
             syncs_in_flight: 0,
             sync_issued_end: leo,
             failed: None,
@@ -336,15 +355,21 @@ impl Log {
             earliest_tombstone_horizon: None,
             clean_crash_after_steps: None,
             indexes_checkpointed: (Offset(-1), 0),
+            write_in_flight_end: 0,
+            zeroing: None,
+            zero_scheduled: false,
+            zeroing_holds: 0,
+            zero_paused_until: None,
         };
         state.check_offsets();
-        let inner = Rc::new(Inner {
+        let inner = Rc::new_cyclic(|this| Inner {
             dir,
             state: RefCell::new(state),
             notify: Notify::default(),
             ack_waiters: AckWaiters::default(),
             index_cache,
             log_id,
+            this: this.clone(),
         });
         inner.recover_epochs().await?;
         inner.complete_truncation().await.map_err(|e| match e {

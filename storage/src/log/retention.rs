@@ -15,11 +15,12 @@ use crate::error::{DeleteError, StorageIoError};
 use crate::index::SegmentIndexer;
 use crate::segment::{self, log_file_name, offset_index_file_name, time_index_file_name, Segment};
 
-use crate::checkpoint::encode_checkpoint;
+use crate::checkpoint::{encode_checkpoint, encode_index_checkpoint};
 pub(super) const DELETED_SUFFIX: &str = ".deleted";
 
 use super::{
-    active, failed_error, remove_if_exists, sync_dir, Inner, Log, LOG_START_OFFSET_FILE_NAME,
+    active, failed_error, remove_if_exists, sync_dir, Inner, Log, INDEX_CHECKPOINT_FILE_NAME,
+    LOG_START_OFFSET_FILE_NAME,
 };
 
 impl Log {
@@ -95,7 +96,9 @@ impl Log {
     /// a crash `open` scans only what was written since (from the last entry) instead of the
     /// whole active segment. A no-op when nothing was indexed since the last call.
     pub async fn checkpoint_active_indexes(&self) -> Result<(), StorageIoError> {
-        let _writer = self.inner.acquire_writer().await;
+        // Only the index role: appends go on while the files are written. The copy below is
+        // taken at once, so it is consistent without the writer role.
+        let _index_io = self.inner.acquire_index_io().await;
         let indexer = {
             let mut st = self.inner.state.borrow_mut();
             if st.failed.is_some() || st.closed {
@@ -126,8 +129,15 @@ impl Log {
             st.indexes_checkpointed = (indexer.base, covered);
             indexer
         };
-        segment::persist_indexes(&self.inner.dir, &indexer).await?;
-        sync_dir(&self.inner.dir).await
+        let bytes = encode_index_checkpoint(
+            indexer.base,
+            &indexer.offset_index.encode(),
+            &indexer.time_index.encode(),
+        );
+        if segment::write_in_place(&self.inner.dir, INDEX_CHECKPOINT_FILE_NAME, &bytes).await? {
+            sync_dir(&self.inner.dir).await?;
+        }
+        Ok(())
     }
 }
 

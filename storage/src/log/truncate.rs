@@ -48,7 +48,10 @@ use crate::segment::{
     walk_headers, walk_to_offset, WalkError,
 };
 
-use super::{active, failed_error, injected_crash, remove_if_exists, sync_dir, Inner, Log};
+use super::{
+    active, failed_error, injected_crash, remove_if_exists, sync_dir, Inner, Log,
+    INDEX_CHECKPOINT_FILE_NAME,
+};
 use crate::checkpoint::{decode_checkpoint, encode_checkpoint};
 
 pub const TRUNCATE_TO_FILE_NAME: &str = "truncate-to";
@@ -88,6 +91,8 @@ impl Log {
         }
         self.inner.state.borrow_mut().truncating = true;
         let _truncating = TruncatingGuard { inner: &self.inner };
+        let _zeroing = self.inner.hold_zeroing().await;
+        let _index_io = self.inner.acquire_index_io().await;
         // Write and sync everything assigned so far: a crash before the intent is durable must
         // leave the old end, whole.
         while !self.inner.state.borrow().pending.is_empty() {
@@ -371,6 +376,7 @@ impl Inner {
             seg.indexer = cut.indexer;
             seg.tail = cut.tail;
             seg.preallocated_bytes = 0;
+            seg.zeroed_bytes = cut.position.0;
             if cut.position.0 == 0 || was_sealed {
                 seg.first_append_ms = None;
             }
@@ -382,6 +388,7 @@ impl Inner {
             st.ack_end = end;
             st.sync_issued_end = end;
             st.unsynced_messages = 0;
+            st.write_in_flight_end = 0;
             st.truncations += 1;
             st.epochs_dirty |= st.epochs.truncate_from_end(end);
             while st.cache.back().is_some_and(|c| c.base >= end) {
@@ -416,6 +423,9 @@ impl Inner {
             .await
             .map_err(|e| StorageIoError::new(format!("syncing {}", path.display()), e))?;
         step(&mut steps)?;
+        // The checkpointed indexes may name batches past the cut.
+        remove_if_exists(&self.dir.join(INDEX_CHECKPOINT_FILE_NAME)).await?;
+        self.state.borrow_mut().indexes_checkpointed = (Offset(-1), 0);
         if was_sealed {
             let base = active(&self.state.borrow().segments).base();
             remove_if_exists(&self.dir.join(offset_index_file_name(base))).await?;
