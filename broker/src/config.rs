@@ -72,6 +72,9 @@ pub struct BrokerConfig {
     /// Memory per shard for the indexes of sealed segments (least recently used ones are
     /// dropped and read again from their files when needed).
     pub index_cache_bytes: usize,
+    /// Memory per shard for the tail caches of all its partitions (the batches appended last,
+    /// served to consumers without a disk read; the oldest appended leave first).
+    pub tail_cache_bytes: usize,
     /// Long-poll registrations that may be parked on one shard's partitions at once.
     pub max_parked_fetches: usize,
     /// The metadata quorum's voters and their internal addresses (Kafka's
@@ -253,6 +256,7 @@ impl Default for BrokerConfig {
             transactional_id_expiration_ms: 7 * 24 * 3600 * 1000,
             limits: ConnectionLimits::default(),
             index_cache_bytes: crate::limits::INDEX_CACHE_BYTES_PER_SHARD,
+            tail_cache_bytes: crate::limits::TAIL_CACHE_BYTES_PER_SHARD,
             max_parked_fetches: crate::limits::FETCH_PARKED_PER_SHARD,
             voters: Vec::new(),
             cluster_id: None,
@@ -477,6 +481,7 @@ pub struct FileConfig {
     pub transaction_cleanup_interval_ms: Option<u64>,
     pub transactional_id_expiration_ms: Option<i64>,
     pub index_cache_bytes: Option<usize>,
+    pub tail_cache_bytes: Option<usize>,
     pub max_parked_fetches: Option<usize>,
     /// `"1@127.0.0.1:19093,2@127.0.0.1:29093"`, as Kafka's `controller.quorum.voters`.
     pub voters: Option<String>,

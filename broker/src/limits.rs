@@ -110,8 +110,13 @@ pub const INDEX_CACHE_BYTES_PER_SHARD: usize = 64 * 1024 * 1024;
 /// producer, small enough that start-up reads little per partition.
 pub const PRODUCER_STATE_SCAN_BYTES: u64 = 2 * 1024 * 1024;
 
-/// Tail cache budget per partition log.
+/// Tail cache cap per partition log, within the shard's budget: one busy partition may not
+/// push every other partition's recent batches out.
 pub const TAIL_CACHE_BYTES_PER_PARTITION: usize = 8 * 1024 * 1024;
+
+/// Default memory per shard for the tail caches of all its partitions (`--tail-cache-bytes`):
+/// memory does not grow with the number of partitions.
+pub const TAIL_CACHE_BYTES_PER_SHARD: usize = 256 * 1024 * 1024;
 
 const _: () = assert!(CONNECTION_BUFFERED_BYTES_MAX >= protocol::FRAME_BYTES_MAX);
 const _: () = assert!(CONNECTION_IN_FLIGHT_MAX >= 5);

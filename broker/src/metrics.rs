@@ -445,6 +445,7 @@ impl FetchProbe {
 pub fn collect_logs(
     logs: impl Iterator<Item = LogStats>,
     cache: IndexCacheStats,
+    tail: tern_storage::TailBudgetStats,
     out: &mut ShardSample,
 ) {
     use Kind::*;
@@ -491,6 +492,18 @@ pub fn collect_logs(
         Gauge,
         "Bytes held in tail caches.",
         sum.tail_cache_bytes as u64,
+    );
+    out.push(
+        "tail_cache_budget_bytes",
+        Gauge,
+        "The shard's budget for every partition's tail cache (--tail-cache-bytes).",
+        tail.limit_bytes as u64,
+    );
+    out.push(
+        "tail_cache_evictions_total",
+        Counter,
+        "Batches that left a tail cache to keep the shard within its budget.",
+        tail.evictions,
     );
     out.push(
         "log_active_index_bytes",

@@ -76,6 +76,8 @@ pub struct Shard {
     pub txns: crate::txn::registry::Registry,
     /// Memory budget for sealed segments' indexes, shared by this shard's partition logs.
     pub index_cache: Rc<tern_storage::IndexCache>,
+    /// The one budget of every partition's tail cache on this shard.
+    pub tail_budget: Rc<tern_storage::TailBudget>,
     /// Cap on long-poll fetches parked on this shard's partitions.
     pub park_budget: Rc<ParkBudget>,
     /// Tasks waiting for this shard's next image (see `next_image`).
@@ -137,6 +139,7 @@ impl Shard {
                 id_expiration_ms: config.transactional_id_expiration_ms,
             }),
             index_cache: tern_storage::IndexCache::new(config.index_cache_bytes),
+            tail_budget: tern_storage::TailBudget::new(config.tail_cache_bytes),
             park_budget: ParkBudget::new(config.max_parked_fetches),
             image_watchers: RefCell::new(Vec::new()),
             restarting: RefCell::new(HashSet::new()),
@@ -346,10 +349,11 @@ impl Shard {
         // synced writes, so one at a time made a 10,000-partition topic take 40 s to appear.
         for chunk in to_open.chunks(limits::PARTITION_OPEN_CONCURRENCY) {
             let opened = futures::future::join_all(chunk.iter().map(|(tp, policy, _, _)| {
-                Log::open_with_cache(
+                Log::open_with_caches(
                     self.partition_dir(tp),
                     policy.log.clone(),
                     self.index_cache.clone(),
+                    self.tail_budget.clone(),
                 )
             }))
             .await;
@@ -586,6 +590,7 @@ impl Shard {
         crate::metrics::collect_logs(
             partitions.values().map(|partition| partition.log.stats()),
             self.index_cache.stats(),
+            self.tail_budget.stats(),
             &mut sample,
         );
         sample

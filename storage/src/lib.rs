@@ -49,8 +49,9 @@ pub use leader_epoch::{EpochEntry, LeaderEpochCache, LEADER_EPOCH_FILE_NAME};
 pub use lock::{DataDirLock, LOCK_FILE_NAME};
 pub use log::{
     AppendInfo, CleanOptions, CleanReport, Cleanable, Log, LogStats, ReadMode, ReadSlice,
-    CLEANER_CHECKPOINT_FILE_NAME, CLEAN_SHUTDOWN_FILE_NAME, CLEAN_SWAP_FILE_NAME,
-    INDEX_CHECKPOINT_FILE_NAME, LOG_START_OFFSET_FILE_NAME, TRUNCATE_TO_FILE_NAME,
+    TailBudget, TailBudgetStats, CLEANER_CHECKPOINT_FILE_NAME, CLEAN_SHUTDOWN_FILE_NAME,
+    CLEAN_SWAP_FILE_NAME, INDEX_CHECKPOINT_FILE_NAME, LOG_START_OFFSET_FILE_NAME,
+    TRUNCATE_TO_FILE_NAME,
 };
 pub use offset_map::OffsetMap;
 pub use segment::prime_direct_io;

@@ -933,6 +933,73 @@ fn sealed_indexes_stay_within_the_shared_cache_budget_whatever_the_log_size() {
 }
 
 #[test]
+fn tail_caches_of_a_shard_stay_within_one_budget_oldest_appended_out_first() {
+    use tern_storage::{IndexCache, TailBudget};
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    run_async(move || async move {
+        let budget_bytes = 64 * 1024;
+        let budget = TailBudget::new(budget_bytes);
+        let config = LogConfig {
+            tail_cache_bytes: 1 << 20,
+            ..small_config()
+        };
+        let open = |name: &str| {
+            Log::open_with_caches(
+                root.join(name),
+                config.clone(),
+                IndexCache::new(1 << 20),
+                budget.clone(),
+            )
+        };
+        let (a, b) = (open("a").await.unwrap(), open("b").await.unwrap());
+        let mut expected_a = Vec::new();
+        let mut expected_b = Vec::new();
+        for i in 0..100i64 {
+            expected_a.extend(append_all(&a, &[(1, 1000)], 1000 + i).await);
+            assert!(budget.stats().bytes <= budget_bytes, "{:?}", budget.stats());
+        }
+        // a alone filled the budget: its own cap (1 MiB) is not what bounds it.
+        assert!(
+            a.stats().tail_cache_bytes > budget_bytes / 2,
+            "{:?}",
+            a.stats()
+        );
+        for i in 0..100i64 {
+            expected_b.extend(append_all(&b, &[(1, 1000)], 5000 + i).await);
+            assert!(budget.stats().bytes <= budget_bytes, "{:?}", budget.stats());
+        }
+        // b's appends pushed a's older batches out first.
+        assert!(
+            a.stats().tail_cache_bytes < budget_bytes / 8,
+            "{:?}",
+            a.stats()
+        );
+        assert!(
+            b.stats().tail_cache_bytes > budget_bytes / 2,
+            "{:?}",
+            b.stats()
+        );
+        let stats = budget.stats();
+        assert!(stats.evictions > 0, "{stats:?}");
+        assert_eq!(
+            stats.bytes,
+            a.stats().tail_cache_bytes + b.stats().tail_cache_bytes,
+            "the budget counts exactly what the caches hold"
+        );
+        // Evicted batches read back from disk.
+        check_whole_log(&a, &expected_a).await;
+        check_whole_log(&b, &expected_b).await;
+        // A log gone gives its bytes back.
+        drop(b);
+        assert_eq!(budget.stats().bytes, a.stats().tail_cache_bytes);
+        a.close().await.unwrap();
+        assert_eq!(budget.stats().bytes, 0);
+        assert_eq!(budget.stats().batches, 0);
+    });
+}
+
+#[test]
 fn the_active_segment_rolls_before_its_index_outgrows_segment_index_bytes() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("p0");

@@ -701,6 +701,10 @@ struct ServeArgs {
     /// again from disk when needed.
     #[arg(long, env = "TERN_INDEX_CACHE_BYTES")]
     index_cache_bytes: Option<usize>,
+    /// Memory per shard for the tail caches of all its partitions (recently appended batches
+    /// served without a disk read); the oldest appended leave first.
+    #[arg(long, env = "TERN_TAIL_CACHE_BYTES")]
+    tail_cache_bytes: Option<usize>,
     /// Run the log cleaner for compacted topics (Kafka's log.cleaner.enable).
     #[arg(long, env = "TERN_LOG_CLEANER_ENABLE")]
     log_cleaner_enable: Option<bool>,
@@ -1047,6 +1051,10 @@ fn build_config(args: ServeArgs) -> Result<BrokerConfig, String> {
             .index_cache_bytes
             .or(file.index_cache_bytes)
             .unwrap_or(defaults.index_cache_bytes),
+        tail_cache_bytes: args
+            .tail_cache_bytes
+            .or(file.tail_cache_bytes)
+            .unwrap_or(defaults.tail_cache_bytes),
         max_parked_fetches: args
             .max_parked_fetches
             .or(file.max_parked_fetches)

@@ -578,6 +578,7 @@ impl Inner {
             while st.cache.front().is_some_and(|c| c.next <= group_end) {
                 if let Some(dropped) = st.cache.pop_front() {
                     st.cache_bytes -= dropped.bytes.len();
+                    self.tail_budget.release(dropped.bytes.len());
                 }
             }
             st.check_offsets();

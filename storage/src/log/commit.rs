@@ -186,7 +186,7 @@ impl Log {
                     }
                 })?;
             }
-            st.enqueue(&batches.freeze(), &spans, now);
+            st.enqueue(&self.inner, &batches.freeze(), &spans, now);
             assert_eq!(st.leo, next);
             (base, next, st.log_start)
         };
@@ -203,7 +203,7 @@ impl Log {
 impl State {
     /// Queues validated batches, whose headers hold their final offsets starting at `leo`, for
     /// the next write round, and puts them in the tail cache.
-    fn enqueue(&mut self, frozen: &Bytes, spans: &[BatchSpan], now: TimestampMs) {
+    fn enqueue(&mut self, inner: &Inner, frozen: &Bytes, spans: &[BatchSpan], now: TimestampMs) {
         for span in spans {
             let bytes = frozen.slice(span.position..span.position + span.total_bytes);
             let header = span.header;
@@ -212,6 +212,9 @@ impl State {
                 "batches enqueued in offset order"
             );
             self.cache_bytes += bytes.len();
+            inner
+                .tail_budget
+                .charge(&inner.this, header.next_offset(), bytes.len());
             self.cache.push_back(CachedBatch {
                 base: header.base_offset(),
                 next: header.next_offset(),
@@ -297,7 +300,7 @@ impl Log {
                     base_offset,
                 });
             }
-            st.enqueue(&records, &spans, now);
+            st.enqueue(&self.inner, &records, &spans, now);
         }
         self.inner.wait_acked(next).await?;
         Ok(Offset(next.0 - 1))
@@ -645,6 +648,7 @@ impl Inner {
             match st.cache.front() {
                 Some(front) if front.next <= st.written_end => {
                     st.cache_bytes -= front.bytes.len();
+                    self.tail_budget.release(front.bytes.len());
                     st.cache.pop_front();
                 }
                 _ => break,
@@ -652,6 +656,7 @@ impl Inner {
         }
         st.check_offsets();
         drop(state);
+        self.tail_budget.evict();
         self.zero_ahead_if_due();
         Ok(())
     }

@@ -14,6 +14,7 @@
 //! - `epochs`: the leader-epoch cache's persistence, recovery and OffsetForLeaderEpoch lookups.
 //! - `clean`: log compaction — how dirty a log is, and one cleaning pass with its crash-safe
 //!   segment swap.
+//! - `tail_budget`: the shard's one budget for every log's tail cache, oldest appended out.
 //! - `zero`: zeroing ahead — a busy active segment's blocks are written with zeros before the
 //!   appends reach them, so appends change no file metadata (inline writes, cheap fdatasync).
 //!
@@ -32,7 +33,8 @@
 //! blocking std::fs on the append/read path (open and remove are the exceptions, at start-up and
 //! DeleteTopics).
 //!
-//! Memory: the log keeps the tail cache, the pending batches and the active segment's indexes;
+//! Memory: the log keeps the tail cache (within its own cap and the shard's [`TailBudget`]),
+//! the pending batches and the active segment's indexes;
 //! a sealed segment's indexes are persisted at roll and held only in the shard's
 //! [`IndexCache`], looked up through `Inner::index_floor`.
 //!
@@ -68,6 +70,7 @@ mod epochs;
 mod read;
 mod recovery;
 mod retention;
+mod tail_budget;
 mod truncate;
 mod zero;
 
@@ -75,6 +78,7 @@ pub use clean::{
     CleanOptions, CleanReport, Cleanable, CLEANER_CHECKPOINT_FILE_NAME, CLEAN_SWAP_FILE_NAME,
 };
 pub use read::{ReadMode, ReadSlice};
+pub use tail_budget::{TailBudget, TailBudgetStats};
 pub use truncate::TRUNCATE_TO_FILE_NAME;
 
 pub const CLEAN_SHUTDOWN_FILE_NAME: &str = ".clean-shutdown";
@@ -308,13 +312,19 @@ struct Inner {
     /// Where sealed segments' indexes are kept (shared by the shard's logs), under `log_id`.
     index_cache: Rc<IndexCache>,
     log_id: u64,
-    /// This log itself, for the background tasks it starts (zeroing ahead).
+    /// This log itself, for the background tasks it starts (zeroing ahead) and the shard's
+    /// tail budget queue.
     this: std::rc::Weak<Inner>,
+    /// The shard's budget the tail cache's bytes count against.
+    tail_budget: Rc<TailBudget>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
         self.index_cache.remove_log(self.log_id);
+        for cached in &self.state.get_mut().cache {
+            self.tail_budget.release(cached.bytes.len());
+        }
     }
 }
 

@@ -38,8 +38,8 @@ use super::commit::spawn_interval_flusher;
 use crate::checkpoint::{decode_checkpoint, decode_index_checkpoint};
 
 use super::{
-    io_ctx, remove_if_exists, sync_dir, Inner, Log, LogStats, State, CLEAN_SHUTDOWN_FILE_NAME,
-    INDEX_CHECKPOINT_FILE_NAME, LOG_START_OFFSET_FILE_NAME,
+    io_ctx, remove_if_exists, sync_dir, Inner, Log, LogStats, State, TailBudget,
+    CLEAN_SHUTDOWN_FILE_NAME, INDEX_CHECKPOINT_FILE_NAME, LOG_START_OFFSET_FILE_NAME,
 };
 
 /// How a segment's indexer came back at open.
@@ -141,6 +141,17 @@ impl Log {
         dir: PathBuf,
         config: LogConfig,
         index_cache: Rc<IndexCache>,
+    ) -> Result<Log, OpenError> {
+        Log::open_with_caches(dir, config, index_cache, TailBudget::new(usize::MAX)).await
+    }
+
+    /// `open_with_cache`, the tail cache also counting against `tail_budget` (one per shard in
+    /// the broker).
+    pub async fn open_with_caches(
+        dir: PathBuf,
+        config: LogConfig,
+        index_cache: Rc<IndexCache>,
+        tail_budget: Rc<TailBudget>,
     ) -> Result<Log, OpenError> {
         let log_id = index_cache.register_log();
         config.validate().map_err(OpenError::InvalidConfig)?;
@@ -370,6 +381,7 @@ impl Log {
             index_cache,
             log_id,
             this: this.clone(),
+            tail_budget,
         });
         inner.recover_epochs().await?;
         inner.complete_truncation().await.map_err(|e| match e {

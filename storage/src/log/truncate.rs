@@ -394,6 +394,7 @@ impl Inner {
             while st.cache.back().is_some_and(|c| c.base >= end) {
                 let dropped = st.cache.pop_back().expect("checked non-empty");
                 st.cache_bytes -= dropped.bytes.len();
+                self.tail_budget.release(dropped.bytes.len());
             }
             st.check_offsets();
             (victims, file, was_sealed)
