@@ -1,7 +1,8 @@
-//! Reads that the shard's tail cache cannot serve: a partition holding more than the cache
-//! budget (8 MiB per partition, `TAIL_CACHE_BYTES_PER_PARTITION`) is read from offset 0, so
-//! the first part comes from the segment file through direct IO on a broker that has never
-//! restarted, then the rest from the cache.
+//! Reads that the tail cache cannot serve: a partition holding more than its cache cap (8 MiB
+//! per partition, `TAIL_CACHE_BYTES_PER_PARTITION`) is read from offset 0, so the first part
+//! comes from the segment file through direct IO on a broker that has never restarted, then
+//! the rest from the cache; many partitions over the shard's one tail budget; many segments
+//! under a small index cache.
 
 use rdkafka::Offset;
 use tern_tests::kafka::{self, Rec};
@@ -126,4 +127,47 @@ fn many_segments_read_back_exactly_under_a_small_index_cache_budget() {
     let misses = broker.metric("tern_index_cache_misses_total");
     assert!(cached <= budget, "index cache holds {cached} bytes");
     assert!(misses > 0, "no index was read back from disk");
+}
+
+/// Every partition's tail cache on a shard shares one budget (`--tail-cache-bytes`): eight
+/// partitions of 1.5 MiB each on a 2 MiB budget keep the shard within it, the batches
+/// appended longest ago leave, and every record reads back exactly (most from disk).
+#[test]
+fn tail_caches_of_many_partitions_share_one_shard_budget() {
+    let budget: u64 = 2 << 20;
+    let broker = Broker::start_with(1, &["--tail-cache-bytes", &budget.to_string()]);
+    let topic = "tail-budget";
+    let partitions = 8;
+    let per_partition: usize = 96; // 1.5 MiB of 16 KiB values
+    kafka::create_topic(&broker, topic, partitions, &[]);
+    let producer = kafka::producer_with(&broker, &[("linger.ms", "5")]);
+    let mut sent = Vec::new();
+    for p in 0..partitions {
+        let records: Vec<Rec> = (0..per_partition)
+            .map(|i| Rec {
+                timestamp_ms: Some(1_700_000_000_000 + i as i64),
+                ..Rec::value(value(p as usize * 1000 + i))
+            })
+            .collect();
+        for chunk in records.chunks(16) {
+            kafka::produce(&producer, topic, Some(p), chunk);
+        }
+        sent.push(records);
+    }
+    let held = broker.metric("tern_log_tail_cache_bytes");
+    let evictions = broker.metric("tern_tail_cache_evictions_total");
+    assert!(
+        held <= budget,
+        "tail caches hold {held} bytes, over {budget}"
+    );
+    assert!(evictions > 0, "no batch left a tail cache");
+    assert_eq!(broker.metric("tern_tail_cache_budget_bytes"), budget);
+    for (p, records) in sent.iter().enumerate() {
+        let consumed = kafka::consume(&broker, topic, &[p as i32], per_partition);
+        assert_eq!(consumed.len(), per_partition, "partition {p}");
+        for (index, (sent, got)) in records.iter().zip(&consumed).enumerate() {
+            assert_eq!(got.offset, index as i64, "partition {p} offset {index}");
+            assert!(got.record == *sent, "partition {p} record {index} differs");
+        }
+    }
 }
