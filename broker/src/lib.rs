@@ -413,6 +413,17 @@ async fn shard_main(
                     break;
                 }
                 shard.enforce_retention().await;
+            }
+        })
+    };
+    let checkpoints = {
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            loop {
+                glommio::timer::sleep(limits::INDEX_CHECKPOINT_INTERVAL).await;
+                if shard.shutting_down.get() {
+                    break;
+                }
                 shard.checkpoint_indexes().await;
             }
         })
@@ -466,6 +477,7 @@ async fn shard_main(
     connections_closed(&shard, limits::SHUTDOWN_CLOSE_WAIT).await;
     drop(reaper);
     drop(retention);
+    drop(checkpoints);
     drop(isr_duty);
     drop(fetchers);
     drop(cleaner);

@@ -270,10 +270,15 @@ pub const PRODUCERS_PER_PARTITION_MAX: usize = 10_000;
 /// Longest an idle shard sleeps before it wakes to look around.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
 
-/// How often each shard applies retention and time-based segment rolls, and checkpoints its
-/// active segments' indexes (what a restart after a crash must rescan is at most this much
-/// of writes per partition).
+/// How often each shard applies retention and time-based segment rolls.
 pub const RETENTION_CHECK_INTERVAL: Duration = Duration::from_secs(10);
+
+/// How often each shard checkpoints its active segments' indexes: what a restart after a
+/// crash must rescan is at most this much of writes per partition. A checkpoint is one small
+/// write over its file and an fdatasync per partition written since the last one, with no
+/// role appends wait for (at 10 s, the rescan of 1,000 partitions filled at 260 MB/s kept a
+/// restart at 7 s).
+pub const INDEX_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(2);
 
 /// How often committed offsets are checked against `offsets.retention.minutes` (Kafka's
 /// `offsets.retention.check.interval.ms` default is 10 minutes).

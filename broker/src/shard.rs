@@ -622,7 +622,7 @@ impl Shard {
 
     /// Persists each partition's active-segment indexes as far as they cover durable data, so
     /// a restart after a crash scans only what was written since (about
-    /// `RETENTION_CHECK_INTERVAL` of writes per partition) instead of whole active segments.
+    /// `INDEX_CHECKPOINT_INTERVAL` of writes per partition) instead of whole active segments.
     pub async fn checkpoint_indexes(&self) {
         let partitions = self.owned_partitions();
         // A checkpoint is two small synced writes and a directory sync: many at once.

@@ -633,6 +633,7 @@ impl Inner {
         for p in st.pending.drain(..count) {
             active.indexer.observe(&p.header, position, interval);
             active.first_append_ms.get_or_insert(p.now_ms);
+            st.last_write_ms = p.now_ms;
             position += p.bytes.len() as u64;
             st.unsynced_messages += p.header.record_count().max(0) as u64;
             st.written_end = p.header.next_offset();

@@ -201,6 +201,9 @@ struct State {
     zeroing_holds: u32,
     /// Zeroing pauses until then (the appends caught up with it, or it failed).
     zero_paused_until: Option<Instant>,
+    /// The append time (wall clock, ms) of the last batch written: with the active segment's
+    /// first, its write rate, which sizes the zeroing window.
+    last_write_ms: i64,
 }
 
 impl State {

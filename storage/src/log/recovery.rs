@@ -284,9 +284,16 @@ impl Log {
                 file.truncate(size_bytes)
                     .await
                     .map_err(io_ctx(format!("truncating {}", path.display())))?;
-                file.fdatasync()
-                    .await
-                    .map_err(io_ctx(format!("syncing {}", path.display())))?;
+                // The active segment's cut is not synced here: what follows `size_bytes` was
+                // never acknowledged, and the first fdatasync of this file after an append
+                // (before that append is acknowledged) commits the new size with it; a crash
+                // before then finds the same tail and cuts it again. A sealed segment's size
+                // is trusted at the next open, so its cut is made durable now.
+                if !is_active {
+                    file.fdatasync()
+                        .await
+                        .map_err(io_ctx(format!("syncing {}", path.display())))?;
+                }
             }
             let tail = if is_active && size_bytes % limits::DMA_ALIGNMENT_BYTES != 0 {
                 let start = align_down(size_bytes);
@@ -371,6 +378,7 @@ impl Log {
             zero_scheduled: false,
             zeroing_holds: 0,
             zero_paused_until: None,
+            last_write_ms: 0,
         };
         state.check_offsets();
         let inner = Rc::new_cyclic(|this| Inner {

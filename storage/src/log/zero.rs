@@ -8,9 +8,10 @@
 //! or two per write), and the fdatasync after it must commit the journal (a journal write and a
 //! second cache flush). A write over written blocks inside the file's size changes neither: it
 //! is issued inline, and fdatasync is one device cache flush. The price is writing every byte
-//! twice; the zeros are written in the background, one chunk at a time per shard, only for
-//! segments that hold `limits::ZERO_AHEAD_FROM_BYTES` or more, and never when the appends keep
-//! catching up with them (`limits::ZERO_AHEAD_BACKOFF`).
+//! twice; the zeros are written in the background, one chunk at a time per shard, about a
+//! second of the segment's write rate ahead, only for segments that hold
+//! `limits::ZERO_AHEAD_FROM_BYTES` or more, and never when the appends keep catching up with
+//! them (`limits::ZERO_AHEAD_BACKOFF`).
 //!
 //! The rules that keep it safe:
 //! - A zeroing write covers `[start, end)` with `start` at or past both the aligned end of the
@@ -71,7 +72,12 @@ impl State {
             return None;
         }
         let data_end = align_up(active.size_bytes).max(self.write_in_flight_end);
-        let window = limits::zero_ahead_window(active.size_bytes);
+        // The segment's write rate so far, counted over at least a second.
+        let elapsed_ms = active
+            .first_append_ms
+            .map_or(0, |first| self.last_write_ms.saturating_sub(first))
+            .max(1000) as u64;
+        let window = limits::zero_ahead_window(active.size_bytes * 1000 / elapsed_ms);
         let want = (data_end + window).min(align_up(self.config.segment_bytes));
         // Refilled once half the window is used, in chunks.
         if active.zeroed_bytes >= want.min(data_end + window / 2) {
