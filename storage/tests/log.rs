@@ -103,6 +103,15 @@ async fn check_reads(log: &Log, expected: &[Expected]) {
     ));
 }
 
+/// Bytes of the expected batches with base offsets in [from, to): a segment's data.
+fn data_bytes(expected: &[Expected], from: Offset, to: Offset) -> u64 {
+    expected
+        .iter()
+        .filter(|e| e.base >= from && e.base < to)
+        .map(|e| e.bytes.len() as u64)
+        .sum()
+}
+
 /// The whole log reads back as the expected batches, in order, byte exact (large reads).
 async fn check_whole_log(log: &Log, expected: &[Expected]) {
     let end = expected.last().map(|e| e.next).unwrap_or(Offset(0));
@@ -293,13 +302,6 @@ fn appends_land_on_zeroed_blocks_and_zeros_never_outlive_the_active_segment() {
         assert!(stats.zeroed_bytes > 0, "{stats:?}");
         let bases = log.segment_bases();
         assert!(bases.len() >= 3, "{bases:?}");
-        let data_bytes = |expected: &[Expected], from: Offset, to: Offset| -> u64 {
-            expected
-                .iter()
-                .filter(|e| e.base >= from && e.base < to)
-                .map(|e| e.bytes.len() as u64)
-                .sum()
-        };
         let file_len = |base: Offset| {
             std::fs::metadata(path.join(log_file_name(base)))
                 .unwrap()
@@ -338,6 +340,66 @@ fn appends_land_on_zeroed_blocks_and_zeros_never_outlive_the_active_segment() {
             file_len(active),
             data_bytes(&expected, active, Offset(i64::MAX)),
             "close trims the zeros"
+        );
+        let log = Log::open(path.clone(), config).await.unwrap();
+        check_whole_log(&log, &expected).await;
+    });
+}
+
+/// A roll (and a truncation) that meets a zeroing write in flight waits for it: no zero lands
+/// past the data of a segment once sealed, or past a cut. Each zeroing write is held back
+/// 30 ms, and each segment rolls by time 5 ms after its zeroing started.
+#[test]
+fn a_roll_or_truncation_meeting_a_zeroing_write_in_flight_leaves_no_zeros_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p0");
+    run_async(move || async move {
+        let config = LogConfig {
+            segment_ms: 1_000,
+            ..LogConfig::default()
+        };
+        let log = Log::open(path.clone(), config.clone()).await.unwrap();
+        log.inject_zeroing_delay(std::time::Duration::from_millis(30));
+        let mut expected = Vec::new();
+        for round in 0..4 {
+            // 62 batches of 1,071 bytes: the last one crosses the 64 KiB where zeroing starts.
+            expected.extend(append_all(&log, &[(1, 1000); 62], 1_000 + round).await);
+            // It is in flight (held back 30 ms) when the segment rolls by time.
+            glommio::timer::sleep(std::time::Duration::from_millis(5)).await;
+            log.enforce_retention(TimestampMs(10_000), Offset(i64::MAX))
+                .await
+                .unwrap();
+        }
+        assert!(log.stats().zeroed_bytes > 0, "{:?}", log.stats());
+        let bases = log.segment_bases();
+        assert!(bases.len() >= 3, "{bases:?}");
+        let file_len = |base: Offset| {
+            std::fs::metadata(path.join(log_file_name(base)))
+                .unwrap()
+                .len()
+        };
+        glommio::timer::sleep(std::time::Duration::from_millis(100)).await;
+        for pair in bases.windows(2) {
+            assert_eq!(
+                file_len(pair[0]),
+                data_bytes(&expected, pair[0], pair[1]),
+                "sealed segment {} holds its data and nothing past it",
+                pair[0]
+            );
+        }
+        // A truncation while a zeroing write is in flight.
+        expected.extend(append_all(&log, &[(1, 1000); 80], 9_000).await);
+        glommio::timer::sleep(std::time::Duration::from_millis(5)).await;
+        let cut = expected[expected.len() - 40].base;
+        log.truncate_to(cut).await.unwrap();
+        expected.truncate(expected.len() - 40);
+        glommio::timer::sleep(std::time::Duration::from_millis(100)).await;
+        check_whole_log(&log, &expected).await;
+        let active = *log.segment_bases().last().unwrap();
+        log.close().await.unwrap();
+        assert_eq!(
+            file_len(active),
+            data_bytes(&expected, active, Offset(i64::MAX))
         );
         let log = Log::open(path.clone(), config).await.unwrap();
         check_whole_log(&log, &expected).await;

@@ -201,6 +201,9 @@ struct State {
     zeroing_holds: u32,
     /// Zeroing pauses until then (the appends caught up with it, or it failed).
     zero_paused_until: Option<Instant>,
+    /// Failure injection: each zeroing write waits this long before it is issued, so tests can
+    /// line a roll or a truncation up against one in flight (tests only).
+    zeroing_delay: Option<std::time::Duration>,
     /// The append time (wall clock, ms) of the last batch written: with the active segment's
     /// first, its write rate, which sizes the zeroing window.
     last_write_ms: i64,

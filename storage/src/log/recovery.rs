@@ -379,6 +379,7 @@ impl Log {
             zeroing_holds: 0,
             zero_paused_until: None,
             last_write_ms: 0,
+            zeroing_delay: None,
         };
         state.check_offsets();
         let inner = Rc::new_cyclic(|this| Inner {

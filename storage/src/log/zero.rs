@@ -106,6 +106,15 @@ impl Drop for ZeroingHold<'_> {
     }
 }
 
+impl super::Log {
+    /// Failure injection for tests: every zeroing write waits `delay` before it is issued, so
+    /// a roll or a truncation meets one in flight.
+    #[doc(hidden)]
+    pub fn inject_zeroing_delay(&self, delay: std::time::Duration) {
+        self.inner.state.borrow_mut().zeroing_delay = Some(delay);
+    }
+}
+
 impl Inner {
     /// Starts a background zeroing write if the active segment is due one. Called after every
     /// write to the active segment and when a zeroing completes. Cheap when nothing is due.
@@ -185,6 +194,10 @@ impl Inner {
     }
 
     async fn write_zeros(&self, plan: &ZeroPlan) -> Result<(), crate::error::StorageIoError> {
+        let delay = self.state.borrow().zeroing_delay;
+        if let Some(delay) = delay {
+            glommio::timer::sleep(delay).await;
+        }
         let what = || self.dir.display().to_string();
         if let Some(to) = plan.preallocate_to {
             plan.file
