@@ -48,5 +48,9 @@ done
 t1=$(date +%s%N)
 echo "serving (topic describe with every partition's offsets answered): $(( (t1 - t0) / 1000000 )) ms after start"
 grep -c "partition " "$work/describe.txt" | sed 's/^/partitions described: /'
-echo "active segments recovered from an index checkpoint: $(grep -c 'scanned from its checkpointed index' "$work/broker.log" || true) of $(grep -c 'truncating segment at the last valid batch' "$work/broker.log" || true) with a torn tail"
+# Recovery warns only about torn tails (zeros written ahead are cut silently) and about index
+# checkpoints it could not use (a segment then scanned from byte 0).
+echo "torn tails cut: $(grep -c 'truncating segment at the last valid batch' "$work/broker.log" || true)" \
+    "(found from an index checkpoint: $(grep -c 'scanned from its checkpointed index' "$work/broker.log" || true));" \
+    "index checkpoints not usable: $(grep -cE 'damaged index checkpoint|index checkpoint out of step|no valid batch at the checkpointed' "$work/broker.log" || true)"
 grep -E "tern is serving|starting|shutting down" "$work/broker.log" | tail -3 | cut -c1-160 || true
