@@ -625,7 +625,7 @@ impl Shard {
     /// `INDEX_CHECKPOINT_INTERVAL` of writes per partition) instead of whole active segments.
     pub async fn checkpoint_indexes(&self) {
         let partitions = self.owned_partitions();
-        // A checkpoint is two small synced writes and a directory sync: many at once.
+        // A checkpoint is one small write over its file and an fdatasync: many at once.
         for chunk in partitions.chunks(limits::PARTITION_OPEN_CONCURRENCY) {
             let results =
                 futures::future::join_all(chunk.iter().map(|p| p.log.checkpoint_active_indexes()))
