@@ -404,44 +404,21 @@ async fn shard_main(
     };
     let _ = ready.send(Ok(id));
 
-    let retention = {
-        let shard = shard.clone();
-        glommio::spawn_local(async move {
-            loop {
-                glommio::timer::sleep(limits::RETENTION_CHECK_INTERVAL).await;
-                if shard.shutting_down.get() {
-                    break;
-                }
-                shard.enforce_retention().await;
-            }
-        })
-    };
-    let checkpoints = {
-        let shard = shard.clone();
-        glommio::spawn_local(async move {
-            loop {
-                glommio::timer::sleep(limits::INDEX_CHECKPOINT_INTERVAL).await;
-                if shard.shutting_down.get() {
-                    break;
-                }
-                shard.checkpoint_indexes().await;
-            }
-        })
-    };
+    let retention = every(
+        &shard,
+        limits::RETENTION_CHECK_INTERVAL,
+        |shard| async move { shard.enforce_retention().await },
+    );
+    let checkpoints = every(
+        &shard,
+        limits::INDEX_CHECKPOINT_INTERVAL,
+        |shard| async move { shard.checkpoint_indexes().await },
+    );
     let fetchers = follower::start(shard.clone());
     let cleaner = cleaner::start(shard.clone());
-    let isr_duty = {
-        let shard = shard.clone();
-        glommio::spawn_local(async move {
-            loop {
-                glommio::timer::sleep(limits::ISR_CHECK_INTERVAL).await;
-                if shard.shutting_down.get() {
-                    break;
-                }
-                shard.isr_duty();
-            }
-        })
-    };
+    let isr_duty = every(&shard, limits::ISR_CHECK_INTERVAL, |shard| async move {
+        shard.isr_duty()
+    });
     let reaper = connection::start_reaper(shard.clone());
     let acceptors: Vec<glommio::Task<()>> = bound
         .into_iter()
@@ -487,6 +464,25 @@ async fn shard_main(
 }
 
 /// Waits, at most `wait`, for the shard's connections to close.
+/// A shard task running `duty` every `interval` until the shard shuts down (or the returned
+/// task is dropped).
+fn every<F, Fut>(shard: &Rc<Shard>, interval: Duration, duty: F) -> glommio::Task<()>
+where
+    F: Fn(Rc<Shard>) -> Fut + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    let shard = shard.clone();
+    glommio::spawn_local(async move {
+        loop {
+            glommio::timer::sleep(interval).await;
+            if shard.shutting_down.get() {
+                break;
+            }
+            duty(shard.clone()).await;
+        }
+    })
+}
+
 async fn connections_closed(shard: &Shard, wait: Duration) {
     let deadline = std::time::Instant::now() + wait;
     while !shard.connections.is_empty() && std::time::Instant::now() < deadline {

@@ -36,15 +36,23 @@ pub const PREALLOCATE_EXTENT_MAX_BYTES: u64 = 64 * 1024 * 1024;
 
 /// How far past `end` a segment holding `end` bytes is preallocated.
 pub const fn preallocate_extent(end: u64) -> u64 {
-    let step = if end < PREALLOCATE_EXTENT_MIN_BYTES {
-        PREALLOCATE_EXTENT_MIN_BYTES
-    } else if end > PREALLOCATE_EXTENT_MAX_BYTES {
-        PREALLOCATE_EXTENT_MAX_BYTES
+    clamp_to_blocks(
+        end,
+        PREALLOCATE_EXTENT_MIN_BYTES,
+        PREALLOCATE_EXTENT_MAX_BYTES,
+    )
+}
+
+/// `v` within `[min, max]`, rounded up to whole DMA blocks.
+const fn clamp_to_blocks(v: u64, min: u64, max: u64) -> u64 {
+    let v = if v < min {
+        min
+    } else if v > max {
+        max
     } else {
-        end
+        v
     };
-    // Whole DMA blocks.
-    step.div_ceil(DMA_ALIGNMENT_BYTES) * DMA_ALIGNMENT_BYTES
+    v.div_ceil(DMA_ALIGNMENT_BYTES) * DMA_ALIGNMENT_BYTES
 }
 
 /// Zeroing ahead (`log/zero.rs`): a busy active segment's blocks past its end are written with
@@ -67,14 +75,11 @@ pub const ZERO_AHEAD_BACKOFF: std::time::Duration = std::time::Duration::from_se
 
 /// How far past its end a segment written at `bytes_per_s` keeps blocks zeroed.
 pub const fn zero_ahead_window(bytes_per_s: u64) -> u64 {
-    let window = if bytes_per_s < ZERO_AHEAD_WINDOW_MIN_BYTES {
-        ZERO_AHEAD_WINDOW_MIN_BYTES
-    } else if bytes_per_s > ZERO_AHEAD_WINDOW_MAX_BYTES {
-        ZERO_AHEAD_WINDOW_MAX_BYTES
-    } else {
-        bytes_per_s
-    };
-    window.div_ceil(DMA_ALIGNMENT_BYTES) * DMA_ALIGNMENT_BYTES
+    clamp_to_blocks(
+        bytes_per_s,
+        ZERO_AHEAD_WINDOW_MIN_BYTES,
+        ZERO_AHEAD_WINDOW_MAX_BYTES,
+    )
 }
 
 /// Size of each read while scanning a segment during recovery or an index rebuild.

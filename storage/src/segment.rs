@@ -341,20 +341,7 @@ pub(crate) async fn write_file_atomically(
         .await
         .map_err(|e| StorageIoError::new(ctx("creating"), e))?;
     if !bytes.is_empty() {
-        let aligned = align_up(bytes.len() as u64) as usize;
-        let mut buf = file.alloc_dma_buffer(aligned);
-        buf.as_bytes_mut()[..bytes.len()].copy_from_slice(bytes);
-        buf.as_bytes_mut()[bytes.len()..].fill(0);
-        let written = file
-            .write_at(buf, 0)
-            .await
-            .map_err(|e| StorageIoError::new(ctx("writing"), e))?;
-        if written != aligned {
-            return Err(StorageIoError::new(
-                ctx("short write to"),
-                std::io::Error::from(std::io::ErrorKind::WriteZero),
-            ));
-        }
+        write_padded_at_start(&file, bytes, &tmp_path).await?;
         file.truncate(bytes.len() as u64)
             .await
             .map_err(|e| StorageIoError::new(ctx("truncating"), e))?;
@@ -371,6 +358,30 @@ pub(crate) async fn write_file_atomically(
     Ok(())
 }
 
+/// Writes `bytes` at position 0 of `file` in one direct write, padded with zeros to the
+/// alignment; a short write is an error.
+async fn write_padded_at_start(
+    file: &DmaFile,
+    bytes: &[u8],
+    path: &Path,
+) -> Result<(), StorageIoError> {
+    let aligned = align_up(bytes.len() as u64) as usize;
+    let mut buf = file.alloc_dma_buffer(aligned);
+    buf.as_bytes_mut()[..bytes.len()].copy_from_slice(bytes);
+    buf.as_bytes_mut()[bytes.len()..].fill(0);
+    let written = file
+        .write_at(buf, 0)
+        .await
+        .map_err(|e| StorageIoError::new(format!("writing {}", path.display()), e))?;
+    if written != aligned {
+        return Err(StorageIoError::new(
+            format!("short write to {}", path.display()),
+            std::io::Error::from(std::io::ErrorKind::WriteZero),
+        ));
+    }
+    Ok(())
+}
+
 /// Writes `bytes` over the start of `dir/name` in place (direct IO, padded with zeros to the
 /// alignment, fdatasync'ed), creating the file if needed; never truncates or renames, so it
 /// frees no blocks. The content must guard itself against a torn write and ignore what follows
@@ -382,27 +393,13 @@ pub(crate) async fn write_in_place(
     bytes: &[u8],
 ) -> Result<bool, StorageIoError> {
     let path = dir.join(name);
-    let ctx = |what: &str| format!("{what} {}", path.display());
     let created = !path.exists();
     let file = open_rw(&path).await?;
-    let aligned = align_up(bytes.len() as u64) as usize;
-    let mut buf = file.alloc_dma_buffer(aligned);
-    buf.as_bytes_mut()[..bytes.len()].copy_from_slice(bytes);
-    buf.as_bytes_mut()[bytes.len()..].fill(0);
     let result = async {
-        let written = file
-            .write_at(buf, 0)
-            .await
-            .map_err(|e| StorageIoError::new(ctx("writing"), e))?;
-        if written != aligned {
-            return Err(StorageIoError::new(
-                ctx("short write to"),
-                std::io::Error::from(std::io::ErrorKind::WriteZero),
-            ));
-        }
+        write_padded_at_start(&file, bytes, &path).await?;
         file.fdatasync()
             .await
-            .map_err(|e| StorageIoError::new(ctx("syncing"), e))
+            .map_err(|e| StorageIoError::new(format!("syncing {}", path.display()), e))
     }
     .await;
     let _ = file.close().await;

@@ -112,6 +112,25 @@ fn data_bytes(expected: &[Expected], from: Offset, to: Offset) -> u64 {
         .sum()
 }
 
+/// The size of a segment's `.log` file.
+fn segment_file_len(dir: &Path, base: Offset) -> u64 {
+    std::fs::metadata(dir.join(log_file_name(base)))
+        .unwrap()
+        .len()
+}
+
+/// Every segment but the last (sealed) is exactly its batches long: no zeros past its data.
+fn check_sealed_files_hold_only_their_data(dir: &Path, bases: &[Offset], expected: &[Expected]) {
+    for pair in bases.windows(2) {
+        assert_eq!(
+            segment_file_len(dir, pair[0]),
+            data_bytes(expected, pair[0], pair[1]),
+            "sealed segment {} holds its data and nothing past it",
+            pair[0]
+        );
+    }
+}
+
 /// The whole log reads back as the expected batches, in order, byte exact (large reads).
 async fn check_whole_log(log: &Log, expected: &[Expected]) {
     let end = expected.last().map(|e| e.next).unwrap_or(Offset(0));
@@ -302,25 +321,13 @@ fn appends_land_on_zeroed_blocks_and_zeros_never_outlive_the_active_segment() {
         assert!(stats.zeroed_bytes > 0, "{stats:?}");
         let bases = log.segment_bases();
         assert!(bases.len() >= 3, "{bases:?}");
-        let file_len = |base: Offset| {
-            std::fs::metadata(path.join(log_file_name(base)))
-                .unwrap()
-                .len()
-        };
-        for pair in bases.windows(2) {
-            assert_eq!(
-                file_len(pair[0]),
-                data_bytes(&expected, pair[0], pair[1]),
-                "sealed segment {} holds its data and nothing past it",
-                pair[0]
-            );
-        }
+        check_sealed_files_hold_only_their_data(&path, &bases, &expected);
         let active = *bases.last().unwrap();
         let active_data = data_bytes(&expected, active, Offset(i64::MAX));
         assert!(
-            file_len(active) > active_data,
+            segment_file_len(&path, active) > active_data,
             "zeros past the active segment's data: {} <= {active_data}",
-            file_len(active)
+            segment_file_len(&path, active)
         );
         check_whole_log(&log, &expected).await;
         // A crash: zeros stay past the data; recovery keeps every batch.
@@ -337,7 +344,7 @@ fn appends_land_on_zeroed_blocks_and_zeros_never_outlive_the_active_segment() {
             .max()
             .unwrap();
         assert_eq!(
-            file_len(active),
+            segment_file_len(&path, active),
             data_bytes(&expected, active, Offset(i64::MAX)),
             "close trims the zeros"
         );
@@ -373,20 +380,8 @@ fn a_roll_or_truncation_meeting_a_zeroing_write_in_flight_leaves_no_zeros_behind
         assert!(log.stats().zeroed_bytes > 0, "{:?}", log.stats());
         let bases = log.segment_bases();
         assert!(bases.len() >= 3, "{bases:?}");
-        let file_len = |base: Offset| {
-            std::fs::metadata(path.join(log_file_name(base)))
-                .unwrap()
-                .len()
-        };
         glommio::timer::sleep(std::time::Duration::from_millis(100)).await;
-        for pair in bases.windows(2) {
-            assert_eq!(
-                file_len(pair[0]),
-                data_bytes(&expected, pair[0], pair[1]),
-                "sealed segment {} holds its data and nothing past it",
-                pair[0]
-            );
-        }
+        check_sealed_files_hold_only_their_data(&path, &bases, &expected);
         // A truncation while a zeroing write is in flight.
         expected.extend(append_all(&log, &[(1, 1000); 80], 9_000).await);
         glommio::timer::sleep(std::time::Duration::from_millis(5)).await;
@@ -398,7 +393,7 @@ fn a_roll_or_truncation_meeting_a_zeroing_write_in_flight_leaves_no_zeros_behind
         let active = *log.segment_bases().last().unwrap();
         log.close().await.unwrap();
         assert_eq!(
-            file_len(active),
+            segment_file_len(&path, active),
             data_bytes(&expected, active, Offset(i64::MAX))
         );
         let log = Log::open(path.clone(), config).await.unwrap();

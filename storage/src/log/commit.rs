@@ -1,6 +1,6 @@
 //! The write path: `append` (validation, offset assignment, the tail cache and the pending
-//! queue), the writer and sync roles, group-commit rounds, the direct-IO write to the active
-//! segment, fdatasync, roll, and the interval flusher.
+//! queue), the writer, sync and index roles, group-commit rounds, the direct-IO write to the
+//! active segment, fdatasync, roll, and the interval flusher.
 //!
 //! Only the task holding the writer role writes segment files or rolls; only tasks holding the
 //! sync role (or the writer role, at close) fdatasync. `pending` is drained only after a write
@@ -323,26 +323,24 @@ impl Inner {
     /// Takes the index role (see `State::index_io_busy`). A holder of the writer role may take
     /// it; a holder of only the index role never waits for the writer role.
     pub(super) async fn acquire_index_io(&self) -> IndexIoGuard<'_> {
-        loop {
-            let listen = {
-                let mut st = self.state.borrow_mut();
-                if !st.index_io_busy {
-                    st.index_io_busy = true;
-                    return IndexIoGuard { inner: self };
-                }
-                self.notify.listen()
-            };
-            listen.await;
-        }
+        self.take_role(|st| &mut st.index_io_busy).await;
+        IndexIoGuard { inner: self }
     }
 
     pub(super) async fn acquire_writer(&self) -> WriterGuard<'_> {
+        self.take_role(|st| &mut st.writer_busy).await;
+        WriterGuard { inner: self }
+    }
+
+    /// Waits until the role flag `busy` picks is clear, then sets it.
+    async fn take_role(&self, busy: impl Fn(&mut State) -> &mut bool) {
         loop {
             let listen = {
                 let mut st = self.state.borrow_mut();
-                if !st.writer_busy {
-                    st.writer_busy = true;
-                    return WriterGuard { inner: self };
+                let flag = busy(&mut st);
+                if !*flag {
+                    *flag = true;
+                    return;
                 }
                 self.notify.listen()
             };
@@ -545,15 +543,19 @@ impl Inner {
         // A zeroing write in flight past the data must complete before this write reaches it.
         let end = {
             let st = self.state.borrow();
-            let total: u64 = st
-                .pending
-                .iter()
-                .take(count)
-                .map(|p| p.bytes.len() as u64)
-                .sum();
-            align_up(active(&st.segments).size_bytes + total)
+            st.zeroing.is_some().then(|| {
+                let total: u64 = st
+                    .pending
+                    .iter()
+                    .take(count)
+                    .map(|p| p.bytes.len() as u64)
+                    .sum();
+                align_up(active(&st.segments).size_bytes + total)
+            })
         };
-        self.wait_zeroing(Some(end)).await;
+        if let Some(end) = end {
+            self.wait_zeroing(Some(end)).await;
+        }
         let (file, start, buffer, new_size, new_tail, preallocate_to) = {
             let st = self.state.borrow();
             let active = active(&st.segments);

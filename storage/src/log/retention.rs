@@ -2,7 +2,9 @@
 //! whole old segments beyond `retention_ms` / `retention_bytes`), `delete_records` (advance and
 //! persist the log start offset), and the segment deletion both share: a deleted segment's
 //! files are renamed `*.deleted` at once and removed `file_delete_delay_ms` later (`open`
-//! removes any it finds, so a crash in between leaves nothing behind for long).
+//! removes any it finds, so a crash in between leaves nothing behind for long). Also the
+//! periodic checkpoint of the active segment's indexes (`checkpoint_active_indexes`, under the
+//! index role only), which bounds what a restart after a crash rescans.
 //!
 //! What it must never do: delete the active segment, or move the log start offset backwards or
 //! above what the log considers acknowledged.
