@@ -11,14 +11,19 @@
 //! - state for an unknown producer starts only at sequence 0 (else UNKNOWN_PRODUCER_ID, so
 //!   the client resets its sequence after the broker lost track of it).
 //!
-//! After a restart the state is rebuilt with `restore` from the batches at the end of the log
-//! (`Log::recent_batch_headers`), so a producer continues where it was and a batch it retries
-//! across the restart is answered as the duplicate it is.
+//! After a restart the state comes back from the partition's replay point
+//! (`partition/replay_point.rs`: `encode_into` / `decode` here, then `restore` of every batch
+//! past it), or, without a usable one, from `restore` of the batches at the end of the log
+//! (`Log::recent_batch_headers`); either way a producer continues where it was and a batch it
+//! retries across the restart is answered as the duplicate it is.
 
 use std::collections::{HashMap, VecDeque};
 
+use bytes::{BufMut, BytesMut};
+
 use crate::limits;
 use tern_protocol::error_code::{self, ErrorCode};
+use tern_protocol::wire::Reader;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchSeq {
@@ -174,6 +179,15 @@ impl ProducerStates {
             producer.epoch = batch.epoch;
             producer.batches.clear();
         }
+        if let Some(seen) = producer
+            .batches
+            .iter_mut()
+            .find(|seen| seen.first == batch.first && seen.last == batch.last())
+        {
+            // Already known (a replay that overlaps what a snapshot holds).
+            seen.base_offset = Some(base_offset);
+            return;
+        }
         if producer.batches.len() == limits::BATCHES_REMEMBERED {
             producer.batches.pop_front();
         }
@@ -235,6 +249,65 @@ impl ProducerStates {
     /// for a duplicate of data that was never written.
     pub fn failed(&mut self, batch: BatchSeq) {
         self.producers.remove(&batch.producer_id);
+    }
+
+    /// Appends the state every written batch left, least recently touched producer first:
+    /// batches still in flight (no base offset yet) are left out, so only a state with none in
+    /// flight describes the log exactly. Layout, big-endian: producer count u32, then per
+    /// producer its id i64, epoch i16, batch count u8 and per batch first and last sequence
+    /// i32 and base offset i64.
+    pub fn encode_into(&self, out: &mut BytesMut) {
+        let mut producers: Vec<(&i64, &Producer)> = self.producers.iter().collect();
+        producers.sort_by_key(|(_, producer)| producer.touched);
+        out.put_u32(producers.len() as u32);
+        for (id, producer) in producers {
+            let written = || producer.batches.iter().filter(|b| b.base_offset.is_some());
+            out.put_i64(*id);
+            out.put_i16(producer.epoch);
+            out.put_u8(written().count() as u8);
+            for batch in written() {
+                out.put_i32(batch.first);
+                out.put_i32(batch.last);
+                out.put_i64(batch.base_offset.unwrap_or(-1));
+            }
+        }
+    }
+
+    /// Reads back what `encode_into` wrote; None when a count breaks the limits or the bytes
+    /// run out (the caller's checksum has passed, so that is a bug or a foreign file).
+    pub fn decode(reader: &mut Reader<'_>) -> Option<ProducerStates> {
+        let count = reader.i32().ok()? as u32 as usize;
+        if count > limits::PRODUCERS_PER_PARTITION_MAX {
+            return None;
+        }
+        let mut states = ProducerStates::default();
+        for _ in 0..count {
+            let id = reader.i64().ok()?;
+            let epoch = reader.i16().ok()?;
+            let batch_count = reader.i8().ok()? as u8 as usize;
+            if batch_count > limits::BATCHES_REMEMBERED {
+                return None;
+            }
+            let mut batches = VecDeque::with_capacity(limits::BATCHES_REMEMBERED);
+            for _ in 0..batch_count {
+                batches.push_back(Remembered {
+                    first: reader.i32().ok()?,
+                    last: reader.i32().ok()?,
+                    base_offset: Some(reader.i64().ok()?),
+                });
+            }
+            states.clock += 1;
+            let touched = states.clock;
+            states.producers.insert(
+                id,
+                Producer {
+                    epoch,
+                    batches,
+                    touched,
+                },
+            );
+        }
+        Some(states)
     }
 
     fn evict_oldest(&mut self) {
@@ -331,6 +404,53 @@ mod tests {
             Check::Append,
             "the retry is appended, not taken as a duplicate"
         );
+    }
+
+    #[test]
+    fn encoded_state_decodes_to_the_same_answers_without_batches_in_flight() {
+        let mut states = ProducerStates::default();
+        for i in 0..7 {
+            states.restore(batch(0, i * 2, 2), 100 + i64::from(i) * 2);
+        }
+        let other = BatchSeq {
+            producer_id: 9,
+            ..batch(3, 0, 4)
+        };
+        assert_eq!(states.check(other), Check::Append);
+        states.committed(other, 300);
+        // In flight: checked, not yet written.
+        assert_eq!(states.check(batch(0, 14, 1)), Check::Append);
+        let mut out = BytesMut::new();
+        states.encode_into(&mut out);
+        let mut reader = Reader::new(&out);
+        let mut back = ProducerStates::decode(&mut reader).unwrap();
+        assert!(reader.is_empty());
+        assert_eq!(
+            back.check(batch(0, 12, 2)),
+            Check::Duplicate {
+                base_offset: Some(112)
+            }
+        );
+        assert_eq!(
+            back.check(other),
+            Check::Duplicate {
+                base_offset: Some(300)
+            }
+        );
+        // The batch that was in flight is not in the snapshot: its retry is appended.
+        assert_eq!(back.check(batch(0, 14, 1)), Check::Append);
+        // Replaying a batch the snapshot already holds changes nothing.
+        back.restore(batch(0, 12, 2), 112);
+        assert_eq!(
+            back.check(batch(0, 10, 2)),
+            Check::Duplicate {
+                base_offset: Some(110)
+            }
+        );
+        for cut in 0..out.len() {
+            let mut reader = Reader::new(&out[..cut]);
+            assert!(ProducerStates::decode(&mut reader).is_none());
+        }
     }
 
     #[test]

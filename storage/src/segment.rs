@@ -383,20 +383,24 @@ async fn write_padded_at_start(
 }
 
 /// Writes `bytes` over the start of `dir/name` in place (direct IO, padded with zeros to the
-/// alignment, fdatasync'ed), creating the file if needed; never truncates or renames, so it
-/// frees no blocks. The content must guard itself against a torn write and ignore what follows
-/// it (a checksum and a length). Returns whether the file was created: the caller then syncs
-/// the directory.
+/// alignment, fdatasync'ed when `sync`), creating the file if needed; never truncates or
+/// renames, so it frees no blocks. The content must guard itself against a torn write and
+/// ignore what follows it (a checksum and a length). Returns whether the file was created: a
+/// caller that syncs then syncs the directory.
 pub(crate) async fn write_in_place(
     dir: &Path,
     name: &str,
     bytes: &[u8],
+    sync: bool,
 ) -> Result<bool, StorageIoError> {
     let path = dir.join(name);
     let created = !path.exists();
     let file = open_rw(&path).await?;
     let result = async {
         write_padded_at_start(&file, bytes, &path).await?;
+        if !sync {
+            return Ok(());
+        }
         file.fdatasync()
             .await
             .map_err(|e| StorageIoError::new(format!("syncing {}", path.display()), e))

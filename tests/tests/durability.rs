@@ -355,6 +355,104 @@ fn idempotent_producer_sequences_survive_restarts_without_duplicates() {
     );
 }
 
+/// A producer whose last batch lies far behind the end of the log (more than the 2 MiB a
+/// restart without a replay point would scan) is still known after kill -9, because the
+/// partition's replay point holds its state: its retry is answered with the original offset
+/// instead of being written twice. Raw Produce v3 frames, so producer id and sequences are
+/// exact.
+#[test]
+fn a_producer_far_behind_the_log_end_is_known_after_kill_9_through_the_replay_point() {
+    use tern_protocol::batch::BatchBuilder;
+    use tern_protocol::types::{ProducerId, TimestampMs};
+    use tern_tests::wire::{self, Fate, RawConnection};
+
+    let mut broker = Broker::start(1);
+    let topic = "replay-point";
+    kafka::create_topic(&broker, topic, 1, &[]);
+    let batch = |producer: i64, sequence: i32, value: &str| {
+        let mut builder = BatchBuilder::new(TimestampMs(1_700_000_000_000));
+        builder.producer_id = ProducerId(producer);
+        builder.producer_epoch = if producer < 0 { -1 } else { 0 };
+        builder.base_sequence = sequence;
+        builder.value(0, value.to_string()).build().to_vec()
+    };
+    let produce = |broker: &Broker, records: &[u8]| -> (i16, i64) {
+        let addr = broker.bootstrap().parse().expect("address");
+        let mut connection = RawConnection::connect(addr);
+        connection
+            .send(&wire::request(
+                0,
+                3,
+                1,
+                &wire::produce_v3_body(topic, 0, records),
+            ))
+            .expect("send");
+        match connection.fate(Duration::from_secs(10)) {
+            Fate::Answered(frame) => wire::parse_produce_v3(&frame).expect("Produce v3 response"),
+            other => panic!("no Produce answer: {other:?}"),
+        }
+    };
+
+    assert_eq!(produce(&broker, &batch(1000, 0, "first")), (0, 0));
+    // 4 MiB of batches from a producer without idempotence bury it.
+    let filler = "x".repeat(512 * 1024);
+    for i in 0..8 {
+        assert_eq!(produce(&broker, &batch(-1, -1, &filler)), (0, 1 + i));
+    }
+    let end = 9;
+    // The replay point is taken at the next index checkpoint (every 2 s); its bytes 8..16
+    // hold the offset it was taken at (layout in broker/src/partition/replay_point.rs).
+    let file = broker
+        .data_dir()
+        .join("data")
+        .join(format!("{topic}-0"))
+        .join("replay-point");
+    let taken_at = || -> Option<i64> {
+        let bytes = std::fs::read(&file).ok()?;
+        (bytes.get(..4)? == b"TRP1").then_some(())?;
+        Some(i64::from_be_bytes(bytes.get(8..16)?.try_into().ok()?))
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while taken_at() != Some(end) {
+        assert!(
+            Instant::now() < deadline,
+            "no replay point at {end}: {:?}",
+            taken_at()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    broker.kill9();
+    broker.restart();
+    assert_eq!(
+        produce(&broker, &batch(1000, 0, "first")),
+        (0, 0),
+        "the retry is the duplicate it is"
+    );
+    assert_eq!(produce(&broker, &batch(1000, 1, "second")), (0, end));
+    assert_eq!(
+        kafka::watermarks(&broker, topic, 0),
+        (0, end + 1),
+        "nothing written twice"
+    );
+    // Every partition (the topic's and the internal ones) opened from its replay point.
+    let log = broker.log();
+    let opened = log
+        .lines()
+        .rev()
+        .find_map(|line| {
+            let (_, rest) = line.split_once("opened ")?;
+            let (all, rest) = rest.split_once(" partition(s), ")?;
+            let (from_points, _) = rest.split_once(" from their replay point")?;
+            Some((all.to_string(), from_points.to_string()))
+        })
+        .expect("the broker says how its partitions opened");
+    assert_eq!(
+        opened.0, opened.1,
+        "partitions opened, and from a replay point"
+    );
+}
+
 /// Kafka's `flush.messages` set alone (its `flush.ms` left at Kafka's default, never) is a
 /// valid broker default: the broker starts, every partition opens, records are acknowledged
 /// after the write and read back, and a graceful restart keeps them.

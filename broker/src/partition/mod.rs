@@ -4,7 +4,11 @@
 //! - `state`: the I/O-free `PartitionState` (leader epoch, replicas and ISR, offsets and the
 //!   high watermark, `min.insync.replicas`, idempotent producers), unit-tested on its own.
 //! - `txns`: open and aborted transactions and the last stable offset, snapshotted beside
-//!   the log (`restore_txns` replays past the snapshot at open and after a truncation).
+//!   the log when they change.
+//! - `replay_point`: the producers' and transactions' state as of one offset, written beside
+//!   the log every index checkpoint when no append is in flight; `restore_state` starts from
+//!   it at open and after a truncation and replays only the batches past it (without one:
+//!   the end of the log for producers, the transaction snapshot onwards for transactions).
 //! - `waiters`: long-poll fetches parked on a partition until its high watermark passes what
 //!   they have seen, under a per-shard cap.
 //! - here: `Partition::append` (produce and the group coordinator append through it as the
@@ -25,6 +29,7 @@
 //! which the partition layer decides; the log only reports what it has made durable.
 
 pub mod epochs;
+pub mod replay_point;
 pub mod state;
 pub mod txns;
 pub mod waiters;
@@ -92,6 +97,54 @@ pub struct Partition {
     topic_id: Cell<[u8; 16]>,
     /// Open and aborted transactions: the last stable offset and read_committed's skips.
     txns: RefCell<txns::PartitionTxns>,
+    /// Appends and truncations between their first look at the producers' or transactions'
+    /// state and their last change to it.
+    appends: Appends,
+    /// The log end the last replay point on disk was taken at.
+    replay_point_at: Cell<Offset>,
+}
+
+/// Appends and truncations in flight, and how many have started: while one runs, the
+/// producers' and transactions' state and the log disagree, so no replay point is taken; one
+/// that started meanwhile voids a replay point being prepared.
+#[derive(Default)]
+struct Appends {
+    in_flight: Cell<u32>,
+    started: Cell<u64>,
+}
+
+impl Appends {
+    fn enter(&self) -> InFlight<'_> {
+        self.in_flight.set(self.in_flight.get() + 1);
+        self.started.set(self.started.get() + 1);
+        InFlight(self)
+    }
+
+    /// None while one is in flight, else a mark that `unchanged_since` compares.
+    fn settled(&self) -> Option<u64> {
+        (self.in_flight.get() == 0).then(|| self.started.get())
+    }
+
+    fn unchanged_since(&self, mark: u64) -> bool {
+        self.settled() == Some(mark)
+    }
+}
+
+/// One append in `Appends::in_flight` until dropped.
+struct InFlight<'a>(&'a Appends);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.set(self.0.in_flight.get() - 1);
+    }
+}
+
+/// The producers' and transactions' state a partition opens with, and the offset of the
+/// replay point it came from (-1 when none was usable).
+pub struct Restored {
+    pub producers: ProducerStates,
+    pub txns: txns::PartitionTxns,
+    pub replay_point_at: Offset,
 }
 
 /// A successful (or duplicate) append, as Produce answers it.
@@ -192,16 +245,21 @@ pub enum WaitEnd {
 }
 
 impl Partition {
-    /// A partition over `log` as `meta` describes it, with `producers` rebuilt from the log.
+    /// A partition over `log` as `meta` describes it, with the state `restore_state` rebuilt
+    /// from it.
     pub fn new(
         tp: TopicPartition,
         log: Log,
         policy: TopicPolicy,
         node: BrokerId,
         meta: &PartitionMeta,
-        producers: ProducerStates,
-        txns: txns::PartitionTxns,
+        restored: Restored,
     ) -> Partition {
+        let Restored {
+            producers,
+            txns,
+            replay_point_at,
+        } = restored;
         let offsets = log_offsets(&log);
         let state = PartitionState::new(
             node,
@@ -223,6 +281,8 @@ impl Partition {
             topic_id: Cell::new([0; 16]),
             detached: Cell::new(false),
             txns: RefCell::new(txns),
+            appends: Appends::default(),
+            replay_point_at: Cell::new(replay_point_at),
         }
     }
 
@@ -373,10 +433,12 @@ impl Partition {
             });
         }
         let transactional = first.filter(|h| h.is_transactional() && h.producer_id().0 >= 0);
+        let in_flight = self.appends.enter();
         let sequence = match self.idempotence(&records)? {
             Sequenced::None => None,
             Sequenced::Append(sequence) => Some(sequence),
             Sequenced::Duplicate(appended) => {
+                drop(in_flight);
                 // A retry of a batch already in the log: answered as the original would be.
                 if acks == -1 {
                     self.replicated(appended.base_offset, leader_epoch, deadline)
@@ -397,6 +459,7 @@ impl Partition {
                         .borrow_mut()
                         .observe(header, info.base_offset.0, None);
                 }
+                drop(in_flight);
                 self.log_moved();
                 if acks == -1 {
                     self.replicated(info.base_offset, leader_epoch, deadline)
@@ -589,6 +652,7 @@ impl Partition {
         if !records.is_empty() {
             let headers = batch_headers(&records);
             let markers = control_markers(&records);
+            let _in_flight = self.appends.enter();
             if let Err(error) = self.log.append_replicated(records, now).await {
                 return Err(AppendFailure {
                     code: error.kafka_error_code(),
@@ -658,6 +722,7 @@ impl Partition {
         if self.leader_epoch() != epoch {
             return Err(AppendFailure::code(error_code::FENCED_LEADER_EPOCH));
         }
+        let _in_flight = self.appends.enter();
         self.truncating.set(true);
         let cut = self.log.truncate_to(offset).await;
         // The state hears of the new end before anything else can move it.
@@ -671,10 +736,12 @@ impl Partition {
             message: Some(error.to_string()),
             record_errors: Vec::new(),
         })?;
-        let producers = restore_producers(&self.log, &self.tp).await;
-        self.state.borrow_mut().replace_producers(producers);
-        let txns = restore_txns(&self.log, &self.tp).await;
-        *self.txns.borrow_mut() = txns;
+        let restored = restore_state(&self.log, &self.tp).await;
+        self.state
+            .borrow_mut()
+            .replace_producers(restored.producers);
+        *self.txns.borrow_mut() = restored.txns;
+        self.replay_point_at.set(restored.replay_point_at);
         Ok(end)
     }
 
@@ -874,6 +941,7 @@ impl Partition {
         );
         let header = BatchHeader::parse_unchecked(&batch)
             .map_err(|_| AppendFailure::code(error_code::UNKNOWN_SERVER_ERROR))?;
+        let in_flight = self.appends.enter();
         let info = self
             .log
             .append(batch, leader_epoch, now)
@@ -889,6 +957,7 @@ impl Partition {
         self.txns
             .borrow_mut()
             .observe(&header, info.base_offset.0, Some(commit));
+        drop(in_flight);
         self.log_moved();
         self.replicated(info.base_offset, leader_epoch, deadline)
             .await?;
@@ -919,6 +988,7 @@ impl Partition {
             }
             state.leader_epoch()
         };
+        let in_flight = self.appends.enter();
         let info = self
             .log
             .append(records, leader_epoch, now)
@@ -931,6 +1001,7 @@ impl Partition {
         self.txns
             .borrow_mut()
             .observe(&header, info.base_offset.0, None);
+        drop(in_flight);
         self.log_moved();
         self.replicated(info.base_offset, leader_epoch, deadline)
             .await?;
@@ -957,6 +1028,44 @@ impl Partition {
         if let Some(bytes) = snapshot {
             if let Err(error) = self.log.write_sidecar(txns::SNAPSHOT_FILE, &bytes).await {
                 tracing::warn!(partition = %self.tp.dir_name(), %error, "cannot persist the transaction snapshot");
+            }
+        }
+    }
+
+    /// Writes a replay point (`replay_point`) if the log moved since the last one and no
+    /// append is in flight (index checkpoints and close).
+    pub async fn checkpoint_replay_point(&self) {
+        let Some(mark) = self.appends.settled() else {
+            return;
+        };
+        let end = self.log.log_end_offset();
+        if end == self.replay_point_at.get() {
+            return;
+        }
+        let last = if end > self.log.log_start_offset() {
+            let Some(last) = batch_ending_at(&self.log, end).await else {
+                return;
+            };
+            Some(last)
+        } else {
+            None
+        };
+        if !self.appends.unchanged_since(mark) || self.log.log_end_offset() != end {
+            return;
+        }
+        let bytes = {
+            let mut txns = self.txns.borrow().clone();
+            txns.observed_through(end.0);
+            replay_point::encode(end, last.as_ref(), self.state.borrow().producers(), &txns)
+        };
+        match self
+            .log
+            .write_sidecar_in_place(replay_point::FILE, &bytes)
+            .await
+        {
+            Ok(()) => self.replay_point_at.set(end),
+            Err(error) => {
+                tracing::warn!(partition = %self.tp.dir_name(), %error, "cannot write the replay point")
             }
         }
     }
@@ -1059,30 +1168,126 @@ pub async fn restore_txns(log: &Log, tp: &TopicPartition) -> txns::PartitionTxns
         }
     };
     txns.trim(start);
-    let mut next = Offset(txns.next_offset().max(start));
+    let from = Offset(txns.next_offset().max(start));
+    let replayed = replay_batches(log, from, end, |batch, header| {
+        let marker = tern_protocol::records::control_marker(batch, header);
+        txns.observe(header, header.base_offset().0, marker);
+    })
+    .await;
+    if let Err(error) = replayed {
+        tracing::error!(partition = %tp.dir_name(), %error, "cannot replay transactions from the log");
+    }
+    txns
+}
+
+/// Feeds `visit` every batch from the one holding `from` (those ending at or below it left
+/// out) up to `end`, in log order.
+async fn replay_batches(
+    log: &Log,
+    from: Offset,
+    end: Offset,
+    mut visit: impl FnMut(&[u8], &BatchHeader),
+) -> Result<(), tern_storage::ReadError> {
+    let mut next = from;
     while next < end {
-        let slice = match log
+        let slice = log
             .read(next, crate::limits::TXN_REPLAY_READ_BYTES, end)
-            .await
-        {
-            Ok(slice) => slice,
-            Err(error) => {
-                tracing::error!(partition = %tp.dir_name(), %error, "cannot replay transactions from the log");
-                break;
-            }
-        };
+            .await?;
         if slice.next_offset <= next {
             break;
         }
         for chunk in &slice.chunks {
             for (batch, header) in batches(chunk).filter(|(_, h)| h.next_offset() > next) {
-                let marker = tern_protocol::records::control_marker(batch, &header);
-                txns.observe(&header, header.base_offset().0, marker);
+                visit(batch, &header);
             }
         }
         next = slice.next_offset;
     }
-    txns
+    Ok(())
+}
+
+/// The header of the batch whose next offset is `end`, if the log holds one.
+async fn batch_ending_at(log: &Log, end: Offset) -> Option<BatchHeader> {
+    let slice = log.read(Offset(end.0 - 1), 1, end).await.ok()?;
+    let header = BatchHeader::parse_unchecked(slice.chunks.first()?).ok()?;
+    (header.next_offset() == end).then_some(header)
+}
+
+/// A partition's producers and transactions as the log leaves them: its replay point and the
+/// batches past it when the point is usable (see `replay_point`), else what
+/// `restore_producers` and `restore_txns` rebuild.
+pub async fn restore_state(log: &Log, tp: &TopicPartition) -> Restored {
+    if let Some(point) = usable_replay_point(log, tp).await {
+        let replay_point::ReplayPoint {
+            next_offset,
+            mut producers,
+            mut txns,
+            ..
+        } = point;
+        txns.trim(log.log_start_offset().0);
+        let from = next_offset.max(log.log_start_offset());
+        let replayed = replay_batches(log, from, log.log_end_offset(), |batch, header| {
+            let producer_id = header.producer_id().0;
+            let marker = tern_protocol::records::control_marker(batch, header);
+            if producer_id >= 0 && header.is_control() {
+                producers.fence(producer_id, header.producer_epoch());
+            } else if producer_id >= 0 {
+                producers.restore(BatchSeq::of(header), header.base_offset().0);
+            }
+            txns.observe(header, header.base_offset().0, marker);
+        })
+        .await;
+        match replayed {
+            Ok(()) => {
+                return Restored {
+                    producers,
+                    txns,
+                    replay_point_at: next_offset,
+                }
+            }
+            Err(error) => {
+                tracing::warn!(partition = %tp.dir_name(), %error, "cannot replay the log past the replay point; rebuilding from the log")
+            }
+        }
+    }
+    Restored {
+        producers: restore_producers(log, tp).await,
+        txns: restore_txns(log, tp).await,
+        replay_point_at: Offset(-1),
+    }
+}
+
+/// The replay point beside `log` if it is intact and leads to this log: within it, and after
+/// the very batch it was taken after.
+async fn usable_replay_point(log: &Log, tp: &TopicPartition) -> Option<replay_point::ReplayPoint> {
+    let bytes = match log.read_sidecar(replay_point::FILE).await {
+        Ok(Some(bytes)) => bytes,
+        Ok(None) => return None,
+        Err(error) => {
+            tracing::warn!(partition = %tp.dir_name(), %error, "cannot read the replay point; rebuilding from the log");
+            return None;
+        }
+    };
+    let Some(point) = replay_point::decode(&bytes) else {
+        tracing::warn!(partition = %tp.dir_name(), "damaged replay point; rebuilding from the log");
+        return None;
+    };
+    let at = point.next_offset;
+    let leads_here = if at > log.log_end_offset() {
+        false
+    } else if at > log.log_start_offset() {
+        batch_ending_at(log, at)
+            .await
+            .is_some_and(|last| point.last_batch_crc == Some(last.crc()))
+    } else {
+        true
+    };
+    if !leads_here {
+        tracing::info!(partition = %tp.dir_name(), at = at.0,
+            "replay point does not match the log (truncated or rewritten since); rebuilding from the log");
+        return None;
+    }
+    Some(point)
 }
 
 fn batch_headers(records: &[u8]) -> Vec<BatchHeader> {

@@ -395,6 +395,11 @@ impl PartitionState {
         cut_below
     }
 
+    /// The idempotent producers' state (for a replay point).
+    pub fn producers(&self) -> &ProducerStates {
+        &self.producers
+    }
+
     /// Replaces the idempotent producers' state (rebuilt from the log after a truncation).
     pub fn replace_producers(&mut self, producers: ProducerStates) {
         self.producers = producers;

@@ -90,6 +90,12 @@ impl PartitionTxns {
         }
     }
 
+    /// Every batch below `offset` has been observed (batches outside transactions are not fed
+    /// to `observe` as they are appended; a replay point records where the log stood).
+    pub fn observed_through(&mut self, offset: i64) {
+        self.next_offset = self.next_offset.max(offset);
+    }
+
     /// The first offset of the oldest open transaction: read_committed readers stop there.
     pub fn first_unstable(&self) -> Option<i64> {
         self.open.values().min().copied()

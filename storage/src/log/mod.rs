@@ -418,7 +418,21 @@ impl Log {
         sync_dir(&self.inner.dir).await
     }
 
-    /// Reads a sidecar file written by `write_sidecar`, or None if there is none.
+    /// Writes a sidecar file over its old contents in place, without a rename or an
+    /// fdatasync: for state the layer above can rebuild, written often. A kill -9 keeps the
+    /// write; a power loss may leave the old contents, a torn mix or no file, so `bytes` must
+    /// carry their own length and checksum (what follows them is not cleared).
+    pub async fn write_sidecar_in_place(
+        &self,
+        name: &str,
+        bytes: &[u8],
+    ) -> Result<(), StorageIoError> {
+        segment::write_in_place(&self.inner.dir, name, bytes, false).await?;
+        Ok(())
+    }
+
+    /// Reads a sidecar file written by `write_sidecar` or `write_sidecar_in_place`, or None
+    /// if there is none.
     pub async fn read_sidecar(&self, name: &str) -> Result<Option<Vec<u8>>, StorageIoError> {
         segment::read_small_file(&self.inner.dir.join(name)).await
     }

@@ -136,7 +136,9 @@ impl Log {
             &indexer.offset_index.encode(),
             &indexer.time_index.encode(),
         );
-        if segment::write_in_place(&self.inner.dir, INDEX_CHECKPOINT_FILE_NAME, &bytes).await? {
+        if segment::write_in_place(&self.inner.dir, INDEX_CHECKPOINT_FILE_NAME, &bytes, true)
+            .await?
+        {
             sync_dir(&self.inner.dir).await?;
         }
         Ok(())
