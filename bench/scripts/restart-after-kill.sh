@@ -53,4 +53,7 @@ grep -c "partition " "$work/describe.txt" | sed 's/^/partitions described: /'
 echo "torn tails cut: $(grep -c 'truncating segment at the last valid batch' "$work/broker.log" || true)" \
     "(found from an index checkpoint: $(grep -c 'scanned from its checkpointed index' "$work/broker.log" || true));" \
     "index checkpoints not usable: $(grep -cE 'damaged index checkpoint|index checkpoint out of step|no valid batch at the checkpointed' "$work/broker.log" || true)"
+# Producer and transaction state comes back from each partition's replay point when it is
+# usable; the others replay their log (transactions: from the start).
+sed 's/\x1b\[[0-9;]*m//g' "$work/broker.log" | grep -o "opened [0-9]* partition(s), [0-9]* from their replay point" | tail -1 || true
 grep -E "tern is serving|starting|shutting down" "$work/broker.log" | tail -3 | cut -c1-160 || true
