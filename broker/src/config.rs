@@ -75,6 +75,9 @@ pub struct BrokerConfig {
     /// Memory per shard for the tail caches of all its partitions (the batches appended last,
     /// served to consumers without a disk read; the oldest appended leave first).
     pub tail_cache_bytes: usize,
+    /// Sealed segments' files one shard keeps open (least recently read ones are closed and
+    /// opened again when read); active segments' files stay open, one per partition.
+    pub open_files_per_shard: usize,
     /// Long-poll registrations that may be parked on one shard's partitions at once.
     pub max_parked_fetches: usize,
     /// The metadata quorum's voters and their internal addresses (Kafka's
@@ -257,6 +260,7 @@ impl Default for BrokerConfig {
             limits: ConnectionLimits::default(),
             index_cache_bytes: crate::limits::INDEX_CACHE_BYTES_PER_SHARD,
             tail_cache_bytes: crate::limits::TAIL_CACHE_BYTES_PER_SHARD,
+            open_files_per_shard: crate::limits::OPEN_SEALED_FILES_PER_SHARD,
             max_parked_fetches: crate::limits::FETCH_PARKED_PER_SHARD,
             voters: Vec::new(),
             cluster_id: None,
@@ -482,6 +486,7 @@ pub struct FileConfig {
     pub transactional_id_expiration_ms: Option<i64>,
     pub index_cache_bytes: Option<usize>,
     pub tail_cache_bytes: Option<usize>,
+    pub open_files_per_shard: Option<usize>,
     pub max_parked_fetches: Option<usize>,
     /// `"1@127.0.0.1:19093,2@127.0.0.1:29093"`, as Kafka's `controller.quorum.voters`.
     pub voters: Option<String>,

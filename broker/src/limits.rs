@@ -118,6 +118,11 @@ pub const TAIL_CACHE_BYTES_PER_PARTITION: usize = 8 * 1024 * 1024;
 /// memory does not grow with the number of partitions.
 pub const TAIL_CACHE_BYTES_PER_SHARD: usize = 256 * 1024 * 1024;
 
+/// Default sealed segments' files open per shard (`--open-files-per-shard`): with one active
+/// segment file per partition and one descriptor per connection, a shard stays well inside
+/// the usual 1,048,576-descriptor limit however much data it holds.
+pub const OPEN_SEALED_FILES_PER_SHARD: usize = 16 * 1024;
+
 const _: () = assert!(CONNECTION_BUFFERED_BYTES_MAX >= protocol::FRAME_BYTES_MAX);
 const _: () = assert!(CONNECTION_IN_FLIGHT_MAX >= 5);
 const _: () = assert!(CONNECTION_IN_FLIGHT_MAX <= CONNECTION_IN_FLIGHT_HARD_MAX);

@@ -446,6 +446,7 @@ pub fn collect_logs(
     logs: impl Iterator<Item = LogStats>,
     cache: IndexCacheStats,
     tail: tern_storage::TailBudgetStats,
+    files: tern_storage::FileBudgetStats,
     out: &mut ShardSample,
 ) {
     use Kind::*;
@@ -504,6 +505,24 @@ pub fn collect_logs(
         Counter,
         "Batches that left a tail cache to keep the shard within its budget.",
         tail.evictions,
+    );
+    out.push(
+        "open_segment_files",
+        Gauge,
+        "Sealed segments' files open (active segments' files, one per partition, not counted).",
+        files.open as u64,
+    );
+    out.push(
+        "open_segment_files_limit",
+        Gauge,
+        "The shard's limit on open sealed segments' files (--open-files-per-shard).",
+        files.limit as u64,
+    );
+    out.push(
+        "segment_file_reopens_total",
+        Counter,
+        "Sealed segments' files opened again for a read after the budget closed them.",
+        files.reopens,
     );
     out.push(
         "log_active_index_bytes",

@@ -78,6 +78,8 @@ pub struct Shard {
     pub index_cache: Rc<tern_storage::IndexCache>,
     /// The one budget of every partition's tail cache on this shard.
     pub tail_budget: Rc<tern_storage::TailBudget>,
+    /// Sealed segments' files open on this shard.
+    pub file_budget: Rc<tern_storage::FileBudget>,
     /// Cap on long-poll fetches parked on this shard's partitions.
     pub park_budget: Rc<ParkBudget>,
     /// Tasks waiting for this shard's next image (see `next_image`).
@@ -140,6 +142,7 @@ impl Shard {
             }),
             index_cache: tern_storage::IndexCache::new(config.index_cache_bytes),
             tail_budget: tern_storage::TailBudget::new(config.tail_cache_bytes),
+            file_budget: tern_storage::FileBudget::new(config.open_files_per_shard),
             park_budget: ParkBudget::new(config.max_parked_fetches),
             image_watchers: RefCell::new(Vec::new()),
             restarting: RefCell::new(HashSet::new()),
@@ -355,6 +358,7 @@ impl Shard {
                     policy.log.clone(),
                     self.index_cache.clone(),
                     self.tail_budget.clone(),
+                    self.file_budget.clone(),
                 )
             }))
             .await;
@@ -601,6 +605,7 @@ impl Shard {
             partitions.values().map(|partition| partition.log.stats()),
             self.index_cache.stats(),
             self.tail_budget.stats(),
+            self.file_budget.stats(),
             &mut sample,
         );
         sample

@@ -20,8 +20,8 @@
 //! - `log/clean.rs`: log compaction — dirtiness, one cleaning pass, the crash-safe swap.
 //! - `offset_map`: the cleaner's fixed-memory map of key hash to latest offset (pure).
 //! - `leader_epoch`: the leader-epoch cache and its `leader-epoch-checkpoint` format (pure).
-//! - `segment`, `index`, `index_cache`: one segment's files, the sparse indexes (pure), the
-//!   shard-wide budget for sealed indexes.
+//! - `segment`, `index`, `index_cache`, `file_budget`: one segment's files, the sparse
+//!   indexes (pure), the shard-wide budgets for sealed segments' indexes and open files.
 //! - `checkpoint`: the one-offset checkpoint files' format (pure).
 //! - `config`, `limits`, `error`, `lock`, `notify`: configuration, every bound, one error enum
 //!   per operation, the data-dir lock, the wake-up primitives.
@@ -29,6 +29,7 @@
 mod checkpoint;
 pub mod config;
 pub mod error;
+mod file_budget;
 pub mod index;
 pub mod index_cache;
 pub mod leader_epoch;
@@ -44,6 +45,7 @@ pub use error::{
     codes, AppendError, AppendReplicatedError, DeleteError, LockError, OpenError, ReadError,
     StorageIoError, TruncateError,
 };
+pub use file_budget::{FileBudget, FileBudgetStats};
 pub use index_cache::{IndexCache, IndexCacheStats};
 pub use leader_epoch::{EpochEntry, LeaderEpochCache, LEADER_EPOCH_FILE_NAME};
 pub use lock::{DataDirLock, LOCK_FILE_NAME};

@@ -103,6 +103,10 @@ pub const SEGMENT_INDEX_BYTES_MIN: u32 = 2 * TIME_INDEX_ENTRY_BYTES as u32;
 /// shares one cache per shard, sized by its own configuration.
 pub const INDEX_CACHE_BYTES_DEFAULT: usize = 16 * 1024 * 1024;
 
+/// Sealed segments' files kept open by a budget made by `Log::open` for a lone log. The broker
+/// shares one budget per shard (`--open-files-per-shard`).
+pub const OPEN_SEALED_FILES_DEFAULT: usize = 1024;
+
 /// Offset index entry: relative offset u32 + position u32.
 pub const OFFSET_INDEX_ENTRY_BYTES: usize = 8;
 /// Time index entry: timestamp i64 + relative offset u32.

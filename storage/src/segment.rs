@@ -19,7 +19,6 @@
 
 use std::cell::Cell;
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
 
 use glommio::io::{DmaFile, OpenOptions};
 use tern_protocol::batch::{
@@ -29,6 +28,7 @@ use tern_protocol::batch::{
 use tern_protocol::types::{FilePosition, Offset};
 
 use crate::error::StorageIoError;
+use crate::file_budget::SegmentFile;
 use crate::index::{OffsetIndex, SegmentIndexer, TimeIndex};
 use crate::limits;
 
@@ -58,10 +58,11 @@ pub(crate) fn align_up(v: u64) -> u64 {
     align_down(v + limits::DMA_ALIGNMENT_BYTES - 1)
 }
 
-/// A segment as the log holds it in memory. The file stays open for reads; only the active
-/// (last) segment is written, and only by the task holding the writer role.
+/// A segment as the log holds it in memory. Only the active (last) segment is written, and
+/// only by the task holding the writer role; its file stays open, a sealed one's is open
+/// within the shard's `FileBudget`.
 pub(crate) struct Segment {
-    pub file: Rc<DmaFile>,
+    pub file: SegmentFile,
     /// Logical size: bytes of whole batches written. Bytes beyond it are padding or garbage.
     pub size_bytes: u64,
     pub indexer: SegmentIndexer,

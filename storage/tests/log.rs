@@ -1007,6 +1007,7 @@ fn tail_caches_of_a_shard_stay_within_one_budget_oldest_appended_out_first() {
                 config.clone(),
                 IndexCache::new(1 << 20),
                 budget.clone(),
+                tern_storage::FileBudget::new(64),
             )
         };
         let (a, b) = (open("a").await.unwrap(), open("b").await.unwrap());
@@ -1053,6 +1054,82 @@ fn tail_caches_of_a_shard_stay_within_one_budget_oldest_appended_out_first() {
         a.close().await.unwrap();
         assert_eq!(budget.stats().bytes, 0);
         assert_eq!(budget.stats().batches, 0);
+    });
+}
+
+/// Descriptors this process holds on `.log` files under `dir`.
+fn open_log_files(dir: &Path) -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+        .filter(|target| target.starts_with(dir) && target.extension().is_some_and(|e| e == "log"))
+        .count()
+}
+
+#[test]
+fn sealed_segments_files_stay_within_the_shard_file_budget_and_read_back() {
+    use tern_storage::{FileBudget, IndexCache, TailBudget};
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    run_async(move || async move {
+        let limit = 3;
+        let budget = FileBudget::new(limit);
+        let config = LogConfig {
+            segment_bytes: 4 * 1024,
+            ..small_config()
+        };
+        let open = |name: &str| {
+            Log::open_with_caches(
+                root.join(name),
+                config.clone(),
+                IndexCache::new(1 << 20),
+                TailBudget::new(usize::MAX),
+                budget.clone(),
+            )
+        };
+        // Descriptors close on glommio's next I/O cycle: give it one before counting.
+        let settle = || glommio::timer::sleep(std::time::Duration::from_millis(20));
+        let (a, b) = (open("a").await.unwrap(), open("b").await.unwrap());
+        let specs: Vec<(usize, usize)> = (0..40).map(|_| (2, 500)).collect();
+        let expected_a = append_all(&a, &specs, 1_000).await;
+        let expected_b = append_all(&b, &specs, 2_000).await;
+        assert!(a.segment_bases().len() > 10, "{:?}", a.segment_bases());
+        assert!(budget.stats().open <= limit, "{:?}", budget.stats());
+        settle().await;
+        // One active file per log, and the budget's sealed ones.
+        assert!(
+            open_log_files(&root) <= limit + 2,
+            "{}",
+            open_log_files(&root)
+        );
+        // Every sealed segment is read, so every one is opened again, and the budget holds.
+        check_whole_log(&a, &expected_a).await;
+        check_whole_log(&b, &expected_b).await;
+        let stats = budget.stats();
+        assert!(stats.open <= limit, "{stats:?}");
+        assert!(stats.reopens > 10 && stats.evictions > 10, "{stats:?}");
+        settle().await;
+        assert!(
+            open_log_files(&root) <= limit + 2,
+            "{}",
+            open_log_files(&root)
+        );
+        // A cut inside a sealed segment makes it the active one again: its file is written.
+        let cut = expected_a[5].base;
+        a.truncate_to(cut).await.unwrap();
+        let mut expected_a = expected_a[..5].to_vec();
+        expected_a.extend(append_all(&a, &specs[..10], 3_000).await);
+        check_whole_log(&a, &expected_a).await;
+        // Reopened, a log's sealed files count in the budget from the start.
+        a.close().await.unwrap();
+        let a = open("a").await.unwrap();
+        assert!(budget.stats().open <= limit, "{:?}", budget.stats());
+        check_whole_log(&a, &expected_a).await;
+        a.close().await.unwrap();
+        b.close().await.unwrap();
+        assert_eq!(budget.stats().open, 0);
+        settle().await;
+        assert_eq!(open_log_files(&root), 0);
     });
 }
 

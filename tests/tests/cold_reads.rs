@@ -2,7 +2,7 @@
 //! per partition, `TAIL_CACHE_BYTES_PER_PARTITION`) is read from offset 0, so the first part
 //! comes from the segment file through direct IO on a broker that has never restarted, then
 //! the rest from the cache; many partitions over the shard's one tail budget; many segments
-//! under a small index cache.
+//! under a small index cache and a small budget of open files.
 
 use rdkafka::Offset;
 use tern_tests::kafka::{self, Rec};
@@ -67,13 +67,24 @@ fn partition_larger_than_the_tail_cache_reads_back_exactly_from_offset_zero() {
 }
 
 /// Sealed segments' indexes live in a per-shard cache with a byte budget
-/// (`--index-cache-bytes`); a partition of ~190 small segments, whose indexes together are far
-/// over a 2 KiB budget, still reads back exactly from offset 0 and answers time lookups in its
-/// oldest segments, while the cache stays within its budget.
+/// (`--index-cache-bytes`), and their files are open within a per-shard budget
+/// (`--open-files-per-shard`); a partition of ~190 small segments, whose indexes together are
+/// far over a 2 KiB budget, still reads back exactly from offset 0 and answers time lookups in
+/// its oldest segments, while the cache and the broker's open segment files stay within their
+/// budgets.
 #[test]
-fn many_segments_read_back_exactly_under_a_small_index_cache_budget() {
+fn many_segments_read_back_exactly_under_small_index_cache_and_open_file_budgets() {
     let budget = 2048;
-    let broker = Broker::start_with(1, &["--index-cache-bytes", &budget.to_string()]);
+    let open_files = 8;
+    let broker = Broker::start_with(
+        1,
+        &[
+            "--index-cache-bytes",
+            &budget.to_string(),
+            "--open-files-per-shard",
+            &open_files.to_string(),
+        ],
+    );
     let topic = "index-budget";
     kafka::create_topic(
         &broker,
@@ -91,7 +102,24 @@ fn many_segments_read_back_exactly_under_a_small_index_cache_budget() {
     for chunk in sent.chunks(4) {
         kafka::produce(&producer, topic, Some(0), chunk);
     }
-    let segments = std::fs::read_dir(broker.data_dir().join("data").join(format!("{topic}-0")))
+    let partition_dir = broker.data_dir().join("data").join(format!("{topic}-0"));
+    // The broker's descriptors on this partition's segment files.
+    let open_segment_files = || {
+        std::fs::read_dir(format!("/proc/{}/fd", broker.pid()))
+            .expect("the broker's descriptors")
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .filter(|target| {
+                target.starts_with(&partition_dir)
+                    && target.extension().is_some_and(|ext| ext == "log")
+            })
+            .count() as u64
+    };
+    assert!(
+        open_segment_files() <= open_files + 1,
+        "{} segment files open after the writes",
+        open_segment_files()
+    );
+    let segments = std::fs::read_dir(&partition_dir)
         .expect("partition directory")
         .filter(|e| {
             e.as_ref()
@@ -127,6 +155,16 @@ fn many_segments_read_back_exactly_under_a_small_index_cache_budget() {
     let misses = broker.metric("tern_index_cache_misses_total");
     assert!(cached <= budget, "index cache holds {cached} bytes");
     assert!(misses > 0, "no index was read back from disk");
+    // What lies beyond the tail cache was read from disk, each segment's file opened again
+    // (the budget had closed it; 103 in one run); the active one's stays open.
+    assert!(broker.metric("tern_open_segment_files") <= open_files);
+    let reopens = broker.metric("tern_segment_file_reopens_total");
+    assert!(reopens > 20, "{reopens} segment files opened again");
+    assert!(
+        open_segment_files() <= open_files + 1,
+        "{} segment files open after the reads",
+        open_segment_files()
+    );
 }
 
 /// Every partition's tail cache on a shard shares one budget (`--tail-cache-bytes`): eight

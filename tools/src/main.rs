@@ -705,6 +705,10 @@ struct ServeArgs {
     /// served without a disk read); the oldest appended leave first.
     #[arg(long, env = "TERN_TAIL_CACHE_BYTES")]
     tail_cache_bytes: Option<usize>,
+    /// Sealed segments' files each shard keeps open; the least recently read are closed and
+    /// opened again when read (active segments' files stay open, one per partition).
+    #[arg(long, env = "TERN_OPEN_FILES_PER_SHARD")]
+    open_files_per_shard: Option<usize>,
     /// Run the log cleaner for compacted topics (Kafka's log.cleaner.enable).
     #[arg(long, env = "TERN_LOG_CLEANER_ENABLE")]
     log_cleaner_enable: Option<bool>,
@@ -1055,6 +1059,10 @@ fn build_config(args: ServeArgs) -> Result<BrokerConfig, String> {
             .tail_cache_bytes
             .or(file.tail_cache_bytes)
             .unwrap_or(defaults.tail_cache_bytes),
+        open_files_per_shard: args
+            .open_files_per_shard
+            .or(file.open_files_per_shard)
+            .unwrap_or(defaults.open_files_per_shard),
         max_parked_fetches: args
             .max_parked_fetches
             .or(file.max_parked_fetches)

@@ -58,6 +58,7 @@ use tern_protocol::records::{delete_horizon, filter_batch, for_each_record, Filt
 use tern_protocol::types::{FilePosition, Offset, TimestampMs};
 
 use crate::error::StorageIoError;
+use crate::file_budget::SegmentFile;
 use crate::index::SegmentIndexer;
 use crate::index_cache::SegmentIndexes;
 use crate::limits;
@@ -142,7 +143,7 @@ struct SealedView {
     base: Offset,
     next_base: Offset,
     size_bytes: u64,
-    file: Rc<DmaFile>,
+    file: SegmentFile,
     max_timestamp: Option<TimestampMs>,
     first_timestamp: Option<TimestampMs>,
 }
@@ -514,9 +515,10 @@ impl Inner {
                     !st.closed
                         && st.failed.is_none()
                         && olds.len() > group.len()
-                        && group.iter().zip(olds).all(|(view, s)| {
-                            s.base() == view.base && Rc::ptr_eq(&s.file, &view.file)
-                        })
+                        && group
+                            .iter()
+                            .zip(olds)
+                            .all(|(view, s)| s.base() == view.base && s.file.same(&view.file))
                 })
         };
         let Some(first) = first else {
@@ -559,7 +561,11 @@ impl Inner {
         let olds: Vec<Segment> = {
             let mut st = self.state.borrow_mut();
             let new = Segment {
-                file: Rc::new(file),
+                file: SegmentFile::sealed(
+                    &self.dir.join(log_file_name(base)),
+                    Some(file),
+                    &self.file_budget,
+                ),
                 size_bytes,
                 indexer,
                 preallocated_bytes: 0,
@@ -586,9 +592,7 @@ impl Inner {
         };
         for old in olds {
             self.index_cache.remove(self.log_id, old.base());
-            if let Ok(file) = Rc::try_unwrap(old.file) {
-                let _ = file.close().await;
-            }
+            old.file.close().await;
         }
         self.index_cache.insert(self.log_id, base, Rc::new(indexes));
         Ok(true)
@@ -635,7 +639,9 @@ fn filter<'b>(
 /// Reads a sealed segment's batches in order, in windows of `CLEAN_IO_BYTES` (or one batch).
 struct SegmentReader<'a> {
     inner: &'a Inner,
-    file: Rc<DmaFile>,
+    segment: SegmentFile,
+    /// Opened at the first read.
+    file: Option<Rc<DmaFile>>,
     path: std::path::PathBuf,
     size_bytes: u64,
     position: u64,
@@ -647,7 +653,8 @@ impl<'a> SegmentReader<'a> {
     fn new(inner: &'a Inner, s: &SealedView) -> SegmentReader<'a> {
         SegmentReader {
             inner,
-            file: s.file.clone(),
+            segment: s.file.clone(),
+            file: None,
             path: inner.dir.join(log_file_name(s.base)),
             size_bytes: s.size_bytes,
             position: 0,
@@ -675,21 +682,26 @@ impl<'a> SegmentReader<'a> {
         let total = match fits(&self.window, at) {
             Some(total) => total,
             None => {
+                if self.file.is_none() {
+                    // Deleted meanwhile: the swap sees the log changed and gives up.
+                    let Some(file) = self.segment.open().await? else {
+                        return Ok(None);
+                    };
+                    self.file = Some(file);
+                }
+                let Some(file) = self.file.clone() else {
+                    return Ok(None);
+                };
                 let len = limits::CLEAN_IO_BYTES.min(remaining as usize);
-                self.window =
-                    read_vec(&self.file, FilePosition(self.position), len, &self.path).await?;
+                self.window = read_vec(&file, FilePosition(self.position), len, &self.path).await?;
                 self.window_start = self.position;
                 at = 0;
                 match peek_batch_total_bytes(&self.window) {
                     Ok(total) if total as u64 <= remaining => {
                         if total > self.window.len() {
-                            self.window = read_vec(
-                                &self.file,
-                                FilePosition(self.position),
-                                total,
-                                &self.path,
-                            )
-                            .await?;
+                            self.window =
+                                read_vec(&file, FilePosition(self.position), total, &self.path)
+                                    .await?;
                         }
                         total
                     }

@@ -21,6 +21,7 @@ use tern_protocol::types::{LeaderEpoch, Offset, TimestampMs};
 
 use crate::config::{FlushPolicy, TimestampType};
 use crate::error::{AppendError, AppendReplicatedError, StorageIoError};
+use crate::file_budget::SegmentFile;
 use crate::index::SegmentIndexer;
 use crate::index_cache::SegmentIndexes;
 use crate::limits;
@@ -514,7 +515,9 @@ impl Inner {
                 st.truncations,
             )
         };
-        file.fdatasync()
+        file.file()
+            .await?
+            .fdatasync()
             .await
             .map_err(io_ctx(format!("fdatasync in {}", self.dir.display())))?;
         let mut st = self.state.borrow_mut();
@@ -556,7 +559,14 @@ impl Inner {
         if let Some(end) = end {
             self.wait_zeroing(Some(end)).await;
         }
-        let (file, start, buffer, new_size, new_tail, preallocate_to) = {
+        // The writer role keeps the active segment where it is across this await (and its file
+        // is open: no I/O here).
+        let file = {
+            let st = self.state.borrow();
+            active(&st.segments).file.clone()
+        };
+        let file = file.file().await?;
+        let (start, buffer, new_size, new_tail, preallocate_to) = {
             let st = self.state.borrow();
             let active = active(&st.segments);
             let start = align_down(active.size_bytes);
@@ -568,7 +578,7 @@ impl Inner {
             let total: usize = st.pending.iter().take(count).map(|p| p.bytes.len()).sum();
             let new_size = active.size_bytes + total as u64;
             let end = align_up(new_size);
-            let mut buffer = active.file.alloc_dma_buffer((end - start) as usize);
+            let mut buffer = file.alloc_dma_buffer((end - start) as usize);
             let out = buffer.as_bytes_mut();
             let mut at = active.tail.len();
             out[..at].copy_from_slice(&active.tail);
@@ -581,14 +591,7 @@ impl Inner {
             let new_tail = out[tail_start..(new_size - start) as usize].to_vec();
             let preallocate_to =
                 (end > active.preallocated_bytes).then(|| end + limits::preallocate_extent(end));
-            (
-                active.file.clone(),
-                start,
-                buffer,
-                new_size,
-                new_tail,
-                preallocate_to,
-            )
+            (start, buffer, new_size, new_tail, preallocate_to)
         };
         // Before any await: a zeroing planned from now on starts past this write.
         self.state.borrow_mut().write_in_flight_end = start + buffer.len() as u64;
@@ -683,6 +686,8 @@ impl Inner {
         };
         let next_base = indexer.next_offset;
         let old_path = self.dir.join(log_file_name(indexer.base));
+        let sealed = file.clone();
+        let file = file.file().await?;
         file.truncate(size_bytes)
             .await
             .map_err(io_ctx(format!("truncating {}", old_path.display())))?;
@@ -703,6 +708,7 @@ impl Inner {
         let old = active_mut(&mut st.segments);
         old.tail = Vec::new();
         old.preallocated_bytes = 0;
+        sealed.seal();
         // Sealed now: its indexes are on disk and stay in memory only within the cache budget.
         let indexes = SegmentIndexes {
             offset: std::mem::take(&mut old.indexer.offset_index),
@@ -711,7 +717,7 @@ impl Inner {
         self.index_cache
             .insert(self.log_id, indexer.base, Rc::new(indexes));
         st.segments.push(Segment {
-            file: Rc::new(new_file),
+            file: SegmentFile::active(&new_path, new_file, &self.file_budget),
             size_bytes: 0,
             indexer: SegmentIndexer::new(next_base),
             preallocated_bytes: limits::PREALLOCATE_EXTENT_MIN_BYTES,

@@ -111,6 +111,9 @@ impl Inner {
         let mut cache = LeaderEpochCache::default();
         for (base, file, size_bytes) in segments {
             let path = self.dir.join(log_file_name(base));
+            let Some(file) = file.open().await? else {
+                continue;
+            };
             let mut position = FilePosition(0);
             let walked = walk_headers(&file, &path, &mut position, size_bytes, |header| {
                 cache.assign(header.partition_leader_epoch(), header.base_offset());

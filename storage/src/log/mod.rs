@@ -59,6 +59,7 @@ use tern_protocol::types::{Offset, TimestampMs};
 
 use crate::config::LogConfig;
 use crate::error::{OpenError, StorageIoError};
+use crate::file_budget::{FileBudget, SegmentFile};
 use crate::index_cache::{IndexCache, SegmentIndexes};
 use crate::leader_epoch::LeaderEpochCache;
 use crate::notify::{AckWaiters, Notify};
@@ -323,6 +324,8 @@ struct Inner {
     this: std::rc::Weak<Inner>,
     /// The shard's budget the tail cache's bytes count against.
     tail_budget: Rc<TailBudget>,
+    /// The shard's budget of open sealed-segment files.
+    file_budget: Rc<FileBudget>,
 }
 
 impl Drop for Inner {
@@ -524,6 +527,7 @@ impl Log {
                 active.indexer.clone(),
             )
         };
+        let file = file.file().await?;
         let path = inner.dir.join(log_file_name(indexer.base));
         file.truncate(size_bytes)
             .await
@@ -535,7 +539,8 @@ impl Log {
         sync_dir(&inner.dir).await?;
         segment::write_file_atomically(&inner.dir, CLEAN_SHUTDOWN_FILE_NAME, &[]).await?;
         sync_dir(&inner.dir).await?;
-        let files: Vec<Rc<glommio::io::DmaFile>> = inner
+        drop(file);
+        let files: Vec<SegmentFile> = inner
             .state
             .borrow_mut()
             .segments
@@ -543,9 +548,7 @@ impl Log {
             .map(|s| s.file)
             .collect();
         for file in files {
-            if let Ok(file) = Rc::try_unwrap(file) {
-                let _ = file.close().await;
-            }
+            file.close().await;
         }
         Ok(())
     }
@@ -558,7 +561,11 @@ impl Log {
     pub async fn restart_at(self, start: Offset) -> Result<Log, OpenError> {
         let dir = self.inner.dir.clone();
         let config = self.inner.state.borrow().config.clone();
-        let cache = self.inner.index_cache.clone();
+        let (index_cache, tail_budget, file_budget) = (
+            self.inner.index_cache.clone(),
+            self.inner.tail_budget.clone(),
+            self.inner.file_budget.clone(),
+        );
         self.remove().await?;
         std::fs::create_dir_all(&dir)
             .map_err(|e| StorageIoError::new(format!("creating {}", dir.display()), e))?;
@@ -569,23 +576,21 @@ impl Log {
         )
         .await?;
         sync_dir(&dir).await?;
-        Log::open_with_cache(dir, config, cache).await
+        Log::open_with_caches(dir, config, index_cache, tail_budget, file_budget).await
     }
 
     /// Deletes the partition's directory and everything in it (DeleteTopics).
     pub async fn remove(self) -> Result<(), StorageIoError> {
         let inner = self.inner.clone();
         let _writer = inner.acquire_writer().await;
-        let files: Vec<Rc<glommio::io::DmaFile>> = {
+        let files: Vec<SegmentFile> = {
             let mut st = inner.state.borrow_mut();
             st.closed = true;
             st.pending.clear();
             st.segments.drain(..).map(|s| s.file).collect()
         };
         for file in files {
-            if let Ok(file) = Rc::try_unwrap(file) {
-                let _ = file.close().await;
-            }
+            file.close().await;
         }
         let entries = std::fs::read_dir(&inner.dir)
             .map_err(|e| StorageIoError::new(format!("listing {}", inner.dir.display()), e))?;

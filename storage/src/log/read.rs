@@ -13,6 +13,7 @@ use tern_protocol::records::first_at_or_after;
 use tern_protocol::types::{FilePosition, Offset, TimestampMs};
 
 use crate::error::{ReadError, StorageIoError};
+use crate::file_budget::SegmentFile;
 use crate::index::{OffsetEntry, OffsetIndex, SegmentIndexer, TimeIndex};
 use crate::index_cache::SegmentIndexes;
 use crate::limits;
@@ -176,11 +177,15 @@ impl Log {
                     st.segments.get(i + 1).map(|s| s.base()),
                 )
             };
-            let Some(floor_position) = self
+            let floor = self
                 .inner
                 .index_floor(segment_base, &file, |offsets, _| offsets.floor(relative))
-                .await?
-            else {
+                .await?;
+            let found = match floor {
+                Some(floor) => file.open().await?.map(|file| (floor, file)),
+                None => None,
+            };
+            let Some((floor_position, file)) = found else {
                 // Deleted or replaced by the cleaner meanwhile: look again (what was deleted
                 // is then below the log start; a cleaned group is found under its base).
                 retries += 1;
@@ -298,6 +303,9 @@ impl Log {
             // cleaner meanwhile: look again.
             return Box::pin(self.offset_for_timestamp(ts)).await;
         };
+        let Some(file) = file.open().await? else {
+            return Box::pin(self.offset_for_timestamp(ts)).await;
+        };
         match walk_headers(&file, &path, &mut position, size_bytes, |h| {
             h.max_timestamp() >= ts
         })
@@ -364,6 +372,7 @@ impl Log {
                 FilePosition(start),
             )
         };
+        let file = file.file().await?;
         let mut headers = Vec::new();
         let mut position = start;
         let walked = walk_headers(&file, &path, &mut position, size_bytes, |header| {
@@ -401,10 +410,10 @@ impl Log {
 fn same_segment(
     segments: &[crate::segment::Segment],
     base: Offset,
-    file: &Rc<glommio::io::DmaFile>,
+    file: &SegmentFile,
 ) -> Option<usize> {
     let i = segments.binary_search_by_key(&base, |s| s.base()).ok()?;
-    Rc::ptr_eq(&segments[i].file, file).then_some(i)
+    segments[i].file.same(file).then_some(i)
 }
 
 impl Inner {
@@ -416,7 +425,7 @@ impl Inner {
     async fn index_floor(
         &self,
         base: Offset,
-        file: &Rc<glommio::io::DmaFile>,
+        file: &SegmentFile,
         lookup: impl Fn(&OffsetIndex, &TimeIndex) -> OffsetEntry,
     ) -> Result<Option<FilePosition>, StorageIoError> {
         let position = |entry: OffsetEntry| FilePosition(u64::from(entry.position));
@@ -445,7 +454,7 @@ impl Inner {
     pub(super) async fn sealed_indexes(
         &self,
         base: Offset,
-        file: &Rc<glommio::io::DmaFile>,
+        file: &SegmentFile,
         size_bytes: u64,
     ) -> Result<Option<Rc<SegmentIndexes>>, StorageIoError> {
         let exists = || same_segment(&self.state.borrow().segments, base, file).is_some();
@@ -460,8 +469,11 @@ impl Inner {
                     "index files of a sealed segment are missing or damaged; rebuilding the index in memory");
                 let interval = self.state.borrow().config.index_interval_bytes;
                 let path = self.dir.join(log_file_name(base));
+                let Some(file) = file.open().await? else {
+                    return Ok(None);
+                };
                 let outcome = segment::scan(
-                    file,
+                    &file,
                     &path,
                     SegmentIndexer::new(base),
                     FilePosition(0),

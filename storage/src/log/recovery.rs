@@ -24,6 +24,7 @@ use tern_protocol::types::{FilePosition, Offset};
 
 use crate::config::LogConfig;
 use crate::error::{OpenError, StorageIoError, TruncateError};
+use crate::file_budget::{FileBudget, SegmentFile};
 use crate::index::{OffsetIndex, SegmentIndexer, TimeIndex};
 use crate::index_cache::{IndexCache, SegmentIndexes};
 use crate::leader_epoch::LeaderEpochCache;
@@ -142,16 +143,24 @@ impl Log {
         config: LogConfig,
         index_cache: Rc<IndexCache>,
     ) -> Result<Log, OpenError> {
-        Log::open_with_caches(dir, config, index_cache, TailBudget::new(usize::MAX)).await
+        Log::open_with_caches(
+            dir,
+            config,
+            index_cache,
+            TailBudget::new(usize::MAX),
+            FileBudget::new(limits::OPEN_SEALED_FILES_DEFAULT),
+        )
+        .await
     }
 
-    /// `open_with_cache`, the tail cache also counting against `tail_budget` (one per shard in
-    /// the broker).
+    /// `open_with_cache`, the tail cache also counting against `tail_budget` and sealed
+    /// segments' open files against `file_budget` (one of each per shard in the broker).
     pub async fn open_with_caches(
         dir: PathBuf,
         config: LogConfig,
         index_cache: Rc<IndexCache>,
         tail_budget: Rc<TailBudget>,
+        file_budget: Rc<FileBudget>,
     ) -> Result<Log, OpenError> {
         let log_id = index_cache.register_log();
         config.validate().map_err(OpenError::InvalidConfig)?;
@@ -322,8 +331,13 @@ impl Log {
                 };
                 index_cache.insert(log_id, base, Rc::new(indexes));
             }
+            let file = if is_active {
+                SegmentFile::active(&path, file, &file_budget)
+            } else {
+                SegmentFile::sealed(&path, Some(file), &file_budget)
+            };
             segments.push(Segment {
-                file: Rc::new(file),
+                file,
                 size_bytes,
                 indexer,
                 preallocated_bytes: 0,
@@ -391,6 +405,7 @@ impl Log {
             log_id,
             this: this.clone(),
             tail_budget,
+            file_budget,
         });
         inner.recover_epochs().await?;
         inner.complete_truncation().await.map_err(|e| match e {

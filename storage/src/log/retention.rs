@@ -9,8 +9,6 @@
 //! What it must never do: delete the active segment, or move the log start offset backwards or
 //! above what the log considers acknowledged.
 
-use std::rc::Rc;
-
 use tern_protocol::types::{Offset, TimestampMs};
 
 use crate::error::{DeleteError, StorageIoError};
@@ -201,9 +199,7 @@ impl Inner {
         for victim in victims {
             let base = victim.base();
             self.index_cache.remove(self.log_id, base);
-            if let Ok(file) = Rc::try_unwrap(victim.file) {
-                let _ = file.close().await;
-            }
+            victim.file.close().await;
             for name in [
                 log_file_name(base),
                 offset_index_file_name(base),

@@ -212,6 +212,8 @@ impl Inner {
             )
         };
         let path = self.dir.join(log_file_name(base));
+        let segment_file = file;
+        let file = segment_file.file().await?;
         let corrupt = |(position, error): (FilePosition, WalkError)| match error {
             WalkError::Io(e) => TruncateError::Storage(e),
             WalkError::Corrupt(error) => TruncateError::Corrupt {
@@ -232,7 +234,7 @@ impl Inner {
                 let indexes = match self.index_cache.get(self.log_id, base) {
                     Some(cached) => cached,
                     None => self
-                        .sealed_indexes(base, &file, size_bytes)
+                        .sealed_indexes(base, &segment_file, size_bytes)
                         .await?
                         .unwrap_or_else(|| Rc::new(SegmentIndexes::default())),
                 };
@@ -362,7 +364,10 @@ impl Inner {
         )
         .await?;
         sync_dir(&self.dir).await?;
-        let (victims, file, was_sealed) = {
+        // The segment holding the cut becomes the active one: its file stays open from now on.
+        let cut_file = self.state.borrow().segments[cut.segment].file.clone();
+        let file = cut_file.activate().await?;
+        let (victims, was_sealed) = {
             let mut st = self.state.borrow_mut();
             let st = &mut *st;
             let victims: Vec<_> = st.segments.drain(cut.segment + 1..).collect();
@@ -380,7 +385,6 @@ impl Inner {
             if cut.position.0 == 0 || was_sealed {
                 seg.first_append_ms = None;
             }
-            let file = seg.file.clone();
             let end = cut.new_end;
             st.leo = end;
             st.written_end = end;
@@ -397,14 +401,12 @@ impl Inner {
                 self.tail_budget.release(dropped.bytes.len());
             }
             st.check_offsets();
-            (victims, file, was_sealed)
+            (victims, was_sealed)
         };
         for victim in victims.into_iter().rev() {
             step(&mut steps)?;
             let base = victim.base();
-            if let Ok(file) = Rc::try_unwrap(victim.file) {
-                let _ = file.close().await;
-            }
+            victim.file.close().await;
             for name in [
                 offset_index_file_name(base),
                 time_index_file_name(base),

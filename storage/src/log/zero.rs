@@ -147,11 +147,15 @@ impl Inner {
             let Some((start, end, preallocate_to)) = st.zero_plan() else {
                 return;
             };
-            st.zeroing = Some(start);
             let active = active(&st.segments);
+            let Some(file) = active.file.if_open() else {
+                return;
+            };
+            let base = active.base();
+            st.zeroing = Some(start);
             ZeroPlan {
-                file: active.file.clone(),
-                base: active.base(),
+                file,
+                base,
                 start,
                 end,
                 preallocate_to,
