@@ -461,6 +461,7 @@ pub fn collect_logs(
         sum.fdatasyncs += stats.fdatasyncs;
         sum.tail_cache_bytes += stats.tail_cache_bytes;
         sum.active_index_bytes += stats.active_index_bytes;
+        sum.read_ahead_hits += stats.read_ahead_hits;
     }
     out.push("partitions", Gauge, "Partition replicas owned.", partitions);
     out.push(
@@ -474,6 +475,12 @@ pub fn collect_logs(
         Counter,
         "Bytes read from disk (copied once out of the DMA buffer).",
         sum.bytes_copied,
+    );
+    out.push(
+        "log_read_ahead_hits_total",
+        Counter,
+        "Reads from disk served by a read started ahead of them (consumers catching up).",
+        sum.read_ahead_hits,
     );
     out.push("log_appends_total", Counter, "Log appends.", sum.appends);
     out.push(

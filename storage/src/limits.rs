@@ -103,6 +103,14 @@ pub const SEGMENT_INDEX_BYTES_MIN: u32 = 2 * TIME_INDEX_ENTRY_BYTES as u32;
 /// shares one cache per shard, sized by its own configuration.
 pub const INDEX_CACHE_BYTES_DEFAULT: usize = 16 * 1024 * 1024;
 
+/// Reads from disk at least this large start a read ahead of the next as many bytes (a
+/// consumer catching up; Kafka's clients fetch up to 1 MiB a partition by default).
+pub const READ_AHEAD_MIN_BYTES: usize = 512 * 1024;
+
+/// The largest read ahead, and the most all of one shard's logs hold at once.
+pub const READ_AHEAD_BYTES_MAX: usize = 16 * 1024 * 1024;
+pub const READ_AHEAD_BYTES_PER_SHARD: usize = 64 * 1024 * 1024;
+
 /// Sealed segments' files kept open by a budget made by `Log::open` for a lone log. The broker
 /// shares one budget per shard (`--open-files-per-shard`).
 pub const OPEN_SEALED_FILES_DEFAULT: usize = 1024;

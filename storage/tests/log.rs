@@ -1057,6 +1057,80 @@ fn tail_caches_of_a_shard_stay_within_one_budget_oldest_appended_out_first() {
     });
 }
 
+/// A consumer reading from disk in order finds each next read already under way (the log reads
+/// ahead, there being no page cache), gets exactly the bytes appended, and never stale bytes
+/// after a truncation rewrote what a read ahead had read.
+#[test]
+fn sequential_reads_from_disk_are_read_ahead_and_a_truncation_voids_the_read_ahead() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p0");
+    run_async(move || async move {
+        let config = LogConfig {
+            segment_bytes: 64 << 20,
+            ..small_config()
+        };
+        let log = Log::open(path, config).await.unwrap();
+        // ~6 MiB in batches of ~64 KiB: far beyond the 4 KiB tail cache.
+        let specs: Vec<(usize, usize)> = (0..96).map(|_| (16, 4_000)).collect();
+        let expected = append_all(&log, &specs, 1_000).await;
+        let end = log.log_end_offset();
+        let mut got = Vec::new();
+        let mut at = Offset(0);
+        let mut reads = 0;
+        while at < end {
+            let slice = log.read(at, 1 << 20, end).await.unwrap();
+            got.extend_from_slice(&concat(&slice));
+            at = slice.next_offset;
+            reads += 1;
+        }
+        let want: Vec<u8> = expected
+            .iter()
+            .flat_map(|e| e.bytes.iter().copied())
+            .collect();
+        assert!(got == want, "the log reads back as appended");
+        // Every read but the first found its bytes read ahead.
+        assert!(reads >= 5, "{reads} reads");
+        assert_eq!(log.stats().read_ahead_hits, reads - 1, "{:?}", log.stats());
+
+        // A read starts a read ahead; a truncation inside what it read, and new appends there,
+        // must be what the next read returns.
+        let from = expected[10].base;
+        let slice = log.read(from, 1 << 20, end).await.unwrap();
+        let next = slice.next_offset;
+        let cut = expected
+            .iter()
+            .find(|e| e.base > next)
+            .map(|e| e.base)
+            .unwrap();
+        log.truncate_to(cut).await.unwrap();
+        let rewritten = append_all(&log, &[(3, 100), (2, 50)], 9_000).await;
+        let hits = log.stats().read_ahead_hits;
+        let mut got = Vec::new();
+        let mut at = next;
+        let end = log.log_end_offset();
+        while at < end {
+            let slice = log.read(at, 1 << 20, end).await.unwrap();
+            got.extend_from_slice(&concat(&slice));
+            at = slice.next_offset;
+        }
+        let want: Vec<u8> = expected
+            .iter()
+            .filter(|e| e.base >= next && e.base < cut)
+            .chain(&rewritten)
+            .flat_map(|e| e.bytes.iter().copied())
+            .collect();
+        assert!(
+            got == want,
+            "the bytes after the truncation, not the read ahead's"
+        );
+        assert_eq!(
+            log.stats().read_ahead_hits,
+            hits,
+            "the truncation voided the read ahead"
+        );
+    });
+}
+
 /// Descriptors this process holds on `.log` files under `dir`.
 fn open_log_files(dir: &Path) -> usize {
     std::fs::read_dir("/proc/self/fd")

@@ -117,6 +117,8 @@ pub struct LogStats {
     pub zeroed_bytes: u64,
     /// Times the writer waited for a zeroing write in flight (the appends caught up with it).
     pub zeroing_waits: u64,
+    /// Reads from disk served by a read ahead (`log/read.rs`).
+    pub read_ahead_hits: u64,
 }
 
 struct PendingBatch {
@@ -172,6 +174,8 @@ struct State {
     /// Counts truncations, so an fdatasync issued before one does not, on completion, mark as
     /// durable offsets that were rewritten after it.
     truncations: u64,
+    /// The read started ahead of a consumer catching up from disk (`log/read.rs`).
+    read_ahead: Option<read::ReadAhead>,
     /// Failure injection: `truncate_to` stops as if the process died after this many of its
     /// steps (tests only).
     truncate_crash_after_steps: Option<u32>,

@@ -2,9 +2,17 @@
 //! segment files), `offset_for_timestamp`, `max_timestamp`, `recent_batch_headers`, and the
 //! lookups of sealed segments' indexes through the shard's `IndexCache`.
 //!
-//! What it must never do: take the writer role, copy bytes served from the tail cache, or
-//! return bytes read back from disk that do not parse as whole batches.
+//! Read ahead: O_DIRECT has no page cache to read ahead for a consumer catching up, so the
+//! log does it. A read from disk of at least `READ_AHEAD_MIN_BYTES` starts reading the next
+//! as many bytes of the same segment (one read ahead per log, within a per-shard budget). The
+//! next read at exactly the offset where it begins takes it instead of looking the offset up and
+//! reading, so the disk works while the previous answer travels to the consumer.
+//!
+//! What it must never do: take the writer role, copy bytes served from the tail cache, return
+//! bytes read back from disk that do not parse as whole batches, or serve a read ahead from a
+//! segment deleted, replaced or truncated since it started.
 
+use std::cell::Cell;
 use std::rc::Rc;
 
 use bytes::Bytes;
@@ -44,6 +52,55 @@ pub enum ReadMode {
     /// DMA read buffer, handed over without a copy. Dropping such bytes on another thread
     /// aborts the process (it would otherwise corrupt glommio's thread-local buffer pool).
     SameThread,
+}
+
+/// Bytes read from a segment file at `position`, starting with a whole batch.
+struct Prefetched {
+    segment: SegmentFile,
+    base: Offset,
+    position: FilePosition,
+    result: glommio::io::ReadResult,
+}
+
+/// A read started ahead of a consumer reading a segment from disk in order: the bytes from
+/// `position` on, where the batch at `next_offset` starts. Used only by a read at exactly
+/// `next_offset` while the segment is still the log's and no truncation happened; at most one
+/// per log, and together within `limits::READ_AHEAD_BYTES_PER_SHARD` per shard.
+pub(super) struct ReadAhead {
+    segment: SegmentFile,
+    base: Offset,
+    position: FilePosition,
+    next_offset: Offset,
+    truncations: u64,
+    /// The read, under way from when it was started (dropping it cancels it).
+    read: glommio::Task<Result<glommio::io::ReadResult, String>>,
+    _reserved: ReadAheadBytes,
+}
+
+thread_local! {
+    /// Bytes of read-ahead buffers reserved on this shard (thread).
+    static READ_AHEAD_RESERVED: Cell<usize> = const { Cell::new(0) };
+}
+
+/// A reservation of read-ahead bytes from this shard's budget, given back when dropped.
+struct ReadAheadBytes(usize);
+
+impl ReadAheadBytes {
+    fn reserve(bytes: usize) -> Option<ReadAheadBytes> {
+        READ_AHEAD_RESERVED.with(|reserved| {
+            let total = reserved.get() + bytes;
+            (total <= limits::READ_AHEAD_BYTES_PER_SHARD).then(|| {
+                reserved.set(total);
+                ReadAheadBytes(bytes)
+            })
+        })
+    }
+}
+
+impl Drop for ReadAheadBytes {
+    fn drop(&mut self) {
+        READ_AHEAD_RESERVED.with(|reserved| reserved.set(reserved.get() - self.0));
+    }
 }
 
 /// A DMA read buffer lent out as `Bytes` to code on the same thread.
@@ -152,12 +209,20 @@ impl Log {
             }
             upper
         };
+        if let Some(ahead) = self.take_read_ahead(start).await {
+            if let Some(slice) = self.package(&ahead, start, max_bytes, upper, mode)? {
+                self.inner.state.borrow_mut().stats.read_ahead_hits += 1;
+                let end = ahead.position.plus(slice.len as u64);
+                self.read_ahead(&ahead.segment, end, slice.next_offset, slice.len);
+                return Ok(slice);
+            }
+        }
         // The segment holding `start`, or, when compaction left nothing at or after it there,
         // the next one.
         let mut seek = start;
         let mut retries = 0;
-        let (file, path, segment_base, size_bytes, position, first) = loop {
-            let (file, path, segment_base, size_bytes, relative, next_base) = {
+        let (segment, file, segment_base, size_bytes, position, first) = loop {
+            let (segment, path, segment_base, size_bytes, relative, next_base) = {
                 let st = self.inner.state.borrow();
                 let i = st.segments.partition_point(|s| s.base() <= seek);
                 let Some(i) = i.checked_sub(1) else {
@@ -179,10 +244,10 @@ impl Log {
             };
             let floor = self
                 .inner
-                .index_floor(segment_base, &file, |offsets, _| offsets.floor(relative))
+                .index_floor(segment_base, &segment, |offsets, _| offsets.floor(relative))
                 .await?;
             let found = match floor {
-                Some(floor) => file.open().await?.map(|file| (floor, file)),
+                Some(floor) => segment.open().await?.map(|file| (floor, file)),
                 None => None,
             };
             let Some((floor_position, file)) = found else {
@@ -197,7 +262,7 @@ impl Log {
             };
             match walk_to_offset(&file, &path, floor_position, size_bytes, start).await {
                 Ok(Some((position, first))) => {
-                    break (file, path, segment_base, size_bytes, position, first)
+                    break (segment, file, segment_base, size_bytes, position, first)
                 }
                 Ok(None) => match next_base {
                     Some(next) if next < upper => seek = next,
@@ -218,37 +283,73 @@ impl Log {
         }
         let available = size_bytes - position.0;
         let want = (max_bytes.max(first.total_bytes()) as u64).min(available) as usize;
+        let path = self.inner.dir.join(log_file_name(segment_base));
         let result = file.read_at(position.0, want).await.map_err(|e| {
             StorageIoError::new(format!("reading {} at {position}", path.display()), e)
         })?;
+        let read = Prefetched {
+            segment,
+            base: segment_base,
+            position,
+            result,
+        };
+        let slice = self
+            .package(&read, start, max_bytes, upper, mode)?
+            .unwrap_or(empty);
+        let end = read.position.plus(slice.len as u64);
+        self.read_ahead(&read.segment, end, slice.next_offset, slice.len);
+        Ok(slice)
+    }
+
+    /// The whole batches of `read` (which starts at the batch holding `start`), as many as
+    /// `max_bytes` allows but at least one, none at or above `upper`; None when not even one
+    /// whole batch is there (a read ahead shorter than the batch).
+    fn package(
+        &self,
+        read: &Prefetched,
+        start: Offset,
+        max_bytes: usize,
+        upper: Offset,
+        mode: ReadMode,
+    ) -> Result<Option<ReadSlice>, ReadError> {
         let mut taken = 0;
         let mut next_offset = start;
-        let mut iter = BatchIter::new(&result);
+        let mut first_offset = start;
+        let mut iter = BatchIter::new(&read.result);
         while let Some(item) = iter.next() {
             match item {
                 Ok(span) => {
-                    if span.header.base_offset() >= upper {
+                    if span.header.base_offset() >= upper
+                        || (taken > 0 && span.position + span.total_bytes > max_bytes)
+                    {
                         break;
+                    }
+                    if taken == 0 {
+                        first_offset = span.header.base_offset();
                     }
                     taken = span.position + span.total_bytes;
                     next_offset = span.header.next_offset();
                 }
                 Err(BatchError::Truncated { .. }) if taken > 0 => break,
+                Err(BatchError::Truncated { .. }) => return Ok(None),
                 Err(error) if taken == 0 => {
                     return Err(ReadError::Corrupt {
-                        segment: segment_base,
-                        position: position.plus(iter.position() as u64),
+                        segment: read.base,
+                        position: read.position.plus(iter.position() as u64),
                         error,
                     })
                 }
                 Err(_) => break,
             }
         }
+        if taken == 0 {
+            return Ok(None);
+        }
         let data = match mode {
             ReadMode::SameThread => {
                 self.inner.state.borrow_mut().stats.bytes_zero_copy += taken as u64;
                 Bytes::from_owner(ThreadBoundRead {
-                    result,
+                    result: read.result.clone(),
                     len: taken,
                     thread: std::thread::current().id(),
                 })
@@ -257,15 +358,101 @@ impl Log {
                 // The one copy on the cross-shard cold path: out of the DMA buffer into
                 // memory any thread may free.
                 self.inner.state.borrow_mut().stats.bytes_copied += taken as u64;
-                Bytes::copy_from_slice(&result[..taken])
+                Bytes::copy_from_slice(&read.result[..taken])
             }
         };
-        Ok(ReadSlice {
+        Ok(Some(ReadSlice {
             chunks: vec![data],
             len: taken,
-            first_offset: first.base_offset(),
+            first_offset,
             next_offset,
+        }))
+    }
+
+    /// The read ahead waiting at `start`, if this log has one there and its segment has not
+    /// changed since it was started.
+    async fn take_read_ahead(&self, start: Offset) -> Option<Prefetched> {
+        let ahead = {
+            let mut st = self.inner.state.borrow_mut();
+            let st = &mut *st;
+            let usable = st
+                .read_ahead
+                .as_ref()
+                .is_some_and(|a| a.next_offset == start && a.truncations == st.truncations);
+            if !usable {
+                return None;
+            }
+            st.read_ahead.take()?
+        };
+        let ReadAhead {
+            segment,
+            base,
+            position,
+            truncations,
+            read,
+            ..
+        } = ahead;
+        let result = read.await.ok()?;
+        let st = self.inner.state.borrow();
+        if st.truncations != truncations || same_segment(&st.segments, base, &segment).is_none() {
+            return None;
+        }
+        Some(Prefetched {
+            segment,
+            base,
+            position,
+            result,
         })
+    }
+
+    /// After a large read from disk of `len` bytes that ended at `position`, before the batch
+    /// at `next_offset`: starts reading the next `len` bytes of the same segment (a consumer
+    /// catching up asks for them next, and its fetch then finds them read), within the shard's
+    /// read-ahead budget.
+    fn read_ahead(
+        &self,
+        segment: &SegmentFile,
+        position: FilePosition,
+        next_offset: Offset,
+        len: usize,
+    ) {
+        if len < limits::READ_AHEAD_MIN_BYTES {
+            return;
+        }
+        let mut st = self.inner.state.borrow_mut();
+        let st = &mut *st;
+        // This log's previous read ahead, unused, gives its bytes back first.
+        st.read_ahead = None;
+        let Some(i) = st.segments.iter().rposition(|s| s.file.same(segment)) else {
+            return;
+        };
+        let seg = &st.segments[i];
+        let Some(file) = seg.file.if_open() else {
+            return;
+        };
+        if position.0 >= seg.size_bytes {
+            return;
+        }
+        let len = len
+            .min(limits::READ_AHEAD_BYTES_MAX)
+            .min((seg.size_bytes - position.0) as usize);
+        let Some(reserved) = ReadAheadBytes::reserve(len) else {
+            return;
+        };
+        let read = glommio::spawn_local(async move {
+            file.read_at(position.0, len)
+                .await
+                .map_err(|e| e.to_string())
+        });
+        st.read_ahead = Some(ReadAhead {
+            segment: segment.clone(),
+            base: seg.base(),
+            position,
+            next_offset,
+            truncations: st.truncations,
+            read,
+            _reserved: reserved,
+        });
     }
 
     /// The first batch whose max timestamp is at least `ts`, with that timestamp. The offset is

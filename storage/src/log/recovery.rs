@@ -394,6 +394,7 @@ impl Log {
             zero_paused_until: None,
             last_write_ms: 0,
             zeroing_delay: None,
+            read_ahead: None,
         };
         state.check_offsets();
         let inner = Rc::new_cyclic(|this| Inner {

@@ -394,6 +394,7 @@ impl Inner {
             st.unsynced_messages = 0;
             st.write_in_flight_end = 0;
             st.truncations += 1;
+            st.read_ahead = None;
             st.epochs_dirty |= st.epochs.truncate_from_end(end);
             while st.cache.back().is_some_and(|c| c.base >= end) {
                 let dropped = st.cache.pop_back().expect("checked non-empty");
