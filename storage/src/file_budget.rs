@@ -245,9 +245,10 @@ impl SegmentFile {
         }
     }
 
-    /// A sealed segment becomes the active one again (a truncation cut into it): opened if
-    /// needed and kept open outside the budget.
-    pub async fn activate(&self) -> Result<Rc<DmaFile>, StorageIoError> {
+    /// Opens the file if needed and keeps it open, outside the budget, until `close`: a sealed
+    /// segment that becomes the active one again (a truncation cut into it), or one whose path
+    /// is about to name another file (the cleaner's swap renames over it).
+    pub async fn pin(&self) -> Result<Rc<DmaFile>, StorageIoError> {
         let file = self.file().await?;
         self.0.pinned.set(true);
         self.0.budget.forget(self.0.id);

@@ -111,6 +111,10 @@ pub const READ_AHEAD_MIN_BYTES: usize = 512 * 1024;
 pub const READ_AHEAD_BYTES_MAX: usize = 16 * 1024 * 1024;
 pub const READ_AHEAD_BYTES_PER_SHARD: usize = 64 * 1024 * 1024;
 
+/// A read ahead no reader has claimed this long after it completed is dropped (its consumer
+/// caught up into the tail cache, or went away).
+pub const READ_AHEAD_UNCLAIMED: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Sealed segments' files kept open by a budget made by `Log::open` for a lone log. The broker
 /// shares one budget per shard (`--open-files-per-shard`).
 pub const OPEN_SEALED_FILES_DEFAULT: usize = 1024;

@@ -1128,6 +1128,21 @@ fn sequential_reads_from_disk_are_read_ahead_and_a_truncation_voids_the_read_ahe
             hits,
             "the truncation voided the read ahead"
         );
+
+        // A read ahead nobody claims within a second is dropped: the read after that reads
+        // the disk itself, and the same bytes.
+        let slice = log.read(Offset(0), 1 << 20, end).await.unwrap();
+        glommio::timer::sleep(std::time::Duration::from_millis(1_300)).await;
+        let again = log.read(slice.next_offset, 1 << 20, end).await.unwrap();
+        assert_eq!(log.stats().read_ahead_hits, hits, "the read ahead expired");
+        let want: Vec<u8> = expected
+            .iter()
+            .filter(|e| e.base < cut)
+            .chain(&rewritten)
+            .filter(|e| e.base >= slice.next_offset && e.base < again.next_offset)
+            .flat_map(|e| e.bytes.iter().copied())
+            .collect();
+        assert!(concat(&again) == want);
     });
 }
 

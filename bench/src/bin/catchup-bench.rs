@@ -401,7 +401,8 @@ fn apply_fetch_v4(body: &[u8], offsets: &mut [(i32, i64, i64)]) -> Option<u64> {
             entry.2 = high_watermark;
             let mut rest = records;
             while rest.len() >= 27 {
-                let total = 12 + i32::from_be_bytes(rest[8..12].try_into().ok()?) as usize;
+                let length = i32::from_be_bytes(rest[8..12].try_into().ok()?);
+                let total = usize::try_from(length).ok()?.checked_add(12)?;
                 if total > rest.len() {
                     break;
                 }

@@ -111,18 +111,26 @@ pub struct Partition {
 struct Appends {
     in_flight: Cell<u32>,
     started: Cell<u64>,
+    /// One ended half way (its caller went away, say a client that disconnected while its
+    /// produce waited for the disk): the log may hold a batch the state never heard of, so no
+    /// replay point is taken until the state is rebuilt from the log (a truncation, a restart).
+    abandoned: Cell<bool>,
 }
 
 impl Appends {
     fn enter(&self) -> InFlight<'_> {
         self.in_flight.set(self.in_flight.get() + 1);
         self.started.set(self.started.get() + 1);
-        InFlight(self)
+        InFlight {
+            appends: self,
+            done: false,
+        }
     }
 
-    /// None while one is in flight, else a mark that `unchanged_since` compares.
+    /// None while one is in flight (or one was abandoned), else a mark that `unchanged_since`
+    /// compares.
     fn settled(&self) -> Option<u64> {
-        (self.in_flight.get() == 0).then(|| self.started.get())
+        (self.in_flight.get() == 0 && !self.abandoned.get()).then(|| self.started.get())
     }
 
     fn unchanged_since(&self, mark: u64) -> bool {
@@ -130,12 +138,25 @@ impl Appends {
     }
 }
 
-/// One append in `Appends::in_flight` until dropped.
-struct InFlight<'a>(&'a Appends);
+/// One append in `Appends::in_flight`: `done` once the state has taken in what the log did;
+/// dropped without it, the append was abandoned half way.
+struct InFlight<'a> {
+    appends: &'a Appends,
+    done: bool,
+}
+
+impl InFlight<'_> {
+    fn done(mut self) {
+        self.done = true;
+    }
+}
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.0.in_flight.set(self.0.in_flight.get() - 1);
+        self.appends.in_flight.set(self.appends.in_flight.get() - 1);
+        if !self.done {
+            self.appends.abandoned.set(true);
+        }
     }
 }
 
@@ -433,12 +454,10 @@ impl Partition {
             });
         }
         let transactional = first.filter(|h| h.is_transactional() && h.producer_id().0 >= 0);
-        let in_flight = self.appends.enter();
         let sequence = match self.idempotence(&records)? {
             Sequenced::None => None,
             Sequenced::Append(sequence) => Some(sequence),
             Sequenced::Duplicate(appended) => {
-                drop(in_flight);
                 // A retry of a batch already in the log: answered as the original would be.
                 if acks == -1 {
                     self.replicated(appended.base_offset, leader_epoch, deadline)
@@ -447,6 +466,8 @@ impl Partition {
                 return Ok(appended);
             }
         };
+        // No await since the sequence check: the state and the log agree until here.
+        let in_flight = self.appends.enter();
         match self.log.append(records, leader_epoch, now).await {
             Ok(info) => {
                 if let Some(sequence) = sequence {
@@ -459,7 +480,7 @@ impl Partition {
                         .borrow_mut()
                         .observe(header, info.base_offset.0, None);
                 }
-                drop(in_flight);
+                in_flight.done();
                 self.log_moved();
                 if acks == -1 {
                     self.replicated(info.base_offset, leader_epoch, deadline)
@@ -475,6 +496,7 @@ impl Partition {
                 if let Some(sequence) = sequence {
                     self.state.borrow_mut().sequence_failed(sequence);
                 }
+                in_flight.done();
                 tracing::debug!(partition = %self.tp.dir_name(), %error, "append rejected");
                 Err(AppendFailure {
                     code: error.kafka_error_code(),
@@ -652,8 +674,9 @@ impl Partition {
         if !records.is_empty() {
             let headers = batch_headers(&records);
             let markers = control_markers(&records);
-            let _in_flight = self.appends.enter();
+            let in_flight = self.appends.enter();
             if let Err(error) = self.log.append_replicated(records, now).await {
+                in_flight.done();
                 return Err(AppendFailure {
                     code: error.kafka_error_code(),
                     message: Some(error.to_string()),
@@ -663,20 +686,13 @@ impl Partition {
             let mut state = self.state.borrow_mut();
             let mut txns = self.txns.borrow_mut();
             for header in &headers {
-                if header.producer_id().0 < 0 {
-                    continue;
-                }
-                if header.is_control() {
-                    state.fence_producer(header.producer_id().0, header.producer_epoch());
-                } else {
-                    state.sequence_replicated(BatchSeq::of(header), header.base_offset());
-                }
                 let marker = markers
                     .iter()
                     .find(|(base, _)| *base == header.base_offset().0)
                     .and_then(|(_, marker)| *marker);
-                txns.observe(header, header.base_offset().0, marker);
+                learn_batch(state.producers_mut(), &mut txns, header, marker);
             }
+            in_flight.done();
         }
         let advanced = {
             let mut state = self.state.borrow_mut();
@@ -722,7 +738,7 @@ impl Partition {
         if self.leader_epoch() != epoch {
             return Err(AppendFailure::code(error_code::FENCED_LEADER_EPOCH));
         }
-        let _in_flight = self.appends.enter();
+        let in_flight = self.appends.enter();
         self.truncating.set(true);
         let cut = self.log.truncate_to(offset).await;
         // The state hears of the new end before anything else can move it.
@@ -742,6 +758,9 @@ impl Partition {
             .replace_producers(restored.producers);
         *self.txns.borrow_mut() = restored.txns;
         self.replay_point_at.set(restored.replay_point_at);
+        // Rebuilt from the log: whatever an abandoned append left out is in it again.
+        self.appends.abandoned.set(false);
+        in_flight.done();
         Ok(end)
     }
 
@@ -942,22 +961,24 @@ impl Partition {
         let header = BatchHeader::parse_unchecked(&batch)
             .map_err(|_| AppendFailure::code(error_code::UNKNOWN_SERVER_ERROR))?;
         let in_flight = self.appends.enter();
-        let info = self
-            .log
-            .append(batch, leader_epoch, now)
-            .await
-            .map_err(|error| AppendFailure {
-                code: error.kafka_error_code(),
-                message: Some(error.to_string()),
-                record_errors: Vec::new(),
-            })?;
+        let info = match self.log.append(batch, leader_epoch, now).await {
+            Ok(info) => info,
+            Err(error) => {
+                in_flight.done();
+                return Err(AppendFailure {
+                    code: error.kafka_error_code(),
+                    message: Some(error.to_string()),
+                    record_errors: Vec::new(),
+                });
+            }
+        };
         self.state
             .borrow_mut()
             .fence_producer(producer_id, producer_epoch);
         self.txns
             .borrow_mut()
             .observe(&header, info.base_offset.0, Some(commit));
-        drop(in_flight);
+        in_flight.done();
         self.log_moved();
         self.replicated(info.base_offset, leader_epoch, deadline)
             .await?;
@@ -989,19 +1010,21 @@ impl Partition {
             state.leader_epoch()
         };
         let in_flight = self.appends.enter();
-        let info = self
-            .log
-            .append(records, leader_epoch, now)
-            .await
-            .map_err(|error| AppendFailure {
-                code: error.kafka_error_code(),
-                message: Some(error.to_string()),
-                record_errors: Vec::new(),
-            })?;
+        let info = match self.log.append(records, leader_epoch, now).await {
+            Ok(info) => info,
+            Err(error) => {
+                in_flight.done();
+                return Err(AppendFailure {
+                    code: error.kafka_error_code(),
+                    message: Some(error.to_string()),
+                    record_errors: Vec::new(),
+                });
+            }
+        };
         self.txns
             .borrow_mut()
             .observe(&header, info.base_offset.0, None);
-        drop(in_flight);
+        in_flight.done();
         self.log_moved();
         self.replicated(info.base_offset, leader_epoch, deadline)
             .await?;
@@ -1063,7 +1086,9 @@ impl Partition {
             .write_sidecar_in_place(replay_point::FILE, &bytes)
             .await
         {
-            Ok(()) => self.replay_point_at.set(end),
+            // A truncation meanwhile leaves it to the next checkpoint.
+            Ok(()) if self.appends.unchanged_since(mark) => self.replay_point_at.set(end),
+            Ok(()) => {}
             Err(error) => {
                 tracing::warn!(partition = %self.tp.dir_name(), %error, "cannot write the replay point")
             }
@@ -1206,6 +1231,24 @@ async fn replay_batches(
     Ok(())
 }
 
+/// What a batch already in the log (a follower's append, a replay) tells the producers' and
+/// transactions' state: a marker (`marker`: Some(commit)) fences its producer's older epochs
+/// and ends its transaction, a data batch is its producer's latest.
+fn learn_batch(
+    producers: &mut ProducerStates,
+    txns: &mut txns::PartitionTxns,
+    header: &BatchHeader,
+    marker: Option<bool>,
+) {
+    let producer_id = header.producer_id().0;
+    if producer_id >= 0 && header.is_control() {
+        producers.fence(producer_id, header.producer_epoch());
+    } else if producer_id >= 0 {
+        producers.restore(BatchSeq::of(header), header.base_offset().0);
+    }
+    txns.observe(header, header.base_offset().0, marker);
+}
+
 /// The header of the batch whose next offset is `end`, if the log holds one.
 async fn batch_ending_at(log: &Log, end: Offset) -> Option<BatchHeader> {
     let slice = log.read(Offset(end.0 - 1), 1, end).await.ok()?;
@@ -1227,14 +1270,8 @@ pub async fn restore_state(log: &Log, tp: &TopicPartition) -> Restored {
         txns.trim(log.log_start_offset().0);
         let from = next_offset.max(log.log_start_offset());
         let replayed = replay_batches(log, from, log.log_end_offset(), |batch, header| {
-            let producer_id = header.producer_id().0;
             let marker = tern_protocol::records::control_marker(batch, header);
-            if producer_id >= 0 && header.is_control() {
-                producers.fence(producer_id, header.producer_epoch());
-            } else if producer_id >= 0 {
-                producers.restore(BatchSeq::of(header), header.base_offset().0);
-            }
-            txns.observe(header, header.base_offset().0, marker);
+            learn_batch(&mut producers, &mut txns, header, marker);
         })
         .await;
         match replayed {
@@ -1273,14 +1310,17 @@ async fn usable_replay_point(log: &Log, tp: &TopicPartition) -> Option<replay_po
         return None;
     };
     let at = point.next_offset;
-    let leads_here = if at > log.log_end_offset() {
+    let start = log.log_start_offset();
+    let leads_here = if at > log.log_end_offset() || at < start {
+        // Past the log, or its batch is gone below the log start and cannot be checked.
         false
-    } else if at > log.log_start_offset() {
+    } else if at > start {
         batch_ending_at(log, at)
             .await
             .is_some_and(|last| point.last_batch_crc == Some(last.crc()))
     } else {
-        true
+        // Taken on a log that was empty there.
+        point.last_batch_crc.is_none()
     };
     if !leads_here {
         tracing::info!(partition = %tp.dir_name(), at = at.0,
@@ -1382,4 +1422,34 @@ pub async fn restore_producers(log: &Log, tp: &TopicPartition) -> ProducerStates
         }
     }
     states
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Appends;
+
+    #[test]
+    fn replay_points_wait_for_appends_and_stop_after_an_abandoned_one() {
+        let appends = Appends::default();
+        let mark = appends.settled().unwrap();
+        let first = appends.enter();
+        assert_eq!(appends.settled(), None, "an append is in flight");
+        first.done();
+        assert!(
+            !appends.unchanged_since(mark),
+            "an append ran since the mark"
+        );
+        let mark = appends.settled().unwrap();
+        assert!(appends.unchanged_since(mark));
+        // Its caller went away mid-append (the future was dropped): the log may hold what
+        // the state lacks.
+        drop(appends.enter());
+        assert_eq!(
+            appends.settled(),
+            None,
+            "no replay point after an abandoned append"
+        );
+        appends.abandoned.set(false); // what a rebuild from the log does
+        assert!(appends.settled().is_some());
+    }
 }

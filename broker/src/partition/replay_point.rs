@@ -2,17 +2,21 @@
 //! log offset, kept beside the log so that a restart replays only the batches written after it
 //! instead of the end of the log (producers) and the whole log (transactions).
 //!
-//! Taken only when no append is in flight on the partition (`Partition::appends_in_flight`):
-//! then every batch below the log end has had its effect on the state and none above it has,
-//! so the state is exactly the log's up to `next_offset`. Written over the file in place (no
+//! Taken only when no append is in flight on the partition (`Partition::appends`): then every
+//! batch below the log end has had its effect on the state and none above it has, so the state
+//! is exactly the log's up to `next_offset`. An append abandoned half way (its caller went
+//! away while the log held its batch) stops replay points until the state is rebuilt from the
+//! log; the last one written stays correct, only older. A partition whose appends always
+//! overlap keeps its last replay point too, and a restart then replays more. Written over the file in place (no
 //! rename, no fdatasync): a kill -9 cannot lose a direct write the device has taken, and
 //! whatever a power loss leaves (an older replay point, a torn one, none) is caught here, so
 //! the partition falls back to replaying the log as it would without a replay point.
 //!
 //! What it must never do: hand back a state the log does not lead to. A replay point is used
 //! only if its checksum holds, its offset is within the log, and the batch that ends at its
-//! offset is the one it was taken after (same CRC): a follower's truncation and regrowth, or a
-//! replay point older than the log's rewritten tail, fail that check.
+//! offset is the one it was taken after (same CRC), or the log was empty there and still
+//! starts there: a follower's truncation and regrowth, or a replay point older than the log's
+//! rewritten tail or its start, fail that check.
 //!
 //! | offset  | size | field                                                        |
 //! |--------:|-----:|--------------------------------------------------------------|

@@ -405,9 +405,9 @@ impl PartitionState {
         self.producers = producers;
     }
 
-    /// A follower appended batches that `batch` describes, at `base_offset`.
-    pub fn sequence_replicated(&mut self, batch: BatchSeq, base_offset: Offset) {
-        self.producers.restore(batch, base_offset.0);
+    /// The idempotent producers' state, for a follower to feed the batches it appended.
+    pub fn producers_mut(&mut self) -> &mut ProducerStates {
+        &mut self.producers
     }
 
     /// Whether acks=all may be answered for a batch the high watermark now covers:

@@ -527,6 +527,11 @@ impl Inner {
             tracing::info!(dir = %self.dir.display(), segment = base.0, "log changed during cleaning; the pass gives up");
             return Ok(false);
         };
+        // Readers reach the old segments until the splice below, and the swap renames over and
+        // removes their files: their open files, held from here, keep serving the old bytes.
+        for view in group {
+            view.file.pin().await?;
+        }
         // An injected crash leaves the files as a real one would; the log keeps serving what
         // it had in memory, and only a reopen sees the result.
         let mut steps = 1u32;

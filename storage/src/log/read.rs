@@ -12,7 +12,7 @@
 //! bytes read back from disk that do not parse as whole batches, or serve a read ahead from a
 //! segment deleted, replaced or truncated since it started.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use bytes::Bytes;
@@ -25,6 +25,7 @@ use crate::file_budget::SegmentFile;
 use crate::index::{OffsetEntry, OffsetIndex, SegmentIndexer, TimeIndex};
 use crate::index_cache::SegmentIndexes;
 use crate::limits;
+use crate::notify::Notify;
 use crate::segment::{self, log_file_name, read_vec, walk_headers, walk_to_offset, WalkError};
 
 use super::{active, Inner, Log};
@@ -72,9 +73,22 @@ pub(super) struct ReadAhead {
     position: FilePosition,
     next_offset: Offset,
     truncations: u64,
-    /// The read, under way from when it was started (dropping it cancels it).
-    read: glommio::Task<Result<glommio::io::ReadResult, String>>,
-    _reserved: ReadAheadBytes,
+    slot: Rc<AheadSlot>,
+}
+
+/// Where a read ahead's bytes land. The task that reads them empties it, and gives its bytes
+/// back to the budget, once `READ_AHEAD_UNCLAIMED` has passed without a reader claiming them:
+/// a consumer that caught up into the tail cache, or went away, holds nothing for long.
+struct AheadSlot {
+    state: RefCell<AheadState>,
+    read: Notify,
+    reserved: RefCell<Option<ReadAheadBytes>>,
+}
+
+enum AheadState {
+    Reading,
+    Read(Result<glommio::io::ReadResult, String>),
+    Gone,
 }
 
 thread_local! {
@@ -210,10 +224,10 @@ impl Log {
             upper
         };
         if let Some(ahead) = self.take_read_ahead(start).await {
-            if let Some(slice) = self.package(&ahead, start, max_bytes, upper, mode)? {
+            if let Some(slice) = self.package(&ahead, start, max_bytes, upper, mode, true)? {
                 self.inner.state.borrow_mut().stats.read_ahead_hits += 1;
                 let end = ahead.position.plus(slice.len as u64);
-                self.read_ahead(&ahead.segment, end, slice.next_offset, slice.len);
+                self.read_ahead(&ahead.segment, end, slice.next_offset, slice.len, max_bytes);
                 return Ok(slice);
             }
         }
@@ -294,10 +308,10 @@ impl Log {
             result,
         };
         let slice = self
-            .package(&read, start, max_bytes, upper, mode)?
+            .package(&read, start, max_bytes, upper, mode, false)?
             .unwrap_or(empty);
         let end = read.position.plus(slice.len as u64);
-        self.read_ahead(&read.segment, end, slice.next_offset, slice.len);
+        self.read_ahead(&read.segment, end, slice.next_offset, slice.len, max_bytes);
         Ok(slice)
     }
 
@@ -311,6 +325,7 @@ impl Log {
         max_bytes: usize,
         upper: Offset,
         mode: ReadMode,
+        ahead: bool,
     ) -> Result<Option<ReadSlice>, ReadError> {
         let mut taken = 0;
         let mut next_offset = start;
@@ -331,7 +346,8 @@ impl Log {
                     next_offset = span.header.next_offset();
                 }
                 Err(BatchError::Truncated { .. }) if taken > 0 => break,
-                Err(BatchError::Truncated { .. }) => return Ok(None),
+                // A read ahead may end inside the batch; a read sized for it may not.
+                Err(BatchError::Truncated { .. }) if ahead => return Ok(None),
                 Err(error) if taken == 0 => {
                     return Err(ReadError::Corrupt {
                         segment: read.base,
@@ -389,10 +405,25 @@ impl Log {
             base,
             position,
             truncations,
-            read,
+            slot,
             ..
         } = ahead;
-        let result = read.await.ok()?;
+        let result = loop {
+            let read = slot.read.listen();
+            let state = std::mem::replace(&mut *slot.state.borrow_mut(), AheadState::Gone);
+            match state {
+                AheadState::Reading => {
+                    *slot.state.borrow_mut() = AheadState::Reading;
+                    read.await;
+                }
+                AheadState::Read(Ok(result)) => {
+                    // Claimed: its bytes now belong to the answer.
+                    slot.reserved.borrow_mut().take();
+                    break result;
+                }
+                AheadState::Read(Err(_)) | AheadState::Gone => return None,
+            }
+        };
         let st = self.inner.state.borrow();
         if st.truncations != truncations || same_segment(&st.segments, base, &segment).is_none() {
             return None;
@@ -415,8 +446,9 @@ impl Log {
         position: FilePosition,
         next_offset: Offset,
         len: usize,
+        max_bytes: usize,
     ) {
-        if len < limits::READ_AHEAD_MIN_BYTES {
+        if len < limits::READ_AHEAD_MIN_BYTES || max_bytes < limits::READ_AHEAD_MIN_BYTES {
             return;
         }
         let mut st = self.inner.state.borrow_mut();
@@ -439,19 +471,28 @@ impl Log {
         let Some(reserved) = ReadAheadBytes::reserve(len) else {
             return;
         };
-        let read = glommio::spawn_local(async move {
-            file.read_at(position.0, len)
-                .await
-                .map_err(|e| e.to_string())
+        let slot = Rc::new(AheadSlot {
+            state: RefCell::new(AheadState::Reading),
+            read: Notify::default(),
+            reserved: RefCell::new(Some(reserved)),
         });
+        let reading = slot.clone();
+        glommio::spawn_local(async move {
+            let result = file.read_at(position.0, len).await;
+            *reading.state.borrow_mut() = AheadState::Read(result.map_err(|e| e.to_string()));
+            reading.read.notify_all();
+            glommio::timer::sleep(limits::READ_AHEAD_UNCLAIMED).await;
+            *reading.state.borrow_mut() = AheadState::Gone;
+            reading.reserved.borrow_mut().take();
+        })
+        .detach();
         st.read_ahead = Some(ReadAhead {
             segment: segment.clone(),
             base: seg.base(),
             position,
             next_offset,
             truncations: st.truncations,
-            read,
-            _reserved: reserved,
+            slot,
         });
     }
 

@@ -366,7 +366,7 @@ impl Inner {
         sync_dir(&self.dir).await?;
         // The segment holding the cut becomes the active one: its file stays open from now on.
         let cut_file = self.state.borrow().segments[cut.segment].file.clone();
-        let file = cut_file.activate().await?;
+        let file = cut_file.pin().await?;
         let (victims, was_sealed) = {
             let mut st = self.state.borrow_mut();
             let st = &mut *st;
