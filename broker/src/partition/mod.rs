@@ -193,6 +193,15 @@ impl AppendFailure {
             record_errors: Vec::new(),
         }
     }
+
+    /// The log refused or failed an append: its code, and its words as the message.
+    fn storage(code: ErrorCode, error: &dyn std::fmt::Display) -> AppendFailure {
+        AppendFailure {
+            code,
+            message: Some(error.to_string()),
+            record_errors: Vec::new(),
+        }
+    }
 }
 
 impl From<ProduceRefusal> for AppendFailure {
@@ -498,11 +507,7 @@ impl Partition {
                 }
                 in_flight.done();
                 tracing::debug!(partition = %self.tp.dir_name(), %error, "append rejected");
-                Err(AppendFailure {
-                    code: error.kafka_error_code(),
-                    message: Some(error.to_string()),
-                    record_errors: Vec::new(),
-                })
+                Err(AppendFailure::storage(error.kafka_error_code(), &error))
             }
         }
     }
@@ -677,11 +682,7 @@ impl Partition {
             let in_flight = self.appends.enter();
             if let Err(error) = self.log.append_replicated(records, now).await {
                 in_flight.done();
-                return Err(AppendFailure {
-                    code: error.kafka_error_code(),
-                    message: Some(error.to_string()),
-                    record_errors: Vec::new(),
-                });
+                return Err(AppendFailure::storage(error.kafka_error_code(), &error));
             }
             let mut state = self.state.borrow_mut();
             let mut txns = self.txns.borrow_mut();
@@ -965,11 +966,7 @@ impl Partition {
             Ok(info) => info,
             Err(error) => {
                 in_flight.done();
-                return Err(AppendFailure {
-                    code: error.kafka_error_code(),
-                    message: Some(error.to_string()),
-                    record_errors: Vec::new(),
-                });
+                return Err(AppendFailure::storage(error.kafka_error_code(), &error));
             }
         };
         self.state
@@ -1014,11 +1011,7 @@ impl Partition {
             Ok(info) => info,
             Err(error) => {
                 in_flight.done();
-                return Err(AppendFailure {
-                    code: error.kafka_error_code(),
-                    message: Some(error.to_string()),
-                    record_errors: Vec::new(),
-                });
+                return Err(AppendFailure::storage(error.kafka_error_code(), &error));
             }
         };
         self.txns
