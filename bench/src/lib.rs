@@ -9,6 +9,7 @@
 
 pub mod cpu;
 pub mod driver;
+pub mod flags;
 pub mod histlog;
 pub mod limits;
 pub mod open_loop;

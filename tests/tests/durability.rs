@@ -266,6 +266,26 @@ fn acks_all_records_survive_kill_9() {
     );
 }
 
+/// One raw Produce v3 of `records` to partition 0 of `topic` on a new connection: the error
+/// code and base offset answered. Raw frames keep producer ids and sequences exact.
+fn produce_v3(broker: &Broker, topic: &str, records: &[u8]) -> (i16, i64) {
+    use tern_tests::wire::{self, Fate, RawConnection};
+    let addr = broker.bootstrap().parse().expect("address");
+    let mut connection = RawConnection::connect(addr);
+    connection
+        .send(&wire::request(
+            0,
+            3,
+            1,
+            &wire::produce_v3_body(topic, 0, records),
+        ))
+        .expect("send");
+    match connection.fate(Duration::from_secs(10)) {
+        Fate::Answered(frame) => wire::parse_produce_v3(&frame).expect("Produce v3 response"),
+        other => panic!("no Produce answer: {other:?}"),
+    }
+}
+
 /// An idempotent producer's state is rebuilt from the log after a restart, graceful or
 /// kill -9: the producer's next sequence is accepted where it left off, and a batch it
 /// retries across the restart is answered with its original offset instead of being written
@@ -274,7 +294,6 @@ fn acks_all_records_survive_kill_9() {
 fn idempotent_producer_sequences_survive_restarts_without_duplicates() {
     use tern_protocol::batch::BatchBuilder;
     use tern_protocol::types::{ProducerId, TimestampMs};
-    use tern_tests::wire::{self, Fate, RawConnection};
 
     const UNKNOWN_PRODUCER_ID: i16 = 59;
     const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
@@ -291,22 +310,7 @@ fn idempotent_producer_sequences_survive_restarts_without_duplicates() {
         }
         builder.build().to_vec()
     };
-    let produce = |broker: &Broker, records: &[u8]| -> (i16, i64) {
-        let addr = broker.bootstrap().parse().expect("address");
-        let mut connection = RawConnection::connect(addr);
-        connection
-            .send(&wire::request(
-                0,
-                3,
-                1,
-                &wire::produce_v3_body(topic, 0, records),
-            ))
-            .expect("send");
-        match connection.fate(Duration::from_secs(10)) {
-            Fate::Answered(frame) => wire::parse_produce_v3(&frame).expect("Produce v3 response"),
-            other => panic!("no Produce answer: {other:?}"),
-        }
-    };
+    let produce = |broker: &Broker, records: &[u8]| produce_v3(broker, topic, records);
 
     assert_eq!(produce(&broker, &batch(1000, 0, 3)), (0, 0));
     assert_eq!(produce(&broker, &batch(1000, 3, 2)), (0, 3));
@@ -364,7 +368,6 @@ fn idempotent_producer_sequences_survive_restarts_without_duplicates() {
 fn a_producer_far_behind_the_log_end_is_known_after_kill_9_through_the_replay_point() {
     use tern_protocol::batch::BatchBuilder;
     use tern_protocol::types::{ProducerId, TimestampMs};
-    use tern_tests::wire::{self, Fate, RawConnection};
 
     let mut broker = Broker::start(1);
     let topic = "replay-point";
@@ -376,22 +379,7 @@ fn a_producer_far_behind_the_log_end_is_known_after_kill_9_through_the_replay_po
         builder.base_sequence = sequence;
         builder.value(0, value.to_string()).build().to_vec()
     };
-    let produce = |broker: &Broker, records: &[u8]| -> (i16, i64) {
-        let addr = broker.bootstrap().parse().expect("address");
-        let mut connection = RawConnection::connect(addr);
-        connection
-            .send(&wire::request(
-                0,
-                3,
-                1,
-                &wire::produce_v3_body(topic, 0, records),
-            ))
-            .expect("send");
-        match connection.fate(Duration::from_secs(10)) {
-            Fate::Answered(frame) => wire::parse_produce_v3(&frame).expect("Produce v3 response"),
-            other => panic!("no Produce answer: {other:?}"),
-        }
-    };
+    let produce = |broker: &Broker, records: &[u8]| produce_v3(broker, topic, records);
 
     assert_eq!(produce(&broker, &batch(1000, 0, "first")), (0, 0));
     // 4 MiB of batches from a producer without idempotence bury it.

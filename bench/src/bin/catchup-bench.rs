@@ -29,6 +29,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use tern_bench::cpu;
+use tern_bench::flags::Flags;
 use tern_bench::spawn::{cpu_count, find_tern_bin, pin_current_thread, SpawnedBroker};
 
 const TOPIC: &str = "catch-up";
@@ -51,29 +52,24 @@ fn options() -> Options {
         connections: 1,
         tcp_seconds: 5,
     };
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    for pair in args.chunks(2) {
-        let value = pair.get(1).map(String::as_str).unwrap_or("");
-        let number = || {
-            value
-                .parse::<usize>()
-                .unwrap_or_else(|_| fail(&format!("{}: {value}", pair[0])))
-        };
-        match pair[0].as_str() {
+    for (flag, value) in FLAGS.pairs() {
+        let number = || FLAGS.number(&flag, &value);
+        match flag.as_str() {
             "--mib" => o.mib = number().max(64),
             "--partitions" => o.partitions = number().clamp(1, 1_000) as i32,
             "--connections" => o.connections = number().max(1),
             "--tcp-seconds" => o.tcp_seconds = number().max(1) as u64,
-            other => fail(&format!("unknown argument {other}")),
+            other => FLAGS.unknown(other),
         }
     }
     o.connections = o.connections.min(o.partitions as usize);
     o
 }
 
+const FLAGS: Flags = Flags::new("catchup-bench");
+
 fn fail(message: &str) -> ! {
-    eprintln!("catchup-bench: {message}");
-    std::process::exit(2)
+    FLAGS.fail(message)
 }
 
 fn main() {

@@ -25,6 +25,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tern_bench::flags::Flags;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -50,30 +51,25 @@ fn options() -> Options {
         groups: 1_000,
         tern: tern_bench::spawn::find_tern_bin(None).unwrap_or_else(|e| fail(&e.to_string())),
     };
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    for pair in args.chunks(2) {
-        let value = pair.get(1).map(String::as_str).unwrap_or("");
-        let number = || {
-            value
-                .parse::<usize>()
-                .unwrap_or_else(|_| fail(&format!("{}: {value}", pair[0])))
-        };
-        match pair[0].as_str() {
+    for (flag, value) in FLAGS.pairs() {
+        let number = || FLAGS.number(&flag, &value);
+        match flag.as_str() {
             "--fill-mb" => o.fill_mb = number(),
             "--keys" => o.keys = number(),
             "--seconds" => o.seconds = number() as u64,
             "--commits" => o.commits = number(),
             "--groups" => o.groups = number(),
             "--tern-bin" => o.tern = PathBuf::from(value),
-            other => fail(&format!("unknown argument {other}")),
+            other => FLAGS.unknown(other),
         }
     }
     o
 }
 
+const FLAGS: Flags = Flags::new("compaction-bench");
+
 fn fail(message: &str) -> ! {
-    eprintln!("compaction-bench: {message}");
-    std::process::exit(2)
+    FLAGS.fail(message)
 }
 
 /// A broker process on a data directory that outlives restarts.

@@ -24,6 +24,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::ClientContext;
+use tern_bench::flags::Flags;
 use tern_bench::spawn::{cpu_count, find_tern_bin, pin_current_thread, SpawnedBroker};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -39,26 +40,21 @@ fn options() -> Options {
         records: 20_000,
         size: 1024,
     };
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    for pair in args.chunks(2) {
-        let value = pair.get(1).map(String::as_str).unwrap_or("");
-        let number = || {
-            value
-                .parse::<usize>()
-                .unwrap_or_else(|_| fail(&format!("{}: {value}", pair[0])))
-        };
-        match pair[0].as_str() {
+    for (flag, value) in FLAGS.pairs() {
+        let number = || FLAGS.number(&flag, &value);
+        match flag.as_str() {
             "--records" => o.records = number().max(1_000),
             "--size" => o.size = number().max(1),
-            other => fail(&format!("unknown argument {other}")),
+            other => FLAGS.unknown(other),
         }
     }
     o
 }
 
+const FLAGS: Flags = Flags::new("txn-bench");
+
 fn fail(message: &str) -> ! {
-    eprintln!("txn-bench: {message}");
-    std::process::exit(2)
+    FLAGS.fail(message)
 }
 
 /// Delivery latencies (microseconds) and failures.

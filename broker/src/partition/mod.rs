@@ -476,9 +476,8 @@ impl Partition {
             }
         };
         // No await since the sequence check: the state and the log agree until here.
-        let in_flight = self.appends.enter();
-        match self.log.append(records, leader_epoch, now).await {
-            Ok(info) => {
+        match self.append_counted(records, leader_epoch, now).await {
+            Ok((info, in_flight)) => {
                 if let Some(sequence) = sequence {
                     self.state
                         .borrow_mut()
@@ -501,13 +500,12 @@ impl Partition {
                     log_start_offset: info.log_start_offset,
                 })
             }
-            Err(error) => {
+            Err(failure) => {
                 if let Some(sequence) = sequence {
                     self.state.borrow_mut().sequence_failed(sequence);
                 }
-                in_flight.done();
-                tracing::debug!(partition = %self.tp.dir_name(), %error, "append rejected");
-                Err(AppendFailure::storage(error.kafka_error_code(), &error))
+                tracing::debug!(partition = %self.tp.dir_name(), error = ?failure.message, "append rejected");
+                Err(failure)
             }
         }
     }
@@ -961,14 +959,7 @@ impl Partition {
         );
         let header = BatchHeader::parse_unchecked(&batch)
             .map_err(|_| AppendFailure::code(error_code::UNKNOWN_SERVER_ERROR))?;
-        let in_flight = self.appends.enter();
-        let info = match self.log.append(batch, leader_epoch, now).await {
-            Ok(info) => info,
-            Err(error) => {
-                in_flight.done();
-                return Err(AppendFailure::storage(error.kafka_error_code(), &error));
-            }
-        };
+        let (info, in_flight) = self.append_counted(batch, leader_epoch, now).await?;
         self.state
             .borrow_mut()
             .fence_producer(producer_id, producer_epoch);
@@ -1006,14 +997,7 @@ impl Partition {
             }
             state.leader_epoch()
         };
-        let in_flight = self.appends.enter();
-        let info = match self.log.append(records, leader_epoch, now).await {
-            Ok(info) => info,
-            Err(error) => {
-                in_flight.done();
-                return Err(AppendFailure::storage(error.kafka_error_code(), &error));
-            }
-        };
+        let (info, in_flight) = self.append_counted(records, leader_epoch, now).await?;
         self.txns
             .borrow_mut()
             .observe(&header, info.base_offset.0, None);
@@ -1026,6 +1010,25 @@ impl Partition {
             log_append_time: info.log_append_time,
             log_start_offset: info.log_start_offset,
         })
+    }
+
+    /// Appends as the leader, counted in flight until the caller has told the producers' and
+    /// transactions' state what the log did (`InFlight::done`); a refusal or failure changed
+    /// nothing, so it is done at once.
+    async fn append_counted(
+        &self,
+        records: BytesMut,
+        leader_epoch: tern_protocol::types::LeaderEpoch,
+        now: TimestampMs,
+    ) -> Result<(tern_storage::AppendInfo, InFlight<'_>), AppendFailure> {
+        let in_flight = self.appends.enter();
+        match self.log.append(records, leader_epoch, now).await {
+            Ok(info) => Ok((info, in_flight)),
+            Err(error) => {
+                in_flight.done();
+                Err(AppendFailure::storage(error.kafka_error_code(), &error))
+            }
+        }
     }
 
     /// Whether `producer_id` has a transaction open on this partition.

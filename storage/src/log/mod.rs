@@ -6,8 +6,9 @@
 //!   `log-start-offset` checkpoint.
 //! - `commit`: `append`, the writer and sync roles, group commit, writing to the active
 //!   segment, roll, and the interval flusher.
-//! - `read`: `read` / `read_with`, the tail cache, timestamp lookups, `recent_batch_headers`,
-//!   sealed-segment index lookups through the shard's [`IndexCache`].
+//! - `read`: `read` / `read_with`, the tail cache, the read ahead for consumers catching up
+//!   from disk, timestamp lookups, `recent_batch_headers`, sealed-segment index lookups through
+//!   the shard's [`IndexCache`].
 //! - `retention`: `enforce_retention`, `delete_records`, deleting whole old segments.
 //! - `truncate`: `truncate_to` (a follower dropping its uncommitted tail), crash-safe through a
 //!   durable intent that `open` completes.
@@ -34,9 +35,11 @@
 //! DeleteTopics).
 //!
 //! Memory: the log keeps the tail cache (within its own cap and the shard's [`TailBudget`]),
-//! the pending batches and the active segment's indexes;
-//! a sealed segment's indexes are persisted at roll and held only in the shard's
-//! [`IndexCache`], looked up through `Inner::index_floor`.
+//! the pending batches, the active segment's indexes and at most one read ahead (within a
+//! per-shard budget); a sealed segment's indexes are persisted at roll and held only in the
+//! shard's [`IndexCache`], looked up through `Inner::index_floor`. Files: the active segment's
+//! stays open; a sealed one's is open within the shard's [`FileBudget`], reached through its
+//! `SegmentFile`.
 //!
 //! Directory layout: `<base:020>.log`, `.index`, `.timeindex` per segment (see `segment` and
 //! `index`), `log-start-offset` (checkpoint, drawn in `recovery`), `leader-epoch-checkpoint`
@@ -45,7 +48,8 @@
 //! cleaned group is swapped in, `clean-swap` and `*.cleaned` files (drawn in `clean`),
 //! `.clean-shutdown` (empty marker written last by `close`, removed by `open`),
 //! `active-indexes-checkpoint` (the active segment's indexes over durable data, overwritten
-//! in place every few seconds; drawn in `crate::checkpoint`).
+//! in place every few seconds; drawn in `crate::checkpoint`), and the sidecar files the layer
+//! above writes through `write_sidecar` / `write_sidecar_in_place`.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
