@@ -245,10 +245,25 @@ impl ProducerStates {
         }
     }
 
-    /// The log refused or failed the batch: forget the producer, so its retry is not taken
-    /// for a duplicate of data that was never written.
+    /// The log refused or failed the batch. If it is the producer's newest (nothing of the
+    /// producer's was checked after it), it alone is forgotten: the producer goes on from the
+    /// batch before it, whose retries are still recognised, and a batch numbered after the
+    /// failed one is OUT_OF_ORDER_SEQUENCE_NUMBER. Otherwise batches checked after it are on
+    /// their way to the log: the producer is forgotten, so no retry is taken for a duplicate
+    /// of data never written (its next batch gets UNKNOWN_PRODUCER_ID).
     pub fn failed(&mut self, batch: BatchSeq) {
-        self.producers.remove(&batch.producer_id);
+        let Some(producer) = self.producers.get_mut(&batch.producer_id) else {
+            return;
+        };
+        let newest = producer.epoch == batch.epoch
+            && producer.batches.back().is_some_and(|last| {
+                last.first == batch.first && last.last == batch.last() && last.base_offset.is_none()
+            });
+        if newest {
+            producer.batches.pop_back();
+        } else {
+            self.producers.remove(&batch.producer_id);
+        }
     }
 
     /// Appends the state every written batch left, least recently touched producer first:
@@ -350,6 +365,38 @@ mod tests {
             states.check(batch(0, 3, 2)),
             Check::Duplicate { base_offset: None }
         );
+    }
+
+    #[test]
+    fn a_failed_newest_batch_is_forgotten_alone_and_an_earlier_one_forgets_the_producer() {
+        let mut states = ProducerStates::default();
+        assert_eq!(states.check(batch(0, 0, 3)), Check::Append);
+        states.committed(batch(0, 0, 3), 100);
+        // Refused by the log with nothing checked after it: the producer goes on from 3.
+        assert_eq!(states.check(batch(0, 3, 2)), Check::Append);
+        states.failed(batch(0, 3, 2));
+        assert_eq!(
+            states.check(batch(0, 0, 3)),
+            Check::Duplicate {
+                base_offset: Some(100)
+            }
+        );
+        assert_eq!(
+            states.check(batch(0, 5, 1)),
+            Check::Reject(error_code::OUT_OF_ORDER_SEQUENCE_NUMBER)
+        );
+        assert_eq!(states.check(batch(0, 3, 1)), Check::Append);
+        // A batch checked after the failed one: the producer is forgotten.
+        assert_eq!(states.check(batch(0, 4, 1)), Check::Append);
+        states.failed(batch(0, 3, 1));
+        assert_eq!(
+            states.check(batch(0, 5, 1)),
+            Check::Reject(error_code::UNKNOWN_PRODUCER_ID)
+        );
+        // A new epoch's first batch, refused: the epoch starts from 0 again.
+        assert_eq!(states.check(batch(1, 0, 2)), Check::Append);
+        states.failed(batch(1, 0, 2));
+        assert_eq!(states.check(batch(1, 0, 1)), Check::Append);
     }
 
     #[test]

@@ -633,3 +633,219 @@ fn the_native_producer_and_consumer_follow_a_new_leader_after_a_kill() {
         }
     });
 }
+
+#[test]
+fn a_batch_refused_for_good_leaves_its_partition_writable_and_writes_nothing_twice() {
+    let broker = Broker::start(1);
+    kafka::create_topic(&broker, "refusals", 1, &[("max.message.bytes", "3000")]);
+    let value = |i: usize| format!("{i:04}-{}", "y".repeat(100));
+    runtime().block_on(async {
+        let client = Client::connect(&native(&broker)).await.expect("connect");
+        let producer = client
+            .producer(ProducerConfig {
+                batch_bytes: 1500,
+                ..ProducerConfig::default()
+            })
+            .await
+            .expect("producer");
+        // Pipelined, so batches numbered after the refused one are in flight behind it: one
+        // record too large for the topic, in a batch of its own, amid small ones.
+        let too_large = 100;
+        let sends: Vec<_> = (0..200)
+            .map(|i| {
+                let record = if i == too_large {
+                    Record::value(vec![b'x'; 5000])
+                } else {
+                    Record::value(value(i))
+                };
+                producer.send("refusals", Some(0), record)
+            })
+            .collect();
+        let mut offsets = Vec::new();
+        for (i, send) in sends.into_iter().enumerate() {
+            let result = send.await;
+            if i == too_large {
+                let code = result.err().and_then(|e| e.code());
+                assert_eq!(code, Some(msg::Error::MessageTooLarge.0));
+            } else {
+                offsets.push(result.expect("a small record is written").offset);
+            }
+        }
+        assert_eq!(offsets, (0..199).collect::<Vec<i64>>());
+        // Refused alone, with nothing behind it; the next record is written.
+        let refused = producer
+            .send("refusals", Some(0), Record::value(vec![b'x'; 5000]))
+            .await;
+        assert!(refused.is_err(), "{refused:?}");
+        let last = producer
+            .send("refusals", Some(0), Record::value(value(200)))
+            .await
+            .expect("written after a refusal");
+        assert_eq!(last.offset, 199);
+
+        let mut consumer = client.consumer(ConsumerConfig::default());
+        consumer.assign("refusals", 0, StartAt::Earliest);
+        let read = read_exactly(&mut consumer, 200).await;
+        let want: Vec<String> = (0..=200).filter(|i| *i != too_large).map(value).collect();
+        let got: Vec<String> = read
+            .iter()
+            .map(|c| String::from_utf8_lossy(c.value.as_deref().unwrap_or_default()).into())
+            .collect();
+        assert_eq!(got, want);
+    });
+}
+
+#[test]
+fn flush_waits_for_the_records_sent_before_it_while_others_keep_sending() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let broker = Broker::start(1);
+    kafka::create_topic(&broker, "flushed", 2, &[]);
+    runtime().block_on(async {
+        let client = Client::connect(&native(&broker)).await.expect("connect");
+        // A long linger: without the flush, these records would wait for it.
+        let producer = Arc::new(
+            client
+                .producer(ProducerConfig {
+                    linger: Duration::from_secs(20),
+                    ..ProducerConfig::default()
+                })
+                .await
+                .expect("producer"),
+        );
+        // Another task sends without pause to the other partition, until told to stop (or
+        // for a minute at most), so the producer is never idle while the flush waits.
+        let stop = Arc::new(AtomicBool::new(false));
+        let sending = Arc::new(AtomicBool::new(true));
+        let other = {
+            let (producer, stop, sending) = (producer.clone(), stop.clone(), sending.clone());
+            tokio::spawn(async move {
+                let until = Instant::now() + WITHIN;
+                while !stop.load(Ordering::SeqCst) && Instant::now() < until {
+                    producer.send_with(
+                        "flushed",
+                        Some(1),
+                        Record::value("other").borrowed(),
+                        |_| {},
+                    );
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                sending.store(false, Ordering::SeqCst);
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let acked = Arc::new(AtomicUsize::new(0));
+        for i in 0..50 {
+            let acked = acked.clone();
+            let record = Record::value(format!("{i}"));
+            producer.send_with("flushed", Some(0), record.borrowed(), move |result| {
+                if result.is_ok() {
+                    acked.fetch_add(1, Ordering::SeqCst);
+                }
+            });
+        }
+        producer.flush().await;
+        let still_sending = sending.load(Ordering::SeqCst);
+        assert_eq!(acked.load(Ordering::SeqCst), 50, "flush returned early");
+        assert!(
+            still_sending,
+            "flush waited for the other task to stop sending"
+        );
+        stop.store(true, Ordering::SeqCst);
+        other.await.expect("the other sender");
+    });
+}
+
+#[test]
+fn every_delivery_callback_is_called_once_even_when_the_runtime_stops_first() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let broker = Broker::start(1);
+    kafka::create_topic(&broker, "orphans", 1, &[]);
+    let rt = runtime();
+    let called = Arc::new(AtomicUsize::new(0));
+    let producer = rt.block_on(async {
+        let client = Client::connect(&native(&broker)).await.expect("connect");
+        let producer = client
+            .producer(ProducerConfig {
+                linger: Duration::from_secs(20),
+                ..ProducerConfig::default()
+            })
+            .await
+            .expect("producer");
+        for i in 0..1000 {
+            let called = called.clone();
+            let record = Record::value(format!("{i}"));
+            producer.send_with("orphans", Some(0), record.borrowed(), move |_| {
+                called.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+        producer
+    });
+    // The producer's task ends with the runtime, its records still lingering.
+    rt.shutdown_timeout(Duration::from_secs(5));
+    drop(producer);
+    assert_eq!(called.load(Ordering::SeqCst), 1000);
+}
+
+#[test]
+fn the_native_producer_uses_partitions_added_to_a_topic() {
+    use rdkafka::admin::NewPartitions;
+    let broker = Broker::start(1);
+    kafka::create_topic(&broker, "growing", 1, &[]);
+    runtime().block_on(async {
+        let client = Client::connect(&native(&broker)).await.expect("connect");
+        let producer = client
+            .producer(ProducerConfig {
+                metadata_max_age: Duration::from_millis(100),
+                ..ProducerConfig::default()
+            })
+            .await
+            .expect("producer");
+        let first = producer
+            .send("growing", Some(0), Record::value("first"))
+            .await
+            .expect("first");
+        assert_eq!(first.partition, 0);
+        let grow = NewPartitions::new("growing", 3);
+        let created = kafka::admin(&broker)
+            .create_partitions([&grow], &kafka::admin_options())
+            .await
+            .expect("create partitions");
+        assert!(created.iter().all(|r| r.is_ok()), "{created:?}");
+        // Named partitions beyond the count learned ask again at once.
+        let third = producer
+            .send("growing", Some(2), Record::value("third"))
+            .await
+            .expect("a record to a new partition");
+        assert_eq!((third.partition, third.offset), (2, 0));
+        let beyond = producer
+            .send("growing", Some(5), Record::value("nowhere"))
+            .await;
+        assert_eq!(
+            beyond.err().and_then(|e| e.code()),
+            Some(msg::Error::UnknownTopicOrPartition.0)
+        );
+        // Keyed records spread over all three once the count is asked again (it is older
+        // than metadata_max_age by now).
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        producer
+            .send("growing", Some(0), Record::value("wake"))
+            .await
+            .expect("wake");
+        let sends: Vec<_> = (0..60)
+            .map(|i| {
+                producer.send(
+                    "growing",
+                    None,
+                    Record::value("k").with_key(format!("key-{i}")),
+                )
+            })
+            .collect();
+        let mut partitions = std::collections::BTreeSet::new();
+        for send in sends {
+            partitions.insert(send.await.expect("keyed").partition);
+        }
+        assert_eq!(partitions.into_iter().collect::<Vec<_>>(), vec![0, 1, 2]);
+    });
+}

@@ -14,11 +14,17 @@
 //! one in sequence order: the broker recognises batches it already wrote by their sequence
 //! and answers with their original offsets, so a retry never writes a record twice.
 //!
+//! A batch that fails for good (refused by the broker, or out of time) leaves a gap in its
+//! partition's sequences that the broker would refuse every later batch for. The partition
+//! then finds out which of its sent batches were written, takes a new producer id, and
+//! numbers what it still holds from 0 under it (see `Partition::broken`).
+//!
 //! Records for a topic whose partitions the producer has not learned yet wait, in order, in
 //! the accumulator until the task has asked the cluster; later records of that topic queue
-//! behind them, so order per partition is kept.
+//! behind them, so order per partition is kept. The count is asked again after
+//! `metadata_max_age`, or at once for a record sent to a partition beyond it.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::future::Future;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::pin::Pin;
@@ -31,7 +37,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use tern_protocol::native::msg;
 use tokio::sync::{mpsc, oneshot, Notify};
 
-use super::records::{BatchWriter, Record, RecordRef};
+use super::records::{restamp, BatchWriter, Record, RecordRef};
 use super::{lock, retriable_code, Client, Error, Response};
 
 #[derive(Debug, Clone)]
@@ -48,6 +54,10 @@ pub struct ProducerConfig {
     /// A record not acknowledged within this is failed (Kafka's `delivery.timeout.ms`).
     pub delivery_timeout: Duration,
     pub retry_backoff: Duration,
+    /// How long a topic's partition count is trusted before it is asked again, so partitions
+    /// added to a topic come into use (Kafka's `metadata.max.age.ms`). A record sent to a
+    /// partition beyond the count asks at once.
+    pub metadata_max_age: Duration,
 }
 
 impl Default for ProducerConfig {
@@ -59,6 +69,7 @@ impl Default for ProducerConfig {
             max_in_flight: 5,
             delivery_timeout: Duration::from_secs(60),
             retry_backoff: Duration::from_millis(50),
+            metadata_max_age: Duration::from_secs(300),
         }
     }
 }
@@ -73,21 +84,39 @@ pub struct Delivery {
     pub offset: i64,
 }
 
-/// Who hears of a record's delivery.
-enum Ack {
+/// Who hears of a record's delivery: exactly once, even if the producer's task ends first
+/// (the runtime shut down, or the task panicked): a dropped `Ack` reports the producer
+/// stopped.
+struct Ack(Option<Listener>);
+
+enum Listener {
     Channel(oneshot::Sender<Result<Delivery, Error>>),
     Callback(Box<dyn FnOnce(Result<Delivery, Error>) + Send>),
 }
 
 impl Ack {
-    fn send(self, result: Result<Delivery, Error>) {
-        match self {
-            Ack::Channel(sender) => {
+    fn send(mut self, result: Result<Delivery, Error>) {
+        match self.0.take() {
+            Some(Listener::Channel(sender)) => {
                 let _ = sender.send(result);
             }
-            Ack::Callback(callback) => callback(result),
+            Some(Listener::Callback(callback)) => callback(result),
+            None => {}
         }
     }
+}
+
+impl Drop for Ack {
+    fn drop(&mut self) {
+        // A channel's receiver sees the sender dropped; a callback must be called.
+        if let Some(Listener::Callback(callback)) = self.0.take() {
+            callback(Err(stopped()));
+        }
+    }
+}
+
+fn stopped() -> Error {
+    Error::Usage("the producer has stopped".into())
 }
 
 /// What callers ask of the producer's task besides records (which go to the accumulator).
@@ -130,7 +159,10 @@ struct TopicBatches {
     name: Arc<str>,
     /// Each partition's open batch; `None` until the task has learned the partition count.
     open: Option<Vec<Option<OpenBatch>>>,
-    /// Records waiting for the partition count, in send order.
+    /// When the partition count was learned.
+    learned: Option<Instant>,
+    /// Records waiting for the partition count, in send order: every record until it is
+    /// first learned, and then those sent to a partition beyond it.
     unrouted: Vec<Unrouted>,
     /// Keyless records without a partition fill one partition's batch at a time.
     sticky: i32,
@@ -146,6 +178,8 @@ struct Unrouted {
 pub struct Producer {
     shared: Arc<Shared>,
     commands: mpsc::UnboundedSender<Command>,
+    /// The producer id and epoch batches are sealed with (a partition whose sequences break,
+    /// when a batch fails for good, takes a new id of its own).
     pub producer_id: i64,
     pub producer_epoch: i16,
     pub stats: Arc<ProducerStats>,
@@ -169,12 +203,19 @@ impl Producer {
         }
         // Deadlines are instants: durations this long would overflow them.
         const DURATION_MAX: Duration = Duration::from_secs(365 * 24 * 3600);
-        if [config.linger, config.delivery_timeout, config.retry_backoff]
-            .iter()
-            .any(|d| *d > DURATION_MAX)
+        if [
+            config.linger,
+            config.delivery_timeout,
+            config.retry_backoff,
+            config.metadata_max_age,
+        ]
+        .iter()
+        .any(|d| *d > DURATION_MAX)
         {
             return Err(Error::Usage(
-                "linger, delivery_timeout and retry_backoff must be at most a year".into(),
+                "linger, delivery_timeout, retry_backoff and metadata_max_age must be at most \
+                 a year"
+                    .into(),
             ));
         }
         let (producer_id, producer_epoch) = client.init_producer_id().await?;
@@ -194,6 +235,9 @@ impl Producer {
             partitions: HashMap::new(),
             in_flight: FuturesUnordered::new(),
             flushes: Vec::new(),
+            flushing: Vec::new(),
+            next_serial: 0,
+            unanswered: BTreeSet::new(),
         };
         tokio::spawn(state.run(queue));
         Ok(Producer {
@@ -215,12 +259,9 @@ impl Producer {
         record: Record,
     ) -> impl Future<Output = Result<Delivery, Error>> + Send + 'static {
         let (ack, delivered) = oneshot::channel();
-        self.enqueue(topic, partition, record.borrowed(), Ack::Channel(ack));
-        async move {
-            delivered
-                .await
-                .unwrap_or_else(|_| Err(Error::Usage("the producer has stopped".into())))
-        }
+        let ack = Ack(Some(Listener::Channel(ack)));
+        self.enqueue(topic, partition, record.borrowed(), ack);
+        async move { delivered.await.unwrap_or_else(|_| Err(stopped())) }
     }
 
     /// `send` for callers that are not async: the record is copied into its batch before this
@@ -234,10 +275,13 @@ impl Producer {
         record: RecordRef<'_>,
         done: impl FnOnce(Result<Delivery, Error>) + Send + 'static,
     ) {
-        self.enqueue(topic, partition, record, Ack::Callback(Box::new(done)));
+        let ack = Ack(Some(Listener::Callback(Box::new(done))));
+        self.enqueue(topic, partition, record, ack);
     }
 
-    /// Sends everything queued now and waits until each record is acknowledged or failed.
+    /// Sends everything queued so far at once (no lingering) and waits until each of those
+    /// records is acknowledged or failed. Records sent meanwhile, by this caller or others,
+    /// do not hold it up.
     pub async fn flush(&self) {
         let (done, flushed) = oneshot::channel();
         if self.commands.send(Command::Flush(done)).is_ok() {
@@ -247,7 +291,7 @@ impl Producer {
 
     fn enqueue(&self, topic: &str, partition: Option<i32>, record: RecordRef<'_>, ack: Ack) {
         if self.commands.is_closed() {
-            ack.send(Err(Error::Usage("the producer has stopped".into())));
+            ack.send(Err(stopped()));
             return;
         }
         let shared = &*self.shared;
@@ -256,12 +300,12 @@ impl Producer {
         let full = &mut accumulator.full;
         // One lookup for a known topic; the name is copied only for a new one.
         let routed = match accumulator.topics.get_mut(topic) {
-            Some(batches) => batches.route(shared, full, partition, record, ack),
+            Some(batches) => batches.route(shared, full, partition, record, ack, false),
             None => accumulator
                 .topics
                 .entry(topic.to_owned())
                 .or_insert_with(|| TopicBatches::new(topic))
-                .route(shared, full, partition, record, ack),
+                .route(shared, full, partition, record, ack, false),
         };
         // Nothing runs under the lock but the append: an acknowledgement's callback may send.
         drop(guard);
@@ -291,14 +335,16 @@ impl TopicBatches {
         TopicBatches {
             name: name.into(),
             open: None,
+            learned: None,
             unrouted: Vec::new(),
             sticky: 0,
         }
     }
 
     /// Appends a record to its partition's open batch, or, while the partition count is not
-    /// known, to the records waiting for it. Returns whether the task must look (a batch
-    /// opened or filled, or a record waits), or the refused ack.
+    /// known (or is below the partition asked for, and was not `just_learned`), to the
+    /// records waiting for it. Returns whether the task must look (a batch opened or
+    /// filled, or a record waits), or the refused ack.
     fn route(
         &mut self,
         shared: &Shared,
@@ -306,16 +352,20 @@ impl TopicBatches {
         partition: Option<i32>,
         record: RecordRef<'_>,
         ack: Ack,
+        just_learned: bool,
     ) -> Result<bool, (Ack, Error)> {
-        let Some(open) = self.open.as_mut() else {
+        let count = self.open.as_ref().map_or(0, |open| open.len() as i32);
+        if self.open.is_none() || (!just_learned && partition.is_some_and(|p| p >= count)) {
             self.unrouted.push(Unrouted {
                 partition,
                 record: record.to_record(),
                 ack,
             });
             return Ok(true);
+        }
+        let Some(open) = self.open.as_mut() else {
+            return Ok(false);
         };
-        let count = open.len() as i32;
         let partition = match partition {
             Some(p) if (0..count).contains(&p) => p,
             Some(p) => {
@@ -350,12 +400,7 @@ impl TopicBatches {
         let batch = slot.get_or_insert_with(|| {
             wake = true;
             OpenBatch {
-                writer: BatchWriter::new(
-                    config.batch_bytes.min(1 << 20),
-                    timestamp,
-                    shared.producer_id,
-                    shared.producer_epoch,
-                ),
+                writer: BatchWriter::new(config.batch_bytes.min(1 << 20), timestamp),
                 acks: Vec::new(),
                 opened: Instant::now(),
             }
@@ -383,11 +428,27 @@ struct Sealed {
     created: Instant,
     /// Sent at least once: it is in the partition's window.
     sent: bool,
+    /// Answered OutOfOrderSequenceNumber while its partition was broken, or
+    /// UnknownProducerId: the broker did not write it, and it waits to be sent again under
+    /// the partition's next producer id.
+    refused: bool,
+    /// Sealing order across the producer: a flush waits for the batches sealed before it.
+    serial: u64,
 }
 
 /// A partition as the task sees it, from its sealed batches on.
-#[derive(Default)]
 struct Partition {
+    /// The producer id and epoch its batches are sealed with: the producer's own, until its
+    /// sequences break.
+    producer: (i64, i16),
+    /// A batch of this partition failed for good (the broker refused it, or it expired):
+    /// the sequences numbered after it leave a gap the broker will never accept under
+    /// `producer`. New batches wait; batches already sent are sent again until the broker
+    /// has written them or refused them (`Sealed::refused`); then, with nothing in
+    /// flight, the partition takes a new producer id and the batches it still holds start
+    /// over from sequence 0 (`State::repair`). A batch whose fate is unknown is never sent
+    /// under the new id, so none is written twice.
+    broken: bool,
     /// Sealed batches not yet sent (or sent and failed), in sequence order.
     ready: VecDeque<Sealed>,
     in_flight: usize,
@@ -402,6 +463,37 @@ struct Partition {
     not_before: Option<Instant>,
 }
 
+impl Partition {
+    fn new(producer: (i64, i16)) -> Partition {
+        Partition {
+            producer,
+            broken: false,
+            ready: VecDeque::new(),
+            in_flight: 0,
+            window: VecDeque::new(),
+            next_sequence: 0,
+            retrying: false,
+            not_before: None,
+        }
+    }
+
+    /// Where in `ready` the next batch to send is, if one may go now.
+    fn sendable(&self, max_in_flight: usize, now: Instant) -> Option<usize> {
+        if self.in_flight >= max_in_flight
+            || (self.retrying && self.in_flight > 0)
+            || self.not_before.is_some_and(|t| t > now)
+        {
+            return None;
+        }
+        if self.broken {
+            // Only batches already sent go, to learn whether the broker wrote them.
+            return self.ready.iter().position(|b| b.sent && !b.refused);
+        }
+        let batch = self.ready.front()?;
+        (batch.sent || self.window.len() < max_in_flight).then_some(0)
+    }
+}
+
 type Sent = Vec<(Key, Sealed)>;
 type Answer = Pin<Box<dyn Future<Output = (Sent, Result<Response, Error>)> + Send>>;
 
@@ -411,7 +503,13 @@ struct State {
     shared: Arc<Shared>,
     partitions: HashMap<Key, Partition>,
     in_flight: FuturesUnordered<Answer>,
+    /// Flushes asked for since the task last looked.
     flushes: Vec<oneshot::Sender<()>>,
+    /// Flushes under way, each with the serial of the first batch sealed after it.
+    flushing: Vec<(u64, oneshot::Sender<()>)>,
+    next_serial: u64,
+    /// Serials of the batches sealed and not yet answered for good.
+    unanswered: BTreeSet<u64>,
 }
 
 impl State {
@@ -435,15 +533,26 @@ impl State {
             self.route_waiting().await;
             // A flush or the end seals every open batch: nothing lingers.
             self.seal_due(!open || !self.flushes.is_empty());
+            for done in self.flushes.drain(..) {
+                self.flushing.push((self.next_serial, done));
+            }
             self.dispatch().await;
             self.expire();
-            if self.is_idle() {
-                for done in self.flushes.drain(..) {
-                    let _ = done.send(());
-                }
-                if !open {
-                    return;
-                }
+            if self.repair().await {
+                self.seal_due(!open);
+                self.dispatch().await;
+            }
+            // A flush is over once every batch sealed before it is answered.
+            let oldest = self.unanswered.first().copied().unwrap_or(u64::MAX);
+            let (over, waiting) = std::mem::take(&mut self.flushing)
+                .into_iter()
+                .partition(|(upto, _)| *upto <= oldest);
+            self.flushing = waiting;
+            for (_, done) in over {
+                let _ = done.send(());
+            }
+            if !open && self.is_idle() {
+                return;
             }
         }
     }
@@ -498,15 +607,24 @@ impl State {
         lingering.into_iter().chain(backoff).chain(expiring).min()
     }
 
-    /// Learns the partition count of each topic with records waiting for it, and routes them.
+    /// Learns the partition count of each topic with records waiting for it, or learned
+    /// longer than `metadata_max_age` ago, and routes the records waiting.
     async fn route_waiting(&mut self) {
-        let waiting: Vec<String> = lock(&self.shared.batches)
+        let now = Instant::now();
+        let max_age = self.shared.config.metadata_max_age;
+        let waiting: Vec<(String, bool)> = lock(&self.shared.batches)
             .topics
             .iter()
-            .filter(|(_, t)| t.open.is_none() && !t.unrouted.is_empty())
-            .map(|(name, _)| name.clone())
+            .filter(|(_, t)| {
+                !t.unrouted.is_empty() || t.learned.is_some_and(|at| at + max_age <= now)
+            })
+            .map(|(name, t)| (name.clone(), t.open.is_some()))
             .collect();
-        for topic in waiting {
+        for (topic, known) in waiting {
+            if known {
+                // Asked again: what the client remembers is the count being doubted.
+                self.client.invalidate(&topic);
+            }
             let count = match self.client.partitions(&topic).await {
                 Ok(partitions) if partitions.is_empty() => {
                     Err(Error::Usage(format!("topic {topic} has no partitions")))
@@ -523,7 +641,12 @@ impl State {
                 };
                 match count {
                     Ok(count) => {
-                        batches.open = Some((0..count).map(|_| None).collect());
+                        // A topic's partitions are only ever added to.
+                        let open = batches.open.get_or_insert_with(Vec::new);
+                        if open.len() < count {
+                            open.resize_with(count, || None);
+                        }
+                        batches.learned = Some(Instant::now());
                         for waiting in std::mem::take(&mut batches.unrouted) {
                             if let Err(refusal) = batches.route(
                                 &self.shared,
@@ -531,10 +654,20 @@ impl State {
                                 waiting.partition,
                                 waiting.record.borrowed(),
                                 waiting.ack,
+                                true,
                             ) {
                                 refused.push(refusal);
                             }
                         }
+                    }
+                    // Known before: the count stands, and is asked again after the age.
+                    Err(error) if batches.open.is_some() => {
+                        batches.learned = Some(Instant::now());
+                        refused.extend(
+                            std::mem::take(&mut batches.unrouted)
+                                .into_iter()
+                                .map(|waiting| (waiting.ack, error.clone())),
+                        );
                     }
                     // The topic is forgotten: a later record asks again.
                     Err(error) => {
@@ -575,10 +708,12 @@ impl State {
                     continue;
                 };
                 for (index, slot) in open.iter_mut().enumerate() {
-                    if !slot
-                        .as_ref()
-                        .is_some_and(|b| all || b.opened + linger <= now)
-                        || !may_send(&self.partitions, &batches.name, index, max)
+                    let Some(batch) = slot.as_ref() else {
+                        continue;
+                    };
+                    if !all
+                        && (batch.opened + linger > now
+                            || !may_send(&self.partitions, &batches.name, index, max))
                     {
                         continue;
                     }
@@ -594,8 +729,16 @@ impl State {
             due
         };
         // Per partition, filled batches come before the open one: sequence order holds.
+        let producer = (shared.producer_id, shared.producer_epoch);
         for (key, batch) in due {
-            seal(self.partitions.entry(key).or_default(), batch);
+            let partition = self
+                .partitions
+                .entry(key)
+                .or_insert_with(|| Partition::new(producer));
+            let serial = self.next_serial;
+            self.next_serial += 1;
+            self.unanswered.insert(serial);
+            seal(partition, batch, serial);
         }
     }
 
@@ -603,17 +746,12 @@ impl State {
     async fn dispatch(&mut self) {
         loop {
             let now = Instant::now();
+            let max = self.shared.config.max_in_flight;
             let mut by_leader: BTreeMap<i32, Sent> = BTreeMap::new();
             let keys: Vec<Key> = self
                 .partitions
                 .iter()
-                .filter(|(_, p)| {
-                    p.ready.front().is_some_and(|batch| {
-                        batch.sent || p.window.len() < self.shared.config.max_in_flight
-                    }) && p.not_before.is_none_or(|t| t <= now)
-                        && p.in_flight < self.shared.config.max_in_flight
-                        && !(p.retrying && p.in_flight > 0)
-                })
+                .filter(|(_, p)| p.sendable(max, now).is_some())
                 .map(|(key, _)| key.clone())
                 .collect();
             if keys.is_empty() {
@@ -636,7 +774,10 @@ impl State {
                 let Some(partition) = self.partitions.get_mut(&key) else {
                     continue;
                 };
-                let Some(mut batch) = partition.ready.pop_front() else {
+                let Some(mut batch) = partition
+                    .sendable(max, Instant::now())
+                    .and_then(|at| partition.ready.remove(at))
+                else {
                     continue;
                 };
                 if !batch.sent {
@@ -741,10 +882,22 @@ impl State {
             };
             partition.in_flight = partition.in_flight.saturating_sub(1);
             let code = msg::Error(code);
-            let retry = (retriable_code(code.0) || code == msg::Error::OutOfOrderSequenceNumber)
+            let out_of_order = code == msg::Error::OutOfOrderSequenceNumber;
+            // Not written, and never will be under this producer id: behind a gap, or the
+            // broker no longer knows the producer (a batch before failed, or it was evicted).
+            // It waits for the partition's new producer id.
+            if (out_of_order && partition.broken) || code == msg::Error::UnknownProducerId {
+                let mut batch = batch;
+                batch.refused = true;
+                partition.broken = true;
+                put_back(partition, batch);
+                continue;
+            }
+            let retry = (retriable_code(code.0) || out_of_order)
                 && batch.created + self.shared.config.delivery_timeout > now;
             if !retry {
                 answered_for_good(partition, batch.base_sequence);
+                self.unanswered.remove(&batch.serial);
             }
             if code == msg::Error::None || code == msg::Error::DuplicateSequenceNumber {
                 let base = if code == msg::Error::None {
@@ -762,12 +915,7 @@ impl State {
                 }
             } else if retry {
                 // Back in sequence order; the partition waits for its other batches.
-                let at = partition
-                    .ready
-                    .iter()
-                    .position(|b| !b.sent || sequence_after(b.base_sequence, batch.base_sequence))
-                    .unwrap_or(partition.ready.len());
-                partition.ready.insert(at, batch);
+                put_back(partition, batch);
                 partition.retrying = true;
                 self.stats.retries.fetch_add(1, Ordering::Relaxed);
                 partition.not_before = Some(now + self.shared.config.retry_backoff);
@@ -780,8 +928,58 @@ impl State {
                 for ack in batch.acks {
                     ack.send(Err(error.clone()));
                 }
+                partition.broken = true;
             }
         }
+    }
+
+    /// Gives each broken partition whose batches' fates are all known a new producer id, and
+    /// numbers its batches from sequence 0 under it. Returns whether any partition was mended.
+    async fn repair(&mut self) -> bool {
+        let now = Instant::now();
+        let ready: Vec<Key> = self
+            .partitions
+            .iter()
+            .filter(|(_, p)| {
+                p.broken
+                    && p.in_flight == 0
+                    && p.not_before.is_none_or(|t| t <= now)
+                    && p.ready.iter().all(|b| !b.sent || b.refused)
+            })
+            .map(|(key, _)| key.clone())
+            .collect();
+        let mut mended = false;
+        for key in ready {
+            let producer = self.client.init_producer_id().await;
+            let Some(partition) = self.partitions.get_mut(&key) else {
+                continue;
+            };
+            let producer = match producer {
+                Ok(producer) => producer,
+                Err(_) => {
+                    // No broker answered: try again after the back-off.
+                    partition.not_before = Some(Instant::now() + self.shared.config.retry_backoff);
+                    continue;
+                }
+            };
+            partition.producer = producer;
+            partition.broken = false;
+            partition.retrying = false;
+            partition.window.clear();
+            partition.next_sequence = 0;
+            for batch in &mut partition.ready {
+                batch.base_sequence = partition.next_sequence;
+                batch.bytes = restamp(&batch.bytes, producer, batch.base_sequence);
+                batch.sent = false;
+                batch.refused = false;
+                partition.next_sequence = partition
+                    .next_sequence
+                    .wrapping_add(batch.acks.len() as i32)
+                    & i32::MAX;
+            }
+            mended = true;
+        }
+        mended
     }
 
     /// Fails batches that waited past the delivery timeout without being sent.
@@ -801,6 +999,8 @@ impl State {
                     break;
                 };
                 answered_for_good(state, batch.base_sequence);
+                self.unanswered.remove(&batch.serial);
+                state.broken = true;
                 for ack in batch.acks {
                     ack.send(Err(Error::Timeout(format!(
                         "{topic}-{partition}: not acknowledged within {timeout:?}"
@@ -811,8 +1011,18 @@ impl State {
     }
 }
 
+/// Returns a batch that will be sent again to its place in sequence order.
+fn put_back(partition: &mut Partition, batch: Sealed) {
+    let at = partition
+        .ready
+        .iter()
+        .position(|b| !b.sent || sequence_after(b.base_sequence, batch.base_sequence))
+        .unwrap_or(partition.ready.len());
+    partition.ready.insert(at, batch);
+}
+
 /// Whether partition `index` of `topic` could send a batch sealed now: nothing sealed waits
-/// before it and its in-flight window has room.
+/// before it, its in-flight window has room and its sequences are whole.
 fn may_send(
     partitions: &HashMap<Key, Partition>,
     topic: &Arc<str>,
@@ -822,7 +1032,10 @@ fn may_send(
     partitions
         .get(&(topic.clone(), index as i32))
         .is_none_or(|p| {
-            p.ready.is_empty() && p.in_flight < max_in_flight && p.window.len() < max_in_flight
+            !p.broken
+                && p.ready.is_empty()
+                && p.in_flight < max_in_flight
+                && p.window.len() < max_in_flight
         })
 }
 
@@ -846,17 +1059,19 @@ fn answered_for_good(partition: &mut Partition, base_sequence: i32) {
     }
 }
 
-/// Seals a batch into its partition: its sequence numbers are fixed from here.
-fn seal(partition: &mut Partition, batch: OpenBatch) {
+/// Seals a batch into its partition: its producer and sequence numbers are fixed from here.
+fn seal(partition: &mut Partition, batch: OpenBatch, serial: u64) {
     let count = batch.writer.count();
     let base_sequence = partition.next_sequence;
     partition.next_sequence = partition.next_sequence.wrapping_add(count) & i32::MAX;
     partition.ready.push_back(Sealed {
-        bytes: batch.writer.seal(base_sequence),
+        bytes: batch.writer.seal(partition.producer, base_sequence),
         base_sequence,
         acks: batch.acks,
         created: batch.opened,
         sent: false,
+        refused: false,
+        serial,
     });
 }
 

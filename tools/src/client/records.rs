@@ -111,6 +111,9 @@ const CRC_AT: usize = 17;
 const CRC_FROM: usize = 21;
 const LAST_OFFSET_DELTA_AT: usize = 23;
 const MAX_TIMESTAMP_AT: usize = 35;
+const PRODUCER_ID_AT: usize = 43;
+const PRODUCER_EPOCH_AT: usize = 51;
+const BASE_SEQUENCE_AT: usize = 53;
 const RECORD_COUNT_AT: usize = 57;
 
 /// An uncompressed RecordBatch v2 being filled.
@@ -123,14 +126,8 @@ pub struct BatchWriter {
 }
 
 impl BatchWriter {
-    /// A batch for an idempotent producer (`producer_id` -1: none); its base sequence is set
-    /// when it is sealed.
-    pub fn new(
-        capacity: usize,
-        base_timestamp: i64,
-        producer_id: i64,
-        producer_epoch: i16,
-    ) -> BatchWriter {
+    /// A batch whose producer and base sequence are set when it is sealed.
+    pub fn new(capacity: usize, base_timestamp: i64) -> BatchWriter {
         let mut buffer = BytesMut::with_capacity(BATCH_HEADER_BYTES + capacity);
         buffer.put_i64(0); // base offset: the broker assigns it
         buffer.put_i32(0); // batch length, patched in `seal`
@@ -141,8 +138,8 @@ impl BatchWriter {
         buffer.put_i32(0); // last offset delta, patched
         buffer.put_i64(base_timestamp);
         buffer.put_i64(base_timestamp); // max timestamp, patched
-        buffer.put_i64(producer_id);
-        buffer.put_i16(producer_epoch);
+        buffer.put_i64(-1); // producer id, set in `seal`
+        buffer.put_i16(-1); // producer epoch, set in `seal`
         buffer.put_i32(-1); // base sequence, set in `seal`
         buffer.put_i32(0); // record count, patched
         BatchWriter {
@@ -203,8 +200,9 @@ impl BatchWriter {
         self.count += 1;
     }
 
-    /// Finishes the batch with its first record's sequence number (-1 without idempotence).
-    pub fn seal(mut self, base_sequence: i32) -> Bytes {
+    /// Finishes the batch for `producer` (id and epoch; -1 and -1 without idempotence) with
+    /// its first record's sequence number (-1 without idempotence).
+    pub fn seal(mut self, producer: (i64, i16), base_sequence: i32) -> Bytes {
         let length = (self.buffer.len() - 12) as i32;
         let buffer = &mut self.buffer;
         buffer[LENGTH_AT..LENGTH_AT + 4].copy_from_slice(&length.to_be_bytes());
@@ -212,12 +210,27 @@ impl BatchWriter {
             .copy_from_slice(&(self.count - 1).to_be_bytes());
         buffer[MAX_TIMESTAMP_AT..MAX_TIMESTAMP_AT + 8]
             .copy_from_slice(&self.max_timestamp.to_be_bytes());
-        buffer[RECORD_COUNT_AT - 4..RECORD_COUNT_AT].copy_from_slice(&base_sequence.to_be_bytes());
         buffer[RECORD_COUNT_AT..RECORD_COUNT_AT + 4].copy_from_slice(&self.count.to_be_bytes());
-        let crc = crc32c::crc32c(&buffer[CRC_FROM..]);
-        buffer[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
+        stamp(buffer, producer, base_sequence);
         self.buffer.freeze()
     }
+}
+
+/// A copy of sealed `batch` for another producer and base sequence (a partition whose
+/// sequences broke starts over with a new producer id).
+pub fn restamp(batch: &[u8], producer: (i64, i16), base_sequence: i32) -> Bytes {
+    let mut copy = BytesMut::from(batch);
+    stamp(&mut copy, producer, base_sequence);
+    copy.freeze()
+}
+
+/// Writes the producer and base sequence into a batch's header, then its CRC.
+fn stamp(batch: &mut [u8], (producer_id, epoch): (i64, i16), base_sequence: i32) {
+    batch[PRODUCER_ID_AT..PRODUCER_ID_AT + 8].copy_from_slice(&producer_id.to_be_bytes());
+    batch[PRODUCER_EPOCH_AT..PRODUCER_EPOCH_AT + 2].copy_from_slice(&epoch.to_be_bytes());
+    batch[BASE_SEQUENCE_AT..BASE_SEQUENCE_AT + 4].copy_from_slice(&base_sequence.to_be_bytes());
+    let crc = crc32c::crc32c(&batch[CRC_FROM..]);
+    batch[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
 }
 
 fn varint_len(value: i64) -> usize {
@@ -401,17 +414,24 @@ mod tests {
             },
             Record::value(vec![7u8; 300]),
         ];
-        let mut writer = BatchWriter::new(1024, 1_000, 42, 3);
+        let mut writer = BatchWriter::new(1024, 1_000);
         for (i, record) in records.iter().enumerate() {
             writer.push(record.borrowed(), 1_000 + i as i64);
         }
-        let batch = writer.seal(17);
+        let batch = writer.seal((42, 3), 17);
         batch::validate_batch(&batch).unwrap();
         let header = BatchHeader::parse_unchecked(&batch).unwrap();
         assert_eq!(header.base_sequence(), 17);
         assert_eq!(header.producer_id().0, 42);
+        assert_eq!(header.producer_epoch(), 3);
         assert_eq!(header.record_count(), 3);
         assert_eq!(header.max_timestamp().0, 1_002);
+        // Restamped for another producer: still valid, records unchanged.
+        let again = restamp(&batch, (77, 0), 5);
+        batch::validate_batch(&again).unwrap();
+        let header = BatchHeader::parse_unchecked(&again).unwrap();
+        assert_eq!((header.producer_id().0, header.base_sequence()), (77, 5));
+        assert_eq!(again[61..], batch[61..]);
         let decoded = decode("t", 0, &batch, 0, &[]).unwrap();
         assert_eq!(decoded.next_offset, Some(3));
         let got: Vec<_> = decoded
