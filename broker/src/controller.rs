@@ -23,6 +23,22 @@ pub enum ControllerError {
     ShardUnavailable,
     #[error("the metadata quorum is unavailable: {0}")]
     Unavailable(String),
+    /// Submitted, but not answered in time: the change may still be made (Kafka's
+    /// REQUEST_TIMED_OUT, after which a client looks before it asks again).
+    #[error("{0}")]
+    TimedOut(String),
+}
+
+impl ControllerError {
+    /// The Kafka error code a request that needed the controller answers with.
+    pub fn code(&self) -> i16 {
+        match self {
+            ControllerError::TimedOut(_) => tern_protocol::error_code::REQUEST_TIMED_OUT,
+            ControllerError::ShardUnavailable | ControllerError::Unavailable(_) => {
+                tern_protocol::error_code::UNKNOWN_SERVER_ERROR
+            }
+        }
+    }
 }
 
 /// One result per command: a failed command changed nothing.

@@ -185,18 +185,18 @@ impl Shard {
     pub async fn run_commands(
         self: &Rc<Self>,
         commands: Vec<tern_replication::metadata::Command>,
-    ) -> Result<crate::controller::CommandResults, String> {
+    ) -> Result<crate::controller::CommandResults, crate::controller::ControllerError> {
+        use crate::controller::ControllerError;
         self.invoke_on(0, move |shard| async move {
             match shard.controller() {
-                Some(controller) => controller
-                    .execute(commands)
-                    .await
-                    .map_err(|error| error.to_string()),
-                None => Err("shard 0 hosts no controller".to_owned()),
+                Some(controller) => controller.execute(commands).await,
+                None => Err(ControllerError::Unavailable(
+                    "shard 0 hosts no controller".to_owned(),
+                )),
             }
         })
         .await
-        .map_err(|error| error.to_string())?
+        .map_err(|_| ControllerError::ShardUnavailable)?
     }
 
     /// The topic defaults in force: this broker's static ones overlaid by the cluster's

@@ -178,7 +178,11 @@ impl Driver for KafkaDriver {
             .map_err(|e| DriverError::Client(format!("CreateTopics: {e}")))?;
         for result in results {
             match result {
-                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                // Timed out: the broker may still be creating it (many partitions on a slow
+                // disk); the wait for its leaders below decides.
+                Ok(_)
+                | Err((_, RDKafkaErrorCode::TopicAlreadyExists))
+                | Err((_, RDKafkaErrorCode::RequestTimedOut)) => {}
                 Err((topic, code)) => {
                     return Err(DriverError::CreateTopic {
                         topic,

@@ -153,7 +153,9 @@ impl Driver for NativeDriver {
                     .await
                 {
                     Ok(()) => {}
-                    Err(error) if error.code() == Some(36) => {} // TopicAlreadyExists
+                    // TopicAlreadyExists, or RequestTimedOut: the broker may still be creating it
+                    // (many partitions on a slow disk); the wait for its leaders below decides.
+                    Err(error) if matches!(error.code(), Some(36 | 7)) => {}
                     Err(error) => {
                         return Err(DriverError::CreateTopic {
                             topic: t.name.clone(),

@@ -24,6 +24,7 @@ use tern_protocol::error_code;
 use tern_replication::metadata::{Command, MetadataError};
 
 use super::{str_bytes, Ctx};
+use crate::controller::ControllerError;
 use crate::limits;
 use crate::outcome::Outcome;
 use crate::security::acl;
@@ -91,11 +92,8 @@ pub fn validate_topic_name(name: &str) -> Result<(), String> {
 pub async fn run_commands(
     shard: &Rc<Shard>,
     commands: Vec<Command>,
-) -> Result<Vec<Result<(), MetadataError>>, String> {
-    shard
-        .run_commands(commands)
-        .await
-        .map_err(|error| error.to_string())
+) -> Result<Vec<Result<(), MetadataError>>, ControllerError> {
+    shard.run_commands(commands).await
 }
 
 /// Runs `commands` on the controller and records each failure at its request slot.
@@ -118,16 +116,16 @@ pub(super) async fn run_commands_into(
                 }
             }
         }
-        Err(message) => slots.into_iter().for_each(|slot| {
-            outcomes[slot] = Some((error_code::UNKNOWN_SERVER_ERROR, message.clone()))
-        }),
+        Err(error) => slots
+            .into_iter()
+            .for_each(|slot| outcomes[slot] = Some((error.code(), error.to_string()))),
     }
 }
 
 pub async fn create_topics_via_controller(
     shard: &Rc<Shard>,
     topics: Vec<NewTopic>,
-) -> Result<Vec<Result<(), MetadataError>>, String> {
+) -> Result<Vec<Result<(), MetadataError>>, ControllerError> {
     let commands = topics.into_iter().map(NewTopic::command).collect();
     run_commands(shard, commands).await
 }
@@ -267,13 +265,9 @@ pub async fn create_topics(ctx: &Ctx<'_>, request: CreateTopicsRequest) -> Creat
                     }
                 }
             }
-            Err(message) => {
+            Err(error) => {
                 for slot in create_slots {
-                    outcomes[slot] = (
-                        error_code::UNKNOWN_SERVER_ERROR,
-                        Some(message.clone()),
-                        outcomes[slot].2,
-                    );
+                    outcomes[slot] = (error.code(), Some(error.to_string()), outcomes[slot].2);
                 }
             }
         }
@@ -371,9 +365,9 @@ pub async fn delete_topics(ctx: &Ctx<'_>, request: DeleteTopicsRequest) -> Delet
             .into_iter()
             .map(|r| r.map_err(|e| (metadata_error_code(&e), e.to_string())))
             .collect::<Vec<_>>(),
-        Err(message) => names
+        Err(error) => names
             .iter()
-            .map(|_| Err((error_code::UNKNOWN_SERVER_ERROR, message.clone())))
+            .map(|_| Err((error.code(), error.to_string())))
             .collect(),
     }
     .into_iter();
@@ -947,7 +941,7 @@ pub async fn elect_leaders(ctx: &Ctx<'_>, request: ElectLeadersRequest) -> Outco
                 Some(Err(error)) => Some((metadata_error_code(&error), error.to_string())),
                 _ => None,
             },
-            Err(message) => Some((error_code::UNKNOWN_SERVER_ERROR, message)),
+            Err(error) => Some((error.code(), error.to_string())),
         };
         if let Some((code, message)) = failed {
             for answer in answers.iter_mut().filter(|a| a.0 == error_code::NONE) {

@@ -394,12 +394,12 @@ pub async fn create_acls(ctx: &Ctx<'_>, request: CreateAclsRequest) -> Outcome {
             Ok(results) => results
                 .into_iter()
                 .find_map(Result::err)
-                .map(|e| e.to_string()),
-            Err(message) => Some(message),
+                .map(|e| (error_code::UNKNOWN_SERVER_ERROR, e.to_string())),
+            Err(error) => Some((error.code(), error.to_string())),
         };
-        if let Some(message) = failure {
+        if let Some((code, message)) = failure {
             for outcome in outcomes.iter_mut().filter(|o| o.is_none()) {
-                *outcome = Some((error_code::UNKNOWN_SERVER_ERROR, message.clone()));
+                *outcome = Some((code, message.clone()));
             }
         }
     }
@@ -519,12 +519,12 @@ pub async fn delete_acls(ctx: &Ctx<'_>, request: DeleteAclsRequest) -> Outcome {
                 Ok(outcome) => outcome
                     .into_iter()
                     .find_map(Result::err)
-                    .map(|e| e.to_string()),
-                Err(message) => Some(message),
+                    .map(|e| (error_code::UNKNOWN_SERVER_ERROR, e.to_string())),
+                Err(error) => Some((error.code(), error.to_string())),
             };
-        if let Some(message) = failure {
+        if let Some((code, message)) = failure {
             for result in results.iter_mut().filter(|r| r.error_code == 0) {
-                result.error_code = error_code::UNKNOWN_SERVER_ERROR;
+                result.error_code = code;
                 result.error_message = Some(str_bytes(&message));
                 result.matching_acls.clear();
             }

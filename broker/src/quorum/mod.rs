@@ -163,8 +163,9 @@ impl Quorum {
             Ok(Some(answer)) => Ok(answer),
             _ => {
                 self.waiters.borrow_mut().remove(&ticket);
-                Err(ControllerError::Unavailable(format!(
-                    "the metadata quorum did not commit within {timeout:?} (leader: {:?})",
+                Err(ControllerError::TimedOut(format!(
+                    "the metadata change was not committed and applied within {timeout:?}; it \
+                     may still be (quorum leader: {:?})",
                     self.node.borrow().leader()
                 )))
             }
