@@ -849,3 +849,34 @@ fn the_native_producer_uses_partitions_added_to_a_topic() {
         assert_eq!(partitions.into_iter().collect::<Vec<_>>(), vec![0, 1, 2]);
     });
 }
+
+#[test]
+fn a_lingered_batch_waiting_for_its_partitions_in_flight_limit_goes_when_the_answer_comes() {
+    let broker = Broker::start(1);
+    kafka::create_topic(&broker, "one-at-a-time", 1, &[]);
+    runtime().block_on(async {
+        let client = Client::connect(&native(&broker)).await.expect("connect");
+        // One batch in flight at a time, a short linger: the second record's batch lingers
+        // out while the first is in flight (an fdatasync takes longer than the linger), and
+        // nothing else is sent to wake the producer when the first is answered.
+        let producer = client
+            .producer(ProducerConfig {
+                max_in_flight: 1,
+                linger: Duration::from_micros(600),
+                ..ProducerConfig::default()
+            })
+            .await
+            .expect("producer");
+        for round in 0..50i64 {
+            let first = producer.send("one-at-a-time", Some(0), Record::value("a"));
+            tokio::time::sleep(Duration::from_micros(800)).await;
+            let second = producer.send("one-at-a-time", Some(0), Record::value("b"));
+            let (first, second) =
+                tokio::time::timeout(WITHIN, async { (first.await, second.await) })
+                    .await
+                    .expect("both delivered, without another send to wake the producer");
+            assert_eq!(first.expect("first").offset, 2 * round);
+            assert_eq!(second.expect("second").offset, 2 * round + 1);
+        }
+    });
+}

@@ -683,8 +683,21 @@ impl Client {
             .collect())
     }
 
-    /// A new producer id and epoch (idempotent producing).
+    /// A new producer id and epoch (idempotent producing). Retriable failures (the
+    /// controller busy or being elected, say) are tried again for up to `request_timeout`.
     pub async fn init_producer_id(&self) -> Result<(i64, i16), Error> {
+        let deadline = tokio::time::Instant::now() + self.config().request_timeout;
+        loop {
+            match self.init_producer_id_once().await {
+                Err(error) if error.retriable() && tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    async fn init_producer_id_once(&self) -> Result<(i64, i16), Error> {
         let connection = self.any_connection().await?;
         let response = connection
             .call(msg::Request::InitProducerId, Vec::new(), |b| {

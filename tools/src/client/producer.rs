@@ -19,6 +19,12 @@
 //! then finds out which of its sent batches were written, takes a new producer id, and
 //! numbers what it still holds from 0 under it (see `Partition::broken`).
 //!
+//! No step of the task walks every partition, so a producer writing to 10,000 partitions costs
+//! what one writing to 16 does per batch: batches are sealed from queues (`Queues`: those that
+//! filled, and every batch opened, in the order their lingers end), a lingered batch whose
+//! partition cannot send waits in `State::blocked` until an answer frees that partition, and
+//! sending, expiring and mending look only at `State::busy` partitions.
+//!
 //! Records for a topic whose partitions the producer has not learned yet wait, in order, in
 //! the accumulator until the task has asked the cluster; later records of that topic queue
 //! behind them, so order per partition is kept. The count is asked again after
@@ -151,8 +157,24 @@ struct Shared {
 struct Accumulator {
     /// Looked up for every record sent: hashed a word at a time, not with SipHash.
     topics: HashMap<String, TopicBatches, BuildHasherDefault<WordHasher>>,
+    queues: Queues,
+}
+
+/// What the task takes its work from, so that none of its steps walks every partition.
+#[derive(Default)]
+struct Queues {
     /// Batches that reached `batch_bytes`, oldest first, for the task to seal.
     full: Vec<(Key, OpenBatch)>,
+    /// Every batch opened, oldest first: the order in which their lingers end. An entry
+    /// whose batch was sealed meanwhile (it filled, or a flush) is stale and dropped when met.
+    opened: VecDeque<Opened>,
+    next_batch: u64,
+}
+
+struct Opened {
+    key: Key,
+    batch: u64,
+    at: Instant,
 }
 
 struct TopicBatches {
@@ -232,7 +254,10 @@ impl Producer {
             stats: stats.clone(),
             client,
             shared: shared.clone(),
-            partitions: HashMap::new(),
+            partitions: HashMap::default(),
+            busy: Vec::new(),
+            blocked: HashMap::default(),
+            freed: Vec::new(),
             in_flight: FuturesUnordered::new(),
             flushes: Vec::new(),
             flushing: Vec::new(),
@@ -297,15 +322,15 @@ impl Producer {
         let shared = &*self.shared;
         let mut guard = lock(&shared.batches);
         let accumulator = &mut *guard;
-        let full = &mut accumulator.full;
+        let queues = &mut accumulator.queues;
         // One lookup for a known topic; the name is copied only for a new one.
         let routed = match accumulator.topics.get_mut(topic) {
-            Some(batches) => batches.route(shared, full, partition, record, ack, false),
+            Some(batches) => batches.route(shared, queues, partition, record, ack, false),
             None => accumulator
                 .topics
                 .entry(topic.to_owned())
                 .or_insert_with(|| TopicBatches::new(topic))
-                .route(shared, full, partition, record, ack, false),
+                .route(shared, queues, partition, record, ack, false),
         };
         // Nothing runs under the lock but the append: an acknowledgement's callback may send.
         drop(guard);
@@ -325,6 +350,8 @@ type Key = (Arc<str>, i32);
 const TIMER_SLACK: Duration = Duration::from_micros(500);
 
 struct OpenBatch {
+    /// Its entry in `Queues::opened`.
+    id: u64,
     writer: BatchWriter,
     acks: Vec<Ack>,
     opened: Instant,
@@ -341,6 +368,16 @@ impl TopicBatches {
         }
     }
 
+    /// Takes partition `index`'s open batch to be sealed; keyless records move on to the next
+    /// partition with the next batch.
+    fn take_open(&mut self, index: usize) -> Option<OpenBatch> {
+        let batch = self.open.as_mut()?.get_mut(index)?.take()?;
+        if self.sticky == index as i32 {
+            self.sticky = self.sticky.wrapping_add(1) & i32::MAX;
+        }
+        Some(batch)
+    }
+
     /// Appends a record to its partition's open batch, or, while the partition count is not
     /// known (or is below the partition asked for, and was not `just_learned`), to the
     /// records waiting for it. Returns whether the task must look (a batch opened or
@@ -348,7 +385,7 @@ impl TopicBatches {
     fn route(
         &mut self,
         shared: &Shared,
-        full: &mut Vec<(Key, OpenBatch)>,
+        queues: &mut Queues,
         partition: Option<i32>,
         record: RecordRef<'_>,
         ack: Ack,
@@ -393,23 +430,31 @@ impl TopicBatches {
             !b.writer.is_empty() && b.writer.len() + record.size_estimate() > config.batch_bytes
         }) {
             if let Some(batch) = slot.take() {
-                full.push(((self.name.clone(), partition), batch));
+                queues.full.push(((self.name.clone(), partition), batch));
             }
         }
         let timestamp = record.timestamp.unwrap_or_else(now_ms);
         let batch = slot.get_or_insert_with(|| {
             wake = true;
+            let (id, at) = (queues.next_batch, Instant::now());
+            queues.next_batch += 1;
+            queues.opened.push_back(Opened {
+                key: (self.name.clone(), partition),
+                batch: id,
+                at,
+            });
             OpenBatch {
+                id,
                 writer: BatchWriter::new(config.batch_bytes.min(1 << 20), timestamp),
                 acks: Vec::new(),
-                opened: Instant::now(),
+                opened: at,
             }
         });
         batch.writer.push(record, timestamp);
         batch.acks.push(ack);
         if batch.writer.len() >= config.batch_bytes {
             if let Some(batch) = slot.take() {
-                full.push(((self.name.clone(), partition), batch));
+                queues.full.push(((self.name.clone(), partition), batch));
             }
             wake = true;
             // The next keyless record starts filling another partition.
@@ -438,6 +483,8 @@ struct Sealed {
 
 /// A partition as the task sees it, from its sealed batches on.
 struct Partition {
+    /// Listed in `State::busy`.
+    busy: bool,
     /// The producer id and epoch its batches are sealed with: the producer's own, until its
     /// sequences break.
     producer: (i64, i16),
@@ -466,6 +513,7 @@ struct Partition {
 impl Partition {
     fn new(producer: (i64, i16)) -> Partition {
         Partition {
+            busy: false,
             producer,
             broken: false,
             ready: VecDeque::new(),
@@ -497,11 +545,21 @@ impl Partition {
 type Sent = Vec<(Key, Sealed)>;
 type Answer = Pin<Box<dyn Future<Output = (Sent, Result<Response, Error>)> + Send>>;
 
+type Partitions = HashMap<Key, Partition, BuildHasherDefault<WordHasher>>;
+
 struct State {
     stats: Arc<ProducerStats>,
     client: Client,
     shared: Arc<Shared>,
-    partitions: HashMap<Key, Partition>,
+    partitions: Partitions,
+    /// The partitions with batches sealed, in flight, or a broken sequence (a superset,
+    /// trimmed once per round): what the task walks instead of every partition.
+    busy: Vec<Key>,
+    /// Partitions whose lingered batch (by id) waits for them to be able to send.
+    blocked: HashMap<Key, u64, BuildHasherDefault<WordHasher>>,
+    /// Partitions that heard an answer, gave up a batch or were mended this round: those of
+    /// them in `blocked` may send now.
+    freed: Vec<Key>,
     in_flight: FuturesUnordered<Answer>,
     /// Flushes asked for since the task last looked.
     flushes: Vec<oneshot::Sender<()>>,
@@ -551,6 +609,13 @@ impl State {
             for (_, done) in over {
                 let _ = done.send(());
             }
+            let partitions = &mut self.partitions;
+            self.busy.retain(|key| {
+                partitions.get_mut(key).is_some_and(|p| {
+                    p.busy = !p.ready.is_empty() || p.in_flight > 0 || p.broken;
+                    p.busy
+                })
+            });
             if !open && self.is_idle() {
                 return;
             }
@@ -560,7 +625,7 @@ impl State {
     fn is_idle(&self) -> bool {
         self.in_flight.is_empty() && self.partitions.values().all(|p| p.ready.is_empty()) && {
             let accumulator = lock(&self.shared.batches);
-            accumulator.full.is_empty()
+            accumulator.queues.full.is_empty()
                 && accumulator.topics.values().all(|t| {
                     t.unrouted.is_empty() && t.open.iter().flatten().all(|slot| slot.is_none())
                 })
@@ -570,37 +635,28 @@ impl State {
     fn next_deadline(&self) -> Option<Instant> {
         let now = Instant::now();
         let linger = self.shared.config.linger.saturating_sub(TIMER_SLACK);
-        let max = self.shared.config.max_in_flight;
-        // A batch whose partition cannot send yet is no deadline: the answer that frees its
-        // partition is what it waits for (meanwhile it keeps filling).
-        let lingering = {
-            let accumulator = lock(&self.shared.batches);
-            accumulator
-                .topics
-                .values()
-                .flat_map(|t| {
-                    t.open.iter().flat_map(move |open| {
-                        open.iter().enumerate().filter_map(move |(index, slot)| {
-                            slot.as_ref().map(|b| (&t.name, index, b))
-                        })
-                    })
-                })
-                .filter(|(name, index, _)| may_send(&self.partitions, name, *index, max))
-                .map(|(_, _, b)| b.opened + linger)
-                .min()
-        };
-        // A back-off already over is not a deadline: an answer is what it waits for.
-        let backoff = self
-            .partitions
-            .values()
-            .filter_map(|p| p.not_before.filter(|t| !p.ready.is_empty() && *t > now))
+        // The oldest batch `seal_due` has not found due yet (it may since have been sealed:
+        // then the wake finds nothing to do). A due batch whose partition could not send is
+        // in `blocked`, no deadline: the answer that frees its partition is what it waits for
+        // (meanwhile it keeps filling).
+        let lingering = lock(&self.shared.batches)
+            .queues
+            .opened
+            .front()
+            .map(|opened| opened.at + linger);
+        let busy = || self.busy.iter().filter_map(|key| self.partitions.get(key));
+        // A back-off already over is not a deadline: an answer is what it waits for. A broken
+        // partition's back-off is that of its next try for a new producer id.
+        let backoff = busy()
+            .filter_map(|p| {
+                p.not_before
+                    .filter(|t| (!p.ready.is_empty() || p.broken) && *t > now)
+            })
             .min();
         // A partition with nothing in flight hears no answer: its oldest waiting batch's
         // delivery timeout is a deadline, so `expire` runs however the wait came about.
         let timeout = self.shared.config.delivery_timeout;
-        let expiring = self
-            .partitions
-            .values()
+        let expiring = busy()
             .filter(|p| p.in_flight == 0)
             .filter_map(|p| p.ready.front().map(|b| b.created + timeout))
             .min();
@@ -650,7 +706,7 @@ impl State {
                         for waiting in std::mem::take(&mut batches.unrouted) {
                             if let Err(refusal) = batches.route(
                                 &self.shared,
-                                &mut accumulator.full,
+                                &mut accumulator.queues,
                                 waiting.partition,
                                 waiting.record.borrowed(),
                                 waiting.ack,
@@ -702,27 +758,52 @@ impl State {
         let due: Vec<(Key, OpenBatch)> = {
             let mut guard = lock(&shared.batches);
             let accumulator = &mut *guard;
-            let mut due = std::mem::take(&mut accumulator.full);
-            for batches in accumulator.topics.values_mut() {
-                let Some(open) = batches.open.as_mut() else {
-                    continue;
-                };
-                for (index, slot) in open.iter_mut().enumerate() {
-                    let Some(batch) = slot.as_ref() else {
+            let queues = &mut accumulator.queues;
+            let mut due = std::mem::take(&mut queues.full);
+            if all {
+                queues.opened.clear();
+                self.blocked.clear();
+                for batches in accumulator.topics.values_mut() {
+                    for index in 0..batches.open.as_ref().map_or(0, Vec::len) {
+                        if let Some(batch) = batches.take_open(index) {
+                            due.push(((batches.name.clone(), index as i32), batch));
+                        }
+                    }
+                }
+            } else {
+                // Batches whose linger is over, oldest first (and stale entries before the
+                // first that is not, so the queue holds about one linger's worth), and those
+                // that waited for their partition to be able to send, when it may be able to.
+                let topics = &mut accumulator.topics;
+                let mut candidates = Vec::new();
+                while let Some(front) = queues.opened.front() {
+                    if front.at + linger > now && still_open(topics, &front.key, front.batch) {
+                        break;
+                    }
+                    if let Some(opened) = queues.opened.pop_front() {
+                        candidates.push((opened.key, opened.batch));
+                    }
+                }
+                for key in self.freed.drain(..) {
+                    if let Some(batch) = self.blocked.remove(&key) {
+                        candidates.push((key, batch));
+                    }
+                }
+                for (key, id) in candidates {
+                    // Stale: that batch was sealed already (it filled, or a flush).
+                    if !still_open(topics, &key, id) {
+                        continue;
+                    }
+                    let Some(batches) = topics.get_mut(&*key.0) else {
                         continue;
                     };
-                    if !all
-                        && (batch.opened + linger > now
-                            || !may_send(&self.partitions, &batches.name, index, max))
-                    {
+                    let index = key.1 as usize;
+                    if !may_send(&self.partitions, &key, max) {
+                        self.blocked.insert(key, id);
                         continue;
                     }
-                    if let Some(batch) = slot.take() {
-                        due.push(((batches.name.clone(), index as i32), batch));
-                    }
-                    // Keyless records move on to the next partition with the next batch.
-                    if batches.sticky == index as i32 {
-                        batches.sticky = batches.sticky.wrapping_add(1) & i32::MAX;
+                    if let Some(batch) = batches.take_open(index) {
+                        due.push((key, batch));
                     }
                 }
             }
@@ -731,10 +812,17 @@ impl State {
         // Per partition, filled batches come before the open one: sequence order holds.
         let producer = (shared.producer_id, shared.producer_epoch);
         for (key, batch) in due {
-            let partition = self
-                .partitions
-                .entry(key)
-                .or_insert_with(|| Partition::new(producer));
+            let partition = match self.partitions.get_mut(&key) {
+                Some(partition) => partition,
+                None => self
+                    .partitions
+                    .entry(key.clone())
+                    .or_insert_with(|| Partition::new(producer)),
+            };
+            if !partition.busy {
+                partition.busy = true;
+                self.busy.push(key);
+            }
             let serial = self.next_serial;
             self.next_serial += 1;
             self.unanswered.insert(serial);
@@ -749,10 +837,14 @@ impl State {
             let max = self.shared.config.max_in_flight;
             let mut by_leader: BTreeMap<i32, Sent> = BTreeMap::new();
             let keys: Vec<Key> = self
-                .partitions
+                .busy
                 .iter()
-                .filter(|(_, p)| p.sendable(max, now).is_some())
-                .map(|(key, _)| key.clone())
+                .filter(|key| {
+                    self.partitions
+                        .get(*key)
+                        .is_some_and(|p| p.sendable(max, now).is_some())
+                })
+                .cloned()
                 .collect();
             if keys.is_empty() {
                 return;
@@ -881,6 +973,9 @@ impl State {
                 continue;
             };
             partition.in_flight = partition.in_flight.saturating_sub(1);
+            if self.blocked.contains_key(&key) {
+                self.freed.push(key.clone());
+            }
             let code = msg::Error(code);
             let out_of_order = code == msg::Error::OutOfOrderSequenceNumber;
             // Not written, and never will be under this producer id: behind a gap, or the
@@ -938,15 +1033,17 @@ impl State {
     async fn repair(&mut self) -> bool {
         let now = Instant::now();
         let ready: Vec<Key> = self
-            .partitions
+            .busy
             .iter()
-            .filter(|(_, p)| {
-                p.broken
-                    && p.in_flight == 0
-                    && p.not_before.is_none_or(|t| t <= now)
-                    && p.ready.iter().all(|b| !b.sent || b.refused)
+            .filter(|key| {
+                self.partitions.get(*key).is_some_and(|p| {
+                    p.broken
+                        && p.in_flight == 0
+                        && p.not_before.is_none_or(|t| t <= now)
+                        && p.ready.iter().all(|b| !b.sent || b.refused)
+                })
             })
-            .map(|(key, _)| key.clone())
+            .cloned()
             .collect();
         let mut mended = false;
         for key in ready {
@@ -977,6 +1074,9 @@ impl State {
                     .wrapping_add(batch.acks.len() as i32)
                     & i32::MAX;
             }
+            if self.blocked.contains_key(&key) {
+                self.freed.push(key);
+            }
             mended = true;
         }
         mended
@@ -986,7 +1086,11 @@ impl State {
     fn expire(&mut self) {
         let now = Instant::now();
         let timeout = self.shared.config.delivery_timeout;
-        for ((topic, partition), state) in &mut self.partitions {
+        for key in &self.busy {
+            let Some(state) = self.partitions.get_mut(key) else {
+                continue;
+            };
+            let (topic, partition) = key;
             if state.in_flight > 0 {
                 continue;
             }
@@ -1011,6 +1115,19 @@ impl State {
     }
 }
 
+/// Whether the open batch of partition `key` is still batch `id`.
+fn still_open(
+    topics: &HashMap<String, TopicBatches, BuildHasherDefault<WordHasher>>,
+    key: &Key,
+    id: u64,
+) -> bool {
+    topics
+        .get(&*key.0)
+        .and_then(|t| t.open.as_ref())
+        .and_then(|open| open.get(key.1 as usize))
+        .is_some_and(|slot| slot.as_ref().is_some_and(|batch| batch.id == id))
+}
+
 /// Returns a batch that will be sent again to its place in sequence order.
 fn put_back(partition: &mut Partition, batch: Sealed) {
     let at = partition
@@ -1023,20 +1140,13 @@ fn put_back(partition: &mut Partition, batch: Sealed) {
 
 /// Whether partition `index` of `topic` could send a batch sealed now: nothing sealed waits
 /// before it, its in-flight window has room and its sequences are whole.
-fn may_send(
-    partitions: &HashMap<Key, Partition>,
-    topic: &Arc<str>,
-    index: usize,
-    max_in_flight: usize,
-) -> bool {
-    partitions
-        .get(&(topic.clone(), index as i32))
-        .is_none_or(|p| {
-            !p.broken
-                && p.ready.is_empty()
-                && p.in_flight < max_in_flight
-                && p.window.len() < max_in_flight
-        })
+fn may_send(partitions: &Partitions, key: &Key, max_in_flight: usize) -> bool {
+    partitions.get(key).is_none_or(|p| {
+        !p.broken
+            && p.ready.is_empty()
+            && p.in_flight < max_in_flight
+            && p.window.len() < max_in_flight
+    })
 }
 
 /// Whether sequence `a` comes after `b`, as sequences wrap at 2^31.
