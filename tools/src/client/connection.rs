@@ -1,17 +1,18 @@
 //! One connection to one broker: a writer task that coalesces pipelined requests into few
-//! writes, a reader task that hands each response to the caller waiting on its request id.
+//! vectored writes (their batches are not copied on the way), a reader task that hands each response to the caller waiting on its request id.
 //! Any number of callers share it; requests are answered in whatever order the broker
 //! finishes them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::io::IoSlice;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use flatbuffers::{FlatBufferBuilder, UnionWIPOffset, WIPOffset};
 use tern_protocol::native::{self as proto, msg};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
@@ -231,13 +232,18 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// At most this many slices go to one `writev` (Linux takes up to 1,024).
+const SLICES_PER_WRITE: usize = 256;
+
 async fn write_loop(
-    write_half: tokio::net::tcp::OwnedWriteHalf,
+    mut write_half: tokio::net::tcp::OwnedWriteHalf,
     mut queue: mpsc::UnboundedReceiver<Vec<Bytes>>,
     closed: Arc<AtomicBool>,
     mut aborted: tokio::sync::watch::Receiver<bool>,
 ) {
-    let mut writer = BufWriter::with_capacity(256 * 1024, write_half);
+    // Segments go to the socket as they are, gathered into vectored writes: the batches'
+    // bytes are not copied again on their way out.
+    let mut pending: VecDeque<Bytes> = VecDeque::new();
     'outer: loop {
         let segments = tokio::select! {
             next = queue.recv() => match next {
@@ -249,22 +255,37 @@ async fn write_loop(
                 return;
             }
         };
-        let mut next = Some(segments);
-        // Everything queued meanwhile goes out in the same flush.
-        while let Some(segments) = next.take() {
-            for segment in segments {
-                if writer.write_all(&segment).await.is_err() {
-                    break 'outer;
+        pending.extend(segments);
+        while !pending.is_empty() {
+            // Everything queued meanwhile goes out in the same writes.
+            while let Ok(segments) = queue.try_recv() {
+                pending.extend(segments);
+            }
+            let slices: Vec<IoSlice<'_>> = pending
+                .iter()
+                .take(SLICES_PER_WRITE)
+                .map(|segment| IoSlice::new(segment))
+                .collect();
+            let mut written = match write_half.write_vectored(&slices).await {
+                Ok(0) | Err(_) => break 'outer,
+                Ok(written) => written,
+            };
+            while written > 0 {
+                let Some(front) = pending.front_mut() else {
+                    break;
+                };
+                if written < front.len() {
+                    front.advance(written);
+                    written = 0;
+                } else {
+                    written -= front.len();
+                    pending.pop_front();
                 }
             }
-            next = queue.try_recv().ok();
-        }
-        if writer.flush().await.is_err() {
-            break;
         }
     }
     closed.store(true, Ordering::Release);
-    let _ = writer.shutdown().await;
+    let _ = write_half.shutdown().await;
 }
 
 async fn read_loop(
