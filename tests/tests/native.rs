@@ -795,47 +795,55 @@ fn the_native_producer_uses_partitions_added_to_a_topic() {
     kafka::create_topic(&broker, "growing", 1, &[]);
     runtime().block_on(async {
         let client = Client::connect(&native(&broker)).await.expect("connect");
-        let producer = client
+        let named = client
+            .producer(ProducerConfig::default())
+            .await
+            .expect("producer");
+        // Its own client, so the count the first producer learns again is not shared.
+        let aging_client = Client::connect(&native(&broker)).await.expect("connect");
+        let aging = aging_client
             .producer(ProducerConfig {
                 metadata_max_age: Duration::from_millis(100),
                 ..ProducerConfig::default()
             })
             .await
             .expect("producer");
-        let first = producer
-            .send("growing", Some(0), Record::value("first"))
-            .await
-            .expect("first");
-        assert_eq!(first.partition, 0);
+        for producer in [&named, &aging] {
+            let first = producer
+                .send("growing", Some(0), Record::value("first"))
+                .await
+                .expect("first");
+            assert_eq!(first.partition, 0);
+        }
         let grow = NewPartitions::new("growing", 3);
         let created = kafka::admin(&broker)
             .create_partitions([&grow], &kafka::admin_options())
             .await
             .expect("create partitions");
         assert!(created.iter().all(|r| r.is_ok()), "{created:?}");
-        // Named partitions beyond the count learned ask again at once.
-        let third = producer
+        // A record to a partition beyond the count learned asks again at once.
+        let third = named
             .send("growing", Some(2), Record::value("third"))
             .await
             .expect("a record to a new partition");
         assert_eq!((third.partition, third.offset), (2, 0));
-        let beyond = producer
+        let beyond = named
             .send("growing", Some(5), Record::value("nowhere"))
             .await;
         assert_eq!(
             beyond.err().and_then(|e| e.code()),
             Some(msg::Error::UnknownTopicOrPartition.0)
         );
-        // Keyed records spread over all three once the count is asked again (it is older
-        // than metadata_max_age by now).
+        // The other producer never named a new partition: its keyed records spread over all
+        // three only because its count, older than metadata_max_age, is asked again.
         tokio::time::sleep(Duration::from_millis(300)).await;
-        producer
+        aging
             .send("growing", Some(0), Record::value("wake"))
             .await
             .expect("wake");
         let sends: Vec<_> = (0..60)
             .map(|i| {
-                producer.send(
+                aging.send(
                     "growing",
                     None,
                     Record::value("k").with_key(format!("key-{i}")),

@@ -255,11 +255,12 @@ async fn write_loop(
                 return;
             }
         };
-        pending.extend(segments);
+        // An empty segment would make a write of nothing look like a closed socket.
+        pending.extend(segments.into_iter().filter(|s| !s.is_empty()));
         while !pending.is_empty() {
             // Everything queued meanwhile goes out in the same writes.
             while let Ok(segments) = queue.try_recv() {
-                pending.extend(segments);
+                pending.extend(segments.into_iter().filter(|s| !s.is_empty()));
             }
             let slices: Vec<IoSlice<'_>> = pending
                 .iter()

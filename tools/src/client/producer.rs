@@ -16,8 +16,9 @@
 //!
 //! A batch that fails for good (refused by the broker, or out of time) leaves a gap in its
 //! partition's sequences that the broker would refuse every later batch for. The partition
-//! then finds out which of its sent batches were written, takes a new producer id, and
-//! numbers what it still holds from 0 under it (see `Partition::broken`).
+//! then finds out which of its sent batches were written, bumps its producer epoch (as
+//! Kafka's idempotent producers do), and numbers what it still holds from 0 under it (see
+//! `Partition::broken`).
 //!
 //! No step of the task walks every partition, so a producer writing to 10,000 partitions costs
 //! what one writing to 16 does per batch: batches are sealed from queues (`Queues`: those that
@@ -201,7 +202,7 @@ pub struct Producer {
     shared: Arc<Shared>,
     commands: mpsc::UnboundedSender<Command>,
     /// The producer id and epoch batches are sealed with (a partition whose sequences break,
-    /// when a batch fails for good, takes a new id of its own).
+    /// when a batch fails for good, goes on with the next epoch).
     pub producer_id: i64,
     pub producer_epoch: i16,
     pub stats: Arc<ProducerStats>,
@@ -473,9 +474,11 @@ struct Sealed {
     created: Instant,
     /// Sent at least once: it is in the partition's window.
     sent: bool,
+    /// Sends so far under its current stamp.
+    attempts: u32,
     /// Answered OutOfOrderSequenceNumber while its partition was broken, or
-    /// UnknownProducerId: the broker did not write it, and it waits to be sent again under
-    /// the partition's next producer id.
+    /// UnknownProducerId to its first send: the broker did not write it, and it waits to be
+    /// sent again under the partition's next epoch.
     refused: bool,
     /// Sealing order across the producer: a flush waits for the batches sealed before it.
     serial: u64,
@@ -485,16 +488,17 @@ struct Sealed {
 struct Partition {
     /// Listed in `State::busy`.
     busy: bool,
-    /// The producer id and epoch its batches are sealed with: the producer's own, until its
-    /// sequences break.
+    /// The producer id and epoch its batches are sealed with: the producer's own, with the
+    /// epoch bumped each time its sequences break.
     producer: (i64, i16),
     /// A batch of this partition failed for good (the broker refused it, or it expired):
     /// the sequences numbered after it leave a gap the broker will never accept under
     /// `producer`. New batches wait; batches already sent are sent again until the broker
     /// has written them or refused them (`Sealed::refused`); then, with nothing in
-    /// flight, the partition takes a new producer id and the batches it still holds start
-    /// over from sequence 0 (`State::repair`). A batch whose fate is unknown is never sent
-    /// under the new id, so none is written twice.
+    /// flight, the partition bumps its producer epoch and the batches it still holds start
+    /// over from sequence 0 under it (`State::repair`). A batch whose fate is unknown is
+    /// never sent under the new epoch, and the broker refuses a late write under the old
+    /// one once the new has arrived, so none is written twice.
     broken: bool,
     /// Sealed batches not yet sent (or sent and failed), in sequence order.
     ready: VecDeque<Sealed>,
@@ -646,7 +650,8 @@ impl State {
             .map(|opened| opened.at + linger);
         let busy = || self.busy.iter().filter_map(|key| self.partitions.get(key));
         // A back-off already over is not a deadline: an answer is what it waits for. A broken
-        // partition's back-off is that of its next try for a new producer id.
+        // partition's back-off is that of its next try for a new producer id (past the last
+        // epoch).
         let backoff = busy()
             .filter_map(|p| {
                 p.not_before
@@ -872,6 +877,7 @@ impl State {
                 else {
                     continue;
                 };
+                batch.attempts += 1;
                 if !batch.sent {
                     batch.sent = true;
                     partition.window.push_back((batch.base_sequence, false));
@@ -978,10 +984,13 @@ impl State {
             }
             let code = msg::Error(code);
             let out_of_order = code == msg::Error::OutOfOrderSequenceNumber;
-            // Not written, and never will be under this producer id: behind a gap, or the
-            // broker no longer knows the producer (a batch before failed, or it was evicted).
-            // It waits for the partition's new producer id.
-            if (out_of_order && partition.broken) || code == msg::Error::UnknownProducerId {
+            // Not written, and never will be under this epoch: behind a gap, or the broker no
+            // longer knows the producer (a batch before failed, or it was evicted) and this was
+            // the batch's first send (after a retry its fate is unknown: an earlier send may
+            // have been written before the broker forgot, so it fails for good below). It
+            // waits for the partition's next epoch.
+            let unknown_producer = code == msg::Error::UnknownProducerId;
+            if (out_of_order && partition.broken) || (unknown_producer && batch.attempts == 1) {
                 let mut batch = batch;
                 batch.refused = true;
                 partition.broken = true;
@@ -1028,8 +1037,9 @@ impl State {
         }
     }
 
-    /// Gives each broken partition whose batches' fates are all known a new producer id, and
-    /// numbers its batches from sequence 0 under it. Returns whether any partition was mended.
+    /// Gives each broken partition whose batches' fates are all known the next producer epoch,
+    /// and numbers its batches from sequence 0 under it. Returns whether any partition was
+    /// mended.
     async fn repair(&mut self) -> bool {
         let now = Instant::now();
         let ready: Vec<Key> = self
@@ -1047,7 +1057,16 @@ impl State {
             .collect();
         let mut mended = false;
         for key in ready {
-            let producer = self.client.init_producer_id().await;
+            let Some((id, epoch)) = self.partitions.get(&key).map(|p| p.producer) else {
+                continue;
+            };
+            // The next epoch of the same id, as Kafka's idempotent producers bump it: the
+            // broker takes it from sequence 0 and, once it has, refuses any late write under
+            // the old epoch. Past the last epoch, a new id.
+            let producer = match epoch.checked_add(1) {
+                Some(next) => Ok((id, next)),
+                None => self.client.init_producer_id().await,
+            };
             let Some(partition) = self.partitions.get_mut(&key) else {
                 continue;
             };
@@ -1068,6 +1087,7 @@ impl State {
                 batch.base_sequence = partition.next_sequence;
                 batch.bytes = restamp(&batch.bytes, producer, batch.base_sequence);
                 batch.sent = false;
+                batch.attempts = 0;
                 batch.refused = false;
                 partition.next_sequence = partition
                     .next_sequence
@@ -1180,6 +1200,7 @@ fn seal(partition: &mut Partition, batch: OpenBatch, serial: u64) {
         acks: batch.acks,
         created: batch.opened,
         sent: false,
+        attempts: 0,
         refused: false,
         serial,
     });

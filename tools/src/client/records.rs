@@ -217,7 +217,7 @@ impl BatchWriter {
 }
 
 /// A copy of sealed `batch` for another producer and base sequence (a partition whose
-/// sequences broke starts over with a new producer id).
+/// sequences broke starts over with the next producer epoch).
 pub fn restamp(batch: &[u8], producer: (i64, i16), base_sequence: i32) -> Bytes {
     let mut copy = BytesMut::from(batch);
     stamp(&mut copy, producer, base_sequence);
