@@ -1,6 +1,7 @@
 //! The metadata controller as handlers see it: `Controller` applies admin commands to the
 //! cluster metadata image and answers once they are committed and every shard of this broker
-//! has the new image. `quorum::RaftController` implements it over the Raft quorum.
+//! has the new image. `quorum::RaftController` implements it over the Raft quorum. Its
+//! failures (`ControllerError`) carry the Kafka code a request answers with.
 //!
 //! The controller does not know the shards: it is given a `Publish` function at start-up that
 //! hands each new image to them and resolves once every shard has applied it.

@@ -472,9 +472,7 @@ struct Sealed {
     base_sequence: i32,
     acks: Vec<Ack>,
     created: Instant,
-    /// Sent at least once: it is in the partition's window.
-    sent: bool,
-    /// Sends so far under its current stamp.
+    /// Sends so far under its current stamp; once sent, it is in the partition's window.
     attempts: u32,
     /// Answered OutOfOrderSequenceNumber while its partition was broken, or
     /// UnknownProducerId to its first send: the broker did not write it, and it waits to be
@@ -482,6 +480,12 @@ struct Sealed {
     refused: bool,
     /// Sealing order across the producer: a flush waits for the batches sealed before it.
     serial: u64,
+}
+
+impl Sealed {
+    fn sent(&self) -> bool {
+        self.attempts > 0
+    }
 }
 
 /// A partition as the task sees it, from its sealed batches on.
@@ -539,10 +543,10 @@ impl Partition {
         }
         if self.broken {
             // Only batches already sent go, to learn whether the broker wrote them.
-            return self.ready.iter().position(|b| b.sent && !b.refused);
+            return self.ready.iter().position(|b| b.sent() && !b.refused);
         }
         let batch = self.ready.front()?;
-        (batch.sent || self.window.len() < max_in_flight).then_some(0)
+        (batch.sent() || self.window.len() < max_in_flight).then_some(0)
     }
 }
 
@@ -627,7 +631,8 @@ impl State {
     }
 
     fn is_idle(&self) -> bool {
-        self.in_flight.is_empty() && self.partitions.values().all(|p| p.ready.is_empty()) && {
+        let mut busy = self.busy.iter().filter_map(|key| self.partitions.get(key));
+        self.in_flight.is_empty() && busy.all(|p| p.ready.is_empty()) && {
             let accumulator = lock(&self.shared.batches);
             accumulator.queues.full.is_empty()
                 && accumulator.topics.values().all(|t| {
@@ -877,11 +882,10 @@ impl State {
                 else {
                     continue;
                 };
-                batch.attempts += 1;
-                if !batch.sent {
-                    batch.sent = true;
+                if !batch.sent() {
                     partition.window.push_back((batch.base_sequence, false));
                 }
+                batch.attempts += 1;
                 partition.in_flight += 1;
                 partition.retrying = false;
                 self.stats.batches.fetch_add(1, Ordering::Relaxed);
@@ -1050,7 +1054,7 @@ impl State {
                     p.broken
                         && p.in_flight == 0
                         && p.not_before.is_none_or(|t| t <= now)
-                        && p.ready.iter().all(|b| !b.sent || b.refused)
+                        && p.ready.iter().all(|b| !b.sent() || b.refused)
                 })
             })
             .cloned()
@@ -1086,7 +1090,6 @@ impl State {
             for batch in &mut partition.ready {
                 batch.base_sequence = partition.next_sequence;
                 batch.bytes = restamp(&batch.bytes, producer, batch.base_sequence);
-                batch.sent = false;
                 batch.attempts = 0;
                 batch.refused = false;
                 partition.next_sequence = partition
@@ -1153,7 +1156,7 @@ fn put_back(partition: &mut Partition, batch: Sealed) {
     let at = partition
         .ready
         .iter()
-        .position(|b| !b.sent || sequence_after(b.base_sequence, batch.base_sequence))
+        .position(|b| !b.sent() || sequence_after(b.base_sequence, batch.base_sequence))
         .unwrap_or(partition.ready.len());
     partition.ready.insert(at, batch);
 }
@@ -1199,7 +1202,6 @@ fn seal(partition: &mut Partition, batch: OpenBatch, serial: u64) {
         base_sequence,
         acks: batch.acks,
         created: batch.opened,
-        sent: false,
         attempts: 0,
         refused: false,
         serial,
