@@ -58,7 +58,8 @@ fn wrapping_add(sequence: i32, delta: i32) -> i32 {
 pub enum Check {
     /// Append it; call `committed` or `failed` afterwards.
     Append,
-    /// Already written: answer with this base offset (None while the original is in flight).
+    /// Already written: answer with this base offset. None while the original is in flight:
+    /// the caller waits for it to be written or to fail, and checks again.
     Duplicate {
         base_offset: Option<i64>,
     },

@@ -81,6 +81,9 @@ pub struct Partition {
     waiters: Rc<RefCell<waiters::Waiters>>,
     /// Followers' long polls, woken as the leader's acknowledged end moves.
     replica_waiters: Rc<RefCell<waiters::Waiters>>,
+    /// Retries of an idempotent batch whose original is still on its way to the log, woken
+    /// whenever an append settles a sequence (written or failed).
+    sequence_waiters: Rc<RefCell<waiters::Waiters>>,
     /// acks=all produces waiting for the watermark are bounded by the request budget, not
     /// by the fetch cap.
     ack_budget: Rc<ParkBudget>,
@@ -305,6 +308,7 @@ impl Partition {
             state: RefCell::new(state),
             waiters: Rc::new(RefCell::new(waiters::Waiters::default())),
             replica_waiters: Rc::new(RefCell::new(waiters::Waiters::default())),
+            sequence_waiters: Rc::new(RefCell::new(waiters::Waiters::default())),
             ack_budget: ParkBudget::new(usize::MAX),
             replica_lag_max_ms: Cell::new(30_000),
             truncating: Cell::new(false),
@@ -463,16 +467,31 @@ impl Partition {
             });
         }
         let transactional = first.filter(|h| h.is_transactional() && h.producer_id().0 >= 0);
-        let sequence = match self.idempotence(&records)? {
-            Sequenced::None => None,
-            Sequenced::Append(sequence) => Some(sequence),
-            Sequenced::Duplicate(appended) => {
-                // A retry of a batch already in the log: answered as the original would be.
-                if acks == -1 {
-                    self.replicated(appended.base_offset, leader_epoch, deadline)
-                        .await?;
+        let mut leader_epoch = leader_epoch;
+        let sequence = loop {
+            match self.idempotence(&records)? {
+                Sequenced::None => break None,
+                Sequenced::Append(sequence) => break Some(sequence),
+                Sequenced::Duplicate(appended) => {
+                    // A retry of a batch already in the log: answered as the original would be.
+                    if acks == -1 {
+                        self.replicated(appended.base_offset, leader_epoch, deadline)
+                            .await?;
+                    }
+                    return Ok(appended);
                 }
-                return Ok(appended);
+                Sequenced::InFlight => {
+                    // A retry of a batch still on its way to the log (the client gave up on
+                    // the first answer): it is answered as the original turns out, written
+                    // or not, so a failed original is never acknowledged through its retry.
+                    self.original_settled(deadline).await?;
+                    if self.detached.get() {
+                        return Err(AppendFailure::code(error_code::NOT_LEADER_OR_FOLLOWER));
+                    }
+                    let state = self.state.borrow();
+                    state.check_produce(acks, now.0, self.replica_lag_max_ms.get())?;
+                    leader_epoch = state.leader_epoch();
+                }
             }
         };
         // No await since the sequence check: the state and the log agree until here.
@@ -482,6 +501,7 @@ impl Partition {
                     self.state
                         .borrow_mut()
                         .sequence_committed(sequence, info.base_offset);
+                    self.sequence_waiters.borrow_mut().wake_all();
                 }
                 if let Some(header) = &transactional {
                     self.txns
@@ -503,6 +523,7 @@ impl Partition {
             Err(failure) => {
                 if let Some(sequence) = sequence {
                     self.state.borrow_mut().sequence_failed(sequence);
+                    self.sequence_waiters.borrow_mut().wake_all();
                 }
                 tracing::debug!(partition = %self.tp.dir_name(), error = ?failure.message, "append rejected");
                 Err(failure)
@@ -621,6 +642,30 @@ impl Partition {
 
     /// Waits until the high watermark passes `base_offset` (batches are whole, so it then
     /// covers the batch) while this broker still leads in `epoch`.
+    /// Waits until an append settles some sequence on this partition (the caller checks
+    /// again), or fails with REQUEST_TIMED_OUT at `deadline`. A retry's answer must not be
+    /// DUPLICATE_SEQUENCE_NUMBER while the original may still fail: clients take that code for
+    /// "written".
+    async fn original_settled(&self, deadline: Instant) -> Result<(), AppendFailure> {
+        let timed_out = || AppendFailure {
+            code: error_code::REQUEST_TIMED_OUT,
+            message: Some("the original of this retried batch was not written in time".into()),
+            record_errors: Vec::new(),
+        };
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(timed_out());
+        }
+        let Some(mut parked) = waiters::park(&self.sequence_waiters, Offset(0), &self.ack_budget)
+        else {
+            return Err(timed_out());
+        };
+        let woken = Box::pin(parked.wait());
+        let timer = Box::pin(glommio::timer::sleep(deadline - now));
+        select(woken, timer).await;
+        Ok(())
+    }
+
     async fn replicated(
         &self,
         base_offset: Offset,
@@ -757,6 +802,7 @@ impl Partition {
             .replace_producers(restored.producers);
         *self.txns.borrow_mut() = restored.txns;
         self.replay_point_at.set(restored.replay_point_at);
+        self.sequence_waiters.borrow_mut().wake_all();
         // Rebuilt from the log: whatever an abandoned append left out is in it again.
         self.appends.abandoned.set(false);
         in_flight.done();
@@ -822,9 +868,7 @@ impl Partition {
                 log_append_time: TimestampMs::NONE,
                 log_start_offset: self.log.log_start_offset(),
             })),
-            Check::Duplicate { base_offset: None } => {
-                Err(AppendFailure::code(error_code::DUPLICATE_SEQUENCE_NUMBER))
-            }
+            Check::Duplicate { base_offset: None } => Ok(Sequenced::InFlight),
             Check::Reject(code) => Err(AppendFailure::code(code)),
         }
     }
@@ -1124,6 +1168,7 @@ impl Partition {
         self.detached.set(true);
         self.waiters.borrow_mut().wake_all();
         self.replica_waiters.borrow_mut().wake_all();
+        self.sequence_waiters.borrow_mut().wake_all();
     }
 
     /// Fetches parked on this partition now.
@@ -1136,6 +1181,8 @@ enum Sequenced {
     None,
     Append(BatchSeq),
     Duplicate(Appended),
+    /// A retry of a batch checked but not yet written or failed.
+    InFlight,
 }
 
 /// The headers of the whole batches in `records`, unchecked (the log validates them).
@@ -1422,7 +1469,97 @@ pub async fn restore_producers(log: &Log, tp: &TopicPartition) -> ProducerStates
 
 #[cfg(test)]
 mod tests {
-    use super::Appends;
+    use super::*;
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use tern_protocol::batch::BatchBuilder;
+    use tern_protocol::types::ProducerId;
+
+    use crate::topic_config::{policy, TopicDefaults};
+
+    fn run<Fut: std::future::Future<Output = ()> + 'static>(
+        test: impl FnOnce() -> Fut + Send + 'static,
+    ) {
+        glommio::LocalExecutorBuilder::default()
+            .spawn(test)
+            .expect("executor")
+            .join()
+            .expect("join");
+    }
+
+    /// A partition led by this broker (1) alone, over a fresh log in `dir`.
+    async fn sole_leader(dir: &std::path::Path) -> Partition {
+        let tp = TopicPartition::new("t", 0);
+        let policy = policy(&TopicDefaults::default(), &BTreeMap::new());
+        let log = Log::open(dir.join(tp.dir_name()), policy.log.clone())
+            .await
+            .expect("open");
+        let restored = restore_state(&log, &tp).await;
+        let meta = PartitionMeta {
+            index: 0,
+            replicas: vec![1],
+            isr: vec![1],
+            leader: 1,
+            leader_epoch: 1,
+            partition_epoch: 1,
+        };
+        Partition::new(tp, log, policy, 1, &meta, restored)
+    }
+
+    fn idempotent_batch(producer_id: i64) -> BytesMut {
+        let mut builder = BatchBuilder::new(TimestampMs(1_000)).value(0, &b"once"[..]);
+        builder.producer_id = ProducerId(producer_id);
+        builder.producer_epoch = 0;
+        builder.base_sequence = 0;
+        builder.build()
+    }
+
+    /// A retry that arrives while its original is still on its way to the disk is answered
+    /// as the original turns out: with its offset once written, with its error if it fails.
+    /// Answering DUPLICATE_SEQUENCE_NUMBER at once (which clients count as written) would
+    /// acknowledge a record the log never took.
+    #[test]
+    fn a_retry_of_a_batch_still_being_written_is_answered_as_its_original_turns_out() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().to_path_buf();
+        run(move || async move {
+            let partition = sole_leader(&path).await;
+            let deadline = || Instant::now() + Duration::from_secs(10);
+            let now = TimestampMs(1_000);
+
+            // The original is checked and waits for the disk when the retry comes.
+            let mut original = Box::pin(partition.append(idempotent_batch(7), -1, now, deadline()));
+            assert!(futures::poll!(&mut original).is_pending());
+            let retry = partition.append(idempotent_batch(7), -1, now, deadline());
+            let (original, retry) = futures::join!(original, retry);
+            assert_eq!(original.expect("written").base_offset, Offset(0));
+            assert_eq!(retry.expect("the original's answer").base_offset, Offset(0));
+            assert_eq!(partition.log.log_end_offset(), Offset(1), "written once");
+
+            // Now the disk fails under the original, queued behind a write already on the
+            // device (which the failure voids too, since nothing was synced yet): its retry
+            // must fail as well.
+            let plain = BatchBuilder::new(TimestampMs(1_000))
+                .value(0, &b"ahead"[..])
+                .build();
+            let mut ahead = Box::pin(partition.append(plain, -1, now, deadline()));
+            assert!(futures::poll!(&mut ahead).is_pending());
+            let mut original = Box::pin(partition.append(idempotent_batch(8), -1, now, deadline()));
+            assert!(futures::poll!(&mut original).is_pending());
+            partition.log.inject_write_failures(1);
+            let retry = partition.append(idempotent_batch(8), -1, now, deadline());
+            let (_, original, retry) = futures::join!(ahead, original, retry);
+            assert_eq!(
+                original.expect_err("the disk failed").code,
+                error_code::KAFKA_STORAGE_ERROR
+            );
+            assert_eq!(
+                retry.expect_err("not written").code,
+                error_code::KAFKA_STORAGE_ERROR
+            );
+        });
+    }
 
     #[test]
     fn replay_points_wait_for_appends_and_stop_after_an_abandoned_one() {
