@@ -888,3 +888,82 @@ fn a_lingered_batch_waiting_for_its_partitions_in_flight_limit_goes_when_the_ans
         }
     });
 }
+
+#[test]
+fn each_tagged_record_reaches_the_producers_listener_once_with_its_tag() {
+    use std::sync::{Arc, Mutex};
+    use tern::client::{Delivery, DeliveryListener, Error, RecordRef};
+
+    #[derive(Default)]
+    struct Heard(Mutex<Vec<(u64, Result<Delivery, Error>)>>);
+    impl DeliveryListener for Heard {
+        fn delivered(&self, tag: u64, result: Result<Delivery, Error>) {
+            self.0.lock().expect("heard").push((tag, result));
+        }
+    }
+
+    let broker = Broker::start(1);
+    kafka::create_topic(&broker, "tagged", 2, &[]);
+    let value = |tag: u64| format!("tagged-{tag}");
+    runtime().block_on(async {
+        let client = Client::connect(&native(&broker)).await.expect("connect");
+        let plain = client
+            .producer(ProducerConfig::default())
+            .await
+            .expect("producer");
+        let refused = plain.send_tagged("tagged", Some(0), RecordRef::value(b"x"), 1);
+        assert!(
+            matches!(refused, Err(Error::Usage(_))),
+            "a producer without a listener refuses tagged records: {refused:?}"
+        );
+
+        let heard = Arc::new(Heard::default());
+        let producer = client
+            .producer_with_listener(ProducerConfig::default(), heard.clone())
+            .await
+            .expect("producer");
+        for tag in 0..500u64 {
+            let value = value(tag);
+            let partition = (tag % 2) as i32;
+            producer
+                .send_tagged(
+                    "tagged",
+                    Some(partition),
+                    RecordRef::value(value.as_bytes()),
+                    tag,
+                )
+                .expect("a listener is registered");
+        }
+        // A partition the topic lacks: reported to the listener too, as a failure.
+        producer
+            .send_tagged("tagged", Some(7), RecordRef::value(b"nowhere"), 500)
+            .expect("a listener is registered");
+        producer.flush().await;
+        let deadline = Instant::now() + WITHIN;
+        while heard.0.lock().expect("heard").len() < 501 {
+            assert!(Instant::now() < deadline, "not every record was reported");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mut heard = std::mem::take(&mut *heard.0.lock().expect("heard"));
+        heard.sort_by_key(|(tag, _)| *tag);
+        let tags: Vec<u64> = heard.iter().map(|(tag, _)| *tag).collect();
+        assert_eq!(tags, (0..=500).collect::<Vec<u64>>(), "each tag once");
+        let (nowhere, written) = heard.split_last().expect("501 reports");
+        assert!(nowhere.1.is_err(), "partition 7: {:?}", nowhere.1);
+        for (tag, result) in written {
+            let delivery = result.as_ref().expect("written");
+            assert_eq!(delivery.partition, (tag % 2) as i32);
+            assert_eq!(delivery.offset, (tag / 2) as i64, "tag {tag} in send order");
+        }
+
+        let mut consumer = client.consumer(ConsumerConfig::default());
+        consumer.assign("tagged", 1, StartAt::Earliest);
+        let read = read_exactly(&mut consumer, 250).await;
+        let got: Vec<String> = read
+            .iter()
+            .map(|c| String::from_utf8_lossy(c.value.as_deref().unwrap_or_default()).into())
+            .collect();
+        let want: Vec<String> = (0..500).filter(|t| t % 2 == 1).map(value).collect();
+        assert_eq!(got, want);
+    });
+}

@@ -1,11 +1,13 @@
 //! The native-protocol driver, through `tern::client`: Tern only.
 //!
 //! Owns: one tokio runtime (a single worker thread, where the client's producer tasks, their
-//! connections and the delivery callbacks run), topic creation through the native client, a
-//! producer whose delivery callback reports acks, and a consumer of assigned partitions.
+//! connections and the delivery listeners run), topic creation through the native client, a
+//! producer whose delivery listener reports acks (each record tagged with its scheduled
+//! instant and length, so nothing is allocated per record), and a consumer of assigned
+//! partitions.
 //! Must never: block in `try_send` (past `PRODUCER_QUEUE_MESSAGES_MAX` outstanding messages it
-//! reports a full queue), or time anything: the scheduled instant rides in the callback and
-//! `AckSink` reads the clock when it runs.
+//! reports a full queue), or time anything: the scheduled instant rides in the record's tag and
+//! `AckSink` reads the clock when the listener hears of it.
 //! Fits: implements `driver::Driver` for `runner`, like `kafka`. The native client neither
 //! compresses nor joins groups: workloads asking for compression are refused, and a consumer
 //! that would subscribe as a group member is given every partition of its topic instead.
@@ -16,7 +18,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tern::client::{
-    Client, ClientConfig, Consumer, ConsumerConfig, ProducerConfig, RecordRef, StartAt,
+    Client, ClientConfig, Consumer, ConsumerConfig, Delivery, DeliveryListener, ProducerConfig,
+    RecordRef, StartAt,
 };
 
 use super::{AckSink, ConsumerSpec, Driver, DriverError, Outgoing, ProducerSpec, TopicSpec};
@@ -59,6 +62,38 @@ struct Deliveries {
     outstanding: AtomicUsize,
 }
 
+/// A record's tag: its scheduled instant in the low `TAG_NS_BITS` bits (2.4 hours of run) and
+/// its length above them (up to 2 MiB); records that do not fit go with a callback instead.
+const TAG_NS_BITS: u32 = 43;
+const TAG_LEN_MAX: u64 = (1 << (64 - TAG_NS_BITS)) - 1;
+
+fn tag_of(scheduled_ns: u64, len_bytes: u64) -> Option<u64> {
+    (scheduled_ns >> TAG_NS_BITS == 0 && len_bytes <= TAG_LEN_MAX)
+        .then_some(len_bytes << TAG_NS_BITS | scheduled_ns)
+}
+
+impl Deliveries {
+    fn delivered(
+        &self,
+        scheduled_ns: u64,
+        len_bytes: u64,
+        result: Result<Delivery, tern::client::Error>,
+    ) {
+        self.outstanding.fetch_sub(1, Ordering::Relaxed);
+        match result {
+            Ok(_) => self.sink.acked(scheduled_ns, len_bytes),
+            Err(_) => self.sink.failed(scheduled_ns),
+        }
+    }
+}
+
+impl DeliveryListener for Deliveries {
+    fn delivered(&self, tag: u64, result: Result<Delivery, tern::client::Error>) {
+        let scheduled_ns = tag & ((1 << TAG_NS_BITS) - 1);
+        Deliveries::delivered(self, scheduled_ns, tag >> TAG_NS_BITS, result);
+    }
+}
+
 impl super::Producer for NativeProducer {
     fn try_send(&mut self, msg: &Outgoing<'_>) -> SendOutcome {
         if self.deliveries.outstanding.load(Ordering::Relaxed)
@@ -71,17 +106,21 @@ impl super::Producer for NativeProducer {
             record = record.with_key(key);
         }
         let len_bytes = msg.payload.len() as u64;
-        let (deliveries, scheduled_ns) = (self.deliveries.clone(), msg.scheduled_ns);
-        deliveries.outstanding.fetch_add(1, Ordering::Relaxed);
+        let scheduled_ns = msg.scheduled_ns;
+        self.deliveries.outstanding.fetch_add(1, Ordering::Relaxed);
         // The payload is copied into its batch here, on the sending thread.
-        self.producer
-            .send_with(msg.topic, None, record, move |result| {
-                deliveries.outstanding.fetch_sub(1, Ordering::Relaxed);
-                match result {
-                    Ok(_) => deliveries.sink.acked(scheduled_ns, len_bytes),
-                    Err(_) => deliveries.sink.failed(scheduled_ns),
-                }
-            });
+        let tagged = tag_of(scheduled_ns, len_bytes).is_some_and(|tag| {
+            self.producer
+                .send_tagged(msg.topic, None, record, tag)
+                .is_ok()
+        });
+        if !tagged {
+            let deliveries = self.deliveries.clone();
+            self.producer
+                .send_with(msg.topic, None, record, move |result| {
+                    deliveries.delivered(scheduled_ns, len_bytes, result)
+                });
+        }
         SendOutcome::Sent { len_bytes }
     }
 
@@ -231,16 +270,20 @@ impl Driver for NativeDriver {
             delivery_timeout: Duration::from_millis(limits::MESSAGE_TIMEOUT_MS),
             ..ProducerConfig::default()
         };
+        let deliveries = Arc::new(Deliveries {
+            sink: acks,
+            outstanding: AtomicUsize::new(0),
+        });
         let producer = self
             .runtime
-            .block_on(self.client.producer(config))
+            .block_on(
+                self.client
+                    .producer_with_listener(config, deliveries.clone()),
+            )
             .map_err(|e| DriverError::Client(format!("native producer: {e}")))?;
         Ok(Box::new(NativeProducer {
             producer,
-            deliveries: Arc::new(Deliveries {
-                sink: acks,
-                outstanding: AtomicUsize::new(0),
-            }),
+            deliveries,
             handle: self.runtime.handle().clone(),
         }))
     }
@@ -270,5 +313,21 @@ impl Driver for NativeDriver {
             buffered: VecDeque::new(),
             assigned: partitions.len() as u64,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tag_carries_the_scheduled_instant_and_length_or_is_not_made() {
+        let ns = (1 << TAG_NS_BITS) - 1;
+        let tag = tag_of(ns, TAG_LEN_MAX).expect("fits");
+        assert_eq!(tag & ((1 << TAG_NS_BITS) - 1), ns);
+        assert_eq!(tag >> TAG_NS_BITS, TAG_LEN_MAX);
+        assert_eq!(tag_of(1 << TAG_NS_BITS, 1), None, "a run past 2.4 hours");
+        assert_eq!(tag_of(1, TAG_LEN_MAX + 1), None, "a record over 2 MiB");
+        assert_eq!(tag_of(5, 1024), Some(1024 << TAG_NS_BITS | 5));
     }
 }

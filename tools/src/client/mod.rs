@@ -38,7 +38,7 @@ use tern_protocol::native::msg;
 
 pub use connection::{Connection, Greeting, Response};
 pub use consumer::{Consumer, ConsumerConfig, StartAt};
-pub use producer::{Delivery, Producer, ProducerConfig, ProducerStats};
+pub use producer::{Delivery, DeliveryListener, Producer, ProducerConfig, ProducerStats};
 pub use records::{decode, BatchWriter, Consumed, Record, RecordRef};
 
 /// What can go wrong.
@@ -714,7 +714,16 @@ impl Client {
 
     /// An idempotent producer.
     pub async fn producer(&self, config: ProducerConfig) -> Result<Producer, Error> {
-        Producer::start(self.clone(), config).await
+        Producer::start(self.clone(), config, None).await
+    }
+
+    /// A producer whose records sent with `Producer::send_tagged` are reported to `listener`.
+    pub async fn producer_with_listener(
+        &self,
+        config: ProducerConfig,
+        listener: Arc<dyn DeliveryListener>,
+    ) -> Result<Producer, Error> {
+        Producer::start(self.clone(), config, Some(listener)).await
     }
 
     pub fn consumer(&self, config: ConsumerConfig) -> Consumer {
