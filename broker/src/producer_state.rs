@@ -233,13 +233,18 @@ impl ProducerStates {
         self.producers.get(&producer_id).map(|p| p.epoch)
     }
 
-    /// The log accepted the batch at `base_offset`.
+    /// The log accepted the batch at `base_offset` (remembered only if the producer is still
+    /// at the batch's epoch).
     pub fn committed(&mut self, batch: BatchSeq, base_offset: i64) {
-        if let Some(producer) = self.producers.get_mut(&batch.producer_id) {
+        if let Some(producer) = self
+            .producers
+            .get_mut(&batch.producer_id)
+            .filter(|producer| producer.epoch == batch.epoch)
+        {
             if let Some(seen) = producer
                 .batches
                 .iter_mut()
-                .find(|seen| seen.first == batch.first)
+                .find(|seen| seen.first == batch.first && seen.last == batch.last())
             {
                 seen.base_offset = Some(base_offset);
             }
@@ -348,6 +353,27 @@ mod tests {
             first,
             count,
         }
+    }
+
+    #[test]
+    fn a_written_batch_of_an_older_epoch_lends_its_offset_to_no_newer_batch() {
+        let mut states = ProducerStates::default();
+        assert_eq!(states.check(batch(0, 0, 3)), Check::Append);
+        // The next epoch starts at 0 while the old epoch's batch is still being written.
+        assert_eq!(states.check(batch(1, 0, 2)), Check::Append);
+        states.committed(batch(0, 0, 3), 100);
+        assert_eq!(
+            states.check(batch(1, 0, 2)),
+            Check::Duplicate { base_offset: None },
+            "the new epoch's batch is still unwritten"
+        );
+        states.committed(batch(1, 0, 2), 103);
+        assert_eq!(
+            states.check(batch(1, 0, 2)),
+            Check::Duplicate {
+                base_offset: Some(103)
+            }
+        );
     }
 
     #[test]

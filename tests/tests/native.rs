@@ -759,18 +759,34 @@ fn flush_waits_for_the_records_sent_before_it_while_others_keep_sending() {
 #[test]
 fn every_delivery_callback_is_called_once_even_when_the_runtime_stops_first() {
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
+    use std::sync::{Arc, Mutex};
+    use tern::client::{Delivery, DeliveryListener, Error};
+
+    /// Counts the reports per tag, and the failed ones.
+    struct Tally(Mutex<Vec<u32>>, AtomicUsize);
+    impl DeliveryListener for Tally {
+        fn delivered(&self, tag: u64, result: Result<Delivery, Error>) {
+            self.0.lock().expect("tally")[tag as usize] += 1;
+            if result.is_err() {
+                self.1.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    }
+
     let broker = Broker::start(1);
     kafka::create_topic(&broker, "orphans", 1, &[]);
     let rt = runtime();
     let called = Arc::new(AtomicUsize::new(0));
-    let producer = rt.block_on(async {
+    let tally = Arc::new(Tally(Mutex::new(vec![0; 1000]), AtomicUsize::new(0)));
+    let lingering = ProducerConfig {
+        linger: Duration::from_secs(20),
+        ..ProducerConfig::default()
+    };
+    let producers = rt.block_on(async {
         let client = Client::connect(&native(&broker)).await.expect("connect");
-        let producer = client
-            .producer(ProducerConfig {
-                linger: Duration::from_secs(20),
-                ..ProducerConfig::default()
-            })
+        let producer = client.producer(lingering.clone()).await.expect("producer");
+        let tagged = client
+            .producer_with_listener(lingering, tally.clone())
             .await
             .expect("producer");
         for i in 0..1000 {
@@ -779,13 +795,22 @@ fn every_delivery_callback_is_called_once_even_when_the_runtime_stops_first() {
             producer.send_with("orphans", Some(0), record.borrowed(), move |_| {
                 called.fetch_add(1, Ordering::SeqCst);
             });
+            tagged
+                .send_tagged("orphans", Some(0), record.borrowed(), i)
+                .expect("a listener is registered");
         }
-        producer
+        (producer, tagged)
     });
-    // The producer's task ends with the runtime, its records still lingering.
+    // The producers' tasks end with the runtime, their records still lingering.
     rt.shutdown_timeout(Duration::from_secs(5));
-    drop(producer);
+    drop(producers);
     assert_eq!(called.load(Ordering::SeqCst), 1000);
+    let reports = tally.0.lock().expect("tally").clone();
+    assert!(
+        reports.iter().all(|n| *n == 1),
+        "each tag once: {reports:?}"
+    );
+    assert_eq!(tally.1.load(Ordering::SeqCst), 1000, "all as failures");
 }
 
 #[test]
@@ -944,6 +969,8 @@ fn each_tagged_record_reaches_the_producers_listener_once_with_its_tag() {
             assert!(Instant::now() < deadline, "not every record was reported");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        // Room for a second report of any record to show.
+        tokio::time::sleep(Duration::from_millis(200)).await;
         let mut heard = std::mem::take(&mut *heard.0.lock().expect("heard"));
         heard.sort_by_key(|(tag, _)| *tag);
         let tags: Vec<u64> = heard.iter().map(|(tag, _)| *tag).collect();

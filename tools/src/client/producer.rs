@@ -106,9 +106,11 @@ enum Listener {
 /// Hears how every record sent with [`Producer::send_tagged`] ended, with the tag it was sent
 /// with: one listener for the whole producer, as librdkafka's delivery-report callback with
 /// its per-message opaque, so that a caller sending hundreds of thousands of records a second
-/// allocates nothing per record to learn their fate. Called exactly once per record, on the
-/// producer's task (or on the sender's thread, before `send_tagged` returns, for a record
-/// refused outright); it should be quick, as the producer waits for it.
+/// allocates nothing per record to learn their fate. Called exactly once per record: on the
+/// producer's task; on the sender's thread, before `send_tagged` returns, for a record refused
+/// outright; or, with "the producer has stopped", on whichever thread drops the record's last
+/// trace when the producer's task or runtime ends first. It should be quick, as the producer
+/// waits for it.
 pub trait DeliveryListener: Send + Sync + 'static {
     fn delivered(&self, tag: u64, result: Result<Delivery, Error>);
 }
