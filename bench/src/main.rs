@@ -78,6 +78,11 @@ struct RunArgs {
     /// Do not pin the broker to CPU 0 and the harness to the other CPUs with --spawn.
     #[arg(long)]
     no_pin: bool,
+    /// Run the harness on these CPUs ("1", "1,3", "2-5"): the whole process (client libraries'
+    /// threads included) is kept to them, and each producer and consumer thread is pinned to
+    /// one of them in turn. With --spawn the default is every CPU but the broker's.
+    #[arg(long)]
+    cpus: Option<String>,
     /// A client setting for every client, repeatable, in the client library's names:
     /// --client-config security.protocol=ssl --client-config ssl.ca.location=ca.pem
     #[arg(long, short = 'X')]
@@ -227,12 +232,19 @@ fn run(args: RunArgs) -> Result<(), Failure> {
     w.validate().map_err(usage)?;
     // Pin before any thread exists (librdkafka's included), so they all inherit the set.
     let pin = args.spawn && !args.no_pin && spawn::cpu_count() >= 2;
-    if pin {
-        let others: Vec<usize> = (0..spawn::cpu_count())
+    let harness_cpus: Vec<usize> = match &args.cpus {
+        Some(list) => spawn::parse_cpu_list(list).map_err(usage)?,
+        None if pin => (0..spawn::cpu_count())
             .filter(|c| *c != spawn::BROKER_CPU)
-            .collect();
-        if !spawn::pin_current_thread(&others) {
-            eprintln!("tern-bench: warning: could not pin the harness to CPUs {others:?}; continuing unpinned");
+            .collect(),
+        None => Vec::new(),
+    };
+    let mut thread_cpus = Vec::new();
+    if !harness_cpus.is_empty() {
+        if spawn::pin_current_thread(&harness_cpus) {
+            thread_cpus = harness_cpus;
+        } else {
+            eprintln!("tern-bench: warning: could not pin the harness to CPUs {harness_cpus:?}; continuing unpinned");
         }
     }
 
@@ -274,6 +286,7 @@ fn run(args: RunArgs) -> Result<(), Failure> {
         workload: w.clone(),
         broker_pid,
         progress,
+        thread_cpus,
     };
     let outcome = runner::run(drv.as_ref(), &opts);
     drop(drv);

@@ -47,6 +47,27 @@ pub struct RunOptions {
     pub broker_pid: Option<u32>,
     /// Print a line per second (the caller decides: only when stdout is a terminal).
     pub progress: bool,
+    /// Pin each producer thread to one of these CPUs in turn, and each consumer thread to one
+    /// in turn from the other end, so a harness spread over several cores keeps its senders
+    /// from migrating (empty: threads are left to the scheduler within the process's set).
+    pub thread_cpus: Vec<usize>,
+}
+
+/// Pins the calling thread to `cpu`, if one is given; a refusal becomes a note of the run.
+fn pin_thread(cpu: Option<usize>, what: &str, notes: &Mutex<Vec<String>>) {
+    if let Some(cpu) = cpu {
+        if !crate::spawn::pin_current_thread(&[cpu]) {
+            lock_notes(notes).push(format!(
+                "could not pin {what} to CPU {cpu}; it ran unpinned"
+            ));
+        }
+    }
+}
+
+fn lock_notes(notes: &Mutex<Vec<String>>) -> std::sync::MutexGuard<'_, Vec<String>> {
+    notes
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Everything measured in one run, before it is turned into a report.
@@ -285,13 +306,19 @@ pub fn run(driver: &dyn Driver, opts: &RunOptions) -> Result<RunOutput, RunError
     let mut broker_cpu_cores = None;
     let mut harness_cpu_cores = None;
     let mut panicked: Option<&'static str> = None;
+    let cpus = &opts.thread_cpus;
+    let producer_cpu = |p: usize| (!cpus.is_empty()).then(|| cpus[p % cpus.len()]);
+    let consumer_cpu = |c: usize| (!cpus.is_empty()).then(|| cpus[cpus.len() - 1 - c % cpus.len()]);
+    let pin_notes = Mutex::new(Vec::new());
 
     std::thread::scope(|scope| -> Result<(), RunError> {
         let mut consumer_handles = Vec::new();
-        for slot in consumer_slots {
+        for (c, slot) in consumer_slots.into_iter().enumerate() {
             let clock_cell = clock_cell.clone();
             let stop = &stop_consumers;
+            let (cpu, pin_notes) = (consumer_cpu(c), &pin_notes);
             consumer_handles.push(scope.spawn(move || {
+                pin_thread(cpu, &format!("consumer {c}"), pin_notes);
                 let ConsumerSlot {
                     mut consumer,
                     recorder,
@@ -396,7 +423,9 @@ pub fn run(driver: &dyn Driver, opts: &RunOptions) -> Result<RunOutput, RunError
                 )),
                 None => Pacer::Max(MaxRate::new(START_LEAD_NS, duration_ns)),
             };
+            let (cpu, pin_notes) = (producer_cpu(p as usize), &pin_notes);
             producer_handles.push(scope.spawn(move || -> Option<String> {
+                pin_thread(cpu, &format!("producer {p}"), pin_notes);
                 let mut rng = SplitMix64::new(run_id ^ (p as u64 + 1).wrapping_mul(0x9E37_79B9));
                 let mut buf = vec![0u8; w.message_size.max_bytes() as usize];
                 // Incompressible filler, so compression costs what it would on real data at
@@ -542,6 +571,11 @@ pub fn run(driver: &dyn Driver, opts: &RunOptions) -> Result<RunOutput, RunError
     if LatencySummary::from_histogram(&merged.ack_latency_us).is_none() {
         notes.push("no message scheduled after warm-up was acknowledged".into());
     }
+    notes.extend(
+        pin_notes
+            .into_inner()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()),
+    );
     Ok(RunOutput {
         run_id,
         started_unix_ms,

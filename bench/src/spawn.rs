@@ -124,6 +124,44 @@ pub fn pin_current_thread(cpus: &[usize]) -> bool {
     }
 }
 
+/// The CPUs the calling thread may run on (empty if the kernel does not say).
+pub fn current_affinity() -> Vec<usize> {
+    // SAFETY: as in `pin_current_thread`; sched_getaffinity only writes the set we pass.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|cpu| libc::CPU_ISSET(*cpu, &set))
+            .collect()
+    }
+}
+
+/// Parses a CPU list as taskset and cgroups write it: "1", "1,3", "2-5", "0,2-3".
+pub fn parse_cpu_list(text: &str) -> Result<Vec<usize>, String> {
+    let bad = || format!("'{text}' is not a CPU list (like 1,3 or 2-5)");
+    let mut cpus = Vec::new();
+    for part in text.split(',') {
+        let part = part.trim();
+        let (first, last) = match part.split_once('-') {
+            Some((a, b)) => (a.trim(), b.trim()),
+            None => (part, part),
+        };
+        let (first, last): (usize, usize) = (
+            first.parse().map_err(|_| bad())?,
+            last.parse().map_err(|_| bad())?,
+        );
+        if first > last || last >= libc::CPU_SETSIZE as usize {
+            return Err(bad());
+        }
+        cpus.extend(first..=last);
+    }
+    cpus.sort_unstable();
+    cpus.dedup();
+    Ok(cpus)
+}
+
 pub fn cpu_count() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
@@ -289,6 +327,16 @@ impl Drop for SpawnedBroker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_lists_read_as_taskset_writes_them() {
+        assert_eq!(parse_cpu_list("1"), Ok(vec![1]));
+        assert_eq!(parse_cpu_list("0,2-3"), Ok(vec![0, 2, 3]));
+        assert_eq!(parse_cpu_list(" 3 , 1-2,2"), Ok(vec![1, 2, 3]));
+        for bad in ["", "a", "3-1", "1,", "-2", "1-", "5000"] {
+            assert!(parse_cpu_list(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn an_explicit_binary_is_the_only_candidate() {

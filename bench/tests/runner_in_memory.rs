@@ -30,15 +30,30 @@ struct MemDriver {
     /// Topic name to the queues of its consumers.
     queues: Mutex<HashMap<String, Vec<Queue>>>,
     partitions: Mutex<HashMap<String, u32>>,
+    /// The CPUs each producer's and consumer's thread was allowed, as first seen.
+    affinities: Mutex<Vec<Vec<usize>>>,
+}
+
+impl MemDriver {
+    fn note_affinity(&self, seen: &mut bool) {
+        if !std::mem::replace(seen, true) {
+            self.affinities
+                .lock()
+                .unwrap()
+                .push(tern_bench::spawn::current_affinity());
+        }
+    }
 }
 
 struct MemProducer {
     driver: Arc<MemDriver>,
     acks: AckSink,
+    seen: bool,
 }
 
 impl Producer for MemProducer {
     fn try_send(&mut self, msg: &Outgoing<'_>) -> SendOutcome {
+        self.driver.note_affinity(&mut self.seen);
         let queues = self.driver.queues.lock().unwrap();
         for q in queues.get(msg.topic).into_iter().flatten() {
             q.lock().unwrap().push_back(msg.payload.to_vec());
@@ -54,8 +69,10 @@ impl Producer for MemProducer {
 }
 
 struct MemConsumer {
+    driver: Arc<MemDriver>,
     queue: Queue,
     partitions: u64,
+    seen: bool,
 }
 
 impl Consumer for MemConsumer {
@@ -64,6 +81,7 @@ impl Consumer for MemConsumer {
         timeout: Duration,
         on_payload: &mut dyn FnMut(&[u8]),
     ) -> Result<bool, DriverError> {
+        self.driver.note_affinity(&mut self.seen);
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(payload) = self.queue.lock().unwrap().pop_front() {
@@ -103,6 +121,7 @@ impl Driver for MemHandle {
         Ok(Box::new(MemProducer {
             driver: self.0.clone(),
             acks,
+            seen: false,
         }))
     }
     fn consumer(&self, spec: &ConsumerSpec) -> Result<Box<dyn Consumer>, DriverError> {
@@ -121,7 +140,12 @@ impl Driver for MemHandle {
             .unwrap()
             .get(&spec.topic)
             .expect("topic created first") as u64;
-        Ok(Box::new(MemConsumer { queue, partitions }))
+        Ok(Box::new(MemConsumer {
+            driver: self.0.clone(),
+            queue,
+            partitions,
+            seen: false,
+        }))
     }
 }
 
@@ -150,6 +174,7 @@ fn a_run_through_an_in_memory_driver_measures_every_scheduled_message() {
             workload: w.clone(),
             broker_pid: Some(std::process::id()),
             progress: false,
+            thread_cpus: Vec::new(),
         },
     )
     .unwrap();
@@ -183,4 +208,55 @@ fn a_run_through_an_in_memory_driver_measures_every_scheduled_message() {
         r.broker.cpu_cores_used.is_some(),
         "CPU of the given pid was not sampled"
     );
+}
+
+#[test]
+fn producer_and_consumer_threads_are_pinned_each_to_one_of_the_cpus_given() {
+    let w = Workload::parse(
+        r#"
+        name = "pinned"
+        topics = 1
+        partitions_per_topic = 2
+        producers_per_topic = 2
+        consumer_groups_per_topic = 1
+        consumers_per_group = 2
+        message_size = 100
+        target_rate = "1000 msg/s"
+        duration_s = 1
+        warmup_s = 0
+        "#,
+        "inline",
+    )
+    .unwrap();
+    let allowed = tern_bench::spawn::current_affinity();
+    let cpus = vec![allowed[0], *allowed.last().unwrap()];
+    let run = |thread_cpus: Vec<usize>| {
+        let driver = MemHandle(Arc::new(MemDriver::default()));
+        let out = runner::run(
+            &driver,
+            &RunOptions {
+                workload: w.clone(),
+                broker_pid: None,
+                progress: false,
+                thread_cpus,
+            },
+        )
+        .unwrap();
+        let affinities = driver.0.affinities.lock().unwrap().clone();
+        (out.notes, affinities)
+    };
+
+    let (notes, affinities) = run(cpus.clone());
+    assert!(notes.is_empty(), "notes: {notes:?}");
+    assert_eq!(affinities.len(), 4, "two producers and two consumers");
+    for affinity in &affinities {
+        assert_eq!(affinity.len(), 1, "one CPU per thread: {affinity:?}");
+        assert!(cpus.contains(&affinity[0]), "{affinity:?} not in {cpus:?}");
+    }
+
+    // A CPU this machine lacks: the run goes on unpinned and says so.
+    let (notes, affinities) = run(vec![1023]);
+    assert_eq!(notes.len(), 4, "notes: {notes:?}");
+    assert!(notes[0].contains("could not pin"), "{notes:?}");
+    assert!(affinities.iter().all(|a| *a == allowed), "{affinities:?}");
 }
