@@ -198,19 +198,19 @@ impl ConnectionProbe {
         out.push(
             "connections_accepted_total",
             Counter,
-            "Kafka connections accepted.",
+            "Client connections accepted (Kafka and native listeners).",
             self.accepted.get(),
         );
         out.push(
             "connections_open",
             Gauge,
-            "Kafka connections open.",
+            "Client connections open (Kafka and native listeners).",
             open as u64,
         );
         out.push(
             "requests_total",
             Counter,
-            "Kafka requests read.",
+            "Requests read (Kafka and native protocols).",
             self.requests.get(),
         );
         out.push(
