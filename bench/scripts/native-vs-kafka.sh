@@ -4,7 +4,7 @@
 # listener), then `tern-bench compare`. The latency workload (10k msg/s of 1 KiB, acks=all,
 # 16 partitions), producing alone at the highest rate (produce-max-1kib: 4 producers, no
 # consumers) and producing with consumers at the highest rate (throughput-max-1kib), acks=1;
-# compression none for all, as the native client does not compress.
+# compression none for all (the figures are of the clients, not of a codec).
 #
 #   bash bench/scripts/native-vs-kafka.sh            # 20 s per run (DURATION_S to change)
 #   WORKLOADS=latency-10k-1kib bash bench/scripts/native-vs-kafka.sh

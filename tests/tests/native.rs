@@ -994,3 +994,74 @@ fn each_tagged_record_reaches_the_producers_listener_once_with_its_tag() {
         assert_eq!(got, want);
     });
 }
+
+#[test]
+fn natively_compressed_batches_are_stored_compressed_and_read_byte_exact_by_rdkafka() {
+    use tern::client::Codec;
+    use tern_protocol::batch::BatchHeader;
+    let broker = Broker::start(1);
+    let count = 300;
+    let rt = runtime();
+    for (name, codec) in [
+        ("gzip", Codec::Gzip { level: -1 }),
+        ("snappy", Codec::Snappy),
+        ("lz4", Codec::Lz4),
+        ("zstd", Codec::Zstd { level: 3 }),
+    ] {
+        let topic = format!("codec-{name}");
+        kafka::create_topic(&broker, &topic, 1, &[]);
+        let offsets: Vec<i64> = rt.block_on(async {
+            let client = Client::connect(&native(&broker)).await.expect("connect");
+            let producer = client
+                .producer(ProducerConfig {
+                    compression: codec,
+                    batch_bytes: 16 * 1024,
+                    ..ProducerConfig::default()
+                })
+                .await
+                .expect("producer");
+            let sends: Vec<_> = (0..count)
+                .map(|i| producer.send(&topic, Some(0), record(i)))
+                .collect();
+            let mut offsets = Vec::new();
+            for send in sends {
+                offsets.push(send.await.expect("delivered").offset);
+            }
+            offsets
+        });
+        assert_eq!(offsets, (0..count as i64).collect::<Vec<_>>(), "{name}");
+
+        // The first batch on disk carries the codec (the topic keeps the producer's).
+        let segment = broker
+            .data_dir()
+            .join("data")
+            .join(format!("{topic}-0"))
+            .join("00000000000000000000.log");
+        let stored = std::fs::read(&segment).expect("segment");
+        let header = BatchHeader::parse_unchecked(&stored).expect("a batch first");
+        assert_eq!(header.compression_codec(), codec.id(), "{name}");
+
+        let read = kafka::consume(&broker, &topic, &[0], count);
+        assert_eq!(read.len(), count, "{name}");
+        for (i, consumed) in read.iter().enumerate() {
+            let want = record(i);
+            assert_eq!(consumed.offset, i as i64, "{name}");
+            assert_eq!(
+                consumed.record.key.as_deref(),
+                want.key.as_deref(),
+                "{name}"
+            );
+            assert_eq!(
+                consumed.record.value.as_deref(),
+                want.value.as_deref(),
+                "{name}"
+            );
+            let headers: Vec<(String, Option<Vec<u8>>)> = want
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_ref().map(|v| v.to_vec())))
+                .collect();
+            assert_eq!(consumed.record.headers, headers, "{name}");
+        }
+    }
+}

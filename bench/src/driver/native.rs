@@ -8,9 +8,9 @@
 //! Must never: block in `try_send` (past `PRODUCER_QUEUE_MESSAGES_MAX` outstanding messages it
 //! reports a full queue), or time anything: the scheduled instant rides in the record's tag and
 //! `AckSink` reads the clock when the listener hears of it.
-//! Fits: implements `driver::Driver` for `runner`, like `kafka`. The native client neither
-//! compresses nor joins groups: workloads asking for compression are refused, and a consumer
-//! that would subscribe as a group member is given every partition of its topic instead.
+//! Fits: implements `driver::Driver` for `runner`, like `kafka`. The native client does not
+//! join groups: a consumer that would subscribe as a group member is given every partition of
+//! its topic instead.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,8 +18,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tern::client::{
-    Client, ClientConfig, Consumer, ConsumerConfig, Delivery, DeliveryListener, ProducerConfig,
-    RecordRef, StartAt,
+    Client, ClientConfig, Codec, Consumer, ConsumerConfig, Delivery, DeliveryListener,
+    ProducerConfig, RecordRef, StartAt,
 };
 
 use super::{AckSink, ConsumerSpec, Driver, DriverError, Outgoing, ProducerSpec, TopicSpec};
@@ -242,13 +242,19 @@ impl Driver for NativeDriver {
         acks: AckSink,
     ) -> Result<Box<dyn super::Producer>, DriverError> {
         let w = &spec.workload;
-        if w.compression != "none" {
-            return Err(DriverError::Config(format!(
-                "the native client does not compress (workload asks for {}): use \
-                 --compression none",
-                w.compression
-            )));
-        }
+        let compression = match w.compression.as_str() {
+            "none" => Codec::None,
+            "gzip" => Codec::Gzip { level: -1 },
+            "snappy" => Codec::Snappy,
+            "lz4" => Codec::Lz4,
+            "zstd" => Codec::Zstd { level: 3 },
+            other => {
+                return Err(DriverError::Config(format!(
+                    "the native client compresses with none, gzip, snappy, lz4 or zstd, not \
+                     {other}"
+                )))
+            }
+        };
         if let Some(key) = w.producer_config.keys().next() {
             return Err(DriverError::Config(format!(
                 "producer setting {key} is a librdkafka one; the native driver takes none"
@@ -268,6 +274,7 @@ impl Driver for NativeDriver {
             batch_bytes: w.batch_size_bytes as usize,
             acks: acks_level,
             delivery_timeout: Duration::from_millis(limits::MESSAGE_TIMEOUT_MS),
+            compression,
             ..ProducerConfig::default()
         };
         let deliveries = Arc::new(Deliveries {

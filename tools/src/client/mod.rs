@@ -40,6 +40,8 @@ pub use connection::{Connection, Greeting, Response};
 pub use consumer::{Consumer, ConsumerConfig, StartAt};
 pub use producer::{Delivery, DeliveryListener, Producer, ProducerConfig, ProducerStats};
 pub use records::{decode, BatchWriter, Consumed, Record, RecordRef};
+/// A producer's `compression` (Kafka's codecs, with their levels).
+pub use tern_protocol::records::Codec;
 
 /// What can go wrong.
 #[derive(Debug, Clone, thiserror::Error)]

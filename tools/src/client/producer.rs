@@ -42,6 +42,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::stream::{FuturesUnordered, StreamExt};
 use tern_protocol::native::msg;
+use tern_protocol::records::Codec;
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::records::{restamp, BatchWriter, Record, RecordRef};
@@ -65,6 +66,10 @@ pub struct ProducerConfig {
     /// added to a topic come into use (Kafka's `metadata.max.age.ms`). A record sent to a
     /// partition beyond the count asks at once.
     pub metadata_max_age: Duration,
+    /// How each batch's records are compressed (Kafka's `compression.type`; levels as in
+    /// `Codec`). The broker keeps them so unless the topic's `compression.type` says
+    /// otherwise, and every reader decompresses them.
+    pub compression: Codec,
 }
 
 impl Default for ProducerConfig {
@@ -77,6 +82,7 @@ impl Default for ProducerConfig {
             delivery_timeout: Duration::from_secs(60),
             retry_backoff: Duration::from_millis(50),
             metadata_max_age: Duration::from_secs(300),
+            compression: Codec::None,
         }
     }
 }
@@ -880,7 +886,7 @@ impl State {
             let serial = self.next_serial;
             self.next_serial += 1;
             self.unanswered.insert(serial);
-            seal(partition, batch, serial);
+            seal(partition, batch, serial, shared.config.compression);
         }
     }
 
@@ -1237,12 +1243,14 @@ fn answered_for_good(partition: &mut Partition, base_sequence: i32) {
 }
 
 /// Seals a batch into its partition: its producer and sequence numbers are fixed from here.
-fn seal(partition: &mut Partition, batch: OpenBatch, serial: u64) {
+fn seal(partition: &mut Partition, batch: OpenBatch, serial: u64, codec: Codec) {
     let count = batch.writer.count();
     let base_sequence = partition.next_sequence;
     partition.next_sequence = partition.next_sequence.wrapping_add(count) & i32::MAX;
     partition.ready.push_back(Sealed {
-        bytes: batch.writer.seal(partition.producer, base_sequence),
+        bytes: batch
+            .writer
+            .seal_with(partition.producer, base_sequence, codec),
         base_sequence,
         acks: batch.acks,
         created: batch.opened,
