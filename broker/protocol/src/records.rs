@@ -130,9 +130,26 @@ pub fn recompress(batch: &[u8], codec: Codec) -> Result<Option<Vec<u8>>, Records
         return Ok(None);
     }
     let area = record_area(batch, &header)?;
-    let compressed = codec.compress(&area)?;
+    with_records_compressed(&batch[..BATCH_HEADER_BYTES], &area, codec).map(Some)
+}
+
+/// The batch whose header is `header` (a RecordBatch v2 header, `BATCH_HEADER_BYTES` long)
+/// and whose uncompressed records are `area`, with the records compressed with `codec` and
+/// the length, attributes and CRC rewritten. A producer's batch is sealed plain, then this.
+pub fn with_records_compressed(
+    header: &[u8],
+    area: &[u8],
+    codec: Codec,
+) -> Result<Vec<u8>, RecordsError> {
+    if header.len() != BATCH_HEADER_BYTES {
+        return Err(RecordsError::NotABatch(format!(
+            "a batch header is {BATCH_HEADER_BYTES} bytes, not {}",
+            header.len()
+        )));
+    }
+    let compressed = codec.compress(area)?;
     let mut out = Vec::with_capacity(BATCH_HEADER_BYTES + compressed.len());
-    out.extend_from_slice(&batch[..BATCH_HEADER_BYTES]);
+    out.extend_from_slice(header);
     out.extend_from_slice(&compressed);
     let batch_length = (out.len() - BATCH_LOG_OVERHEAD_BYTES) as i32;
     out[8..12].copy_from_slice(&batch_length.to_be_bytes());
@@ -141,7 +158,7 @@ pub fn recompress(batch: &[u8], codec: Codec) -> Result<Option<Vec<u8>>, Records
     out[CRC_START_OFFSET..CRC_START_OFFSET + 2].copy_from_slice(&attributes.to_be_bytes());
     let crc = crc32c::crc32c(&out[CRC_START_OFFSET..]);
     out[CRC_START_OFFSET - 4..CRC_START_OFFSET].copy_from_slice(&crc.to_be_bytes());
-    Ok(Some(out))
+    Ok(out)
 }
 
 const XERIAL_MAGIC: &[u8] = b"\x82SNAPPY\x00";

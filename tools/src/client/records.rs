@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use tern_protocol::batch::{BatchHeader, BatchIter, BATCH_HEADER_BYTES};
-use tern_protocol::records::{recompress, record_area, Codec};
+use tern_protocol::records::{record_area, with_records_compressed, Codec};
 
 /// A record to produce, or one consumed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -215,17 +215,18 @@ impl BatchWriter {
         self.buffer.freeze()
     }
 
-    /// `seal`, then the records compressed with `codec` (the header and its producer fields
-    /// kept, the length, attributes and CRC rewritten). A codec that fails leaves the batch
-    /// uncompressed, which is as valid.
+    /// `seal`, then the records compressed with `codec` straight from the sealed buffer (the
+    /// header and its producer fields kept, the length, attributes and CRC rewritten). A codec
+    /// that fails leaves the batch uncompressed, which is as valid.
     pub fn seal_with(self, producer: (i64, i16), base_sequence: i32, codec: Codec) -> Bytes {
         let sealed = self.seal(producer, base_sequence);
         if codec == Codec::None {
             return sealed;
         }
-        match recompress(&sealed, codec) {
-            Ok(Some(compressed)) => Bytes::from(compressed),
-            Ok(None) | Err(_) => sealed,
+        let (header, area) = sealed.split_at(BATCH_HEADER_BYTES);
+        match with_records_compressed(header, area, codec) {
+            Ok(compressed) => Bytes::from(compressed),
+            Err(_) => sealed,
         }
     }
 }
