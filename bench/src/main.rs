@@ -230,7 +230,6 @@ fn run(args: RunArgs) -> Result<(), Failure> {
     let mut w = Workload::load(&args.workload).map_err(usage)?;
     args.overrides.apply(&mut w);
     w.validate().map_err(usage)?;
-    // Pin before any thread exists (librdkafka's included), so they all inherit the set.
     let pin = args.spawn && !args.no_pin && spawn::cpu_count() >= 2;
     let harness_cpus: Vec<usize> = match &args.cpus {
         Some(list) => spawn::parse_cpu_list(list).map_err(usage)?,
@@ -239,13 +238,11 @@ fn run(args: RunArgs) -> Result<(), Failure> {
             .collect(),
         None => Vec::new(),
     };
-    let mut thread_cpus = Vec::new();
-    if !harness_cpus.is_empty() {
-        if spawn::pin_current_thread(&harness_cpus) {
-            thread_cpus = harness_cpus;
-        } else {
-            eprintln!("tern-bench: warning: could not pin the harness to CPUs {harness_cpus:?}; continuing unpinned");
-        }
+    if pin && harness_cpus.contains(&spawn::BROKER_CPU) {
+        eprintln!(
+            "tern-bench: warning: --cpus includes CPU {}, where the spawned broker runs",
+            spawn::BROKER_CPU
+        );
     }
 
     let mut broker = None;
@@ -269,6 +266,17 @@ fn run(args: RunArgs) -> Result<(), Failure> {
             .ok_or_else(|| usage("give --spawn or --bootstrap HOST:PORT"))?
     };
     let broker_pid = args.broker_pid.or(broker.as_ref().map(|b| b.pid()));
+    // Pinned after the broker started (which would otherwise inherit the harness's CPUs when
+    // it is not pinned itself) and before any thread exists, librdkafka's included, so they
+    // all inherit the set.
+    let mut thread_cpus = Vec::new();
+    if !harness_cpus.is_empty() {
+        if spawn::pin_current_thread(&harness_cpus) {
+            thread_cpus = harness_cpus;
+        } else {
+            eprintln!("tern-bench: warning: could not pin the harness to CPUs {harness_cpus:?}; continuing unpinned");
+        }
+    }
 
     let client_config: Vec<(String, String)> = args
         .client_config

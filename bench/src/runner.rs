@@ -428,8 +428,9 @@ pub fn run(driver: &dyn Driver, opts: &RunOptions) -> Result<RunOutput, RunError
                 pin_thread(cpu, &format!("producer {p}"), pin_notes);
                 let mut rng = SplitMix64::new(run_id ^ (p as u64 + 1).wrapping_mul(0x9E37_79B9));
                 let mut buf = vec![0u8; w.message_size.max_bytes() as usize];
-                // Incompressible filler, so compression costs what it would on real data at
-                // worst; the header at the front is rewritten per message.
+                // Random filler, rewritten per message only in its header at the front: a
+                // message alone does not compress, but a batch of them does (the same filler
+                // repeats), so compressed runs measure codecs at their fastest.
                 rng.fill(&mut buf);
                 let mut env = RealEnv {
                     clock,

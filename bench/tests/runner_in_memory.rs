@@ -30,17 +30,19 @@ struct MemDriver {
     /// Topic name to the queues of its consumers.
     queues: Mutex<HashMap<String, Vec<Queue>>>,
     partitions: Mutex<HashMap<String, u32>>,
-    /// The CPUs each producer's and consumer's thread was allowed, as first seen.
-    affinities: Mutex<Vec<Vec<usize>>>,
+    /// The CPUs each producer's ("p", index) and consumer's ("c", index) thread was allowed,
+    /// as first seen.
+    affinities: Mutex<Vec<(&'static str, u32, Vec<usize>)>>,
 }
 
 impl MemDriver {
-    fn note_affinity(&self, seen: &mut bool) {
+    fn note_affinity(&self, who: (&'static str, u32), seen: &mut bool) {
         if !std::mem::replace(seen, true) {
+            let allowed = tern_bench::spawn::current_affinity();
             self.affinities
                 .lock()
                 .unwrap()
-                .push(tern_bench::spawn::current_affinity());
+                .push((who.0, who.1, allowed));
         }
     }
 }
@@ -48,12 +50,13 @@ impl MemDriver {
 struct MemProducer {
     driver: Arc<MemDriver>,
     acks: AckSink,
+    index: u32,
     seen: bool,
 }
 
 impl Producer for MemProducer {
     fn try_send(&mut self, msg: &Outgoing<'_>) -> SendOutcome {
-        self.driver.note_affinity(&mut self.seen);
+        self.driver.note_affinity(("p", self.index), &mut self.seen);
         let queues = self.driver.queues.lock().unwrap();
         for q in queues.get(msg.topic).into_iter().flatten() {
             q.lock().unwrap().push_back(msg.payload.to_vec());
@@ -72,6 +75,7 @@ struct MemConsumer {
     driver: Arc<MemDriver>,
     queue: Queue,
     partitions: u64,
+    index: u32,
     seen: bool,
 }
 
@@ -81,7 +85,7 @@ impl Consumer for MemConsumer {
         timeout: Duration,
         on_payload: &mut dyn FnMut(&[u8]),
     ) -> Result<bool, DriverError> {
-        self.driver.note_affinity(&mut self.seen);
+        self.driver.note_affinity(("c", self.index), &mut self.seen);
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(payload) = self.queue.lock().unwrap().pop_front() {
@@ -115,12 +119,13 @@ impl Driver for MemHandle {
     }
     fn producer(
         &self,
-        _spec: &ProducerSpec,
+        spec: &ProducerSpec,
         acks: AckSink,
     ) -> Result<Box<dyn Producer>, DriverError> {
         Ok(Box::new(MemProducer {
             driver: self.0.clone(),
             acks,
+            index: spec.index,
             seen: false,
         }))
     }
@@ -144,6 +149,7 @@ impl Driver for MemHandle {
             driver: self.0.clone(),
             queue,
             partitions,
+            index: spec.index,
             seen: false,
         }))
     }
@@ -246,17 +252,24 @@ fn producer_and_consumer_threads_are_pinned_each_to_one_of_the_cpus_given() {
         (out.notes, affinities)
     };
 
-    let (notes, affinities) = run(cpus.clone());
+    let (notes, mut affinities) = run(cpus.clone());
     assert!(notes.is_empty(), "notes: {notes:?}");
-    assert_eq!(affinities.len(), 4, "two producers and two consumers");
-    for affinity in &affinities {
-        assert_eq!(affinity.len(), 1, "one CPU per thread: {affinity:?}");
-        assert!(cpus.contains(&affinity[0]), "{affinity:?} not in {cpus:?}");
-    }
+    affinities.sort();
+    // Producers take the CPUs in turn from the front, consumers from the back.
+    let want = vec![
+        ("c", 0, vec![cpus[1]]),
+        ("c", 1, vec![cpus[0]]),
+        ("p", 0, vec![cpus[0]]),
+        ("p", 1, vec![cpus[1]]),
+    ];
+    assert_eq!(affinities, want);
 
     // A CPU this machine lacks: the run goes on unpinned and says so.
     let (notes, affinities) = run(vec![1023]);
     assert_eq!(notes.len(), 4, "notes: {notes:?}");
     assert!(notes[0].contains("could not pin"), "{notes:?}");
-    assert!(affinities.iter().all(|a| *a == allowed), "{affinities:?}");
+    assert!(
+        affinities.iter().all(|(_, _, a)| *a == allowed),
+        "{affinities:?}"
+    );
 }

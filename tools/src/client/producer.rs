@@ -68,7 +68,10 @@ pub struct ProducerConfig {
     pub metadata_max_age: Duration,
     /// How each batch's records are compressed (Kafka's `compression.type`; levels as in
     /// `Codec`). The broker keeps them so unless the topic's `compression.type` says
-    /// otherwise, and every reader decompresses them.
+    /// otherwise, and every reader decompresses them. `batch_bytes` counts the records before
+    /// compression (as librdkafka's `batch.size`); a batch that does not shrink is sent plain.
+    /// Batches are compressed on the producer's task as they are sealed (as librdkafka does on
+    /// its broker thread), so one producer compresses on one core at a time.
     pub compression: Codec,
 }
 

@@ -217,7 +217,8 @@ impl BatchWriter {
 
     /// `seal`, then the records compressed with `codec` straight from the sealed buffer (the
     /// header and its producer fields kept, the length, attributes and CRC rewritten). A codec
-    /// that fails leaves the batch uncompressed, which is as valid.
+    /// that fails, or does not make the batch smaller, leaves it uncompressed, which is as
+    /// valid.
     pub fn seal_with(self, producer: (i64, i16), base_sequence: i32, codec: Codec) -> Bytes {
         let sealed = self.seal(producer, base_sequence);
         if codec == Codec::None {
@@ -225,8 +226,10 @@ impl BatchWriter {
         }
         let (header, area) = sealed.split_at(BATCH_HEADER_BYTES);
         match with_records_compressed(header, area, codec) {
-            Ok(compressed) => Bytes::from(compressed),
-            Err(_) => sealed,
+            // Records that do not compress stay plain, so a batch never grows past what
+            // `batch_bytes` bounded (as librdkafka does).
+            Ok(compressed) if compressed.len() < sealed.len() => Bytes::from(compressed),
+            Ok(_) | Err(_) => sealed,
         }
     }
 }
@@ -456,6 +459,29 @@ mod tests {
             assert_eq!(decoded.records, plain_records, "{codec:?}");
         }
         assert_eq!(write().seal_with((9, 1), 400, Codec::None), plain);
+
+        // Records that do not compress are sent plain: the batch never grows.
+        let noisy = || {
+            let mut noise = 0x9E37_79B9_7F4A_7C15u64;
+            let mut writer = BatchWriter::new(1 << 16, 5_000);
+            for _ in 0..50 {
+                let value: Vec<u8> = (0..500)
+                    .map(|_| {
+                        noise ^= noise << 13;
+                        noise ^= noise >> 7;
+                        noise ^= noise << 17;
+                        (noise >> 56) as u8
+                    })
+                    .collect();
+                writer.push(RecordRef::value(&value), 5_000);
+            }
+            writer
+        };
+        // (lz4's and snappy's framing make such records larger; gzip still finds a little.)
+        for codec in [Codec::Lz4, Codec::Snappy] {
+            let sealed = noisy().seal_with((9, 1), 0, codec);
+            assert!(sealed == noisy().seal((9, 1), 0), "{codec:?} grew it");
+        }
     }
 
     #[test]
