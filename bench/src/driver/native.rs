@@ -73,7 +73,7 @@ fn tag_of(scheduled_ns: u64, len_bytes: u64) -> Option<u64> {
 }
 
 impl Deliveries {
-    fn delivered(
+    fn report(
         &self,
         scheduled_ns: u64,
         len_bytes: u64,
@@ -90,7 +90,7 @@ impl Deliveries {
 impl DeliveryListener for Deliveries {
     fn delivered(&self, tag: u64, result: Result<Delivery, tern::client::Error>) {
         let scheduled_ns = tag & ((1 << TAG_NS_BITS) - 1);
-        Deliveries::delivered(self, scheduled_ns, tag >> TAG_NS_BITS, result);
+        self.report(scheduled_ns, tag >> TAG_NS_BITS, result);
     }
 }
 
@@ -118,7 +118,7 @@ impl super::Producer for NativeProducer {
             let deliveries = self.deliveries.clone();
             self.producer
                 .send_with(msg.topic, None, record, move |result| {
-                    deliveries.delivered(scheduled_ns, len_bytes, result)
+                    deliveries.report(scheduled_ns, len_bytes, result)
                 });
         }
         SendOutcome::Sent { len_bytes }

@@ -10,12 +10,14 @@
 //!   it at open and after a truncation and replays only the batches past it (without one:
 //!   the end of the log for producers, the transaction snapshot onwards for transactions).
 //! - `waiters`: long-poll fetches parked on a partition until its high watermark passes what
-//!   they have seen, under a per-shard cap.
+//!   they have seen, under a per-shard cap; acks=all produces waiting for the watermark, and
+//!   retries waiting for their original, park the same way under the acks=all budget.
 //! - here: `Partition::append` (produce and the group coordinator append through it as the
 //!   leader: it applies the topic's record rules — timestamp bounds, a compacted topic's
-//!   refusal of keyless records, recompression — decides, stamps the partition's real leader epoch, appends to the log, moves
-//!   the high watermark, wakes waiters, and with acks=all waits for the high watermark to
-//!   cover the batch), `write_marker` and `append_for_transaction` (the transaction and
+//!   refusal of keyless records, recompression — checks an idempotent batch's sequence (a
+//!   retry of a batch still being written waits for it and is answered as it turns out),
+//!   stamps the partition's real leader epoch, appends to the log, moves the high watermark,
+//!   wakes waiters, and with acks=all waits for the high watermark to cover the batch), `write_marker` and `append_for_transaction` (the transaction and
 //!   group coordinators' transactional appends), `append_replica` and `truncate` (a
 //!   follower's side), and
 //!   `read_or_wait` (read now, or park until data arrives, the deadline passes or the caller
@@ -496,7 +498,8 @@ impl Partition {
         }
         let transactional = first.filter(|h| h.is_transactional() && h.producer_id().0 >= 0);
         let mut leader_epoch = leader_epoch;
-        let waiting_since = Instant::now();
+        // Read only when a retry first waits: no clock read on the common path.
+        let mut waiting_since: Option<Instant> = None;
         let sequence = loop {
             match self.idempotence(&records)? {
                 Sequenced::None => break None,
@@ -513,12 +516,13 @@ impl Partition {
                     // A retry of a batch still on its way to the log (the client gave up on
                     // the first answer): it is answered as the original turns out, written
                     // or not, so a failed original is never acknowledged through its retry.
+                    let since = *waiting_since.get_or_insert_with(Instant::now);
                     self.original_settled(original, leader_epoch, deadline)
                         .await?;
                     if self.detached.get() {
                         return Err(AppendFailure::code(error_code::NOT_LEADER_OR_FOLLOWER));
                     }
-                    let waited_ms = waiting_since.elapsed().as_millis() as i64;
+                    let waited_ms = since.elapsed().as_millis() as i64;
                     let state = self.state.borrow();
                     state.check_produce(
                         acks,
@@ -695,24 +699,40 @@ impl Partition {
             if !unsettled || self.detached.get() || self.state.borrow().leader_epoch() != epoch {
                 return Ok(());
             }
-            let now = Instant::now();
-            let timed_out = AppendFailure {
-                code: error_code::REQUEST_TIMED_OUT,
-                message: Some("the original of this retried batch was not written in time".into()),
-                record_errors: Vec::new(),
-            };
-            if now >= deadline {
-                return Err(timed_out);
+            if !self
+                .park_until(&self.sequence_waiters, Offset(0), deadline)
+                .await
+            {
+                return Err(AppendFailure {
+                    code: error_code::REQUEST_TIMED_OUT,
+                    message: Some(
+                        "the original of this retried batch was not written in time".into(),
+                    ),
+                    record_errors: Vec::new(),
+                });
             }
-            let Some(mut parked) =
-                waiters::park(&self.sequence_waiters, Offset(0), &self.ack_budget)
-            else {
-                return Err(timed_out);
-            };
-            let woken = Box::pin(parked.wait());
-            let timer = Box::pin(glommio::timer::sleep(deadline - now));
-            select(woken, timer).await;
         }
+    }
+
+    /// Parks on `waiters` as having seen `seen` until woken or `deadline`, under the acks=all
+    /// budget; false, without waiting, once the deadline has passed or the budget is spent.
+    async fn park_until(
+        &self,
+        waiters: &Rc<RefCell<waiters::Waiters>>,
+        seen: Offset,
+        deadline: Instant,
+    ) -> bool {
+        let now = Instant::now();
+        if now >= deadline {
+            return false;
+        }
+        let Some(mut parked) = waiters::park(waiters, seen, &self.ack_budget) else {
+            return false;
+        };
+        let woken = Box::pin(parked.wait());
+        let timer = Box::pin(glommio::timer::sleep(deadline - now));
+        select(woken, timer).await;
+        true
     }
 
     /// Waits until the high watermark passes `base_offset` (batches are whole, so it then
@@ -733,21 +753,16 @@ impl Partition {
                     return state.check_after_append().map_err(AppendFailure::from);
                 }
             }
-            let now = Instant::now();
-            if now >= deadline {
+            if Instant::now() >= deadline {
                 return Err(AppendFailure {
                     code: error_code::REQUEST_TIMED_OUT,
                     message: Some("the in-sync replicas did not all have the batch in time".into()),
                     record_errors: Vec::new(),
                 });
             }
-            let Some(mut parked) = waiters::park(&self.waiters, base_offset, &self.ack_budget)
-            else {
+            if !self.park_until(&self.waiters, base_offset, deadline).await {
                 return Err(AppendFailure::code(error_code::REQUEST_TIMED_OUT));
-            };
-            let woken = Box::pin(parked.wait());
-            let timer = Box::pin(glommio::timer::sleep(deadline - now));
-            select(woken, timer).await;
+            }
         }
     }
 

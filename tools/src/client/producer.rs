@@ -26,6 +26,11 @@
 //! partition cannot send waits in `State::blocked` until an answer frees that partition, and
 //! sending, expiring and mending look only at `State::busy` partitions.
 //!
+//! A batch is compressed as it is sealed when `ProducerConfig::compression` says so. Each
+//! record's outcome goes to its sender exactly once: a future (`send`), a callback
+//! (`send_with`), or the producer's one `DeliveryListener` with the record's tag
+//! (`send_tagged`).
+//!
 //! Records for a topic whose partitions the producer has not learned yet wait, in order, in
 //! the accumulator until the task has asked the cluster; later records of that topic queue
 //! behind them, so order per partition is kept. The count is asked again after
