@@ -3,7 +3,8 @@
 //! Owns: everything under `bench/`. The measurement core (`schedule`, `open_loop`,
 //! `recorder`, `payload`, `workload`, `cpu` parsing, `svg`, `report`) is plain Rust without
 //! I/O and is tested without a broker; the I/O lives in `driver` (client protocols), `runner`
-//! (threads and clocks), `spawn` (the broker process) and `main` (the command line).
+//! (threads and clocks), `processes` (a run over several harness processes), `spawn` (the
+//! broker process) and `main` (the command line).
 //! Must never: be linked into the broker; the harness measures a broker from the outside.
 //! Fits: DESIGN.md §7.
 
@@ -14,6 +15,7 @@ pub mod histlog;
 pub mod limits;
 pub mod open_loop;
 pub mod payload;
+pub mod processes;
 pub mod recorder;
 pub mod report;
 pub mod runner;

@@ -13,6 +13,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 use tern_bench::driver::{self, DriverKind};
+use tern_bench::processes;
 use tern_bench::report::{self, RunContext, RunResult};
 use tern_bench::runner::{self, RunOptions};
 use tern_bench::spawn::{self, SpawnedBroker};
@@ -45,6 +46,10 @@ enum Command {
     },
     /// List the built-in workloads.
     Workloads,
+    /// One process of a `run --processes N` (started by `run`; speaks JSON lines on stdin and
+    /// stdout).
+    #[command(hide = true)]
+    Worker,
 }
 
 #[derive(Args)]
@@ -83,6 +88,11 @@ struct RunArgs {
     /// one of them in turn. With --spawn the default is every CPU but the broker's.
     #[arg(long)]
     cpus: Option<String>,
+    /// Spread the producers and consumers over this many harness processes (each runs every
+    /// N-th of them, with its own clients); the parent merges their measurements. For when one
+    /// process's client library is the limit. No per-second progress lines when above 1.
+    #[arg(long, default_value_t = 1)]
+    processes: u32,
     /// A client setting for every client, repeatable, in the client library's names:
     /// --client-config security.protocol=ssl --client-config ssl.ca.location=ca.pem
     #[arg(long, short = 'X')]
@@ -207,6 +217,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run(*args),
         Command::Compare { results, out } => compare(&results, &out),
+        Command::Worker => tern_bench::processes::serve_worker().map_err(failed),
         Command::Workloads => {
             for (name, text) in workload::BUILTIN {
                 let description = Workload::parse(text, name)
@@ -230,6 +241,7 @@ fn run(args: RunArgs) -> Result<(), Failure> {
     let mut w = Workload::load(&args.workload).map_err(usage)?;
     args.overrides.apply(&mut w);
     w.validate().map_err(usage)?;
+    processes::check_split(&w, args.processes).map_err(usage)?;
     let pin = args.spawn && !args.no_pin && spawn::cpu_count() >= 2;
     let harness_cpus: Vec<usize> = match &args.cpus {
         Some(list) => spawn::parse_cpu_list(list).map_err(usage)?,
@@ -289,14 +301,30 @@ fn run(args: RunArgs) -> Result<(), Failure> {
         .collect::<Result<_, _>>()
         .map_err(usage)?;
     let drv = driver::open(args.driver, &bootstrap, &client_config).map_err(usage)?;
-    let progress = std::io::stdout().is_terminal();
-    let opts = RunOptions {
-        workload: w.clone(),
-        broker_pid,
-        progress,
-        thread_cpus,
+    let outcome = if args.processes > 1 {
+        eprintln!(
+            "tern-bench: running in {} processes (no per-second progress)",
+            args.processes
+        );
+        let plan = processes::Plan {
+            workload: w.clone(),
+            driver: args.driver,
+            bootstrap: bootstrap.clone(),
+            client_config,
+            broker_pid,
+            thread_cpus,
+            processes: args.processes,
+        };
+        processes::run(drv.as_ref(), &plan)
+    } else {
+        let opts = RunOptions {
+            workload: w.clone(),
+            broker_pid,
+            progress: std::io::stdout().is_terminal(),
+            thread_cpus,
+        };
+        runner::run(drv.as_ref(), &opts)
     };
-    let outcome = runner::run(drv.as_ref(), &opts);
     drop(drv);
 
     if let Some(mut b) = broker.take() {

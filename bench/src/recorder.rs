@@ -303,6 +303,115 @@ impl Recorder {
     }
 }
 
+/// A `Recorder` as one harness process hands it to another (`processes`): the histograms in
+/// HdrHistogram's V2 encoding, as hex, so a whole recorder is one line of JSON.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RecorderWire {
+    warmup_ns: u64,
+    series_origin_ns: u64,
+    series_seconds_max: usize,
+    ack_latency_us: String,
+    e2e_latency_us: String,
+    send_lag_us: String,
+    counts: Counts,
+    warmup_counts: Counts,
+    series: Vec<SecondWire>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct SecondWire {
+    counts: Counts,
+    ack_latency_us: String,
+    e2e_latency_us: String,
+}
+
+fn histogram_to_hex(h: &Histogram<u64>) -> Result<String, String> {
+    use hdrhistogram::serialization::Serializer as _;
+    let mut bytes = Vec::new();
+    hdrhistogram::serialization::V2Serializer::new()
+        .serialize(h, &mut bytes)
+        .map_err(|e| format!("encoding a histogram: {e:?}"))?;
+    let mut hex = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        // Writing to a String cannot fail.
+        let _ = std::fmt::Write::write_fmt(&mut hex, format_args!("{b:02x}"));
+    }
+    Ok(hex)
+}
+
+fn histogram_from_hex(hex: &str) -> Result<Histogram<u64>, String> {
+    if !hex.len().is_multiple_of(2) {
+        return Err("a histogram's hex has an odd length".into());
+    }
+    let bytes = (0..hex.len())
+        .step_by(2)
+        .map(|i| {
+            hex.get(i..i + 2)
+                .and_then(|pair| u8::from_str_radix(pair, 16).ok())
+                .ok_or_else(|| format!("a histogram's hex is not hex at {i}"))
+        })
+        .collect::<Result<Vec<u8>, String>>()?;
+    let mut h: Histogram<u64> = hdrhistogram::serialization::Deserializer::new()
+        .deserialize(&mut &bytes[..])
+        .map_err(|e| format!("decoding a histogram: {e:?}"))?;
+    // As every histogram here: growing to whatever is added to it.
+    h.auto(true);
+    Ok(h)
+}
+
+impl Recorder {
+    pub fn to_wire(&self) -> Result<RecorderWire, String> {
+        Ok(RecorderWire {
+            warmup_ns: self.warmup_ns,
+            series_origin_ns: self.series_origin_ns,
+            series_seconds_max: self.series_seconds_max,
+            ack_latency_us: histogram_to_hex(&self.ack_latency_us)?,
+            e2e_latency_us: histogram_to_hex(&self.e2e_latency_us)?,
+            send_lag_us: histogram_to_hex(&self.send_lag_us)?,
+            counts: self.counts.clone(),
+            warmup_counts: self.warmup_counts.clone(),
+            series: self
+                .series
+                .iter()
+                .map(|s| {
+                    Ok(SecondWire {
+                        counts: s.counts.clone(),
+                        ack_latency_us: histogram_to_hex(&s.ack_latency_us)?,
+                        e2e_latency_us: histogram_to_hex(&s.e2e_latency_us)?,
+                    })
+                })
+                .collect::<Result<_, String>>()?,
+        })
+    }
+
+    pub fn from_wire(wire: &RecorderWire) -> Result<Recorder, String> {
+        if wire.series_origin_ns > wire.warmup_ns || wire.series.len() > wire.series_seconds_max {
+            return Err("a recorder whose series or warm-up is out of its bounds".into());
+        }
+        Ok(Recorder {
+            warmup_ns: wire.warmup_ns,
+            series_origin_ns: wire.series_origin_ns,
+            series_seconds_max: wire.series_seconds_max,
+            ack_latency_us: histogram_from_hex(&wire.ack_latency_us)?,
+            e2e_latency_us: histogram_from_hex(&wire.e2e_latency_us)?,
+            send_lag_us: histogram_from_hex(&wire.send_lag_us)?,
+            counts: wire.counts.clone(),
+            warmup_counts: wire.warmup_counts.clone(),
+            series: wire
+                .series
+                .iter()
+                .map(|s| {
+                    Ok(Second {
+                        counts: s.counts.clone(),
+                        ack_latency_us: histogram_from_hex(&s.ack_latency_us)?,
+                        e2e_latency_us: histogram_from_hex(&s.e2e_latency_us)?,
+                    })
+                })
+                .collect::<Result<_, String>>()?,
+        })
+    }
+}
+
 /// A point of the percentile curve: `percentile` in [0, 100], latency in microseconds.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CurvePoint {
@@ -443,6 +552,37 @@ mod tests {
         assert_eq!(a.ack_latency_us.len(), 2);
         assert_eq!(a.series().len(), 4);
         assert_eq!(a.series()[3].counts.acked_msgs, 1);
+    }
+
+    #[test]
+    fn a_recorder_survives_its_wire_form_exactly() {
+        let mut r = Recorder::with_origin(MS, 2 * MS, 10);
+        r.record_sent(3 * MS, 4 * MS, 100);
+        r.record_ack(3 * MS, 1_500 * MS, 100);
+        r.record_consumed(3 * MS, 2_700 * MS, 100);
+        r.record_ack(MS, 5 * MS, 7);
+        r.record_queue_full(4 * MS, 4 * MS);
+        let text = serde_json::to_string(&r.to_wire().unwrap()).unwrap();
+        let back = Recorder::from_wire(&serde_json::from_str(&text).unwrap()).unwrap();
+        assert_eq!(back.counts, r.counts);
+        assert_eq!(back.warmup_counts, r.warmup_counts);
+        assert_eq!(back.ack_latency_us, r.ack_latency_us);
+        assert_eq!(back.e2e_latency_us, r.e2e_latency_us);
+        assert_eq!(back.send_lag_us, r.send_lag_us);
+        assert_eq!(back.series().len(), r.series().len());
+        for (a, b) in back.series().iter().zip(r.series()) {
+            assert_eq!(a.counts, b.counts);
+            assert_eq!(a.ack_latency_us, b.ack_latency_us);
+            assert_eq!(a.e2e_latency_us, b.e2e_latency_us);
+        }
+        // Merging the copy is merging the original, larger values included.
+        let mut merged = Recorder::with_origin(MS, 2 * MS, 10);
+        merged.merge(&back);
+        merged.record_ack(3 * MS, 100_000 * MS, 1);
+        assert_eq!(merged.counts.acked_msgs, 2);
+        let mut corrupt = r.to_wire().unwrap();
+        corrupt.ack_latency_us.push('z');
+        assert!(Recorder::from_wire(&corrupt).is_err());
     }
 
     #[test]

@@ -81,6 +81,9 @@ pub struct RunResult {
     /// measured).
     #[serde(default)]
     pub harness_cpu_cores_used: Option<f64>,
+    /// Harness processes the run was spread over (`--processes`); the CPU above is their sum.
+    #[serde(default = "one_process")]
+    pub harness_processes: u32,
     pub workload: Workload,
     pub run_id: String,
     /// Wall-clock instant of the first scheduled slot (second 0 of the series).
@@ -103,6 +106,10 @@ pub struct RunResult {
     pub time_series: Vec<SecondPoint>,
     pub files: Files,
     pub notes: Vec<String>,
+}
+
+fn one_process() -> u32 {
+    1
 }
 
 /// Context of a run that the runner does not know.
@@ -163,6 +170,7 @@ impl RunResult {
                 cpu_cores_used: out.broker_cpu_cores,
             },
             harness_cpu_cores_used: out.harness_cpu_cores,
+            harness_processes: out.harness_processes,
             workload: workload.clone(),
             run_id: format!("{:016x}", out.run_id),
             started_unix_ms: out.started_unix_ms,
@@ -286,9 +294,13 @@ pub fn table(r: &RunResult) -> String {
     }
     if let Some(cores) = r.harness_cpu_cores_used {
         let rate = per_core(r.rates.acked_msgs_per_s, Some(cores));
+        let processes = match r.harness_processes {
+            1 => String::new(),
+            n => format!(" over {n} processes"),
+        };
         let _ = writeln!(
             t,
-            "harness cpu: {cores:.2} cores, {} acked msg/s per harness core",
+            "harness cpu: {cores:.2} cores{processes}, {} acked msg/s per harness core",
             rate.map_or("-".into(), |rate| format!("{rate:.0}"))
         );
     }
@@ -547,6 +559,7 @@ mod tests {
             broker_cpu_cores: Some(0.5),
             broker_cpu_cores_series: vec![],
             harness_cpu_cores: Some(0.25),
+            harness_processes: 1,
             notes: vec![],
         };
         let ctx = RunContext {

@@ -25,7 +25,7 @@ use crate::schedule::{Clock, FixedRate, MaxRate, Pacer};
 use crate::workload::{ConsumerMode, Workload, WorkloadError};
 
 /// Producers start this long after the clock, so every thread is up before its first slot.
-const START_LEAD_NS: u64 = 50_000_000;
+pub const START_LEAD_NS: u64 = 50_000_000;
 /// Above this wait the producer sleeps; below it, it yields, because sleeping overshoots by
 /// tens of microseconds and a 10k msg/s schedule has 100 µs slots.
 const SLEEP_THRESHOLD_NS: u64 = 300_000;
@@ -40,6 +40,8 @@ pub enum RunError {
     Workload(#[from] WorkloadError),
     #[error("a {0} thread panicked; the run is invalid")]
     ThreadPanicked(&'static str),
+    #[error("the run's processes lost touch: {0}")]
+    Coordination(String),
 }
 
 pub struct RunOptions {
@@ -51,6 +53,170 @@ pub struct RunOptions {
     /// in turn from the other end, so a harness spread over several cores keeps its senders
     /// from migrating (empty: threads are left to the scheduler within the process's set).
     pub thread_cpus: Vec<usize>,
+}
+
+/// Which of a run's producers and consumers one process runs: those whose index (counted over
+/// the whole run) is `index` modulo `of`. A run in one process is `Share::WHOLE`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Share {
+    pub index: u32,
+    pub of: u32,
+}
+
+impl Share {
+    pub const WHOLE: Share = Share { index: 0, of: 1 };
+
+    pub fn runs(&self, index: u32) -> bool {
+        index % self.of == self.index
+    }
+}
+
+/// Partitions assigned to this process's consumers, by (topic index, group index).
+pub type Assigned = std::collections::BTreeMap<(u32, u32), u64>;
+
+/// True when every group of `w` has all partitions of its topic assigned.
+pub fn groups_assigned(w: &Workload, assigned: &Assigned) -> bool {
+    (0..w.topics).all(|t| {
+        (0..w.consumer_groups_per_topic)
+            .all(|g| assigned.get(&(t, g)).copied().unwrap_or(0) >= w.partitions_per_topic as u64)
+    })
+}
+
+/// How the run's process agrees with the others (if any) on the two points that concern the
+/// whole run: when the clock starts, and when the consumers have drained what was acknowledged.
+/// `Local` is a run in one process; `processes::Worker` is one process of several.
+pub trait Coordinator {
+    /// Returns the run's clock once every group is assigned, or once waiting has timed out
+    /// (with a note). `assigned` reads this process's assignment; it may be asked repeatedly.
+    fn start(
+        &mut self,
+        assigned: &mut dyn FnMut() -> Assigned,
+        notes: &mut Vec<String>,
+    ) -> Result<Start, RunError>;
+
+    /// Called when this process's producers are done, `acked` being what they had
+    /// acknowledged; returns when the consumers should stop. `consumed` reads this process's
+    /// consumers' count (every group's).
+    fn drain(
+        &mut self,
+        acked: u64,
+        consumed: &mut dyn FnMut() -> u64,
+        notes: &mut Vec<String>,
+    ) -> Result<(), RunError>;
+}
+
+pub struct Start {
+    pub clock: Clock,
+    /// No consumer anywhere was given a partition (the drain need not wait then).
+    pub no_partition_assigned: bool,
+}
+
+/// The run in one process: waits on its own consumers, starts the clock itself.
+pub struct Local<'a> {
+    workload: &'a Workload,
+    no_partition_assigned: bool,
+}
+
+impl<'a> Local<'a> {
+    pub fn new(workload: &'a Workload) -> Local<'a> {
+        Local {
+            workload,
+            no_partition_assigned: false,
+        }
+    }
+}
+
+impl Coordinator for Local<'_> {
+    fn start(
+        &mut self,
+        assigned: &mut dyn FnMut() -> Assigned,
+        notes: &mut Vec<String>,
+    ) -> Result<Start, RunError> {
+        if self.workload.consumers_total() > 0 {
+            let deadline =
+                Instant::now() + Duration::from_millis(limits::CONSUMER_ASSIGN_TIMEOUT_MS);
+            loop {
+                let now = assigned();
+                if groups_assigned(self.workload, &now) {
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    notes.push(assign_timeout_note());
+                    self.no_partition_assigned = now.values().all(|n| *n == 0);
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Ok(Start {
+            clock: Clock::start(),
+            no_partition_assigned: self.no_partition_assigned,
+        })
+    }
+
+    fn drain(
+        &mut self,
+        acked: u64,
+        consumed: &mut dyn FnMut() -> u64,
+        notes: &mut Vec<String>,
+    ) -> Result<(), RunError> {
+        if self.workload.consumers_total() > 0 {
+            let expected = acked * self.workload.consumer_groups_per_topic as u64;
+            let deadline = Instant::now() + Duration::from_millis(limits::DRAIN_TIMEOUT_MS);
+            loop {
+                let timed_out = Instant::now() >= deadline;
+                match drain_step(consumed(), expected, self.no_partition_assigned, timed_out) {
+                    DrainStep::Done => break,
+                    DrainStep::GiveUp(note) => {
+                        notes.push(note);
+                        break;
+                    }
+                    DrainStep::Wait => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What the drain does next.
+pub enum DrainStep {
+    Done,
+    /// Stop waiting, with a note for the result.
+    GiveUp(String),
+    Wait,
+}
+
+/// The drain's rule, the same for one process and for several: wait until the consumers have
+/// received every acknowledged message (`expected`), unless none was ever assigned a partition
+/// and none arrived, or the drain's time is up.
+pub fn drain_step(
+    consumed: u64,
+    expected: u64,
+    no_partition_assigned: bool,
+    timed_out: bool,
+) -> DrainStep {
+    if consumed >= expected {
+        DrainStep::Done
+    } else if consumed == 0 && no_partition_assigned {
+        // Consumers never got a partition (a broker without consumer groups, for instance)
+        // and received nothing during the run: waiting cannot help.
+        DrainStep::GiveUp("consumers were never assigned a partition and received nothing; try --consumer-mode assign".into())
+    } else if timed_out {
+        DrainStep::GiveUp(format!(
+            "consumers received {consumed} of {expected} acknowledged messages within the {} ms drain",
+            limits::DRAIN_TIMEOUT_MS
+        ))
+    } else {
+        DrainStep::Wait
+    }
+}
+
+pub fn assign_timeout_note() -> String {
+    format!(
+        "consumer groups were not fully assigned after {} ms; producing anyway",
+        limits::CONSUMER_ASSIGN_TIMEOUT_MS
+    )
 }
 
 /// Pins the calling thread to `cpu`, if one is given; a refusal becomes a note of the run.
@@ -84,8 +250,10 @@ pub struct RunOutput {
     /// Broker cores used in each second of the series.
     pub broker_cpu_cores_series: Vec<Option<f64>>,
     /// Cores this harness process (its producers, consumers and client libraries) used over
-    /// the measurement window.
+    /// the measurement window; summed over the processes of a run spread over several.
     pub harness_cpu_cores: Option<f64>,
+    /// 1, or the number of processes the run was spread over (`processes`).
+    pub harness_processes: u32,
     /// Things the reader of the result must know (timeouts hit, messages not drained).
     pub notes: Vec<String>,
 }
@@ -208,25 +376,34 @@ fn progress_line(
     line
 }
 
+/// Runs the whole workload in this process: creates its topics, then runs every producer and
+/// consumer.
 pub fn run(driver: &dyn Driver, opts: &RunOptions) -> Result<RunOutput, RunError> {
-    let w = &opts.workload;
     let run_id = payload::fresh_run_id();
-    let mut started_unix_ms = now_unix_ms();
-    let mut notes = Vec::new();
-    let offered_msgs_per_s = w.offered_msgs_per_s()?;
-    let total_s = w.warmup_s + w.duration_s;
-    let series_seconds_max = (total_s + limits::SERIES_EXTRA_SECONDS + 1) as usize;
-    let warmup_ns = START_LEAD_NS + w.warmup_s * 1_000_000_000;
+    create_topics(driver, &opts.workload, run_id)?;
+    run_share(
+        driver,
+        opts,
+        run_id,
+        Share::WHOLE,
+        &mut Local::new(&opts.workload),
+    )
+}
 
-    // Fresh topic names per run: consumers can start from the earliest offset without reading
-    // an earlier run's messages, and runs never disturb each other's partitions.
-    let topics: Vec<String> = (0..w.topics)
+/// The topics of run `run_id`: fresh names per run, so consumers can start from the earliest
+/// offset without reading an earlier run's messages, and runs never disturb each other's
+/// partitions. Every process of a run derives the same names.
+pub fn topic_names(w: &Workload, run_id: u64) -> Vec<String> {
+    (0..w.topics)
         .map(|t| format!("tern-bench-{}-{:08x}-{t}", w.name, run_id as u32))
-        .collect();
-    let specs: Vec<TopicSpec> = topics
-        .iter()
+        .collect()
+}
+
+pub fn create_topics(driver: &dyn Driver, w: &Workload, run_id: u64) -> Result<(), RunError> {
+    let specs: Vec<TopicSpec> = topic_names(w, run_id)
+        .into_iter()
         .map(|name| TopicSpec {
-            name: name.clone(),
+            name,
             partitions: w.partitions_per_topic,
             replication_factor: w.replication_factor,
         })
@@ -235,6 +412,27 @@ pub fn run(driver: &dyn Driver, opts: &RunOptions) -> Result<RunOutput, RunError
         &specs,
         Duration::from_millis(limits::TOPIC_CREATE_TIMEOUT_MS),
     )?;
+    Ok(())
+}
+
+/// Runs `share` of run `run_id`, whose topics exist: this process's producers and consumers,
+/// agreeing with any other processes of the run through `coordinator`. The output holds this
+/// process's measurements only.
+pub fn run_share(
+    driver: &dyn Driver,
+    opts: &RunOptions,
+    run_id: u64,
+    share: Share,
+    coordinator: &mut dyn Coordinator,
+) -> Result<RunOutput, RunError> {
+    let w = &opts.workload;
+    let mut started_unix_ms = now_unix_ms();
+    let mut notes = Vec::new();
+    let offered_msgs_per_s = w.offered_msgs_per_s()?;
+    let total_s = w.warmup_s + w.duration_s;
+    let series_seconds_max = (total_s + limits::SERIES_EXTRA_SECONDS + 1) as usize;
+    let warmup_ns = START_LEAD_NS + w.warmup_s * 1_000_000_000;
+    let topics = topic_names(w, run_id);
 
     let clock_cell: Arc<OnceLock<Clock>> = Arc::new(OnceLock::new());
     let stop_consumers = AtomicBool::new(false);
@@ -248,14 +446,21 @@ pub fn run(driver: &dyn Driver, opts: &RunOptions) -> Result<RunOutput, RunError
         consumer: Box<dyn Consumer>,
         recorder: Arc<Mutex<Recorder>>,
         assigned: Arc<AtomicU64>,
+        index: u32,
         topic_index: u32,
         group_index: u32,
     }
     let mut consumer_slots = Vec::new();
+    // Counted over the whole run, so that every process numbers consumers alike.
+    let mut consumer_index = 0u32;
     for (t, topic) in topics.iter().enumerate() {
         for g in 0..w.consumer_groups_per_topic {
             for c in 0..w.consumers_per_group {
-                let index = consumer_slots.len() as u32;
+                let index = consumer_index;
+                consumer_index += 1;
+                if !share.runs(index) {
+                    continue;
+                }
                 let partitions = match w.consumer_mode {
                     ConsumerMode::Group => None,
                     ConsumerMode::Assign => Some(
@@ -279,6 +484,7 @@ pub fn run(driver: &dyn Driver, opts: &RunOptions) -> Result<RunOutput, RunError
                         series_seconds_max,
                     ))),
                     assigned: Arc::new(AtomicU64::new(0)),
+                    index,
                     topic_index: t as u32,
                     group_index: g,
                 });
@@ -292,7 +498,12 @@ pub fn run(driver: &dyn Driver, opts: &RunOptions) -> Result<RunOutput, RunError
         .map(|s| (s.topic_index, s.group_index, s.assigned.clone()))
         .collect();
 
-    let producer_recorders: Vec<Arc<Mutex<Recorder>>> = (0..w.producers_total())
+    // Producers are numbered over the whole run too: the schedule's phase depends on it.
+    let local_producers: Vec<u32> = (0..w.producers_total())
+        .filter(|p| share.runs(*p))
+        .collect();
+    let producer_recorders: Vec<Arc<Mutex<Recorder>>> = local_producers
+        .iter()
         .map(|_| {
             Arc::new(Mutex::new(Recorder::with_origin(
                 START_LEAD_NS,
@@ -313,10 +524,11 @@ pub fn run(driver: &dyn Driver, opts: &RunOptions) -> Result<RunOutput, RunError
 
     std::thread::scope(|scope| -> Result<(), RunError> {
         let mut consumer_handles = Vec::new();
-        for (c, slot) in consumer_slots.into_iter().enumerate() {
+        for slot in consumer_slots {
             let clock_cell = clock_cell.clone();
             let stop = &stop_consumers;
-            let (cpu, pin_notes) = (consumer_cpu(c), &pin_notes);
+            let c = slot.index;
+            let (cpu, pin_notes) = (consumer_cpu(c as usize), &pin_notes);
             consumer_handles.push(scope.spawn(move || {
                 pin_thread(cpu, &format!("consumer {c}"), pin_notes);
                 let ConsumerSlot {
@@ -360,42 +572,32 @@ pub fn run(driver: &dyn Driver, opts: &RunOptions) -> Result<RunOutput, RunError
             }));
         }
 
-        // Wait (bounded) until every group has all partitions of its topic assigned.
-        let mut no_partition_assigned = false;
-        if !assigned.is_empty() {
-            let deadline =
-                Instant::now() + Duration::from_millis(limits::CONSUMER_ASSIGN_TIMEOUT_MS);
-            loop {
-                let mut per_group: std::collections::BTreeMap<(u32, u32), u64> = Default::default();
-                for (t, g, a) in &assigned {
-                    *per_group.entry((*t, *g)).or_default() += a.load(Ordering::Relaxed);
-                }
-                if per_group
-                    .values()
-                    .all(|n| *n >= w.partitions_per_topic as u64)
-                {
-                    break;
-                }
-                if Instant::now() >= deadline {
-                    notes.push(format!(
-                        "consumer groups were not fully assigned after {} ms; producing anyway",
-                        limits::CONSUMER_ASSIGN_TIMEOUT_MS
-                    ));
-                    no_partition_assigned = per_group.values().all(|n| *n == 0);
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
+        // Wait (bounded) until every group has all partitions of its topic assigned, in this
+        // process and (through the coordinator) in the others.
+        let mut local_assigned = || {
+            let mut per_group = Assigned::new();
+            for (t, g, a) in &assigned {
+                *per_group.entry((*t, *g)).or_default() += a.load(Ordering::Relaxed);
             }
-        }
-
-        let clock = Clock::start();
+            per_group
+        };
+        let start = match coordinator.start(&mut local_assigned, &mut notes) {
+            Ok(start) => start,
+            Err(e) => {
+                // The scope joins every thread before returning: stop them first.
+                stop_consumers.store(true, Ordering::Relaxed);
+                return Err(e);
+            }
+        };
+        let clock = start.clock;
         let _ = clock_cell.set(clock);
         // The wall-clock instant of the first slot: second 0 of the series and of the log.
-        started_unix_ms = now_unix_ms() + START_LEAD_NS / 1_000_000;
+        started_unix_ms =
+            now_unix_ms().saturating_sub(clock.now_ns() / 1_000_000) + START_LEAD_NS / 1_000_000;
         let producers_total = w.producers_total();
         let mut producer_handles = Vec::new();
-        for p in 0..producers_total {
-            let recorder = producer_recorders[p as usize].clone();
+        for (&p, recorder) in local_producers.iter().zip(&producer_recorders) {
+            let recorder = recorder.clone();
             let producer = match driver.producer(
                 &ProducerSpec {
                     index: p,
@@ -516,50 +718,30 @@ pub fn run(driver: &dyn Driver, opts: &RunOptions) -> Result<RunOutput, RunError
         }
 
         // Drain: wait (bounded) until each group has consumed every acknowledged message.
-        if !consumer_recorders.is_empty() {
-            let acked: u64 = producer_recorders
+        let acked: u64 = producer_recorders
+            .iter()
+            .map(|r| {
+                let r = lock(r);
+                r.counts.acked_msgs + r.warmup_counts.acked_msgs
+            })
+            .sum();
+        let mut consumed = || -> u64 {
+            consumer_recorders
                 .iter()
                 .map(|r| {
                     let r = lock(r);
-                    r.counts.acked_msgs + r.warmup_counts.acked_msgs
+                    r.counts.consumed_msgs + r.warmup_counts.consumed_msgs
                 })
-                .sum();
-            let expected = acked * w.consumer_groups_per_topic as u64;
-            let deadline = Instant::now() + Duration::from_millis(limits::DRAIN_TIMEOUT_MS);
-            loop {
-                let consumed: u64 = consumer_recorders
-                    .iter()
-                    .map(|r| {
-                        let r = lock(r);
-                        r.counts.consumed_msgs + r.warmup_counts.consumed_msgs
-                    })
-                    .sum();
-                if consumed >= expected {
-                    break;
-                }
-                if consumed == 0 && no_partition_assigned {
-                    // Consumers never got a partition (a broker without consumer groups, for
-                    // instance) and received nothing during the run: waiting cannot help.
-                    notes.push("consumers were never assigned a partition and received nothing; try --consumer-mode assign".into());
-                    break;
-                }
-                if Instant::now() >= deadline {
-                    notes.push(format!(
-                        "consumers received {consumed} of {expected} acknowledged messages within the {} ms drain",
-                        limits::DRAIN_TIMEOUT_MS
-                    ));
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
+                .sum()
+        };
+        let drained = coordinator.drain(acked, &mut consumed, &mut notes);
         stop_consumers.store(true, Ordering::Relaxed);
         for h in consumer_handles {
             if h.join().is_err() {
                 panicked = Some("consumer");
             }
         }
-        Ok(())
+        drained
     })?;
     if let Some(role) = panicked {
         return Err(RunError::ThreadPanicked(role));
@@ -587,6 +769,7 @@ pub fn run(driver: &dyn Driver, opts: &RunOptions) -> Result<RunOutput, RunError
         broker_cpu_cores,
         broker_cpu_cores_series,
         harness_cpu_cores,
+        harness_processes: 1,
         notes,
     })
 }

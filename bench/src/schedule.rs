@@ -161,6 +161,25 @@ impl Clock {
         }
     }
 
+    /// The clock whose zero is `origin_ns` on the machine's monotonic clock
+    /// (`monotonic_now_ns`). Harness processes given the same origin share one time line, so a
+    /// timestamp one process embeds is comparable with another's reading.
+    pub fn at_monotonic(origin_ns: u64) -> Clock {
+        // `Instant` reads CLOCK_MONOTONIC on Linux; pairing one reading of each places the
+        // origin on `Instant`'s scale (to within the nanoseconds between the two reads).
+        let now = std::time::Instant::now();
+        let now_ns = monotonic_now_ns();
+        let base = if origin_ns <= now_ns {
+            now.checked_sub(std::time::Duration::from_nanos(now_ns - origin_ns))
+        } else {
+            now.checked_add(std::time::Duration::from_nanos(origin_ns - now_ns))
+        };
+        Clock {
+            // Out of `Instant`'s range only for an origin from before boot: start now instead.
+            base: base.unwrap_or(now),
+        }
+    }
+
     pub fn now_ns(&self) -> u64 {
         // A run shorter than 584 years fits in u64 nanoseconds.
         self.base.elapsed().as_nanos() as u64
@@ -172,9 +191,36 @@ impl Clock {
     }
 }
 
+/// The machine's monotonic clock (CLOCK_MONOTONIC) in nanoseconds: the same in every process,
+/// so it is how the processes of one run agree on its origin.
+pub fn monotonic_now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clocks_given_one_monotonic_origin_read_the_same_time_line() {
+        // An origin 5 s in the past: the clock reads at least 5 s, and two clocks built from
+        // it read within a few milliseconds of each other (only the reads between them apart).
+        let origin = monotonic_now_ns() - 5_000_000_000;
+        let a = Clock::at_monotonic(origin);
+        let b = Clock::at_monotonic(origin);
+        let (ra, rb) = (a.now_ns(), b.now_ns());
+        assert!(ra >= 5_000_000_000, "{ra}");
+        assert!(rb >= ra && rb - ra < 1_000_000_000, "{ra} {rb}");
+        // An origin in the future: the clock reads zero until then.
+        let later = Clock::at_monotonic(monotonic_now_ns() + 60_000_000_000);
+        assert_eq!(later.now_ns(), 0);
+    }
 
     fn drain(mut s: FixedRate) -> Vec<u64> {
         let mut times = Vec::new();

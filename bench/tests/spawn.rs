@@ -34,15 +34,56 @@ fn tern_bin() -> PathBuf {
 
 #[test]
 fn a_two_second_spawned_run_writes_a_complete_result() {
-    spawned_run("kafka");
+    let v = spawned_run("kafka", &[]);
+    assert_eq!(v["harness_processes"], 1);
 }
 
 #[test]
 fn a_two_second_spawned_run_through_the_native_driver_writes_a_complete_result() {
-    spawned_run("native");
+    spawned_run("native", &[]);
 }
 
-fn spawned_run(driver: &str) {
+/// Two harness processes, each with one producer and one consumer: every consumer reads
+/// partitions both producers write to, so each consumes what the other process produced, on
+/// the time line they share. The merged result counts every message once.
+#[test]
+fn a_run_spread_over_two_processes_merges_into_one_result() {
+    let v = spawned_run(
+        "kafka",
+        &[
+            "--processes",
+            "2",
+            "--producers",
+            "2",
+            "--consumers-per-group",
+            "2",
+        ],
+    );
+    assert_eq!(v["harness_processes"], 2);
+    let counts = &v["counts"];
+    let acked = counts["acked_msgs"].as_u64().unwrap();
+    assert_eq!(counts["sent_msgs"].as_u64(), Some(acked));
+    assert_eq!(
+        counts["consumed_msgs"].as_u64(),
+        Some(acked),
+        "every acknowledged message consumed once: {counts}"
+    );
+    assert_eq!(counts["foreign_msgs"], 0);
+    assert_eq!(
+        v["produce_ack_latency"]["count"].as_u64(),
+        Some(acked),
+        "one ack sample per message"
+    );
+    assert_eq!(
+        v["end_to_end_latency"]["count"].as_u64(),
+        Some(acked),
+        "one end-to-end sample per message"
+    );
+    let notes = v["notes"].as_array().unwrap();
+    assert!(notes.is_empty(), "notes: {notes:?}");
+}
+
+fn spawned_run(driver: &str, extra: &[&str]) -> serde_json::Value {
     let bin = tern_bin();
     let out = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_tern-bench"))
@@ -69,6 +110,7 @@ fn spawned_run(driver: &str) {
         // Direct assignment: this test is about the harness, so it should need no more of the
         // broker than produce and fetch; group coordination has its own tests in `tests/`.
         .args(["--consumer-mode", "assign"])
+        .args(extra)
         .arg("--tern-bin")
         .arg(&bin)
         .arg("--out")
@@ -158,4 +200,5 @@ fn spawned_run(driver: &str) {
             "{file} {p} was not written"
         );
     }
+    v
 }
